@@ -1,0 +1,358 @@
+"""Streaming sufficient statistics of FFN neurons.
+
+Each accumulator sees the activations of one layer for one batch at a time and keeps state whose size
+does not depend on the number of tokens (only on layers, positions, neurons, vocabulary and `top_k`).
+States are dictionaries of numpy arrays that merge associatively across shards, so statistics of a
+collection are the merge of the statistics of its shards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+import numpy as np
+import torch
+
+State = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class LayerBatch:
+    """Activations of one layer on one batch, with what the accumulators need to index them."""
+
+    layer: int  # index into the analysed layers' model numbering
+    acts: torch.Tensor  # [B, T, N] neuron activations
+    fires: torch.Tensor  # [B, T, N] bool: the neuron fires at this token (already masked)
+    mask: torch.Tensor  # [B, T] bool: token is counted (False at BOS)
+    tokens: torch.Tensor  # [B, T] int64 token ids
+    seq_ids: torch.Tensor  # [B] int64 global sequence ids (shard * sequences_per_shard + row)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Sizes every accumulator is allocated from."""
+
+    layers: tuple[int, ...]  # model layer numbers that are analysed, ascending
+    n_neurons: int
+    seq_len: int
+    vocab_size: int
+
+    def slot(self, layer: int) -> int:
+        return self.layers.index(layer)
+
+
+class Accumulator(Protocol):
+    name: ClassVar[str]
+
+    def update(self, batch: LayerBatch) -> None: ...
+
+    def state(self) -> State: ...
+
+    @staticmethod
+    def merge(states: list[State]) -> State: ...
+
+
+def _sum_states(states: list[State]) -> State:
+    return {key: np.sum([s[key] for s in states], axis=0) for key in states[0]}
+
+
+class FireCount:
+    """Firings per neuron and counted tokens per layer: dead neurons and firing frequency."""
+
+    name: ClassVar[str] = "fire_count"
+
+    def __init__(self, geometry: Geometry, device: torch.device) -> None:
+        self.geometry = geometry
+        n_layers = len(geometry.layers)
+        self.counts = torch.zeros(n_layers, geometry.n_neurons, dtype=torch.int64, device=device)
+        self.tokens = torch.zeros(n_layers, dtype=torch.int64, device=device)
+
+    def update(self, batch: LayerBatch) -> None:
+        slot = self.geometry.slot(batch.layer)
+        self.counts[slot] += batch.fires.sum(dim=(0, 1))
+        self.tokens[slot] += batch.mask.sum()
+
+    def state(self) -> State:
+        return {"counts": self.counts.cpu().numpy(), "tokens": self.tokens.cpu().numpy()}
+
+    merge = staticmethod(_sum_states)
+
+
+class PositionFireCount:
+    """Firings per (position, neuron) and counted tokens per position: positional neurons."""
+
+    name: ClassVar[str] = "position_fire_count"
+
+    def __init__(self, geometry: Geometry, device: torch.device) -> None:
+        self.geometry = geometry
+        shape = (len(geometry.layers), geometry.seq_len, geometry.n_neurons)
+        self.counts = torch.zeros(shape, dtype=torch.int32, device=device)
+        self.tokens = torch.zeros(geometry.seq_len, dtype=torch.int64, device=device)
+        self._first_layer = geometry.layers[0]
+
+    def update(self, batch: LayerBatch) -> None:
+        self.counts[self.geometry.slot(batch.layer)] += batch.fires.sum(dim=0, dtype=torch.int32)
+        if batch.layer == self._first_layer:
+            self.tokens += batch.mask.sum(dim=0)
+
+    def state(self) -> State:
+        return {"counts": self.counts.cpu().numpy().astype(np.int64), "tokens": self.tokens.cpu().numpy()}
+
+    merge = staticmethod(_sum_states)
+
+
+class TokenCount:
+    """Occurrences of every token among counted positions (the denominator of token detectors)."""
+
+    name: ClassVar[str] = "token_count"
+
+    def __init__(self, geometry: Geometry, device: torch.device) -> None:
+        self.geometry = geometry
+        self.counts = torch.zeros(geometry.vocab_size, dtype=torch.int64, device=device)
+        self._first_layer = geometry.layers[0]
+
+    def update(self, batch: LayerBatch) -> None:
+        if batch.layer == self._first_layer:
+            self.counts += torch.bincount(batch.tokens[batch.mask], minlength=self.geometry.vocab_size)
+
+    def state(self) -> State:
+        return {"counts": self.counts.cpu().numpy()}
+
+    merge = staticmethod(_sum_states)
+
+
+def coalesce_sparse(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sum the counts of equal keys; return sorted unique keys and their totals."""
+    unique, inverse = np.unique(keys, return_inverse=True)
+    totals = np.zeros(len(unique), dtype=np.int64)
+    np.add.at(totals, inverse, counts)
+    return unique, totals
+
+
+class TokenFireCount:
+    """Sparse firings per (layer, token, neuron): which tokens trigger each neuron.
+
+    Small problems (vocab x neurons x layers up to `dense_limit` cells) use one dense table on the
+    device. Larger ones (OPT/GPT-2 vocabularies) count per batch over the distinct tokens of the batch
+    and keep (key, count) pairs on the CPU, merged whenever `flush_every` pairs are pending, so memory is
+    bounded by the number of distinct (token, neuron) pairs ever seen, never by the token count.
+    Keys are ``(slot * vocab + token) * n_neurons + neuron`` with slot the analysed-layer index.
+    """
+
+    name: ClassVar[str] = "token_fire_count"
+
+    def __init__(
+        self,
+        geometry: Geometry,
+        device: torch.device,
+        *,
+        dense_limit: int = 1 << 26,
+        flush_every: int = 1 << 22,
+    ) -> None:
+        self.geometry = geometry
+        n_cells = len(geometry.layers) * geometry.vocab_size * geometry.n_neurons
+        self.dense = (
+            torch.zeros(len(geometry.layers), geometry.vocab_size, geometry.n_neurons, dtype=torch.int32, device=device)
+            if n_cells <= dense_limit
+            else None
+        )
+        self.flush_every = flush_every
+        self._keys = np.zeros(0, dtype=np.int64)
+        self._counts = np.zeros(0, dtype=np.int64)
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._n_pending = 0
+
+    def update(self, batch: LayerBatch) -> None:
+        slot = self.geometry.slot(batch.layer)
+        tokens = batch.tokens[batch.mask]
+        fires = batch.fires[batch.mask].to(torch.int32)
+        if self.dense is not None:
+            self.dense[slot].index_add_(0, tokens, fires)
+            return
+        unique, inverse = torch.unique(tokens, return_inverse=True)
+        per_token = torch.zeros(len(unique), fires.shape[1], dtype=torch.int32, device=fires.device)
+        per_token.index_add_(0, inverse, fires)
+        rows, neurons = per_token.nonzero(as_tuple=True)
+        counts = per_token[rows, neurons].cpu().numpy().astype(np.int64)
+        token_ids = unique[rows].cpu().numpy().astype(np.int64)
+        keys = (slot * self.geometry.vocab_size + token_ids) * self.geometry.n_neurons + neurons.cpu().numpy()
+        self._pending.append((keys, counts))
+        self._n_pending += len(keys)
+        if self._n_pending >= self.flush_every:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        keys = np.concatenate([self._keys] + [k for k, _ in self._pending])
+        counts = np.concatenate([self._counts] + [c for _, c in self._pending])
+        self._keys, self._counts = coalesce_sparse(keys, counts)
+        self._pending, self._n_pending = [], 0
+
+    def state(self) -> State:
+        if self.dense is not None:
+            dense = self.dense.cpu().numpy()
+            flat = dense.reshape(-1)
+            keys = np.flatnonzero(flat).astype(np.int64)
+            return {"keys": keys, "counts": flat[keys].astype(np.int64)}
+        self._flush()
+        return {"keys": self._keys.copy(), "counts": self._counts.copy()}
+
+    @staticmethod
+    def merge(states: list[State]) -> State:
+        keys, counts = coalesce_sparse(
+            np.concatenate([s["keys"] for s in states]), np.concatenate([s["counts"] for s in states])
+        )
+        return {"keys": keys, "counts": counts}
+
+
+def decode_token_fire_keys(keys: np.ndarray, vocab_size: int, n_neurons: int) -> tuple[np.ndarray, ...]:
+    """Split TokenFireCount keys into (layer slot, token, neuron) arrays."""
+    neuron = keys % n_neurons
+    rest = keys // n_neurons
+    return rest // vocab_size, rest % vocab_size, neuron
+
+
+class TopK:
+    """The `k` largest activations of every neuron with the (sequence, position) where they occurred.
+
+    Ties are broken towards the earlier (sequence, position) so the result is deterministic and the
+    merge of shards equals one pass over all of them.
+    """
+
+    name: ClassVar[str] = "top_k"
+
+    def __init__(self, geometry: Geometry, device: torch.device, *, k: int = 16) -> None:
+        self.geometry = geometry
+        self.k = k
+        shape = (len(geometry.layers), k, geometry.n_neurons)
+        self.values = torch.full(shape, -torch.inf, dtype=torch.float32, device=device)
+        self.seq = torch.full(shape, -1, dtype=torch.int64, device=device)
+        self.pos = torch.full(shape, -1, dtype=torch.int64, device=device)
+
+    def update(self, batch: LayerBatch) -> None:
+        slot = self.geometry.slot(batch.layer)
+        n_batch, seq_len, n_neurons = batch.acts.shape
+        acts = batch.acts.float().masked_fill(~batch.mask[..., None], -torch.inf).reshape(-1, n_neurons)
+        k = min(self.k, acts.shape[0])
+        values, flat = _batch_top(acts, k)
+        seq = batch.seq_ids[flat // seq_len]
+        pos = flat % seq_len
+        self._merge_into(slot, values, seq, pos)
+
+    def _merge_into(self, slot: int, values: torch.Tensor, seq: torch.Tensor, pos: torch.Tensor) -> None:
+        all_values = torch.cat([self.values[slot], values])
+        all_seq = torch.cat([self.seq[slot], seq])
+        all_pos = torch.cat([self.pos[slot], pos])
+        top_values, top_seq, top_pos = _select_top(all_values, all_seq, all_pos, self.k)
+        self.values[slot], self.seq[slot], self.pos[slot] = top_values, top_seq, top_pos
+
+    def state(self) -> State:
+        return {
+            "values": self.values.cpu().numpy(),
+            "seq": self.seq.cpu().numpy(),
+            "pos": self.pos.cpu().numpy(),
+        }
+
+    @staticmethod
+    def merge(states: list[State]) -> State:
+        k = states[0]["values"].shape[1]
+        values = torch.from_numpy(np.concatenate([s["values"] for s in states], axis=1))
+        seq = torch.from_numpy(np.concatenate([s["seq"] for s in states], axis=1))
+        pos = torch.from_numpy(np.concatenate([s["pos"] for s in states], axis=1))
+        out = [_select_top(values[i], seq[i], pos[i], k) for i in range(values.shape[0])]
+        return {
+            "values": np.stack([o[0].numpy() for o in out]),
+            "seq": np.stack([o[1].numpy() for o in out]),
+            "pos": np.stack([o[2].numpy() for o in out]),
+        }
+
+
+def _batch_top(acts: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per column, the k largest values and their row indices, ties broken towards the earliest row.
+
+    torch.topk picks arbitrarily among equal values (a ReLU neuron that never fires has only zeros), so
+    columns with ties at the k-th value are resolved again by (value class, row index).
+    """
+    values, rows = torch.topk(acts, k, dim=0)
+    kth = values[-1]
+    tied = ((acts >= kth).sum(dim=0) > k).nonzero(as_tuple=True)[0]
+    if len(tied) > 0:
+        sub = acts[:, tied]
+        kth_tied = kth[tied]
+        n_rows = sub.shape[0]
+        row_index = torch.arange(n_rows, device=acts.device)[:, None]
+        rank = torch.where(sub > kth_tied, 0, torch.where(sub == kth_tied, 1, 2)) * n_rows + row_index
+        chosen = torch.topk(rank, k, dim=0, largest=False).indices
+        rows[:, tied] = chosen
+        values[:, tied] = sub.gather(0, chosen)
+    return values, rows
+
+
+def _select_top(
+    values: torch.Tensor, seq: torch.Tensor, pos: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per column, the k entries with largest value; ties go to the smallest (seq, pos); sorted descending."""
+    # Sort by (seq, pos) ascending first, then a stable sort by value descending keeps that order in ties.
+    # Empty slots (seq = -1) sort last among equal values.
+    order_key = torch.where(seq < 0, torch.iinfo(torch.int64).max, seq * (1 << 24) + pos)
+    by_position = torch.argsort(order_key, dim=0, stable=True)
+    values, seq, pos = (t.gather(0, by_position) for t in (values, seq, pos))
+    by_value = torch.argsort(values, dim=0, descending=True, stable=True)[:k]
+    return values.gather(0, by_value), seq.gather(0, by_value), pos.gather(0, by_value)
+
+
+class Moments:
+    """Sum, sum of squares, minimum and maximum of every neuron's activation (float64 sums)."""
+
+    name: ClassVar[str] = "moments"
+
+    def __init__(self, geometry: Geometry, device: torch.device) -> None:
+        self.geometry = geometry
+        shape = (len(geometry.layers), geometry.n_neurons)
+        self.total = torch.zeros(shape, dtype=torch.float64, device=device)
+        self.squares = torch.zeros(shape, dtype=torch.float64, device=device)
+        self.minimum = torch.full(shape, torch.inf, dtype=torch.float32, device=device)
+        self.maximum = torch.full(shape, -torch.inf, dtype=torch.float32, device=device)
+
+    def update(self, batch: LayerBatch) -> None:
+        slot = self.geometry.slot(batch.layer)
+        acts = batch.acts[batch.mask].float()
+        if acts.shape[0] == 0:
+            return
+        self.total[slot] += acts.sum(dim=0, dtype=torch.float64)
+        self.squares[slot] += acts.square().sum(dim=0, dtype=torch.float64)
+        self.minimum[slot] = torch.minimum(self.minimum[slot], acts.amin(dim=0))
+        self.maximum[slot] = torch.maximum(self.maximum[slot], acts.amax(dim=0))
+
+    def state(self) -> State:
+        return {
+            "sum": self.total.cpu().numpy(),
+            "sum_sq": self.squares.cpu().numpy(),
+            "min": self.minimum.cpu().numpy(),
+            "max": self.maximum.cpu().numpy(),
+        }
+
+    @staticmethod
+    def merge(states: list[State]) -> State:
+        return {
+            "sum": np.sum([s["sum"] for s in states], axis=0),
+            "sum_sq": np.sum([s["sum_sq"] for s in states], axis=0),
+            "min": np.min([s["min"] for s in states], axis=0),
+            "max": np.max([s["max"] for s in states], axis=0),
+        }
+
+
+REGISTRY: dict[str, type] = {
+    cls.name: cls for cls in (FireCount, PositionFireCount, TokenCount, TokenFireCount, TopK, Moments)
+}
+
+
+def merge_states(states: list[dict[str, State]]) -> dict[str, State]:
+    """Merge per-shard states accumulator by accumulator (each is associative)."""
+    names = sorted(states[0])
+    for other in states[1:]:
+        if sorted(other) != names:
+            raise ValueError(f"cannot merge stores with different accumulators: {names} vs {sorted(other)}")
+    return {name: REGISTRY[name].merge([s[name] for s in states]) for name in names}

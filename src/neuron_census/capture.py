@@ -1,0 +1,189 @@
+"""One forward pass over a token shard feeds every accumulator; nothing else is kept.
+
+Hooks on each analysed layer's FFN output projection read the neuron activations (its input) and pass
+them to the accumulators. The pass stops right after the last analysed layer's activations are read, so
+later layers and the LM head are never computed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from neuron_census.accumulators import (
+    FireCount,
+    Geometry,
+    LayerBatch,
+    Moments,
+    PositionFireCount,
+    State,
+    TokenCount,
+    TokenFireCount,
+    TopK,
+)
+
+FIRE_RULES = ("preactivation", "activation")
+ALL_ACCUMULATORS = ("fire_count", "position_fire_count", "token_count", "token_fire_count", "top_k", "moments")
+
+
+@dataclass(frozen=True)
+class CaptureSettings:
+    """What one capture job computes. `layers` None means every layer of the model."""
+
+    layers: tuple[int, ...] | None = None
+    batch_size: int = 16
+    fire_rule: str = "preactivation"
+    top_k: int = 16
+    token_fire_dense_limit: int = 1 << 26
+    accumulators: tuple[str, ...] = field(default=ALL_ACCUMULATORS)
+
+    def __post_init__(self) -> None:
+        if self.fire_rule not in FIRE_RULES:
+            raise ValueError(f"capture.fire_rule '{self.fire_rule}' is not one of {FIRE_RULES}")
+        unknown = set(self.accumulators) - set(ALL_ACCUMULATORS)
+        if unknown:
+            raise ValueError(f"unknown accumulators {sorted(unknown)}; known: {ALL_ACCUMULATORS}")
+
+
+class _StopForward(Exception):
+    """Raised from the last analysed layer's hook to skip the rest of the network."""
+
+
+def resolve_layers(requested: Sequence[int] | None, n_layers: int, model_name: str) -> tuple[int, ...]:
+    if requested is None:
+        return tuple(range(n_layers))
+    layers = tuple(sorted(set(int(layer) for layer in requested)))
+    bad = [layer for layer in layers if not 0 <= layer < n_layers]
+    if bad or not layers:
+        raise ValueError(f"model '{model_name}' has layers 0..{n_layers - 1}; capture.layers asks for {bad or 'none'}")
+    return layers
+
+
+def build_accumulators(settings: CaptureSettings, geometry: Geometry, device: torch.device) -> list[Any]:
+    factories: dict[str, Callable[[], Any]] = {
+        "fire_count": lambda: FireCount(geometry, device),
+        "position_fire_count": lambda: PositionFireCount(geometry, device),
+        "token_count": lambda: TokenCount(geometry, device),
+        "token_fire_count": lambda: TokenFireCount(geometry, device, dense_limit=settings.token_fire_dense_limit),
+        "top_k": lambda: TopK(geometry, device, k=settings.top_k),
+        "moments": lambda: Moments(geometry, device),
+    }
+    return [factories[name]() for name in settings.accumulators]
+
+
+def _fires(acts: torch.Tensor, gate: torch.Tensor | None, rule: str) -> torch.Tensor:
+    """A neuron fires where its pre-activation is positive (default) or where its activation is.
+
+    For ReLU, GELU and SiLU the two agree (each is positive exactly where its input is). For a gated FFN
+    the pre-activation is the gate's input, read as act_fn(gate) > 0 since SiLU keeps the sign.
+    """
+    if rule == "preactivation" and gate is not None:
+        return gate > 0
+    return acts > 0
+
+
+def capture_tokens(
+    model: torch.nn.Module,
+    adapter: Any,
+    tokens: np.ndarray,
+    *,
+    model_name: str,
+    first_seq_id: int,
+    has_bos: bool,
+    settings: CaptureSettings,
+    device: torch.device,
+    progress: bool = True,
+) -> tuple[tuple[int, ...], dict[str, State]]:
+    """Run `model` over `tokens` [n_seq, seq_len] and return the analysed layers and accumulator states."""
+    n_seq, seq_len = tokens.shape
+    if seq_len > adapter.context_length:
+        raise ValueError(
+            f"sequences of {seq_len} tokens exceed model '{model_name}' context of {adapter.context_length}"
+        )
+    if tokens.size and int(tokens.max()) >= adapter.vocab_size:
+        raise ValueError(
+            f"token id {int(tokens.max())} is outside model '{model_name}' vocabulary of {adapter.vocab_size}"
+        )
+    layers = resolve_layers(settings.layers, adapter.n_layers, model_name)
+    geometry = Geometry(layers=layers, n_neurons=adapter.n_neurons, seq_len=seq_len, vocab_size=adapter.vocab_size)
+    accumulators = build_accumulators(settings, geometry, device)
+    last_layer = layers[-1]
+
+    current: dict[str, torch.Tensor] = {}
+    gates: dict[int, torch.Tensor] = {}
+
+    def gate_hook(layer: int) -> Callable[..., None]:
+        def hook(_module: torch.nn.Module, _args: tuple[Any, ...], output: torch.Tensor) -> None:
+            gates[layer] = output
+
+        return hook
+
+    def neuron_hook(layer: int) -> Callable[..., None]:
+        def hook(_module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+            batch_tokens = current["tokens"]
+            shape = (*batch_tokens.shape, adapter.n_neurons)
+            acts = args[0].reshape(shape)
+            gate = gates.pop(layer).reshape(shape) if layer in gates else None
+            if not torch.isfinite(acts).all():
+                raise FloatingPointError(
+                    f"model '{model_name}' layer {layer}: non-finite activations (inf/NaN) in sequences "
+                    f"{int(current['seq_ids'][0])}..{int(current['seq_ids'][-1])}; use a wider dtype"
+                )
+            mask = current["mask"]
+            batch = LayerBatch(
+                layer=layer,
+                acts=acts,
+                fires=_fires(acts, gate, settings.fire_rule) & mask[..., None],
+                mask=mask,
+                tokens=batch_tokens,
+                seq_ids=current["seq_ids"],
+            )
+            for accumulator in accumulators:
+                accumulator.update(batch)
+            if layer == last_layer:
+                raise _StopForward
+
+        return hook
+
+    handles = []
+    for layer in layers:
+        handles.append(adapter.neuron_input_module(layer).register_forward_pre_hook(neuron_hook(layer)))
+        gate_module = adapter.gate_output_module(layer) if settings.fire_rule == "preactivation" else None
+        if gate_module is not None:
+            handles.append(gate_module.register_forward_hook(gate_hook(layer)))
+
+    all_tokens = torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64))
+    bar = tqdm(
+        total=n_seq * seq_len, unit="tok", unit_scale=True, desc=f"capture {model_name}", disable=not progress
+    )
+    try:
+        with torch.inference_mode():
+            for start in range(0, n_seq, settings.batch_size):
+                batch_tokens = all_tokens[start : start + settings.batch_size].to(device)
+                mask = torch.ones_like(batch_tokens, dtype=torch.bool)
+                if has_bos:
+                    mask[:, 0] = False
+                current.update(
+                    tokens=batch_tokens,
+                    mask=mask,
+                    seq_ids=torch.arange(
+                        first_seq_id + start, first_seq_id + start + len(batch_tokens), device=device
+                    ),
+                )
+                try:
+                    model(input_ids=batch_tokens, use_cache=False)
+                except _StopForward:
+                    pass
+                else:
+                    raise RuntimeError(f"model '{model_name}': the hook of layer {last_layer} never ran")
+                bar.update(batch_tokens.numel())
+    finally:
+        bar.close()
+        for handle in handles:
+            handle.remove()
+    return layers, {acc.name: acc.state() for acc in accumulators}

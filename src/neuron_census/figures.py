@@ -1,0 +1,89 @@
+"""Paper figures drawn from tables. Each function takes tables and a style mapping and returns a Figure."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import polars as pl  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from neuron_census.atomic import atomic_path  # noqa: E402
+
+DEFAULT_STYLE: dict[str, Any] = {
+    "figsize": [5.0, 3.5],
+    "dpi": 150,
+    "palette": "colorblind",
+    "context": "paper",
+    "font_scale": 1.2,
+    "marker": "o",
+}
+
+
+def _style(style: Mapping[str, Any]) -> dict[str, Any]:
+    merged = {**DEFAULT_STYLE, **style}
+    sns.set_theme(context=merged["context"], style="whitegrid", font_scale=merged["font_scale"])
+    return merged
+
+
+def _per_model_lines(
+    layers: pl.DataFrame, y: str, scale: float, ylabel: str, title: str, style: Mapping[str, Any]
+) -> Figure:
+    style = _style(style)
+    models = list(dict.fromkeys(layers["model"].to_list()))
+    colours = sns.color_palette(style["palette"], n_colors=max(len(models), 1))
+    fig, ax = plt.subplots(figsize=style["figsize"], dpi=style["dpi"], layout="constrained")
+    for model, colour in zip(models, colours):
+        rows = layers.filter(pl.col("model") == model).sort("layer")
+        ax.plot(
+            rows["rel_depth"].to_numpy(),
+            rows[y].to_numpy() * scale,
+            marker=style["marker"],
+            markersize=3,
+            color=colour,
+            label=model,
+        )
+    ax.set_xlabel("layer / number of layers")
+    ax.set_ylabel(ylabel)
+    ax.set_xlim(-0.02, 1.0)
+    ax.set_title(title)
+    ax.legend(fontsize="small", frameon=False)
+    return fig
+
+
+def plot_dead_neurons(layers: pl.DataFrame, style: Mapping[str, Any]) -> Figure:
+    """Fig. 1a: percentage of dead neurons per layer, x = relative depth, one line per model."""
+    return _per_model_lines(layers, "dead_frac", 100.0, "dead neurons (%)", style.get("title", ""), style)
+
+
+def plot_fire_frequency(layers: pl.DataFrame, style: Mapping[str, Any]) -> Figure:
+    """Fig. 1b: mean firing frequency of the non-dead neurons per layer, one line per model."""
+    return _per_model_lines(
+        layers, "mean_fire_freq_alive", 1.0, "mean firing frequency (alive)", style.get("title", ""), style
+    )
+
+
+def save_figure(fig: Figure, outputs: Sequence[str | os.PathLike[str]]) -> None:
+    """Save one figure to every output path (format from the suffix), each atomically."""
+    for output in outputs:
+        path = Path(output)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=path.suffix.lstrip("."), metadata=_metadata(path.suffix))
+    plt.close(fig)
+
+
+def _metadata(suffix: str) -> dict[str, Any]:
+    # No timestamps or software versions in the files, so reruns give identical bytes.
+    if suffix == ".pdf":
+        return {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None}
+    if suffix == ".png":
+        return {"Software": None}
+    return {}

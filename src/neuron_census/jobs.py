@@ -1,0 +1,220 @@
+"""One function per pipeline job: read inputs, call the pure core, write outputs atomically.
+
+Workflow scripts only unpack Snakemake's inputs and params (builtins) and call these, so every job can
+also be run and tested from Python without Snakemake.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import torch
+
+from neuron_census.atomic import atomic_path
+
+PathLike = str | os.PathLike[str]
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+    """`auto` picks CUDA with bfloat16 when present, else CPU with float32."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"capture.device '{device}' asks for CUDA but no CUDA device is available")
+    if dtype == "auto":
+        return resolved, torch.bfloat16 if resolved.type == "cuda" else torch.float32
+    return resolved, DTYPES[dtype]
+
+
+def tokenize_job(
+    tokenizer_name: str,
+    tokenizer_spec: Mapping[str, Any],
+    dataset_name: str,
+    dataset_spec: Mapping[str, Any],
+    shard: int,
+    output: PathLike,
+) -> None:
+    from neuron_census.corpus import shard_sequences, write_token_shard
+    from neuron_census.tokenization import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_name, tokenizer_spec)
+    tokens = shard_sequences(dataset_spec, tokenizer, shard, Path("."))
+    write_token_shard(output, tokens, tokenizer=tokenizer, dataset=dataset_name, shard=shard)
+
+
+def train_tokenizer_job(spec: Mapping[str, Any], dataset_spec: Mapping[str, Any], output: PathLike) -> None:
+    """Train a byte-level BPE tokenizer on the documents of a dataset (its `split` applies)."""
+    from neuron_census.bpe import train_bpe_tokenizer
+    from neuron_census.corpus import corpus_texts
+
+    texts = corpus_texts(dataset_spec, Path("."), int(spec["max_chars"]))
+    train_bpe_tokenizer(texts, int(spec["vocab_size"]), Path(output))
+
+
+def train_job(
+    run_name: str,
+    run: Mapping[str, Any],
+    tokenizer_name: str,
+    tokenizer_spec: Mapping[str, Any],
+    shards: Sequence[PathLike],
+    output: PathLike,
+    threads: int = 1,
+) -> None:
+    """Train one OPT run on the given token shards; checkpoints land in `output`/step-N."""
+    import numpy as np
+
+    from neuron_census.corpus import read_token_shard
+    from neuron_census.tokenization import load_tokenizer
+    from neuron_census.train import TrainConfig, train_opt
+
+    torch.set_num_threads(max(1, threads))
+    tokenizer = load_tokenizer(tokenizer_name, tokenizer_spec)
+    arrays = []
+    for shard in shards:
+        tokens, attrs = read_token_shard(shard)
+        if attrs["tokenizer_fingerprint"] != tokenizer.fingerprint:
+            raise ValueError(f"token shard {shard} was not made with train run '{run_name}' tokenizer '{tokenizer_name}'")
+        arrays.append(tokens)
+    fields = set(TrainConfig.__dataclass_fields__)
+    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in run.items() if k in fields}
+    config = TrainConfig(**kwargs)
+    special = {"bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id}
+    if None in special.values():
+        raise ValueError(f"train run '{run_name}': tokenizer '{tokenizer_name}' needs a BOS and an EOS token")
+    train_opt(
+        np.concatenate(arrays),
+        config,
+        Path(output),
+        vocab_size=tokenizer.vocab_size,
+        bos_id=int(special["bos_id"]),
+        eos_id=int(special["eos_id"]),
+        pad_id=1,  # the pipeline's BPE tokenizers keep OPT's special ids: <s>=0 <pad>=1 </s>=2 <unk>=3
+        tokenizer_dir=Path(tokenizer_spec["path"]) if tokenizer_spec.get("source") == "local" else None,
+    )
+
+
+def capture_job(
+    model_name: str,
+    model_spec: Mapping[str, Any],
+    tokenizer_name: str,
+    tokenizer_spec: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    shard_path: PathLike,
+    output: PathLike,
+    threads: int = 1,
+) -> None:
+    """Capture one (model, dataset, shard): accumulator states in one zarr store."""
+    from neuron_census.capture import CaptureSettings, capture_tokens
+    from neuron_census.corpus import read_token_shard
+    from neuron_census.models import load_model
+    from neuron_census.store import write_store
+    from neuron_census.tokenization import load_tokenizer
+
+    torch.set_num_threads(max(1, threads))
+    tokens, shard_attrs = read_token_shard(shard_path)
+    tokenizer = load_tokenizer(tokenizer_name, tokenizer_spec)
+    if shard_attrs["tokenizer_fingerprint"] != tokenizer.fingerprint:
+        raise ValueError(
+            f"token shard {shard_path} was made with tokenizer '{shard_attrs['tokenizer']}', "
+            f"not with model '{model_name}' tokenizer '{tokenizer_name}'"
+        )
+    device, dtype = resolve_device(settings.get("device", "auto"), settings.get("dtype", "auto"))
+    loaded = load_model(model_name, model_spec, device=device, dtype=dtype)
+    layers_setting = settings.get("layers", "all")
+    capture_settings = CaptureSettings(
+        layers=None if layers_setting == "all" else tuple(layers_setting),
+        batch_size=int(settings.get("batch_size", 16)),
+        fire_rule=settings.get("fire_rule", "preactivation"),
+        top_k=int(settings.get("top_k", 16)),
+        token_fire_dense_limit=int(settings.get("token_fire_dense_limit", 1 << 26)),
+    )
+    shard = int(shard_attrs["shard"])
+    layers, states = capture_tokens(
+        loaded.model,
+        loaded.adapter,
+        tokens,
+        model_name=model_name,
+        first_seq_id=shard * int(shard_attrs["n_sequences"]),
+        has_bos=bool(shard_attrs["has_bos"]),
+        settings=capture_settings,
+        device=device,
+    )
+    adapter = loaded.adapter
+    attrs = {
+        "model": model_name,
+        "datasets": [shard_attrs["dataset"]],
+        "sources": [f"{shard_attrs['dataset']}/{shard}"],
+        "layers": list(layers),
+        "n_layers_total": adapter.n_layers,
+        "n_neurons": adapter.n_neurons,
+        "seq_len": int(tokens.shape[1]),
+        "vocab_size": adapter.vocab_size,
+        "tokenizer": tokenizer_name,
+        "tokenizer_fingerprint": tokenizer.fingerprint,
+        "fire_rule": capture_settings.fire_rule,
+        "activation": adapter.activation,
+        "has_bos": bool(shard_attrs["has_bos"]),
+        "top_k": capture_settings.top_k,
+        "dtype": str(dtype).removeprefix("torch."),
+    }
+    write_store(output, attrs, states)
+
+
+def merge_job(inputs: Sequence[PathLike], output: PathLike) -> None:
+    from neuron_census.store import merge_stores, write_store
+
+    attrs, states = merge_stores(inputs)
+    write_store(output, attrs, states)
+
+
+def write_parquet(frame: pl.DataFrame, output: PathLike) -> None:
+    with atomic_path(output) as tmp:
+        frame.write_parquet(tmp, compression="zstd", statistics=False)
+
+
+def tables_job(model_name: str, inputs: Sequence[PathLike], neurons_out: PathLike, layers_out: PathLike) -> None:
+    """Per-neuron and per-layer tables of one model from its merged stores (one per dataset)."""
+    from neuron_census.stats import layer_table, neuron_table
+    from neuron_census.store import merge_stores
+
+    attrs, states = merge_stores(inputs)
+    neurons = neuron_table(model_name, attrs, states)
+    write_parquet(neurons, neurons_out)
+    write_parquet(layer_table(neurons, int(attrs["n_layers_total"])), layers_out)
+
+
+FIGURES = {
+    "fig1a_dead_neurons": "plot_dead_neurons",
+    "fig1b_fire_frequency": "plot_fire_frequency",
+}
+
+
+def figure_job(figure: str, layer_tables: Sequence[PathLike], style: Mapping[str, Any], outputs: Sequence[PathLike]) -> None:
+    """Draw one paper figure from per-layer tables of the figure's models (in the given order)."""
+    from neuron_census import figures
+
+    layers = pl.concat([pl.read_parquet(path) for path in layer_tables], how="diagonal_relaxed")
+    fig = getattr(figures, FIGURES[figure])(layers, style)
+    figures.save_figure(fig, outputs)
+
+
+def report_job(entries: Sequence[Mapping[str, str]], title: str, output: PathLike) -> None:
+    """A self-contained HTML page with every figure (embedded PNG) and its caption."""
+    from neuron_census.report import render_report
+
+    html = render_report(entries, title)
+    with atomic_path(output) as tmp:
+        Path(tmp).write_text(html, encoding="utf-8")
+
+
+def write_json(data: Any, output: PathLike) -> None:
+    with atomic_path(output) as tmp:
+        Path(tmp).write_text(json.dumps(data, indent=2, sort_keys=True))

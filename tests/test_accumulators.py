@@ -1,0 +1,166 @@
+"""Every accumulator against a direct, slow computation over all activations at once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from neuron_census.accumulators import (
+    FireCount,
+    Geometry,
+    LayerBatch,
+    Moments,
+    PositionFireCount,
+    TokenCount,
+    TokenFireCount,
+    TopK,
+    decode_token_fire_keys,
+    merge_states,
+)
+
+N_SEQ, SEQ_LEN, N_NEURONS, VOCAB = 12, 9, 7, 11
+LAYERS = (1, 3)
+
+
+@pytest.fixture(scope="module")
+def data() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    acts = rng.normal(size=(len(LAYERS), N_SEQ, SEQ_LEN, N_NEURONS)).astype(np.float32)
+    acts = np.maximum(acts, 0.0)  # ReLU: many exact zeros, i.e. many ties
+    acts[:, :, :, 0] = 0.0  # a dead neuron
+    acts[0, :, :, 1] = np.round(acts[0, :, :, 1], 1)  # coarse values: ties among positives
+    tokens = rng.integers(0, VOCAB, size=(N_SEQ, SEQ_LEN))
+    mask = np.ones((N_SEQ, SEQ_LEN), dtype=bool)
+    mask[:, 0] = False  # BOS
+    return {"acts": acts, "tokens": tokens, "mask": mask}
+
+
+GEOMETRY = Geometry(layers=LAYERS, n_neurons=N_NEURONS, seq_len=SEQ_LEN, vocab_size=VOCAB)
+
+
+def run(accumulator, data, rows: slice = slice(None), batch: int = 5) -> dict[str, np.ndarray]:
+    seq_ids = np.arange(N_SEQ)[rows]
+    for start in range(0, len(seq_ids), batch):
+        sel = seq_ids[start : start + batch]
+        for slot, layer in enumerate(LAYERS):
+            acts = torch.from_numpy(data["acts"][slot][sel])
+            mask = torch.from_numpy(data["mask"][sel])
+            accumulator.update(
+                LayerBatch(
+                    layer=layer,
+                    acts=acts,
+                    fires=(acts > 0) & mask[..., None],
+                    mask=mask,
+                    tokens=torch.from_numpy(data["tokens"][sel]),
+                    seq_ids=torch.from_numpy(sel),
+                )
+            )
+    return accumulator.state()
+
+
+def fires_of(data) -> np.ndarray:
+    return (data["acts"] > 0) & data["mask"][None, :, :, None]
+
+
+def test_fire_count(data):
+    state = run(FireCount(GEOMETRY, torch.device("cpu")), data)
+    np.testing.assert_array_equal(state["counts"], fires_of(data).sum(axis=(1, 2)))
+    np.testing.assert_array_equal(state["tokens"], [data["mask"].sum()] * len(LAYERS))
+    assert state["counts"][:, 0].tolist() == [0, 0]
+
+
+def test_position_fire_count(data):
+    state = run(PositionFireCount(GEOMETRY, torch.device("cpu")), data)
+    np.testing.assert_array_equal(state["counts"], fires_of(data).sum(axis=1))
+    np.testing.assert_array_equal(state["tokens"], data["mask"].sum(axis=0))
+    assert state["counts"][:, 0].sum() == 0  # BOS position never counted
+
+
+def test_token_count(data):
+    state = run(TokenCount(GEOMETRY, torch.device("cpu")), data)
+    expected = np.bincount(data["tokens"][data["mask"]], minlength=VOCAB)
+    np.testing.assert_array_equal(state["counts"], expected)
+
+
+@pytest.mark.parametrize("dense_limit", [1 << 30, 0])
+def test_token_fire_count_dense_and_sparse(data, dense_limit):
+    accumulator = TokenFireCount(GEOMETRY, torch.device("cpu"), dense_limit=dense_limit, flush_every=10)
+    state = run(accumulator, data)
+    expected = np.zeros((len(LAYERS), VOCAB, N_NEURONS), dtype=np.int64)
+    fires = fires_of(data)
+    for slot in range(len(LAYERS)):
+        for s in range(N_SEQ):
+            for t in range(SEQ_LEN):
+                expected[slot, data["tokens"][s, t]] += fires[slot, s, t]
+    got = np.zeros_like(expected)
+    slot, token, neuron = decode_token_fire_keys(state["keys"], VOCAB, N_NEURONS)
+    got[slot, token, neuron] = state["counts"]
+    np.testing.assert_array_equal(got, expected)
+    assert (state["counts"] > 0).all()
+    assert np.all(np.diff(state["keys"]) > 0)
+
+
+def reference_top_k(data, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sort every neuron's activations by (value descending, sequence, position)."""
+    values = np.full((len(LAYERS), k, N_NEURONS), -np.inf, dtype=np.float32)
+    seqs = np.full((len(LAYERS), k, N_NEURONS), -1)
+    poss = np.full((len(LAYERS), k, N_NEURONS), -1)
+    for slot in range(len(LAYERS)):
+        for n in range(N_NEURONS):
+            entries = [
+                (-data["acts"][slot, s, t, n], s, t)
+                for s in range(N_SEQ)
+                for t in range(SEQ_LEN)
+                if data["mask"][s, t]
+            ]
+            for i, (neg, s, t) in enumerate(sorted(entries)[:k]):
+                values[slot, i, n], seqs[slot, i, n], poss[slot, i, n] = -neg, s, t
+    return values, seqs, poss
+
+
+def test_top_k_one_pass_and_merged_shards_equal_reference(data):
+    k = 6
+    values, seqs, poss = reference_top_k(data, k)
+    one_pass = run(TopK(GEOMETRY, torch.device("cpu"), k=k), data, batch=4)
+    halves = [
+        run(TopK(GEOMETRY, torch.device("cpu"), k=k), data, rows=slice(0, 7), batch=3),
+        run(TopK(GEOMETRY, torch.device("cpu"), k=k), data, rows=slice(7, None), batch=2),
+    ]
+    merged = TopK.merge(halves)
+    for state in (one_pass, merged):
+        np.testing.assert_array_equal(state["values"], values)
+        np.testing.assert_array_equal(state["seq"], seqs)
+        np.testing.assert_array_equal(state["pos"], poss)
+
+
+def test_moments(data):
+    state = run(Moments(GEOMETRY, torch.device("cpu")), data)
+    acts = data["acts"][:, data["mask"]].astype(np.float64)  # [L, tokens, N]
+    np.testing.assert_allclose(state["sum"], acts.sum(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(state["sum_sq"], (acts**2).sum(axis=1), rtol=1e-6)
+    np.testing.assert_array_equal(state["min"], acts.min(axis=1).astype(np.float32))
+    np.testing.assert_array_equal(state["max"], acts.max(axis=1).astype(np.float32))
+
+
+def test_merge_of_shards_equals_one_pass(data):
+    def all_states(rows):
+        device = torch.device("cpu")
+        accs = [
+            FireCount(GEOMETRY, device),
+            PositionFireCount(GEOMETRY, device),
+            TokenCount(GEOMETRY, device),
+            TokenFireCount(GEOMETRY, device, dense_limit=0),
+            TopK(GEOMETRY, device, k=4),
+            Moments(GEOMETRY, device),
+        ]
+        return {acc.name: run(acc, data, rows=rows) for acc in accs}
+
+    whole = all_states(slice(None))
+    merged = merge_states([all_states(slice(0, 5)), all_states(slice(5, 9)), all_states(slice(9, None))])
+    for name, state in whole.items():
+        for key, array in state.items():
+            if name == "moments" and key.startswith("sum"):
+                np.testing.assert_allclose(merged[name][key], array, rtol=1e-12)
+            else:
+                np.testing.assert_array_equal(merged[name][key], array, err_msg=f"{name}/{key}")

@@ -1,0 +1,101 @@
+"""Accumulator stores: round trip, merge rules, and refusal of torn or corrupted stores."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from neuron_census.atomic import atomic_path
+from neuron_census.store import merge_stores, read_store, write_store
+
+
+def attrs(dataset: str = "d", shard: int = 0, **extra) -> dict:
+    base = {
+        "model": "m",
+        "datasets": [dataset],
+        "sources": [f"{dataset}/{shard}"],
+        "layers": [0, 1],
+        "n_layers_total": 2,
+        "n_neurons": 3,
+        "seq_len": 4,
+        "vocab_size": 5,
+        "tokenizer_fingerprint": "abc",
+        "fire_rule": "preactivation",
+        "has_bos": True,
+        "top_k": 2,
+    }
+    return base | extra
+
+
+def states(seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    return {
+        "fire_count": {"counts": rng.integers(0, 9, (2, 3)), "tokens": np.array([12, 12])},
+        "token_fire_count": {"keys": np.array([1, 4, 7]) + seed, "counts": np.array([1, 2, 3])},
+    }
+
+
+def test_round_trip(tmp_path: Path):
+    write_store(tmp_path / "s.zarr", attrs(), states(0))
+    got_attrs, got = read_store(tmp_path / "s.zarr")
+    assert got_attrs["layers"] == [0, 1] and got_attrs["complete"] is True
+    np.testing.assert_array_equal(got["fire_count"]["counts"], states(0)["fire_count"]["counts"])
+    np.testing.assert_array_equal(got["token_fire_count"]["keys"], [1, 4, 7])
+
+
+def test_merge_sums_and_coalesces(tmp_path: Path):
+    write_store(tmp_path / "a.zarr", attrs(shard=0), states(0))
+    write_store(tmp_path / "b.zarr", attrs(shard=1), states(3))
+    merged_attrs, merged = merge_stores([tmp_path / "a.zarr", tmp_path / "b.zarr"])
+    assert merged_attrs["sources"] == ["d/0", "d/1"]
+    np.testing.assert_array_equal(
+        merged["fire_count"]["counts"], states(0)["fire_count"]["counts"] + states(3)["fire_count"]["counts"]
+    )
+    assert merged["token_fire_count"]["keys"].tolist() == [1, 4, 7, 10]
+    assert merged["token_fire_count"]["counts"].tolist() == [1, 2 + 1, 3 + 2, 3]
+
+
+def test_merge_refuses_incompatible_or_overlapping(tmp_path: Path):
+    write_store(tmp_path / "a.zarr", attrs(), states(0))
+    write_store(tmp_path / "b.zarr", attrs(shard=1, layers=[0]), states(0))
+    write_store(tmp_path / "c.zarr", attrs(), states(0))
+    with pytest.raises(ValueError, match="'layers' differs"):
+        merge_stores([tmp_path / "a.zarr", tmp_path / "b.zarr"])
+    with pytest.raises(ValueError, match="counted twice"):
+        merge_stores([tmp_path / "a.zarr", tmp_path / "c.zarr"])
+
+
+def test_truncated_store_is_refused(tmp_path: Path):
+    path = tmp_path / "s.zarr"
+    write_store(path, attrs(), states(0))
+    for chunk in (path / "fire_count" / "counts" / "c").rglob("*"):
+        if chunk.is_file():
+            chunk.write_bytes(chunk.read_bytes()[:3])
+    with pytest.raises(ValueError, match=r"s\.zarr is corrupted"):
+        read_store(path)
+
+
+def test_store_without_completion_mark_is_refused(tmp_path: Path):
+    path = tmp_path / "s.zarr"
+    write_store(path, attrs(), states(0))
+    meta = json.loads((path / "zarr.json").read_text())
+    del meta["attributes"]["complete"]
+    (path / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="not a complete accumulator store"):
+        read_store(path)
+
+
+def test_failed_write_leaves_nothing(tmp_path: Path):
+    final = tmp_path / "out.zarr"
+    with pytest.raises(RuntimeError):
+        with atomic_path(final) as tmp:
+            tmp.mkdir()
+            (tmp / "partial").write_text("x")
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+    write_store(final, attrs(), states(0))
+    shutil.rmtree(final)
