@@ -1,0 +1,28 @@
+"""neuron-census: text -> token shards -> streaming accumulators -> tables -> figures -> report."""
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+# The embedded default, unless a full config (e.g. a preset) is given with --configfile;
+# --config KEY=VALUE overrides apply on top of either.
+if not workflow.config_settings.configfiles:
+    workflow.configfile("config/config.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/corpus.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/capture.smk"
+include: "workflow/rules/stats.smk"
+include: "workflow/rules/figures.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        expand("results/{model}/{table}.parquet", model=MODELS, table=["neurons", "layers"]),
+        expand("results/figures/{figure}.{ext}", figure=FIGURES, ext=["png", "pdf"]),
+        "results/report.html",
+    default_target: True

@@ -1,0 +1,31 @@
+"""One capture job per (model, dataset, shard); a merge per (model, dataset) sums the shards."""
+
+
+rule capture:
+    input:
+        shard=lambda w: f"results/tokens/{model_tokenizer(config, w.model)}/{w.dataset}/shard-{w.shard}.zarr",
+        model=lambda w: model_inputs(w.model),
+    output:
+        directory("results/capture/{model}/{dataset}/shard-{shard}.zarr"),
+    params:
+        model=lambda w: resolved_model_spec(config, w.model),
+        tokenizer_name=lambda w: model_tokenizer(config, w.model),
+        tokenizer=lambda w: resolved_tokenizer_spec(config, model_tokenizer(config, w.model)),
+        settings=lambda w: capture_settings(config, w.model),
+    threads: 8
+    resources:
+        gpu=1,
+    script:
+        "../scripts/capture.py"
+
+
+rule merge:
+    input:
+        lambda w: [
+            f"results/capture/{w.model}/{w.dataset}/shard-{i}.zarr"
+            for i in range(config["datasets"][w.dataset]["n_shards"])
+        ],
+    output:
+        directory("results/capture/{model}/{dataset}/merged.zarr"),
+    script:
+        "../scripts/merge.py"

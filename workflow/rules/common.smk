@@ -1,0 +1,71 @@
+"""Config validation at parse time and the name -> spec/path helpers every rule uses."""
+
+import sys
+from pathlib import Path
+
+from neuron_census.config import (
+    NAME_PATTERN,
+    ConfigError,
+    capture_settings,
+    model_tokenizer,
+    resolved_model_spec,
+    resolved_tokenizer_spec,
+    tokenizer_dir,
+    train_dir,
+    validate_config,
+)
+from neuron_census.jobs import FIGURES as FIGURE_FUNCTIONS
+
+try:
+    validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+except ConfigError as error:
+    sys.exit(f"neuron-census: {error}")
+
+MODELS = list(config["models"])
+FIGURES = list(FIGURE_FUNCTIONS)
+CAPTURE_DATASETS = config["capture"]["datasets"]
+
+_name = NAME_PATTERN.strip("^$")
+
+
+wildcard_constraints:
+    model=_name,
+    dataset=_name,
+    tok=_name,
+    run=_name,
+    shard=r"\d+",
+    figure=_name,
+
+
+def shard_paths(tok, dataset):
+    n = config["datasets"][dataset]["n_shards"]
+    return [f"results/tokens/{tok}/{dataset}/shard-{i}.zarr" for i in range(n)]
+
+
+def tokenizer_inputs(tok):
+    """Files a tokenizer is loaded from, so a tokenizer the pipeline trains is built first."""
+    spec = config["tokenizers"][tok]
+    if spec["source"] == "train_bpe":
+        return [tokenizer_dir(tok)]
+    if spec["source"] == "local":
+        return [spec["path"]]
+    if spec["source"] == "gpt2_bpe":
+        return ["resources/tokenizers/gpt2_bpe"]
+    return []
+
+
+def model_inputs(model):
+    spec = config["models"][model]
+    if spec["source"] == "trained":
+        return [train_dir(spec["run"])]
+    if spec["source"] == "local":
+        return [spec["path"]]
+    return []
+
+
+def figure_models(figure):
+    return config["figures"].get(figure, {}).get("models") or MODELS
+
+
+def figure_style(figure):
+    return {k: v for k, v in config["figures"].get(figure, {}).items() if k != "models"}

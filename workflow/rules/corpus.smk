@@ -1,0 +1,23 @@
+"""Text sources -> fixed-length token shards, one store per (tokenizer, dataset, shard)."""
+
+
+rule train_tokenizer:
+    output:
+        directory("results/tokenizers/{tok}"),
+    params:
+        spec=lambda w: config["tokenizers"][w.tok],
+        dataset=lambda w: config["datasets"][config["tokenizers"][w.tok]["dataset"]],
+    script:
+        "../scripts/train_tokenizer.py"
+
+
+rule tokenize:
+    input:
+        tokenizer=lambda w: tokenizer_inputs(w.tok),
+    output:
+        directory("results/tokens/{tok}/{dataset}/shard-{shard}.zarr"),
+    params:
+        tokenizer=lambda w: resolved_tokenizer_spec(config, w.tok),
+        dataset=lambda w: config["datasets"][w.dataset],
+    script:
+        "../scripts/tokenize.py"

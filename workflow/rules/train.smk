@@ -1,0 +1,21 @@
+"""Train OPT-architecture models on the bundled corpus, with checkpoints (Voita et al. Sec. 5.4)."""
+
+
+rule train:
+    input:
+        tokenizer=lambda w: tokenizer_inputs(config["train"][w.run]["tokenizer"]),
+        shards=lambda w: [
+            path
+            for dataset in config["train"][w.run]["datasets"]
+            for path in shard_paths(config["train"][w.run]["tokenizer"], dataset)
+        ],
+    output:
+        directory("results/train/{run}"),
+    params:
+        run=lambda w: config["train"][w.run],
+        tokenizer=lambda w: resolved_tokenizer_spec(config, config["train"][w.run]["tokenizer"]),
+    threads: 8
+    resources:
+        gpu=1,
+    script:
+        "../scripts/train.py"

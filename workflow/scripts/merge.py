@@ -1,0 +1,5 @@
+"""Snakemake adapter: sum the shard stores of one (model, dataset)."""
+
+from neuron_census.jobs import merge_job
+
+merge_job(inputs=list(snakemake.input), output=snakemake.output[0])  # noqa: F821 (injected by Snakemake)

@@ -1,0 +1,14 @@
+"""Snakemake adapter: the self-contained HTML report."""
+
+from neuron_census.jobs import report_job
+
+report_job(
+    entries=[
+        {"name": name, "png": png, "caption": caption}
+        for name, png, caption in zip(
+            snakemake.params.names, snakemake.input.figures, snakemake.input.captions  # noqa: F821
+        )
+    ],
+    title=snakemake.params.title,  # noqa: F821
+    output=snakemake.output[0],  # noqa: F821
+)

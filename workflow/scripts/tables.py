@@ -1,0 +1,10 @@
+"""Snakemake adapter: neurons.parquet and layers.parquet of one model."""
+
+from neuron_census.jobs import tables_job
+
+tables_job(
+    model_name=snakemake.wildcards.model,  # noqa: F821 (injected by Snakemake)
+    inputs=list(snakemake.input),  # noqa: F821
+    neurons_out=snakemake.output.neurons,  # noqa: F821
+    layers_out=snakemake.output.layers,  # noqa: F821
+)

@@ -1,0 +1,9 @@
+"""Snakemake adapter: train a byte-level BPE tokenizer on a dataset's documents."""
+
+from neuron_census.jobs import train_tokenizer_job
+
+train_tokenizer_job(
+    spec=snakemake.params.spec,  # noqa: F821 (injected by Snakemake)
+    dataset_spec=snakemake.params.dataset,  # noqa: F821
+    output=snakemake.output[0],  # noqa: F821
+)
