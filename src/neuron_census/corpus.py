@@ -1,0 +1,558 @@
+"""Datasets as documents, documents as fixed-length token sequences, sequences as zarr shards.
+
+A dataset spec (config `datasets.<name>`) names a text source (bundled corpus, local files, a
+Hugging Face dataset) or random tokens. Its documents are tokenized lazily, packed into one
+stream of `seq_len`-token sequences, and cut into shards of `sequences_per_shard` sequences:
+shard i is always sequences [i*n, (i+1)*n) of that stream, so raising `n_shards` never changes
+an existing shard, and a shard only reads as much text as it needs.
+"""
+
+from __future__ import annotations
+
+import codecs
+import gzip
+import hashlib
+import json
+import lzma
+import random
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from neuron_census.atomic import atomic_path
+from neuron_census.bundle import (
+    DOMAINS,
+    MIN_DOCUMENT_CHARS,
+    corpus_file,
+    group_blocks,
+    iter_blocks,
+)
+from neuron_census.tokenization import TextTokenizer
+
+SOURCES = ("bundled", "files", "hf", "random_tokens")
+SPLITS = ("all", "train", "heldout")
+TEXT_SUFFIXES = (".txt", ".txt.gz", ".txt.xz")
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.xz")
+SHARD_KIND = "token_shard"
+SHARD_FORMAT_VERSION = 1
+READ_CHUNK_BYTES = 1 << 20
+TOKENIZE_BATCH_DOCS = 64
+TOKENIZE_BATCH_CHARS = 1 << 20
+SHARD_CHUNK_BYTES = 1 << 20
+
+DEFAULTS: dict[str, Any] = {
+    "split": "all",
+    "heldout_every": 10,
+    "encoding_errors": "strict",
+    "seq_len": 128,
+    "sequences_per_shard": 64,
+    "n_shards": 2,
+    "seed": 0,
+}
+
+
+# --------------------------------------------------------------------------- spec access
+
+
+def _opt(spec: Mapping[str, Any], key: str) -> Any:
+    return spec.get(key, DEFAULTS.get(key))
+
+
+def _int_opt(spec: Mapping[str, Any], key: str, minimum: int, dataset: str) -> int:
+    value = _opt(spec, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(
+            f"dataset {dataset!r}: {key} must be an integer >= {minimum}, got {value!r}"
+        )
+    return value
+
+
+def _choice_opt(
+    spec: Mapping[str, Any], key: str, choices: tuple[str, ...], dataset: str
+) -> str:
+    value = _opt(spec, key)
+    if value not in choices:
+        raise ValueError(
+            f"dataset {dataset!r}: {key} must be one of {', '.join(choices)}, got {value!r}"
+        )
+    return value
+
+
+def _name(spec: Mapping[str, Any], dataset: str | None) -> str:
+    return dataset if dataset is not None else str(spec.get("name", "<unnamed>"))
+
+
+# --------------------------------------------------------------------------- documents
+
+
+def iter_documents(
+    spec: Mapping[str, Any], root: Path = Path("."), *, dataset: str | None = None
+) -> Iterator[str]:
+    """Documents of a text dataset, in the dataset's fixed order, with its split applied."""
+    name = _name(spec, dataset)
+    source = spec.get("source")
+    split = _choice_opt(spec, "split", SPLITS, name)
+    every = _int_opt(spec, "heldout_every", 2, name)
+    errors = _choice_opt(spec, "encoding_errors", ("strict", "replace"), name)
+    if source == "bundled":
+        streams = [
+            apply_split(_text_file_documents(_bundled_path(d, root), errors), split, every)
+            for d in _domains(spec, name)
+        ]
+        yield from interleave(streams, int(_opt(spec, "seed")))
+    elif source == "files":
+        min_chars = _int_opt(
+            {"min_document_chars": MIN_DOCUMENT_CHARS, **spec}, "min_document_chars", 1, name
+        )
+        for path in _file_paths(spec, root, name):
+            yield from apply_split(_file_documents(path, spec, errors, min_chars), split, every)
+    elif source == "hf":
+        yield from apply_split(_hf_documents(spec, root, name), split, every)
+    elif source == "random_tokens":
+        raise ValueError(f"dataset {name!r}: source 'random_tokens' has no text documents")
+    else:
+        raise ValueError(
+            f"dataset {name!r}: unknown source {source!r}; choose from {', '.join(SOURCES)}"
+        )
+
+
+def apply_split(documents: Iterable[str], split: str, heldout_every: int) -> Iterator[str]:
+    """Keep the train or heldout part of one stream: document i is heldout iff
+    i % heldout_every == heldout_every - 1 (i counts the stream's non-empty documents)."""
+    for i, doc in enumerate(documents):
+        heldout = i % heldout_every == heldout_every - 1
+        if split == "all" or (split == "heldout") == heldout:
+            yield doc
+
+
+def interleave(streams: list[Iterator[str]], seed: int) -> Iterator[str]:
+    """Round-robin over streams (one document from each per round, in a seeded order per round);
+    a stream that runs out drops out."""
+    rng = random.Random(seed)
+    active = list(range(len(streams)))
+    while active:
+        order = rng.sample(active, len(active))
+        for i in order:
+            doc = next(streams[i], None)
+            if doc is None:
+                active.remove(i)
+            else:
+                yield doc
+
+
+def corpus_texts(
+    spec: Mapping[str, Any], root: Path = Path("."), max_chars: int = 10_000_000
+) -> Iterator[str]:
+    """Train-split documents of a dataset, up to max_chars characters in all.
+
+    For fitting tokenizers without ever seeing heldout text.
+    """
+    left = max_chars
+    for doc in iter_documents({**spec, "split": "train"}, root):
+        if left <= 0:
+            return
+        yield doc[:left]
+        left -= len(doc)
+
+
+def _domains(spec: Mapping[str, Any], name: str) -> list[str]:
+    domains = spec.get("domains") or list(DOMAINS)
+    if isinstance(domains, str) or not isinstance(domains, list):
+        raise ValueError(f"dataset {name!r}: domains must be a list of {', '.join(DOMAINS)}")
+    for domain in domains:
+        if domain not in DOMAINS:
+            raise ValueError(
+                f"dataset {name!r}: unknown bundled domain {domain!r}; "
+                f"choose from {', '.join(DOMAINS)}"
+            )
+    if len(set(domains)) != len(domains):
+        raise ValueError(f"dataset {name!r}: domains {domains} repeat a domain")
+    return list(domains)
+
+
+def _bundled_path(domain: str, root: Path) -> Path:
+    path = corpus_file(domain, root)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"bundled corpus file {path} is missing; run python -m neuron_census.bundle"
+        )
+    return path
+
+
+def _file_paths(spec: Mapping[str, Any], root: Path, name: str) -> list[Path]:
+    """Files matched by the spec's globs (each glob sorted, order of globs kept, no repeats)."""
+    patterns = spec.get("paths")
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    if not patterns or not all(isinstance(p, str) for p in patterns):
+        raise ValueError(f"dataset {name!r}: source 'files' needs 'paths', a list of globs")
+    found: list[Path] = []
+    for pattern in patterns:
+        if Path(pattern).is_absolute():
+            anchor = Path(Path(pattern).anchor)
+            rel = str(Path(pattern).relative_to(anchor))
+        else:
+            anchor, rel = Path(root), pattern
+        matches = sorted(p for p in anchor.glob(rel) if p.is_file())
+        if not matches:
+            raise FileNotFoundError(f"dataset {name!r}: no file matches {pattern!r} under {anchor}")
+        found += [p for p in matches if p not in found]
+    return found
+
+
+def _file_documents(
+    path: Path, spec: Mapping[str, Any], errors: str, min_chars: int
+) -> Iterator[str]:
+    suffix = "".join(path.suffixes[-2:]) if len(path.suffixes) > 1 else path.suffix
+    if path.name.endswith(JSONL_SUFFIXES):
+        return _jsonl_documents(path, str(spec.get("text_field", "text")), errors)
+    if path.name.endswith(TEXT_SUFFIXES):
+        return _text_file_documents(path, errors, min_chars)
+    raise ValueError(
+        f"{path}: unsupported file type {suffix!r}; use {', '.join(TEXT_SUFFIXES + JSONL_SUFFIXES)}"
+    )
+
+
+def _text_file_documents(
+    path: Path, errors: str, min_chars: int = MIN_DOCUMENT_CHARS
+) -> Iterator[str]:
+    """Documents of a plain-text file: blank-line blocks grouped to min_chars (bundle format)."""
+    count = 0
+    for doc in group_blocks(iter_blocks(read_text_chunks(path, errors)), min_chars):
+        count += 1
+        yield doc
+    if count == 0:
+        raise ValueError(f"{path}: file is empty or has no documents")
+
+
+def _jsonl_documents(path: Path, field: str, errors: str) -> Iterator[str]:
+    """One document per JSON line (its `field` string); blank lines and empty texts skipped."""
+    count = 0
+    for number, line in enumerate(_lines(read_text_chunks(path, errors)), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{number}: invalid JSON ({err.msg})") from None
+        text = record.get(field) if isinstance(record, dict) else None
+        if not isinstance(text, str):
+            raise ValueError(f"{path}:{number}: record has no string field {field!r}")
+        if text.strip():
+            count += 1
+            yield text
+    if count == 0:
+        raise ValueError(f"{path}: file is empty or has no documents")
+
+
+def _lines(chunks: Iterable[str]) -> Iterator[str]:
+    rest = ""
+    for chunk in chunks:
+        *lines, rest = (rest + chunk).split("\n")
+        yield from lines
+    if rest:
+        yield rest
+
+
+def _open_binary(path: Path) -> IO[bytes]:
+    if path.name.endswith(".xz"):
+        return lzma.open(path, "rb")
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rb")
+    return open(path, "rb")
+
+
+def read_text_chunks(path: Path, errors: str = "strict") -> Iterator[str]:
+    """Decoded UTF-8 text of a (possibly .gz/.xz) file in pieces, with CRLF turned into LF.
+
+    Invalid UTF-8 raises ValueError naming the file and the byte offset (in the uncompressed
+    data) under errors='strict'; errors='replace' substitutes U+FFFD.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"text file {path} does not exist")
+    decoder = codecs.getincrementaldecoder("utf-8")(errors)
+    fed = 0
+    held = ""
+    try:
+        with _open_binary(path) as handle:
+            while True:
+                data = handle.read(READ_CHUNK_BYTES)
+                final = not data
+                try:
+                    text = decoder.decode(data, final=final)
+                except UnicodeDecodeError as err:
+                    offset = fed + len(data) - len(err.object) + err.start
+                    raise ValueError(
+                        f"{path}: invalid UTF-8 at byte offset {offset} "
+                        "(set encoding_errors: replace to substitute it)"
+                    ) from None
+                fed += len(data)
+                text = held + text
+                held = ""
+                if text.endswith("\r") and not final:
+                    text, held = text[:-1], "\r"
+                if text:
+                    yield text.replace("\r\n", "\n")
+                if final:
+                    return
+    except (OSError, EOFError, lzma.LZMAError) as err:
+        raise ValueError(f"{path}: cannot read compressed or raw data ({err})") from None
+
+
+def _hf_documents(spec: Mapping[str, Any], root: Path, name: str) -> Iterator[str]:
+    """Streamed records of a Hugging Face dataset (never running remote code)."""
+    hf = spec.get("hf")
+    if not isinstance(hf, Mapping) or not hf.get("path"):
+        raise ValueError(f"dataset {name!r}: source 'hf' needs hf.path")
+    import datasets
+
+    path = str(hf["path"])
+    local = Path(root) / path
+    if not Path(path).is_absolute() and local.exists():
+        path = str(local)
+    field = str(hf.get("text_field", "text"))
+    try:
+        stream = datasets.load_dataset(
+            path,
+            name=hf.get("name"),
+            split=hf.get("split", "train"),
+            data_files=_resolve_data_files(hf.get("data_files"), root),
+            revision=hf.get("revision"),
+            streaming=True,
+        )
+    except Exception as err:  # datasets raises many types; report them in one line
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"dataset {name!r}: cannot load hf dataset {path!r}: {first}") from err
+    count = 0
+    for record in stream:
+        text = record.get(field)
+        if not isinstance(text, str):
+            raise ValueError(f"dataset {name!r}: hf dataset {path!r} has no string field {field!r}")
+        if text.strip():
+            count += 1
+            yield text
+    if count == 0:
+        raise ValueError(f"dataset {name!r}: hf dataset {path!r} has no documents")
+
+
+def _resolve_data_files(files: Any, root: Path) -> Any:
+    """data_files with relative local paths made relative to root (URLs and globs kept)."""
+    if files is None:
+        return None
+    if isinstance(files, str):
+        if "://" in files or Path(files).is_absolute():
+            return files
+        return str(Path(root) / files)
+    if isinstance(files, list):
+        return [_resolve_data_files(f, root) for f in files]
+    if isinstance(files, Mapping):
+        return {k: _resolve_data_files(v, root) for k, v in files.items()}
+    raise ValueError(f"hf.data_files must be a string, list or mapping, got {type(files).__name__}")
+
+
+# --------------------------------------------------------------------------- packing
+
+
+def pack_sequences(
+    docs_token_ids: Iterable[list[int]], seq_len: int, bos_id: int | None, eos_id: int | None
+) -> Iterator[np.ndarray]:
+    """Concatenate documents (eos between them when eos_id is set), cut into chunks of
+    seq_len minus one for bos, prepend bos; yield int32 arrays of seq_len. The incomplete tail
+    is dropped. Empty documents add nothing (not even a separator)."""
+    body = seq_len - (bos_id is not None)
+    if body < 1:
+        raise ValueError(f"seq_len {seq_len} leaves no room for tokens after bos")
+    head = np.array([] if bos_id is None else [bos_id], dtype=np.int32)
+    parts: list[np.ndarray] = []
+    held = 0
+    first = True
+    for ids in docs_token_ids:
+        if len(ids) == 0:
+            continue
+        if eos_id is not None and not first:
+            parts.append(np.array([eos_id], dtype=np.int32))
+            held += 1
+        first = False
+        arr = np.asarray(ids, dtype=np.int32)
+        parts.append(arr)
+        held += len(arr)
+        if held >= body:
+            stream = np.concatenate(parts)
+            n_full = len(stream) // body
+            for k in range(n_full):
+                yield np.concatenate([head, stream[k * body : (k + 1) * body]])
+            rest = stream[n_full * body :]
+            parts, held = [rest], len(rest)
+
+
+def _token_batches(documents: Iterable[str], tokenizer: TextTokenizer) -> Iterator[list[int]]:
+    """Token ids per document, encoded in batches only when the consumer needs them."""
+    batch: list[str] = []
+    chars = 0
+    for doc in documents:
+        batch.append(doc)
+        chars += len(doc)
+        if len(batch) >= TOKENIZE_BATCH_DOCS or chars >= TOKENIZE_BATCH_CHARS:
+            yield from tokenizer.encode_batch(batch)
+            batch, chars = [], 0
+    if batch:
+        yield from tokenizer.encode_batch(batch)
+
+
+def shard_sequences(
+    spec: Mapping[str, Any],
+    tokenizer: TextTokenizer,
+    shard: int,
+    root: Path = Path("."),
+    *,
+    dataset: str | None = None,
+) -> np.ndarray:
+    """Token ids (int32, sequences_per_shard x seq_len) of one shard of a dataset."""
+    name = _name(spec, dataset)
+    seq_len = _int_opt(spec, "seq_len", 2 if tokenizer.bos_id is not None else 1, name)
+    per_shard = _int_opt(spec, "sequences_per_shard", 1, name)
+    n_shards = _int_opt(spec, "n_shards", 1, name)
+    valid = isinstance(shard, (int, np.integer)) and not isinstance(shard, bool)
+    if not valid or not 0 <= shard < n_shards:
+        raise ValueError(
+            f"dataset {name!r}: shard {shard!r} is outside range(n_shards={n_shards})"
+        )
+    shard = int(shard)
+    if spec.get("source") == "random_tokens":
+        return random_shard(spec, tokenizer, shard, seq_len, per_shard, name)
+    start, stop = shard * per_shard, (shard + 1) * per_shard
+    out = np.empty((per_shard, seq_len), dtype=np.int32)
+    documents = iter_documents(spec, root, dataset=name)
+    produced = 0
+    token_ids = _token_batches(documents, tokenizer)
+    packed = pack_sequences(token_ids, seq_len, tokenizer.bos_id, tokenizer.eos_id)
+    for index, seq in enumerate(packed):
+        produced = index + 1
+        if index >= start:
+            out[index - start] = seq
+        if produced == stop:
+            return out
+    raise ValueError(
+        f"dataset {name!r} yields only {produced} sequences of length {seq_len}; "
+        f"shard {shard} needs sequences {start}..{stop - 1}"
+    )
+
+
+def random_shard(
+    spec: Mapping[str, Any],
+    tokenizer: TextTokenizer,
+    shard: int,
+    seq_len: int,
+    per_shard: int,
+    name: str,
+) -> np.ndarray:
+    """Uniform random non-special ids in [first_id, vocab_size), bos first.
+
+    Seeded by (seed, shard), so every shard is reproducible on its own.
+    """
+    first_id = int(spec.get("first_id", 0))
+    allowed = np.setdiff1d(
+        np.arange(first_id, tokenizer.vocab_size, dtype=np.int64),
+        np.fromiter(tokenizer.special_ids, dtype=np.int64),
+    )
+    if len(allowed) == 0:
+        raise ValueError(
+            f"dataset {name!r}: no non-special token ids in [{first_id}, {tokenizer.vocab_size})"
+        )
+    seed = _int_opt(spec, "seed", 0, name)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, shard]))
+    has_bos = tokenizer.bos_id is not None
+    body = allowed[rng.integers(0, len(allowed), size=(per_shard, seq_len - has_bos))]
+    out = np.empty((per_shard, seq_len), dtype=np.int32)
+    if has_bos:
+        out[:, 0] = tokenizer.bos_id
+    out[:, int(has_bos) :] = body
+    return out
+
+
+# --------------------------------------------------------------------------- shard store
+
+
+def _tokens_digest(tokens: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(tokens, dtype="<i4").tobytes()).hexdigest()
+
+
+def write_token_shard(
+    path: str | Path, tokens: np.ndarray, *, tokenizer: TextTokenizer, dataset: str, shard: int
+) -> None:
+    """Atomically write a zarr v3 group with array `tokens` (int32, chunked by rows) and attrs."""
+    import zarr
+
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 2 or tokens.shape[0] < 1 or tokens.shape[1] < 1:
+        raise ValueError(
+            f"token shard {path}: tokens must be a non-empty 2-D array, got {tokens.shape}"
+        )
+    if not np.issubdtype(tokens.dtype, np.integer):
+        raise ValueError(f"token shard {path}: tokens must be integers, got {tokens.dtype}")
+    if tokens.min() < 0 or tokens.max() >= tokenizer.vocab_size:
+        raise ValueError(
+            f"token shard {path}: ids outside [0, {tokenizer.vocab_size}) "
+            f"of tokenizer {tokenizer.name!r}"
+        )
+    tokens = tokens.astype(np.int32)
+    n_seq, seq_len = tokens.shape
+    rows = max(1, min(n_seq, SHARD_CHUNK_BYTES // (4 * seq_len)))
+    has_bos = tokenizer.bos_id is not None and bool(np.all(tokens[:, 0] == tokenizer.bos_id))
+    attrs = {
+        "kind": SHARD_KIND,
+        "format_version": SHARD_FORMAT_VERSION,
+        "tokenizer": tokenizer.name,
+        "tokenizer_fingerprint": tokenizer.fingerprint,
+        "dataset": dataset,
+        "shard": int(shard),
+        "seq_len": int(seq_len),
+        "n_sequences": int(n_seq),
+        "bos_id": tokenizer.bos_id,
+        "has_bos": has_bos,
+        "vocab_size": tokenizer.vocab_size,
+        "tokens_sha256": _tokens_digest(tokens),
+    }
+    with atomic_path(path) as tmp:
+        group = zarr.open_group(store=str(tmp), mode="w", zarr_format=3)
+        array = group.create_array(
+            "tokens", shape=tokens.shape, chunks=(rows, seq_len), dtype="int32"
+        )
+        array[...] = tokens
+        group.attrs.update(attrs)
+
+
+def read_token_shard(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """Tokens and attrs of a token shard, checked for kind, version, shape, chunks and checksum."""
+    import zarr
+
+    path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"token shard {path} does not exist")
+    try:
+        group = zarr.open_group(store=str(path), mode="r")
+        attrs = dict(group.attrs)
+        array = group["tokens"]
+        complete = array.nchunks_initialized == array.nchunks
+        tokens = np.asarray(array[...])
+    except Exception as err:  # zarr/numcodecs raise many types for damaged stores
+        reason = f"{type(err).__name__}: {err}".splitlines()[0]
+        raise ValueError(f"token shard {path} is unreadable ({reason})") from None
+    if attrs.get("kind") != SHARD_KIND or attrs.get("format_version") != SHARD_FORMAT_VERSION:
+        raise ValueError(
+            f"token shard {path}: expected kind {SHARD_KIND!r} version {SHARD_FORMAT_VERSION}, "
+            f"got {attrs.get('kind')!r} version {attrs.get('format_version')!r}"
+        )
+    expected = (attrs.get("n_sequences"), attrs.get("seq_len"))
+    if tokens.shape != expected or tokens.dtype != np.int32:
+        raise ValueError(
+            f"token shard {path}: tokens are {tokens.dtype}{tokens.shape}, "
+            f"attrs say int32{expected}"
+        )
+    if not complete:
+        raise ValueError(f"token shard {path} is truncated: some chunks of 'tokens' are missing")
+    if attrs.get("tokens_sha256") not in (None, _tokens_digest(tokens)):
+        raise ValueError(f"token shard {path}: tokens do not match their stored sha256")
+    return tokens, attrs

@@ -1,0 +1,203 @@
+"""Tokenizers behind one small interface, loadable offline.
+
+Every tokenizer is reduced to a `tokenizers.Tokenizer` (the fast Rust backend), so batch
+encoding is fast and the fingerprint can be computed from its canonical JSON definition: two
+configs naming the same tokenizer share token shards and statistics, different ones never do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+from neuron_census.bundle import resources_dir
+
+SOURCES = ("hub", "local", "gpt2_bpe", "words")
+GPT2_EOT = "<|endoftext|>"
+WORDS_BOS = "<bos>"
+WORDS_UNK = "<unk>"
+
+
+@dataclass(frozen=True)
+class TextTokenizer:
+    """A loaded tokenizer: ids for text, plus what packing and bookkeeping need."""
+
+    name: str
+    bos_id: int | None
+    eos_id: int | None
+    vocab_size: int
+    fingerprint: str
+    backend: Tokenizer = field(repr=False, compare=False)
+    special_ids: frozenset[int] = field(default=frozenset(), compare=False)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, no special tokens added."""
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of several texts at once (parallel in the Rust backend)."""
+        if not texts:
+            return []
+        return [enc.ids for enc in self.backend.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of token ids (special tokens kept), for inspection."""
+        return self.backend.decode(list(ids), skip_special_tokens=False)
+
+    def token_strings(self) -> list[str]:
+        """Raw token string per id (e.g. "Ġthe"); ids with no token map to ""."""
+        return [self.backend.id_to_token(i) or "" for i in range(self.vocab_size)]
+
+
+def load_tokenizer(name: str, spec: Mapping[str, Any], root: Path = Path(".")) -> TextTokenizer:
+    """Build the tokenizer described by a config entry `tokenizers.<name>`."""
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"tokenizer {name!r}: spec must be a mapping, got {type(spec).__name__}")
+    source = spec.get("source")
+    if source == "hub":
+        backend, bos, eos, special = _from_transformers(name, _hub_args(name, spec))
+    elif source == "local":
+        backend, bos, eos, special = _from_transformers(name, _local_args(name, spec, root))
+    elif source == "gpt2_bpe":
+        backend = _gpt2_bpe(name, spec, root)
+        eot = backend.token_to_id(GPT2_EOT)
+        bos, eos, special = eot, eot, frozenset({eot})
+    elif source == "words":
+        backend = _words(name, spec)
+        bos, eos, special = 0, None, frozenset({0, 1})
+    else:
+        raise ValueError(
+            f"tokenizer {name!r}: unknown source {source!r}; choose from {', '.join(SOURCES)}"
+        )
+    bos = _choose_special(name, "bos", spec.get("bos", "auto"), bos, backend)
+    eos = _choose_special(name, "eos", spec.get("eos", "auto"), eos, backend)
+    vocab_size = _vocab_size(backend)
+    return TextTokenizer(
+        name=name,
+        bos_id=bos,
+        eos_id=eos,
+        vocab_size=vocab_size,
+        fingerprint=fingerprint(backend, bos, eos),
+        backend=backend,
+        special_ids=frozenset(i for i in special if i is not None) | _added_special_ids(backend),
+    )
+
+
+def _added_special_ids(backend: Tokenizer) -> frozenset[int]:
+    """Ids of the backend's added tokens marked special (e.g. <s> even when no role names it)."""
+    return frozenset(i for i, tok in backend.get_added_tokens_decoder().items() if tok.special)
+
+
+def fingerprint(backend: Tokenizer, bos_id: int | None, eos_id: int | None) -> str:
+    """sha256 of the canonical JSON of the tokenizer definition plus its bos/eos choice."""
+    definition = json.loads(backend.to_str())
+    canonical = json.dumps(
+        {"tokenizer": definition, "bos_id": bos_id, "eos_id": eos_id},
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _vocab_size(backend: Tokenizer) -> int:
+    vocab = backend.get_vocab(with_added_tokens=True)
+    return max(vocab.values()) + 1 if vocab else 0
+
+
+def _choose_special(
+    name: str, role: str, choice: Any, default: int | None, backend: Tokenizer
+) -> int | None:
+    """Resolve a `bos`/`eos` option: auto (tokenizer's own), none, or a token string."""
+    if choice is None or choice == "none":
+        return None
+    if choice == "auto":
+        return default
+    if isinstance(choice, str):
+        token_id = backend.token_to_id(choice)
+        if token_id is None:
+            raise ValueError(
+                f"tokenizer {name!r}: {role} token {choice!r} is not in the vocabulary"
+            )
+        return token_id
+    raise ValueError(f"tokenizer {name!r}: {role} must be 'auto', 'none' or a token string")
+
+
+def _hub_args(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+    if not spec.get("id"):
+        raise ValueError(f"tokenizer {name!r}: source 'hub' needs an 'id'")
+    args: dict[str, Any] = {"pretrained_model_name_or_path": str(spec["id"])}
+    if spec.get("revision"):
+        args["revision"] = str(spec["revision"])
+    return args
+
+
+def _local_args(name: str, spec: Mapping[str, Any], root: Path) -> dict[str, Any]:
+    if not spec.get("path"):
+        raise ValueError(f"tokenizer {name!r}: source 'local' needs a 'path'")
+    path = Path(spec["path"])
+    path = path if path.is_absolute() else Path(root) / path
+    if not path.is_dir():
+        raise FileNotFoundError(f"tokenizer {name!r}: local folder {path} does not exist")
+    return {"pretrained_model_name_or_path": str(path), "local_files_only": True}
+
+
+def _from_transformers(
+    name: str, args: dict[str, Any]
+) -> tuple[Tokenizer, int | None, int | None, frozenset[int]]:
+    """Load with AutoTokenizer (never running remote code) and keep its fast backend."""
+    from transformers import AutoTokenizer
+
+    where = args["pretrained_model_name_or_path"]
+    try:
+        hf = AutoTokenizer.from_pretrained(**args, trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"tokenizer {name!r}: cannot load from {where}: {first}") from err
+    backend = getattr(hf, "backend_tokenizer", None)
+    if not isinstance(backend, Tokenizer):
+        raise ValueError(f"tokenizer {name!r}: {where} has no fast (tokenizers) backend")
+    special = frozenset(int(i) for i in getattr(hf, "all_special_ids", []) if i is not None)
+    return backend, hf.bos_token_id, hf.eos_token_id, special
+
+
+def _gpt2_bpe(name: str, spec: Mapping[str, Any], root: Path) -> Tokenizer:
+    """GPT-2 byte-level BPE from encoder.json + vocab.bpe (the bundled copy by default)."""
+    folder = Path(spec["path"]) if spec.get("path") else resources_dir(root) / "tokenizers/gpt2_bpe"
+    folder = folder if folder.is_absolute() else Path(root) / folder
+    vocab, merges = folder / "encoder.json", folder / "vocab.bpe"
+    for path in (vocab, merges):
+        if not path.is_file():
+            raise FileNotFoundError(f"tokenizer {name!r}: missing GPT-2 BPE file {path}")
+    backend = Tokenizer(models.BPE.from_file(str(vocab), str(merges)))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens([AddedToken(GPT2_EOT, special=True)])
+    if backend.token_to_id(GPT2_EOT) is None:
+        raise ValueError(f"tokenizer {name!r}: {vocab} has no {GPT2_EOT} token")
+    return backend
+
+
+def _words(name: str, spec: Mapping[str, Any]) -> Tokenizer:
+    """Whitespace word-level tokenizer: <bos>=0, <unk>=1, then the given words from id 2."""
+    words = spec.get("words")
+    if not isinstance(words, list) or not words or not all(isinstance(w, str) for w in words):
+        raise ValueError(f"tokenizer {name!r}: source 'words' needs 'words', a list of strings")
+    vocab = {WORDS_BOS: 0, WORDS_UNK: 1}
+    for word in words:
+        if word in vocab or not word or any(c.isspace() for c in word):
+            raise ValueError(f"tokenizer {name!r}: word {word!r} is duplicated, empty or spaced")
+        vocab[word] = len(vocab)
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=WORDS_UNK))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    backend.add_special_tokens(
+        [AddedToken(WORDS_BOS, special=True), AddedToken(WORDS_UNK, special=True)]
+    )
+    return backend

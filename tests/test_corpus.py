@@ -1,0 +1,302 @@
+"""Documents, packing, shards and the bundled corpus, checked against exact values."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import lzma
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from neuron_census.bundle import (
+    DOMAINS,
+    build,
+    choose_documents,
+    corpus_file,
+    group_blocks,
+    iter_blocks,
+    join_documents,
+    split_documents,
+)
+from neuron_census.corpus import (
+    corpus_texts,
+    iter_documents,
+    pack_sequences,
+    read_token_shard,
+    shard_sequences,
+    write_token_shard,
+)
+from neuron_census.tokenization import TextTokenizer, load_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+RESOURCES = ROOT / "resources"
+SHARED = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def gpt2() -> TextTokenizer:
+    return load_tokenizer("gpt2", {"source": "gpt2_bpe"}, ROOT)
+
+
+@pytest.fixture(scope="module")
+def words() -> TextTokenizer:
+    return load_tokenizer("w", {"source": "words", "words": ["a", "b", "c"]})
+
+
+def _bundled(**extra: object) -> dict:
+    return {"source": "bundled", **extra}
+
+
+# --------------------------------------------------------------------------- text format
+
+
+def test_blocks_and_documents_round_trip() -> None:
+    text = "\n  \nfirst\nblock  \n\n\n\t\n  second block\n \nthird\n\n"
+    assert list(iter_blocks([text])) == ["first\nblock  ", "  second block", "third"]
+    pieces = [text[i : i + 3] for i in range(0, len(text), 3)]
+    assert list(iter_blocks(pieces)) == ["first\nblock  ", "  second block", "third"]
+    assert list(group_blocks(["x" * 300, "y" * 300, "z" * 10], 500)) == [
+        "x" * 300 + "\n\n" + "y" * 300,
+        "z" * 10,
+    ]
+    rng = random.Random(0)
+    blocks = [
+        "\n".join(
+            " " * rng.randint(0, 2) + "w" * rng.randint(1, 90) for _ in range(rng.randint(1, 4))
+        )
+        for _ in range(400)
+    ]
+    docs = list(group_blocks(blocks, 500))
+    stored = join_documents(docs)
+    assert split_documents(stored) == docs
+    chunks = [stored[i : i + 777] for i in range(0, len(stored), 777)]
+    assert list(group_blocks(iter_blocks(chunks), 500)) == docs
+
+
+# --------------------------------------------------------------------------- bundled corpus
+
+
+def test_resources_small_and_decompress() -> None:
+    total = sum(p.stat().st_size for p in RESOURCES.rglob("*") if p.is_file())
+    assert total < 6_000_000
+    sources = (RESOURCES / "SOURCES.md").read_text(encoding="utf-8")
+    for domain in DOMAINS:
+        text = lzma.decompress(corpus_file(domain, ROOT).read_bytes()).decode("utf-8")
+        assert text.endswith("\n") and len(text) > 100_000
+        kept = int(re.search(rf"\| {domain} \| (\d+) / \d+ \|", sources).group(1))
+        assert len(split_documents(text)) == kept, domain
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        assert (RESOURCES / "models" / "stories260K" / name).is_file()
+    assert (RESOURCES / "LICENSES.md").is_file()
+
+
+def test_choose_documents_rule() -> None:
+    docs = [f"doc {i} " + "x" * (100 + 37 * i) for i in range(40)]
+    sizes = [len(d.encode()) for d in docs]
+    assert choose_documents("t", docs, 10**9) == list(range(40))
+    kept = choose_documents("t", docs, 20_000)
+    assert kept == sorted(kept) and 0 < len(kept) < 40
+    assert sum(sizes[i] for i in kept) + 2 * (len(kept) - 1) + 1 <= 20_000
+    assert choose_documents("t", docs, 20_000) == kept
+    assert choose_documents("u", docs, 20_000) != kept  # the domain name seeds the permutation
+
+
+@pytest.mark.skipif(not (SHARED / "SOURCES.md").is_file(), reason="offline source data not present")
+def test_builder_reproduces_resources(tmp_path: Path) -> None:
+    build(SHARED, tmp_path / "resources")
+    for path in sorted(p for p in RESOURCES.rglob("*") if p.is_file()):
+        rebuilt = tmp_path / "resources" / path.relative_to(RESOURCES)
+        assert rebuilt.read_bytes() == path.read_bytes(), path
+
+
+def test_bundled_interleaving_covers_all_domains() -> None:
+    firsts = {next(iter_documents(_bundled(domains=[d]), ROOT)): d for d in DOMAINS}
+    docs = iter_documents(_bundled(), ROOT)
+    head = [next(docs) for _ in range(16)]
+    assert {firsts[doc] for doc in head[:8] if doc in firsts} == set(DOMAINS)
+    assert set(head[:8]) == set(firsts)
+    other_seed = iter_documents(_bundled(seed=1), ROOT)
+    assert set(next(other_seed) for _ in range(8)) == set(firsts)
+
+
+def test_split_train_heldout() -> None:
+    spec = _bundled(domains=["biomed", "math"], heldout_every=5)
+    every = list(iter_documents(spec, ROOT))
+    train = list(iter_documents({**spec, "split": "train"}, ROOT))
+    held = list(iter_documents({**spec, "split": "heldout"}, ROOT))
+    assert set(train).isdisjoint(held)
+    assert sorted(train + held) == sorted(every)
+    biomed = list(iter_documents(_bundled(domains=["biomed"]), ROOT))
+    biomed_held = list(iter_documents(_bundled(domains=["biomed"], split="heldout",
+                                               heldout_every=5), ROOT))
+    assert biomed_held == biomed[4::5]
+
+
+def test_corpus_texts_train_only() -> None:
+    spec = _bundled(domains=["biomed"])
+    texts = list(corpus_texts(spec, ROOT, max_chars=5000))
+    assert sum(len(t) for t in texts) == 5000
+    held = set(iter_documents({**spec, "split": "heldout"}, ROOT))
+    assert not any(t in held for t in texts[:-1])
+
+
+def test_unknown_domain() -> None:
+    with pytest.raises(ValueError, match=r"'d'.*'poetry'"):
+        next(iter_documents(_bundled(domains=["poetry"]), ROOT, dataset="d"))
+
+
+# --------------------------------------------------------------------------- files and hf
+
+
+def test_invalid_utf8_strict_and_replace(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"hello\n\nabc\xffdef\n")
+    spec = {"source": "files", "paths": ["*.txt"]}
+    with pytest.raises(ValueError, match=r"bad\.txt.*byte offset 10"):
+        list(iter_documents(spec, tmp_path))
+    docs = list(iter_documents({**spec, "encoding_errors": "replace"}, tmp_path))
+    assert docs == ["hello\n\nabc\ufffddef"]
+
+
+def test_invalid_utf8_offset_in_compressed_file(tmp_path: Path) -> None:
+    data = ("é" * 700_000).encode() + b"\xe9x"  # offset beyond the first 1 MiB read
+    (tmp_path / "big.txt.xz").write_bytes(lzma.compress(data))
+    with pytest.raises(ValueError, match=r"big\.txt\.xz.*byte offset 1400000"):
+        list(iter_documents({"source": "files", "paths": ["*.xz"]}, tmp_path))
+
+
+def test_files_formats(tmp_path: Path) -> None:
+    (tmp_path / "a.txt.gz").write_bytes(gzip.compress(b"one\r\n\r\ntwo\r\n"))
+    lines = [{"text": "three"}, {"text": "  "}, {"text": "four"}]
+    (tmp_path / "b.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n\n")
+    spec = {"source": "files", "paths": ["*.gz", "*.jsonl"], "min_document_chars": 1}
+    assert list(iter_documents(spec, tmp_path)) == ["one", "two", "three", "four"]
+    (tmp_path / "c.jsonl").write_text('{"body": "x"}\n')
+    with pytest.raises(ValueError, match=r"c\.jsonl:1.*'text'"):
+        list(iter_documents({"source": "files", "paths": ["c.jsonl"]}, tmp_path))
+
+
+def test_empty_file_raises(tmp_path: Path) -> None:
+    (tmp_path / "empty.txt").write_text("\n \n")
+    with pytest.raises(ValueError, match=r"empty\.txt.*no documents"):
+        list(iter_documents({"source": "files", "paths": ["empty.txt"]}, tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"'d'.*nothing\*\.txt"):
+        spec = {"source": "files", "paths": ["nothing*.txt"]}
+        list(iter_documents(spec, tmp_path, dataset="d"))
+
+
+def test_hf_source_local_jsonl(tmp_path: Path) -> None:
+    records = [{"text": f"document number {i}", "id": i} for i in range(12)]
+    (tmp_path / "data.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    spec = {"source": "hf", "hf": {"path": "json", "data_files": "data.jsonl", "split": "train"},
+            "split": "heldout", "heldout_every": 4}
+    assert list(iter_documents(spec, tmp_path)) == [f"document number {i}" for i in (3, 7, 11)]
+    bad = {**spec, "hf": {**spec["hf"], "text_field": "body"}}
+    with pytest.raises(ValueError, match=r"'h'.*'body'"):
+        list(iter_documents(bad, tmp_path, dataset="h"))
+
+
+# --------------------------------------------------------------------------- packing and shards
+
+
+def test_pack_sequences_hand_example() -> None:
+    docs = [[1, 2, 3], [], [4, 5], [6, 7, 8, 9]]
+    out = [s.tolist() for s in pack_sequences(docs, 4, bos_id=0, eos_id=99)]
+    assert out == [[0, 1, 2, 3], [0, 99, 4, 5], [0, 99, 6, 7]]  # [8, 9] dropped
+    plain = [s.tolist() for s in pack_sequences(docs, 4, bos_id=None, eos_id=None)]
+    assert plain == [[1, 2, 3, 4], [5, 6, 7, 8]]
+    seqs = list(pack_sequences([[5] * 10], 3, bos_id=7, eos_id=None))
+    assert len(seqs) == 5 and all(s.dtype == np.int32 and s.tolist() == [7, 5, 5] for s in seqs)
+
+
+def test_shards_are_stable_when_appending(gpt2: TextTokenizer) -> None:
+    spec = _bundled(seq_len=32, sequences_per_shard=8, n_shards=1)
+    first = shard_sequences(spec, gpt2, 0, ROOT)
+    grown = {**spec, "n_shards": 2}
+    assert np.array_equal(shard_sequences(grown, gpt2, 0, ROOT), first)
+    second = shard_sequences(grown, gpt2, 1, ROOT)
+    both = shard_sequences({**spec, "sequences_per_shard": 16}, gpt2, 0, ROOT)
+    assert np.array_equal(both, np.concatenate([first, second]))
+    assert first.shape == (8, 32) and first.dtype == np.int32
+    assert (first[:, 0] == 50256).all()
+    expected = gpt2.encode(next(iter_documents(spec, ROOT)))[:31]
+    assert first[0, 1:].tolist() == expected
+    with pytest.raises(ValueError, match=r"'b'.*shard 2.*n_shards=2"):
+        shard_sequences(grown, gpt2, 2, ROOT, dataset="b")
+
+
+def test_too_few_tokens_names_dataset(tmp_path: Path, words: TextTokenizer) -> None:
+    (tmp_path / "t.txt").write_text("a b c " * 20)
+    spec = {"source": "files", "paths": ["t.txt"], "seq_len": 8, "sequences_per_shard": 4,
+            "n_shards": 3}
+    shard0 = shard_sequences(spec, words, 0, tmp_path, dataset="tiny")
+    assert shard0[0].tolist() == [0, 2, 3, 4, 2, 3, 4, 2]
+    with pytest.raises(ValueError, match=r"dataset 'tiny' yields only 8 sequences of length 8; "
+                                         r"shard 2 needs sequences 8\.\.11"):
+        shard_sequences(spec, words, 2, tmp_path, dataset="tiny")
+
+
+def test_random_tokens(gpt2: TextTokenizer) -> None:
+    spec = {"source": "random_tokens", "seq_len": 16, "sequences_per_shard": 50, "n_shards": 2,
+            "seed": 3}
+    a = shard_sequences(spec, gpt2, 0)
+    assert a.shape == (50, 16) and (a[:, 0] == 50256).all()
+    assert a[:, 1:].min() >= 0 and a[:, 1:].max() < 50256
+    assert np.array_equal(a, shard_sequences(spec, gpt2, 0))
+    assert not np.array_equal(a, shard_sequences(spec, gpt2, 1))
+    tiny = load_tokenizer("w", {"source": "words", "words": ["a", "b"]})
+    ids = shard_sequences({**spec, "seq_len": 200}, tiny, 0)
+    assert set(np.unique(ids[:, 1:]).tolist()) == {2, 3} and (ids[:, 0] == 0).all()
+
+
+# --------------------------------------------------------------------------- shard store
+
+
+def test_write_read_round_trip(tmp_path: Path, gpt2: TextTokenizer) -> None:
+    tokens = np.arange(5 * 7, dtype=np.int64).reshape(5, 7)
+    tokens[:, 0] = 50256
+    path = tmp_path / "s.zarr"
+    write_token_shard(path, tokens, tokenizer=gpt2, dataset="d", shard=3)
+    back, attrs = read_token_shard(path)
+    assert back.dtype == np.int32 and np.array_equal(back, tokens)
+    assert attrs["kind"] == "token_shard" and attrs["format_version"] == 1
+    shape = (attrs["dataset"], attrs["shard"], attrs["seq_len"], attrs["n_sequences"])
+    assert shape == ("d", 3, 7, 5)
+    assert attrs["tokenizer"] == "gpt2" and attrs["tokenizer_fingerprint"] == gpt2.fingerprint
+    assert (attrs["bos_id"], attrs["has_bos"], attrs["vocab_size"]) == (50256, True, 50257)
+    assert not any(p.name.startswith(".s.zarr.tmp") for p in tmp_path.iterdir())
+    with pytest.raises(ValueError, match=r"ids outside"):
+        write_token_shard(tmp_path / "x.zarr", tokens + 1, tokenizer=gpt2, dataset="d", shard=0)
+
+
+def test_damaged_stores_raise(tmp_path: Path, gpt2: TextTokenizer) -> None:
+    tokens = np.ones((6, 4), dtype=np.int32)
+    good = tmp_path / "good.zarr"
+    write_token_shard(good, tokens, tokenizer=gpt2, dataset="d", shard=0)
+
+    no_chunks = tmp_path / "no_chunks.zarr"
+    shutil.copytree(good, no_chunks)
+    shutil.rmtree(no_chunks / "tokens" / "c")
+    with pytest.raises(ValueError, match=r"no_chunks\.zarr.*truncated"):
+        read_token_shard(no_chunks)
+
+    no_meta = tmp_path / "no_meta.zarr"
+    shutil.copytree(good, no_meta)
+    (no_meta / "tokens" / "zarr.json").unlink()
+    with pytest.raises(ValueError, match=r"no_meta\.zarr"):
+        read_token_shard(no_meta)
+
+    corrupt = tmp_path / "corrupt.zarr"
+    shutil.copytree(good, corrupt)
+    chunk = next(p for p in (corrupt / "tokens" / "c").rglob("*") if p.is_file())
+    chunk.write_bytes(chunk.read_bytes()[:5])
+    with pytest.raises(ValueError, match=r"corrupt\.zarr"):
+        read_token_shard(corrupt)
+
+    with pytest.raises(ValueError, match=r"missing\.zarr"):
+        read_token_shard(tmp_path / "missing.zarr")
