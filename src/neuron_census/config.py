@@ -107,7 +107,7 @@ def resolved_tokenizer_spec(config: Mapping[str, Any], name: str) -> dict[str, A
     """The load spec of tokenizer `name`; a tokenizer the pipeline trains loads from its results folder."""
     spec = dict(config["tokenizers"][name])
     if spec["source"] == "train_bpe":
-        return {"source": "local", "path": tokenizer_dir(name), "bos": spec.get("bos", "auto")}
+        return {"source": "local", "path": tokenizer_dir(name), "bos": spec["bos"], "eos": spec["eos"]}
     return spec
 
 

@@ -46,12 +46,12 @@ def tokenize_job(
     from neuron_census.tokenization import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_name, tokenizer_spec)
-    tokens = shard_sequences(dataset_spec, tokenizer, shard, Path("."))
+    tokens = shard_sequences(dataset_spec, tokenizer, shard, Path("."), dataset=dataset_name)
     write_token_shard(output, tokens, tokenizer=tokenizer, dataset=dataset_name, shard=shard)
 
 
 def train_tokenizer_job(spec: Mapping[str, Any], dataset_spec: Mapping[str, Any], output: PathLike) -> None:
-    """Train a byte-level BPE tokenizer on the documents of a dataset (its `split` applies)."""
+    """Train a byte-level BPE tokenizer on the train-split documents of a dataset (never held-out text)."""
     from neuron_census.bpe import train_bpe_tokenizer
     from neuron_census.corpus import corpus_texts
 

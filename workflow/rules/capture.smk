@@ -15,6 +15,10 @@ rule capture:
     threads: 8
     resources:
         gpu=1,
+    log:
+        "results/logs/capture/{model}/{dataset}/shard-{shard}.log",
+    conda:
+        "../../envs/neuron-census.yaml"
     script:
         "../scripts/capture.py"
 
@@ -27,5 +31,9 @@ rule merge:
         ],
     output:
         directory("results/capture/{model}/{dataset}/merged.zarr"),
+    log:
+        "results/logs/merge/{model}/{dataset}.log",
+    conda:
+        "../../envs/neuron-census.yaml"
     script:
         "../scripts/merge.py"

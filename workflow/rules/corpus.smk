@@ -7,6 +7,10 @@ rule train_tokenizer:
     params:
         spec=lambda w: config["tokenizers"][w.tok],
         dataset=lambda w: config["datasets"][config["tokenizers"][w.tok]["dataset"]],
+    log:
+        "results/logs/train_tokenizer/{tok}.log",
+    conda:
+        "../../envs/neuron-census.yaml"
     script:
         "../scripts/train_tokenizer.py"
 
@@ -19,5 +23,9 @@ rule tokenize:
     params:
         tokenizer=lambda w: resolved_tokenizer_spec(config, w.tok),
         dataset=lambda w: config["datasets"][w.dataset],
+    log:
+        "results/logs/tokenize/{tok}/{dataset}/shard-{shard}.log",
+    conda:
+        "../../envs/neuron-census.yaml"
     script:
         "../scripts/tokenize.py"

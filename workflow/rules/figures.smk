@@ -10,6 +10,10 @@ rule fig1a_dead_neurons:
     params:
         figure="fig1a_dead_neurons",
         style=figure_style("fig1a_dead_neurons"),
+    log:
+        "results/logs/figures/fig1a_dead_neurons.log",
+    conda:
+        "../../envs/neuron-census.yaml"
     script:
         "../scripts/figure.py"
 
@@ -23,5 +27,9 @@ rule fig1b_fire_frequency:
     params:
         figure="fig1b_fire_frequency",
         style=figure_style("fig1b_fire_frequency"),
+    log:
+        "results/logs/figures/fig1b_fire_frequency.log",
+    conda:
+        "../../envs/neuron-census.yaml"
     script:
         "../scripts/figure.py"

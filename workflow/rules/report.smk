@@ -4,11 +4,15 @@
 rule report:
     input:
         figures=expand("results/figures/{figure}.png", figure=FIGURES),
-        captions=expand("workflow/report/{figure}.rst", figure=FIGURES),
+        captions=[workflow.source_path(f"../report/{figure}.rst") for figure in FIGURES],
     output:
         "results/report.html",
     params:
         names=FIGURES,
         title=config["report"]["title"],
+    log:
+        "results/logs/report.log",
+    conda:
+        "../../envs/neuron-census.yaml"
     script:
         "../scripts/report.py"

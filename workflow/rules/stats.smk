@@ -7,5 +7,9 @@ rule neuron_tables:
     output:
         neurons="results/{model}/neurons.parquet",
         layers="results/{model}/layers.parquet",
+    log:
+        "results/logs/neuron_tables/{model}.log",
+    conda:
+        "../../envs/neuron-census.yaml"
     script:
         "../scripts/tables.py"

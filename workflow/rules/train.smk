@@ -17,5 +17,9 @@ rule train:
     threads: 8
     resources:
         gpu=1,
+    log:
+        "results/logs/train/{run}.log",
+    conda:
+        "../../envs/neuron-census.yaml"
     script:
         "../scripts/train.py"

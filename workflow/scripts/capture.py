@@ -1,6 +1,9 @@
 """Snakemake adapter: capture one (model, dataset, shard) into an accumulator store."""
 
 from neuron_census.jobs import capture_job
+from neuron_census.logs import tee_stderr
+
+tee_stderr(snakemake.log)  # noqa: F821 (injected by Snakemake)
 
 capture_job(
     model_name=snakemake.wildcards.model,  # noqa: F821 (injected by Snakemake)

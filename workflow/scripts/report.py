@@ -1,6 +1,9 @@
 """Snakemake adapter: the self-contained HTML report."""
 
 from neuron_census.jobs import report_job
+from neuron_census.logs import tee_stderr
+
+tee_stderr(snakemake.log)  # noqa: F821 (injected by Snakemake)
 
 report_job(
     entries=[

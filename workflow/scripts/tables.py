@@ -1,6 +1,9 @@
 """Snakemake adapter: neurons.parquet and layers.parquet of one model."""
 
 from neuron_census.jobs import tables_job
+from neuron_census.logs import tee_stderr
+
+tee_stderr(snakemake.log)  # noqa: F821 (injected by Snakemake)
 
 tables_job(
     model_name=snakemake.wildcards.model,  # noqa: F821 (injected by Snakemake)

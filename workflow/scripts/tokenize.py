@@ -1,6 +1,9 @@
 """Snakemake adapter: one token shard of (tokenizer, dataset)."""
 
 from neuron_census.jobs import tokenize_job
+from neuron_census.logs import tee_stderr
+
+tee_stderr(snakemake.log)  # noqa: F821 (injected by Snakemake)
 
 tokenize_job(
     tokenizer_name=snakemake.wildcards.tok,  # noqa: F821 (injected by Snakemake)

@@ -1,6 +1,9 @@
 """Snakemake adapter: train one OPT-architecture run with checkpoints."""
 
 from neuron_census.jobs import train_job
+from neuron_census.logs import tee_stderr
+
+tee_stderr(snakemake.log)  # noqa: F821 (injected by Snakemake)
 
 train_job(
     run_name=snakemake.wildcards.run,  # noqa: F821 (injected by Snakemake)

@@ -1,6 +1,9 @@
 """Snakemake adapter: train a byte-level BPE tokenizer on a dataset's documents."""
 
 from neuron_census.jobs import train_tokenizer_job
+from neuron_census.logs import tee_stderr
+
+tee_stderr(snakemake.log)  # noqa: F821 (injected by Snakemake)
 
 train_tokenizer_job(
     spec=snakemake.params.spec,  # noqa: F821 (injected by Snakemake)

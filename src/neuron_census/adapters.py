@@ -1,0 +1,248 @@
+"""Where the FFN neurons of each model family live, and how their outputs reach the vocabulary.
+
+A neuron's activation is the input of the FFN output projection (OPT `fc2`, GPT-2 `mlp.c_proj`,
+GPT-NeoX `mlp.dense_4h_to_h`, Llama `mlp.down_proj`); for a gated FFN it is the product unit
+`act_fn(gate_proj x) * up_proj x`. Each family's adapter names those modules, the value vectors (rows of
+the output projection, one per neuron) and the path from the residual stream to the logits, so the
+capture and analysis code never touches a family's module layout.
+
+Module paths follow transformers 5: GPT-NeoX's unembedding is `lm_head` (it was `embed_out`), and OPT
+flattens tokens before `fc1`, so its neuron input arrives as [batch * seq, N] rather than [batch, seq, N].
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+from transformers.pytorch_utils import Conv1D
+
+_VOCAB_CHUNK = 8192
+
+
+def _linear_f32(x: torch.Tensor, module: torch.nn.Module) -> torch.Tensor:
+    """`module(x)` for a Linear in float32, whatever the model dtype (weight rows cast in chunks)."""
+    weight = module.weight
+    bias = getattr(module, "bias", None)
+    if weight.dtype == torch.float32:
+        return F.linear(x, weight, bias)
+    parts = []
+    for start in range(0, weight.shape[0], _VOCAB_CHUNK):
+        rows = slice(start, start + _VOCAB_CHUNK)
+        part_bias = None if bias is None else bias[rows].float()
+        parts.append(F.linear(x, weight[rows].float(), part_bias))
+    return torch.cat(parts, dim=-1)
+
+
+def _layer_norm_f32(x: torch.Tensor, norm: torch.nn.LayerNorm) -> torch.Tensor:
+    weight = None if norm.weight is None else norm.weight.float()
+    bias = None if norm.bias is None else norm.bias.float()
+    return F.layer_norm(x, norm.normalized_shape, weight, bias, norm.eps)
+
+
+class FFNAdapter:
+    """The FFN neurons of one loaded causal LM: shapes, hook points, value vectors, vocabulary path."""
+
+    family: ClassVar[str] = ""
+    model_types: ClassVar[tuple[str, ...]] = ()
+    gated: ClassVar[bool] = False
+
+    def __init__(self, model: PreTrainedModel, name: str | None = None) -> None:
+        self.model = model
+        self.name = name or model.config.name_or_path or model.config.model_type
+        if model.get_output_embeddings() is None:
+            raise ValueError(f"model '{self.name}' has no LM head; load it as a causal LM")
+        self.n_layers = len(self.decoder_layers())
+        projection = self.neuron_input_module(0)
+        self.n_neurons, self.d_model = self._projection_shape(projection)
+        self.vocab_size = int(self.unembedding().shape[0])
+        self.context_length = int(self._context_length())
+        self.activation = str(self._activation())
+
+    # ---- per family -------------------------------------------------------------------------------
+    def decoder_layers(self) -> torch.nn.ModuleList:
+        raise NotImplementedError
+
+    def _output_projection(self, layer: torch.nn.Module) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def final_norm(self) -> torch.nn.Module | None:
+        raise NotImplementedError
+
+    def _context_length(self) -> int:
+        return self.model.config.max_position_embeddings
+
+    def _activation(self) -> str:
+        return self.model.config.hidden_act
+
+    def _final_norm_f32(self, x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
+        return _layer_norm_f32(x, norm)
+
+    def _before_unembedding(self, x: torch.Tensor) -> torch.Tensor:
+        """What the model applies between the final norm and the unembedding (identity unless overridden)."""
+        return x
+
+    # ---- shared ------------------------------------------------------------------------------------
+    def _check_layer(self, layer: int) -> int:
+        if not 0 <= layer < self.n_layers:
+            raise ValueError(f"layer {layer} is outside 0..{self.n_layers - 1} of model '{self.name}'")
+        return layer
+
+    @staticmethod
+    def _projection_shape(projection: torch.nn.Module) -> tuple[int, int]:
+        """(neurons, d_model) of an output projection: Conv1D stores [in, out], Linear [out, in]."""
+        if isinstance(projection, Conv1D):
+            n_in, n_out = projection.weight.shape
+        else:
+            n_out, n_in = projection.weight.shape
+        return int(n_in), int(n_out)
+
+    def neuron_input_module(self, layer: int) -> torch.nn.Module:
+        """The FFN output projection of `layer`: its forward input args[0] are the activations [..., N]."""
+        return self._output_projection(self.decoder_layers()[self._check_layer(layer)])
+
+    def gate_output_module(self, layer: int) -> torch.nn.Module | None:
+        """Gated FFNs only: the module whose forward output is act_fn(gate) [..., N]; None otherwise."""
+        self._check_layer(layer)
+        return None
+
+    def value_vectors(self, layer: int) -> torch.Tensor:
+        """float32 [N, d_model]: row i is what neuron i adds to the residual stream per unit activation."""
+        projection = self.neuron_input_module(layer)
+        weight = projection.weight.detach()
+        rows = weight if isinstance(projection, Conv1D) else weight.T
+        return rows.to(torch.float32, copy=True).contiguous()
+
+    def unembedding(self) -> torch.Tensor:
+        """[vocab, d_unembed] in the model dtype: the LM head weight (tied to the input embedding or not)."""
+        return self.model.get_output_embeddings().weight.detach()
+
+    def project_to_vocab(self, vectors: torch.Tensor, apply_final_norm: bool) -> torch.Tensor:
+        """Residual-stream vectors [k, d_model] to logits [k, vocab] in float32, as the model's head does.
+
+        Optional final norm, then whatever sits before the unembedding (OPT-350m's project_out), then the
+        LM head itself (its bias too, should a model have one). Computed in float32 for any model dtype.
+        """
+        if vectors.ndim != 2 or vectors.shape[-1] != self.d_model:
+            raise ValueError(
+                f"vectors for model '{self.name}' must be [k, {self.d_model}], got {list(vectors.shape)}"
+            )
+        head = self.model.get_output_embeddings()
+        x = vectors.detach().to(device=head.weight.device, dtype=torch.float32)
+        norm = self.final_norm()
+        if apply_final_norm and norm is not None:
+            x = self._final_norm_f32(x, norm)
+        x = self._before_unembedding(x)
+        return _linear_f32(x, head)
+
+
+class OPTAdapter(FFNAdapter):
+    """OPT: `model.decoder.layers[i].fc2`; post-LN OPT-350m has no final norm and projects 1024 -> 512."""
+
+    family = "opt"
+    model_types = ("opt",)
+
+    def decoder_layers(self) -> torch.nn.ModuleList:
+        return self.model.model.decoder.layers
+
+    def _output_projection(self, layer: torch.nn.Module) -> torch.nn.Module:
+        return layer.fc2
+
+    def final_norm(self) -> torch.nn.Module | None:
+        return self.model.model.decoder.final_layer_norm
+
+    def _activation(self) -> str:
+        return self.model.config.activation_function
+
+    def _before_unembedding(self, x: torch.Tensor) -> torch.Tensor:
+        project_out = self.model.model.decoder.project_out
+        return x if project_out is None else _linear_f32(x, project_out)
+
+
+class GPT2Adapter(FFNAdapter):
+    """GPT-2: `transformer.h[i].mlp.c_proj`, a Conv1D whose weight is stored [in, out]."""
+
+    family = "gpt2"
+    model_types = ("gpt2",)
+
+    def decoder_layers(self) -> torch.nn.ModuleList:
+        return self.model.transformer.h
+
+    def _output_projection(self, layer: torch.nn.Module) -> torch.nn.Module:
+        return layer.mlp.c_proj
+
+    def final_norm(self) -> torch.nn.Module | None:
+        return self.model.transformer.ln_f
+
+    def _context_length(self) -> int:
+        return self.model.config.n_positions
+
+    def _activation(self) -> str:
+        return self.model.config.activation_function
+
+
+class GPTNeoXAdapter(FFNAdapter):
+    """GPT-NeoX / Pythia: `gpt_neox.layers[i].mlp.dense_4h_to_h`; untied `lm_head`."""
+
+    family = "gpt_neox"
+    model_types = ("gpt_neox",)
+
+    def decoder_layers(self) -> torch.nn.ModuleList:
+        return self.model.gpt_neox.layers
+
+    def _output_projection(self, layer: torch.nn.Module) -> torch.nn.Module:
+        return layer.mlp.dense_4h_to_h
+
+    def final_norm(self) -> torch.nn.Module | None:
+        return self.model.gpt_neox.final_layer_norm
+
+
+class LlamaAdapter(FFNAdapter):
+    """Llama-style gated FFN (also Mistral, Qwen2): neuron = act_fn(gate_proj x) * up_proj x."""
+
+    family = "llama"
+    model_types = ("llama", "mistral", "qwen2")
+    gated = True
+
+    def decoder_layers(self) -> torch.nn.ModuleList:
+        return self.model.model.layers
+
+    def _output_projection(self, layer: torch.nn.Module) -> torch.nn.Module:
+        return layer.mlp.down_proj
+
+    def gate_output_module(self, layer: int) -> torch.nn.Module | None:
+        return self.decoder_layers()[self._check_layer(layer)].mlp.act_fn
+
+    def final_norm(self) -> torch.nn.Module | None:
+        return self.model.model.norm
+
+    def _final_norm_f32(self, x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
+        # RMSNorm: x / rms(x) * weight, no mean subtraction and no bias
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon) * norm.weight.float()
+
+
+ADAPTERS: tuple[type[FFNAdapter], ...] = (OPTAdapter, GPT2Adapter, GPTNeoXAdapter, LlamaAdapter)
+_BY_MODEL_TYPE: dict[str, type[FFNAdapter]] = {t: cls for cls in ADAPTERS for t in cls.model_types}
+
+
+def supported_model_types() -> tuple[str, ...]:
+    return tuple(_BY_MODEL_TYPE)
+
+
+def check_model_type(model_type: str | None, name: str) -> type[FFNAdapter]:
+    """The adapter class for `model_type`, or a ValueError naming the model (before any weights load)."""
+    if model_type not in _BY_MODEL_TYPE:
+        raise ValueError(
+            f"no FFN adapter for model type '{model_type}' (model '{name}'); "
+            f"supported: {', '.join(supported_model_types())}"
+        )
+    return _BY_MODEL_TYPE[model_type]
+
+
+def adapter_for(model: PreTrainedModel, *, name: str | None = None) -> FFNAdapter:
+    """The adapter of `model`, chosen by `model.config.model_type`."""
+    label = name or model.config.name_or_path or type(model).__name__
+    cls = check_model_type(getattr(model.config, "model_type", None), label)
+    return cls(model, name=label)

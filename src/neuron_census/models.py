@@ -1,0 +1,125 @@
+"""Load one census model from its spec (hub, local folder, random architecture, planted recipe).
+
+Weights are read from safetensors only (never unpickled) and code from a model repository runs only when
+the spec sets `trust_remote_code`. The model comes back frozen in eval mode with its FFN adapter; an
+unsupported family is refused from its config, before any weights are read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+from neuron_census.adapters import FFNAdapter, adapter_for, check_model_type
+
+SOURCES = ("hub", "local", "random", "planted")
+
+
+@dataclass
+class LoadedModel:
+    """A frozen causal LM with the adapter that locates its FFN neurons."""
+
+    name: str
+    model: PreTrainedModel
+    adapter: FFNAdapter
+
+
+def _required(name: str, spec: Mapping[str, Any], key: str) -> Any:
+    if spec.get(key) in (None, ""):
+        raise ValueError(f"model '{name}': source '{spec['source']}' needs key '{key}'")
+    return spec[key]
+
+
+def _local_folder(name: str, spec: Mapping[str, Any], root: Path) -> Path:
+    path = Path(_required(name, spec, "path"))
+    folder = path if path.is_absolute() else Path(root) / path
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model '{name}': folder {folder} not found")
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"model '{name}': {folder} has no config.json")
+    if not any(folder.glob("*.safetensors")):
+        raise FileNotFoundError(f"model '{name}': {folder} has no *.safetensors weights (only safetensors are read)")
+    return folder
+
+
+def _remote_code_error(name: str, source: str) -> ValueError:
+    return ValueError(
+        f"model '{name}' ({source}) needs code from its repository; "
+        f"set trust_remote_code: true for it only if you trust that code"
+    )
+
+
+def _from_pretrained(
+    name: str, source: str, revision: str | None, trust_remote_code: bool, device: torch.device, dtype: torch.dtype
+) -> PreTrainedModel:
+    """Raw config first (refuses unsupported families and unallowed remote code cheaply), then safetensors weights."""
+    raw, _ = PretrainedConfig.get_config_dict(source, revision=revision)
+    model_type = raw.get("model_type")
+    if "auto_map" in raw and model_type not in CONFIG_MAPPING and not trust_remote_code:
+        raise _remote_code_error(name, source)
+    check_model_type(model_type, name)
+    try:
+        config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
+    except ValueError as error:
+        if not trust_remote_code and "trust_remote_code" in str(error):
+            raise _remote_code_error(name, source) from error
+        raise
+    return AutoModelForCausalLM.from_pretrained(
+        source,
+        config=config,
+        revision=revision,
+        trust_remote_code=trust_remote_code,
+        use_safetensors=True,
+        dtype=dtype,
+        device_map=device,
+    )
+
+
+def _build(name: str, spec: Mapping[str, Any], root: Path, device: torch.device, dtype: torch.dtype) -> PreTrainedModel:
+    source = spec.get("source")
+    trust = bool(spec.get("trust_remote_code", False))
+    if source == "hub":
+        return _from_pretrained(name, _required(name, spec, "id"), spec.get("revision"), trust, device, dtype)
+    if source == "local":
+        folder = _local_folder(name, spec, root)
+        return _from_pretrained(name, str(folder), None, trust, device, dtype)
+    if source == "random":
+        from neuron_census.zoo import build_random_model
+
+        return build_random_model(
+            _required(name, spec, "architecture"),
+            seed=int(spec.get("seed", 0)),
+            n_layers=spec.get("n_layers"),
+            dtype=dtype,
+            device=device,
+        )
+    if source == "planted":
+        from neuron_census.planted import build_planted_model
+
+        model = build_planted_model(_required(name, spec, "recipe"))
+        return model.to(device=device, dtype=dtype)
+    hint = ""
+    if source == "trained":
+        hint = " (resolve 'trained' to 'local' with neuron_census.config.resolved_model_spec)"
+    raise ValueError(f"model '{name}': unknown source '{source}'{hint}; expected one of {', '.join(SOURCES)}")
+
+
+def load_model(
+    name: str,
+    spec: Mapping[str, Any],
+    *,
+    root: Path = Path("."),
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> LoadedModel:
+    """Load model `name` from `spec` (see config/README.md, `models.<name>`), frozen, in eval mode."""
+    model = _build(name, spec, Path(root), torch.device(device), dtype)
+    model.eval()
+    model.requires_grad_(False)
+    return LoadedModel(name=name, model=model, adapter=adapter_for(model, name=name))

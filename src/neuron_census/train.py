@@ -1,0 +1,492 @@
+"""Train OPT-architecture language models from scratch, with and without positional embeddings.
+
+Voita et al. (2023, Sec. 5.4) compare positional neurons of two models trained identically except that one
+has no positional embeddings ("NoPos"). Both are `OPTForCausalLM`: ReLU FFN, pre-LayerNorm, learned absolute
+positions, tied input/output embeddings. The NoPos model is the same class with its position-embedding table
+set to zero and frozen for the whole of training, so positions add nothing to the residual stream while every
+checkpoint stays an ordinary OPT folder that `AutoModelForCausalLM.from_pretrained` loads like any other.
+
+Layout of `out_dir`:
+    step-{N}/          one Hugging Face OPT folder per checkpoint (config.json, model.safetensors, tokenizer files)
+    resume/            the latest training state (weights, AdamW moments, RNG, step; safetensors + json)
+    train_log.jsonl    one row per logged step: step, loss, lr, tokens_seen, seconds
+    train_state.json   a summary, written when the last step is done
+
+Training is deterministic on CPU for a fixed thread count: the same config and tokens give the same weights,
+and a run resumed from `resume/` reaches the same weights as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import OPTConfig, OPTForCausalLM
+from transformers.utils import logging as hf_logging
+
+from neuron_census.atomic import atomic_path
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+)
+DTYPES = ("auto", "float32", "bfloat16")
+IGNORE_INDEX = -100
+MAX_LOG_ROWS = 1000  # long runs log the mean loss of every steps // MAX_LOG_ROWS steps
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Architecture, optimisation and checkpoint schedule of one training run.
+
+    `positions=False` trains the NoPos variant. `dtype="auto"` means bf16 autocast on CUDA and fp32 on CPU;
+    master weights and optimizer state are always fp32.
+    """
+
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    ffn_dim: int = 512
+    max_positions: int = 128
+    positions: bool = True
+    steps: int = 600
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    adam_betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    dropout: float = 0.0
+    seed: int = 0
+    checkpoints: tuple[int, ...] = (150, 300, 600)
+    dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"steps and batch_size must be positive, got {self.steps} and {self.batch_size}")
+        if not self.checkpoints or max(self.checkpoints) != self.steps:
+            raise ValueError(f"the last checkpoint must be steps={self.steps}, got {list(self.checkpoints)}")
+        if min(self.checkpoints) < 1:
+            raise ValueError(f"checkpoints must be positive steps, got {list(self.checkpoints)}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if not 0 <= self.warmup_steps < self.steps:
+            raise ValueError(f"warmup_steps must be in [0, steps), got {self.warmup_steps}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got '{self.dtype}'")
+
+    def to_json(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def opt_config(cfg: TrainConfig, vocab_size: int, *, bos_id: int, eos_id: int, pad_id: int) -> OPTConfig:
+    """The Hugging Face config of OPT's architecture at the size given by `cfg`."""
+    return OPTConfig(
+        vocab_size=vocab_size,
+        hidden_size=cfg.d_model,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        ffn_dim=cfg.ffn_dim,
+        max_position_embeddings=cfg.max_positions,
+        do_layer_norm_before=True,
+        _remove_final_layer_norm=False,
+        word_embed_proj_dim=cfg.d_model,
+        activation_function="relu",
+        dropout=cfg.dropout,
+        attention_dropout=0.0,
+        layerdrop=0.0,
+        init_std=0.02,
+        enable_bias=True,
+        layer_norm_elementwise_affine=True,
+        tie_word_embeddings=True,
+        use_cache=True,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+    )
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate of update `step` (0-based): linear warmup, then cosine decay to 10% of `cfg.lr`.
+
+    A pure function of the step, so the schedule needs no state of its own to resume.
+    """
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+
+
+class EpochSampler:
+    """Row indices of each step's batch: epochs of permutations drawn in order from one seeded generator.
+
+    The batch of a step depends only on the seed and the step, so a resumed run replays the permutations
+    up to its epoch and continues exactly where an uninterrupted run would be.
+    """
+
+    def __init__(self, n_rows: int, batch_size: int, seed: int) -> None:
+        self.n_rows, self.batch_size = n_rows, batch_size
+        self._generator = torch.Generator().manual_seed(seed)
+        self._epochs: list[torch.Tensor] = []
+
+    def _epoch(self, epoch: int) -> torch.Tensor:
+        while len(self._epochs) <= epoch:
+            self._epochs.append(torch.randperm(self.n_rows, generator=self._generator))
+            if len(self._epochs) > 2:  # only the current and the next epoch are ever needed again
+                self._epochs[-3] = torch.empty(0, dtype=torch.long)
+        return self._epochs[epoch]
+
+    def indices(self, step: int) -> np.ndarray:
+        start = step * self.batch_size
+        positions = np.arange(start, start + self.batch_size)
+        epochs, offsets = positions // self.n_rows, positions % self.n_rows
+        return np.array([int(self._epoch(int(e))[int(o)]) for e, o in zip(epochs, offsets)], dtype=np.int64)
+
+
+def build_model(cfg: TrainConfig, config: OPTConfig) -> OPTForCausalLM:
+    """A freshly initialised model (seeded); for NoPos, with a zero, frozen position table."""
+    torch.manual_seed(cfg.seed)
+    model = OPTForCausalLM(config)
+    if not cfg.positions:
+        table = model.model.decoder.embed_positions.weight
+        with torch.no_grad():
+            table.zero_()
+        table.requires_grad_(False)
+    return model
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices and embeddings only (not on biases or LayerNorm)."""
+    decay, no_decay = [], []
+    for _, param in _trainable(model):
+        (decay if param.ndim >= 2 else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=lr_at(0, cfg), betas=cfg.adam_betas, fused=fused or None)
+
+
+def _trainable(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    return [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def autocast_context(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast where asked for (`auto` asks for it on CUDA only); fp32 otherwise."""
+    use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.type == "cuda")
+    if use_bf16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def deterministic_cpu(device: torch.device) -> Iterator[None]:
+    """Deterministic kernels on CPU (where they cost nothing); the previous global setting is restored."""
+    if device.type != "cpu":
+        yield
+        return
+    previous = torch.are_deterministic_algorithms_enabled()
+    previous_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous, warn_only=previous_warn)
+
+
+def next_token_loss(
+    model: torch.nn.Module, batch: torch.Tensor, cfg: TrainConfig, device: torch.device
+) -> torch.Tensor:
+    """Mean cross-entropy of predicting token t+1 from tokens <= t, in fp32.
+
+    The targets are shifted and the last position ignored instead of slicing the logits, which on CPU
+    saves copying (and, in backward, zero-filling) the largest tensor of the step.
+    """
+    with autocast_context(cfg, device):
+        logits = model(input_ids=batch, use_cache=False).logits
+    targets = F.pad(batch[:, 1:], (0, 1), value=IGNORE_INDEX)
+    return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX)
+
+
+@contextlib.contextmanager
+def _quiet_hf_progress() -> Iterator[None]:
+    """Hide transformers' per-save progress bar, which would interleave with the training bar."""
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+def save_checkpoint(model: OPTForCausalLM, path: Path, tokenizer_dir: Path | None) -> None:
+    """Write one Hugging Face OPT folder (weights in safetensors, plus the tokenizer files) atomically."""
+    with atomic_path(path) as tmp, _quiet_hf_progress():
+        model.save_pretrained(tmp)
+        if tokenizer_dir is not None:
+            for name in TOKENIZER_FILES:
+                if (tokenizer_dir / name).is_file():
+                    shutil.copyfile(tokenizer_dir / name, tmp / name)
+
+
+def save_resume_state(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    step: int,
+    seconds: float,
+    cfg: TrainConfig,
+    log: list[dict[str, Any]],
+) -> None:
+    """Everything needed to continue training bit for bit: tensors in safetensors, the rest in json."""
+    names = {id(p): name for name, p in _trainable(model)}
+    weights = {name: p.detach().cpu().contiguous() for name, p in model.named_parameters()}
+    opt_state = optimizer.state_dict()
+    param_names = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    moments = {
+        f"{param_names[index]}::{key}": value.detach().cpu().contiguous()
+        for index, state in opt_state["state"].items()
+        for key, value in state.items()
+    }
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    groups = [{k: v for k, v in group.items() if k != "params"} for group in opt_state["param_groups"]]
+    meta = {
+        "step": step,
+        "seconds": seconds,
+        "config": cfg.to_json(),
+        "param_names": param_names,
+        "param_groups": groups,
+    }
+    with atomic_path(path) as tmp:
+        tmp.mkdir(parents=True)
+        save_file(weights, str(tmp / "model.safetensors"))
+        save_file(moments, str(tmp / "optimizer.safetensors"))
+        save_file(rng, str(tmp / "rng.safetensors"))
+        (tmp / "state.json").write_text(json.dumps(meta, indent=2) + "\n")
+        (tmp / "train_log.jsonl").write_text("".join(json.dumps(row) + "\n" for row in log))
+
+
+def load_resume_state(
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig
+) -> tuple[int, float, list[dict[str, Any]]]:
+    """Restore what `save_resume_state` wrote; returns (step, seconds, log rows)."""
+    meta = json.loads((path / "state.json").read_text())
+    saved, current = dict(meta["config"]), cfg.to_json()
+    saved.pop("checkpoints"), current.pop("checkpoints")
+    if saved != current:
+        changed = sorted(k for k in current if saved.get(k) != current[k])
+        raise ValueError(f"resume state in {path} was saved with a different config (differs in {changed})")
+    weights = load_file(str(path / "model.safetensors"))
+    params = dict(model.named_parameters())
+    if set(weights) != set(params):
+        raise ValueError(f"resume state in {path} does not match the model's parameters")
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(weights[name])
+    by_name: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in load_file(str(path / "optimizer.safetensors")).items():
+        name, entry = key.split("::", 1)
+        by_name.setdefault(name, {})[entry] = value
+    state = {index: by_name[name] for index, name in enumerate(meta["param_names"]) if name in by_name}
+    groups, start = [], 0
+    for saved_group, group in zip(meta["param_groups"], optimizer.param_groups, strict=True):
+        restored = {**saved_group, "betas": tuple(saved_group["betas"])}
+        groups.append({**restored, "params": list(range(start, start + len(group["params"])))})
+        start += len(group["params"])
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    rng = load_file(str(path / "rng.safetensors"))
+    torch.set_rng_state(rng["torch"])
+    cuda_states = [rng[f"cuda.{i}"] for i in range(sum(key.startswith("cuda.") for key in rng))]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
+    log = [json.loads(line) for line in (path / "train_log.jsonl").read_text().splitlines() if line]
+    return int(meta["step"]), float(meta["seconds"]), log
+
+
+def load_batch(tokens: np.ndarray, rows: np.ndarray, vocab_size: int) -> torch.Tensor:
+    """The given rows as int64; only the rows are read, so `tokens` may be a memory map of any size."""
+    batch = torch.from_numpy(np.ascontiguousarray(tokens[rows])).long()
+    if int(batch.max()) >= vocab_size or int(batch.min()) < 0:
+        raise ValueError(f"token ids out of range [0, {vocab_size}) in rows {rows.tolist()}")
+    return batch
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    params: list[torch.nn.Parameter],
+    batch: torch.Tensor,
+    *,
+    lr: float,
+    cfg: TrainConfig,
+    device: torch.device,
+) -> torch.Tensor:
+    """One AdamW update at learning rate `lr` with gradient clipping; returns the (detached) loss."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss = next_token_loss(model, batch, cfg, device)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    optimizer.step()
+    return loss.detach()
+
+
+def _save_step(
+    out_dir: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    step: int,
+    seconds: float,
+    cfg: TrainConfig,
+    log: list[dict[str, Any]],
+    tokenizer_dir: Path | None,
+) -> None:
+    """At a checkpoint: the HF folder first, then the resume state and log that point past it."""
+    model.eval()
+    save_checkpoint(model, out_dir / f"step-{step}", tokenizer_dir)
+    model.train()
+    save_resume_state(out_dir / "resume", model, optimizer, step=step, seconds=seconds, cfg=cfg, log=log)
+    _write_log(out_dir / "train_log.jsonl", log)
+
+
+def _write_log(path: Path, log: list[dict[str, Any]]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in log))
+
+
+def _check_tokens(tokens: np.ndarray, cfg: TrainConfig) -> None:
+    if tokens.ndim != 2 or tokens.shape[0] < 1 or tokens.shape[1] < 2:
+        raise ValueError(f"tokens must be [n_sequences, seq_len >= 2], got shape {tokens.shape}")
+    if tokens.shape[1] > cfg.max_positions:
+        raise ValueError(f"seq_len {tokens.shape[1]} exceeds max_positions {cfg.max_positions}")
+    if not np.issubdtype(tokens.dtype, np.integer):
+        raise ValueError(f"tokens must be integers, got {tokens.dtype}")
+
+
+def train_opt(
+    tokens: np.ndarray,
+    cfg: TrainConfig,
+    out_dir: Path,
+    *,
+    vocab_size: int,
+    bos_id: int,
+    eos_id: int,
+    pad_id: int,
+    tokenizer_dir: Path | None = None,
+    progress: bool = True,
+    device: str | torch.device | None = None,
+    stop_after: int | None = None,
+) -> list[dict[str, Any]]:
+    """Train one model on packed, BOS-prefixed `tokens` [n_sequences, seq_len]; returns the log rows.
+
+    Continues from `out_dir/resume/` when it holds a state of the same run. `stop_after` (a checkpoint step)
+    ends this call early with the resume state saved, for time-limited jobs; `device` defaults to CUDA when
+    present. `train_state.json` is written only once the last step is done.
+    """
+    _check_tokens(tokens, cfg)
+    if stop_after is not None and stop_after not in cfg.checkpoints:
+        raise ValueError(f"stop_after={stop_after} is not one of the checkpoints {list(cfg.checkpoints)}")
+    out_dir = Path(out_dir)
+    device_ = resolve_device(device)
+    n_rows, seq_len = tokens.shape
+    model = build_model(cfg, opt_config(cfg, vocab_size, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id)).to(device_)
+    optimizer = make_optimizer(model, cfg, device_)
+    step, elapsed, log = 0, 0.0, []
+    if (out_dir / "resume" / "state.json").is_file():
+        step, elapsed, log = load_resume_state(out_dir / "resume", model, optimizer, cfg)
+    last = cfg.steps if stop_after is None else stop_after
+    sampler = EpochSampler(n_rows, cfg.batch_size, cfg.seed)
+    log_every = max(1, cfg.steps // MAX_LOG_ROWS)
+    checkpoints = set(cfg.checkpoints)
+    params = [p for _, p in _trainable(model)]
+    loss_sum, loss_count = torch.zeros((), device=device_), 0
+    started = time.perf_counter() - elapsed
+    label = "pos" if cfg.positions else "nopos"
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"train ({label})")
+    model.train()
+    with deterministic_cpu(device_), bar:
+        while step < last:
+            lr = lr_at(step, cfg)
+            batch = load_batch(tokens, sampler.indices(step), vocab_size).to(device_, non_blocking=True)
+            loss = train_step(model, optimizer, params, batch, lr=lr, cfg=cfg, device=device_)
+            step += 1
+            loss_sum += loss
+            loss_count += 1
+            if step % log_every == 0 or step in checkpoints:
+                mean = float(loss_sum) / loss_count
+                tokens_seen = step * cfg.batch_size * seq_len
+                seconds = round(time.perf_counter() - started, 3)
+                log.append({"step": step, "loss": mean, "lr": lr, "tokens_seen": tokens_seen, "seconds": seconds})
+                bar.set_postfix(loss=f"{mean:.3f}")
+                loss_sum.zero_()
+                loss_count = 0
+            bar.update(1)
+            if step in checkpoints:
+                seconds = time.perf_counter() - started
+                _save_step(
+                    out_dir, model, optimizer, step=step, seconds=seconds, cfg=cfg, log=log, tokenizer_dir=tokenizer_dir
+                )
+    if step == cfg.steps:
+        _write_summary(out_dir, cfg, log, model, n_rows=n_rows, seq_len=seq_len, vocab_size=vocab_size, device=device_)
+    return log
+
+
+def _write_summary(
+    out_dir: Path,
+    cfg: TrainConfig,
+    log: list[dict[str, Any]],
+    model: torch.nn.Module,
+    *,
+    n_rows: int,
+    seq_len: int,
+    vocab_size: int,
+    device: torch.device,
+) -> None:
+    seconds = log[-1]["seconds"] if log else 0.0
+    tokens_seen = cfg.steps * cfg.batch_size * seq_len
+    summary = {
+        "steps": cfg.steps,
+        "checkpoints": [f"step-{n}" for n in sorted(set(cfg.checkpoints))],
+        "final_loss": log[-1]["loss"] if log else None,
+        "loss_at_checkpoints": {str(row["step"]): row["loss"] for row in log if row["step"] in cfg.checkpoints},
+        "tokens_seen": tokens_seen,
+        "seconds": seconds,
+        "tokens_per_second": tokens_seen / seconds if seconds else None,
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+        "n_sequences": n_rows,
+        "seq_len": seq_len,
+        "vocab_size": vocab_size,
+        "device": device.type,
+        "config": cfg.to_json(),
+    }
+    with atomic_path(out_dir / "train_state.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")

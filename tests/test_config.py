@@ -1,0 +1,66 @@
+"""Config validation: the default and every preset pass; mistakes stop with a message naming the key."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from neuron_census.config import ConfigError, capture_settings, resolved_model_spec, validate_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+@pytest.fixture()
+def default() -> dict:
+    return load(ROOT / "config" / "config.yaml")
+
+
+@pytest.mark.parametrize("path", [ROOT / "config" / "config.yaml", *sorted((ROOT / "config" / "presets").glob("*.yaml"))])
+def test_shipped_configs_are_valid(path: Path):
+    validate_config(load(path), SCHEMA)
+
+
+def test_defaults_are_filled(default):
+    config = validate_config(default, SCHEMA)
+    assert config["capture"]["token_fire_dense_limit"] == 1 << 26
+    assert config["datasets"]["corpus"]["encoding_errors"] == "strict"
+    assert config["models"]["stories260k"]["trust_remote_code"] is False
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda c: c["capture"].update(batch_sise=4), r"'capture'.*'batch_sise' was unexpected"),
+        (lambda c: c["capture"].update(batch_size="big"), r"'capture.batch_size': 'big' is not of type 'integer'"),
+        (lambda c: c["models"]["stories260k"].update(path=3), r"'models.stories260k.path'"),
+        (lambda c: c["models"].update({"../evil": c["models"]["stories260k"]}), r"'models'.*does not match"),
+        (lambda c: c["capture"].update(datasets=["nope"]), r"'capture.datasets': unknown dataset 'nope'"),
+        (lambda c: c["models"]["tiny-opt"].update(run="nope"), r"'models.tiny-opt.run': unknown train run 'nope'"),
+        (lambda c: c["models"]["tiny-opt"].update(step=7), r"'models.tiny-opt.step': 7 is not a checkpoint"),
+        (lambda c: c["train"]["tiny-opt"].update(checkpoints=[10]), r"'train.tiny-opt.checkpoints'"),
+        (lambda c: c["models"].update(figures=c["models"]["stories260k"]), r"'models.figures'.*reserved"),
+        (lambda c: c["figures"]["fig1a_dead_neurons"].update(models=["nope"]), r"unknown model 'nope'"),
+    ],
+)
+def test_mistakes_name_the_key(default, mutate, message):
+    config = copy.deepcopy(default)
+    mutate(config)
+    with pytest.raises(ConfigError, match=message) as info:
+        validate_config(config, SCHEMA)
+    assert "\n" not in str(info.value)
+
+
+def test_resolution_of_trained_models(default):
+    config = validate_config(default, SCHEMA)
+    assert resolved_model_spec(config, "tiny-opt") == {"source": "local", "path": "results/train/tiny-opt/step-700"}
+    config["models"]["stories260k"]["capture"] = {"batch_size": 3}
+    assert capture_settings(config, "stories260k")["batch_size"] == 3
+    assert capture_settings(config, "tiny-opt")["batch_size"] == config["capture"]["batch_size"]

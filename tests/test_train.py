@@ -1,0 +1,244 @@
+"""Training OPT models from scratch: tokenizer, checkpoints, NoPos, determinism and resume."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from tokenizers import Tokenizer
+
+from neuron_census.bpe import train_bpe_tokenizer
+from neuron_census.train import TrainConfig, lr_at, train_opt
+
+SEQ_LEN = 32
+BOS, EOS, PAD = 2, 2, 1
+POSITION_KEY = "model.decoder.embed_positions.weight"
+
+
+def _texts(n_docs: int = 60, seed: int = 0) -> list[str]:
+    """A few KB of templated English: regular enough that a tiny model learns it in a few steps."""
+    rng = random.Random(seed)
+    nouns = ["cat", "dog", "bird", "fish", "horse", "mouse", "teacher", "farmer"]
+    verbs = ["sees", "likes", "follows", "chases", "helps", "finds"]
+    adjectives = ["big", "small", "red", "old", "happy", "quiet"]
+    docs = []
+    for _ in range(n_docs):
+        sentences = [
+            f"The {rng.choice(adjectives)} {rng.choice(nouns)} {rng.choice(verbs)} the {rng.choice(nouns)}."
+            for _ in range(rng.randint(3, 6))
+        ]
+        docs.append(" ".join(sentences))
+    return docs
+
+
+def _tiny_config(**overrides: object) -> TrainConfig:
+    base = dict(
+        d_model=32, n_layers=2, n_heads=2, ffn_dim=64, max_positions=SEQ_LEN, steps=30, batch_size=8,
+        lr=1e-2, warmup_steps=3, checkpoints=(15, 30), seed=0,
+    )
+    return TrainConfig(**{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tok") / "bpe"
+    train_bpe_tokenizer(_texts(), 300, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tokens(tokenizer_dir: Path) -> np.ndarray:
+    tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    ids: list[int] = []
+    for encoding in tokenizer.encode_batch(_texts(), add_special_tokens=False):
+        ids.extend([*encoding.ids, EOS])
+    body = SEQ_LEN - 1
+    n = len(ids) // body
+    packed = np.asarray(ids[: n * body], dtype=np.int32).reshape(n, body)
+    return np.concatenate([np.full((n, 1), BOS, dtype=np.int32), packed], axis=1)
+
+
+@pytest.fixture(scope="module")
+def vocab_size(tokenizer_dir: Path) -> int:
+    return Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).get_vocab_size()
+
+
+def _train(
+    tokens: np.ndarray, cfg: TrainConfig, out: Path, vocab_size: int, tokenizer_dir: Path | None = None, **kw: object
+) -> list[dict]:
+    return train_opt(
+        tokens, cfg, out, vocab_size=vocab_size, bos_id=BOS, eos_id=EOS, pad_id=PAD,
+        tokenizer_dir=tokenizer_dir, progress=False, device="cpu", **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def runs(
+    tmp_path_factory: pytest.TempPathFactory, tokens: np.ndarray, vocab_size: int, tokenizer_dir: Path
+) -> dict[str, tuple[Path, list[dict]]]:
+    """The positions and NoPos models, trained once for the tests that only read them."""
+    root = tmp_path_factory.mktemp("runs")
+    out = {}
+    for name, positions in (("pos", True), ("nopos", False)):
+        log = _train(tokens, _tiny_config(positions=positions), root / name, vocab_size, tokenizer_dir)
+        out[name] = (root / name, log)
+    return out
+
+
+# --- tokenizer ---------------------------------------------------------------------------------------
+
+
+def test_tokenizer_loads_with_opt_special_ids(tokenizer_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    assert tok.convert_ids_to_tokens([0, 1, 2, 3]) == ["<s>", "<pad>", "</s>", "<unk>"]
+    assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, tok.unk_token_id) == (2, 2, 1, 3)
+    assert 260 < len(tok) <= 300
+    ids = tok("The big cat sees the dog.").input_ids
+    assert ids[0] == 2  # OPT prepends </s> as BOS
+    assert tok.decode(ids[1:]) == "The big cat sees the dog."
+
+
+def test_tokenizer_is_deterministic(tmp_path: Path, tokenizer_dir: Path) -> None:
+    train_bpe_tokenizer(_texts(), 300, tmp_path / "again")
+    assert (tmp_path / "again" / "tokenizer.json").read_bytes() == (tokenizer_dir / "tokenizer.json").read_bytes()
+
+
+def test_tokenizer_rejects_too_small_vocab(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="vocab_size"):
+        train_bpe_tokenizer(_texts(), 100, tmp_path / "small")
+    assert not (tmp_path / "small").exists()
+
+
+# --- config ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(steps=30, checkpoints=(10, 20)),
+        dict(steps=30, checkpoints=(10, 40)),
+        dict(steps=30, checkpoints=()),
+        dict(dtype="float16"),
+        dict(n_heads=3),
+    ],
+)
+def test_invalid_config_raises(overrides: dict) -> None:
+    with pytest.raises(ValueError):
+        _tiny_config(**overrides)
+
+
+def test_lr_schedule_warms_up_then_decays_to_a_tenth() -> None:
+    cfg = TrainConfig(steps=100, warmup_steps=10, lr=1.0, checkpoints=(100,))
+    assert lr_at(0, cfg) == pytest.approx(0.1)
+    assert lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(10, cfg) == pytest.approx(1.0)
+    assert lr_at(55, cfg) == pytest.approx(0.55)
+    assert lr_at(100, cfg) == pytest.approx(0.1)
+    assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 100))
+
+
+# --- training ----------------------------------------------------------------------------------------
+
+
+def test_loss_falls(runs: dict) -> None:
+    for _, log in runs.values():
+        assert [row["step"] for row in log] == list(range(1, 31))
+        first, last = log[0]["loss"], np.mean([row["loss"] for row in log[-5:]])
+        assert first > 5.0  # about ln(vocab) at initialisation
+        assert last < first - 2.0
+        assert log[-1]["tokens_seen"] == 30 * 8 * SEQ_LEN
+
+
+def test_outputs_written(runs: dict) -> None:
+    out, log = runs["pos"]
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["resume", "step-15", "step-30", "train_log.jsonl", "train_state.json"]
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert rows == log
+    state = json.loads((out / "train_state.json").read_text())
+    assert state["steps"] == 30 and state["checkpoints"] == ["step-15", "step-30"]
+    assert state["final_loss"] == log[-1]["loss"]
+    assert state["config"]["positions"] is True
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        assert (out / "step-30" / name).is_file()
+
+
+def test_checkpoints_load_as_opt(runs: dict, tokens: np.ndarray, vocab_size: int) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out, _ = runs["pos"]
+    model = AutoModelForCausalLM.from_pretrained(out / "step-30")
+    assert type(model).__name__ == "OPTForCausalLM"
+    cfg = model.config
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.ffn_dim, cfg.vocab_size) == (32, 2, 64, vocab_size)
+    assert cfg.activation_function == "relu" and cfg.do_layer_norm_before
+    assert model.lm_head.weight.data_ptr() == model.model.decoder.embed_tokens.weight.data_ptr()
+    tokenizer = AutoTokenizer.from_pretrained(out / "step-30")
+    assert tokenizer.bos_token_id == BOS
+    batch = torch.from_numpy(tokens[:4]).long()
+    with torch.no_grad():
+        logits = model(input_ids=batch).logits
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, vocab_size), batch[:, 1:].reshape(-1))
+    assert loss.item() < 4.0  # the trained model, not a fresh one
+
+
+def test_nopos_position_table_is_zero(runs: dict) -> None:
+    nopos = load_file(runs["nopos"][0] / "step-30" / "model.safetensors")
+    pos = load_file(runs["pos"][0] / "step-30" / "model.safetensors")
+    assert nopos[POSITION_KEY].shape == (SEQ_LEN + 2, 32)  # OPT's table has an offset of 2
+    assert torch.count_nonzero(nopos[POSITION_KEY]) == 0
+    assert torch.count_nonzero(pos[POSITION_KEY]) == pos[POSITION_KEY].numel()
+    early = load_file(runs["pos"][0] / "step-15" / "model.safetensors")
+    assert not torch.equal(early[POSITION_KEY], pos[POSITION_KEY])  # positions are trained
+
+
+def test_same_seed_same_weights(
+    runs: dict, tmp_path: Path, tokens: np.ndarray, vocab_size: int, tokenizer_dir: Path
+) -> None:
+    log = _train(tokens, _tiny_config(), tmp_path / "again", vocab_size, tokenizer_dir)
+    assert [row["loss"] for row in log] == [row["loss"] for row in runs["pos"][1]]
+    for step in (15, 30):
+        first = (runs["pos"][0] / f"step-{step}" / "model.safetensors").read_bytes()
+        assert (tmp_path / "again" / f"step-{step}" / "model.safetensors").read_bytes() == first
+
+
+def test_other_seed_other_weights(runs: dict, tmp_path: Path, tokens: np.ndarray, vocab_size: int) -> None:
+    _train(tokens, _tiny_config(seed=1, steps=2, warmup_steps=1, checkpoints=(2,)), tmp_path / "seed1", vocab_size)
+    other = load_file(tmp_path / "seed1" / "step-2" / "model.safetensors")
+    first = load_file(runs["pos"][0] / "step-15" / "model.safetensors")
+    assert not torch.equal(other["model.decoder.layers.0.fc1.weight"], first["model.decoder.layers.0.fc1.weight"])
+
+
+@pytest.mark.parametrize("positions", [True, False])
+def test_resume_matches_uninterrupted(tmp_path: Path, tokens: np.ndarray, vocab_size: int, positions: bool) -> None:
+    cfg = _tiny_config(steps=20, checkpoints=(10, 20), positions=positions, dropout=0.1)
+    full = _train(tokens, cfg, tmp_path / "full", vocab_size)
+    first = _train(tokens, cfg, tmp_path / "resumed", vocab_size, stop_after=10)
+    assert [row["step"] for row in first] == list(range(1, 11))
+    assert not (tmp_path / "resumed" / "step-20").exists()
+    assert not (tmp_path / "resumed" / "train_state.json").exists()
+    resumed = _train(tokens, cfg, tmp_path / "resumed", vocab_size)
+    assert [(r["step"], r["loss"], r["lr"]) for r in resumed] == [(r["step"], r["loss"], r["lr"]) for r in full]
+    a = load_file(tmp_path / "full" / "step-20" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "step-20" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_a_different_run(tmp_path: Path, tokens: np.ndarray, vocab_size: int) -> None:
+    cfg = _tiny_config(steps=4, warmup_steps=1, checkpoints=(2, 4))
+    _train(tokens, cfg, tmp_path / "run", vocab_size, stop_after=2)
+    with pytest.raises(ValueError, match="different config"):
+        _train(tokens, _tiny_config(steps=4, warmup_steps=1, checkpoints=(2, 4), lr=5e-3), tmp_path / "run", vocab_size)
+
+
+def test_rejects_sequences_longer_than_positions(tmp_path: Path, tokens: np.ndarray, vocab_size: int) -> None:
+    with pytest.raises(ValueError, match="max_positions"):
+        _train(tokens, _tiny_config(max_positions=16), tmp_path / "long", vocab_size)
