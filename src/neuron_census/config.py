@@ -95,6 +95,19 @@ def _check_references(config: Mapping[str, Any]) -> None:
                 raise ConfigError(f"config error at 'figures.{figure}.models': unknown model '{model}'")
 
 
+def canonical(value: Any) -> Any:
+    """`value` with every mapping's keys sorted, recursively.
+
+    Snakemake compares rule params by their text, so reordering keys in a config file must not look
+    like a change; every param that carries a config slice goes through this.
+    """
+    if isinstance(value, Mapping):
+        return {key: canonical(value[key]) for key in sorted(value)}
+    if isinstance(value, (list, tuple)):
+        return [canonical(item) for item in value]
+    return value
+
+
 def tokenizer_dir(name: str) -> str:
     return f"results/tokenizers/{name}"
 
@@ -107,7 +120,7 @@ def resolved_tokenizer_spec(config: Mapping[str, Any], name: str) -> dict[str, A
     """The load spec of tokenizer `name`; a tokenizer the pipeline trains loads from its results folder."""
     spec = dict(config["tokenizers"][name])
     if spec["source"] == "train_bpe":
-        return {"source": "local", "path": tokenizer_dir(name), "bos": spec["bos"], "eos": spec["eos"]}
+        return {"source": "local", "path": tokenizer_dir(name), "bos": spec.get("bos", "auto"), "eos": spec.get("eos", "auto")}
     return spec
 
 

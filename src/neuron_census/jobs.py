@@ -46,7 +46,8 @@ def tokenize_job(
     from neuron_census.tokenization import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_name, tokenizer_spec)
-    tokens = shard_sequences(dataset_spec, tokenizer, shard, Path("."), dataset=dataset_name)
+    spec = {"n_shards": shard + 1, **dataset_spec}  # the workflow leaves n_shards out of the params
+    tokens = shard_sequences(spec, tokenizer, shard, Path("."), dataset=dataset_name)
     write_token_shard(output, tokens, tokenizer=tokenizer, dataset=dataset_name, shard=shard)
 
 

@@ -8,10 +8,10 @@ rule capture:
     output:
         directory("results/capture/{model}/{dataset}/shard-{shard}.zarr"),
     params:
-        model=lambda w: resolved_model_spec(config, w.model),
+        model=lambda w: canonical(resolved_model_spec(config, w.model)),
         tokenizer_name=lambda w: model_tokenizer(config, w.model),
-        tokenizer=lambda w: resolved_tokenizer_spec(config, model_tokenizer(config, w.model)),
-        settings=lambda w: capture_settings(config, w.model),
+        tokenizer=lambda w: canonical(resolved_tokenizer_spec(config, model_tokenizer(config, w.model))),
+        settings=lambda w: canonical(capture_settings(config, w.model)),
     threads: 8
     resources:
         gpu=1,

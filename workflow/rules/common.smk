@@ -6,6 +6,7 @@ from pathlib import Path
 from neuron_census.config import (
     NAME_PATTERN,
     ConfigError,
+    canonical,
     capture_settings,
     model_tokenizer,
     resolved_model_spec,
@@ -68,4 +69,4 @@ def figure_models(figure):
 
 
 def figure_style(figure):
-    return {k: v for k, v in config["figures"].get(figure, {}).items() if k != "models"}
+    return canonical({k: v for k, v in config["figures"].get(figure, {}).items() if k != "models"})

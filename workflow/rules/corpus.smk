@@ -5,8 +5,8 @@ rule train_tokenizer:
     output:
         directory("results/tokenizers/{tok}"),
     params:
-        spec=lambda w: config["tokenizers"][w.tok],
-        dataset=lambda w: config["datasets"][config["tokenizers"][w.tok]["dataset"]],
+        spec=lambda w: canonical(config["tokenizers"][w.tok]),
+        dataset=lambda w: canonical(config["datasets"][config["tokenizers"][w.tok]["dataset"]]),
     log:
         "results/logs/train_tokenizer/{tok}.log",
     conda:
@@ -21,8 +21,9 @@ rule tokenize:
     output:
         directory("results/tokens/{tok}/{dataset}/shard-{shard}.zarr"),
     params:
-        tokenizer=lambda w: resolved_tokenizer_spec(config, w.tok),
-        dataset=lambda w: config["datasets"][w.dataset],
+        tokenizer=lambda w: canonical(resolved_tokenizer_spec(config, w.tok)),
+        # n_shards is left out: shard i's content does not depend on it, so adding shards reruns no old one
+        dataset=lambda w: canonical({k: v for k, v in config["datasets"][w.dataset].items() if k != "n_shards"}),
     log:
         "results/logs/tokenize/{tok}/{dataset}/shard-{shard}.log",
     conda:

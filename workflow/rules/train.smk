@@ -12,8 +12,8 @@ rule train:
     output:
         directory("results/train/{run}"),
     params:
-        run=lambda w: config["train"][w.run],
-        tokenizer=lambda w: resolved_tokenizer_spec(config, config["train"][w.run]["tokenizer"]),
+        run=lambda w: canonical(config["train"][w.run]),
+        tokenizer=lambda w: canonical(resolved_tokenizer_spec(config, config["train"][w.run]["tokenizer"])),
     threads: 8
     resources:
         gpu=1,
