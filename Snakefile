@@ -8,7 +8,7 @@ min_version("9.0")
 # The embedded default, unless a full config (e.g. a preset) is given with --configfile;
 # --config KEY=VALUE overrides apply on top of either.
 if not workflow.config_settings.configfiles:
-    workflow.configfile("config/config.yaml")
+    workflow.configfile(f"{workflow.basedir}/config/config.yaml")
 
 
 include: "workflow/rules/common.smk"
