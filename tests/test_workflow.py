@@ -88,6 +88,9 @@ def test_tiny_dag_writes_every_table_figure_and_the_report(tiny_run: Path):
         assert {"layer", "rel_depth", "dead_frac", "mean_fire_freq_alive"} <= set(layers.columns)
         neurons = pl.read_parquet(results / model / "neurons.parquet")
         assert neurons.height == n_layers * n_neurons
+        documented = (ROOT / "config" / "README.md").read_text()
+        for column in [*layers.columns, *neurons.columns]:
+            assert f"`{column}`" in documented, f"column {column} is not documented in config/README.md"
         assert {"layer", "neuron", "n_tokens", "fire_count", "fire_freq", "dead"} <= set(neurons.columns)
     for figure in ("fig1a_dead_neurons", "fig1b_fire_frequency"):
         assert (results / "figures" / f"{figure}.png").read_bytes()[:4] == b"\x89PNG"
