@@ -24,20 +24,24 @@ def tokens() -> np.ndarray:
     return tokens
 
 
-@pytest.fixture(scope="module")
-def captured(tokens):
-    loaded = load_model("planted", {"source": "planted", "recipe": "basic"})
-    layers, states = capture_tokens(
+def run_capture(loaded, tokens: np.ndarray, **settings):
+    return capture_tokens(
         loaded.model,
         loaded.adapter,
         tokens,
         model_name="planted",
         first_seq_id=0,
         has_bos=True,
-        settings=CaptureSettings(batch_size=5, top_k=4),
+        settings=CaptureSettings(**settings),
         device=torch.device("cpu"),
         progress=False,
     )
+
+
+@pytest.fixture(scope="module")
+def captured(tokens):
+    loaded = load_model("planted", {"source": "planted", "recipe": "basic"})
+    layers, states = run_capture(loaded, tokens, batch_size=5, top_k=4)
     return loaded, layers, states
 
 
@@ -115,17 +119,7 @@ def test_capture_stops_after_last_analysed_layer(tokens):
     later = loaded.adapter.neuron_input_module(RECIPE.n_layers - 1)
     handle = later.register_forward_pre_hook(lambda *_: calls.append(1))
     try:
-        layers, states = capture_tokens(
-            loaded.model,
-            loaded.adapter,
-            tokens,
-            model_name="planted",
-            first_seq_id=0,
-            has_bos=True,
-            settings=CaptureSettings(layers=(0, 1), batch_size=8),
-            device=torch.device("cpu"),
-            progress=False,
-        )
+        layers, states = run_capture(loaded, tokens, layers=(0, 1), batch_size=8)
     finally:
         handle.remove()
     assert layers == (0, 1)
@@ -135,20 +129,17 @@ def test_capture_stops_after_last_analysed_layer(tokens):
 
 def test_bad_capture_inputs_are_refused(tokens):
     loaded = load_model("planted", {"source": "planted", "recipe": "basic"})
-    run = lambda toks, **kw: capture_tokens(  # noqa: E731
-        loaded.model,
-        loaded.adapter,
-        toks,
-        model_name="planted",
-        first_seq_id=0,
-        has_bos=True,
-        settings=CaptureSettings(**kw),
-        device=torch.device("cpu"),
-        progress=False,
-    )
     with pytest.raises(ValueError, match="exceed model 'planted' context of 64"):
-        run(np.zeros((2, 65), dtype=np.int64))
+        run_capture(loaded, np.zeros((2, 65), dtype=np.int64))
     with pytest.raises(ValueError, match="outside model 'planted' vocabulary"):
-        run(np.full((2, 8), RECIPE.vocab_size))
+        run_capture(loaded, np.full((2, 8), RECIPE.vocab_size))
     with pytest.raises(ValueError, match="capture.layers"):
-        run(tokens, layers=(7,))
+        run_capture(loaded, tokens, layers=(7,))
+
+
+def test_non_finite_activations_are_reported_not_counted(tokens):
+    loaded = load_model("planted", {"source": "planted", "recipe": "basic"})
+    with torch.no_grad():
+        loaded.model.model.decoder.layers[1].fc1.bias[2] = torch.inf
+    with pytest.raises(FloatingPointError, match="model 'planted' layer 1: non-finite activations"):
+        run_capture(loaded, tokens)
