@@ -8,6 +8,7 @@ store is only accepted on reading when its attributes say it is complete and eve
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,17 +54,20 @@ def read_store(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, 
     if not path.exists():
         raise FileNotFoundError(f"accumulator store {path} does not exist")
     try:
-        group = zarr.open_group(path, mode="r")
-        attrs = dict(group.attrs)
-        if attrs.get("kind") != STORE_KIND or not attrs.get("complete"):
-            raise ValueError("not a complete accumulator store")
-        if attrs.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"format version {attrs.get('format_version')} != {FORMAT_VERSION}")
-        states: dict[str, State] = {}
-        for name, sub in sorted(group.groups()):
-            if name not in REGISTRY:
-                raise ValueError(f"unknown accumulator '{name}'")
-            states[name] = {key: np.asarray(array[...]) for key, array in sorted(sub.arrays())}
+        with warnings.catch_warnings():
+            # Snakemake marks directory outputs with a .snakemake_timestamp file, which zarr lists as a stray member.
+            warnings.filterwarnings("ignore", message=r"Object at \.snakemake_timestamp", category=UserWarning)
+            group = zarr.open_group(path, mode="r")
+            attrs = dict(group.attrs)
+            if attrs.get("kind") != STORE_KIND or not attrs.get("complete"):
+                raise ValueError("not a complete accumulator store")
+            if attrs.get("format_version") != FORMAT_VERSION:
+                raise ValueError(f"format version {attrs.get('format_version')} != {FORMAT_VERSION}")
+            states: dict[str, State] = {}
+            for name, sub in sorted(group.groups()):
+                if name not in REGISTRY:
+                    raise ValueError(f"unknown accumulator '{name}'")
+                states[name] = {key: np.asarray(array[...]) for key, array in sorted(sub.arrays())}
     except ValueError as error:
         raise ValueError(f"accumulator store {path} is unreadable: {error}") from None
     except Exception as error:  # zarr/codec errors on truncated or corrupted chunks
