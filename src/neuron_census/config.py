@@ -7,6 +7,7 @@ was trained by the pipeline, a tokenizer that it trains) into the load specs the
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,14 +31,10 @@ def _with_defaults(validator_class: type) -> type:
         if isinstance(instance, dict):
             for name, subschema in properties.items():
                 if "default" in subschema and name not in instance:
-                    instance[name] = _copy(subschema["default"])
+                    instance[name] = copy.deepcopy(subschema["default"])
         yield from validate_properties(validator, properties, instance, schema)
 
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
-
-
-def _copy(value: Any) -> Any:
-    return yaml.safe_load(yaml.safe_dump(value))
 
 
 def validate_config(config: dict[str, Any], schema_path: str | Path) -> dict[str, Any]:

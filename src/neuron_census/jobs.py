@@ -6,7 +6,6 @@ also be run and tested from Python without Snakemake.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,6 +31,19 @@ def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
     if dtype == "auto":
         return resolved, torch.bfloat16 if resolved.type == "cuda" else torch.float32
     return resolved, DTYPES[dtype]
+
+
+def read_shard_for(shard: PathLike, tokenizer: Any, user: str) -> tuple[Any, dict[str, Any]]:
+    """Read a token shard and refuse it unless it was made with `tokenizer` (by fingerprint)."""
+    from neuron_census.corpus import read_token_shard
+
+    tokens, attrs = read_token_shard(shard)
+    if attrs["tokenizer_fingerprint"] != tokenizer.fingerprint:
+        raise ValueError(
+            f"token shard {shard} was made with tokenizer '{attrs['tokenizer']}', not with {user} tokenizer "
+            f"'{tokenizer.name}'"
+        )
+    return tokens, attrs
 
 
 def tokenize_job(
@@ -72,32 +84,25 @@ def train_job(
     """Train one OPT run on the given token shards; checkpoints land in `output`/step-N."""
     import numpy as np
 
-    from neuron_census.corpus import read_token_shard
     from neuron_census.tokenization import load_tokenizer
     from neuron_census.train import TrainConfig, train_opt
 
     torch.set_num_threads(max(1, threads))
     tokenizer = load_tokenizer(tokenizer_name, tokenizer_spec)
-    arrays = []
-    for shard in shards:
-        tokens, attrs = read_token_shard(shard)
-        if attrs["tokenizer_fingerprint"] != tokenizer.fingerprint:
-            raise ValueError(f"token shard {shard} was not made with train run '{run_name}' tokenizer '{tokenizer_name}'")
-        arrays.append(tokens)
+    arrays = [read_shard_for(shard, tokenizer, f"train run '{run_name}'")[0] for shard in shards]
     fields = set(TrainConfig.__dataclass_fields__)
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in run.items() if k in fields}
     config = TrainConfig(**kwargs)
-    special = {"bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id}
-    if None in special.values():
+    if tokenizer.bos_id is None or tokenizer.eos_id is None:
         raise ValueError(f"train run '{run_name}': tokenizer '{tokenizer_name}' needs a BOS and an EOS token")
     train_opt(
         np.concatenate(arrays),
         config,
         Path(output),
         vocab_size=tokenizer.vocab_size,
-        bos_id=int(special["bos_id"]),
-        eos_id=int(special["eos_id"]),
-        pad_id=1,  # the pipeline's BPE tokenizers keep OPT's special ids: <s>=0 <pad>=1 </s>=2 <unk>=3
+        bos_id=tokenizer.bos_id,
+        eos_id=tokenizer.eos_id,
+        pad_id=1,  # OPT's padding id, kept by the pipeline's BPE tokenizers; packed sequences are never padded
         tokenizer_dir=Path(tokenizer_spec["path"]) if tokenizer_spec.get("source") == "local" else None,
     )
 
@@ -114,19 +119,13 @@ def capture_job(
 ) -> None:
     """Capture one (model, dataset, shard): accumulator states in one zarr store."""
     from neuron_census.capture import CaptureSettings, capture_tokens
-    from neuron_census.corpus import read_token_shard
     from neuron_census.models import load_model
     from neuron_census.store import write_store
     from neuron_census.tokenization import load_tokenizer
 
     torch.set_num_threads(max(1, threads))
-    tokens, shard_attrs = read_token_shard(shard_path)
     tokenizer = load_tokenizer(tokenizer_name, tokenizer_spec)
-    if shard_attrs["tokenizer_fingerprint"] != tokenizer.fingerprint:
-        raise ValueError(
-            f"token shard {shard_path} was made with tokenizer '{shard_attrs['tokenizer']}', "
-            f"not with model '{model_name}' tokenizer '{tokenizer_name}'"
-        )
+    tokens, shard_attrs = read_shard_for(shard_path, tokenizer, f"model '{model_name}'")
     device, dtype = resolve_device(settings.get("device", "auto"), settings.get("dtype", "auto"))
     loaded = load_model(model_name, model_spec, device=device, dtype=dtype)
     layers_setting = settings.get("layers", "all")
@@ -214,8 +213,3 @@ def report_job(entries: Sequence[Mapping[str, str]], title: str, output: PathLik
     html = render_report(entries, title)
     with atomic_path(output) as tmp:
         Path(tmp).write_text(html, encoding="utf-8")
-
-
-def write_json(data: Any, output: PathLike) -> None:
-    with atomic_path(output) as tmp:
-        Path(tmp).write_text(json.dumps(data, indent=2, sort_keys=True))
