@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from neuron_census.corpus import read_token_shard
-from neuron_census.planted import get_recipe
+from neuron_census.jobs import FIGURES
+from neuron_census.planted import designed_tokens, get_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
@@ -62,44 +63,35 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return workdir
 
 
-def test_tiny_dag_recovers_planted_dead_neurons(tiny_run: Path):
-    recipe = get_recipe("basic")
+def test_tiny_dag_recovers_every_planted_role(tiny_run: Path):
+    """The whole DAG on the census recipe's designed data finds exactly the planted neurons of every kind."""
+    recipe = get_recipe("census")
     neurons = pl.read_parquet(tiny_run / "results" / "planted" / "neurons.parquet")
-    dead = {(r["layer"], r["neuron"]) for r in neurons.filter(pl.col("dead")).iter_rows(named=True)}
-    assert dead == {(n.layer, n.neuron) for n in recipe.all_neurons() if n.kind == "never"}
-    # exact fire counts from the shards the pipeline wrote
-    shards = sorted((tiny_run / "results" / "tokens" / "planted" / "random").glob("shard-*.zarr"))
-    assert len(shards) == 2
+    shards = sorted((tiny_run / "results" / "tokens" / "planted" / "designed").glob("shard-*.zarr"))
     tokens = np.concatenate([read_token_shard(s)[0] for s in shards])
-    assert (tokens[:, 0] == 0).all()  # BOS
+    np.testing.assert_array_equal(tokens, designed_tokens("census"))
+
+    def found(column: str) -> set[tuple[int, int]]:
+        return {(r["layer"], r["neuron"]) for r in neurons.filter(pl.col(column)).iter_rows(named=True)}
+
+    def planted(role: str) -> set[tuple[int, int]]:
+        return {(n.layer, n.neuron) for n in recipe.all_neurons() if n.role == role}
+
+    assert found("dead") == planted("dead")
+    assert found("token_detector") == planted("token_detector")
+    assert found("bigram_detector") == planted("bigram_detector")
+    assert found("positional") == planted("positional")
     for neuron in recipe.all_neurons():
-        expected = int(neuron.fires(tokens)[:, 1:].sum())
-        row = neurons.filter((pl.col("layer") == neuron.layer) & (pl.col("neuron") == neuron.neuron))
-        assert row["fire_count"].item() == expected, neuron
+        row = neurons.filter((pl.col("layer") == neuron.layer) & (pl.col("neuron") == neuron.neuron)).row(0, named=True)
+        assert row["fire_count"] == int(neuron.fires(tokens)[:, 1:].sum()), neuron
+        if neuron.role == "positional":
+            assert (row["positional_type"], row["positional_strong"]) == (neuron.positional_type, neuron.positional_strong)
+        if neuron.role == "token_detector":
+            assert sorted(row["detected_tokens"]) == sorted(neuron.tokens)
+            assert row["suppresses_trigger"] == bool(neuron.suppresses)
     assert neurons["n_tokens"].unique().to_list() == [tokens.shape[0] * (tokens.shape[1] - 1)]
-
-
-def test_tiny_dag_writes_every_table_figure_and_the_report(tiny_run: Path):
-    results = tiny_run / "results"
-    for model, n_layers, n_neurons in [("planted", 3, 8), ("stories260k", 5, 172), ("mini", 2, 64)]:
-        layers = pl.read_parquet(results / model / "layers.parquet")
-        assert layers["layer"].to_list() == list(range(n_layers))
-        assert layers["n_neurons"].unique().to_list() == [n_neurons]
-        assert {"layer", "rel_depth", "dead_frac", "mean_fire_freq_alive"} <= set(layers.columns)
-        neurons = pl.read_parquet(results / model / "neurons.parquet")
-        assert neurons.height == n_layers * n_neurons
-        documented = (ROOT / "config" / "README.md").read_text()
-        for column in [*layers.columns, *neurons.columns]:
-            assert f"`{column}`" in documented, f"column {column} is not documented in config/README.md"
-        assert {"layer", "neuron", "n_tokens", "fire_count", "fire_freq", "dead"} <= set(neurons.columns)
-    for figure in ("fig1a_dead_neurons", "fig1b_fire_frequency"):
-        assert (results / "figures" / f"{figure}.png").read_bytes()[:4] == b"\x89PNG"
-        assert (results / "figures" / f"{figure}.pdf").read_bytes()[:4] == b"%PDF"
-    report = (results / "report.html").read_text()
-    assert report.count("data:image/png;base64,") == 2
-    assert "never fires" in report
-    checkpoints = sorted(p.name for p in (results / "train" / "mini").glob("step-*"))
-    assert checkpoints == ["step-3", "step-6"]
+    csv = pl.read_csv(tiny_run / "results" / "figures" / "fig5_detector_projections.csv")
+    assert csv.filter(pl.col("model") == "planted").height == len(planted("token_detector"))
 
 
 def test_restyling_a_figure_plans_only_that_figure_and_the_report(tiny_run: Path, tmp_path: Path):
@@ -128,7 +120,8 @@ def test_presets_dry_run(preset: Path, tmp_path: Path):
 def test_default_config_dry_run(tmp_path: Path):
     workdir = new_workdir(tmp_path)
     plan = planned_jobs(snakemake(workdir, "-n").stdout)
-    assert plan["train"] == 2 and plan["capture"] == 6 and plan["report"] == 1
+    assert plan["train"] == 2 and plan["capture"] == 10 and plan["report"] == 1
+    assert plan["vocab_projection"] == 5 and all(plan[figure] == 1 for figure in FIGURES)
 
 
 def test_bad_config_stops_with_one_line(tmp_path: Path):

@@ -14,6 +14,8 @@ from typing import ClassVar, Protocol
 import numpy as np
 import torch
 
+from neuron_census.ngrams import check_packable, merge_summaries, merge_summaries_torch
+
 State = dict[str, np.ndarray]
 
 
@@ -344,8 +346,183 @@ class Moments:
         }
 
 
+def _eligible_ngram_ends(mask: torch.Tensor, order: int) -> torch.Tensor:
+    """[B, T] bool: the n-gram ending here lies inside the sequence and every token of it is counted."""
+    eligible = mask.clone()
+    for offset in range(1, order):
+        eligible[:, offset:] &= mask[:, :-offset]
+        eligible[:, :offset] = False
+    return eligible
+
+
+def _packed_ngrams(tokens: torch.Tensor, order: int, vocab_size: int) -> torch.Tensor:
+    """[B, T] int64 key of the n-gram ending at each position (garbage where it would start before 0)."""
+    keys = tokens.clone()
+    for offset in range(1, order):
+        shifted = torch.zeros_like(tokens)
+        shifted[:, offset:] = tokens[:, :-offset]
+        keys = keys + shifted * vocab_size**offset
+    return keys
+
+
+class NgramFireCount:
+    """Firings per (layer, neuron, n-gram) in bounded memory: n-gram coverage of each neuron.
+
+    Each neuron keeps a mergeable Misra-Gries summary of at most `capacity` n-grams per order (see
+    `neuron_census.ngrams`): exact until a neuron meets more distinct n-grams than that, certified
+    bounds afterwards. `fires` counts the firings at positions whose n-gram is complete and BOS-free,
+    the denominator of coverage. Only the layers in `layers` are counted.
+    """
+
+    name: ClassVar[str] = "ngram_fire_count"
+
+    def __init__(
+        self,
+        geometry: Geometry,
+        device: torch.device,
+        *,
+        layers: tuple[int, ...],
+        orders: tuple[int, ...] = (2, 3),
+        capacity: int = 16384,
+        flush_every: int = 1 << 22,
+    ) -> None:
+        for order in orders:
+            check_packable(geometry.vocab_size, order)
+        self.geometry = geometry
+        self.layers = tuple(layers)
+        self.orders = tuple(orders)
+        self.capacity = capacity
+        self.flush_every = flush_every
+        self.fires = torch.zeros(len(orders), len(layers), geometry.n_neurons, dtype=torch.int64, device=device)
+        empty = (torch.zeros(0, dtype=torch.int64, device=device),) * 3
+        self._summaries: dict[int, tuple[torch.Tensor, ...]] = {n: empty for n in orders}
+        self._pending: dict[int, list[tuple[torch.Tensor, ...]]] = {n: [] for n in orders}
+        self._n_pending = 0
+
+    def update(self, batch: LayerBatch) -> None:
+        if batch.layer not in self.layers:
+            return
+        slot = self.layers.index(batch.layer)
+        n_neurons = self.geometry.n_neurons
+        for index, order in enumerate(self.orders):
+            eligible = _eligible_ngram_ends(batch.mask, order)
+            fires = batch.fires & eligible[..., None]
+            self.fires[index, slot] += fires.sum(dim=(0, 1))
+            rows, positions, neurons = fires.nonzero(as_tuple=True)
+            if len(rows) == 0:
+                continue
+            grams = _packed_ngrams(batch.tokens, order, self.geometry.vocab_size)[rows, positions]
+            unique_grams, gram_index = torch.unique(grams, return_inverse=True)
+            pairs, counts = torch.unique(gram_index * n_neurons + neurons, return_counts=True)
+            group = slot * n_neurons + pairs % n_neurons
+            self._pending[order].append((group, unique_grams[pairs // n_neurons], counts.to(torch.int64)))
+            self._n_pending += len(group)
+        if self._n_pending >= self.flush_every:
+            self._flush()
+
+    def _flush(self) -> None:
+        for order in self.orders:
+            if self._pending[order]:
+                parts = [self._summaries[order], *self._pending[order]]
+                self._summaries[order] = merge_summaries_torch(parts, self.capacity)
+                self._pending[order] = []
+        self._n_pending = 0
+
+    def state(self) -> State:
+        self._flush()
+        state: State = {
+            "orders": np.asarray(self.orders, dtype=np.int64),
+            "layers": np.asarray(self.layers, dtype=np.int64),
+            "capacity": np.asarray([self.capacity], dtype=np.int64),
+            "fires": self.fires.cpu().numpy(),
+        }
+        for order, summary in self._summaries.items():
+            group, gram, count = (t.cpu().numpy() for t in summary)
+            state |= {f"order{order}_group": group, f"order{order}_gram": gram, f"order{order}_count": count}
+        return state
+
+    @staticmethod
+    def merge(states: list[State]) -> State:
+        first = states[0]
+        for other in states[1:]:
+            for key in ("orders", "layers", "capacity"):
+                if not np.array_equal(other[key], first[key]):
+                    raise ValueError(f"cannot merge n-gram counts with different {key}: {other[key]} vs {first[key]}")
+        capacity = int(first["capacity"][0])
+        merged: State = {key: first[key] for key in ("orders", "layers", "capacity")}
+        merged["fires"] = np.sum([s["fires"] for s in states], axis=0)
+        for order in first["orders"].tolist():
+            parts = [(s[f"order{order}_group"], s[f"order{order}_gram"], s[f"order{order}_count"]) for s in states]
+            group, gram, count = merge_summaries(parts, capacity)
+            merged |= {f"order{order}_group": group, f"order{order}_gram": gram, f"order{order}_count": count}
+        return merged
+
+
+class NgramCount:
+    """Occurrences of each n-gram at counted positions (the denominator of n-gram detectors).
+
+    One Misra-Gries summary of at most `capacity` n-grams per order: exact while the data has fewer
+    distinct n-grams, which `total` (all counted n-gram positions) lets a reader check.
+    """
+
+    name: ClassVar[str] = "ngram_count"
+
+    def __init__(
+        self, geometry: Geometry, device: torch.device, *, orders: tuple[int, ...] = (2,), capacity: int = 1 << 22
+    ) -> None:
+        for order in orders:
+            check_packable(geometry.vocab_size, order)
+        self.geometry = geometry
+        self.orders = tuple(orders)
+        self.capacity = capacity
+        self.total = np.zeros(len(orders), dtype=np.int64)
+        empty = (torch.zeros(0, dtype=torch.int64, device=device),) * 3
+        self._summaries = {n: empty for n in orders}
+        self._first_layer = geometry.layers[0]
+
+    def update(self, batch: LayerBatch) -> None:
+        if batch.layer != self._first_layer:
+            return
+        for index, order in enumerate(self.orders):
+            eligible = _eligible_ngram_ends(batch.mask, order)
+            grams = _packed_ngrams(batch.tokens, order, self.geometry.vocab_size)[eligible]
+            self.total[index] += len(grams)
+            unique, counts = torch.unique(grams, return_counts=True)
+            part = (torch.zeros_like(unique), unique, counts.to(torch.int64))
+            self._summaries[order] = merge_summaries_torch([self._summaries[order], part], self.capacity)
+
+    def state(self) -> State:
+        state: State = {
+            "orders": np.asarray(self.orders, dtype=np.int64),
+            "capacity": np.asarray([self.capacity], dtype=np.int64),
+            "total": self.total.copy(),
+        }
+        for order, (_, gram, count) in self._summaries.items():
+            state |= {f"order{order}_gram": gram.cpu().numpy(), f"order{order}_count": count.cpu().numpy()}
+        return state
+
+    @staticmethod
+    def merge(states: list[State]) -> State:
+        first = states[0]
+        for other in states[1:]:
+            for key in ("orders", "capacity"):
+                if not np.array_equal(other[key], first[key]):
+                    raise ValueError(f"cannot merge n-gram counts with different {key}: {other[key]} vs {first[key]}")
+        merged: State = {"orders": first["orders"], "capacity": first["capacity"]}
+        merged["total"] = np.sum([s["total"] for s in states], axis=0)
+        for order in first["orders"].tolist():
+            parts = [
+                (np.zeros(len(s[f"order{order}_gram"]), dtype=np.int64), s[f"order{order}_gram"], s[f"order{order}_count"])
+                for s in states
+            ]
+            _, gram, count = merge_summaries(parts, int(first["capacity"][0]))
+            merged |= {f"order{order}_gram": gram, f"order{order}_count": count}
+        return merged
+
+
 REGISTRY: dict[str, type] = {
-    cls.name: cls for cls in (FireCount, PositionFireCount, TokenCount, TokenFireCount, TopK, Moments)
+    cls.name: cls
+    for cls in (FireCount, PositionFireCount, TokenCount, TokenFireCount, TopK, Moments, NgramFireCount, NgramCount)
 }
 
 

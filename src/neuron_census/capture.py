@@ -20,6 +20,8 @@ from neuron_census.accumulators import (
     Geometry,
     LayerBatch,
     Moments,
+    NgramCount,
+    NgramFireCount,
     PositionFireCount,
     State,
     TokenCount,
@@ -28,7 +30,16 @@ from neuron_census.accumulators import (
 )
 
 FIRE_RULES = ("preactivation", "activation")
-ALL_ACCUMULATORS = ("fire_count", "position_fire_count", "token_count", "token_fire_count", "top_k", "moments")
+ALL_ACCUMULATORS = (
+    "fire_count",
+    "position_fire_count",
+    "token_count",
+    "token_fire_count",
+    "ngram_fire_count",
+    "ngram_count",
+    "top_k",
+    "moments",
+)
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,10 @@ class CaptureSettings:
     fire_rule: str = "preactivation"
     top_k: int = 16
     token_fire_dense_limit: int = 1 << 26
+    ngram_layers: str | tuple[int, ...] = "first_half"  # "first_half", "all", or model layer numbers
+    ngram_orders: tuple[int, ...] = (2, 3)
+    ngram_capacity: int = 16384  # n-grams kept per neuron and order (exact below this)
+    ngram_count_capacity: int = 1 << 22  # distinct n-grams kept for occurrence counts
     accumulators: tuple[str, ...] = field(default=ALL_ACCUMULATORS)
 
     def __post_init__(self) -> None:
@@ -48,6 +63,8 @@ class CaptureSettings:
         unknown = set(self.accumulators) - set(ALL_ACCUMULATORS)
         if unknown:
             raise ValueError(f"unknown accumulators {sorted(unknown)}; known: {ALL_ACCUMULATORS}")
+        if isinstance(self.ngram_layers, str) and self.ngram_layers not in ("first_half", "all"):
+            raise ValueError(f"capture.ngram_layers '{self.ngram_layers}' is not first_half, all or a list of layers")
 
 
 class _StopForward(Exception):
@@ -64,12 +81,30 @@ def resolve_layers(requested: Sequence[int] | None, n_layers: int, model_name: s
     return layers
 
 
-def build_accumulators(settings: CaptureSettings, geometry: Geometry, device: torch.device) -> list[Any]:
+def resolve_ngram_layers(setting: str | Sequence[int], analysed: tuple[int, ...], n_layers: int) -> tuple[int, ...]:
+    """Analysed layers whose n-grams are counted; `first_half` = layer / n_layers < 0.5, as Fig. 2 uses."""
+    if setting == "all":
+        return analysed
+    if setting == "first_half":
+        return tuple(layer for layer in analysed if 2 * layer < n_layers)
+    return tuple(layer for layer in analysed if layer in set(int(x) for x in setting))
+
+
+def build_accumulators(
+    settings: CaptureSettings, geometry: Geometry, device: torch.device, n_layers_total: int
+) -> list[Any]:
+    ngram_layers = resolve_ngram_layers(settings.ngram_layers, geometry.layers, n_layers_total)
     factories: dict[str, Callable[[], Any]] = {
         "fire_count": lambda: FireCount(geometry, device),
         "position_fire_count": lambda: PositionFireCount(geometry, device),
         "token_count": lambda: TokenCount(geometry, device),
         "token_fire_count": lambda: TokenFireCount(geometry, device, dense_limit=settings.token_fire_dense_limit),
+        "ngram_fire_count": lambda: NgramFireCount(
+            geometry, device, layers=ngram_layers, orders=settings.ngram_orders, capacity=settings.ngram_capacity
+        ),
+        "ngram_count": lambda: NgramCount(
+            geometry, device, orders=settings.ngram_orders, capacity=settings.ngram_count_capacity
+        ),
         "top_k": lambda: TopK(geometry, device, k=settings.top_k),
         "moments": lambda: Moments(geometry, device),
     }
@@ -111,7 +146,7 @@ def capture_tokens(
         )
     layers = resolve_layers(settings.layers, adapter.n_layers, model_name)
     geometry = Geometry(layers=layers, n_neurons=adapter.n_neurons, seq_len=seq_len, vocab_size=adapter.vocab_size)
-    accumulators = build_accumulators(settings, geometry, device)
+    accumulators = build_accumulators(settings, geometry, device, adapter.n_layers)
     last_layer = layers[-1]
 
     current: dict[str, torch.Tensor] = {}

@@ -90,6 +90,11 @@ def _check_references(config: Mapping[str, Any]) -> None:
         for model in settings.get("models") or []:
             if model not in models:
                 raise ConfigError(f"config error at 'figures.{figure}.models': unknown model '{model}'")
+        drawn = settings.get("models") or list(models)
+        if settings.get("model") is not None and settings["model"] not in drawn:
+            raise ConfigError(
+                f"config error at 'figures.{figure}.model': '{settings['model']}' is not one of the figure's models {drawn}"
+            )
 
 
 def canonical(value: Any) -> Any:

@@ -31,7 +31,7 @@ from neuron_census.bundle import (
 )
 from neuron_census.tokenization import TextTokenizer
 
-SOURCES = ("bundled", "files", "hf", "random_tokens")
+SOURCES = ("bundled", "files", "hf", "random_tokens", "planted")
 SPLITS = ("all", "train", "heldout")
 TEXT_SUFFIXES = (".txt", ".txt.gz", ".txt.xz")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.xz")
@@ -110,8 +110,8 @@ def iter_documents(
             yield from apply_split(_file_documents(path, spec, errors, min_chars), split, every)
     elif source == "hf":
         yield from apply_split(_hf_documents(spec, root, name), split, every)
-    elif source == "random_tokens":
-        raise ValueError(f"dataset {name!r}: source 'random_tokens' has no text documents")
+    elif source in ("random_tokens", "planted"):
+        raise ValueError(f"dataset {name!r}: source '{source}' has no text documents")
     else:
         raise ValueError(
             f"dataset {name!r}: unknown source {source!r}; choose from {', '.join(SOURCES)}"
@@ -401,6 +401,20 @@ def _token_batches(documents: Iterable[str], tokenizer: TextTokenizer) -> Iterat
         yield from tokenizer.encode_batch(batch)
 
 
+def planted_shard(spec: Mapping[str, Any], shard: int, seq_len: int, per_shard: int, name: str) -> np.ndarray:
+    """Rows of a planted recipe's designed token data, on which every planted role holds exactly."""
+    from neuron_census.planted import designed_tokens
+
+    tokens = designed_tokens(str(spec.get("recipe", "")))
+    start, stop = shard * per_shard, (shard + 1) * per_shard
+    if seq_len != tokens.shape[1] or stop > len(tokens):
+        raise ValueError(
+            f"dataset {name!r}: recipe {spec.get('recipe')!r} designs {len(tokens)} sequences of {tokens.shape[1]} "
+            f"tokens; shard {shard} asks for sequences {start}..{stop - 1} of {seq_len}"
+        )
+    return tokens[start:stop].astype(np.int32)
+
+
 def shard_sequences(
     spec: Mapping[str, Any],
     tokenizer: TextTokenizer,
@@ -422,6 +436,8 @@ def shard_sequences(
     shard = int(shard)
     if spec.get("source") == "random_tokens":
         return random_shard(spec, tokenizer, shard, seq_len, per_shard, name)
+    if spec.get("source") == "planted":
+        return planted_shard(spec, shard, seq_len, per_shard, name)
     start, stop = shard * per_shard, (shard + 1) * per_shard
     out = np.empty((per_shard, seq_len), dtype=np.int32)
     documents = iter_documents(spec, root, dataset=name)

@@ -1,4 +1,8 @@
-"""Paper figures drawn from tables. Each function takes tables and a style mapping and returns a Figure."""
+"""Paper figures drawn from tables, and what every figure module shares (style, saving).
+
+Each drawing function takes `tables` (table kind -> that table over the figure's models, in legend
+order) and a style mapping, and returns a Figure; figures of other analyses live in `plots_*`.
+"""
 
 from __future__ import annotations
 
@@ -59,15 +63,15 @@ def _per_model_lines(
     return fig
 
 
-def plot_dead_neurons(layers: pl.DataFrame, style: Mapping[str, Any]) -> Figure:
+def plot_dead_neurons(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
     """Fig. 1a: percentage of dead neurons per layer, x = relative depth, one line per model."""
-    return _per_model_lines(layers, "dead_frac", 100.0, "dead neurons (%)", style.get("title", ""), style)
+    return _per_model_lines(tables["layers"], "dead_frac", 100.0, "dead neurons (%)", style.get("title", ""), style)
 
 
-def plot_fire_frequency(layers: pl.DataFrame, style: Mapping[str, Any]) -> Figure:
+def plot_fire_frequency(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
     """Fig. 1b: mean firing frequency of the non-dead neurons per layer, one line per model."""
     return _per_model_lines(
-        layers, "mean_fire_freq_alive", 1.0, "mean firing frequency (alive)", style.get("title", ""), style
+        tables["layers"], "mean_fire_freq_alive", 1.0, "mean firing frequency (alive)", style.get("title", ""), style
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,11 @@ def train_job(
     )
 
 
+def _layers_setting(value: str | Sequence[int]) -> str | tuple[int, ...]:
+    """A layer setting from the config: a keyword (`all`, `first_half`) or a list of layer numbers."""
+    return value if isinstance(value, str) else tuple(int(layer) for layer in value)
+
+
 def capture_job(
     model_name: str,
     model_spec: Mapping[str, Any],
@@ -128,13 +134,17 @@ def capture_job(
     tokens, shard_attrs = read_shard_for(shard_path, tokenizer, f"model '{model_name}'")
     device, dtype = resolve_device(settings.get("device", "auto"), settings.get("dtype", "auto"))
     loaded = load_model(model_name, model_spec, device=device, dtype=dtype)
-    layers_setting = settings.get("layers", "all")
+    layers_setting = _layers_setting(settings.get("layers", "all"))
     capture_settings = CaptureSettings(
-        layers=None if layers_setting == "all" else tuple(layers_setting),
+        layers=None if layers_setting == "all" else layers_setting,
         batch_size=int(settings.get("batch_size", 16)),
         fire_rule=settings.get("fire_rule", "preactivation"),
         top_k=int(settings.get("top_k", 16)),
         token_fire_dense_limit=int(settings.get("token_fire_dense_limit", 1 << 26)),
+        ngram_layers=_layers_setting(settings.get("ngram_layers", "first_half")),
+        ngram_orders=tuple(settings.get("ngram_orders", (2, 3))),
+        ngram_capacity=int(settings.get("ngram_capacity", 16384)),
+        ngram_count_capacity=int(settings.get("ngram_count_capacity", 1 << 22)),
     )
     shard = int(shard_attrs["shard"])
     layers, states = capture_tokens(
@@ -180,30 +190,127 @@ def write_parquet(frame: pl.DataFrame, output: PathLike) -> None:
         frame.write_parquet(tmp, compression="zstd", statistics=False)
 
 
-def tables_job(model_name: str, inputs: Sequence[PathLike], neurons_out: PathLike, layers_out: PathLike) -> None:
-    """Per-neuron and per-layer tables of one model from its merged stores (one per dataset)."""
-    from neuron_census.stats import layer_table, neuron_table
+def stats_job(
+    model_name: str,
+    inputs: Sequence[PathLike],
+    tokenizer_name: str,
+    tokenizer_spec: Mapping[str, Any],
+    analysis: Mapping[str, Any],
+    stats_out: PathLike,
+    rates_out: PathLike,
+) -> None:
+    """Activation statistics of one model from its merged stores (one per capture dataset)."""
+    from neuron_census.positional import position_rates_table
+    from neuron_census.stats import AnalysisSettings, stats_table
     from neuron_census.store import merge_stores
+    from neuron_census.tokenization import load_tokenizer
 
     attrs, states = merge_stores(inputs)
-    neurons = neuron_table(model_name, attrs, states)
+    tokenizer = load_tokenizer(tokenizer_name, tokenizer_spec)
+    if attrs["tokenizer_fingerprint"] != tokenizer.fingerprint:
+        raise ValueError(f"stores of model '{model_name}' were captured with another tokenizer than '{tokenizer_name}'")
+    settings = AnalysisSettings.from_config(analysis)
+    write_parquet(stats_table(model_name, attrs, states, settings, tokenizer.token_strings()), stats_out)
+    rates = position_rates_table(model_name, attrs, states["position_fire_count"], settings.positional)
+    write_parquet(rates, rates_out)
+
+
+def vocab_job(
+    model_name: str,
+    model_spec: Mapping[str, Any],
+    tokenizer_name: str,
+    tokenizer_spec: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    stats: PathLike,
+    output: PathLike,
+    threads: int = 1,
+) -> None:
+    """Vocabulary projections of every value vector of the analysed layers, and of detectors' triggers."""
+    from neuron_census.models import load_model
+    from neuron_census.tokenization import load_tokenizer
+    from neuron_census.vocab import vocab_table
+
+    torch.set_num_threads(max(1, threads))
+    tokenizer = load_tokenizer(tokenizer_name, tokenizer_spec)
+    device, dtype = resolve_device(settings.get("device", "auto"), settings.get("dtype", "auto"))
+    loaded = load_model(model_name, model_spec, device=device, dtype=dtype)
+    neurons = pl.read_parquet(stats, columns=["layer", "neuron", "token_detector", "detected_tokens"])
+    detectors = neurons.filter(pl.col("token_detector")).select("layer", "neuron", "detected_tokens")
+    table = vocab_table(
+        loaded.adapter,
+        tokenizer.token_strings(),
+        detectors,
+        layers=sorted(neurons["layer"].unique().to_list()),
+        top_n=int(settings.get("top_n", 10)),
+        apply_final_norm=bool(settings.get("final_norm", False)),
+    )
+    write_parquet(table, output)
+
+
+def tables_job(stats: PathLike, vocab: PathLike, neurons_out: PathLike, layers_out: PathLike) -> None:
+    """neurons.parquet (activation statistics joined with vocabulary projections) and layers.parquet."""
+    from neuron_census.stats import layer_table
+
+    neurons = pl.read_parquet(stats).join(pl.read_parquet(vocab), on=["layer", "neuron"], how="left", maintain_order="left")
     write_parquet(neurons, neurons_out)
-    write_parquet(layer_table(neurons, int(attrs["n_layers_total"])), layers_out)
+    write_parquet(layer_table(neurons, int(neurons["n_layers_total"][0])), layers_out)
 
 
-FIGURES = {
-    "fig1a_dead_neurons": "plot_dead_neurons",
-    "fig1b_fire_frequency": "plot_fire_frequency",
+@dataclass(frozen=True)
+class FigureSpec:
+    """Where a paper figure's drawing function lives and which per-model tables it reads."""
+
+    module: str
+    function: str
+    tables: tuple[str, ...]
+    csv: str | None = None  # a function returning the figure's data as a table, written next to it
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # style values the config may override
+
+
+FIGURES: dict[str, FigureSpec] = {
+    "fig1a_dead_neurons": FigureSpec("figures", "plot_dead_neurons", ("layers",)),
+    "fig1b_fire_frequency": FigureSpec("figures", "plot_fire_frequency", ("layers",)),
+    "fig2_unigram_coverage": FigureSpec("plots_ngrams", "plot_ngram_coverage", ("neurons", "layers"), defaults={"order": 1}),
+    "fig2_bigram_coverage": FigureSpec("plots_ngrams", "plot_ngram_coverage", ("neurons", "layers"), defaults={"order": 2}),
+    "fig2_trigram_coverage": FigureSpec(
+        "plots_ngrams", "plot_ngram_coverage", ("neurons", "layers"), defaults={"order": 3}
+    ),
+    "fig3a_token_detectors": FigureSpec("plots_ngrams", "plot_token_detectors", ("layers",)),
+    "fig3b_detected_tokens": FigureSpec("plots_ngrams", "plot_detected_tokens", ("layers",)),
+    "fig4_new_tokens": FigureSpec("plots_ngrams", "plot_new_tokens", ("layers",)),
+    "fig5_detector_projections": FigureSpec(
+        "plots_vocab", "plot_detector_projections", ("neurons",), csv="detector_projection_frame"
+    ),
+    "fig7_positional_examples": FigureSpec("plots_positional", "plot_positional_examples", ("position_rates",)),
+    "fig8_positional_neurons": FigureSpec("plots_positional", "plot_positional_neurons", ("neurons", "layers")),
+    "fig9_oscillatory_ranges": FigureSpec("plots_positional", "plot_oscillatory_ranges", ("position_rates",)),
+    "fig10_positional_nopos": FigureSpec("plots_positional", "plot_positional_neurons", ("neurons", "layers")),
+    "fig11_positional_training": FigureSpec("plots_positional", "plot_positional_neurons", ("neurons", "layers")),
 }
 
+TABLE_FILES = {"neurons": "neurons.parquet", "layers": "layers.parquet", "position_rates": "position_rates.parquet"}
 
-def figure_job(figure: str, layer_tables: Sequence[PathLike], style: Mapping[str, Any], outputs: Sequence[PathLike]) -> None:
-    """Draw one paper figure from per-layer tables of the figure's models (in the given order)."""
+
+def figure_job(
+    figure: str,
+    tables: Mapping[str, Sequence[PathLike]],
+    style: Mapping[str, Any],
+    outputs: Sequence[PathLike],
+    csv_output: PathLike | None = None,
+) -> None:
+    """Draw one paper figure from its models' tables (each kind concatenated in the figure's model order)."""
+    import importlib
+
     from neuron_census import figures
 
-    layers = pl.concat([pl.read_parquet(path) for path in layer_tables], how="diagonal_relaxed")
-    fig = getattr(figures, FIGURES[figure])(layers, style)
-    figures.save_figure(fig, outputs)
+    spec = FIGURES[figure]
+    frames = {kind: pl.concat([pl.read_parquet(p) for p in paths], how="diagonal_relaxed") for kind, paths in tables.items()}
+    module = importlib.import_module(f"neuron_census.{spec.module}")
+    figures.save_figure(getattr(module, spec.function)(frames, {**spec.defaults, **style}), outputs)
+    if spec.csv is not None and csv_output is not None:
+        frame = getattr(module, spec.csv)(frames[spec.tables[0]])
+        with atomic_path(csv_output) as tmp:
+            frame.write_csv(tmp)
 
 
 def report_job(entries: Sequence[Mapping[str, str]], title: str, output: PathLike) -> None:

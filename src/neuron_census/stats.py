@@ -1,14 +1,42 @@
-"""Per-neuron and per-layer tables from merged accumulator states (pure functions)."""
+"""Per-neuron and per-layer tables from merged accumulator states (pure functions).
+
+`stats_table` holds everything read from activations (firing, n-gram coverage, detectors, positional
+statistics); `neuron_census.vocab` adds what is read from weights; `layer_table` aggregates per layer.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import polars as pl
 
 from neuron_census.accumulators import State
+from neuron_census.detectors import DetectorSettings, coverage_columns, detector_columns, detector_layer_counts
+from neuron_census.positional import PositionalSettings, positional_layer_counts, positional_table
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    """Thresholds of the activation analyses (config `analysis`, without `vocab`)."""
+
+    detectors: DetectorSettings = field(default_factory=DetectorSettings)
+    positional: PositionalSettings = field(default_factory=PositionalSettings)
+
+    @classmethod
+    def from_config(cls, analysis: Mapping[str, Any]) -> AnalysisSettings:
+        detectors = analysis.get("detectors", {})
+        return cls(
+            detectors=DetectorSettings(
+                coverage=float(analysis.get("ngram_coverage", 0.95)),
+                max_ngrams=int(detectors.get("max_ngrams", 5)),
+                ngram_fire_rate=float(detectors.get("fire_rate", 0.95)),
+                detector_coverage=float(detectors.get("coverage", 0.95)),
+            ),
+            positional=PositionalSettings(**analysis.get("positional", {})),
+        )
 
 
 def neuron_table(model: str, attrs: Mapping[str, Any], states: Mapping[str, State]) -> pl.DataFrame:
@@ -43,11 +71,42 @@ def neuron_table(model: str, attrs: Mapping[str, Any], states: Mapping[str, Stat
     return pl.DataFrame(columns)
 
 
+def stats_table(
+    model: str,
+    attrs: Mapping[str, Any],
+    states: Mapping[str, State],
+    settings: AnalysisSettings,
+    token_strings: Sequence[str],
+) -> pl.DataFrame:
+    """`neuron_table` joined with n-gram coverage, token/bigram detectors and positional columns."""
+    base = neuron_table(model, attrs, states).with_columns(n_layers_total=pl.lit(int(attrs["n_layers_total"]), pl.Int64))
+    base = base.with_columns(**coverage_columns(states, attrs, settings.detectors))
+    base = base.with_columns(**detector_columns(states, attrs, settings.detectors, token_strings))
+    if "position_fire_count" in states:
+        positional = positional_table(attrs, states["position_fire_count"], settings.positional)
+        base = base.join(positional, on=["layer", "neuron"], how="left", maintain_order="left")
+    return base
+
+
 def layer_table(neurons: pl.DataFrame, n_layers_total: int) -> pl.DataFrame:
-    """One row per layer: share of dead neurons and mean firing frequency of the living ones.
+    """One row per layer: dead neurons, firing frequency, detectors and positional neurons by type.
 
     `rel_depth` = layer / n_layers_total (layers numbered from 0), the x axis of Fig. 1 of the paper.
     """
+    table = _firing_layer_table(neurons, n_layers_total)
+    if "token_detector" in neurons.columns:
+        table = table.join(detector_layer_counts(neurons), on=["model", "layer"], how="left", maintain_order="left")
+    if "positional" in neurons.columns:
+        table = table.join(positional_layer_counts(neurons), on=["model", "layer"], how="left", maintain_order="left")
+    if "suppresses_trigger" in neurons.columns:
+        suppressing = neurons.group_by("model", "layer").agg(
+            n_detectors_suppressing_trigger=pl.col("suppresses_trigger").fill_null(False).sum().cast(pl.Int64)
+        )
+        table = table.join(suppressing, on=["model", "layer"], how="left", maintain_order="left")
+    return table
+
+
+def _firing_layer_table(neurons: pl.DataFrame, n_layers_total: int) -> pl.DataFrame:
     return (
         neurons.group_by("model", "layer", maintain_order=True)
         .agg(

@@ -15,7 +15,7 @@ from neuron_census.config import (
     train_dir,
     validate_config,
 )
-from neuron_census.jobs import FIGURES as FIGURE_FUNCTIONS
+from neuron_census.jobs import FIGURES as FIGURE_SPECS, TABLE_FILES
 
 try:
     validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
@@ -23,7 +23,7 @@ except ConfigError as error:
     sys.exit(f"neuron-census: {error}")
 
 MODELS = list(config["models"])
-FIGURES = list(FIGURE_FUNCTIONS)
+FIGURES = list(FIGURE_SPECS)
 CAPTURE_DATASETS = config["capture"]["datasets"]
 
 _name = NAME_PATTERN.strip("^$")
@@ -70,3 +70,42 @@ def figure_models(figure):
 
 def figure_style(figure):
     return canonical({k: v for k, v in config["figures"].get(figure, {}).items() if k != "models"})
+
+
+def vocab_settings(model):
+    """The vocabulary-projection settings, run where the model's capture runs (device, dtype)."""
+    capture = capture_settings(config, model)
+    return {**config["analysis"]["vocab"], "device": capture["device"], "dtype": capture["dtype"]}
+
+
+FIGURE_CATEGORIES = {
+    "fig1": "Dead neurons",
+    "fig2": "N-gram coverage",
+    "fig3": "Token detectors",
+    "fig4": "Token detectors",
+    "fig5": "Token detectors",
+    "fig7": "Positional neurons",
+    "fig8": "Positional neurons",
+    "fig9": "Positional neurons",
+    "fig10": "Training experiment",
+    "fig11": "Training experiment",
+}
+
+
+def figure_tables(figure):
+    """Per table kind the figure reads, that table of each of the figure's models, in legend order."""
+    return {
+        kind: [f"results/{model}/{TABLE_FILES[kind]}" for model in figure_models(figure)]
+        for kind in FIGURE_SPECS[figure].tables
+    }
+
+
+def figure_outputs(figure):
+    category = FIGURE_CATEGORIES[figure.split("_")[0].rstrip("ab")]
+    outputs = {
+        "png": report(f"results/figures/{figure}.png", caption=f"../report/{figure}.rst", category=category),
+        "pdf": f"results/figures/{figure}.pdf",
+    }
+    if FIGURE_SPECS[figure].csv is not None:
+        outputs["csv"] = f"results/figures/{figure}.csv"
+    return outputs

@@ -1,9 +1,50 @@
-"""Per-neuron and per-layer tables of each model, from the merged stores of the capture datasets."""
+"""Per-model tables: activation statistics, vocabulary projections of the weights, and their join."""
+
+
+rule neuron_stats:
+    input:
+        expand("results/capture/{{model}}/{dataset}/merged.zarr", dataset=CAPTURE_DATASETS),
+    output:
+        stats="results/{model}/stats.parquet",
+        rates="results/{model}/position_rates.parquet",
+    params:
+        tokenizer_name=lambda w: model_tokenizer(config, w.model),
+        tokenizer=lambda w: canonical(resolved_tokenizer_spec(config, model_tokenizer(config, w.model))),
+        analysis=canonical({k: v for k, v in config["analysis"].items() if k != "vocab"}),
+    log:
+        "results/logs/neuron_stats/{model}.log",
+    conda:
+        "../../envs/neuron-census.yaml"
+    script:
+        "../scripts/stats.py"
+
+
+rule vocab_projection:
+    input:
+        stats="results/{model}/stats.parquet",
+        model=lambda w: model_inputs(w.model),
+    output:
+        "results/{model}/vocab.parquet",
+    params:
+        model=lambda w: canonical(resolved_model_spec(config, w.model)),
+        tokenizer_name=lambda w: model_tokenizer(config, w.model),
+        tokenizer=lambda w: canonical(resolved_tokenizer_spec(config, model_tokenizer(config, w.model))),
+        settings=lambda w: canonical(vocab_settings(w.model)),
+    threads: 8
+    resources:
+        gpu=1,
+    log:
+        "results/logs/vocab_projection/{model}.log",
+    conda:
+        "../../envs/neuron-census.yaml"
+    script:
+        "../scripts/vocab.py"
 
 
 rule neuron_tables:
     input:
-        expand("results/capture/{{model}}/{dataset}/merged.zarr", dataset=CAPTURE_DATASETS),
+        stats="results/{model}/stats.parquet",
+        vocab="results/{model}/vocab.parquet",
     output:
         neurons="results/{model}/neurons.parquet",
         layers="results/{model}/layers.parquet",

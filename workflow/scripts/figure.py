@@ -1,4 +1,4 @@
-"""Snakemake adapter: draw one paper figure from per-layer tables."""
+"""Snakemake adapter: draw one paper figure from its models' tables."""
 
 from neuron_census.jobs import figure_job
 from neuron_census.logs import tee_stderr
@@ -7,7 +7,8 @@ tee_stderr(snakemake.log)  # noqa: F821 (injected by Snakemake)
 
 figure_job(
     figure=snakemake.params.figure,  # noqa: F821 (injected by Snakemake)
-    layer_tables=list(snakemake.input),  # noqa: F821
+    tables={kind: list(snakemake.input[kind]) for kind in snakemake.params.kinds},  # noqa: F821
     style=snakemake.params.style,  # noqa: F821
     outputs=[snakemake.output.png, snakemake.output.pdf],  # noqa: F821
+    csv_output=snakemake.output.get("csv"),  # noqa: F821
 )

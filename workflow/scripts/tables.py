@@ -6,8 +6,8 @@ from neuron_census.logs import tee_stderr
 tee_stderr(snakemake.log)  # noqa: F821 (injected by Snakemake)
 
 tables_job(
-    model_name=snakemake.wildcards.model,  # noqa: F821 (injected by Snakemake)
-    inputs=list(snakemake.input),  # noqa: F821
+    stats=snakemake.input.stats,  # noqa: F821 (injected by Snakemake)
+    vocab=snakemake.input.vocab,  # noqa: F821
     neurons_out=snakemake.output.neurons,  # noqa: F821
     layers_out=snakemake.output.layers,  # noqa: F821
 )

@@ -1,0 +1,198 @@
+"""N-gram coverage and n-gram detector neurons from merged accumulator states (pure functions).
+
+Coverage (Voita et al. 2023, Sec. 4.1): the number of distinct n-grams needed to cover at least
+`coverage` of a neuron's firings, BOS excluded. Unigram counts are exact (`token_fire_count`); bigram
+and trigram counts come from bounded summaries (`ngram_fire_count`) and are reported with a lower
+bound and an `_exact` flag (see `neuron_census.ngrams`).
+
+Token detectors (Sec. 4.2), three steps: (1) neurons covered by 1..`max_ngrams` tokens; (2) keep the
+tokens on which the neuron fires at least `ngram_fire_rate` of the times the token occurs; (3) the
+neuron is a detector if the kept tokens account for at least `detector_coverage` of its firings.
+Bigram detectors apply the same three steps to bigrams and exclude token detectors, so a bigram
+detector is a neuron whose firings the current token alone does not explain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from neuron_census.accumulators import State, decode_token_fire_keys
+from neuron_census.ngrams import coverage_bounds, coverage_target, unpack_ngram
+
+ORDER_NAMES = {1: "unigram", 2: "bigram", 3: "trigram"}
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    coverage: float = 0.95  # share of firings the counted n-grams must cover (Fig. 2)
+    max_ngrams: int = 5  # step 1: candidates are covered by at most this many n-grams
+    ngram_fire_rate: float = 0.95  # step 2: keep n-grams on which the neuron fires this often
+    detector_coverage: float = 0.95  # step 3: kept n-grams must cover this share of firings
+
+
+@dataclass(frozen=True)
+class SparseCounts:
+    """Firings per (group = slot * n_neurons + neuron, item) with the firings each group has in total."""
+
+    group: np.ndarray
+    item: np.ndarray
+    count: np.ndarray
+    fires: np.ndarray  # [n_groups]
+    capacity: int | None  # None: counts are exact
+
+
+def unigram_counts(states: Mapping[str, State], attrs: Mapping[str, Any]) -> SparseCounts:
+    n_neurons, vocab = int(attrs["n_neurons"]), int(attrs["vocab_size"])
+    slot, token, neuron = decode_token_fire_keys(states["token_fire_count"]["keys"], vocab, n_neurons)
+    return SparseCounts(
+        group=slot * n_neurons + neuron,
+        item=token,
+        count=states["token_fire_count"]["counts"],
+        fires=states["fire_count"]["counts"].reshape(-1),
+        capacity=None,
+    )
+
+
+def ngram_counts(states: Mapping[str, State], attrs: Mapping[str, Any], order: int) -> SparseCounts:
+    """N-gram firings of one order, with groups renumbered to the analysed-layer slots."""
+    state = states["ngram_fire_count"]
+    n_neurons = int(attrs["n_neurons"])
+    slots = np.asarray([list(attrs["layers"]).index(int(layer)) for layer in state["layers"]], dtype=np.int64)
+    index = state["orders"].tolist().index(order)
+    fires = np.zeros((len(attrs["layers"]), n_neurons), dtype=np.int64)
+    fires[slots] = state["fires"][index]
+    group = state[f"order{order}_group"]
+    return SparseCounts(
+        group=slots[group // n_neurons] * n_neurons + group % n_neurons if len(slots) else group,
+        item=state[f"order{order}_gram"],
+        count=state[f"order{order}_count"],
+        fires=fires.reshape(-1),
+        capacity=int(state["capacity"][0]),
+    )
+
+
+def counted_orders(states: Mapping[str, State]) -> list[int]:
+    return states["ngram_fire_count"]["orders"].tolist() if "ngram_fire_count" in states else []
+
+
+def coverage_columns(states: Mapping[str, State], attrs: Mapping[str, Any], settings: DetectorSettings) -> dict[str, Any]:
+    """Per (slot, neuron) in row-major order: coverage columns for every counted order.
+
+    Unigram coverage is exact; null for dead neurons. Bigram/trigram columns are null for layers whose
+    n-grams were not counted and for neurons with no firing at a complete n-gram.
+    """
+    n_rows = len(attrs["layers"]) * int(attrs["n_neurons"])
+    unigrams = unigram_counts(states, attrs)
+    _, upper, _ = coverage_bounds(unigrams.group, unigrams.count, unigrams.fires, None, settings.coverage)
+    columns: dict[str, Any] = {"unigram_coverage": pl.Series(upper, dtype=pl.Int64).set(pl.Series(unigrams.fires == 0), None)}
+    for order in counted_orders(states):
+        counts = ngram_counts(states, attrs, order)
+        lower, upper, exact = coverage_bounds(counts.group, counts.count, counts.fires, counts.capacity, settings.coverage)
+        counted = np.zeros(n_rows, dtype=bool)
+        n_neurons = int(attrs["n_neurons"])
+        for layer in states["ngram_fire_count"]["layers"].tolist():
+            slot = list(attrs["layers"]).index(layer)
+            counted[slot * n_neurons : (slot + 1) * n_neurons] = True
+        missing = pl.Series(~counted | (counts.fires == 0))
+        name = ORDER_NAMES[order]
+        columns[f"{name}_coverage"] = pl.Series(upper, dtype=pl.Int64).set(missing, None)
+        columns[f"{name}_coverage_lo"] = pl.Series(lower, dtype=pl.Int64).set(missing, None)
+        columns[f"{name}_coverage_exact"] = pl.Series(exact, dtype=pl.Boolean).set(missing, None)
+    return columns
+
+
+def ngram_detectors(
+    counts: SparseCounts, occurrences: Mapping[int, int] | np.ndarray, settings: DetectorSettings
+) -> dict[int, list[int]]:
+    """Group -> detected items (most firings first) by the three-step rule on `counts`.
+
+    `occurrences` maps an item to how often it occurs (array indexed by item, or a mapping).
+    """
+    _, upper, _ = coverage_bounds(counts.group, counts.count, counts.fires, counts.capacity, settings.coverage)
+    candidates = (upper >= 1) & (upper <= settings.max_ngrams)
+    entries = candidates[counts.group]
+    group, item, count = counts.group[entries], counts.item[entries], counts.count[entries]
+    if isinstance(occurrences, np.ndarray):
+        occurs = occurrences[item]
+    else:
+        occurs = np.asarray([occurrences.get(int(i), 0) for i in item], dtype=np.int64)
+    kept = (occurs > 0) & (count >= settings.ngram_fire_rate * occurs - 1e-9)
+    covered = np.bincount(group[kept], weights=count[kept], minlength=len(counts.fires))
+    detector = candidates & (covered >= coverage_target(counts.fires, settings.detector_coverage))
+    result: dict[int, list[int]] = {}
+    order = np.lexsort((item, -count, group))
+    for g, i, k in zip(group[order], item[order], kept[order]):
+        if k and detector[g]:
+            result.setdefault(int(g), []).append(int(i))
+    return result
+
+
+def detector_columns(
+    states: Mapping[str, State],
+    attrs: Mapping[str, Any],
+    settings: DetectorSettings,
+    token_strings: Sequence[str],
+) -> dict[str, Any]:
+    """Token- and bigram-detector columns per (slot, neuron) in row-major order."""
+    n_rows = len(attrs["layers"]) * int(attrs["n_neurons"])
+    vocab = int(attrs["vocab_size"])
+    tokens = ngram_detectors(unigram_counts(states, attrs), states["token_count"]["counts"], settings)
+    detected: list[list[int]] = [tokens.get(g, []) for g in range(n_rows)]
+    columns: dict[str, Any] = {
+        "token_detector": pl.Series([bool(d) for d in detected], dtype=pl.Boolean),
+        "detected_tokens": pl.Series(detected, dtype=pl.List(pl.Int64)),
+        "detected_token_strings": pl.Series([[token_strings[t] for t in d] for d in detected], dtype=pl.List(pl.Utf8)),
+    }
+    if 2 in counted_orders(states) and "ngram_count" in states:
+        occurrence_state = states["ngram_count"]
+        occurrences = dict(zip(occurrence_state["order2_gram"].tolist(), occurrence_state["order2_count"].tolist()))
+        bigrams = ngram_detectors(ngram_counts(states, attrs, 2), occurrences, settings)
+        found = [[] if tokens.get(g) else bigrams.get(g, []) for g in range(n_rows)]
+        columns["bigram_detector"] = pl.Series([bool(f) for f in found], dtype=pl.Boolean)
+        columns["detected_bigrams"] = pl.Series(
+            [[" ".join(token_strings[t] for t in unpack_ngram(b, 2, vocab)) for b in f] for f in found],
+            dtype=pl.List(pl.Utf8),
+        )
+    return columns
+
+
+def detector_layer_counts(neurons: pl.DataFrame) -> pl.DataFrame:
+    """Per (model, layer): detectors and the distinct tokens they detect, new overall and vs the previous layer."""
+    rows = []
+    for (model,), frame in neurons.group_by("model", maintain_order=True):
+        seen: set[int] = set()
+        previous: set[int] = set()
+        for (layer,), layer_rows in frame.sort("layer").group_by("layer", maintain_order=True):
+            detectors = layer_rows.filter(pl.col("token_detector"))
+            tokens = {t for ts in detectors["detected_tokens"].to_list() for t in ts}
+            row = {
+                "model": model,
+                "layer": layer,
+                "n_token_detectors": detectors.height,
+                "n_detected_tokens": len(tokens),
+                "n_new_tokens_overall": len(tokens - seen),
+                "n_new_tokens_vs_previous": len(tokens - previous),
+            }
+            seen |= tokens
+            previous = tokens
+            row["n_detected_tokens_cumulative"] = len(seen)
+            if "bigram_detector" in layer_rows.columns:
+                row["n_bigram_detectors"] = int(layer_rows["bigram_detector"].sum())
+            rows.append(row)
+    schema = {
+        "model": pl.Utf8,
+        "layer": pl.Int64,
+        "n_token_detectors": pl.Int64,
+        "n_detected_tokens": pl.Int64,
+        "n_new_tokens_overall": pl.Int64,
+        "n_new_tokens_vs_previous": pl.Int64,
+        "n_detected_tokens_cumulative": pl.Int64,
+    }
+    if "bigram_detector" in neurons.columns:
+        schema["n_bigram_detectors"] = pl.Int64
+    return pl.DataFrame(rows, schema=schema)

@@ -1,0 +1,242 @@
+"""Bounded-memory counts of (neuron, n-gram) firings and the coverage statistics read from them.
+
+A neuron firing at position k is triggered by the n-gram x_{k-n+1} .. x_k (Voita et al. 2023, Sec. 4.1).
+Exact counts of every (neuron, n-gram) pair grow with the data, so each neuron keeps a Misra-Gries
+summary of at most `capacity` n-grams. Summaries are merged by adding counters and then subtracting,
+per neuron, the (capacity+1)-th largest counter from all of them (dropping those that reach zero); this
+is the mergeable Misra-Gries summary, so per-batch, per-shard and cross-shard merges all keep the
+guarantee
+
+    estimate <= true count <= estimate + (fires - sum of estimates) / (capacity + 1)
+
+for every n-gram of the neuron (n-grams absent from the summary have estimate 0). A neuron whose
+distinct n-grams never exceed `capacity` is never pruned, and then `fires == sum of estimates` and every
+count is exact: the summary costs no accuracy at all until a neuron has more than `capacity` distinct
+n-grams. Coverage is then reported with certified lower and upper bounds that coincide when exact.
+
+N-grams are packed into one int64 (token ids in base `vocab_size`, oldest first); a summary is three
+parallel arrays sorted by (group, gram): group = layer slot * n_neurons + neuron.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+INT64_LIMIT = 1 << 62
+
+
+def check_packable(vocab_size: int, order: int) -> None:
+    """N-grams of `order` over `vocab_size` tokens must fit one int64 key."""
+    if vocab_size**order >= INT64_LIMIT:
+        raise ValueError(f"{order}-grams over a vocabulary of {vocab_size} do not fit a 64-bit key; lower the order")
+
+
+def pack_ngrams(tokens: np.ndarray, order: int, vocab_size: int) -> np.ndarray:
+    """Keys [n_seq, seq_len] of the n-gram ending at each position (positions < order-1 get -1)."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    keys = np.full(tokens.shape, -1, dtype=np.int64)
+    if tokens.shape[1] < order:
+        return keys
+    packed = np.zeros((tokens.shape[0], tokens.shape[1] - order + 1), dtype=np.int64)
+    for offset in range(order):
+        packed = packed * vocab_size + tokens[:, offset : tokens.shape[1] - order + 1 + offset]
+    keys[:, order - 1 :] = packed
+    return keys
+
+
+def unpack_ngram(key: int, order: int, vocab_size: int) -> tuple[int, ...]:
+    """Token ids of a packed n-gram, oldest first."""
+    ids = []
+    for _ in range(order):
+        key, token = divmod(int(key), vocab_size)
+        ids.append(token)
+    return tuple(reversed(ids))
+
+
+def coalesce(group: np.ndarray, gram: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sum counts of equal (group, gram) pairs; output sorted by (group, gram)."""
+    if len(group) == 0:
+        return group.astype(np.int64), gram.astype(np.int64), count.astype(np.int64)
+    order = np.lexsort((gram, group))
+    group, gram, count = group[order], gram[order], count[order]
+    starts = np.flatnonzero(np.r_[True, (group[1:] != group[:-1]) | (gram[1:] != gram[:-1])])
+    return group[starts], gram[starts], np.add.reduceat(count, starts).astype(np.int64)
+
+
+def prune(
+    group: np.ndarray, gram: np.ndarray, count: np.ndarray, capacity: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Misra-Gries reduction of coalesced counters to at most `capacity` per group.
+
+    Groups with more than `capacity` counters lose their (capacity+1)-th largest counter from every
+    counter; non-positive counters are dropped. Groups within capacity are untouched (exact).
+    """
+    if len(group) == 0:
+        return group, gram, count
+    by_count = np.lexsort((gram, -count, group))
+    g, c = group[by_count], count[by_count]
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    sizes = np.diff(np.r_[starts, len(g)])
+    if sizes.max() <= capacity:
+        return group, gram, count
+    rank = np.arange(len(g)) - np.repeat(starts, sizes)
+    over = sizes > capacity
+    cut = np.zeros(len(starts), dtype=np.int64)
+    cut[over] = c[starts[over] + capacity]
+    reduced = c - np.repeat(cut, sizes)
+    keep = (rank < capacity) & (reduced > 0)
+    kept = by_count[keep]
+    result_order = np.lexsort((gram[kept], group[kept]))
+    kept = kept[result_order]
+    return group[kept], gram[kept], (count[kept] - np.repeat(cut, sizes)[keep][result_order]).astype(np.int64)
+
+
+def merge_summaries(
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], capacity: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Merge summaries (or exact counts, which are summaries too): add counters, then prune."""
+    group = np.concatenate([p[0] for p in parts]).astype(np.int64)
+    gram = np.concatenate([p[1] for p in parts]).astype(np.int64)
+    count = np.concatenate([p[2] for p in parts]).astype(np.int64)
+    return prune(*coalesce(group, gram, count), capacity)
+
+
+TensorSummary = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _lexsort_torch(keys: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """np.lexsort for tensors (last key primary), by successive stable sorts: runs on the capture device."""
+    order = torch.arange(len(keys[0]), device=keys[0].device)
+    for key in keys:
+        order = order[torch.argsort(key[order], stable=True)]
+    return order
+
+
+def coalesce_torch(group: torch.Tensor, gram: torch.Tensor, count: torch.Tensor) -> TensorSummary:
+    """`coalesce` on tensors."""
+    if len(group) == 0:
+        return group, gram, count
+    order = _lexsort_torch((gram, group))
+    group, gram, count = group[order], gram[order], count[order]
+    new = torch.ones(len(group), dtype=torch.bool, device=group.device)
+    new[1:] = (group[1:] != group[:-1]) | (gram[1:] != gram[:-1])
+    segment = torch.cumsum(new, 0) - 1
+    totals = torch.zeros(int(segment[-1]) + 1, dtype=torch.int64, device=group.device).index_add_(0, segment, count)
+    return group[new], gram[new], totals
+
+
+def prune_torch(group: torch.Tensor, gram: torch.Tensor, count: torch.Tensor, capacity: int) -> TensorSummary:
+    """`prune` on tensors (same result, element for element)."""
+    if len(group) == 0:
+        return group, gram, count
+    by_count = _lexsort_torch((gram, -count, group))
+    g, c = group[by_count], count[by_count]
+    new = torch.ones(len(g), dtype=torch.bool, device=g.device)
+    new[1:] = g[1:] != g[:-1]
+    segment = torch.cumsum(new, 0) - 1
+    starts = new.nonzero(as_tuple=True)[0]
+    sizes = torch.bincount(segment)
+    if int(sizes.max()) <= capacity:
+        return group, gram, count
+    rank = torch.arange(len(g), device=g.device) - starts[segment]
+    over = sizes > capacity
+    cut = torch.zeros(len(starts), dtype=torch.int64, device=g.device)
+    cut[over] = c[starts[over] + capacity]
+    reduced = c - cut[segment]
+    keep = (rank < capacity) & (reduced > 0)
+    kept, kept_counts = by_count[keep], reduced[keep]
+    order = _lexsort_torch((gram[kept], group[kept]))
+    return group[kept][order], gram[kept][order], kept_counts[order]
+
+
+def merge_summaries_torch(parts: list[TensorSummary], capacity: int) -> TensorSummary:
+    """`merge_summaries` on tensors."""
+    merged = coalesce_torch(*(torch.cat([p[i] for p in parts]) for i in range(3)))
+    return prune_torch(*merged, capacity)
+
+
+def coverage_target(fires: np.ndarray, fraction: float) -> np.ndarray:
+    """Smallest integer number of firings that is at least `fraction` of `fires`."""
+    return np.ceil(np.asarray(fires, dtype=np.float64) * fraction - 1e-9).astype(np.int64)
+
+
+def coverage_bounds(
+    group: np.ndarray,
+    count: np.ndarray,
+    fires: np.ndarray,
+    capacity: int | None,
+    fraction: float = 0.95,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per group (index into `fires`), bounds on the number of distinct n-grams covering `fraction` of fires.
+
+    Returns (lower, upper, exact) arrays of len(fires); groups that never fire get 0, 0, True.
+    With exact counts (capacity None or nothing pruned) lower == upper. Otherwise, with slack
+    d = (fires - kept)/(capacity + 1): the upper bound takes the estimated counters greedily and then
+    one n-gram per missing firing; the lower bound takes every counter at estimate + d and unseen
+    n-grams at d each.
+    """
+    fires = np.asarray(fires, dtype=np.int64)
+    n_groups = len(fires)
+    lower = np.zeros(n_groups, dtype=np.int64)
+    upper = np.zeros(n_groups, dtype=np.int64)
+    kept_sum = np.bincount(group, weights=count, minlength=n_groups).astype(np.int64) if len(group) else np.zeros(n_groups, dtype=np.int64)
+    exact = kept_sum == fires
+    target = coverage_target(fires, fraction)
+    if len(group) == 0:
+        slack_only = fires > 0
+        upper[slack_only] = target[slack_only]
+        lower[slack_only] = _slack_items(target[slack_only], fires[slack_only], capacity)
+        return lower, upper, exact
+    order = np.lexsort((-count, group))
+    g, c = group[order], count[order]
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    sizes = np.diff(np.r_[starts, len(g)])
+    groups_present = g[starts]
+    cumulative = np.cumsum(c)
+    before = np.repeat(np.r_[0, cumulative[starts[1:] - 1]], sizes)
+    within = cumulative - before  # cumulative count inside the group, counters sorted descending
+    group_target = np.repeat(target[groups_present], sizes)
+    reached = within >= group_target
+    # upper bound: first position where the estimates reach the target, else kept + missing firings
+    first_reach = _first_true_per_group(reached, starts, sizes)
+    kept_total = np.add.reduceat(c, starts)
+    upper_present = np.where(
+        first_reach >= 0, first_reach + 1, sizes + np.maximum(target[groups_present] - kept_total, 0)
+    )
+    upper[groups_present] = upper_present
+    if capacity is None or exact.all():
+        lower[groups_present] = upper_present
+        return lower, upper, exact
+    slack = np.zeros(n_groups, dtype=np.float64)
+    slack[~exact] = (fires[~exact] - kept_sum[~exact]) / (capacity + 1)
+    rank = np.arange(len(g)) - np.repeat(starts, sizes)
+    optimistic = within + (rank + 1) * np.repeat(slack[groups_present], sizes)
+    reached_hi = optimistic >= group_target
+    first_hi = _first_true_per_group(reached_hi, starts, sizes)
+    remaining = target[groups_present] - (kept_total + sizes * slack[groups_present])
+    extra = np.where(
+        slack[groups_present] > 0, np.ceil(np.maximum(remaining, 0) / np.maximum(slack[groups_present], 1e-300) - 1e-9), 0
+    )
+    lower_present = np.where(first_hi >= 0, first_hi + 1, sizes + extra.astype(np.int64))
+    lower[groups_present] = np.where(exact[groups_present], upper_present, lower_present)
+    absent = np.setdiff1d(np.flatnonzero(fires > 0), groups_present)
+    upper[absent] = target[absent]
+    lower[absent] = _slack_items(target[absent], fires[absent], capacity)
+    return lower, upper, exact
+
+
+def _slack_items(target: np.ndarray, fires: np.ndarray, capacity: int | None) -> np.ndarray:
+    """Lower bound for a group with no counter left: every unseen n-gram holds at most the slack."""
+    if capacity is None:
+        return target
+    slack = fires / (capacity + 1)
+    return np.ceil(target / np.maximum(slack, 1e-300) - 1e-9).astype(np.int64)
+
+
+def _first_true_per_group(flags: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Index within each group of its first True flag, -1 where none."""
+    position = np.where(flags, np.arange(len(flags)), len(flags))
+    first = np.minimum.reduceat(position, starts)
+    found = first < len(flags)
+    return np.where(found, first - starts, -1)

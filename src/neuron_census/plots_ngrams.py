@@ -1,0 +1,350 @@
+"""Figures of the n-gram and token-detector analyses (Voita et al. 2023, Sec. 4: Figs. 2, A, 3a, 3b, 4).
+
+Every figure is drawn from the `neurons` / `layers` tables only; the counting behind the bars and lines is
+kept in pure helpers so that it can be checked without drawing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import polars as pl
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+from neuron_census.figures import _style
+
+ORDER_NAMES: dict[int, str] = {1: "unigram", 2: "bigram", 3: "trigram"}
+DEFAULT_BINS: tuple[int, ...] = (1, 6, 11, 21, 51, 201, 1001, 2001, 50001)
+KEY_DTYPES: dict[str, pl.DataType] = {"model": pl.Utf8(), "layer": pl.Int64()}
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _with_columns(frame: pl.DataFrame, dtypes: Mapping[str, pl.DataType]) -> pl.DataFrame:
+    """`frame` with every column of `dtypes` present, missing ones null: tables of some models may lack one."""
+    missing = [pl.lit(None, dtype=dtype).alias(name) for name, dtype in dtypes.items() if name not in frame.columns]
+    return frame.with_columns(missing) if missing else frame
+
+
+def _models(frame: pl.DataFrame) -> list[str]:
+    """Model names in legend order (order of first appearance)."""
+    if "model" not in frame.columns:
+        return []
+    return list(dict.fromkeys(frame["model"].drop_nulls().to_list()))
+
+
+def _colours(style: Mapping[str, Any], n: int) -> list[Any]:
+    return list(sns.color_palette(style["palette"], n_colors=max(n, 1)))
+
+
+def _new_axes(style: Mapping[str, Any]) -> tuple[Figure, Axes]:
+    fig, ax = plt.subplots(figsize=style["figsize"], dpi=style["dpi"], layout="constrained")
+    return fig, ax
+
+
+def _say_missing(ax: Axes, text: str) -> None:
+    """A figure with nothing to draw still says why, so the report never shows a blank panel."""
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize="small", color="0.4")
+
+
+def _check_order(order: int) -> str:
+    if order not in ORDER_NAMES:
+        raise ValueError(f"n-gram order must be 1, 2 or 3, got {order!r}")
+    return ORDER_NAMES[order]
+
+
+def _check_bins(bins: Sequence[int]) -> list[int]:
+    edges = [int(edge) for edge in bins]
+    if len(edges) < 2 or any(edge != raw for edge, raw in zip(edges, bins)):
+        raise ValueError(f"bins must be at least two integer edges, got {list(bins)!r}")
+    if any(b <= a for a, b in zip(edges, edges[1:])):
+        raise ValueError(f"bins must be strictly increasing, got {edges!r}")
+    return edges
+
+
+# ---------------------------------------------------------------------------------- coverage (Fig. 2)
+
+
+def compact_count(value: int) -> str:
+    """A count as the paper writes bin edges: thousands as "k", where one past a thousand reads as it too.
+
+    Integer bins [lo, hi) are shown inclusive ("201-1000" -> "201-1k", "1001-2000" -> "1k-2k").
+    """
+    if value >= 1000 and value % 1000 <= 1:
+        return f"{value // 1000}k"
+    return str(value)
+
+
+def coverage_bin_labels(bins: Sequence[int]) -> list[str]:
+    """Labels of the left-closed integer bins between consecutive edges, then of the bar beyond the last edge."""
+    edges = _check_bins(bins)
+    labels = []
+    for lo, hi in zip(edges, edges[1:]):
+        first, last = compact_count(lo), compact_count(hi - 1)
+        labels.append(first if first == last else f"{first}-{last}")
+    return [*labels, f"> {compact_count(edges[-1] - 1)}"]
+
+
+def counted_neurons(neurons: pl.DataFrame, layers: pl.DataFrame, order: int) -> pl.DataFrame:
+    """The neurons Fig. 2 counts: first half of the layers, not dead, with a coverage of this order.
+
+    Columns model, layer, neuron, coverage (Int64) and exact (Boolean: false where the count is an upper
+    bound; unigram counts are always exact).
+    """
+    name = _check_order(order)
+    coverage, exact = f"{name}_coverage", f"{name}_coverage_exact"
+    columns = {**KEY_DTYPES, "neuron": pl.Int64(), "dead": pl.Boolean(), coverage: pl.Int64(), exact: pl.Boolean()}
+    frame = _with_columns(neurons, columns).select(
+        "model",
+        "layer",
+        "neuron",
+        "dead",
+        pl.col(coverage).cast(pl.Int64).alias("coverage"),
+        pl.col(exact).fill_null(True).alias("exact") if order > 1 else pl.lit(True).alias("exact"),
+    )
+    depth = _with_columns(layers, {**KEY_DTYPES, "n_layers_total": pl.Int64()})
+    depth = depth.select("model", "layer", pl.col("n_layers_total").cast(pl.Int64))
+    depth = depth.unique(["model", "layer"], keep="first", maintain_order=True)
+    return (
+        frame.join(depth, on=["model", "layer"], how="inner", maintain_order="left")
+        .filter(
+            (pl.col("layer") < 0.5 * pl.col("n_layers_total"))
+            & ~pl.col("dead").fill_null(False)
+            & pl.col("coverage").is_not_null()
+        )
+        .select("model", "layer", "neuron", "coverage", "exact")
+    )
+
+
+def coverage_histogram(
+    neurons: pl.DataFrame, layers: pl.DataFrame, order: int, bins: Sequence[int] = DEFAULT_BINS
+) -> pl.DataFrame:
+    """Fig. 2's bars: per model and bin, how many counted neurons fall there and their percentage.
+
+    One row per (model, bin) for every model of `neurons` in legend order, bins in order; the bar beyond the
+    last edge only when some neuron of some model falls there. Coverage below the first edge has nothing
+    to bin and is not counted. `percent` is 0 for a model with no counted neuron.
+    """
+    edges = _check_bins(bins)
+    labels = coverage_bin_labels(edges)
+    models = _models(neurons)
+    counted = counted_neurons(neurons, layers, order).filter(pl.col("coverage") >= edges[0])
+    values = counted["coverage"].to_numpy()
+    index = np.searchsorted(np.asarray(edges), values, side="right") - 1  # last edge <= value; overflow = len-1
+    model_index = {model: i for i, model in enumerate(models)}
+    rows = np.array([model_index[m] for m in counted["model"].to_list()], dtype=np.int64)
+    counts = np.zeros((len(models), len(labels)), dtype=np.int64)
+    np.add.at(counts, (rows, index), 1)
+    n_bins = len(labels) if counts[:, -1].any() else len(labels) - 1
+    counts = counts[:, :n_bins]
+    totals = counts.sum(axis=1, keepdims=True)
+    percent = np.divide(100.0 * counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+    return pl.DataFrame(
+        {
+            "model": np.repeat(np.asarray(models, dtype=object), n_bins).tolist(),
+            "bin": labels[:n_bins] * len(models),
+            "n": counts.ravel(),
+            "percent": percent.ravel(),
+        },
+        schema={"model": pl.Utf8, "bin": pl.Utf8, "n": pl.Int64, "percent": pl.Float64},
+    )
+
+
+def coverage_legend_labels(
+    neurons: pl.DataFrame, layers: pl.DataFrame, order: int, bins: Sequence[int] = DEFAULT_BINS
+) -> dict[str, str]:
+    """Model -> legend label with how many neurons Fig. 2 bins and how many of those are upper bounds."""
+    first_edge = _check_bins(bins)[0]
+    counted = counted_neurons(neurons, layers, order).filter(pl.col("coverage") >= first_edge)
+    summary = counted.group_by("model").agg(n=pl.len(), n_upper=(~pl.col("exact")).sum())
+    found = {row["model"]: (row["n"], row["n_upper"]) for row in summary.iter_rows(named=True)}
+    labels = {}
+    for model in _models(neurons):
+        n, n_upper = found.get(model, (0, 0))
+        labels[model] = f"{model} (n={n})" + (f" ({n_upper} upper bounds)" if n_upper else "")
+    return labels
+
+
+def _draw_grouped_bars(ax: Axes, histogram: pl.DataFrame, labels: Mapping[str, str], colours: Sequence[Any]) -> None:
+    models = list(labels)
+    bin_names = list(dict.fromkeys(histogram["bin"].to_list()))
+    width = 0.8 / max(len(models), 1)
+    positions = np.arange(len(bin_names), dtype=float)
+    for i, (model, colour) in enumerate(zip(models, colours)):
+        heights = histogram.filter(pl.col("model") == model)["percent"].to_numpy()
+        ax.bar(positions + (i - (len(models) - 1) / 2) * width, heights, width=width, color=colour, label=labels[model])
+    ax.set_xticks(positions, bin_names, rotation=30, ha="right")
+
+
+def plot_ngram_coverage(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
+    """Fig. 2 (order 1) and its bigram/trigram versions (App. A): neurons binned by their n-gram coverage.
+
+    Style: order (1), bins (DEFAULT_BINS).
+    """
+    style = _style(style)
+    order = 1 if style.get("order") is None else int(style["order"])
+    name = _check_order(order)
+    bins = _check_bins(style.get("bins") or DEFAULT_BINS)
+    neurons, layers = tables["neurons"], tables["layers"]
+    histogram = coverage_histogram(neurons, layers, order, bins)
+    labels = coverage_legend_labels(neurons, layers, order, bins)
+    fig, ax = _new_axes(style)
+    if histogram["n"].sum() == 0:
+        _say_missing(ax, f"no {name} coverage counted in the first half of the layers")
+    else:
+        _draw_grouped_bars(ax, histogram, labels, _colours(style, len(labels)))
+        ax.legend(fontsize="small", frameon=False)
+    ax.set_xlabel(f"number of distinct {name}s covering 95% of firings")
+    ax.set_ylabel("neurons (%)")
+    ax.set_title(style.get("title", ""))
+    return fig
+
+
+# ------------------------------------------------------------------------------- detectors (Figs. 3-4)
+
+
+LINE_DTYPES: dict[str, pl.DataType] = {**KEY_DTYPES, "rel_depth": pl.Float64()}
+
+
+def new_token_shares(layers: pl.DataFrame) -> pl.DataFrame:
+    """Fig. 4's lines: per layer with a detected token, the percentage of its tokens new overall and new
+    compared with the previous layer. Columns model, layer, rel_depth, new_overall_pct, new_vs_previous_pct."""
+    counts = ("n_detected_tokens", "n_new_tokens_overall", "n_new_tokens_vs_previous")
+    frame = _with_columns(layers, {**LINE_DTYPES, **{name: pl.Int64() for name in counts}})
+    detected = pl.col("n_detected_tokens").cast(pl.Float64)
+    return frame.filter(pl.col("n_detected_tokens") > 0).select(
+        "model",
+        "layer",
+        pl.col("rel_depth").cast(pl.Float64),
+        new_overall_pct=100.0 * pl.col("n_new_tokens_overall") / detected,
+        new_vs_previous_pct=100.0 * pl.col("n_new_tokens_vs_previous") / detected,
+    )
+
+
+def _x_axis(models: Sequence[str]) -> tuple[str, str]:
+    """(column, label) of the x axis: layers of one model read best numbered, several need relative depth."""
+    if len(models) == 1:
+        return "layer", "layer"
+    return "rel_depth", "layer / number of layers"
+
+
+def _set_x_axis(ax: Axes, x_axis: tuple[str, str]) -> None:
+    column, label = x_axis
+    ax.set_xlabel(label)
+    if column == "layer":
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    else:
+        ax.set_xlim(-0.02, 1.0)
+
+
+def _model_rows(frame: pl.DataFrame, model: str, columns: Sequence[str]) -> pl.DataFrame:
+    """One model's layers in depth order, without the layers where any of `columns` is unknown."""
+    return frame.filter(pl.col("model") == model).drop_nulls(list(columns)).sort("layer")
+
+
+def _line(ax: Axes, rows: pl.DataFrame, x: str, y: str, style: Mapping[str, Any], **kwargs: Any) -> None:
+    ax.plot(rows[x].to_numpy(), rows[y].to_numpy(), marker=style["marker"], markersize=3, **kwargs)
+
+
+def _finish_lines(ax: Axes, drawn: bool, empty: str, x_axis: tuple[str, str], ylabel: str, title: str) -> None:
+    if not drawn:
+        _say_missing(ax, empty)
+    _set_x_axis(ax, x_axis)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+
+
+def _paired_lines(
+    frame: pl.DataFrame,
+    models: Sequence[str],
+    columns: tuple[str, str],
+    names: tuple[str, str],
+    ylabel: str,
+    empty: str,
+    style: Mapping[str, Any],
+) -> Figure:
+    """Per model a solid and a dashed line of one colour; the legend names the models and both line styles.
+
+    `models` (legend order) comes from the layers table, so colours and the x axis match Figs. 3a-4 even
+    when a model has nothing to draw here.
+    """
+    style = _style(style)
+    solid, dashed = columns
+    frame = _with_columns(frame, {**LINE_DTYPES, solid: pl.Float64(), dashed: pl.Float64()})
+    x_axis = _x_axis(models)
+    fig, ax = _new_axes(style)
+    drawn = False
+    for model, colour in zip(models, _colours(style, len(models))):
+        rows = _model_rows(frame, model, [x_axis[0], solid, dashed])
+        if rows.height == 0:
+            continue
+        _line(ax, rows, x_axis[0], solid, style, color=colour, label=model)
+        _line(ax, rows, x_axis[0], dashed, style, color=colour, linestyle="--")
+        drawn = True
+    if drawn:
+        handles, labels = ax.get_legend_handles_labels()
+        kinds = [Line2D([], [], color="0.3", linestyle=linestyle) for linestyle in ("-", "--")]
+        ax.legend([*handles, *kinds], [*labels, *names], fontsize="small", frameon=False)
+    _finish_lines(ax, drawn, empty, x_axis, ylabel, style.get("title", ""))
+    return fig
+
+
+def plot_token_detectors(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
+    """Fig. 3a: token-detecting neurons per layer, one line per model, each model's total in the legend."""
+    style = _style(style)
+    layers = _with_columns(tables["layers"], {**LINE_DTYPES, "n_token_detectors": pl.Int64()})
+    models = _models(layers)
+    x_axis = _x_axis(models)
+    fig, ax = _new_axes(style)
+    drawn = False
+    for model, colour in zip(models, _colours(style, len(models))):
+        rows = _model_rows(layers, model, [x_axis[0], "n_token_detectors"])
+        if rows.height == 0:
+            continue
+        total = int(rows["n_token_detectors"].sum())
+        _line(ax, rows, x_axis[0], "n_token_detectors", style, color=colour, label=f"{model} ({total} total)")
+        drawn = True
+    if drawn:
+        ax.legend(fontsize="small", frameon=False)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    empty = "no layer with token-detector counts"
+    _finish_lines(ax, drawn, empty, x_axis, "token-detecting neurons", style.get("title", ""))
+    return fig
+
+
+def plot_detected_tokens(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
+    """Fig. 3b: tokens with a detector in each layer (solid) and in this or any lower layer (dashed)."""
+    layers = tables["layers"]
+    fig = _paired_lines(
+        layers,
+        _models(layers),
+        ("n_detected_tokens", "n_detected_tokens_cumulative"),
+        ("in the layer", "in this or lower layers"),
+        "tokens with a detector",
+        "no layer with detected-token counts",
+        style,
+    )
+    fig.axes[0].yaxis.set_major_locator(MaxNLocator(integer=True))
+    return fig
+
+
+def plot_new_tokens(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
+    """Fig. 4: share of each layer's detected tokens new overall (solid) and new vs the previous layer (dashed)."""
+    layers = tables["layers"]
+    return _paired_lines(
+        new_token_shares(layers),
+        _models(layers),
+        ("new_overall_pct", "new_vs_previous_pct"),
+        ("new overall", "new vs previous layer"),
+        "detected tokens that are new (%)",
+        "no layer with a detected token",
+        style,
+    )

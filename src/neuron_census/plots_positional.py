@@ -1,0 +1,321 @@
+"""Figures of the positional-neuron analysis (Voita et al. 2023, Sec. 5: Figs. 7, 8, 9; Fig. 8 also draws 10, 11).
+
+Figs. 7 and 9 are drawn from the `position_rates` table, Fig. 8 from the `neurons` and `layers` tables. What
+is selected and stacked is kept in pure helpers, so that it can be checked without drawing. Each type has
+one colour of the palette in every figure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import polars as pl
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+from neuron_census.figures import _style
+from neuron_census.positional import POSITIONAL_TYPES
+
+TYPE_NAMES: dict[str, str] = {
+    "oscillatory": "oscillatory",
+    "both_extremes": "both extremes",
+    "one_extreme": "one extreme",
+    "other": "other",
+}
+NEURON_DTYPES: dict[str, pl.DataType] = {
+    "model": pl.Utf8(),
+    "layer": pl.Int64(),
+    "neuron": pl.Int64(),
+    "positional": pl.Boolean(),
+    "positional_type": pl.Utf8(),
+    "positional_strong": pl.Boolean(),
+}
+RATE_DTYPES: dict[str, pl.DataType] = {
+    **{name: dtype for name, dtype in NEURON_DTYPES.items() if name != "positional"},
+    "position": pl.Int64(),
+    "fire_rate": pl.Float64(),
+    "position_mi": pl.Float64(),
+}
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _with_columns(frame: pl.DataFrame, dtypes: Mapping[str, pl.DataType]) -> pl.DataFrame:
+    """`frame` with every column of `dtypes` present (missing ones null): a model may lack positional stats."""
+    missing = [pl.lit(None, dtype=dtype).alias(name) for name, dtype in dtypes.items() if name not in frame.columns]
+    return frame.with_columns(missing) if missing else frame
+
+
+def _models(*frames: pl.DataFrame) -> list[str]:
+    """Model names in order of first appearance over the frames."""
+    names = [name for frame in frames if "model" in frame.columns for name in frame["model"].drop_nulls().to_list()]
+    return list(dict.fromkeys(names))
+
+
+def type_colours(style: Mapping[str, Any]) -> dict[str, Any]:
+    """One fixed palette colour per type, so that types match across figures."""
+    colours = sns.color_palette(style["palette"], n_colors=len(POSITIONAL_TYPES))
+    return dict(zip(POSITIONAL_TYPES, colours))
+
+
+def _say(ax: Axes, text: str) -> None:
+    """A panel with nothing to draw still says why, so the report never shows a blank panel."""
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize="small", color="0.4")
+
+
+def _suptitle(fig: Figure, style: Mapping[str, Any]) -> None:
+    if style.get("title"):
+        fig.suptitle(style["title"])
+
+
+# ---------------------------------------------------------------------------------- examples (Fig. 7)
+
+
+def example_neurons(rates: pl.DataFrame, model: str, n_examples: int) -> pl.DataFrame:
+    """Up to `n_examples` neurons of `model` per (type, strength), highest mutual information first.
+
+    Columns positional_type, positional_strong, layer, neuron, position_mi and rank (0 = highest).
+    """
+    rates = _with_columns(rates, RATE_DTYPES)
+    return (
+        rates.filter(pl.col("model") == model)
+        .select("positional_type", "positional_strong", "layer", "neuron", "position_mi")
+        .unique(["layer", "neuron"], keep="first")
+        .sort(["position_mi", "layer", "neuron"], descending=[True, False, False])
+        .with_columns(rank=pl.int_range(pl.len()).over("positional_type", "positional_strong").cast(pl.Int64))
+        .filter(pl.col("rank") < n_examples)
+        .sort("positional_type", "positional_strong", "rank")
+    )
+
+
+def plot_positional_examples(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
+    """Fig. 7: example firing-rate curves; columns = types, rows = strong / weak."""
+    style = _style(style)
+    rates = _with_columns(tables["position_rates"], RATE_DTYPES)
+    models = _models(rates)
+    model = style.get("model") or (models[0] if models else None)
+    n_examples = int(style.get("n_examples", 3))
+    own = rates.filter(pl.col("model") == model) if model is not None else rates.clear()
+    chosen = example_neurons(own, model, n_examples) if model is not None else example_neurons(own, "", 0)
+    colours = type_colours(style)
+    fig, axes = plt.subplots(
+        2, len(POSITIONAL_TYPES), figsize=style["figsize"], dpi=style["dpi"], layout="constrained",
+        sharex=True, sharey=True, squeeze=False,
+    )
+    for column, kind in enumerate(POSITIONAL_TYPES):
+        for row, strong in enumerate((True, False)):
+            ax = axes[row, column]
+            picked = chosen.filter((pl.col("positional_type") == kind) & (pl.col("positional_strong") == strong))
+            _draw_examples(ax, own, picked, colours[kind])
+            ax.set_ylim(-0.02, 1.02)
+            if row == 0:
+                ax.set_title(TYPE_NAMES[kind], fontsize="small")
+            if column == 0:
+                ax.set_ylabel(f"{'strong' if strong else 'weak'}\nfiring rate", fontsize="small")
+            if row == 1:
+                ax.set_xlabel("position", fontsize="small")
+    fig.suptitle(style.get("title") or (f"positional neurons of {model}" if model else "no positional neurons"))
+    return fig
+
+
+def _draw_examples(ax: Axes, rates: pl.DataFrame, picked: pl.DataFrame, colour: Any) -> None:
+    if picked.is_empty():
+        _say(ax, "none")
+        return
+    shades = sns.light_palette(colour, n_colors=picked.height + 2, reverse=True)
+    for (layer, neuron), shade in zip(picked.select("layer", "neuron").iter_rows(), shades):
+        curve = rates.filter((pl.col("layer") == layer) & (pl.col("neuron") == neuron)).sort("position")
+        ax.plot(curve["position"].to_numpy(), curve["fire_rate"].to_numpy(), color=shade, lw=1,
+                label=f"L{layer}/{neuron}")
+    ax.legend(fontsize="xx-small", frameon=False, loc="best", handlelength=1)
+
+
+# ------------------------------------------------------------------------------- neurons per layer (Fig. 8)
+
+
+def stacked_dots(neurons: pl.DataFrame) -> pl.DataFrame:
+    """Positional neurons with their height in their layer's stack: by type order, then strong first, then id.
+
+    Columns model, layer, neuron, positional_type, positional_strong, stack (Int64, from 0 per model and layer).
+    """
+    order = pl.DataFrame({"positional_type": list(POSITIONAL_TYPES), "_order": range(len(POSITIONAL_TYPES))})
+    return (
+        _with_columns(neurons, NEURON_DTYPES)
+        .filter(pl.col("positional").fill_null(False))
+        .select("model", "layer", "neuron", "positional_type", "positional_strong")
+        .join(order, on="positional_type", how="left")
+        .sort(
+            ["model", "layer", "_order", "positional_strong", "neuron"],
+            descending=[False, False, False, True, False],
+            nulls_last=True,
+            maintain_order=True,
+        )
+        .with_columns(stack=pl.int_range(pl.len()).over("model", "layer").cast(pl.Int64))
+        .drop("_order")
+    )
+
+
+def plot_positional_neurons(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
+    """Fig. 8 (also 10, 11): every positional neuron as a dot above its layer, colour = type, filled = strong."""
+    style = _style(style)
+    neurons = _with_columns(tables["neurons"], NEURON_DTYPES)
+    layers = _with_columns(tables["layers"], {"model": pl.Utf8(), "layer": pl.Int64()})
+    models = _models(layers, neurons)
+    colours = type_colours(style)
+    fig, axes = plt.subplots(
+        1, max(len(models), 1), figsize=style["figsize"], dpi=style["dpi"], layout="constrained",
+        sharey=True, squeeze=False,
+    )
+    dots = stacked_dots(neurons)
+    for ax, model in zip(axes[0], models):
+        _draw_dots(ax, dots.filter(pl.col("model") == model), colours, style)
+        _layer_range(ax, layers.filter(pl.col("model") == model)["layer"], dots.filter(pl.col("model") == model))
+        ax.set_title(f"{model} ({dots.filter(pl.col('model') == model).height})", fontsize="small")
+        ax.set_xlabel("layer")
+    if not models:
+        _say(axes[0, 0], "no models")
+    axes[0, 0].set_ylabel("positional neurons")
+    axes[0, 0].yaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.legend(handles=_dot_legend(colours, style), loc="outside right center", fontsize="small", frameon=False)
+    _suptitle(fig, style)
+    return fig
+
+
+def _draw_dots(ax: Axes, dots: pl.DataFrame, colours: Mapping[str, Any], style: Mapping[str, Any]) -> None:
+    if dots.is_empty():
+        _say(ax, "no positional neurons")
+        return
+    size = float(style.get("dot_size", 12))
+    for kind in POSITIONAL_TYPES:
+        for strong in (True, False):
+            part = dots.filter((pl.col("positional_type") == kind) & (pl.col("positional_strong") == strong))
+            if part.is_empty():
+                continue
+            ax.scatter(
+                part["layer"].to_numpy(), part["stack"].to_numpy(), s=size, marker=style["marker"],
+                facecolors=colours[kind] if strong else "none", edgecolors=colours[kind], linewidths=0.8,
+            )
+
+
+def _layer_range(ax: Axes, layers: pl.Series, dots: pl.DataFrame) -> None:
+    values = np.concatenate([layers.drop_nulls().to_numpy(), dots["layer"].drop_nulls().to_numpy()])
+    if len(values):
+        ax.set_xlim(values.min() - 0.7, values.max() + 0.7)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _dot_legend(colours: Mapping[str, Any], style: Mapping[str, Any]) -> list[Line2D]:
+    def handle(label: str, edge: Any, face: Any) -> Line2D:
+        return Line2D([], [], ls="", marker=style["marker"], markeredgecolor=edge, markerfacecolor=face, label=label)
+
+    types = [handle(TYPE_NAMES[kind], colours[kind], colours[kind]) for kind in POSITIONAL_TYPES]
+    return [*types, handle("strong", "0.3", "0.3"), handle("weak", "0.3", "none")]
+
+
+# -------------------------------------------------------------------------- oscillatory ranges (Fig. 9)
+
+
+def strong_oscillatory_counts(rates: pl.DataFrame) -> pl.DataFrame:
+    """Strong oscillatory neurons per (model, layer), most first (ties: model order, then lower layer)."""
+    rates = _with_columns(rates, RATE_DTYPES)
+    models = pl.DataFrame({"model": _models(rates), "_order": range(len(_models(rates)))},
+                          schema={"model": pl.Utf8, "_order": pl.Int64})
+    return (
+        rates.filter((pl.col("positional_type") == "oscillatory") & pl.col("positional_strong").fill_null(False))
+        .group_by("model", "layer")
+        .agg(n=pl.col("neuron").n_unique().cast(pl.Int64))
+        .join(models, on="model", how="left")
+        .sort(["n", "_order", "layer"], descending=[True, False, False])
+        .drop("_order")
+    )
+
+
+def pick_oscillatory_layer(
+    rates: pl.DataFrame, model: str | None, layer: int | None
+) -> tuple[str | None, int | None]:
+    """The (model, layer) Fig. 9 shows: given ones are kept, missing ones go to the most strong oscillatory neurons."""
+    counts = strong_oscillatory_counts(rates)
+    if model is not None:
+        counts = counts.filter(pl.col("model") == model)
+    if layer is not None:
+        counts = counts.filter(pl.col("layer") == layer)
+    if counts.is_empty():
+        return model, layer
+    return counts["model"][0], int(counts["layer"][0])
+
+
+def oscillatory_ranges(rates: pl.DataFrame, model: str, layer: int, threshold: float) -> pl.DataFrame:
+    """Position ranges (firing rate >= threshold) of the strong oscillatory neurons of one layer.
+
+    A range is a maximal run of consecutive positions at or above the threshold. Columns neuron, start,
+    width (Int64); neurons ordered by the start of their first range, then by its width (among neurons whose
+    first range is cut by the first position, the shorter one is shifted further), ranges by start.
+    """
+    above = (
+        _with_columns(rates, RATE_DTYPES)
+        .filter(
+            (pl.col("model") == model) & (pl.col("layer") == layer) & (pl.col("positional_type") == "oscillatory")
+            & pl.col("positional_strong").fill_null(False)
+        )
+        .sort("neuron", "position")
+        .filter(pl.col("fire_rate") >= threshold)
+        .select("neuron", "position")
+    )
+    breaks = (pl.col("position").diff().over("neuron").fill_null(2) != 1).cum_sum().alias("_range")
+    ranges = (
+        above.with_columns(breaks)
+        .group_by("neuron", "_range", maintain_order=True)
+        .agg(start=pl.col("position").first(), width=(pl.col("position").last() - pl.col("position").first() + 1))
+        .drop("_range")
+    )
+    first = ranges.group_by("neuron").agg(_first=pl.col("start").min(), _width=pl.col("width").first())
+    return (
+        ranges.join(first, on="neuron", how="left")
+        .sort("_first", "_width", "neuron", "start")
+        .drop("_first", "_width")
+        .with_columns(pl.col("start").cast(pl.Int64), pl.col("width").cast(pl.Int64), pl.col("neuron").cast(pl.Int64))
+    )
+
+
+def plot_oscillatory_ranges(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
+    """Fig. 9: one bar row per strong oscillatory neuron of one layer, its ranges over position."""
+    style = _style(style)
+    rates = _with_columns(tables["position_rates"], RATE_DTYPES)
+    threshold = float(style.get("threshold", 0.5))
+    model, layer = pick_oscillatory_layer(rates, style.get("model"), style.get("layer"))
+    ranges = (
+        oscillatory_ranges(rates, model, layer, threshold)
+        if model is not None and layer is not None
+        else oscillatory_ranges(rates.clear(), "", 0, threshold)
+    )
+    fig, ax = plt.subplots(figsize=style["figsize"], dpi=style["dpi"], layout="constrained")
+    if ranges.is_empty():
+        where = f"{model if model is not None else 'any model'} layer {layer if layer is not None else 'any'}"
+        _say(ax, f"no strong oscillatory neurons in {where}")
+        ax.set_axis_off()
+        return fig
+    _draw_ranges(ax, ranges, style)
+    positions = rates.filter((pl.col("model") == model) & (pl.col("layer") == layer))["position"]
+    ax.set_xlim(positions.min(), positions.max() + 1)
+    ax.set_xlabel("position")
+    ax.set_ylabel("neuron")
+    ax.set_title(style.get("title") or f"{model}, layer {layer}: positions with firing rate >= {threshold:g}")
+    return fig
+
+
+def _draw_ranges(ax: Axes, ranges: pl.DataFrame, style: Mapping[str, Any]) -> None:
+    neurons = list(dict.fromkeys(ranges["neuron"].to_list()))
+    colours = sns.color_palette(style["palette"], n_colors=len(neurons))
+    for row, (neuron, colour) in enumerate(zip(neurons, colours)):
+        own = ranges.filter(pl.col("neuron") == neuron)
+        ax.broken_barh(list(zip(own["start"].to_list(), own["width"].to_list())), (row - 0.4, 0.8), color=colour)
+    ax.set_yticks(range(len(neurons)), [str(neuron) for neuron in neurons], fontsize="x-small")
+    ax.set_ylim(len(neurons) - 0.5, -0.5)
+    ax.grid(axis="y", visible=False)

@@ -1,0 +1,119 @@
+"""Fig. 5 of Voita et al. (2023): token detectors, what their value vectors promote and suppress.
+
+The figure is a rendered table of a few examples chosen deterministically from the `neurons` table, with a
+subtitle counting how many of all token detectors suppress their own triggers (definition in
+`neuron_census.vocab`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import matplotlib.pyplot as plt
+import polars as pl
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from neuron_census.figures import _style
+from neuron_census.vocab import detector_projection_frame
+
+DEFAULT_N_EXAMPLES = 8
+DEFAULT_N_TOKENS = 3
+TABLE_COLUMNS: tuple[str, ...] = ("model", "layer:neuron", "detected tokens", "top promoted", "top suppressed")
+
+
+def pick_examples(frame: pl.DataFrame, n_examples: int) -> pl.DataFrame:
+    """Up to n_examples rows of a detector_projection_frame, spread over its (model, layer) groups.
+
+    Round-robin over the groups in the frame's order (model legend order, then layer), lowest neuron first
+    inside a group; the picked rows keep the frame's order.
+    """
+    if n_examples <= 0 or frame.is_empty():
+        return frame.head(0)
+    ranked = frame.with_row_index("_row").with_columns(
+        _turn=pl.int_range(pl.len()).over("model", "layer"),
+        _group=pl.col("_row").min().over("model", "layer"),
+    )
+    picked = ranked.sort("_turn", "_group").head(n_examples).sort("_row")
+    return picked.drop("_row", "_turn", "_group")
+
+
+def suppression_summary(frame: pl.DataFrame) -> str:
+    """`x of y token detectors suppress their triggers`, over detectors with a known answer."""
+    known = frame["suppresses_trigger"].drop_nulls()
+    text = f"{int(known.sum())} of {known.len()} token detectors suppress their triggers"
+    unknown = frame.height - known.len()
+    return f"{text} ({unknown} without a projection)" if unknown else text
+
+
+def _mathtext_safe(text: str | None) -> str:
+    """Cell text shown literally: token strings may hold `$`, which matplotlib would read as math."""
+    return "-" if text is None else text.replace("$", r"\$")
+
+
+def table_cells(examples: pl.DataFrame) -> list[list[str]]:
+    """The table's text, one row per example, columns as TABLE_COLUMNS."""
+    return [
+        [_mathtext_safe(model), f"{layer}:{neuron}", *(_mathtext_safe(t) for t in texts)]
+        for model, layer, neuron, *texts in examples.select(
+            "model", "layer", "neuron", "detected_tokens", "promoted", "suppressed"
+        ).iter_rows()
+    ]
+
+
+def column_widths(cells: list[list[str]]) -> list[float]:
+    """Column shares of the table width, by the longest text in each column (header included)."""
+    lengths = [max(len(text) for text in column) + 2 for column in zip(TABLE_COLUMNS, *cells)]
+    return [length / sum(lengths) for length in lengths]
+
+
+def _font_size(cells: list[list[str]], width_inches: float) -> float:
+    """Largest font (at most 8 pt) at which the widest row fits the figure (a character is ~0.6 em wide)."""
+    characters = sum(max(len(text) for text in column) + 2 for column in zip(TABLE_COLUMNS, *cells))
+    return max(3.0, min(8.0, 0.95 * 72.0 * width_inches / (0.6 * characters)))
+
+
+def _draw_table(ax: Axes, cells: list[list[str]], width_inches: float) -> None:
+    table = ax.table(
+        cellText=cells,
+        colLabels=list(TABLE_COLUMNS),
+        colWidths=column_widths(cells),
+        cellLoc="left",
+        colLoc="left",
+        loc="center",
+    )
+    table.auto_set_font_size(False)
+    table.set_fontsize(_font_size(cells, width_inches))
+    table.scale(1.0, 1.3)
+    for (row, _), cell in table.get_celld().items():
+        cell.PAD = 0.02
+        if row == 0:
+            cell.set_text_props(weight="bold")
+
+
+def _setting(style: Mapping[str, Any], key: str, default: int) -> int:
+    """An integer style key; absent or null (an empty config entry) means the default."""
+    return default if style.get(key) is None else int(style[key])
+
+
+def plot_detector_projections(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
+    """Fig. 5: example token detectors with their top promoted and top suppressed tokens (scores in brackets).
+
+    Style: n_examples (8) rows, n_tokens (3) tokens per cell, title; a wide figsize suits the table.
+    """
+    style = _style(style)
+    n_examples = _setting(style, "n_examples", DEFAULT_N_EXAMPLES)
+    n_tokens = _setting(style, "n_tokens", DEFAULT_N_TOKENS)
+    frame = detector_projection_frame(tables.get("neurons", pl.DataFrame()), n_show=n_tokens)
+    fig, ax = plt.subplots(figsize=style["figsize"], dpi=style["dpi"], layout="constrained")
+    ax.set_axis_off()
+    title = style.get("title", "")
+    if frame.is_empty():
+        ax.text(0.5, 0.5, "no token detectors", transform=ax.transAxes, ha="center", va="center", color="0.4")
+        ax.set_title(title)
+        return fig
+    _draw_table(ax, table_cells(pick_examples(frame, n_examples)), float(style["figsize"][0]))
+    subtitle = suppression_summary(frame)
+    ax.set_title(f"{title}\n{subtitle}" if title else subtitle, fontsize="small")
+    return fig

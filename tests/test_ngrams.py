@@ -1,0 +1,203 @@
+"""N-gram summaries and coverage bounds against exact counting by brute force."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from neuron_census.accumulators import Geometry, LayerBatch, NgramCount, NgramFireCount, merge_states
+from neuron_census.ngrams import coverage_bounds, merge_summaries, merge_summaries_torch, pack_ngrams, unpack_ngram
+
+VOCAB, N_NEURONS, SEQ_LEN, N_SEQ = 9, 5, 12, 20
+LAYERS = (0, 1, 2)
+
+
+def reference_coverage(counts: list[int], fires: int, fraction: float = 0.95) -> int:
+    """The fewest distinct n-grams whose firings reach `fraction` of `fires`, by definition."""
+    if fires == 0:
+        return 0
+    target = math.ceil(fires * fraction - 1e-9)
+    total = 0
+    for k, value in enumerate(sorted(counts, reverse=True), start=1):
+        total += value
+        if total >= target:
+            return k
+    raise AssertionError("counts do not reach the target")
+
+
+@pytest.fixture(scope="module")
+def data() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(4)
+    # skewed tokens so that some n-grams repeat a lot
+    tokens = rng.choice(VOCAB, size=(N_SEQ, SEQ_LEN), p=np.r_[0.3, 0.2, np.full(VOCAB - 2, 0.5 / (VOCAB - 2))])
+    tokens[:, 0] = 0
+    fires = rng.random((len(LAYERS), N_SEQ, SEQ_LEN, N_NEURONS)) < np.linspace(0.05, 0.9, N_NEURONS)
+    mask = np.ones((N_SEQ, SEQ_LEN), dtype=bool)
+    mask[:, 0] = False
+    return {"tokens": tokens, "fires": fires & mask[None, :, :, None], "mask": mask}
+
+
+def brute_counts(data, order: int) -> tuple[dict[tuple[int, int, tuple[int, ...]], int], np.ndarray]:
+    """(slot, neuron, n-gram) -> firings, and eligible firings per [slot, neuron]."""
+    counts: Counter = Counter()
+    fires = np.zeros((len(LAYERS), N_NEURONS), dtype=np.int64)
+    for slot in range(len(LAYERS)):
+        for s in range(N_SEQ):
+            for k in range(order, SEQ_LEN):  # the n-gram must not reach the BOS at position 0
+                gram = tuple(int(t) for t in data["tokens"][s, k - order + 1 : k + 1])
+                for n in range(N_NEURONS):
+                    if data["fires"][slot, s, k, n]:
+                        counts[(slot, n, gram)] += 1
+                        fires[slot, n] += 1
+    return counts, fires
+
+
+def feed(accumulator, data, rows: np.ndarray, batch: int = 6):
+    for start in range(0, len(rows), batch):
+        sel = rows[start : start + batch]
+        for slot, layer in enumerate(LAYERS):
+            fires = torch.from_numpy(data["fires"][slot][sel])
+            accumulator.update(
+                LayerBatch(
+                    layer=layer,
+                    acts=fires.float(),
+                    fires=fires,
+                    mask=torch.from_numpy(data["mask"][sel]),
+                    tokens=torch.from_numpy(data["tokens"][sel]),
+                    seq_ids=torch.from_numpy(sel),
+                )
+            )
+    return accumulator.state()
+
+
+GEOMETRY = Geometry(layers=LAYERS, n_neurons=N_NEURONS, seq_len=SEQ_LEN, vocab_size=VOCAB)
+
+
+def test_pack_and_unpack_round_trip():
+    tokens = np.array([[0, 3, 8, 1, 5]])
+    keys = pack_ngrams(tokens, 3, VOCAB)
+    assert keys[0, :2].tolist() == [-1, -1]
+    assert [unpack_ngram(k, 3, VOCAB) for k in keys[0, 2:]] == [(0, 3, 8), (3, 8, 1), (8, 1, 5)]
+
+
+def decoded(state, order: int) -> dict[tuple[int, int, tuple[int, ...]], int]:
+    group, gram, count = (state[f"order{order}_{k}"] for k in ("group", "gram", "count"))
+    return {
+        (int(g) // N_NEURONS, int(g) % N_NEURONS, unpack_ngram(int(k), order, VOCAB)): int(c)
+        for g, k, c in zip(group, gram, count)
+    }
+
+
+@pytest.mark.parametrize("order", [2, 3])
+def test_counts_are_exact_within_capacity(data, order):
+    state = feed(NgramFireCount(GEOMETRY, torch.device("cpu"), layers=LAYERS, orders=(2, 3), capacity=10_000), data, np.arange(N_SEQ))
+    expected, fires = brute_counts(data, order)
+    assert decoded(state, order) == dict(expected)
+    np.testing.assert_array_equal(state["fires"][[2, 3].index(order)], fires)
+
+
+def test_only_requested_layers_are_counted(data):
+    state = feed(NgramFireCount(GEOMETRY, torch.device("cpu"), layers=(1,), orders=(2,)), data, np.arange(N_SEQ))
+    expected, fires = brute_counts(data, 2)
+    assert decoded(state, 2) == {(0, n, g): c for (slot, n, g), c in expected.items() if slot == 1}
+    np.testing.assert_array_equal(state["fires"][0], fires[[1]])
+
+
+def test_shards_merge_to_one_pass_when_exact(data):
+    make = lambda: NgramFireCount(GEOMETRY, torch.device("cpu"), layers=LAYERS, capacity=10_000, flush_every=7)  # noqa: E731
+    whole = feed(make(), data, np.arange(N_SEQ))
+    parts = [feed(make(), data, np.arange(N_SEQ)[i::3]) for i in range(3)]
+    merged = merge_states([{"ngram_fire_count": p} for p in parts])["ngram_fire_count"]
+    for key in whole:
+        np.testing.assert_array_equal(merged[key], whole[key], err_msg=key)
+
+
+@pytest.mark.parametrize("capacity", [1, 2, 4, 9])
+def test_small_capacity_keeps_the_misra_gries_guarantee(data, capacity):
+    state = feed(
+        NgramFireCount(GEOMETRY, torch.device("cpu"), layers=LAYERS, orders=(2,), capacity=capacity, flush_every=50),
+        data,
+        np.arange(N_SEQ),
+    )
+    expected, fires = brute_counts(data, 2)
+    estimates = decoded(state, 2)
+    kept = Counter()
+    for (slot, n, _), c in estimates.items():
+        kept[(slot, n)] += c
+    per_neuron = Counter()
+    for (slot, n, _), _ in estimates.items():
+        per_neuron[(slot, n)] += 1
+    assert max(per_neuron.values()) <= capacity
+    for key, true in expected.items():
+        slot, n, _ = key
+        slack = (fires[slot, n] - kept[(slot, n)]) / (capacity + 1)
+        estimate = estimates.get(key, 0)
+        assert estimate <= true <= estimate + slack + 1e-9, key
+    # coverage bounds bracket the true coverage
+    lower, upper, exact = coverage_bounds(
+        state["order2_group"], state["order2_count"], state["fires"][0].reshape(-1), capacity
+    )
+    for slot in range(len(LAYERS)):
+        for n in range(N_NEURONS):
+            true_counts = [c for (s, m, _), c in expected.items() if (s, m) == (slot, n)]
+            truth = reference_coverage(true_counts, int(fires[slot, n]))
+            g = slot * N_NEURONS + n
+            assert lower[g] <= truth <= upper[g], (slot, n, lower[g], truth, upper[g])
+            if exact[g]:
+                assert lower[g] == upper[g] == truth
+
+
+def test_exact_coverage_equals_definition(data):
+    state = feed(NgramFireCount(GEOMETRY, torch.device("cpu"), layers=LAYERS, orders=(3,), capacity=10_000), data, np.arange(N_SEQ))
+    expected, fires = brute_counts(data, 3)
+    lower, upper, exact = coverage_bounds(state["order3_group"], state["order3_count"], fires.reshape(-1), 10_000)
+    assert exact.all()
+    for slot in range(len(LAYERS)):
+        for n in range(N_NEURONS):
+            truth = reference_coverage([c for (s, m, _), c in expected.items() if (s, m) == (slot, n)], int(fires[slot, n]))
+            assert lower[slot * N_NEURONS + n] == upper[slot * N_NEURONS + n] == truth
+
+
+def test_coverage_of_hand_made_counts():
+    # group 0: 10 firings on one n-gram, then 1 each on 5 others: 95% of 15 = 14.25 -> 15 -> all 6 needed
+    # group 1: 19 + 1 -> 95% of 20 = 19 -> 1 n-gram; group 2 never fires
+    group = np.array([0] * 6 + [1, 1])
+    count = np.array([10, 1, 1, 1, 1, 1, 19, 1])
+    lower, upper, exact = coverage_bounds(group, count, np.array([15, 20, 0]), None)
+    assert upper.tolist() == lower.tolist() == [6, 1, 0]
+    assert exact.tolist() == [True, True, True]
+
+
+def test_merge_summaries_prunes_to_capacity():
+    parts = [(np.array([0, 0, 0]), np.array([1, 2, 3]), np.array([5, 3, 1]))]
+    group, gram, count = merge_summaries(parts, 2)
+    # third largest (1) is subtracted from every counter; those reaching 0 go
+    assert gram.tolist() == [1, 2] and count.tolist() == [4, 2]
+
+
+def test_ngram_occurrences(data):
+    state = feed(NgramCount(GEOMETRY, torch.device("cpu"), orders=(2, 3)), data, np.arange(N_SEQ))
+    for index, order in enumerate((2, 3)):
+        expected = Counter(
+            tuple(int(t) for t in data["tokens"][s, k - order + 1 : k + 1]) for s in range(N_SEQ) for k in range(order, SEQ_LEN)
+        )
+        got = {unpack_ngram(int(k), order, VOCAB): int(c) for k, c in zip(state[f"order{order}_gram"], state[f"order{order}_count"])}
+        assert got == dict(expected)
+        assert state["total"][index] == sum(expected.values())
+
+
+@pytest.mark.parametrize("capacity", [1, 3, 50])
+def test_device_summaries_equal_the_numpy_ones(capacity):
+    rng = np.random.default_rng(capacity)
+    parts = [
+        (rng.integers(0, 6, size=n), rng.integers(0, 30, size=n), rng.integers(1, 9, size=n))
+        for n in (40, 0, 25, 60)
+    ]
+    expected = merge_summaries(parts, capacity)
+    got = merge_summaries_torch([tuple(torch.from_numpy(a) for a in p) for p in parts], capacity)
+    for e, g in zip(expected, got):
+        np.testing.assert_array_equal(g.numpy(), e)
