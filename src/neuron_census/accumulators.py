@@ -383,7 +383,7 @@ class NgramFireCount:
         *,
         layers: tuple[int, ...],
         orders: tuple[int, ...] = (2, 3),
-        capacity: int = 16384,
+        capacity: int = 65536,
         flush_every: int = 1 << 22,
     ) -> None:
         for order in orders:

@@ -53,7 +53,7 @@ class CaptureSettings:
     token_fire_dense_limit: int = 1 << 26
     ngram_layers: str | tuple[int, ...] = "first_half"  # "first_half", "all", or model layer numbers
     ngram_orders: tuple[int, ...] = (2, 3)
-    ngram_capacity: int = 16384  # n-grams kept per neuron and order (exact below this)
+    ngram_capacity: int = 65536  # n-grams kept per neuron and order (exact below this)
     ngram_count_capacity: int = 1 << 22  # distinct n-grams kept for occurrence counts
     accumulators: tuple[str, ...] = field(default=ALL_ACCUMULATORS)
 

@@ -113,6 +113,24 @@ def _layers_setting(value: str | Sequence[int]) -> str | tuple[int, ...]:
     return value if isinstance(value, str) else tuple(int(layer) for layer in value)
 
 
+def _load_model_and_tokenizer(
+    model_name: str,
+    model_spec: Mapping[str, Any],
+    tokenizer_name: str,
+    tokenizer_spec: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    threads: int,
+) -> tuple[Any, Any, torch.device, torch.dtype]:
+    """What every job that runs a model starts with: threads, tokenizer, device, dtype and the model."""
+    from neuron_census.models import load_model
+    from neuron_census.tokenization import load_tokenizer
+
+    torch.set_num_threads(max(1, threads))
+    tokenizer = load_tokenizer(tokenizer_name, tokenizer_spec)
+    device, dtype = resolve_device(settings.get("device", "auto"), settings.get("dtype", "auto"))
+    return tokenizer, load_model(model_name, model_spec, device=device, dtype=dtype), device, dtype
+
+
 def capture_job(
     model_name: str,
     model_spec: Mapping[str, Any],
@@ -125,15 +143,12 @@ def capture_job(
 ) -> None:
     """Capture one (model, dataset, shard): accumulator states in one zarr store."""
     from neuron_census.capture import CaptureSettings, capture_tokens
-    from neuron_census.models import load_model
     from neuron_census.store import write_store
-    from neuron_census.tokenization import load_tokenizer
 
-    torch.set_num_threads(max(1, threads))
-    tokenizer = load_tokenizer(tokenizer_name, tokenizer_spec)
+    tokenizer, loaded, device, dtype = _load_model_and_tokenizer(
+        model_name, model_spec, tokenizer_name, tokenizer_spec, settings, threads
+    )
     tokens, shard_attrs = read_shard_for(shard_path, tokenizer, f"model '{model_name}'")
-    device, dtype = resolve_device(settings.get("device", "auto"), settings.get("dtype", "auto"))
-    loaded = load_model(model_name, model_spec, device=device, dtype=dtype)
     layers_setting = _layers_setting(settings.get("layers", "all"))
     capture_settings = CaptureSettings(
         layers=None if layers_setting == "all" else layers_setting,
@@ -143,7 +158,7 @@ def capture_job(
         token_fire_dense_limit=int(settings.get("token_fire_dense_limit", 1 << 26)),
         ngram_layers=_layers_setting(settings.get("ngram_layers", "first_half")),
         ngram_orders=tuple(settings.get("ngram_orders", (2, 3))),
-        ngram_capacity=int(settings.get("ngram_capacity", 16384)),
+        ngram_capacity=int(settings.get("ngram_capacity", 65536)),
         ngram_count_capacity=int(settings.get("ngram_count_capacity", 1 << 22)),
     )
     shard = int(shard_attrs["shard"])
@@ -226,14 +241,11 @@ def vocab_job(
     threads: int = 1,
 ) -> None:
     """Vocabulary projections of every value vector of the analysed layers, and of detectors' triggers."""
-    from neuron_census.models import load_model
-    from neuron_census.tokenization import load_tokenizer
     from neuron_census.vocab import vocab_table
 
-    torch.set_num_threads(max(1, threads))
-    tokenizer = load_tokenizer(tokenizer_name, tokenizer_spec)
-    device, dtype = resolve_device(settings.get("device", "auto"), settings.get("dtype", "auto"))
-    loaded = load_model(model_name, model_spec, device=device, dtype=dtype)
+    tokenizer, loaded, _, _ = _load_model_and_tokenizer(
+        model_name, model_spec, tokenizer_name, tokenizer_spec, settings, threads
+    )
     neurons = pl.read_parquet(stats, columns=["layer", "neuron", "token_detector", "detected_tokens"])
     detectors = neurons.filter(pl.col("token_detector")).select("layer", "neuron", "detected_tokens")
     table = vocab_table(
