@@ -14,7 +14,7 @@ import torch
 from neuron_census.capture import CaptureSettings, capture_tokens
 from neuron_census.models import load_model
 from neuron_census.planted import designed_tokens, get_recipe, planted_words
-from neuron_census.stats import AnalysisSettings, layer_table, stats_table
+from neuron_census.stats import AnalysisSettings, layer_table, stats_tables
 from neuron_census.store import merge_states
 from neuron_census.vocab import vocab_table
 
@@ -48,7 +48,7 @@ def census() -> tuple[pl.DataFrame, pl.DataFrame]:
         "layers": list(layers), "n_neurons": RECIPE.n_neurons, "n_layers_total": RECIPE.n_layers,
         "vocab_size": RECIPE.vocab_size, "seq_len": tokens.shape[1],
     }
-    stats = stats_table("census", attrs, merged, AnalysisSettings(), TOKEN_STRINGS)
+    stats, _ = stats_tables("census", attrs, merged, AnalysisSettings(), TOKEN_STRINGS)
     detectors = stats.filter(pl.col("token_detector")).select("layer", "neuron", "detected_tokens")
     vocab = vocab_table(loaded.adapter, TOKEN_STRINGS, detectors, layers=list(layers), top_n=3)
     neurons = stats.join(vocab, on=["layer", "neuron"], how="left", maintain_order="left")

@@ -27,6 +27,7 @@ from neuron_census.positional import (
     firing_rates,
     neighbour_r2,
     position_mutual_information,
+    find_positional,
     position_rates_table,
     positional_layer_counts,
     positional_table,
@@ -206,7 +207,7 @@ def designed() -> dict[str, np.ndarray]:
 
 
 def test_positional_table(designed):
-    table = positional_table(ATTRS, designed, SETTINGS)
+    table = positional_table(ATTRS, find_positional(designed, SETTINGS))
     assert table.schema == pl.Schema(
         {
             "layer": pl.Int64, "neuron": pl.Int64, "position_mi": pl.Float64, "positional": pl.Boolean,
@@ -232,8 +233,8 @@ def test_positional_table(designed):
 
 
 def test_position_rates_table(designed):
-    rates = position_rates_table("m", ATTRS, designed, SETTINGS)
-    neurons = positional_table(ATTRS, designed, SETTINGS)
+    rates = position_rates_table("m", ATTRS, find_positional(designed, SETTINGS))
+    neurons = positional_table(ATTRS, find_positional(designed, SETTINGS))
     assert rates.schema == pl.Schema(
         {
             "model": pl.Utf8, "layer": pl.Int64, "neuron": pl.Int64, "position": pl.Int64, "fire_rate": pl.Float64,
@@ -256,13 +257,13 @@ def test_position_rates_table(designed):
 def test_tables_without_positional_neurons():
     state = state_from_curves(np.full((2, 3, 5), 0.4))
     attrs = {**ATTRS, "n_neurons": 3}
-    table = positional_table(attrs, state, SETTINGS)
+    table = positional_table(attrs, find_positional(state, SETTINGS))
     assert table.height == 6 and not table["positional"].any()
     assert table["positional_type"].null_count() == 6 and table["positional_strong"].null_count() == 6
-    rates = position_rates_table("m", attrs, state, SETTINGS)
+    rates = position_rates_table("m", attrs, find_positional(state, SETTINGS))
     assert rates.height == 0 and rates.schema["positional_type"] == pl.Utf8
     with pytest.raises(ValueError):
-        positional_table({**attrs, "layers": [0]}, state, SETTINGS)
+        positional_table({**attrs, "layers": [0]}, find_positional(state, SETTINGS))
 
 
 def random_neurons(seed: int = 3) -> pl.DataFrame:
@@ -320,8 +321,9 @@ def texts(fig: Figure) -> list[str]:
 
 @pytest.fixture(scope="module")
 def rates_two_models(designed) -> pl.DataFrame:
-    first = position_rates_table("a", ATTRS, designed, SETTINGS)
-    second = position_rates_table("b", {**ATTRS, "layers": [0, 1]}, designed, SETTINGS).filter(pl.col("layer") == 1)
+    first = position_rates_table("a", ATTRS, find_positional(designed, SETTINGS))
+    second = position_rates_table("b", {**ATTRS, "layers": [0, 1]}, find_positional(designed, SETTINGS))
+    second = second.filter(pl.col("layer") == 1)
     return pl.concat([first, second])
 
 

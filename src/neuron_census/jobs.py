@@ -215,8 +215,7 @@ def stats_job(
     rates_out: PathLike,
 ) -> None:
     """Activation statistics of one model from its merged stores (one per capture dataset)."""
-    from neuron_census.positional import position_rates_table
-    from neuron_census.stats import AnalysisSettings, stats_table
+    from neuron_census.stats import AnalysisSettings, stats_tables
     from neuron_census.store import merge_stores
     from neuron_census.tokenization import load_tokenizer
 
@@ -224,9 +223,10 @@ def stats_job(
     tokenizer = load_tokenizer(tokenizer_name, tokenizer_spec)
     if attrs["tokenizer_fingerprint"] != tokenizer.fingerprint:
         raise ValueError(f"stores of model '{model_name}' were captured with another tokenizer than '{tokenizer_name}'")
-    settings = AnalysisSettings.from_config(analysis)
-    write_parquet(stats_table(model_name, attrs, states, settings, tokenizer.token_strings()), stats_out)
-    rates = position_rates_table(model_name, attrs, states["position_fire_count"], settings.positional)
+    stats, rates = stats_tables(
+        model_name, attrs, states, AnalysisSettings.from_config(analysis), tokenizer.token_strings()
+    )
+    write_parquet(stats, stats_out)
     write_parquet(rates, rates_out)
 
 

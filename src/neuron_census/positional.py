@@ -67,8 +67,8 @@ class PositionalSettings:
 
 
 @dataclass(frozen=True)
-class _Positional:
-    """Positional neurons of one model: what both tables are built from, computed once."""
+class PositionalNeurons:
+    """Positional neurons of one model: what both tables are built from, computed once by `find_positional`."""
 
     mi: np.ndarray  # [L, N]
     slots: np.ndarray  # [K] slot of each positional neuron
@@ -182,14 +182,15 @@ def classify_curve(rates: np.ndarray, settings: PositionalSettings) -> tuple[str
 # ------------------------------------------------------------------------------------------ tables
 
 
-def _positional(state: Mapping[str, np.ndarray], settings: PositionalSettings) -> _Positional:
+def find_positional(state: Mapping[str, np.ndarray], settings: PositionalSettings) -> PositionalNeurons:
+    """Mutual information of every neuron, and the curve, type and strength of each positional one."""
     counts, tokens = np.asarray(state["counts"]), np.asarray(state["tokens"])
     mi = position_mutual_information(counts, tokens)
     slots, neurons = np.nonzero(mi > settings.min_mi)
     positions = np.flatnonzero(tokens > 0)
     curves = counts[slots[:, None], positions[None, :], neurons[:, None]] / tokens[positions][None, :].astype(float)
     classified = [classify_curve(curve, settings) for curve in curves]
-    return _Positional(
+    return PositionalNeurons(
         mi=mi,
         slots=slots.astype(np.int64),
         neurons=neurons.astype(np.int64),
@@ -207,37 +208,33 @@ def _layer_numbers(attrs: Mapping[str, Any], n_slots: int) -> np.ndarray:
     return layers
 
 
-def positional_table(
-    attrs: Mapping[str, Any], state: Mapping[str, np.ndarray], settings: PositionalSettings
-) -> pl.DataFrame:
+def positional_table(attrs: Mapping[str, Any], found: PositionalNeurons) -> pl.DataFrame:
     """One row per (layer, neuron): mutual information with position, positional flag, type and strength.
 
     Type and strength are null for neurons that are not positional.
     """
-    found = _positional(state, settings)
     n_slots, n_neurons = found.mi.shape
     layers = _layer_numbers(attrs, n_slots)
     flat = found.slots * n_neurons + found.neurons
     types: list[str | None] = [None] * found.mi.size
     strong: list[bool | None] = [None] * found.mi.size
+    positional = np.zeros(found.mi.size, dtype=bool)
+    positional[flat] = True
     for index, kind, is_strong in zip(flat.tolist(), found.types, found.strong):
         types[index], strong[index] = kind, is_strong
     columns = {
         "layer": np.repeat(layers, n_neurons),
         "neuron": np.tile(np.arange(n_neurons, dtype=np.int64), n_slots),
         "position_mi": found.mi.reshape(-1),
-        "positional": (found.mi > settings.min_mi).reshape(-1),
+        "positional": positional,
         "positional_type": types,
         "positional_strong": strong,
     }
     return pl.DataFrame(columns, schema=NEURON_SCHEMA)
 
 
-def position_rates_table(
-    model: str, attrs: Mapping[str, Any], state: Mapping[str, np.ndarray], settings: PositionalSettings
-) -> pl.DataFrame:
+def position_rates_table(model: str, attrs: Mapping[str, Any], found: PositionalNeurons) -> pl.DataFrame:
     """Firing rate per counted position of every positional neuron (long format), for Figs. 7 and 9."""
-    found = _positional(state, settings)
     layers = _layer_numbers(attrs, found.mi.shape[0])
     n_positions = len(found.positions)
     columns = {

@@ -1,6 +1,6 @@
 """Per-neuron and per-layer tables from merged accumulator states (pure functions).
 
-`stats_table` holds everything read from activations (firing, n-gram coverage, detectors, positional
+`stats_tables` holds everything read from activations (firing, n-gram coverage, detectors, positional
 statistics); `neuron_census.vocab` adds what is read from weights; `layer_table` aggregates per layer.
 """
 
@@ -15,7 +15,13 @@ import polars as pl
 
 from neuron_census.accumulators import State
 from neuron_census.detectors import DetectorSettings, coverage_columns, detector_columns, detector_layer_counts
-from neuron_census.positional import PositionalSettings, positional_layer_counts, positional_table
+from neuron_census.positional import (
+    PositionalSettings,
+    find_positional,
+    position_rates_table,
+    positional_layer_counts,
+    positional_table,
+)
 
 
 @dataclass(frozen=True)
@@ -71,21 +77,20 @@ def neuron_table(model: str, attrs: Mapping[str, Any], states: Mapping[str, Stat
     return pl.DataFrame(columns)
 
 
-def stats_table(
+def stats_tables(
     model: str,
     attrs: Mapping[str, Any],
     states: Mapping[str, State],
     settings: AnalysisSettings,
     token_strings: Sequence[str],
-) -> pl.DataFrame:
-    """`neuron_table` joined with n-gram coverage, token/bigram detectors and positional columns."""
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """`neuron_table` joined with n-gram coverage, detector and positional columns; and positional curves."""
     base = neuron_table(model, attrs, states).with_columns(n_layers_total=pl.lit(int(attrs["n_layers_total"]), pl.Int64))
     base = base.with_columns(**coverage_columns(states, attrs, settings.detectors))
     base = base.with_columns(**detector_columns(states, attrs, settings.detectors, token_strings))
-    if "position_fire_count" in states:
-        positional = positional_table(attrs, states["position_fire_count"], settings.positional)
-        base = base.join(positional, on=["layer", "neuron"], how="left", maintain_order="left")
-    return base
+    found = find_positional(states["position_fire_count"], settings.positional)
+    base = base.join(positional_table(attrs, found), on=["layer", "neuron"], how="left", maintain_order="left")
+    return base, position_rates_table(model, attrs, found)
 
 
 def layer_table(neurons: pl.DataFrame, n_layers_total: int) -> pl.DataFrame:
