@@ -7,7 +7,7 @@ later layers and the LM head are never computed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +65,18 @@ class CaptureSettings:
             raise ValueError(f"unknown accumulators {sorted(unknown)}; known: {ALL_ACCUMULATORS}")
         if isinstance(self.ngram_layers, str) and self.ngram_layers not in ("first_half", "all"):
             raise ValueError(f"capture.ngram_layers '{self.ngram_layers}' is not first_half, all or a list of layers")
+
+    @classmethod
+    def from_config(cls, settings: Mapping[str, Any]) -> CaptureSettings:
+        """Settings from a config's `capture` block (with a model's overrides); absent keys keep the defaults."""
+        known = {k: v for k, v in settings.items() if k in cls.__dataclass_fields__}
+        if "layers" in known:
+            known["layers"] = None if known["layers"] == "all" else tuple(int(x) for x in known["layers"])
+        if not isinstance(known.get("ngram_layers", ""), str):
+            known["ngram_layers"] = tuple(int(x) for x in known["ngram_layers"])
+        if "ngram_orders" in known:
+            known["ngram_orders"] = tuple(known["ngram_orders"])
+        return cls(**known)
 
 
 class _StopForward(Exception):

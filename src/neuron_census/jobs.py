@@ -108,11 +108,6 @@ def train_job(
     )
 
 
-def _layers_setting(value: str | Sequence[int]) -> str | tuple[int, ...]:
-    """A layer setting from the config: a keyword (`all`, `first_half`) or a list of layer numbers."""
-    return value if isinstance(value, str) else tuple(int(layer) for layer in value)
-
-
 def _load_model_and_tokenizer(
     model_name: str,
     model_spec: Mapping[str, Any],
@@ -149,18 +144,7 @@ def capture_job(
         model_name, model_spec, tokenizer_name, tokenizer_spec, settings, threads
     )
     tokens, shard_attrs = read_shard_for(shard_path, tokenizer, f"model '{model_name}'")
-    layers_setting = _layers_setting(settings.get("layers", "all"))
-    capture_settings = CaptureSettings(
-        layers=None if layers_setting == "all" else layers_setting,
-        batch_size=int(settings.get("batch_size", 16)),
-        fire_rule=settings.get("fire_rule", "preactivation"),
-        top_k=int(settings.get("top_k", 16)),
-        token_fire_dense_limit=int(settings.get("token_fire_dense_limit", 1 << 26)),
-        ngram_layers=_layers_setting(settings.get("ngram_layers", "first_half")),
-        ngram_orders=tuple(settings.get("ngram_orders", (2, 3))),
-        ngram_capacity=int(settings.get("ngram_capacity", 65536)),
-        ngram_count_capacity=int(settings.get("ngram_count_capacity", 1 << 22)),
-    )
+    capture_settings = CaptureSettings.from_config(settings)
     shard = int(shard_attrs["shard"])
     layers, states = capture_tokens(
         loaded.model,
