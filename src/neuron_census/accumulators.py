@@ -398,6 +398,8 @@ class NgramFireCount:
         self._summaries: dict[int, tuple[torch.Tensor, ...]] = {n: empty for n in orders}
         self._pending: dict[int, list[tuple[torch.Tensor, ...]]] = {n: [] for n in orders}
         self._n_pending = 0
+        self._batch_tokens: torch.Tensor | None = None
+        self._batch_cache: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def update(self, batch: LayerBatch) -> None:
         if batch.layer not in self.layers:
@@ -405,20 +407,31 @@ class NgramFireCount:
         slot = self.layers.index(batch.layer)
         n_neurons = self.geometry.n_neurons
         for index, order in enumerate(self.orders):
-            eligible = _eligible_ngram_ends(batch.mask, order)
+            eligible, unique_grams, gram_index = self._batch_ngrams(batch, order)
             fires = batch.fires & eligible[..., None]
             self.fires[index, slot] += fires.sum(dim=(0, 1))
             rows, positions, neurons = fires.nonzero(as_tuple=True)
             if len(rows) == 0:
                 continue
-            grams = _packed_ngrams(batch.tokens, order, self.geometry.vocab_size)[rows, positions]
-            unique_grams, gram_index = torch.unique(grams, return_inverse=True)
-            pairs, counts = torch.unique(gram_index * n_neurons + neurons, return_counts=True)
+            pairs, counts = torch.unique(gram_index[rows, positions] * n_neurons + neurons, return_counts=True)
             group = slot * n_neurons + pairs % n_neurons
             self._pending[order].append((group, unique_grams[pairs // n_neurons], counts.to(torch.int64)))
             self._n_pending += len(group)
         if self._n_pending >= self.flush_every:
             self._flush()
+
+    def _batch_ngrams(self, batch: LayerBatch, order: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Eligible n-gram ends, the batch's distinct n-grams and each position's index into them.
+
+        The same for every layer of a batch, so computed once per batch (keyed on its token tensor).
+        """
+        if batch.tokens is not self._batch_tokens:
+            self._batch_tokens, self._batch_cache = batch.tokens, {}
+        if order not in self._batch_cache:
+            packed = _packed_ngrams(batch.tokens, order, self.geometry.vocab_size)
+            unique_grams, gram_index = torch.unique(packed, return_inverse=True)
+            self._batch_cache[order] = (_eligible_ngram_ends(batch.mask, order), unique_grams, gram_index)
+        return self._batch_cache[order]
 
     def _flush(self) -> None:
         for order in self.orders:
