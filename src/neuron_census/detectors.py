@@ -107,20 +107,17 @@ def coverage_columns(states: Mapping[str, State], attrs: Mapping[str, Any], sett
 
 
 def ngram_detectors(
-    counts: SparseCounts, occurrences: Mapping[int, int] | np.ndarray, settings: DetectorSettings
+    counts: SparseCounts, occurrences: tuple[np.ndarray, np.ndarray], settings: DetectorSettings
 ) -> dict[int, list[int]]:
     """Group -> detected items (most firings first) by the three-step rule on `counts`.
 
-    `occurrences` maps an item to how often it occurs (array indexed by item, or a mapping).
+    `occurrences`: sorted items and how often each occurs (items never seen occur 0 times).
     """
     _, upper, _ = coverage_bounds(counts.group, counts.count, counts.fires, counts.capacity, settings.coverage)
     candidates = (upper >= 1) & (upper <= settings.max_ngrams)
     entries = candidates[counts.group]
     group, item, count = counts.group[entries], counts.item[entries], counts.count[entries]
-    if isinstance(occurrences, np.ndarray):
-        occurs = occurrences[item]
-    else:
-        occurs = np.asarray([occurrences.get(int(i), 0) for i in item], dtype=np.int64)
+    occurs = _lookup(*occurrences, item)
     kept = (occurs > 0) & (count >= settings.ngram_fire_rate * occurs - 1e-9)
     covered = np.bincount(group[kept], weights=count[kept], minlength=len(counts.fires))
     detector = candidates & (covered >= coverage_target(counts.fires, settings.detector_coverage))
@@ -132,6 +129,14 @@ def ngram_detectors(
     return result
 
 
+def _lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """values[keys == q] for each q of `query`, 0 where a key is absent (`keys` sorted)."""
+    if len(keys) == 0:
+        return np.zeros(len(query), dtype=np.int64)
+    index = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
+    return np.where(keys[index] == query, values[index], 0)
+
+
 def detector_columns(
     states: Mapping[str, State],
     attrs: Mapping[str, Any],
@@ -141,7 +146,10 @@ def detector_columns(
     """Token- and bigram-detector columns per (slot, neuron) in row-major order."""
     n_rows = len(attrs["layers"]) * int(attrs["n_neurons"])
     vocab = int(attrs["vocab_size"])
-    tokens = ngram_detectors(unigram_counts(states, attrs), states["token_count"]["counts"], settings)
+    token_occurrences = states["token_count"]["counts"]
+    tokens = ngram_detectors(
+        unigram_counts(states, attrs), (np.arange(len(token_occurrences)), token_occurrences), settings
+    )
     detected: list[list[int]] = [tokens.get(g, []) for g in range(n_rows)]
     columns: dict[str, Any] = {
         "token_detector": pl.Series([bool(d) for d in detected], dtype=pl.Boolean),
@@ -149,8 +157,7 @@ def detector_columns(
         "detected_token_strings": pl.Series([[token_strings[t] for t in d] for d in detected], dtype=pl.List(pl.Utf8)),
     }
     if 2 in counted_orders(states) and "ngram_count" in states:
-        occurrence_state = states["ngram_count"]
-        occurrences = dict(zip(occurrence_state["order2_gram"].tolist(), occurrence_state["order2_count"].tolist()))
+        occurrences = (states["ngram_count"]["order2_gram"], states["ngram_count"]["order2_count"])
         bigrams = ngram_detectors(ngram_counts(states, attrs, 2), occurrences, settings)
         found = [[] if tokens.get(g) else bigrams.get(g, []) for g in range(n_rows)]
         columns["bigram_detector"] = pl.Series([bool(f) for f in found], dtype=pl.Boolean)
