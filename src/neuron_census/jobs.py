@@ -259,29 +259,41 @@ class FigureSpec:
     module: str
     function: str
     tables: tuple[str, ...]
+    category: str  # the section of the Snakemake report
     csv: str | None = None  # a function returning the figure's data as a table, written next to it
     defaults: Mapping[str, Any] = field(default_factory=dict)  # style values the config may override
 
 
 FIGURES: dict[str, FigureSpec] = {
-    "fig1a_dead_neurons": FigureSpec("figures", "plot_dead_neurons", ("layers",)),
-    "fig1b_fire_frequency": FigureSpec("figures", "plot_fire_frequency", ("layers",)),
-    "fig2_unigram_coverage": FigureSpec("plots_ngrams", "plot_ngram_coverage", ("neurons", "layers"), defaults={"order": 1}),
-    "fig2_bigram_coverage": FigureSpec("plots_ngrams", "plot_ngram_coverage", ("neurons", "layers"), defaults={"order": 2}),
-    "fig2_trigram_coverage": FigureSpec(
-        "plots_ngrams", "plot_ngram_coverage", ("neurons", "layers"), defaults={"order": 3}
-    ),
-    "fig3a_token_detectors": FigureSpec("plots_ngrams", "plot_token_detectors", ("layers",)),
-    "fig3b_detected_tokens": FigureSpec("plots_ngrams", "plot_detected_tokens", ("layers",)),
-    "fig4_new_tokens": FigureSpec("plots_ngrams", "plot_new_tokens", ("layers",)),
+    "fig1a_dead_neurons": FigureSpec("figures", "plot_dead_neurons", ("layers",), "Dead neurons"),
+    "fig1b_fire_frequency": FigureSpec("figures", "plot_fire_frequency", ("layers",), "Dead neurons"),
+    **{
+        f"fig2_{name}_coverage": FigureSpec(
+            "plots_ngrams", "plot_ngram_coverage", ("neurons", "layers"), "N-gram coverage", defaults={"order": order}
+        )
+        for order, name in ((1, "unigram"), (2, "bigram"), (3, "trigram"))
+    },
+    "fig3a_token_detectors": FigureSpec("plots_ngrams", "plot_token_detectors", ("layers",), "Token detectors"),
+    "fig3b_detected_tokens": FigureSpec("plots_ngrams", "plot_detected_tokens", ("layers",), "Token detectors"),
+    "fig4_new_tokens": FigureSpec("plots_ngrams", "plot_new_tokens", ("layers",), "Token detectors"),
     "fig5_detector_projections": FigureSpec(
-        "plots_vocab", "plot_detector_projections", ("neurons",), csv="detector_projection_frame"
+        "plots_vocab", "plot_detector_projections", ("neurons",), "Token detectors", csv="detector_projection_frame"
     ),
-    "fig7_positional_examples": FigureSpec("plots_positional", "plot_positional_examples", ("position_rates",)),
-    "fig8_positional_neurons": FigureSpec("plots_positional", "plot_positional_neurons", ("neurons", "layers")),
-    "fig9_oscillatory_ranges": FigureSpec("plots_positional", "plot_oscillatory_ranges", ("position_rates",)),
-    "fig10_positional_nopos": FigureSpec("plots_positional", "plot_positional_neurons", ("neurons", "layers")),
-    "fig11_positional_training": FigureSpec("plots_positional", "plot_positional_neurons", ("neurons", "layers")),
+    "fig7_positional_examples": FigureSpec(
+        "plots_positional", "plot_positional_examples", ("position_rates",), "Positional neurons"
+    ),
+    "fig8_positional_neurons": FigureSpec(
+        "plots_positional", "plot_positional_neurons", ("neurons", "layers"), "Positional neurons"
+    ),
+    "fig9_oscillatory_ranges": FigureSpec(
+        "plots_positional", "plot_oscillatory_ranges", ("position_rates",), "Positional neurons"
+    ),
+    "fig10_positional_nopos": FigureSpec(
+        "plots_positional", "plot_positional_neurons", ("neurons", "layers"), "Training experiment"
+    ),
+    "fig11_positional_training": FigureSpec(
+        "plots_positional", "plot_positional_neurons", ("neurons", "layers"), "Training experiment"
+    ),
 }
 
 TABLE_FILES = {"neurons": "neurons.parquet", "layers": "layers.parquet", "position_rates": "position_rates.parquet"}

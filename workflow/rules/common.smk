@@ -78,20 +78,6 @@ def vocab_settings(model):
     return {**config["analysis"]["vocab"], "device": capture["device"], "dtype": capture["dtype"]}
 
 
-FIGURE_CATEGORIES = {
-    "fig1": "Dead neurons",
-    "fig2": "N-gram coverage",
-    "fig3": "Token detectors",
-    "fig4": "Token detectors",
-    "fig5": "Token detectors",
-    "fig7": "Positional neurons",
-    "fig8": "Positional neurons",
-    "fig9": "Positional neurons",
-    "fig10": "Training experiment",
-    "fig11": "Training experiment",
-}
-
-
 def figure_tables(figure):
     """Per table kind the figure reads, that table of each of the figure's models, in legend order."""
     return {
@@ -101,9 +87,10 @@ def figure_tables(figure):
 
 
 def figure_outputs(figure):
-    category = FIGURE_CATEGORIES[figure.split("_")[0].rstrip("ab")]
     outputs = {
-        "png": report(f"results/figures/{figure}.png", caption=f"../report/{figure}.rst", category=category),
+        "png": report(
+            f"results/figures/{figure}.png", caption=f"../report/{figure}.rst", category=FIGURE_SPECS[figure].category
+        ),
         "pdf": f"results/figures/{figure}.pdf",
     }
     if FIGURE_SPECS[figure].csv is not None:
