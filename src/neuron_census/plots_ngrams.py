@@ -292,7 +292,10 @@ def _paired_lines(
     if drawn:
         handles, labels = ax.get_legend_handles_labels()
         kinds = [Line2D([], [], color="0.3", linestyle=linestyle) for linestyle in ("-", "--")]
-        ax.legend([*handles, *kinds], [*labels, *names], fontsize="small", frameon=False)
+        # outside the axes: with two lines per model an inside legend covers data
+        ax.legend(
+            [*handles, *kinds], [*labels, *names], fontsize="small", frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1)
+        )
     _finish_lines(ax, drawn, empty, x_axis, ylabel, style.get("title", ""))
     return fig
 
