@@ -28,6 +28,7 @@ from neuron_census.accumulators import (
     TokenFireCount,
     TopK,
 )
+from neuron_census.execution import Placement, StopForward, run_layerwise, run_resident
 
 FIRE_RULES = ("preactivation", "activation")
 ALL_ACCUMULATORS = (
@@ -77,10 +78,6 @@ class CaptureSettings:
         if "ngram_orders" in known:
             known["ngram_orders"] = tuple(known["ngram_orders"])
         return cls(**known)
-
-
-class _StopForward(Exception):
-    """Raised from the last analysed layer's hook to skip the rest of the network."""
 
 
 def resolve_layers(requested: Sequence[int] | None, n_layers: int, model_name: str) -> tuple[int, ...]:
@@ -144,9 +141,17 @@ def capture_tokens(
     has_bos: bool,
     settings: CaptureSettings,
     device: torch.device,
+    placement: Placement | None = None,
+    offload_dir: Any = None,
     progress: bool = True,
 ) -> tuple[tuple[int, ...], dict[str, State]]:
-    """Run `model` over `tokens` [n_seq, seq_len] and return the analysed layers and accumulator states."""
+    """Run `model` over `tokens` [n_seq, seq_len] and return the analysed layers and accumulator states.
+
+    `device` holds the accumulators and receives the inputs. The model must already be placed for
+    `placement`: on `device` (resident), dispatched by Accelerate (offload) or on the CPU (layerwise,
+    whose kept hidden states go to `offload_dir` when `placement.layerwise_states` is disk).
+    """
+    placement = placement or Placement()
     n_seq, seq_len = tokens.shape
     if seq_len > adapter.context_length:
         raise ValueError(
@@ -174,8 +179,8 @@ def capture_tokens(
         def hook(_module: torch.nn.Module, args: tuple[Any, ...]) -> None:
             batch_tokens = current["tokens"]
             shape = (*batch_tokens.shape, adapter.n_neurons)
-            acts = args[0].reshape(shape)
-            gate = gates.pop(layer).reshape(shape) if layer in gates else None
+            acts = args[0].reshape(shape).to(device)
+            gate = gates.pop(layer).reshape(shape).to(device) if layer in gates else None
             if not torch.isfinite(acts).all():
                 raise FloatingPointError(
                     f"model '{model_name}' layer {layer}: non-finite activations (inf/NaN) in sequences "
@@ -193,7 +198,7 @@ def capture_tokens(
             for accumulator in accumulators:
                 accumulator.update(batch)
             if layer == last_layer:
-                raise _StopForward
+                raise StopForward
 
         return hook
 
@@ -205,30 +210,51 @@ def capture_tokens(
             handles.append(gate_module.register_forward_hook(gate_hook(layer)))
 
     all_tokens = torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64))
+    starts = list(range(0, n_seq, settings.batch_size))
     bar = tqdm(
         total=n_seq * seq_len, unit="tok", unit_scale=True, desc=f"capture {model_name}", disable=not progress
     )
+
+    def begin_batch(index: int) -> torch.Tensor:
+        """Make batch `index` the one the hooks see; returns its token ids on `device`."""
+        start = starts[index]
+        batch_tokens = all_tokens[start : start + settings.batch_size].to(device)
+        mask = torch.ones_like(batch_tokens, dtype=torch.bool)
+        if has_bos:
+            mask[:, 0] = False
+        current.update(
+            tokens=batch_tokens,
+            mask=mask,
+            seq_ids=torch.arange(first_seq_id + start, first_seq_id + start + len(batch_tokens), device=device),
+        )
+        return batch_tokens
+
+    def count_progress(index: int) -> torch.Tensor:
+        batch_tokens = begin_batch(index)
+        bar.update(batch_tokens.numel())
+        return batch_tokens
+
     try:
         with torch.inference_mode():
-            for start in range(0, n_seq, settings.batch_size):
-                batch_tokens = all_tokens[start : start + settings.batch_size].to(device)
-                mask = torch.ones_like(batch_tokens, dtype=torch.bool)
-                if has_bos:
-                    mask[:, 0] = False
-                current.update(
-                    tokens=batch_tokens,
-                    mask=mask,
-                    seq_ids=torch.arange(
-                        first_seq_id + start, first_seq_id + start + len(batch_tokens), device=device
-                    ),
+            if placement.strategy == "layerwise":
+                rows = [min(settings.batch_size, n_seq - start) for start in starts]
+                bar.total = n_seq * seq_len * (last_layer + 2)  # the embedding pass, then each layer
+                run_layerwise(
+                    model,
+                    adapter.decoder_layers(),
+                    last_layer,
+                    rows,
+                    count_progress,
+                    device,
+                    states=placement.layerwise_states,
+                    folder=offload_dir,
                 )
-                try:
-                    model(input_ids=batch_tokens, use_cache=False)
-                except _StopForward:
-                    pass
-                else:
-                    raise RuntimeError(f"model '{model_name}': the hook of layer {last_layer} never ran")
-                bar.update(batch_tokens.numel())
+            else:
+                run_resident(model, len(starts), count_progress)
+    except RuntimeError as error:
+        if "never ran" in str(error):
+            raise RuntimeError(f"model '{model_name}': the hook of layer {last_layer} never ran") from error
+        raise
     finally:
         bar.close()
         for handle in handles:

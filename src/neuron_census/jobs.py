@@ -115,6 +115,8 @@ def _load_model_and_tokenizer(
     tokenizer_spec: Mapping[str, Any],
     settings: Mapping[str, Any],
     threads: int,
+    placement: Any = None,
+    offload_dir: Path | None = None,
 ) -> tuple[Any, Any, torch.device, torch.dtype]:
     """What every job that runs a model starts with: threads, tokenizer, device, dtype and the model."""
     from neuron_census.models import load_model
@@ -123,7 +125,8 @@ def _load_model_and_tokenizer(
     torch.set_num_threads(max(1, threads))
     tokenizer = load_tokenizer(tokenizer_name, tokenizer_spec)
     device, dtype = resolve_device(settings.get("device", "auto"), settings.get("dtype", "auto"))
-    return tokenizer, load_model(model_name, model_spec, device=device, dtype=dtype), device, dtype
+    loaded = load_model(model_name, model_spec, device=device, dtype=dtype, placement=placement, offload_dir=offload_dir)
+    return tokenizer, loaded, device, dtype
 
 
 def capture_job(
@@ -136,26 +139,35 @@ def capture_job(
     output: PathLike,
     threads: int = 1,
 ) -> None:
-    """Capture one (model, dataset, shard): accumulator states in one zarr store."""
+    """Capture one (model, dataset, shard): accumulator states in one zarr store.
+
+    The model is placed by `settings.strategy` (resident, offload or layerwise); offloaded weights and
+    kept hidden states live in a temporary folder that is removed when the job ends, killed or not.
+    """
     from neuron_census.capture import CaptureSettings, capture_tokens
+    from neuron_census.execution import Placement, offload_folder
     from neuron_census.store import write_store
 
-    tokenizer, loaded, device, dtype = _load_model_and_tokenizer(
-        model_name, model_spec, tokenizer_name, tokenizer_spec, settings, threads
-    )
-    tokens, shard_attrs = read_shard_for(shard_path, tokenizer, f"model '{model_name}'")
+    placement = Placement.from_config(settings)
     capture_settings = CaptureSettings.from_config(settings)
-    shard = int(shard_attrs["shard"])
-    layers, states = capture_tokens(
-        loaded.model,
-        loaded.adapter,
-        tokens,
-        model_name=model_name,
-        first_seq_id=shard * int(shard_attrs["n_sequences"]),
-        has_bos=bool(shard_attrs["has_bos"]),
-        settings=capture_settings,
-        device=device,
-    )
+    with offload_folder(placement) as folder:
+        tokenizer, loaded, device, dtype = _load_model_and_tokenizer(
+            model_name, model_spec, tokenizer_name, tokenizer_spec, settings, threads, placement, folder
+        )
+        tokens, shard_attrs = read_shard_for(shard_path, tokenizer, f"model '{model_name}'")
+        shard = int(shard_attrs["shard"])
+        layers, states = capture_tokens(
+            loaded.model,
+            loaded.adapter,
+            tokens,
+            model_name=model_name,
+            first_seq_id=shard * int(shard_attrs["n_sequences"]),
+            has_bos=bool(shard_attrs["has_bos"]),
+            settings=capture_settings,
+            device=device,
+            placement=placement,
+            offload_dir=folder,
+        )
     adapter = loaded.adapter
     attrs = {
         "model": model_name,
@@ -173,6 +185,7 @@ def capture_job(
         "has_bos": bool(shard_attrs["has_bos"]),
         "top_k": capture_settings.top_k,
         "dtype": str(dtype).removeprefix("torch."),
+        "strategy": placement.strategy,
     }
     write_store(output, attrs, states)
 
@@ -224,12 +237,21 @@ def vocab_job(
     output: PathLike,
     threads: int = 1,
 ) -> None:
-    """Vocabulary projections of every value vector of the analysed layers, and of detectors' triggers."""
+    """Vocabulary projections of every value vector of the analysed layers, and of detectors' triggers.
+
+    When capture does not keep the model resident, the decoder layers stay on the CPU (value vectors are
+    read one layer at a time) and only the unembedding path goes to the device.
+    """
+    from neuron_census.execution import Placement, place_outside_layers
     from neuron_census.vocab import vocab_table
 
-    tokenizer, loaded, _, _ = _load_model_and_tokenizer(
-        model_name, model_spec, tokenizer_name, tokenizer_spec, settings, threads
+    resident = settings.get("strategy", "resident") == "resident"
+    placement = Placement() if resident else Placement(strategy="layerwise")
+    tokenizer, loaded, device, _ = _load_model_and_tokenizer(
+        model_name, model_spec, tokenizer_name, tokenizer_spec, settings, threads, placement
     )
+    if not resident:
+        place_outside_layers(loaded.model, loaded.adapter.decoder_layers(), device)
     neurons = pl.read_parquet(stats, columns=["layer", "neuron", "token_detector", "detected_tokens"])
     detectors = neurons.filter(pl.col("token_detector")).select("layer", "neuron", "detected_tokens")
     table = vocab_table(

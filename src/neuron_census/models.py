@@ -17,6 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, Pre
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from neuron_census.adapters import FFNAdapter, adapter_for, check_model_type
+from neuron_census.execution import Placement, accelerate_max_memory, dispatch_offloaded
 
 SOURCES = ("hub", "local", "random", "planted")
 
@@ -56,9 +57,19 @@ def _remote_code_error(name: str, source: str) -> ValueError:
 
 
 def _from_pretrained(
-    name: str, source: str, revision: str | None, trust_remote_code: bool, device: torch.device, dtype: torch.dtype
+    name: str,
+    source: str,
+    revision: str | None,
+    trust_remote_code: bool,
+    device: torch.device,
+    dtype: torch.dtype,
+    offload: tuple[dict[int | str, str | int], Path] | None = None,
 ) -> PreTrainedModel:
-    """Raw config first (refuses unsupported families and unallowed remote code cheaply), then safetensors weights."""
+    """Raw config first (refuses unsupported families and unallowed remote code cheaply), then safetensors weights.
+
+    With `offload` = (max_memory, folder), Accelerate places the weights as they are read, so a model larger
+    than the device (or the CPU) is never materialised whole.
+    """
     raw, _ = PretrainedConfig.get_config_dict(source, revision=revision)
     model_type = raw.get("model_type")
     if "auto_map" in raw and model_type not in CONFIG_MAPPING and not trust_remote_code:
@@ -70,6 +81,10 @@ def _from_pretrained(
         if not trust_remote_code and "trust_remote_code" in str(error):
             raise _remote_code_error(name, source) from error
         raise
+    placement: dict[str, Any] = {"device_map": device}
+    if offload is not None:
+        max_memory, folder = offload
+        placement = {"device_map": "auto", "max_memory": max_memory or None, "offload_folder": str(folder)}
     return AutoModelForCausalLM.from_pretrained(
         source,
         config=config,
@@ -77,18 +92,25 @@ def _from_pretrained(
         trust_remote_code=trust_remote_code,
         use_safetensors=True,
         dtype=dtype,
-        device_map=device,
+        **placement,
     )
 
 
-def _build(name: str, spec: Mapping[str, Any], root: Path, device: torch.device, dtype: torch.dtype) -> PreTrainedModel:
+def _build(
+    name: str,
+    spec: Mapping[str, Any],
+    root: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    offload: tuple[dict[int | str, str | int], Path] | None = None,
+) -> PreTrainedModel:
     source = spec.get("source")
     trust = bool(spec.get("trust_remote_code", False))
     if source == "hub":
-        return _from_pretrained(name, _required(name, spec, "id"), spec.get("revision"), trust, device, dtype)
+        return _from_pretrained(name, _required(name, spec, "id"), spec.get("revision"), trust, device, dtype, offload)
     if source == "local":
         folder = _local_folder(name, spec, root)
-        return _from_pretrained(name, str(folder), None, trust, device, dtype)
+        return _from_pretrained(name, str(folder), None, trust, device, dtype, offload)
     if source == "random":
         from neuron_census.zoo import build_random_model
 
@@ -117,9 +139,30 @@ def load_model(
     root: Path = Path("."),
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    placement: Placement | None = None,
+    offload_dir: Path | None = None,
 ) -> LoadedModel:
-    """Load model `name` from `spec` (see config/README.md, `models.<name>`), frozen, in eval mode."""
-    model = _build(name, spec, Path(root), torch.device(device), dtype)
+    """Load model `name` from `spec` (see config/README.md, `models.<name>`), frozen, in eval mode.
+
+    `placement` (default resident) decides where the weights go: all on `device` (resident), on the CPU
+    (layerwise moves layers to the device itself), or spread by Accelerate over device, CPU and
+    `offload_dir` within `placement.max_memory` (offload).
+    """
+    placement = placement or Placement()
+    target = torch.device(device)
+    if placement.strategy == "resident":
+        model = _build(name, spec, Path(root), target, dtype)
+    elif placement.strategy == "layerwise":
+        model = _build(name, spec, Path(root), torch.device("cpu"), dtype)
+    else:
+        if offload_dir is None:
+            raise ValueError(f"model '{name}': offload needs a folder for the weights that fit nowhere")
+        offload = (accelerate_max_memory(placement.max_memory, target), Path(offload_dir))
+        if spec.get("source") in ("hub", "local"):
+            model = _build(name, spec, Path(root), target, dtype, offload)
+        else:
+            model = _build(name, spec, Path(root), torch.device("cpu"), dtype)
+            dispatch_offloaded(model, target, placement.max_memory, Path(offload_dir))
     model.eval()
     model.requires_grad_(False)
     return LoadedModel(name=name, model=model, adapter=adapter_for(model, name=name))

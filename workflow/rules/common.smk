@@ -73,9 +73,14 @@ def figure_style(figure):
 
 
 def vocab_settings(model):
-    """The vocabulary-projection settings, run where the model's capture runs (device, dtype)."""
+    """The vocabulary-projection settings, run where the model's capture runs (device, dtype, strategy)."""
     capture = capture_settings(config, model)
-    return {**config["analysis"]["vocab"], "device": capture["device"], "dtype": capture["dtype"]}
+    return {
+        **config["analysis"]["vocab"],
+        "device": capture["device"],
+        "dtype": capture["dtype"],
+        "strategy": capture.get("strategy", "resident"),
+    }
 
 
 def figure_tables(figure):

@@ -1,0 +1,274 @@
+"""Where a model's weights live during capture, and how batches are driven through it.
+
+Three strategies feed the same hooks and so the same accumulators:
+
+- `resident`: the whole model on the capture device; each batch runs through the network once.
+- `offload`: Accelerate's big-model inference. Layers that do not fit `max_memory` on the device stay on
+  the CPU or on disk and are streamed to the device when they run, so large batches amortise the copy.
+- `layerwise`: the papers' single-GPU method. The embeddings of every batch of the shard are computed
+  first and kept (in CPU memory or in a memory-mapped file); then each decoder layer is moved to the device
+  once and run on all of them, up to the last analysed layer.
+
+Sequences are never padded, so the keyword arguments a decoder layer receives (causal mask, positions,
+rotary embeddings) depend only on the batch shape: layerwise records them once per batch size.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+STRATEGIES = ("resident", "offload", "layerwise")
+LAYERWISE_STATES = ("cpu", "disk")
+
+
+class StopForward(Exception):
+    """Raised from a hook to skip the rest of the network."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How capture places a model: a strategy and its memory budget.
+
+    `max_memory` maps devices ("cpu", 0, "cuda:0") to budgets ("20GiB", bytes) as Accelerate reads them;
+    empty means Accelerate's own estimate of what is free. `offload_dir` holds weights that fit nowhere
+    (offload) or the kept hidden states (layerwise with `layerwise_states: disk`); None = a temporary folder.
+    """
+
+    strategy: str = "resident"
+    max_memory: Mapping[str, str | int] = field(default_factory=dict)
+    offload_dir: str | None = None
+    layerwise_states: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"capture.strategy '{self.strategy}' is not one of {STRATEGIES}")
+        if self.layerwise_states not in LAYERWISE_STATES:
+            raise ValueError(f"capture.layerwise_states '{self.layerwise_states}' is not one of {LAYERWISE_STATES}")
+
+    @classmethod
+    def from_config(cls, settings: Mapping[str, Any]) -> Placement:
+        return cls(
+            strategy=str(settings.get("strategy", "resident")),
+            max_memory=dict(settings.get("max_memory") or {}),
+            offload_dir=settings.get("offload_dir"),
+            layerwise_states=str(settings.get("layerwise_states", "cpu")),
+        )
+
+    @property
+    def load_device_is_cpu(self) -> bool:
+        """Offload and layerwise load the weights on the CPU first; only resident loads onto the device."""
+        return self.strategy != "resident"
+
+
+def accelerate_max_memory(budget: Mapping[str, str | int], device: torch.device) -> dict[int | str, str | int]:
+    """Accelerate's max_memory keys: GPU indices as ints, "cpu" and "disk" as strings.
+
+    On a CPU capture device GPU budgets are dropped (the CPU is the execution device); on CUDA a
+    non-empty budget must name the GPU, or Accelerate would place nothing on it.
+    """
+    resolved: dict[int | str, str | int] = {}
+    for key, value in budget.items():
+        text = str(key)
+        if text.startswith("cuda"):
+            resolved[int(text.partition(":")[2] or 0)] = value
+        elif text.isdigit():
+            resolved[int(text)] = value
+        else:
+            resolved[text] = value
+    if device.type == "cpu":
+        return {k: v for k, v in resolved.items() if not isinstance(k, int)}
+    if resolved and not any(isinstance(k, int) for k in resolved):
+        raise ValueError(f"capture.max_memory {dict(budget)} gives the GPU no budget (add e.g. 0: 20GiB)")
+    return resolved
+
+
+@contextmanager
+def offload_folder(placement: Placement) -> Iterator[Path]:
+    """The folder offloaded weights or kept states go to: the configured one, else a temporary one."""
+    if placement.offload_dir is not None:
+        folder = Path(placement.offload_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder, prefix="census-") as tmp:
+            yield Path(tmp)
+    else:
+        with tempfile.TemporaryDirectory(prefix="census-offload-") as tmp:
+            yield Path(tmp)
+
+
+def dispatch_offloaded(
+    model: torch.nn.Module, device: torch.device, budget: Mapping[str, str | int], folder: Path
+) -> dict[str, Any]:
+    """Spread `model` over device, CPU and disk within `budget` (Accelerate); returns the device map.
+
+    Decoder layers are never split (the model's `_no_split_modules`). The execution device of everything
+    offloaded is `device`; on a CPU-only machine that means weights streamed from disk to CPU memory.
+    """
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    max_memory = accelerate_max_memory(budget, device)
+    no_split = list(getattr(model, "_no_split_modules", None) or [])
+    device_map = infer_auto_device_map(model, max_memory=max_memory or None, no_split_module_classes=no_split)
+    if set(device_map.values()) == {"disk"}:
+        raise ValueError(f"capture.max_memory {dict(budget)} leaves no room for the model's embeddings; raise it")
+    dispatch_model(model, device_map=device_map, main_device=_main_device(device_map, device), offload_dir=str(folder))
+    return device_map
+
+
+def _main_device(device_map: Mapping[str, Any], device: torch.device) -> str | int:
+    accelerators = [place for place in device_map.values() if place not in ("cpu", "disk")]
+    if accelerators:
+        return accelerators[0]
+    return "cpu" if device.type == "cpu" else (device.index or 0)
+
+
+def run_resident(
+    model: torch.nn.Module,
+    n_batches: int,
+    begin_batch: Callable[[int], torch.Tensor],
+) -> None:
+    """Each batch through the network once; the last analysed layer's hook stops it."""
+    for index in range(n_batches):
+        input_ids = begin_batch(index)
+        try:
+            model(input_ids=input_ids, use_cache=False)
+        except StopForward:
+            continue
+        raise RuntimeError("the hook of the last analysed layer never ran")
+
+
+def _layer_output(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+class _HiddenStates:
+    """The residual stream of every batch between two layers, in CPU memory or a memory-mapped file."""
+
+    def __init__(self, shapes: Sequence[tuple[int, ...]], dtype: torch.dtype, where: str, folder: Path) -> None:
+        self.shapes = list(shapes)
+        self.dtype = dtype
+        if where == "cpu":
+            self._cpu: list[torch.Tensor | None] = [None] * len(shapes)
+            self._file = None
+        else:
+            storage_dtype = torch.float32 if dtype == torch.float32 else torch.int16  # 2-byte types as raw bits
+            self._storage_dtype = storage_dtype
+            total = sum(int(np.prod(s)) for s in shapes)
+            self._offsets = np.cumsum([0] + [int(np.prod(s)) for s in shapes])
+            self._file = np.memmap(
+                folder / "hidden-states.bin",
+                dtype=np.float32 if storage_dtype == torch.float32 else np.int16,
+                mode="w+",
+                shape=(total,),
+            )
+
+    def put(self, index: int, hidden: torch.Tensor) -> None:
+        if self._file is None:
+            self._cpu[index] = hidden.to("cpu", copy=True)
+            return
+        flat = hidden.detach().to("cpu").contiguous().view(self._storage_dtype).reshape(-1).numpy()
+        self._file[self._offsets[index] : self._offsets[index + 1]] = flat
+
+    def get(self, index: int) -> torch.Tensor:
+        if self._file is None:
+            hidden = self._cpu[index]
+            assert hidden is not None
+            return hidden
+        flat = torch.from_numpy(np.asarray(self._file[self._offsets[index] : self._offsets[index + 1]]))
+        return flat.view(self.dtype).reshape(self.shapes[index])
+
+
+def place_outside_layers(model: torch.nn.Module, layers: torch.nn.ModuleList, device: torch.device) -> None:
+    """Everything but the decoder layers onto `device` (embeddings, norms, rotary tables, head).
+
+    Tied weights are one Parameter, so they move once.
+    """
+    in_layers = {id(p) for layer in layers for p in layer.parameters()} | {
+        id(b) for layer in layers for b in layer.buffers()
+    }
+    for module in model.modules():
+        for name, param in list(module.named_parameters(recurse=False)):
+            if id(param) not in in_layers:
+                param.data = param.data.to(device)
+        for name, buffer in list(module.named_buffers(recurse=False)):
+            if id(buffer) not in in_layers:
+                module._buffers[name] = buffer.to(device)
+
+
+def run_layerwise(
+    model: torch.nn.Module,
+    layers: torch.nn.ModuleList,
+    last_layer: int,
+    batch_rows: Sequence[int],
+    begin_batch: Callable[[int], torch.Tensor],
+    device: torch.device,
+    *,
+    states: str = "cpu",
+    folder: Path | None = None,
+) -> None:
+    """Embed every batch, then move each layer 0..`last_layer` to `device` once and run it on all batches.
+
+    The model must sit on the CPU; the decoder layers go back there after running. Hooks registered on the
+    layers fire exactly as in a full forward pass, batch by batch within each layer.
+    """
+    place_outside_layers(model, layers, device)
+    n_batches = len(batch_rows)
+    hidden: _HiddenStates | None = None
+    layer_kwargs: dict[tuple[int, ...], dict[str, Any]] = {}
+    first_inputs: list[torch.Tensor] = []
+
+    def grab_inputs(_module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        states_in = args[0] if args else kwargs.pop("hidden_states")
+        shape = tuple(states_in.shape)
+        if shape not in layer_kwargs:
+            layer_kwargs[shape] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+        first_inputs.append(states_in)
+        raise StopForward
+
+    if folder is not None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    handle = layers[0].register_forward_pre_hook(grab_inputs, with_kwargs=True)
+    shapes: list[tuple[int, ...]] = []
+    try:
+        with tempfile.TemporaryDirectory(dir=folder, prefix="census-states-") as tmp:
+            for index in range(n_batches):
+                try:
+                    model(input_ids=begin_batch(index), use_cache=False)
+                except StopForward:
+                    pass
+                embedded = first_inputs.pop()
+                if hidden is None:
+                    rest = tuple(embedded.shape[1:])
+                    shapes_all = [(int(rows), *rest) for rows in batch_rows]
+                    hidden = _HiddenStates(shapes_all, embedded.dtype, states, Path(tmp))
+                shapes.append(tuple(embedded.shape))
+                hidden.put(index, embedded)
+            handle.remove()
+            assert hidden is not None
+            for number in range(last_layer + 1):
+                layer = layers[number].to(device)
+                try:
+                    for index in range(n_batches):
+                        begin_batch(index)
+                        inputs = hidden.get(index).to(device, non_blocking=True)
+                        try:
+                            output = _layer_output(layer(inputs, **layer_kwargs[shapes[index]]))
+                        except StopForward:
+                            if number != last_layer:
+                                raise
+                            continue
+                        if number == last_layer:
+                            raise RuntimeError("the hook of the last analysed layer never ran")
+                        hidden.put(index, output)
+                finally:
+                    layers[number].to("cpu")
+    finally:
+        handle.remove()
+

@@ -1,0 +1,171 @@
+"""Resident, offload and layerwise capture must give the same accumulators.
+
+Offload is forced by a memory budget smaller than the model, so some decoder layers really are streamed
+from disk; layerwise keeps hidden states in memory or in a memory-mapped file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from neuron_census.capture import CaptureSettings, capture_tokens
+from neuron_census.corpus import write_token_shard
+from neuron_census.execution import Placement, accelerate_max_memory, dispatch_offloaded
+from neuron_census.jobs import capture_job
+from neuron_census.models import load_model
+from neuron_census.planted import census_tokens, get_recipe, planted_words
+from neuron_census.store import read_store
+
+SPECS = {
+    "opt-125m": {"source": "random", "architecture": "opt-125m", "n_layers": 3},
+    "opt-350m": {"source": "random", "architecture": "opt-350m", "n_layers": 3},
+    "gpt2": {"source": "random", "architecture": "gpt2", "n_layers": 3},
+    "pythia-70m": {"source": "random", "architecture": "pythia-70m", "n_layers": 3},
+    "stories260k": {"source": "local", "path": "resources/models/stories260K"},
+}
+SETTINGS = CaptureSettings(batch_size=3, top_k=4, ngram_capacity=32, ngram_layers="all")
+
+
+def _tokens(vocab_size: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(3, min(vocab_size, 1000), size=(7, 24))  # 7 rows: the last batch is short
+    tokens[:, 0] = 2
+    return tokens
+
+
+def _model_bytes(model: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def _capture(spec: dict, tokens: np.ndarray, placement: Placement, folder: Path, budget_share: float = 0.9):
+    if placement.strategy == "offload" and not placement.max_memory:
+        size = _model_bytes(load_model("m", spec).model)
+        placement = Placement(strategy="offload", max_memory={"cpu": int(size * budget_share)})
+    loaded = load_model("m", spec, placement=placement, offload_dir=folder)
+    layers, states = capture_tokens(
+        loaded.model,
+        loaded.adapter,
+        tokens,
+        model_name="m",
+        first_seq_id=0,
+        has_bos=True,
+        settings=SETTINGS,
+        device=torch.device("cpu"),
+        placement=placement,
+        offload_dir=folder,
+        progress=False,
+    )
+    return loaded, layers, states
+
+
+def _assert_same_states(expected: dict, got: dict) -> None:
+    assert sorted(expected) == sorted(got)
+    for accumulator, state in expected.items():
+        assert sorted(state) == sorted(got[accumulator]), accumulator
+        for key, value in state.items():
+            np.testing.assert_array_equal(got[accumulator][key], value, err_msg=f"{accumulator}.{key}")
+
+
+@pytest.fixture(scope="module")
+def resident_states() -> dict:
+    out = {}
+    for name, spec in SPECS.items():
+        loaded = load_model("m", spec)
+        tokens = _tokens(loaded.adapter.vocab_size)
+        out[name] = (tokens, capture_tokens(
+            loaded.model, loaded.adapter, tokens, model_name="m", first_seq_id=0, has_bos=True,
+            settings=SETTINGS, device=torch.device("cpu"), progress=False,
+        ))
+    return out
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+@pytest.mark.parametrize(
+    "placement",
+    [Placement(strategy="layerwise"), Placement(strategy="layerwise", layerwise_states="disk"), Placement(strategy="offload")],
+    ids=["layerwise-cpu", "layerwise-disk", "offload-disk"],
+)
+def test_strategies_give_identical_accumulators(name, placement, resident_states, tmp_path):
+    tokens, (layers, expected) = resident_states[name]
+    loaded, got_layers, got = _capture(SPECS[name], tokens, placement, tmp_path)
+    assert got_layers == layers
+    _assert_same_states(expected, got)
+    if placement.strategy == "offload":
+        assert "disk" in set(loaded.model.hf_device_map.values())  # the budget really forced offloading
+
+
+def test_planted_census_neurons_survive_every_strategy(tmp_path):
+    """The planted ground-truth model (previous-token head, positional neurons) through each strategy."""
+    spec = {"source": "planted", "recipe": "census"}
+    tokens = census_tokens(get_recipe("census"))[:9]
+    _, layers, expected = _capture(spec, tokens, Placement(), tmp_path)
+    for placement in (Placement(strategy="layerwise", layerwise_states="disk"), Placement(strategy="offload")):
+        _, got_layers, got = _capture(spec, tokens, placement, tmp_path / placement.strategy, budget_share=0.8)
+        assert got_layers == layers
+        _assert_same_states(expected, got)
+
+
+def test_layerwise_stops_after_the_last_analysed_layer(tmp_path):
+    spec = SPECS["opt-125m"]
+    placement = Placement(strategy="layerwise")
+    loaded = load_model("m", spec, placement=placement)
+    calls = {number: 0 for number in range(3)}
+    for number, layer in enumerate(loaded.adapter.decoder_layers()):
+        layer.fc1.register_forward_pre_hook(lambda *_args, n=number: calls.__setitem__(n, calls[n] + 1))
+    tokens = _tokens(loaded.adapter.vocab_size)
+    capture_tokens(
+        loaded.model, loaded.adapter, tokens, model_name="m", first_seq_id=0, has_bos=True,
+        settings=CaptureSettings(batch_size=3, layers=(0, 1), accumulators=("fire_count",)),
+        device=torch.device("cpu"), placement=placement, offload_dir=tmp_path, progress=False,
+    )
+    assert calls == {0: 3, 1: 3, 2: 0}  # three batches through layers 0 and 1; layer 2 never runs
+    assert all(p.device.type == "cpu" for p in loaded.adapter.decoder_layers().parameters())
+
+
+def test_capture_job_with_offload_writes_the_same_store(tmp_path):
+    recipe = get_recipe("census")
+    tokenizer_spec = {"source": "words", "words": planted_words(recipe)}
+    from neuron_census.tokenization import load_tokenizer
+
+    tokenizer = load_tokenizer("planted", tokenizer_spec)
+    shard = tmp_path / "shard-0.zarr"
+    write_token_shard(shard, census_tokens(recipe)[:6], tokenizer=tokenizer, dataset="designed", shard=0)
+    spec = {"source": "planted", "recipe": "census"}
+    base = {"device": "cpu", "dtype": "float32", "batch_size": 4, "ngram_capacity": 64}
+    size = _model_bytes(load_model("m", spec).model)
+    stores = {}
+    for strategy, extra in {
+        "resident": {},
+        "offload": {"max_memory": {"cpu": int(size * 0.8)}, "offload_dir": str(tmp_path / "offload")},
+        "layerwise": {"layerwise_states": "disk", "offload_dir": str(tmp_path / "states")},
+    }.items():
+        out = tmp_path / f"{strategy}.zarr"
+        capture_job("planted", spec, "planted", tokenizer_spec, {**base, "strategy": strategy, **extra}, shard, out)
+        stores[strategy] = read_store(out)
+        assert stores[strategy][0]["strategy"] == strategy
+    for strategy in ("offload", "layerwise"):
+        _assert_same_states(stores["resident"][1], stores[strategy][1])
+    assert list((tmp_path / "offload").iterdir()) == []  # the job's temporary folder is gone
+    assert list((tmp_path / "states").iterdir()) == []
+
+
+def test_placement_and_budget_errors_name_the_key():
+    with pytest.raises(ValueError, match="capture.strategy 'gpu' is not one of"):
+        Placement(strategy="gpu")
+    with pytest.raises(ValueError, match="capture.layerwise_states 'ram'"):
+        Placement(strategy="layerwise", layerwise_states="ram")
+    assert accelerate_max_memory({"0": "20GiB", "cuda:1": 5, "cpu": "1GiB"}, torch.device("cuda")) == {
+        0: "20GiB", 1: 5, "cpu": "1GiB"
+    }
+    assert accelerate_max_memory({0: "20GiB", "cpu": "1GiB"}, torch.device("cpu")) == {"cpu": "1GiB"}
+    with pytest.raises(ValueError, match="gives the GPU no budget"):
+        accelerate_max_memory({"cpu": "1GiB"}, torch.device("cuda"))
+    model = load_model("m", SPECS["opt-125m"]).model
+    with pytest.raises(ValueError, match="leaves no room for the model's embeddings"):
+        dispatch_offloaded(model, torch.device("cpu"), {"cpu": 1000}, Path("."))
+    with pytest.raises(ValueError, match="offload needs a folder"):
+        load_model("m", SPECS["opt-125m"], placement=Placement(strategy="offload"))
