@@ -161,6 +161,7 @@ def test_merge_of_shards_equals_one_pass(data):
     for name, state in whole.items():
         for key, array in state.items():
             if name == "moments" and key.startswith("sum"):
-                np.testing.assert_allclose(merged[name][key], array, rtol=1e-12)
+                # batch sums are float32 matrix products, so other batch boundaries move the last float32 digit
+                np.testing.assert_allclose(merged[name][key], array, rtol=1e-6)
             else:
                 np.testing.assert_array_equal(merged[name][key], array, err_msg=f"{name}/{key}")

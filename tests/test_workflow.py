@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -102,6 +103,35 @@ def test_restyling_a_figure_plans_only_that_figure_and_the_report(tiny_run: Path
     restyled.write_text(yaml.safe_dump(config))
     plan = planned_jobs(snakemake(tiny_run, "--configfile", str(restyled), "-n").stdout)
     assert plan == {"all": 1, "fig1a_dead_neurons": 1, "report": 1}
+
+
+def test_adding_a_shard_captures_only_that_shard(tiny_run: Path, tmp_path: Path):
+    """One more shard: its tokens and captures, then the merges and what depends on them; nothing else."""
+    workdir = tmp_path / "more"
+    shutil.copytree(tiny_run, workdir, symlinks=True)
+    config = yaml.safe_load(TINY.read_text())
+    config["datasets"]["designed"]["n_shards"] = 3
+    more = tmp_path / "more.yaml"
+    more.write_text(yaml.safe_dump(config))
+    models = list(config["models"])
+
+    dry = snakemake(workdir, "--configfile", str(more), "-n")
+    plan = planned_jobs(dry.stdout)
+    assert plan["capture"] == len(models) and plan["merge"] == len(models)
+    assert not {"train", "train_tokenizer"} & set(plan)
+    new_outputs = re.findall(r"output: (results/(?:tokens|capture)/\S+)", dry.stdout)
+    assert new_outputs and all(path.endswith("shard-2.zarr") for path in new_outputs)
+
+    captures = workdir / "results" / "capture"
+    old = {path: path.stat().st_mtime_ns for path in captures.glob("*/designed/shard-[01].zarr/zarr.json")}
+    snakemake(workdir, "--configfile", str(more), "--cores", "2")
+    assert {path: path.stat().st_mtime_ns for path in old} == old  # earlier shards were not recaptured
+    assert sorted(p.name for p in (captures / "planted" / "designed").glob("shard-*.zarr")) == [
+        "shard-0.zarr", "shard-1.zarr", "shard-2.zarr"
+    ]
+    before = pl.read_parquet(tiny_run / "results" / "planted" / "neurons.parquet")["n_tokens"][0]
+    after = pl.read_parquet(workdir / "results" / "planted" / "neurons.parquet")["n_tokens"][0]
+    assert after == before * 3 // 2
 
 
 def test_lint_is_clean():

@@ -8,8 +8,8 @@ collection are the merge of the statistics of its shards.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -29,6 +29,75 @@ class LayerBatch:
     mask: torch.Tensor  # [B, T] bool: token is counted (False at BOS)
     tokens: torch.Tensor  # [B, T] int64 token ids
     seq_ids: torch.Tensor  # [B] int64 global sequence ids (shard * sequences_per_shard + row)
+    _cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    # Derived tensors several accumulators share, computed once per (layer, batch). On CPUs, integer and
+    # boolean reductions are several times slower than float32 ones and matrix products, so counts are
+    # summed as float32 0/1 values (exact below 2**24) through matrix products.
+
+    def fires_float(self) -> torch.Tensor:
+        """[B*T, N] float32 0/1: `fires` as numbers."""
+        if "fires_float" not in self._cache:
+            self._cache["fires_float"] = self.fires.reshape(-1, self.fires.shape[-1]).to(torch.float32)
+        return self._cache["fires_float"]
+
+    def position_fires(self) -> torch.Tensor:
+        """[T, N] float32: firings at each position summed over the batch (exact integers)."""
+        if "position_fires" not in self._cache:
+            n_batch, seq_len, n_neurons = self.fires.shape
+            ones = torch.ones(1, n_batch, dtype=torch.float32, device=self.fires.device)
+            flat = self.fires_float().reshape(n_batch, seq_len * n_neurons)
+            self._cache["position_fires"] = (ones @ flat).reshape(seq_len, n_neurons)
+        return self._cache["position_fires"]
+
+    def acts_2d(self) -> torch.Tensor:
+        """[B*T, N] float32 activations, every position (masked ones included)."""
+        if "acts_2d" not in self._cache:
+            self._cache["acts_2d"] = self.acts.reshape(-1, self.acts.shape[-1]).float()
+        return self._cache["acts_2d"]
+
+    def weights(self) -> torch.Tensor:
+        """[1, B*T] float32: 1 where the token is counted, 0 at BOS."""
+        if "weights" not in self._cache:
+            self._cache["weights"] = self.mask.reshape(1, -1).to(torch.float32)
+        return self._cache["weights"]
+
+    def counted_acts(self) -> torch.Tensor:
+        """[counted tokens, N] float32 activations of counted positions only."""
+        if "counted_acts" not in self._cache:
+            self._cache["counted_acts"] = self.acts_2d()[self.mask.reshape(-1)]
+        return self._cache["counted_acts"]
+
+
+class ExactFloatCounts:
+    """Integer counts added as float32 (fast) and moved to int64 before float32 could lose a unit.
+
+    float32 holds every integer up to 2**24 exactly; `add` flushes into the int64 total whenever the
+    float part could pass that, so the count is exact whatever the number of tokens.
+    """
+
+    LIMIT = float(1 << 24)
+
+    def __init__(self, shape: tuple[int, ...], device: torch.device) -> None:
+        self.partial = torch.zeros(shape, dtype=torch.float32, device=device)
+        self.total = torch.zeros(shape, dtype=torch.int64, device=device)
+        self._bound = 0.0
+
+    def add(self, index: Any, values: torch.Tensor, max_value: float) -> None:
+        """Add non-negative integer-valued `values` (each at most `max_value`) at `index`."""
+        if self._bound + max_value >= self.LIMIT:
+            self.flush()
+        self.partial[index] += values
+        self._bound += max_value
+
+    def flush(self) -> None:
+        self.total += self.partial.to(torch.int64)
+        self.partial.zero_()
+        self._bound = 0.0
+
+    def result(self) -> torch.Tensor:
+        self.flush()
+        return self.total
 
 
 @dataclass(frozen=True)
@@ -67,16 +136,18 @@ class FireCount:
     def __init__(self, geometry: Geometry, device: torch.device) -> None:
         self.geometry = geometry
         n_layers = len(geometry.layers)
-        self.counts = torch.zeros(n_layers, geometry.n_neurons, dtype=torch.int64, device=device)
+        self.counts = ExactFloatCounts((n_layers, geometry.n_neurons), device)
         self.tokens = torch.zeros(n_layers, dtype=torch.int64, device=device)
 
     def update(self, batch: LayerBatch) -> None:
         slot = self.geometry.slot(batch.layer)
-        self.counts[slot] += batch.fires.sum(dim=(0, 1))
+        per_position = batch.position_fires()
+        ones = torch.ones(1, per_position.shape[0], dtype=torch.float32, device=per_position.device)
+        self.counts.add(slot, (ones @ per_position)[0], float(batch.fires.shape[0] * batch.fires.shape[1]))
         self.tokens[slot] += batch.mask.sum()
 
     def state(self) -> State:
-        return {"counts": self.counts.cpu().numpy(), "tokens": self.tokens.cpu().numpy()}
+        return {"counts": self.counts.result().cpu().numpy(), "tokens": self.tokens.cpu().numpy()}
 
     merge = staticmethod(_sum_states)
 
@@ -89,17 +160,17 @@ class PositionFireCount:
     def __init__(self, geometry: Geometry, device: torch.device) -> None:
         self.geometry = geometry
         shape = (len(geometry.layers), geometry.seq_len, geometry.n_neurons)
-        self.counts = torch.zeros(shape, dtype=torch.int32, device=device)
+        self.counts = ExactFloatCounts(shape, device)
         self.tokens = torch.zeros(geometry.seq_len, dtype=torch.int64, device=device)
         self._first_layer = geometry.layers[0]
 
     def update(self, batch: LayerBatch) -> None:
-        self.counts[self.geometry.slot(batch.layer)] += batch.fires.sum(dim=0, dtype=torch.int32)
+        self.counts.add(self.geometry.slot(batch.layer), batch.position_fires(), float(batch.fires.shape[0]))
         if batch.layer == self._first_layer:
             self.tokens += batch.mask.sum(dim=0)
 
     def state(self) -> State:
-        return {"counts": self.counts.cpu().numpy().astype(np.int64), "tokens": self.tokens.cpu().numpy()}
+        return {"counts": self.counts.result().cpu().numpy(), "tokens": self.tokens.cpu().numpy()}
 
     merge = staticmethod(_sum_states)
 
@@ -167,14 +238,13 @@ class TokenFireCount:
 
     def update(self, batch: LayerBatch) -> None:
         slot = self.geometry.slot(batch.layer)
-        tokens = batch.tokens[batch.mask]
-        fires = batch.fires[batch.mask].to(torch.int32)
+        fires = batch.fires_float()  # BOS rows are already 0
+        unique, inverse = torch.unique(batch.tokens.reshape(-1), return_inverse=True)
+        per_token = torch.zeros(len(unique), fires.shape[1], dtype=torch.float32, device=fires.device)
+        per_token.index_add_(0, inverse, fires)  # exact: at most B*T per cell
         if self.dense is not None:
-            self.dense[slot].index_add_(0, tokens, fires)
+            self.dense[slot].index_put_((unique,), per_token.to(torch.int32), accumulate=True)
             return
-        unique, inverse = torch.unique(tokens, return_inverse=True)
-        per_token = torch.zeros(len(unique), fires.shape[1], dtype=torch.int32, device=fires.device)
-        per_token.index_add_(0, inverse, fires)
         rows, neurons = per_token.nonzero(as_tuple=True)
         counts = per_token[rows, neurons].cpu().numpy().astype(np.int64)
         token_ids = unique[rows].cpu().numpy().astype(np.int64)
@@ -234,14 +304,35 @@ class TopK:
         self.pos = torch.full(shape, -1, dtype=torch.int64, device=device)
 
     def update(self, batch: LayerBatch) -> None:
+        """Only neurons whose batch maximum beats their current k-th value can change.
+
+        A batch value equal to the k-th value comes later than it, so it never displaces it; skipping those
+        neurons gives exactly the result of merging every batch in full. Late in a long shard few neurons
+        pass, so the per-batch cost falls to one maximum per neuron.
+        """
         slot = self.geometry.slot(batch.layer)
-        n_batch, seq_len, n_neurons = batch.acts.shape
-        acts = batch.acts.float().masked_fill(~batch.mask[..., None], -torch.inf).reshape(-1, n_neurons)
-        k = min(self.k, acts.shape[0])
-        values, flat = _batch_top(acts, k)
+        seq_len = batch.acts.shape[1]
+        acts = batch.acts_2d()
+        columns = (acts.amax(dim=0) > self.values[slot, -1]).nonzero(as_tuple=True)[0]
+        if len(columns) == 0:
+            return
+        every = len(columns) == acts.shape[1]
+        sub = acts if every else acts[:, columns]
+        sub = sub.masked_fill(~batch.mask.reshape(-1, 1), -torch.inf)
+        k = min(self.k, sub.shape[0])
+        values, flat = _batch_top(sub, k)
         seq = batch.seq_ids[flat // seq_len]
         pos = flat % seq_len
-        self._merge_into(slot, values, seq, pos)
+        if every:
+            self._merge_into(slot, values, seq, pos)
+            return
+        merged = _select_top(
+            torch.cat([self.values[slot][:, columns], values]),
+            torch.cat([self.seq[slot][:, columns], seq]),
+            torch.cat([self.pos[slot][:, columns], pos]),
+            self.k,
+        )
+        self.values[slot][:, columns], self.seq[slot][:, columns], self.pos[slot][:, columns] = merged
 
     def _merge_into(self, slot: int, values: torch.Tensor, seq: torch.Tensor, pos: torch.Tensor) -> None:
         all_values = torch.cat([self.values[slot], values])
@@ -272,24 +363,29 @@ class TopK:
 
 
 def _batch_top(acts: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per column, the k largest values and their row indices, ties broken towards the earliest row.
+    """Per column, the k largest values and their row indices [k, N], ties broken towards the earliest row.
 
-    torch.topk picks arbitrarily among equal values (a ReLU neuron that never fires has only zeros), so
-    columns with ties at the k-th value are resolved again by (value class, row index).
+    Works on the transposed matrix (top-k along contiguous rows is several times faster). One extra value
+    per column tells whether the k-th value is tied (the (k+1)-th equals it): torch.topk picks arbitrarily
+    among equal values (a ReLU neuron that never fires has only zeros), so those columns are resolved
+    again by (value class, row index).
     """
-    values, rows = torch.topk(acts, k, dim=0)
-    kth = values[-1]
-    tied = ((acts >= kth).sum(dim=0) > k).nonzero(as_tuple=True)[0]
-    if len(tied) > 0:
-        sub = acts[:, tied]
-        kth_tied = kth[tied]
-        n_rows = sub.shape[0]
-        row_index = torch.arange(n_rows, device=acts.device)[:, None]
-        rank = torch.where(sub > kth_tied, 0, torch.where(sub == kth_tied, 1, 2)) * n_rows + row_index
-        chosen = torch.topk(rank, k, dim=0, largest=False).indices
-        rows[:, tied] = chosen
-        values[:, tied] = sub.gather(0, chosen)
-    return values, rows
+    columns = acts.T.contiguous()  # [N, R]
+    n_rows = columns.shape[1]
+    take = min(k + 1, n_rows)
+    values, rows = torch.topk(columns, take, dim=1)
+    if take > k:
+        tied = (values[:, k] == values[:, k - 1]).nonzero(as_tuple=True)[0]
+        values, rows = values[:, :k].contiguous(), rows[:, :k].contiguous()
+        if len(tied) > 0:
+            sub = columns[tied]
+            kth = values[tied, k - 1 : k]
+            row_index = torch.arange(n_rows, device=acts.device)[None, :]
+            rank = torch.where(sub > kth, 0, torch.where(sub == kth, 1, 2)) * n_rows + row_index
+            chosen = torch.topk(rank, k, dim=1, largest=False).indices
+            rows[tied] = chosen
+            values[tied] = sub.gather(1, chosen)
+    return values.T, rows.T
 
 
 def _select_top(
@@ -297,16 +393,21 @@ def _select_top(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per column, the k entries with largest value; ties go to the smallest (seq, pos); sorted descending."""
     # Sort by (seq, pos) ascending first, then a stable sort by value descending keeps that order in ties.
-    # Empty slots (seq = -1) sort last among equal values.
+    # Empty slots (seq = -1) sort last among equal values. Sorted along contiguous rows of the transpose.
+    values, seq, pos = (t.T.contiguous() for t in (values, seq, pos))
     order_key = torch.where(seq < 0, torch.iinfo(torch.int64).max, seq * (1 << 24) + pos)
-    by_position = torch.argsort(order_key, dim=0, stable=True)
-    values, seq, pos = (t.gather(0, by_position) for t in (values, seq, pos))
-    by_value = torch.argsort(values, dim=0, descending=True, stable=True)[:k]
-    return values.gather(0, by_value), seq.gather(0, by_value), pos.gather(0, by_value)
+    by_position = torch.argsort(order_key, dim=1, stable=True)
+    values, seq, pos = (t.gather(1, by_position) for t in (values, seq, pos))
+    by_value = torch.argsort(values, dim=1, descending=True, stable=True)[:, :k]
+    return tuple(t.gather(1, by_value).T.contiguous() for t in (values, seq, pos))  # type: ignore[return-value]
 
 
 class Moments:
-    """Sum, sum of squares, minimum and maximum of every neuron's activation (float64 sums)."""
+    """Sum, sum of squares, minimum and maximum of every neuron's activation.
+
+    Each batch's sums are matrix products in float32 (a weight of 0 drops BOS), added into float64 totals:
+    the relative error is that of one batch's float32 sum, whatever the number of batches.
+    """
 
     name: ClassVar[str] = "moments"
 
@@ -320,13 +421,14 @@ class Moments:
 
     def update(self, batch: LayerBatch) -> None:
         slot = self.geometry.slot(batch.layer)
-        acts = batch.acts[batch.mask].float()
-        if acts.shape[0] == 0:
+        if not bool(batch.mask.any()):
             return
-        self.total[slot] += acts.sum(dim=0, dtype=torch.float64)
-        self.squares[slot] += acts.square().sum(dim=0, dtype=torch.float64)
-        self.minimum[slot] = torch.minimum(self.minimum[slot], acts.amin(dim=0))
-        self.maximum[slot] = torch.maximum(self.maximum[slot], acts.amax(dim=0))
+        acts, weights = batch.acts_2d(), batch.weights()
+        self.total[slot] += (weights @ acts)[0].double()
+        self.squares[slot] += (weights @ (acts * acts))[0].double()
+        counted = batch.counted_acts()
+        self.minimum[slot] = torch.minimum(self.minimum[slot], counted.amin(dim=0))
+        self.maximum[slot] = torch.maximum(self.maximum[slot], counted.amax(dim=0))
 
     def state(self) -> State:
         return {
@@ -399,38 +501,45 @@ class NgramFireCount:
         self._pending: dict[int, list[tuple[torch.Tensor, ...]]] = {n: [] for n in orders}
         self._n_pending = 0
         self._batch_tokens: torch.Tensor | None = None
-        self._batch_cache: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._batch_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def update(self, batch: LayerBatch) -> None:
         if batch.layer not in self.layers:
             return
         slot = self.layers.index(batch.layer)
         n_neurons = self.geometry.n_neurons
+        fires = batch.fires_float()
         for index, order in enumerate(self.orders):
-            eligible, unique_grams, gram_index = self._batch_ngrams(batch, order)
-            fires = batch.fires & eligible[..., None]
-            self.fires[index, slot] += fires.sum(dim=(0, 1))
-            rows, positions, neurons = fires.nonzero(as_tuple=True)
-            if len(rows) == 0:
+            unique_grams, row_gram = self._batch_ngrams(batch, order)
+            # firings summed per distinct n-gram; positions without a complete n-gram land in a spare last row
+            per_gram = torch.zeros(len(unique_grams) + 1, n_neurons, dtype=torch.float32, device=fires.device)
+            per_gram.index_add_(0, row_gram, fires)
+            per_gram = per_gram[:-1]
+            ones = torch.ones(1, per_gram.shape[0], dtype=torch.float32, device=fires.device)
+            self.fires[index, slot] += (ones @ per_gram)[0].to(torch.int64)
+            grams, neurons = per_gram.nonzero(as_tuple=True)
+            if len(grams) == 0:
                 continue
-            pairs, counts = torch.unique(gram_index[rows, positions] * n_neurons + neurons, return_counts=True)
-            group = slot * n_neurons + pairs % n_neurons
-            self._pending[order].append((group, unique_grams[pairs // n_neurons], counts.to(torch.int64)))
-            self._n_pending += len(group)
+            counts = per_gram[grams, neurons].to(torch.int64)
+            self._pending[order].append((slot * n_neurons + neurons, unique_grams[grams], counts))
+            self._n_pending += len(grams)
         if self._n_pending >= self.flush_every:
             self._flush()
 
-    def _batch_ngrams(self, batch: LayerBatch, order: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Eligible n-gram ends, the batch's distinct n-grams and each position's index into them.
+    def _batch_ngrams(self, batch: LayerBatch, order: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's distinct complete n-grams, and per position [B*T] its n-gram's index (or the spare).
 
         The same for every layer of a batch, so computed once per batch (keyed on its token tensor).
         """
         if batch.tokens is not self._batch_tokens:
             self._batch_tokens, self._batch_cache = batch.tokens, {}
         if order not in self._batch_cache:
-            packed = _packed_ngrams(batch.tokens, order, self.geometry.vocab_size)
-            unique_grams, gram_index = torch.unique(packed, return_inverse=True)
-            self._batch_cache[order] = (_eligible_ngram_ends(batch.mask, order), unique_grams, gram_index)
+            eligible = _eligible_ngram_ends(batch.mask, order).reshape(-1)
+            packed = _packed_ngrams(batch.tokens, order, self.geometry.vocab_size).reshape(-1)
+            unique_grams, gram_index = torch.unique(packed[eligible], return_inverse=True)
+            row_gram = torch.full_like(packed, len(unique_grams))
+            row_gram[eligible] = gram_index
+            self._batch_cache[order] = (unique_grams, row_gram)
         return self._batch_cache[order]
 
     def _flush(self) -> None:
@@ -481,7 +590,13 @@ class NgramCount:
     name: ClassVar[str] = "ngram_count"
 
     def __init__(
-        self, geometry: Geometry, device: torch.device, *, orders: tuple[int, ...] = (2,), capacity: int = 1 << 22
+        self,
+        geometry: Geometry,
+        device: torch.device,
+        *,
+        orders: tuple[int, ...] = (2,),
+        capacity: int = 1 << 22,
+        flush_every: int = 1 << 22,
     ) -> None:
         for order in orders:
             check_packable(geometry.vocab_size, order)
@@ -491,20 +606,35 @@ class NgramCount:
         self.total = np.zeros(len(orders), dtype=np.int64)
         empty = (torch.zeros(0, dtype=torch.int64, device=device),) * 3
         self._summaries = {n: empty for n in orders}
+        self._pending: dict[int, list[torch.Tensor]] = {n: [] for n in orders}
+        self._n_pending = 0
+        self.flush_every = flush_every
         self._first_layer = geometry.layers[0]
 
     def update(self, batch: LayerBatch) -> None:
+        """Gather the batch's n-grams; they are counted into the summary once `flush_every` are pending."""
         if batch.layer != self._first_layer:
             return
         for index, order in enumerate(self.orders):
             eligible = _eligible_ngram_ends(batch.mask, order)
             grams = _packed_ngrams(batch.tokens, order, self.geometry.vocab_size)[eligible]
             self.total[index] += len(grams)
-            unique, counts = torch.unique(grams, return_counts=True)
-            part = (torch.zeros_like(unique), unique, counts.to(torch.int64))
-            self._summaries[order] = merge_summaries_torch([self._summaries[order], part], self.capacity)
+            self._pending[order].append(grams)
+            self._n_pending += len(grams)
+        if self._n_pending >= self.flush_every:
+            self._flush()
+
+    def _flush(self) -> None:
+        for order in self.orders:
+            if self._pending[order]:
+                unique, counts = torch.unique(torch.cat(self._pending[order]), return_counts=True)
+                part = (torch.zeros_like(unique), unique, counts.to(torch.int64))
+                self._summaries[order] = merge_summaries_torch([self._summaries[order], part], self.capacity)
+                self._pending[order] = []
+        self._n_pending = 0
 
     def state(self) -> State:
+        self._flush()
         state: State = {
             "orders": np.asarray(self.orders, dtype=np.int64),
             "capacity": np.asarray([self.capacity], dtype=np.int64),

@@ -168,6 +168,20 @@ def capture_tokens(
 
     current: dict[str, torch.Tensor] = {}
     gates: dict[int, torch.Tensor] = {}
+    unchecked: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def check_finite() -> None:
+        """Raise for the first (layer, batch) since the last check whose activations had an inf or NaN."""
+        if not unchecked:
+            return
+        flags = torch.stack([flag for *_, flag in unchecked]).cpu()
+        if bool(flags.any()):
+            layer, first, last, _ = unchecked[int(flags.nonzero()[0, 0])]
+            raise FloatingPointError(
+                f"model '{model_name}' layer {layer}: non-finite activations (inf/NaN) in sequences "
+                f"{int(first)}..{int(last)}; use a wider dtype"
+            )
+        unchecked.clear()
 
     def gate_hook(layer: int) -> Callable[..., None]:
         def hook(_module: torch.nn.Module, _args: tuple[Any, ...], output: torch.Tensor) -> None:
@@ -181,20 +195,21 @@ def capture_tokens(
             shape = (*batch_tokens.shape, adapter.n_neurons)
             acts = args[0].reshape(shape).to(device)
             gate = gates.pop(layer).reshape(shape).to(device) if layer in gates else None
-            if not torch.isfinite(acts).all():
-                raise FloatingPointError(
-                    f"model '{model_name}' layer {layer}: non-finite activations (inf/NaN) in sequences "
-                    f"{int(current['seq_ids'][0])}..{int(current['seq_ids'][-1])}; use a wider dtype"
-                )
-            mask = current["mask"]
+            fires = _fires(acts, gate, settings.fire_rule)
+            if has_bos:
+                fires[:, 0] = False  # counted positions: all but BOS (cheaper than a full masked AND)
             batch = LayerBatch(
                 layer=layer,
                 acts=acts,
-                fires=_fires(acts, gate, settings.fire_rule) & mask[..., None],
-                mask=mask,
+                fires=fires,
+                mask=current["mask"],
                 tokens=batch_tokens,
                 seq_ids=current["seq_ids"],
             )
+            # A NaN or inf anywhere makes its neuron's column sum non-finite: one cheap float reduction,
+            # read back once per batch (not per layer) so a GPU is not synchronised inside the forward pass.
+            seq_ids = current["seq_ids"]
+            unchecked.append((layer, seq_ids[0], seq_ids[-1], ~torch.isfinite(batch.acts_2d().sum(dim=0)).all()))
             for accumulator in accumulators:
                 accumulator.update(batch)
             if layer == last_layer:
@@ -217,6 +232,7 @@ def capture_tokens(
 
     def begin_batch(index: int) -> torch.Tensor:
         """Make batch `index` the one the hooks see; returns its token ids on `device`."""
+        check_finite()
         start = starts[index]
         batch_tokens = all_tokens[start : start + settings.batch_size].to(device)
         mask = torch.ones_like(batch_tokens, dtype=torch.bool)
@@ -251,6 +267,7 @@ def capture_tokens(
                 )
             else:
                 run_resident(model, len(starts), count_progress)
+            check_finite()
     except RuntimeError as error:
         if "never ran" in str(error):
             raise RuntimeError(f"model '{model_name}': the hook of layer {last_layer} never ran") from error

@@ -113,11 +113,19 @@ def _lexsort_torch(keys: tuple[torch.Tensor, ...]) -> torch.Tensor:
     return order
 
 
+def _order_by_group_gram(group: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+    """Indices sorting by (group, gram): one sort of a packed key when both fit 63 bits, else two."""
+    gram_span = int(gram.max()) + 1
+    if (int(group.max()) + 1) * gram_span < INT64_LIMIT:
+        return torch.sort(group * gram_span + gram).indices
+    return _lexsort_torch((gram, group))
+
+
 def coalesce_torch(group: torch.Tensor, gram: torch.Tensor, count: torch.Tensor) -> TensorSummary:
     """`coalesce` on tensors."""
     if len(group) == 0:
         return group, gram, count
-    order = _lexsort_torch((gram, group))
+    order = _order_by_group_gram(group, gram)
     group, gram, count = group[order], gram[order], count[order]
     new = torch.ones(len(group), dtype=torch.bool, device=group.device)
     new[1:] = (group[1:] != group[:-1]) | (gram[1:] != gram[:-1])
@@ -130,6 +138,9 @@ def prune_torch(group: torch.Tensor, gram: torch.Tensor, count: torch.Tensor, ca
     """`prune` on tensors (same result, element for element)."""
     if len(group) == 0:
         return group, gram, count
+    # input is coalesced, so sorted by group: no group over capacity means nothing to prune (and no sort)
+    if int(torch.unique_consecutive(group, return_counts=True)[1].max()) <= capacity:
+        return group, gram, count
     by_count = _lexsort_torch((gram, -count, group))
     g, c = group[by_count], count[by_count]
     new = torch.ones(len(g), dtype=torch.bool, device=g.device)
@@ -137,8 +148,6 @@ def prune_torch(group: torch.Tensor, gram: torch.Tensor, count: torch.Tensor, ca
     segment = torch.cumsum(new, 0) - 1
     starts = new.nonzero(as_tuple=True)[0]
     sizes = torch.bincount(segment)
-    if int(sizes.max()) <= capacity:
-        return group, gram, count
     rank = torch.arange(len(g), device=g.device) - starts[segment]
     over = sizes > capacity
     cut = torch.zeros(len(starts), dtype=torch.int64, device=g.device)
@@ -146,7 +155,7 @@ def prune_torch(group: torch.Tensor, gram: torch.Tensor, count: torch.Tensor, ca
     reduced = c - cut[segment]
     keep = (rank < capacity) & (reduced > 0)
     kept, kept_counts = by_count[keep], reduced[keep]
-    order = _lexsort_torch((gram[kept], group[kept]))
+    order = _order_by_group_gram(group[kept], gram[kept])
     return group[kept][order], gram[kept][order], kept_counts[order]
 
 
