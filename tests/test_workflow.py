@@ -105,33 +105,41 @@ def test_restyling_a_figure_plans_only_that_figure_and_the_report(tiny_run: Path
     assert plan == {"all": 1, "fig1a_dead_neurons": 1, "report": 1}
 
 
-def test_adding_a_shard_captures_only_that_shard(tiny_run: Path, tmp_path: Path):
-    """One more shard: its tokens and captures, then the merges and what depends on them; nothing else."""
-    workdir = tmp_path / "more"
-    shutil.copytree(tiny_run, workdir, symlinks=True)
+def test_adding_a_shard_captures_only_that_shard(tmp_path: Path):
+    """One more shard: its tokens and capture, then the merge and what depends on it; nothing else."""
+    workdir = new_workdir(tmp_path / "shards")
     config = yaml.safe_load(TINY.read_text())
-    config["datasets"]["designed"]["n_shards"] = 3
-    more = tmp_path / "more.yaml"
-    more.write_text(yaml.safe_dump(config))
-    models = list(config["models"])
+    config["models"] = {"planted": config["models"]["planted"]}
+    config["tokenizers"] = {"planted": config["tokenizers"]["planted"]}
+    config["datasets"] = {
+        "rand": {"source": "random_tokens", "seq_len": 32, "sequences_per_shard": 6, "n_shards": 1, "seed": 3}
+    }
+    config["capture"]["datasets"] = ["rand"]
+    config["figures"] = {}
+    config.pop("train", None)
+    target = "results/planted/neurons.parquet"
 
-    dry = snakemake(workdir, "--configfile", str(more), "-n")
-    plan = planned_jobs(dry.stdout)
-    assert plan["capture"] == len(models) and plan["merge"] == len(models)
-    assert not {"train", "train_tokenizer"} & set(plan)
-    new_outputs = re.findall(r"output: (results/(?:tokens|capture)/\S+)", dry.stdout)
-    assert new_outputs and all(path.endswith("shard-2.zarr") for path in new_outputs)
+    def run(n_shards: int, *args: str) -> subprocess.CompletedProcess[str]:
+        config["datasets"]["rand"]["n_shards"] = n_shards
+        path = tmp_path / f"shards-{n_shards}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return snakemake(workdir, "--configfile", str(path), *args, target)
 
-    captures = workdir / "results" / "capture"
-    old = {path: path.stat().st_mtime_ns for path in captures.glob("*/designed/shard-[01].zarr/zarr.json")}
-    snakemake(workdir, "--configfile", str(more), "--cores", "2")
-    assert {path: path.stat().st_mtime_ns for path in old} == old  # earlier shards were not recaptured
-    assert sorted(p.name for p in (captures / "planted" / "designed").glob("shard-*.zarr")) == [
-        "shard-0.zarr", "shard-1.zarr", "shard-2.zarr"
-    ]
-    before = pl.read_parquet(tiny_run / "results" / "planted" / "neurons.parquet")["n_tokens"][0]
-    after = pl.read_parquet(workdir / "results" / "planted" / "neurons.parquet")["n_tokens"][0]
-    assert after == before * 3 // 2
+    run(1, "--cores", "2")
+    captures = workdir / "results" / "capture" / "planted" / "rand"
+    first = (captures / "shard-0.zarr" / "zarr.json").stat().st_mtime_ns
+    tokens_before = pl.read_parquet(workdir / target)["n_tokens"][0]
+
+    plan = run(2, "-n")
+    assert planned_jobs(plan.stdout) == {
+        "tokenize": 1, "capture": 1, "merge": 1, "neuron_stats": 1, "vocab_projection": 1, "neuron_tables": 1
+    }
+    shards = re.findall(r"output: results/(?:tokens|capture)/\S+/(shard-\d+)\.zarr", plan.stdout)
+    assert shards == ["shard-1", "shard-1"]  # the new token shard and its capture, nothing earlier
+
+    run(2, "--cores", "2")
+    assert (captures / "shard-0.zarr" / "zarr.json").stat().st_mtime_ns == first  # shard 0 was not recaptured
+    assert pl.read_parquet(workdir / target)["n_tokens"][0] == 2 * tokens_before
 
 
 def test_lint_is_clean():
