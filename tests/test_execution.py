@@ -169,3 +169,28 @@ def test_placement_and_budget_errors_name_the_key():
         dispatch_offloaded(model, torch.device("cpu"), {"cpu": 1000}, Path("."))
     with pytest.raises(ValueError, match="offload needs a folder"):
         load_model("m", SPECS["opt-125m"], placement=Placement(strategy="offload"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_strategies_agree_on_cuda(tmp_path):
+    """On a GPU: layerwise and offload (GPU budget below the model's size) equal resident, in float32."""
+    spec = SPECS["opt-125m"]
+    device = torch.device("cuda")
+    tokens = _tokens(50272)
+    size = _model_bytes(load_model("m", spec).model)
+    results = {}
+    for placement in (
+        Placement(),
+        Placement(strategy="layerwise"),
+        Placement(strategy="offload", max_memory={"0": int(size * 0.8), "cpu": "8GiB"}),
+    ):
+        loaded = load_model("m", spec, device=device, placement=placement, offload_dir=tmp_path)
+        results[placement.strategy] = capture_tokens(
+            loaded.model, loaded.adapter, tokens, model_name="m", first_seq_id=0, has_bos=True,
+            settings=SETTINGS, device=device, placement=placement, offload_dir=tmp_path, progress=False,
+        )[1]
+        if placement.strategy == "offload":
+            assert "cpu" in set(loaded.model.hf_device_map.values())
+    for strategy in ("layerwise", "offload"):
+        _assert_same_states(results["resident"], results[strategy])

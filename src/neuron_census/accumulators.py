@@ -208,8 +208,9 @@ class TokenFireCount:
 
     Small problems (vocab x neurons x layers up to `dense_limit` cells) use one dense table on the
     device. Larger ones (OPT/GPT-2 vocabularies) count per batch over the distinct tokens of the batch
-    and keep (key, count) pairs on the CPU, merged whenever `flush_every` pairs are pending, so memory is
-    bounded by the number of distinct (token, neuron) pairs ever seen, never by the token count.
+    and keep (key, count) pairs on the CPU, merged once at least `flush_every` and at least as many pairs
+    as the table holds are pending, so memory is at most twice the number of distinct (token, neuron) pairs
+    ever seen (bounded by layers x vocabulary x neurons), never growing with the token count beyond that.
     Keys are ``(slot * vocab + token) * n_neurons + neuron`` with slot the analysed-layer index.
     """
 
@@ -251,7 +252,9 @@ class TokenFireCount:
         keys = (slot * self.geometry.vocab_size + token_ids) * self.geometry.n_neurons + neurons.cpu().numpy()
         self._pending.append((keys, counts))
         self._n_pending += len(keys)
-        if self._n_pending >= self.flush_every:
+        # merging re-sorts the whole table, so wait until as much is pending as is merged already:
+        # each pair is then re-sorted O(log) times, and pending memory stays below the table's
+        if self._n_pending >= max(self.flush_every, len(self._keys)):
             self._flush()
 
     def _flush(self) -> None:
@@ -523,7 +526,8 @@ class NgramFireCount:
             counts = per_gram[grams, neurons].to(torch.int64)
             self._pending[order].append((slot * n_neurons + neurons, unique_grams[grams], counts))
             self._n_pending += len(grams)
-        if self._n_pending >= self.flush_every:
+        held = max(len(summary[0]) for summary in self._summaries.values())
+        if self._n_pending >= max(self.flush_every, held):  # as TokenFireCount: amortised re-sorting
             self._flush()
 
     def _batch_ngrams(self, batch: LayerBatch, order: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -194,7 +194,7 @@ def place_outside_layers(model: torch.nn.Module, layers: torch.nn.ModuleList, de
         id(b) for layer in layers for b in layer.buffers()
     }
     for module in model.modules():
-        for name, param in list(module.named_parameters(recurse=False)):
+        for param in list(module.parameters(recurse=False)):
             if id(param) not in in_layers:
                 param.data = param.data.to(device)
         for name, buffer in list(module.named_buffers(recurse=False)):

@@ -1,0 +1,106 @@
+"""What each accumulator costs per (layer, batch), next to the FFN input matmul of the same batch.
+
+Activations are a ReLU of a random projection (OPT-125m widths) shifted so that a chosen share of them
+fires: random weights fire about half the time, trained OPT layers a few percent, and the sparse
+accumulators (token x neuron and n-gram x neuron counts) scale with the number of firings. Tokens are
+bundled corpus text in GPT-2 BPE. Every accumulator sees the same batches, updates are timed one by one.
+
+    python benchmarks/accumulator_costs.py --fire-rates 0.5 0.05 --out benchmarks/results/accumulators
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from capture_speed import corpus_tokens  # noqa: E402
+
+
+def measure(fire_rate: float, args: argparse.Namespace) -> tuple[float, dict[str, float]]:
+    import torch
+
+    from neuron_census.accumulators import Geometry, LayerBatch
+    from neuron_census.capture import CaptureSettings, build_accumulators
+
+    torch.manual_seed(0)
+    batch, seq_len, width, d_model, vocab = args.batch_size, args.seq_len, args.n_neurons, args.d_model, 50272
+    n_batches = args.n_batches
+    tokens = torch.from_numpy(corpus_tokens(batch * n_batches, seq_len))
+    layers = tuple(range(args.n_layers))
+    geometry = Geometry(layers=layers, n_neurons=width, seq_len=seq_len, vocab_size=vocab)
+    settings = CaptureSettings(ngram_capacity=args.ngram_capacity, ngram_layers="all")
+    accumulators = build_accumulators(settings, geometry, torch.device("cpu"), len(layers))
+    hidden = torch.randn(batch * seq_len, d_model)
+    weight = torch.randn(d_model, width) / d_model**0.5
+    shift = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(1.0 - fire_rate)))
+    costs = {acc.name: 0.0 for acc in accumulators}
+    matmul = 0.0
+    with torch.inference_mode():
+        for index in range(n_batches):
+            rows = tokens[index * batch : (index + 1) * batch]
+            mask = torch.ones(batch, seq_len, dtype=torch.bool)
+            mask[:, 0] = False
+            for layer in layers:
+                start = time.perf_counter()
+                acts = (hidden @ weight - shift).relu_().reshape(batch, seq_len, width)
+                matmul += time.perf_counter() - start
+                fires = acts > 0
+                fires[:, 0] = False
+                layer_batch = LayerBatch(
+                    layer=layer, acts=acts, fires=fires, mask=mask, tokens=rows,
+                    seq_ids=torch.arange(index * batch, (index + 1) * batch),
+                )
+                for acc in accumulators:
+                    start = time.perf_counter()
+                    acc.update(layer_batch)
+                    costs[acc.name] += time.perf_counter() - start
+        for acc in accumulators:  # pending sparse pairs are merged when the state is read
+            start = time.perf_counter()
+            acc.state()
+            costs[acc.name] += time.perf_counter() - start
+    return matmul, costs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--fire-rates", nargs="+", type=float, default=[0.5, 0.05])
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--n-batches", type=int, default=4)
+    parser.add_argument("--n-layers", type=int, default=2)
+    parser.add_argument("--n-neurons", type=int, default=3072)
+    parser.add_argument("--d-model", type=int, default=768)
+    parser.add_argument("--ngram-capacity", type=int, default=2048)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    results = {rate: measure(rate, args) for rate in args.fire_rates}
+    names = list(next(iter(results.values()))[1])
+    header = " | ".join(f"fire rate {rate:g}" for rate in results)
+    lines = [
+        f"{args.n_batches} batches x {args.n_layers} layers of {args.batch_size} x {args.seq_len} tokens, "
+        f"{args.n_neurons} neurons, d_model {args.d_model}; cost as a multiple of the FFN input matmul "
+        "(one of the layer's four big matmuls).",
+        "",
+        f"| accumulator | {header} |",
+        "|---|" + "---:|" * len(results),
+    ]
+    for name in names:
+        cells = " | ".join(f"{costs[name] / matmul:.2f}x" for matmul, costs in results.values())
+        lines.append(f"| {name} | {cells} |")
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        (args.out.parent / f"{args.out.name}.md").write_text(table)
+
+
+if __name__ == "__main__":
+    main()

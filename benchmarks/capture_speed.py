@@ -1,0 +1,294 @@
+"""Capture speed side by side: bare forward, this pipeline's capture, TransformerLens and nnsight.
+
+Every mode runs in its own subprocess (so each one's peak memory is its own) on the same random-weight
+model (exact shapes of the named architecture, same seed), the same tokens (bundled corpus text, GPT-2 BPE)
+and the same batch size, one after the other in one invocation. Each mode is warmed up on one batch, then
+timed over all sequences `--repeats` times; the median counts.
+
+    python benchmarks/capture_speed.py --architectures opt-125m opt-1.3b --out benchmarks/results/cpu
+
+Modes:
+  bare             the Hugging Face decoder forward (no LM head), no hooks
+  capture          neuron_census capture with every accumulator (as the pipeline runs it)
+  capture_fire_pos neuron_census capture with firing and per-position firing counts only
+  transformer_lens run_with_cache on one hook point per layer, then the same firing and position counts
+  nnsight          nnsight trace saving each layer's FFN activation, then the same counts
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+MODES = ("bare", "capture", "capture_fire_pos", "transformer_lens", "nnsight")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def corpus_tokens(n_seq: int, seq_len: int):
+    """`n_seq` x `seq_len` GPT-2 BPE ids of held-out bundled text, BOS (</s> = 2, as OPT) first."""
+    from neuron_census.corpus import shard_sequences
+    from neuron_census.tokenization import load_tokenizer
+
+    tokenizer = load_tokenizer("gpt2", {"source": "gpt2_bpe", "bos": "<|endoftext|>"}, ROOT)
+    spec = {"source": "bundled", "split": "heldout", "seq_len": seq_len, "sequences_per_shard": n_seq, "n_shards": 1}
+    tokens = shard_sequences(spec, tokenizer, 0, ROOT, dataset="corpus").astype("int64")
+    tokens[:, 0] = 2
+    return tokens
+
+
+def forward_flops_per_token(model: Any, seq_len: int) -> float:
+    """2 x decoder-layer parameters + causal attention (QK^T and AV over seq_len/2 keys on average)."""
+    from neuron_census.adapters import adapter_for
+
+    adapter = adapter_for(model)
+    layers = adapter.decoder_layers()
+    params = sum(p.numel() for p in layers.parameters())
+    return 2.0 * params + 2.0 * len(layers) * seq_len * adapter.d_model
+
+
+def matmul_peak_gflops(device: str, dtype: Any, size: int = 2048, repeats: int = 10) -> float:
+    """Best sustained GFLOP/s of one square matmul on this device, the machine's measured peak."""
+    import torch
+
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def set_fire_rate(model: Any, tokens: Any, rate: float, device: str) -> None:
+    """Shift every FFN input bias so that about `rate` of the pre-activations are positive.
+
+    Random weights fire on half of all (token, neuron) pairs; trained OPT layers on a few percent, and the
+    sparse accumulators' cost follows the number of firings. The shift is the (1 - rate) quantile of each
+    layer's pre-activations on the first sequences, measured layer by layer after the layers below moved.
+    """
+    import torch
+
+    from neuron_census.adapters import adapter_for
+
+    adapter = adapter_for(model)
+    sample = torch.from_numpy(tokens[:2]).to(device)
+    for layer in adapter.decoder_layers():
+        fc1 = layer.fc1
+        seen: list[torch.Tensor] = []
+        handle = fc1.register_forward_hook(lambda _m, _a, out: seen.append(out.detach().float().reshape(-1)))
+        with torch.inference_mode():
+            model.base_model(input_ids=sample, use_cache=False)
+        handle.remove()
+        values = seen[0]
+        values = values[torch.randperm(len(values), generator=torch.Generator().manual_seed(0))[:1_000_000]]
+        with torch.no_grad():
+            fc1.bias -= torch.quantile(values, 1.0 - rate).to(fc1.bias.dtype)
+
+
+def run_mode(args: argparse.Namespace) -> dict[str, Any]:
+    """One mode in this process: load, warm up, time; returns tokens/s and memory."""
+    import numpy as np
+    import torch
+
+    from neuron_census.capture import CaptureSettings, capture_tokens
+    from neuron_census.zoo import build_random_model
+    from neuron_census.adapters import adapter_for
+
+    torch.set_num_threads(args.threads)
+    device = args.device
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    model = build_random_model(args.architecture, seed=0, dtype=dtype, device=device).eval().requires_grad_(False)
+    adapter = adapter_for(model, name=args.architecture)
+    tokens = corpus_tokens(args.n_seq, args.seq_len)
+    layers = list(range(adapter.n_layers))
+    batch = args.batch_size
+    if args.fire_rate is not None:
+        set_fire_rate(model, tokens, args.fire_rate, device)
+
+    if args.mode == "bare":
+        base = model.base_model
+
+        def run(rows: np.ndarray) -> None:
+            with torch.inference_mode():
+                for start in range(0, len(rows), batch):
+                    base(input_ids=torch.from_numpy(rows[start : start + batch]).to(device), use_cache=False)
+
+    elif args.mode in ("capture", "capture_fire_pos"):
+        names = ("fire_count", "position_fire_count") if args.mode == "capture_fire_pos" else None
+        settings = CaptureSettings(batch_size=batch, ngram_capacity=args.ngram_capacity, **({"accumulators": names} if names else {}))
+
+        def run(rows: np.ndarray) -> None:
+            capture_tokens(
+                model, adapter, rows, model_name=args.architecture, first_seq_id=0, has_bos=True,
+                settings=settings, device=torch.device(device), progress=False,
+            )
+
+    elif args.mode == "transformer_lens":
+        sys.path.insert(0, str(Path(__file__).parent))
+        from baselines import transformer_lens_counts, transformer_lens_model
+
+        tl_model = transformer_lens_model(model)
+        del model
+
+        def run(rows: np.ndarray) -> None:
+            transformer_lens_counts(tl_model, torch.from_numpy(rows), batch, layers)
+
+    elif args.mode == "nnsight":
+        sys.path.insert(0, str(Path(__file__).parent))
+        from baselines import nnsight_counts
+
+        def run(rows: np.ndarray) -> None:
+            nnsight_counts(model, torch.from_numpy(rows), batch, layers)
+
+    else:
+        raise ValueError(f"unknown mode {args.mode}")
+
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    loaded_rss = _rss_mb()
+    run(tokens[:batch])  # warm-up
+    times = []
+    for _ in range(args.repeats):
+        _sync(device)
+        start = time.perf_counter()
+        run(tokens)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    result = {
+        "mode": args.mode,
+        "architecture": args.architecture,
+        "tokens": int(tokens.size),
+        "seconds": seconds,
+        "seconds_all": times,
+        "tokens_per_s": tokens.size / seconds,
+        "rss_loaded_mb": loaded_rss,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+    if device.startswith("cuda"):
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    if args.mode == "bare":
+        result["flops_per_token"] = forward_flops_per_token(adapter.model, args.seq_len)
+    return result
+
+
+def _worker_command(args: argparse.Namespace, architecture: str, mode: str) -> list[str]:
+    return [
+        sys.executable, __file__, "--worker", "--mode", mode, "--architecture", architecture,
+        "--n-seq", str(args.n_seq), "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size),
+        "--repeats", str(args.repeats), "--threads", str(args.threads), "--device", args.device,
+        "--dtype", args.dtype, "--ngram-capacity", str(args.ngram_capacity),
+    ] + ([] if args.fire_rate is None else ["--fire-rate", str(args.fire_rate)])
+
+
+def markdown(results: list[dict[str, Any]], peak: float, meta: dict[str, Any]) -> str:
+    rate = meta.get("fire_rate")
+    weights = "random weights" if rate is None else f"random weights, FFN biases shifted so {rate:g} of neurons fire"
+    lines = [
+        f"Device {meta['device']} ({meta['cpu']}), {meta['threads']} threads, {meta['dtype']}, "
+        f"{meta['n_seq']} sequences x {meta['seq_len']} tokens, batch {meta['batch_size']}, "
+        f"median of {meta['repeats']}; matmul peak {peak:.0f} GFLOP/s; {weights}.",
+        "",
+        "| model | mode | tokens/s | x bare | peak RSS MB | RSS after load MB | bare GFLOP/s (share of matmul peak) |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for arch in dict.fromkeys(r["architecture"] for r in results):
+        rows = [r for r in results if r["architecture"] == arch]
+        bare = next((r for r in rows if r["mode"] == "bare" and "error" not in r), None)
+        for r in rows:
+            if "error" in r:
+                lines.append(f"| {arch} | {r['mode']} | failed: {r['error']} | | | | |")
+                continue
+            ratio = f"{r['tokens_per_s'] / bare['tokens_per_s']:.2f}" if bare else ""
+            flops = ""
+            if r["mode"] == "bare":
+                achieved = r["flops_per_token"] * r["tokens_per_s"] / 1e9
+                flops = f"{achieved:.0f} ({achieved / peak:.0%})"
+            lines.append(
+                f"| {arch} | {r['mode']} | {r['tokens_per_s']:.0f} | {ratio} | {r['peak_rss_mb']:.0f} "
+                f"| {r['rss_loaded_mb']:.0f} | {flops} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--architectures", nargs="+", default=["opt-125m", "opt-1.3b"])
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--n-seq", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--ngram-capacity", type=int, default=2048, help="as the OPT presets set it")
+    parser.add_argument("--fire-rate", type=float, default=None, help="shift FFN biases so this share fires")
+    parser.add_argument("--out", type=Path, default=None, help="write <out>.json and <out>.md")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--architecture", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(run_mode(args)))
+        return
+
+    import platform
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    peak = matmul_peak_gflops(args.device, getattr(torch, args.dtype))
+    results = []
+    for arch in args.architectures:
+        for mode in args.modes:
+            proc = subprocess.run(_worker_command(args, arch, mode), capture_output=True, text=True)
+            if proc.returncode != 0:
+                error = (proc.stderr.strip().splitlines() or ["?"])[-1][:200]
+                results.append({"mode": mode, "architecture": arch, "error": error})
+            else:
+                results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            print(json.dumps(results[-1]), flush=True)
+    meta = {
+        "device": args.device, "cpu": platform.processor() or platform.machine(), "threads": args.threads,
+        "dtype": args.dtype, "n_seq": args.n_seq, "seq_len": args.seq_len, "batch_size": args.batch_size,
+        "repeats": args.repeats, "matmul_peak_gflops": peak, "torch": torch.__version__,
+        "fire_rate": args.fire_rate,
+    }
+    table = markdown(results, peak, meta)
+    print(table)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        (args.out.parent / f"{args.out.name}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+        (args.out.parent / f"{args.out.name}.md").write_text(table)
+
+
+if __name__ == "__main__":
+    main()
