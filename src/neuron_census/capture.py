@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,7 @@ from neuron_census.accumulators import (
     TokenFireCount,
     TopK,
 )
-from neuron_census.execution import Placement, StopForward, run_layerwise, run_resident
+from neuron_census.execution import LastLayerNeverRan, Placement, StopForward, run_layerwise, run_resident
 
 FIRE_RULES = ("preactivation", "activation")
 ALL_ACCUMULATORS = (
@@ -142,7 +143,7 @@ def capture_tokens(
     settings: CaptureSettings,
     device: torch.device,
     placement: Placement | None = None,
-    offload_dir: Any = None,
+    offload_dir: Path | None = None,
     progress: bool = True,
 ) -> tuple[tuple[int, ...], dict[str, State]]:
     """Run `model` over `tokens` [n_seq, seq_len] and return the analysed layers and accumulator states.
@@ -268,10 +269,8 @@ def capture_tokens(
             else:
                 run_resident(model, len(starts), count_progress)
             check_finite()
-    except RuntimeError as error:
-        if "never ran" in str(error):
-            raise RuntimeError(f"model '{model_name}': the hook of layer {last_layer} never ran") from error
-        raise
+    except LastLayerNeverRan as error:
+        raise RuntimeError(f"model '{model_name}': the hook of layer {last_layer} never ran") from error
     finally:
         bar.close()
         for handle in handles:

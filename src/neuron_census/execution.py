@@ -33,6 +33,10 @@ class StopForward(Exception):
     """Raised from a hook to skip the rest of the network."""
 
 
+class LastLayerNeverRan(RuntimeError):
+    """The forward pass ended without reaching the hook of the last analysed layer."""
+
+
 @dataclass(frozen=True)
 class Placement:
     """How capture places a model: a strategy and its memory budget.
@@ -61,11 +65,6 @@ class Placement:
             offload_dir=settings.get("offload_dir"),
             layerwise_states=str(settings.get("layerwise_states", "cpu")),
         )
-
-    @property
-    def load_device_is_cpu(self) -> bool:
-        """Offload and layerwise load the weights on the CPU first; only resident loads onto the device."""
-        return self.strategy != "resident"
 
 
 def accelerate_max_memory(budget: Mapping[str, str | int], device: torch.device) -> dict[int | str, str | int]:
@@ -141,7 +140,7 @@ def run_resident(
             model(input_ids=input_ids, use_cache=False)
         except StopForward:
             continue
-        raise RuntimeError("the hook of the last analysed layer never ran")
+        raise LastLayerNeverRan
 
 
 def _layer_output(output: Any) -> torch.Tensor:
@@ -221,7 +220,7 @@ def run_layerwise(
     place_outside_layers(model, layers, device)
     n_batches = len(batch_rows)
     hidden: _HiddenStates | None = None
-    layer_kwargs: dict[tuple[int, ...], dict[str, Any]] = {}
+    layer_kwargs: dict[tuple[int, ...], dict[str, Any]] = {}  # per batch shape
     first_inputs: list[torch.Tensor] = []
 
     def grab_inputs(_module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -235,7 +234,6 @@ def run_layerwise(
     if folder is not None:
         Path(folder).mkdir(parents=True, exist_ok=True)
     handle = layers[0].register_forward_pre_hook(grab_inputs, with_kwargs=True)
-    shapes: list[tuple[int, ...]] = []
     try:
         with tempfile.TemporaryDirectory(dir=folder, prefix="census-states-") as tmp:
             for index in range(n_batches):
@@ -248,7 +246,6 @@ def run_layerwise(
                     rest = tuple(embedded.shape[1:])
                     shapes_all = [(int(rows), *rest) for rows in batch_rows]
                     hidden = _HiddenStates(shapes_all, embedded.dtype, states, Path(tmp))
-                shapes.append(tuple(embedded.shape))
                 hidden.put(index, embedded)
             handle.remove()
             assert hidden is not None
@@ -259,13 +256,13 @@ def run_layerwise(
                         begin_batch(index)
                         inputs = hidden.get(index).to(device, non_blocking=True)
                         try:
-                            output = _layer_output(layer(inputs, **layer_kwargs[shapes[index]]))
+                            output = _layer_output(layer(inputs, **layer_kwargs[hidden.shapes[index]]))
                         except StopForward:
                             if number != last_layer:
                                 raise
                             continue
                         if number == last_layer:
-                            raise RuntimeError("the hook of the last analysed layer never ran")
+                            raise LastLayerNeverRan
                         hidden.put(index, output)
                 finally:
                     layers[number].to("cpu")
