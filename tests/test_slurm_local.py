@@ -1,6 +1,6 @@
 """Opt-in: the tiny DAG through a real single-node SLURM cluster with profiles/slurm (about 10 minutes).
 
-Runs with NEURON_CENSUS_SLURM_TEST=1 (CI sets it), as root on Debian/Ubuntu: profiles/slurm/local-cluster.sh
+Runs with NEURON_CENSUS_SLURM_TEST=1, as root on Debian/Ubuntu: profiles/slurm/local-cluster.sh
 apt-installs slurm-wlm, slurmdbd, munge and mariadb-server and rewrites /etc/slurm. NEURON_CENSUS_SLURM_KEEP=1
 leaves the cluster running afterwards.
 """
