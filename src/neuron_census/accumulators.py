@@ -424,12 +424,12 @@ class Moments:
 
     def update(self, batch: LayerBatch) -> None:
         slot = self.geometry.slot(batch.layer)
-        if not bool(batch.mask.any()):
+        counted = batch.counted_acts()
+        if counted.shape[0] == 0:
             return
         acts, weights = batch.acts_2d(), batch.weights()
         self.total[slot] += (weights @ acts)[0].double()
         self.squares[slot] += (weights @ (acts * acts))[0].double()
-        counted = batch.counted_acts()
         self.minimum[slot] = torch.minimum(self.minimum[slot], counted.amin(dim=0))
         self.maximum[slot] = torch.maximum(self.maximum[slot], counted.amax(dim=0))
 
