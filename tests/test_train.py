@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +17,7 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
 from neuron_census.bpe import train_bpe_tokenizer
-from neuron_census.train import TrainConfig, lr_at, train_opt
+from neuron_census.train import TrainConfig, lr_at, resumable, train_opt
 
 SEQ_LEN = 32
 BOS, EOS, PAD = 2, 2, 1
@@ -230,6 +234,50 @@ def test_resume_matches_uninterrupted(tmp_path: Path, tokens: np.ndarray, vocab_
     b = load_file(tmp_path / "resumed" / "step-20" / "model.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+KILLED_TRAINING = """
+import json, sys
+import numpy as np
+from neuron_census.train import TrainConfig, train_opt
+spec = json.loads(sys.argv[2])
+cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["cfg"].items()})
+train_opt(np.load(sys.argv[1]), cfg, spec["out"], vocab_size=spec["vocab"], bos_id=2, eos_id=2, pad_id=1,
+          progress=False, device="cpu")
+"""
+
+
+def test_killed_run_resumes_from_its_last_resume_state(tmp_path: Path, tokens: np.ndarray, vocab_size: int) -> None:
+    """SIGKILL after step 14 with resume states every 4 steps: the rerun continues from step 12, bit for bit."""
+    cfg = _tiny_config(steps=20, checkpoints=(20,), resume_every=4, dropout=0.1)
+    full = _train(tokens, cfg, tmp_path / "full", vocab_size)
+    np.save(tmp_path / "tokens.npy", tokens)
+    spec = json.dumps({"cfg": cfg.to_json(), "out": str(tmp_path / "killed"), "vocab": vocab_size})
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_TRAINING, str(tmp_path / "tokens.npy"), spec],
+        env={**os.environ, "NEURON_CENSUS_KILL_AT": "train-step:14"},
+        capture_output=True,
+        text=True,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert json.loads((tmp_path / "killed" / "resume" / "state.json").read_text())["step"] == 12
+    assert not (tmp_path / "killed" / "step-20").exists()
+    resumed = _train(tokens, cfg, tmp_path / "killed", vocab_size)
+    assert [(r["step"], r["loss"], r["lr"]) for r in resumed] == [(r["step"], r["loss"], r["lr"]) for r in full]
+    a = load_file(tmp_path / "full" / "step-20" / "model.safetensors")
+    b = load_file(tmp_path / "killed" / "step-20" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_state_ignores_the_save_schedule(tmp_path: Path, tokens: np.ndarray, vocab_size: int) -> None:
+    """Checkpoints and resume_every may change between a run and its resumption; the trajectory may not."""
+    _train(tokens, _tiny_config(steps=4, warmup_steps=1, checkpoints=(2, 4)), tmp_path / "run", vocab_size, stop_after=2)
+    later = _tiny_config(steps=4, warmup_steps=1, checkpoints=(2, 3, 4), resume_every=1)
+    assert resumable(tmp_path / "run", later)
+    assert not resumable(tmp_path / "run", _tiny_config(steps=4, warmup_steps=1, checkpoints=(2, 4), lr=5e-3))
+    assert not resumable(tmp_path / "nothing", later)
+    log = _train(tokens, later, tmp_path / "run", vocab_size)
+    assert [row["step"] for row in log] == [1, 2, 3, 4] and (tmp_path / "run" / "step-3").is_dir()
 
 
 def test_resume_refuses_a_different_run(tmp_path: Path, tokens: np.ndarray, vocab_size: int) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -22,12 +25,16 @@ TINY = ROOT / "tests" / "configs" / "tiny.yaml"
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def snakemake(
+    workdir: Path, *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         [*SNAKEMAKE, "--directory", str(workdir), *args],
         capture_output=True,
         text=True,
         timeout=900,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,  # its own process group, so a test may kill the whole run
     )
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
@@ -174,3 +181,94 @@ def test_bad_config_stops_with_one_line(tmp_path: Path):
         result.stdout + result.stderr
     )
     assert not (workdir / "results").exists()
+
+
+TABLES = ("neurons.parquet", "layers.parquet", "position_rates.parquet")
+
+
+def table_hashes(workdir: Path) -> dict[str, str]:
+    """SHA-256 of every model's tables, by path below results/."""
+    results = workdir / "results"
+    return {
+        str(path.relative_to(results)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(results.glob("*/*.parquet"))
+        if path.name in TABLES
+    }
+
+
+def killed_run(workdir: Path, kill_at: str, *targets: str, scope: str = "process") -> str:
+    """Run the tiny DAG with a job SIGKILLed at `kill_at` (neuron_census.failpoints); return its output."""
+    env = {"NEURON_CENSUS_KILL_AT": kill_at, "NEURON_CENSUS_KILL_SCOPE": scope}
+    result = snakemake(workdir, "--configfile", str(TINY), "--cores", "2", *targets, check=False, env=env)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    if scope == "process":
+        assert "died with <Signals.SIGKILL: 9>" in output, output[-3000:]
+    return output
+
+
+def leftovers(workdir: Path) -> list[str]:
+    """Hidden temporaries and unfinished training folders below results/."""
+    return sorted(str(p.relative_to(workdir)) for p in (workdir / "results").rglob(".*") if ".tmp-" in p.name or p.name.endswith(".partial"))
+
+
+def test_killed_jobs_leave_nothing_finished_and_reruns_give_identical_tables(tiny_run: Path, tmp_path: Path):
+    """SIGKILL a train, a capture and a merge job mid-write, rerun the same command each time: byte-identical tables.
+
+    This is also the determinism check: the tables of this second run of the tiny config must hash exactly
+    as those of the first (`tiny_run`).
+    """
+    workdir = new_workdir(tmp_path / "killed")
+    targets = [f"results/{model}/{table}" for model in yaml.safe_load(TINY.read_text())["models"] for table in TABLES]
+    results = workdir / "results"
+
+    # Training killed after step 4: the resume state of checkpoint 3 survives outside the (deleted) output.
+    killed_run(workdir, "train-step:4", "results/train/mini")
+    assert not (results / "train" / "mini").exists()
+    assert json.loads((results / "train" / ".mini.partial" / "resume" / "state.json").read_text())["step"] == 3
+
+    # A capture killed with its store written but not yet renamed into place: nothing at the final path.
+    shard = "results/capture/planted/designed/shard-1.zarr"
+    killed_run(workdir, f"publish:*{shard}", *targets)
+    assert not (workdir / shard).exists()
+    assert [p.name for p in (workdir / shard).parent.glob(".shard-1.zarr.tmp-*")]  # hidden, not finished
+
+    # A merge killed, together with Snakemake itself (a lost machine): unlock, then the same command.
+    merged = "results/capture/planted/designed/merged.zarr"
+    killed_run(workdir, f"publish:*{merged}", *targets, scope="group")
+    assert not (workdir / merged).exists()
+    locked = snakemake(workdir, "--configfile", str(TINY), "--cores", "2", *targets, check=False)
+    assert locked.returncode != 0 and "cannot be locked" in locked.stdout + locked.stderr
+    snakemake(workdir, "--unlock", "--configfile", str(TINY))
+    snakemake(workdir, "--configfile", str(TINY), "--cores", "2", *targets)
+
+    assert "train: resuming from step 3 of 6" in (results / "logs" / "train" / "mini.log").read_text()
+    assert leftovers(workdir) == []
+    hashes = table_hashes(workdir)
+    assert len(hashes) == 3 * len(yaml.safe_load(TINY.read_text())["models"])
+    assert hashes == {path: digest for path, digest in table_hashes(tiny_run).items() if path in hashes}
+
+
+def test_a_job_refusing_bad_input_prints_one_line(tmp_path: Path):
+    """Sequences longer than the model's context: the capture job stops with one line and leaves no store."""
+    workdir = new_workdir(tmp_path / "long")
+    config = yaml.safe_load(TINY.read_text())
+    config["models"] = {"planted": config["models"]["planted"]}
+    config["tokenizers"] = {"planted": config["tokenizers"]["planted"]}
+    config["datasets"] = {"long": {"source": "random_tokens", "seq_len": 65, "sequences_per_shard": 4, "seed": 0}}
+    config["capture"]["datasets"] = ["long"]
+    config["figures"] = {}
+    config.pop("train")
+    path = tmp_path / "long.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake(workdir, "--configfile", str(path), "--cores", "1", "results/planted/neurons.parquet", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    errors = [line for line in output.splitlines() if line.startswith("neuron-census: error:")]
+    assert errors == [
+        "neuron-census: error: sequences of 65 tokens exceed model 'planted' context of 64 positions "
+        "(lower the dataset's seq_len)"
+    ], output[-3000:]
+    assert "Traceback" not in output
+    assert not (workdir / "results" / "capture" / "planted" / "long" / "shard-0.zarr").exists()
+    assert "Traceback" in (workdir / "results" / "logs" / "capture" / "planted" / "long" / "shard-0.log").read_text()

@@ -2,15 +2,21 @@
 
 Every job writes to a temporary sibling and renames it into place only once it is complete,
 so a job killed mid-write never leaves something at the final path that looks finished.
+Temporaries are hidden (`.name.tmp-HOST-PID`). One left by a killed writer on this machine (its process
+is gone) is removed by the next writer of the same path; one from another machine of a cluster is left
+alone, since its writer may still be running there.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from neuron_census.failpoints import failpoint
 
 
 def _remove(path: Path) -> None:
@@ -18,6 +24,29 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+HOST = socket.gethostname().replace("-", "_")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def dead_temporaries(final: Path) -> list[Path]:
+    """Temporaries of `final` whose writer was a process of this machine that no longer runs."""
+    dead = []
+    for path in sorted(final.parent.glob(f".{final.name}.tmp-{HOST}-*")):
+        pid = path.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            dead.append(path)
+    return dead
 
 
 @contextmanager
@@ -29,12 +58,14 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    _remove(tmp)
+    for stale in dead_temporaries(final):
+        _remove(stale)
+    tmp = final.with_name(f".{final.name}.tmp-{HOST}-{os.getpid()}")
     try:
         yield tmp
         if not tmp.exists():
             raise FileNotFoundError(f"nothing was written to {tmp} for {final}")
+        failpoint("publish", final)
         _remove(final)
         os.replace(tmp, final)
     except BaseException:

@@ -156,7 +156,8 @@ def capture_tokens(
     n_seq, seq_len = tokens.shape
     if seq_len > adapter.context_length:
         raise ValueError(
-            f"sequences of {seq_len} tokens exceed model '{model_name}' context of {adapter.context_length}"
+            f"sequences of {seq_len} tokens exceed model '{model_name}' context of {adapter.context_length} positions "
+            "(lower the dataset's seq_len)"
         )
     if tokens.size and int(tokens.max()) >= adapter.vocab_size:
         raise ValueError(

@@ -7,6 +7,7 @@ also be run and tested from Python without Snakemake.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,11 +83,19 @@ def train_job(
     output: PathLike,
     threads: int = 1,
 ) -> None:
-    """Train one OPT run on the given token shards; checkpoints land in `output`/step-N."""
+    """Train one OPT run on the given token shards; checkpoints land in `output`/step-N.
+
+    Training happens in a hidden sibling `.<run>.partial/` that is renamed to `output` when the last step
+    is done. Snakemake deletes the outputs of a failed or killed job, not that folder, so rerunning the
+    workflow resumes from its latest resume state; a state saved with other trajectory settings is
+    discarded.
+    """
+    import shutil
+
     import numpy as np
 
     from neuron_census.tokenization import load_tokenizer
-    from neuron_census.train import TrainConfig, train_opt
+    from neuron_census.train import TrainConfig, resumable, train_opt
 
     torch.set_num_threads(max(1, threads))
     tokenizer = load_tokenizer(tokenizer_name, tokenizer_spec)
@@ -96,16 +105,30 @@ def train_job(
     config = TrainConfig(**kwargs)
     if tokenizer.bos_id is None or tokenizer.eos_id is None:
         raise ValueError(f"train run '{run_name}': tokenizer '{tokenizer_name}' needs a BOS and an EOS token")
+    output = Path(output)
+    work = partial_train_dir(output)
+    if work.exists() and not resumable(work, config):
+        print(f"train run '{run_name}': discarding {work}: it holds no resume state of these settings", file=sys.stderr)
+        shutil.rmtree(work)
     train_opt(
         np.concatenate(arrays),
         config,
-        Path(output),
+        work,
         vocab_size=tokenizer.vocab_size,
         bos_id=tokenizer.bos_id,
         eos_id=tokenizer.eos_id,
         pad_id=1,  # OPT's padding id, kept by the pipeline's BPE tokenizers; packed sequences are never padded
         tokenizer_dir=Path(tokenizer_spec["path"]) if tokenizer_spec.get("source") == "local" else None,
     )
+    if output.exists():
+        shutil.rmtree(output)
+    os.replace(work, output)
+
+
+def partial_train_dir(output: PathLike) -> Path:
+    """Where a training run lives until it is finished (outside the output, which Snakemake may delete)."""
+    output = Path(output)
+    return output.with_name(f".{output.name}.partial")
 
 
 def _load_model_and_tokenizer(

@@ -1,12 +1,28 @@
-"""Job logs: everything a job writes to stderr (progress bars, warnings, errors) also goes to its log file."""
+"""Job logs and job errors.
+
+Everything a job writes to stderr (progress bars, warnings) also goes to its log file. A job that fails
+on bad input (a wrong value, a missing or damaged file, non-finite activations, memory) prints one line
+naming the culprit and exits with status 1; the traceback goes to the log file only. Any other exception
+is a bug and keeps its traceback on the terminal.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
+
+import torch
+
+PREFIX = "neuron-census: error: "
+
+# What bad input raises: our own checks raise ValueError, FileNotFoundError or FloatingPointError;
+# Hugging Face raises OSError for models and files it cannot find.
+INPUT_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, FloatingPointError, MemoryError, torch.OutOfMemoryError)
 
 
 class _Tee:
@@ -27,10 +43,38 @@ class _Tee:
         return self.streams[0].isatty()
 
 
-def tee_stderr(logs: Sequence[str | os.PathLike[str]]) -> None:
-    """Copy stderr to the job's first log file (kept on success and failure alike)."""
+def tee_stderr(logs: Sequence[str | os.PathLike[str]]) -> TextIO | None:
+    """Copy stderr to the job's first log file (kept on success and failure alike); returns the file."""
     if not logs:
-        return
+        return None
     path = Path(logs[0])
     path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stderr = _Tee(sys.__stderr__, path.open("w", encoding="utf-8"))  # type: ignore[assignment]
+    log = path.open("w", encoding="utf-8")
+    sys.stderr = _Tee(sys.__stderr__, log)  # type: ignore[assignment]
+    return log
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (third-party messages can span several)."""
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+        text = f"out of memory ({text}); lower capture.batch_size or pick another capture.strategy"
+    return text
+
+
+@contextmanager
+def job_log(logs: Sequence[str | os.PathLike[str]]) -> Iterator[None]:
+    """Run a job body with stderr teed to its log; bad input ends it with one line and exit status 1."""
+    previous = sys.stderr
+    log = tee_stderr(logs)
+    try:
+        yield
+    except INPUT_ERRORS as error:
+        if log is not None:
+            log.write(traceback.format_exc())
+        print(PREFIX + one_line(error), file=sys.stderr)
+        sys.exit(1)
+    finally:
+        sys.stderr = previous
+        if log is not None:
+            log.close()

@@ -70,7 +70,11 @@ def _from_pretrained(
     With `offload` = (max_memory, folder), Accelerate places the weights as they are read, so a model larger
     than the device (or the CPU) is never materialised whole.
     """
-    raw, _ = PretrainedConfig.get_config_dict(source, revision=revision)
+    try:
+        raw, _ = PretrainedConfig.get_config_dict(source, revision=revision)
+    except (OSError, ValueError) as error:  # unknown id, no network, no config.json, malformed id
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise ValueError(f"model '{name}': cannot read the config of {source}: {lines[0] if lines else type(error).__name__}") from None
     model_type = raw.get("model_type")
     if "auto_map" in raw and model_type not in CONFIG_MAPPING and not trust_remote_code:
         raise _remote_code_error(name, source)

@@ -8,7 +8,8 @@ checkpoint stays an ordinary OPT folder that `AutoModelForCausalLM.from_pretrain
 
 Layout of `out_dir`:
     step-{N}/          one Hugging Face OPT folder per checkpoint (config.json, model.safetensors, tokenizer files)
-    resume/            the latest training state (weights, AdamW moments, RNG, step; safetensors + json)
+    resume/            the latest training state (weights, AdamW moments, RNG, step; safetensors + json),
+                       saved at every checkpoint and every `resume_every` steps
     train_log.jsonl    one row per logged step: step, loss, lr, tokens_seen, seconds
     train_state.json   a summary, written when the last step is done
 
@@ -23,6 +24,7 @@ import dataclasses
 import json
 import math
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,6 +40,7 @@ from transformers import OPTConfig, OPTForCausalLM
 from transformers.utils import logging as hf_logging
 
 from neuron_census.atomic import atomic_path
+from neuron_census.failpoints import failpoint
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -50,6 +53,7 @@ TOKENIZER_FILES = (
 )
 DTYPES = ("auto", "float32", "bfloat16")
 IGNORE_INDEX = -100
+SAVE_SCHEDULE = ("checkpoints", "resume_every")  # may change between a run and its resumption
 MAX_LOG_ROWS = 1000  # long runs log the mean loss of every steps // MAX_LOG_ROWS steps
 
 
@@ -78,6 +82,7 @@ class TrainConfig:
     seed: int = 0
     checkpoints: tuple[int, ...] = (150, 300, 600)
     dtype: str = "auto"
+    resume_every: int = 1000  # steps between resume states (besides checkpoints); 0: at checkpoints only
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -90,11 +95,17 @@ class TrainConfig:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if not 0 <= self.warmup_steps < self.steps:
             raise ValueError(f"warmup_steps must be in [0, steps), got {self.warmup_steps}")
+        if self.resume_every < 0:
+            raise ValueError(f"resume_every must be >= 0, got {self.resume_every}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got '{self.dtype}'")
 
     def to_json(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def trajectory(self) -> dict[str, Any]:
+        """The settings that decide the weights at every step (not when they are saved)."""
+        return {k: v for k, v in self.to_json().items() if k not in SAVE_SCHEDULE}
 
 
 def opt_config(cfg: TrainConfig, vocab_size: int, *, bos_id: int, eos_id: int, pad_id: int) -> OPTConfig:
@@ -297,8 +308,7 @@ def load_resume_state(
 ) -> tuple[int, float, list[dict[str, Any]]]:
     """Restore what `save_resume_state` wrote; returns (step, seconds, log rows)."""
     meta = json.loads((path / "state.json").read_text())
-    saved, current = dict(meta["config"]), cfg.to_json()
-    saved.pop("checkpoints"), current.pop("checkpoints")
+    saved, current = {k: v for k, v in meta["config"].items() if k not in SAVE_SCHEDULE}, cfg.trajectory()
     if saved != current:
         changed = sorted(k for k in current if saved.get(k) != current[k])
         raise ValueError(f"resume state in {path} was saved with a different config (differs in {changed})")
@@ -327,6 +337,18 @@ def load_resume_state(
         torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
     log = [json.loads(line) for line in (path / "train_log.jsonl").read_text().splitlines() if line]
     return int(meta["step"]), float(meta["seconds"]), log
+
+
+def resumable(out_dir: Path, cfg: TrainConfig) -> bool:
+    """Whether `out_dir` holds a resume state that `cfg` can continue (same trajectory settings)."""
+    state = Path(out_dir) / "resume" / "state.json"
+    if not state.is_file():
+        return False
+    try:
+        saved = json.loads(state.read_text())["config"]
+    except (ValueError, KeyError):
+        return False
+    return {k: v for k, v in saved.items() if k not in SAVE_SCHEDULE} == cfg.trajectory()
 
 
 def load_batch(tokens: np.ndarray, rows: np.ndarray, vocab_size: int) -> torch.Tensor:
@@ -423,7 +445,9 @@ def train_opt(
     step, elapsed, log = 0, 0.0, []
     if (out_dir / "resume" / "state.json").is_file():
         step, elapsed, log = load_resume_state(out_dir / "resume", model, optimizer, cfg)
+        print(f"train: resuming from step {step} of {cfg.steps} ({out_dir / 'resume'})", file=sys.stderr)
     last = cfg.steps if stop_after is None else stop_after
+    saved = step
     sampler = EpochSampler(n_rows, cfg.batch_size, cfg.seed)
     log_every = max(1, cfg.steps // MAX_LOG_ROWS)
     checkpoints = set(cfg.checkpoints)
@@ -455,6 +479,13 @@ def train_opt(
                 _save_step(
                     out_dir, model, optimizer, step=step, seconds=seconds, cfg=cfg, log=log, tokenizer_dir=tokenizer_dir
                 )
+                saved = step
+            elif cfg.resume_every and loss_count == 0 and step - saved >= cfg.resume_every and step < last:
+                # only right after a log row, so a resumed run's loss means cover the same steps
+                seconds = time.perf_counter() - started
+                save_resume_state(out_dir / "resume", model, optimizer, step=step, seconds=seconds, cfg=cfg, log=log)
+                saved = step
+            failpoint("train-step", step)
     if step == cfg.steps:
         _write_summary(out_dir, cfg, log, model, n_rows=n_rows, seq_len=seq_len, vocab_size=vocab_size, device=device_)
     return log

@@ -1,8 +1,7 @@
 """Snakemake adapter: sum the shard stores of one (model, dataset)."""
 
 from neuron_census.jobs import merge_job
-from neuron_census.logs import tee_stderr
+from neuron_census.logs import job_log
 
-tee_stderr(snakemake.log)  # noqa: F821 (injected by Snakemake)
-
-merge_job(inputs=list(snakemake.input), output=snakemake.output[0])  # noqa: F821 (injected by Snakemake)
+with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)
+    merge_job(inputs=list(snakemake.input), output=snakemake.output[0])  # noqa: F821 (injected by Snakemake)

@@ -1,17 +1,16 @@
 """Snakemake adapter: the self-contained HTML report."""
 
 from neuron_census.jobs import report_job
-from neuron_census.logs import tee_stderr
+from neuron_census.logs import job_log
 
-tee_stderr(snakemake.log)  # noqa: F821 (injected by Snakemake)
-
-report_job(
-    entries=[
-        {"name": name, "png": png, "caption": caption}
-        for name, png, caption in zip(
-            snakemake.params.names, snakemake.input.figures, snakemake.input.captions  # noqa: F821
-        )
-    ],
-    title=snakemake.params.title,  # noqa: F821
-    output=snakemake.output[0],  # noqa: F821
-)
+with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)
+    report_job(
+        entries=[
+            {"name": name, "png": png, "caption": caption}
+            for name, png, caption in zip(
+                snakemake.params.names, snakemake.input.figures, snakemake.input.captions  # noqa: F821
+            )
+        ],
+        title=snakemake.params.title,  # noqa: F821
+        output=snakemake.output[0],  # noqa: F821
+    )

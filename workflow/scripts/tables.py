@@ -1,13 +1,12 @@
 """Snakemake adapter: neurons.parquet and layers.parquet of one model."""
 
 from neuron_census.jobs import tables_job
-from neuron_census.logs import tee_stderr
+from neuron_census.logs import job_log
 
-tee_stderr(snakemake.log)  # noqa: F821 (injected by Snakemake)
-
-tables_job(
-    stats=snakemake.input.stats,  # noqa: F821 (injected by Snakemake)
-    vocab=snakemake.input.vocab,  # noqa: F821
-    neurons_out=snakemake.output.neurons,  # noqa: F821
-    layers_out=snakemake.output.layers,  # noqa: F821
-)
+with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)
+    tables_job(
+        stats=snakemake.input.stats,  # noqa: F821 (injected by Snakemake)
+        vocab=snakemake.input.vocab,  # noqa: F821
+        neurons_out=snakemake.output.neurons,  # noqa: F821
+        layers_out=snakemake.output.layers,  # noqa: F821
+    )

@@ -1,12 +1,11 @@
 """Snakemake adapter: train a byte-level BPE tokenizer on a dataset's documents."""
 
 from neuron_census.jobs import train_tokenizer_job
-from neuron_census.logs import tee_stderr
+from neuron_census.logs import job_log
 
-tee_stderr(snakemake.log)  # noqa: F821 (injected by Snakemake)
-
-train_tokenizer_job(
-    spec=snakemake.params.spec,  # noqa: F821 (injected by Snakemake)
-    dataset_spec=snakemake.params.dataset,  # noqa: F821
-    output=snakemake.output[0],  # noqa: F821
-)
+with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)
+    train_tokenizer_job(
+        spec=snakemake.params.spec,  # noqa: F821 (injected by Snakemake)
+        dataset_spec=snakemake.params.dataset,  # noqa: F821
+        output=snakemake.output[0],  # noqa: F821
+    )
