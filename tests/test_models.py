@@ -124,3 +124,13 @@ def test_bad_specs_name_the_culprit() -> None:
         load_model("x", {"source": "hub"})
     with pytest.raises(ValueError, match="model 'x': source 'random' needs key 'architecture'"):
         load_model("x", {"source": "random"})
+
+
+def test_the_package_never_unpickles_or_enables_remote_code() -> None:
+    """A guard on the source: no pickle-based loader, and remote code only ever from a model's own spec."""
+    package = Path(__file__).resolve().parents[1] / "src" / "neuron_census"
+    forbidden = ("torch.load(", "import pickle", "allow_pickle=True", "weights_only=False", "trust_remote_code=True")
+    found = [
+        (path.name, pattern) for path in sorted(package.rglob("*.py")) for pattern in forbidden if pattern in path.read_text()
+    ]
+    assert found == []

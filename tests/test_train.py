@@ -239,8 +239,10 @@ def test_resume_matches_uninterrupted(tmp_path: Path, tokens: np.ndarray, vocab_
 KILLED_TRAINING = """
 import json, sys
 import numpy as np
+import torch
 from neuron_census.train import TrainConfig, train_opt
 spec = json.loads(sys.argv[2])
+torch.set_num_threads(spec["threads"])  # CPU training is bit-reproducible for a fixed thread count
 cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["cfg"].items()})
 train_opt(np.load(sys.argv[1]), cfg, spec["out"], vocab_size=spec["vocab"], bos_id=2, eos_id=2, pad_id=1,
           progress=False, device="cpu")
@@ -252,7 +254,9 @@ def test_killed_run_resumes_from_its_last_resume_state(tmp_path: Path, tokens: n
     cfg = _tiny_config(steps=20, checkpoints=(20,), resume_every=4, dropout=0.1)
     full = _train(tokens, cfg, tmp_path / "full", vocab_size)
     np.save(tmp_path / "tokens.npy", tokens)
-    spec = json.dumps({"cfg": cfg.to_json(), "out": str(tmp_path / "killed"), "vocab": vocab_size})
+    spec = json.dumps(
+        {"cfg": cfg.to_json(), "out": str(tmp_path / "killed"), "vocab": vocab_size, "threads": torch.get_num_threads()}
+    )
     killed = subprocess.run(
         [sys.executable, "-c", KILLED_TRAINING, str(tmp_path / "tokens.npy"), spec],
         env={**os.environ, "NEURON_CENSUS_KILL_AT": "train-step:14"},

@@ -89,15 +89,19 @@ def _from_pretrained(
     if offload is not None:
         max_memory, folder = offload
         placement = {"device_map": "auto", "max_memory": max_memory or None, "offload_folder": str(folder)}
-    return AutoModelForCausalLM.from_pretrained(
-        source,
-        config=config,
-        revision=revision,
-        trust_remote_code=trust_remote_code,
-        use_safetensors=True,
-        dtype=dtype,
-        **placement,
-    )
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            source,
+            config=config,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=True,
+            dtype=dtype,
+            **placement,
+        )
+    except OSError as error:  # e.g. a repository with pickled (.bin) weights only: they are never read
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise ValueError(f"model '{name}': cannot load safetensors weights of {source}: {lines[0] if lines else error}") from None
 
 
 def _build(
