@@ -240,33 +240,51 @@ KILLED_TRAINING = """
 import json, sys
 import numpy as np
 import torch
-from neuron_census.train import TrainConfig, train_opt
+from neuron_census import train
 spec = json.loads(sys.argv[2])
 torch.set_num_threads(spec["threads"])  # CPU training is bit-reproducible for a fixed thread count
-cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["cfg"].items()})
-train_opt(np.load(sys.argv[1]), cfg, spec["out"], vocab_size=spec["vocab"], bos_id=2, eos_id=2, pad_id=1,
-          progress=False, device="cpu")
+train.MAX_LOG_ROWS = spec["max_log_rows"]
+cfg = train.TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["cfg"].items()})
+train.train_opt(np.load(sys.argv[1]), cfg, spec["out"], vocab_size=spec["vocab"], bos_id=2, eos_id=2, pad_id=1,
+                progress=False, device="cpu")
 """
 
 
-def test_killed_run_resumes_from_its_last_resume_state(tmp_path: Path, tokens: np.ndarray, vocab_size: int) -> None:
-    """SIGKILL after step 14 with resume states every 4 steps: the rerun continues from step 12, bit for bit."""
-    cfg = _tiny_config(steps=20, checkpoints=(20,), resume_every=4, dropout=0.1)
+@pytest.mark.parametrize(
+    ("sent", "kill_after", "resume_every", "resumes_from"),
+    [("SIGKILL", 14, 4, 12), ("SIGTERM", 13, 0, 13)],
+    ids=["sigkill-between-resume-states", "sigterm-saves-then-stops"],
+)
+def test_interrupted_run_resumes_bit_for_bit(
+    tmp_path: Path, tokens: np.ndarray, vocab_size: int, monkeypatch: pytest.MonkeyPatch,
+    sent: str, kill_after: int, resume_every: int, resumes_from: int,
+) -> None:
+    """SIGKILL loses the steps since the last resume state; SIGTERM (a cluster's time limit) saves first.
+
+    Log rows every 4 steps, so a SIGTERM state at step 13 also carries the loss of step 13 towards the
+    next row; the resumed run must log the same means and reach the same weights as an uninterrupted one.
+    """
+    monkeypatch.setattr("neuron_census.train.MAX_LOG_ROWS", 5)  # 20 steps: a log row every 4
+    cfg = _tiny_config(steps=20, checkpoints=(20,), resume_every=resume_every, dropout=0.1)
     full = _train(tokens, cfg, tmp_path / "full", vocab_size)
     np.save(tmp_path / "tokens.npy", tokens)
-    spec = json.dumps(
-        {"cfg": cfg.to_json(), "out": str(tmp_path / "killed"), "vocab": vocab_size, "threads": torch.get_num_threads()}
-    )
+    spec = {"cfg": cfg.to_json(), "out": str(tmp_path / "killed"), "vocab": vocab_size,
+            "threads": torch.get_num_threads(), "max_log_rows": 5}
     killed = subprocess.run(
-        [sys.executable, "-c", KILLED_TRAINING, str(tmp_path / "tokens.npy"), spec],
-        env={**os.environ, "NEURON_CENSUS_KILL_AT": "train-step:14"},
+        [sys.executable, "-c", KILLED_TRAINING, str(tmp_path / "tokens.npy"), json.dumps(spec)],
+        env={**os.environ, "NEURON_CENSUS_KILL_AT": f"train-step:{kill_after}", "NEURON_CENSUS_KILL_SIGNAL": sent},
         capture_output=True,
         text=True,
     )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
-    assert json.loads((tmp_path / "killed" / "resume" / "state.json").read_text())["step"] == 12
+    if sent == "SIGKILL":
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+    else:
+        assert killed.returncode == 1
+        assert f"TrainingStopped: training in {tmp_path / 'killed'} stopped by SIGTERM after step 13 of 20" in killed.stderr
+    assert json.loads((tmp_path / "killed" / "resume" / "state.json").read_text())["step"] == resumes_from
     assert not (tmp_path / "killed" / "step-20").exists()
     resumed = _train(tokens, cfg, tmp_path / "killed", vocab_size)
+    assert [row["step"] for row in full] == [4, 8, 12, 16, 20]
     assert [(r["step"], r["loss"], r["lr"]) for r in resumed] == [(r["step"], r["loss"], r["lr"]) for r in full]
     a = load_file(tmp_path / "full" / "step-20" / "model.safetensors")
     b = load_file(tmp_path / "killed" / "step-20" / "model.safetensors")

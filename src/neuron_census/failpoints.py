@@ -5,7 +5,8 @@ kernel's OOM killer or a cluster's preemption would) the first time it reaches `
 matches `<glob>`. Points: `publish` (an atomic output is fully written but not yet renamed into place; the
 subject is its final path) and `train-step` (a training step is done; the subject is the step number).
 With `NEURON_CENSUS_KILL_SCOPE=group` the whole process group dies instead (the workflow manager included,
-as when a machine is lost). Unset, a failpoint costs one environment lookup.
+as when a machine is lost); with `NEURON_CENSUS_KILL_SIGNAL=SIGTERM` the process is sent SIGTERM, as a
+cluster does before its time limit. Unset, a failpoint costs one environment lookup.
 """
 
 from __future__ import annotations
@@ -16,16 +17,18 @@ import signal
 
 VARIABLE = "NEURON_CENSUS_KILL_AT"
 SCOPE_VARIABLE = "NEURON_CENSUS_KILL_SCOPE"
+SIGNAL_VARIABLE = "NEURON_CENSUS_KILL_SIGNAL"
 
 
 def failpoint(point: str, subject: object) -> None:
-    """SIGKILL this process (or its group) if `NEURON_CENSUS_KILL_AT` names this point and subject."""
+    """Signal this process (or its group) if `NEURON_CENSUS_KILL_AT` names this point and subject."""
     wanted = os.environ.get(VARIABLE)
     if not wanted:
         return
     name, _, pattern = wanted.partition(":")
     if name != point or not fnmatch.fnmatch(str(subject), pattern or "*"):
         return
+    sent = signal.Signals[os.environ.get(SIGNAL_VARIABLE, "SIGKILL")]
     if os.environ.get(SCOPE_VARIABLE) == "group":
-        os.killpg(os.getpgid(0), signal.SIGKILL)
-    os.kill(os.getpid(), signal.SIGKILL)
+        os.killpg(os.getpgid(0), sent)
+    os.kill(os.getpid(), sent)

@@ -24,7 +24,9 @@ import dataclasses
 import json
 import math
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -272,8 +274,13 @@ def save_resume_state(
     seconds: float,
     cfg: TrainConfig,
     log: list[dict[str, Any]],
+    pending_loss: tuple[float, int] = (0.0, 0),
 ) -> None:
-    """Everything needed to continue training bit for bit: tensors in safetensors, the rest in json."""
+    """Everything needed to continue training bit for bit: tensors in safetensors, the rest in json.
+
+    `pending_loss` is the loss sum and step count since the last log row, so a state saved between two
+    log rows resumes to the same logged means.
+    """
     names = {id(p): name for name, p in _trainable(model)}
     weights = {name: p.detach().cpu().contiguous() for name, p in model.named_parameters()}
     opt_state = optimizer.state_dict()
@@ -293,6 +300,7 @@ def save_resume_state(
         "config": cfg.to_json(),
         "param_names": param_names,
         "param_groups": groups,
+        "pending_loss": list(pending_loss),
     }
     with atomic_path(path) as tmp:
         tmp.mkdir(parents=True)
@@ -305,8 +313,8 @@ def save_resume_state(
 
 def load_resume_state(
     path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig
-) -> tuple[int, float, list[dict[str, Any]]]:
-    """Restore what `save_resume_state` wrote; returns (step, seconds, log rows)."""
+) -> tuple[int, float, list[dict[str, Any]], tuple[float, int]]:
+    """Restore what `save_resume_state` wrote; returns (step, seconds, log rows, pending loss)."""
     meta = json.loads((path / "state.json").read_text())
     saved, current = {k: v for k, v in meta["config"].items() if k not in SAVE_SCHEDULE}, cfg.trajectory()
     if saved != current:
@@ -336,7 +344,8 @@ def load_resume_state(
     if cuda_states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
     log = [json.loads(line) for line in (path / "train_log.jsonl").read_text().splitlines() if line]
-    return int(meta["step"]), float(meta["seconds"]), log
+    loss_sum, loss_count = meta.get("pending_loss", (0.0, 0))
+    return int(meta["step"]), float(meta["seconds"]), log, (float(loss_sum), int(loss_count))
 
 
 def resumable(out_dir: Path, cfg: TrainConfig) -> bool:
@@ -349,6 +358,29 @@ def resumable(out_dir: Path, cfg: TrainConfig) -> bool:
     except (ValueError, KeyError):
         return False
     return {k: v for k, v in saved.items() if k not in SAVE_SCHEDULE} == cfg.trajectory()
+
+
+class TrainingStopped(InterruptedError):
+    """SIGTERM (a cluster's time limit or preemption) stopped training after saving a resume state."""
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[list[str]]:
+    """Turn SIGTERM into a request that the training loop honours after the current step.
+
+    Clusters send SIGTERM some time before SIGKILL (SLURM's KillWait, 30 s by default): enough to save.
+    Only the main thread can take signals; elsewhere nothing changes.
+    """
+    requested: list[str] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, lambda signum, frame: requested.append(signal.Signals(signum).name))
+    try:
+        yield requested
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def load_batch(tokens: np.ndarray, rows: np.ndarray, vocab_size: int) -> torch.Tensor:
@@ -442,9 +474,9 @@ def train_opt(
     n_rows, seq_len = tokens.shape
     model = build_model(cfg, opt_config(cfg, vocab_size, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id)).to(device_)
     optimizer = make_optimizer(model, cfg, device_)
-    step, elapsed, log = 0, 0.0, []
+    step, elapsed, log, pending = 0, 0.0, [], (0.0, 0)
     if (out_dir / "resume" / "state.json").is_file():
-        step, elapsed, log = load_resume_state(out_dir / "resume", model, optimizer, cfg)
+        step, elapsed, log, pending = load_resume_state(out_dir / "resume", model, optimizer, cfg)
         print(f"train: resuming from step {step} of {cfg.steps} ({out_dir / 'resume'})", file=sys.stderr)
     last = cfg.steps if stop_after is None else stop_after
     saved = step
@@ -452,12 +484,12 @@ def train_opt(
     log_every = max(1, cfg.steps // MAX_LOG_ROWS)
     checkpoints = set(cfg.checkpoints)
     params = [p for _, p in _trainable(model)]
-    loss_sum, loss_count = torch.zeros((), device=device_), 0
+    loss_sum, loss_count = torch.tensor(pending[0], device=device_), pending[1]
     started = time.perf_counter() - elapsed
     label = "pos" if cfg.positions else "nopos"
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"train ({label})")
     model.train()
-    with deterministic_cpu(device_), bar:
+    with deterministic_cpu(device_), bar, stop_requests() as stop:
         while step < last:
             lr = lr_at(step, cfg)
             batch = load_batch(tokens, sampler.indices(step), vocab_size).to(device_, non_blocking=True)
@@ -480,12 +512,20 @@ def train_opt(
                     out_dir, model, optimizer, step=step, seconds=seconds, cfg=cfg, log=log, tokenizer_dir=tokenizer_dir
                 )
                 saved = step
-            elif cfg.resume_every and loss_count == 0 and step - saved >= cfg.resume_every and step < last:
-                # only right after a log row, so a resumed run's loss means cover the same steps
-                seconds = time.perf_counter() - started
-                save_resume_state(out_dir / "resume", model, optimizer, step=step, seconds=seconds, cfg=cfg, log=log)
-                saved = step
             failpoint("train-step", step)
+            due = cfg.resume_every and step - saved >= cfg.resume_every
+            if step < last and saved != step and (due or stop):
+                seconds = time.perf_counter() - started
+                save_resume_state(
+                    out_dir / "resume", model, optimizer, step=step, seconds=seconds, cfg=cfg, log=log,
+                    pending_loss=(float(loss_sum), loss_count),
+                )
+                saved = step
+            if stop and step < last:
+                raise TrainingStopped(
+                    f"training in {out_dir} stopped by {stop[0]} after step {step} of {cfg.steps}; "
+                    "its resume state is saved, rerun to continue"
+                )
     if step == cfg.steps:
         _write_summary(out_dir, cfg, log, model, n_rows=n_rows, seq_len=seq_len, vocab_size=vocab_size, device=device_)
     return log
