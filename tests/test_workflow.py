@@ -272,3 +272,12 @@ def test_a_job_refusing_bad_input_prints_one_line(tmp_path: Path):
     assert "Traceback" not in output
     assert not (workdir / "results" / "capture" / "planted" / "long" / "shard-0.zarr").exists()
     assert "Traceback" in (workdir / "results" / "logs" / "capture" / "planted" / "long" / "shard-0.log").read_text()
+
+
+def test_wildcards_cannot_escape_their_folders(tmp_path: Path):
+    """Names are constrained to [A-Za-z0-9][A-Za-z0-9._-]*: no rule makes a path through '..' or '/'."""
+    workdir = new_workdir(tmp_path)
+    for target in ("results/../outside/neurons.parquet", "results/planted/../../x/neurons.parquet"):
+        result = snakemake(workdir, "--configfile", str(TINY), "-n", target, check=False)
+        assert result.returncode != 0
+        assert "MissingRuleException" in result.stdout + result.stderr, target
