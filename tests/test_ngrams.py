@@ -10,7 +10,15 @@ import pytest
 import torch
 
 from neuron_census.accumulators import Geometry, LayerBatch, NgramCount, NgramFireCount, merge_states
-from neuron_census.ngrams import coverage_bounds, merge_summaries, merge_summaries_torch, pack_ngrams, unpack_ngram
+from neuron_census.ngrams import (
+    add_sorted_torch,
+    coalesce_torch,
+    coverage_bounds,
+    merge_summaries,
+    merge_summaries_torch,
+    pack_ngrams,
+    unpack_ngram,
+)
 
 VOCAB, N_NEURONS, SEQ_LEN, N_SEQ = 9, 5, 12, 20
 LAYERS = (0, 1, 2)
@@ -201,3 +209,25 @@ def test_device_summaries_equal_the_numpy_ones(capacity):
     got = merge_summaries_torch([tuple(torch.from_numpy(a) for a in p) for p in parts], capacity)
     for e, g in zip(expected, got):
         np.testing.assert_array_equal(g.numpy(), e)
+
+
+@pytest.mark.parametrize("capacity", [1, 7, 64])
+def test_device_pruning_equals_numpy_with_many_ties(capacity):
+    """Thousands of counters, small counts (many ties broken by gram), groups far over capacity."""
+    rng = np.random.default_rng(capacity)
+    parts = [(rng.integers(0, 20, size=n), rng.integers(0, 300, size=n), rng.integers(1, 5, size=n)) for n in (3000, 2000)]
+    expected = merge_summaries(parts, capacity)
+    got = merge_summaries_torch([tuple(torch.from_numpy(a) for a in p) for p in parts], capacity)
+    assert len(expected[0]) < 5000
+    for e, g in zip(expected, got):
+        np.testing.assert_array_equal(g.numpy(), e)
+
+
+def test_adding_into_a_sorted_table_equals_coalescing_both():
+    rng = np.random.default_rng(5)
+    for n_table, n_new in ((0, 40), (50, 0), (400, 300), (2000, 37)):
+        table = coalesce_torch(*(torch.from_numpy(rng.integers(0, hi, size=n_table)) for hi in (9, 60, 5)))
+        new = coalesce_torch(*(torch.from_numpy(rng.integers(0, hi, size=n_new)) for hi in (9, 60, 5)))
+        expected = coalesce_torch(*(torch.cat([t, n]) for t, n in zip(table, new)))
+        for e, g in zip(expected, add_sorted_torch(table, new)):
+            assert torch.equal(g, e)

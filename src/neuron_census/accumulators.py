@@ -14,7 +14,14 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 import torch
 
-from neuron_census.ngrams import check_packable, merge_summaries, merge_summaries_torch
+from neuron_census.ngrams import (
+    add_sorted_torch,
+    check_packable,
+    coalesce_torch,
+    merge_summaries,
+    merge_summaries_torch,
+    prune_torch,
+)
 
 State = dict[str, np.ndarray]
 
@@ -549,8 +556,9 @@ class NgramFireCount:
     def _flush(self) -> None:
         for order in self.orders:
             if self._pending[order]:
-                parts = [self._summaries[order], *self._pending[order]]
-                self._summaries[order] = merge_summaries_torch(parts, self.capacity)
+                pending = coalesce_torch(*(torch.cat([p[i] for p in self._pending[order]]) for i in range(3)))
+                merged = add_sorted_torch(self._summaries[order], pending)
+                self._summaries[order] = prune_torch(*merged, self.capacity)
                 self._pending[order] = []
         self._n_pending = 0
 

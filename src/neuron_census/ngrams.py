@@ -135,34 +135,81 @@ def coalesce_torch(group: torch.Tensor, gram: torch.Tensor, count: torch.Tensor)
 
 
 def prune_torch(group: torch.Tensor, gram: torch.Tensor, count: torch.Tensor, capacity: int) -> TensorSummary:
-    """`prune` on tensors (same result, element for element)."""
+    """`prune` on tensors (same result, element for element), for input sorted by (group, gram).
+
+    Only groups over capacity are ranked, by one stable sort on (group, -count), which keeps the gram
+    order of ties; the survivors are selected in place, so the output needs no re-sort.
+    """
     if len(group) == 0:
         return group, gram, count
-    # input is coalesced, so sorted by group: no group over capacity means nothing to prune (and no sort)
-    if int(torch.unique_consecutive(group, return_counts=True)[1].max()) <= capacity:
-        return group, gram, count
-    by_count = _lexsort_torch((gram, -count, group))
-    g, c = group[by_count], count[by_count]
-    new = torch.ones(len(g), dtype=torch.bool, device=g.device)
-    new[1:] = g[1:] != g[:-1]
+    device = group.device
+    new = torch.ones(len(group), dtype=torch.bool, device=device)
+    new[1:] = group[1:] != group[:-1]
     segment = torch.cumsum(new, 0) - 1
-    starts = new.nonzero(as_tuple=True)[0]
     sizes = torch.bincount(segment)
-    rank = torch.arange(len(g), device=g.device) - starts[segment]
     over = sizes > capacity
-    cut = torch.zeros(len(starts), dtype=torch.int64, device=g.device)
-    cut[over] = c[starts[over] + capacity]
-    reduced = c - cut[segment]
-    keep = (rank < capacity) & (reduced > 0)
-    kept, kept_counts = by_count[keep], reduced[keep]
-    order = _order_by_group_gram(group[kept], gram[kept])
-    return group[kept][order], gram[kept][order], kept_counts[order]
+    if not bool(over.any()):  # no group over capacity: nothing to prune, and no sort
+        return group, gram, count
+    members = over[segment].nonzero(as_tuple=True)[0]  # positions of counters in groups over capacity
+    member_segment, member_count = segment[members], count[members]
+    span = int(member_count.max()) + 1
+    if (int(member_segment[-1]) + 1) * span < INT64_LIMIT:
+        by_count = torch.sort(member_segment * span + (span - 1 - member_count), stable=True).indices
+    else:
+        by_count = _lexsort_torch((-member_count, member_segment))
+    ranked_segment = member_segment[by_count]
+    first = torch.ones(len(members), dtype=torch.bool, device=device)
+    first[1:] = ranked_segment[1:] != ranked_segment[:-1]
+    local = torch.cumsum(first, 0) - 1
+    starts = first.nonzero(as_tuple=True)[0]
+    cut = member_count[by_count][starts + capacity]  # the (capacity+1)-th largest counter of each group
+    rank = torch.empty_like(by_count)
+    rank[by_count] = torch.arange(len(members), device=device) - starts[local]
+    member_cut = torch.empty_like(member_count)
+    member_cut[by_count] = cut[local]
+    reduced = member_count - member_cut
+    keep = torch.ones(len(group), dtype=torch.bool, device=device)
+    keep[members] = (rank < capacity) & (reduced > 0)
+    pruned = count.clone()
+    pruned[members] = reduced
+    return group[keep], gram[keep], pruned[keep]
 
 
 def merge_summaries_torch(parts: list[TensorSummary], capacity: int) -> TensorSummary:
     """`merge_summaries` on tensors."""
     merged = coalesce_torch(*(torch.cat([p[i] for p in parts]) for i in range(3)))
     return prune_torch(*merged, capacity)
+
+
+def add_sorted_torch(table: TensorSummary, new: TensorSummary) -> TensorSummary:
+    """Coalesced `table` plus coalesced `new` (both sorted by (group, gram)), equal to `coalesce_torch` of both.
+
+    Only `new` was sorted; it is merged into the table by binary search, so a large table is not re-sorted.
+    """
+    (group_t, gram_t, count_t), (group_n, gram_n, count_n) = table, new
+    if len(group_t) == 0 or len(group_n) == 0:
+        return new if len(group_t) == 0 else table
+    span = int(torch.maximum(gram_t.max(), gram_n.max())) + 1
+    if (int(torch.maximum(group_t[-1], group_n[-1])) + 1) * span >= INT64_LIMIT:
+        return coalesce_torch(*(torch.cat([t, n]) for t, n in zip(table, new)))
+    key_t, key_n = group_t * span + gram_t, group_n * span + gram_n
+    at = torch.searchsorted(key_t, key_n)
+    found = at < len(key_t)
+    found[found.clone()] = key_t[at[found]] == key_n[found]
+    count = count_t.clone().index_add_(0, at[found], count_n[found])
+    fresh = ~found
+    fresh_key = key_n[fresh]
+    # final places: table entries shift by the fresh keys before them, fresh keys by the table entries before them
+    place_t = torch.arange(len(key_t), device=key_t.device) + torch.searchsorted(fresh_key, key_t)
+    place_n = torch.arange(len(fresh_key), device=key_t.device) + at[fresh]
+    size = len(key_t) + len(fresh_key)
+    merged = []
+    for old, added in ((group_t, group_n[fresh]), (gram_t, gram_n[fresh]), (count, count_n[fresh])):
+        out = torch.empty(size, dtype=old.dtype, device=old.device)
+        out[place_t] = old
+        out[place_n] = added
+        merged.append(out)
+    return merged[0], merged[1], merged[2]
 
 
 def coverage_target(fires: np.ndarray, fraction: float) -> np.ndarray:
