@@ -15,6 +15,8 @@ from neuron_census.accumulators import (
     TokenCount,
     TokenFireCount,
     TopK,
+    add_sorted_sparse,
+    coalesce_sparse,
     decode_token_fire_keys,
     merge_states,
 )
@@ -165,3 +167,18 @@ def test_merge_of_shards_equals_one_pass(data):
                 np.testing.assert_allclose(merged[name][key], array, rtol=1e-6)
             else:
                 np.testing.assert_array_equal(merged[name][key], array, err_msg=f"{name}/{key}")
+
+
+def test_sparse_coalesce_and_sorted_add_match_a_counter():
+    from collections import Counter
+
+    rng = np.random.default_rng(3)
+    for n_old, n_new in ((0, 30), (40, 0), (500, 400), (3000, 25)):
+        old_keys, old_counts = rng.integers(0, 800, size=n_old), rng.integers(1, 5, size=n_old)
+        new_keys, new_counts = rng.integers(0, 800, size=n_new), rng.integers(1, 5, size=n_new)
+        expected = Counter()
+        for key, count in zip(np.r_[old_keys, new_keys], np.r_[old_counts, new_counts]):
+            expected[int(key)] += int(count)
+        keys, counts = add_sorted_sparse(*coalesce_sparse(old_keys, old_counts), *coalesce_sparse(new_keys, new_counts))
+        assert keys.tolist() == sorted(expected) and dict(zip(keys.tolist(), counts.tolist())) == dict(expected)
+        assert keys.dtype == counts.dtype == np.int64

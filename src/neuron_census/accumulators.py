@@ -204,10 +204,35 @@ class TokenCount:
 
 def coalesce_sparse(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sum the counts of equal keys; return sorted unique keys and their totals."""
-    unique, inverse = np.unique(keys, return_inverse=True)
-    totals = np.zeros(len(unique), dtype=np.int64)
-    np.add.at(totals, inverse, counts)
-    return unique, totals
+    keys, counts = np.asarray(keys, dtype=np.int64), np.asarray(counts, dtype=np.int64)
+    if len(keys) == 0:
+        return keys, counts
+    order = np.argsort(keys, kind="stable")
+    keys = keys[order]
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    return keys[starts], np.add.reduceat(counts[order], starts)
+
+
+def add_sorted_sparse(
+    keys: np.ndarray, counts: np.ndarray, new_keys: np.ndarray, new_counts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted unique `keys` plus sorted unique `new_keys`, summed: a merge by binary search, no re-sort."""
+    if len(keys) == 0 or len(new_keys) == 0:
+        return (new_keys, new_counts) if len(keys) == 0 else (keys, counts)
+    at = np.searchsorted(keys, new_keys)
+    found = at < len(keys)
+    found[found] = keys[at[found]] == new_keys[found]
+    counts = counts.copy()
+    counts[at[found]] += new_counts[found]  # keys are unique, so no index repeats
+    fresh = ~found
+    fresh_keys = new_keys[fresh]
+    place_old = np.arange(len(keys)) + np.searchsorted(fresh_keys, keys)
+    place_new = np.arange(len(fresh_keys)) + at[fresh]
+    merged_keys = np.empty(len(keys) + len(fresh_keys), dtype=np.int64)
+    merged_counts = np.empty_like(merged_keys)
+    merged_keys[place_old], merged_counts[place_old] = keys, counts
+    merged_keys[place_new], merged_counts[place_new] = fresh_keys, new_counts[fresh]
+    return merged_keys, merged_counts
 
 
 class TokenFireCount:
@@ -267,9 +292,10 @@ class TokenFireCount:
     def _flush(self) -> None:
         if not self._pending:
             return
-        keys = np.concatenate([self._keys] + [k for k, _ in self._pending])
-        counts = np.concatenate([self._counts] + [c for _, c in self._pending])
-        self._keys, self._counts = coalesce_sparse(keys, counts)
+        pending = coalesce_sparse(
+            np.concatenate([k for k, _ in self._pending]), np.concatenate([c for _, c in self._pending])
+        )
+        self._keys, self._counts = add_sorted_sparse(self._keys, self._counts, *pending)
         self._pending, self._n_pending = [], 0
 
     def state(self) -> State:
