@@ -121,7 +121,15 @@ def reference_top_k(data, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return values, seqs, poss
 
 
-def test_top_k_one_pass_and_merged_shards_equal_reference(data):
+@pytest.mark.parametrize("sparse_share", [16, 1], ids=["default", "sparse-whenever-possible"])
+def test_top_k_one_pass_and_merged_shards_equal_reference(data, sparse_share, monkeypatch):
+    """Both update paths: dense top-k per batch, and the merge of candidates above each neuron's k-th value."""
+    import neuron_census.accumulators as accumulators
+
+    monkeypatch.setattr(accumulators, "SPARSE_TOP_SHARE", sparse_share)
+    sparse_calls = []
+    original = TopK._update_sparse
+    monkeypatch.setattr(TopK, "_update_sparse", lambda self, *a: (sparse_calls.append(1), original(self, *a)))
     k = 6
     values, seqs, poss = reference_top_k(data, k)
     one_pass = run(TopK(GEOMETRY, torch.device("cpu"), k=k), data, batch=4)
@@ -134,6 +142,8 @@ def test_top_k_one_pass_and_merged_shards_equal_reference(data):
         np.testing.assert_array_equal(state["values"], values)
         np.testing.assert_array_equal(state["seq"], seqs)
         np.testing.assert_array_equal(state["pos"], poss)
+    if sparse_share == 1:
+        assert sparse_calls  # the sparse path was taken
 
 
 def test_moments(data):

@@ -322,6 +322,9 @@ def decode_token_fire_keys(keys: np.ndarray, vocab_size: int, n_neurons: int) ->
     return rest // vocab_size, rest % vocab_size, neuron
 
 
+SPARSE_TOP_SHARE = 16  # TopK takes the sparse path when at most 1/16 of a batch's activations are candidates
+
+
 class TopK:
     """The `k` largest activations of every neuron with the (sequence, position) where they occurred.
 
@@ -349,7 +352,18 @@ class TopK:
         slot = self.geometry.slot(batch.layer)
         seq_len = batch.acts.shape[1]
         acts = batch.acts_2d()
-        columns = (acts.amax(dim=0) > self.values[slot, -1]).nonzero(as_tuple=True)[0]
+        kth = self.values[slot, -1]
+        if not bool(torch.isinf(kth).any()):
+            # every neuron has k entries: only values above its k-th can enter, usually a few per neuron
+            rows, neurons = (acts > kth).nonzero(as_tuple=True)
+            counted = batch.mask.reshape(-1)[rows]
+            rows, neurons = rows[counted], neurons[counted]
+            if len(rows) == 0:
+                return
+            if len(rows) <= acts.numel() // SPARSE_TOP_SHARE:
+                self._update_sparse(slot, batch, acts, rows, neurons)
+                return
+        columns = (acts.amax(dim=0) > kth).nonzero(as_tuple=True)[0]
         if len(columns) == 0:
             return
         every = len(columns) == acts.shape[1]
@@ -366,6 +380,38 @@ class TopK:
             torch.cat([self.values[slot][:, columns], values]),
             torch.cat([self.seq[slot][:, columns], seq]),
             torch.cat([self.pos[slot][:, columns], pos]),
+            self.k,
+        )
+        self.values[slot][:, columns], self.seq[slot][:, columns], self.pos[slot][:, columns] = merged
+
+    def _update_sparse(
+        self, slot: int, batch: LayerBatch, acts: torch.Tensor, rows: torch.Tensor, neurons: torch.Tensor
+    ) -> None:
+        """Merge candidate (row, neuron) entries: per neuron the best k by (value desc, row asc), then `_select_top`."""
+        seq_len = batch.acts.shape[1]
+        values = acts[rows, neurons]
+        by_value = torch.sort(values, descending=True, stable=True).indices  # ties keep row order
+        order = by_value[torch.sort(neurons[by_value], stable=True).indices]  # grouped by neuron, same order inside
+        rows, neurons, values = rows[order], neurons[order], values[order]
+        first = torch.ones(len(rows), dtype=torch.bool, device=rows.device)
+        first[1:] = neurons[1:] != neurons[:-1]
+        starts = first.nonzero(as_tuple=True)[0]
+        group = torch.cumsum(first, 0) - 1
+        rank = torch.arange(len(rows), device=rows.device) - starts[group]
+        keep = rank < self.k
+        rows, values, rank, group = rows[keep], values[keep], rank[keep], group[keep]
+        columns = neurons[starts]
+        shape = (self.k, len(columns))
+        new_values = torch.full(shape, -torch.inf, dtype=self.values.dtype, device=rows.device)
+        new_seq = torch.full(shape, -1, dtype=torch.int64, device=rows.device)
+        new_pos = torch.full(shape, -1, dtype=torch.int64, device=rows.device)
+        new_values[rank, group] = values
+        new_seq[rank, group] = batch.seq_ids[rows // seq_len]
+        new_pos[rank, group] = rows % seq_len
+        merged = _select_top(
+            torch.cat([self.values[slot][:, columns], new_values]),
+            torch.cat([self.seq[slot][:, columns], new_seq]),
+            torch.cat([self.pos[slot][:, columns], new_pos]),
             self.k,
         )
         self.values[slot][:, columns], self.seq[slot][:, columns], self.pos[slot][:, columns] = merged
