@@ -70,9 +70,11 @@ class LayerBatch:
         return self._cache["weights"]
 
     def counted_acts(self) -> torch.Tensor:
-        """[counted tokens, N] float32 activations of counted positions only."""
+        """Activations of counted positions only: [B, T-1, N] without a copy when only position 0 (BOS) is
+        excluded (the usual case), else a [counted tokens, N] copy. Reduce over every dim but the last."""
         if "counted_acts" not in self._cache:
-            self._cache["counted_acts"] = self.acts_2d()[self.mask.reshape(-1)]
+            bos_only = bool(self.mask[:, 1:].all()) and not bool(self.mask[:, 0].any())
+            self._cache["counted_acts"] = self.acts[:, 1:].float() if bos_only else self.acts_2d()[self.mask.reshape(-1)]
         return self._cache["counted_acts"]
 
 
@@ -504,13 +506,16 @@ class Moments:
     def update(self, batch: LayerBatch) -> None:
         slot = self.geometry.slot(batch.layer)
         counted = batch.counted_acts()
-        if counted.shape[0] == 0:
+        if counted.numel() == 0:
             return
         acts, weights = batch.acts_2d(), batch.weights()
         self.total[slot] += (weights @ acts)[0].double()
         self.squares[slot] += (weights @ (acts * acts))[0].double()
-        self.minimum[slot] = torch.minimum(self.minimum[slot], counted.amin(dim=0))
-        self.maximum[slot] = torch.maximum(self.maximum[slot], counted.amax(dim=0))
+        low, high = counted, counted
+        while low.dim() > 1:  # one dim at a time: reducing several dims of a strided view at once is slow
+            low, high = low.amin(dim=-2), high.amax(dim=-2)
+        self.minimum[slot] = torch.minimum(self.minimum[slot], low)
+        self.maximum[slot] = torch.maximum(self.maximum[slot], high)
 
     def state(self) -> State:
         return {
