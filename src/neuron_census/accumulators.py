@@ -228,8 +228,9 @@ def add_sorted_sparse(
     counts[at[found]] += new_counts[found]  # keys are unique, so no index repeats
     fresh = ~found
     fresh_keys = new_keys[fresh]
-    place_old = np.arange(len(keys)) + np.searchsorted(fresh_keys, keys)
-    place_new = np.arange(len(fresh_keys)) + at[fresh]
+    fresh_at = at[fresh]
+    place_old = np.arange(len(keys)) + np.cumsum(np.bincount(fresh_at, minlength=len(keys) + 1))[: len(keys)]
+    place_new = np.arange(len(fresh_keys)) + fresh_at
     merged_keys = np.empty(len(keys) + len(fresh_keys), dtype=np.int64)
     merged_counts = np.empty_like(merged_keys)
     merged_keys[place_old], merged_counts[place_old] = keys, counts

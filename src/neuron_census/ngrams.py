@@ -200,8 +200,10 @@ def add_sorted_torch(table: TensorSummary, new: TensorSummary) -> TensorSummary:
     fresh = ~found
     fresh_key = key_n[fresh]
     # final places: table entries shift by the fresh keys before them, fresh keys by the table entries before them
-    place_t = torch.arange(len(key_t), device=key_t.device) + torch.searchsorted(fresh_key, key_t)
-    place_n = torch.arange(len(fresh_key), device=key_t.device) + at[fresh]
+    fresh_at = at[fresh]
+    inserted_before = torch.cumsum(torch.bincount(fresh_at, minlength=len(key_t) + 1), 0)[: len(key_t)]
+    place_t = torch.arange(len(key_t), device=key_t.device) + inserted_before
+    place_n = torch.arange(len(fresh_key), device=key_t.device) + fresh_at
     size = len(key_t) + len(fresh_key)
     merged = []
     for old, added in ((group_t, group_n[fresh]), (gram_t, gram_n[fresh]), (count, count_n[fresh])):
