@@ -379,6 +379,12 @@ class TopK:
         if every:
             self._merge_into(slot, values, seq, pos)
             return
+        self._merge_columns(slot, columns, values, seq, pos)
+
+    def _merge_columns(
+        self, slot: int, columns: torch.Tensor, values: torch.Tensor, seq: torch.Tensor, pos: torch.Tensor
+    ) -> None:
+        """Merge [k, len(columns)] entries into the kept top-k of those neurons."""
         merged = _select_top(
             torch.cat([self.values[slot][:, columns], values]),
             torch.cat([self.seq[slot][:, columns], seq]),
@@ -411,13 +417,7 @@ class TopK:
         new_values[rank, group] = values
         new_seq[rank, group] = batch.seq_ids[rows // seq_len]
         new_pos[rank, group] = rows % seq_len
-        merged = _select_top(
-            torch.cat([self.values[slot][:, columns], new_values]),
-            torch.cat([self.seq[slot][:, columns], new_seq]),
-            torch.cat([self.pos[slot][:, columns], new_pos]),
-            self.k,
-        )
-        self.values[slot][:, columns], self.seq[slot][:, columns], self.pos[slot][:, columns] = merged
+        self._merge_columns(slot, columns, new_values, new_seq, new_pos)
 
     def _merge_into(self, slot: int, values: torch.Tensor, seq: torch.Tensor, pos: torch.Tensor) -> None:
         all_values = torch.cat([self.values[slot], values])
