@@ -29,6 +29,7 @@ from neuron_census.bundle import (
     group_blocks,
     iter_blocks,
 )
+from neuron_census.errors import first_line
 from neuron_census.tokenization import TextTokenizer
 
 SOURCES = ("bundled", "files", "hf", "random_tokens", "planted")
@@ -323,8 +324,7 @@ def _hf_documents(spec: Mapping[str, Any], root: Path, name: str) -> Iterator[st
             streaming=True,
         )
     except Exception as err:  # datasets raises many types; report them in one line
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"dataset {name!r}: cannot load hf dataset {path!r}: {first}") from err
+        raise ValueError(f"dataset {name!r}: cannot load hf dataset {path!r}: {first_line(err)}") from err
     count = 0
     for record in stream:
         text = record.get(field)

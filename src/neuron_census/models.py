@@ -17,6 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, Pre
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from neuron_census.adapters import FFNAdapter, adapter_for, check_model_type
+from neuron_census.errors import first_line
 from neuron_census.execution import Placement, accelerate_max_memory, dispatch_offloaded
 
 SOURCES = ("hub", "local", "random", "planted")
@@ -73,8 +74,7 @@ def _from_pretrained(
     try:
         raw, _ = PretrainedConfig.get_config_dict(source, revision=revision)
     except (OSError, ValueError) as error:  # unknown id, no network, no config.json, malformed id
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        raise ValueError(f"model '{name}': cannot read the config of {source}: {lines[0] if lines else type(error).__name__}") from None
+        raise ValueError(f"model '{name}': cannot read the config of {source}: {first_line(error)}") from None
     model_type = raw.get("model_type")
     if "auto_map" in raw and model_type not in CONFIG_MAPPING and not trust_remote_code:
         raise _remote_code_error(name, source)
@@ -100,8 +100,7 @@ def _from_pretrained(
             **placement,
         )
     except OSError as error:  # e.g. a repository with pickled (.bin) weights only: they are never read
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        raise ValueError(f"model '{name}': cannot load safetensors weights of {source}: {lines[0] if lines else error}") from None
+        raise ValueError(f"model '{name}': cannot load safetensors weights of {source}: {first_line(error)}") from None
 
 
 def _build(

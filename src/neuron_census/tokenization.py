@@ -17,6 +17,7 @@ from typing import Any
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
 from neuron_census.bundle import resources_dir
+from neuron_census.errors import first_line
 
 SOURCES = ("hub", "local", "gpt2_bpe", "words")
 GPT2_EOT = "<|endoftext|>"
@@ -158,8 +159,7 @@ def _from_transformers(
     try:
         hf = AutoTokenizer.from_pretrained(**args, trust_remote_code=False)
     except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"tokenizer {name!r}: cannot load from {where}: {first}") from err
+        raise ValueError(f"tokenizer {name!r}: cannot load from {where}: {first_line(err)}") from err
     backend = getattr(hf, "backend_tokenizer", None)
     if not isinstance(backend, Tokenizer):
         raise ValueError(f"tokenizer {name!r}: {where} has no fast (tokenizers) backend")
