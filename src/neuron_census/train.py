@@ -107,7 +107,12 @@ class TrainConfig:
 
     def trajectory(self) -> dict[str, Any]:
         """The settings that decide the weights at every step (not when they are saved)."""
-        return {k: v for k, v in self.to_json().items() if k not in SAVE_SCHEDULE}
+        return _trajectory(self.to_json())
+
+
+def _trajectory(config: dict[str, Any]) -> dict[str, Any]:
+    """A config's JSON without the save schedule, which may change between a run and its resumption."""
+    return {k: v for k, v in config.items() if k not in SAVE_SCHEDULE}
 
 
 def opt_config(cfg: TrainConfig, vocab_size: int, *, bos_id: int, eos_id: int, pad_id: int) -> OPTConfig:
@@ -316,7 +321,7 @@ def load_resume_state(
 ) -> tuple[int, float, list[dict[str, Any]], tuple[float, int]]:
     """Restore what `save_resume_state` wrote; returns (step, seconds, log rows, pending loss)."""
     meta = json.loads((path / "state.json").read_text())
-    saved, current = {k: v for k, v in meta["config"].items() if k not in SAVE_SCHEDULE}, cfg.trajectory()
+    saved, current = _trajectory(meta["config"]), cfg.trajectory()
     if saved != current:
         changed = sorted(k for k in current if saved.get(k) != current[k])
         raise ValueError(f"resume state in {path} was saved with a different config (differs in {changed})")
@@ -357,7 +362,7 @@ def resumable(out_dir: Path, cfg: TrainConfig) -> bool:
         saved = json.loads(state.read_text())["config"]
     except (ValueError, KeyError):
         return False
-    return {k: v for k, v in saved.items() if k not in SAVE_SCHEDULE} == cfg.trajectory()
+    return _trajectory(saved) == cfg.trajectory()
 
 
 class TrainingStopped(InterruptedError):
