@@ -15,11 +15,11 @@ from neuron_census.accumulators import (
     TokenCount,
     TokenFireCount,
     TopK,
-    add_sorted_sparse,
     coalesce_sparse,
     decode_token_fire_keys,
     merge_states,
 )
+from neuron_census.ngrams import add_sorted_keys
 
 N_SEQ, SEQ_LEN, N_NEURONS, VOCAB = 12, 9, 7, 11
 LAYERS = (1, 3)
@@ -189,6 +189,7 @@ def test_sparse_coalesce_and_sorted_add_match_a_counter():
         expected = Counter()
         for key, count in zip(np.r_[old_keys, new_keys], np.r_[old_counts, new_counts]):
             expected[int(key)] += int(count)
-        keys, counts = add_sorted_sparse(*coalesce_sparse(old_keys, old_counts), *coalesce_sparse(new_keys, new_counts))
+        parts = (*coalesce_sparse(old_keys, old_counts), *coalesce_sparse(new_keys, new_counts))
+        keys, counts, _ = add_sorted_keys(*(torch.from_numpy(a) for a in parts))
         assert keys.tolist() == sorted(expected) and dict(zip(keys.tolist(), counts.tolist())) == dict(expected)
-        assert keys.dtype == counts.dtype == np.int64
+        assert keys.dtype == counts.dtype == torch.int64

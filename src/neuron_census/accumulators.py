@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from neuron_census.ngrams import (
+    add_sorted_keys,
     add_sorted_torch,
     check_packable,
     coalesce_torch,
@@ -215,29 +216,6 @@ def coalesce_sparse(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, n
     return keys[starts], np.add.reduceat(counts[order], starts)
 
 
-def add_sorted_sparse(
-    keys: np.ndarray, counts: np.ndarray, new_keys: np.ndarray, new_counts: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted unique `keys` plus sorted unique `new_keys`, summed: a merge by binary search, no re-sort."""
-    if len(keys) == 0 or len(new_keys) == 0:
-        return (new_keys, new_counts) if len(keys) == 0 else (keys, counts)
-    at = np.searchsorted(keys, new_keys)
-    found = at < len(keys)
-    found[found] = keys[at[found]] == new_keys[found]
-    counts = counts.copy()
-    counts[at[found]] += new_counts[found]  # keys are unique, so no index repeats
-    fresh = ~found
-    fresh_keys = new_keys[fresh]
-    fresh_at = at[fresh]
-    place_old = np.arange(len(keys)) + np.cumsum(np.bincount(fresh_at, minlength=len(keys) + 1))[: len(keys)]
-    place_new = np.arange(len(fresh_keys)) + fresh_at
-    merged_keys = np.empty(len(keys) + len(fresh_keys), dtype=np.int64)
-    merged_counts = np.empty_like(merged_keys)
-    merged_keys[place_old], merged_counts[place_old] = keys, counts
-    merged_keys[place_new], merged_counts[place_new] = fresh_keys, new_counts[fresh]
-    return merged_keys, merged_counts
-
-
 class TokenFireCount:
     """Sparse firings per (layer, token, neuron): which tokens trigger each neuron.
 
@@ -298,7 +276,8 @@ class TokenFireCount:
         pending = coalesce_sparse(
             np.concatenate([k for k, _ in self._pending]), np.concatenate([c for _, c in self._pending])
         )
-        self._keys, self._counts = add_sorted_sparse(self._keys, self._counts, *pending)
+        keys, counts, _ = add_sorted_keys(*(torch.from_numpy(a) for a in (self._keys, self._counts, *pending)))
+        self._keys, self._counts = keys.numpy(), counts.numpy()
         self._pending, self._n_pending = [], 0
 
     def state(self) -> State:

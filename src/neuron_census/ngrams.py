@@ -181,37 +181,50 @@ def merge_summaries_torch(parts: list[TensorSummary], capacity: int) -> TensorSu
     return prune_torch(*merged, capacity)
 
 
-def add_sorted_torch(table: TensorSummary, new: TensorSummary) -> TensorSummary:
-    """Coalesced `table` plus coalesced `new` (both sorted by (group, gram)), equal to `coalesce_torch` of both.
+def add_sorted_keys(
+    key: torch.Tensor,
+    count: torch.Tensor,
+    new_key: torch.Tensor,
+    new_count: torch.Tensor,
+    columns: tuple[torch.Tensor, ...] = (),
+    new_columns: tuple[torch.Tensor, ...] = (),
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Sorted unique `key` plus sorted unique `new_key`: (keys, summed counts, columns), all in key order.
 
-    Only `new` was sorted; it is merged into the table by binary search, so a large table is not re-sorted.
+    Only `new_key` had to be sorted: its entries are found by binary search and the union is laid out by
+    a running count of insertions, so a large table is never re-sorted. `columns` are carried per entry.
     """
+    at = torch.searchsorted(key, new_key)
+    found = at < len(key)
+    found[found.clone()] = key[at[found]] == new_key[found]
+    count = count.clone().index_add_(0, at[found], new_count[found])
+    fresh = ~found
+    fresh_at = at[fresh]
+    inserted_before = torch.cumsum(torch.bincount(fresh_at, minlength=len(key) + 1), 0)[: len(key)]
+    place_old = torch.arange(len(key), device=key.device) + inserted_before
+    place_new = torch.arange(len(fresh_at), device=key.device) + fresh_at
+
+    def union(old: torch.Tensor, added: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(len(key) + len(fresh_at), dtype=old.dtype, device=old.device)
+        out[place_old] = old
+        out[place_new] = added[fresh]
+        return out
+
+    return union(key, new_key), union(count, new_count), tuple(map(union, columns, new_columns))
+
+
+def add_sorted_torch(table: TensorSummary, new: TensorSummary) -> TensorSummary:
+    """Coalesced `table` plus coalesced `new` (both sorted by (group, gram)), equal to `coalesce_torch` of both."""
     (group_t, gram_t, count_t), (group_n, gram_n, count_n) = table, new
     if len(group_t) == 0 or len(group_n) == 0:
         return new if len(group_t) == 0 else table
     span = int(torch.maximum(gram_t.max(), gram_n.max())) + 1
     if (int(torch.maximum(group_t[-1], group_n[-1])) + 1) * span >= INT64_LIMIT:
         return coalesce_torch(*(torch.cat([t, n]) for t, n in zip(table, new)))
-    key_t, key_n = group_t * span + gram_t, group_n * span + gram_n
-    at = torch.searchsorted(key_t, key_n)
-    found = at < len(key_t)
-    found[found.clone()] = key_t[at[found]] == key_n[found]
-    count = count_t.clone().index_add_(0, at[found], count_n[found])
-    fresh = ~found
-    fresh_key = key_n[fresh]
-    # final places: table entries shift by the fresh keys before them, fresh keys by the table entries before them
-    fresh_at = at[fresh]
-    inserted_before = torch.cumsum(torch.bincount(fresh_at, minlength=len(key_t) + 1), 0)[: len(key_t)]
-    place_t = torch.arange(len(key_t), device=key_t.device) + inserted_before
-    place_n = torch.arange(len(fresh_key), device=key_t.device) + fresh_at
-    size = len(key_t) + len(fresh_key)
-    merged = []
-    for old, added in ((group_t, group_n[fresh]), (gram_t, gram_n[fresh]), (count, count_n[fresh])):
-        out = torch.empty(size, dtype=old.dtype, device=old.device)
-        out[place_t] = old
-        out[place_n] = added
-        merged.append(out)
-    return merged[0], merged[1], merged[2]
+    _, count, (group, gram) = add_sorted_keys(
+        group_t * span + gram_t, count_t, group_n * span + gram_n, count_n, (group_t, gram_t), (group_n, gram_n)
+    )
+    return group, gram, count
 
 
 def coverage_target(fires: np.ndarray, fraction: float) -> np.ndarray:
