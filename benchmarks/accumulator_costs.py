@@ -51,7 +51,7 @@ def measure(fire_rate: float, args: argparse.Namespace) -> tuple[float, dict[str
                 fires[:, 0] = False
                 layer_batch = LayerBatch(
                     layer=layer, acts=acts, fires=fires, mask=mask, tokens=rows,
-                    seq_ids=torch.arange(index * batch, (index + 1) * batch),
+                    seq_ids=torch.arange(index * batch, (index + 1) * batch), counted_from=1,
                 )
                 for acc in accumulators:
                     start = time.perf_counter()

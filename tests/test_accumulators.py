@@ -41,7 +41,9 @@ def data() -> dict[str, np.ndarray]:
 GEOMETRY = Geometry(layers=LAYERS, n_neurons=N_NEURONS, seq_len=SEQ_LEN, vocab_size=VOCAB)
 
 
-def run(accumulator, data, rows: slice = slice(None), batch: int = 5) -> dict[str, np.ndarray]:
+def run(
+    accumulator, data, rows: slice = slice(None), batch: int = 5, counted_from: int | None = None
+) -> dict[str, np.ndarray]:
     seq_ids = np.arange(N_SEQ)[rows]
     for start in range(0, len(seq_ids), batch):
         sel = seq_ids[start : start + batch]
@@ -56,6 +58,7 @@ def run(accumulator, data, rows: slice = slice(None), batch: int = 5) -> dict[st
                     mask=mask,
                     tokens=torch.from_numpy(data["tokens"][sel]),
                     seq_ids=torch.from_numpy(sel),
+                    counted_from=counted_from,
                 )
             )
     return accumulator.state()
@@ -146,8 +149,10 @@ def test_top_k_one_pass_and_merged_shards_equal_reference(data, sparse_share, mo
         assert sparse_calls  # the sparse path was taken
 
 
-def test_moments(data):
-    state = run(Moments(GEOMETRY, torch.device("cpu")), data)
+@pytest.mark.parametrize("counted_from", [None, 1], ids=["mask-copy", "bos-view"])
+def test_moments(data, counted_from):
+    """Counted positions read through the mask (a copy) or, as capture does, a view past the BOS."""
+    state = run(Moments(GEOMETRY, torch.device("cpu")), data, counted_from=counted_from)
     acts = data["acts"][:, data["mask"]].astype(np.float64)  # [L, tokens, N]
     np.testing.assert_allclose(state["sum"], acts.sum(axis=1), rtol=1e-6)
     np.testing.assert_allclose(state["sum_sq"], (acts**2).sum(axis=1), rtol=1e-6)

@@ -37,6 +37,7 @@ class LayerBatch:
     mask: torch.Tensor  # [B, T] bool: token is counted (False at BOS)
     tokens: torch.Tensor  # [B, T] int64 token ids
     seq_ids: torch.Tensor  # [B] int64 global sequence ids (shard * sequences_per_shard + row)
+    counted_from: int | None = None  # when known on the host: `mask` is exactly "position >= counted_from"
     _cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     # Derived tensors several accumulators share, computed once per (layer, batch). On CPUs, integer and
@@ -71,11 +72,14 @@ class LayerBatch:
         return self._cache["weights"]
 
     def counted_acts(self) -> torch.Tensor:
-        """Activations of counted positions only: [B, T-1, N] without a copy when only position 0 (BOS) is
-        excluded (the usual case), else a [counted tokens, N] copy. Reduce over every dim but the last."""
+        """Activations of counted positions only: a [B, T - counted_from, N] view when `counted_from` is
+        known (capture always knows it, so no device sync), else a [counted tokens, N] copy. Reduce over
+        every dim but the last."""
         if "counted_acts" not in self._cache:
-            bos_only = bool(self.mask[:, 1:].all()) and not bool(self.mask[:, 0].any())
-            self._cache["counted_acts"] = self.acts[:, 1:].float() if bos_only else self.acts_2d()[self.mask.reshape(-1)]
+            if self.counted_from is not None:
+                self._cache["counted_acts"] = self.acts[:, self.counted_from :].float()
+            else:
+                self._cache["counted_acts"] = self.acts_2d()[self.mask.reshape(-1)]
         return self._cache["counted_acts"]
 
 
@@ -320,6 +324,7 @@ class TopK:
         self.geometry = geometry
         self.k = k
         shape = (len(geometry.layers), k, geometry.n_neurons)
+        self._full = [False] * len(geometry.layers)  # every neuron of the layer holds k entries (then for good)
         self.values = torch.full(shape, -torch.inf, dtype=torch.float32, device=device)
         self.seq = torch.full(shape, -1, dtype=torch.int64, device=device)
         self.pos = torch.full(shape, -1, dtype=torch.int64, device=device)
@@ -335,7 +340,9 @@ class TopK:
         seq_len = batch.acts.shape[1]
         acts = batch.acts_2d()
         kth = self.values[slot, -1]
-        if not bool(torch.isinf(kth).any()):
+        if not self._full[slot]:  # read from the device only until it holds, not on every batch
+            self._full[slot] = not bool(torch.isinf(kth).any())
+        if self._full[slot]:
             # every neuron has k entries: only values above its k-th can enter, usually a few per neuron
             rows, neurons = (acts > kth).nonzero(as_tuple=True)
             counted = batch.mask.reshape(-1)[rows]
