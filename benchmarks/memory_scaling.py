@@ -6,7 +6,8 @@ capture itself holds), for
 
   dense   firing counts, per-position counts, token counts, top-k examples, moments: fixed-size state
   ngrams  dense + bigram/trigram summaries (at most `--ngram-capacity` n-grams per neuron) and n-gram counts
-  all     ngrams + exact sparse token x neuron firing counts (at most layers x vocabulary x neurons pairs)
+  all     ngrams + sparse token x neuron firing counts: exact (at most layers x vocabulary x neurons pairs),
+          or at most `--token-capacity` tokens per neuron
 
     python benchmarks/memory_scaling.py --architecture opt-125m --n-seq 8 --factor 10 --out benchmarks/results/memory
 """
@@ -45,7 +46,10 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         set_fire_rate(model, tokens, args.fire_rate, "cpu")
     names = SETS[args.set]
     settings = CaptureSettings(
-        batch_size=args.batch_size, ngram_capacity=args.ngram_capacity, **({"accumulators": names} if names else {})
+        batch_size=args.batch_size,
+        ngram_capacity=args.ngram_capacity,
+        token_capacity=args.token_capacity,
+        **({"accumulators": names} if names else {}),
     )
     loaded = _rss_mb()
     capture_tokens(
@@ -67,6 +71,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ngram-capacity", type=int, default=2048)
+    parser.add_argument("--token-capacity", type=int, default=None, help="default: exact token x neuron counts")
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     parser.add_argument("--fire-rate", type=float, default=None, help="shift FFN biases so this share fires")
     parser.add_argument("--out", type=Path, default=None)
@@ -84,6 +89,8 @@ def main() -> None:
                 "--n-seq", str(n_seq), "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size),
                 "--threads", str(args.threads), "--ngram-capacity", str(args.ngram_capacity),
             ] + (["--n-layers", str(args.n_layers)] if args.n_layers else []) + (
+                ["--token-capacity", str(args.token_capacity)] if args.token_capacity else []
+            ) + (
                 [] if args.fire_rate is None else ["--fire-rate", str(args.fire_rate)]
             )
             proc = subprocess.run(command, capture_output=True, text=True, check=True)
@@ -92,7 +99,8 @@ def main() -> None:
     lines = [
         f"{args.architecture}{f' ({args.n_layers} layers)' if args.n_layers else ''}, random weights"
         f"{'' if args.fire_rate is None else f' (FFN biases shifted so {args.fire_rate:g} fire)'}, "
-        f"seq_len {args.seq_len}, batch {args.batch_size}, ngram_capacity {args.ngram_capacity}.",
+        f"seq_len {args.seq_len}, batch {args.batch_size}, ngram_capacity {args.ngram_capacity}, "
+        f"token_capacity {args.token_capacity or 'none (exact)'}.",
         "",
         "| accumulators | tokens | peak RSS MB | after load MB | held by capture MB | peak vs smaller run |",
         "|---|---:|---:|---:|---:|---:|",

@@ -88,22 +88,68 @@ def test_token_count(data):
     np.testing.assert_array_equal(state["counts"], expected)
 
 
-@pytest.mark.parametrize("dense_limit", [1 << 30, 0])
-def test_token_fire_count_dense_and_sparse(data, dense_limit):
-    accumulator = TokenFireCount(GEOMETRY, torch.device("cpu"), dense_limit=dense_limit, flush_every=10)
-    state = run(accumulator, data)
+def token_fires_of(data) -> np.ndarray:
+    """Firings per [slot, token, neuron], position by position."""
     expected = np.zeros((len(LAYERS), VOCAB, N_NEURONS), dtype=np.int64)
     fires = fires_of(data)
     for slot in range(len(LAYERS)):
         for s in range(N_SEQ):
             for t in range(SEQ_LEN):
                 expected[slot, data["tokens"][s, t]] += fires[slot, s, t]
-    got = np.zeros_like(expected)
+    return expected
+
+
+def token_table(state) -> np.ndarray:
+    table = np.zeros((len(LAYERS), VOCAB, N_NEURONS), dtype=np.int64)
     slot, token, neuron = decode_token_fire_keys(state["keys"], VOCAB, N_NEURONS)
-    got[slot, token, neuron] = state["counts"]
-    np.testing.assert_array_equal(got, expected)
+    table[slot, token, neuron] = state["counts"]
+    return table
+
+
+@pytest.mark.parametrize(
+    ("dense_limit", "capacity"), [(1 << 30, None), (1 << 30, 4), (0, None)], ids=["dense", "dense-capacity", "sparse"]
+)
+def test_token_fire_count_dense_and_sparse(data, dense_limit, capacity):
+    """Exact counts, from the dense table (which ignores a capacity) or from the sparse one without one."""
+    accumulator = TokenFireCount(GEOMETRY, torch.device("cpu"), dense_limit=dense_limit, capacity=capacity, flush_every=10)
+    state = run(accumulator, data)
+    np.testing.assert_array_equal(token_table(state), token_fires_of(data))
     assert (state["counts"] > 0).all()
     assert np.all(np.diff(state["keys"]) > 0)
+    assert state["capacity"].tolist() == [0] and state["vocab_size"].tolist() == [VOCAB]
+
+
+@pytest.mark.parametrize("capacity", [3, 7])
+def test_token_fire_count_capacity_keeps_the_misra_gries_guarantee(data, capacity):
+    """Per neuron at most `capacity` tokens, estimate <= true <= estimate + slack, exact when few tokens.
+
+    Checked for one pass (merging after every batch or two) and for shards merged afterwards.
+    """
+    device = torch.device("cpu")
+    true = token_fires_of(data)
+    fires = fires_of(data).sum(axis=(1, 2))  # [slot, neuron]
+
+    def bounded(rows: slice = slice(None)):
+        return run(TokenFireCount(GEOMETRY, device, dense_limit=0, capacity=capacity, flush_every=10), data, rows=rows)
+
+    one_pass = bounded()
+    merged = TokenFireCount.merge([bounded(slice(0, 5)), bounded(slice(5, 9)), bounded(slice(9, None))])
+    n_pruned = 0
+    for state in (one_pass, merged):
+        assert state["capacity"].tolist() == [capacity]
+        assert np.all(np.diff(state["keys"]) > 0) and (state["counts"] > 0).all()
+        estimate = token_table(state)
+        for slot in range(len(LAYERS)):
+            for neuron in range(N_NEURONS):
+                est, exact = estimate[slot, :, neuron], true[slot, :, neuron]
+                assert (est > 0).sum() <= capacity
+                slack = (fires[slot, neuron] - est.sum()) / (capacity + 1)
+                assert np.all(est <= exact) and np.all(exact <= est + slack + 1e-9), (slot, neuron)
+                if (exact > 0).sum() <= capacity:
+                    np.testing.assert_array_equal(est, exact)
+                else:
+                    n_pruned += 1
+    assert n_pruned > 0
 
 
 def reference_top_k(data, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -35,7 +35,12 @@ def states(seed: int) -> dict:
     rng = np.random.default_rng(seed)
     return {
         "fire_count": {"counts": rng.integers(0, 9, (2, 3)), "tokens": np.array([12, 12])},
-        "token_fire_count": {"keys": np.array([1, 4, 7]) + seed, "counts": np.array([1, 2, 3])},
+        "token_fire_count": {
+            "keys": np.array([1, 4, 7]) + seed,
+            "counts": np.array([1, 2, 3]),
+            "vocab_size": np.array([16]),
+            "capacity": np.array([0]),
+        },
     }
 
 

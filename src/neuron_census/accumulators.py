@@ -21,6 +21,7 @@ from neuron_census.ngrams import (
     coalesce_torch,
     merge_summaries,
     merge_summaries_torch,
+    prune,
     prune_torch,
 )
 
@@ -221,14 +222,20 @@ def coalesce_sparse(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, n
 
 
 class TokenFireCount:
-    """Sparse firings per (layer, token, neuron): which tokens trigger each neuron.
+    """Firings per (layer, neuron, token): which tokens trigger each neuron.
 
     Small problems (vocab x neurons x layers up to `dense_limit` cells) use one dense table on the
-    device. Larger ones (OPT/GPT-2 vocabularies) count per batch over the distinct tokens of the batch
-    and keep (key, count) pairs on the CPU, merged once at least `flush_every` and at least as many pairs
-    as the table holds are pending, so memory is at most twice the number of distinct (token, neuron) pairs
-    ever seen (bounded by layers x vocabulary x neurons), never growing with the token count beyond that.
-    Keys are ``(slot * vocab + token) * n_neurons + neuron`` with slot the analysed-layer index.
+    device, exact. Larger ones (OPT/GPT-2 vocabularies) count per batch over the distinct tokens of the
+    batch and keep sorted (key, count) pairs on the CPU, merged into the table once at least
+    `flush_every` and at least as many pairs as the table holds are pending (each pair is then re-sorted
+    O(log) times, and pending memory stays below the table's).
+
+    `capacity` None keeps every (token, neuron) pair seen: exact, and bounded only by layers x
+    vocabulary x neurons. An integer keeps, per neuron, a Misra-Gries summary of at most `capacity`
+    tokens (`neuron_census.ngrams`, as for n-grams): exact for every neuron that meets no more distinct
+    tokens than that, certified bounds beyond, and memory that stops growing once the summaries are full.
+    Keys are ``(slot * n_neurons + neuron) * vocab + token`` with slot the analysed-layer index, so the
+    sorted keys hold each neuron's tokens together.
     """
 
     name: ClassVar[str] = "token_fire_count"
@@ -239,6 +246,7 @@ class TokenFireCount:
         device: torch.device,
         *,
         dense_limit: int = 1 << 26,
+        capacity: int | None = None,
         flush_every: int = 1 << 22,
     ) -> None:
         self.geometry = geometry
@@ -248,9 +256,10 @@ class TokenFireCount:
             if n_cells <= dense_limit
             else None
         )
+        self.capacity = capacity
         self.flush_every = flush_every
-        self._keys = np.zeros(0, dtype=np.int64)
-        self._counts = np.zeros(0, dtype=np.int64)
+        self._keys = torch.zeros(0, dtype=torch.int64)
+        self._counts = torch.zeros(0, dtype=torch.int64)
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
         self._n_pending = 0
 
@@ -264,13 +273,10 @@ class TokenFireCount:
             self.dense[slot].index_put_((unique,), per_token.to(torch.int32), accumulate=True)
             return
         rows, neurons = per_token.nonzero(as_tuple=True)
-        counts = per_token[rows, neurons].cpu().numpy().astype(np.int64)
-        token_ids = unique[rows].cpu().numpy().astype(np.int64)
-        keys = (slot * self.geometry.vocab_size + token_ids) * self.geometry.n_neurons + neurons.cpu().numpy()
+        counts = per_token[rows, neurons].to(torch.int64).cpu().numpy()
+        keys = ((slot * self.geometry.n_neurons + neurons) * self.geometry.vocab_size + unique[rows]).cpu().numpy()
         self._pending.append((keys, counts))
         self._n_pending += len(keys)
-        # merging re-sorts the whole table, so wait until as much is pending as is merged already:
-        # each pair is then re-sorted O(log) times, and pending memory stays below the table's
         if self._n_pending >= max(self.flush_every, len(self._keys)):
             self._flush()
 
@@ -280,32 +286,51 @@ class TokenFireCount:
         pending = coalesce_sparse(
             np.concatenate([k for k, _ in self._pending]), np.concatenate([c for _, c in self._pending])
         )
-        keys, counts, _ = add_sorted_keys(*(torch.from_numpy(a) for a in (self._keys, self._counts, *pending)))
-        self._keys, self._counts = keys.numpy(), counts.numpy()
+        keys, counts, _ = add_sorted_keys(self._keys, self._counts, *map(torch.from_numpy, pending))
+        self._keys, self._counts = self._pruned(keys, counts)
         self._pending, self._n_pending = [], 0
 
+    def _pruned(self, keys: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.capacity is None:
+            return keys, counts
+        _, keys, counts = prune_torch(keys // self.geometry.vocab_size, keys, counts, self.capacity)  # keys as grams: sorted alike
+        return keys, counts
+
     def state(self) -> State:
+        header = {"vocab_size": np.asarray([self.geometry.vocab_size], dtype=np.int64)}
         if self.dense is not None:
-            dense = self.dense.cpu().numpy()
-            flat = dense.reshape(-1)
+            flat = self.dense.transpose(1, 2).cpu().numpy().reshape(-1)  # [slot, neuron, token]
             keys = np.flatnonzero(flat).astype(np.int64)
-            return {"keys": keys, "counts": flat[keys].astype(np.int64)}
+            return header | {"keys": keys, "counts": flat[keys].astype(np.int64), "capacity": np.zeros(1, dtype=np.int64)}
         self._flush()
-        return {"keys": self._keys.copy(), "counts": self._counts.copy()}
+        return header | {
+            "keys": self._keys.numpy().copy(),
+            "counts": self._counts.numpy().copy(),
+            "capacity": np.asarray([self.capacity or 0], dtype=np.int64),
+        }
 
     @staticmethod
     def merge(states: list[State]) -> State:
+        first = states[0]
+        for other in states[1:]:
+            for key in ("vocab_size", "capacity"):
+                if not np.array_equal(other[key], first[key]):
+                    raise ValueError(f"cannot merge token firing counts with different {key}: {other[key]} vs {first[key]}")
         keys, counts = coalesce_sparse(
             np.concatenate([s["keys"] for s in states]), np.concatenate([s["counts"] for s in states])
         )
-        return {"keys": keys, "counts": counts}
+        capacity, vocab = int(first["capacity"][0]), int(first["vocab_size"][0])
+        if capacity:
+            group, token, counts = prune(keys // vocab, keys % vocab, counts, capacity)
+            keys = group * vocab + token
+        return {"vocab_size": first["vocab_size"], "capacity": first["capacity"], "keys": keys, "counts": counts}
 
 
 def decode_token_fire_keys(keys: np.ndarray, vocab_size: int, n_neurons: int) -> tuple[np.ndarray, ...]:
     """Split TokenFireCount keys into (layer slot, token, neuron) arrays."""
-    neuron = keys % n_neurons
-    rest = keys // n_neurons
-    return rest // vocab_size, rest % vocab_size, neuron
+    group, token = np.divmod(keys, vocab_size)
+    slot, neuron = np.divmod(group, n_neurons)
+    return slot, token, neuron
 
 
 SPARSE_TOP_SHARE = 16  # TopK takes the sparse path when at most 1/16 of a batch's activations are candidates

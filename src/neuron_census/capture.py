@@ -53,6 +53,7 @@ class CaptureSettings:
     fire_rule: str = "preactivation"
     top_k: int = 16
     token_fire_dense_limit: int = 1 << 26
+    token_capacity: int | None = None  # tokens kept per neuron in the sparse table; None: every one (exact)
     ngram_layers: str | tuple[int, ...] = "first_half"  # "first_half", "all", or model layer numbers
     ngram_orders: tuple[int, ...] = (2, 3)
     ngram_capacity: int = 65536  # n-grams kept per neuron and order (exact below this)
@@ -108,7 +109,9 @@ def build_accumulators(
         "fire_count": lambda: FireCount(geometry, device),
         "position_fire_count": lambda: PositionFireCount(geometry, device),
         "token_count": lambda: TokenCount(geometry, device),
-        "token_fire_count": lambda: TokenFireCount(geometry, device, dense_limit=settings.token_fire_dense_limit),
+        "token_fire_count": lambda: TokenFireCount(
+            geometry, device, dense_limit=settings.token_fire_dense_limit, capacity=settings.token_capacity
+        ),
         "ngram_fire_count": lambda: NgramFireCount(
             geometry, device, layers=ngram_layers, orders=settings.ngram_orders, capacity=settings.ngram_capacity
         ),

@@ -1,9 +1,9 @@
 """N-gram coverage and n-gram detector neurons from merged accumulator states (pure functions).
 
 Coverage (Voita et al. 2023, Sec. 4.1): the number of distinct n-grams needed to cover at least
-`coverage` of a neuron's firings, BOS excluded. Unigram counts are exact (`token_fire_count`); bigram
-and trigram counts come from bounded summaries (`ngram_fire_count`) and are reported with a lower
-bound and an `_exact` flag (see `neuron_census.ngrams`).
+`coverage` of a neuron's firings, BOS excluded. Unigram counts (`token_fire_count`) are exact unless a
+`token_capacity` bounds them; bigram and trigram counts come from bounded summaries (`ngram_fire_count`).
+Bounded counts are reported with a lower bound and an `_exact` flag (see `neuron_census.ngrams`).
 
 Token detectors (Sec. 4.2), three steps: (1) neurons covered by 1..`max_ngrams` tokens; (2) keep the
 tokens on which the neuron fires at least `ngram_fire_rate` of the times the token occurs; (3) the
@@ -48,13 +48,14 @@ class SparseCounts:
 
 def unigram_counts(states: Mapping[str, State], attrs: Mapping[str, Any]) -> SparseCounts:
     n_neurons, vocab = int(attrs["n_neurons"]), int(attrs["vocab_size"])
-    slot, token, neuron = decode_token_fire_keys(states["token_fire_count"]["keys"], vocab, n_neurons)
+    state = states["token_fire_count"]
+    slot, token, neuron = decode_token_fire_keys(state["keys"], vocab, n_neurons)
     return SparseCounts(
         group=slot * n_neurons + neuron,
         item=token,
-        count=states["token_fire_count"]["counts"],
+        count=state["counts"],
         fires=states["fire_count"]["counts"].reshape(-1),
-        capacity=None,
+        capacity=int(state["capacity"][0]) or None,
     )
 
 
@@ -83,13 +84,18 @@ def counted_orders(states: Mapping[str, State]) -> list[int]:
 def coverage_columns(states: Mapping[str, State], attrs: Mapping[str, Any], settings: DetectorSettings) -> dict[str, Any]:
     """Per (slot, neuron) in row-major order: coverage columns for every counted order.
 
-    Unigram coverage is exact; null for dead neurons. Bigram/trigram columns are null for layers whose
+    Unigram columns are null for dead neurons. Bigram/trigram columns are null for layers whose
     n-grams were not counted and for neurons with no firing at a complete n-gram.
     """
     n_rows = len(attrs["layers"]) * int(attrs["n_neurons"])
     unigrams = unigram_counts(states, attrs)
-    _, upper, _ = coverage_bounds(unigrams.group, unigrams.count, unigrams.fires, None, settings.coverage)
-    columns: dict[str, Any] = {"unigram_coverage": pl.Series(upper, dtype=pl.Int64).set(pl.Series(unigrams.fires == 0), None)}
+    lower, upper, exact = coverage_bounds(unigrams.group, unigrams.count, unigrams.fires, unigrams.capacity, settings.coverage)
+    dead = pl.Series(unigrams.fires == 0)
+    columns: dict[str, Any] = {
+        "unigram_coverage": pl.Series(upper, dtype=pl.Int64).set(dead, None),
+        "unigram_coverage_lo": pl.Series(lower, dtype=pl.Int64).set(dead, None),
+        "unigram_coverage_exact": pl.Series(exact, dtype=pl.Boolean).set(dead, None),
+    }
     for order in counted_orders(states):
         counts = ngram_counts(states, attrs, order)
         lower, upper, exact = coverage_bounds(counts.group, counts.count, counts.fires, counts.capacity, settings.coverage)

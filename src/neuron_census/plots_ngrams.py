@@ -97,7 +97,7 @@ def counted_neurons(neurons: pl.DataFrame, layers: pl.DataFrame, order: int) -> 
     """The neurons Fig. 2 counts: first half of the layers, not dead, with a coverage of this order.
 
     Columns model, layer, neuron, coverage (Int64) and exact (Boolean: false where the count is an upper
-    bound; unigram counts are always exact).
+    bound; a table without the flag is exact).
     """
     name = _check_order(order)
     coverage, exact = f"{name}_coverage", f"{name}_coverage_exact"
@@ -108,7 +108,7 @@ def counted_neurons(neurons: pl.DataFrame, layers: pl.DataFrame, order: int) -> 
         "neuron",
         "dead",
         pl.col(coverage).cast(pl.Int64).alias("coverage"),
-        pl.col(exact).fill_null(True).alias("exact") if order > 1 else pl.lit(True).alias("exact"),
+        pl.col(exact).fill_null(True).alias("exact"),
     )
     depth = _with_columns(layers, {**KEY_DTYPES, "n_layers_total": pl.Int64()})
     depth = depth.select("model", "layer", pl.col("n_layers_total").cast(pl.Int64))

@@ -20,7 +20,7 @@ from neuron_census.accumulators import REGISTRY, State, merge_states
 from neuron_census.atomic import atomic_path
 
 STORE_KIND = "accumulators"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 # Attributes that must agree for two stores to be merged.
 MERGE_KEYS = (
