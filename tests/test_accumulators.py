@@ -244,3 +244,11 @@ def test_sparse_coalesce_and_sorted_add_match_a_counter():
         keys, counts, _ = add_sorted_keys(*(torch.from_numpy(a) for a in parts))
         assert keys.tolist() == sorted(expected) and dict(zip(keys.tolist(), counts.tolist())) == dict(expected)
         assert keys.dtype == counts.dtype == torch.int64
+
+
+def test_token_fire_count_refuses_to_merge_other_capacities(data):
+    device = torch.device("cpu")
+    exact = run(TokenFireCount(GEOMETRY, device, dense_limit=0), data, rows=slice(0, 5))
+    bounded = run(TokenFireCount(GEOMETRY, device, dense_limit=0, capacity=3), data, rows=slice(5, None))
+    with pytest.raises(ValueError, match="different capacity"):
+        TokenFireCount.merge([exact, bounded])

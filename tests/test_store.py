@@ -39,6 +39,7 @@ def states(seed: int) -> dict:
             "keys": np.array([1, 4, 7]) + seed,
             "counts": np.array([1, 2, 3]),
             "vocab_size": np.array([16]),
+            "n_neurons": np.array([4]),
             "capacity": np.array([0]),
         },
     }

@@ -21,7 +21,6 @@ from neuron_census.ngrams import (
     coalesce_torch,
     merge_summaries,
     merge_summaries_torch,
-    prune,
     prune_torch,
 )
 
@@ -222,7 +221,7 @@ def coalesce_sparse(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, n
 
 
 class TokenFireCount:
-    """Firings per (layer, neuron, token): which tokens trigger each neuron.
+    """Firings per (layer, token, neuron): which tokens trigger each neuron.
 
     Small problems (vocab x neurons x layers up to `dense_limit` cells) use one dense table on the
     device, exact. Larger ones (OPT/GPT-2 vocabularies) count per batch over the distinct tokens of the
@@ -234,8 +233,9 @@ class TokenFireCount:
     vocabulary x neurons. An integer keeps, per neuron, a Misra-Gries summary of at most `capacity`
     tokens (`neuron_census.ngrams`, as for n-grams): exact for every neuron that meets no more distinct
     tokens than that, certified bounds beyond, and memory that stops growing once the summaries are full.
-    Keys are ``(slot * n_neurons + neuron) * vocab + token`` with slot the analysed-layer index, so the
-    sorted keys hold each neuron's tokens together.
+    State keys are ``(slot * vocab + token) * n_neurons + neuron`` with slot the analysed-layer index (the
+    order a batch's pairs come out in); a bounded table is kept neuron-major while capturing, since
+    pruning needs each neuron's tokens together, and re-sorted once when its state is read.
     """
 
     name: ClassVar[str] = "token_fire_count"
@@ -272,10 +272,15 @@ class TokenFireCount:
         if self.dense is not None:
             self.dense[slot].index_put_((unique,), per_token.to(torch.int32), accumulate=True)
             return
-        rows, neurons = per_token.nonzero(as_tuple=True)
+        vocab, n_neurons = self.geometry.vocab_size, self.geometry.n_neurons
+        if self.capacity is None:  # token-major keys: sorted as they come
+            rows, neurons = per_token.nonzero(as_tuple=True)
+            keys = (slot * vocab + unique[rows]) * n_neurons + neurons
+        else:  # neuron-major keys, for pruning: a transposed copy makes them come out sorted too
+            neurons, rows = per_token.t().contiguous().nonzero(as_tuple=True)
+            keys = (slot * n_neurons + neurons) * vocab + unique[rows]
         counts = per_token[rows, neurons].to(torch.int64).cpu().numpy()
-        keys = ((slot * self.geometry.n_neurons + neurons) * self.geometry.vocab_size + unique[rows]).cpu().numpy()
-        self._pending.append((keys, counts))
+        self._pending.append((keys.cpu().numpy(), counts))
         self._n_pending += len(keys)
         if self._n_pending >= max(self.flush_every, len(self._keys)):
             self._flush()
@@ -287,50 +292,61 @@ class TokenFireCount:
             np.concatenate([k for k, _ in self._pending]), np.concatenate([c for _, c in self._pending])
         )
         keys, counts, _ = add_sorted_keys(self._keys, self._counts, *map(torch.from_numpy, pending))
-        self._keys, self._counts = self._pruned(keys, counts)
+        if self.capacity is not None:  # neuron-major keys, used as grams too: sorted alike
+            _, keys, counts = prune_torch(keys // self.geometry.vocab_size, keys, counts, self.capacity)
+        self._keys, self._counts = keys, counts
         self._pending, self._n_pending = [], 0
 
-    def _pruned(self, keys: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.capacity is None:
-            return keys, counts
-        _, keys, counts = prune_torch(keys // self.geometry.vocab_size, keys, counts, self.capacity)  # keys as grams: sorted alike
-        return keys, counts
+    def _header(self, capacity: int) -> State:
+        return {
+            "vocab_size": np.asarray([self.geometry.vocab_size], dtype=np.int64),
+            "n_neurons": np.asarray([self.geometry.n_neurons], dtype=np.int64),
+            "capacity": np.asarray([capacity], dtype=np.int64),
+        }
 
     def state(self) -> State:
-        header = {"vocab_size": np.asarray([self.geometry.vocab_size], dtype=np.int64)}
         if self.dense is not None:
-            flat = self.dense.transpose(1, 2).cpu().numpy().reshape(-1)  # [slot, neuron, token]
+            flat = self.dense.cpu().numpy().reshape(-1)
             keys = np.flatnonzero(flat).astype(np.int64)
-            return header | {"keys": keys, "counts": flat[keys].astype(np.int64), "capacity": np.zeros(1, dtype=np.int64)}
+            return self._header(0) | {"keys": keys, "counts": flat[keys].astype(np.int64)}
         self._flush()
-        return header | {
-            "keys": self._keys.numpy().copy(),
-            "counts": self._counts.numpy().copy(),
-            "capacity": np.asarray([self.capacity or 0], dtype=np.int64),
-        }
+        keys, counts = self._keys.numpy(), self._counts.numpy()
+        if self.capacity is not None:
+            vocab, n_neurons = self.geometry.vocab_size, self.geometry.n_neurons
+            group, token = np.divmod(keys, vocab)
+            slot, neuron = np.divmod(group, n_neurons)
+            keys, counts = coalesce_sparse((slot * vocab + token) * n_neurons + neuron, counts)  # a re-sort
+        return self._header(self.capacity or 0) | {"keys": keys.copy(), "counts": counts.copy()}
 
     @staticmethod
     def merge(states: list[State]) -> State:
         first = states[0]
+        header = {key: first[key] for key in ("vocab_size", "n_neurons", "capacity")}
         for other in states[1:]:
-            for key in ("vocab_size", "capacity"):
-                if not np.array_equal(other[key], first[key]):
-                    raise ValueError(f"cannot merge token firing counts with different {key}: {other[key]} vs {first[key]}")
-        keys, counts = coalesce_sparse(
-            np.concatenate([s["keys"] for s in states]), np.concatenate([s["counts"] for s in states])
-        )
-        capacity, vocab = int(first["capacity"][0]), int(first["vocab_size"][0])
-        if capacity:
-            group, token, counts = prune(keys // vocab, keys % vocab, counts, capacity)
-            keys = group * vocab + token
-        return {"vocab_size": first["vocab_size"], "capacity": first["capacity"], "keys": keys, "counts": counts}
+            for key, value in header.items():
+                if not np.array_equal(other[key], value):
+                    raise ValueError(f"cannot merge token firing counts with different {key}: {other[key]} vs {value}")
+        capacity, vocab, n_neurons = (int(header[key][0]) for key in ("capacity", "vocab_size", "n_neurons"))
+        if not capacity:
+            keys, counts = coalesce_sparse(
+                np.concatenate([s["keys"] for s in states]), np.concatenate([s["counts"] for s in states])
+            )
+            return header | {"keys": keys, "counts": counts}
+        parts = []
+        for state in states:
+            slot, token, neuron = decode_token_fire_keys(state["keys"], vocab, n_neurons)
+            parts.append((slot * n_neurons + neuron, token, state["counts"]))
+        group, token, counts = merge_summaries(parts, capacity)
+        slot, neuron = np.divmod(group, n_neurons)
+        keys, counts = coalesce_sparse((slot * vocab + token) * n_neurons + neuron, counts)
+        return header | {"keys": keys, "counts": counts}
 
 
 def decode_token_fire_keys(keys: np.ndarray, vocab_size: int, n_neurons: int) -> tuple[np.ndarray, ...]:
     """Split TokenFireCount keys into (layer slot, token, neuron) arrays."""
-    group, token = np.divmod(keys, vocab_size)
-    slot, neuron = np.divmod(group, n_neurons)
-    return slot, token, neuron
+    neuron = keys % n_neurons
+    rest = keys // n_neurons
+    return rest // vocab_size, rest % vocab_size, neuron
 
 
 SPARSE_TOP_SHARE = 16  # TopK takes the sparse path when at most 1/16 of a batch's activations are candidates
