@@ -138,6 +138,16 @@ class Accumulator(Protocol):
     def merge(states: list[State]) -> State: ...
 
 
+def _settings_of(states: list[State], keys: tuple[str, ...], what: str) -> State:
+    """The arrays under `keys`, which every state must share to be merged (the first state's)."""
+    first = states[0]
+    for other in states[1:]:
+        for key in keys:
+            if not np.array_equal(other[key], first[key]):
+                raise ValueError(f"cannot merge {what} with different {key}: {other[key]} vs {first[key]}")
+    return {key: first[key] for key in keys}
+
+
 def _sum_states(states: list[State]) -> State:
     return {key: np.sum([s[key] for s in states], axis=0) for key in states[0]}
 
@@ -310,22 +320,15 @@ class TokenFireCount:
             keys = np.flatnonzero(flat).astype(np.int64)
             return self._header(0) | {"keys": keys, "counts": flat[keys].astype(np.int64)}
         self._flush()
-        keys, counts = self._keys.numpy(), self._counts.numpy()
+        keys, counts = self._keys.numpy().copy(), self._counts.numpy().copy()
         if self.capacity is not None:
-            vocab, n_neurons = self.geometry.vocab_size, self.geometry.n_neurons
-            group, token = np.divmod(keys, vocab)
-            slot, neuron = np.divmod(group, n_neurons)
-            keys, counts = coalesce_sparse((slot * vocab + token) * n_neurons + neuron, counts)  # a re-sort
-        return self._header(self.capacity or 0) | {"keys": keys.copy(), "counts": counts.copy()}
+            group, token = np.divmod(keys, self.geometry.vocab_size)
+            keys, counts = _token_major(group, token, counts, self.geometry.vocab_size, self.geometry.n_neurons)
+        return self._header(self.capacity or 0) | {"keys": keys, "counts": counts}
 
     @staticmethod
     def merge(states: list[State]) -> State:
-        first = states[0]
-        header = {key: first[key] for key in ("vocab_size", "n_neurons", "capacity")}
-        for other in states[1:]:
-            for key, value in header.items():
-                if not np.array_equal(other[key], value):
-                    raise ValueError(f"cannot merge token firing counts with different {key}: {other[key]} vs {value}")
+        header = _settings_of(states, ("vocab_size", "n_neurons", "capacity"), "token firing counts")
         capacity, vocab, n_neurons = (int(header[key][0]) for key in ("capacity", "vocab_size", "n_neurons"))
         if not capacity:
             keys, counts = coalesce_sparse(
@@ -336,10 +339,16 @@ class TokenFireCount:
         for state in states:
             slot, token, neuron = decode_token_fire_keys(state["keys"], vocab, n_neurons)
             parts.append((slot * n_neurons + neuron, token, state["counts"]))
-        group, token, counts = merge_summaries(parts, capacity)
-        slot, neuron = np.divmod(group, n_neurons)
-        keys, counts = coalesce_sparse((slot * vocab + token) * n_neurons + neuron, counts)
+        keys, counts = _token_major(*merge_summaries(parts, capacity), vocab, n_neurons)
         return header | {"keys": keys, "counts": counts}
+
+
+def _token_major(
+    group: np.ndarray, token: np.ndarray, counts: np.ndarray, vocab_size: int, n_neurons: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Counts per (group = slot * n_neurons + neuron, token) as sorted TokenFireCount state keys."""
+    slot, neuron = np.divmod(group, n_neurons)
+    return coalesce_sparse((slot * vocab_size + token) * n_neurons + neuron, counts)
 
 
 def decode_token_fire_keys(keys: np.ndarray, vocab_size: int, n_neurons: int) -> tuple[np.ndarray, ...]:
@@ -683,12 +692,8 @@ class NgramFireCount:
     @staticmethod
     def merge(states: list[State]) -> State:
         first = states[0]
-        for other in states[1:]:
-            for key in ("orders", "layers", "capacity"):
-                if not np.array_equal(other[key], first[key]):
-                    raise ValueError(f"cannot merge n-gram counts with different {key}: {other[key]} vs {first[key]}")
+        merged = _settings_of(states, ("orders", "layers", "capacity"), "n-gram counts")
         capacity = int(first["capacity"][0])
-        merged: State = {key: first[key] for key in ("orders", "layers", "capacity")}
         merged["fires"] = np.sum([s["fires"] for s in states], axis=0)
         for order in first["orders"].tolist():
             parts = [(s[f"order{order}_group"], s[f"order{order}_gram"], s[f"order{order}_count"]) for s in states]
@@ -764,11 +769,7 @@ class NgramCount:
     @staticmethod
     def merge(states: list[State]) -> State:
         first = states[0]
-        for other in states[1:]:
-            for key in ("orders", "capacity"):
-                if not np.array_equal(other[key], first[key]):
-                    raise ValueError(f"cannot merge n-gram counts with different {key}: {other[key]} vs {first[key]}")
-        merged: State = {"orders": first["orders"], "capacity": first["capacity"]}
+        merged = _settings_of(states, ("orders", "capacity"), "n-gram counts")
         merged["total"] = np.sum([s["total"] for s in states], axis=0)
         for order in first["orders"].tolist():
             parts = [
