@@ -6,12 +6,14 @@ from disk; layerwise keeps hidden states in memory or in a memory-mapped file.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from neuron_census import accumulators
 from neuron_census.capture import CaptureSettings, capture_tokens
 from neuron_census.corpus import write_token_shard
 from neuron_census.execution import Placement, accelerate_max_memory, dispatch_offloaded
@@ -96,6 +98,36 @@ def test_strategies_give_identical_accumulators(name, placement, resident_states
     _assert_same_states(expected, got)
     if placement.strategy == "offload":
         assert "disk" in set(loaded.model.hf_device_map.values())  # the budget really forced offloading
+
+
+def test_bounded_summaries_merging_mid_shard_agree_across_strategies(monkeypatch, tmp_path):
+    """Summaries merged many times per shard (the large-shard regime) still agree: a Misra-Gries summary
+    depends on where its merges fall, so each layer's merge points must depend only on its own batches."""
+    spec = SPECS["opt-125m"]
+    tokens = _tokens(7, seed=1)  # four distinct tokens: n-grams repeat, so pruning depends on merge points
+    settings = replace(SETTINGS, ngram_capacity=3, token_capacity=2, token_fire_dense_limit=0)
+
+    original = accumulators.SlotMerges.__init__
+
+    def capture(placement: Placement, min_pending: int) -> dict:
+        monkeypatch.setattr(
+            accumulators.SlotMerges, "__init__", lambda self, n_slots, _: original(self, n_slots, n_slots * min_pending)
+        )
+        model = load_model("m", spec, placement=placement)
+        _, states = capture_tokens(
+            model.model, model.adapter, tokens, model_name="m", first_seq_id=0, has_bos=True, settings=settings,
+            device=torch.device("cpu"), placement=placement, offload_dir=tmp_path, progress=False,
+        )
+        return states
+
+    once = capture(Placement(), min_pending=1 << 30)  # one merge per layer, at the end
+    often = capture(Placement(), min_pending=1)  # a merge per layer after every batch
+    for name in ("ngram_fire_count", "token_fire_count"):  # merge points matter
+        assert any(not np.array_equal(once[name][key], often[name][key]) for key in once[name]), name
+    for min_pending in (1, 20_000, 50_000):
+        resident = often if min_pending == 1 else capture(Placement(), min_pending)
+        for placement in (Placement(strategy="layerwise"), Placement(strategy="layerwise", layerwise_states="disk")):
+            _assert_same_states(resident, capture(placement, min_pending))
 
 
 def test_planted_census_neurons_survive_every_strategy(tmp_path):

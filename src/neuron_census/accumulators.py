@@ -230,14 +230,36 @@ def coalesce_sparse(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, n
     return keys[starts], np.add.reduceat(counts[order], starts)
 
 
+class SlotMerges:
+    """When each layer slot's pending batch pairs are merged into that slot's sorted table.
+
+    A slot merges once at least `min_pending` of its own pairs, and at least as many as its table holds,
+    are pending: each pair is then re-sorted O(log) times, and pending memory stays within the table's
+    size (or `min_pending`). Merge points depend only on the batches of that slot, never on the order in
+    which layers and batches interleave, so a bounded (Misra-Gries) summary comes out the same under
+    every execution strategy, and the merge temporaries are one slot's, not all layers'.
+    """
+
+    def __init__(self, n_slots: int, flush_every: int) -> None:
+        self.min_pending = max(1, flush_every // max(1, n_slots))
+        self.pending = [0] * n_slots
+
+    def due(self, slot: int, added: int, held: int) -> bool:
+        """Record `added` pending pairs of `slot`; True when the slot should merge now (and reset it)."""
+        self.pending[slot] += added
+        if self.pending[slot] < max(self.min_pending, held):
+            return False
+        self.pending[slot] = 0
+        return True
+
+
 class TokenFireCount:
     """Firings per (layer, token, neuron): which tokens trigger each neuron.
 
     Small problems (vocab x neurons x layers up to `dense_limit` cells) use one dense table on the
     device, exact. Larger ones (OPT/GPT-2 vocabularies) count per batch over the distinct tokens of the
-    batch and keep sorted (key, count) pairs on the CPU, merged into the table once at least
-    `flush_every` and at least as many pairs as the table holds are pending (each pair is then re-sorted
-    O(log) times, and pending memory stays below the table's).
+    batch and keep, per analysed layer, sorted (key, count) pairs on the CPU, merged as `SlotMerges`
+    says (`flush_every` is the pending budget shared by all layers).
 
     `capacity` None keeps every (token, neuron) pair seen: exact, and bounded only by layers x
     vocabulary x neurons. An integer keeps, per neuron, a Misra-Gries summary of at most `capacity`
@@ -260,18 +282,18 @@ class TokenFireCount:
         flush_every: int = 1 << 22,
     ) -> None:
         self.geometry = geometry
-        n_cells = len(geometry.layers) * geometry.vocab_size * geometry.n_neurons
+        n_slots = len(geometry.layers)
+        n_cells = n_slots * geometry.vocab_size * geometry.n_neurons
         self.dense = (
-            torch.zeros(len(geometry.layers), geometry.vocab_size, geometry.n_neurons, dtype=torch.int32, device=device)
+            torch.zeros(n_slots, geometry.vocab_size, geometry.n_neurons, dtype=torch.int32, device=device)
             if n_cells <= dense_limit
             else None
         )
         self.capacity = capacity
-        self.flush_every = flush_every
-        self._keys = torch.zeros(0, dtype=torch.int64)
-        self._counts = torch.zeros(0, dtype=torch.int64)
-        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
-        self._n_pending = 0
+        self._merges = SlotMerges(n_slots, flush_every)
+        empty = torch.zeros(0, dtype=torch.int64)
+        self._tables: list[tuple[torch.Tensor, torch.Tensor]] = [(empty, empty)] * n_slots
+        self._pending: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(n_slots)]
 
     def update(self, batch: LayerBatch) -> None:
         slot = self.geometry.slot(batch.layer)
@@ -290,22 +312,20 @@ class TokenFireCount:
             neurons, rows = per_token.t().contiguous().nonzero(as_tuple=True)
             keys = (slot * n_neurons + neurons) * vocab + unique[rows]
         counts = per_token[rows, neurons].to(torch.int64).cpu().numpy()
-        self._pending.append((keys.cpu().numpy(), counts))
-        self._n_pending += len(keys)
-        if self._n_pending >= max(self.flush_every, len(self._keys)):
-            self._flush()
+        self._pending[slot].append((keys.cpu().numpy(), counts))
+        if self._merges.due(slot, len(keys), held=len(self._tables[slot][0])):
+            self._flush(slot)
 
-    def _flush(self) -> None:
-        if not self._pending:
+    def _flush(self, slot: int) -> None:
+        pending = self._pending[slot]
+        if not pending:
             return
-        pending = coalesce_sparse(
-            np.concatenate([k for k, _ in self._pending]), np.concatenate([c for _, c in self._pending])
-        )
-        keys, counts, _ = add_sorted_keys(self._keys, self._counts, *map(torch.from_numpy, pending))
+        new = coalesce_sparse(np.concatenate([k for k, _ in pending]), np.concatenate([c for _, c in pending]))
+        keys, counts, _ = add_sorted_keys(*self._tables[slot], *map(torch.from_numpy, new))
         if self.capacity is not None:  # neuron-major keys, used as grams too: sorted alike
             _, keys, counts = prune_torch(keys // self.geometry.vocab_size, keys, counts, self.capacity)
-        self._keys, self._counts = keys, counts
-        self._pending, self._n_pending = [], 0
+        self._tables[slot] = (keys, counts)
+        self._pending[slot] = []
 
     def _header(self, capacity: int) -> State:
         return {
@@ -319,8 +339,11 @@ class TokenFireCount:
             flat = self.dense.cpu().numpy().reshape(-1)
             keys = np.flatnonzero(flat).astype(np.int64)
             return self._header(0) | {"keys": keys, "counts": flat[keys].astype(np.int64)}
-        self._flush()
-        keys, counts = self._keys.numpy().copy(), self._counts.numpy().copy()
+        for slot in range(len(self._tables)):
+            self._flush(slot)
+        # slots hold consecutive key ranges, so their tables concatenate in sorted order
+        keys = np.concatenate([k.numpy() for k, _ in self._tables])
+        counts = np.concatenate([c.numpy() for _, c in self._tables])
         if self.capacity is not None:
             group, token = np.divmod(keys, self.geometry.vocab_size)
             keys, counts = _token_major(group, token, counts, self.geometry.vocab_size, self.geometry.n_neurons)
@@ -597,7 +620,8 @@ class NgramFireCount:
     Each neuron keeps a mergeable Misra-Gries summary of at most `capacity` n-grams per order (see
     `neuron_census.ngrams`): exact until a neuron meets more distinct n-grams than that, certified
     bounds afterwards. `fires` counts the firings at positions whose n-gram is complete and BOS-free,
-    the denominator of coverage. Only the layers in `layers` are counted.
+    the denominator of coverage. Only the layers in `layers` are counted; each keeps its own summaries,
+    merged with its pending batch pairs as `SlotMerges` says.
     """
 
     name: ClassVar[str] = "ngram_fire_count"
@@ -618,12 +642,12 @@ class NgramFireCount:
         self.layers = tuple(layers)
         self.orders = tuple(orders)
         self.capacity = capacity
-        self.flush_every = flush_every
         self.fires = torch.zeros(len(orders), len(layers), geometry.n_neurons, dtype=torch.int64, device=device)
         empty = (torch.zeros(0, dtype=torch.int64, device=device),) * 3
-        self._summaries: dict[int, tuple[torch.Tensor, ...]] = {n: empty for n in orders}
-        self._pending: dict[int, list[tuple[torch.Tensor, ...]]] = {n: [] for n in orders}
-        self._n_pending = 0
+        n_slots = len(self.layers)
+        self._merges = SlotMerges(n_slots, flush_every)
+        self._summaries: list[dict[int, tuple[torch.Tensor, ...]]] = [{n: empty for n in orders} for _ in range(n_slots)]
+        self._pending: list[dict[int, list[tuple[torch.Tensor, ...]]]] = [{n: [] for n in orders} for _ in range(n_slots)]
         self._batch_tokens: torch.Tensor | None = None
         self._batch_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -633,6 +657,7 @@ class NgramFireCount:
         slot = self.layers.index(batch.layer)
         n_neurons = self.geometry.n_neurons
         fires = batch.fires_float()
+        added = 0
         for index, order in enumerate(self.orders):
             unique_grams, row_gram = self._batch_ngrams(batch, order)
             # firings summed per distinct n-gram; positions without a complete n-gram land in a spare last row
@@ -645,11 +670,11 @@ class NgramFireCount:
             if len(grams) == 0:
                 continue
             counts = per_gram[grams, neurons].to(torch.int64)
-            self._pending[order].append((slot * n_neurons + neurons, unique_grams[grams], counts))
-            self._n_pending += len(grams)
-        held = max(len(summary[0]) for summary in self._summaries.values())
-        if self._n_pending >= max(self.flush_every, held):  # as TokenFireCount: amortised re-sorting
-            self._flush()
+            self._pending[slot][order].append((slot * n_neurons + neurons, unique_grams[grams], counts))
+            added += len(grams)
+        held = max(len(summary[0]) for summary in self._summaries[slot].values())
+        if self._merges.due(slot, added, held):
+            self._flush(slot)
 
     def _batch_ngrams(self, batch: LayerBatch, order: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch's distinct complete n-grams, and per position [B*T] its n-gram's index (or the spare).
@@ -667,25 +692,28 @@ class NgramFireCount:
             self._batch_cache[order] = (unique_grams, row_gram)
         return self._batch_cache[order]
 
-    def _flush(self) -> None:
-        for order in self.orders:
-            if self._pending[order]:
-                pending = coalesce_torch(*(torch.cat([p[i] for p in self._pending[order]]) for i in range(3)))
-                merged = add_sorted_torch(self._summaries[order], pending)
-                self._summaries[order] = prune_torch(*merged, self.capacity)
-                self._pending[order] = []
-        self._n_pending = 0
+    def _flush(self, slot: int) -> None:
+        for order, pending in self._pending[slot].items():
+            if pending:
+                new = coalesce_torch(*(torch.cat([p[i] for p in pending]) for i in range(3)))
+                merged = add_sorted_torch(self._summaries[slot][order], new)
+                self._summaries[slot][order] = prune_torch(*merged, self.capacity)
+                self._pending[slot][order] = []
 
     def state(self) -> State:
-        self._flush()
         state: State = {
             "orders": np.asarray(self.orders, dtype=np.int64),
             "layers": np.asarray(self.layers, dtype=np.int64),
             "capacity": np.asarray([self.capacity], dtype=np.int64),
             "fires": self.fires.cpu().numpy(),
         }
-        for order, summary in self._summaries.items():
-            group, gram, count = (t.cpu().numpy() for t in summary)
+        for slot in range(len(self.layers)):
+            self._flush(slot)
+        for order in self.orders:  # groups are slot * n_neurons + neuron: slots concatenate in sorted order
+            group, gram, count = (
+                np.concatenate([np.zeros(0, dtype=np.int64)] + [s[order][i].cpu().numpy() for s in self._summaries])
+                for i in range(3)
+            )
             state |= {f"order{order}_group": group, f"order{order}_gram": gram, f"order{order}_count": count}
         return state
 
