@@ -31,7 +31,12 @@ def measure(fire_rate: float, args: argparse.Namespace) -> tuple[float, dict[str
     tokens = torch.from_numpy(corpus_tokens(batch * n_batches, seq_len))
     layers = tuple(range(args.n_layers))
     geometry = Geometry(layers=layers, n_neurons=width, seq_len=seq_len, vocab_size=vocab)
-    settings = CaptureSettings(ngram_capacity=args.ngram_capacity, token_capacity=args.token_capacity, ngram_layers="all")
+    settings = CaptureSettings(
+        ngram_capacity=args.ngram_capacity,
+        token_capacity=args.token_capacity,
+        ngram_layers="all",
+        **({"merge_pending": args.merge_pending} if args.merge_pending else {}),
+    )
     accumulators = build_accumulators(settings, geometry, torch.device("cpu"), len(layers))
     hidden = torch.randn(batch * seq_len, d_model)
     weight = torch.randn(d_model, width) / d_model**0.5
@@ -75,6 +80,7 @@ def main() -> None:
     parser.add_argument("--d-model", type=int, default=768)
     parser.add_argument("--ngram-capacity", type=int, default=2048)
     parser.add_argument("--token-capacity", type=int, default=None, help="default: exact token x neuron counts")
+    parser.add_argument("--merge-pending", type=int, default=None, help="capture.merge_pending (default: its default)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()

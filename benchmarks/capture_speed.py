@@ -142,7 +142,13 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
 
     elif args.mode in ("capture", "capture_fire_pos"):
         names = ("fire_count", "position_fire_count") if args.mode == "capture_fire_pos" else None
-        settings = CaptureSettings(batch_size=batch, ngram_capacity=args.ngram_capacity, **({"accumulators": names} if names else {}))
+        settings = CaptureSettings(
+            batch_size=batch,
+            ngram_capacity=args.ngram_capacity,
+            token_capacity=args.token_capacity,
+            **({"accumulators": names} if names else {}),
+            **({"merge_pending": args.merge_pending} if args.merge_pending else {}),
+        )
 
         def run(rows: np.ndarray) -> None:
             capture_tokens(
@@ -205,7 +211,9 @@ def _worker_command(args: argparse.Namespace, architecture: str, mode: str) -> l
         "--n-seq", str(args.n_seq), "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size),
         "--repeats", str(args.repeats), "--threads", str(args.threads), "--device", args.device,
         "--dtype", args.dtype, "--ngram-capacity", str(args.ngram_capacity),
-    ] + ([] if args.fire_rate is None else ["--fire-rate", str(args.fire_rate)])
+    ] + ([] if args.fire_rate is None else ["--fire-rate", str(args.fire_rate)]) + (
+        [] if args.token_capacity is None else ["--token-capacity", str(args.token_capacity)]
+    ) + ([] if args.merge_pending is None else ["--merge-pending", str(args.merge_pending)])
 
 
 def markdown(results: list[dict[str, Any]], peak: float, meta: dict[str, Any]) -> str:
@@ -214,7 +222,9 @@ def markdown(results: list[dict[str, Any]], peak: float, meta: dict[str, Any]) -
     lines = [
         f"Device {meta['device']} ({meta['cpu']}), {meta['threads']} threads, {meta['dtype']}, "
         f"{meta['n_seq']} sequences x {meta['seq_len']} tokens, batch {meta['batch_size']}, "
-        f"median of {meta['repeats']}; matmul peak {peak:.0f} GFLOP/s; {weights}.",
+        f"median of {meta['repeats']}; matmul peak {peak:.0f} GFLOP/s; {weights}; "
+        f"ngram_capacity {meta['ngram_capacity']}, token_capacity {meta['token_capacity'] or 'none (exact)'}"
+        f"{'' if meta['merge_pending'] is None else ', merge_pending ' + str(meta['merge_pending'])}.",
         "",
         "| model | mode | tokens/s | x bare | peak RSS MB | RSS after load MB | bare GFLOP/s (share of matmul peak) |",
         "|---|---|---:|---:|---:|---:|---|",
@@ -250,6 +260,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--ngram-capacity", type=int, default=2048, help="as the OPT presets set it")
+    parser.add_argument("--token-capacity", type=int, default=None, help="default: exact token x neuron counts")
+    parser.add_argument("--merge-pending", type=int, default=None, help="capture.merge_pending (default: its default)")
     parser.add_argument("--fire-rate", type=float, default=None, help="shift FFN biases so this share fires")
     parser.add_argument("--out", type=Path, default=None, help="write <out>.json and <out>.md")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -280,7 +292,8 @@ def main() -> None:
         "device": args.device, "cpu": platform.processor() or platform.machine(), "threads": args.threads,
         "dtype": args.dtype, "n_seq": args.n_seq, "seq_len": args.seq_len, "batch_size": args.batch_size,
         "repeats": args.repeats, "matmul_peak_gflops": peak, "torch": torch.__version__,
-        "fire_rate": args.fire_rate,
+        "fire_rate": args.fire_rate, "ngram_capacity": args.ngram_capacity, "token_capacity": args.token_capacity,
+        "merge_pending": args.merge_pending,
     }
     table = markdown(results, peak, meta)
     print(table)

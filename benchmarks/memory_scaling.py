@@ -50,6 +50,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         ngram_capacity=args.ngram_capacity,
         token_capacity=args.token_capacity,
         **({"accumulators": names} if names else {}),
+        **({"merge_pending": args.merge_pending} if args.merge_pending else {}),
     )
     loaded = _rss_mb()
     capture_tokens(
@@ -72,6 +73,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ngram-capacity", type=int, default=2048)
     parser.add_argument("--token-capacity", type=int, default=None, help="default: exact token x neuron counts")
+    parser.add_argument("--merge-pending", type=int, default=None, help="capture.merge_pending (default: its default)")
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     parser.add_argument("--fire-rate", type=float, default=None, help="shift FFN biases so this share fires")
     parser.add_argument("--out", type=Path, default=None)
@@ -91,6 +93,8 @@ def main() -> None:
             ] + (["--n-layers", str(args.n_layers)] if args.n_layers else []) + (
                 ["--token-capacity", str(args.token_capacity)] if args.token_capacity else []
             ) + (
+                ["--merge-pending", str(args.merge_pending)] if args.merge_pending else []
+            ) + (
                 [] if args.fire_rate is None else ["--fire-rate", str(args.fire_rate)]
             )
             proc = subprocess.run(command, capture_output=True, text=True, check=True)
@@ -100,7 +104,8 @@ def main() -> None:
         f"{args.architecture}{f' ({args.n_layers} layers)' if args.n_layers else ''}, random weights"
         f"{'' if args.fire_rate is None else f' (FFN biases shifted so {args.fire_rate:g} fire)'}, "
         f"seq_len {args.seq_len}, batch {args.batch_size}, ngram_capacity {args.ngram_capacity}, "
-        f"token_capacity {args.token_capacity or 'none (exact)'}.",
+        f"token_capacity {args.token_capacity or 'none (exact)'}, "
+        f"merge_pending {args.merge_pending or 'default'}.",
         "",
         "| accumulators | tokens | peak RSS MB | after load MB | held by capture MB | peak vs smaller run |",
         "|---|---:|---:|---:|---:|---:|",

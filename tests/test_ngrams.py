@@ -15,8 +15,8 @@ from neuron_census.ngrams import (
     coalesce_torch,
     coverage_bounds,
     merge_summaries,
-    merge_summaries_torch,
     pack_ngrams,
+    prune_torch,
     unpack_ngram,
 )
 
@@ -198,6 +198,23 @@ def test_ngram_occurrences(data):
         assert state["total"][index] == sum(expected.values())
 
 
+@pytest.mark.parametrize("capacity", [2, 5])
+def test_bounded_ngram_occurrences_merged_every_batch_keep_the_guarantee(data, capacity):
+    """Merged into the summary after every batch (a small `flush_every`), pruned many times."""
+    state = feed(NgramCount(GEOMETRY, torch.device("cpu"), orders=(2,), capacity=capacity, flush_every=1), data, np.arange(N_SEQ))
+    expected = Counter(tuple(int(t) for t in data["tokens"][s, k - 1 : k + 1]) for s in range(N_SEQ) for k in range(2, SEQ_LEN))
+    got = {unpack_ngram(int(k), 2, VOCAB): int(c) for k, c in zip(state["order2_gram"], state["order2_count"])}
+    assert len(got) <= capacity < len(expected)  # really pruned
+    slack = (state["total"][0] - sum(got.values())) / (capacity + 1)
+    for gram, true in expected.items():
+        assert got.get(gram, 0) <= true <= got.get(gram, 0) + slack + 1e-9, gram
+
+
+def _merge_torch(parts, capacity: int):
+    tensors = [tuple(torch.from_numpy(a) for a in p) for p in parts]
+    return prune_torch(*coalesce_torch(*(torch.cat([t[i] for t in tensors]) for i in range(3))), capacity)
+
+
 @pytest.mark.parametrize("capacity", [1, 3, 50])
 def test_device_summaries_equal_the_numpy_ones(capacity):
     rng = np.random.default_rng(capacity)
@@ -206,7 +223,7 @@ def test_device_summaries_equal_the_numpy_ones(capacity):
         for n in (40, 0, 25, 60)
     ]
     expected = merge_summaries(parts, capacity)
-    got = merge_summaries_torch([tuple(torch.from_numpy(a) for a in p) for p in parts], capacity)
+    got = _merge_torch(parts, capacity)
     for e, g in zip(expected, got):
         np.testing.assert_array_equal(g.numpy(), e)
 
@@ -217,7 +234,7 @@ def test_device_pruning_equals_numpy_with_many_ties(capacity):
     rng = np.random.default_rng(capacity)
     parts = [(rng.integers(0, 20, size=n), rng.integers(0, 300, size=n), rng.integers(1, 5, size=n)) for n in (3000, 2000)]
     expected = merge_summaries(parts, capacity)
-    got = merge_summaries_torch([tuple(torch.from_numpy(a) for a in p) for p in parts], capacity)
+    got = _merge_torch(parts, capacity)
     assert len(expected[0]) < 5000
     for e, g in zip(expected, got):
         np.testing.assert_array_equal(g.numpy(), e)

@@ -20,7 +20,6 @@ from neuron_census.ngrams import (
     check_packable,
     coalesce_torch,
     merge_summaries,
-    merge_summaries_torch,
     prune_torch,
 )
 
@@ -279,7 +278,7 @@ class TokenFireCount:
         *,
         dense_limit: int = 1 << 26,
         capacity: int | None = None,
-        flush_every: int = 1 << 22,
+        flush_every: int = 1 << 18,
     ) -> None:
         self.geometry = geometry
         n_slots = len(geometry.layers)
@@ -634,7 +633,7 @@ class NgramFireCount:
         layers: tuple[int, ...],
         orders: tuple[int, ...] = (2, 3),
         capacity: int = 65536,
-        flush_every: int = 1 << 22,
+        flush_every: int = 1 << 18,
     ) -> None:
         for order in orders:
             check_packable(geometry.vocab_size, order)
@@ -746,7 +745,7 @@ class NgramCount:
         *,
         orders: tuple[int, ...] = (2,),
         capacity: int = 1 << 22,
-        flush_every: int = 1 << 22,
+        flush_every: int = 1 << 18,
     ) -> None:
         for order in orders:
             check_packable(geometry.vocab_size, order)
@@ -757,31 +756,31 @@ class NgramCount:
         empty = (torch.zeros(0, dtype=torch.int64, device=device),) * 3
         self._summaries = {n: empty for n in orders}
         self._pending: dict[int, list[torch.Tensor]] = {n: [] for n in orders}
-        self._n_pending = 0
-        self.flush_every = flush_every
+        self._merges = SlotMerges(1, flush_every)
         self._first_layer = geometry.layers[0]
 
     def update(self, batch: LayerBatch) -> None:
-        """Gather the batch's n-grams; they are counted into the summary once `flush_every` are pending."""
+        """Gather the batch's n-grams; they are counted into the summary as `SlotMerges` says."""
         if batch.layer != self._first_layer:
             return
+        added = 0
         for index, order in enumerate(self.orders):
             eligible = _eligible_ngram_ends(batch.mask, order)
             grams = _packed_ngrams(batch.tokens, order, self.geometry.vocab_size)[eligible]
             self.total[index] += len(grams)
             self._pending[order].append(grams)
-            self._n_pending += len(grams)
-        if self._n_pending >= self.flush_every:
+            added += len(grams)
+        held = max(len(summary[0]) for summary in self._summaries.values())
+        if self._merges.due(0, added, held):
             self._flush()
 
     def _flush(self) -> None:
         for order in self.orders:
             if self._pending[order]:
                 unique, counts = torch.unique(torch.cat(self._pending[order]), return_counts=True)
-                part = (torch.zeros_like(unique), unique, counts.to(torch.int64))
-                self._summaries[order] = merge_summaries_torch([self._summaries[order], part], self.capacity)
+                part = (torch.zeros_like(unique), unique, counts.to(torch.int64))  # sorted, as the summary
+                self._summaries[order] = prune_torch(*add_sorted_torch(self._summaries[order], part), self.capacity)
                 self._pending[order] = []
-        self._n_pending = 0
 
     def state(self) -> State:
         self._flush()

@@ -58,6 +58,7 @@ class CaptureSettings:
     ngram_orders: tuple[int, ...] = (2, 3)
     ngram_capacity: int = 65536  # n-grams kept per neuron and order (exact below this)
     ngram_count_capacity: int = 1 << 22  # distinct n-grams kept for occurrence counts
+    merge_pending: int = 1 << 18  # batch (token or n-gram, neuron) pairs pending, over all layers, before merging
     accumulators: tuple[str, ...] = field(default=ALL_ACCUMULATORS)
 
     def __post_init__(self) -> None:
@@ -110,13 +111,26 @@ def build_accumulators(
         "position_fire_count": lambda: PositionFireCount(geometry, device),
         "token_count": lambda: TokenCount(geometry, device),
         "token_fire_count": lambda: TokenFireCount(
-            geometry, device, dense_limit=settings.token_fire_dense_limit, capacity=settings.token_capacity
+            geometry,
+            device,
+            dense_limit=settings.token_fire_dense_limit,
+            capacity=settings.token_capacity,
+            flush_every=settings.merge_pending,
         ),
         "ngram_fire_count": lambda: NgramFireCount(
-            geometry, device, layers=ngram_layers, orders=settings.ngram_orders, capacity=settings.ngram_capacity
+            geometry,
+            device,
+            layers=ngram_layers,
+            orders=settings.ngram_orders,
+            capacity=settings.ngram_capacity,
+            flush_every=settings.merge_pending,
         ),
         "ngram_count": lambda: NgramCount(
-            geometry, device, orders=settings.ngram_orders, capacity=settings.ngram_count_capacity
+            geometry,
+            device,
+            orders=settings.ngram_orders,
+            capacity=settings.ngram_count_capacity,
+            flush_every=settings.merge_pending,
         ),
         "top_k": lambda: TopK(geometry, device, k=settings.top_k),
         "moments": lambda: Moments(geometry, device),

@@ -175,12 +175,6 @@ def prune_torch(group: torch.Tensor, gram: torch.Tensor, count: torch.Tensor, ca
     return group[keep], gram[keep], pruned[keep]
 
 
-def merge_summaries_torch(parts: list[TensorSummary], capacity: int) -> TensorSummary:
-    """`merge_summaries` on tensors."""
-    merged = coalesce_torch(*(torch.cat([p[i] for p in parts]) for i in range(3)))
-    return prune_torch(*merged, capacity)
-
-
 def add_sorted_keys(
     key: torch.Tensor,
     count: torch.Tensor,
