@@ -14,6 +14,7 @@ from neuron_census.ngrams import (
     add_sorted_torch,
     coalesce_torch,
     coverage_bounds,
+    largest_group,
     merge_summaries,
     pack_ngrams,
     prune_torch,
@@ -238,6 +239,16 @@ def test_device_pruning_equals_numpy_with_many_ties(capacity):
     assert len(expected[0]) < 5000
     for e, g in zip(expected, got):
         np.testing.assert_array_equal(g.numpy(), e)
+
+
+@pytest.mark.parametrize("span", [1, 7, 50_272])
+def test_largest_group_equals_a_count_per_group(span):
+    rng = np.random.default_rng(span)
+    for n_groups, n_keys in ((1, 5), (30, 400), (5000, 40)):  # the last: more groups than keys
+        keys = np.unique(rng.integers(0, n_groups, size=n_keys) * span + rng.integers(0, span, size=n_keys))
+        expected = np.bincount(keys // span).max()
+        assert largest_group(torch.from_numpy(keys), span) == expected
+    assert largest_group(torch.zeros(0, dtype=torch.int64), span) == 0
 
 
 def test_adding_into_a_sorted_table_equals_coalescing_both():

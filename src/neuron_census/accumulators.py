@@ -19,6 +19,7 @@ from neuron_census.ngrams import (
     add_sorted_torch,
     check_packable,
     coalesce_torch,
+    largest_group,
     merge_summaries,
     prune_torch,
 )
@@ -321,8 +322,9 @@ class TokenFireCount:
             return
         new = coalesce_sparse(np.concatenate([k for k, _ in pending]), np.concatenate([c for _, c in pending]))
         keys, counts, _ = add_sorted_keys(*self._tables[slot], *map(torch.from_numpy, new))
-        if self.capacity is not None:  # neuron-major keys, used as grams too: sorted alike
-            _, keys, counts = prune_torch(keys // self.geometry.vocab_size, keys, counts, self.capacity)
+        vocab = self.geometry.vocab_size
+        if self.capacity is not None and largest_group(keys, vocab) > self.capacity:  # neuron-major keys
+            _, keys, counts = prune_torch(keys // vocab, keys, counts, self.capacity)  # keys as grams: sorted alike
         self._tables[slot] = (keys, counts)
         self._pending[slot] = []
 

@@ -134,13 +134,28 @@ def coalesce_torch(group: torch.Tensor, gram: torch.Tensor, count: torch.Tensor)
     return group[new], gram[new], totals
 
 
+def largest_group(sorted_keys: torch.Tensor, span: int = 1) -> int:
+    """Size of the largest group of `sorted_keys` (group = key // span), found by binary search.
+
+    Costs O(groups x log(keys)) instead of passes over the keys; when the groups' range is wider than
+    the keys are many, a bincount is cheaper and is used instead.
+    """
+    if len(sorted_keys) == 0:
+        return 0
+    first, last = int(sorted_keys[0]) // span, int(sorted_keys[-1]) // span
+    if last - first + 1 > len(sorted_keys):
+        return int(torch.unique_consecutive(sorted_keys // span, return_counts=True)[1].max())
+    edges = torch.searchsorted(sorted_keys, torch.arange(first, last + 2, device=sorted_keys.device) * span)
+    return int((edges[1:] - edges[:-1]).max())
+
+
 def prune_torch(group: torch.Tensor, gram: torch.Tensor, count: torch.Tensor, capacity: int) -> TensorSummary:
     """`prune` on tensors (same result, element for element), for input sorted by (group, gram).
 
     Only groups over capacity are ranked, by one stable sort on (group, -count), which keeps the gram
     order of ties; the survivors are selected in place, so the output needs no re-sort.
     """
-    if len(group) == 0:
+    if len(group) == 0 or largest_group(group) <= capacity:  # nothing to prune: no pass over the table
         return group, gram, count
     device = group.device
     new = torch.ones(len(group), dtype=torch.bool, device=device)
