@@ -88,8 +88,13 @@ def resident_states() -> dict:
 @pytest.mark.parametrize("name", list(SPECS))
 @pytest.mark.parametrize(
     "placement",
-    [Placement(strategy="layerwise"), Placement(strategy="layerwise", layerwise_states="disk"), Placement(strategy="offload")],
-    ids=["layerwise-cpu", "layerwise-disk", "offload-disk"],
+    [
+        Placement(strategy="layerwise"),
+        Placement(strategy="layerwise", layerwise_states="disk"),
+        Placement(strategy="layerwise", layerwise_weights="disk"),
+        Placement(strategy="offload"),
+    ],
+    ids=["layerwise-cpu", "layerwise-disk", "layerwise-disk-weights", "offload-disk"],
 )
 def test_strategies_give_identical_accumulators(name, placement, resident_states, tmp_path):
     tokens, (layers, expected) = resident_states[name]
@@ -98,6 +103,33 @@ def test_strategies_give_identical_accumulators(name, placement, resident_states
     _assert_same_states(expected, got)
     if placement.strategy == "offload":
         assert "disk" in set(loaded.model.hf_device_map.values())  # the budget really forced offloading
+    if placement.layers_on_disk:  # the layers were loaded for the run and dropped again
+        assert {p.device.type for p in loaded.adapter.decoder_layers().parameters()} == {"meta"}
+
+
+@pytest.mark.parametrize("name", ["opt-125m", "stories260k"])  # built in code, and read from safetensors
+def test_layerwise_with_disk_weights_holds_one_layer_at_a_time(name, tmp_path):
+    placement = Placement(strategy="layerwise", layerwise_weights="disk")
+    loaded = load_model("m", SPECS[name], placement=placement, offload_dir=tmp_path)
+    layers = loaded.adapter.decoder_layers()
+    assert set(loaded.model.hf_device_map.values()) == {"cpu", "disk"}
+    held_during_calls: list[list[int]] = []
+
+    def record(*_args) -> None:
+        held_during_calls.append([i for i, layer in enumerate(layers) if any(p.device.type != "meta" for p in layer.parameters())])
+
+    for layer in layers:
+        layer.register_forward_pre_hook(record)
+    tokens = _tokens(loaded.adapter.vocab_size)
+    capture_tokens(
+        loaded.model, loaded.adapter, tokens, model_name="m", first_seq_id=0, has_bos=True,
+        settings=CaptureSettings(batch_size=3, layers=(0, 1), accumulators=("fire_count",)),
+        device=torch.device("cpu"), placement=placement, offload_dir=tmp_path, progress=False,
+    )
+    # three embedding passes stop at layer 0 before anything is loaded; then three batches through layer 0
+    # and three through layer 1, each layer alone in memory
+    assert held_during_calls == [[]] * 3 + [[0]] * 3 + [[1]] * 3
+    assert all(p.device.type == "meta" for p in layers.parameters())
 
 
 def test_bounded_summaries_merging_mid_shard_agree_across_strategies(monkeypatch, tmp_path):
@@ -170,19 +202,50 @@ def test_capture_job_with_offload_writes_the_same_store(tmp_path):
     base = {"device": "cpu", "dtype": "float32", "batch_size": 4, "ngram_capacity": 64}
     size = _model_bytes(load_model("m", spec).model)
     stores = {}
-    for strategy, extra in {
-        "resident": {},
-        "offload": {"max_memory": {"cpu": int(size * 0.8)}, "offload_dir": str(tmp_path / "offload")},
-        "layerwise": {"layerwise_states": "disk", "offload_dir": str(tmp_path / "states")},
+    for label, extra in {
+        "resident": {"strategy": "resident"},
+        "offload": {"strategy": "offload", "max_memory": {"cpu": int(size * 0.8)}, "offload_dir": str(tmp_path / "offload")},
+        "layerwise": {"strategy": "layerwise", "layerwise_states": "disk", "offload_dir": str(tmp_path / "states")},
+        "layerwise-disk-weights": {
+            "strategy": "layerwise", "layerwise_weights": "disk", "offload_dir": str(tmp_path / "weights")
+        },
     }.items():
-        out = tmp_path / f"{strategy}.zarr"
-        capture_job("planted", spec, "planted", tokenizer_spec, {**base, "strategy": strategy, **extra}, shard, out)
-        stores[strategy] = read_store(out)
-        assert stores[strategy][0]["strategy"] == strategy
-    for strategy in ("offload", "layerwise"):
-        _assert_same_states(stores["resident"][1], stores[strategy][1])
+        out = tmp_path / f"{label}.zarr"
+        capture_job("planted", spec, "planted", tokenizer_spec, {**base, **extra}, shard, out)
+        stores[label] = read_store(out)
+        assert stores[label][0]["strategy"] == extra["strategy"]
+    for label in ("offload", "layerwise", "layerwise-disk-weights"):
+        _assert_same_states(stores["resident"][1], stores[label][1])
     assert list((tmp_path / "offload").iterdir()) == []  # the job's temporary folder is gone
     assert list((tmp_path / "states").iterdir()) == []
+    assert list((tmp_path / "weights").iterdir()) == []
+
+
+def test_vocabulary_projection_reads_layers_kept_on_disk(tmp_path):
+    """The vocab job of a model whose capture keeps its layers on disk reads each value vector from there."""
+    import polars as pl
+
+    from neuron_census.jobs import vocab_job
+
+    tokenizer_spec = {"source": "words", "words": planted_words(get_recipe("census"))}
+    spec = {"source": "planted", "recipe": "census"}
+    adapter = load_model("m", spec).adapter
+    n_layers, n_neurons = len(adapter.decoder_layers()), adapter.value_vectors(0).shape[0]
+    stats = tmp_path / "stats.parquet"
+    pl.DataFrame({
+        "layer": [layer for layer in range(n_layers) for _ in range(n_neurons)],
+        "neuron": list(range(n_neurons)) * n_layers,
+        "token_detector": [neuron == 0 for _ in range(n_layers) for neuron in range(n_neurons)],
+        "detected_tokens": [[3] if neuron == 0 else [] for _ in range(n_layers) for neuron in range(n_neurons)],
+    }).write_parquet(stats)
+    base = {"device": "cpu", "dtype": "float32", "top_n": 5}
+    vocab_job("m", spec, "planted", tokenizer_spec, base, stats, tmp_path / "resident.parquet")
+    on_disk = {"strategy": "layerwise", "layerwise_weights": "disk", "offload_dir": str(tmp_path / "weights")}
+    vocab_job("m", spec, "planted", tokenizer_spec, {**base, **on_disk}, stats, tmp_path / "disk.parquet")
+    expected, got = pl.read_parquet(tmp_path / "resident.parquet"), pl.read_parquet(tmp_path / "disk.parquet")
+    assert got.height == n_layers * n_neurons
+    assert got.equals(expected)
+    assert list((tmp_path / "weights").iterdir()) == []
 
 
 def test_placement_and_budget_errors_name_the_key():

@@ -16,6 +16,7 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import align_module_device
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
@@ -111,9 +112,10 @@ class FFNAdapter:
     def value_vectors(self, layer: int) -> torch.Tensor:
         """float32 [N, d_model]: row i is what neuron i adds to the residual stream per unit activation."""
         projection = self.neuron_input_module(layer)
-        weight = projection.weight.detach()
-        rows = weight if isinstance(projection, Conv1D) else weight.T
-        return rows.to(torch.float32, copy=True).contiguous()
+        with align_module_device(projection):  # loads the weight of a layer offloaded to disk, for this read
+            weight = projection.weight.detach()
+            rows = weight if isinstance(projection, Conv1D) else weight.T
+            return rows.to(torch.float32, copy=True).contiguous()
 
     def unembedding(self) -> torch.Tensor:
         """[vocab, d_unembed] in the model dtype: the LM head weight (tied to the input embedding or not)."""

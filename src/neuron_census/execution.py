@@ -7,7 +7,8 @@ Three strategies feed the same hooks and so the same accumulators:
   the CPU or on disk and are streamed to the device when they run, so large batches amortise the copy.
 - `layerwise`: the papers' single-GPU method. The embeddings of every batch of the shard are computed
   first and kept (in CPU memory or in a memory-mapped file); then each decoder layer is moved to the device
-  once and run on all of them, up to the last analysed layer.
+  once and run on all of them, up to the last analysed layer. The decoder layers wait in CPU memory, or,
+  with `layerwise_weights: disk`, on disk (Accelerate's offload), so that only one layer is ever in memory.
 
 Sequences are never padded, so the keyword arguments a decoder layer receives (causal mask, positions,
 rotary embeddings) depend only on the batch shape: layerwise records them once per batch size.
@@ -27,6 +28,7 @@ import torch
 
 STRATEGIES = ("resident", "offload", "layerwise")
 LAYERWISE_STATES = ("cpu", "disk")
+LAYERWISE_WEIGHTS = ("cpu", "disk")
 
 
 class StopForward(Exception):
@@ -43,19 +45,28 @@ class Placement:
 
     `max_memory` maps devices ("cpu", 0, "cuda:0") to budgets ("20GiB", bytes) as Accelerate reads them;
     empty means Accelerate's own estimate of what is free. `offload_dir` holds weights that fit nowhere
-    (offload) or the kept hidden states (layerwise with `layerwise_states: disk`); None = a temporary folder.
+    (offload, layerwise with `layerwise_weights: disk`) or the kept hidden states (layerwise with
+    `layerwise_states: disk`); None = a temporary folder.
     """
 
     strategy: str = "resident"
     max_memory: Mapping[str, str | int] = field(default_factory=dict)
     offload_dir: str | None = None
     layerwise_states: str = "cpu"
+    layerwise_weights: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"capture.strategy '{self.strategy}' is not one of {STRATEGIES}")
         if self.layerwise_states not in LAYERWISE_STATES:
             raise ValueError(f"capture.layerwise_states '{self.layerwise_states}' is not one of {LAYERWISE_STATES}")
+        if self.layerwise_weights not in LAYERWISE_WEIGHTS:
+            raise ValueError(f"capture.layerwise_weights '{self.layerwise_weights}' is not one of {LAYERWISE_WEIGHTS}")
+
+    @property
+    def layers_on_disk(self) -> bool:
+        """Decoder layers are offloaded to disk and loaded one at a time (layerwise with disk weights)."""
+        return self.strategy == "layerwise" and self.layerwise_weights == "disk"
 
     @classmethod
     def from_config(cls, settings: Mapping[str, Any]) -> Placement:
@@ -64,6 +75,7 @@ class Placement:
             max_memory=dict(settings.get("max_memory") or {}),
             offload_dir=settings.get("offload_dir"),
             layerwise_states=str(settings.get("layerwise_states", "cpu")),
+            layerwise_weights=str(settings.get("layerwise_weights", "cpu")),
         )
 
 
@@ -117,6 +129,44 @@ def dispatch_offloaded(
     device_map = infer_auto_device_map(model, max_memory=max_memory or None, no_split_module_classes=no_split)
     if set(device_map.values()) == {"disk"}:
         raise ValueError(f"capture.max_memory {dict(budget)} leaves no room for the model's embeddings; raise it")
+    dispatch_model(model, device_map=device_map, main_device=_main_device(device_map, device), offload_dir=str(folder))
+    return device_map
+
+
+def layers_on_disk_map(model: torch.nn.Module, layer_names: Sequence[str], device: torch.device) -> dict[str, Any]:
+    """A device map with each decoder layer on "disk" and everything else on `device`.
+
+    Modules are listed down to the layers and no further, so no entry overlaps another (Accelerate and
+    Transformers both require that).
+    """
+    place: str | int = "cpu" if device.type == "cpu" else (device.index or 0)
+    layers = set(layer_names)
+    device_map: dict[str, Any] = {}
+
+    def visit(module: torch.nn.Module, prefix: str) -> None:
+        if prefix in layers:
+            device_map[prefix] = "disk"
+            return
+        if prefix and not any(name.startswith(f"{prefix}.") for name in layers):
+            device_map[prefix] = place
+            return
+        for name, _ in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
+            device_map[f"{prefix}.{name}" if prefix else name] = place
+        for name, child in module.named_children():
+            visit(child, f"{prefix}.{name}" if prefix else name)
+
+    visit(model, "")
+    return device_map
+
+
+def dispatch_layers_to_disk(
+    model: torch.nn.Module, layer_names: Sequence[str], device: torch.device, folder: Path
+) -> dict[str, Any]:
+    """Offload the decoder layers of a model built in memory to `folder` (the hub/local path does this
+    while reading the checkpoint); everything else goes to `device`."""
+    from accelerate import dispatch_model
+
+    device_map = layers_on_disk_map(model, layer_names, device)
     dispatch_model(model, device_map=device_map, main_device=_main_device(device_map, device), offload_dir=str(folder))
     return device_map
 
@@ -201,6 +251,39 @@ def place_outside_layers(model: torch.nn.Module, layers: torch.nn.ModuleList, de
                 module._buffers[name] = buffer.to(device)
 
 
+def _offloaded_leaves(layer: torch.nn.Module) -> list[torch.nn.Module]:
+    """Submodules of `layer` whose weights Accelerate keeps on disk and loads at each call."""
+    return [m for m in layer.modules() if getattr(getattr(m, "_hf_hook", None), "offload", False)]
+
+
+@contextmanager
+def layer_on_device(layer: torch.nn.Module, device: torch.device) -> Iterator[torch.nn.Module]:
+    """`layer` with its weights on `device` for the whole block, then back where they came from.
+
+    A layer in CPU memory is moved there and back. A layer offloaded to disk is loaded once (each
+    offloaded submodule's hook loads its weights, then stops reloading them at every call) and dropped
+    again afterwards, so a shard's batches share one load and memory holds one layer.
+    """
+    leaves = _offloaded_leaves(layer)
+    if not leaves:
+        try:
+            yield layer.to(device)
+        finally:
+            layer.to("cpu")
+        return
+    loaded = []
+    try:
+        for leaf in leaves:
+            leaf._hf_hook.pre_forward(leaf)
+            leaf._hf_hook.offload = False
+            loaded.append(leaf)
+        yield layer
+    finally:
+        for leaf in loaded:
+            leaf._hf_hook.offload = True
+            leaf._hf_hook.post_forward(leaf, None)
+
+
 def run_layerwise(
     model: torch.nn.Module,
     layers: torch.nn.ModuleList,
@@ -214,8 +297,9 @@ def run_layerwise(
 ) -> None:
     """Embed every batch, then move each layer 0..`last_layer` to `device` once and run it on all batches.
 
-    The model must sit on the CPU; the decoder layers go back there after running. Hooks registered on the
-    layers fire exactly as in a full forward pass, batch by batch within each layer.
+    The decoder layers sit on the CPU (and go back there after running) or are offloaded to disk (and are
+    dropped after running). Hooks registered on the layers fire exactly as in a full forward pass, batch by
+    batch within each layer.
     """
     place_outside_layers(model, layers, device)
     n_batches = len(batch_rows)
@@ -250,8 +334,7 @@ def run_layerwise(
             handle.remove()
             assert hidden is not None
             for number in range(last_layer + 1):
-                layer = layers[number].to(device)
-                try:
+                with layer_on_device(layers[number], device) as layer:
                     for index in range(n_batches):
                         begin_batch(index)
                         inputs = hidden.get(index).to(device, non_blocking=True)
@@ -264,8 +347,6 @@ def run_layerwise(
                         if number == last_layer:
                             raise LastLayerNeverRan
                         hidden.put(index, output)
-                finally:
-                    layers[number].to("cpu")
     finally:
         handle.remove()
 

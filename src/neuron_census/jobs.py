@@ -262,29 +262,39 @@ def vocab_job(
 ) -> None:
     """Vocabulary projections of every value vector of the analysed layers, and of detectors' triggers.
 
-    When capture does not keep the model resident, the decoder layers stay on the CPU (value vectors are
-    read one layer at a time) and only the unembedding path goes to the device.
+    When capture does not keep the model resident, the decoder layers stay on the CPU, or on disk when
+    capture keeps them there (`layerwise_weights: disk`); value vectors are read one layer at a time and
+    only the unembedding path goes to the device.
     """
-    from neuron_census.execution import Placement, place_outside_layers
+    from neuron_census.execution import Placement, offload_folder, place_outside_layers
     from neuron_census.vocab import vocab_table
 
     resident = settings.get("strategy", "resident") == "resident"
-    placement = Placement() if resident else Placement(strategy="layerwise")
-    tokenizer, loaded, device, _ = _load_model_and_tokenizer(
-        model_name, model_spec, tokenizer_name, tokenizer_spec, settings, threads, placement
+    placement = (
+        Placement()
+        if resident
+        else Placement(
+            strategy="layerwise",
+            offload_dir=settings.get("offload_dir"),
+            layerwise_weights=str(settings.get("layerwise_weights", "cpu")),
+        )
     )
-    if not resident:
-        place_outside_layers(loaded.model, loaded.adapter.decoder_layers(), device)
-    neurons = pl.read_parquet(stats, columns=["layer", "neuron", "token_detector", "detected_tokens"])
-    detectors = neurons.filter(pl.col("token_detector")).select("layer", "neuron", "detected_tokens")
-    table = vocab_table(
-        loaded.adapter,
-        tokenizer.token_strings(),
-        detectors,
-        layers=sorted(neurons["layer"].unique().to_list()),
-        top_n=int(settings.get("top_n", 10)),
-        apply_final_norm=bool(settings.get("final_norm", False)),
-    )
+    with offload_folder(placement) as folder:
+        tokenizer, loaded, device, _ = _load_model_and_tokenizer(
+            model_name, model_spec, tokenizer_name, tokenizer_spec, settings, threads, placement, folder
+        )
+        if not resident:
+            place_outside_layers(loaded.model, loaded.adapter.decoder_layers(), device)
+        neurons = pl.read_parquet(stats, columns=["layer", "neuron", "token_detector", "detected_tokens"])
+        detectors = neurons.filter(pl.col("token_detector")).select("layer", "neuron", "detected_tokens")
+        table = vocab_table(
+            loaded.adapter,
+            tokenizer.token_strings(),
+            detectors,
+            layers=sorted(neurons["layer"].unique().to_list()),
+            top_n=int(settings.get("top_n", 10)),
+            apply_final_norm=bool(settings.get("final_norm", False)),
+        )
     write_parquet(table, output)
 
 

@@ -18,7 +18,13 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from neuron_census.adapters import FFNAdapter, adapter_for, check_model_type
 from neuron_census.errors import first_line
-from neuron_census.execution import Placement, accelerate_max_memory, dispatch_offloaded
+from neuron_census.execution import (
+    Placement,
+    accelerate_max_memory,
+    dispatch_layers_to_disk,
+    dispatch_offloaded,
+    layers_on_disk_map,
+)
 
 SOURCES = ("hub", "local", "random", "planted")
 
@@ -65,11 +71,13 @@ def _from_pretrained(
     device: torch.device,
     dtype: torch.dtype,
     offload: tuple[dict[int | str, str | int], Path] | None = None,
+    layers_to_disk: Path | None = None,
 ) -> PreTrainedModel:
     """Raw config first (refuses unsupported families and unallowed remote code cheaply), then safetensors weights.
 
     With `offload` = (max_memory, folder), Accelerate places the weights as they are read, so a model larger
-    than the device (or the CPU) is never materialised whole.
+    than the device (or the CPU) is never materialised whole. With `layers_to_disk` (a folder) every decoder
+    layer goes to disk as it is read and the rest to `device`: memory never holds more than one layer.
     """
     try:
         raw, _ = PretrainedConfig.get_config_dict(source, revision=revision)
@@ -89,6 +97,13 @@ def _from_pretrained(
     if offload is not None:
         max_memory, folder = offload
         placement = {"device_map": "auto", "max_memory": max_memory or None, "offload_folder": str(folder)}
+    elif layers_to_disk is not None:
+        from accelerate import init_empty_weights
+
+        with init_empty_weights():  # the module names, without weights
+            skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+        device_map = layers_on_disk_map(skeleton, decoder_layer_names(skeleton, name), device)
+        placement = {"device_map": device_map, "offload_folder": str(layers_to_disk)}
     try:
         return AutoModelForCausalLM.from_pretrained(
             source,
@@ -110,14 +125,16 @@ def _build(
     device: torch.device,
     dtype: torch.dtype,
     offload: tuple[dict[int | str, str | int], Path] | None = None,
+    layers_to_disk: Path | None = None,
 ) -> PreTrainedModel:
     source = spec.get("source")
     trust = bool(spec.get("trust_remote_code", False))
     if source == "hub":
-        return _from_pretrained(name, _required(name, spec, "id"), spec.get("revision"), trust, device, dtype, offload)
+        source_id, revision = _required(name, spec, "id"), spec.get("revision")
+        return _from_pretrained(name, source_id, revision, trust, device, dtype, offload, layers_to_disk)
     if source == "local":
         folder = _local_folder(name, spec, root)
-        return _from_pretrained(name, str(folder), None, trust, device, dtype, offload)
+        return _from_pretrained(name, str(folder), None, trust, device, dtype, offload, layers_to_disk)
     if source == "random":
         from neuron_census.zoo import build_random_model
 
@@ -152,18 +169,24 @@ def load_model(
     """Load model `name` from `spec` (see config/README.md, `models.<name>`), frozen, in eval mode.
 
     `placement` (default resident) decides where the weights go: all on `device` (resident), on the CPU
-    (layerwise moves layers to the device itself), or spread by Accelerate over device, CPU and
-    `offload_dir` within `placement.max_memory` (offload).
+    (layerwise moves layers to the device itself), decoder layers in `offload_dir` and the rest on `device`
+    (layerwise with disk weights), or spread by Accelerate over device, CPU and `offload_dir` within
+    `placement.max_memory` (offload).
     """
     placement = placement or Placement()
     target = torch.device(device)
+    if offload_dir is None and (placement.strategy == "offload" or placement.layers_on_disk):
+        raise ValueError(f"model '{name}': {placement.strategy} needs a folder for the weights it keeps on disk")
     if placement.strategy == "resident":
         model = _build(name, spec, Path(root), target, dtype)
+    elif placement.layers_on_disk and spec.get("source") in ("hub", "local"):
+        model = _build(name, spec, Path(root), target, dtype, layers_to_disk=Path(offload_dir))
+    elif placement.layers_on_disk:
+        model = _build(name, spec, Path(root), torch.device("cpu"), dtype)
+        dispatch_layers_to_disk(model, decoder_layer_names(model, name), target, Path(offload_dir))
     elif placement.strategy == "layerwise":
         model = _build(name, spec, Path(root), torch.device("cpu"), dtype)
     else:
-        if offload_dir is None:
-            raise ValueError(f"model '{name}': offload needs a folder for the weights that fit nowhere")
         offload = (accelerate_max_memory(placement.max_memory, target), Path(offload_dir))
         if spec.get("source") in ("hub", "local"):
             model = _build(name, spec, Path(root), target, dtype, offload)
@@ -173,3 +196,10 @@ def load_model(
     model.eval()
     model.requires_grad_(False)
     return LoadedModel(name=name, model=model, adapter=adapter_for(model, name=name))
+
+
+def decoder_layer_names(model: torch.nn.Module, name: str) -> list[str]:
+    """Module names of the decoder layers (e.g. model.decoder.layers.0), as device maps name them."""
+    layers = adapter_for(model, name=name).decoder_layers()
+    prefix = next(module_name for module_name, module in model.named_modules() if module is layers)
+    return [f"{prefix}.{index}" for index in range(len(layers))]

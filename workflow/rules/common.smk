@@ -80,6 +80,8 @@ def vocab_settings(model):
         "device": capture["device"],
         "dtype": capture["dtype"],
         "strategy": capture.get("strategy", "resident"),
+        "layerwise_weights": capture.get("layerwise_weights", "cpu"),
+        "offload_dir": capture.get("offload_dir"),
     }
 
 
