@@ -117,7 +117,7 @@ def test_only_requested_layers_are_counted(data):
 
 
 def test_shards_merge_to_one_pass_when_exact(data):
-    make = lambda: NgramFireCount(GEOMETRY, torch.device("cpu"), layers=LAYERS, capacity=10_000, flush_every=7)  # noqa: E731
+    make = lambda: NgramFireCount(GEOMETRY, torch.device("cpu"), layers=LAYERS, capacity=10_000, merge_pending=7)  # noqa: E731
     whole = feed(make(), data, np.arange(N_SEQ))
     parts = [feed(make(), data, np.arange(N_SEQ)[i::3]) for i in range(3)]
     merged = merge_states([{"ngram_fire_count": p} for p in parts])["ngram_fire_count"]
@@ -128,7 +128,7 @@ def test_shards_merge_to_one_pass_when_exact(data):
 @pytest.mark.parametrize("capacity", [1, 2, 4, 9])
 def test_small_capacity_keeps_the_misra_gries_guarantee(data, capacity):
     state = feed(
-        NgramFireCount(GEOMETRY, torch.device("cpu"), layers=LAYERS, orders=(2,), capacity=capacity, flush_every=50),
+        NgramFireCount(GEOMETRY, torch.device("cpu"), layers=LAYERS, orders=(2,), capacity=capacity, merge_pending=50),
         data,
         np.arange(N_SEQ),
     )
@@ -201,8 +201,8 @@ def test_ngram_occurrences(data):
 
 @pytest.mark.parametrize("capacity", [2, 5])
 def test_bounded_ngram_occurrences_merged_every_batch_keep_the_guarantee(data, capacity):
-    """Merged into the summary after every batch (a small `flush_every`), pruned many times."""
-    state = feed(NgramCount(GEOMETRY, torch.device("cpu"), orders=(2,), capacity=capacity, flush_every=1), data, np.arange(N_SEQ))
+    """Merged into the summary after every batch (a small `merge_pending`), pruned many times."""
+    state = feed(NgramCount(GEOMETRY, torch.device("cpu"), orders=(2,), capacity=capacity, merge_pending=1), data, np.arange(N_SEQ))
     expected = Counter(tuple(int(t) for t in data["tokens"][s, k - 1 : k + 1]) for s in range(N_SEQ) for k in range(2, SEQ_LEN))
     got = {unpack_ngram(int(k), 2, VOCAB): int(c) for k, c in zip(state["order2_gram"], state["order2_count"])}
     assert len(got) <= capacity < len(expected)  # really pruned

@@ -240,8 +240,8 @@ class SlotMerges:
     every execution strategy, and the merge temporaries are one slot's, not all layers'.
     """
 
-    def __init__(self, n_slots: int, flush_every: int) -> None:
-        self.min_pending = max(1, flush_every // max(1, n_slots))
+    def __init__(self, n_slots: int, merge_pending: int) -> None:
+        self.min_pending = max(1, merge_pending // max(1, n_slots))
         self.pending = [0] * n_slots
 
     def due(self, slot: int, added: int, held: int) -> bool:
@@ -259,7 +259,7 @@ class TokenFireCount:
     Small problems (vocab x neurons x layers up to `dense_limit` cells) use one dense table on the
     device, exact. Larger ones (OPT/GPT-2 vocabularies) count per batch over the distinct tokens of the
     batch and keep, per analysed layer, sorted (key, count) pairs on the CPU, merged as `SlotMerges`
-    says (`flush_every` is the pending budget shared by all layers).
+    says (`merge_pending` is the pending budget shared by all layers).
 
     `capacity` None keeps every (token, neuron) pair seen: exact, and bounded only by layers x
     vocabulary x neurons. An integer keeps, per neuron, a Misra-Gries summary of at most `capacity`
@@ -279,7 +279,7 @@ class TokenFireCount:
         *,
         dense_limit: int = 1 << 26,
         capacity: int | None = None,
-        flush_every: int = 1 << 18,
+        merge_pending: int = 1 << 18,
     ) -> None:
         self.geometry = geometry
         n_slots = len(geometry.layers)
@@ -290,7 +290,7 @@ class TokenFireCount:
             else None
         )
         self.capacity = capacity
-        self._merges = SlotMerges(n_slots, flush_every)
+        self._merges = SlotMerges(n_slots, merge_pending)
         empty = torch.zeros(0, dtype=torch.int64)
         self._tables: list[tuple[torch.Tensor, torch.Tensor]] = [(empty, empty)] * n_slots
         self._pending: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(n_slots)]
@@ -635,7 +635,7 @@ class NgramFireCount:
         layers: tuple[int, ...],
         orders: tuple[int, ...] = (2, 3),
         capacity: int = 65536,
-        flush_every: int = 1 << 18,
+        merge_pending: int = 1 << 18,
     ) -> None:
         for order in orders:
             check_packable(geometry.vocab_size, order)
@@ -646,7 +646,7 @@ class NgramFireCount:
         self.fires = torch.zeros(len(orders), len(layers), geometry.n_neurons, dtype=torch.int64, device=device)
         empty = (torch.zeros(0, dtype=torch.int64, device=device),) * 3
         n_slots = len(self.layers)
-        self._merges = SlotMerges(n_slots, flush_every)
+        self._merges = SlotMerges(n_slots, merge_pending)
         self._summaries: list[dict[int, tuple[torch.Tensor, ...]]] = [{n: empty for n in orders} for _ in range(n_slots)]
         self._pending: list[dict[int, list[tuple[torch.Tensor, ...]]]] = [{n: [] for n in orders} for _ in range(n_slots)]
         self._batch_tokens: torch.Tensor | None = None
@@ -747,7 +747,7 @@ class NgramCount:
         *,
         orders: tuple[int, ...] = (2,),
         capacity: int = 1 << 22,
-        flush_every: int = 1 << 18,
+        merge_pending: int = 1 << 18,
     ) -> None:
         for order in orders:
             check_packable(geometry.vocab_size, order)
@@ -758,7 +758,7 @@ class NgramCount:
         empty = (torch.zeros(0, dtype=torch.int64, device=device),) * 3
         self._summaries = {n: empty for n in orders}
         self._pending: dict[int, list[torch.Tensor]] = {n: [] for n in orders}
-        self._merges = SlotMerges(1, flush_every)
+        self._merges = SlotMerges(1, merge_pending)
         self._first_layer = geometry.layers[0]
 
     def update(self, batch: LayerBatch) -> None:
