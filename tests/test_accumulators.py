@@ -111,7 +111,7 @@ def token_table(state) -> np.ndarray:
 )
 def test_token_fire_count_dense_and_sparse(data, dense_limit, capacity):
     """Exact counts, from the dense table (which ignores a capacity) or from the sparse one without one."""
-    accumulator = TokenFireCount(GEOMETRY, torch.device("cpu"), dense_limit=dense_limit, capacity=capacity, flush_every=10)
+    accumulator = TokenFireCount(GEOMETRY, torch.device("cpu"), dense_limit=dense_limit, capacity=capacity, merge_pending=10)
     state = run(accumulator, data)
     np.testing.assert_array_equal(token_table(state), token_fires_of(data))
     assert (state["counts"] > 0).all()
@@ -130,7 +130,7 @@ def test_token_fire_count_capacity_keeps_the_misra_gries_guarantee(data, capacit
     fires = fires_of(data).sum(axis=(1, 2))  # [slot, neuron]
 
     def bounded(rows: slice = slice(None)):
-        return run(TokenFireCount(GEOMETRY, device, dense_limit=0, capacity=capacity, flush_every=10), data, rows=rows)
+        return run(TokenFireCount(GEOMETRY, device, dense_limit=0, capacity=capacity, merge_pending=10), data, rows=rows)
 
     one_pass = bounded()
     merged = TokenFireCount.merge([bounded(slice(0, 5)), bounded(slice(5, 9)), bounded(slice(9, None))])
