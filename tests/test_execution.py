@@ -91,10 +91,10 @@ def resident_states() -> dict:
     [
         Placement(strategy="layerwise"),
         Placement(strategy="layerwise", layerwise_states="disk"),
-        Placement(strategy="layerwise", layerwise_weights="disk"),
+        Placement(strategy="layerwise", layerwise_states="disk", layerwise_weights="disk"),
         Placement(strategy="offload"),
     ],
-    ids=["layerwise-cpu", "layerwise-disk", "layerwise-disk-weights", "offload-disk"],
+    ids=["layerwise-cpu", "layerwise-disk", "layerwise-disk-weights-and-states", "offload-disk"],
 )
 def test_strategies_give_identical_accumulators(name, placement, resident_states, tmp_path):
     tokens, (layers, expected) = resident_states[name]
@@ -253,6 +253,8 @@ def test_placement_and_budget_errors_name_the_key():
         Placement(strategy="gpu")
     with pytest.raises(ValueError, match="capture.layerwise_states 'ram'"):
         Placement(strategy="layerwise", layerwise_states="ram")
+    with pytest.raises(ValueError, match="capture.layerwise_weights 'gpu'"):
+        Placement(strategy="layerwise", layerwise_weights="gpu")
     assert accelerate_max_memory({"0": "20GiB", "cuda:1": 5, "cpu": "1GiB"}, torch.device("cuda")) == {
         0: "20GiB", 1: 5, "cpu": "1GiB"
     }
@@ -264,6 +266,8 @@ def test_placement_and_budget_errors_name_the_key():
         dispatch_offloaded(model, torch.device("cpu"), {"cpu": 1000}, Path("."))
     with pytest.raises(ValueError, match="offload needs a folder"):
         load_model("m", SPECS["opt-125m"], placement=Placement(strategy="offload"))
+    with pytest.raises(ValueError, match="layerwise needs a folder"):
+        load_model("m", SPECS["opt-125m"], placement=Placement(strategy="layerwise", layerwise_weights="disk"))
 
 
 @pytest.mark.gpu
