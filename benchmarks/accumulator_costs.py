@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from capture_speed import corpus_tokens  # noqa: E402
+from capture_speed import corpus_tokens, write_results  # noqa: E402
 
 
 def measure(fire_rate: float, args: argparse.Namespace) -> tuple[float, dict[str, float]]:
@@ -104,9 +104,7 @@ def main() -> None:
         lines.append(f"| {name} | {cells} |")
     table = "\n".join(lines) + "\n"
     print(table)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        (args.out.parent / f"{args.out.name}.md").write_text(table)
+    write_results(args.out, table)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,16 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def write_results(out: Path | None, table: str, data: Any = None) -> None:
+    """<out>.md (the table as printed) and, when given, <out>.json (every number); nothing without `out`."""
+    if out is None:
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if data is not None:
+        (out.parent / f"{out.name}.json").write_text(json.dumps(data, indent=1))
+    (out.parent / f"{out.name}.md").write_text(table)
+
+
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -297,10 +307,7 @@ def main() -> None:
     }
     table = markdown(results, peak, meta)
     print(table)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        (args.out.parent / f"{args.out.name}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-        (args.out.parent / f"{args.out.name}.md").write_text(table)
+    write_results(args.out, table, {"meta": meta, "results": results})
 
 
 if __name__ == "__main__":

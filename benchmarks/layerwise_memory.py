@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from capture_speed import _peak_rss_mb, _rss_mb, corpus_tokens  # noqa: E402
+from capture_speed import _peak_rss_mb, _rss_mb, corpus_tokens, write_results  # noqa: E402
 
 MODES = {
     "resident": {"strategy": "resident"},
@@ -154,10 +154,7 @@ def main() -> None:
         )
     table = "\n".join(lines) + "\n"
     print(table)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        (args.out.parent / f"{args.out.name}.json").write_text(json.dumps(rows, indent=1))
-        (args.out.parent / f"{args.out.name}.md").write_text(table)
+    write_results(args.out, table, rows)
 
 
 if __name__ == "__main__":
