@@ -221,14 +221,25 @@ def test_capture_job_with_offload_writes_the_same_store(tmp_path):
     assert list((tmp_path / "weights").iterdir()) == []
 
 
-def test_vocabulary_projection_reads_layers_kept_on_disk(tmp_path):
+VOCAB_MODELS = {  # built in code (offloaded to a folder), and read in place from a safetensors checkpoint
+    "planted": ({"source": "planted", "recipe": "census"}, "planted"),
+    "stories260k": (SPECS["stories260k"], "stories260k"),
+}
+
+
+@pytest.mark.parametrize("name", list(VOCAB_MODELS))
+def test_vocabulary_projection_reads_layers_kept_on_disk(name, tmp_path):
     """The vocab job of a model whose capture keeps its layers on disk reads each value vector from there."""
     import polars as pl
 
     from neuron_census.jobs import vocab_job
 
-    tokenizer_spec = {"source": "words", "words": planted_words(get_recipe("census"))}
-    spec = {"source": "planted", "recipe": "census"}
+    spec, tokenizer_name = VOCAB_MODELS[name]
+    tokenizer_spec = (
+        {"source": "words", "words": planted_words(get_recipe("census"))}
+        if name == "planted"
+        else {"source": "local", "path": SPECS["stories260k"]["path"]}
+    )
     adapter = load_model("m", spec).adapter
     n_layers, n_neurons = len(adapter.decoder_layers()), adapter.value_vectors(0).shape[0]
     stats = tmp_path / "stats.parquet"
@@ -239,9 +250,9 @@ def test_vocabulary_projection_reads_layers_kept_on_disk(tmp_path):
         "detected_tokens": [[3] if neuron == 0 else [] for _ in range(n_layers) for neuron in range(n_neurons)],
     }).write_parquet(stats)
     base = {"device": "cpu", "dtype": "float32", "top_n": 5}
-    vocab_job("m", spec, "planted", tokenizer_spec, base, stats, tmp_path / "resident.parquet")
+    vocab_job("m", spec, tokenizer_name, tokenizer_spec, base, stats, tmp_path / "resident.parquet")
     on_disk = {"strategy": "layerwise", "layerwise_weights": "disk", "offload_dir": str(tmp_path / "weights")}
-    vocab_job("m", spec, "planted", tokenizer_spec, {**base, **on_disk}, stats, tmp_path / "disk.parquet")
+    vocab_job("m", spec, tokenizer_name, tokenizer_spec, {**base, **on_disk}, stats, tmp_path / "disk.parquet")
     expected, got = pl.read_parquet(tmp_path / "resident.parquet"), pl.read_parquet(tmp_path / "disk.parquet")
     assert got.height == n_layers * n_neurons
     assert got.equals(expected)
