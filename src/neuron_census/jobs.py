@@ -270,15 +270,7 @@ def vocab_job(
     from neuron_census.vocab import vocab_table
 
     resident = settings.get("strategy", "resident") == "resident"
-    placement = (
-        Placement()
-        if resident
-        else Placement(
-            strategy="layerwise",
-            offload_dir=settings.get("offload_dir"),
-            layerwise_weights=str(settings.get("layerwise_weights", "cpu")),
-        )
-    )
+    placement = Placement() if resident else Placement.from_config({**settings, "strategy": "layerwise"})
     with offload_folder(placement) as folder:
         tokenizer, loaded, device, _ = _load_model_and_tokenizer(
             model_name, model_spec, tokenizer_name, tokenizer_spec, settings, threads, placement, folder
