@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from neuron_census import accumulators
 from neuron_census.accumulators import Geometry, LayerBatch, NgramCount, NgramFireCount, merge_states
 from neuron_census.ngrams import (
     add_sorted_torch,
@@ -16,8 +17,10 @@ from neuron_census.ngrams import (
     coverage_bounds,
     largest_group,
     merge_summaries,
+    neurons_per_key,
     pack_ngrams,
     prune_torch,
+    split_sorted_keys,
     unpack_ngram,
 )
 
@@ -160,6 +163,28 @@ def test_small_capacity_keeps_the_misra_gries_guarantee(data, capacity):
                 assert lower[g] == upper[g] == truth
 
 
+@pytest.mark.parametrize("capacity", [2, 10_000])
+def test_neuron_blocks_give_the_summaries_of_one_key_space(data, capacity, monkeypatch):
+    """Keys too wide for int64 (e.g. trigrams of a 128k vocabulary) are split into blocks of neurons."""
+    make = lambda: NgramFireCount(  # noqa: E731
+        GEOMETRY, torch.device("cpu"), layers=LAYERS, orders=(2, 3), capacity=capacity, merge_pending=40
+    )
+    whole = feed(make(), data, np.arange(N_SEQ))
+    monkeypatch.setattr(accumulators, "neurons_per_key", lambda n_neurons, span: 2)  # 5 neurons: 3 blocks
+    blocked_accumulator = make()
+    assert len(blocked_accumulator._tables[0][3]) == 3
+    blocked = feed(blocked_accumulator, data, np.arange(N_SEQ))
+    for key in whole:
+        np.testing.assert_array_equal(blocked[key], whole[key], err_msg=key)
+
+
+def test_neurons_per_key_fills_int64():
+    assert neurons_per_key(3072, 50_272**3) == 3072  # OPT trigrams: one key space
+    assert neurons_per_key(36_864, 50_272**3) == 36_864  # OPT-66b's widest layer still fits
+    assert neurons_per_key(14_336, 128_256**3) == 4_371  # Llama-3 trigrams: blocks of 4,371 neurons
+    assert (neurons_per_key(14_336, 128_256**3) * 128_256**3) - 1 <= 2**63 - 1
+
+
 def test_exact_coverage_equals_definition(data):
     state = feed(NgramFireCount(GEOMETRY, torch.device("cpu"), layers=LAYERS, orders=(3,), capacity=10_000), data, np.arange(N_SEQ))
     expected, fires = brute_counts(data, 3)
@@ -249,6 +274,16 @@ def test_largest_group_equals_a_count_per_group(span):
         expected = np.bincount(keys // span).max()
         assert largest_group(torch.from_numpy(keys), span) == expected
     assert largest_group(torch.zeros(0, dtype=torch.int64), span) == 0
+
+
+@pytest.mark.parametrize("span", [1, 7, 50_272**3])
+def test_split_sorted_keys_equals_divmod(span):
+    rng = np.random.default_rng(3)
+    for n_groups, n_keys in ((1, 5), (30, 400), (5000, 40), (1, 0)):
+        keys = np.unique(rng.integers(0, n_groups, size=n_keys) * span + rng.integers(0, span, size=n_keys))
+        group, rest = split_sorted_keys(torch.from_numpy(keys), span)
+        np.testing.assert_array_equal(group.numpy(), keys // span)
+        np.testing.assert_array_equal(rest.numpy(), keys % span)
 
 
 def test_adding_into_a_sorted_table_equals_coalescing_both():

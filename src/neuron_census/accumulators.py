@@ -18,10 +18,12 @@ from neuron_census.ngrams import (
     add_sorted_keys,
     add_sorted_torch,
     check_packable,
-    coalesce_torch,
-    largest_group,
+    coalesce_keys,
     merge_summaries,
+    neurons_per_key,
+    prune_keys,
     prune_torch,
+    split_sorted_keys,
 )
 
 State = dict[str, np.ndarray]
@@ -49,6 +51,12 @@ class LayerBatch:
         if "fires_float" not in self._cache:
             self._cache["fires_float"] = self.fires.reshape(-1, self.fires.shape[-1]).to(torch.float32)
         return self._cache["fires_float"]
+
+    def firing_pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row, neuron) of every firing, rows indexing B*T, in row-major order: the sparse accumulators' input."""
+        if "firing_pairs" not in self._cache:
+            self._cache["firing_pairs"] = self.fires.reshape(-1, self.fires.shape[-1]).nonzero(as_tuple=True)
+        return self._cache["firing_pairs"]
 
     def position_fires(self) -> torch.Tensor:
         """[T, N] float32: firings at each position summed over the batch (exact integers)."""
@@ -230,6 +238,18 @@ def coalesce_sparse(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, n
     return keys[starts], np.add.reduceat(counts[order], starts)
 
 
+def count_pairs(
+    major: torch.Tensor, minor: torch.Tensor, minor_span: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Distinct (major, minor) pairs, sorted by (major, minor), and how often each occurs.
+
+    One sort of the compact keys `major * minor_span + minor` (few bits, so few radix passes) replaces a
+    dense [minor, major] count matrix and its nonzero scan.
+    """
+    keys, counts = torch.unique_consecutive(torch.sort(major * minor_span + minor).values, return_counts=True)
+    return keys // minor_span, keys % minor_span, counts
+
+
 class SlotMerges:
     """When each layer slot's pending batch pairs are merged into that slot's sorted table.
 
@@ -297,22 +317,22 @@ class TokenFireCount:
 
     def update(self, batch: LayerBatch) -> None:
         slot = self.geometry.slot(batch.layer)
-        fires = batch.fires_float()  # BOS rows are already 0
         unique, inverse = torch.unique(batch.tokens.reshape(-1), return_inverse=True)
-        per_token = torch.zeros(len(unique), fires.shape[1], dtype=torch.float32, device=fires.device)
-        per_token.index_add_(0, inverse, fires)  # exact: at most B*T per cell
         if self.dense is not None:
+            fires = batch.fires_float()  # BOS rows are already 0
+            per_token = torch.zeros(len(unique), fires.shape[1], dtype=torch.float32, device=fires.device)
+            per_token.index_add_(0, inverse, fires)  # exact: at most B*T per cell
             self.dense[slot].index_put_((unique,), per_token.to(torch.int32), accumulate=True)
             return
         vocab, n_neurons = self.geometry.vocab_size, self.geometry.n_neurons
-        if self.capacity is None:  # token-major keys: sorted as they come
-            rows, neurons = per_token.nonzero(as_tuple=True)
-            keys = (slot * vocab + unique[rows]) * n_neurons + neurons
-        else:  # neuron-major keys, for pruning: a transposed copy makes them come out sorted too
-            neurons, rows = per_token.t().contiguous().nonzero(as_tuple=True)
-            keys = (slot * n_neurons + neurons) * vocab + unique[rows]
-        counts = per_token[rows, neurons].to(torch.int64).cpu().numpy()
-        self._pending[slot].append((keys.cpu().numpy(), counts))
+        rows, neurons = batch.firing_pairs()
+        if self.capacity is None:  # token-major keys
+            tokens, neurons, counts = count_pairs(inverse[rows], neurons, n_neurons)
+            keys = (slot * vocab + unique[tokens]) * n_neurons + neurons
+        else:  # neuron-major keys, for pruning
+            neurons, tokens, counts = count_pairs(neurons, inverse[rows], len(unique))
+            keys = (slot * n_neurons + neurons) * vocab + unique[tokens]
+        self._pending[slot].append((keys.cpu().numpy(), counts.cpu().numpy()))
         if self._merges.due(slot, len(keys), held=len(self._tables[slot][0])):
             self._flush(slot)
 
@@ -322,10 +342,7 @@ class TokenFireCount:
             return
         new = coalesce_sparse(np.concatenate([k for k, _ in pending]), np.concatenate([c for _, c in pending]))
         keys, counts, _ = add_sorted_keys(*self._tables[slot], *map(torch.from_numpy, new))
-        vocab = self.geometry.vocab_size
-        if self.capacity is not None and largest_group(keys, vocab) > self.capacity:  # neuron-major keys
-            _, keys, counts = prune_torch(keys // vocab, keys, counts, self.capacity)  # keys as grams: sorted alike
-        self._tables[slot] = (keys, counts)
+        self._tables[slot] = prune_keys(keys, counts, self.geometry.vocab_size, self.capacity)  # neuron-major keys
         self._pending[slot] = []
 
     def _header(self, capacity: int) -> State:
@@ -623,6 +640,10 @@ class NgramFireCount:
     bounds afterwards. `fires` counts the firings at positions whose n-gram is complete and BOS-free,
     the denominator of coverage. Only the layers in `layers` are counted; each keeps its own summaries,
     merged with its pending batch pairs as `SlotMerges` says.
+
+    A summary is one sorted table of packed keys `neuron * vocab**order + gram` with counts (per block of
+    neurons when the keys would overflow int64), so a batch's pairs come out of one transposed `nonzero`
+    already sorted, and merges move two arrays, not three.
     """
 
     name: ClassVar[str] = "ngram_fire_count"
@@ -644,11 +665,17 @@ class NgramFireCount:
         self.orders = tuple(orders)
         self.capacity = capacity
         self.fires = torch.zeros(len(orders), len(layers), geometry.n_neurons, dtype=torch.int64, device=device)
-        empty = (torch.zeros(0, dtype=torch.int64, device=device),) * 3
+        self._span = {n: geometry.vocab_size**n for n in orders}
+        self._block = {n: neurons_per_key(geometry.n_neurons, self._span[n]) for n in orders}
+        n_blocks = {n: -(-geometry.n_neurons // self._block[n]) for n in orders}
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
         n_slots = len(self.layers)
         self._merges = SlotMerges(n_slots, merge_pending)
-        self._summaries: list[dict[int, tuple[torch.Tensor, ...]]] = [{n: empty for n in orders} for _ in range(n_slots)]
-        self._pending: list[dict[int, list[tuple[torch.Tensor, ...]]]] = [{n: [] for n in orders} for _ in range(n_slots)]
+        # [slot][order][neuron block]: the sorted (keys, counts) table, and the sorted runs waiting for it
+        self._tables = [{n: [(empty, empty)] * n_blocks[n] for n in orders} for _ in range(n_slots)]
+        self._pending: list[dict[int, list[list[tuple[torch.Tensor, torch.Tensor]]]]] = [
+            {n: [[] for _ in range(n_blocks[n])] for n in orders} for _ in range(n_slots)
+        ]
         self._batch_tokens: torch.Tensor | None = None
         self._batch_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -656,24 +683,28 @@ class NgramFireCount:
         if batch.layer not in self.layers:
             return
         slot = self.layers.index(batch.layer)
-        n_neurons = self.geometry.n_neurons
-        fires = batch.fires_float()
         added = 0
+        rows, neurons = batch.firing_pairs()
         for index, order in enumerate(self.orders):
             unique_grams, row_gram = self._batch_ngrams(batch, order)
-            # firings summed per distinct n-gram; positions without a complete n-gram land in a spare last row
-            per_gram = torch.zeros(len(unique_grams) + 1, n_neurons, dtype=torch.float32, device=fires.device)
-            per_gram.index_add_(0, row_gram, fires)
-            per_gram = per_gram[:-1]
-            ones = torch.ones(1, per_gram.shape[0], dtype=torch.float32, device=fires.device)
-            self.fires[index, slot] += (ones @ per_gram)[0].to(torch.int64)
-            grams, neurons = per_gram.nonzero(as_tuple=True)
-            if len(grams) == 0:
+            neurons_of, grams, counts = count_pairs(neurons, row_gram[rows], len(unique_grams) + 1)
+            complete = grams < len(unique_grams)  # the last index is the spare: no complete n-gram there
+            grams, neurons_of, counts = grams[complete], neurons_of[complete], counts[complete]
+            self.fires[index, slot].index_add_(0, neurons_of, counts)
+            if len(counts) == 0:
                 continue
-            counts = per_gram[grams, neurons].to(torch.int64)
-            self._pending[slot][order].append((slot * n_neurons + neurons, unique_grams[grams], counts))
-            added += len(grams)
-        held = max(len(summary[0]) for summary in self._summaries[slot].values())
+            grams = unique_grams[grams]
+            span, block = self._span[order], self._block[order]
+            pending = self._pending[slot][order]
+            if len(pending) == 1:
+                pending[0].append((neurons_of * span + grams, counts))
+            else:
+                edges = torch.searchsorted(neurons_of, torch.arange(len(pending) + 1, device=grams.device) * block).tolist()
+                for part, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+                    if hi > lo:
+                        pending[part].append(((neurons_of[lo:hi] - part * block) * span + grams[lo:hi], counts[lo:hi]))
+            added += len(counts)
+        held = max(len(keys) for tables in self._tables[slot].values() for keys, _ in tables)
         if self._merges.due(slot, added, held):
             self._flush(slot)
 
@@ -694,12 +725,14 @@ class NgramFireCount:
         return self._batch_cache[order]
 
     def _flush(self, slot: int) -> None:
-        for order, pending in self._pending[slot].items():
-            if pending:
-                new = coalesce_torch(*(torch.cat([p[i] for p in pending]) for i in range(3)))
-                merged = add_sorted_torch(self._summaries[slot][order], new)
-                self._summaries[slot][order] = prune_torch(*merged, self.capacity)
-                self._pending[slot][order] = []
+        for order, blocks in self._pending[slot].items():
+            for part, runs in enumerate(blocks):
+                if not runs:
+                    continue
+                new = runs[0] if len(runs) == 1 else coalesce_keys(*(torch.cat(column) for column in zip(*runs)))
+                keys, counts, _ = add_sorted_keys(*self._tables[slot][order][part], *new)
+                self._tables[slot][order][part] = prune_keys(keys, counts, self._span[order], self.capacity)
+                blocks[part] = []
 
     def state(self) -> State:
         state: State = {
@@ -710,12 +743,20 @@ class NgramFireCount:
         }
         for slot in range(len(self.layers)):
             self._flush(slot)
-        for order in self.orders:  # groups are slot * n_neurons + neuron: slots concatenate in sorted order
-            group, gram, count = (
-                np.concatenate([np.zeros(0, dtype=np.int64)] + [s[order][i].cpu().numpy() for s in self._summaries])
-                for i in range(3)
-            )
-            state |= {f"order{order}_group": group, f"order{order}_gram": gram, f"order{order}_count": count}
+        n_neurons = self.geometry.n_neurons
+        for order in self.orders:  # groups are slot * n_neurons + neuron: tables concatenate in sorted order
+            groups, grams, counts = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+            for slot, tables in enumerate(self._tables):
+                for part, (keys, count) in enumerate(tables[order]):
+                    neuron, gram = split_sorted_keys(keys, self._span[order])
+                    groups.append((neuron + (slot * n_neurons + part * self._block[order])).cpu().numpy())
+                    grams.append(gram.cpu().numpy())
+                    counts.append(count.cpu().numpy())
+            state |= {
+                f"order{order}_group": np.concatenate(groups),
+                f"order{order}_gram": np.concatenate(grams),
+                f"order{order}_count": np.concatenate(counts),
+            }
         return state
 
     @staticmethod

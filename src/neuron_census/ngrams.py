@@ -134,6 +134,55 @@ def coalesce_torch(group: torch.Tensor, gram: torch.Tensor, count: torch.Tensor)
     return group[new], gram[new], totals
 
 
+def neurons_per_key(n_neurons: int, span: int) -> int:
+    """How many neurons share one int64 key space `neuron * span + gram` (all of them, unless grams are huge).
+
+    Trigrams of a 128k vocabulary leave room for 4,371 neurons per key space; wider layers are split
+    into blocks of neurons, each with keys of its own.
+    """
+    return max(1, min(n_neurons, (1 << 63) // span))
+
+
+def coalesce_keys(keys: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum the counts of equal keys: sorted unique keys and their totals (one stable radix sort)."""
+    if len(keys) == 0:
+        return keys, counts
+    keys, order = torch.sort(keys, stable=True)
+    counts = counts[order]
+    unique, runs = torch.unique_consecutive(keys, return_counts=True)
+    if len(unique) == len(keys):
+        return keys, counts
+    totals = torch.cumsum(counts, 0)[torch.cumsum(runs, 0) - 1]
+    return unique, torch.diff(totals, prepend=totals.new_zeros(1))
+
+
+def prune_keys(keys: torch.Tensor, counts: torch.Tensor, span: int, capacity: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`prune_torch` of sorted unique packed keys whose group is `key // span` (no-op for capacity None).
+
+    Within a group the key order is the gram order, so keys stand in for grams, ties included.
+    """
+    if capacity is None or largest_group(keys, span) <= capacity:
+        return keys, counts
+    _, keys, counts = prune_torch(keys // span, keys, counts, capacity)
+    return keys, counts
+
+
+def split_sorted_keys(keys: torch.Tensor, span: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(key // span, key % span) of sorted non-negative keys, by binary search for the group edges.
+
+    64-bit division is slow on CPUs; the groups of sorted keys are runs, found in O(groups x log keys).
+    """
+    if len(keys) == 0:
+        return keys, keys
+    n_groups = int(keys[-1]) // span + 1
+    if n_groups > len(keys):
+        group = torch.div(keys, span, rounding_mode="floor")
+    else:
+        edges = torch.searchsorted(keys, torch.arange(n_groups + 1, device=keys.device) * span)
+        group = torch.repeat_interleave(torch.arange(n_groups, device=keys.device), edges.diff())
+    return group, keys - group * span
+
+
 def largest_group(sorted_keys: torch.Tensor, span: int = 1) -> int:
     """Size of the largest group of `sorted_keys` (group = key // span), found by binary search.
 
@@ -203,20 +252,21 @@ def add_sorted_keys(
     Only `new_key` had to be sorted: its entries are found by binary search and the union is laid out by
     a running count of insertions, so a large table is never re-sorted. `columns` are carried per entry.
     """
+    if len(key) == 0:
+        return new_key, new_count, tuple(new_columns)
     at = torch.searchsorted(key, new_key)
-    found = at < len(key)
-    found[found.clone()] = key[at[found]] == new_key[found]
+    found = key[at.clamp(max=len(key) - 1)] == new_key
     count = count.clone().index_add_(0, at[found], new_count[found])
-    fresh = ~found
+    fresh = (~found).nonzero(as_tuple=True)[0]
     fresh_at = at[fresh]
     inserted_before = torch.cumsum(torch.bincount(fresh_at, minlength=len(key) + 1), 0)[: len(key)]
-    place_old = torch.arange(len(key), device=key.device) + inserted_before
-    place_new = torch.arange(len(fresh_at), device=key.device) + fresh_at
+    place_old = inserted_before.add_(torch.arange(len(key), device=key.device))
+    place_new = fresh_at.add_(torch.arange(len(fresh_at), device=key.device))
 
     def union(old: torch.Tensor, added: torch.Tensor) -> torch.Tensor:
-        out = torch.empty(len(key) + len(fresh_at), dtype=old.dtype, device=old.device)
-        out[place_old] = old
-        out[place_new] = added[fresh]
+        out = torch.empty(len(key) + len(fresh), dtype=old.dtype, device=old.device)
+        out.index_copy_(0, place_old, old)
+        out.index_copy_(0, place_new, added[fresh])
         return out
 
     return union(key, new_key), union(count, new_count), tuple(map(union, columns, new_columns))
