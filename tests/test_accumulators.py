@@ -42,7 +42,12 @@ GEOMETRY = Geometry(layers=LAYERS, n_neurons=N_NEURONS, seq_len=SEQ_LEN, vocab_s
 
 
 def run(
-    accumulator, data, rows: slice = slice(None), batch: int = 5, counted_from: int | None = None
+    accumulator,
+    data,
+    rows: slice = slice(None),
+    batch: int = 5,
+    counted_from: int | None = None,
+    fires_where_positive: bool = False,
 ) -> dict[str, np.ndarray]:
     seq_ids = np.arange(N_SEQ)[rows]
     for start in range(0, len(seq_ids), batch):
@@ -59,6 +64,7 @@ def run(
                     tokens=torch.from_numpy(data["tokens"][sel]),
                     seq_ids=torch.from_numpy(sel),
                     counted_from=counted_from,
+                    fires_where_positive=fires_where_positive,
                 )
             )
     return accumulator.state()
@@ -170,21 +176,27 @@ def reference_top_k(data, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return values, seqs, poss
 
 
+@pytest.mark.parametrize("shifted", [False, True], ids=["relu", "negative-values"])
+@pytest.mark.parametrize("where_positive", [False, True], ids=["any-fire-rule", "fires-where-positive"])
 @pytest.mark.parametrize("sparse_share", [16, 1], ids=["default", "sparse-whenever-possible"])
-def test_top_k_one_pass_and_merged_shards_equal_reference(data, sparse_share, monkeypatch):
-    """Both update paths: dense top-k per batch, and the merge of candidates above each neuron's k-th value."""
+def test_top_k_one_pass_and_merged_shards_equal_reference(data, sparse_share, where_positive, shifted, monkeypatch):
+    """Both update paths: dense top-k per batch, and the merge of candidates above each neuron's k-th value
+    (found among all activations, or among the firings when those are exactly the positive activations and
+    every k-th value is >= 0; negative activations keep some k-th values below 0)."""
     import neuron_census.accumulators as accumulators
 
     monkeypatch.setattr(accumulators, "SPARSE_TOP_SHARE", sparse_share)
     sparse_calls = []
     original = TopK._update_sparse
     monkeypatch.setattr(TopK, "_update_sparse", lambda self, *a: (sparse_calls.append(1), original(self, *a)))
+    if shifted:
+        data = data | {"acts": data["acts"] - np.float32(0.25)}
     k = 6
     values, seqs, poss = reference_top_k(data, k)
-    one_pass = run(TopK(GEOMETRY, torch.device("cpu"), k=k), data, batch=4)
+    one_pass = run(TopK(GEOMETRY, torch.device("cpu"), k=k), data, batch=4, fires_where_positive=where_positive)
     halves = [
-        run(TopK(GEOMETRY, torch.device("cpu"), k=k), data, rows=slice(0, 7), batch=3),
-        run(TopK(GEOMETRY, torch.device("cpu"), k=k), data, rows=slice(7, None), batch=2),
+        run(TopK(GEOMETRY, torch.device("cpu"), k=k), data, rows=slice(0, 7), batch=3, fires_where_positive=where_positive),
+        run(TopK(GEOMETRY, torch.device("cpu"), k=k), data, rows=slice(7, None), batch=2, fires_where_positive=where_positive),
     ]
     merged = TopK.merge(halves)
     for state in (one_pass, merged):
@@ -193,6 +205,21 @@ def test_top_k_one_pass_and_merged_shards_equal_reference(data, sparse_share, mo
         np.testing.assert_array_equal(state["pos"], poss)
     if sparse_share == 1:
         assert sparse_calls  # the sparse path was taken
+
+
+@pytest.mark.parametrize("k", [1, 4, 16])
+def test_batch_top_breaks_ties_towards_the_earliest_row(k):
+    """Per column, the k largest values, equal values taken in row order: checked against a stable sort."""
+    from neuron_census.accumulators import _batch_top
+
+    rng = np.random.default_rng(k)
+    acts = np.maximum(np.round(rng.normal(size=(40, 300)), 1), 0.0).astype(np.float32)  # ties among positives
+    acts[:, :50] = 0.0  # all tied
+    acts[:, 50:100] = np.where(rng.random((40, 50)) < 0.1, acts[:, 50:100], 0.0)  # a few values, then zeros
+    values, rows = _batch_top(torch.from_numpy(acts), k)
+    np.testing.assert_array_equal(values.numpy(), np.take_along_axis(acts, rows.numpy(), axis=0))
+    expected_rows = np.argsort(-acts, axis=0, kind="stable")[:k]
+    np.testing.assert_array_equal(np.sort(rows.numpy(), axis=0), np.sort(expected_rows, axis=0))  # the same rows
 
 
 @pytest.mark.parametrize("counted_from", [None, 1], ids=["mask-copy", "bos-view"])

@@ -13,12 +13,15 @@ from neuron_census import accumulators
 from neuron_census.accumulators import Geometry, LayerBatch, NgramCount, NgramFireCount, merge_states
 from neuron_census.ngrams import (
     add_sorted_torch,
+    coalesce,
     coalesce_torch,
     coverage_bounds,
     largest_group,
     merge_summaries,
     neurons_per_key,
     pack_ngrams,
+    prune,
+    prune_keys,
     prune_torch,
     split_sorted_keys,
     unpack_ngram,
@@ -264,6 +267,21 @@ def test_device_pruning_equals_numpy_with_many_ties(capacity):
     assert len(expected[0]) < 5000
     for e, g in zip(expected, got):
         np.testing.assert_array_equal(g.numpy(), e)
+
+
+@pytest.mark.parametrize("capacity", [1, 3, 7, 64, None])
+def test_pruning_packed_keys_equals_numpy(capacity):
+    """Packed keys (group * span + gram), small counts with many ties, some groups far over capacity."""
+    rng = np.random.default_rng(capacity or 0)
+    span = 1000
+    for n_groups, n_keys in ((20, 3000), (3, 10), (400, 900)):
+        group, gram, count = coalesce(
+            rng.integers(0, n_groups, size=n_keys) * 3, rng.integers(0, span, size=n_keys), rng.integers(1, 5, size=n_keys)
+        )
+        keys, counts = prune_keys(torch.from_numpy(group * span + gram), torch.from_numpy(count), span, capacity)
+        expected = (group, gram, count) if capacity is None else prune(group, gram, count, capacity)
+        np.testing.assert_array_equal(keys.numpy(), expected[0] * span + expected[1])
+        np.testing.assert_array_equal(counts.numpy(), expected[2])
 
 
 @pytest.mark.parametrize("span", [1, 7, 50_272])

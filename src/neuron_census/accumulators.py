@@ -40,6 +40,7 @@ class LayerBatch:
     tokens: torch.Tensor  # [B, T] int64 token ids
     seq_ids: torch.Tensor  # [B] int64 global sequence ids (shard * sequences_per_shard + row)
     counted_from: int | None = None  # when known on the host: `mask` is exactly "position >= counted_from"
+    fires_where_positive: bool = False  # `fires` is exactly `acts > 0` at counted positions
     _cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     # Derived tensors several accumulators share, computed once per (layer, batch). On CPUs, integer and
@@ -239,14 +240,17 @@ def coalesce_sparse(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, n
 
 
 def count_pairs(
-    major: torch.Tensor, minor: torch.Tensor, minor_span: int
+    major: torch.Tensor, minor: torch.Tensor, major_span: int, minor_span: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Distinct (major, minor) pairs, sorted by (major, minor), and how often each occurs.
 
-    One sort of the compact keys `major * minor_span + minor` (few bits, so few radix passes) replaces a
-    dense [minor, major] count matrix and its nonzero scan.
+    One sort of the compact keys `major * minor_span + minor` (32-bit when they fit: fewer radix passes)
+    replaces a dense [minor, major] count matrix and its nonzero scan.
     """
-    keys, counts = torch.unique_consecutive(torch.sort(major * minor_span + minor).values, return_counts=True)
+    dtype = torch.int32 if major_span * minor_span < 1 << 31 else torch.int64
+    keys = major.to(dtype) * minor_span + minor.to(dtype)
+    keys, counts = torch.unique_consecutive(torch.sort(keys).values, return_counts=True)
+    keys = keys.to(torch.int64)
     return keys // minor_span, keys % minor_span, counts
 
 
@@ -327,10 +331,10 @@ class TokenFireCount:
         vocab, n_neurons = self.geometry.vocab_size, self.geometry.n_neurons
         rows, neurons = batch.firing_pairs()
         if self.capacity is None:  # token-major keys
-            tokens, neurons, counts = count_pairs(inverse[rows], neurons, n_neurons)
+            tokens, neurons, counts = count_pairs(inverse[rows], neurons, len(unique), n_neurons)
             keys = (slot * vocab + unique[tokens]) * n_neurons + neurons
         else:  # neuron-major keys, for pruning
-            neurons, tokens, counts = count_pairs(neurons, inverse[rows], len(unique))
+            neurons, tokens, counts = count_pairs(neurons, inverse[rows], n_neurons, len(unique))
             keys = (slot * n_neurons + neurons) * vocab + unique[tokens]
         self._pending[slot].append((keys.cpu().numpy(), counts.cpu().numpy()))
         if self._merges.due(slot, len(keys), held=len(self._tables[slot][0])):
@@ -359,13 +363,20 @@ class TokenFireCount:
             return self._header(0) | {"keys": keys, "counts": flat[keys].astype(np.int64)}
         for slot in range(len(self._tables)):
             self._flush(slot)
+        tables = self._tables if self.capacity is None else [self._token_major_table(s) for s in range(len(self._tables))]
         # slots hold consecutive key ranges, so their tables concatenate in sorted order
-        keys = np.concatenate([k.numpy() for k, _ in self._tables])
-        counts = np.concatenate([c.numpy() for _, c in self._tables])
-        if self.capacity is not None:
-            group, token = np.divmod(keys, self.geometry.vocab_size)
-            keys, counts = _token_major(group, token, counts, self.geometry.vocab_size, self.geometry.n_neurons)
+        keys = np.concatenate([np.zeros(0, dtype=np.int64)] + [k.numpy() for k, _ in tables])
+        counts = np.concatenate([np.zeros(0, dtype=np.int64)] + [c.numpy() for _, c in tables])
         return self._header(self.capacity or 0) | {"keys": keys, "counts": counts}
+
+    def _token_major_table(self, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A slot's neuron-major table re-keyed and re-sorted token-major, as the state keys are."""
+        keys, counts = self._tables[slot]
+        vocab, n_neurons = self.geometry.vocab_size, self.geometry.n_neurons
+        neuron, token = split_sorted_keys(keys - slot * n_neurons * vocab, vocab)
+        dtype = torch.int32 if vocab * n_neurons < 1 << 31 else torch.int64  # fewer radix passes
+        local, order = torch.sort((token * n_neurons + neuron).to(dtype))
+        return local.to(torch.int64) + slot * vocab * n_neurons, counts[order]
 
     @staticmethod
     def merge(states: list[State]) -> State:
@@ -416,6 +427,7 @@ class TopK:
         self.k = k
         shape = (len(geometry.layers), k, geometry.n_neurons)
         self._full = [False] * len(geometry.layers)  # every neuron of the layer holds k entries (then for good)
+        self._kth_nonnegative = [False] * len(geometry.layers)  # so is every k-th value >= 0
         self.values = torch.full(shape, -torch.inf, dtype=torch.float32, device=device)
         self.seq = torch.full(shape, -1, dtype=torch.int64, device=device)
         self.pos = torch.full(shape, -1, dtype=torch.int64, device=device)
@@ -435,9 +447,14 @@ class TopK:
             self._full[slot] = not bool(torch.isinf(kth).any())
         if self._full[slot]:
             # every neuron has k entries: only values above its k-th can enter, usually a few per neuron
-            rows, neurons = (acts > kth).nonzero(as_tuple=True)
-            counted = batch.mask.reshape(-1)[rows]
-            rows, neurons = rows[counted], neurons[counted]
+            if batch.fires_where_positive and self._nonnegative(slot):  # then candidates are firings
+                rows, neurons = batch.firing_pairs()
+                above = acts[rows, neurons] > kth[neurons]
+                rows, neurons = rows[above], neurons[above]
+            else:
+                rows, neurons = (acts > kth).nonzero(as_tuple=True)
+                counted = batch.mask.reshape(-1)[rows]
+                rows, neurons = rows[counted], neurons[counted]
             if len(rows) == 0:
                 return
             if len(rows) <= acts.numel() // SPARSE_TOP_SHARE:
@@ -457,6 +474,12 @@ class TopK:
             self._merge_into(slot, values, seq, pos)
             return
         self._merge_columns(slot, columns, values, seq, pos)
+
+    def _nonnegative(self, slot: int) -> bool:
+        """Every k-th value of the layer is >= 0 (read from the device until it holds; k-th values only rise)."""
+        if not self._kth_nonnegative[slot]:
+            self._kth_nonnegative[slot] = bool((self.values[slot, -1] >= 0).all())
+        return self._kth_nonnegative[slot]
 
     def _merge_columns(
         self, slot: int, columns: torch.Tensor, values: torch.Tensor, seq: torch.Tensor, pos: torch.Tensor
@@ -540,13 +563,16 @@ def _batch_top(acts: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         tied = (values[:, k] == values[:, k - 1]).nonzero(as_tuple=True)[0]
         values, rows = values[:, :k].contiguous(), rows[:, :k].contiguous()
         if len(tied) > 0:
-            sub = columns[tied]
+            # values above the k-th are all in; the rest are the earliest rows equal to the k-th value,
+            # found by a top-k of (n_rows - row) over the equal entries (exact in float32 up to 2**24 rows)
             kth = values[tied, k - 1 : k]
-            row_index = torch.arange(n_rows, device=acts.device)[None, :]
-            rank = torch.where(sub > kth, 0, torch.where(sub == kth, 1, 2)) * n_rows + row_index
-            chosen = torch.topk(rank, k, dim=1, largest=False).indices
-            rows[tied] = chosen
-            values[tied] = sub.gather(1, chosen)
+            above = (values[tied] > kth).sum(dim=1, keepdim=True)
+            later = torch.arange(n_rows, 0, -1, dtype=torch.float32, device=acts.device)
+            earliest = torch.topk(torch.where(columns[tied] == kth, later, 0.0), k, dim=1).indices
+            slot = torch.arange(k, device=acts.device)[None, :]
+            from_equal = earliest.gather(1, (slot - above).clamp(min=0))
+            rows[tied] = torch.where(slot < above, rows[tied], from_equal)
+            values[tied] = torch.where(slot < above, values[tied], kth)
     return values.T, rows.T
 
 
@@ -687,7 +713,7 @@ class NgramFireCount:
         rows, neurons = batch.firing_pairs()
         for index, order in enumerate(self.orders):
             unique_grams, row_gram = self._batch_ngrams(batch, order)
-            neurons_of, grams, counts = count_pairs(neurons, row_gram[rows], len(unique_grams) + 1)
+            neurons_of, grams, counts = count_pairs(neurons, row_gram[rows], self.geometry.n_neurons, len(unique_grams) + 1)
             complete = grams < len(unique_grams)  # the last index is the spare: no complete n-gram there
             grams, neurons_of, counts = grams[complete], neurons_of[complete], counts[complete]
             self.fires[index, slot].index_add_(0, neurons_of, counts)

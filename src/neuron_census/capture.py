@@ -225,6 +225,7 @@ def capture_tokens(
                 tokens=batch_tokens,
                 seq_ids=current["seq_ids"],
                 counted_from=1 if has_bos else 0,
+                fires_where_positive=gate is None or settings.fire_rule != "preactivation",
             )
             # A NaN or inf anywhere makes its neuron's column sum non-finite: one cheap float reduction,
             # read back once per batch (not per layer) so a GPU is not synchronised inside the forward pass.

@@ -157,14 +157,38 @@ def coalesce_keys(keys: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tenso
 
 
 def prune_keys(keys: torch.Tensor, counts: torch.Tensor, span: int, capacity: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """`prune_torch` of sorted unique packed keys whose group is `key // span` (no-op for capacity None).
+    """`prune` of sorted unique packed keys whose group is `key // span` (a no-op for capacity None).
 
-    Within a group the key order is the gram order, so keys stand in for grams, ties included.
+    Within a group the key order is the gram order, so keys stand in for grams, ties included. Groups are
+    found by binary search, and only the counters of groups over capacity are ranked (one stable sort);
+    the rest of the table is copied once.
     """
-    if capacity is None or largest_group(keys, span) <= capacity:
+    if capacity is None or len(keys) <= capacity:
         return keys, counts
-    _, keys, counts = prune_torch(keys // span, keys, counts, capacity)
-    return keys, counts
+    device = keys.device
+    first, last = int(keys[0]) // span, int(keys[-1]) // span
+    edges = torch.searchsorted(keys, torch.arange(first, last + 2, device=device) * span)
+    sizes = edges.diff()
+    over = (sizes > capacity).nonzero(as_tuple=True)[0]
+    if len(over) == 0:
+        return keys, counts
+    starts, lengths = edges[over], sizes[over]
+    offsets = torch.cumsum(lengths, 0) - lengths  # where each over-capacity group begins among the members
+    n_members = int(lengths.sum())
+    member_group = torch.repeat_interleave(torch.arange(len(over), device=device), lengths, output_size=n_members)
+    members = torch.arange(n_members, device=device) + (starts - offsets)[member_group]  # positions in the table
+    member_count = counts[members]
+    count_span = int(member_count.max()) + 1
+    by_count = torch.sort(member_group * count_span + (count_span - 1 - member_count), stable=True).indices
+    ranked_count = member_count[by_count]
+    cut = ranked_count[offsets + capacity]  # each group's (capacity+1)-th largest counter
+    rank = torch.arange(n_members, device=device) - offsets[member_group]  # member_group is sorted, so also ranked order
+    dropped = by_count[(rank >= capacity) | (ranked_count <= cut[member_group])]
+    keep = torch.ones(len(keys), dtype=torch.bool, device=device)
+    keep[members[dropped]] = False
+    pruned = counts.clone()
+    pruned.index_add_(0, members, -cut[member_group])
+    return keys[keep], pruned[keep]
 
 
 def split_sorted_keys(keys: torch.Tensor, span: int) -> tuple[torch.Tensor, torch.Tensor]:
