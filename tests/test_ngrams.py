@@ -12,17 +12,15 @@ import torch
 from neuron_census import accumulators
 from neuron_census.accumulators import Geometry, LayerBatch, NgramCount, NgramFireCount, merge_states
 from neuron_census.ngrams import (
-    add_sorted_torch,
+    add_sorted_keys,
     coalesce,
-    coalesce_torch,
+    coalesce_keys,
     coverage_bounds,
-    largest_group,
     merge_summaries,
     neurons_per_key,
     pack_ngrams,
     prune,
     prune_keys,
-    prune_torch,
     split_sorted_keys,
     unpack_ngram,
 )
@@ -239,9 +237,15 @@ def test_bounded_ngram_occurrences_merged_every_batch_keep_the_guarantee(data, c
         assert got.get(gram, 0) <= true <= got.get(gram, 0) + slack + 1e-9, gram
 
 
-def _merge_torch(parts, capacity: int):
-    tensors = [tuple(torch.from_numpy(a) for a in p) for p in parts]
-    return prune_torch(*coalesce_torch(*(torch.cat([t[i] for t in tensors]) for i in range(3))), capacity)
+SPAN = 1000  # packs (group, gram) test summaries into keys group * SPAN + gram
+
+
+def _merge_on_device(parts, capacity: int):
+    """Summaries merged as capture merges them: packed keys coalesced, then pruned; unpacked for comparison."""
+    keys = torch.from_numpy(np.concatenate([p[0] * SPAN + p[1] for p in parts]).astype(np.int64))
+    counts = torch.from_numpy(np.concatenate([p[2] for p in parts]).astype(np.int64))
+    keys, counts = prune_keys(*coalesce_keys(keys, counts), SPAN, capacity)
+    return keys.numpy() // SPAN, keys.numpy() % SPAN, counts.numpy()
 
 
 @pytest.mark.parametrize("capacity", [1, 3, 50])
@@ -252,9 +256,9 @@ def test_device_summaries_equal_the_numpy_ones(capacity):
         for n in (40, 0, 25, 60)
     ]
     expected = merge_summaries(parts, capacity)
-    got = _merge_torch(parts, capacity)
+    got = _merge_on_device(parts, capacity)
     for e, g in zip(expected, got):
-        np.testing.assert_array_equal(g.numpy(), e)
+        np.testing.assert_array_equal(g, e)
 
 
 @pytest.mark.parametrize("capacity", [1, 7, 64])
@@ -263,10 +267,10 @@ def test_device_pruning_equals_numpy_with_many_ties(capacity):
     rng = np.random.default_rng(capacity)
     parts = [(rng.integers(0, 20, size=n), rng.integers(0, 300, size=n), rng.integers(1, 5, size=n)) for n in (3000, 2000)]
     expected = merge_summaries(parts, capacity)
-    got = _merge_torch(parts, capacity)
+    got = _merge_on_device(parts, capacity)
     assert len(expected[0]) < 5000
     for e, g in zip(expected, got):
-        np.testing.assert_array_equal(g.numpy(), e)
+        np.testing.assert_array_equal(g, e)
 
 
 @pytest.mark.parametrize("capacity", [1, 3, 7, 64, None])
@@ -284,16 +288,6 @@ def test_pruning_packed_keys_equals_numpy(capacity):
         np.testing.assert_array_equal(counts.numpy(), expected[2])
 
 
-@pytest.mark.parametrize("span", [1, 7, 50_272])
-def test_largest_group_equals_a_count_per_group(span):
-    rng = np.random.default_rng(span)
-    for n_groups, n_keys in ((1, 5), (30, 400), (5000, 40)):  # the last: more groups than keys
-        keys = np.unique(rng.integers(0, n_groups, size=n_keys) * span + rng.integers(0, span, size=n_keys))
-        expected = np.bincount(keys // span).max()
-        assert largest_group(torch.from_numpy(keys), span) == expected
-    assert largest_group(torch.zeros(0, dtype=torch.int64), span) == 0
-
-
 @pytest.mark.parametrize("span", [1, 7, 50_272**3])
 def test_split_sorted_keys_equals_divmod(span):
     rng = np.random.default_rng(3)
@@ -307,8 +301,13 @@ def test_split_sorted_keys_equals_divmod(span):
 def test_adding_into_a_sorted_table_equals_coalescing_both():
     rng = np.random.default_rng(5)
     for n_table, n_new in ((0, 40), (50, 0), (400, 300), (2000, 37)):
-        table = coalesce_torch(*(torch.from_numpy(rng.integers(0, hi, size=n_table)) for hi in (9, 60, 5)))
-        new = coalesce_torch(*(torch.from_numpy(rng.integers(0, hi, size=n_new)) for hi in (9, 60, 5)))
-        expected = coalesce_torch(*(torch.cat([t, n]) for t, n in zip(table, new)))
-        for e, g in zip(expected, add_sorted_torch(table, new)):
-            assert torch.equal(g, e)
+        table = coalesce_keys(*(torch.from_numpy(rng.integers(0, hi, size=n_table)) for hi in (540, 5)))
+        new = coalesce_keys(*(torch.from_numpy(rng.integers(0, hi, size=n_new)) for hi in (540, 5)))
+        expected = coalesce_keys(*(torch.cat([t, n]) for t, n in zip(table, new)))
+        keys, counts, _ = add_sorted_keys(*table, *new)
+        assert torch.equal(keys, expected[0]) and torch.equal(counts, expected[1])
+
+
+def test_coalescing_keys_sums_equal_keys():
+    keys, counts = coalesce_keys(torch.tensor([7, 3, 7, 9, 3, 7]), torch.tensor([1, 2, 3, 4, 5, 6]))
+    assert keys.tolist() == [3, 7, 9] and counts.tolist() == [7, 10, 4]

@@ -16,13 +16,11 @@ import torch
 
 from neuron_census.ngrams import (
     add_sorted_keys,
-    add_sorted_torch,
     check_packable,
     coalesce_keys,
     merge_summaries,
     neurons_per_key,
     prune_keys,
-    prune_torch,
     split_sorted_keys,
 )
 
@@ -822,8 +820,8 @@ class NgramCount:
         self.orders = tuple(orders)
         self.capacity = capacity
         self.total = np.zeros(len(orders), dtype=np.int64)
-        empty = (torch.zeros(0, dtype=torch.int64, device=device),) * 3
-        self._summaries = {n: empty for n in orders}
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
+        self._tables = {n: (empty, empty) for n in orders}  # sorted n-gram keys and their counts
         self._pending: dict[int, list[torch.Tensor]] = {n: [] for n in orders}
         self._merges = SlotMerges(1, merge_pending)
         self._first_layer = geometry.layers[0]
@@ -839,7 +837,7 @@ class NgramCount:
             self.total[index] += len(grams)
             self._pending[order].append(grams)
             added += len(grams)
-        held = max(len(summary[0]) for summary in self._summaries.values())
+        held = max(len(keys) for keys, _ in self._tables.values())
         if self._merges.due(0, added, held):
             self._flush()
 
@@ -847,8 +845,9 @@ class NgramCount:
         for order in self.orders:
             if self._pending[order]:
                 unique, counts = torch.unique(torch.cat(self._pending[order]), return_counts=True)
-                part = (torch.zeros_like(unique), unique, counts.to(torch.int64))  # sorted, as the summary
-                self._summaries[order] = prune_torch(*add_sorted_torch(self._summaries[order], part), self.capacity)
+                keys, counts, _ = add_sorted_keys(*self._tables[order], unique, counts)
+                # one group (key // vocab**order == 0): a single summary of at most `capacity` n-grams
+                self._tables[order] = prune_keys(keys, counts, self.geometry.vocab_size**order, self.capacity)
                 self._pending[order] = []
 
     def state(self) -> State:
@@ -858,7 +857,7 @@ class NgramCount:
             "capacity": np.asarray([self.capacity], dtype=np.int64),
             "total": self.total.copy(),
         }
-        for order, (_, gram, count) in self._summaries.items():
+        for order, (gram, count) in self._tables.items():
             state |= {f"order{order}_gram": gram.cpu().numpy(), f"order{order}_count": count.cpu().numpy()}
         return state
 

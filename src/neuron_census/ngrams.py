@@ -14,8 +14,10 @@ distinct n-grams never exceed `capacity` is never pruned, and then `fires == sum
 count is exact: the summary costs no accuracy at all until a neuron has more than `capacity` distinct
 n-grams. Coverage is then reported with certified lower and upper bounds that coincide when exact.
 
-N-grams are packed into one int64 (token ids in base `vocab_size`, oldest first); a summary is three
-parallel arrays sorted by (group, gram): group = layer slot * n_neurons + neuron.
+N-grams are packed into one int64 (token ids in base `vocab_size`, oldest first). A stored summary is
+three parallel arrays sorted by (group, gram): group = layer slot * n_neurons + neuron. While capturing, a
+summary is two: sorted unique packed keys `group * span + gram` and their counts, built by the `*_keys`
+functions here on the capture device.
 """
 
 from __future__ import annotations
@@ -102,38 +104,6 @@ def merge_summaries(
     return prune(*coalesce(group, gram, count), capacity)
 
 
-TensorSummary = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-
-
-def _lexsort_torch(keys: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """np.lexsort for tensors (last key primary), by successive stable sorts: runs on the capture device."""
-    order = torch.arange(len(keys[0]), device=keys[0].device)
-    for key in keys:
-        order = order[torch.argsort(key[order], stable=True)]
-    return order
-
-
-def _order_by_group_gram(group: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
-    """Indices sorting by (group, gram): one sort of a packed key when both fit 63 bits, else two."""
-    gram_span = int(gram.max()) + 1
-    if (int(group.max()) + 1) * gram_span < INT64_LIMIT:
-        return torch.sort(group * gram_span + gram).indices
-    return _lexsort_torch((gram, group))
-
-
-def coalesce_torch(group: torch.Tensor, gram: torch.Tensor, count: torch.Tensor) -> TensorSummary:
-    """`coalesce` on tensors."""
-    if len(group) == 0:
-        return group, gram, count
-    order = _order_by_group_gram(group, gram)
-    group, gram, count = group[order], gram[order], count[order]
-    new = torch.ones(len(group), dtype=torch.bool, device=group.device)
-    new[1:] = (group[1:] != group[:-1]) | (gram[1:] != gram[:-1])
-    segment = torch.cumsum(new, 0) - 1
-    totals = torch.zeros(int(segment[-1]) + 1, dtype=torch.int64, device=group.device).index_add_(0, segment, count)
-    return group[new], gram[new], totals
-
-
 def neurons_per_key(n_neurons: int, span: int) -> int:
     """How many neurons share one int64 key space `neuron * span + gram` (all of them, unless grams are huge).
 
@@ -207,62 +177,6 @@ def split_sorted_keys(keys: torch.Tensor, span: int) -> tuple[torch.Tensor, torc
     return group, keys - group * span
 
 
-def largest_group(sorted_keys: torch.Tensor, span: int = 1) -> int:
-    """Size of the largest group of `sorted_keys` (group = key // span), found by binary search.
-
-    Costs O(groups x log(keys)) instead of passes over the keys; when the groups' range is wider than
-    the keys are many, a bincount is cheaper and is used instead.
-    """
-    if len(sorted_keys) == 0:
-        return 0
-    first, last = int(sorted_keys[0]) // span, int(sorted_keys[-1]) // span
-    if last - first + 1 > len(sorted_keys):
-        return int(torch.unique_consecutive(sorted_keys // span, return_counts=True)[1].max())
-    edges = torch.searchsorted(sorted_keys, torch.arange(first, last + 2, device=sorted_keys.device) * span)
-    return int((edges[1:] - edges[:-1]).max())
-
-
-def prune_torch(group: torch.Tensor, gram: torch.Tensor, count: torch.Tensor, capacity: int) -> TensorSummary:
-    """`prune` on tensors (same result, element for element), for input sorted by (group, gram).
-
-    Only groups over capacity are ranked, by one stable sort on (group, -count), which keeps the gram
-    order of ties; the survivors are selected in place, so the output needs no re-sort.
-    """
-    if len(group) == 0 or largest_group(group) <= capacity:  # nothing to prune: no pass over the table
-        return group, gram, count
-    device = group.device
-    new = torch.ones(len(group), dtype=torch.bool, device=device)
-    new[1:] = group[1:] != group[:-1]
-    segment = torch.cumsum(new, 0) - 1
-    sizes = torch.bincount(segment)
-    over = sizes > capacity
-    if not bool(over.any()):  # no group over capacity: nothing to prune, and no sort
-        return group, gram, count
-    members = over[segment].nonzero(as_tuple=True)[0]  # positions of counters in groups over capacity
-    member_segment, member_count = segment[members], count[members]
-    span = int(member_count.max()) + 1
-    if (int(member_segment[-1]) + 1) * span < INT64_LIMIT:
-        by_count = torch.sort(member_segment * span + (span - 1 - member_count), stable=True).indices
-    else:
-        by_count = _lexsort_torch((-member_count, member_segment))
-    ranked_segment = member_segment[by_count]
-    first = torch.ones(len(members), dtype=torch.bool, device=device)
-    first[1:] = ranked_segment[1:] != ranked_segment[:-1]
-    local = torch.cumsum(first, 0) - 1
-    starts = first.nonzero(as_tuple=True)[0]
-    cut = member_count[by_count][starts + capacity]  # the (capacity+1)-th largest counter of each group
-    rank = torch.empty_like(by_count)
-    rank[by_count] = torch.arange(len(members), device=device) - starts[local]
-    member_cut = torch.empty_like(member_count)
-    member_cut[by_count] = cut[local]
-    reduced = member_count - member_cut
-    keep = torch.ones(len(group), dtype=torch.bool, device=device)
-    keep[members] = (rank < capacity) & (reduced > 0)
-    pruned = count.clone()
-    pruned[members] = reduced
-    return group[keep], gram[keep], pruned[keep]
-
-
 def add_sorted_keys(
     key: torch.Tensor,
     count: torch.Tensor,
@@ -294,20 +208,6 @@ def add_sorted_keys(
         return out
 
     return union(key, new_key), union(count, new_count), tuple(map(union, columns, new_columns))
-
-
-def add_sorted_torch(table: TensorSummary, new: TensorSummary) -> TensorSummary:
-    """Coalesced `table` plus coalesced `new` (both sorted by (group, gram)), equal to `coalesce_torch` of both."""
-    (group_t, gram_t, count_t), (group_n, gram_n, count_n) = table, new
-    if len(group_t) == 0 or len(group_n) == 0:
-        return new if len(group_t) == 0 else table
-    span = int(torch.maximum(gram_t.max(), gram_n.max())) + 1
-    if (int(torch.maximum(group_t[-1], group_n[-1])) + 1) * span >= INT64_LIMIT:
-        return coalesce_torch(*(torch.cat([t, n]) for t, n in zip(table, new)))
-    _, count, (group, gram) = add_sorted_keys(
-        group_t * span + gram_t, count_t, group_n * span + gram_n, count_n, (group_t, gram_t), (group_n, gram_n)
-    )
-    return group, gram, count
 
 
 def coverage_target(fires: np.ndarray, fraction: float) -> np.ndarray:
