@@ -248,8 +248,7 @@ def count_pairs(
     dtype = torch.int32 if major_span * minor_span < 1 << 31 else torch.int64
     keys = major.to(dtype) * minor_span + minor.to(dtype)
     keys, counts = torch.unique_consecutive(torch.sort(keys).values, return_counts=True)
-    keys = keys.to(torch.int64)
-    return keys // minor_span, keys % minor_span, counts
+    return (keys // minor_span).to(torch.int64), (keys % minor_span).to(torch.int64), counts
 
 
 class SlotMerges:
