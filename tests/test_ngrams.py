@@ -183,7 +183,8 @@ def test_neurons_per_key_fills_int64():
     assert neurons_per_key(3072, 50_272**3) == 3072  # OPT trigrams: one key space
     assert neurons_per_key(36_864, 50_272**3) == 36_864  # OPT-66b's widest layer still fits
     assert neurons_per_key(14_336, 128_256**3) == 4_371  # Llama-3 trigrams: blocks of 4,371 neurons
-    assert (neurons_per_key(14_336, 128_256**3) * 128_256**3) - 1 <= 2**63 - 1
+    assert neurons_per_key(14_336, 128_256**3) * 128_256**3 <= 2**63 - 1
+    assert neurons_per_key(100, 2**60) == 7  # 8 * 2**60 would be 2**63, one past int64
 
 
 def test_exact_coverage_equals_definition(data):

@@ -110,7 +110,7 @@ def neurons_per_key(n_neurons: int, span: int) -> int:
     Trigrams of a 128k vocabulary leave room for 4,371 neurons per key space; wider layers are split
     into blocks of neurons, each with keys of its own.
     """
-    return max(1, min(n_neurons, (1 << 63) // span))
+    return max(1, min(n_neurons, ((1 << 63) - 1) // span))  # block * span itself fits: group edges are keys too
 
 
 def coalesce_keys(keys: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
