@@ -268,7 +268,7 @@ def test_sparse_coalesce_and_sorted_add_match_a_counter():
         for key, count in zip(np.r_[old_keys, new_keys], np.r_[old_counts, new_counts]):
             expected[int(key)] += int(count)
         parts = (*coalesce_sparse(old_keys, old_counts), *coalesce_sparse(new_keys, new_counts))
-        keys, counts, _ = add_sorted_keys(*(torch.from_numpy(a) for a in parts))
+        keys, counts = add_sorted_keys(*(torch.from_numpy(a) for a in parts))
         assert keys.tolist() == sorted(expected) and dict(zip(keys.tolist(), counts.tolist())) == dict(expected)
         assert keys.dtype == counts.dtype == torch.int64
 

@@ -305,7 +305,7 @@ def test_adding_into_a_sorted_table_equals_coalescing_both():
         table = coalesce_keys(*(torch.from_numpy(rng.integers(0, hi, size=n_table)) for hi in (540, 5)))
         new = coalesce_keys(*(torch.from_numpy(rng.integers(0, hi, size=n_new)) for hi in (540, 5)))
         expected = coalesce_keys(*(torch.cat([t, n]) for t, n in zip(table, new)))
-        keys, counts, _ = add_sorted_keys(*table, *new)
+        keys, counts = add_sorted_keys(*table, *new)
         assert torch.equal(keys, expected[0]) and torch.equal(counts, expected[1])
 
 

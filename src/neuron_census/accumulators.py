@@ -342,7 +342,7 @@ class TokenFireCount:
         if not pending:
             return
         new = coalesce_sparse(np.concatenate([k for k, _ in pending]), np.concatenate([c for _, c in pending]))
-        keys, counts, _ = add_sorted_keys(*self._tables[slot], *map(torch.from_numpy, new))
+        keys, counts = add_sorted_keys(*self._tables[slot], *map(torch.from_numpy, new))
         self._tables[slot] = prune_keys(keys, counts, self.geometry.vocab_size, self.capacity)  # neuron-major keys
         self._pending[slot] = []
 
@@ -665,8 +665,8 @@ class NgramFireCount:
     merged with its pending batch pairs as `SlotMerges` says.
 
     A summary is one sorted table of packed keys `neuron * vocab**order + gram` with counts (per block of
-    neurons when the keys would overflow int64), so a batch's pairs come out of one transposed `nonzero`
-    already sorted, and merges move two arrays, not three.
+    neurons when the keys would overflow int64): a batch's (neuron, n-gram) pairs come out of `count_pairs`
+    already sorted, and merges move two arrays.
     """
 
     name: ClassVar[str] = "ngram_fire_count"
@@ -753,7 +753,7 @@ class NgramFireCount:
                 if not runs:
                     continue
                 new = runs[0] if len(runs) == 1 else coalesce_keys(*(torch.cat(column) for column in zip(*runs)))
-                keys, counts, _ = add_sorted_keys(*self._tables[slot][order][part], *new)
+                keys, counts = add_sorted_keys(*self._tables[slot][order][part], *new)
                 self._tables[slot][order][part] = prune_keys(keys, counts, self._span[order], self.capacity)
                 blocks[part] = []
 
@@ -844,7 +844,7 @@ class NgramCount:
         for order in self.orders:
             if self._pending[order]:
                 unique, counts = torch.unique(torch.cat(self._pending[order]), return_counts=True)
-                keys, counts, _ = add_sorted_keys(*self._tables[order], unique, counts)
+                keys, counts = add_sorted_keys(*self._tables[order], unique, counts)
                 # one group (key // vocab**order == 0): a single summary of at most `capacity` n-grams
                 self._tables[order] = prune_keys(keys, counts, self.geometry.vocab_size**order, self.capacity)
                 self._pending[order] = []

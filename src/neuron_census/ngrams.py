@@ -178,20 +178,15 @@ def split_sorted_keys(keys: torch.Tensor, span: int) -> tuple[torch.Tensor, torc
 
 
 def add_sorted_keys(
-    key: torch.Tensor,
-    count: torch.Tensor,
-    new_key: torch.Tensor,
-    new_count: torch.Tensor,
-    columns: tuple[torch.Tensor, ...] = (),
-    new_columns: tuple[torch.Tensor, ...] = (),
-) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
-    """Sorted unique `key` plus sorted unique `new_key`: (keys, summed counts, columns), all in key order.
+    key: torch.Tensor, count: torch.Tensor, new_key: torch.Tensor, new_count: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted unique `key` plus sorted unique `new_key`: (keys, summed counts), in key order.
 
     Only `new_key` had to be sorted: its entries are found by binary search and the union is laid out by
-    a running count of insertions, so a large table is never re-sorted. `columns` are carried per entry.
+    a running count of insertions, so a large table is never re-sorted.
     """
     if len(key) == 0:
-        return new_key, new_count, tuple(new_columns)
+        return new_key, new_count
     at = torch.searchsorted(key, new_key)
     found = key[at.clamp(max=len(key) - 1)] == new_key
     count = count.clone().index_add_(0, at[found], new_count[found])
@@ -207,7 +202,7 @@ def add_sorted_keys(
         out.index_copy_(0, place_new, added[fresh])
         return out
 
-    return union(key, new_key), union(count, new_count), tuple(map(union, columns, new_columns))
+    return union(key, new_key), union(count, new_count)
 
 
 def coverage_target(fires: np.ndarray, fraction: float) -> np.ndarray:
