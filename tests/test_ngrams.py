@@ -20,6 +20,8 @@ from neuron_census.ngrams import (
     neurons_per_key,
     pack_ngrams,
     prune,
+    CUT_LEVELS,
+    _group_cuts,
     prune_keys,
     split_sorted_keys,
     unpack_ngram,
@@ -287,6 +289,24 @@ def test_pruning_packed_keys_equals_numpy(capacity):
         expected = (group, gram, count) if capacity is None else prune(group, gram, count, capacity)
         np.testing.assert_array_equal(keys.numpy(), expected[0] * span + expected[1])
         np.testing.assert_array_equal(counts.numpy(), expected[2])
+
+
+@pytest.mark.parametrize("capacity", [1, 4, 30])
+def test_group_cuts_by_counting_and_ranking_equal_a_sort(capacity):
+    """Cuts found at every counting level and by the ranked fallback are each run's (capacity+1)-th largest."""
+    rng = np.random.default_rng(capacity)
+    highs = rng.choice([2, 3, 4, 5, 7, 12, 10_000], size=60)
+    runs = [rng.integers(1, high, size=int(rng.integers(capacity + 1, 4 * capacity + 40))) for high in highs]
+    sizes = np.array([len(run) for run in runs])
+    gaps = rng.integers(0, 3, size=len(runs))  # runs need not be adjacent
+    starts = np.cumsum(sizes + gaps) - sizes
+    counts = np.ones(starts[-1] + sizes[-1], dtype=np.int64)
+    for start, run in zip(starts, runs):
+        counts[start : start + len(run)] = run
+    expected = np.array([np.sort(run)[::-1][capacity] for run in runs])
+    assert {1, 2, 3}.issubset(set(expected.tolist())) and expected.max() > CUT_LEVELS + 1  # every path is taken
+    cut = _group_cuts(torch.from_numpy(counts), torch.from_numpy(starts), torch.from_numpy(starts + sizes), capacity)
+    np.testing.assert_array_equal(cut.numpy(), expected)
 
 
 @pytest.mark.parametrize("span", [1, 7, 50_272**3])

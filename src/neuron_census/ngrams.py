@@ -129,36 +129,67 @@ def coalesce_keys(keys: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tenso
 def prune_keys(keys: torch.Tensor, counts: torch.Tensor, span: int, capacity: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """`prune` of sorted unique packed keys whose group is `key // span` (a no-op for capacity None).
 
-    Within a group the key order is the gram order, so keys stand in for grams, ties included. Groups are
-    found by binary search, and only the counters of groups over capacity are ranked (one stable sort);
-    the rest of the table is copied once.
+    A group over capacity loses its (capacity+1)-th largest counter (its cut) from every counter, and the
+    counters that reach zero are dropped; every counter ranked below the cut is at most the cut, so this
+    also keeps at most `capacity`. Groups are found by binary search, cuts by `_group_cuts` (no sort of
+    the table), and each entry's cut by a running sum of steps at group edges.
     """
     if capacity is None or len(keys) <= capacity:
         return keys, counts
     device = keys.device
     first, last = int(keys[0]) // span, int(keys[-1]) // span
     edges = torch.searchsorted(keys, torch.arange(first, last + 2, device=device) * span)
-    sizes = edges.diff()
-    over = (sizes > capacity).nonzero(as_tuple=True)[0]
+    over = (edges.diff() > capacity).nonzero(as_tuple=True)[0]
     if len(over) == 0:
         return keys, counts
-    starts, lengths = edges[over], sizes[over]
-    offsets = torch.cumsum(lengths, 0) - lengths  # where each over-capacity group begins among the members
+    starts, ends = edges[over], edges[over + 1]
+    cut = _group_cuts(counts, starts, ends, capacity)
+    steps = torch.zeros(len(keys) + 1, dtype=counts.dtype, device=device)
+    steps.index_add_(0, starts, cut).index_add_(0, ends, -cut)
+    reduced = counts - torch.cumsum(steps[:-1], 0)
+    kept = (reduced > 0).nonzero(as_tuple=True)[0]
+    return keys[kept], reduced[kept]
+
+
+CUT_LEVELS = 4  # counting passes of `_group_cuts` before the groups still open are ranked by a sort
+
+
+def _group_cuts(counts: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor, capacity: int) -> torch.Tensor:
+    """The (capacity+1)-th largest of each run `counts[start:end]` (runs sorted, longer than capacity, counts >= 1).
+
+    Counters are mostly small, so the cut is found by counting: a run whose counters of at least `level`
+    number more than `capacity` has a cut of at least `level`. Each level is one comparison and one running
+    sum over the span of the runs still open; the few runs open after `CUT_LEVELS` levels are ranked.
+    """
+    cut = torch.ones(len(starts), dtype=counts.dtype, device=counts.device)  # capacity+1 counters, all >= 1
+    open_runs = torch.arange(len(starts), device=counts.device)
+    for level in range(2, 2 + CUT_LEVELS):
+        run_starts, run_ends = starts[open_runs], ends[open_runs]
+        low, high = int(run_starts[0]), int(run_ends[-1])
+        dtype = torch.int32 if high - low < 1 << 31 else torch.int64
+        at_least = torch.cumsum(counts[low:high] >= level, 0, dtype=dtype)
+        before = torch.where(run_starts > low, at_least[(run_starts - low - 1).clamp(min=0)], 0)
+        still = (at_least[run_ends - low - 1] - before > capacity).nonzero(as_tuple=True)[0]
+        open_runs = open_runs[still]
+        if len(open_runs) == 0:
+            return cut
+        cut[open_runs] = level
+    cut[open_runs] = _ranked_cuts(counts, starts[open_runs], ends[open_runs], capacity)
+    return cut
+
+
+def _ranked_cuts(counts: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor, capacity: int) -> torch.Tensor:
+    """`_group_cuts` by ranking: one sort of (run, descending count) over the runs' members."""
+    device = counts.device
+    lengths = ends - starts
+    offsets = torch.cumsum(lengths, 0) - lengths  # where each run begins among the members
     n_members = int(lengths.sum())
-    member_group = torch.repeat_interleave(torch.arange(len(over), device=device), lengths, output_size=n_members)
-    members = torch.arange(n_members, device=device) + (starts - offsets)[member_group]  # positions in the table
-    member_count = counts[members]
+    member_run = torch.repeat_interleave(torch.arange(len(starts), device=device), lengths, output_size=n_members)
+    member_count = counts[torch.arange(n_members, device=device) + (starts - offsets)[member_run]]
     count_span = int(member_count.max()) + 1
-    by_count = torch.sort(member_group * count_span + (count_span - 1 - member_count), stable=True).indices
-    ranked_count = member_count[by_count]
-    cut = ranked_count[offsets + capacity]  # each group's (capacity+1)-th largest counter
-    rank = torch.arange(n_members, device=device) - offsets[member_group]  # member_group is sorted, so also ranked order
-    dropped = by_count[(rank >= capacity) | (ranked_count <= cut[member_group])]
-    keep = torch.ones(len(keys), dtype=torch.bool, device=device)
-    keep[members[dropped]] = False
-    pruned = counts.clone()
-    pruned.index_add_(0, members, -cut[member_group])
-    return keys[keep], pruned[keep]
+    ranked = torch.sort(member_run * count_span + (count_span - 1 - member_count)).values
+    at_cut = ranked[offsets + capacity] - torch.arange(len(starts), device=device) * count_span
+    return count_span - 1 - at_cut
 
 
 def split_sorted_keys(keys: torch.Tensor, span: int) -> tuple[torch.Tensor, torch.Tensor]:
