@@ -222,9 +222,14 @@ def test_batch_top_breaks_ties_towards_the_earliest_row(k):
     np.testing.assert_array_equal(np.sort(rows.numpy(), axis=0), np.sort(expected_rows, axis=0))  # the same rows
 
 
+@pytest.mark.parametrize("square_rows", [256, 7], ids=["one-block", "blocks-of-7-rows"])
 @pytest.mark.parametrize("counted_from", [None, 1], ids=["mask-copy", "bos-view"])
-def test_moments(data, counted_from):
-    """Counted positions read through the mask (a copy) or, as capture does, a view past the BOS."""
+def test_moments(data, counted_from, square_rows, monkeypatch):
+    """Counted positions read through the mask (a copy) or, as capture does, a view past the BOS; squares
+    summed in one block of rows or in several (the last one partial)."""
+    import neuron_census.accumulators as accumulators
+
+    monkeypatch.setattr(accumulators, "SQUARE_ROWS", square_rows)
     state = run(Moments(GEOMETRY, torch.device("cpu")), data, counted_from=counted_from)
     acts = data["acts"][:, data["mask"]].astype(np.float64)  # [L, tokens, N]
     np.testing.assert_allclose(state["sum"], acts.sum(axis=1), rtol=1e-6)

@@ -611,7 +611,7 @@ class Moments:
             return
         acts, weights = batch.acts_2d(), batch.weights()
         self.total[slot] += (weights @ acts)[0].double()
-        self.squares[slot] += (weights @ (acts * acts))[0].double()
+        self.squares[slot] += _weighted_squares(weights, acts)[0].double()
         low, high = counted, counted
         while low.dim() > 1:  # one dim at a time: reducing several dims of a strided view at once is slow
             low, high = low.amin(dim=-2), high.amax(dim=-2)
@@ -634,6 +634,20 @@ class Moments:
             "min": np.min([s["min"] for s in states], axis=0),
             "max": np.max([s["max"] for s in states], axis=0),
         }
+
+
+SQUARE_ROWS = 256  # on a CPU, rows squared at a time: the squares stay in cache for their matrix product
+
+
+def _weighted_squares(weights: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
+    """[1, N] float32 `weights @ acts**2`; on a CPU in blocks of rows, without a full-size squared copy."""
+    if acts.device.type != "cpu":
+        return weights @ (acts * acts)
+    total = torch.zeros(1, acts.shape[1], dtype=torch.float32)
+    for start in range(0, acts.shape[0], SQUARE_ROWS):
+        rows = acts[start : start + SQUARE_ROWS]
+        total.addmm_(weights[:, start : start + SQUARE_ROWS], rows * rows)
+    return total
 
 
 def _eligible_ngram_ends(mask: torch.Tensor, order: int) -> torch.Tensor:
