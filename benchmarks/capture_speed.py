@@ -3,7 +3,9 @@
 Every mode runs in its own subprocess (so each one's peak memory is its own) on the same random-weight
 model (exact shapes of the named architecture, same seed), the same tokens (bundled corpus text, GPT-2 BPE)
 and the same batch size, one after the other in one invocation. Each mode is warmed up on one batch, then
-timed over all sequences `--repeats` times; the median counts.
+timed over all sequences `--repeats` times; the median counts. With `--rounds R` the whole sequence of modes
+runs R times over, so that a machine whose speed drifts (a shared host) slows every mode alike; each mode's
+ratio to the bare forward is then taken within each round, and the table gives the median and every round's.
 
     python benchmarks/capture_speed.py --architectures opt-125m opt-1.3b --out benchmarks/results/cpu
 
@@ -232,30 +234,41 @@ def markdown(results: list[dict[str, Any]], peak: float, meta: dict[str, Any]) -
     lines = [
         f"Device {meta['device']} ({meta['cpu']}), {meta['threads']} threads, {meta['dtype']}, "
         f"{meta['n_seq']} sequences x {meta['seq_len']} tokens, batch {meta['batch_size']}, "
-        f"median of {meta['repeats']}; matmul peak {peak:.0f} GFLOP/s; {weights}; "
+        f"median of {meta['repeats']} in each of {meta.get('rounds', 1)} round(s); matmul peak {peak:.0f} GFLOP/s; {weights}; "
         f"ngram_capacity {meta['ngram_capacity']}, token_capacity {meta['token_capacity'] or 'none (exact)'}"
         f"{'' if meta['merge_pending'] is None else ', merge_pending ' + str(meta['merge_pending'])}.",
         "",
-        "| model | mode | tokens/s | x bare | peak RSS MB | RSS after load MB | bare GFLOP/s (share of matmul peak) |",
-        "|---|---|---:|---:|---:|---:|---|",
+        "| model | mode | tokens/s | x bare | x bare in each round | peak RSS MB | RSS after load MB "
+        "| bare GFLOP/s (share of matmul peak) |",
+        "|---|---|---:|---:|---|---:|---:|---|",
     ]
     for arch in dict.fromkeys(r["architecture"] for r in results):
         rows = [r for r in results if r["architecture"] == arch]
-        bare = next((r for r in rows if r["mode"] == "bare" and "error" not in r), None)
-        for r in rows:
-            if "error" in r:
-                lines.append(f"| {arch} | {r['mode']} | failed: {r['error']} | | | | |")
+        for mode in dict.fromkeys(r["mode"] for r in rows):
+            runs = [r for r in rows if r["mode"] == mode]
+            failed = next((r for r in runs if "error" in r), None)
+            if failed:
+                lines.append(f"| {arch} | {mode} | failed: {failed['error']} | | | | | |")
                 continue
-            ratio = f"{r['tokens_per_s'] / bare['tokens_per_s']:.2f}" if bare else ""
+            ratios = [r["tokens_per_s"] / bare["tokens_per_s"] for r in runs if (bare := _bare_of(rows, r))]
+            speed = statistics.median(r["tokens_per_s"] for r in runs)
             flops = ""
-            if r["mode"] == "bare":
-                achieved = r["flops_per_token"] * r["tokens_per_s"] / 1e9
+            if mode == "bare":
+                achieved = runs[0]["flops_per_token"] * speed / 1e9
                 flops = f"{achieved:.0f} ({achieved / peak:.0%})"
             lines.append(
-                f"| {arch} | {r['mode']} | {r['tokens_per_s']:.0f} | {ratio} | {r['peak_rss_mb']:.0f} "
-                f"| {r['rss_loaded_mb']:.0f} | {flops} |"
+                f"| {arch} | {mode} | {speed:.0f} | {statistics.median(ratios):.2f} | "
+                f"{' / '.join(f'{x:.2f}' for x in ratios)} | {max(r['peak_rss_mb'] for r in runs):.0f} "
+                f"| {max(r['rss_loaded_mb'] for r in runs):.0f} | {flops} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _bare_of(rows: list[dict[str, Any]], run: dict[str, Any]) -> dict[str, Any] | None:
+    """The bare forward of the same round as `run`, if it succeeded."""
+    return next(
+        (r for r in rows if r["mode"] == "bare" and r.get("round") == run.get("round") and "error" not in r), None
+    )
 
 
 def main() -> None:
@@ -266,6 +279,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1, help="run the whole sequence of modes this many times")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
@@ -290,18 +304,20 @@ def main() -> None:
     peak = matmul_peak_gflops(args.device, getattr(torch, args.dtype))
     results = []
     for arch in args.architectures:
-        for mode in args.modes:
-            proc = subprocess.run(_worker_command(args, arch, mode), capture_output=True, text=True)
-            if proc.returncode != 0:
-                error = (proc.stderr.strip().splitlines() or ["?"])[-1][:200]
-                results.append({"mode": mode, "architecture": arch, "error": error})
-            else:
-                results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-            print(json.dumps(results[-1]), flush=True)
+        for round_index in range(args.rounds):
+            for mode in args.modes:
+                proc = subprocess.run(_worker_command(args, arch, mode), capture_output=True, text=True)
+                if proc.returncode != 0:
+                    error = (proc.stderr.strip().splitlines() or ["?"])[-1][:200]
+                    results.append({"mode": mode, "architecture": arch, "error": error})
+                else:
+                    results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+                results[-1]["round"] = round_index
+                print(json.dumps(results[-1]), flush=True)
     meta = {
         "device": args.device, "cpu": platform.processor() or platform.machine(), "threads": args.threads,
         "dtype": args.dtype, "n_seq": args.n_seq, "seq_len": args.seq_len, "batch_size": args.batch_size,
-        "repeats": args.repeats, "matmul_peak_gflops": peak, "torch": torch.__version__,
+        "repeats": args.repeats, "rounds": args.rounds, "matmul_peak_gflops": peak, "torch": torch.__version__,
         "fire_rate": args.fire_rate, "ngram_capacity": args.ngram_capacity, "token_capacity": args.token_capacity,
         "merge_pending": args.merge_pending,
     }
