@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 MODES = ("bare", "capture", "capture_fire_pos", "transformer_lens", "nnsight")
@@ -124,27 +125,34 @@ def set_fire_rate(model: Any, tokens: Any, rate: float, device: str) -> None:
             fc1.bias -= torch.quantile(values, 1.0 - rate).to(fc1.bias.dtype)
 
 
-def run_mode(args: argparse.Namespace) -> dict[str, Any]:
-    """One mode in this process: load, warm up, time; returns tokens/s and memory."""
+def load_model(args: argparse.Namespace, tokens: Any) -> Any:
+    """The seeded random-weight model of `args.architecture`, its FFN biases shifted when `--fire-rate` is set."""
+    import torch
+
+    from neuron_census.zoo import build_random_model
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    model = build_random_model(args.architecture, seed=0, dtype=dtype, device=args.device)
+    model = model.eval().requires_grad_(False)
+    if args.fire_rate is not None:
+        set_fire_rate(model, tokens, args.fire_rate, args.device)
+    return model
+
+
+def mode_runner(mode: str, args: argparse.Namespace, model: Any) -> Callable[[Any], None]:
+    """A function that runs `mode` over a [n_seq, seq_len] token array (TransformerLens converts `model`)."""
     import numpy as np
     import torch
 
-    from neuron_census.capture import CaptureSettings, capture_tokens
-    from neuron_census.zoo import build_random_model
     from neuron_census.adapters import adapter_for
+    from neuron_census.capture import CaptureSettings, capture_tokens
 
-    torch.set_num_threads(args.threads)
     device = args.device
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
-    model = build_random_model(args.architecture, seed=0, dtype=dtype, device=device).eval().requires_grad_(False)
     adapter = adapter_for(model, name=args.architecture)
-    tokens = corpus_tokens(args.n_seq, args.seq_len)
     layers = list(range(adapter.n_layers))
     batch = args.batch_size
-    if args.fire_rate is not None:
-        set_fire_rate(model, tokens, args.fire_rate, device)
 
-    if args.mode == "bare":
+    if mode == "bare":
         base = model.base_model
 
         def run(rows: np.ndarray) -> None:
@@ -152,8 +160,8 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
                 for start in range(0, len(rows), batch):
                     base(input_ids=torch.from_numpy(rows[start : start + batch]).to(device), use_cache=False)
 
-    elif args.mode in ("capture", "capture_fire_pos"):
-        names = ("fire_count", "position_fire_count") if args.mode == "capture_fire_pos" else None
+    elif mode in ("capture", "capture_fire_pos"):
+        names = ("fire_count", "position_fire_count") if mode == "capture_fire_pos" else None
         settings = CaptureSettings(
             batch_size=batch,
             ngram_capacity=args.ngram_capacity,
@@ -168,17 +176,16 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
                 settings=settings, device=torch.device(device), progress=False,
             )
 
-    elif args.mode == "transformer_lens":
+    elif mode == "transformer_lens":
         sys.path.insert(0, str(Path(__file__).parent))
         from baselines import transformer_lens_counts, transformer_lens_model
 
         tl_model = transformer_lens_model(model)
-        del model
 
         def run(rows: np.ndarray) -> None:
             transformer_lens_counts(tl_model, torch.from_numpy(rows), batch, layers)
 
-    elif args.mode == "nnsight":
+    elif mode == "nnsight":
         sys.path.insert(0, str(Path(__file__).parent))
         from baselines import nnsight_counts
 
@@ -186,8 +193,25 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
             nnsight_counts(model, torch.from_numpy(rows), batch, layers)
 
     else:
-        raise ValueError(f"unknown mode {args.mode}")
+        raise ValueError(f"unknown mode {mode}")
+    return run
 
+
+def run_mode(args: argparse.Namespace) -> dict[str, Any]:
+    """One mode in this process: load, warm up, time; returns tokens/s and memory."""
+    import torch
+
+    from neuron_census.adapters import adapter_for
+
+    torch.set_num_threads(args.threads)
+    device = args.device
+    tokens = corpus_tokens(args.n_seq, args.seq_len)
+    batch = args.batch_size
+    model = load_model(args, tokens)
+    flops_per_token = forward_flops_per_token(adapter_for(model).model, args.seq_len)
+    run = mode_runner(args.mode, args, model)
+    if args.mode == "transformer_lens":
+        del model  # the converted copy is all it needs
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     loaded_rss = _rss_mb()
@@ -213,7 +237,7 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
     if device.startswith("cuda"):
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     if args.mode == "bare":
-        result["flops_per_token"] = forward_flops_per_token(adapter.model, args.seq_len)
+        result["flops_per_token"] = flops_per_token
     return result
 
 
