@@ -27,8 +27,8 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 MODES = ("bare", "capture", "capture_fire_pos", "transformer_lens", "nnsight")
