@@ -295,6 +295,18 @@ def _bare_of(rows: list[dict[str, Any]], run: dict[str, Any]) -> dict[str, Any] 
     )
 
 
+def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
+    """Device, dtype, capture settings, firing rate and output: the options every speed benchmark shares."""
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--ngram-capacity", type=int, default=2048, help="as the OPT presets set it")
+    parser.add_argument("--token-capacity", type=int, default=None, help="default: exact token x neuron counts")
+    parser.add_argument("--merge-pending", type=int, default=None, help="capture.merge_pending (default: its default)")
+    parser.add_argument("--fire-rate", type=float, default=None, help="shift FFN biases so this share fires")
+    parser.add_argument("--out", type=Path, default=None, help="write <out>.json and <out>.md")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--architectures", nargs="+", default=["opt-125m", "opt-1.3b"])
@@ -304,14 +316,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=1, help="run the whole sequence of modes this many times")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    parser.add_argument("--ngram-capacity", type=int, default=2048, help="as the OPT presets set it")
-    parser.add_argument("--token-capacity", type=int, default=None, help="default: exact token x neuron counts")
-    parser.add_argument("--merge-pending", type=int, default=None, help="capture.merge_pending (default: its default)")
-    parser.add_argument("--fire-rate", type=float, default=None, help="shift FFN biases so this share fires")
-    parser.add_argument("--out", type=Path, default=None, help="write <out>.json and <out>.md")
+    add_setting_arguments(parser)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mode", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--architecture", default=None, help=argparse.SUPPRESS)

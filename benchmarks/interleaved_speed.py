@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -23,7 +22,16 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from capture_speed import MODES, _sync, corpus_tokens, load_model, matmul_peak_gflops, mode_runner, write_results  # noqa: E402
+from capture_speed import (  # noqa: E402
+    MODES,
+    _sync,
+    add_setting_arguments,
+    corpus_tokens,
+    load_model,
+    matmul_peak_gflops,
+    mode_runner,
+    write_results,
+)
 
 
 def main() -> None:
@@ -34,14 +42,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    parser.add_argument("--ngram-capacity", type=int, default=2048, help="as the OPT presets set it")
-    parser.add_argument("--token-capacity", type=int, default=None, help="default: exact token x neuron counts")
-    parser.add_argument("--merge-pending", type=int, default=None, help="capture.merge_pending (default: its default)")
-    parser.add_argument("--fire-rate", type=float, default=None, help="shift FFN biases so this share fires")
-    parser.add_argument("--out", type=Path, default=None, help="write <out>.json and <out>.md")
+    add_setting_arguments(parser)
     args = parser.parse_args()
     if "bare" not in args.modes:
         parser.error("--modes must include bare: ratios are taken against it")
