@@ -12,6 +12,8 @@ import torch
 from neuron_census import accumulators
 from neuron_census.accumulators import Geometry, LayerBatch, NgramCount, NgramFireCount, merge_states
 from neuron_census.ngrams import (
+    CUT_LEVELS,
+    _group_cuts,
     add_sorted_keys,
     coalesce,
     coalesce_keys,
@@ -20,8 +22,6 @@ from neuron_census.ngrams import (
     neurons_per_key,
     pack_ngrams,
     prune,
-    CUT_LEVELS,
-    _group_cuts,
     prune_keys,
     split_sorted_keys,
     unpack_ngram,
