@@ -279,8 +279,9 @@ class TokenFireCount:
 
     Small problems (vocab x neurons x layers up to `dense_limit` cells) use one dense table on the
     device, exact. Larger ones (OPT/GPT-2 vocabularies) count per batch over the distinct tokens of the
-    batch and keep, per analysed layer, sorted (key, count) pairs on the CPU, merged as `SlotMerges`
-    says (`merge_pending` is the pending budget shared by all layers).
+    batch and keep, per analysed layer, sorted (key, count) pairs on the device, merged as `SlotMerges`
+    says (`merge_pending` is the pending budget shared by all layers). On a GPU the merges are sorts
+    there: moving the pairs to the host and sorting them there costs far more than the forward pass.
 
     `capacity` None keeps every (token, neuron) pair seen: exact, and bounded only by layers x
     vocabulary x neurons. An integer keeps, per neuron, a Misra-Gries summary of at most `capacity`
@@ -312,9 +313,9 @@ class TokenFireCount:
         )
         self.capacity = capacity
         self._merges = SlotMerges(n_slots, merge_pending)
-        empty = torch.zeros(0, dtype=torch.int64)
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
         self._tables: list[tuple[torch.Tensor, torch.Tensor]] = [(empty, empty)] * n_slots
-        self._pending: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(n_slots)]
+        self._pending: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(n_slots)]
 
     def update(self, batch: LayerBatch) -> None:
         slot = self.geometry.slot(batch.layer)
@@ -333,7 +334,7 @@ class TokenFireCount:
         else:  # neuron-major keys, for pruning
             neurons, tokens, counts = count_pairs(neurons, inverse[rows], n_neurons, len(unique))
             keys = (slot * n_neurons + neurons) * vocab + unique[tokens]
-        self._pending[slot].append((keys.cpu().numpy(), counts.cpu().numpy()))
+        self._pending[slot].append((keys, counts))
         if self._merges.due(slot, len(keys), held=len(self._tables[slot][0])):
             self._flush(slot)
 
@@ -341,8 +342,8 @@ class TokenFireCount:
         pending = self._pending[slot]
         if not pending:
             return
-        new = coalesce_sparse(np.concatenate([k for k, _ in pending]), np.concatenate([c for _, c in pending]))
-        keys, counts = add_sorted_keys(*self._tables[slot], *map(torch.from_numpy, new))
+        new = pending[0] if len(pending) == 1 else coalesce_keys(*(torch.cat(column) for column in zip(*pending)))
+        keys, counts = add_sorted_keys(*self._tables[slot], *new)
         self._tables[slot] = prune_keys(keys, counts, self.geometry.vocab_size, self.capacity)  # neuron-major keys
         self._pending[slot] = []
 
@@ -362,8 +363,8 @@ class TokenFireCount:
             self._flush(slot)
         tables = self._tables if self.capacity is None else [self._token_major_table(s) for s in range(len(self._tables))]
         # slots hold consecutive key ranges, so their tables concatenate in sorted order
-        keys = np.concatenate([np.zeros(0, dtype=np.int64)] + [k.numpy() for k, _ in tables])
-        counts = np.concatenate([np.zeros(0, dtype=np.int64)] + [c.numpy() for _, c in tables])
+        keys = np.concatenate([np.zeros(0, dtype=np.int64)] + [k.cpu().numpy() for k, _ in tables])
+        counts = np.concatenate([np.zeros(0, dtype=np.int64)] + [c.cpu().numpy() for _, c in tables])
         return self._header(self.capacity or 0) | {"keys": keys, "counts": counts}
 
     def _token_major_table(self, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
