@@ -256,20 +256,40 @@ def _offloaded_leaves(layer: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in layer.modules() if getattr(getattr(m, "_hf_hook", None), "offload", False)]
 
 
+def _swap_tensors(layer: torch.nn.Module, device: torch.device) -> list[tuple[torch.nn.Module, str, str, torch.Tensor]]:
+    """Give every parameter and buffer of `layer` a copy on `device` (shared ones stay shared); returns the
+    originals, to be put back as they are."""
+    originals, copies = [], {}
+    for module in layer.modules():
+        for table in ("_parameters", "_buffers"):
+            for name, tensor in getattr(module, table).items():
+                if tensor is None:
+                    continue
+                if id(tensor) not in copies:
+                    moved = tensor.detach().to(device)
+                    copies[id(tensor)] = torch.nn.Parameter(moved, tensor.requires_grad) if table == "_parameters" else moved
+                originals.append((module, table, name, tensor))
+                getattr(module, table)[name] = copies[id(tensor)]
+    return originals
+
+
 @contextmanager
 def layer_on_device(layer: torch.nn.Module, device: torch.device) -> Iterator[torch.nn.Module]:
     """`layer` with its weights on `device` for the whole block, then back where they came from.
 
-    A layer in CPU memory is moved there and back. A layer offloaded to disk is loaded once (each
-    offloaded submodule's hook loads its weights, then stops reloading them at every call) and dropped
-    again afterwards, so a shard's batches share one load and memory holds one layer.
+    A layer in CPU memory is copied there, and afterwards its tensors point at their CPU copies again:
+    inference leaves them unchanged, so nothing is copied back. A layer offloaded to disk is loaded once
+    (each offloaded submodule's hook loads its weights, then stops reloading them at every call) and
+    dropped again afterwards, so a shard's batches share one load and memory holds one layer.
     """
     leaves = _offloaded_leaves(layer)
     if not leaves:
+        originals = _swap_tensors(layer, device)
         try:
-            yield layer.to(device)
+            yield layer
         finally:
-            layer.to("cpu")
+            for module, table, name, tensor in originals:
+                getattr(module, table)[name] = tensor
         return
     loaded = []
     try:
@@ -297,9 +317,9 @@ def run_layerwise(
 ) -> None:
     """Embed every batch, then move each layer 0..`last_layer` to `device` once and run it on all batches.
 
-    The decoder layers sit on the CPU (and go back there after running) or are offloaded to disk (and are
-    dropped after running). Hooks registered on the layers fire exactly as in a full forward pass, batch by
-    batch within each layer.
+    The decoder layers sit on the CPU (each one's device copy is dropped after running) or are offloaded
+    to disk (and are dropped after running). Hooks registered on the layers fire exactly as in a full
+    forward pass, batch by batch within each layer.
     """
     place_outside_layers(model, layers, device)
     n_batches = len(batch_rows)
