@@ -44,6 +44,7 @@ GEOMETRY = Geometry(layers=LAYERS, n_neurons=N_NEURONS, seq_len=SEQ_LEN, vocab_s
 def run(
     accumulator,
     data,
+    device: torch.device,
     rows: slice = slice(None),
     batch: int = 5,
     counted_from: int | None = None,
@@ -53,16 +54,16 @@ def run(
     for start in range(0, len(seq_ids), batch):
         sel = seq_ids[start : start + batch]
         for slot, layer in enumerate(LAYERS):
-            acts = torch.from_numpy(data["acts"][slot][sel])
-            mask = torch.from_numpy(data["mask"][sel])
+            acts = torch.from_numpy(data["acts"][slot][sel]).to(device)
+            mask = torch.from_numpy(data["mask"][sel]).to(device)
             accumulator.update(
                 LayerBatch(
                     layer=layer,
                     acts=acts,
                     fires=(acts > 0) & mask[..., None],
                     mask=mask,
-                    tokens=torch.from_numpy(data["tokens"][sel]),
-                    seq_ids=torch.from_numpy(sel),
+                    tokens=torch.from_numpy(data["tokens"][sel]).to(device),
+                    seq_ids=torch.from_numpy(sel).to(device),
                     counted_from=counted_from,
                     fires_where_positive=fires_where_positive,
                 )
@@ -74,22 +75,22 @@ def fires_of(data) -> np.ndarray:
     return (data["acts"] > 0) & data["mask"][None, :, :, None]
 
 
-def test_fire_count(data):
-    state = run(FireCount(GEOMETRY, torch.device("cpu")), data)
+def test_fire_count(data, device):
+    state = run(FireCount(GEOMETRY, device), data, device)
     np.testing.assert_array_equal(state["counts"], fires_of(data).sum(axis=(1, 2)))
     np.testing.assert_array_equal(state["tokens"], [data["mask"].sum()] * len(LAYERS))
     assert state["counts"][:, 0].tolist() == [0, 0]
 
 
-def test_position_fire_count(data):
-    state = run(PositionFireCount(GEOMETRY, torch.device("cpu")), data)
+def test_position_fire_count(data, device):
+    state = run(PositionFireCount(GEOMETRY, device), data, device)
     np.testing.assert_array_equal(state["counts"], fires_of(data).sum(axis=1))
     np.testing.assert_array_equal(state["tokens"], data["mask"].sum(axis=0))
     assert state["counts"][:, 0].sum() == 0  # BOS position never counted
 
 
-def test_token_count(data):
-    state = run(TokenCount(GEOMETRY, torch.device("cpu")), data)
+def test_token_count(data, device):
+    state = run(TokenCount(GEOMETRY, device), data, device)
     expected = np.bincount(data["tokens"][data["mask"]], minlength=VOCAB)
     np.testing.assert_array_equal(state["counts"], expected)
 
@@ -115,10 +116,10 @@ def token_table(state) -> np.ndarray:
 @pytest.mark.parametrize(
     ("dense_limit", "capacity"), [(1 << 30, None), (1 << 30, 4), (0, None)], ids=["dense", "dense-capacity", "sparse"]
 )
-def test_token_fire_count_dense_and_sparse(data, dense_limit, capacity):
+def test_token_fire_count_dense_and_sparse(data, device, dense_limit, capacity):
     """Exact counts, from the dense table (which ignores a capacity) or from the sparse one without one."""
-    accumulator = TokenFireCount(GEOMETRY, torch.device("cpu"), dense_limit=dense_limit, capacity=capacity, merge_pending=10)
-    state = run(accumulator, data)
+    accumulator = TokenFireCount(GEOMETRY, device, dense_limit=dense_limit, capacity=capacity, merge_pending=10)
+    state = run(accumulator, data, device)
     np.testing.assert_array_equal(token_table(state), token_fires_of(data))
     assert (state["counts"] > 0).all()
     assert np.all(np.diff(state["keys"]) > 0)
@@ -126,17 +127,16 @@ def test_token_fire_count_dense_and_sparse(data, dense_limit, capacity):
 
 
 @pytest.mark.parametrize("capacity", [3, 7])
-def test_token_fire_count_capacity_keeps_the_misra_gries_guarantee(data, capacity):
+def test_token_fire_count_capacity_keeps_the_misra_gries_guarantee(data, device, capacity):
     """Per neuron at most `capacity` tokens, estimate <= true <= estimate + slack, exact when few tokens.
 
     Checked for one pass (merging after every batch or two) and for shards merged afterwards.
     """
-    device = torch.device("cpu")
     true = token_fires_of(data)
     fires = fires_of(data).sum(axis=(1, 2))  # [slot, neuron]
 
     def bounded(rows: slice = slice(None)):
-        return run(TokenFireCount(GEOMETRY, device, dense_limit=0, capacity=capacity, merge_pending=10), data, rows=rows)
+        return run(TokenFireCount(GEOMETRY, device, dense_limit=0, capacity=capacity, merge_pending=10), data, device, rows=rows)
 
     one_pass = bounded()
     merged = TokenFireCount.merge([bounded(slice(0, 5)), bounded(slice(5, 9)), bounded(slice(9, None))])
@@ -179,7 +179,7 @@ def reference_top_k(data, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("shifted", [False, True], ids=["relu", "negative-values"])
 @pytest.mark.parametrize("where_positive", [False, True], ids=["any-fire-rule", "fires-where-positive"])
 @pytest.mark.parametrize("sparse_share", [16, 1], ids=["default", "sparse-whenever-possible"])
-def test_top_k_one_pass_and_merged_shards_equal_reference(data, sparse_share, where_positive, shifted, monkeypatch):
+def test_top_k_one_pass_and_merged_shards_equal_reference(data, device, sparse_share, where_positive, shifted, monkeypatch):
     """Both update paths: dense top-k per batch, and the merge of candidates above each neuron's k-th value
     (found among all activations, or among the firings when those are exactly the positive activations and
     every k-th value is >= 0; negative activations keep some k-th values below 0)."""
@@ -193,10 +193,10 @@ def test_top_k_one_pass_and_merged_shards_equal_reference(data, sparse_share, wh
         data = data | {"acts": data["acts"] - np.float32(0.25)}
     k = 6
     values, seqs, poss = reference_top_k(data, k)
-    one_pass = run(TopK(GEOMETRY, torch.device("cpu"), k=k), data, batch=4, fires_where_positive=where_positive)
+    one_pass = run(TopK(GEOMETRY, device, k=k), data, device, batch=4, fires_where_positive=where_positive)
     halves = [
-        run(TopK(GEOMETRY, torch.device("cpu"), k=k), data, rows=slice(0, 7), batch=3, fires_where_positive=where_positive),
-        run(TopK(GEOMETRY, torch.device("cpu"), k=k), data, rows=slice(7, None), batch=2, fires_where_positive=where_positive),
+        run(TopK(GEOMETRY, device, k=k), data, device, rows=slice(0, 7), batch=3, fires_where_positive=where_positive),
+        run(TopK(GEOMETRY, device, k=k), data, device, rows=slice(7, None), batch=2, fires_where_positive=where_positive),
     ]
     merged = TopK.merge(halves)
     for state in (one_pass, merged):
@@ -208,7 +208,7 @@ def test_top_k_one_pass_and_merged_shards_equal_reference(data, sparse_share, wh
 
 
 @pytest.mark.parametrize("k", [1, 4, 16])
-def test_batch_top_breaks_ties_towards_the_earliest_row(k):
+def test_batch_top_breaks_ties_towards_the_earliest_row(k, device):
     """Per column, the k largest values, equal values taken in row order: checked against a stable sort."""
     from neuron_census.accumulators import _batch_top
 
@@ -216,7 +216,7 @@ def test_batch_top_breaks_ties_towards_the_earliest_row(k):
     acts = np.maximum(np.round(rng.normal(size=(40, 300)), 1), 0.0).astype(np.float32)  # ties among positives
     acts[:, :50] = 0.0  # all tied
     acts[:, 50:100] = np.where(rng.random((40, 50)) < 0.1, acts[:, 50:100], 0.0)  # a few values, then zeros
-    values, rows = _batch_top(torch.from_numpy(acts), k)
+    values, rows = (t.cpu() for t in _batch_top(torch.from_numpy(acts).to(device), k))
     np.testing.assert_array_equal(values.numpy(), np.take_along_axis(acts, rows.numpy(), axis=0))
     expected_rows = np.argsort(-acts, axis=0, kind="stable")[:k]
     np.testing.assert_array_equal(np.sort(rows.numpy(), axis=0), np.sort(expected_rows, axis=0))  # the same rows
@@ -224,13 +224,13 @@ def test_batch_top_breaks_ties_towards_the_earliest_row(k):
 
 @pytest.mark.parametrize("square_rows", [256, 7], ids=["one-block", "blocks-of-7-rows"])
 @pytest.mark.parametrize("counted_from", [None, 1], ids=["mask-copy", "bos-view"])
-def test_moments(data, counted_from, square_rows, monkeypatch):
+def test_moments(data, device, counted_from, square_rows, monkeypatch):
     """Counted positions read through the mask (a copy) or, as capture does, a view past the BOS; squares
     summed in one block of rows or in several (the last one partial)."""
     import neuron_census.accumulators as accumulators
 
     monkeypatch.setattr(accumulators, "SQUARE_ROWS", square_rows)
-    state = run(Moments(GEOMETRY, torch.device("cpu")), data, counted_from=counted_from)
+    state = run(Moments(GEOMETRY, device), data, device, counted_from=counted_from)
     acts = data["acts"][:, data["mask"]].astype(np.float64)  # [L, tokens, N]
     np.testing.assert_allclose(state["sum"], acts.sum(axis=1), rtol=1e-6)
     np.testing.assert_allclose(state["sum_sq"], (acts**2).sum(axis=1), rtol=1e-6)
@@ -238,9 +238,8 @@ def test_moments(data, counted_from, square_rows, monkeypatch):
     np.testing.assert_array_equal(state["max"], acts.max(axis=1).astype(np.float32))
 
 
-def test_merge_of_shards_equals_one_pass(data):
+def test_merge_of_shards_equals_one_pass(data, device):
     def all_states(rows):
-        device = torch.device("cpu")
         accs = [
             FireCount(GEOMETRY, device),
             PositionFireCount(GEOMETRY, device),
@@ -249,7 +248,7 @@ def test_merge_of_shards_equals_one_pass(data):
             TopK(GEOMETRY, device, k=4),
             Moments(GEOMETRY, device),
         ]
-        return {acc.name: run(acc, data, rows=rows) for acc in accs}
+        return {acc.name: run(acc, data, device, rows=rows) for acc in accs}
 
     whole = all_states(slice(None))
     merged = merge_states([all_states(slice(0, 5)), all_states(slice(5, 9)), all_states(slice(9, None))])
@@ -278,9 +277,8 @@ def test_sparse_coalesce_and_sorted_add_match_a_counter():
         assert keys.dtype == counts.dtype == torch.int64
 
 
-def test_token_fire_count_refuses_to_merge_other_capacities(data):
-    device = torch.device("cpu")
-    exact = run(TokenFireCount(GEOMETRY, device, dense_limit=0), data, rows=slice(0, 5))
-    bounded = run(TokenFireCount(GEOMETRY, device, dense_limit=0, capacity=3), data, rows=slice(5, None))
+def test_token_fire_count_refuses_to_merge_other_capacities(data, device):
+    exact = run(TokenFireCount(GEOMETRY, device, dense_limit=0), data, device, rows=slice(0, 5))
+    bounded = run(TokenFireCount(GEOMETRY, device, dense_limit=0, capacity=3), data, device, rows=slice(5, None))
     with pytest.raises(ValueError, match="different capacity"):
         TokenFireCount.merge([exact, bounded])

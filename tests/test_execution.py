@@ -16,36 +16,17 @@ import torch
 from neuron_census import accumulators
 from neuron_census.capture import CaptureSettings, capture_tokens
 from neuron_census.corpus import write_token_shard
-from neuron_census.execution import Placement, accelerate_max_memory, dispatch_offloaded
+from neuron_census.execution import Placement, accelerate_max_memory, dispatch_offloaded, layer_on_device
 from neuron_census.jobs import capture_job
 from neuron_census.models import load_model
 from neuron_census.planted import census_tokens, get_recipe, planted_words
 from neuron_census.store import read_store
-
-SPECS = {
-    "opt-125m": {"source": "random", "architecture": "opt-125m", "n_layers": 3},
-    "opt-350m": {"source": "random", "architecture": "opt-350m", "n_layers": 3},
-    "gpt2": {"source": "random", "architecture": "gpt2", "n_layers": 3},
-    "pythia-70m": {"source": "random", "architecture": "pythia-70m", "n_layers": 3},
-    "stories260k": {"source": "local", "path": "resources/models/stories260K"},
-}
-SETTINGS = CaptureSettings(batch_size=3, top_k=4, ngram_capacity=32, ngram_layers="all")
-
-
-def _tokens(vocab_size: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    tokens = rng.integers(3, min(vocab_size, 1000), size=(7, 24))  # 7 rows: the last batch is short
-    tokens[:, 0] = 2
-    return tokens
-
-
-def _model_bytes(model: torch.nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for p in model.parameters())
+from strategy_cases import SETTINGS, SPECS, assert_same_states, model_bytes, sample_tokens
 
 
 def _capture(spec: dict, tokens: np.ndarray, placement: Placement, folder: Path, budget_share: float = 0.9):
     if placement.strategy == "offload" and not placement.max_memory:
-        size = _model_bytes(load_model("m", spec).model)
+        size = model_bytes(load_model("m", spec).model)
         placement = Placement(strategy="offload", max_memory={"cpu": int(size * budget_share)})
     loaded = load_model("m", spec, placement=placement, offload_dir=folder)
     layers, states = capture_tokens(
@@ -64,20 +45,12 @@ def _capture(spec: dict, tokens: np.ndarray, placement: Placement, folder: Path,
     return loaded, layers, states
 
 
-def _assert_same_states(expected: dict, got: dict) -> None:
-    assert sorted(expected) == sorted(got)
-    for accumulator, state in expected.items():
-        assert sorted(state) == sorted(got[accumulator]), accumulator
-        for key, value in state.items():
-            np.testing.assert_array_equal(got[accumulator][key], value, err_msg=f"{accumulator}.{key}")
-
-
 @pytest.fixture(scope="module")
 def resident_states() -> dict:
     out = {}
     for name, spec in SPECS.items():
         loaded = load_model("m", spec)
-        tokens = _tokens(loaded.adapter.vocab_size)
+        tokens = sample_tokens(loaded.adapter.vocab_size)
         out[name] = (tokens, capture_tokens(
             loaded.model, loaded.adapter, tokens, model_name="m", first_seq_id=0, has_bos=True,
             settings=SETTINGS, device=torch.device("cpu"), progress=False,
@@ -100,7 +73,7 @@ def test_strategies_give_identical_accumulators(name, placement, resident_states
     tokens, (layers, expected) = resident_states[name]
     loaded, got_layers, got = _capture(SPECS[name], tokens, placement, tmp_path)
     assert got_layers == layers
-    _assert_same_states(expected, got)
+    assert_same_states(expected, got)
     if placement.strategy == "offload":
         assert "disk" in set(loaded.model.hf_device_map.values())  # the budget really forced offloading
     if placement.layers_on_disk:  # the layers were loaded for the run and dropped again
@@ -120,7 +93,7 @@ def test_layerwise_with_disk_weights_holds_one_layer_at_a_time(name, tmp_path):
 
     for layer in layers:
         layer.register_forward_pre_hook(record)
-    tokens = _tokens(loaded.adapter.vocab_size)
+    tokens = sample_tokens(loaded.adapter.vocab_size)
     capture_tokens(
         loaded.model, loaded.adapter, tokens, model_name="m", first_seq_id=0, has_bos=True,
         settings=CaptureSettings(batch_size=3, layers=(0, 1), accumulators=("fire_count",)),
@@ -136,7 +109,7 @@ def test_bounded_summaries_merging_mid_shard_agree_across_strategies(monkeypatch
     """Summaries merged many times per shard (the large-shard regime) still agree: a Misra-Gries summary
     depends on where its merges fall, so each layer's merge points must depend only on its own batches."""
     spec = SPECS["opt-125m"]
-    tokens = _tokens(7, seed=1)  # four distinct tokens: n-grams repeat, so pruning depends on merge points
+    tokens = sample_tokens(7, seed=1)  # four distinct tokens: n-grams repeat, so pruning depends on merge points
     settings = replace(SETTINGS, ngram_capacity=3, token_capacity=2, token_fire_dense_limit=0)
 
     original = accumulators.SlotMerges.__init__
@@ -159,7 +132,7 @@ def test_bounded_summaries_merging_mid_shard_agree_across_strategies(monkeypatch
     for min_pending in (1, 20_000, 50_000):
         resident = often if min_pending == 1 else capture(Placement(), min_pending)
         for placement in (Placement(strategy="layerwise"), Placement(strategy="layerwise", layerwise_states="disk")):
-            _assert_same_states(resident, capture(placement, min_pending))
+            assert_same_states(resident, capture(placement, min_pending))
 
 
 def test_planted_census_neurons_survive_every_strategy(tmp_path):
@@ -170,7 +143,7 @@ def test_planted_census_neurons_survive_every_strategy(tmp_path):
     for placement in (Placement(strategy="layerwise", layerwise_states="disk"), Placement(strategy="offload")):
         _, got_layers, got = _capture(spec, tokens, placement, tmp_path / placement.strategy, budget_share=0.8)
         assert got_layers == layers
-        _assert_same_states(expected, got)
+        assert_same_states(expected, got)
 
 
 def test_layerwise_stops_after_the_last_analysed_layer(tmp_path):
@@ -180,7 +153,7 @@ def test_layerwise_stops_after_the_last_analysed_layer(tmp_path):
     calls = {number: 0 for number in range(3)}
     for number, layer in enumerate(loaded.adapter.decoder_layers()):
         layer.fc1.register_forward_pre_hook(lambda *_args, n=number: calls.__setitem__(n, calls[n] + 1))
-    tokens = _tokens(loaded.adapter.vocab_size)
+    tokens = sample_tokens(loaded.adapter.vocab_size)
     capture_tokens(
         loaded.model, loaded.adapter, tokens, model_name="m", first_seq_id=0, has_bos=True,
         settings=CaptureSettings(batch_size=3, layers=(0, 1), accumulators=("fire_count",)),
@@ -200,7 +173,7 @@ def test_capture_job_with_offload_writes_the_same_store(tmp_path):
     write_token_shard(shard, census_tokens(recipe)[:6], tokenizer=tokenizer, dataset="designed", shard=0)
     spec = {"source": "planted", "recipe": "census"}
     base = {"device": "cpu", "dtype": "float32", "batch_size": 4, "ngram_capacity": 64}
-    size = _model_bytes(load_model("m", spec).model)
+    size = model_bytes(load_model("m", spec).model)
     stores = {}
     for label, extra in {
         "resident": {"strategy": "resident"},
@@ -215,7 +188,7 @@ def test_capture_job_with_offload_writes_the_same_store(tmp_path):
         stores[label] = read_store(out)
         assert stores[label][0]["strategy"] == extra["strategy"]
     for label in ("offload", "layerwise", "layerwise-disk-weights"):
-        _assert_same_states(stores["resident"][1], stores[label][1])
+        assert_same_states(stores["resident"][1], stores[label][1])
     assert list((tmp_path / "offload").iterdir()) == []  # the job's temporary folder is gone
     assert list((tmp_path / "states").iterdir()) == []
     assert list((tmp_path / "weights").iterdir()) == []
@@ -281,26 +254,14 @@ def test_placement_and_budget_errors_name_the_key():
         load_model("m", SPECS["opt-125m"], placement=Placement(strategy="layerwise", layerwise_weights="disk"))
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_strategies_agree_on_cuda(tmp_path):
-    """On a GPU: layerwise and offload (GPU budget below the model's size) equal resident, in float32."""
-    spec = SPECS["opt-125m"]
-    device = torch.device("cuda")
-    tokens = _tokens(50272)
-    size = _model_bytes(load_model("m", spec).model)
-    results = {}
-    for placement in (
-        Placement(),
-        Placement(strategy="layerwise"),
-        Placement(strategy="offload", max_memory={"0": int(size * 0.8), "cpu": "8GiB"}),
-    ):
-        loaded = load_model("m", spec, device=device, placement=placement, offload_dir=tmp_path)
-        results[placement.strategy] = capture_tokens(
-            loaded.model, loaded.adapter, tokens, model_name="m", first_seq_id=0, has_bos=True,
-            settings=SETTINGS, device=device, placement=placement, offload_dir=tmp_path, progress=False,
-        )[1]
-        if placement.strategy == "offload":
-            assert "cpu" in set(loaded.model.hf_device_map.values())
-    for strategy in ("layerwise", "offload"):
-        _assert_same_states(results["resident"], results[strategy])
+def test_a_layer_comes_back_to_its_own_cpu_tensors():
+    """Inside the block the layer is on the target device (here the meta device stands in for a GPU);
+    afterwards its parameters and buffers are its original CPU tensors again, not copies moved back."""
+    layer = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    before = [(t.data_ptr(), t.detach().clone()) for t in [*layer.parameters(), *layer.buffers()]]
+    with layer_on_device(layer, torch.device("meta")) as moved:
+        assert {t.device.type for t in [*moved.parameters(), *moved.buffers()]} == {"meta"}
+    after = [*layer.parameters(), *layer.buffers()]
+    assert [t.data_ptr() for t in after] == [ptr for ptr, _ in before]
+    for tensor, (_, value) in zip(after, before):
+        assert torch.equal(tensor, value)

@@ -71,19 +71,19 @@ def brute_counts(data, order: int) -> tuple[dict[tuple[int, int, tuple[int, ...]
     return counts, fires
 
 
-def feed(accumulator, data, rows: np.ndarray, batch: int = 6):
+def feed(accumulator, data, rows: np.ndarray, device: torch.device, batch: int = 6):
     for start in range(0, len(rows), batch):
         sel = rows[start : start + batch]
         for slot, layer in enumerate(LAYERS):
-            fires = torch.from_numpy(data["fires"][slot][sel])
+            fires = torch.from_numpy(data["fires"][slot][sel]).to(device)
             accumulator.update(
                 LayerBatch(
                     layer=layer,
                     acts=fires.float(),
                     fires=fires,
-                    mask=torch.from_numpy(data["mask"][sel]),
-                    tokens=torch.from_numpy(data["tokens"][sel]),
-                    seq_ids=torch.from_numpy(sel),
+                    mask=torch.from_numpy(data["mask"][sel]).to(device),
+                    tokens=torch.from_numpy(data["tokens"][sel]).to(device),
+                    seq_ids=torch.from_numpy(sel).to(device),
                 )
             )
     return accumulator.state()
@@ -108,35 +108,36 @@ def decoded(state, order: int) -> dict[tuple[int, int, tuple[int, ...]], int]:
 
 
 @pytest.mark.parametrize("order", [2, 3])
-def test_counts_are_exact_within_capacity(data, order):
-    state = feed(NgramFireCount(GEOMETRY, torch.device("cpu"), layers=LAYERS, orders=(2, 3), capacity=10_000), data, np.arange(N_SEQ))
+def test_counts_are_exact_within_capacity(data, device, order):
+    state = feed(NgramFireCount(GEOMETRY, device, layers=LAYERS, orders=(2, 3), capacity=10_000), data, np.arange(N_SEQ), device)
     expected, fires = brute_counts(data, order)
     assert decoded(state, order) == dict(expected)
     np.testing.assert_array_equal(state["fires"][[2, 3].index(order)], fires)
 
 
-def test_only_requested_layers_are_counted(data):
-    state = feed(NgramFireCount(GEOMETRY, torch.device("cpu"), layers=(1,), orders=(2,)), data, np.arange(N_SEQ))
+def test_only_requested_layers_are_counted(data, device):
+    state = feed(NgramFireCount(GEOMETRY, device, layers=(1,), orders=(2,)), data, np.arange(N_SEQ), device)
     expected, fires = brute_counts(data, 2)
     assert decoded(state, 2) == {(0, n, g): c for (slot, n, g), c in expected.items() if slot == 1}
     np.testing.assert_array_equal(state["fires"][0], fires[[1]])
 
 
-def test_shards_merge_to_one_pass_when_exact(data):
-    make = lambda: NgramFireCount(GEOMETRY, torch.device("cpu"), layers=LAYERS, capacity=10_000, merge_pending=7)  # noqa: E731
-    whole = feed(make(), data, np.arange(N_SEQ))
-    parts = [feed(make(), data, np.arange(N_SEQ)[i::3]) for i in range(3)]
+def test_shards_merge_to_one_pass_when_exact(data, device):
+    make = lambda: NgramFireCount(GEOMETRY, device, layers=LAYERS, capacity=10_000, merge_pending=7)  # noqa: E731
+    whole = feed(make(), data, np.arange(N_SEQ), device)
+    parts = [feed(make(), data, np.arange(N_SEQ)[i::3], device) for i in range(3)]
     merged = merge_states([{"ngram_fire_count": p} for p in parts])["ngram_fire_count"]
     for key in whole:
         np.testing.assert_array_equal(merged[key], whole[key], err_msg=key)
 
 
 @pytest.mark.parametrize("capacity", [1, 2, 4, 9])
-def test_small_capacity_keeps_the_misra_gries_guarantee(data, capacity):
+def test_small_capacity_keeps_the_misra_gries_guarantee(data, device, capacity):
     state = feed(
-        NgramFireCount(GEOMETRY, torch.device("cpu"), layers=LAYERS, orders=(2,), capacity=capacity, merge_pending=50),
+        NgramFireCount(GEOMETRY, device, layers=LAYERS, orders=(2,), capacity=capacity, merge_pending=50),
         data,
         np.arange(N_SEQ),
+        device,
     )
     expected, fires = brute_counts(data, 2)
     estimates = decoded(state, 2)
@@ -167,16 +168,16 @@ def test_small_capacity_keeps_the_misra_gries_guarantee(data, capacity):
 
 
 @pytest.mark.parametrize("capacity", [2, 10_000])
-def test_neuron_blocks_give_the_summaries_of_one_key_space(data, capacity, monkeypatch):
+def test_neuron_blocks_give_the_summaries_of_one_key_space(data, device, capacity, monkeypatch):
     """Keys too wide for int64 (e.g. trigrams of a 128k vocabulary) are split into blocks of neurons."""
     make = lambda: NgramFireCount(  # noqa: E731
-        GEOMETRY, torch.device("cpu"), layers=LAYERS, orders=(2, 3), capacity=capacity, merge_pending=40
+        GEOMETRY, device, layers=LAYERS, orders=(2, 3), capacity=capacity, merge_pending=40
     )
-    whole = feed(make(), data, np.arange(N_SEQ))
+    whole = feed(make(), data, np.arange(N_SEQ), device)
     monkeypatch.setattr(accumulators, "neurons_per_key", lambda n_neurons, span: 2)  # 5 neurons: 3 blocks
     blocked_accumulator = make()
     assert len(blocked_accumulator._tables[0][3]) == 3
-    blocked = feed(blocked_accumulator, data, np.arange(N_SEQ))
+    blocked = feed(blocked_accumulator, data, np.arange(N_SEQ), device)
     for key in whole:
         np.testing.assert_array_equal(blocked[key], whole[key], err_msg=key)
 
@@ -189,8 +190,8 @@ def test_neurons_per_key_fills_int64():
     assert neurons_per_key(100, 2**60) == 7  # 8 * 2**60 would be 2**63, one past int64
 
 
-def test_exact_coverage_equals_definition(data):
-    state = feed(NgramFireCount(GEOMETRY, torch.device("cpu"), layers=LAYERS, orders=(3,), capacity=10_000), data, np.arange(N_SEQ))
+def test_exact_coverage_equals_definition(data, device):
+    state = feed(NgramFireCount(GEOMETRY, device, layers=LAYERS, orders=(3,), capacity=10_000), data, np.arange(N_SEQ), device)
     expected, fires = brute_counts(data, 3)
     lower, upper, exact = coverage_bounds(state["order3_group"], state["order3_count"], fires.reshape(-1), 10_000)
     assert exact.all()
@@ -217,8 +218,8 @@ def test_merge_summaries_prunes_to_capacity():
     assert gram.tolist() == [1, 2] and count.tolist() == [4, 2]
 
 
-def test_ngram_occurrences(data):
-    state = feed(NgramCount(GEOMETRY, torch.device("cpu"), orders=(2, 3)), data, np.arange(N_SEQ))
+def test_ngram_occurrences(data, device):
+    state = feed(NgramCount(GEOMETRY, device, orders=(2, 3)), data, np.arange(N_SEQ), device)
     for index, order in enumerate((2, 3)):
         expected = Counter(
             tuple(int(t) for t in data["tokens"][s, k - order + 1 : k + 1]) for s in range(N_SEQ) for k in range(order, SEQ_LEN)
@@ -229,9 +230,9 @@ def test_ngram_occurrences(data):
 
 
 @pytest.mark.parametrize("capacity", [2, 5])
-def test_bounded_ngram_occurrences_merged_every_batch_keep_the_guarantee(data, capacity):
+def test_bounded_ngram_occurrences_merged_every_batch_keep_the_guarantee(data, device, capacity):
     """Merged into the summary after every batch (a small `merge_pending`), pruned many times."""
-    state = feed(NgramCount(GEOMETRY, torch.device("cpu"), orders=(2,), capacity=capacity, merge_pending=1), data, np.arange(N_SEQ))
+    state = feed(NgramCount(GEOMETRY, device, orders=(2,), capacity=capacity, merge_pending=1), data, np.arange(N_SEQ), device)
     expected = Counter(tuple(int(t) for t in data["tokens"][s, k - 1 : k + 1]) for s in range(N_SEQ) for k in range(2, SEQ_LEN))
     got = {unpack_ngram(int(k), 2, VOCAB): int(c) for k, c in zip(state["order2_gram"], state["order2_count"])}
     assert len(got) <= capacity < len(expected)  # really pruned
@@ -243,41 +244,41 @@ def test_bounded_ngram_occurrences_merged_every_batch_keep_the_guarantee(data, c
 SPAN = 1000  # packs (group, gram) test summaries into keys group * SPAN + gram
 
 
-def _merge_on_device(parts, capacity: int):
+def _merge_on_device(parts, capacity: int, device: torch.device = torch.device("cpu")):
     """Summaries merged as capture merges them: packed keys coalesced, then pruned; unpacked for comparison."""
-    keys = torch.from_numpy(np.concatenate([p[0] * SPAN + p[1] for p in parts]).astype(np.int64))
-    counts = torch.from_numpy(np.concatenate([p[2] for p in parts]).astype(np.int64))
-    keys, counts = prune_keys(*coalesce_keys(keys, counts), SPAN, capacity)
-    return keys.numpy() // SPAN, keys.numpy() % SPAN, counts.numpy()
+    keys = torch.from_numpy(np.concatenate([p[0] * SPAN + p[1] for p in parts]).astype(np.int64)).to(device)
+    counts = torch.from_numpy(np.concatenate([p[2] for p in parts]).astype(np.int64)).to(device)
+    keys, counts = (t.cpu().numpy() for t in prune_keys(*coalesce_keys(keys, counts), SPAN, capacity))
+    return keys // SPAN, keys % SPAN, counts
 
 
 @pytest.mark.parametrize("capacity", [1, 3, 50])
-def test_device_summaries_equal_the_numpy_ones(capacity):
+def test_device_summaries_equal_the_numpy_ones(capacity, device):
     rng = np.random.default_rng(capacity)
     parts = [
         (rng.integers(0, 6, size=n), rng.integers(0, 30, size=n), rng.integers(1, 9, size=n))
         for n in (40, 0, 25, 60)
     ]
     expected = merge_summaries(parts, capacity)
-    got = _merge_on_device(parts, capacity)
+    got = _merge_on_device(parts, capacity, device)
     for e, g in zip(expected, got):
         np.testing.assert_array_equal(g, e)
 
 
 @pytest.mark.parametrize("capacity", [1, 7, 64])
-def test_device_pruning_equals_numpy_with_many_ties(capacity):
+def test_device_pruning_equals_numpy_with_many_ties(capacity, device):
     """Thousands of counters, small counts (many ties broken by gram), groups far over capacity."""
     rng = np.random.default_rng(capacity)
     parts = [(rng.integers(0, 20, size=n), rng.integers(0, 300, size=n), rng.integers(1, 5, size=n)) for n in (3000, 2000)]
     expected = merge_summaries(parts, capacity)
-    got = _merge_on_device(parts, capacity)
+    got = _merge_on_device(parts, capacity, device)
     assert len(expected[0]) < 5000
     for e, g in zip(expected, got):
         np.testing.assert_array_equal(g, e)
 
 
 @pytest.mark.parametrize("capacity", [1, 3, 7, 64, None])
-def test_pruning_packed_keys_equals_numpy(capacity):
+def test_pruning_packed_keys_equals_numpy(capacity, device):
     """Packed keys (group * span + gram), small counts with many ties, some groups far over capacity."""
     rng = np.random.default_rng(capacity or 0)
     span = 1000
@@ -285,14 +286,16 @@ def test_pruning_packed_keys_equals_numpy(capacity):
         group, gram, count = coalesce(
             rng.integers(0, n_groups, size=n_keys) * 3, rng.integers(0, span, size=n_keys), rng.integers(1, 5, size=n_keys)
         )
-        keys, counts = prune_keys(torch.from_numpy(group * span + gram), torch.from_numpy(count), span, capacity)
+        keys, counts = (
+            t.cpu() for t in prune_keys(torch.from_numpy(group * span + gram).to(device), torch.from_numpy(count).to(device), span, capacity)
+        )
         expected = (group, gram, count) if capacity is None else prune(group, gram, count, capacity)
         np.testing.assert_array_equal(keys.numpy(), expected[0] * span + expected[1])
         np.testing.assert_array_equal(counts.numpy(), expected[2])
 
 
 @pytest.mark.parametrize("capacity", [1, 4, 30])
-def test_group_cuts_by_counting_and_ranking_equal_a_sort(capacity):
+def test_group_cuts_by_counting_and_ranking_equal_a_sort(capacity, device):
     """Cuts found at every counting level and by the ranked fallback are each run's (capacity+1)-th largest."""
     rng = np.random.default_rng(capacity)
     highs = rng.choice([2, 3, 4, 5, 7, 12, 10_000], size=60)
@@ -305,25 +308,25 @@ def test_group_cuts_by_counting_and_ranking_equal_a_sort(capacity):
         counts[start : start + len(run)] = run
     expected = np.array([np.sort(run)[::-1][capacity] for run in runs])
     assert {1, 2, 3}.issubset(set(expected.tolist())) and expected.max() > CUT_LEVELS + 1  # every path is taken
-    cut = _group_cuts(torch.from_numpy(counts), torch.from_numpy(starts), torch.from_numpy(starts + sizes), capacity)
-    np.testing.assert_array_equal(cut.numpy(), expected)
+    cut = _group_cuts(*(torch.from_numpy(a).to(device) for a in (counts, starts, starts + sizes)), capacity)
+    np.testing.assert_array_equal(cut.cpu().numpy(), expected)
 
 
 @pytest.mark.parametrize("span", [1, 7, 50_272**3])
-def test_split_sorted_keys_equals_divmod(span):
+def test_split_sorted_keys_equals_divmod(span, device):
     rng = np.random.default_rng(3)
     for n_groups, n_keys in ((1, 5), (30, 400), (5000, 40), (1, 0)):
         keys = np.unique(rng.integers(0, n_groups, size=n_keys) * span + rng.integers(0, span, size=n_keys))
-        group, rest = split_sorted_keys(torch.from_numpy(keys), span)
+        group, rest = (t.cpu() for t in split_sorted_keys(torch.from_numpy(keys).to(device), span))
         np.testing.assert_array_equal(group.numpy(), keys // span)
         np.testing.assert_array_equal(rest.numpy(), keys % span)
 
 
-def test_adding_into_a_sorted_table_equals_coalescing_both():
+def test_adding_into_a_sorted_table_equals_coalescing_both(device):
     rng = np.random.default_rng(5)
     for n_table, n_new in ((0, 40), (50, 0), (400, 300), (2000, 37)):
-        table = coalesce_keys(*(torch.from_numpy(rng.integers(0, hi, size=n_table)) for hi in (540, 5)))
-        new = coalesce_keys(*(torch.from_numpy(rng.integers(0, hi, size=n_new)) for hi in (540, 5)))
+        table = coalesce_keys(*(torch.from_numpy(rng.integers(0, hi, size=n_table)).to(device) for hi in (540, 5)))
+        new = coalesce_keys(*(torch.from_numpy(rng.integers(0, hi, size=n_new)).to(device) for hi in (540, 5)))
         expected = coalesce_keys(*(torch.cat([t, n]) for t, n in zip(table, new)))
         keys, counts = add_sorted_keys(*table, *new)
         assert torch.equal(keys, expected[0]) and torch.equal(counts, expected[1])
