@@ -3,7 +3,9 @@
 Activations are a ReLU of a random projection (OPT-125m widths) shifted so that a chosen share of them
 fires: random weights fire about half the time, trained OPT layers a few percent, and the sparse
 accumulators (token x neuron and n-gram x neuron counts) scale with the number of firings. Tokens are
-bundled corpus text in GPT-2 BPE. Every accumulator sees the same batches, updates are timed one by one.
+bundled corpus text in GPT-2 BPE. Every accumulator sees the same batches, updates are timed one by one
+(on a GPU, with the device synchronised around each, so each one's own kernels and host work count),
+after a set of throw-away accumulators has run the first batch once (first calls load kernels).
 
     python benchmarks/accumulator_costs.py --fire-rates 0.5 0.05 --out benchmarks/results/accumulators
 """
@@ -16,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from capture_speed import corpus_tokens, write_results  # noqa: E402
+from capture_speed import _sync, corpus_tokens, write_results  # noqa: E402
 
 
 def measure(fire_rate: float, args: argparse.Namespace) -> tuple[float, dict[str, float]]:
@@ -28,7 +30,8 @@ def measure(fire_rate: float, args: argparse.Namespace) -> tuple[float, dict[str
     torch.manual_seed(0)
     batch, seq_len, width, d_model, vocab = args.batch_size, args.seq_len, args.n_neurons, args.d_model, 50272
     n_batches = args.n_batches
-    tokens = torch.from_numpy(corpus_tokens(batch * n_batches, seq_len))
+    device, dtype = args.device, getattr(torch, args.dtype)
+    tokens = torch.from_numpy(corpus_tokens(batch * n_batches, seq_len)).to(device)
     layers = tuple(range(args.n_layers))
     geometry = Geometry(layers=layers, n_neurons=width, seq_len=seq_len, vocab_size=vocab)
     settings = CaptureSettings(
@@ -37,30 +40,38 @@ def measure(fire_rate: float, args: argparse.Namespace) -> tuple[float, dict[str
         ngram_layers="all",
         **({"merge_pending": args.merge_pending} if args.merge_pending else {}),
     )
-    accumulators = build_accumulators(settings, geometry, torch.device("cpu"), len(layers))
-    hidden = torch.randn(batch * seq_len, d_model)
-    weight = torch.randn(d_model, width) / d_model**0.5
+    accumulators = build_accumulators(settings, geometry, torch.device(device), len(layers))
+    hidden = torch.randn(batch * seq_len, d_model).to(device, dtype)
+    weight = (torch.randn(d_model, width) / d_model**0.5).to(device, dtype)
     shift = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(1.0 - fire_rate)))
     costs = {acc.name: 0.0 for acc in accumulators}
     matmul = 0.0
     with torch.inference_mode():
         for index in range(n_batches):
             rows = tokens[index * batch : (index + 1) * batch]
-            mask = torch.ones(batch, seq_len, dtype=torch.bool)
+            mask = torch.ones(batch, seq_len, dtype=torch.bool, device=device)
             mask[:, 0] = False
             for layer in layers:
+                _sync(device)
                 start = time.perf_counter()
                 acts = (hidden @ weight - shift).relu_().reshape(batch, seq_len, width)
+                _sync(device)
                 matmul += time.perf_counter() - start
                 fires = acts > 0
                 fires[:, 0] = False
                 layer_batch = LayerBatch(
                     layer=layer, acts=acts, fires=fires, mask=mask, tokens=rows,
-                    seq_ids=torch.arange(index * batch, (index + 1) * batch), counted_from=1,
+                    seq_ids=torch.arange(index * batch, (index + 1) * batch, device=device), counted_from=1,
                 )
+                if index == 0 and layer == layers[0]:  # first calls load kernels and libraries: not timed
+                    for acc in build_accumulators(settings, geometry, torch.device(device), len(layers)):
+                        acc.update(layer_batch)
+                        acc.state()
+                    _sync(device)
                 for acc in accumulators:
                     start = time.perf_counter()
                     acc.update(layer_batch)
+                    _sync(device)
                     costs[acc.name] += time.perf_counter() - start
         for acc in accumulators:  # pending sparse pairs are merged when the state is read
             start = time.perf_counter()
@@ -82,6 +93,8 @@ def main() -> None:
     parser.add_argument("--token-capacity", type=int, default=None, help="default: exact token x neuron counts")
     parser.add_argument("--merge-pending", type=int, default=None, help="capture.merge_pending (default: its default)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
@@ -93,14 +106,18 @@ def main() -> None:
     header = " | ".join(f"fire rate {rate:g}" for rate in results)
     lines = [
         f"{args.n_batches} batches x {args.n_layers} layers of {args.batch_size} x {args.seq_len} tokens, "
-        f"{args.n_neurons} neurons, d_model {args.d_model}; cost as a multiple of the FFN input matmul "
-        "(one of the layer's four big matmuls).",
+        f"{args.n_neurons} neurons, d_model {args.d_model}, {args.device}, {args.dtype}; token_capacity "
+        f"{args.token_capacity or 'none (exact)'}, ngram_capacity {args.ngram_capacity}; cost as a multiple of the FFN input matmul "
+        "(one of the layer's four big matmuls), and in ms per (layer, batch) update.",
         "",
         f"| accumulator | {header} |",
         "|---|" + "---:|" * len(results),
     ]
     for name in names:
-        cells = " | ".join(f"{costs[name] / matmul:.2f}x" for matmul, costs in results.values())
+        per_update_ms = 1000 / (args.n_batches * args.n_layers)
+        cells = " | ".join(
+            f"{costs[name] / matmul:.2f}x ({costs[name] * per_update_ms:.2f} ms)" for matmul, costs in results.values()
+        )
         lines.append(f"| {name} | {cells} |")
     table = "\n".join(lines) + "\n"
     print(table)

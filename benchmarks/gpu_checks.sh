@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Every check that needs a GPU, in one run: the CUDA tests, then the bfloat16 speed benchmarks.
+#
+#   bash benchmarks/gpu_checks.sh [results folder]      (default: benchmarks/results)
+#
+# Needs the benchmark environment (benchmarks/requirements.txt) with a CUDA build of torch. Each step has
+# its own time limit and a failing step does not stop the others; the script's exit status is the
+# number of steps that failed. Writes gpu-*.md/json into the results folder.
+set -u
+cd "$(dirname "$0")/.."
+out=${1:-benchmarks/results}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+failed=0
+
+step() {  # step <seconds> <name> <command...>
+    local limit=$1 name=$2
+    shift 2
+    echo "== $name"
+    local start=$SECONDS
+    timeout "$limit" "$@"
+    local status=$?
+    if [ "$status" -ne 0 ]; then
+        echo "== $name FAILED (exit $status; 124: over its $limit s)"
+        failed=$((failed + 1))
+    fi
+    echo "== $name took $((SECONDS - start)) s"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__)"
+
+step 75 "CUDA tests" python3 -m pytest -q -m gpu -p no:cacheprovider \
+    tests/test_devices.py tests/test_accumulators.py tests/test_ngrams.py
+step 45 "accumulator costs, OPT-125m widths, bf16" python3 benchmarks/accumulator_costs.py --device cuda \
+    --dtype bfloat16 --fire-rates 0.05 --batch-size 32 --seq-len 512 --n-batches 4 --n-layers 2 \
+    --token-capacity 2048 --out "$out/gpu-accumulator-costs"
+
+speed=(--device cuda --dtype bfloat16 --fire-rate 0.05 --token-capacity 2048)
+step 60 "profile of one capture pass, OPT-125m shapes" python3 benchmarks/profile_capture.py --architecture opt-125m \
+    --n-seq 64 --seq-len 512 --batch-size 32 "${speed[@]}" --out "$out/gpu-profile-opt-125m"
+step 45 "OPT-125m shapes, bf16, every mode" python3 benchmarks/interleaved_speed.py --architecture opt-125m \
+    --n-seq 128 --seq-len 512 --batch-size 32 --rounds 3 "${speed[@]}" --out "$out/gpu-interleaved-opt-125m-fire5"
+step 120 "OPT-13b shapes over an 8 GiB GPU budget" python3 benchmarks/placement_speed.py --architecture opt-13b \
+    --gpu-budget 8GiB --n-seq 16 --seq-len 512 --batch-size 8 --out "$out/gpu-placement-opt-13b"
+step 75 "OPT-1.3b shapes, bf16, every mode" python3 benchmarks/interleaved_speed.py --architecture opt-1.3b \
+    --n-seq 64 --seq-len 512 --batch-size 16 --rounds 2 "${speed[@]}" --out "$out/gpu-interleaved-opt-1.3b-fire5"
+
+echo "== $failed step(s) failed"
+exit "$failed"
