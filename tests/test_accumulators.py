@@ -15,6 +15,7 @@ from neuron_census.accumulators import (
     TokenCount,
     TokenFireCount,
     TopK,
+    coalesce_runs,
     coalesce_sparse,
     decode_token_fire_keys,
     merge_states,
@@ -275,6 +276,21 @@ def test_sparse_coalesce_and_sorted_add_match_a_counter():
         keys, counts = add_sorted_keys(*(torch.from_numpy(a) for a in parts))
         assert keys.tolist() == sorted(expected) and dict(zip(keys.tolist(), counts.tolist())) == dict(expected)
         assert keys.dtype == counts.dtype == torch.int64
+
+
+def test_coalescing_sorted_runs_matches_a_counter(device):
+    from collections import Counter
+
+    rng = np.random.default_rng(4)
+    for sizes in ((30,), (0, 12), (400, 5, 250, 0, 90)):
+        runs = [coalesce_sparse(rng.integers(0, 600, size=n), rng.integers(1, 5, size=n)) for n in sizes]
+        expected = Counter()
+        for keys, counts in runs:
+            for key, count in zip(keys.tolist(), counts.tolist()):
+                expected[key] += count
+        keys, counts = coalesce_runs([(torch.from_numpy(k).to(device), torch.from_numpy(c).to(device)) for k, c in runs])
+        assert keys.device.type == device.type
+        assert keys.tolist() == sorted(expected) and dict(zip(keys.tolist(), counts.tolist())) == dict(expected)
 
 
 def test_token_fire_count_refuses_to_merge_other_capacities(data, device):

@@ -237,6 +237,21 @@ def coalesce_sparse(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, n
     return keys[starts], np.add.reduceat(counts[order], starts)
 
 
+def coalesce_runs(runs: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted unique keys, and their summed counts, of several (keys, counts) runs, each sorted and unique.
+
+    On a CPU NumPy's stable argsort does this faster than torch's sort (exact token table, 12 batches of
+    OPT-125m widths: 18 against 23-29 ms per update); on a GPU it stays a device sort.
+    """
+    if len(runs) == 1:
+        return runs[0]
+    keys, counts = (torch.cat(column) for column in zip(*runs))
+    if keys.device.type != "cpu":
+        return coalesce_keys(keys, counts)
+    keys_np, counts_np = coalesce_sparse(keys.numpy(), counts.numpy())
+    return torch.from_numpy(keys_np), torch.from_numpy(counts_np)
+
+
 def count_pairs(
     major: torch.Tensor, minor: torch.Tensor, major_span: int, minor_span: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -342,8 +357,7 @@ class TokenFireCount:
         pending = self._pending[slot]
         if not pending:
             return
-        new = pending[0] if len(pending) == 1 else coalesce_keys(*(torch.cat(column) for column in zip(*pending)))
-        keys, counts = add_sorted_keys(*self._tables[slot], *new)
+        keys, counts = add_sorted_keys(*self._tables[slot], *coalesce_runs(pending))
         self._tables[slot] = prune_keys(keys, counts, self.geometry.vocab_size, self.capacity)  # neuron-major keys
         self._pending[slot] = []
 
