@@ -113,8 +113,8 @@ def main() -> None:
         f"| accumulator | {header} |",
         "|---|" + "---:|" * len(results),
     ]
+    per_update_ms = 1000 / (args.n_batches * args.n_layers)
     for name in names:
-        per_update_ms = 1000 / (args.n_batches * args.n_layers)
         cells = " | ".join(
             f"{costs[name] / matmul:.2f}x ({costs[name] * per_update_ms:.2f} ms)" for matmul, costs in results.values()
         )

@@ -104,6 +104,8 @@ def main() -> None:
     parser.add_argument("--token-capacity", type=int, default=2048, help="as the OPT presets set it")
     parser.add_argument("--out", type=Path, default=None, help="write <out>.json and <out>.md")
     args = parser.parse_args()
+    if "offload" in args.placements[:-1]:
+        parser.error("offload must come last: dispatching leaves the model's offloaded weights with Accelerate")
 
     import torch
 
@@ -130,6 +132,7 @@ def main() -> None:
         "offload": Placement(strategy="offload", max_memory={"0": args.gpu_budget, "cpu": args.cpu_budget}),
     }
     rows: list[dict[str, Any]] = []
+    offloaded_layers = 0
 
     def bare(rows_of_tokens: Any) -> None:
         with torch.inference_mode():
@@ -140,11 +143,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="census-offload-") as folder:
         for name in args.placements:
             placement = placements[name]
-            if name == "layerwise":
+            if name != "resident":
                 model.to("cpu")
-            elif name == "offload":
-                model.to("cpu")
-                dispatch_offloaded(model, torch.device(device), placement.max_memory, Path(folder))
+            if name == "offload":
+                device_map = dispatch_offloaded(model, torch.device(device), placement.max_memory, Path(folder))
+                offloaded_layers = sum(1 for key, where in device_map.items() if ".layers." in key and where == "cpu")
             if on_gpu:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
@@ -178,13 +181,6 @@ def main() -> None:
                     row["fire_share"] = float(counts.sum()) / (result["fire_count"]["tokens"].sum() * counts.shape[1])
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-            if name == "offload":
-                from accelerate.hooks import remove_hook_from_submodules
-
-                row["device_map_gpu_layers"] = sum(
-                    1 for key, where in model.hf_device_map.items() if ".layers." in key and where not in ("cpu", "disk")
-                )
-                remove_hook_from_submodules(model)
 
     meta = {
         "architecture": args.architecture, "device": torch.cuda.get_device_name() if on_gpu else device,
@@ -192,6 +188,7 @@ def main() -> None:
         "repeats": args.repeats, "gpu_budget": args.gpu_budget, "weight_gb": weight_gb, "built_s": built_s,
         "matmul_peak_gflops": peak, "flops_per_token": flops_per_token, "fire_rate": args.fire_rate,
         "ngram_capacity": args.ngram_capacity, "token_capacity": args.token_capacity, "torch": torch.__version__,
+        "offload_layers_in_cpu_memory": offloaded_layers,
     }
     table = markdown(rows, meta)
     print(table)
