@@ -37,11 +37,20 @@ def census_on_cpu() -> dict:
     return _census_states(torch.device("cpu"), torch.float32)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
-def test_planted_census_counts_equal_the_cpu_float32_ones(device, dtype, census_on_cpu):
-    if device.type == "cpu" and dtype == torch.float32:
-        pytest.skip("the reference itself")
-    got = _census_states(device, dtype)
+ON_GPU = [pytest.mark.gpu, needs_cuda]
+
+
+@pytest.mark.parametrize(
+    ("device_name", "dtype"),
+    [
+        ("cpu", torch.bfloat16),
+        pytest.param("cuda", torch.float32, marks=ON_GPU),
+        pytest.param("cuda", torch.bfloat16, marks=ON_GPU),
+    ],
+    ids=["cpu-bfloat16", "cuda-float32", "cuda-bfloat16"],
+)
+def test_planted_census_counts_equal_the_cpu_float32_ones(device_name, dtype, census_on_cpu):
+    got = _census_states(torch.device(device_name), dtype)
     assert sorted(got) == sorted(census_on_cpu)
     assert set(COUNTS) <= set(got)
     assert census_on_cpu["fire_count"]["counts"].sum() > 0
