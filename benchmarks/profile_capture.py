@@ -37,6 +37,24 @@ def name_accumulator_ranges() -> None:
             setattr(cls, method, wrapped)
 
 
+def operators_per_range(events: list, per_range: int) -> str:
+    """Markdown: for each `acc:` range, the operators with the most self host time inside it (all calls)."""
+    from collections import defaultdict
+
+    totals: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for event in events:
+        parent = event.cpu_parent
+        while parent is not None and not parent.name.startswith("acc:"):
+            parent = parent.cpu_parent
+        if parent is not None:
+            totals[parent.name][event.name] += event.self_cpu_time_total / 1000
+    lines = ["Operators inside each accumulator range, by self host ms:", ""]
+    for label, ops in sorted(totals.items(), key=lambda item: -sum(item[1].values())):
+        top = sorted(ops.items(), key=lambda item: -item[1])[:per_range]
+        lines.append(f"- {label} ({sum(ops.values()):.0f} ms): " + ", ".join(f"{name} {ms:.0f}" for name, ms in top))
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--architecture", default="opt-125m")
@@ -76,6 +94,7 @@ def main() -> None:
         lines.append(f"| {event.key} | {event.count} | {event.cpu_time_total / 1000:.1f} | {device_ms:.1f} |")
     table = "\n".join(lines) + "\n\nOperators by self host time:\n\n```\n"
     table += events.table(sort_by="self_cpu_time_total", row_limit=args.rows) + "```\n"
+    table += "\n" + operators_per_range(prof.events(), per_range=8)
     if args.device.startswith("cuda"):
         table += "\nOperators by self device time:\n\n```\n" + events.table(sort_by=device_key, row_limit=args.rows) + "```\n"
     print(table)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from neuron_census.accumulators import (
+    ExactFloatCounts,
     FireCount,
     Geometry,
     LayerBatch,
@@ -237,6 +238,23 @@ def test_moments(data, device, counted_from, square_rows, monkeypatch):
     np.testing.assert_allclose(state["sum_sq"], (acts**2).sum(axis=1), rtol=1e-6)
     np.testing.assert_array_equal(state["min"], acts.min(axis=1).astype(np.float32))
     np.testing.assert_array_equal(state["max"], acts.max(axis=1).astype(np.float32))
+
+
+def test_exact_float_counts_flush_before_float32_loses_a_unit(device, monkeypatch):
+    """With the float32 limit lowered to 8, many adds pass it: the int64 total (on the host) stays exact."""
+    monkeypatch.setattr(ExactFloatCounts, "LIMIT", 8.0)
+    counts = ExactFloatCounts((2, 3), device)
+    rng = np.random.default_rng(1)
+    expected = np.zeros((2, 3), dtype=np.int64)
+    for _ in range(40):
+        values = rng.integers(0, 4, size=3)
+        slot = int(rng.integers(0, 2))
+        counts.add(slot, torch.from_numpy(values).float().to(device), max_value=3.0)
+        expected[slot] += values
+        assert counts.partial.max() <= 8 and counts.partial.device.type == device.type
+    result = counts.result()
+    assert result.device.type == "cpu" and result.dtype == torch.int64
+    np.testing.assert_array_equal(result.numpy(), expected)
 
 
 def test_merge_of_shards_equals_one_pass(data, device):

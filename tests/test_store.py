@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 
 from neuron_census.atomic import atomic_path
-from neuron_census.store import merge_stores, read_store, write_store
+import zarr
+
+from neuron_census.accumulators import merge_states
+from neuron_census.store import merge_store_files, merge_stores, read_store, write_store
 
 
 def attrs(dataset: str = "d", shard: int = 0, **extra) -> dict:
@@ -63,6 +66,51 @@ def test_merge_sums_and_coalesces(tmp_path: Path):
     )
     assert merged["token_fire_count"]["keys"].tolist() == [1, 4, 7, 10]
     assert merged["token_fire_count"]["counts"].tolist() == [1, 2 + 1, 3 + 2, 3]
+
+
+def wide_states(seed: int) -> dict:
+    """States with a summed array large enough for zarr to chunk its first axis, and a top-k to fold."""
+    rng = np.random.default_rng(seed)
+    values = np.sort(rng.normal(size=(2, 2, 3)), axis=1)[:, ::-1].copy()
+    return states(seed) | {
+        "position_fire_count": {"counts": rng.integers(0, 4, (13, 3072)), "tokens": np.full(13, 4)},
+        "top_k": {"values": values, "seq": np.full((2, 2, 3), seed), "pos": np.tile([[0], [1]], (2, 1, 3))},
+    }
+
+
+@pytest.mark.parametrize("block_bytes", [1, 1 << 28])
+def test_merge_store_files_equals_the_merge_in_memory(tmp_path: Path, block_bytes: int):
+    """The shard merge sums counts a block of chunk rows at a time and folds the rest one store at a time."""
+    paths = [tmp_path / f"{shard}.zarr" for shard in range(5)]
+    for shard, path in enumerate(paths):
+        write_store(path, attrs(shard=shard), wide_states(shard))
+    assert zarr.open_group(paths[0], mode="r")["position_fire_count"]["counts"].chunks[0] < 13  # several blocks
+    merge_store_files(paths, tmp_path / "merged.zarr", block_bytes=block_bytes)
+    got_attrs, got = read_store(tmp_path / "merged.zarr")
+    want_attrs, want = merge_stores(paths)
+    assert got_attrs["sources"] == want_attrs["sources"] == [f"d/{shard}" for shard in range(5)]
+    assert sorted(got) == sorted(want)
+    for name, state in want.items():
+        for key, array in state.items():
+            np.testing.assert_array_equal(got[name][key], array, err_msg=f"{name}/{key}")
+    expected = sum(wide_states(shard)["position_fire_count"]["counts"] for shard in range(5))
+    np.testing.assert_array_equal(got["position_fire_count"]["counts"], expected)
+    at_once = merge_states([read_store(path)[1] for path in paths])  # folding changes nothing here (no pruning)
+    for name, state in at_once.items():
+        for key, array in state.items():
+            np.testing.assert_array_equal(got[name][key], array, err_msg=f"{name}/{key}")
+
+
+def test_merge_store_files_refuses_a_mismatch_and_leaves_nothing(tmp_path: Path):
+    write_store(tmp_path / "a.zarr", attrs(), wide_states(0))
+    odd = wide_states(1)
+    odd["position_fire_count"]["counts"] = odd["position_fire_count"]["counts"][:12]
+    write_store(tmp_path / "b.zarr", attrs(shard=1), odd)
+    with pytest.raises(ValueError, match=r"b\.zarr: position_fire_count/counts has shape \(12, 3072\)"):
+        merge_store_files([tmp_path / "a.zarr", tmp_path / "b.zarr"], tmp_path / "merged.zarr")
+    assert not (tmp_path / "merged.zarr").exists()
+    with pytest.raises(ValueError, match="counted twice"):
+        merge_store_files([tmp_path / "a.zarr", tmp_path / "a.zarr"], tmp_path / "merged.zarr")
 
 
 def test_merge_refuses_incompatible_or_overlapping(tmp_path: Path):

@@ -214,10 +214,9 @@ def capture_job(
 
 
 def merge_job(inputs: Sequence[PathLike], output: PathLike) -> None:
-    from neuron_census.store import merge_stores, write_store
+    from neuron_census.store import merge_store_files
 
-    attrs, states = merge_stores(inputs)
-    write_store(output, attrs, states)
+    merge_store_files(inputs, output)
 
 
 def write_parquet(frame: pl.DataFrame, output: PathLike) -> None:

@@ -2,21 +2,24 @@
 
 Layout: group attributes describe what was captured (model, dataset, shards, layers, sizes, fire rule);
 one subgroup per accumulator holds its state arrays. Stores are written through `atomic_path`, and a
-store is only accepted on reading when its attributes say it is complete and every array is readable.
+store is only accepted on reading when its attributes say it is complete and every array it is asked for is
+readable. Merges read one store at a time (and the largest, summed arrays a block of rows at a time), so
+their memory does not grow with the number of shards.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
 
-from neuron_census.accumulators import REGISTRY, State, merge_states
+from neuron_census.accumulators import REGISTRY, State, sums_elementwise
 from neuron_census.atomic import atomic_path
 
 STORE_KIND = "accumulators"
@@ -48,49 +51,161 @@ def write_store(path: str | os.PathLike[str], attrs: Mapping[str, Any], states: 
         group.attrs.update({**attrs, "kind": STORE_KIND, "format_version": FORMAT_VERSION, "complete": True})
 
 
-def read_store(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, State]]:
-    """Read a store written by `write_store`; a missing, torn or foreign store raises ValueError naming it."""
-    path = Path(path)
+def _open_complete(path: Path) -> zarr.Group:
+    """The group of a complete store of this format; anything else raises ValueError (without naming the path)."""
+    group = zarr.open_group(path, mode="r")
+    attrs = dict(group.attrs)
+    if attrs.get("kind") != STORE_KIND or not attrs.get("complete"):
+        raise ValueError("not a complete accumulator store")
+    if attrs.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"format version {attrs.get('format_version')} != {FORMAT_VERSION}")
+    for name, _ in group.groups():
+        if name not in REGISTRY:
+            raise ValueError(f"unknown accumulator '{name}'")
+    return group
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Turn any failure to read `path` into a ValueError that names it (a torn chunk raises codec errors)."""
     if not path.exists():
         raise FileNotFoundError(f"accumulator store {path} does not exist")
     try:
         with warnings.catch_warnings():
             # Snakemake marks directory outputs with a .snakemake_timestamp file, which zarr lists as a stray member.
             warnings.filterwarnings("ignore", message=r"Object at \.snakemake_timestamp", category=UserWarning)
-            group = zarr.open_group(path, mode="r")
-            attrs = dict(group.attrs)
-            if attrs.get("kind") != STORE_KIND or not attrs.get("complete"):
-                raise ValueError("not a complete accumulator store")
-            if attrs.get("format_version") != FORMAT_VERSION:
-                raise ValueError(f"format version {attrs.get('format_version')} != {FORMAT_VERSION}")
-            states: dict[str, State] = {}
-            for name, sub in sorted(group.groups()):
-                if name not in REGISTRY:
-                    raise ValueError(f"unknown accumulator '{name}'")
-                states[name] = {key: np.asarray(array[...]) for key, array in sorted(sub.arrays())}
+            yield
+    except FileNotFoundError:
+        raise
     except ValueError as error:
         raise ValueError(f"accumulator store {path} is unreadable: {error}") from None
     except Exception as error:  # zarr/codec errors on truncated or corrupted chunks
         raise ValueError(f"accumulator store {path} is corrupted: {type(error).__name__}: {error}") from None
-    return attrs, states
+
+
+class StoreReader:
+    """One accumulator store, opened and checked once; states and array blocks are read on demand."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        with _reading(self.path):
+            self.group = _open_complete(self.path)
+            self.attrs = dict(self.group.attrs)
+            self.names = sorted(name for name, _ in self.group.groups())
+
+    def state(self, name: str) -> State:
+        """Every array of accumulator `name`, in memory."""
+        with _reading(self.path):
+            return {key: np.asarray(array[...]) for key, array in sorted(self.group[name].arrays())}
+
+    def array(self, name: str, key: str) -> zarr.Array:
+        with _reading(self.path):
+            return self.group[name][key]
+
+    def block(self, name: str, key: str, rows: slice) -> np.ndarray:
+        """Rows `rows` (along the first axis) of one array: only the chunks they lie in are read."""
+        with _reading(self.path):
+            return np.asarray(self.group[name][key][rows])
+
+
+def read_store(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, State]]:
+    """Read a store written by `write_store`; a missing, torn or foreign store raises ValueError naming it."""
+    reader = StoreReader(path)
+    return reader.attrs, {name: reader.state(name) for name in reader.names}
+
+
+def merged_attrs(readers: Sequence[StoreReader]) -> dict[str, Any]:
+    """Attributes of the merge of `readers`' stores, after checking they can be merged (attributes only)."""
+    if not readers:
+        raise ValueError("no accumulator stores to merge")
+    first = readers[0]
+    for other in readers[1:]:
+        for key in MERGE_KEYS:
+            if other.attrs.get(key) != first.attrs.get(key):
+                raise ValueError(
+                    f"cannot merge {other.path} with {first.path}: '{key}' differs "
+                    f"({other.attrs.get(key)!r} vs {first.attrs.get(key)!r})"
+                )
+        if other.names != first.names:
+            raise ValueError(f"cannot merge {other.path} with {first.path}: accumulators {other.names} vs {first.names}")
+    merged = {key: first.attrs[key] for key in (*MERGE_KEYS, "activation") if key in first.attrs}
+    merged["datasets"] = sorted({d for reader in readers for d in reader.attrs["datasets"]})
+    merged["sources"] = sorted({s for reader in readers for s in reader.attrs["sources"]})
+    if len(merged["sources"]) != sum(len(reader.attrs["sources"]) for reader in readers):
+        paths = ", ".join(str(reader.path) for reader in readers)
+        raise ValueError(f"stores to merge overlap: a shard would be counted twice ({paths})")
+    return merged
+
+
+def _folded_state(readers: Sequence[StoreReader], name: str) -> State:
+    """Merge accumulator `name` over the stores, folding them in one at a time.
+
+    Memory holds two states (the merge so far and the next store's) and the merge's temporaries,
+    whatever the number of stores. Each fold re-merges the state so far, which is bounded once the
+    sparse tables reach their capacities; a merge tree would re-merge less but hold log2(stores) states.
+    """
+    merge = REGISTRY[name].merge
+    state = readers[0].state(name)
+    for reader in readers[1:]:
+        state = merge([state, reader.state(name)])
+    return state
 
 
 def merge_stores(paths: Sequence[str | os.PathLike[str]]) -> tuple[dict[str, Any], dict[str, State]]:
-    """Read and merge stores of the same model; datasets and shards are listed in the result's attrs."""
-    if not paths:
-        raise ValueError("no accumulator stores to merge")
-    loaded = [read_store(p) for p in paths]
-    first_attrs = loaded[0][0]
-    for path, (attrs, _) in zip(paths[1:], loaded[1:]):
-        for key in MERGE_KEYS:
-            if attrs.get(key) != first_attrs.get(key):
-                raise ValueError(
-                    f"cannot merge {path} with {paths[0]}: '{key}' differs "
-                    f"({attrs.get(key)!r} vs {first_attrs.get(key)!r})"
-                )
-    merged_attrs = {key: first_attrs[key] for key in (*MERGE_KEYS, "activation") if key in first_attrs}
-    merged_attrs["datasets"] = sorted({d for attrs, _ in loaded for d in attrs["datasets"]})
-    merged_attrs["sources"] = sorted({s for attrs, _ in loaded for s in attrs["sources"]})
-    if len(merged_attrs["sources"]) != sum(len(attrs["sources"]) for attrs, _ in loaded):
-        raise ValueError(f"stores to merge overlap: a shard would be counted twice ({', '.join(map(str, paths))})")
-    return merged_attrs, merge_states([states for _, states in loaded])
+    """Read and merge stores of the same model into memory; datasets and shards are listed in the attrs.
+
+    Stores are read and folded in one at a time, so memory holds two stores' states, not one per store
+    (`merge_store_files` also sums the largest arrays block by block).
+    """
+    readers = [StoreReader(path) for path in paths]
+    attrs = merged_attrs(readers)
+    return attrs, {name: _folded_state(readers, name) for name in readers[0].names}
+
+
+MERGE_BLOCK_BYTES = 1 << 26  # summed arrays are merged this many bytes (of one store's array) at a time
+
+
+def merge_store_files(
+    paths: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str], *, block_bytes: int = MERGE_BLOCK_BYTES
+) -> None:
+    """Merge stores into a new store, with memory bounded by neither the number of stores nor the layers.
+
+    Accumulators whose merge is a sum (firing, position and token counts: the largest arrays, e.g.
+    layers x 2048 positions x neurons) are summed a block of rows at a time, read from every store
+    and written out before the next block. The others (top-k, moments, bounded sparse tables) are
+    folded in one store at a time. The result equals `merge_stores` of the same paths.
+    """
+    readers = [StoreReader(path) for path in paths]
+    attrs = merged_attrs(readers)
+    with atomic_path(output) as tmp:
+        group = zarr.open_group(tmp, mode="w")
+        for name in readers[0].names:
+            sub = group.create_group(name)
+            if not sums_elementwise(name):
+                for key, array in _folded_state(readers, name).items():
+                    sub.create_array(key, data=np.ascontiguousarray(array))
+                continue
+            for key, _ in sorted(readers[0].group[name].arrays()):
+                _sum_blockwise(readers, name, key, sub, block_bytes)
+        group.attrs.update({**attrs, "kind": STORE_KIND, "format_version": FORMAT_VERSION, "complete": True})
+
+
+def _sum_blockwise(readers: Sequence[StoreReader], name: str, key: str, out: zarr.Group, block_bytes: int) -> None:
+    """Write `out[key]` = the sum over stores of `name/key`, in blocks of whole chunk rows along the first axis."""
+    first = readers[0].array(name, key)
+    for reader in readers[1:]:
+        other = reader.array(name, key)
+        if other.shape != first.shape:
+            raise ValueError(f"cannot merge {reader.path}: {name}/{key} has shape {other.shape}, not {first.shape}")
+    if first.ndim == 0 or first.shape[0] == 0:
+        out.create_array(key, data=np.sum([reader.state(name)[key] for reader in readers], axis=0))
+        return
+    row_bytes = max(1, first.nbytes // first.shape[0])
+    step = first.chunks[0] * max(1, block_bytes // (row_bytes * first.chunks[0]))
+    target = out.create_array(key, shape=first.shape, dtype=first.dtype, chunks=first.chunks)
+    for start in range(0, first.shape[0], step):
+        rows = slice(start, min(start + step, first.shape[0]))
+        total = readers[0].block(name, key, rows)
+        for reader in readers[1:]:
+            total = total + reader.block(name, key, rows)
+        target[rows] = total

@@ -1,0 +1,146 @@
+"""Does the shard merge's memory grow with the number of shards? Peak RSS of merging N and M stores.
+
+Shard stores are real captures (a random-weight model with the exact architecture, `--fire-rate` of its
+neurons firing, every accumulator, bounded token and n-gram tables as in the presets) of different
+bundled sequences at full context length, where per-position firing counts are the largest array
+(OPT-125m: 12 layers x 2048 positions x 3072 neurons x 8 bytes = 604 MB a store). Each merge runs in
+its own subprocess, so each peak is its own:
+
+  in_memory   every store read, then merged (`merge_states` of all of them at once), then written
+  streaming   `merge_store_files`, what the merge rule runs: summed arrays a block of rows at a time,
+              the other accumulators folded in one store at a time
+
+    python benchmarks/merge_memory.py --architecture opt-125m --shards 2 8 --out benchmarks/results/merge-memory
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+from capture_speed import _rss_mb, corpus_tokens, set_fire_rate, write_results  # noqa: E402
+
+METHODS = ("in_memory", "streaming")
+
+
+def write_shards(args: argparse.Namespace, folder: Path) -> list[Path]:
+    """Capture `max(args.shards)` shards of `args.seq_per_shard` sequences each, one store per shard."""
+    import torch
+
+    from neuron_census.adapters import adapter_for
+    from neuron_census.capture import CaptureSettings, capture_tokens
+    from neuron_census.store import write_store
+    from neuron_census.zoo import build_random_model
+
+    torch.set_num_threads(args.threads)
+    n_shards = max(args.shards)
+    model = build_random_model(args.architecture, seed=0).eval().requires_grad_(False)
+    adapter = adapter_for(model, name=args.architecture)
+    tokens = corpus_tokens(n_shards * args.seq_per_shard, args.seq_len)
+    set_fire_rate(model, tokens, args.fire_rate, "cpu")
+    settings = CaptureSettings(
+        batch_size=args.seq_per_shard, ngram_capacity=args.capacity, token_capacity=args.capacity
+    )
+    paths = []
+    for shard in range(n_shards):
+        rows = tokens[shard * args.seq_per_shard : (shard + 1) * args.seq_per_shard]
+        layers, states = capture_tokens(
+            model, adapter, rows, model_name=args.architecture, first_seq_id=shard * args.seq_per_shard,
+            has_bos=True, settings=settings, device=torch.device("cpu"), progress=False,
+        )
+        attrs = {
+            "model": args.architecture, "datasets": ["corpus"], "sources": [f"corpus/{shard}"], "layers": list(layers),
+            "n_layers_total": adapter.n_layers, "n_neurons": adapter.n_neurons, "seq_len": args.seq_len,
+            "vocab_size": adapter.vocab_size, "tokenizer": "gpt2", "tokenizer_fingerprint": "benchmark",
+            "fire_rule": settings.fire_rule, "activation": adapter.activation, "has_bos": True, "top_k": settings.top_k,
+        }
+        path = folder / f"shard-{shard}.zarr"
+        write_store(path, attrs, states)
+        paths.append(path)
+        print(f"wrote {path.name}", flush=True)
+    return paths
+
+
+def _high_water_mb() -> float:
+    """This process's peak RSS since exec (VmHWM; `ru_maxrss` would carry the parent's peak across the fork)."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
+def merge_one(method: str, paths: list[str], output: str) -> dict[str, Any]:
+    """One merge in this process: its peak RSS over the RSS after imports."""
+    from neuron_census.accumulators import merge_states
+    from neuron_census.store import StoreReader, merge_store_files, merged_attrs, read_store, write_store
+
+    loaded = _rss_mb()
+    start = time.perf_counter()
+    if method == "in_memory":
+        attrs = merged_attrs([StoreReader(path) for path in paths])
+        write_store(output, attrs, merge_states([read_store(path)[1] for path in paths]))
+    else:
+        merge_store_files(paths, output)
+    return {"seconds": time.perf_counter() - start, "peak_rss_mb": _high_water_mb(), "rss_loaded_mb": loaded}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--architecture", default="opt-125m")
+    parser.add_argument("--shards", nargs=2, type=int, default=[2, 8], help="the two shard counts compared")
+    parser.add_argument("--seq-len", type=int, default=2048)
+    parser.add_argument("--seq-per-shard", type=int, default=1)
+    parser.add_argument("--fire-rate", type=float, default=0.05)
+    parser.add_argument("--capacity", type=int, default=2048, help="token_capacity and ngram_capacity (presets: 2048)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--worker", nargs=3, metavar=("METHOD", "OUTPUT", "PATHS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        method, output, paths = args.worker
+        print(json.dumps(merge_one(method, paths.split(","), output)))
+        return
+
+    folder = Path(tempfile.mkdtemp(prefix="merge-memory-"))
+    try:
+        paths = write_shards(args, folder)
+        store_mb = sum(f.stat().st_size for f in paths[0].rglob("*") if f.is_file()) / 2**20
+        results = []
+        for n_shards in args.shards:
+            for method in METHODS:
+                output = folder / f"merged-{method}-{n_shards}.zarr"
+                command = [sys.executable, __file__, "--worker", method, str(output), ",".join(map(str, paths[:n_shards]))]
+                run = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+                results.append({"method": method, "shards": n_shards, **run})
+                shutil.rmtree(output)
+                print(results[-1], flush=True)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    low, high = args.shards
+    lines = [
+        f"{args.architecture}, {args.seq_per_shard} x {args.seq_len} tokens a shard, fire rate {args.fire_rate}, every "
+        f"accumulator (token and n-gram capacity {args.capacity}); a store is {store_mb:.0f} MB on disk.",
+        "",
+        f"| merge | peak RSS MB, {low} shards | peak RSS MB, {high} shards | change | seconds, {low} / {high} shards |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for method in METHODS:
+        a, b = (next(r for r in results if r["method"] == method and r["shards"] == n) for n in (low, high))
+        change = 100 * (b["peak_rss_mb"] / a["peak_rss_mb"] - 1)
+        lines.append(
+            f"| {method} | {a['peak_rss_mb']:.0f} | {b['peak_rss_mb']:.0f} | {change:+.1f}% | {a['seconds']:.1f} / {b['seconds']:.1f} |"
+        )
+    table = "\n".join(lines) + "\n"
+    print(table)
+    write_results(args.out, table, {"args": {k: v for k, v in vars(args).items() if k != "out"}, "results": results})
+
+
+if __name__ == "__main__":
+    main()
