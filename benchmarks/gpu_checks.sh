@@ -38,14 +38,16 @@ step 45 "accumulator costs, OPT-125m widths, bf16" python3 benchmarks/accumulato
     --token-capacity 2048 --out "$out/gpu-accumulator-costs"
 
 speed=(--device cuda --dtype bfloat16 --fire-rate 0.05 --token-capacity 2048)
+# Shards of the presets' shape (2048-token sequences, batch 16; 128 sequences: half a preset shard, as much
+# as the bundled held-out text gives), so per-shard costs (allocating, reading the state) weigh as in a run.
 step 60 "profile of one capture pass, OPT-125m shapes" python3 benchmarks/profile_capture.py --architecture opt-125m \
-    --n-seq 64 --seq-len 512 --batch-size 32 "${speed[@]}" --out "$out/gpu-profile-opt-125m"
-step 60 "OPT-125m shapes, bf16, every mode" python3 benchmarks/interleaved_speed.py --architecture opt-125m \
-    --n-seq 128 --seq-len 512 --batch-size 32 --rounds 3 "${speed[@]}" --out "$out/gpu-interleaved-opt-125m-fire5"
+    --n-seq 64 --seq-len 2048 --batch-size 16 "${speed[@]}" --out "$out/gpu-profile-opt-125m"
+step 120 "OPT-125m shapes, bf16, every mode" python3 benchmarks/interleaved_speed.py --architecture opt-125m \
+    --n-seq 128 --seq-len 2048 --batch-size 16 --rounds 2 "${speed[@]}" --out "$out/gpu-interleaved-opt-125m-fire5"
 step 150 "OPT-13b shapes over an 8 GiB GPU budget" python3 benchmarks/placement_speed.py --architecture opt-13b \
     --gpu-budget 8GiB --n-seq 16 --seq-len 512 --batch-size 8 --out "$out/gpu-placement-opt-13b"
-step 150 "OPT-1.3b shapes, bf16, every mode" python3 benchmarks/interleaved_speed.py --architecture opt-1.3b \
-    --n-seq 64 --seq-len 512 --batch-size 16 --rounds 3 "${speed[@]}" --out "$out/gpu-interleaved-opt-1.3b-fire5"
+step 120 "OPT-1.3b shapes, bf16, every mode" python3 benchmarks/interleaved_speed.py --architecture opt-1.3b \
+    --n-seq 64 --seq-len 2048 --batch-size 16 --rounds 2 "${speed[@]}" --out "$out/gpu-interleaved-opt-1.3b-fire5"
 
 echo "== $failed step(s) failed"
 exit "$failed"

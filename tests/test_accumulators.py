@@ -19,6 +19,7 @@ from neuron_census.accumulators import (
     coalesce_runs,
     coalesce_sparse,
     decode_token_fire_keys,
+    _by_neuron_then_value_descending,
     merge_states,
 )
 from neuron_census.ngrams import add_sorted_keys
@@ -240,18 +241,34 @@ def test_moments(data, device, counted_from, square_rows, monkeypatch):
     np.testing.assert_array_equal(state["max"], acts.max(axis=1).astype(np.float32))
 
 
+def test_neuron_value_keys_sort_like_a_stable_sort_by_neuron_then_value_descending(device):
+    rng = np.random.default_rng(5)
+    values = np.round(rng.normal(size=400), 1).astype(np.float32)  # ties, negatives
+    values[:6] = [0.0, -0.0, np.inf, -np.inf, 1e-40, -1e-40]  # both zeros, infinities, subnormals
+    neurons = rng.integers(0, 5, size=400)
+    keys = _by_neuron_then_value_descending(torch.from_numpy(neurons).to(device), torch.from_numpy(values).to(device))
+    got = torch.sort(keys, stable=True).indices.cpu().numpy()
+    expected = sorted(range(400), key=lambda i: (neurons[i], -float(values[i]), i))  # -0.0 == 0.0: row order
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_exact_float_counts_flush_before_float32_loses_a_unit(device, monkeypatch):
-    """With the float32 limit lowered to 8, many adds pass it: the int64 total (on the host) stays exact."""
+    """With the float32 limit lowered to 8, many adds pass it: the int64 total (on the host) stays exact,
+    and a released row leaves the device and starts again from its total."""
     monkeypatch.setattr(ExactFloatCounts, "LIMIT", 8.0)
     counts = ExactFloatCounts((2, 3), device)
     rng = np.random.default_rng(1)
     expected = np.zeros((2, 3), dtype=np.int64)
-    for _ in range(40):
+    for step in range(60):
         values = rng.integers(0, 4, size=3)
-        slot = int(rng.integers(0, 2))
-        counts.add(slot, torch.from_numpy(values).float().to(device), max_value=3.0)
-        expected[slot] += values
-        assert counts.partial.max() <= 8 and counts.partial.device.type == device.type
+        row = int(rng.integers(0, 2))
+        counts.add(row, torch.from_numpy(values).float().to(device), max_value=3.0)
+        expected[row] += values
+        assert counts.partial[row].max() <= 8 and counts.partial[row].device.type == device.type
+        if step == 30:
+            counts.release(0)
+            assert 0 not in counts.partial
+            np.testing.assert_array_equal(counts.total[0].numpy(), expected[0])
     result = counts.result()
     assert result.device.type == "cpu" and result.dtype == torch.int64
     np.testing.assert_array_equal(result.numpy(), expected)

@@ -135,6 +135,35 @@ def test_bounded_summaries_merging_mid_shard_agree_across_strategies(monkeypatch
             assert_same_states(resident, capture(placement, min_pending))
 
 
+def test_layerwise_hands_each_finished_layer_to_the_host(monkeypatch, tmp_path):
+    """Layerwise capture tells the accumulators with per-layer device state when a layer has seen its last
+    batch (and only then, so their results stay those of resident capture, which never does)."""
+    events: list[tuple[str, str, int]] = []
+    for cls in (accumulators.PositionFireCount, accumulators.TokenFireCount, accumulators.NgramFireCount):
+        update, finish = cls.update, cls.finish_layer
+        monkeypatch.setattr(cls, "update", lambda self, batch, f=update: (events.append((self.name, "update", batch.layer)), f(self, batch))[1])
+        monkeypatch.setattr(cls, "finish_layer", lambda self, layer, f=finish: (events.append((self.name, "finish", layer)), f(self, layer))[1])
+    spec = SPECS["opt-125m"]
+    tokens = sample_tokens(7, seed=1)
+    settings = replace(SETTINGS, batch_size=3, token_fire_dense_limit=0, token_capacity=2)
+    for placement in (Placement(), Placement(strategy="layerwise")):
+        events.clear()
+        loaded = load_model("m", spec, placement=placement)
+        capture_tokens(
+            loaded.model, loaded.adapter, tokens, model_name="m", first_seq_id=0, has_bos=True, settings=settings,
+            device=torch.device("cpu"), placement=placement, offload_dir=tmp_path, progress=False,
+        )
+        finishes = [event for event in events if event[1] == "finish"]
+        if placement.strategy == "resident":
+            assert finishes == []
+            continue
+        n_batches = -(-len(tokens) // 3)
+        for name in ("position_fire_count", "token_fire_count", "ngram_fire_count"):
+            own = [(kind, layer) for acc, kind, layer in events if acc == name]
+            expected = [step for layer in range(3) for step in [("update", layer)] * n_batches + [("finish", layer)]]
+            assert own == expected, name
+
+
 def test_planted_census_neurons_survive_every_strategy(tmp_path):
     """The planted ground-truth model (previous-token head, positional neurons) through each strategy."""
     spec = {"source": "planted", "recipe": "census"}

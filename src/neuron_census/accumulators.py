@@ -93,39 +93,43 @@ class LayerBatch:
 class ExactFloatCounts:
     """Integer counts added as float32 (fast) and moved to int64 before float32 could lose a unit.
 
-    float32 holds every integer up to 2**24 exactly; `add` flushes into the int64 total whenever the
-    float part could pass that, so the count is exact whatever the number of tokens. The total lives in
-    host memory: the capture device holds 4 bytes a cell, not 12 (per-position counts of OPT-66b are 64
-    layers x 2048 positions x 36,864 neurons: 19 GB on the GPU instead of 58 GB), and a shard is far
-    below 2**24 sequences, so the float part moves to the host once, when the state is read.
+    float32 holds every integer up to 2**24 exactly; `add` moves a row into the int64 total whenever
+    its float part could pass that, so the count is exact whatever the number of tokens. The float part
+    is kept per leading index (a layer slot), allocated on the capture device at its first `add`; the
+    int64 total lives in host memory. So the device holds 4 bytes a cell, not 12, and `release` frees a
+    layer slot that will not be counted again (layerwise capture, one layer after the other): per-position
+    counts of OPT-66b are 64 layers x 2048 positions x 36,864 neurons, 58 GB as float32 and int64 on the
+    device, 19 GB as float32, 0.3 GB for the layer being run.
     """
 
     LIMIT = float(1 << 24)
 
     def __init__(self, shape: tuple[int, ...], device: torch.device) -> None:
-        self.partial = torch.zeros(shape, dtype=torch.float32, device=device)
+        self.shape, self.device = shape, device
+        self.partial: dict[int, torch.Tensor] = {}  # leading index -> float32 counts not yet in `total`
+        self._bound: dict[int, float] = {}  # the most any cell of that row's float part can hold
         self.total = torch.zeros(shape, dtype=torch.int64)
-        self._bound = 0.0
 
-    def add(self, index: Any, values: torch.Tensor, max_value: float) -> None:
-        """Add non-negative integer-valued `values` (each at most `max_value`) at `index`."""
-        if self._bound + max_value >= self.LIMIT:
-            self.flush()
-        self.partial[index] += values
-        self._bound += max_value
+    def add(self, row: int, values: torch.Tensor, max_value: float) -> None:
+        """Add non-negative integer-valued `values` (each at most `max_value`) at leading index `row`."""
+        if self._bound.get(row, 0.0) + max_value >= self.LIMIT:
+            self.release(row)
+        if row not in self.partial:
+            self.partial[row] = torch.zeros(self.shape[1:], dtype=torch.float32, device=self.device)
+            self._bound[row] = 0.0
+        self.partial[row] += values
+        self._bound[row] += max_value
 
-    def flush(self) -> None:
-        """Add the float part to the host total, one leading index at a time (no full-size temporaries)."""
-        if self._bound == 0.0:
-            return
-        for row in range(self.partial.shape[0]):
-            self.total[row] += self.partial[row].to("cpu", torch.int64)
-        self.partial.zero_()
-        self._bound = 0.0
+    def release(self, row: int) -> None:
+        """Add `row`'s float part to the host total and free it on the device (a later `add` starts a new one)."""
+        if row in self.partial:
+            self.total[row] += self.partial.pop(row).to("cpu", torch.int64)
+            del self._bound[row]
 
     def result(self) -> torch.Tensor:
         """The int64 counts, on the host."""
-        self.flush()
+        for row in list(self.partial):
+            self.release(row)
         return self.total
 
 
@@ -185,6 +189,10 @@ class FireCount:
         self.counts.add(slot, (ones @ per_position)[0], float(batch.fires.shape[0] * batch.fires.shape[1]))
         self.tokens[slot] += batch.mask.sum()
 
+    def finish_layer(self, layer: int) -> None:
+        """`layer` will see no more batches in this capture: its counts can leave the device."""
+        self.counts.release(self.geometry.slot(layer))
+
     def state(self) -> State:
         return {"counts": self.counts.result().cpu().numpy(), "tokens": self.tokens.cpu().numpy()}
 
@@ -207,6 +215,10 @@ class PositionFireCount:
         self.counts.add(self.geometry.slot(batch.layer), batch.position_fires(), float(batch.fires.shape[0]))
         if batch.layer == self._first_layer:
             self.tokens += batch.mask.sum(dim=0)
+
+    def finish_layer(self, layer: int) -> None:
+        """`layer` will see no more batches in this capture: its counts can leave the device."""
+        self.counts.release(self.geometry.slot(layer))
 
     def state(self) -> State:
         return {"counts": self.counts.result().cpu().numpy(), "tokens": self.tokens.cpu().numpy()}
@@ -361,6 +373,14 @@ class TokenFireCount:
         self._pending[slot].append((keys, counts))
         if self._merges.due(slot, len(keys), held=len(self._tables[slot][0])):
             self._flush(slot)
+
+    def finish_layer(self, layer: int) -> None:
+        """`layer` will see no more batches in this capture: merge its pending pairs (as `state` would) and
+        move its table to host memory, so a layerwise capture holds one layer's table on the device."""
+        slot = self.geometry.slot(layer)
+        if self.dense is None:
+            self._flush(slot)
+            self._tables[slot] = tuple(column.cpu() for column in self._tables[slot])  # type: ignore[assignment]
 
     def _flush(self, slot: int) -> None:
         pending = self._pending[slot]
@@ -520,8 +540,7 @@ class TopK:
         """Merge candidate (row, neuron) entries: per neuron the best k by (value desc, row asc), then `_select_top`."""
         seq_len = batch.acts.shape[1]
         values = acts[rows, neurons]
-        by_value = torch.sort(values, descending=True, stable=True).indices  # ties keep row order
-        order = by_value[torch.sort(neurons[by_value], stable=True).indices]  # grouped by neuron, same order inside
+        order = torch.sort(_by_neuron_then_value_descending(neurons, values), stable=True).indices  # ties: row order
         rows, neurons, values = rows[order], neurons[order], values[order]
         first = torch.ones(len(rows), dtype=torch.bool, device=rows.device)
         first[1:] = neurons[1:] != neurons[:-1]
@@ -566,6 +585,18 @@ class TopK:
             "seq": np.stack([o[1].numpy() for o in out]),
             "pos": np.stack([o[2].numpy() for o in out]),
         }
+
+
+def _by_neuron_then_value_descending(neurons: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """int64 keys whose ascending order is (neuron ascending, float32 value descending).
+
+    One integer sort instead of a float sort and a second, stable sort by neuron (4x faster on 150k
+    candidates on a CPU). A float's bits, with the magnitude bits of negatives flipped, order like the
+    floats (-0.0 is made 0.0 first, so the two zeros tie as they compare); descending is 2**32 - 1 minus that.
+    """
+    bits = (values.float() + 0.0).view(torch.int32).to(torch.int64)
+    ascending = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits) + (1 << 31)  # 0 .. 2**32 - 1
+    return (neurons << 32) | ((1 << 32) - 1 - ascending)
 
 
 def _batch_top(acts: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -784,6 +815,16 @@ class NgramFireCount:
             row_gram[eligible] = gram_index
             self._batch_cache[order] = (unique_grams, row_gram)
         return self._batch_cache[order]
+
+    def finish_layer(self, layer: int) -> None:
+        """`layer` will see no more batches in this capture: merge its pending pairs (as `state` would) and
+        move its summaries to host memory, so a layerwise capture holds one layer's on the device."""
+        if layer not in self.layers:
+            return
+        slot = self.layers.index(layer)
+        self._flush(slot)
+        for order, tables in self._tables[slot].items():
+            self._tables[slot][order] = [(keys.cpu(), counts.cpu()) for keys, counts in tables]
 
     def _flush(self, slot: int) -> None:
         for order, blocks in self._pending[slot].items():

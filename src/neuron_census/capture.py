@@ -185,7 +185,7 @@ def capture_tokens(
     accumulators = build_accumulators(settings, geometry, device, adapter.n_layers)
     last_layer = layers[-1]
 
-    current: dict[str, torch.Tensor] = {}
+    current: dict[str, Any] = {}
     gates: dict[int, torch.Tensor] = {}
     unchecked: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
@@ -233,10 +233,18 @@ def capture_tokens(
             unchecked.append((layer, seq_ids[0], seq_ids[-1], ~torch.isfinite(batch.acts_2d().sum(dim=0)).all()))
             for accumulator in accumulators:
                 accumulator.update(batch)
+            if finish_layers and current["last_batch"]:
+                for finish in finishers:
+                    finish(layer)
             if layer == last_layer:
                 raise StopForward
 
         return hook
+
+    # Layerwise capture runs each layer on every batch before the next layer: once a layer's last batch
+    # is counted, accumulators with per-layer device state (`finish_layer`) move it to host memory.
+    finish_layers = placement.strategy == "layerwise"
+    finishers = [acc.finish_layer for acc in accumulators if hasattr(acc, "finish_layer")]
 
     handles = []
     for layer in layers:
@@ -260,6 +268,7 @@ def capture_tokens(
         if has_bos:
             mask[:, 0] = False
         current.update(
+            last_batch=index == len(starts) - 1,
             tokens=batch_tokens,
             mask=mask,
             seq_ids=torch.arange(first_seq_id + start, first_seq_id + start + len(batch_tokens), device=device),
