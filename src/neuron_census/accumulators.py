@@ -352,10 +352,12 @@ class TokenFireCount:
         empty = torch.zeros(0, dtype=torch.int64, device=device)
         self._tables: list[tuple[torch.Tensor, torch.Tensor]] = [(empty, empty)] * n_slots
         self._pending: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(n_slots)]
+        self._tokens_seen: torch.Tensor | None = None
+        self._tokens_unique: tuple[torch.Tensor, torch.Tensor] = (empty, empty)
 
     def update(self, batch: LayerBatch) -> None:
         slot = self.geometry.slot(batch.layer)
-        unique, inverse = torch.unique(batch.tokens.reshape(-1), return_inverse=True)
+        unique, inverse = self._batch_tokens(batch)
         if self.dense is not None:
             fires = batch.fires_float()  # BOS rows are already 0
             per_token = torch.zeros(len(unique), fires.shape[1], dtype=torch.float32, device=fires.device)
@@ -373,6 +375,14 @@ class TokenFireCount:
         self._pending[slot].append((keys, counts))
         if self._merges.due(slot, len(keys), held=len(self._tables[slot][0])):
             self._flush(slot)
+
+    def _batch_tokens(self, batch: LayerBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's distinct tokens and each position's index among them, once per batch (not per layer:
+        on a GPU, `unique` waits for the device)."""
+        if batch.tokens is not self._tokens_seen:
+            self._tokens_seen = batch.tokens
+            self._tokens_unique = torch.unique(batch.tokens.reshape(-1), return_inverse=True)
+        return self._tokens_unique
 
     def finish_layer(self, layer: int) -> None:
         """`layer` will see no more batches in this capture: merge its pending pairs (as `state` would) and
