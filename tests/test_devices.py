@@ -91,3 +91,43 @@ def test_strategies_agree_on_cuda(dtype, tmp_path):
             assert "cpu" in set(loaded.model.hf_device_map.values())  # the budget really forced offloading
     for name in ("layerwise", "layerwise-disk", "offload"):
         assert_same_states(results["resident"], results[name])
+
+
+def test_layerwise_moves_each_finished_layer_to_the_host(device, monkeypatch, tmp_path):
+    """Under layerwise capture, a layer's per-position counts and sparse tables leave the device after its
+    last batch, so a GPU holds one layer's statistics at a time (on the CPU this checks the plumbing)."""
+    from neuron_census import accumulators
+
+    seen: list[str] = []
+
+    def checked(cls, check):
+        finish = cls.finish_layer
+
+        def wrapper(self, layer):
+            finish(self, layer)
+            check(self, layer)
+            seen.append(cls.name)
+
+        monkeypatch.setattr(cls, "finish_layer", wrapper)
+
+    def positions_left(self, layer):
+        assert self.geometry.slot(layer) not in self.counts.partial
+
+    def token_table_on_host(self, layer):
+        assert all(column.device.type == "cpu" for column in self._tables[self.geometry.slot(layer)])
+
+    def ngram_tables_on_host(self, layer):
+        for tables in self._tables[self.layers.index(layer)].values():
+            assert all(column.device.type == "cpu" for table in tables for column in table)
+
+    checked(accumulators.PositionFireCount, positions_left)
+    checked(accumulators.TokenFireCount, token_table_on_host)
+    checked(accumulators.NgramFireCount, ngram_tables_on_host)
+    placement = Placement(strategy="layerwise")
+    loaded = load_model("m", SPECS["opt-125m"], device=device, placement=placement)
+    capture_tokens(
+        loaded.model, loaded.adapter, sample_tokens(50272), model_name="m", first_seq_id=0, has_bos=True,
+        settings=SETTINGS, device=device, placement=placement, offload_dir=tmp_path, progress=False,
+    )
+    assert sorted(set(seen)) == ["ngram_fire_count", "position_fire_count", "token_fire_count"]
+    assert len(seen) == 3 * loaded.adapter.n_layers

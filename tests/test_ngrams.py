@@ -277,6 +277,25 @@ def test_device_pruning_equals_numpy_with_many_ties(capacity, device):
         np.testing.assert_array_equal(g, e)
 
 
+@pytest.mark.parametrize("gram_high", [50, 1 << 61], ids=["packed-sort", "lexsort"])
+def test_coalesce_sums_equal_pairs_whichever_sort_it_takes(gram_high):
+    """Small (group, gram) pairs are coalesced by one sort of packed keys; pairs whose packed key would
+    overflow int64 (trigrams of large vocabularies, many groups) by a lexsort: both against a counter."""
+    from collections import Counter
+
+    rng = np.random.default_rng(7)
+    grams = rng.integers(0, gram_high, size=60)
+    group = rng.integers(0, 9, size=600)
+    gram = grams[rng.integers(0, len(grams), size=600)]
+    count = rng.integers(1, 5, size=600)
+    expected = Counter()
+    for key in zip(group.tolist(), gram.tolist(), count.tolist()):
+        expected[key[:2]] += key[2]
+    got_group, got_gram, got_count = coalesce(group, gram, count)
+    assert list(zip(got_group.tolist(), got_gram.tolist())) == sorted(expected)
+    assert got_count.tolist() == [expected[key] for key in sorted(expected)]
+
+
 @pytest.mark.parametrize("capacity", [1, 3, 7, 64, None])
 def test_pruning_packed_keys_equals_numpy(capacity, device):
     """Packed keys (group * span + gram), small counts with many ties, some groups far over capacity."""

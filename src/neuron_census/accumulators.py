@@ -147,6 +147,9 @@ class Geometry:
 
 
 class Accumulator(Protocol):
+    """What capture feeds. An accumulator with large per-layer device state may also define
+    `finish_layer(layer)`: layerwise capture calls it once that layer has seen its last batch."""
+
     name: ClassVar[str]
 
     def update(self, batch: LayerBatch) -> None: ...
@@ -500,11 +503,11 @@ class TopK:
             # every neuron has k entries: only values above its k-th can enter, usually a few per neuron
             if batch.fires_where_positive and self._nonnegative(slot):  # then candidates are firings
                 rows, neurons = batch.firing_pairs()
-                above = acts[rows, neurons] > kth[neurons]
+                above = (acts[rows, neurons] > kth[neurons]).nonzero(as_tuple=True)[0]  # one wait for the device
                 rows, neurons = rows[above], neurons[above]
             else:
                 rows, neurons = (acts > kth).nonzero(as_tuple=True)
-                counted = batch.mask.reshape(-1)[rows]
+                counted = batch.mask.reshape(-1)[rows].nonzero(as_tuple=True)[0]
                 rows, neurons = rows[counted], neurons[counted]
             if len(rows) == 0:
                 return
@@ -557,7 +560,7 @@ class TopK:
         starts = first.nonzero(as_tuple=True)[0]
         group = torch.cumsum(first, 0) - 1
         rank = torch.arange(len(rows), device=rows.device) - starts[group]
-        keep = rank < self.k
+        keep = (rank < self.k).nonzero(as_tuple=True)[0]
         rows, values, rank, group = rows[keep], values[keep], rank[keep], group[keep]
         columns = neurons[starts]
         shape = (self.k, len(columns))
@@ -790,7 +793,9 @@ class NgramFireCount:
         for index, order in enumerate(self.orders):
             unique_grams, row_gram = self._batch_ngrams(batch, order)
             neurons_of, grams, counts = count_pairs(neurons, row_gram[rows], self.geometry.n_neurons, len(unique_grams) + 1)
-            complete = grams < len(unique_grams)  # the last index is the spare: no complete n-gram there
+            # the last index is the spare: no complete n-gram there (one nonzero, not a mask per column:
+            # each boolean index waits for the device)
+            complete = (grams < len(unique_grams)).nonzero(as_tuple=True)[0]
             grams, neurons_of, counts = grams[complete], neurons_of[complete], counts[complete]
             self.fires[index, slot].index_add_(0, neurons_of, counts)
             if len(counts) == 0:

@@ -60,7 +60,12 @@ def coalesce(group: np.ndarray, gram: np.ndarray, count: np.ndarray) -> tuple[np
     """Sum counts of equal (group, gram) pairs; output sorted by (group, gram)."""
     if len(group) == 0:
         return group.astype(np.int64), gram.astype(np.int64), count.astype(np.int64)
-    order = np.lexsort((gram, group))
+    span = int(gram.max()) + 1
+    if min(int(group.min()), int(gram.min())) >= 0 and int(group.max()) < ((1 << 63) - 1 - span) // span:
+        # one stable sort of packed keys: concatenated sorted summaries are merged as runs, in linear time
+        order = np.argsort(group.astype(np.int64) * span + gram, kind="stable")
+    else:
+        order = np.lexsort((gram, group))
     group, gram, count = group[order], gram[order], count[order]
     starts = np.flatnonzero(np.r_[True, (group[1:] != group[:-1]) | (gram[1:] != gram[:-1])])
     return group[starts], gram[starts], np.add.reduceat(count, starts).astype(np.int64)
@@ -76,12 +81,12 @@ def prune(
     """
     if len(group) == 0:
         return group, gram, count
+    sizes = np.diff(np.r_[np.flatnonzero(np.r_[True, group[1:] != group[:-1]]), len(group)])
+    if sizes.max() <= capacity:  # the counters come grouped (coalesced): no group over capacity, nothing to rank
+        return group, gram, count
     by_count = np.lexsort((gram, -count, group))
     g, c = group[by_count], count[by_count]
     starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
-    sizes = np.diff(np.r_[starts, len(g)])
-    if sizes.max() <= capacity:
-        return group, gram, count
     rank = np.arange(len(g)) - np.repeat(starts, sizes)
     over = sizes > capacity
     cut = np.zeros(len(starts), dtype=np.int64)
@@ -220,7 +225,8 @@ def add_sorted_keys(
         return new_key, new_count
     at = torch.searchsorted(key, new_key)
     found = key[at.clamp(max=len(key) - 1)] == new_key
-    count = count.clone().index_add_(0, at[found], new_count[found])
+    found_at = found.nonzero(as_tuple=True)[0]  # one wait for the device, not one per masked column
+    count = count.clone().index_add_(0, at[found_at], new_count[found_at])
     fresh = (~found).nonzero(as_tuple=True)[0]
     fresh_at = at[fresh]
     inserted_before = torch.cumsum(torch.bincount(fresh_at, minlength=len(key) + 1), 0)[: len(key)]
