@@ -63,7 +63,11 @@ def coalesce(group: np.ndarray, gram: np.ndarray, count: np.ndarray) -> tuple[np
     span = int(gram.max()) + 1
     if min(int(group.min()), int(gram.min())) >= 0 and int(group.max()) < ((1 << 63) - 1 - span) // span:
         # one stable sort of packed keys: concatenated sorted summaries are merged as runs, in linear time
-        order = np.argsort(group.astype(np.int64) * span + gram, kind="stable")
+        packed = group.astype(np.int64)  # a copy, packed in place: one temporary of the input's size
+        packed *= span
+        packed += gram
+        order = np.argsort(packed, kind="stable")
+        del packed
     else:
         order = np.lexsort((gram, group))
     group, gram, count = group[order], gram[order], count[order]
