@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from capture_speed import _rss_mb, corpus_tokens, set_fire_rate, write_results  # noqa: E402
+from capture_speed import _peak_rss_mb, _rss_mb, corpus_tokens, set_fire_rate, write_results  # noqa: E402
 
 METHODS = ("in_memory", "streaming")
 
@@ -69,13 +69,6 @@ def write_shards(args: argparse.Namespace, folder: Path) -> list[Path]:
     return paths
 
 
-def _high_water_mb() -> float:
-    """This process's peak RSS since exec (VmHWM; `ru_maxrss` would carry the parent's peak across the fork)."""
-    with open("/proc/self/status") as status:
-        line = next(line for line in status if line.startswith("VmHWM:"))
-    return int(line.split()[1]) / 1024
-
-
 def merge_one(method: str, paths: list[str], output: str) -> dict[str, Any]:
     """One merge in this process: its peak RSS over the RSS after imports."""
     from neuron_census.accumulators import merge_states
@@ -88,7 +81,7 @@ def merge_one(method: str, paths: list[str], output: str) -> dict[str, Any]:
         write_store(output, attrs, merge_states([read_store(path)[1] for path in paths]))
     else:
         merge_store_files(paths, output)
-    return {"seconds": time.perf_counter() - start, "peak_rss_mb": _high_water_mb(), "rss_loaded_mb": loaded}
+    return {"seconds": time.perf_counter() - start, "peak_rss_mb": _peak_rss_mb(), "rss_loaded_mb": loaded}
 
 
 def main() -> None:

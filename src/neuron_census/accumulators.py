@@ -39,6 +39,8 @@ class LayerBatch:
     seq_ids: torch.Tensor  # [B] int64 global sequence ids (shard * sequences_per_shard + row)
     counted_from: int | None = None  # when known on the host: `mask` is exactly "position >= counted_from"
     fires_where_positive: bool = False  # `fires` is exactly `acts > 0` at counted positions
+    # derived from the tokens alone, so shared by every layer of the batch (capture passes one dict per batch)
+    per_batch: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
     _cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     # Derived tensors several accumulators share, computed once per (layer, batch). On CPUs, integer and
@@ -56,6 +58,13 @@ class LayerBatch:
         if "firing_pairs" not in self._cache:
             self._cache["firing_pairs"] = self.fires.reshape(-1, self.fires.shape[-1]).nonzero(as_tuple=True)
         return self._cache["firing_pairs"]
+
+    def distinct_tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's distinct tokens, and each position's [B*T] index among them (once per batch: on a GPU,
+        `unique` waits for the device)."""
+        if "distinct_tokens" not in self.per_batch:
+            self.per_batch["distinct_tokens"] = torch.unique(self.tokens.reshape(-1), return_inverse=True)
+        return self.per_batch["distinct_tokens"]
 
     def position_fires(self) -> torch.Tensor:
         """[T, N] float32: firings at each position summed over the batch (exact integers)."""
@@ -355,12 +364,10 @@ class TokenFireCount:
         empty = torch.zeros(0, dtype=torch.int64, device=device)
         self._tables: list[tuple[torch.Tensor, torch.Tensor]] = [(empty, empty)] * n_slots
         self._pending: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(n_slots)]
-        self._tokens_seen: torch.Tensor | None = None
-        self._tokens_unique: tuple[torch.Tensor, torch.Tensor] = (empty, empty)
 
     def update(self, batch: LayerBatch) -> None:
         slot = self.geometry.slot(batch.layer)
-        unique, inverse = self._batch_tokens(batch)
+        unique, inverse = batch.distinct_tokens()
         if self.dense is not None:
             fires = batch.fires_float()  # BOS rows are already 0
             per_token = torch.zeros(len(unique), fires.shape[1], dtype=torch.float32, device=fires.device)
@@ -378,14 +385,6 @@ class TokenFireCount:
         self._pending[slot].append((keys, counts))
         if self._merges.due(slot, len(keys), held=len(self._tables[slot][0])):
             self._flush(slot)
-
-    def _batch_tokens(self, batch: LayerBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch's distinct tokens and each position's index among them, once per batch (not per layer:
-        on a GPU, `unique` waits for the device)."""
-        if batch.tokens is not self._tokens_seen:
-            self._tokens_seen = batch.tokens
-            self._tokens_unique = torch.unique(batch.tokens.reshape(-1), return_inverse=True)
-        return self._tokens_unique
 
     def finish_layer(self, layer: int) -> None:
         """`layer` will see no more batches in this capture: merge its pending pairs (as `state` would) and
@@ -781,8 +780,6 @@ class NgramFireCount:
         self._pending: list[dict[int, list[list[tuple[torch.Tensor, torch.Tensor]]]]] = [
             {n: [[] for _ in range(n_blocks[n])] for n in orders} for _ in range(n_slots)
         ]
-        self._batch_tokens: torch.Tensor | None = None
-        self._batch_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def update(self, batch: LayerBatch) -> None:
         if batch.layer not in self.layers:
@@ -818,18 +815,17 @@ class NgramFireCount:
     def _batch_ngrams(self, batch: LayerBatch, order: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch's distinct complete n-grams, and per position [B*T] its n-gram's index (or the spare).
 
-        The same for every layer of a batch, so computed once per batch (keyed on its token tensor).
+        The same for every layer of a batch, so kept with the batch's shared tensors.
         """
-        if batch.tokens is not self._batch_tokens:
-            self._batch_tokens, self._batch_cache = batch.tokens, {}
-        if order not in self._batch_cache:
+        key = ("ngrams", order)
+        if key not in batch.per_batch:
             eligible = _eligible_ngram_ends(batch.mask, order).reshape(-1)
             packed = _packed_ngrams(batch.tokens, order, self.geometry.vocab_size).reshape(-1)
             unique_grams, gram_index = torch.unique(packed[eligible], return_inverse=True)
             row_gram = torch.full_like(packed, len(unique_grams))
             row_gram[eligible] = gram_index
-            self._batch_cache[order] = (unique_grams, row_gram)
-        return self._batch_cache[order]
+            batch.per_batch[key] = (unique_grams, row_gram)
+        return batch.per_batch[key]
 
     def finish_layer(self, layer: int) -> None:
         """`layer` will see no more batches in this capture: merge its pending pairs (as `state` would) and

@@ -224,6 +224,7 @@ def capture_tokens(
                 mask=current["mask"],
                 tokens=batch_tokens,
                 seq_ids=current["seq_ids"],
+                per_batch=current["per_batch"],
                 counted_from=1 if has_bos else 0,
                 fires_where_positive=gate is None or settings.fire_rule != "preactivation",
             )
@@ -233,7 +234,7 @@ def capture_tokens(
             unchecked.append((layer, seq_ids[0], seq_ids[-1], ~torch.isfinite(batch.acts_2d().sum(dim=0)).all()))
             for accumulator in accumulators:
                 accumulator.update(batch)
-            if finish_layers and current["last_batch"]:
+            if current["last_batch"]:
                 for finish in finishers:
                     finish(layer)
             if layer == last_layer:
@@ -243,8 +244,8 @@ def capture_tokens(
 
     # Layerwise capture runs each layer on every batch before the next layer: once a layer's last batch
     # is counted, accumulators with per-layer device state (`finish_layer`) move it to host memory.
-    finish_layers = placement.strategy == "layerwise"
-    finishers = [acc.finish_layer for acc in accumulators if hasattr(acc, "finish_layer")]
+    layerwise = placement.strategy == "layerwise"
+    finishers = [acc.finish_layer for acc in accumulators if layerwise and hasattr(acc, "finish_layer")]
 
     handles = []
     for layer in layers:
@@ -269,6 +270,7 @@ def capture_tokens(
             mask[:, 0] = False
         current.update(
             last_batch=index == len(starts) - 1,
+            per_batch={},
             tokens=batch_tokens,
             mask=mask,
             seq_ids=torch.arange(first_seq_id + start, first_seq_id + start + len(batch_tokens), device=device),

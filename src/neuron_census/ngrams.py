@@ -85,13 +85,14 @@ def prune(
     """
     if len(group) == 0:
         return group, gram, count
-    sizes = np.diff(np.r_[np.flatnonzero(np.r_[True, group[1:] != group[:-1]]), len(group)])
-    if sizes.max() <= capacity:  # the counters come grouped (coalesced): no group over capacity, nothing to rank
+    # counters come grouped (coalesced), and ranking keeps the groups in place: their starts hold for both
+    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+    sizes = np.diff(np.r_[starts, len(group)])
+    if sizes.max() <= capacity:  # no group over capacity: nothing to rank
         return group, gram, count
     by_count = np.lexsort((gram, -count, group))
-    g, c = group[by_count], count[by_count]
-    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
-    rank = np.arange(len(g)) - np.repeat(starts, sizes)
+    c = count[by_count]
+    rank = np.arange(len(c)) - np.repeat(starts, sizes)
     over = sizes > capacity
     cut = np.zeros(len(starts), dtype=np.int64)
     cut[over] = c[starts[over] + capacity]

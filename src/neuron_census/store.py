@@ -198,7 +198,7 @@ def _sum_blockwise(readers: Sequence[StoreReader], name: str, key: str, out: zar
         if other.shape != first.shape:
             raise ValueError(f"cannot merge {reader.path}: {name}/{key} has shape {other.shape}, not {first.shape}")
     if first.ndim == 0 or first.shape[0] == 0:
-        out.create_array(key, data=np.sum([reader.state(name)[key] for reader in readers], axis=0))
+        out.create_array(key, data=np.sum([reader.block(name, key, slice(None)) for reader in readers], axis=0))
         return
     row_bytes = max(1, first.nbytes // first.shape[0])
     step = first.chunks[0] * max(1, block_bytes // (row_bytes * first.chunks[0]))
