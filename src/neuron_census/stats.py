@@ -6,7 +6,7 @@ statistics); `neuron_census.vocab` adds what is read from weights; `layer_table`
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,18 @@ from neuron_census.positional import (
     position_rates_table,
     positional_layer_counts,
     positional_table,
+)
+
+
+# the accumulators `stats_tables` reads (top-k examples are not among them)
+STATS_ACCUMULATORS = (
+    "fire_count",
+    "moments",
+    "position_fire_count",
+    "token_count",
+    "token_fire_count",
+    "ngram_count",
+    "ngram_fire_count",
 )
 
 
@@ -91,6 +103,25 @@ def stats_tables(
     found = find_positional(states["position_fire_count"], settings.positional)
     base = base.join(positional_table(attrs, found), on=["layer", "neuron"], how="left", maintain_order="left")
     return base, position_rates_table(model, attrs, found)
+
+
+def stats_tables_by_layer(
+    model: str,
+    attrs: Mapping[str, Any],
+    layer_states: Callable[[int], Mapping[str, State]],
+    settings: AnalysisSettings,
+    token_strings: Sequence[str],
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """`stats_tables` one analysed layer at a time, with the same result: memory holds one layer's states.
+
+    `layer_states(slot)` gives the states of the layer `attrs["layers"][slot]` alone
+    (`neuron_census.layer_states`); every statistic is a function of one neuron's own layer.
+    """
+    tables = [
+        stats_tables(model, {**attrs, "layers": [layer]}, layer_states(slot), settings, token_strings)
+        for slot, layer in enumerate(attrs["layers"])
+    ]
+    return pl.concat([stats for stats, _ in tables]), pl.concat([rates for _, rates in tables])
 
 
 def layer_table(neurons: pl.DataFrame, n_layers_total: int) -> pl.DataFrame:

@@ -21,6 +21,7 @@ import zarr
 
 from neuron_census.accumulators import REGISTRY, State, sums_elementwise
 from neuron_census.atomic import atomic_path
+from neuron_census.layer_states import SortedLookup, layer_state, sorted_range_of
 
 STORE_KIND = "accumulators"
 FORMAT_VERSION = 2
@@ -107,6 +108,28 @@ class StoreReader:
         with _reading(self.path):
             return np.asarray(self.group[name][key][rows])
 
+    def layer_state(self, name: str, slot: int) -> State:
+        """Accumulator `name` for analysed-layer slot `slot` only (`neuron_census.layer_states`)."""
+        with _reading(self.path):
+            return layer_state(name, _StoredArrays(self, name), slot, int(self.attrs["layers"][slot]))
+
+
+class _StoredArrays:
+    """`layer_states.StateArrays` over one accumulator of a store: only what is asked for is read."""
+
+    def __init__(self, reader: StoreReader, name: str) -> None:
+        self.reader, self.name = reader, name
+
+    def whole(self, key: str) -> np.ndarray:
+        return self.reader.block(self.name, key, slice(None))
+
+    def rows(self, key: str, rows: slice) -> np.ndarray:
+        return self.reader.block(self.name, key, rows)
+
+    def sorted_range(self, key: str, low: int, high: int) -> slice:
+        array = self.reader.array(self.name, key)
+        return sorted_range_of(SortedLookup(lambda index: int(array[index]), array.shape[0]), low, high)
+
 
 def read_store(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, State]]:
     """Read a store written by `write_store`; a missing, torn or foreign store raises ValueError naming it."""
@@ -160,6 +183,12 @@ def merge_stores(paths: Sequence[str | os.PathLike[str]]) -> tuple[dict[str, Any
     readers = [StoreReader(path) for path in paths]
     attrs = merged_attrs(readers)
     return attrs, {name: _folded_state(readers, name) for name in readers[0].names}
+
+
+def merged_layer_state(readers: Sequence[StoreReader], name: str, slot: int) -> State:
+    """Accumulator `name` of analysed-layer slot `slot`, merged over the stores: one layer in memory."""
+    states = [reader.layer_state(name, slot) for reader in readers]
+    return states[0] if len(states) == 1 else REGISTRY[name].merge(states)
 
 
 MERGE_BLOCK_BYTES = 1 << 26  # summed arrays are merged this many bytes (of one store's array) at a time

@@ -1,0 +1,136 @@
+"""One analysed layer of a stored accumulator state, read without reading the other layers.
+
+The statistics of a neuron only need its own layer's counts, so the stats job can hold one layer at a
+time: for OPT-66b the per-position firing counts alone are 39 GB for all 64 layers and 0.6 GB for one.
+Each accumulator's arrays are of one of three kinds, and `layer_state` reads each kind its own way:
+
+- layered: the first axis is the analysed-layer slot (firing counts, position counts, moments, top-k);
+- shared: not per layer (token occurrences, n-gram occurrences, counted tokens per position, settings);
+- keyed: sorted sparse tables whose keys start with the slot (token x neuron and n-gram x neuron counts):
+  the slot's entries are one contiguous range, found by binary search on the stored keys.
+
+The result is the state a capture of that one layer would have written (keys renumbered to slot 0), so
+every accumulator's `merge` and every statistic applies to it unchanged.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+
+from neuron_census.accumulators import State
+
+
+class StateArrays(Protocol):
+    """Read access to one accumulator's stored arrays (a zarr group or a state in memory)."""
+
+    def whole(self, key: str) -> np.ndarray: ...
+
+    def rows(self, key: str, rows: slice) -> np.ndarray: ...
+
+    def sorted_range(self, key: str, low: int, high: int) -> slice:
+        """The index range of values in [low, high) of the sorted 1-D array `key`."""
+        ...
+
+
+class StateInMemory:
+    """`StateArrays` over a state already in memory."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    def whole(self, key: str) -> np.ndarray:
+        return self.state[key]
+
+    def rows(self, key: str, rows: slice) -> np.ndarray:
+        return self.state[key][rows]
+
+    def sorted_range(self, key: str, low: int, high: int) -> slice:
+        keys = self.state[key]
+        return slice(int(np.searchsorted(keys, low)), int(np.searchsorted(keys, high)))
+
+
+class SortedLookup:
+    """A sorted 1-D array read one element at a time, for `bisect` on arrays too large to read whole."""
+
+    def __init__(self, read: Callable[[int], int], length: int) -> None:
+        self.read, self.length = read, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> int:
+        return self.read(index)
+
+
+def sorted_range_of(lookup: SortedLookup, low: int, high: int) -> slice:
+    start = bisect.bisect_left(lookup, low)
+    return slice(start, bisect.bisect_left(lookup, high, lo=start))
+
+
+def _layered(arrays: StateArrays, keys: tuple[str, ...], slot: int) -> State:
+    return {key: arrays.rows(key, slice(slot, slot + 1)) for key in keys}
+
+
+def _shared(arrays: StateArrays, keys: tuple[str, ...]) -> State:
+    return {key: arrays.whole(key) for key in keys}
+
+
+def _keyed(arrays: StateArrays, key: str, values: tuple[str, ...], low: int, high: int) -> State:
+    """Entries with `key` in [low, high), renumbered from `low`, with their `values` alongside."""
+    span = arrays.sorted_range(key, low, high)
+    return {key: arrays.rows(key, span) - low} | {value: arrays.rows(value, span) for value in values}
+
+
+def _token_fire_layer(arrays: StateArrays, slot: int, layer: int) -> State:
+    header = _shared(arrays, ("vocab_size", "n_neurons", "capacity"))
+    cells = int(header["vocab_size"][0]) * int(header["n_neurons"][0])  # keys: (slot * vocab + token) * neurons + neuron
+    return header | _keyed(arrays, "keys", ("counts",), slot * cells, (slot + 1) * cells)
+
+
+def _ngram_fire_layer(arrays: StateArrays, slot: int, layer: int) -> State:
+    """N-grams are counted in a subset of the layers (`layers`); groups are index in it * neurons + neuron."""
+    state = _shared(arrays, ("orders", "capacity", "layers", "fires"))
+    counted = state["layers"].tolist()
+    n_neurons = state["fires"].shape[2]
+    if layer in counted:
+        index = counted.index(layer)
+        low, high = index * n_neurons, (index + 1) * n_neurons
+        fires = state["fires"][:, index : index + 1]
+    else:  # an empty range: the layer's n-grams were not counted
+        low = high = 0
+        fires = state["fires"][:, :0]
+    state |= {"layers": np.asarray([layer] if layer in counted else [], dtype=np.int64), "fires": fires}
+    for order in state["orders"].tolist():
+        names = (f"order{order}_gram", f"order{order}_count")
+        state |= _keyed(arrays, f"order{order}_group", names, low, high)
+    return state
+
+
+def _ngram_occurrences(arrays: StateArrays) -> State:
+    state = _shared(arrays, ("orders", "capacity", "total"))
+    for order in state["orders"].tolist():
+        state |= _shared(arrays, (f"order{order}_gram", f"order{order}_count"))
+    return state
+
+
+LayerReader = Callable[[StateArrays, int, int], State]
+
+LAYER_READERS: dict[str, LayerReader] = {
+    "fire_count": lambda arrays, slot, layer: _layered(arrays, ("counts", "tokens"), slot),
+    "position_fire_count": lambda arrays, slot, layer: _layered(arrays, ("counts",), slot) | _shared(arrays, ("tokens",)),
+    "token_count": lambda arrays, slot, layer: _shared(arrays, ("counts",)),
+    "token_fire_count": _token_fire_layer,
+    "top_k": lambda arrays, slot, layer: _layered(arrays, ("values", "seq", "pos"), slot),
+    "moments": lambda arrays, slot, layer: _layered(arrays, ("sum", "sum_sq", "min", "max"), slot),
+    "ngram_fire_count": _ngram_fire_layer,
+    "ngram_count": lambda arrays, slot, layer: _ngram_occurrences(arrays),
+}
+
+
+def layer_state(name: str, arrays: StateArrays, slot: int, layer: int) -> State:
+    """Accumulator `name`'s state restricted to analysed-layer slot `slot` (model layer `layer`)."""
+    return LAYER_READERS[name](arrays, slot, layer)

@@ -1,0 +1,136 @@
+"""One layer of a store read alone: equal to a capture of that layer, and the statistics equal to all layers at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from neuron_census.accumulators import REGISTRY, merge_states
+from neuron_census.capture import CaptureSettings, capture_tokens
+from neuron_census.layer_states import SortedLookup, StateInMemory, layer_state, sorted_range_of
+from neuron_census.models import load_model
+from neuron_census.planted import designed_tokens, get_recipe, planted_words
+from neuron_census.stats import AnalysisSettings, stats_tables, stats_tables_by_layer
+from neuron_census.store import StoreReader, merged_attrs, merged_layer_state, write_store
+
+RECIPE = get_recipe("census")
+TOKEN_STRINGS = ["<bos>", "<unk>", *planted_words(RECIPE)]
+NGRAM_LAYERS = (0, 2)  # not contiguous, and not every layer: layer 1 has no n-gram counts
+EXACT = {"ngram_layers": NGRAM_LAYERS, "ngram_capacity": 1 << 16}
+TABLES = {
+    "dense": EXACT,
+    "sparse": EXACT | {"token_fire_dense_limit": 0},
+    # bounded below what the busiest neurons meet, so merges prune
+    "bounded": {"ngram_layers": NGRAM_LAYERS, "ngram_capacity": 3, "token_fire_dense_limit": 0, "token_capacity": 4},
+}
+
+
+@pytest.fixture(scope="module")
+def census():
+    return load_model("census", {"source": "planted", "recipe": "census"}), designed_tokens("census")
+
+
+def capture(census, rows: slice, **settings) -> tuple[tuple[int, ...], dict]:
+    loaded, tokens = census
+    return capture_tokens(
+        loaded.model, loaded.adapter, tokens[rows], model_name="census", first_seq_id=rows.start,
+        has_bos=True, settings=CaptureSettings(batch_size=16, **settings), device=torch.device("cpu"), progress=False,
+    )
+
+
+def store_attrs(layers, shard: int) -> dict:
+    return {
+        "model": "census", "datasets": ["d"], "sources": [f"d/{shard}"], "layers": list(layers),
+        "n_layers_total": RECIPE.n_layers, "n_neurons": RECIPE.n_neurons, "seq_len": 64,
+        "vocab_size": RECIPE.vocab_size, "tokenizer_fingerprint": "t", "fire_rule": "preactivation",
+        "has_bos": True, "top_k": 16,
+    }
+
+
+def write_shards(census, tmp_path: Path, settings: dict) -> list[Path]:
+    paths = []
+    for shard, rows in enumerate((slice(0, 40), slice(40, 80))):
+        layers, states = capture(census, rows, **settings)
+        paths.append(tmp_path / f"shard-{shard}.zarr")
+        write_store(paths[-1], store_attrs(layers, shard), states)
+    return paths
+
+
+def assert_states_equal(got: dict, want: dict) -> None:
+    assert sorted(got) == sorted(want)
+    for name in want:
+        assert sorted(got[name]) == sorted(want[name]), name
+        for key in want[name]:
+            np.testing.assert_array_equal(got[name][key], want[name][key], err_msg=f"{name}/{key}")
+
+
+@pytest.mark.parametrize("table", ["dense", "sparse"])
+def test_a_stored_layer_is_the_capture_of_that_layer_alone(census, tmp_path: Path, table: str):
+    """Exact tables: reading slot s of an all-layer store gives what capturing layer s alone writes."""
+    path = write_shards(census, tmp_path, TABLES[table])[0]
+    reader = StoreReader(path)
+    for slot, layer in enumerate(reader.attrs["layers"]):
+        _, alone = capture(census, slice(0, 40), layers=(layer,), **TABLES[table])
+        got = {name: reader.layer_state(name, slot) for name in reader.names}
+        assert_states_equal(got, alone)
+        assert len(got["ngram_fire_count"]["layers"]) == (layer in NGRAM_LAYERS)
+        if layer in NGRAM_LAYERS:  # the slice is not empty by accident
+            assert len(got["ngram_fire_count"]["order2_group"]) > 0
+
+
+@pytest.mark.parametrize("table", list(TABLES))
+def test_merging_layers_read_alone_equals_slicing_the_merge(census, tmp_path: Path, table: str):
+    """Per layer, merging the stores' slices gives the slice of the whole merge (pruning included)."""
+    paths = write_shards(census, tmp_path, TABLES[table])
+    readers = [StoreReader(path) for path in paths]
+    whole = merge_states([{name: reader.state(name) for name in reader.names} for reader in readers])
+    for slot, layer in enumerate(readers[0].attrs["layers"]):
+        got = {name: merged_layer_state(readers, name, slot) for name in readers[0].names}
+        want = {name: layer_state(name, StateInMemory(whole[name]), slot, layer) for name in whole}
+        assert_states_equal(got, want)
+    if table == "bounded":  # the capacities did prune
+        sizes = np.bincount(whole["token_fire_count"]["keys"] % RECIPE.n_neurons)
+        assert sizes.max() == 4
+
+
+@pytest.mark.parametrize("table", list(TABLES))
+def test_statistics_layer_by_layer_equal_all_layers_at_once(census, tmp_path: Path, table: str):
+    paths = write_shards(census, tmp_path, TABLES[table])
+    readers = [StoreReader(path) for path in paths]
+    attrs = merged_attrs(readers)
+    whole = merge_states([{name: reader.state(name) for name in reader.names} for reader in readers])
+    want = stats_tables("census", attrs, whole, AnalysisSettings(), TOKEN_STRINGS)
+    got = stats_tables_by_layer(
+        "census",
+        attrs,
+        lambda slot: {name: merged_layer_state(readers, name, slot) for name in readers[0].names if name != "top_k"},
+        AnalysisSettings(),
+        TOKEN_STRINGS,
+    )
+    for got_table, want_table in zip(got, want):
+        assert got_table.schema == want_table.schema
+        assert got_table.equals(want_table)
+    stats = got[0]
+    assert stats["token_detector"].sum() > 0 and stats["positional"].sum() > 0
+    assert stats.filter(pl.col("layer") == 1)["bigram_coverage"].null_count() == RECIPE.n_neurons
+
+
+def test_sorted_range_by_bisection_matches_searchsorted():
+    rng = np.random.default_rng(0)
+    for size in (0, 1, 2, 7, 100):
+        keys = np.sort(rng.integers(0, 20, size))
+        lookup = SortedLookup(lambda i: int(keys[i]), len(keys))
+        for low in range(-1, 22):
+            for high in range(low, 23):
+                want = slice(int(np.searchsorted(keys, low)), int(np.searchsorted(keys, high)))
+                assert sorted_range_of(lookup, low, high) == want
+
+
+def test_every_accumulator_has_a_layer_reader():
+    from neuron_census.layer_states import LAYER_READERS
+
+    assert set(LAYER_READERS) == set(REGISTRY)
