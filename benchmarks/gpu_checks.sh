@@ -33,18 +33,18 @@ python3 -c "import torch, transformers; print('torch', torch.__version__, 'cuda'
 
 step 75 "CUDA tests" python3 -m pytest -q -m gpu -p no:cacheprovider \
     tests/test_devices.py tests/test_accumulators.py tests/test_ngrams.py
-step 45 "accumulator costs, OPT-125m widths, bf16" python3 benchmarks/accumulator_costs.py --device cuda \
+step 40 "accumulator costs, OPT-125m widths, bf16" python3 benchmarks/accumulator_costs.py --device cuda \
     --dtype bfloat16 --fire-rates 0.05 --batch-size 32 --seq-len 512 --n-batches 4 --n-layers 2 \
     --token-capacity 2048 --out "$out/gpu-accumulator-costs"
 
 speed=(--device cuda --dtype bfloat16 --fire-rate 0.05 --token-capacity 2048)
 # Shards of the presets' shape (2048-token sequences, batch 16; 128 sequences: half a preset shard, as much
 # as the bundled held-out text gives), so per-shard costs (allocating, reading the state) weigh as in a run.
-step 60 "profile of one capture pass, OPT-125m shapes" python3 benchmarks/profile_capture.py --architecture opt-125m \
+step 55 "profile of one capture pass, OPT-125m shapes" python3 benchmarks/profile_capture.py --architecture opt-125m \
     --n-seq 64 --seq-len 2048 --batch-size 16 "${speed[@]}" --out "$out/gpu-profile-opt-125m"
 step 120 "OPT-125m shapes, bf16, every mode" python3 benchmarks/interleaved_speed.py --architecture opt-125m \
     --n-seq 128 --seq-len 2048 --batch-size 16 --rounds 2 "${speed[@]}" --out "$out/gpu-interleaved-opt-125m-fire5"
-step 150 "OPT-13b shapes over an 8 GiB GPU budget" python3 benchmarks/placement_speed.py --architecture opt-13b \
+step 180 "OPT-13b shapes over an 8 GiB GPU budget" python3 benchmarks/placement_speed.py --architecture opt-13b \
     --gpu-budget 8GiB --n-seq 16 --seq-len 512 --batch-size 8 --out "$out/gpu-placement-opt-13b"
 step 120 "OPT-1.3b shapes, bf16, every mode" python3 benchmarks/interleaved_speed.py --architecture opt-1.3b \
     --n-seq 64 --seq-len 2048 --batch-size 16 --rounds 2 "${speed[@]}" --out "$out/gpu-interleaved-opt-1.3b-fire5"

@@ -8,6 +8,7 @@ capacities) in three placements, one after the other in this process, over the s
   resident   the whole model on the GPU (a reference: it fits an H200's memory, not the budget)
   layerwise  the model in CPU memory; each decoder layer moved to the GPU once per shard, hidden states
              of the whole shard kept on the CPU between layers (`capture.strategy: layerwise`)
+  layerwise_gpu_states  the same with the shard's hidden states kept on the GPU (`layerwise_states: device`)
   offload    Accelerate big-model inference within `--gpu-budget` of GPU memory, the rest in CPU memory
              and streamed to the GPU on every batch (`capture.strategy: offload`, `max_memory`)
 
@@ -94,7 +95,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
     parser.add_argument("--gpu-budget", default="16GiB", help="offload's max_memory for the GPU")
     parser.add_argument("--cpu-budget", default="110GiB", help="offload's max_memory for the CPU")
-    parser.add_argument("--placements", nargs="+", default=["resident", "layerwise", "offload"])
+    parser.add_argument("--placements", nargs="+", default=["resident", "layerwise", "layerwise_gpu_states", "offload"])
     parser.add_argument("--n-seq", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -129,6 +130,7 @@ def main() -> None:
     placements = {
         "resident": Placement(),
         "layerwise": Placement(strategy="layerwise"),
+        "layerwise_gpu_states": Placement(strategy="layerwise", layerwise_states="device"),
         "offload": Placement(strategy="offload", max_memory={"0": args.gpu_budget, "cpu": args.cpu_budget}),
     }
     rows: list[dict[str, Any]] = []
@@ -162,7 +164,7 @@ def main() -> None:
 
             timings = {}
             warm_up = name == args.placements[0]  # kernels and allocator; a layerwise warm-up moves every weight
-            if name != "layerwise":
+            if not name.startswith("layerwise"):
                 if warm_up:
                     bare(tokens[: args.batch_size])
                 timings["bare forward"] = _timed(lambda: bare(tokens), device, args.repeats)

@@ -68,7 +68,7 @@ def test_planted_census_counts_equal_the_cpu_float32_ones(device_name, dtype, ce
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
 def test_strategies_agree_on_cuda(dtype, tmp_path):
-    """Layerwise (weights and hidden states on the CPU or on disk) and offload (a GPU budget of 80% of the
+    """Layerwise (weights on the CPU or on disk, hidden states there or on the GPU) and offload (a GPU budget of 80% of the
     model) give the resident capture's accumulators, on the GPU."""
     spec = SPECS["opt-125m"]
     device = torch.device("cuda")
@@ -79,6 +79,7 @@ def test_strategies_agree_on_cuda(dtype, tmp_path):
         "resident": Placement(),
         "layerwise": Placement(strategy="layerwise"),
         "layerwise-disk": Placement(strategy="layerwise", layerwise_states="disk", layerwise_weights="disk"),
+        "layerwise-states-on-gpu": Placement(strategy="layerwise", layerwise_states="device"),
         "offload": Placement(strategy="offload", max_memory={"0": int(size * 0.8), "cpu": "8GiB"}),
     }.items():
         folder = tmp_path / name
@@ -89,7 +90,7 @@ def test_strategies_agree_on_cuda(dtype, tmp_path):
         )[1]
         if name == "offload":
             assert "cpu" in set(loaded.model.hf_device_map.values())  # the budget really forced offloading
-    for name in ("layerwise", "layerwise-disk", "offload"):
+    for name in ("layerwise", "layerwise-disk", "layerwise-states-on-gpu", "offload"):
         assert_same_states(results["resident"], results[name])
 
 

@@ -1,7 +1,7 @@
 """Resident, offload and layerwise capture must give the same accumulators.
 
 Offload is forced by a memory budget smaller than the model, so some decoder layers really are streamed
-from disk; layerwise keeps hidden states in memory or in a memory-mapped file.
+from disk; layerwise keeps hidden states in memory, in a memory-mapped file or on the capture device.
 """
 
 from __future__ import annotations
@@ -65,9 +65,10 @@ def resident_states() -> dict:
         Placement(strategy="layerwise"),
         Placement(strategy="layerwise", layerwise_states="disk"),
         Placement(strategy="layerwise", layerwise_states="disk", layerwise_weights="disk"),
+        Placement(strategy="layerwise", layerwise_states="device"),
         Placement(strategy="offload"),
     ],
-    ids=["layerwise-cpu", "layerwise-disk", "layerwise-disk-weights-and-states", "offload-disk"],
+    ids=["layerwise-cpu", "layerwise-disk", "layerwise-disk-weights-and-states", "layerwise-device", "offload-disk"],
 )
 def test_strategies_give_identical_accumulators(name, placement, resident_states, tmp_path):
     tokens, (layers, expected) = resident_states[name]
@@ -294,3 +295,18 @@ def test_a_layer_comes_back_to_its_own_cpu_tensors():
     assert [t.data_ptr() for t in after] == [ptr for ptr, _ in before]
     for tensor, (_, value) in zip(after, before):
         assert torch.equal(tensor, value)
+
+
+def test_hidden_states_kept_on_the_device_are_not_copied(tmp_path):
+    """`layerwise_states: device` keeps each layer's output as it is; `cpu` keeps a copy in CPU memory."""
+    from neuron_census.execution import _HiddenStates
+
+    hidden = torch.randn(2, 3, 4)
+    kept = {}
+    for where in ("device", "cpu", "disk"):
+        states = _HiddenStates([(2, 3, 4)], torch.float32, where, tmp_path)
+        states.put(0, hidden)
+        kept[where] = states.get(0)
+        torch.testing.assert_close(kept[where], hidden, rtol=0, atol=0)
+    assert kept["device"] is hidden
+    assert kept["cpu"] is not hidden and kept["cpu"].data_ptr() != hidden.data_ptr()

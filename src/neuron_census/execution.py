@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 STRATEGIES = ("resident", "offload", "layerwise")
-LAYERWISE_STATES = ("cpu", "disk")
+LAYERWISE_STATES = ("cpu", "disk", "device")
 LAYERWISE_WEIGHTS = ("cpu", "disk")
 
 
@@ -46,7 +46,8 @@ class Placement:
     `max_memory` maps devices ("cpu", 0, "cuda:0") to budgets ("20GiB", bytes) as Accelerate reads them;
     empty means Accelerate's own estimate of what is free. `offload_dir` holds weights that fit nowhere
     (offload, layerwise with `layerwise_weights: disk`) or the kept hidden states (layerwise with
-    `layerwise_states: disk`); None = a temporary folder.
+    `layerwise_states: disk`; `cpu` keeps them in CPU memory, `device` on the capture device); None = a
+    temporary folder.
     """
 
     strategy: str = "resident"
@@ -198,13 +199,15 @@ def _layer_output(output: Any) -> torch.Tensor:
 
 
 class _HiddenStates:
-    """The residual stream of every batch between two layers, in CPU memory or a memory-mapped file."""
+    """The residual stream of every batch between two layers: in CPU memory, a memory-mapped file, or left on
+    the capture device (no copies between layers; an OPT-66b shard of 256 x 2048 tokens is 9.7 GB in bfloat16)."""
 
     def __init__(self, shapes: Sequence[tuple[int, ...]], dtype: torch.dtype, where: str, folder: Path) -> None:
         self.shapes = list(shapes)
         self.dtype = dtype
-        if where == "cpu":
-            self._cpu: list[torch.Tensor | None] = [None] * len(shapes)
+        self._copy_to = torch.device("cpu") if where == "cpu" else None
+        if where in ("cpu", "device"):
+            self._held: list[torch.Tensor | None] = [None] * len(shapes)
             self._file = None
         else:
             storage_dtype = torch.float32 if dtype == torch.float32 else torch.int16  # 2-byte types as raw bits
@@ -220,14 +223,15 @@ class _HiddenStates:
 
     def put(self, index: int, hidden: torch.Tensor) -> None:
         if self._file is None:
-            self._cpu[index] = hidden.to("cpu", copy=True)
+            # kept on the device: the layer's output itself (the next layer's input, replaced by its output)
+            self._held[index] = hidden if self._copy_to is None else hidden.to(self._copy_to, copy=True)
             return
         flat = hidden.detach().to("cpu").contiguous().view(self._storage_dtype).reshape(-1).numpy()
         self._file[self._offsets[index] : self._offsets[index + 1]] = flat
 
     def get(self, index: int) -> torch.Tensor:
         if self._file is None:
-            hidden = self._cpu[index]
+            hidden = self._held[index]
             assert hidden is not None
             return hidden
         flat = torch.from_numpy(np.asarray(self._file[self._offsets[index] : self._offsets[index + 1]]))
