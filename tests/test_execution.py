@@ -193,7 +193,7 @@ def test_layerwise_stops_after_the_last_analysed_layer(tmp_path):
     assert all(p.device.type == "cpu" for p in loaded.adapter.decoder_layers().parameters())
 
 
-def test_capture_job_with_offload_writes_the_same_store(tmp_path):
+def test_capture_job_with_offload_writes_the_same_store(tmp_path, capsys):
     recipe = get_recipe("census")
     tokenizer_spec = {"source": "words", "words": planted_words(recipe)}
     from neuron_census.tokenization import load_tokenizer
@@ -215,6 +215,8 @@ def test_capture_job_with_offload_writes_the_same_store(tmp_path):
     }.items():
         out = tmp_path / f"{label}.zarr"
         capture_job("planted", spec, "planted", tokenizer_spec, {**base, **extra}, shard, out)
+        # the job says up front how much device memory its statistics can take
+        assert "capture 'planted': statistics on cpu up to " in capsys.readouterr().err
         stores[label] = read_store(out)
         assert stores[label][0]["strategy"] == extra["strategy"]
     for label in ("offload", "layerwise", "layerwise-disk-weights"):

@@ -11,12 +11,16 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import torch
 
 from neuron_census.atomic import atomic_path
+
+if TYPE_CHECKING:
+    from neuron_census.capture import CaptureSettings
+    from neuron_census.execution import Placement
 
 PathLike = str | os.PathLike[str]
 
@@ -179,6 +183,7 @@ def capture_job(
         )
         tokens, shard_attrs = read_shard_for(shard_path, tokenizer, f"model '{model_name}'")
         shard = int(shard_attrs["shard"])
+        report_statistics_memory(model_name, capture_settings, loaded.adapter, int(tokens.shape[1]), device, placement)
         layers, states = capture_tokens(
             loaded.model,
             loaded.adapter,
@@ -211,6 +216,36 @@ def capture_job(
         "strategy": placement.strategy,
     }
     write_store(output, attrs, states)
+
+
+def report_statistics_memory(
+    model_name: str, settings: CaptureSettings, adapter: Any, seq_len: int, device: torch.device, placement: Placement
+) -> None:
+    """Say on stderr how much device memory the statistics can take, and warn if that exceeds what is free.
+
+    The bound is reached only when every neuron's tables are full, so exceeding it is a warning: the
+    capture may still fit, but a user learns before a long job which setting to change if it does not.
+    """
+    from neuron_census.accumulators import Geometry
+    from neuron_census.capture import resolve_layers
+    from neuron_census.statistics_memory import describe_bound, statistics_device_bytes
+
+    layers = resolve_layers(settings.layers, adapter.n_layers, model_name)
+    geometry = Geometry(layers=layers, n_neurons=adapter.n_neurons, seq_len=seq_len, vocab_size=adapter.vocab_size)
+    bounds = statistics_device_bytes(settings, geometry, adapter.n_layers, layerwise=placement.strategy == "layerwise")
+    print(f"capture '{model_name}': statistics on {device} {describe_bound(bounds)}", file=sys.stderr)
+    if device.type != "cuda":
+        return
+    free, _ = torch.cuda.mem_get_info(device)
+    needed = sum(size for size in bounds.values() if size is not None)
+    if needed > free:
+        advice = "" if placement.strategy == "layerwise" else "capture.strategy: layerwise (one layer's statistics on the GPU) or "
+        print(
+            f"warning: capture '{model_name}': the statistics can grow to {needed / 1e9:.1f} GB, more than the "
+            f"{free / 1e9:.1f} GB free on {device}; if it runs out of memory, use {advice}smaller "
+            "capture.token_capacity / ngram_capacity",
+            file=sys.stderr,
+        )
 
 
 def merge_job(inputs: Sequence[PathLike], output: PathLike) -> None:

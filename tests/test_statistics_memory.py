@@ -1,0 +1,84 @@
+"""The device-memory bound of the statistics: its arithmetic, and that a capture stays within it."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from neuron_census import accumulators
+from neuron_census.accumulators import Geometry
+from neuron_census.capture import CaptureSettings, capture_tokens
+from neuron_census.models import load_model
+from neuron_census.planted import designed_tokens, get_recipe
+from neuron_census.statistics_memory import describe_bound, statistics_device_bytes
+
+OPT_30B = Geometry(layers=tuple(range(48)), n_neurons=28672, seq_len=2048, vocab_size=50272)
+PRESET = CaptureSettings(ngram_capacity=2048, token_capacity=2048, top_k=32)
+
+
+def test_opt_30b_with_the_presets_capacities():
+    resident = statistics_device_bytes(PRESET, OPT_30B, 48, layerwise=False)
+    layerwise = statistics_device_bytes(PRESET, OPT_30B, 48, layerwise=True)
+    table = 28672 * 2048  # entries of one layer's full table: 2048 per neuron
+    assert resident["position_fire_count"] == 48 * 2048 * 28672 * 4 + 2048 * 8
+    assert layerwise["position_fire_count"] == 2048 * 28672 * 4 + 2048 * 8
+    # a full table and as many pending pairs, 16 bytes each: every layer, or the one being run
+    assert resident["token_fire_count"] == 48 * 2 * table * 16
+    assert layerwise["token_fire_count"] == 2 * table * 16
+    # n-grams of the first half of the layers, two orders sharing one pending budget, and the denominators
+    assert resident["ngram_fire_count"] == 24 * 3 * table * 16 + 2 * 24 * 28672 * 8
+    assert layerwise["ngram_fire_count"] == 3 * table * 16 + 2 * 24 * 28672 * 8
+    assert resident["top_k"] == layerwise["top_k"] == 48 * 32 * 28672 * 20  # top-k stays for every layer
+    assert describe_bound(resident).startswith("up to 170.3 GB (token_fire_count 90.2, ngram_fire_count 67.7")
+
+
+def test_dense_and_unbounded_token_tables():
+    small = Geometry(layers=(0, 1), n_neurons=16, seq_len=8, vocab_size=48)
+    dense = statistics_device_bytes(CaptureSettings(), small, 2, layerwise=True)
+    assert dense["token_fire_count"] == 2 * 48 * 16 * 4  # the dense table stays whole, even layerwise
+    exact = statistics_device_bytes(CaptureSettings(), OPT_30B, 48, layerwise=False)
+    assert exact["token_fire_count"] is None
+    assert "token_fire_count without a bound" in describe_bound(exact)
+    subset = statistics_device_bytes(CaptureSettings(accumulators=("fire_count",)), small, 2, layerwise=False)
+    assert subset == {"fire_count": 2 * 16 * 4 + 2 * 8}
+
+
+def test_a_capture_stays_within_the_bound(monkeypatch):
+    """Capacities that the neurons of a trained model exceed: at every merge, a layer's table and the pairs
+    waiting for it (all but the batch that triggered the merge) stay within that layer's share of the
+    bound, and come close to it."""
+    loaded = load_model("m", {"source": "local", "path": "resources/models/stories260K"})
+    adapter = loaded.adapter
+    tokens = np.random.default_rng(0).integers(3, 13, size=(24, 32))  # ten tokens: n-grams recur, as in text
+    settings = CaptureSettings(
+        batch_size=4, token_fire_dense_limit=0, token_capacity=2, ngram_capacity=2, ngram_layers="all", merge_pending=64
+    )
+    seen: dict[str, list[int]] = {"token_fire_count": [], "ngram_fire_count": []}
+
+    def entries(runs) -> int:
+        return sum(len(run[0]) for run in runs)
+
+    def watch(cls, held):
+        flush = cls._flush
+
+        def watched(self, slot):
+            seen[cls.name].append(held(self, slot) * 16)
+            return flush(self, slot)
+
+        monkeypatch.setattr(cls, "_flush", watched)
+
+    # the last pending run is the batch that triggered the merge (the state's final flushes have none)
+    watch(accumulators.TokenFireCount, lambda acc, s: len(acc._tables[s][0]) + entries(acc._pending[s][:-1]))
+    watch(accumulators.NgramFireCount, lambda acc, s: sum(
+        entries(acc._tables[s][n]) + sum(entries(runs[:-1]) for runs in acc._pending[s][n]) for n in acc.orders
+    ))
+    layers, _ = capture_tokens(
+        loaded.model, adapter, tokens, model_name="m", first_seq_id=0, has_bos=True,
+        settings=settings, device=torch.device("cpu"), progress=False,
+    )
+    geometry = Geometry(layers=layers, n_neurons=adapter.n_neurons, seq_len=tokens.shape[1], vocab_size=adapter.vocab_size)
+    bound = statistics_device_bytes(settings, geometry, adapter.n_layers, layerwise=True)  # one layer's share
+    fires = len(settings.ngram_orders) * len(layers) * adapter.n_neurons * 8  # n-gram denominators, not tables
+    for name, per_layer in (("token_fire_count", bound["token_fire_count"]), ("ngram_fire_count", bound["ngram_fire_count"] - fires)):
+        assert max(seen[name]) <= per_layer, name
+        assert max(seen[name]) >= per_layer / 8, name  # the tables did fill: the check is not vacuous
