@@ -15,7 +15,15 @@ from neuron_census.layer_states import SortedLookup, StateInMemory, layer_state,
 from neuron_census.models import load_model
 from neuron_census.planted import designed_tokens, get_recipe, planted_words
 from neuron_census.stats import AnalysisSettings, stats_tables, stats_tables_by_layer
-from neuron_census.store import StoreReader, merged_attrs, merged_layer_state, write_store
+from neuron_census.store import (
+    StoreReader,
+    merge_store_files,
+    merge_stores,
+    merged_attrs,
+    merged_layer_state,
+    read_store,
+    write_store,
+)
 
 RECIPE = get_recipe("census")
 TOKEN_STRINGS = ["<bos>", "<unk>", *planted_words(RECIPE)]
@@ -117,6 +125,21 @@ def test_statistics_layer_by_layer_equal_all_layers_at_once(census, tmp_path: Pa
     stats = got[0]
     assert stats["token_detector"].sum() > 0 and stats["positional"].sum() > 0
     assert stats.filter(pl.col("layer") == 1)["bigram_coverage"].null_count() == RECIPE.n_neurons
+
+
+@pytest.mark.parametrize("table", list(TABLES))
+def test_the_shard_merge_layer_by_layer_equals_the_merge_in_memory(census, tmp_path: Path, table: str):
+    """`merge_store_files` merges top-k, moments and the sparse tables a layer at a time and appends them:
+    the store it writes holds what folding the whole states gives."""
+    paths = write_shards(census, tmp_path, TABLES[table])
+    merge_store_files(paths, tmp_path / "merged.zarr")
+    _, got = read_store(tmp_path / "merged.zarr")
+    _, want = merge_stores(paths)
+    assert_states_equal(got, want)
+    assert len(want["ngram_fire_count"]["order3_group"]) > 0 and len(want["token_fire_count"]["keys"]) > 0
+    merged = StoreReader(tmp_path / "merged.zarr")
+    assert merged.array("ngram_fire_count", "order2_gram").chunks == (1 << 20,)  # appended, in large chunks
+    assert merged.array("top_k", "values").chunks == (1, 16, RECIPE.n_neurons)  # a layer a chunk
 
 
 def test_sorted_range_by_bisection_matches_searchsorted():

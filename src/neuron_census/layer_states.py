@@ -10,7 +10,8 @@ Each accumulator's arrays are of one of three kinds, and `layer_state` reads eac
   the slot's entries are one contiguous range, found by binary search on the stored keys.
 
 The result is the state a capture of that one layer would have written (keys renumbered to slot 0), so
-every accumulator's `merge` and every statistic applies to it unchanged.
+every accumulator's `merge` and every statistic applies to it unchanged. `layer_parts` is the way back:
+a merged layer's arrays renumbered to its slot, to be appended to a store layer after layer.
 """
 
 from __future__ import annotations
@@ -134,3 +135,52 @@ LAYER_READERS: dict[str, LayerReader] = {
 def layer_state(name: str, arrays: StateArrays, slot: int, layer: int) -> State:
     """Accumulator `name`'s state restricted to analysed-layer slot `slot` (model layer `layer`)."""
     return LAYER_READERS[name](arrays, slot, layer)
+
+
+# ------------------------------------------------------------------------------------------ the way back
+
+Parts = dict[str, tuple[np.ndarray, int | None]]  # key -> (array, axis it is appended along; None: write once)
+
+
+def _appended(state: State, keys: tuple[str, ...], axis: int = 0) -> Parts:
+    return {key: (state[key], axis) for key in keys}
+
+
+def _once(state: State, keys: tuple[str, ...]) -> Parts:
+    return {key: (state[key], None) for key in keys}
+
+
+def _token_fire_parts(state: State, slot: int, counted_before: int) -> Parts:
+    cells = int(state["vocab_size"][0]) * int(state["n_neurons"][0])
+    return _once(state, ("vocab_size", "n_neurons", "capacity")) | {
+        "keys": (state["keys"] + slot * cells, 0),
+        "counts": (state["counts"], 0),
+    }
+
+
+def _ngram_fire_parts(state: State, slot: int, counted_before: int) -> Parts:
+    """`counted_before`: layers with n-gram counts already appended, the index of this one if it has them."""
+    n_neurons = state["fires"].shape[2]
+    parts = _once(state, ("orders", "capacity")) | {"layers": (state["layers"], 0), "fires": (state["fires"], 1)}
+    for order in state["orders"].tolist():
+        group = f"order{order}_group"
+        parts |= {group: (state[group] + counted_before * n_neurons, 0)}
+        parts |= _appended(state, (f"order{order}_gram", f"order{order}_count"))
+    return parts
+
+
+LayerParts = Callable[[State, int, int], Parts]
+
+# accumulators merged a layer at a time (the others are summed block by block, or have no layer axis)
+LAYER_PARTS: dict[str, LayerParts] = {
+    "token_fire_count": _token_fire_parts,
+    "top_k": lambda state, slot, counted_before: _appended(state, ("values", "seq", "pos")),
+    "moments": lambda state, slot, counted_before: _appended(state, ("sum", "sum_sq", "min", "max")),
+    "ngram_fire_count": _ngram_fire_parts,
+}
+
+
+def layer_parts(name: str, state: State, slot: int, counted_before: int = 0) -> Parts:
+    """One layer's merged state of accumulator `name`, renumbered to slot `slot`, as arrays to append."""
+    return LAYER_PARTS[name](state, slot, counted_before)
+

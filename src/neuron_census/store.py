@@ -21,7 +21,7 @@ import zarr
 
 from neuron_census.accumulators import REGISTRY, State, sums_elementwise
 from neuron_census.atomic import atomic_path
-from neuron_census.layer_states import SortedLookup, layer_state, sorted_range_of
+from neuron_census.layer_states import LAYER_PARTS, Parts, SortedLookup, layer_parts, layer_state, sorted_range_of
 
 STORE_KIND = "accumulators"
 FORMAT_VERSION = 2
@@ -93,6 +93,7 @@ class StoreReader:
             self.group = _open_complete(self.path)
             self.attrs = dict(self.group.attrs)
             self.names = sorted(name for name, _ in self.group.groups())
+        self._shared: dict[tuple[str, str], np.ndarray] = {}  # arrays without a layer axis, read once
 
     def state(self, name: str) -> State:
         """Every array of accumulator `name`, in memory."""
@@ -121,14 +122,30 @@ class _StoredArrays:
         self.reader, self.name = reader, name
 
     def whole(self, key: str) -> np.ndarray:
-        return self.reader.block(self.name, key, slice(None))
+        """Arrays read whole are those without a layer axis (settings, occurrences, n-gram denominators):
+        small next to the tables, and asked for once per layer, so they are kept after the first read."""
+        shared = self.reader._shared
+        if (self.name, key) not in shared:
+            shared[(self.name, key)] = self.reader.block(self.name, key, slice(None))
+        return shared[(self.name, key)]
 
     def rows(self, key: str, rows: slice) -> np.ndarray:
         return self.reader.block(self.name, key, rows)
 
     def sorted_range(self, key: str, low: int, high: int) -> slice:
+        """Binary search on the stored array, decoding each chunk it visits once (a chunk at a time)."""
         array = self.reader.array(self.name, key)
-        return sorted_range_of(SortedLookup(lambda index: int(array[index]), array.shape[0]), low, high)
+        size = array.chunks[0]
+        held: dict[int, np.ndarray] = {}
+
+        def read(index: int) -> int:
+            start = index - index % size
+            if start not in held:
+                held.clear()
+                held[start] = np.asarray(array[start : start + size])
+            return int(held[start][index - start])
+
+        return sorted_range_of(SortedLookup(read, array.shape[0]), low, high)
 
 
 def read_store(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, State]]:
@@ -186,9 +203,13 @@ def merge_stores(paths: Sequence[str | os.PathLike[str]]) -> tuple[dict[str, Any
 
 
 def merged_layer_state(readers: Sequence[StoreReader], name: str, slot: int) -> State:
-    """Accumulator `name` of analysed-layer slot `slot`, merged over the stores: one layer in memory."""
-    states = [reader.layer_state(name, slot) for reader in readers]
-    return states[0] if len(states) == 1 else REGISTRY[name].merge(states)
+    """Accumulator `name` of analysed-layer slot `slot`, merged over the stores, folded in one store at a
+    time as `_folded_state` does: two states of one layer in memory."""
+    merge = REGISTRY[name].merge
+    state = readers[0].layer_state(name, slot)
+    for reader in readers[1:]:
+        state = merge([state, reader.layer_state(name, slot)])
+    return state
 
 
 MERGE_BLOCK_BYTES = 1 << 26  # summed arrays are merged this many bytes (of one store's array) at a time
@@ -201,8 +222,10 @@ def merge_store_files(
 
     Accumulators whose merge is a sum (firing, position and token counts: the largest arrays, e.g.
     layers x 2048 positions x neurons) are summed a block of rows at a time, read from every store
-    and written out before the next block. The others (top-k, moments, bounded sparse tables) are
-    folded in one store at a time. The result equals `merge_stores` of the same paths.
+    and written out before the next block. Top-k, moments and the bounded sparse tables are merged one
+    layer at a time, folded in one store at a time, and appended to the output (OPT-66b's full token
+    tables are 77 GB a store over all layers, 1.2 GB for one); the occurrence counts, which have no
+    layer axis, are folded whole. The result equals `merge_stores` of the same paths.
     """
     readers = [StoreReader(path) for path in paths]
     attrs = merged_attrs(readers)
@@ -210,12 +233,14 @@ def merge_store_files(
         group = zarr.open_group(tmp, mode="w")
         for name in readers[0].names:
             sub = group.create_group(name)
-            if not sums_elementwise(name):
+            if sums_elementwise(name):
+                for key, _ in sorted(readers[0].group[name].arrays()):
+                    _sum_blockwise(readers, name, key, sub, block_bytes)
+            elif name in LAYER_PARTS:
+                _merge_layer_by_layer(readers, name, sub)
+            else:
                 for key, array in _folded_state(readers, name).items():
                     sub.create_array(key, data=np.ascontiguousarray(array))
-                continue
-            for key, _ in sorted(readers[0].group[name].arrays()):
-                _sum_blockwise(readers, name, key, sub, block_bytes)
         group.attrs.update({**attrs, "kind": STORE_KIND, "format_version": FORMAT_VERSION, "complete": True})
 
 
@@ -238,3 +263,42 @@ def _sum_blockwise(readers: Sequence[StoreReader], name: str, key: str, out: zar
         for reader in readers[1:]:
             total = total + reader.block(name, key, rows)
         target[rows] = total
+
+
+def _merge_layer_by_layer(readers: Sequence[StoreReader], name: str, out: zarr.Group) -> None:
+    appender = _Appender(out)
+    counted_before = 0  # n-gram counts: layers with counts appended so far
+    for slot in range(len(readers[0].attrs["layers"])):
+        state = merged_layer_state(readers, name, slot)
+        appender.add(layer_parts(name, state, slot, counted_before))
+        counted_before += len(state.get("layers", ()))
+
+
+APPEND_CHUNK = 1 << 20  # elements per chunk of the 1-D arrays written a layer at a time
+
+
+class _Appender:
+    """Arrays written a layer at a time: created empty on first sight (with chunks of one layer, or of
+    `APPEND_CHUNK` entries for sparse tables), then appended to; arrays without a layer axis written once."""
+
+    def __init__(self, group: zarr.Group) -> None:
+        self.group = group
+        self.arrays: dict[str, zarr.Array | None] = {}
+
+    def add(self, parts: Parts) -> None:
+        for key, (data, axis) in parts.items():
+            data = np.ascontiguousarray(data)
+            if key not in self.arrays:
+                if axis is None:
+                    self.group.create_array(key, data=data)
+                    self.arrays[key] = None
+                    continue
+                shape = list(data.shape)
+                shape[axis] = 0
+                chunks = [max(1, n) for n in data.shape]
+                chunks[axis] = APPEND_CHUNK if data.ndim == 1 else 1
+                self.arrays[key] = self.group.create_array(key, shape=tuple(shape), dtype=data.dtype, chunks=tuple(chunks))
+            array = self.arrays[key]
+            if array is not None and data.shape[axis]:
+                array.append(data, axis=axis)
+
