@@ -31,8 +31,19 @@ from capture_speed import _peak_rss_mb, _rss_mb, corpus_tokens, set_fire_rate, w
 METHODS = ("in_memory", "streaming")
 
 
-def write_shards(args: argparse.Namespace, folder: Path) -> list[Path]:
-    """Capture `max(args.shards)` shards of `args.seq_per_shard` sequences each, one store per shard."""
+def add_shard_arguments(parser: argparse.ArgumentParser) -> None:
+    """What `write_shards` captures: the model, the shard size, the firing rate and the table capacities."""
+    parser.add_argument("--architecture", default="opt-125m")
+    parser.add_argument("--seq-len", type=int, default=2048)
+    parser.add_argument("--seq-per-shard", type=int, default=1)
+    parser.add_argument("--fire-rate", type=float, default=0.05)
+    parser.add_argument("--capacity", type=int, default=2048, help="token_capacity and ngram_capacity (presets: 2048)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=None)
+
+
+def write_shards(args: argparse.Namespace, folder: Path, n_shards: int) -> list[Path]:
+    """Capture `n_shards` shards of `args.seq_per_shard` sequences each, one store per shard."""
     import torch
 
     from neuron_census.adapters import adapter_for
@@ -41,7 +52,6 @@ def write_shards(args: argparse.Namespace, folder: Path) -> list[Path]:
     from neuron_census.zoo import build_random_model
 
     torch.set_num_threads(args.threads)
-    n_shards = max(args.shards)
     model = build_random_model(args.architecture, seed=0).eval().requires_grad_(False)
     adapter = adapter_for(model, name=args.architecture)
     tokens = corpus_tokens(n_shards * args.seq_per_shard, args.seq_len)
@@ -86,14 +96,8 @@ def merge_one(method: str, paths: list[str], output: str) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--architecture", default="opt-125m")
+    add_shard_arguments(parser)
     parser.add_argument("--shards", nargs=2, type=int, default=[2, 8], help="the two shard counts compared")
-    parser.add_argument("--seq-len", type=int, default=2048)
-    parser.add_argument("--seq-per-shard", type=int, default=1)
-    parser.add_argument("--fire-rate", type=float, default=0.05)
-    parser.add_argument("--capacity", type=int, default=2048, help="token_capacity and ngram_capacity (presets: 2048)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--worker", nargs=3, metavar=("METHOD", "OUTPUT", "PATHS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -103,7 +107,7 @@ def main() -> None:
 
     folder = Path(tempfile.mkdtemp(prefix="merge-memory-"))
     try:
-        paths = write_shards(args, folder)
+        paths = write_shards(args, folder, max(args.shards))
         store_mb = sum(f.stat().st_size for f in paths[0].rglob("*") if f.is_file()) / 2**20
         results = []
         for n_shards in args.shards:

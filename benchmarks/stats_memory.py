@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from capture_speed import _peak_rss_mb, _rss_mb, write_results  # noqa: E402
-from merge_memory import write_shards  # noqa: E402
+from merge_memory import add_shard_arguments, write_shards  # noqa: E402
 
 METHODS = ("all_layers", "by_layer")
 
@@ -62,14 +62,8 @@ def stats_once(method: str, store: str, output: str) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--architecture", default="opt-125m")
+    add_shard_arguments(parser)
     parser.add_argument("--shards", type=int, default=2, help="shard stores merged into the one the statistics read")
-    parser.add_argument("--seq-len", type=int, default=2048)
-    parser.add_argument("--seq-per-shard", type=int, default=1)
-    parser.add_argument("--fire-rate", type=float, default=0.05)
-    parser.add_argument("--capacity", type=int, default=2048, help="token_capacity and ngram_capacity (presets: 2048)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--worker", nargs=3, metavar=("METHOD", "STORE", "OUTPUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -82,9 +76,8 @@ def main() -> None:
 
     folder = Path(tempfile.mkdtemp(prefix="stats-memory-"))
     try:
-        args.shards = [args.shards]  # write_shards captures max(args.shards) shards
         merged = folder / "merged.zarr"
-        merge_store_files(write_shards(args, folder), merged)
+        merge_store_files(write_shards(args, folder, args.shards), merged)
         store_mb = sum(f.stat().st_size for f in merged.rglob("*") if f.is_file()) / 2**20
         results = []
         for method in METHODS:
@@ -99,7 +92,7 @@ def main() -> None:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     lines = [
-        f"{args.architecture}, {args.shards[0]} shards of {args.seq_per_shard} x {args.seq_len} tokens merged, fire rate "
+        f"{args.architecture}, {args.shards} shards of {args.seq_per_shard} x {args.seq_len} tokens merged, fire rate "
         f"{args.fire_rate}, token and n-gram capacity {args.capacity}; the merged store is {store_mb:.0f} MB on disk. "
         "Both methods gave equal tables.",
         "",
