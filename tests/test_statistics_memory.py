@@ -32,13 +32,18 @@ def test_opt_30b_with_the_presets_capacities():
     assert describe_bound(resident).startswith("up to 170.3 GB (token_fire_count 90.2, ngram_fire_count 67.7")
 
 
-def test_dense_and_unbounded_token_tables():
+def test_dense_exact_and_short_shards():
     small = Geometry(layers=(0, 1), n_neurons=16, seq_len=8, vocab_size=48)
     dense = statistics_device_bytes(CaptureSettings(), small, 2, layerwise=True)
     assert dense["token_fire_count"] == 2 * 48 * 16 * 4  # the dense table stays whole, even layerwise
     exact = statistics_device_bytes(CaptureSettings(), OPT_30B, 48, layerwise=False)
-    assert exact["token_fire_count"] is None
-    assert "token_fire_count without a bound" in describe_bound(exact)
+    assert exact["token_fire_count"] == 48 * 2 * 50272 * 28672 * 16  # without a capacity: the vocabulary
+    # a shard of 1000 tokens: no neuron meets more than 1000 distinct tokens or n-grams
+    short = statistics_device_bytes(PRESET, OPT_30B, 48, layerwise=False, n_tokens=1000)
+    assert short["token_fire_count"] == 48 * 2 * 1000 * 28672 * 16
+    assert short["ngram_fire_count"] == 24 * 3 * 1000 * 28672 * 16 + 2 * 24 * 28672 * 8
+    assert short["ngram_count"] == 2 * (1000 + max(1 << 18, 1000)) * 16
+    assert short["position_fire_count"] == statistics_device_bytes(PRESET, OPT_30B, 48, layerwise=False)["position_fire_count"]
     subset = statistics_device_bytes(CaptureSettings(accumulators=("fire_count",)), small, 2, layerwise=False)
     assert subset == {"fire_count": 2 * 16 * 4 + 2 * 8}
 

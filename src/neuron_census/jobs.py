@@ -183,7 +183,7 @@ def capture_job(
         )
         tokens, shard_attrs = read_shard_for(shard_path, tokenizer, f"model '{model_name}'")
         shard = int(shard_attrs["shard"])
-        report_statistics_memory(model_name, capture_settings, loaded.adapter, int(tokens.shape[1]), device, placement)
+        report_statistics_memory(model_name, capture_settings, loaded.adapter, tokens.shape, device, placement)
         layers, states = capture_tokens(
             loaded.model,
             loaded.adapter,
@@ -219,7 +219,12 @@ def capture_job(
 
 
 def report_statistics_memory(
-    model_name: str, settings: CaptureSettings, adapter: Any, seq_len: int, device: torch.device, placement: Placement
+    model_name: str,
+    settings: CaptureSettings,
+    adapter: Any,
+    tokens_shape: tuple[int, int],
+    device: torch.device,
+    placement: Placement,
 ) -> None:
     """Say on stderr how much device memory the statistics can take, and warn if that exceeds what is free.
 
@@ -230,14 +235,17 @@ def report_statistics_memory(
     from neuron_census.capture import resolve_layers
     from neuron_census.statistics_memory import describe_bound, statistics_device_bytes
 
+    n_seq, seq_len = tokens_shape
+    n_tokens = n_seq * seq_len
     layers = resolve_layers(settings.layers, adapter.n_layers, model_name)
     geometry = Geometry(layers=layers, n_neurons=adapter.n_neurons, seq_len=seq_len, vocab_size=adapter.vocab_size)
-    bounds = statistics_device_bytes(settings, geometry, adapter.n_layers, layerwise=placement.strategy == "layerwise")
+    layerwise = placement.strategy == "layerwise"
+    bounds = statistics_device_bytes(settings, geometry, adapter.n_layers, layerwise=layerwise, n_tokens=n_tokens)
     print(f"capture '{model_name}': statistics on {device} {describe_bound(bounds)}", file=sys.stderr)
     if device.type != "cuda":
         return
     free, _ = torch.cuda.mem_get_info(device)
-    needed = sum(size for size in bounds.values() if size is not None)
+    needed = sum(bounds.values())
     if needed > free:
         advice = "" if placement.strategy == "layerwise" else "capture.strategy: layerwise (one layer's statistics on the GPU) or "
         print(

@@ -18,30 +18,37 @@ ENTRY_BYTES = 16  # an int64 key and an int64 count per sparse table entry
 
 
 def statistics_device_bytes(
-    settings: CaptureSettings, geometry: Geometry, n_layers_total: int, *, layerwise: bool
-) -> dict[str, int | None]:
-    """Upper bound of each accumulator's device memory; None where nothing bounds it (exact token table).
+    settings: CaptureSettings,
+    geometry: Geometry,
+    n_layers_total: int,
+    *,
+    layerwise: bool,
+    n_tokens: int | None = None,
+) -> dict[str, int]:
+    """Upper bound of each accumulator's device memory, in bytes.
 
     Under layerwise capture, firing and position counts and the sparse tables of a layer leave the device
     once its last batch is counted, so only one layer's count; the other statistics stay for every layer.
+    `n_tokens` (the shard's) bounds the tables too: a neuron meets at most that many distinct items.
     """
     n_layers, n_neurons = len(geometry.layers), geometry.n_neurons
+    seen = n_tokens if n_tokens is not None else 1 << 62
     on_device = 1 if layerwise else n_layers
     ngram_layers = resolve_ngram_layers(settings.ngram_layers, geometry.layers, n_layers_total)
-    bounds: dict[str, int | None] = {
+    bounds: dict[str, int] = {
         "fire_count": on_device * n_neurons * 4 + n_layers * 8,
         "position_fire_count": on_device * geometry.seq_len * n_neurons * 4 + geometry.seq_len * 8,
         "token_count": geometry.vocab_size * 8,
-        "token_fire_count": _token_table_bytes(settings, geometry, on_device),
+        "token_fire_count": _token_table_bytes(settings, geometry, on_device, seen),
         "ngram_fire_count": len(settings.ngram_orders) * len(ngram_layers) * n_neurons * 8
         + _sparse_bytes(
-            settings.ngram_capacity * n_neurons,
+            min(settings.ngram_capacity, seen) * n_neurons,
             min(on_device, len(ngram_layers)),
             len(ngram_layers),
             settings.merge_pending,
             tables=len(settings.ngram_orders),
         ),
-        "ngram_count": len(settings.ngram_orders) * _sparse_bytes(settings.ngram_count_capacity, 1, 1, settings.merge_pending),
+        "ngram_count": len(settings.ngram_orders) * _sparse_bytes(min(settings.ngram_count_capacity, seen), 1, 1, settings.merge_pending),
         "top_k": n_layers * settings.top_k * n_neurons * (4 + 8 + 8),
         "moments": n_layers * n_neurons * (8 + 8 + 4 + 4),
     }
@@ -57,22 +64,17 @@ def _sparse_bytes(table: int, slots_on_device: int, n_slots: int, merge_pending:
     return slots_on_device * (tables * table + pending) * ENTRY_BYTES
 
 
-def _token_table_bytes(settings: CaptureSettings, geometry: Geometry, on_device: int) -> int | None:
+def _token_table_bytes(settings: CaptureSettings, geometry: Geometry, on_device: int, seen: int) -> int:
     n_layers = len(geometry.layers)
     cells = n_layers * geometry.vocab_size * geometry.n_neurons
     if cells <= settings.token_fire_dense_limit:
         return cells * 4  # one dense int32 table for every layer, whatever the strategy
-    if settings.token_capacity is None:
-        return None
-    return _sparse_bytes(settings.token_capacity * geometry.n_neurons, on_device, n_layers, settings.merge_pending)
+    # exact (no capacity): at most every token of the vocabulary, or of the shard, per neuron
+    per_neuron = min(settings.token_capacity or geometry.vocab_size, geometry.vocab_size, seen)
+    return _sparse_bytes(per_neuron * geometry.n_neurons, on_device, n_layers, settings.merge_pending)
 
 
-def describe_bound(bounds: dict[str, int | None]) -> str:
-    """'up to 12.3 GB (position_fire_count 11.3, ...)', largest first; 'unbounded' if any table is."""
-    known = {name: size for name, size in bounds.items() if size is not None}
-    parts = ", ".join(f"{name} {size / 1e9:.1f}" for name, size in sorted(known.items(), key=lambda kv: -kv[1]))
-    unbounded = [name for name, size in bounds.items() if size is None]
-    total = f"up to {sum(known.values()) / 1e9:.1f} GB ({parts})"
-    if unbounded:
-        total += f", plus {', '.join(unbounded)} without a bound (set capture.token_capacity)"
-    return total
+def describe_bound(bounds: dict[str, int]) -> str:
+    """'up to 12.3 GB (position_fire_count 11.3, ...)', largest first."""
+    parts = ", ".join(f"{name} {size / 1e9:.1f}" for name, size in sorted(bounds.items(), key=lambda kv: -kv[1]))
+    return f"up to {sum(bounds.values()) / 1e9:.1f} GB ({parts})"
