@@ -10,7 +10,7 @@ from neuron_census.accumulators import Geometry
 from neuron_census.capture import CaptureSettings, capture_tokens
 from neuron_census.models import load_model
 from neuron_census.planted import designed_tokens, get_recipe
-from neuron_census.statistics_memory import describe_bound, statistics_device_bytes
+from neuron_census.statistics_memory import describe_bound, statistics_device_bytes, statistics_host_bytes
 
 OPT_30B = Geometry(layers=tuple(range(48)), n_neurons=28672, seq_len=2048, vocab_size=50272)
 PRESET = CaptureSettings(ngram_capacity=2048, token_capacity=2048, top_k=32)
@@ -87,3 +87,14 @@ def test_a_capture_stays_within_the_bound(monkeypatch):
     for name, per_layer in (("token_fire_count", bound["token_fire_count"]), ("ngram_fire_count", bound["ngram_fire_count"] - fires)):
         assert max(seen[name]) <= per_layer, name
         assert max(seen[name]) >= per_layer / 8, name  # the tables did fill: the check is not vacuous
+
+
+def test_host_memory_of_opt_66b_statistics():
+    """Position counts end in host memory as int64 for every layer; full tables are held twice while joined."""
+    geometry = Geometry(layers=tuple(range(64)), n_neurons=36864, seq_len=2048, vocab_size=50272)
+    host = statistics_host_bytes(PRESET, geometry, 64, n_tokens=256 * 2048)
+    assert host["position_fire_count"] == 64 * 2048 * 36864 * 8 + 2048 * 8  # 38.7 GB
+    assert host["token_fire_count"] == 2 * 64 * 36864 * 2048 * 16
+    assert host["ngram_fire_count"] == 2 * 32 * 2 * 36864 * 2048 * 16 + 2 * 32 * 36864 * 8
+    short = statistics_host_bytes(PRESET, geometry, 64, n_tokens=100)  # no neuron meets more than 100 items
+    assert short["token_fire_count"] == 2 * 64 * 36864 * 100 * 16

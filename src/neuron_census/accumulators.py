@@ -416,10 +416,14 @@ class TokenFireCount:
             return self._header(0) | {"keys": keys, "counts": flat[keys].astype(np.int64)}
         for slot in range(len(self._tables)):
             self._flush(slot)
-        tables = self._tables if self.capacity is None else [self._token_major_table(s) for s in range(len(self._tables))]
-        # slots hold consecutive key ranges, so their tables concatenate in sorted order
-        keys = np.concatenate([np.zeros(0, dtype=np.int64)] + [k.cpu().numpy() for k, _ in tables])
-        counts = np.concatenate([np.zeros(0, dtype=np.int64)] + [c.cpu().numpy() for _, c in tables])
+        # slots hold consecutive key ranges, so their tables join in sorted order; each is re-keyed and
+        # copied into the joined arrays in turn, so host memory holds the tables, the result and one slot's
+        # temporaries (not every slot's re-keyed copy as well)
+        columns = _JoinedColumns(2, sum(len(keys) for keys, _ in self._tables))
+        for slot in range(len(self._tables)):
+            table = self._tables[slot] if self.capacity is None else self._token_major_table(slot)
+            columns.append(*table)
+        keys, counts = columns.arrays
         return self._header(self.capacity or 0) | {"keys": keys, "counts": counts}
 
     def _token_major_table(self, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -454,6 +458,20 @@ def _token_major(
     """Counts per (group = slot * n_neurons + neuron, token) as sorted TokenFireCount state keys."""
     slot, neuron = np.divmod(group, n_neurons)
     return coalesce_sparse((slot * vocab_size + token) * n_neurons + neuron, counts)
+
+
+class _JoinedColumns:
+    """int64 host arrays of a known total length, filled one table's columns at a time."""
+
+    def __init__(self, n_columns: int, size: int) -> None:
+        self.arrays = [np.empty(size, dtype=np.int64) for _ in range(n_columns)]
+        self.filled = 0
+
+    def append(self, *columns: torch.Tensor) -> None:
+        end = self.filled + len(columns[0])
+        for array, column in zip(self.arrays, columns):
+            array[self.filled : end] = column.cpu().numpy()
+        self.filled = end
 
 
 def decode_token_fire_keys(keys: np.ndarray, vocab_size: int, n_neurons: int) -> tuple[np.ndarray, ...]:
@@ -856,19 +874,15 @@ class NgramFireCount:
         for slot in range(len(self.layers)):
             self._flush(slot)
         n_neurons = self.geometry.n_neurons
-        for order in self.orders:  # groups are slot * n_neurons + neuron: tables concatenate in sorted order
-            groups, grams, counts = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+        for order in self.orders:  # groups are slot * n_neurons + neuron: tables join in sorted order
+            size = sum(len(keys) for tables in self._tables for keys, _ in tables[order])
+            columns = _JoinedColumns(3, size)  # filled a table at a time, as TokenFireCount.state does
             for slot, tables in enumerate(self._tables):
                 for part, (keys, count) in enumerate(tables[order]):
                     neuron, gram = split_sorted_keys(keys, self._span[order])
-                    groups.append((neuron + (slot * n_neurons + part * self._block[order])).cpu().numpy())
-                    grams.append(gram.cpu().numpy())
-                    counts.append(count.cpu().numpy())
-            state |= {
-                f"order{order}_group": np.concatenate(groups),
-                f"order{order}_gram": np.concatenate(grams),
-                f"order{order}_count": np.concatenate(counts),
-            }
+                    columns.append(neuron + (slot * n_neurons + part * self._block[order]), gram, count)
+            group, gram, count = columns.arrays
+            state |= {f"order{order}_group": group, f"order{order}_gram": gram, f"order{order}_count": count}
         return state
 
     @staticmethod

@@ -233,7 +233,7 @@ def report_statistics_memory(
     """
     from neuron_census.accumulators import Geometry
     from neuron_census.capture import resolve_layers
-    from neuron_census.statistics_memory import describe_bound, statistics_device_bytes
+    from neuron_census.statistics_memory import describe_bound, statistics_device_bytes, statistics_host_bytes
 
     n_seq, seq_len = tokens_shape
     n_tokens = n_seq * seq_len
@@ -241,7 +241,9 @@ def report_statistics_memory(
     geometry = Geometry(layers=layers, n_neurons=adapter.n_neurons, seq_len=seq_len, vocab_size=adapter.vocab_size)
     layerwise = placement.strategy == "layerwise"
     bounds = statistics_device_bytes(settings, geometry, adapter.n_layers, layerwise=layerwise, n_tokens=n_tokens)
+    host = statistics_host_bytes(settings, geometry, adapter.n_layers, n_tokens=n_tokens)
     print(f"capture '{model_name}': statistics on {device} {describe_bound(bounds)}", file=sys.stderr)
+    print(f"capture '{model_name}': statistics in host memory {describe_bound(host)}", file=sys.stderr)
     if device.type != "cuda":
         return
     free, _ = torch.cuda.mem_get_info(device)

@@ -55,6 +55,38 @@ def statistics_device_bytes(
     return {name: bounds[name] for name in settings.accumulators}
 
 
+def statistics_host_bytes(
+    settings: CaptureSettings, geometry: Geometry, n_layers_total: int, *, n_tokens: int | None = None
+) -> dict[str, int]:
+    """Upper bound of what the statistics take in host memory by the end of a capture, in bytes.
+
+    Firing and position counts are summed into int64 totals in host memory for every layer, whatever the
+    strategy; the sparse tables, full, end there too (finished layers under `layerwise`, every layer when
+    the state is read) and are held twice for a moment, as captured and joined into the stored arrays
+    (plus one layer's re-keyed copy). Top-k and moments are copied once. The model's weights and kept hidden states come on top (see config/README.md).
+    """
+    n_layers, n_neurons = len(geometry.layers), geometry.n_neurons
+    seen = n_tokens if n_tokens is not None else 1 << 62
+    ngram_layers = resolve_ngram_layers(settings.ngram_layers, geometry.layers, n_layers_total)
+    cells = n_layers * geometry.vocab_size * n_neurons
+    if cells <= settings.token_fire_dense_limit:
+        token_entries = cells  # the dense table's nonzero cells, at most every one
+    else:
+        token_entries = n_layers * n_neurons * min(settings.token_capacity or geometry.vocab_size, geometry.vocab_size, seen)
+    ngram_entries = len(ngram_layers) * len(settings.ngram_orders) * n_neurons * min(settings.ngram_capacity, seen)
+    bounds = {
+        "fire_count": n_layers * n_neurons * 8 + n_layers * 8,
+        "position_fire_count": n_layers * geometry.seq_len * n_neurons * 8 + geometry.seq_len * 8,
+        "token_count": geometry.vocab_size * 8,
+        "token_fire_count": 2 * token_entries * ENTRY_BYTES,
+        "ngram_fire_count": 2 * ngram_entries * ENTRY_BYTES + len(settings.ngram_orders) * len(ngram_layers) * n_neurons * 8,
+        "ngram_count": 2 * len(settings.ngram_orders) * min(settings.ngram_count_capacity, seen) * ENTRY_BYTES,
+        "top_k": n_layers * settings.top_k * n_neurons * (4 + 8 + 8),
+        "moments": n_layers * n_neurons * (8 + 8 + 4 + 4),
+    }
+    return {name: bounds[name] for name in settings.accumulators}
+
+
 def _sparse_bytes(table: int, slots_on_device: int, n_slots: int, merge_pending: int, *, tables: int = 1) -> int:
     """Full tables (`tables` of `table` entries each, e.g. one per n-gram order) for the slots on the
     device, with the pairs that may wait for them: a slot merges once its pending pairs, all its tables'
