@@ -249,7 +249,7 @@ def report_statistics_memory(
     free, _ = torch.cuda.mem_get_info(device)
     needed = sum(bounds.values())
     if needed > free:
-        advice = "" if placement.strategy == "layerwise" else "capture.strategy: layerwise (one layer's statistics on the GPU) or "
+        advice = "" if layerwise else "capture.strategy: layerwise (one layer's statistics on the GPU) or "
         print(
             f"warning: capture '{model_name}': the statistics can grow to {needed / 1e9:.1f} GB, more than the "
             f"{free / 1e9:.1f} GB free on {device}; if it runs out of memory, use {advice}smaller "

@@ -93,7 +93,7 @@ class StoreReader:
             self.group = _open_complete(self.path)
             self.attrs = dict(self.group.attrs)
             self.names = sorted(name for name, _ in self.group.groups())
-        self._shared: dict[tuple[str, str], np.ndarray] = {}  # arrays without a layer axis, read once
+        self._whole: dict[tuple[str, str], np.ndarray] = {}
 
     def state(self, name: str) -> State:
         """Every array of accumulator `name`, in memory."""
@@ -109,6 +109,13 @@ class StoreReader:
         with _reading(self.path):
             return np.asarray(self.group[name][key][rows])
 
+    def whole(self, name: str, key: str) -> np.ndarray:
+        """One array, read once and kept: for arrays without a layer axis (settings, occurrences, n-gram
+        denominators), small next to the tables and asked for once per layer."""
+        if (name, key) not in self._whole:
+            self._whole[(name, key)] = self.block(name, key, slice(None))
+        return self._whole[(name, key)]
+
     def layer_state(self, name: str, slot: int) -> State:
         """Accumulator `name` for analysed-layer slot `slot` only (`neuron_census.layer_states`)."""
         with _reading(self.path):
@@ -122,12 +129,7 @@ class _StoredArrays:
         self.reader, self.name = reader, name
 
     def whole(self, key: str) -> np.ndarray:
-        """Arrays read whole are those without a layer axis (settings, occurrences, n-gram denominators):
-        small next to the tables, and asked for once per layer, so they are kept after the first read."""
-        shared = self.reader._shared
-        if (self.name, key) not in shared:
-            shared[(self.name, key)] = self.reader.block(self.name, key, slice(None))
-        return shared[(self.name, key)]
+        return self.reader.whole(self.name, key)
 
     def rows(self, key: str, rows: slice) -> np.ndarray:
         return self.reader.block(self.name, key, rows)
@@ -177,18 +179,23 @@ def merged_attrs(readers: Sequence[StoreReader]) -> dict[str, Any]:
     return merged
 
 
-def _folded_state(readers: Sequence[StoreReader], name: str) -> State:
-    """Merge accumulator `name` over the stores, folding them in one at a time.
+def _fold(name: str, states: Iterator[State]) -> State:
+    """Merge states of accumulator `name` read one at a time, folding each into the merge so far.
 
     Memory holds two states (the merge so far and the next store's) and the merge's temporaries,
     whatever the number of stores. Each fold re-merges the state so far, which is bounded once the
     sparse tables reach their capacities; a merge tree would re-merge less but hold log2(stores) states.
     """
     merge = REGISTRY[name].merge
-    state = readers[0].state(name)
-    for reader in readers[1:]:
-        state = merge([state, reader.state(name)])
+    state = next(states)
+    for other in states:
+        state = merge([state, other])
     return state
+
+
+def _folded_state(readers: Sequence[StoreReader], name: str) -> State:
+    """Accumulator `name` merged over the stores, each store's state read when it is folded in."""
+    return _fold(name, (reader.state(name) for reader in readers))
 
 
 def merge_stores(paths: Sequence[str | os.PathLike[str]]) -> tuple[dict[str, Any], dict[str, State]]:
@@ -203,13 +210,9 @@ def merge_stores(paths: Sequence[str | os.PathLike[str]]) -> tuple[dict[str, Any
 
 
 def merged_layer_state(readers: Sequence[StoreReader], name: str, slot: int) -> State:
-    """Accumulator `name` of analysed-layer slot `slot`, merged over the stores, folded in one store at a
-    time as `_folded_state` does: two states of one layer in memory."""
-    merge = REGISTRY[name].merge
-    state = readers[0].layer_state(name, slot)
-    for reader in readers[1:]:
-        state = merge([state, reader.layer_state(name, slot)])
-    return state
+    """Accumulator `name` of analysed-layer slot `slot`, merged over the stores as `_folded_state` does:
+    two states of one layer in memory."""
+    return _fold(name, (reader.layer_state(name, slot) for reader in readers))
 
 
 MERGE_BLOCK_BYTES = 1 << 26  # summed arrays are merged this many bytes (of one store's array) at a time
