@@ -94,36 +94,40 @@ def test_strategies_agree_on_cuda(dtype, tmp_path):
         assert_same_states(results["resident"], results[name])
 
 
-def test_layerwise_moves_each_finished_layer_to_the_host(device, monkeypatch, tmp_path):
-    """Under layerwise capture, a layer's per-position counts and sparse tables leave the device after its
-    last batch, so a GPU holds one layer's statistics at a time (on the CPU this checks the plumbing)."""
+def test_layerwise_keeps_nothing_of_a_finished_layer(device, monkeypatch, tmp_path):
+    """Under layerwise capture, a layer's per-position counts and sparse tables are handed over after its
+    last batch and nothing of them stays, on the device or the host, so memory holds one layer's
+    statistics at a time (on the CPU this checks the plumbing)."""
     from neuron_census import accumulators
 
     seen: list[str] = []
 
     def checked(cls, check):
-        finish = cls.finish_layer
+        take = cls.take_layer
 
         def wrapper(self, layer):
-            finish(self, layer)
+            state = take(self, layer)
             check(self, layer)
             seen.append(cls.name)
+            return state
 
-        monkeypatch.setattr(cls, "finish_layer", wrapper)
+        monkeypatch.setattr(cls, "take_layer", wrapper)
 
     def positions_left(self, layer):
-        assert self.geometry.slot(layer) not in self.counts.partial
+        slot = self.geometry.slot(layer)
+        assert slot not in self.counts.partial and slot not in self.counts.total
 
-    def token_table_on_host(self, layer):
-        assert all(column.device.type == "cpu" for column in self._tables[self.geometry.slot(layer)])
+    def token_table_left(self, layer):
+        assert all(len(column) == 0 for column in self._tables[self.geometry.slot(layer)])
 
-    def ngram_tables_on_host(self, layer):
-        for tables in self._tables[self.layers.index(layer)].values():
-            assert all(column.device.type == "cpu" for table in tables for column in table)
+    def ngram_tables_left(self, layer):
+        if layer in self.layers:
+            for tables in self._tables[self.layers.index(layer)].values():
+                assert all(len(column) == 0 for table in tables for column in table)
 
     checked(accumulators.PositionFireCount, positions_left)
-    checked(accumulators.TokenFireCount, token_table_on_host)
-    checked(accumulators.NgramFireCount, ngram_tables_on_host)
+    checked(accumulators.TokenFireCount, token_table_left)
+    checked(accumulators.NgramFireCount, ngram_tables_left)
     placement = Placement(strategy="layerwise")
     loaded = load_model("m", SPECS["opt-125m"], device=device, placement=placement)
     capture_tokens(

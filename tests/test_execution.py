@@ -136,17 +136,22 @@ def test_bounded_summaries_merging_mid_shard_agree_across_strategies(monkeypatch
             assert_same_states(resident, capture(placement, min_pending))
 
 
-def test_layerwise_hands_each_finished_layer_to_the_host(monkeypatch, tmp_path):
-    """Layerwise capture tells the accumulators with per-layer device state when a layer has seen its last
-    batch (and only then, so their results stay those of resident capture, which never does)."""
+def test_layers_are_handed_over_when_they_are_done(monkeypatch, tmp_path):
+    """Layerwise capture takes each layer's state from the accumulators once its last batch is counted,
+    before the next layer runs; resident capture takes every layer at the end, in order."""
     events: list[tuple[str, str, int]] = []
-    for cls in (accumulators.PositionFireCount, accumulators.TokenFireCount, accumulators.NgramFireCount):
-        update, finish = cls.update, cls.finish_layer
+    classes = (
+        accumulators.FireCount, accumulators.PositionFireCount, accumulators.TokenFireCount,
+        accumulators.NgramFireCount, accumulators.TopK, accumulators.Moments,
+    )
+    for cls in classes:
+        update, take = cls.update, cls.take_layer
         monkeypatch.setattr(cls, "update", lambda self, batch, f=update: (events.append((self.name, "update", batch.layer)), f(self, batch))[1])
-        monkeypatch.setattr(cls, "finish_layer", lambda self, layer, f=finish: (events.append((self.name, "finish", layer)), f(self, layer))[1])
+        monkeypatch.setattr(cls, "take_layer", lambda self, layer, f=take: (events.append((self.name, "take", layer)), f(self, layer))[1])
     spec = SPECS["opt-125m"]
     tokens = sample_tokens(7, seed=1)
     settings = replace(SETTINGS, batch_size=3, token_fire_dense_limit=0, token_capacity=2)
+    n_batches = -(-len(tokens) // 3)
     for placement in (Placement(), Placement(strategy="layerwise")):
         events.clear()
         loaded = load_model("m", spec, placement=placement)
@@ -154,15 +159,14 @@ def test_layerwise_hands_each_finished_layer_to_the_host(monkeypatch, tmp_path):
             loaded.model, loaded.adapter, tokens, model_name="m", first_seq_id=0, has_bos=True, settings=settings,
             device=torch.device("cpu"), placement=placement, offload_dir=tmp_path, progress=False,
         )
-        finishes = [event for event in events if event[1] == "finish"]
-        if placement.strategy == "resident":
-            assert finishes == []
-            continue
-        n_batches = -(-len(tokens) // 3)
-        for name in ("position_fire_count", "token_fire_count", "ngram_fire_count"):
-            own = [(kind, layer) for acc, kind, layer in events if acc == name]
-            expected = [step for layer in range(3) for step in [("update", layer)] * n_batches + [("finish", layer)]]
-            assert own == expected, name
+        for cls in classes:
+            own = [(kind, layer) for acc, kind, layer in events if acc == cls.name]
+            if placement.strategy == "layerwise":
+                expected = [step for layer in range(3) for step in [("update", layer)] * n_batches + [("take", layer)]]
+            else:
+                updates = [("update", layer) for _ in range(n_batches) for layer in range(3)]
+                expected = updates + [("take", layer) for layer in range(3)]
+            assert own == expected, (placement.strategy, cls.name)
 
 
 def test_planted_census_neurons_survive_every_strategy(tmp_path):

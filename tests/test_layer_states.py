@@ -157,3 +157,87 @@ def test_every_accumulator_has_a_layer_reader():
     from neuron_census.layer_states import LAYER_READERS
 
     assert set(LAYER_READERS) == set(REGISTRY)
+
+
+@pytest.mark.parametrize("table", list(TABLES))
+def test_layers_handed_over_join_into_the_whole_state(census, monkeypatch, table: str):
+    """Capture hands states over a layer at a time (`take_layer`); joined, they are exactly what each
+    accumulator's `state()` of all layers at once gives (read here just before the first layer is taken)."""
+    wholes: dict[str, dict] = {}
+    for cls in REGISTRY.values():
+        if hasattr(cls, "take_layer"):
+            take = cls.take_layer
+
+            def taking(self, layer, take=take):
+                if self.name not in wholes:
+                    wholes[self.name] = {key: np.copy(array) for key, array in self.state().items()}
+                return take(self, layer)
+
+            monkeypatch.setattr(cls, "take_layer", taking)
+    _, joined = capture(census, slice(0, 40), **TABLES[table])
+    assert set(wholes) == set(REGISTRY) - {"token_count", "ngram_count"}
+    assert_states_equal({name: joined[name] for name in wholes}, wholes)
+    assert len(wholes["ngram_fire_count"]["order2_group"]) > 0 and len(wholes["token_fire_count"]["keys"]) > 0
+
+
+@pytest.mark.parametrize("strategy", ["resident", "layerwise"])
+def test_a_store_written_while_capturing_equals_the_states_in_memory(census, tmp_path: Path, strategy: str):
+    """The capture job writes each layer into the store as it is handed over: the store holds what a
+    capture into memory returns, with layered arrays chunked a layer at a time."""
+    from neuron_census.execution import Placement
+    from neuron_census.store import writing_store
+
+    loaded, tokens = census
+    settings = CaptureSettings(batch_size=16, **TABLES["bounded"])
+    placement = Placement(strategy=strategy)
+
+    def run(sink=None):
+        return capture_tokens(
+            loaded.model, loaded.adapter, tokens[:40], model_name="census", first_seq_id=0, has_bos=True,
+            settings=settings, device=torch.device("cpu"), placement=placement, offload_dir=tmp_path, progress=False,
+            sink=sink,
+        )
+
+    layers, want = run()
+    with writing_store(tmp_path / "s.zarr", store_attrs(layers, 0)) as store:
+        assert run(store) == (layers, {})
+    attrs, got = read_store(tmp_path / "s.zarr")
+    assert_states_equal(got, want)
+    assert attrs["layers"] == list(layers)
+    reader = StoreReader(tmp_path / "s.zarr")
+    assert reader.array("position_fire_count", "counts").chunks == (1, 64, RECIPE.n_neurons)
+    assert reader.array("token_fire_count", "keys").chunks == (1 << 20,)
+
+
+def test_a_capture_that_fails_leaves_no_store(census, tmp_path: Path, monkeypatch):
+    """Layers already written when capture fails are thrown away with the store's temporary."""
+    from neuron_census import accumulators
+    from neuron_census.execution import Placement
+    from neuron_census.store import writing_store
+
+    loaded, tokens = census
+    take = accumulators.Moments.take_layer
+
+    def fail_at_layer_1(self, layer):
+        if layer == 1:
+            raise RuntimeError("device lost")
+        return take(self, layer)
+
+    monkeypatch.setattr(accumulators.Moments, "take_layer", fail_at_layer_1)
+    with pytest.raises(RuntimeError, match="device lost"):
+        with writing_store(tmp_path / "s.zarr", store_attrs((0, 1, 2), 0)) as store:
+            capture_tokens(
+                loaded.model, loaded.adapter, tokens[:40], model_name="census", first_seq_id=0, has_bos=True,
+                settings=CaptureSettings(batch_size=16), device=torch.device("cpu"),
+                placement=Placement(strategy="layerwise"), offload_dir=tmp_path / "off", progress=False, sink=store,
+            )
+    assert sorted(path.name for path in tmp_path.iterdir() if path.name != "off") == []
+
+
+def test_layers_must_be_handed_over_in_order():
+    from neuron_census.layer_states import joined_states
+
+    states, _ = joined_states()
+    states.add_layer("moments", 0, {"sum": np.zeros((1, 2)), "sum_sq": np.zeros((1, 2)), "min": np.zeros((1, 2)), "max": np.zeros((1, 2))})
+    with pytest.raises(ValueError, match="slot 2 handed over before slot 1"):
+        states.add_layer("moments", 2, {"sum": np.zeros((1, 2))})

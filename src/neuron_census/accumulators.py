@@ -8,6 +8,7 @@ collection are the merge of the statistics of its shards.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -117,7 +118,7 @@ class ExactFloatCounts:
         self.shape, self.device = shape, device
         self.partial: dict[int, torch.Tensor] = {}  # leading index -> float32 counts not yet in `total`
         self._bound: dict[int, float] = {}  # the most any cell of that row's float part can hold
-        self.total = torch.zeros(shape, dtype=torch.int64)
+        self.total: dict[int, torch.Tensor] = {}  # leading index -> int64 host counts, from its first release
 
     def add(self, row: int, values: torch.Tensor, max_value: float) -> None:
         """Add non-negative integer-valued `values` (each at most `max_value`) at leading index `row`."""
@@ -132,14 +133,22 @@ class ExactFloatCounts:
     def release(self, row: int) -> None:
         """Add `row`'s float part to the host total and free it on the device (a later `add` starts a new one)."""
         if row in self.partial:
-            self.total[row] += self.partial.pop(row).to("cpu", torch.int64)
+            released = self.partial.pop(row).to("cpu", torch.int64)
+            self.total[row] = self.total[row] + released if row in self.total else released
             del self._bound[row]
 
+    def take(self, row: int) -> torch.Tensor:
+        """Row `row`'s int64 counts, on the host, handed over: nothing of the row is kept in host memory."""
+        self.release(row)
+        taken = self.total.pop(row, None)
+        return taken if taken is not None else torch.zeros(self.shape[1:], dtype=torch.int64)
+
     def result(self) -> torch.Tensor:
-        """The int64 counts, on the host."""
+        """The int64 counts of every row, on the host."""
         for row in list(self.partial):
             self.release(row)
-        return self.total
+        empty = torch.zeros(self.shape[1:], dtype=torch.int64)
+        return torch.stack([self.total.get(row, empty) for row in range(self.shape[0])])
 
 
 @dataclass(frozen=True)
@@ -156,8 +165,10 @@ class Geometry:
 
 
 class Accumulator(Protocol):
-    """What capture feeds. An accumulator with large per-layer device state may also define
-    `finish_layer(layer)`: layerwise capture calls it once that layer has seen its last batch."""
+    """What capture feeds. An accumulator whose state has a layer axis also defines `take_layer(layer)`:
+    once `layer` has seen its last batch, capture takes that layer's state (as a capture of the layer alone
+    would give it, see `neuron_census.layer_states`) and writes it out, so neither the device nor the host
+    keeps every layer's tables."""
 
     name: ClassVar[str]
 
@@ -201,9 +212,9 @@ class FireCount:
         self.counts.add(slot, (ones @ per_position)[0], float(batch.fires.shape[0] * batch.fires.shape[1]))
         self.tokens[slot] += batch.mask.sum()
 
-    def finish_layer(self, layer: int) -> None:
-        """`layer` will see no more batches in this capture: its counts can leave the device."""
-        self.counts.release(self.geometry.slot(layer))
+    def take_layer(self, layer: int) -> State:
+        slot = self.geometry.slot(layer)
+        return {"counts": self.counts.take(slot)[None].numpy(), "tokens": self.tokens[slot : slot + 1].cpu().numpy()}
 
     def state(self) -> State:
         return {"counts": self.counts.result().cpu().numpy(), "tokens": self.tokens.cpu().numpy()}
@@ -228,9 +239,9 @@ class PositionFireCount:
         if batch.layer == self._first_layer:
             self.tokens += batch.mask.sum(dim=0)
 
-    def finish_layer(self, layer: int) -> None:
-        """`layer` will see no more batches in this capture: its counts can leave the device."""
-        self.counts.release(self.geometry.slot(layer))
+    def take_layer(self, layer: int) -> State:
+        """Tokens per position are counted at the first layer, so they are complete once any layer is."""
+        return {"counts": self.counts.take(self.geometry.slot(layer))[None].numpy(), "tokens": self.tokens.cpu().numpy()}
 
     def state(self) -> State:
         return {"counts": self.counts.result().cpu().numpy(), "tokens": self.tokens.cpu().numpy()}
@@ -386,13 +397,18 @@ class TokenFireCount:
         if self._merges.due(slot, len(keys), held=len(self._tables[slot][0])):
             self._flush(slot)
 
-    def finish_layer(self, layer: int) -> None:
-        """`layer` will see no more batches in this capture: merge its pending pairs (as `state` would) and
-        move its table to host memory, so a layerwise capture holds one layer's table on the device."""
+    def take_layer(self, layer: int) -> State:
+        """The layer's pending pairs merged (as `state` does) and its table handed over, keys of slot 0."""
         slot = self.geometry.slot(layer)
-        if self.dense is None:
-            self._flush(slot)
-            self._tables[slot] = tuple(column.cpu() for column in self._tables[slot])  # type: ignore[assignment]
+        if self.dense is not None:
+            flat = self.dense[slot].cpu().numpy().reshape(-1)
+            keys = np.flatnonzero(flat).astype(np.int64)
+            return self._header(0) | {"keys": keys, "counts": flat[keys].astype(np.int64)}
+        self._flush(slot)
+        keys, counts = self._tables[slot] if self.capacity is None else self._token_major_table(slot)
+        self._tables[slot] = (keys[:0], keys[:0])
+        cells = self.geometry.vocab_size * self.geometry.n_neurons
+        return self._header(self.capacity or 0) | {"keys": (keys - slot * cells).cpu().numpy(), "counts": counts.cpu().numpy()}
 
     def _flush(self, slot: int) -> None:
         pending = self._pending[slot]
@@ -596,6 +612,10 @@ class TopK:
         top_values, top_seq, top_pos = _select_top(all_values, all_seq, all_pos, self.k)
         self.values[slot], self.seq[slot], self.pos[slot] = top_values, top_seq, top_pos
 
+    def take_layer(self, layer: int) -> State:
+        rows = slice(self.geometry.slot(layer), self.geometry.slot(layer) + 1)
+        return {"values": self.values[rows].cpu().numpy(), "seq": self.seq[rows].cpu().numpy(), "pos": self.pos[rows].cpu().numpy()}
+
     def state(self) -> State:
         return {
             "values": self.values.cpu().numpy(),
@@ -702,6 +722,11 @@ class Moments:
             low, high = low.amin(dim=-2), high.amax(dim=-2)
         self.minimum[slot] = torch.minimum(self.minimum[slot], low)
         self.maximum[slot] = torch.maximum(self.maximum[slot], high)
+
+    def take_layer(self, layer: int) -> State:
+        rows = slice(self.geometry.slot(layer), self.geometry.slot(layer) + 1)
+        arrays = {"sum": self.total, "sum_sq": self.squares, "min": self.minimum, "max": self.maximum}
+        return {key: array[rows].cpu().numpy() for key, array in arrays.items()}
 
     def state(self) -> State:
         return {
@@ -845,15 +870,39 @@ class NgramFireCount:
             batch.per_batch[key] = (unique_grams, row_gram)
         return batch.per_batch[key]
 
-    def finish_layer(self, layer: int) -> None:
-        """`layer` will see no more batches in this capture: merge its pending pairs (as `state` would) and
-        move its summaries to host memory, so a layerwise capture holds one layer's on the device."""
-        if layer not in self.layers:
-            return
-        slot = self.layers.index(layer)
-        self._flush(slot)
-        for order, tables in self._tables[slot].items():
-            self._tables[slot][order] = [(keys.cpu(), counts.cpu()) for keys, counts in tables]
+    def take_layer(self, layer: int) -> State:
+        """The layer's summaries, pending pairs merged (as `state` does), handed over: the state of a capture
+        of this layer alone (empty when its n-grams are not counted)."""
+        counted = layer in self.layers
+        slot = self.layers.index(layer) if counted else 0
+        fires = self.fires[:, slot : slot + 1] if counted else self.fires[:, :0]
+        state = self._header() | {
+            "layers": np.asarray([layer] if counted else [], dtype=np.int64),
+            "fires": fires.cpu().numpy(),
+        }
+        if counted:
+            self._flush(slot)
+        for order in self.orders:
+            tables = self._tables[slot][order] if counted else []
+            columns = _JoinedColumns(3, sum(len(keys) for keys, _ in tables))
+            for part in self._table_columns(tables, order):
+                columns.append(*part)
+            group, gram, count = columns.arrays
+            state |= {f"order{order}_group": group, f"order{order}_gram": gram, f"order{order}_count": count}
+            if counted:
+                self._tables[slot][order] = [(keys[:0], keys[:0]) for keys, _ in tables]
+        return state
+
+    def _header(self) -> State:
+        return {"orders": np.asarray(self.orders, dtype=np.int64), "capacity": np.asarray([self.capacity], dtype=np.int64)}
+
+    def _table_columns(
+        self, tables: list[tuple[torch.Tensor, torch.Tensor]], order: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(neuron of the layer, n-gram, count) of each block's table of one layer and order, in key order."""
+        for part, (keys, count) in enumerate(tables):
+            neuron, gram = split_sorted_keys(keys, self._span[order])
+            yield neuron + part * self._block[order], gram, count
 
     def _flush(self, slot: int) -> None:
         for order, blocks in self._pending[slot].items():
@@ -865,12 +914,7 @@ class NgramFireCount:
                 blocks[part] = []
 
     def state(self) -> State:
-        state: State = {
-            "orders": np.asarray(self.orders, dtype=np.int64),
-            "layers": np.asarray(self.layers, dtype=np.int64),
-            "capacity": np.asarray([self.capacity], dtype=np.int64),
-            "fires": self.fires.cpu().numpy(),
-        }
+        state = self._header() | {"layers": np.asarray(self.layers, dtype=np.int64), "fires": self.fires.cpu().numpy()}
         for slot in range(len(self.layers)):
             self._flush(slot)
         n_neurons = self.geometry.n_neurons
@@ -878,9 +922,8 @@ class NgramFireCount:
             size = sum(len(keys) for tables in self._tables for keys, _ in tables[order])
             columns = _JoinedColumns(3, size)  # filled a table at a time, as TokenFireCount.state does
             for slot, tables in enumerate(self._tables):
-                for part, (keys, count) in enumerate(tables[order]):
-                    neuron, gram = split_sorted_keys(keys, self._span[order])
-                    columns.append(neuron + (slot * n_neurons + part * self._block[order]), gram, count)
+                for neuron, gram, count in self._table_columns(tables[order], order):
+                    columns.append(neuron + slot * n_neurons, gram, count)
             group, gram, count = columns.arrays
             state |= {f"order{order}_group": group, f"order{order}_gram": gram, f"order{order}_count": count}
         return state

@@ -30,6 +30,7 @@ from neuron_census.accumulators import (
     TopK,
 )
 from neuron_census.execution import LastLayerNeverRan, Placement, StopForward, run_layerwise, run_resident
+from neuron_census.layer_states import LayeredStates, joined_states
 
 FIRE_RULES = ("preactivation", "activation")
 ALL_ACCUMULATORS = (
@@ -162,12 +163,18 @@ def capture_tokens(
     placement: Placement | None = None,
     offload_dir: Path | None = None,
     progress: bool = True,
+    sink: LayeredStates | None = None,
 ) -> tuple[tuple[int, ...], dict[str, State]]:
     """Run `model` over `tokens` [n_seq, seq_len] and return the analysed layers and accumulator states.
 
     `device` holds the accumulators and receives the inputs. The model must already be placed for
     `placement`: on `device` (resident), dispatched by Accelerate (offload) or on the CPU (layerwise,
     whose kept hidden states go to `offload_dir` when `placement.layerwise_states` is disk).
+
+    States are handed over a layer at a time: under layerwise capture as soon as a layer has seen its last
+    batch, otherwise at the end, layer after layer. With a `sink` (a store being written) they go there and
+    the returned dict is empty, so host memory holds one layer's statistics at a time, not all of them
+    (OPT-66b's tables can reach 300 GB over its layers); without one they are joined in memory.
     """
     placement = placement or Placement()
     n_seq, seq_len = tokens.shape
@@ -234,18 +241,24 @@ def capture_tokens(
             unchecked.append((layer, seq_ids[0], seq_ids[-1], ~torch.isfinite(batch.acts_2d().sum(dim=0)).all()))
             for accumulator in accumulators:
                 accumulator.update(batch)
-            if current["last_batch"]:
-                for finish in finishers:
-                    finish(layer)
+            if layerwise and current["last_batch"]:
+                hand_over(layer)
             if layer == last_layer:
                 raise StopForward
 
         return hook
 
-    # Layerwise capture runs each layer on every batch before the next layer: once a layer's last batch
-    # is counted, accumulators with per-layer device state (`finish_layer`) move it to host memory.
+    # Layerwise capture runs each layer on every batch before the next layer: once a layer's last batch is
+    # counted, the accumulators with a layer axis hand that layer's state over, and it leaves the device.
     layerwise = placement.strategy == "layerwise"
-    finishers = [acc.finish_layer for acc in accumulators if layerwise and hasattr(acc, "finish_layer")]
+    out, joined = (sink, None) if sink is not None else joined_states()
+    by_layer = [acc for acc in accumulators if hasattr(acc, "take_layer")]
+    handed: list[int] = []
+
+    def hand_over(layer: int) -> None:
+        for accumulator in by_layer:
+            out.add_layer(accumulator.name, geometry.slot(layer), accumulator.take_layer(layer))
+        handed.append(layer)
 
     handles = []
     for layer in layers:
@@ -306,4 +319,11 @@ def capture_tokens(
         bar.close()
         for handle in handles:
             handle.remove()
-    return layers, {acc.name: acc.state() for acc in accumulators}
+    for layer in layers[len(handed) :]:
+        hand_over(layer)
+    for accumulator in accumulators:
+        if accumulator not in by_layer:
+            out.add_whole(accumulator.name, accumulator.state())
+    if joined is None:
+        return layers, {}
+    return layers, {acc.name: joined[acc.name].state() for acc in accumulators}

@@ -169,11 +169,13 @@ def capture_job(
     """Capture one (model, dataset, shard): accumulator states in one zarr store.
 
     The model is placed by `settings.strategy` (resident, offload or layerwise); offloaded weights and
-    kept hidden states live in a temporary folder that is removed when the job ends, killed or not.
+    kept hidden states live in a temporary folder that is removed when the job ends, killed or not. The
+    store is written as capture hands layers over (under layerwise, each layer once it is done), into a
+    temporary that becomes the output only when the job succeeds.
     """
-    from neuron_census.capture import CaptureSettings, capture_tokens
+    from neuron_census.capture import CaptureSettings, capture_tokens, resolve_layers
     from neuron_census.execution import Placement, offload_folder
-    from neuron_census.store import write_store
+    from neuron_census.store import writing_store
 
     placement = Placement.from_config(settings)
     capture_settings = CaptureSettings.from_config(settings)
@@ -181,41 +183,42 @@ def capture_job(
         tokenizer, loaded, device, dtype = _load_model_and_tokenizer(
             model_name, model_spec, tokenizer_name, tokenizer_spec, settings, threads, placement, folder
         )
+        adapter = loaded.adapter
         tokens, shard_attrs = read_shard_for(shard_path, tokenizer, f"model '{model_name}'")
         shard = int(shard_attrs["shard"])
-        report_statistics_memory(model_name, capture_settings, loaded.adapter, tokens.shape, device, placement)
-        layers, states = capture_tokens(
-            loaded.model,
-            loaded.adapter,
-            tokens,
-            model_name=model_name,
-            first_seq_id=shard * int(shard_attrs["n_sequences"]),
-            has_bos=bool(shard_attrs["has_bos"]),
-            settings=capture_settings,
-            device=device,
-            placement=placement,
-            offload_dir=folder,
-        )
-    adapter = loaded.adapter
-    attrs = {
-        "model": model_name,
-        "datasets": [shard_attrs["dataset"]],
-        "sources": [f"{shard_attrs['dataset']}/{shard}"],
-        "layers": list(layers),
-        "n_layers_total": adapter.n_layers,
-        "n_neurons": adapter.n_neurons,
-        "seq_len": int(tokens.shape[1]),
-        "vocab_size": adapter.vocab_size,
-        "tokenizer": tokenizer_name,
-        "tokenizer_fingerprint": tokenizer.fingerprint,
-        "fire_rule": capture_settings.fire_rule,
-        "activation": adapter.activation,
-        "has_bos": bool(shard_attrs["has_bos"]),
-        "top_k": capture_settings.top_k,
-        "dtype": str(dtype).removeprefix("torch."),
-        "strategy": placement.strategy,
-    }
-    write_store(output, attrs, states)
+        report_statistics_memory(model_name, capture_settings, adapter, tokens.shape, device, placement)
+        attrs = {
+            "model": model_name,
+            "datasets": [shard_attrs["dataset"]],
+            "sources": [f"{shard_attrs['dataset']}/{shard}"],
+            "layers": list(resolve_layers(capture_settings.layers, adapter.n_layers, model_name)),
+            "n_layers_total": adapter.n_layers,
+            "n_neurons": adapter.n_neurons,
+            "seq_len": int(tokens.shape[1]),
+            "vocab_size": adapter.vocab_size,
+            "tokenizer": tokenizer_name,
+            "tokenizer_fingerprint": tokenizer.fingerprint,
+            "fire_rule": capture_settings.fire_rule,
+            "activation": adapter.activation,
+            "has_bos": bool(shard_attrs["has_bos"]),
+            "top_k": capture_settings.top_k,
+            "dtype": str(dtype).removeprefix("torch."),
+            "strategy": placement.strategy,
+        }
+        with writing_store(output, attrs) as store:
+            capture_tokens(
+                loaded.model,
+                adapter,
+                tokens,
+                model_name=model_name,
+                first_seq_id=shard * int(shard_attrs["n_sequences"]),
+                has_bos=bool(shard_attrs["has_bos"]),
+                settings=capture_settings,
+                device=device,
+                placement=placement,
+                offload_dir=folder,
+                sink=store,
+            )
 
 
 def report_statistics_memory(

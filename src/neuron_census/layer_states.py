@@ -11,7 +11,8 @@ Each accumulator's arrays are of one of three kinds, and `layer_state` reads eac
 
 The result is the state a capture of that one layer would have written (keys renumbered to slot 0), so
 every accumulator's `merge` and every statistic applies to it unchanged. `layer_parts` is the way back:
-a merged layer's arrays renumbered to its slot, to be appended to a store layer after layer.
+a layer's arrays renumbered to its slot, appended to a store (or joined in memory) layer after layer by
+`LayeredStates`, as capture hands each finished layer over and as merges produce them.
 """
 
 from __future__ import annotations
@@ -171,8 +172,11 @@ def _ngram_fire_parts(state: State, slot: int, counted_before: int) -> Parts:
 
 LayerParts = Callable[[State, int, int], Parts]
 
-# accumulators merged a layer at a time (the others are summed block by block, or have no layer axis)
+# accumulators with a layer axis: written a layer at a time by capture, and merged a layer at a time
+# (except those merged by a sum, which merges sum block by block)
 LAYER_PARTS: dict[str, LayerParts] = {
+    "fire_count": lambda state, slot, counted_before: _appended(state, ("counts", "tokens")),
+    "position_fire_count": lambda state, slot, counted_before: _appended(state, ("counts",)) | _once(state, ("tokens",)),
     "token_fire_count": _token_fire_parts,
     "top_k": lambda state, slot, counted_before: _appended(state, ("values", "seq", "pos")),
     "moments": lambda state, slot, counted_before: _appended(state, ("sum", "sum_sq", "min", "max")),
@@ -184,3 +188,71 @@ def layer_parts(name: str, state: State, slot: int, counted_before: int = 0) -> 
     """One layer's merged state of accumulator `name`, renumbered to slot `slot`, as arrays to append."""
     return LAYER_PARTS[name](state, slot, counted_before)
 
+
+class PartsTarget(Protocol):
+    """Where one accumulator's arrays go: appended to along their axis, or written once (axis None)."""
+
+    def add(self, parts: Parts) -> None: ...
+
+
+class JoinedParts:
+    """A `PartsTarget` in memory: the pieces of each array, joined into a state when asked."""
+
+    def __init__(self) -> None:
+        self.pieces: dict[str, tuple[list[np.ndarray], int | None]] = {}
+
+    def add(self, parts: Parts) -> None:
+        for key, (data, axis) in parts.items():
+            if key not in self.pieces:
+                self.pieces[key] = ([], axis)
+            if axis is not None or not self.pieces[key][0]:
+                self.pieces[key][0].append(data)
+
+    def state(self) -> State:
+        """The joined arrays; the pieces are dropped as they are joined, so memory holds one array twice."""
+        state: State = {}
+        for key in list(self.pieces):
+            pieces, axis = self.pieces.pop(key)
+            state[key] = pieces[0] if axis is None else np.concatenate(pieces, axis=axis)
+        return state
+
+
+class LayeredStates:
+    """Accumulator states handed over one layer at a time, in slot order (or whole, for those without a
+    layer axis), each accumulator's arrays going to a target of its own: a store's group when capture
+    writes, `JoinedParts` for a state in memory."""
+
+    def __init__(self, target_for: Callable[[str], PartsTarget]) -> None:
+        self.target_for = target_for
+        self.targets: dict[str, PartsTarget] = {}
+        self.next_slot: dict[str, int] = {}
+        self.counted_before: dict[str, int] = {}  # n-gram counts: layers with counts added so far
+
+    def _target(self, name: str) -> PartsTarget:
+        if name not in self.targets:
+            self.targets[name] = self.target_for(name)
+        return self.targets[name]
+
+    def add_layer(self, name: str, slot: int, state: State) -> None:
+        """Slot `slot`'s state of accumulator `name`, keys of slot 0, as `layer_state` reads it back."""
+        expected = self.next_slot.get(name, 0)
+        if slot != expected:
+            raise ValueError(f"{name}: layer slot {slot} handed over before slot {expected}")
+        counted = self.counted_before.get(name, 0)
+        self._target(name).add(layer_parts(name, state, slot, counted))
+        self.next_slot[name] = slot + 1
+        self.counted_before[name] = counted + len(state.get("layers", ()))
+
+    def add_whole(self, name: str, state: State) -> None:
+        self._target(name).add({key: (array, None) for key, array in state.items()})
+
+
+def joined_states() -> tuple[LayeredStates, dict[str, JoinedParts]]:
+    """`LayeredStates` kept in memory, and its targets by accumulator (`.state()` of each is the state)."""
+    targets: dict[str, JoinedParts] = {}
+
+    def target_for(name: str) -> JoinedParts:
+        targets[name] = JoinedParts()
+        return targets[name]
+
+    return LayeredStates(target_for), targets

@@ -7,7 +7,8 @@ with the pending batch pairs `SlotMerges` lets wait on the device (as many as th
 every neuron meets more distinct tokens and n-grams than its capacity, except for the pairs of the batch
 being added, which scale with the batch as the activations do. It tells a user before a long job whether
 the statistics fit next to the model: OPT-30b with the presets' capacities can hold 170 GB of statistics
-on the GPU under `resident`, and 6.1 GB under `layerwise`, which keeps one layer's tables there.
+on the GPU under `resident`, and 6.1 GB under `layerwise`, which keeps one layer's tables there; host
+memory holds one layer's tables at a time under every strategy, as the job writes them to its store.
 """
 
 from __future__ import annotations
@@ -101,26 +102,32 @@ def statistics_device_bytes(
 def statistics_host_bytes(
     settings: CaptureSettings, geometry: Geometry, n_layers_total: int, *, n_tokens: int | None = None
 ) -> dict[str, int]:
-    """Upper bound of what the statistics take in host memory by the end of a capture, in bytes.
+    """Upper bound of what the statistics take in host memory at any time of a capture job, in bytes.
 
-    Firing and position counts are summed into int64 totals in host memory for every layer, whatever the
-    strategy; the sparse tables, full, end there too (finished layers under `layerwise`, every layer when
-    the state is read) and are held twice for a moment, as captured and joined into the stored arrays
-    (plus one layer's re-keyed copy). Top-k and moments are copied once. The model's weights and kept
-    hidden states come on top (see config/README.md).
+    The job hands the statistics of a layer over to the store being written one layer at a time (under
+    layerwise capture as soon as the layer is done, otherwise at the end), so host memory holds one layer's
+    int64 position counts and tables, whatever the strategy: a table is held at most three times while it
+    is handed over (as kept, re-keyed for the store, and the copy written). Firing counts of every layer,
+    and position counts of every layer when a shard has 2**24 sequences or more, are summed into int64 in
+    host memory before that. Top-k and moments are counted whole (on the host when the device is the CPU),
+    the occurrence counts twice (kept and written). The model's weights and kept hidden states come on top
+    (see config/README.md).
     """
     sizes = _Sizes.of(settings, geometry, n_layers_total, n_tokens)
     n_layers, n_neurons = sizes.n_layers, sizes.n_neurons
     if sizes.dense_token_cells is not None:
-        token_entries = sizes.dense_token_cells  # the dense table's nonzero cells, at most every one
+        token_entries = sizes.dense_token_cells // n_layers  # one layer of the dense table, every cell nonzero
     else:
-        token_entries = n_layers * n_neurons * sizes.tokens_per_neuron
-    ngram_entries = sizes.ngram_layers * sizes.orders * n_neurons * sizes.ngrams_per_neuron
+        token_entries = n_neurons * sizes.tokens_per_neuron
+    ngram_entries = sizes.orders * n_neurons * sizes.ngrams_per_neuron if sizes.ngram_layers else 0
+    n_seq = n_tokens // geometry.seq_len if n_tokens is not None else 1 << 62
+    position_rows = n_layers if n_seq >= 1 << 24 else 1  # rows released early, before their layer is done
     bounds = _kept_whole(settings, geometry, sizes) | {
         "fire_count": n_layers * n_neurons * 8 + n_layers * 8,
-        "position_fire_count": n_layers * geometry.seq_len * n_neurons * 8 + geometry.seq_len * 8,
-        "token_fire_count": 2 * token_entries * ENTRY_BYTES,
-        "ngram_fire_count": 2 * ngram_entries * ENTRY_BYTES + sizes.orders * sizes.ngram_layers * n_neurons * 8,
+        "position_fire_count": position_rows * geometry.seq_len * n_neurons * 8 + geometry.seq_len * 8,
+        "token_fire_count": 3 * token_entries * ENTRY_BYTES,
+        # the kept tables and the columns of the store's (group, n-gram, count) arrays
+        "ngram_fire_count": ngram_entries * (ENTRY_BYTES + 24) + sizes.orders * sizes.ngram_layers * n_neurons * 8,
         "ngram_count": 2 * sizes.orders * sizes.ngram_occurrences * ENTRY_BYTES,
     }
     return {name: bounds[name] for name in settings.accumulators}

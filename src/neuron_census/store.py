@@ -21,7 +21,7 @@ import zarr
 
 from neuron_census.accumulators import REGISTRY, State, sums_elementwise
 from neuron_census.atomic import atomic_path
-from neuron_census.layer_states import LAYER_PARTS, Parts, SortedLookup, layer_parts, layer_state, sorted_range_of
+from neuron_census.layer_states import LAYER_PARTS, LayeredStates, Parts, SortedLookup, layer_state, sorted_range_of
 
 STORE_KIND = "accumulators"
 FORMAT_VERSION = 2
@@ -41,15 +41,34 @@ MERGE_KEYS = (
 )
 
 
-def write_store(path: str | os.PathLike[str], attrs: Mapping[str, Any], states: Mapping[str, State]) -> None:
-    """Write accumulator states atomically; `attrs` must be JSON-serialisable."""
+class _StoreStates(LayeredStates):
+    """`LayeredStates` into a zarr group: a subgroup per accumulator, its arrays appended to (`_Appender`)."""
+
+    def __init__(self, group: zarr.Group) -> None:
+        super().__init__(lambda name: _Appender(group.create_group(name)))
+
+    def group_of(self, name: str) -> zarr.Group:
+        target = self._target(name)
+        assert isinstance(target, _Appender)
+        return target.group
+
+
+@contextmanager
+def writing_store(path: str | os.PathLike[str], attrs: Mapping[str, Any]) -> Iterator[_StoreStates]:
+    """A store filled while its states are produced (capture hands each finished layer over; merges
+    produce one layer at a time), so no process holds every layer's state. It is marked complete, with
+    `attrs` (JSON-serialisable), and renamed into place only when the block ends without an error."""
     with atomic_path(path) as tmp:
         group = zarr.open_group(tmp, mode="w")
-        for name, state in states.items():
-            sub = group.create_group(name)
-            for key, array in state.items():
-                sub.create_array(key, data=np.ascontiguousarray(array))
+        yield _StoreStates(group)
         group.attrs.update({**attrs, "kind": STORE_KIND, "format_version": FORMAT_VERSION, "complete": True})
+
+
+def write_store(path: str | os.PathLike[str], attrs: Mapping[str, Any], states: Mapping[str, State]) -> None:
+    """Write whole accumulator states atomically; `attrs` must be JSON-serialisable."""
+    with writing_store(path, attrs) as out:
+        for name, state in states.items():
+            out.add_whole(name, state)
 
 
 def _open_complete(path: Path) -> zarr.Group:
@@ -231,20 +250,16 @@ def merge_store_files(
     layer axis, are folded whole. The result equals `merge_stores` of the same paths.
     """
     readers = [StoreReader(path) for path in paths]
-    attrs = merged_attrs(readers)
-    with atomic_path(output) as tmp:
-        group = zarr.open_group(tmp, mode="w")
+    with writing_store(output, merged_attrs(readers)) as out:
         for name in readers[0].names:
-            sub = group.create_group(name)
             if sums_elementwise(name):
                 for key, _ in sorted(readers[0].group[name].arrays()):
-                    _sum_blockwise(readers, name, key, sub, block_bytes)
+                    _sum_blockwise(readers, name, key, out.group_of(name), block_bytes)
             elif name in LAYER_PARTS:
-                _merge_layer_by_layer(readers, name, sub)
+                for slot in range(len(readers[0].attrs["layers"])):
+                    out.add_layer(name, slot, merged_layer_state(readers, name, slot))
             else:
-                for key, array in _folded_state(readers, name).items():
-                    sub.create_array(key, data=np.ascontiguousarray(array))
-        group.attrs.update({**attrs, "kind": STORE_KIND, "format_version": FORMAT_VERSION, "complete": True})
+                out.add_whole(name, _folded_state(readers, name))
 
 
 def _sum_blockwise(readers: Sequence[StoreReader], name: str, key: str, out: zarr.Group, block_bytes: int) -> None:
@@ -268,21 +283,13 @@ def _sum_blockwise(readers: Sequence[StoreReader], name: str, key: str, out: zar
         target[rows] = total
 
 
-def _merge_layer_by_layer(readers: Sequence[StoreReader], name: str, out: zarr.Group) -> None:
-    appender = _Appender(out)
-    counted_before = 0  # n-gram counts: layers with counts appended so far
-    for slot in range(len(readers[0].attrs["layers"])):
-        state = merged_layer_state(readers, name, slot)
-        appender.add(layer_parts(name, state, slot, counted_before))
-        counted_before += len(state.get("layers", ()))
-
-
 APPEND_CHUNK = 1 << 20  # elements per chunk of the 1-D arrays written a layer at a time
+APPEND_CHUNK_BYTES = 1 << 26  # at most this many bytes per chunk of a layer of a larger array
 
 
 class _Appender:
-    """Arrays written a layer at a time: created empty on first sight (with chunks of one layer, or of
-    `APPEND_CHUNK` entries for sparse tables), then appended to; arrays without a layer axis written once."""
+    """One accumulator's arrays in a store, written a layer at a time (`layer_states.PartsTarget`): created
+    empty on first sight, then appended to; arrays without a layer axis written once."""
 
     def __init__(self, group: zarr.Group) -> None:
         self.group = group
@@ -298,10 +305,22 @@ class _Appender:
                     continue
                 shape = list(data.shape)
                 shape[axis] = 0
-                chunks = [max(1, n) for n in data.shape]
-                chunks[axis] = APPEND_CHUNK if data.ndim == 1 else 1
-                self.arrays[key] = self.group.create_array(key, shape=tuple(shape), dtype=data.dtype, chunks=tuple(chunks))
+                chunks = _append_chunks(data.shape, axis, data.dtype.itemsize)
+                self.arrays[key] = self.group.create_array(key, shape=tuple(shape), dtype=data.dtype, chunks=chunks)
             array = self.arrays[key]
             if array is not None and data.shape[axis]:
                 array.append(data, axis=axis)
 
+
+def _append_chunks(shape: tuple[int, ...], axis: int, itemsize: int) -> tuple[int, ...]:
+    """Chunks of `APPEND_CHUNK` entries for 1-D arrays; else one layer along `axis`, the next axis cut so a
+    chunk stays within `APPEND_CHUNK_BYTES` (OPT-66b's per-position counts: 604 MB a layer, 64 MB a chunk)."""
+    if len(shape) == 1:
+        return (APPEND_CHUNK,)
+    chunks = [max(1, n) for n in shape]
+    chunks[axis] = 1
+    other = next((i for i in range(len(shape)) if i != axis), None)
+    if other is not None:
+        rest = itemsize * int(np.prod([chunks[i] for i in range(len(shape)) if i != other]))
+        chunks[other] = max(1, min(chunks[other], APPEND_CHUNK_BYTES // rest))
+    return tuple(chunks)
