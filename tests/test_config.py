@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from neuron_census.config import ConfigError, capture_settings, resolved_model_spec, validate_config
+from neuron_census.config import ConfigError, capture_settings, job_resources, resolved_model_spec, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -48,6 +48,8 @@ def test_defaults_are_filled(default):
         (lambda c: c["train"]["tiny-opt"].update(checkpoints=[10]), r"'train.tiny-opt.checkpoints'"),
         (lambda c: c["models"].update(figures=c["models"]["stories260k"]), r"'models.figures'.*reserved"),
         (lambda c: c["figures"]["fig1a_dead_neurons"].update(models=["nope"]), r"unknown model 'nope'"),
+        (lambda c: c["resources"].update(merge={"mem_mb": 4}), r"'resources'.*'merge' was unexpected"),
+        (lambda c: c["models"]["stories260k"].update(resources={"capture": {"mem_mb": "lots"}}), r"'models.stories260k"),
     ],
 )
 def test_mistakes_name_the_key(default, mutate, message):
@@ -64,3 +66,18 @@ def test_resolution_of_trained_models(default):
     config["models"]["stories260k"]["capture"] = {"batch_size": 3}
     assert capture_settings(config, "stories260k")["batch_size"] == 3
     assert capture_settings(config, "tiny-opt")["batch_size"] == config["capture"]["batch_size"]
+
+
+def test_job_resources_per_model(default):
+    """Built-in sizes, under the config's `resources`, under a model's own; never part of the model's spec
+    (so changing a request reruns nothing)."""
+    config = validate_config(default, SCHEMA)
+    config["models"]["stories260k"]["resources"] = {"capture": {"mem_mb": 123}}
+    assert job_resources(config, "stories260k", "capture") == {"mem_mb": 123, "runtime": config["resources"]["capture"]["runtime"]}
+    assert job_resources(config, "tiny-opt", "capture") == config["resources"]["capture"]
+    assert "resources" not in resolved_model_spec(config, "stories260k")
+    del config["resources"]["vocab_projection"]
+    assert job_resources(config, "tiny-opt", "vocab_projection") == {"mem_mb": 64000, "runtime": 120}
+    opt = validate_config(load(ROOT / "config" / "presets" / "opt-family.yaml"), SCHEMA)
+    assert job_resources(opt, "opt-30b", "capture") == {"mem_mb": 120000, "runtime": 1440}
+    assert job_resources(opt, "opt-125m", "capture") == {"mem_mb": 64000, "runtime": 720}

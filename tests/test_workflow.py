@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -105,6 +106,11 @@ def test_tiny_dag_recovers_every_planted_role(tiny_run: Path):
 def test_restyling_a_figure_plans_only_that_figure_and_the_report(tiny_run: Path, tmp_path: Path):
     config = yaml.safe_load(TINY.read_text())
     assert planned_jobs(snakemake(tiny_run, "--configfile", str(TINY), "-n").stdout) == {}
+    bigger = copy.deepcopy(config)  # a larger cluster request is not a change of what is computed
+    bigger["resources"]["capture"]["mem_mb"] *= 2
+    bigger["models"]["planted"]["resources"] = {"capture": {"runtime": 99}, "vocab_projection": {"mem_mb": 9999}}
+    (tmp_path / "bigger.yaml").write_text(yaml.safe_dump(bigger))
+    assert planned_jobs(snakemake(tiny_run, "--configfile", str(tmp_path / "bigger.yaml"), "-n").stdout) == {}
     config["figures"]["fig1a_dead_neurons"]["figsize"] = [6.0, 4.0]
     restyled = tmp_path / "restyled.yaml"
     restyled.write_text(yaml.safe_dump(config))
@@ -160,6 +166,27 @@ def test_presets_dry_run(preset: Path, tmp_path: Path):
     workdir = new_workdir(tmp_path)
     plan = planned_jobs(snakemake(workdir, "--configfile", str(preset), "-n").stdout)
     assert plan["capture"] >= 1 and plan["fig1a_dead_neurons"] == 1
+
+
+def test_models_ask_the_cluster_for_their_own_resources(tmp_path: Path):
+    """Capture jobs of the OPT preset request each model's memory and time (the SLURM profile leaves them
+    to the config)."""
+    workdir = new_workdir(tmp_path)
+    output = snakemake(workdir, "--configfile", str(ROOT / "config" / "presets" / "opt-family.yaml"), "-n").stdout
+    requested: dict[str, set[tuple[int, int]]] = {}
+    for block in output.split("\nrule ")[1:]:
+        if not block.startswith("capture:"):
+            continue
+        model = re.search(r"wildcards: model=([\w.-]+)", block).group(1)
+        resources = re.search(r"resources: (.*)", block).group(1)
+        mem_mb, runtime = (int(re.search(rf"\b{key}=(\d+)", resources).group(1)) for key in ("mem_mb", "runtime"))
+        requested.setdefault(model, set()).add((mem_mb, runtime))
+    assert requested["opt-30b"] == {(120000, 1440)}
+    assert requested["opt-66b"] == {(64000, 1440)}
+    assert requested["opt-125m"] == {(64000, 720)}
+    profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
+    for rule in ("capture", "vocab_projection"):
+        assert not {"mem_mb", "runtime"} & set(profile["set-resources"][rule]), rule
 
 
 def test_default_config_dry_run(tmp_path: Path):

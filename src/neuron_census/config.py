@@ -140,10 +140,28 @@ def resolved_model_spec(config: Mapping[str, Any], model: str) -> dict[str, Any]
         run = config["train"][spec["run"]]
         step = spec.get("step") or run["steps"]
         return {"source": "local", "path": f"{train_dir(spec['run'])}/step-{step}"}
-    return {k: v for k, v in spec.items() if k not in ("tokenizer", "capture")}
+    return {k: v for k, v in spec.items() if k not in ("tokenizer", "capture", "resources")}
 
 
 def capture_settings(config: Mapping[str, Any], model: str) -> dict[str, Any]:
     """Capture settings of `model`: the global `capture` block with the model's own overrides."""
     base = {k: v for k, v in config["capture"].items() if k != "datasets"}
     return {**base, **config["models"][model].get("capture", {})}
+
+
+# What the jobs that run a model ask a cluster for unless the config says otherwise (memory in MB, time in
+# minutes): enough for models of a few billion parameters.
+JOB_RESOURCES: dict[str, dict[str, int]] = {
+    "capture": {"mem_mb": 64000, "runtime": 720},
+    "vocab_projection": {"mem_mb": 64000, "runtime": 120},
+}
+
+
+def job_resources(config: Mapping[str, Any], model: str, rule: str) -> dict[str, int]:
+    """Memory and time of `rule`'s jobs for `model`: the built-in sizes, under the config's `resources`,
+    under the model's own `resources`. Kept out of the jobs' params, so changing them reruns nothing."""
+    return {
+        **JOB_RESOURCES[rule],
+        **config.get("resources", {}).get(rule, {}),
+        **config["models"][model].get("resources", {}).get(rule, {}),
+    }

@@ -15,6 +15,8 @@ rule capture:
     threads: 8
     resources:
         gpu=1,
+        mem_mb=lambda w: job_resources(config, w.model, "capture")["mem_mb"],
+        runtime=lambda w: job_resources(config, w.model, "capture")["runtime"],
     log:
         "results/logs/capture/{model}/{dataset}/shard-{shard}.log",
     conda:

@@ -8,6 +8,7 @@ from neuron_census.config import (
     ConfigError,
     canonical,
     capture_settings,
+    job_resources,
     model_tokenizer,
     resolved_model_spec,
     resolved_tokenizer_spec,

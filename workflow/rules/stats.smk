@@ -33,6 +33,8 @@ rule vocab_projection:
     threads: 8
     resources:
         gpu=1,
+        mem_mb=lambda w: job_resources(config, w.model, "vocab_projection")["mem_mb"],
+        runtime=lambda w: job_resources(config, w.model, "vocab_projection")["runtime"],
     log:
         "results/logs/vocab_projection/{model}.log",
     conda:
