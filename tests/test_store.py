@@ -153,3 +153,14 @@ def test_failed_write_leaves_nothing(tmp_path: Path):
     assert list(tmp_path.iterdir()) == []
     write_store(final, attrs(), states(0))
     shutil.rmtree(final)
+
+
+def test_chunks_of_arrays_written_a_layer_at_a_time():
+    """A layer per chunk along the appended axis, the next axis cut to keep chunks within 16 MB."""
+    from neuron_census.store import APPEND_CHUNK, APPEND_CHUNK_BYTES, _append_chunks
+
+    assert _append_chunks((1, 2048, 36864), 0, 8) == (1, 56, 36864)  # OPT-66b per-position counts
+    assert 56 * 36864 * 8 <= APPEND_CHUNK_BYTES < 57 * 36864 * 8
+    assert _append_chunks((1, 32, 3072), 0, 4) == (1, 32, 3072)  # top-k of OPT-125m: one layer, 393 kB
+    assert _append_chunks((2, 1, 3072), 1, 8) == (2, 1, 3072)  # n-gram denominators, appended along axis 1
+    assert _append_chunks((5_000_000,), 0, 8) == (APPEND_CHUNK,)
