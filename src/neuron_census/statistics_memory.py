@@ -6,8 +6,8 @@ with the pending batch pairs `SlotMerges` lets wait on the device (as many as th
 `merge_pending` shared by the layers if that is more). So each total is an upper bound, reached only when
 every neuron meets more distinct tokens and n-grams than its capacity, except for the pairs of the batch
 being added, which scale with the batch as the activations do. It tells a user before a long job whether
-the statistics fit next to the model: OPT-30b with the presets' capacities can hold 170 GB of statistics
-on the GPU under `resident`, and 6.1 GB under `layerwise`, which keeps one layer's tables there; host
+the statistics fit next to the model: OPT-30b with the presets' capacities can hold 174 GB of statistics
+on the GPU under `resident`, and 9.6 GB under `layerwise`, which keeps one layer's tables there; host
 memory holds one layer's tables at a time under every strategy, as the job writes them to its store.
 """
 
@@ -19,6 +19,10 @@ from neuron_census.accumulators import Geometry
 from neuron_census.capture import CaptureSettings, resolve_ngram_layers
 
 ENTRY_BYTES = 16  # an int64 key and an int64 count per sparse table entry
+# device temporaries per entry while one layer's table is handed over (`take_layer`): a bounded token
+# table is re-keyed token-major (split keys, 32-bit sort keys and order, new keys and counts; an exact one
+# only has its keys shifted), an n-gram table has its keys split into neuron and n-gram
+REKEY_BYTES, SHIFT_BYTES, SPLIT_BYTES = 40, 8, 24
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,8 @@ def statistics_device_bytes(
 
     Under layerwise capture, firing and position counts and the sparse tables of a layer leave the device
     once its last batch is counted, so only one layer's count; the other statistics stay for every layer.
-    `n_tokens` (the shard's) bounds the tables too.
+    Handing a layer's tables over takes temporaries for one layer's tables. `n_tokens` (the shard's)
+    bounds the tables too.
     """
     sizes = _Sizes.of(settings, geometry, n_layers_total, n_tokens)
     n_layers, n_neurons = sizes.n_layers, sizes.n_neurons
@@ -81,8 +86,10 @@ def statistics_device_bytes(
     if sizes.dense_token_cells is not None:
         token_table = sizes.dense_token_cells * 4  # one dense int32 table for every layer, whatever the strategy
     else:
-        token_table = _sparse_bytes(sizes.tokens_per_neuron * n_neurons, on_device, n_layers, settings.merge_pending)
-    ngram_tables = _sparse_bytes(
+        entries = sizes.tokens_per_neuron * n_neurons
+        handover = entries * (REKEY_BYTES if settings.token_capacity else SHIFT_BYTES)
+        token_table = _sparse_bytes(entries, on_device, n_layers, settings.merge_pending) + handover
+    ngram_tables = (sizes.ngrams_per_neuron * n_neurons * SPLIT_BYTES if sizes.ngram_layers else 0) + _sparse_bytes(
         sizes.ngrams_per_neuron * n_neurons,
         min(on_device, sizes.ngram_layers),
         sizes.ngram_layers,
