@@ -20,7 +20,8 @@
 #      must be on a filesystem the nodes share (here: the same machine).
 #   3. Check: snakemake succeeded; results/report.html and every figure (png + pdf) exist; the planted
 #      model's neuron table finds exactly the planted dead / detector / positional neurons; `sacct` lists every submitted job of this run (by its SLURM run id)
-#      as COMPLETED, the GPU rules in the gpu partition with a gres/gpu allocation; print a summary.
+#      as COMPLETED, the GPU rules in the gpu partition with a gres/gpu allocation, the capture jobs with the
+#      memory and time limit of the config's `resources`; print a summary.
 # Exit status 0 only when every check passes. Needs: the cluster up (sinfo), the repo's .venv.
 set -euo pipefail
 
@@ -120,7 +121,7 @@ planned=$(awk '$1 == "total" {print $2; exit}' snakemake.log)
 local_jobs=$(grep -c "^localrule " snakemake.log || true)
 submitted=$(grep -c "has been submitted with SLURM jobid" snakemake.log || true)
 sacct -X -P -n --clusters all --starttime "$(date -d "-1 day" +%Y-%m-%dT%H:%M)" --endtime now --name "$run_id" \
-    -o JobID,Partition,State,ElapsedRaw,AllocTRES,Comment%200 >sacct.txt
+    -o JobID,Partition,State,ElapsedRaw,AllocTRES,ReqMem,TimelimitRaw,Comment%200 >sacct.txt
 n_sacct=$(wc -l <sacct.txt)
 n_completed=$(awk -F'|' '$3 == "COMPLETED"' sacct.txt | wc -l)
 n_gpu_part=$(awk -F'|' '$2 == "gpu"' sacct.txt | wc -l)
@@ -134,11 +135,18 @@ slurm_logs=$(find .snakemake/slurm_logs -name '*.log' 2>/dev/null | wc -l)
 node_gpus=$(scontrol -o show node | grep -c "Gres=gpu" || true)   # 0: SLURM_LOCAL_GPUS=0, gpu requests set to 0
 ((n_gpu_part > 0 && n_gres == (node_gpus > 0 ? n_gpu_part : 0))) ||
     fail "GPU rules: $n_gpu_part jobs in partition gpu, $n_gres with gres/gpu=1 (node GPUs: $node_gpus)"
+# capture jobs ask for the memory and time the config's `resources` give them (the profile sets neither)
+read -r want_mem want_time < <(python -c "import yaml; r = yaml.safe_load(open('$REPO/tests/configs/tiny.yaml'))['resources']['capture']; print(r['mem_mb'], r['runtime'])")
+n_capture=$(grep -c "rule_capture_" sacct.txt || true)
+n_sized=$(awk -F'|' -v m="^${want_mem}M" -v t="$want_time" '$8 ~ /rule_capture_/ && $6 ~ m && $7 == t' sacct.txt | wc -l)
+((n_capture > 0 && n_sized == n_capture)) ||
+    fail "capture jobs: $n_sized of $n_capture asked for the config's ${want_mem} MB and ${want_time} minutes"
 
 echo "== neuron-census tiny DAG through SLURM ($(hostname -s), run id $run_id) =="
 echo "snakemake: $planned jobs planned, $local_jobs run locally, $submitted submitted; wall time ${elapsed}s"
 echo "sacct: $n_completed/$n_sacct COMPLETED; by partition: $(awk -F'|' '{print $2}' sacct.txt | sort | uniq -c | awk '{printf "%s=%s ", $2, $1}')"
 echo "sacct: job seconds total $(awk -F'|' '{s += $4} END {print s}' sacct.txt), longest $(awk -F'|' '$4 > m {m = $4} END {print m}' sacct.txt)s; SLURM log files: $slurm_logs"
+echo "capture jobs: $n_capture, each asking for ${want_mem} MB and ${want_time} minutes (the config's resources)"
 echo "by rule: $(sed -n 's/.*rule_\([A-Za-z0-9_]*\)_wildcards.*/\1/p; s/.*|rule_\([A-Za-z0-9_]*\)$/\1/p' sacct.txt | sort | uniq -c | awk '{printf "%s=%s ", $2, $1}')"
 echo "outputs: results/report.html ($(stat -c %s results/report.html) bytes), ${#figures[@]} figures x png+pdf, results/planted/neurons.parquet (planted roles recovered)"
 echo "files: $WORKDIR/snakemake.log, $WORKDIR/sacct.txt, $WORKDIR/.snakemake/slurm_logs/"
