@@ -401,9 +401,7 @@ class TokenFireCount:
         """The layer's pending pairs merged (as `state` does) and its table handed over, keys of slot 0."""
         slot = self.geometry.slot(layer)
         if self.dense is not None:
-            flat = self.dense[slot].cpu().numpy().reshape(-1)
-            keys = np.flatnonzero(flat).astype(np.int64)
-            return self._header(0) | {"keys": keys, "counts": flat[keys].astype(np.int64)}
+            return self._dense_state(self.dense[slot])
         self._flush(slot)
         keys, counts = self._tables[slot] if self.capacity is None else self._token_major_table(slot)
         self._tables[slot] = (keys[:0], keys[:0])
@@ -425,11 +423,15 @@ class TokenFireCount:
             "capacity": np.asarray([capacity], dtype=np.int64),
         }
 
+    def _dense_state(self, table: torch.Tensor) -> State:
+        """The nonzero cells of (part of) the dense table, flat index as key."""
+        flat = table.cpu().numpy().reshape(-1)
+        keys = np.flatnonzero(flat).astype(np.int64)
+        return self._header(0) | {"keys": keys, "counts": flat[keys].astype(np.int64)}
+
     def state(self) -> State:
         if self.dense is not None:
-            flat = self.dense.cpu().numpy().reshape(-1)
-            keys = np.flatnonzero(flat).astype(np.int64)
-            return self._header(0) | {"keys": keys, "counts": flat[keys].astype(np.int64)}
+            return self._dense_state(self.dense)
         for slot in range(len(self._tables)):
             self._flush(slot)
         # slots hold consecutive key ranges, so their tables join in sorted order; each is re-keyed and
