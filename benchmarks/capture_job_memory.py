@@ -5,8 +5,11 @@ The job runs as the workflow runs it, in a subprocess of its own (its peak is it
 random-weight model with an exact architecture (`source: random`, about half of its neurons fire, so the
 bounded token and n-gram tables fill) and bundled held-out text in GPT-2 BPE at full context length,
 where per-position firing counts are the largest dense array. `--src NAME=PATH` puts a source tree first
-on the job's `PYTHONPATH` (a checkout of an earlier commit, to compare against this one); every store must
-hold the same states as the first one, which the script checks.
+on the job's `PYTHONPATH` (a checkout of an earlier commit, to compare against this one), and
+`--write-behind on off` runs each with and without the writer thread; every store must hold the same
+states as the first one, which the script checks. Besides the peak and the job's time, each run reports how
+long the capture thread spent handing states to the store: writing them itself, or waiting for the writer
+thread to finish the previous layer.
 
     git worktree add /tmp/old <commit>
     python benchmarks/capture_job_memory.py --src before=/tmp/old/src --src after=src \
@@ -32,14 +35,37 @@ from capture_speed import ROOT, write_results  # noqa: E402
 TOKENIZER = {"source": "gpt2_bpe", "bos": "<|endoftext|>"}
 
 JOB = """
-import json, sys, time
+import json, sys, threading, time
 from pathlib import Path
 sys.path.insert(0, {bench!r})
 from capture_speed import _peak_rss_mb
+from neuron_census import layer_states
 from neuron_census.jobs import capture_job
+
+stalled = [0.0]  # seconds the capture thread spends handing states to the store (writing, or waiting for a write)
+depth = [0]
+
+def timed(method):
+    def run(*args, **kwargs):
+        if threading.current_thread() is not threading.main_thread() or depth[0]:
+            return method(*args, **kwargs)
+        start = time.perf_counter()
+        depth[0] += 1
+        try:
+            return method(*args, **kwargs)
+        finally:
+            depth[0] -= 1
+            stalled[0] += time.perf_counter() - start
+    return run
+
+for cls, names in ((layer_states.LayeredStates, ("add_layer", "add_layers", "add_whole")),
+                   (getattr(layer_states, "WriteBehind", None), ("add_layers", "add_whole", "close"))):
+    for name in names:
+        if cls is not None and hasattr(cls, name):
+            setattr(cls, name, timed(getattr(cls, name)))
 start = time.perf_counter()
 capture_job("m", {model!r}, "gpt2", {tokenizer!r}, {settings!r}, {shard!r}, {store!r}, threads={threads})
-print(json.dumps({{"seconds": time.perf_counter() - start, "peak_rss_mb": _peak_rss_mb()}}))
+print(json.dumps({{"seconds": time.perf_counter() - start, "peak_rss_mb": _peak_rss_mb(), "store_seconds": stalled[0]}}))
 """
 
 
@@ -53,8 +79,9 @@ def write_shard(args: argparse.Namespace, path: Path) -> None:
     write_token_shard(path, tokens, tokenizer=tokenizer, dataset="corpus", shard=0)
 
 
-def run_job(src: Path, strategy: str, args: argparse.Namespace, shard: Path, store: Path) -> dict[str, Any]:
+def run_job(src: Path, strategy: str, write_behind: bool, args: argparse.Namespace, shard: Path, store: Path) -> dict[str, Any]:
     settings = {
+        "write_behind": write_behind,
         "strategy": strategy,
         "batch_size": args.batch_size,
         "token_capacity": args.capacity,
@@ -99,9 +126,14 @@ def main() -> None:
     parser.add_argument("--capacity", type=int, default=2048, help="token_capacity and ngram_capacity (presets: 2048)")
     parser.add_argument("--rounds", type=int, default=1, help="the sources run in turn, this many times")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--write-behind", nargs="+", default=["on"], choices=["on", "off"],
+        help="capture.write_behind settings to run (each source with each)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     sources = [tuple(item.split("=", 1)) for item in args.src] or [("this", "src")]
+    variants = [(name, src, behind == "on") for name, src in sources for behind in args.write_behind]
 
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -109,11 +141,14 @@ def main() -> None:
         write_shard(args, folder / "shard.zarr")
         for strategy in args.strategies:
             for round_index in range(args.rounds):
-                for name, src in sources:
-                    store = folder / f"{strategy}-{name}-{round_index}.zarr"
-                    result = run_job(Path(src), strategy, args, folder / "shard.zarr", store)
-                    reference = folder / f"{strategy}-{sources[0][0]}-0.zarr"
-                    result |= {"strategy": strategy, "source": name, "round": round_index, "same_states": same_states(reference, store)}
+                for name, src, behind in variants:
+                    store = folder / f"{strategy}-{name}-{behind}-{round_index}.zarr"
+                    result = run_job(Path(src), strategy, behind, args, folder / "shard.zarr", store)
+                    reference = folder / f"{strategy}-{variants[0][0]}-{variants[0][2]}-0.zarr"
+                    result |= {
+                        "strategy": strategy, "source": name, "write_behind": behind, "round": round_index,
+                        "same_states": same_states(reference, store),
+                    }
                     runs.append(result)
                     print(json.dumps(result), flush=True)
                     if store != reference:
@@ -123,12 +158,14 @@ def main() -> None:
         f"capture job peak memory, {args.architecture} shapes, random weights, {args.n_seq} x {args.seq_len} tokens, "
         f"batch {args.batch_size}, capacities {args.capacity}, {time.strftime('%Y-%m-%d')}",
         "",
-        "| strategy | source | round | peak RSS MB | seconds | store equals the first source's |",
-        "|---|---|---:|---:|---:|---|",
+        "| strategy | source | write_behind | round | peak RSS MB | seconds | capture waiting for the store, s "
+        "| store equals the first run's |",
+        "|---|---|---|---:|---:|---:|---:|---|",
     ]
     for run in runs:
         lines.append(
-            f"| {run['strategy']} | {run['source']} | {run['round']} | {run['peak_rss_mb']:.0f} | {run['seconds']:.1f} "
+            f"| {run['strategy']} | {run['source']} | {'on' if run['write_behind'] else 'off'} | {run['round']} "
+            f"| {run['peak_rss_mb']:.0f} | {run['seconds']:.1f} | {run['store_seconds']:.2f} "
             f"| {'yes' if run['same_states'] else 'NO'} |"
         )
     table = "\n".join(lines) + "\n"

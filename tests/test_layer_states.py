@@ -180,11 +180,13 @@ def test_layers_handed_over_join_into_the_whole_state(census, monkeypatch, table
     assert len(wholes["ngram_fire_count"]["order2_group"]) > 0 and len(wholes["token_fire_count"]["keys"]) > 0
 
 
+@pytest.mark.parametrize("write_behind", [True, False])
 @pytest.mark.parametrize("strategy", ["resident", "layerwise"])
-def test_a_store_written_while_capturing_equals_the_states_in_memory(census, tmp_path: Path, strategy: str):
-    """The capture job writes each layer into the store as it is handed over: the store holds what a
-    capture into memory returns, with layered arrays chunked a layer at a time."""
+def test_a_store_written_while_capturing_equals_the_states_in_memory(census, tmp_path: Path, strategy: str, write_behind: bool):
+    """The capture job writes each layer into the store as it is handed over (by a writer thread, or not):
+    the store holds what a capture into memory returns, with layered arrays chunked a layer at a time."""
     from neuron_census.execution import Placement
+    from neuron_census.layer_states import written_behind
     from neuron_census.store import writing_store
 
     loaded, tokens = census
@@ -199,8 +201,8 @@ def test_a_store_written_while_capturing_equals_the_states_in_memory(census, tmp
         )
 
     layers, want = run()
-    with writing_store(tmp_path / "s.zarr", store_attrs(layers, 0)) as store:
-        assert run(store) == (layers, {})
+    with writing_store(tmp_path / "s.zarr", store_attrs(layers, 0)) as store, written_behind(store, write_behind) as sink:
+        assert run(sink) == (layers, {})
     attrs, got = read_store(tmp_path / "s.zarr")
     assert_states_equal(got, want)
     assert attrs["layers"] == list(layers)
@@ -232,6 +234,106 @@ def test_a_capture_that_fails_leaves_no_store(census, tmp_path: Path, monkeypatc
                 placement=Placement(strategy="layerwise"), offload_dir=tmp_path / "off", progress=False, sink=store,
             )
     assert sorted(path.name for path in tmp_path.iterdir() if path.name != "off") == []
+
+
+def capture_into_store(census, path: Path, strategy: str = "layerwise", **settings):
+    """A capture of 40 sequences written into a store at `path` by a writer thread, as the capture job does."""
+    from neuron_census.execution import Placement
+    from neuron_census.layer_states import written_behind
+    from neuron_census.store import writing_store
+
+    loaded, tokens = census
+    with writing_store(path, store_attrs((0, 1, 2), 0)) as store, written_behind(store) as sink:
+        capture_tokens(
+            loaded.model, loaded.adapter, tokens[:40], model_name="census", first_seq_id=0, has_bos=True,
+            settings=CaptureSettings(batch_size=16, **settings), device=torch.device("cpu"),
+            placement=Placement(strategy=strategy), offload_dir=path.parent / "off", progress=False, sink=sink,
+        )
+
+
+def writer_threads() -> list[str]:
+    import threading
+
+    return [thread.name for thread in threading.enumerate() if thread.name.startswith("store-writer")]
+
+
+def test_layerwise_capture_computes_the_next_layer_while_a_layer_is_written(census, tmp_path: Path, monkeypatch):
+    """The write of layer 0 only finishes once layer 1 has been computed on a batch: that can only happen if
+    the write runs on another thread while capture goes on (written in line, it would wait in vain)."""
+    import threading
+
+    from neuron_census import accumulators
+    from neuron_census.store import _StoreStates
+
+    layer_1_ran = threading.Event()
+    seen: dict[int, tuple[str, bool]] = {}
+    update, add_layers = accumulators.Moments.update, _StoreStates.add_layers
+
+    def updating(self, batch):
+        if batch.layer == 1:
+            layer_1_ran.set()
+        return update(self, batch)
+
+    def adding(self, slot, states):
+        seen[slot] = (threading.current_thread().name, slot != 0 or layer_1_ran.wait(timeout=60))
+        return add_layers(self, slot, states)
+
+    monkeypatch.setattr(accumulators.Moments, "update", updating)
+    monkeypatch.setattr(_StoreStates, "add_layers", adding)
+    capture_into_store(census, tmp_path / "s.zarr")
+    assert sorted(seen) == [0, 1, 2]
+    assert all(name.startswith("store-writer") for name, _ in seen.values())
+    assert seen[0][1], "layer 1 never ran while layer 0 was being written"
+    assert StoreReader(tmp_path / "s.zarr").names == sorted(REGISTRY)
+    assert writer_threads() == []
+
+
+def test_a_failed_write_fails_the_capture_and_leaves_no_store(census, tmp_path: Path, monkeypatch):
+    from neuron_census import store
+
+    add = store._Appender.add
+
+    def full_at_layer_1(self, parts):
+        if self.group.basename == "top_k" and "values" in self.arrays:
+            raise OSError("No space left on device")
+        return add(self, parts)
+
+    monkeypatch.setattr(store._Appender, "add", full_at_layer_1)
+    with pytest.raises(OSError, match="No space left"):
+        capture_into_store(census, tmp_path / "s.zarr")
+    assert sorted(path.name for path in tmp_path.iterdir() if path.name != "off") == []
+    assert writer_threads() == []
+
+
+def test_a_capture_failing_during_a_write_reports_its_own_error_and_leaves_no_store(census, tmp_path: Path, monkeypatch):
+    """Capture fails while layer 0 is still being written (and that write fails too): the capture's error is
+    the one raised, the write has ended before the store's temporary is removed, and nothing is left."""
+    import threading
+    import time
+
+    from neuron_census import accumulators
+    from neuron_census.store import _StoreStates
+
+    writing = threading.Event()
+    take = accumulators.Moments.take_layer
+
+    def slow_failing_write(self, slot, states):
+        writing.set()
+        time.sleep(0.5)
+        raise OSError("write failed")
+
+    def fail_at_layer_1(self, layer):
+        if layer == 1:
+            writing.wait(timeout=60)
+            raise RuntimeError("device lost")
+        return take(self, layer)
+
+    monkeypatch.setattr(_StoreStates, "add_layers", slow_failing_write)
+    monkeypatch.setattr(accumulators.Moments, "take_layer", fail_at_layer_1)
+    with pytest.raises(RuntimeError, match="device lost"):
+        capture_into_store(census, tmp_path / "s.zarr")
+    assert sorted(path.name for path in tmp_path.iterdir() if path.name != "off") == []
+    assert writer_threads() == []
 
 
 def test_layers_must_be_handed_over_in_order():

@@ -93,15 +93,27 @@ def test_a_capture_stays_within_the_bound(monkeypatch):
 
 def test_host_memory_of_opt_66b_statistics():
     """Capture jobs hand each layer over to their store: host memory holds one layer's position counts and
-    tables (a table at most three times), not all 64 layers' (350 GB when they were all held to the end)."""
+    tables (a table at most three times), or two layers' while a writer thread writes one (the default),
+    not all 64 layers' (350 GB when they were all held to the end)."""
     geometry = Geometry(layers=tuple(range(64)), n_neurons=36864, seq_len=2048, vocab_size=50272)
-    host = statistics_host_bytes(PRESET, geometry, 64, n_tokens=256 * 2048)
+    host = statistics_host_bytes(PRESET, geometry, 64, n_tokens=256 * 2048, write_behind=False)
     assert host["position_fire_count"] == 2048 * 36864 * 8 + 2048 * 8  # one layer: 0.6 GB
     assert host["token_fire_count"] == 3 * 36864 * 2048 * 16
     assert host["ngram_fire_count"] == 2 * 36864 * 2048 * (16 + 24) + 2 * 32 * 36864 * 8
     assert sum(host.values()) < 12e9
-    short = statistics_host_bytes(PRESET, geometry, 64, n_tokens=100)  # no neuron meets more than 100 items
+    behind = statistics_host_bytes(PRESET, geometry, 64, n_tokens=256 * 2048)
+    assert behind["position_fire_count"] == 2 * 2048 * 36864 * 8 + 2048 * 8  # two layers
+    assert behind["token_fire_count"] == 2 * 3 * 36864 * 2048 * 16
+    assert behind["ngram_fire_count"] == 2 * 2 * 36864 * 2048 * (16 + 24) + 2 * 32 * 36864 * 8
+    assert behind["top_k"] == host["top_k"] and behind["fire_count"] == host["fire_count"]
+    assert 22e9 < sum(behind.values()) < 22.5e9
+    short = statistics_host_bytes(PRESET, geometry, 64, n_tokens=100, write_behind=False)  # no neuron meets more than 100 items
     assert short["token_fire_count"] == 3 * 36864 * 100 * 16
     # 2**24 sequences: per-position counts of every layer can leave float32 on the device before the end
     huge = statistics_host_bytes(PRESET, geometry, 64, n_tokens=(1 << 24) * 2048)
     assert huge["position_fire_count"] == 64 * 2048 * 36864 * 8 + 2048 * 8
+    # a single layer is never held twice, and n-gram tables only for the layers that count n-grams
+    one = Geometry(layers=(5,), n_neurons=36864, seq_len=2048, vocab_size=50272)
+    assert statistics_host_bytes(PRESET, one, 64, n_tokens=256 * 2048) == statistics_host_bytes(
+        PRESET, one, 64, n_tokens=256 * 2048, write_behind=False
+    )

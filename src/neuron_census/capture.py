@@ -30,7 +30,7 @@ from neuron_census.accumulators import (
     TopK,
 )
 from neuron_census.execution import LastLayerNeverRan, Placement, StopForward, run_layerwise, run_resident
-from neuron_census.layer_states import LayeredStates, joined_states
+from neuron_census.layer_states import LayerSink, joined_states
 
 FIRE_RULES = ("preactivation", "activation")
 ALL_ACCUMULATORS = (
@@ -163,7 +163,7 @@ def capture_tokens(
     placement: Placement | None = None,
     offload_dir: Path | None = None,
     progress: bool = True,
-    sink: LayeredStates | None = None,
+    sink: LayerSink | None = None,
 ) -> tuple[tuple[int, ...], dict[str, State]]:
     """Run `model` over `tokens` [n_seq, seq_len] and return the analysed layers and accumulator states.
 
@@ -172,9 +172,10 @@ def capture_tokens(
     whose kept hidden states go to `offload_dir` when `placement.layerwise_states` is disk).
 
     States are handed over a layer at a time: under layerwise capture as soon as a layer has seen its last
-    batch, otherwise at the end, layer after layer. With a `sink` (a store being written) they go there and
-    the returned dict is empty, so host memory holds one layer's statistics at a time, not all of them
-    (OPT-66b's tables can reach 300 GB over its layers); without one they are joined in memory.
+    batch, otherwise at the end, layer after layer. With a `sink` (a store being written, directly or by a
+    writer thread: `layer_states.WriteBehind`) they go there and the returned dict is empty, so host memory
+    holds one or two layers' statistics at a time, not all of them (OPT-66b's tables can reach 300 GB over
+    its layers); without one they are joined in memory.
     """
     placement = placement or Placement()
     n_seq, seq_len = tokens.shape
@@ -256,8 +257,7 @@ def capture_tokens(
     handed: list[int] = []
 
     def hand_over(layer: int) -> None:
-        for accumulator in by_layer:
-            out.add_layer(accumulator.name, geometry.slot(layer), accumulator.take_layer(layer))
+        out.add_layers(geometry.slot(layer), {accumulator.name: accumulator.take_layer(layer) for accumulator in by_layer})
         handed.append(layer)
 
     handles = []

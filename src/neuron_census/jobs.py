@@ -170,11 +170,13 @@ def capture_job(
 
     The model is placed by `settings.strategy` (resident, offload or layerwise); offloaded weights and
     kept hidden states live in a temporary folder that is removed when the job ends, killed or not. The
-    store is written as capture hands layers over (under layerwise, each layer once it is done), into a
-    temporary that becomes the output only when the job succeeds.
+    store is written as capture hands layers over (under layerwise, each layer once it is done), by a
+    writer thread unless `settings.write_behind` is false, into a temporary that becomes the output only
+    when the job succeeds.
     """
     from neuron_census.capture import CaptureSettings, capture_tokens, resolve_layers
     from neuron_census.execution import Placement, offload_folder
+    from neuron_census.layer_states import written_behind
     from neuron_census.store import writing_store
 
     placement = Placement.from_config(settings)
@@ -186,7 +188,8 @@ def capture_job(
         adapter = loaded.adapter
         tokens, shard_attrs = read_shard_for(shard_path, tokenizer, f"model '{model_name}'")
         shard = int(shard_attrs["shard"])
-        report_statistics_memory(model_name, capture_settings, adapter, tokens.shape, device, placement)
+        write_behind = bool(settings.get("write_behind", True))
+        report_statistics_memory(model_name, capture_settings, adapter, tokens.shape, device, placement, write_behind)
         attrs = {
             "model": model_name,
             "datasets": [shard_attrs["dataset"]],
@@ -205,7 +208,7 @@ def capture_job(
             "dtype": str(dtype).removeprefix("torch."),
             "strategy": placement.strategy,
         }
-        with writing_store(output, attrs) as store:
+        with writing_store(output, attrs) as store, written_behind(store, write_behind) as sink:
             capture_tokens(
                 loaded.model,
                 adapter,
@@ -217,7 +220,7 @@ def capture_job(
                 device=device,
                 placement=placement,
                 offload_dir=folder,
-                sink=store,
+                sink=sink,
             )
 
 
@@ -228,6 +231,7 @@ def report_statistics_memory(
     tokens_shape: tuple[int, int],
     device: torch.device,
     placement: Placement,
+    write_behind: bool = True,
 ) -> None:
     """Say on stderr how much device memory the statistics can take, and warn if that exceeds what is free.
 
@@ -244,7 +248,7 @@ def report_statistics_memory(
     geometry = Geometry(layers=layers, n_neurons=adapter.n_neurons, seq_len=seq_len, vocab_size=adapter.vocab_size)
     layerwise = placement.strategy == "layerwise"
     bounds = statistics_device_bytes(settings, geometry, adapter.n_layers, layerwise=layerwise, n_tokens=n_tokens)
-    host = statistics_host_bytes(settings, geometry, adapter.n_layers, n_tokens=n_tokens)
+    host = statistics_host_bytes(settings, geometry, adapter.n_layers, n_tokens=n_tokens, write_behind=write_behind)
     print(f"capture '{model_name}': statistics on {device} {describe_bound(bounds)}", file=sys.stderr)
     print(f"capture '{model_name}': statistics in host memory {describe_bound(host)}", file=sys.stderr)
     if device.type != "cuda":

@@ -18,8 +18,10 @@ a layer's arrays renumbered to its slot, appended to a store (or joined in memor
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -243,8 +245,80 @@ class LayeredStates:
         self.next_slot[name] = slot + 1
         self.counted_before[name] = counted + len(state.get("layers", ()))
 
+    def add_layers(self, slot: int, states: Mapping[str, State]) -> None:
+        """Slot `slot`'s states of several accumulators (as `add_layer` each)."""
+        for name, state in states.items():
+            self.add_layer(name, slot, state)
+
     def add_whole(self, name: str, state: State) -> None:
         self._target(name).add({key: (array, None) for key, array in state.items()})
+
+
+class LayerSink(Protocol):
+    """What capture hands its states to: each finished layer of the accumulators with a layer axis, then
+    the others whole (`LayeredStates`, or `WriteBehind` in front of one)."""
+
+    def add_layers(self, slot: int, states: Mapping[str, State]) -> None: ...
+
+    def add_whole(self, name: str, state: State) -> None: ...
+
+
+class WriteBehind:
+    """A `LayerSink` that hands each layer to `states` on a writer thread of its own, so that writing layer
+    L to the store overlaps computing layer L+1 (layerwise capture) or taking it off the device (the end of
+    a resident one). One handover is written at a time: the next waits for it, so host memory holds at
+    most two layers' states, the one being written and the one waiting. Use it through `written_behind`,
+    which waits for the last write and re-raises its error."""
+
+    def __init__(self, states: LayeredStates) -> None:
+        self.states = states
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
+        self._writing: Future[Any] | None = None
+
+    def add_layers(self, slot: int, states: Mapping[str, State]) -> None:
+        self._hand(self.states.add_layers, slot, dict(states))
+
+    def add_whole(self, name: str, state: State) -> None:
+        self._hand(self.states.add_whole, name, state)
+
+    def _hand(self, write: Callable[..., None], *args: Any) -> None:
+        self.wait()
+        self._writing = self._writer.submit(write, *args)
+
+    def wait(self) -> None:
+        """Wait for the write in flight; its error, if any, is raised here."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            writing.result()
+
+    def close(self, *, failed: bool) -> None:
+        """Stop the writer thread once its write is done; after a failure elsewhere its outcome is dropped
+        (the store is thrown away, and the first error is the one to report)."""
+        try:
+            if failed:
+                if self._writing is not None:
+                    self._writing.exception()  # waits, and does not raise
+                    self._writing = None
+            else:
+                self.wait()
+        finally:
+            self._writer.shutdown(wait=True)
+
+
+@contextmanager
+def written_behind(states: LayeredStates, enabled: bool = True) -> Iterator[LayerSink]:
+    """`states` behind a `WriteBehind` (or as it is, if not `enabled`); every write has ended when the
+    block does, so a store is never renamed into place, or removed, while a layer is still being written."""
+    if not enabled:
+        yield states
+        return
+    behind = WriteBehind(states)
+    try:
+        yield behind
+    except BaseException:
+        behind.close(failed=True)
+        raise
+    behind.close(failed=False)
 
 
 def joined_states() -> tuple[LayeredStates, dict[str, JoinedParts]]:

@@ -8,7 +8,8 @@ every neuron meets more distinct tokens and n-grams than its capacity, except fo
 being added, which scale with the batch as the activations do. It tells a user before a long job whether
 the statistics fit next to the model: OPT-30b with the presets' capacities can hold 174 GB of statistics
 on the GPU under `resident`, and 9.6 GB under `layerwise`, which keeps one layer's tables there; host
-memory holds one layer's tables at a time under every strategy, as the job writes them to its store.
+memory holds the tables of one layer, or two while a writer thread writes one, under every strategy, as
+the job writes them to its store.
 """
 
 from __future__ import annotations
@@ -107,34 +108,43 @@ def statistics_device_bytes(
 
 
 def statistics_host_bytes(
-    settings: CaptureSettings, geometry: Geometry, n_layers_total: int, *, n_tokens: int | None = None
+    settings: CaptureSettings,
+    geometry: Geometry,
+    n_layers_total: int,
+    *,
+    n_tokens: int | None = None,
+    write_behind: bool = True,
 ) -> dict[str, int]:
     """Upper bound of what the statistics take in host memory at any time of a capture job, in bytes.
 
     The job hands the statistics of a layer over to the store being written one layer at a time (under
     layerwise capture as soon as the layer is done, otherwise at the end), so host memory holds one layer's
     int64 position counts and tables, whatever the strategy: a table is held at most three times while it
-    is handed over (as kept, re-keyed for the store, and the copy written). Firing counts of every layer,
-    and position counts of every layer when a shard has 2**24 sequences or more, are summed into int64 in
-    host memory before that. Top-k and moments are counted whole (on the host when the device is the CPU),
-    the occurrence counts twice (kept and written). The model's weights and kept hidden states come on top
-    (see config/README.md).
+    is handed over (as kept, re-keyed for the store, and the copy written). With `write_behind` (the
+    default) a writer thread writes a layer while the next one is computed and handed over, so two layers'
+    are held. Firing counts of every layer, and position counts of every layer when a shard has 2**24
+    sequences or more, are summed into int64 in host memory before that. Top-k and moments are counted
+    whole (on the host when the device is the CPU), the occurrence counts twice (kept and written). The
+    model's weights and kept hidden states come on top (see config/README.md).
     """
     sizes = _Sizes.of(settings, geometry, n_layers_total, n_tokens)
     n_layers, n_neurons = sizes.n_layers, sizes.n_neurons
+    held = min(n_layers, 2 if write_behind else 1)  # layers handed over and not yet written
     if sizes.dense_token_cells is not None:
         token_entries = sizes.dense_token_cells // n_layers  # one layer of the dense table, every cell nonzero
     else:
         token_entries = n_neurons * sizes.tokens_per_neuron
-    ngram_entries = sizes.orders * n_neurons * sizes.ngrams_per_neuron if sizes.ngram_layers else 0
+    ngram_layers_held = min(held, sizes.ngram_layers)
+    ngram_entries = sizes.orders * n_neurons * sizes.ngrams_per_neuron
     n_seq = n_tokens // geometry.seq_len if n_tokens is not None else 1 << 62
-    position_rows = n_layers if n_seq >= 1 << 24 else 1  # rows released early, before their layer is done
+    position_rows = n_layers if n_seq >= 1 << 24 else held  # rows released early, before their layer is done
     bounds = _kept_whole(settings, geometry, sizes) | {
         "fire_count": n_layers * n_neurons * 8 + n_layers * 8,
         "position_fire_count": position_rows * geometry.seq_len * n_neurons * 8 + geometry.seq_len * 8,
-        "token_fire_count": 3 * token_entries * ENTRY_BYTES,
+        "token_fire_count": held * 3 * token_entries * ENTRY_BYTES,
         # the kept tables and the columns of the store's (group, n-gram, count) arrays
-        "ngram_fire_count": ngram_entries * (ENTRY_BYTES + 24) + sizes.orders * sizes.ngram_layers * n_neurons * 8,
+        "ngram_fire_count": ngram_layers_held * ngram_entries * (ENTRY_BYTES + 24)
+        + sizes.orders * sizes.ngram_layers * n_neurons * 8,
         "ngram_count": 2 * sizes.orders * sizes.ngram_occurrences * ENTRY_BYTES,
     }
     return {name: bounds[name] for name in settings.accumulators}
