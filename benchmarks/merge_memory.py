@@ -8,7 +8,9 @@ its own subprocess, so each peak is its own:
 
   in_memory   every store read, then merged (`merge_states` of all of them at once), then written
   streaming   `merge_store_files`, what the merge rule runs: summed arrays a block of rows at a time,
-              the other accumulators folded in one store at a time
+              the other accumulators folded in one store at a time, each merged layer written by a
+              writer thread while the next is merged
+  streaming_inline  the same, each merged layer written before the next is merged (`write_behind=False`)
 
     python benchmarks/merge_memory.py --architecture opt-125m --shards 2 8 --out benchmarks/results/merge-memory
 """
@@ -28,7 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 from capture_speed import _peak_rss_mb, _rss_mb, corpus_tokens, set_fire_rate, write_results  # noqa: E402
 
-METHODS = ("in_memory", "streaming")
+METHODS = ("in_memory", "streaming", "streaming_inline")
 
 
 def add_shard_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,7 +92,7 @@ def merge_one(method: str, paths: list[str], output: str) -> dict[str, Any]:
         attrs = merged_attrs([StoreReader(path) for path in paths])
         write_store(output, attrs, merge_states([read_store(path)[1] for path in paths]))
     else:
-        merge_store_files(paths, output)
+        merge_store_files(paths, output, write_behind=method == "streaming")
     return {"seconds": time.perf_counter() - start, "peak_rss_mb": _peak_rss_mb(), "rss_loaded_mb": loaded}
 
 
@@ -98,6 +100,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_shard_arguments(parser)
     parser.add_argument("--shards", nargs=2, type=int, default=[2, 8], help="the two shard counts compared")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--rounds", type=int, default=1, help="the methods run in turn, this many times")
     parser.add_argument("--worker", nargs=3, metavar=("METHOD", "OUTPUT", "PATHS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -111,13 +115,15 @@ def main() -> None:
         store_mb = sum(f.stat().st_size for f in paths[0].rglob("*") if f.is_file()) / 2**20
         results = []
         for n_shards in args.shards:
-            for method in METHODS:
-                output = folder / f"merged-{method}-{n_shards}.zarr"
-                command = [sys.executable, __file__, "--worker", method, str(output), ",".join(map(str, paths[:n_shards]))]
-                run = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
-                results.append({"method": method, "shards": n_shards, **run})
-                shutil.rmtree(output)
-                print(results[-1], flush=True)
+            for round_index in range(args.rounds):
+                for method in args.methods:
+                    output = folder / f"merged-{method}-{n_shards}.zarr"
+                    command = [sys.executable, __file__, "--worker", method, str(output), ",".join(map(str, paths[:n_shards]))]
+                    done = subprocess.run(command, check=True, capture_output=True, text=True)
+                    run = json.loads(done.stdout.splitlines()[-1])
+                    results.append({"method": method, "shards": n_shards, "round": round_index, **run})
+                    shutil.rmtree(output)
+                    print(results[-1], flush=True)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     low, high = args.shards
@@ -128,12 +134,17 @@ def main() -> None:
         f"| merge | peak RSS MB, {low} shards | peak RSS MB, {high} shards | change | seconds, {low} / {high} shards |",
         "|---|---:|---:|---:|---|",
     ]
-    for method in METHODS:
-        a, b = (next(r for r in results if r["method"] == method and r["shards"] == n) for n in (low, high))
-        change = 100 * (b["peak_rss_mb"] / a["peak_rss_mb"] - 1)
-        lines.append(
-            f"| {method} | {a['peak_rss_mb']:.0f} | {b['peak_rss_mb']:.0f} | {change:+.1f}% | {a['seconds']:.1f} / {b['seconds']:.1f} |"
-        )
+    for round_index in range(args.rounds):
+        for method in args.methods:
+            a, b = (
+                next(r for r in results if r["method"] == method and r["shards"] == n and r["round"] == round_index)
+                for n in (low, high)
+            )
+            change = 100 * (b["peak_rss_mb"] / a["peak_rss_mb"] - 1)
+            lines.append(
+                f"| {method} | {a['peak_rss_mb']:.0f} | {b['peak_rss_mb']:.0f} | {change:+.1f}% "
+                f"| {a['seconds']:.1f} / {b['seconds']:.1f} |"
+            )
     table = "\n".join(lines) + "\n"
     print(table)
     write_results(args.out, table, {"args": {k: v for k, v in vars(args).items() if k != "out"}, "results": results})

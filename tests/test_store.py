@@ -78,14 +78,15 @@ def wide_states(seed: int) -> dict:
     }
 
 
-@pytest.mark.parametrize("block_bytes", [1, 1 << 28])
-def test_merge_store_files_equals_the_merge_in_memory(tmp_path: Path, block_bytes: int):
-    """The shard merge sums counts a block of chunk rows at a time and folds the rest one store at a time."""
+@pytest.mark.parametrize(("block_bytes", "write_behind"), [(1, True), (1 << 28, True), (1, False)])
+def test_merge_store_files_equals_the_merge_in_memory(tmp_path: Path, block_bytes: int, write_behind: bool):
+    """The shard merge sums counts a block of chunk rows at a time and folds the rest one store at a time
+    (each merged layer written by a writer thread, or not)."""
     paths = [tmp_path / f"{shard}.zarr" for shard in range(5)]
     for shard, path in enumerate(paths):
         write_store(path, attrs(shard=shard), wide_states(shard))
     assert zarr.open_group(paths[0], mode="r")["position_fire_count"]["counts"].chunks[0] < 13  # several blocks
-    merge_store_files(paths, tmp_path / "merged.zarr", block_bytes=block_bytes)
+    merge_store_files(paths, tmp_path / "merged.zarr", block_bytes=block_bytes, write_behind=write_behind)
     got_attrs, got = read_store(tmp_path / "merged.zarr")
     want_attrs, want = merge_stores(paths)
     assert got_attrs["sources"] == want_attrs["sources"] == [f"d/{shard}" for shard in range(5)]

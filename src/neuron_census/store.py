@@ -21,7 +21,15 @@ import zarr
 
 from neuron_census.accumulators import REGISTRY, State, sums_elementwise
 from neuron_census.atomic import atomic_path
-from neuron_census.layer_states import LAYER_PARTS, LayeredStates, Parts, SortedLookup, layer_state, sorted_range_of
+from neuron_census.layer_states import (
+    LAYER_PARTS,
+    LayeredStates,
+    Parts,
+    SortedLookup,
+    layer_state,
+    sorted_range_of,
+    written_behind,
+)
 
 STORE_KIND = "accumulators"
 FORMAT_VERSION = 2
@@ -238,28 +246,38 @@ MERGE_BLOCK_BYTES = 1 << 26  # summed arrays are merged this many bytes (of one 
 
 
 def merge_store_files(
-    paths: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str], *, block_bytes: int = MERGE_BLOCK_BYTES
+    paths: Sequence[str | os.PathLike[str]],
+    output: str | os.PathLike[str],
+    *,
+    block_bytes: int = MERGE_BLOCK_BYTES,
+    write_behind: bool = True,
 ) -> None:
     """Merge stores into a new store, with memory bounded by neither the number of stores nor the layers.
 
     Accumulators whose merge is a sum (firing, position and token counts: the largest arrays, e.g.
     layers x 2048 positions x neurons) are summed a block of rows at a time, read from every store
     and written out before the next block. Top-k, moments and the bounded sparse tables are merged one
-    layer at a time, folded in one store at a time, and appended to the output (OPT-66b's full token
-    tables are 77 GB a store over all layers, 1.2 GB for one); the occurrence counts, which have no
-    layer axis, are folded whole. The result equals `merge_stores` of the same paths.
+    layer at a time, folded in one store at a time, and appended to the output by a writer thread while
+    the next layer is read and merged (unless not `write_behind`; OPT-66b's full token tables are 77 GB a
+    store over all layers, 1.2 GB for one); the occurrence counts, which have no layer axis, are folded
+    whole. The result equals `merge_stores` of the same paths.
     """
     readers = [StoreReader(path) for path in paths]
+    summed = [name for name in readers[0].names if sums_elementwise(name)]
     with writing_store(output, merged_attrs(readers)) as out:
-        for name in readers[0].names:
-            if sums_elementwise(name):
-                for key, _ in sorted(readers[0].group[name].arrays()):
-                    _sum_blockwise(readers, name, key, out.group_of(name), block_bytes)
-            elif name in LAYER_PARTS:
-                for slot in range(len(readers[0].attrs["layers"])):
-                    out.add_layer(name, slot, merged_layer_state(readers, name, slot))
-            else:
-                out.add_whole(name, _folded_state(readers, name))
+        for name in summed:
+            for key, _ in sorted(readers[0].group[name].arrays()):
+                _sum_blockwise(readers, name, key, out.group_of(name), block_bytes)
+        # a writer thread appends each merged layer while the next is read and merged (two layers held)
+        with written_behind(out, write_behind) as sink:
+            for name in readers[0].names:
+                if name in summed:
+                    continue
+                if name in LAYER_PARTS:
+                    for slot in range(len(readers[0].attrs["layers"])):
+                        sink.add_layers(slot, {name: merged_layer_state(readers, name, slot)})
+                else:
+                    sink.add_whole(name, _folded_state(readers, name))
 
 
 def _sum_blockwise(readers: Sequence[StoreReader], name: str, key: str, out: zarr.Group, block_bytes: int) -> None:
