@@ -19,6 +19,7 @@ from neuron_census.ngrams import (
     coalesce_keys,
     coverage_bounds,
     merge_summaries,
+    merge_summaries_by_sort,
     neurons_per_key,
     pack_ngrams,
     prune,
@@ -218,6 +219,51 @@ def test_merge_summaries_prunes_to_capacity():
     assert gram.tolist() == [1, 2] and count.tolist() == [4, 2]
 
 
+def _brute_merge(parts, capacity: int) -> dict[tuple[int, int], int]:
+    """Mergeable Misra-Gries by hand: add every counter, then per group over capacity subtract the
+    (capacity+1)-th largest and drop what is not positive."""
+    totals: Counter = Counter()
+    for group, gram, count in parts:
+        for key in zip(group.tolist(), gram.tolist(), count.tolist()):
+            totals[key[:2]] += key[2]
+    kept = {}
+    for g in {key[0] for key in totals}:
+        counters = {key: c for key, c in totals.items() if key[0] == g}
+        ranked = sorted(counters.values(), reverse=True)
+        cut = ranked[capacity] if len(ranked) > capacity else 0
+        kept |= {key: c - cut for key, c in counters.items() if c - cut > 0}
+    return kept
+
+
+@pytest.mark.parametrize("capacity", [1, 3, 40])
+def test_merging_summaries_by_packed_keys_equals_sorting_and_a_brute_force(capacity):
+    """Shard merges take packed keys when (group, gram) fits int64: parts sorted or not, with repeated
+    pairs, groups far over capacity and many ties, equal to the sort-based merge and to the definition."""
+    rng = np.random.default_rng(capacity)
+    sorted_part = coalesce(rng.integers(0, 12, 1500), rng.integers(0, 300, 1500), rng.integers(1, 6, 1500))
+    unsorted_part = (rng.integers(0, 12, 400), rng.integers(0, 300, 400), rng.integers(1, 6, 400))
+    empty = (np.zeros(0, dtype=np.int64),) * 3
+    parts = [sorted_part, empty, unsorted_part, sorted_part]
+    got = merge_summaries(parts, capacity)
+    for g, e in zip(got, merge_summaries_by_sort(parts, capacity)):
+        np.testing.assert_array_equal(g, e)
+    assert dict(zip(zip(got[0].tolist(), got[1].tolist()), got[2].tolist())) == _brute_merge(parts, capacity)
+    assert max(Counter(got[0].tolist()).values()) <= capacity < max(Counter(sorted_part[0].tolist()).values())
+
+
+@pytest.mark.parametrize(
+    "part",
+    [
+        (np.array([0, 9]), np.array([0, 1 << 61]), np.array([2, 3])),  # keys would overflow int64
+        (np.array([0, 0, 1]), np.array([4, 5, 4]), np.array([0, 2, 1])),  # a zero count
+    ],
+    ids=["overflow", "zero-count"],
+)
+def test_merging_summaries_that_do_not_pack_takes_the_sort(part):
+    got = merge_summaries([part, part], 1)
+    assert dict(zip(zip(got[0].tolist(), got[1].tolist()), got[2].tolist())) == _brute_merge([part, part], 1)
+
+
 def test_ngram_occurrences(data, device):
     state = feed(NgramCount(GEOMETRY, device, orders=(2, 3)), data, np.arange(N_SEQ), device)
     for index, order in enumerate((2, 3)):
@@ -259,7 +305,7 @@ def test_device_summaries_equal_the_numpy_ones(capacity, device):
         (rng.integers(0, 6, size=n), rng.integers(0, 30, size=n), rng.integers(1, 9, size=n))
         for n in (40, 0, 25, 60)
     ]
-    expected = merge_summaries(parts, capacity)
+    expected = merge_summaries_by_sort(parts, capacity)
     got = _merge_on_device(parts, capacity, device)
     for e, g in zip(expected, got):
         np.testing.assert_array_equal(g, e)
@@ -270,7 +316,7 @@ def test_device_pruning_equals_numpy_with_many_ties(capacity, device):
     """Thousands of counters, small counts (many ties broken by gram), groups far over capacity."""
     rng = np.random.default_rng(capacity)
     parts = [(rng.integers(0, 20, size=n), rng.integers(0, 300, size=n), rng.integers(1, 5, size=n)) for n in (3000, 2000)]
-    expected = merge_summaries(parts, capacity)
+    expected = merge_summaries_by_sort(parts, capacity)
     got = _merge_on_device(parts, capacity, device)
     assert len(expected[0]) < 5000
     for e, g in zip(expected, got):

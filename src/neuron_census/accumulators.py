@@ -473,9 +473,11 @@ class TokenFireCount:
 def _token_major(
     group: np.ndarray, token: np.ndarray, counts: np.ndarray, vocab_size: int, n_neurons: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Counts per (group = slot * n_neurons + neuron, token) as sorted TokenFireCount state keys."""
+    """Counts of distinct (group = slot * n_neurons + neuron, token) pairs (a merged summary's) as sorted
+    TokenFireCount state keys: one radix sort of the keys, as capture re-keys its tables."""
     slot, neuron = np.divmod(group, n_neurons)
-    return coalesce_sparse((slot * vocab_size + token) * n_neurons + neuron, counts)
+    keys, order = torch.sort(torch.from_numpy((slot * vocab_size + token) * n_neurons + neuron))
+    return keys.numpy(), counts[order.numpy()]
 
 
 class _JoinedColumns:

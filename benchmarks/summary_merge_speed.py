@@ -1,0 +1,82 @@
+"""How long a shard merge takes to fold two full bounded tables of one layer: `merge_summaries` (packed
+keys, binary-search adds, cuts by counting) against `merge_summaries_by_sort` (every counter sorted).
+
+Each table is what a shard of the presets' size leaves for one layer: every neuron holds `capacity`
+distinct items (tokens of a 50k vocabulary) with heavy-tailed (Zipf) counts, as a busy neuron's summary
+does after 524k tokens. The merge rule folds such a table per layer, table and shard, so this is the unit
+its time grows with. Both results must be equal.
+
+    python benchmarks/summary_merge_speed.py --neurons 3072 8192 --out benchmarks/results/summary-merge-speed
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from capture_speed import write_results  # noqa: E402
+
+VOCAB = 50272
+
+
+def full_table(n_neurons: int, capacity: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(neuron, token, count) sorted by (neuron, token): `capacity` distinct tokens a neuron, Zipf counts."""
+    rng = np.random.default_rng(seed)
+    tokens = np.stack([np.sort(rng.choice(VOCAB, capacity, replace=False)) for _ in range(n_neurons)])
+    neurons = np.repeat(np.arange(n_neurons, dtype=np.int64), capacity)
+    counts = rng.zipf(1.5, size=n_neurons * capacity).clip(max=1 << 20).astype(np.int64)
+    return neurons, tokens.reshape(-1).astype(np.int64), counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--neurons", nargs="+", type=int, default=[3072, 8192], help="FFN widths (OPT-125m, OPT-1.3b)")
+    parser.add_argument("--capacity", type=int, default=2048, help="token_capacity / ngram_capacity (presets: 2048)")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    import torch
+
+    from neuron_census.ngrams import merge_summaries, merge_summaries_by_sort
+
+    torch.set_num_threads(args.threads)
+    rows = []
+    for n_neurons in args.neurons:
+        parts = [full_table(n_neurons, args.capacity, seed) for seed in (1, 2)]
+        for round_index in range(args.rounds):
+            timings = {}
+            results = {}
+            for name, merge in (("packed", merge_summaries), ("by_sort", merge_summaries_by_sort)):
+                start = time.perf_counter()
+                results[name] = merge(parts, args.capacity)
+                timings[name] = time.perf_counter() - start
+            equal = all(np.array_equal(a, b) for a, b in zip(results["packed"], results["by_sort"]))
+            rows.append({"neurons": n_neurons, "round": round_index, "entries": int(len(parts[0][0])), **timings, "equal": equal})
+            print(rows[-1], flush=True)
+    lines = [
+        f"fold of two full tables of one layer, capacity {args.capacity}, {args.threads} threads, {time.strftime('%Y-%m-%d')}",
+        "",
+        "| neurons | entries a table | round | packed keys s | sort s | sort / packed | equal |",
+        "|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['neurons']} | {row['entries']:,} | {row['round']} | {row['packed']:.2f} | {row['by_sort']:.2f} "
+            f"| {row['by_sort'] / row['packed']:.1f}x | {'yes' if row['equal'] else 'NO'} |"
+        )
+    table = "\n".join(lines) + "\n"
+    print(table)
+    write_results(args.out, table, {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows})
+    if not all(row["equal"] for row in rows):
+        raise SystemExit("the two merges differ")
+
+
+if __name__ == "__main__":
+    main()
