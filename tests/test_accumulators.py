@@ -92,6 +92,23 @@ def test_position_fire_count(data, device):
     assert state["counts"][:, 0].sum() == 0  # BOS position never counted
 
 
+@pytest.mark.parametrize("n_rows", [1, 5, 255, 256, 600])
+def test_position_fires_sum_batch_rows_past_a_byte(n_rows, device):
+    """Rows are added as bytes, 255 at a time: a batch of 600 rows firing everywhere sums to 600."""
+    rng = np.random.default_rng(n_rows)
+    fires = rng.random((n_rows, 3, 4)) < 0.5
+    fires[:, 0, 0] = True  # every row fires here
+    strided = torch.from_numpy(np.repeat(fires, 2, axis=2)).to(device)[:, :, ::2]  # not contiguous
+    for tensor in (torch.from_numpy(fires).to(device), strided):
+        batch = LayerBatch(
+            layer=1, acts=tensor.float(), fires=tensor, mask=torch.ones(n_rows, 3, dtype=torch.bool, device=device),
+            tokens=torch.zeros(n_rows, 3, dtype=torch.int64, device=device), seq_ids=torch.arange(n_rows, device=device),
+        )
+        got = batch.position_fires()
+        assert got.dtype == torch.float32 and got[0, 0] == n_rows
+        np.testing.assert_array_equal(got.cpu().numpy(), fires.sum(axis=0))
+
+
 def test_token_count(data, device):
     state = run(TokenCount(GEOMETRY, device), data, device)
     expected = np.bincount(data["tokens"][data["mask"]], minlength=VOCAB)

