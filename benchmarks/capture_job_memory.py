@@ -14,6 +14,9 @@ thread to finish the previous layer.
     git worktree add /tmp/old <commit>
     python benchmarks/capture_job_memory.py --src before=/tmp/old/src --src after=src \
         --out benchmarks/results/capture-job-memory-opt-125m
+    # on a GPU host: does writing behind hide the store from a layerwise capture of a larger model?
+    python benchmarks/capture_job_memory.py --architecture opt-1.3b --strategies layerwise resident --device cuda \
+        --dtype bfloat16 --n-seq 16 --batch-size 8 --write-behind on off --out benchmarks/results/gpu-write-behind
 """
 
 from __future__ import annotations
@@ -87,8 +90,8 @@ def run_job(src: Path, strategy: str, write_behind: bool, args: argparse.Namespa
         "token_capacity": args.capacity,
         "ngram_capacity": args.capacity,
         "top_k": 32,
-        "device": "cpu",
-        "dtype": "float32",
+        "device": args.device,
+        "dtype": args.dtype,
     }
     model = {"source": "random", "architecture": args.architecture}
     code = JOB.format(
@@ -126,6 +129,8 @@ def main() -> None:
     parser.add_argument("--capacity", type=int, default=2048, help="token_capacity and ngram_capacity (presets: 2048)")
     parser.add_argument("--rounds", type=int, default=1, help="the sources run in turn, this many times")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="capture.device: cpu, or cuda on a GPU host")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument(
         "--write-behind", nargs="+", default=["on"], choices=["on", "off"],
         help="capture.write_behind settings to run (each source with each)",
@@ -156,7 +161,7 @@ def main() -> None:
 
     lines = [
         f"capture job peak memory, {args.architecture} shapes, random weights, {args.n_seq} x {args.seq_len} tokens, "
-        f"batch {args.batch_size}, capacities {args.capacity}, {time.strftime('%Y-%m-%d')}",
+        f"batch {args.batch_size}, capacities {args.capacity}, {args.device}, {args.dtype}, {time.strftime('%Y-%m-%d')}",
         "",
         "| strategy | source | write_behind | round | peak RSS MB | seconds | capture waiting for the store, s "
         "| store equals the first run's |",
