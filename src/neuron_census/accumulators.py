@@ -48,7 +48,8 @@ class LayerBatch:
 
     # Derived tensors several accumulators share, computed once per (layer, batch). On CPUs, integer and
     # boolean reductions are several times slower than float32 ones and matrix products, so counts are
-    # summed as float32 0/1 values (exact below 2**24) through matrix products.
+    # summed as float32 (exact below 2**24): through matrix products, or, for firings per position, as
+    # bytes added row by row and converted once.
 
     def fires_float(self) -> torch.Tensor:
         """[B*T, N] float32 0/1: `fires` as numbers."""
