@@ -55,6 +55,38 @@ def operators_per_range(events: list, per_range: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def synchronising_sites(run, tokens) -> str:
+    """Markdown: where one capture pass makes the host wait for the GPU, counted by the line of this package's code.
+
+    CUDA's sync debug mode warns on every synchronising call; each warning is attributed to the innermost frame
+    inside `neuron_census`, so a site that waits once per (layer, batch) shows up with that many calls.
+    """
+    import traceback
+    import warnings
+    from collections import Counter
+
+    import torch
+
+    sites: Counter[str] = Counter()
+
+    def record(message, category, filename, lineno, file=None, line=None) -> None:
+        frames = [f for f in traceback.extract_stack() if "neuron_census" in f.filename]
+        where = frames[-1] if frames else None
+        sites[f"{Path(where.filename).name}:{where.lineno} {where.name}" if where else f"{filename}:{lineno}"] += 1
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = record
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            run(tokens)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    lines = [f"Synchronising calls in one pass: {sum(sites.values())}", "", "| site | calls |", "|---|---:|"]
+    lines += [f"| {site} | {count} |" for site, count in sites.most_common()]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--architecture", default="opt-125m")
@@ -96,6 +128,7 @@ def main() -> None:
     table += events.table(sort_by="self_cpu_time_total", row_limit=args.rows) + "```\n"
     table += "\n" + operators_per_range(prof.events(), per_range=8)
     if args.device.startswith("cuda"):
+        table += "\n" + synchronising_sites(run, tokens)
         table += "\nOperators by self device time:\n\n```\n" + events.table(sort_by=device_key, row_limit=args.rows) + "```\n"
     print(table)
     write_results(args.out, table)

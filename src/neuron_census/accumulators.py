@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 import torch
 
+from neuron_census.host_copies import host_array, host_arrays, host_tensors
 from neuron_census.ngrams import (
     add_sorted_keys,
     check_packable,
@@ -146,7 +147,7 @@ class ExactFloatCounts:
     def release(self, row: int) -> None:
         """Add `row`'s float part to the host total and free it on the device (a later `add` starts a new one)."""
         if row in self.partial:
-            released = self.partial.pop(row).to("cpu", torch.int64)
+            released = host_tensors(self.partial.pop(row).to(torch.int64))[0]
             self.total[row] = self.total[row] + released if row in self.total else released
             del self._bound[row]
 
@@ -227,10 +228,10 @@ class FireCount:
 
     def take_layer(self, layer: int) -> State:
         slot = self.geometry.slot(layer)
-        return {"counts": self.counts.take(slot)[None].numpy(), "tokens": self.tokens[slot : slot + 1].cpu().numpy()}
+        return {"counts": self.counts.take(slot)[None].numpy(), "tokens": host_array(self.tokens[slot : slot + 1])}
 
     def state(self) -> State:
-        return {"counts": self.counts.result().cpu().numpy(), "tokens": self.tokens.cpu().numpy()}
+        return {"counts": self.counts.result().numpy(), "tokens": host_array(self.tokens)}
 
     merge = staticmethod(_sum_states)
 
@@ -254,10 +255,10 @@ class PositionFireCount:
 
     def take_layer(self, layer: int) -> State:
         """Tokens per position are counted at the first layer, so they are complete once any layer is."""
-        return {"counts": self.counts.take(self.geometry.slot(layer))[None].numpy(), "tokens": self.tokens.cpu().numpy()}
+        return {"counts": self.counts.take(self.geometry.slot(layer))[None].numpy(), "tokens": host_array(self.tokens)}
 
     def state(self) -> State:
-        return {"counts": self.counts.result().cpu().numpy(), "tokens": self.tokens.cpu().numpy()}
+        return {"counts": self.counts.result().numpy(), "tokens": host_array(self.tokens)}
 
     merge = staticmethod(_sum_states)
 
@@ -277,7 +278,7 @@ class TokenCount:
             self.counts += torch.bincount(batch.tokens[batch.mask], minlength=self.geometry.vocab_size)
 
     def state(self) -> State:
-        return {"counts": self.counts.cpu().numpy()}
+        return {"counts": host_array(self.counts)}
 
     merge = staticmethod(_sum_states)
 
@@ -419,7 +420,8 @@ class TokenFireCount:
         keys, counts = self._tables[slot] if self.capacity is None else self._token_major_table(slot)
         self._tables[slot] = (keys[:0], keys[:0])
         cells = self.geometry.vocab_size * self.geometry.n_neurons
-        return self._header(self.capacity or 0) | {"keys": (keys - slot * cells).cpu().numpy(), "counts": counts.cpu().numpy()}
+        keys_np, counts_np = host_arrays(keys - slot * cells, counts)
+        return self._header(self.capacity or 0) | {"keys": keys_np, "counts": counts_np}
 
     def _flush(self, slot: int) -> None:
         pending = self._pending[slot]
@@ -438,7 +440,7 @@ class TokenFireCount:
 
     def _dense_state(self, table: torch.Tensor) -> State:
         """The nonzero cells of (part of) the dense table, flat index as key."""
-        flat = table.cpu().numpy().reshape(-1)
+        flat = host_array(table).reshape(-1)
         keys = np.flatnonzero(flat).astype(np.int64)
         return self._header(0) | {"keys": keys, "counts": flat[keys].astype(np.int64)}
 
@@ -502,8 +504,8 @@ class _JoinedColumns:
 
     def append(self, *columns: torch.Tensor) -> None:
         end = self.filled + len(columns[0])
-        for array, column in zip(self.arrays, columns):
-            array[self.filled : end] = column.cpu().numpy()
+        for array, column in zip(self.arrays, host_arrays(*columns)):
+            array[self.filled : end] = column
         self.filled = end
 
 
@@ -609,18 +611,17 @@ class TopK:
         first[1:] = neurons[1:] != neurons[:-1]
         starts = first.nonzero(as_tuple=True)[0]
         group = torch.cumsum(first, 0) - 1
-        rank = torch.arange(len(rows), device=rows.device) - starts[group]
-        keep = (rank < self.k).nonzero(as_tuple=True)[0]
-        rows, values, rank, group = rows[keep], values[keep], rank[keep], group[keep]
+        # entries ranked k or later all land in a spare row k, dropped below (no compaction: no wait)
+        rank = (torch.arange(len(rows), device=rows.device) - starts[group]).clamp_(max=self.k)
         columns = neurons[starts]
-        shape = (self.k, len(columns))
+        shape = (self.k + 1, len(columns))
         new_values = torch.full(shape, -torch.inf, dtype=self.values.dtype, device=rows.device)
         new_seq = torch.full(shape, -1, dtype=torch.int64, device=rows.device)
         new_pos = torch.full(shape, -1, dtype=torch.int64, device=rows.device)
         new_values[rank, group] = values
         new_seq[rank, group] = batch.seq_ids[rows // seq_len]
         new_pos[rank, group] = rows % seq_len
-        self._merge_columns(slot, columns, new_values, new_seq, new_pos)
+        self._merge_columns(slot, columns, new_values[: self.k], new_seq[: self.k], new_pos[: self.k])
 
     def _merge_into(self, slot: int, values: torch.Tensor, seq: torch.Tensor, pos: torch.Tensor) -> None:
         all_values = torch.cat([self.values[slot], values])
@@ -631,14 +632,10 @@ class TopK:
 
     def take_layer(self, layer: int) -> State:
         rows = slice(self.geometry.slot(layer), self.geometry.slot(layer) + 1)
-        return {"values": self.values[rows].cpu().numpy(), "seq": self.seq[rows].cpu().numpy(), "pos": self.pos[rows].cpu().numpy()}
+        return dict(zip(("values", "seq", "pos"), host_arrays(self.values[rows], self.seq[rows], self.pos[rows])))
 
     def state(self) -> State:
-        return {
-            "values": self.values.cpu().numpy(),
-            "seq": self.seq.cpu().numpy(),
-            "pos": self.pos.cpu().numpy(),
-        }
+        return dict(zip(("values", "seq", "pos"), host_arrays(self.values, self.seq, self.pos)))
 
     @staticmethod
     def merge(states: list[State]) -> State:
@@ -743,15 +740,11 @@ class Moments:
     def take_layer(self, layer: int) -> State:
         rows = slice(self.geometry.slot(layer), self.geometry.slot(layer) + 1)
         arrays = {"sum": self.total, "sum_sq": self.squares, "min": self.minimum, "max": self.maximum}
-        return {key: array[rows].cpu().numpy() for key, array in arrays.items()}
+        return dict(zip(arrays, host_arrays(*(array[rows] for array in arrays.values()))))
 
     def state(self) -> State:
-        return {
-            "sum": self.total.cpu().numpy(),
-            "sum_sq": self.squares.cpu().numpy(),
-            "min": self.minimum.cpu().numpy(),
-            "max": self.maximum.cpu().numpy(),
-        }
+        arrays = host_arrays(self.total, self.squares, self.minimum, self.maximum)
+        return dict(zip(("sum", "sum_sq", "min", "max"), arrays))
 
     @staticmethod
     def merge(states: list[State]) -> State:
@@ -895,7 +888,7 @@ class NgramFireCount:
         fires = self.fires[:, slot : slot + 1] if counted else self.fires[:, :0]
         state = self._header() | {
             "layers": np.asarray([layer] if counted else [], dtype=np.int64),
-            "fires": fires.cpu().numpy(),
+            "fires": host_array(fires),
         }
         if counted:
             self._flush(slot)
@@ -931,7 +924,7 @@ class NgramFireCount:
                 blocks[part] = []
 
     def state(self) -> State:
-        state = self._header() | {"layers": np.asarray(self.layers, dtype=np.int64), "fires": self.fires.cpu().numpy()}
+        state = self._header() | {"layers": np.asarray(self.layers, dtype=np.int64), "fires": host_array(self.fires)}
         for slot in range(len(self.layers)):
             self._flush(slot)
         n_neurons = self.geometry.n_neurons
@@ -1020,7 +1013,8 @@ class NgramCount:
             "total": self.total.copy(),
         }
         for order, (gram, count) in self._tables.items():
-            state |= {f"order{order}_gram": gram.cpu().numpy(), f"order{order}_count": count.cpu().numpy()}
+            gram_np, count_np = host_arrays(gram, count)
+            state |= {f"order{order}_gram": gram_np, f"order{order}_count": count_np}
         return state
 
     @staticmethod

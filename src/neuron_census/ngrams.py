@@ -193,7 +193,7 @@ def prune_keys(keys: torch.Tensor, counts: torch.Tensor, span: int, capacity: in
     if capacity is None or len(keys) <= capacity:
         return keys, counts
     device = keys.device
-    first, last = int(keys[0]) // span, int(keys[-1]) // span
+    first, last = (key // span for key in torch.stack((keys[0], keys[-1])).tolist())  # one wait, not two
     edges = torch.searchsorted(keys, torch.arange(first, last + 2, device=device) * span)
     over = (edges.diff() > capacity).nonzero(as_tuple=True)[0]
     if len(over) == 0:
@@ -221,7 +221,7 @@ def _group_cuts(counts: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor, 
     open_runs = torch.arange(len(starts), device=counts.device)
     for level in range(2, 2 + CUT_LEVELS):
         run_starts, run_ends = starts[open_runs], ends[open_runs]
-        low, high = int(run_starts[0]), int(run_ends[-1])
+        low, high = torch.stack((run_starts[0], run_ends[-1])).tolist()  # one wait for the device
         dtype = torch.int32 if high - low < 1 << 31 else torch.int64
         at_least = torch.cumsum(counts[low:high] >= level, 0, dtype=dtype)
         before = torch.where(run_starts > low, at_least[(run_starts - low - 1).clamp(min=0)], 0)
@@ -229,7 +229,7 @@ def _group_cuts(counts: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor, 
         open_runs = open_runs[still]
         if len(open_runs) == 0:
             return cut
-        cut[open_runs] = level
+        cut.index_fill_(0, open_runs, level)  # no scalar copied to the device
     cut[open_runs] = _ranked_cuts(counts, starts[open_runs], ends[open_runs], capacity)
     return cut
 
@@ -260,7 +260,8 @@ def split_sorted_keys(keys: torch.Tensor, span: int) -> tuple[torch.Tensor, torc
         group = torch.div(keys, span, rounding_mode="floor")
     else:
         edges = torch.searchsorted(keys, torch.arange(n_groups + 1, device=keys.device) * span)
-        group = torch.repeat_interleave(torch.arange(n_groups, device=keys.device), edges.diff())
+        groups = torch.arange(n_groups, device=keys.device)
+        group = torch.repeat_interleave(groups, edges.diff(), output_size=len(keys))  # sized: no wait
     return group, keys - group * span
 
 
@@ -278,9 +279,9 @@ def add_sorted_keys(
     found = key[at.clamp(max=len(key) - 1)] == new_key
     found_at = found.nonzero(as_tuple=True)[0]  # one wait for the device, not one per masked column
     count = count.clone().index_add_(0, at[found_at], new_count[found_at])
-    fresh = (~found).nonzero(as_tuple=True)[0]
+    fresh = torch.nonzero_static(~found, size=len(new_key) - len(found_at))[:, 0]  # size known: no wait
     fresh_at = at[fresh]
-    inserted_before = torch.cumsum(torch.bincount(fresh_at, minlength=len(key) + 1), 0)[: len(key)]
+    inserted_before = torch.cumsum(_occurrences(fresh_at, len(key) + 1), 0)[: len(key)]
     place_old = inserted_before.add_(torch.arange(len(key), device=key.device))
     place_new = fresh_at.add_(torch.arange(len(fresh_at), device=key.device))
 
@@ -291,6 +292,14 @@ def add_sorted_keys(
         return out
 
     return union(key, new_key), union(count, new_count)
+
+
+def _occurrences(values: torch.Tensor, size: int) -> torch.Tensor:
+    """How often each of 0 .. size-1 occurs in `values` (all in range): `bincount` on a CPU; on a GPU a
+    scatter-add, since `bincount` there reads the maximum back to size its output."""
+    if values.device.type == "cpu":
+        return torch.bincount(values, minlength=size)
+    return torch.zeros(size, dtype=torch.int64, device=values.device).index_add_(0, values, torch.ones_like(values))
 
 
 def coverage_target(fires: np.ndarray, fraction: float) -> np.ndarray:
