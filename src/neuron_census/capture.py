@@ -239,7 +239,9 @@ def capture_tokens(
             # A NaN or inf anywhere makes its neuron's column sum non-finite: one cheap float reduction,
             # read back once per batch (not per layer) so a GPU is not synchronised inside the forward pass.
             seq_ids = current["seq_ids"]
-            unchecked.append((layer, seq_ids[0], seq_ids[-1], ~torch.isfinite(batch.acts_2d().sum(dim=0)).all()))
+            # Summed as float32 straight from the activations' own dtype: no float32 copy of a bfloat16 batch.
+            column_sums = acts.reshape(-1, adapter.n_neurons).sum(dim=0, dtype=torch.float32)
+            unchecked.append((layer, seq_ids[0], seq_ids[-1], ~torch.isfinite(column_sums).all()))
             for accumulator in accumulators:
                 accumulator.update(batch)
             if layerwise and current["last_batch"]:
