@@ -21,6 +21,7 @@ from neuron_census.accumulators import (
     decode_token_fire_keys,
     _by_neuron_then_value_descending,
     merge_states,
+    summed_rows,
 )
 from neuron_census.ngrams import add_sorted_keys
 
@@ -107,6 +108,8 @@ def test_position_fires_sum_batch_rows_past_a_byte(n_rows, device):
         got = batch.position_fires()
         assert got.dtype == torch.float32 and got[0, 0] == n_rows
         np.testing.assert_array_equal(got.cpu().numpy(), fires.sum(axis=0))
+        for as_bytes in (True, False):  # both forms, whichever the device picks
+            np.testing.assert_array_equal(summed_rows(tensor, as_bytes=as_bytes).cpu().numpy(), fires.sum(axis=0))
 
 
 def test_token_count(data, device):
