@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every check that needs a GPU, in one run (about 10 minutes on an H200): the CUDA tests, then the
+# Every check that needs a GPU, in one run (about 9 minutes on an H200): the CUDA tests, then the
 # bfloat16 benchmarks.
 #
 #   bash benchmarks/gpu_checks.sh [results folder]      (default: benchmarks/results)
@@ -32,22 +32,32 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__)"
 
 step 75 "CUDA tests" python3 -m pytest -q -m gpu -p no:cacheprovider \
-    tests/test_devices.py tests/test_accumulators.py tests/test_ngrams.py
+    tests/test_devices.py tests/test_accumulators.py tests/test_ngrams.py tests/test_host_copies.py
+step 30 "page-locked against pageable copies" python3 benchmarks/host_copy_speed.py --sizes-mb 1 25 100 400 \
+    --repeats 3 --out "$out/gpu-host-copies"
 step 40 "accumulator costs, OPT-125m widths, bf16" python3 benchmarks/accumulator_costs.py --device cuda \
-    --dtype bfloat16 --fire-rates 0.05 --batch-size 32 --seq-len 512 --n-batches 4 --n-layers 2 \
-    --token-capacity 2048 --out "$out/gpu-accumulator-costs"
+    --dtype bfloat16 --fire-rates 0.05 --batch-size 16 --seq-len 2048 --n-batches 4 --n-layers 2 \
+    --token-capacity 2048 --out "$out/gpu-accumulator-costs-opt-125m-widths"
 
 speed=(--device cuda --dtype bfloat16 --fire-rate 0.05 --token-capacity 2048)
-# Shards of the presets' shape (2048-token sequences, batch 16; 128 sequences: half a preset shard, as much
-# as the bundled held-out text gives), so per-shard costs (allocating, reading the state) weigh as in a run.
-step 55 "profile of one capture pass, OPT-125m shapes" python3 benchmarks/profile_capture.py --architecture opt-125m \
-    --n-seq 64 --seq-len 2048 --batch-size 16 "${speed[@]}" --out "$out/gpu-profile-opt-125m"
-step 120 "OPT-125m shapes, bf16, every mode" python3 benchmarks/interleaved_speed.py --architecture opt-125m \
-    --n-seq 128 --seq-len 2048 --batch-size 16 --rounds 2 "${speed[@]}" --out "$out/gpu-interleaved-opt-125m-fire5"
-step 180 "OPT-13b shapes over an 8 GiB GPU budget" python3 benchmarks/placement_speed.py --architecture opt-13b \
-    --gpu-budget 8GiB --n-seq 16 --seq-len 512 --batch-size 8 --out "$out/gpu-placement-opt-13b"
-step 120 "OPT-1.3b shapes, bf16, every mode" python3 benchmarks/interleaved_speed.py --architecture opt-1.3b \
-    --n-seq 64 --seq-len 2048 --batch-size 16 --rounds 2 "${speed[@]}" --out "$out/gpu-interleaved-opt-1.3b-fire5"
+# 2048-token sequences, 128 of them (as much as the bundled held-out text gives): half a preset shard, so
+# per-shard costs (the first top-k batches, the last merges, copying every table out) weigh as in a run
+step 60 "profile of one capture pass, OPT-125m shapes" python3 benchmarks/profile_capture.py --architecture opt-125m \
+    --n-seq 128 --seq-len 2048 --batch-size 16 --rows 30 "${speed[@]}" --out "$out/gpu-profile-opt-125m-128seq"
+for batch in 16 64; do
+    step 75 "OPT-125m shapes, batch $batch" python3 benchmarks/interleaved_speed.py --architecture opt-125m \
+        --modes bare capture capture_fire_pos --n-seq 128 --seq-len 2048 --batch-size "$batch" --rounds 2 \
+        "${speed[@]}" --out "$out/gpu-interleaved-opt-125m-batch$batch"
+done
+step 120 "OPT-125m shapes against TransformerLens and nnsight" python3 benchmarks/interleaved_speed.py \
+    --architecture opt-125m --n-seq 64 --seq-len 2048 --batch-size 16 --rounds 2 "${speed[@]}" \
+    --out "$out/gpu-interleaved-opt-125m-tools"
+step 90 "OPT-1.3b shapes" python3 benchmarks/interleaved_speed.py --architecture opt-1.3b \
+    --modes bare capture capture_fire_pos --n-seq 32 --seq-len 2048 --batch-size 16 --rounds 2 "${speed[@]}" \
+    --out "$out/gpu-interleaved-opt-1.3b"
+step 150 "OPT-13b shapes over an 8 GiB GPU budget" python3 benchmarks/placement_speed.py --architecture opt-13b \
+    --placements resident layerwise offload --gpu-budget 8GiB --n-seq 16 --seq-len 512 --batch-size 8 \
+    --out "$out/gpu-placement-opt-13b"
 
 echo "== $failed step(s) failed"
 exit "$failed"
