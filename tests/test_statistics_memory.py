@@ -107,6 +107,14 @@ def test_host_memory_of_opt_66b_statistics():
     assert behind["ngram_fire_count"] == 2 * 2 * 36864 * 2048 * (16 + 24) + 2 * 32 * 36864 * 8
     assert behind["top_k"] == host["top_k"] and behind["fire_count"] == host["fire_count"]
     assert 22e9 < sum(behind.values()) < 22.5e9
+    # from a GPU through page-locked blocks of up to twice an array's size
+    locked = statistics_host_bytes(PRESET, geometry, 64, n_tokens=256 * 2048, page_locked=True)
+    assert locked["position_fire_count"] == 2 * 2 * 2048 * 36864 * 8 + 2048 * 8
+    assert locked["fire_count"] == 2 * 64 * 36864 * 8 + 64 * 8
+    assert locked["token_fire_count"] == behind["token_fire_count"]  # kept on the device, copied out and written
+    assert locked["ngram_fire_count"] == 2 * 2 * 36864 * 2048 * 24 + 48 * 36864 * 2048 + 2 * 32 * 36864 * 8
+    assert locked["top_k"] == 2 * behind["top_k"] and 2 * locked["ngram_count"] == 3 * behind["ngram_count"]
+    assert 23.5e9 < sum(locked.values()) < 24e9
     short = statistics_host_bytes(PRESET, geometry, 64, n_tokens=100, write_behind=False)  # no neuron meets more than 100 items
     assert short["token_fire_count"] == 3 * 36864 * 100 * 16
     # 2**24 sequences: per-position counts of every layer can leave float32 on the device before the end

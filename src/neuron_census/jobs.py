@@ -248,7 +248,9 @@ def report_statistics_memory(
     geometry = Geometry(layers=layers, n_neurons=adapter.n_neurons, seq_len=seq_len, vocab_size=adapter.vocab_size)
     layerwise = placement.strategy == "layerwise"
     bounds = statistics_device_bytes(settings, geometry, adapter.n_layers, layerwise=layerwise, n_tokens=n_tokens)
-    host = statistics_host_bytes(settings, geometry, adapter.n_layers, n_tokens=n_tokens, write_behind=write_behind)
+    host = statistics_host_bytes(
+        settings, geometry, adapter.n_layers, n_tokens=n_tokens, write_behind=write_behind, page_locked=device.type == "cuda"
+    )
     print(f"capture '{model_name}': statistics on {device} {describe_bound(bounds)}", file=sys.stderr)
     print(f"capture '{model_name}': statistics in host memory {describe_bound(host)}", file=sys.stderr)
     if device.type != "cuda":

@@ -114,6 +114,7 @@ def statistics_host_bytes(
     *,
     n_tokens: int | None = None,
     write_behind: bool = True,
+    page_locked: bool = False,
 ) -> dict[str, int]:
     """Upper bound of what the statistics take in host memory at any time of a capture job, in bytes.
 
@@ -126,7 +127,15 @@ def statistics_host_bytes(
     sequences or more, are summed into int64 in host memory before that. Top-k and moments are counted
     whole (on the host when the device is the CPU), the occurrence counts twice (kept and written). The
     model's weights and kept hidden states come on top (see config/README.md).
+
+    `page_locked` (capture on a CUDA device): statistics leave the device through page-locked memory
+    (`neuron_census.host_copies`), which PyTorch allocates in blocks of a power of two bytes and keeps for
+    reuse, so each array copied out can take up to twice its size. A token table still stays within three
+    times its size (its kept copy is on the device); an n-gram table's columns pass through page-locked
+    copies one table at a time, which PyTorch keeps for the next table: up to 48 bytes an entry of one table
+    besides the joined columns, in place of every kept table's 16.
     """
+    locked = 2 if page_locked else 1
     sizes = _Sizes.of(settings, geometry, n_layers_total, n_tokens)
     n_layers, n_neurons = sizes.n_layers, sizes.n_neurons
     held = min(n_layers, 2 if write_behind else 1)  # layers handed over and not yet written
@@ -138,14 +147,19 @@ def statistics_host_bytes(
     ngram_entries = sizes.orders * n_neurons * sizes.ngrams_per_neuron
     n_seq = n_tokens // geometry.seq_len if n_tokens is not None else 1 << 62
     position_rows = n_layers if n_seq >= 1 << 24 else held  # rows released early, before their layer is done
-    bounds = _kept_whole(settings, geometry, sizes) | {
-        "fire_count": n_layers * n_neurons * 8 + n_layers * 8,
-        "position_fire_count": position_rows * geometry.seq_len * n_neurons * 8 + geometry.seq_len * 8,
+    # the store's (group, n-gram, count) columns, and the kept tables on a CPU; from a GPU, the page-locked
+    # copies of one table's columns, freed into PyTorch's cache once joined and reused by the next table
+    if page_locked:
+        ngram_tables = ngram_layers_held * ngram_entries * 24 + (2 * 24 * n_neurons * sizes.ngrams_per_neuron if ngram_layers_held else 0)
+    else:
+        ngram_tables = ngram_layers_held * ngram_entries * (ENTRY_BYTES + 24)
+    kept_whole = {name: size * locked for name, size in _kept_whole(settings, geometry, sizes).items()}
+    bounds = kept_whole | {
+        "fire_count": locked * n_layers * n_neurons * 8 + n_layers * 8,
+        "position_fire_count": locked * position_rows * geometry.seq_len * n_neurons * 8 + geometry.seq_len * 8,
         "token_fire_count": held * 3 * token_entries * ENTRY_BYTES,
-        # the kept tables and the columns of the store's (group, n-gram, count) arrays
-        "ngram_fire_count": ngram_layers_held * ngram_entries * (ENTRY_BYTES + 24)
-        + sizes.orders * sizes.ngram_layers * n_neurons * 8,
-        "ngram_count": 2 * sizes.orders * sizes.ngram_occurrences * ENTRY_BYTES,
+        "ngram_fire_count": ngram_tables + sizes.orders * sizes.ngram_layers * n_neurons * 8,
+        "ngram_count": (1 + locked) * sizes.orders * sizes.ngram_occurrences * ENTRY_BYTES,
     }
     return {name: bounds[name] for name in settings.accumulators}
 
