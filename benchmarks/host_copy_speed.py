@@ -1,5 +1,6 @@
-"""How fast statistics leave the GPU: `.cpu()` (pageable host memory) against `host_copies.host_tensors`
-(page-locked memory, copies queued, one wait), at the sizes capture hands over.
+"""How fast statistics and hidden states leave the GPU: `.cpu()` (a new pageable host tensor), a copy into a
+pageable tensor used before (as layerwise capture keeps each batch's hidden states between layers), and
+`host_copies.host_tensors` (page-locked memory, copies queued, one wait), at the sizes capture hands over.
 
 Each size is copied `--repeats` times in alternation, so both methods see the same machine; the first
 copy of each method is reported apart (page-locked memory is allocated then, later copies reuse it as
@@ -31,10 +32,15 @@ def main() -> None:
 
     from neuron_census.host_copies import host_tensors
 
-    methods = {"pageable (.cpu())": lambda t: t.cpu(), "page-locked (host_tensors)": lambda t: host_tensors(t)[0]}
     rows, data = [], {}
     for size_mb in args.sizes_mb:
         source = torch.arange(int(size_mb * 2**20) // 8, dtype=torch.int64, device="cuda")
+        reused = source.cpu()
+        methods = {
+            "pageable, new (.cpu())": lambda t: t.cpu(),
+            "pageable, used before (copy_)": lambda t, reused=reused: reused.copy_(t),
+            "page-locked (host_tensors)": lambda t: host_tensors(t)[0],
+        }
         times: dict[str, list[float]] = {name: [] for name in methods}
         for _ in range(args.repeats + 1):
             for name, copy in methods.items():

@@ -223,8 +223,16 @@ class _HiddenStates:
 
     def put(self, index: int, hidden: torch.Tensor) -> None:
         if self._file is None:
-            # kept on the device: the layer's output itself (the next layer's input, replaced by its output)
-            self._held[index] = hidden if self._copy_to is None else hidden.to(self._copy_to, copy=True)
+            held = self._held[index]
+            if self._copy_to is None:
+                # kept on the device: the layer's output itself (the next layer's input, replaced by its output)
+                self._held[index] = hidden
+            elif held is not None and held.shape == hidden.shape and held.dtype == hidden.dtype:
+                # into the batch's buffer of the layer before (its input, consumed by now): a new buffer per
+                # layer would be fresh memory whose every page faults in again during the copy
+                held.copy_(hidden)
+            else:
+                self._held[index] = hidden.to(self._copy_to, copy=True)
             return
         flat = hidden.detach().to("cpu").contiguous().view(self._storage_dtype).reshape(-1).numpy()
         self._file[self._offsets[index] : self._offsets[index + 1]] = flat
