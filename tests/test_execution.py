@@ -137,8 +137,9 @@ def test_bounded_summaries_merging_mid_shard_agree_across_strategies(monkeypatch
 
 
 def test_layers_are_handed_over_when_they_are_done(monkeypatch, tmp_path):
-    """Layerwise capture takes each layer's state from the accumulators once its last batch is counted,
-    before the next layer runs; resident capture takes every layer at the end, in order."""
+    """Every strategy takes each layer's state from the accumulators once its last batch is counted:
+    layerwise before the next layer runs, resident as the last batch goes through the layers, each layer
+    right after its own last update."""
     events: list[tuple[str, str, int]] = []
     classes = (
         accumulators.FireCount, accumulators.PositionFireCount, accumulators.TokenFireCount,
@@ -164,8 +165,8 @@ def test_layers_are_handed_over_when_they_are_done(monkeypatch, tmp_path):
             if placement.strategy == "layerwise":
                 expected = [step for layer in range(3) for step in [("update", layer)] * n_batches + [("take", layer)]]
             else:
-                updates = [("update", layer) for _ in range(n_batches) for layer in range(3)]
-                expected = updates + [("take", layer) for layer in range(3)]
+                updates = [("update", layer) for _ in range(n_batches - 1) for layer in range(3)]
+                expected = updates + [step for layer in range(3) for step in (("update", layer), ("take", layer))]
             assert own == expected, (placement.strategy, cls.name)
 
 

@@ -171,8 +171,9 @@ def capture_tokens(
     `placement`: on `device` (resident), dispatched by Accelerate (offload) or on the CPU (layerwise,
     whose kept hidden states go to `offload_dir` when `placement.layerwise_states` is disk).
 
-    States are handed over a layer at a time: under layerwise capture as soon as a layer has seen its last
-    batch, otherwise at the end, layer after layer. With a `sink` (a store being written, directly or by a
+    States are handed over a layer at a time, as soon as a layer has counted its last batch: under layerwise
+    capture before the next layer runs, otherwise while the shard's last batch goes on through the later
+    layers (so the store's writer thread writes the first layers meanwhile). With a `sink` (a store being written, directly or by a
     writer thread: `layer_states.WriteBehind`) they go there and the returned dict is empty, so host memory
     holds one or two layers' statistics at a time, not all of them (OPT-66b's tables can reach 300 GB over
     its layers); without one they are joined in memory.
@@ -244,16 +245,16 @@ def capture_tokens(
             unchecked.append((layer, seq_ids[0], seq_ids[-1], ~torch.isfinite(column_sums).all()))
             for accumulator in accumulators:
                 accumulator.update(batch)
-            if layerwise and current["last_batch"]:
+            if current["last_batch"]:  # the layer is complete: its statistics go to the store now
                 hand_over(layer)
             if layer == last_layer:
                 raise StopForward
 
         return hook
 
-    # Layerwise capture runs each layer on every batch before the next layer: once a layer's last batch is
-    # counted, the accumulators with a layer axis hand that layer's state over, and it leaves the device.
-    layerwise = placement.strategy == "layerwise"
+    # Once a layer's last batch is counted (layerwise capture: before the next layer runs; otherwise in the
+    # shard's last forward pass), the accumulators with a layer axis hand that layer's state over, and it
+    # leaves the device.
     out, joined = (sink, None) if sink is not None else joined_states()
     by_layer = [acc for acc in accumulators if hasattr(acc, "take_layer")]
     handed: list[int] = []

@@ -118,8 +118,8 @@ def statistics_host_bytes(
 ) -> dict[str, int]:
     """Upper bound of what the statistics take in host memory at any time of a capture job, in bytes.
 
-    The job hands the statistics of a layer over to the store being written one layer at a time (under
-    layerwise capture as soon as the layer is done, otherwise at the end), so host memory holds one layer's
+    The job hands the statistics of a layer over to the store being written one layer at a time (each as
+    soon as it has counted its last batch), so host memory holds one layer's
     int64 position counts and tables, whatever the strategy: a table is held at most three times while it
     is handed over (as kept, re-keyed for the store, and the copy written). With `write_behind` (the
     default) a writer thread writes a layer while the next one is computed and handed over, so two layers'
