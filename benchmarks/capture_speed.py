@@ -216,6 +216,7 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
     """One mode in this process: load, warm up, time; returns tokens/s and memory."""
     import torch
 
+    use_job_allocator(args)
     from neuron_census.adapters import adapter_for
 
     torch.set_num_threads(args.threads)
@@ -320,6 +321,19 @@ def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--merge-pending", type=int, default=None, help="capture.merge_pending (default: its default)")
     parser.add_argument("--fire-rate", type=float, default=None, help="shift FFN biases so this share fires")
     parser.add_argument("--out", type=Path, default=None, help="write <out>.json and <out>.md")
+    parser.add_argument(
+        "--default-allocator", action="store_true",
+        help="leave glibc's allocation settings alone (CPU capture jobs keep freed blocks for reuse: host_allocator)",
+    )
+
+
+def use_job_allocator(args: argparse.Namespace) -> None:
+    """Allocate host memory as a capture job does (on the CPU: `host_allocator.keep_freed_blocks`) unless
+    told not to."""
+    from neuron_census.host_allocator import keep_freed_blocks
+
+    if args.device == "cpu" and not getattr(args, "default_allocator", False):
+        keep_freed_blocks()
 
 
 def main() -> None:

@@ -30,6 +30,7 @@ from capture_speed import (  # noqa: E402
     load_model,
     matmul_peak_gflops,
     mode_runner,
+    use_job_allocator,
     write_results,
 )
 
@@ -46,6 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     if "bare" not in args.modes:
         parser.error("--modes must include bare: ratios are taken against it")
+    use_job_allocator(args)
 
     import torch
 

@@ -34,6 +34,9 @@ SETS = {
 def run_one(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
+    from neuron_census.host_allocator import keep_freed_blocks
+
+    keep_freed_blocks()  # as a capture job on the CPU does
     from neuron_census.adapters import adapter_for
     from neuron_census.capture import CaptureSettings, capture_tokens
     from neuron_census.zoo import build_random_model

@@ -15,7 +15,14 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from capture_speed import add_setting_arguments, corpus_tokens, load_model, mode_runner, write_results  # noqa: E402
+from capture_speed import (  # noqa: E402
+    add_setting_arguments,
+    corpus_tokens,
+    load_model,
+    mode_runner,
+    use_job_allocator,
+    write_results,
+)
 
 
 def name_accumulator_ranges() -> None:
@@ -97,6 +104,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=25, help="operators listed per table")
     add_setting_arguments(parser)
     args = parser.parse_args()
+    use_job_allocator(args)
 
     import torch
     from torch.profiler import ProfilerActivity, profile

@@ -198,7 +198,11 @@ def test_layerwise_stops_after_the_last_analysed_layer(tmp_path):
     assert all(p.device.type == "cpu" for p in loaded.adapter.decoder_layers().parameters())
 
 
-def test_capture_job_with_offload_writes_the_same_store(tmp_path, capsys):
+def test_capture_job_with_offload_writes_the_same_store(tmp_path, capsys, monkeypatch):
+    from neuron_census import host_allocator
+
+    allocator_settings: list[bool] = []  # a CPU job keeps freed blocks for reuse (not this test process)
+    monkeypatch.setattr(host_allocator, "keep_freed_blocks", lambda: allocator_settings.append(True) or True)
     recipe = get_recipe("census")
     tokenizer_spec = {"source": "words", "words": planted_words(recipe)}
     from neuron_census.tokenization import load_tokenizer
@@ -227,6 +231,7 @@ def test_capture_job_with_offload_writes_the_same_store(tmp_path, capsys):
         assert stores[label][0]["strategy"] == extra["strategy"]
     for label in ("offload", "layerwise", "layerwise-disk-weights"):
         assert_same_states(stores["resident"][1], stores[label][1])
+    assert allocator_settings == [True] * 4  # once per job, every job on the CPU
     assert list((tmp_path / "offload").iterdir()) == []  # the job's temporary folder is gone
     assert list((tmp_path / "states").iterdir()) == []
     assert list((tmp_path / "weights").iterdir()) == []

@@ -176,6 +176,7 @@ def capture_job(
     """
     from neuron_census.capture import CaptureSettings, capture_tokens, resolve_layers
     from neuron_census.execution import Placement, offload_folder
+    from neuron_census.host_allocator import keep_freed_blocks
     from neuron_census.layer_states import written_behind
     from neuron_census.store import writing_store
 
@@ -186,6 +187,8 @@ def capture_job(
             model_name, model_spec, tokenizer_name, tokenizer_spec, settings, threads, placement, folder
         )
         adapter = loaded.adapter
+        if device.type == "cpu":  # a job is a process of its own: its large temporaries are reused, not re-mapped
+            keep_freed_blocks()
         tokens, shard_attrs = read_shard_for(shard_path, tokenizer, f"model '{model_name}'")
         shard = int(shard_attrs["shard"])
         write_behind = bool(settings.get("write_behind", True))
