@@ -265,7 +265,9 @@ def _worker_command(args: argparse.Namespace, architecture: str, mode: str) -> l
         "--dtype", args.dtype, "--ngram-capacity", str(args.ngram_capacity),
     ] + ([] if args.fire_rate is None else ["--fire-rate", str(args.fire_rate)]) + (
         [] if args.token_capacity is None else ["--token-capacity", str(args.token_capacity)]
-    ) + ([] if args.merge_pending is None else ["--merge-pending", str(args.merge_pending)])
+    ) + ([] if args.merge_pending is None else ["--merge-pending", str(args.merge_pending)]) + (
+        ["--default-allocator"] if args.default_allocator else []
+    )
 
 
 def markdown(results: list[dict[str, Any]], peak: float, meta: dict[str, Any]) -> str:
@@ -332,7 +334,7 @@ def use_job_allocator(args: argparse.Namespace) -> None:
     told not to."""
     from neuron_census.host_allocator import keep_freed_blocks
 
-    if args.device == "cpu" and not getattr(args, "default_allocator", False):
+    if args.device == "cpu" and not args.default_allocator:
         keep_freed_blocks()
 
 

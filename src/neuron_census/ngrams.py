@@ -221,7 +221,9 @@ def _group_cuts(
     level sums only over the span of the runs still open, which waits for the device twice a level;
     otherwise every level sums over all runs and the device is read twice in all.
     """
-    if not (counts.device.type == "cpu" if narrow is None else narrow):
+    if narrow is None:
+        narrow = counts.device.type == "cpu"
+    if not narrow:
         return _group_cuts_unnarrowed(counts, starts, ends, capacity)
     cut = torch.ones(len(starts), dtype=counts.dtype, device=counts.device)  # capacity+1 counters, all >= 1
     open_runs = torch.arange(len(starts), device=counts.device)
