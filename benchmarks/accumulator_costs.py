@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from capture_speed import _sync, corpus_tokens, write_results  # noqa: E402
+from capture_speed import _sync, corpus_tokens, use_job_allocator, write_results  # noqa: E402
 
 
 def measure(fire_rate: float, args: argparse.Namespace) -> tuple[float, dict[str, float]]:
@@ -96,7 +96,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--default-allocator", action="store_true",
+        help="leave glibc's allocation settings alone (CPU capture jobs keep freed blocks for reuse: host_allocator)",
+    )
     args = parser.parse_args()
+    use_job_allocator(args)
 
     import torch
 

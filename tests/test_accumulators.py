@@ -16,13 +16,13 @@ from neuron_census.accumulators import (
     TokenCount,
     TokenFireCount,
     TopK,
-    coalesce_runs,
     coalesce_sparse,
     decode_token_fire_keys,
     _by_neuron_then_value_descending,
     merge_states,
     summed_rows,
 )
+from neuron_census.count_tables import coalesce_runs
 from neuron_census.ngrams import add_sorted_keys
 
 N_SEQ, SEQ_LEN, N_NEURONS, VOCAB = 12, 9, 7, 11

@@ -118,12 +118,13 @@ def test_layerwise_keeps_nothing_of_a_finished_layer(device, monkeypatch, tmp_pa
         assert slot not in self.counts.partial and slot not in self.counts.total
 
     def token_table_left(self, layer):
-        assert all(len(column) == 0 for column in self._tables[self.geometry.slot(layer)])
+        table = self._tables[self.geometry.slot(layer)]
+        assert table.held() == 0 and not table.staged()
 
     def ngram_tables_left(self, layer):
         if layer in self.layers:
-            for tables in self._tables[self.layers.index(layer)].values():
-                assert all(len(column) == 0 for table in tables for column in table)
+            for table in self._tables[self.layers.index(layer)].values():
+                assert table.held() == 0 and not table.staged()
 
     checked(accumulators.PositionFireCount, positions_left)
     checked(accumulators.TokenFireCount, token_table_left)

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from neuron_census import accumulators
+from neuron_census import accumulators, count_tables
 from neuron_census.accumulators import Geometry, LayerBatch, NgramCount, NgramFireCount, merge_states
+from neuron_census.count_tables import KeyTable
 from neuron_census.ngrams import (
     CUT_LEVELS,
     _group_cuts,
@@ -170,16 +171,22 @@ def test_small_capacity_keeps_the_misra_gries_guarantee(data, device, capacity):
 
 @pytest.mark.parametrize("capacity", [2, 10_000])
 def test_neuron_blocks_give_the_summaries_of_one_key_space(data, device, capacity, monkeypatch):
-    """Keys too wide for int64 (e.g. trigrams of a 128k vocabulary) are split into blocks of neurons."""
+    """Keys too wide for int64 (e.g. trigrams of a 128k vocabulary) are split into blocks of neurons; a
+    table in packed keys, blocked or not, gives the summaries of a CSR table (the CPU layout)."""
     make = lambda: NgramFireCount(  # noqa: E731
         GEOMETRY, device, layers=LAYERS, orders=(2, 3), capacity=capacity, merge_pending=40
     )
     whole = feed(make(), data, np.arange(N_SEQ), device)
-    monkeypatch.setattr(accumulators, "neurons_per_key", lambda n_neurons, span: 2)  # 5 neurons: 3 blocks
+    monkeypatch.setattr(
+        accumulators, "count_table", lambda rows, columns, capacity, device: KeyTable(rows, columns, capacity, device)
+    )
+    packed = feed(make(), data, np.arange(N_SEQ), device)
+    monkeypatch.setattr(count_tables, "neurons_per_key", lambda n_neurons, span: 2)  # 5 neurons: 3 blocks
     blocked_accumulator = make()
-    assert len(blocked_accumulator._tables[0][3]) == 3
+    assert blocked_accumulator._tables[0][3].n_blocks == 3
     blocked = feed(blocked_accumulator, data, np.arange(N_SEQ), device)
     for key in whole:
+        np.testing.assert_array_equal(packed[key], whole[key], err_msg=key)
         np.testing.assert_array_equal(blocked[key], whole[key], err_msg=key)
 
 

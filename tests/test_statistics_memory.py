@@ -62,8 +62,8 @@ def test_a_capture_stays_within_the_bound(monkeypatch):
     )
     seen: dict[str, list[int]] = {"token_fire_count": [], "ngram_fire_count": []}
 
-    def entries(runs) -> int:
-        return sum(len(run[0]) for run in runs)
+    def waiting(table) -> int:
+        return table.held() + sum(table.staged()[:-1])
 
     def watch(cls, held):
         flush = cls._flush
@@ -74,11 +74,9 @@ def test_a_capture_stays_within_the_bound(monkeypatch):
 
         monkeypatch.setattr(cls, "_flush", watched)
 
-    # the last pending run is the batch that triggered the merge (the state's final flushes have none)
-    watch(accumulators.TokenFireCount, lambda acc, s: len(acc._tables[s][0]) + entries(acc._pending[s][:-1]))
-    watch(accumulators.NgramFireCount, lambda acc, s: sum(
-        entries(acc._tables[s][n]) + sum(entries(runs[:-1]) for runs in acc._pending[s][n]) for n in acc.orders
-    ))
+    # the last staged batch is the one that triggered the merge (the state's final flushes have none)
+    watch(accumulators.TokenFireCount, lambda acc, s: waiting(acc._tables[s]))
+    watch(accumulators.NgramFireCount, lambda acc, s: sum(waiting(acc._tables[s][n]) for n in acc.orders))
     layers, _ = capture_tokens(
         loaded.model, adapter, tokens, model_name="m", first_seq_id=0, has_bos=True,
         settings=settings, device=torch.device("cpu"), progress=False,

@@ -8,23 +8,15 @@ collection are the merge of the statistics of its shards.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
 
+from neuron_census.count_tables import count_table
 from neuron_census.host_copies import host_array, host_arrays, host_tensors
-from neuron_census.ngrams import (
-    add_sorted_keys,
-    check_packable,
-    coalesce_keys,
-    merge_summaries,
-    neurons_per_key,
-    prune_keys,
-    split_sorted_keys,
-)
+from neuron_census.ngrams import add_sorted_keys, check_packable, merge_summaries, prune_keys
 
 State = dict[str, np.ndarray]
 
@@ -302,22 +294,6 @@ def coalesce_sparse(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, n
     return keys[starts], np.add.reduceat(counts[order], starts)
 
 
-def coalesce_runs(runs: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sorted unique keys, and their summed counts, of several (keys, counts) runs, each sorted and unique.
-
-    On a CPU NumPy's stable argsort does this faster than torch's sort (exact token table, 12 batches of
-    OPT-125m widths: 18 against 23-29 ms per update; n-gram summaries alike within noise); on a GPU it
-    stays a device sort.
-    """
-    if len(runs) == 1:
-        return runs[0]
-    keys, counts = (torch.cat(column) for column in zip(*runs))
-    if keys.device.type != "cpu":
-        return coalesce_keys(keys, counts)
-    keys_np, counts_np = coalesce_sparse(keys.numpy(), counts.numpy())
-    return torch.from_numpy(keys_np), torch.from_numpy(counts_np)
-
-
 def count_pairs(
     major: torch.Tensor, minor: torch.Tensor, major_span: int, minor_span: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -360,17 +336,17 @@ class TokenFireCount:
 
     Small problems (vocab x neurons x layers up to `dense_limit` cells) use one dense table on the
     device, exact. Larger ones (OPT/GPT-2 vocabularies) count per batch over the distinct tokens of the
-    batch and keep, per analysed layer, sorted (key, count) pairs on the device, merged as `SlotMerges`
-    says (`merge_pending` is the pending budget shared by all layers). On a GPU the merges are sorts
-    there: moving the pairs to the host and sorting them there costs far more than the forward pass.
+    batch and keep, per analysed layer, a `count_tables` table on the device, merged as `SlotMerges`
+    says (`merge_pending` is the pending budget shared by all layers). On a GPU the merges run there:
+    moving the pairs to the host and merging them there costs far more than the forward pass.
 
     `capacity` None keeps every (token, neuron) pair seen: exact, and bounded only by layers x
     vocabulary x neurons. An integer keeps, per neuron, a Misra-Gries summary of at most `capacity`
     tokens (`neuron_census.ngrams`, as for n-grams): exact for every neuron that meets no more distinct
     tokens than that, certified bounds beyond, and memory that stops growing once the summaries are full.
     State keys are ``(slot * vocab + token) * n_neurons + neuron`` with slot the analysed-layer index (the
-    order a batch's pairs come out in); a bounded table is kept neuron-major while capturing, since
-    pruning needs each neuron's tokens together, and re-sorted once when its state is read.
+    order a batch's pairs come out in); a bounded table has a row per neuron while capturing, since
+    pruning needs each neuron's tokens together, and is re-sorted token-major once when its state is read.
     """
 
     name: ClassVar[str] = "token_fire_count"
@@ -394,9 +370,10 @@ class TokenFireCount:
         )
         self.capacity = capacity
         self._merges = SlotMerges(n_slots, merge_pending)
-        empty = torch.zeros(0, dtype=torch.int64, device=device)
-        self._tables: list[tuple[torch.Tensor, torch.Tensor]] = [(empty, empty)] * n_slots
-        self._pending: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(n_slots)]
+        vocab, n_neurons = geometry.vocab_size, geometry.n_neurons
+        # exact: a row per token (the state's order); bounded: a row per neuron, pruned to `capacity` tokens
+        shape = (vocab, n_neurons) if capacity is None else (n_neurons, vocab)
+        self._tables = [count_table(*shape, capacity, device) for _ in range(n_slots)]
 
     def update(self, batch: LayerBatch) -> None:
         slot = self.geometry.slot(batch.layer)
@@ -407,16 +384,16 @@ class TokenFireCount:
             per_token.index_add_(0, inverse, fires)  # exact: at most B*T per cell
             self.dense[slot].index_put_((unique,), per_token.to(torch.int32), accumulate=True)
             return
-        vocab, n_neurons = self.geometry.vocab_size, self.geometry.n_neurons
+        n_neurons = self.geometry.n_neurons
         rows, neurons = batch.firing_pairs()
-        if self.capacity is None:  # token-major keys
+        table = self._tables[slot]
+        if self.capacity is None:
             tokens, neurons, counts = count_pairs(inverse[rows], neurons, len(unique), n_neurons)
-            keys = (slot * vocab + unique[tokens]) * n_neurons + neurons
-        else:  # neuron-major keys, for pruning
+            table.stage(unique[tokens], neurons, counts)
+        else:
             neurons, tokens, counts = count_pairs(neurons, inverse[rows], n_neurons, len(unique))
-            keys = (slot * n_neurons + neurons) * vocab + unique[tokens]
-        self._pending[slot].append((keys, counts))
-        if self._merges.due(slot, len(keys), held=len(self._tables[slot][0])):
+            table.stage(neurons, unique[tokens], counts)
+        if self._merges.due(slot, len(counts), held=table.held()):
             self._flush(slot)
 
     def take_layer(self, layer: int) -> State:
@@ -425,19 +402,14 @@ class TokenFireCount:
         if self.dense is not None:
             return self._dense_state(self.dense[slot])
         self._flush(slot)
-        keys, counts = self._tables[slot] if self.capacity is None else self._token_major_table(slot)
-        self._tables[slot] = (keys[:0], keys[:0])
+        keys, counts = self._state_keys(slot)
+        self._tables[slot].clear()
         cells = self.geometry.vocab_size * self.geometry.n_neurons
         keys_np, counts_np = host_arrays(keys - slot * cells, counts)
         return self._header(self.capacity or 0) | {"keys": keys_np, "counts": counts_np}
 
     def _flush(self, slot: int) -> None:
-        pending = self._pending[slot]
-        if not pending:
-            return
-        keys, counts = add_sorted_keys(*self._tables[slot], *coalesce_runs(pending))
-        self._tables[slot] = prune_keys(keys, counts, self.geometry.vocab_size, self.capacity)  # neuron-major keys
-        self._pending[slot] = []
+        self._tables[slot].merge()
 
     def _header(self, capacity: int) -> State:
         return {
@@ -460,21 +432,22 @@ class TokenFireCount:
         # slots hold consecutive key ranges, so their tables join in sorted order; each is re-keyed and
         # copied into the joined arrays in turn, so host memory holds the tables, the result and one slot's
         # temporaries (not every slot's re-keyed copy as well)
-        columns = _JoinedColumns(2, sum(len(keys) for keys, _ in self._tables))
+        columns = _JoinedColumns(2, sum(table.held() for table in self._tables))
         for slot in range(len(self._tables)):
-            table = self._tables[slot] if self.capacity is None else self._token_major_table(slot)
-            columns.append(*table)
+            columns.append(*self._state_keys(slot))
         keys, counts = columns.arrays
         return self._header(self.capacity or 0) | {"keys": keys, "counts": counts}
 
-    def _token_major_table(self, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """A slot's neuron-major table re-keyed and re-sorted token-major, as the state keys are."""
-        keys, counts = self._tables[slot]
+    def _state_keys(self, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A slot's merged table as sorted state keys `(slot * vocab + token) * n_neurons + neuron`, and counts."""
         vocab, n_neurons = self.geometry.vocab_size, self.geometry.n_neurons
-        neuron, token = split_sorted_keys(keys - slot * n_neurons * vocab, vocab)
+        rows, columns, counts = (torch.cat(column) for column in zip(*self._tables[slot].parts()))
+        offset = slot * vocab * n_neurons
+        if self.capacity is None:  # rows are tokens: already in key order
+            return rows * n_neurons + columns + offset, counts
         dtype = torch.int32 if vocab * n_neurons < 1 << 31 else torch.int64  # fewer radix passes
-        local, order = torch.sort((token * n_neurons + neuron).to(dtype))
-        return local.to(torch.int64) + slot * vocab * n_neurons, counts[order]
+        local, order = torch.sort((columns * n_neurons + rows).to(dtype))
+        return local.to(torch.int64) + offset, counts[order]
 
     @staticmethod
     def merge(states: list[State]) -> State:
@@ -806,9 +779,8 @@ class NgramFireCount:
     the denominator of coverage. Only the layers in `layers` are counted; each keeps its own summaries,
     merged with its pending batch pairs as `SlotMerges` says.
 
-    A summary is one sorted table of packed keys `neuron * vocab**order + gram` with counts (per block of
-    neurons when the keys would overflow int64): a batch's (neuron, n-gram) pairs come out of `count_pairs`
-    already sorted, and merges move two arrays.
+    A summary is a `count_tables` table with a row per neuron and a column per n-gram: a batch's
+    (neuron, n-gram) pairs come out of `count_pairs` already sorted, as the tables take them.
     """
 
     name: ClassVar[str] = "ngram_fire_count"
@@ -830,16 +802,10 @@ class NgramFireCount:
         self.orders = tuple(orders)
         self.capacity = capacity
         self.fires = torch.zeros(len(orders), len(layers), geometry.n_neurons, dtype=torch.int64, device=device)
-        self._span = {n: geometry.vocab_size**n for n in orders}
-        self._block = {n: neurons_per_key(geometry.n_neurons, self._span[n]) for n in orders}
-        n_blocks = {n: -(-geometry.n_neurons // self._block[n]) for n in orders}
-        empty = torch.zeros(0, dtype=torch.int64, device=device)
-        n_slots = len(self.layers)
-        self._merges = SlotMerges(n_slots, merge_pending)
-        # [slot][order][neuron block]: the sorted (keys, counts) table, and the sorted runs waiting for it
-        self._tables = [{n: [(empty, empty)] * n_blocks[n] for n in orders} for _ in range(n_slots)]
-        self._pending: list[dict[int, list[list[tuple[torch.Tensor, torch.Tensor]]]]] = [
-            {n: [[] for _ in range(n_blocks[n])] for n in orders} for _ in range(n_slots)
+        self._merges = SlotMerges(len(self.layers), merge_pending)
+        self._tables = [  # [slot][order]
+            {n: count_table(geometry.n_neurons, geometry.vocab_size**n, capacity, device) for n in orders}
+            for _ in self.layers
         ]
 
     def update(self, batch: LayerBatch) -> None:
@@ -858,18 +824,9 @@ class NgramFireCount:
             self.fires[index, slot].index_add_(0, neurons_of, counts)
             if len(counts) == 0:
                 continue
-            grams = unique_grams[grams]
-            span, block = self._span[order], self._block[order]
-            pending = self._pending[slot][order]
-            if len(pending) == 1:
-                pending[0].append((neurons_of * span + grams, counts))
-            else:
-                edges = torch.searchsorted(neurons_of, torch.arange(len(pending) + 1, device=grams.device) * block).tolist()
-                for part, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
-                    if hi > lo:
-                        pending[part].append(((neurons_of[lo:hi] - part * block) * span + grams[lo:hi], counts[lo:hi]))
+            self._tables[slot][order].stage(neurons_of, unique_grams[grams], counts)
             added += len(counts)
-        held = max(len(keys) for tables in self._tables[slot].values() for keys, _ in tables)
+        held = max(table.held() for table in self._tables[slot].values())
         if self._merges.due(slot, added, held):
             self._flush(slot)
 
@@ -901,35 +858,22 @@ class NgramFireCount:
         if counted:
             self._flush(slot)
         for order in self.orders:
-            tables = self._tables[slot][order] if counted else []
-            columns = _JoinedColumns(3, sum(len(keys) for keys, _ in tables))
-            for part in self._table_columns(tables, order):
+            table = self._tables[slot][order] if counted else None
+            columns = _JoinedColumns(3, table.held() if table else 0)
+            for part in table.parts() if table else ():
                 columns.append(*part)
             group, gram, count = columns.arrays
             state |= {f"order{order}_group": group, f"order{order}_gram": gram, f"order{order}_count": count}
-            if counted:
-                self._tables[slot][order] = [(keys[:0], keys[:0]) for keys, _ in tables]
+            if table:
+                table.clear()
         return state
 
     def _header(self) -> State:
         return {"orders": np.asarray(self.orders, dtype=np.int64), "capacity": np.asarray([self.capacity], dtype=np.int64)}
 
-    def _table_columns(
-        self, tables: list[tuple[torch.Tensor, torch.Tensor]], order: int
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """(neuron of the layer, n-gram, count) of each block's table of one layer and order, in key order."""
-        for part, (keys, count) in enumerate(tables):
-            neuron, gram = split_sorted_keys(keys, self._span[order])
-            yield neuron + part * self._block[order], gram, count
-
     def _flush(self, slot: int) -> None:
-        for order, blocks in self._pending[slot].items():
-            for part, runs in enumerate(blocks):
-                if not runs:
-                    continue
-                keys, counts = add_sorted_keys(*self._tables[slot][order][part], *coalesce_runs(runs))
-                self._tables[slot][order][part] = prune_keys(keys, counts, self._span[order], self.capacity)
-                blocks[part] = []
+        for table in self._tables[slot].values():
+            table.merge()
 
     def state(self) -> State:
         state = self._header() | {"layers": np.asarray(self.layers, dtype=np.int64), "fires": host_array(self.fires)}
@@ -937,10 +881,9 @@ class NgramFireCount:
             self._flush(slot)
         n_neurons = self.geometry.n_neurons
         for order in self.orders:  # groups are slot * n_neurons + neuron: tables join in sorted order
-            size = sum(len(keys) for tables in self._tables for keys, _ in tables[order])
-            columns = _JoinedColumns(3, size)  # filled a table at a time, as TokenFireCount.state does
-            for slot, tables in enumerate(self._tables):
-                for neuron, gram, count in self._table_columns(tables[order], order):
+            columns = _JoinedColumns(3, sum(tables[order].held() for tables in self._tables))
+            for slot, tables in enumerate(self._tables):  # filled a table at a time, as TokenFireCount.state does
+                for neuron, gram, count in tables[order].parts():
                     columns.append(neuron + slot * n_neurons, gram, count)
             group, gram, count = columns.arrays
             state |= {f"order{order}_group": group, f"order{order}_gram": gram, f"order{order}_count": count}
