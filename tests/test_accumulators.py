@@ -230,6 +230,24 @@ def test_top_k_one_pass_and_merged_shards_equal_reference(data, device, sparse_s
         assert sparse_calls  # the sparse path was taken
 
 
+def test_top_k_fills_a_layer_from_the_first_rows_of_its_first_batch(data, device, monkeypatch):
+    """A layer's first batch is ranked densely over its first rows only (enough to give every neuron k
+    entries); the rest of it, like every later batch, merges only the candidates above the k-th values."""
+    import neuron_census.accumulators as accumulators
+
+    monkeypatch.setattr(accumulators, "SPARSE_TOP_SHARE", 1)  # these batches are small: candidates are many
+    dense_rows = []
+    original = TopK._update_dense
+    monkeypatch.setattr(TopK, "_update_dense", lambda self, slot, b, a, lo, hi: (dense_rows.append((lo, hi)), original(self, slot, b, a, lo, hi)))
+    k = 6
+    state = run(TopK(GEOMETRY, device, k=k), data, device, batch=4, fires_where_positive=True)
+    assert dense_rows == [(0, 4 * k)] * len(LAYERS)  # of 4 x 9 rows in a batch
+    values, seqs, poss = reference_top_k(data, k)
+    np.testing.assert_array_equal(state["values"], values)
+    np.testing.assert_array_equal(state["seq"], seqs)
+    np.testing.assert_array_equal(state["pos"], poss)
+
+
 @pytest.mark.parametrize("k", [1, 4, 16])
 def test_batch_top_breaks_ties_towards_the_earliest_row(k, device):
     """Per column, the k largest values, equal values taken in row order: checked against a stable sort."""

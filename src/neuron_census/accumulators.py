@@ -499,6 +499,7 @@ def decode_token_fire_keys(keys: np.ndarray, vocab_size: int, n_neurons: int) ->
 
 
 SPARSE_TOP_SHARE = 16  # TopK takes the sparse path when at most 1/16 of a batch's activations are candidates
+FIRST_ROWS_SHARE = 4  # a layer's first batch: dense top-k of its first quarter, candidates from the rest
 
 
 class TopK:
@@ -521,44 +522,62 @@ class TopK:
         self.pos = torch.full(shape, -1, dtype=torch.int64, device=device)
 
     def update(self, batch: LayerBatch) -> None:
-        """Only neurons whose batch maximum beats their current k-th value can change.
+        """Only entries above a neuron's current k-th value can change its top k.
 
         A batch value equal to the k-th value comes later than it, so it never displaces it; skipping those
-        neurons gives exactly the result of merging every batch in full. Late in a long shard few neurons
-        pass, so the per-batch cost falls to one maximum per neuron.
+        entries gives exactly the result of merging every batch in full. Once every neuron holds k entries,
+        the candidates are few (late in a long shard, a few per neuron). Until then, a dense top-k of the
+        batch's first rows fills every neuron, and its rest takes the candidate path: a dense top-k of a
+        whole batch transposes all its activations, several times the cost of the rest of the update.
         """
         slot = self.geometry.slot(batch.layer)
-        seq_len = batch.acts.shape[1]
         acts = batch.acts_2d()
-        kth = self.values[slot, -1]
+        start = 0
         if not self._full[slot]:  # read from the device only until it holds, not on every batch
-            self._full[slot] = not bool(torch.isinf(kth).any())
-        if self._full[slot]:
-            # every neuron has k entries: only values above its k-th can enter, usually a few per neuron
-            if batch.fires_where_positive and self._nonnegative(slot):  # then candidates are firings
-                rows, neurons = batch.firing_pairs()
-                values = torch.take(acts, rows * acts.shape[1] + neurons)
-                above = (values > kth.index_select(0, neurons)).nonzero(as_tuple=True)[0]  # one wait for the device
-                rows, neurons = rows[above], neurons[above]
-            else:
-                rows, neurons = (acts > kth).nonzero(as_tuple=True)
-                counted = batch.mask.reshape(-1)[rows].nonzero(as_tuple=True)[0]
-                rows, neurons = rows[counted], neurons[counted]
-            if len(rows) == 0:
+            self._full[slot] = not bool(torch.isinf(self.values[slot, -1]).any())
+        if not self._full[slot]:
+            start = min(len(acts), max(len(acts) // FIRST_ROWS_SHARE, 4 * self.k))
+            self._update_dense(slot, batch, acts, 0, start)
+            self._full[slot] = not bool(torch.isinf(self.values[slot, -1]).any())
+            if start == len(acts):
                 return
-            if len(rows) <= acts.numel() // SPARSE_TOP_SHARE:
-                self._update_sparse(slot, batch, acts, rows, neurons)
+            if not self._full[slot]:  # too few counted rows among the first: the rest in full as well
+                self._update_dense(slot, batch, acts, start, len(acts))
                 return
-        columns = (acts.amax(dim=0) > kth).nonzero(as_tuple=True)[0]
+        kth = self.values[slot, -1]
+        # every neuron has k entries: only values above its k-th can enter, usually a few per neuron
+        if batch.fires_where_positive and self._nonnegative(slot):  # then candidates are firings
+            rows, neurons = batch.firing_pairs()
+            if start:  # pairs come in row order: those of the rows still to merge are a suffix
+                first = int(torch.searchsorted(rows, torch.tensor(start, device=rows.device)))
+                rows, neurons = rows[first:], neurons[first:]
+            values = torch.take(acts, rows * acts.shape[1] + neurons)
+            above = (values > kth.index_select(0, neurons)).nonzero(as_tuple=True)[0]  # one wait for the device
+            rows, neurons = rows[above], neurons[above]
+        else:
+            rows, neurons = (acts[start:] > kth).nonzero(as_tuple=True)
+            rows += start
+            counted = batch.mask.reshape(-1)[rows].nonzero(as_tuple=True)[0]
+            rows, neurons = rows[counted], neurons[counted]
+        if len(rows) == 0:
+            return
+        if len(rows) <= acts.numel() // SPARSE_TOP_SHARE:
+            self._update_sparse(slot, batch, acts, rows, neurons)
+            return
+        self._update_dense(slot, batch, acts, start, len(acts))
+
+    def _update_dense(self, slot: int, batch: LayerBatch, acts: torch.Tensor, lo: int, hi: int) -> None:
+        """Merge the top k of rows lo:hi of the batch, in the neurons whose maximum there beats their k-th."""
+        acts = acts[lo:hi]
+        columns = (acts.amax(dim=0) > self.values[slot, -1]).nonzero(as_tuple=True)[0]
         if len(columns) == 0:
             return
         every = len(columns) == acts.shape[1]
-        sub = acts if every else acts[:, columns]
-        sub = sub.masked_fill(~batch.mask.reshape(-1, 1), -torch.inf)
-        k = min(self.k, sub.shape[0])
-        values, flat = _batch_top(sub, k)
-        seq = batch.seq_ids[flat // seq_len]
-        pos = flat % seq_len
+        k = min(self.k, acts.shape[0])
+        values, rows = _batch_top(acts if every else acts[:, columns], k, excluded=~batch.mask.reshape(-1)[lo:hi])
+        rows += lo
+        seq_len = batch.acts.shape[1]
+        seq, pos = batch.seq_ids[rows // seq_len], rows % seq_len
         if every:
             self._merge_into(slot, values, seq, pos)
             return
@@ -646,15 +665,18 @@ def _by_neuron_then_value_descending(neurons: torch.Tensor, values: torch.Tensor
     return (neurons << 32) | ((1 << 32) - 1 - ascending)
 
 
-def _batch_top(acts: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per column, the k largest values and their row indices [k, N], ties broken towards the earliest row.
+def _batch_top(acts: torch.Tensor, k: int, excluded: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per column, the k largest values and their row indices [k, N], ties broken towards the earliest row;
+    rows marked in `excluded` count as -inf.
 
-    Works on the transposed matrix (top-k along contiguous rows is several times faster). One extra value
-    per column tells whether the k-th value is tied (the (k+1)-th equals it): torch.topk picks arbitrarily
-    among equal values (a ReLU neuron that never fires has only zeros), so those columns are resolved
-    again by (value class, row index).
+    Works on the transposed matrix (top-k along contiguous rows is several times faster), where excluded
+    rows are filled in place. One extra value per column tells whether the k-th value is tied (the (k+1)-th
+    equals it): torch.topk picks arbitrarily among equal values (a ReLU neuron that never fires has only
+    zeros), so those columns are resolved again by (value class, row index).
     """
     columns = acts.T.contiguous()  # [N, R]
+    if excluded is not None:
+        columns.masked_fill_(excluded, -torch.inf)
     n_rows = columns.shape[1]
     take = min(k + 1, n_rows)
     values, rows = torch.topk(columns, take, dim=1)
