@@ -91,6 +91,8 @@ class CsrTable:
         total = staged.pop()
         if self._table.nnz:
             total = self._table + total
+        elif self.capacity is not None:  # a staged batch alone: its counts are the caller's, and pruning writes
+            total = total.copy()
         self._table = _prune_rows(total, self.capacity)
 
     def held(self) -> int:
@@ -112,8 +114,9 @@ class CsrTable:
 
 
 def _prune_rows(matrix: sparse.csr_array, capacity: int | None) -> sparse.csr_array:
-    """`neuron_census.ngrams.prune` of a canonical CSR matrix: each row over `capacity` loses its
-    (capacity+1)-th largest count from every count, and counts that reach zero are dropped."""
+    """`neuron_census.ngrams.prune` of a canonical CSR matrix, in place: each row over `capacity` loses its
+    (capacity+1)-th largest count from every count, and counts that reach zero are dropped (by SciPy's
+    compaction in compiled code, one pass)."""
     indptr = matrix.indptr
     lengths = np.diff(indptr)
     if capacity is None or len(lengths) == 0 or lengths.max() <= capacity:
@@ -124,12 +127,10 @@ def _prune_rows(matrix: sparse.csr_array, capacity: int | None) -> sparse.csr_ar
     cut = _group_cuts(torch.from_numpy(counts), starts, ends, capacity)
     row_cut = np.zeros(len(lengths), dtype=counts.dtype)
     row_cut[over] = cut.numpy()
-    reduced = counts - np.repeat(row_cut, lengths)
-    kept = np.flatnonzero(reduced > 0)
-    indptr = np.searchsorted(kept, indptr)  # each row's first kept entry (rows are runs of entries)
-    pruned = sparse.csr_array((reduced[kept], matrix.indices[kept], indptr), shape=matrix.shape, copy=False)
-    pruned.has_canonical_format = True
-    return pruned
+    counts -= np.repeat(row_cut, lengths)
+    np.maximum(counts, 0, out=counts)
+    matrix.eliminate_zeros()
+    return matrix
 
 
 def coalesce_runs(runs: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
