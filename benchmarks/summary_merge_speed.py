@@ -1,5 +1,5 @@
-"""How long a shard merge takes to fold two full bounded tables of one layer: `merge_summaries` (packed
-keys, binary-search adds, cuts by counting) against `merge_summaries_by_sort` (every counter sorted).
+"""How long a shard merge takes to fold two full bounded tables of one layer: `merge_summaries` (CSR tables
+added row by row in compiled code, pruned in place) against `merge_summaries_by_sort` (every counter sorted).
 
 Each table is what a shard of the presets' size leaves for one layer: every neuron holds `capacity`
 distinct items (tokens of a 50k vocabulary) with heavy-tailed (Zipf) counts, as a busy neuron's summary
@@ -44,7 +44,8 @@ def main() -> None:
 
     import torch
 
-    from neuron_census.ngrams import merge_summaries, merge_summaries_by_sort
+    from neuron_census.count_tables import merge_summaries
+    from neuron_census.ngrams import merge_summaries_by_sort
 
     torch.set_num_threads(args.threads)
     rows = []
@@ -53,23 +54,23 @@ def main() -> None:
         for round_index in range(args.rounds):
             timings = {}
             results = {}
-            for name, merge in (("packed", merge_summaries), ("by_sort", merge_summaries_by_sort)):
+            for name, merge in (("csr", merge_summaries), ("by_sort", merge_summaries_by_sort)):
                 start = time.perf_counter()
                 results[name] = merge(parts, args.capacity)
                 timings[name] = time.perf_counter() - start
-            equal = all(np.array_equal(a, b) for a, b in zip(results["packed"], results["by_sort"]))
+            equal = all(np.array_equal(a, b) for a, b in zip(results["csr"], results["by_sort"]))
             rows.append({"neurons": n_neurons, "round": round_index, "entries": int(len(parts[0][0])), **timings, "equal": equal})
             print(rows[-1], flush=True)
     lines = [
         f"fold of two full tables of one layer, capacity {args.capacity}, {args.threads} threads, {time.strftime('%Y-%m-%d')}",
         "",
-        "| neurons | entries a table | round | packed keys s | sort s | sort / packed | equal |",
+        "| neurons | entries a table | round | CSR s | sort s | sort / CSR | equal |",
         "|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in rows:
         lines.append(
-            f"| {row['neurons']} | {row['entries']:,} | {row['round']} | {row['packed']:.2f} | {row['by_sort']:.2f} "
-            f"| {row['by_sort'] / row['packed']:.1f}x | {'yes' if row['equal'] else 'NO'} |"
+            f"| {row['neurons']} | {row['entries']:,} | {row['round']} | {row['csr']:.2f} | {row['by_sort']:.2f} "
+            f"| {row['by_sort'] / row['csr']:.1f}x | {'yes' if row['equal'] else 'NO'} |"
         )
     table = "\n".join(lines) + "\n"
     print(table)

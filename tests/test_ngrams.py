@@ -11,7 +11,7 @@ import torch
 
 from neuron_census import accumulators, count_tables
 from neuron_census.accumulators import Geometry, LayerBatch, NgramCount, NgramFireCount, merge_states
-from neuron_census.count_tables import KeyTable
+from neuron_census.count_tables import KeyTable, merge_summaries
 from neuron_census.ngrams import (
     CUT_LEVELS,
     _group_cuts,
@@ -19,7 +19,6 @@ from neuron_census.ngrams import (
     coalesce,
     coalesce_keys,
     coverage_bounds,
-    merge_summaries,
     merge_summaries_by_sort,
     neurons_per_key,
     pack_ngrams,
@@ -243,9 +242,9 @@ def _brute_merge(parts, capacity: int) -> dict[tuple[int, int], int]:
 
 
 @pytest.mark.parametrize("capacity", [1, 3, 40])
-def test_merging_summaries_by_packed_keys_equals_sorting_and_a_brute_force(capacity):
-    """Shard merges take packed keys when (group, gram) fits int64: parts sorted or not, with repeated
-    pairs, groups far over capacity and many ties, equal to the sort-based merge and to the definition."""
+def test_merging_summaries_as_csr_tables_equals_sorting_and_a_brute_force(capacity):
+    """Shard merges add CSR tables: parts sorted or not, with repeated pairs, groups far over capacity and
+    many ties, equal to the sort-based merge and to the definition."""
     rng = np.random.default_rng(capacity)
     sorted_part = coalesce(rng.integers(0, 12, 1500), rng.integers(0, 300, 1500), rng.integers(1, 6, 1500))
     unsorted_part = (rng.integers(0, 12, 400), rng.integers(0, 300, 400), rng.integers(1, 6, 400))
@@ -258,15 +257,24 @@ def test_merging_summaries_by_packed_keys_equals_sorting_and_a_brute_force(capac
     assert max(Counter(got[0].tolist()).values()) <= capacity < max(Counter(sorted_part[0].tolist()).values())
 
 
+def test_merging_one_summary_leaves_it_as_it_was():
+    part = (np.array([0, 0, 0, 1]), np.array([1, 2, 3, 1]), np.array([5, 3, 1, 2]))
+    copies = [column.copy() for column in part]
+    group, gram, count = merge_summaries([part], 2)
+    assert gram.tolist() == [1, 2, 1] and count.tolist() == [4, 2, 2]
+    for column, copy in zip(part, copies):
+        np.testing.assert_array_equal(column, copy)
+
+
 @pytest.mark.parametrize(
     "part",
     [
-        (np.array([0, 9]), np.array([0, 1 << 61]), np.array([2, 3])),  # keys would overflow int64
-        (np.array([0, 0, 1]), np.array([4, 5, 4]), np.array([0, 2, 1])),  # a zero count
+        (np.array([0, 9]), np.array([0, 1 << 61]), np.array([2, 3])),  # packed keys would overflow int64
+        (np.array([0, 0, 1]), np.array([4, 5, 4]), np.array([0, 2, 1])),  # a zero count: takes the sort
     ],
-    ids=["overflow", "zero-count"],
+    ids=["wide-grams", "zero-count"],
 )
-def test_merging_summaries_that_do_not_pack_takes_the_sort(part):
+def test_merging_summaries_beyond_packed_keys(part):
     got = merge_summaries([part, part], 1)
     assert dict(zip(zip(got[0].tolist(), got[1].tolist()), got[2].tolist())) == _brute_merge([part, part], 1)
 

@@ -14,9 +14,9 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 import torch
 
-from neuron_census.count_tables import count_table
+from neuron_census.count_tables import count_table, merge_summaries
 from neuron_census.host_copies import host_array, host_arrays, host_tensors
-from neuron_census.ngrams import add_sorted_keys, check_packable, merge_summaries, prune_keys
+from neuron_census.ngrams import add_sorted_keys, check_packable, prune_keys
 
 State = dict[str, np.ndarray]
 

@@ -25,7 +25,9 @@ import torch
 from neuron_census.ngrams import (
     _group_cuts,
     add_sorted_keys,
+    coalesce,
     coalesce_keys,
+    merge_summaries_by_sort,
     neurons_per_key,
     prune_keys,
     split_sorted_keys,
@@ -131,6 +133,42 @@ def _prune_rows(matrix: sparse.csr_array, capacity: int | None) -> sparse.csr_ar
     np.maximum(counts, 0, out=counts)
     matrix.eliminate_zeros()
     return matrix
+
+
+def merge_summaries(
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], capacity: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Merge summaries (or exact counts, which are summaries too) of (group, gram, count): add counters, then
+    prune to `capacity` per group. Result sorted by (group, gram).
+
+    Shard merges fold full tables (OPT-66b: 75M entries a layer and table), so parts are added as CPU
+    capture adds its tables: as CSR matrices with a row per group, merged row by row in compiled code.
+    Equal to `ngrams.merge_summaries_by_sort`, which takes parts with negative values or counts below 1.
+    """
+    present = [tuple(np.asarray(column, dtype=np.int64) for column in part) for part in parts if len(part[0])]
+    if not present or any(min(int(column.min()) for column in part[:2]) < 0 or int(part[2].min()) < 1 for part in present):
+        return merge_summaries_by_sort(parts, capacity)
+    shape = (max(int(part[0].max()) for part in present) + 1, max(int(part[1].max()) for part in present) + 1)
+    total: sparse.csr_array | None = None
+    for group, gram, count in present:
+        if not _sorted_unique(group, gram):
+            group, gram, count = coalesce(group, gram, count)
+        indptr = np.searchsorted(group, np.arange(shape[0] + 1, dtype=np.int64))
+        matrix = sparse.csr_array((count, gram, indptr), shape=shape, copy=False)
+        matrix.has_canonical_format = True
+        total = matrix if total is None else total + matrix
+    assert total is not None
+    if len(present) == 1:  # nothing added: pruning writes into the counts, which are the caller's
+        total = total.copy()
+    total = _prune_rows(total, capacity)
+    group = np.repeat(np.arange(shape[0], dtype=np.int64), np.diff(total.indptr))
+    return group, total.indices.astype(np.int64, copy=False), total.data.astype(np.int64, copy=False)
+
+
+def _sorted_unique(group: np.ndarray, gram: np.ndarray) -> bool:
+    """(group, gram) pairs strictly increasing, as a CSR matrix needs them."""
+    same_group = group[1:] == group[:-1]
+    return bool(np.all((group[1:] > group[:-1]) | (same_group & (gram[1:] > gram[:-1]))))
 
 
 def coalesce_runs(runs: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:

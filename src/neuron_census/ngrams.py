@@ -104,60 +104,15 @@ def prune(
     return group[kept], gram[kept], (count[kept] - np.repeat(cut, sizes)[keep][result_order]).astype(np.int64)
 
 
-def merge_summaries(
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], capacity: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Merge summaries (or exact counts, which are summaries too): add counters, then prune.
-
-    Shard merges fold full tables (OPT-66b: 75M entries a layer and table), so when (group, gram) packs
-    into one int64 key the summaries are merged as capture merges them: sorted keys added by binary
-    search, cuts found by counting (`prune_keys`), no lexsort; 5x faster on full OPT-125m tables, and
-    equal to `merge_summaries_by_sort`, which takes the other cases.
-    """
-    packed = _packed_parts(parts)
-    if packed is None:
-        return merge_summaries_by_sort(parts, capacity)
-    span, tables = packed
-    keys, counts = tables[0]
-    for more_keys, more_counts in tables[1:]:
-        keys, counts = add_sorted_keys(keys, counts, more_keys, more_counts)
-    keys, counts = prune_keys(keys, counts, span, capacity)
-    group, gram = split_sorted_keys(keys, span)
-    return group.numpy(), gram.numpy(), counts.numpy()
-
-
 def merge_summaries_by_sort(
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], capacity: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`merge_summaries` by sorting every counter (any group and gram values, any counts)."""
+    """Merge summaries (or exact counts, which are summaries too) by sorting every counter: add counters, then
+    prune. Any group and gram values and any counts; the reference for `count_tables.merge_summaries`."""
     group = np.concatenate([p[0] for p in parts]).astype(np.int64)
     gram = np.concatenate([p[1] for p in parts]).astype(np.int64)
     count = np.concatenate([p[2] for p in parts]).astype(np.int64)
     return prune(*coalesce(group, gram, count), capacity)
-
-
-def _packed_parts(
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]] | None:
-    """Each part as sorted unique keys `group * span + gram` with their counts, or None when they do not
-    pack into int64 (or a value is negative, or a count below 1, which `prune_keys` does not take)."""
-    present = [p for p in parts if len(p[0])]
-    if not present:
-        return None
-    span = max(int(p[1].max()) for p in present) + 1
-    n_groups = max(int(p[0].max()) for p in present) + 1
-    if any(int(p[0].min()) < 0 or int(p[1].min()) < 0 or int(p[2].min()) < 1 for p in present):
-        return None
-    if n_groups > ((1 << 63) - 1) // span:
-        return None
-    tables = []
-    for group, gram, count in present:
-        keys = torch.from_numpy(np.asarray(group, dtype=np.int64) * span + np.asarray(gram, dtype=np.int64))
-        counts = torch.from_numpy(np.array(count, dtype=np.int64))  # a copy: the result never aliases a part
-        if len(keys) > 1 and not bool((keys[1:] > keys[:-1]).all()):  # not sorted unique: coalesce first
-            keys, counts = coalesce_keys(keys, counts)
-        tables.append((keys, counts))
-    return span, tables
 
 
 def neurons_per_key(n_neurons: int, span: int) -> int:
