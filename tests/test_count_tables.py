@@ -80,6 +80,21 @@ def test_exact_tables_add_like_a_counter(device):
         assert counts.tolist() == [expected[key] for key in sorted(expected)], name
 
 
+@pytest.mark.parametrize("capacity", [None, 4])
+def test_tables_read_by_column_are_their_entries_sorted_by_column(device, capacity):
+    for name, make in layouts(device):
+        table = make(60, 500, capacity)
+        for batch in random_batches(np.random.default_rng(11), 60, 500, 6, device):
+            table.stage(*batch)
+        table.merge()
+        rows, columns, counts = table_columns(table)
+        order = np.lexsort((rows, columns))
+        got = [t.cpu().numpy() for t in table.by_column()]
+        for want, have in zip((rows[order], columns[order], counts[order]), got):
+            np.testing.assert_array_equal(have, want, err_msg=name)
+            assert have.dtype == np.int64
+
+
 def test_key_table_blocks_give_the_table_of_one_key_space(device, monkeypatch):
     """Rows whose keys would overflow int64 are split into blocks; the table reads the same."""
     whole = KeyTable(9, 10**17, 3, device)

@@ -442,13 +442,12 @@ class TokenFireCount:
     def _state_keys(self, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A slot's merged table as sorted state keys `(slot * vocab + token) * n_neurons + neuron`, and counts."""
         vocab, n_neurons = self.geometry.vocab_size, self.geometry.n_neurons
-        rows, columns, counts = (torch.cat(column) for column in zip(*self._tables[slot].parts()))
         offset = slot * vocab * n_neurons
-        if self.capacity is None:  # rows are tokens: already in key order
-            return rows * n_neurons + columns + offset, counts
-        dtype = torch.int32 if vocab * n_neurons < 1 << 31 else torch.int64  # fewer radix passes
-        local, order = torch.sort((columns * n_neurons + rows).to(dtype))
-        return local.to(torch.int64) + offset, counts[order]
+        if self.capacity is None:  # a row per token: already in key order
+            tokens, neurons, counts = (torch.cat(column) for column in zip(*self._tables[slot].parts()))
+        else:  # a row per neuron: read token-major
+            neurons, tokens, counts = self._tables[slot].by_column()
+        return tokens * n_neurons + neurons + offset, counts
 
     @staticmethod
     def merge(states: list[State]) -> State:

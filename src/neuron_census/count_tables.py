@@ -52,6 +52,9 @@ class CountTable(Protocol):
     def parts(self) -> Iterator[Columns]:
         """The table's entries in (row, column) order, in one or more consecutive parts."""
 
+    def by_column(self) -> Columns:
+        """The table's entries in (column, row) order."""
+
     def clear(self) -> None:
         """Drop the table (staged pairs included)."""
 
@@ -108,6 +111,12 @@ class CsrTable:
         rows = np.repeat(np.arange(self.shape[0], dtype=np.int64), np.diff(table.indptr))
         columns = table.indices.astype(np.int64, copy=False)
         yield torch.from_numpy(rows), torch.from_numpy(columns), torch.from_numpy(table.data)
+
+    def by_column(self) -> Columns:
+        by_column = self._table.tocsc()  # SciPy's transpose, a counting sort: rows stay ascending in a column
+        columns = np.repeat(np.arange(self.shape[1], dtype=np.int64), np.diff(by_column.indptr))
+        rows = by_column.indices.astype(np.int64, copy=False)
+        return torch.from_numpy(rows), torch.from_numpy(columns), torch.from_numpy(by_column.data)
 
     def clear(self) -> None:
         empty = np.zeros(0, np.int64)
@@ -186,7 +195,7 @@ class KeyTable:
     """
 
     def __init__(self, n_rows: int, n_columns: int, capacity: int | None, device: torch.device) -> None:
-        self.span = n_columns
+        self.n_rows, self.span = n_rows, n_columns
         self.capacity = capacity
         self.block = neurons_per_key(n_rows, n_columns)
         self.n_blocks = -(-n_rows // self.block)
@@ -221,6 +230,12 @@ class KeyTable:
         for part, (keys, counts) in enumerate(self._blocks):
             rows, columns = split_sorted_keys(keys, self.span)
             yield rows + part * self.block, columns, counts
+
+    def by_column(self) -> Columns:
+        rows, columns, counts = (torch.cat(column) for column in zip(*self.parts()))
+        dtype = torch.int32 if self.n_rows * self.span < 1 << 31 else torch.int64  # fewer radix passes
+        _, order = torch.sort((columns * self.n_rows + rows).to(dtype))
+        return rows[order], columns[order], counts[order]
 
     def clear(self) -> None:
         self._blocks = [(self._empty, self._empty)] * self.n_blocks
