@@ -11,6 +11,8 @@ Two layouts of the same table, with equal results:
   binary searches into packed keys. Columns may be as wide as int64 (trigrams of any vocabulary).
 - `KeyTable` (GPUs): sorted packed int64 keys `row * n_columns + column`, per block of rows when those keys
   would overflow int64, merged by sorts and binary searches on the device.
+
+Shard merges add stored summaries as CSR tables too (`merge_summaries`).
 """
 
 from __future__ import annotations
