@@ -552,16 +552,17 @@ class TopK:
                 rows, neurons = rows[first:], neurons[first:]
             values = torch.take(acts, rows * acts.shape[1] + neurons)
             above = (values > kth.index_select(0, neurons)).nonzero(as_tuple=True)[0]  # one wait for the device
-            rows, neurons = rows[above], neurons[above]
+            rows, neurons, values = (t.index_select(0, above) for t in (rows, neurons, values))
         else:
             rows, neurons = (acts[start:] > kth).nonzero(as_tuple=True)
             rows += start
-            counted = batch.mask.reshape(-1)[rows].nonzero(as_tuple=True)[0]
-            rows, neurons = rows[counted], neurons[counted]
+            counted = batch.mask.reshape(-1).index_select(0, rows).nonzero(as_tuple=True)[0]
+            rows, neurons = rows.index_select(0, counted), neurons.index_select(0, counted)
+            values = torch.take(acts, rows * acts.shape[1] + neurons)
         if len(rows) == 0:
             return
         if len(rows) <= acts.numel() // SPARSE_TOP_SHARE:
-            self._update_sparse(slot, batch, acts, rows, neurons)
+            self._update_sparse(slot, batch, rows, neurons, values)
             return
         self._update_dense(slot, batch, acts, start, len(acts))
 
@@ -601,26 +602,26 @@ class TopK:
         self.values[slot][:, columns], self.seq[slot][:, columns], self.pos[slot][:, columns] = merged
 
     def _update_sparse(
-        self, slot: int, batch: LayerBatch, acts: torch.Tensor, rows: torch.Tensor, neurons: torch.Tensor
+        self, slot: int, batch: LayerBatch, rows: torch.Tensor, neurons: torch.Tensor, values: torch.Tensor
     ) -> None:
-        """Merge candidate (row, neuron) entries: per neuron the best k by (value desc, row asc), then `_select_top`."""
+        """Merge candidate (row, neuron) entries with their `values`: per neuron the best k by (value desc, row
+        asc), then `_select_top`."""
         seq_len = batch.acts.shape[1]
-        values = acts[rows, neurons]
         order = torch.sort(_by_neuron_then_value_descending(neurons, values), stable=True).indices  # ties: row order
-        rows, neurons, values = rows[order], neurons[order], values[order]
+        rows, neurons, values = (t.index_select(0, order) for t in (rows, neurons, values))
         first = torch.ones(len(rows), dtype=torch.bool, device=rows.device)
         first[1:] = neurons[1:] != neurons[:-1]
         starts = first.nonzero(as_tuple=True)[0]
         group = torch.cumsum(first, 0) - 1
         # entries ranked k or later all land in a spare row k, dropped below (no compaction: no wait)
-        rank = (torch.arange(len(rows), device=rows.device) - starts[group]).clamp_(max=self.k)
-        columns = neurons[starts]
+        rank = (torch.arange(len(rows), device=rows.device) - starts.index_select(0, group)).clamp_(max=self.k)
+        columns = neurons.index_select(0, starts)
         shape = (self.k + 1, len(columns))
         new_values = torch.full(shape, -torch.inf, dtype=self.values.dtype, device=rows.device)
         new_seq = torch.full(shape, -1, dtype=torch.int64, device=rows.device)
         new_pos = torch.full(shape, -1, dtype=torch.int64, device=rows.device)
         new_values[rank, group] = values
-        new_seq[rank, group] = batch.seq_ids[rows // seq_len]
+        new_seq[rank, group] = batch.seq_ids.index_select(0, rows // seq_len)
         new_pos[rank, group] = rows % seq_len
         self._merge_columns(slot, columns, new_values[: self.k], new_seq[: self.k], new_pos[: self.k])
 
