@@ -884,12 +884,12 @@ class NgramFireCount:
             self._flush(slot)
         for order in self.orders:
             table = self._tables[slot][order] if counted else None
-            columns = _JoinedColumns(3, table.held() if table else 0)
-            for part in table.parts() if table else ():
+            columns = _JoinedColumns(3, table.held() if table is not None else 0)
+            for part in table.parts() if table is not None else ():
                 columns.append(*part)
             group, gram, count = columns.arrays
             state |= {f"order{order}_group": group, f"order{order}_gram": gram, f"order{order}_count": count}
-            if table:
+            if table is not None:
                 table.clear()
         return state
 

@@ -87,18 +87,19 @@ class CsrTable:
     def stage(self, rows: torch.Tensor, columns: torch.Tensor, counts: torch.Tensor) -> None:
         rows_np = rows.numpy()
         indptr = np.searchsorted(rows_np, np.arange(self.shape[0] + 1, dtype=rows_np.dtype))
-        self._staged.append(self._matrix(counts.numpy(), columns.numpy(), indptr.astype(np.int64)))
+        self._staged.append(self._matrix(counts.numpy(), columns.numpy(), indptr.astype(np.int64, copy=False)))
 
     def merge(self) -> None:
         if not self._staged:
             return
         staged, self._staged = self._staged, []
+        added = len(staged) > 1 or self._table.nnz > 0
         while len(staged) > 1:  # pairwise, so each pair is merged log2(batches) times, not once per batch
             staged = [staged[i] + staged[i + 1] if i + 1 < len(staged) else staged[i] for i in range(0, len(staged), 2)]
         total = staged.pop()
         if self._table.nnz:
             total = self._table + total
-        elif self.capacity is not None:  # a staged batch alone: its counts are the caller's, and pruning writes
+        if not added and self.capacity is not None:  # one staged batch: its counts are the caller's, pruning writes
             total = total.copy()
         self._table = _prune_rows(total, self.capacity)
 
@@ -153,27 +154,21 @@ def merge_summaries(
     prune to `capacity` per group. Result sorted by (group, gram).
 
     Shard merges fold full tables (OPT-66b: 75M entries a layer and table), so parts are added as CPU
-    capture adds its tables: as CSR matrices with a row per group, merged row by row in compiled code.
-    Equal to `ngrams.merge_summaries_by_sort`, which takes parts with negative values or counts below 1.
+    capture adds its tables: staged into a `CsrTable` with a row per group and merged. Equal to
+    `ngrams.merge_summaries_by_sort`, which takes parts with negative values or counts below 1.
     """
     present = [tuple(np.asarray(column, dtype=np.int64) for column in part) for part in parts if len(part[0])]
     if not present or any(min(int(column.min()) for column in part[:2]) < 0 or int(part[2].min()) < 1 for part in present):
         return merge_summaries_by_sort(parts, capacity)
-    shape = (max(int(part[0].max()) for part in present) + 1, max(int(part[1].max()) for part in present) + 1)
-    total: sparse.csr_array | None = None
+    n_groups = max(int(part[0].max()) for part in present) + 1
+    table = CsrTable(n_groups, max(int(part[1].max()) for part in present) + 1, capacity)
     for group, gram, count in present:
         if not _sorted_unique(group, gram):
             group, gram, count = coalesce(group, gram, count)
-        indptr = np.searchsorted(group, np.arange(shape[0] + 1, dtype=np.int64))
-        matrix = sparse.csr_array((count, gram, indptr), shape=shape, copy=False)
-        matrix.has_canonical_format = True
-        total = matrix if total is None else total + matrix
-    assert total is not None
-    if len(present) == 1:  # nothing added: pruning writes into the counts, which are the caller's
-        total = total.copy()
-    total = _prune_rows(total, capacity)
-    group = np.repeat(np.arange(shape[0], dtype=np.int64), np.diff(total.indptr))
-    return group, total.indices.astype(np.int64, copy=False), total.data.astype(np.int64, copy=False)
+        table.stage(*(torch.from_numpy(column) for column in (group, gram, count)))
+    table.merge()
+    group, gram, count = next(table.parts())
+    return group.numpy(), gram.numpy(), count.numpy()
 
 
 def _sorted_unique(group: np.ndarray, gram: np.ndarray) -> bool:

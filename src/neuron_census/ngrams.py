@@ -16,8 +16,8 @@ n-grams. Coverage is then reported with certified lower and upper bounds that co
 
 N-grams are packed into one int64 (token ids in base `vocab_size`, oldest first). A stored summary is
 three parallel arrays sorted by (group, gram): group = layer slot * n_neurons + neuron. While capturing, a
-summary is two: sorted unique packed keys `group * span + gram` and their counts, built by the `*_keys`
-functions here on the capture device.
+summary is a `count_tables` table: on a GPU, sorted unique packed keys `group * span + gram` and their counts,
+merged and pruned by the `*_keys` functions here; on a CPU, a CSR matrix pruned with `_group_cuts`.
 """
 
 from __future__ import annotations
