@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,3 +24,15 @@ def test_shards_of_another_tokenizer_are_refused(tmp_path: Path):
     assert attrs["tokenizer"] == "planted"
     with pytest.raises(ValueError, match=r"made with tokenizer 'planted', not with model 'm' tokenizer 'other'"):
         read_shard_for(tmp_path / "s.zarr", other, "model 'm'")
+
+
+def test_jobs_without_a_model_do_not_import_torch():
+    """Figures, the report and tokenizing (planted data included) start in a fraction of torch's import time:
+    restyling a figure reruns a job that needs none of it."""
+    modules = ["jobs", "logs", "figures", "plots_vocab", "plots_positional", "plots_ngrams", "report", "corpus", "planted"]
+    code = "; ".join(
+        [f"import neuron_census.{name}" for name in modules]
+        + ["import sys", "loaded = sorted(m for m in ('torch', 'transformers') if m in sys.modules)", "print(loaded)"]
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "[]"

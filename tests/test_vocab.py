@@ -15,19 +15,19 @@ from transformers import OPTConfig, OPTForCausalLM
 
 from neuron_census.adapters import FFNAdapter, adapter_for
 from neuron_census.plots_vocab import (
+    PROJECTION_FRAME_SCHEMA,
     TABLE_COLUMNS,
     column_widths,
+    detector_projection_frame,
+    format_entries,
     pick_examples,
     plot_detector_projections,
     suppression_summary,
     table_cells,
 )
 from neuron_census.vocab import (
-    PROJECTION_FRAME_SCHEMA,
     VOCAB_SCHEMA,
     chunk_rows,
-    detector_projection_frame,
-    format_entries,
     project_layer,
     trigger_scores,
     vocab_table,

@@ -14,21 +14,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
-import torch
 
 from neuron_census.atomic import atomic_path
 
 if TYPE_CHECKING:
+    import torch
+
     from neuron_census.capture import CaptureSettings
     from neuron_census.execution import Placement
 
 PathLike = str | os.PathLike[str]
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
     """`auto` picks CUDA with bfloat16 when present, else CPU with float32."""
+    import torch
+
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     resolved = torch.device(device)
@@ -36,7 +39,9 @@ def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
         raise ValueError(f"capture.device '{device}' asks for CUDA but no CUDA device is available")
     if dtype == "auto":
         return resolved, torch.bfloat16 if resolved.type == "cuda" else torch.float32
-    return resolved, DTYPES[dtype]
+    if dtype not in DTYPES:
+        raise ValueError(f"capture.dtype '{dtype}' is not one of auto, {', '.join(DTYPES)}")
+    return resolved, getattr(torch, dtype)
 
 
 def read_shard_for(shard: PathLike, tokenizer: Any, user: str) -> tuple[Any, dict[str, Any]]:
@@ -98,6 +103,8 @@ def train_job(
 
     import numpy as np
 
+    import torch
+
     from neuron_census.tokenization import load_tokenizer
     from neuron_census.train import TrainConfig, resumable, train_opt
 
@@ -146,6 +153,8 @@ def _load_model_and_tokenizer(
     offload_dir: Path | None = None,
 ) -> tuple[Any, Any, torch.device, torch.dtype]:
     """What every job that runs a model starts with: threads, tokenizer, device, dtype and the model."""
+    import torch
+
     from neuron_census.models import load_model
     from neuron_census.tokenization import load_tokenizer
 
@@ -258,6 +267,8 @@ def report_statistics_memory(
     print(f"capture '{model_name}': statistics in host memory {describe_bound(host)}", file=sys.stderr)
     if device.type != "cuda":
         return
+    import torch
+
     free, _ = torch.cuda.mem_get_info(device)
     needed = sum(bounds.values())
     if needed > free:

@@ -16,13 +16,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-import torch
-
 PREFIX = "neuron-census: error: "
 
-# What bad input raises: our own checks raise ValueError, FileNotFoundError or FloatingPointError;
-# Hugging Face raises OSError for models and files it cannot find.
-INPUT_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, FloatingPointError, MemoryError, torch.OutOfMemoryError)
+
+
+def memory_errors() -> tuple[type[BaseException], ...]:
+    """MemoryError, and torch's out-of-memory error once torch is imported (a job that never imported torch,
+    such as a figure, cannot raise it, and need not pay for importing it)."""
+    torch = sys.modules.get("torch")
+    return (MemoryError,) if torch is None else (MemoryError, torch.OutOfMemoryError)
+
+
+def input_errors() -> tuple[type[BaseException], ...]:
+    """What bad input raises: our own checks raise ValueError, FileNotFoundError or FloatingPointError;
+    Hugging Face raises OSError for models and files it cannot find; and running out of memory."""
+    return (ValueError, OSError, FloatingPointError, *memory_errors())
 
 
 class _Tee:
@@ -57,7 +65,7 @@ def tee_stderr(logs: Sequence[str | os.PathLike[str]]) -> TextIO | None:
 def one_line(error: BaseException) -> str:
     """The error's message on one line (third-party messages can span several)."""
     text = " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
-    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+    if isinstance(error, memory_errors()):
         text = f"out of memory ({text}); lower capture.batch_size or pick another capture.strategy"
     return text
 
@@ -69,7 +77,7 @@ def job_log(logs: Sequence[str | os.PathLike[str]]) -> Iterator[None]:
     log = tee_stderr(logs)
     try:
         yield
-    except INPUT_ERRORS as error:
+    except input_errors() as error:
         if log is not None:
             log.write(traceback.format_exc())
         print(PREFIX + one_line(error), file=sys.stderr)

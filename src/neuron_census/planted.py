@@ -23,11 +23,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from math import gcd
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from transformers import OPTConfig, OPTForCausalLM
+
+if TYPE_CHECKING:  # imported where a model is built: the recipes and designed tokens need neither
+    import torch
+    from transformers import OPTConfig, OPTForCausalLM
 
 N_SPECIAL = 2  # <bos> = 0, <unk> = 1, as in the `words` tokenizer
 EMBED_SCALE = 4.0
@@ -409,6 +411,8 @@ def _layer_norm_levels(d_model: int, n_high: int, eps: float) -> tuple[float, fl
 
 
 def _config(recipe: PlantedRecipe) -> OPTConfig:
+    from transformers import OPTConfig
+
     d_model = recipe.d_model
     return OPTConfig(
         vocab_size=recipe.vocab_size,
@@ -461,6 +465,8 @@ def value_column(neuron: PlantedNeuron, recipe: PlantedRecipe) -> np.ndarray:
 
 
 def _plant_embeddings(model: OPTForCausalLM, recipe: PlantedRecipe) -> None:
+    import torch
+
     decoder = model.model.decoder
     decoder.embed_tokens.weight.zero_()
     decoder.embed_tokens.weight[:, : recipe.vocab_size] = EMBED_SCALE * torch.eye(recipe.vocab_size)
@@ -498,6 +504,9 @@ def _plant_previous_token_head(attention: torch.nn.Module, norm: torch.nn.LayerN
 
 def build_planted_model(recipe_name: str) -> OPTForCausalLM:
     """Build the planted OPT model of `recipe_name` (deterministic, no randomness)."""
+    import torch
+    from transformers import OPTForCausalLM
+
     recipe = get_recipe(recipe_name)
     torch.manual_seed(0)
     model = OPTForCausalLM(_config(recipe))

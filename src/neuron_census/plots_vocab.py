@@ -7,7 +7,7 @@ subtitle counting how many of all token detectors suppress their own triggers (d
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -16,11 +16,86 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from neuron_census.figures import _style
-from neuron_census.vocab import detector_projection_frame
+from neuron_census.tokenization import escape_token
 
 DEFAULT_N_EXAMPLES = 8
 DEFAULT_N_TOKENS = 3
 TABLE_COLUMNS: tuple[str, ...] = ("model", "layer:neuron", "detected tokens", "top promoted", "top suppressed")
+
+PROJECTION_FRAME_SCHEMA: dict[str, pl.DataType] = {
+    "model": pl.Utf8(),
+    "layer": pl.Int64(),
+    "neuron": pl.Int64(),
+    "detected_tokens": pl.Utf8(),
+    "promoted": pl.Utf8(),
+    "suppressed": pl.Utf8(),
+    "trigger_z": pl.Float64(),
+    "suppresses_trigger": pl.Boolean(),
+}
+
+# Columns detector_projection_frame reads from the neurons table; a model without them reads as nulls.
+_NEURON_COLUMNS: dict[str, pl.DataType] = {
+    "model": pl.Utf8(),
+    "layer": pl.Int64(),
+    "neuron": pl.Int64(),
+    "token_detector": pl.Boolean(),
+    "detected_token_strings": pl.List(pl.Utf8),
+    "suppresses_trigger": pl.Boolean(),
+    "trigger_z": pl.Float64(),
+    "vocab_top_tokens": pl.List(pl.Utf8),
+    "vocab_top_scores": pl.List(pl.Float64),
+    "vocab_bottom_tokens": pl.List(pl.Utf8),
+    "vocab_bottom_scores": pl.List(pl.Float64),
+}
+
+
+def format_entries(tokens: Sequence[str] | None, scores: Sequence[float] | None, n_show: int) -> str | None:
+    """The first n_show tokens as `tok (1.23) | tok (0.50)`, or without scores when none are given."""
+    if tokens is None:
+        return None
+    shown = [escape_token(t) for t in list(tokens)[:n_show]]
+    if scores is not None:
+        shown = [f"{token} ({score:.2f})" for token, score in zip(shown, scores)]
+    return " | ".join(shown)
+
+
+def _with_columns(frame: pl.DataFrame, dtypes: dict[str, pl.DataType]) -> pl.DataFrame:
+    """`frame` with every column of `dtypes` present (missing ones null), so models without a column still fit."""
+    if frame.width == 0:
+        return pl.DataFrame(schema=dtypes)
+    missing = [pl.lit(None, dtype=dtype).alias(name) for name, dtype in dtypes.items() if name not in frame.columns]
+    return frame.with_columns(missing) if missing else frame
+
+
+def _model_order(frame: pl.DataFrame) -> pl.Expr:
+    """Sort key: a model's position of first appearance (legend order), not its name."""
+    models = list(dict.fromkeys(frame["model"].drop_nulls().to_list()))
+    return pl.col("model").replace_strict(models, list(range(len(models))), default=len(models), return_dtype=pl.Int64)
+
+
+def detector_projection_frame(neurons: pl.DataFrame, n_show: int = 5) -> pl.DataFrame:
+    """Fig. 5's data: per token detector its tokens, top promoted and suppressed tokens, and trigger_z.
+
+    Sorted by model (legend order), layer, neuron; columns and dtypes PROJECTION_FRAME_SCHEMA; the string
+    columns are null where the neuron has no vocabulary projection.
+    """
+    frame = _with_columns(neurons, _NEURON_COLUMNS).cast(_NEURON_COLUMNS)
+    frame = frame.filter(pl.col("token_detector").fill_null(False))
+    frame = frame.sort(_model_order(frame), "layer", "neuron", maintain_order=True)
+    texts = {
+        "detected_tokens": [format_entries(t, None, n_show) for t in frame["detected_token_strings"].to_list()],
+        "promoted": [
+            format_entries(t, s, n_show)
+            for t, s in zip(frame["vocab_top_tokens"].to_list(), frame["vocab_top_scores"].to_list())
+        ],
+        "suppressed": [
+            format_entries(t, s, n_show)
+            for t, s in zip(frame["vocab_bottom_tokens"].to_list(), frame["vocab_bottom_scores"].to_list())
+        ],
+    }
+    return frame.with_columns(
+        [pl.Series(name, values, dtype=pl.Utf8) for name, values in texts.items()]
+    ).select(pl.col(name).cast(dtype) for name, dtype in PROJECTION_FRAME_SCHEMA.items())
 
 
 def pick_examples(frame: pl.DataFrame, n_examples: int) -> pl.DataFrame:

@@ -201,3 +201,13 @@ def _words(name: str, spec: Mapping[str, Any]) -> Tokenizer:
         [AddedToken(WORDS_BOS, special=True), AddedToken(WORDS_UNK, special=True)]
     )
     return backend
+
+
+ESCAPES: dict[str, str] = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def escape_token(token: str) -> str:
+    """A token as the tokenizer spells it, with newline, tab and carriage return made visible."""
+    for raw, shown in ESCAPES.items():
+        token = token.replace(raw, shown)
+    return token
