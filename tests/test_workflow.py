@@ -240,10 +240,24 @@ def leftovers(workdir: Path) -> list[str]:
 def test_killed_jobs_leave_nothing_finished_and_reruns_give_identical_tables(tiny_run: Path, tmp_path: Path):
     """SIGKILL a train, a capture and a merge job mid-write, rerun the same command each time: byte-identical tables.
 
-    This is also the determinism check: the tables of this second run of the tiny config must hash exactly
-    as those of the first (`tiny_run`).
+    This is also the determinism check. It starts from a copy of the first run (`tiny_run`) without the
+    training run, one planted capture and everything computed from them, so those are computed a second
+    time: the tables of both trained checkpoints and of the planted model must hash exactly as in the first
+    run (the token shards and the stories260k tables are kept, which saves a third of the DAG).
     """
-    workdir = new_workdir(tmp_path / "killed")
+    workdir = tmp_path / "killed"
+    shutil.copytree(tiny_run, workdir, symlinks=True, ignore=shutil.ignore_patterns("locks"))  # keeps mtimes
+    for computed in (
+        "train/mini",
+        "capture/mini",
+        "capture/mini-step3",
+        "capture/planted/designed/shard-1.zarr",
+        "capture/planted/designed/merged.zarr",
+        "planted",
+        "mini",
+        "mini-step3",
+    ):
+        shutil.rmtree(workdir / "results" / computed)
     targets = [f"results/{model}/{table}" for model in yaml.safe_load(TINY.read_text())["models"] for table in TABLES]
     results = workdir / "results"
 
@@ -272,6 +286,12 @@ def test_killed_jobs_leave_nothing_finished_and_reruns_give_identical_tables(tin
     hashes = table_hashes(workdir)
     assert len(hashes) == 3 * len(yaml.safe_load(TINY.read_text())["models"])
     assert hashes == {path: digest for path, digest in table_hashes(tiny_run).items() if path in hashes}
+    recomputed = {
+        model: (results / model / "neurons.parquet").stat().st_mtime_ns
+        > (tiny_run / "results" / model / "neurons.parquet").stat().st_mtime_ns
+        for model in ("planted", "mini", "mini-step3", "stories260k")
+    }
+    assert recomputed == {"planted": True, "mini": True, "mini-step3": True, "stories260k": False}
 
 
 def test_a_job_refusing_bad_input_prints_one_line(tmp_path: Path):
