@@ -129,8 +129,7 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
         lines.append(f"| {label} | {cells} | {'' if shares is None else f'{shares:.1%}'} |")
 
     row("bare forward", [r["bare_s"] for r in rounds], share=False)
-    row("capture", [r["capture_s"] for r in rounds])
-    lines[-1] = lines[-1].replace("| capture |", "| **capture** |")
+    row("**capture**", [r["capture_s"] for r in rounds])
     keys = sorted({k for r in rounds for k in r["calls_s"]}, key=lambda k: -rounds[0]["calls_s"].get(k, 0.0))
     for key in keys:
         values = [r["calls_s"].get(key, 0.0) for r in rounds]

@@ -32,6 +32,15 @@ DEFAULT_STYLE: dict[str, Any] = {
 }
 
 
+def with_columns(frame: pl.DataFrame, dtypes: Mapping[str, pl.DataType]) -> pl.DataFrame:
+    """`frame` with every column of `dtypes` present (missing ones null): the tables of some models lack a
+    column, and a figure with no tables at all still gets typed, empty columns."""
+    if frame.width == 0:
+        return pl.DataFrame(schema=dict(dtypes))
+    missing = [pl.lit(None, dtype=dtype).alias(name) for name, dtype in dtypes.items() if name not in frame.columns]
+    return frame.with_columns(missing) if missing else frame
+
+
 def _style(style: Mapping[str, Any]) -> dict[str, Any]:
     merged = {**DEFAULT_STYLE, **style}
     sns.set_theme(context=merged["context"], style="whitegrid", font_scale=merged["font_scale"])

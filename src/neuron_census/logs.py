@@ -19,7 +19,6 @@ from typing import TextIO
 PREFIX = "neuron-census: error: "
 
 
-
 def memory_errors() -> tuple[type[BaseException], ...]:
     """MemoryError, and torch's out-of-memory error once torch is imported (a job that never imported torch,
     such as a figure, cannot raise it, and need not pay for importing it)."""

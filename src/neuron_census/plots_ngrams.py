@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from neuron_census.figures import _style
+from neuron_census.figures import _style, with_columns
 
 ORDER_NAMES: dict[int, str] = {1: "unigram", 2: "bigram", 3: "trigram"}
 DEFAULT_BINS: tuple[int, ...] = (1, 6, 11, 21, 51, 201, 1001, 2001, 50001)
@@ -26,12 +26,6 @@ KEY_DTYPES: dict[str, pl.DataType] = {"model": pl.Utf8(), "layer": pl.Int64()}
 
 
 # --------------------------------------------------------------------------------------------- helpers
-
-
-def _with_columns(frame: pl.DataFrame, dtypes: Mapping[str, pl.DataType]) -> pl.DataFrame:
-    """`frame` with every column of `dtypes` present, missing ones null: tables of some models may lack one."""
-    missing = [pl.lit(None, dtype=dtype).alias(name) for name, dtype in dtypes.items() if name not in frame.columns]
-    return frame.with_columns(missing) if missing else frame
 
 
 def _models(frame: pl.DataFrame) -> list[str]:
@@ -102,7 +96,7 @@ def counted_neurons(neurons: pl.DataFrame, layers: pl.DataFrame, order: int) -> 
     name = _check_order(order)
     coverage, exact = f"{name}_coverage", f"{name}_coverage_exact"
     columns = {**KEY_DTYPES, "neuron": pl.Int64(), "dead": pl.Boolean(), coverage: pl.Int64(), exact: pl.Boolean()}
-    frame = _with_columns(neurons, columns).select(
+    frame = with_columns(neurons, columns).select(
         "model",
         "layer",
         "neuron",
@@ -110,7 +104,7 @@ def counted_neurons(neurons: pl.DataFrame, layers: pl.DataFrame, order: int) -> 
         pl.col(coverage).cast(pl.Int64).alias("coverage"),
         pl.col(exact).fill_null(True).alias("exact"),
     )
-    depth = _with_columns(layers, {**KEY_DTYPES, "n_layers_total": pl.Int64()})
+    depth = with_columns(layers, {**KEY_DTYPES, "n_layers_total": pl.Int64()})
     depth = depth.select("model", "layer", pl.col("n_layers_total").cast(pl.Int64))
     depth = depth.unique(["model", "layer"], keep="first", maintain_order=True)
     return (
@@ -218,7 +212,7 @@ def new_token_shares(layers: pl.DataFrame) -> pl.DataFrame:
     """Fig. 4's lines: per layer with a detected token, the percentage of its tokens new overall and new
     compared with the previous layer. Columns model, layer, rel_depth, new_overall_pct, new_vs_previous_pct."""
     counts = ("n_detected_tokens", "n_new_tokens_overall", "n_new_tokens_vs_previous")
-    frame = _with_columns(layers, {**LINE_DTYPES, **{name: pl.Int64() for name in counts}})
+    frame = with_columns(layers, {**LINE_DTYPES, **{name: pl.Int64() for name in counts}})
     detected = pl.col("n_detected_tokens").cast(pl.Float64)
     return frame.filter(pl.col("n_detected_tokens") > 0).select(
         "model",
@@ -278,7 +272,7 @@ def _paired_lines(
     """
     style = _style(style)
     solid, dashed = columns
-    frame = _with_columns(frame, {**LINE_DTYPES, solid: pl.Float64(), dashed: pl.Float64()})
+    frame = with_columns(frame, {**LINE_DTYPES, solid: pl.Float64(), dashed: pl.Float64()})
     x_axis = _x_axis(models)
     fig, ax = _new_axes(style)
     drawn = False
@@ -303,7 +297,7 @@ def _paired_lines(
 def plot_token_detectors(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
     """Fig. 3a: token-detecting neurons per layer, one line per model, each model's total in the legend."""
     style = _style(style)
-    layers = _with_columns(tables["layers"], {**LINE_DTYPES, "n_token_detectors": pl.Int64()})
+    layers = with_columns(tables["layers"], {**LINE_DTYPES, "n_token_detectors": pl.Int64()})
     models = _models(layers)
     x_axis = _x_axis(models)
     fig, ax = _new_axes(style)

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from neuron_census.figures import _style
+from neuron_census.figures import _style, with_columns
 from neuron_census.positional import POSITIONAL_TYPES
 
 TYPE_NAMES: dict[str, str] = {
@@ -45,12 +45,6 @@ RATE_DTYPES: dict[str, pl.DataType] = {
 
 
 # --------------------------------------------------------------------------------------------- helpers
-
-
-def _with_columns(frame: pl.DataFrame, dtypes: Mapping[str, pl.DataType]) -> pl.DataFrame:
-    """`frame` with every column of `dtypes` present (missing ones null): a model may lack positional stats."""
-    missing = [pl.lit(None, dtype=dtype).alias(name) for name, dtype in dtypes.items() if name not in frame.columns]
-    return frame.with_columns(missing) if missing else frame
 
 
 def _models(*frames: pl.DataFrame) -> list[str]:
@@ -83,7 +77,7 @@ def example_neurons(rates: pl.DataFrame, model: str, n_examples: int) -> pl.Data
 
     Columns positional_type, positional_strong, layer, neuron, position_mi and rank (0 = highest).
     """
-    rates = _with_columns(rates, RATE_DTYPES)
+    rates = with_columns(rates, RATE_DTYPES)
     return (
         rates.filter(pl.col("model") == model)
         .select("positional_type", "positional_strong", "layer", "neuron", "position_mi")
@@ -98,7 +92,7 @@ def example_neurons(rates: pl.DataFrame, model: str, n_examples: int) -> pl.Data
 def plot_positional_examples(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
     """Fig. 7: example firing-rate curves; columns = types, rows = strong / weak."""
     style = _style(style)
-    rates = _with_columns(tables["position_rates"], RATE_DTYPES)
+    rates = with_columns(tables["position_rates"], RATE_DTYPES)
     models = _models(rates)
     model = style.get("model") or (models[0] if models else None)
     n_examples = int(style.get("n_examples", 3))
@@ -147,7 +141,7 @@ def stacked_dots(neurons: pl.DataFrame) -> pl.DataFrame:
     """
     order = pl.DataFrame({"positional_type": list(POSITIONAL_TYPES), "_order": range(len(POSITIONAL_TYPES))})
     return (
-        _with_columns(neurons, NEURON_DTYPES)
+        with_columns(neurons, NEURON_DTYPES)
         .filter(pl.col("positional").fill_null(False))
         .select("model", "layer", "neuron", "positional_type", "positional_strong")
         .join(order, on="positional_type", how="left")
@@ -165,8 +159,8 @@ def stacked_dots(neurons: pl.DataFrame) -> pl.DataFrame:
 def plot_positional_neurons(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
     """Fig. 8 (also 10, 11): every positional neuron as a dot above its layer, colour = type, filled = strong."""
     style = _style(style)
-    neurons = _with_columns(tables["neurons"], NEURON_DTYPES)
-    layers = _with_columns(tables["layers"], {"model": pl.Utf8(), "layer": pl.Int64()})
+    neurons = with_columns(tables["neurons"], NEURON_DTYPES)
+    layers = with_columns(tables["layers"], {"model": pl.Utf8(), "layer": pl.Int64()})
     models = _models(layers, neurons)
     colours = type_colours(style)
     fig, axes = plt.subplots(
@@ -224,7 +218,7 @@ def _dot_legend(colours: Mapping[str, Any], style: Mapping[str, Any]) -> list[Li
 
 def strong_oscillatory_counts(rates: pl.DataFrame) -> pl.DataFrame:
     """Strong oscillatory neurons per (model, layer), most first (ties: model order, then lower layer)."""
-    rates = _with_columns(rates, RATE_DTYPES)
+    rates = with_columns(rates, RATE_DTYPES)
     models = pl.DataFrame({"model": _models(rates), "_order": range(len(_models(rates)))},
                           schema={"model": pl.Utf8, "_order": pl.Int64})
     return (
@@ -259,7 +253,7 @@ def oscillatory_ranges(rates: pl.DataFrame, model: str, layer: int, threshold: f
     first range is cut by the first position, the shorter one is shifted further), ranges by start.
     """
     above = (
-        _with_columns(rates, RATE_DTYPES)
+        with_columns(rates, RATE_DTYPES)
         .filter(
             (pl.col("model") == model) & (pl.col("layer") == layer) & (pl.col("positional_type") == "oscillatory")
             & pl.col("positional_strong").fill_null(False)
@@ -287,7 +281,7 @@ def oscillatory_ranges(rates: pl.DataFrame, model: str, layer: int, threshold: f
 def plot_oscillatory_ranges(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
     """Fig. 9: one bar row per strong oscillatory neuron of one layer, its ranges over position."""
     style = _style(style)
-    rates = _with_columns(tables["position_rates"], RATE_DTYPES)
+    rates = with_columns(tables["position_rates"], RATE_DTYPES)
     threshold = float(style.get("threshold", 0.5))
     model, layer = pick_oscillatory_layer(rates, style.get("model"), style.get("layer"))
     ranges = (

@@ -15,7 +15,7 @@ import polars as pl
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from neuron_census.figures import _style
+from neuron_census.figures import _style, with_columns
 from neuron_census.tokenization import escape_token
 
 DEFAULT_N_EXAMPLES = 8
@@ -59,14 +59,6 @@ def format_entries(tokens: Sequence[str] | None, scores: Sequence[float] | None,
     return " | ".join(shown)
 
 
-def _with_columns(frame: pl.DataFrame, dtypes: dict[str, pl.DataType]) -> pl.DataFrame:
-    """`frame` with every column of `dtypes` present (missing ones null), so models without a column still fit."""
-    if frame.width == 0:
-        return pl.DataFrame(schema=dtypes)
-    missing = [pl.lit(None, dtype=dtype).alias(name) for name, dtype in dtypes.items() if name not in frame.columns]
-    return frame.with_columns(missing) if missing else frame
-
-
 def _model_order(frame: pl.DataFrame) -> pl.Expr:
     """Sort key: a model's position of first appearance (legend order), not its name."""
     models = list(dict.fromkeys(frame["model"].drop_nulls().to_list()))
@@ -79,7 +71,7 @@ def detector_projection_frame(neurons: pl.DataFrame, n_show: int = 5) -> pl.Data
     Sorted by model (legend order), layer, neuron; columns and dtypes PROJECTION_FRAME_SCHEMA; the string
     columns are null where the neuron has no vocabulary projection.
     """
-    frame = _with_columns(neurons, _NEURON_COLUMNS).cast(_NEURON_COLUMNS)
+    frame = with_columns(neurons, _NEURON_COLUMNS).cast(_NEURON_COLUMNS)
     frame = frame.filter(pl.col("token_detector").fill_null(False))
     frame = frame.sort(_model_order(frame), "layer", "neuron", maintain_order=True)
     texts = {
