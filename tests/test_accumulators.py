@@ -265,15 +265,26 @@ def test_batch_top_breaks_ties_towards_the_earliest_row(k, device):
 
 @pytest.mark.parametrize("square_rows", [256, 7], ids=["one-block", "blocks-of-7-rows"])
 @pytest.mark.parametrize("counted_from", [None, 1], ids=["mask-copy", "bos-view"])
-def test_moments(data, device, counted_from, square_rows, monkeypatch):
+@pytest.mark.parametrize("shift", [0.0, -0.3], ids=["relu", "below-zero"])
+@pytest.mark.parametrize("fires_where_positive", [False, True], ids=["any-firing-rule", "fires-where-positive"])
+def test_moments(data, device, counted_from, square_rows, shift, fires_where_positive, monkeypatch):
     """Counted positions read through the mask (a copy) or, as capture does, a view past the BOS; squares
-    summed in one block of rows or in several (the last one partial)."""
+    summed in one block of rows or in several (the last one partial). ReLU activations whose firings are
+    their positive values take the sums from the firings on a CPU (and never the dense products); shifted
+    below zero, or without that firing rule, they take the dense products."""
     import neuron_census.accumulators as accumulators
 
     monkeypatch.setattr(accumulators, "SQUARE_ROWS", square_rows)
-    state = run(Moments(GEOMETRY, device), data, device, counted_from=counted_from)
+    from_firings = device.type == "cpu" and fires_where_positive and shift == 0.0
+    if from_firings:
+        monkeypatch.setattr(accumulators, "_weighted_squares", None)  # calling it fails the test
+    data = data | {"acts": data["acts"] + np.float32(shift)}
+    state = run(
+        Moments(GEOMETRY, device), data, device, counted_from=counted_from, fires_where_positive=fires_where_positive
+    )
     acts = data["acts"][:, data["mask"]].astype(np.float64)  # [L, tokens, N]
-    np.testing.assert_allclose(state["sum"], acts.sum(axis=1), rtol=1e-6)
+    magnitude = np.abs(acts).sum(axis=1).max()  # float32 batch sums: error relative to the summed magnitudes
+    np.testing.assert_allclose(state["sum"], acts.sum(axis=1), rtol=1e-6, atol=1e-6 * magnitude)
     np.testing.assert_allclose(state["sum_sq"], (acts**2).sum(axis=1), rtol=1e-6)
     np.testing.assert_array_equal(state["min"], acts.min(axis=1).astype(np.float32))
     np.testing.assert_array_equal(state["max"], acts.max(axis=1).astype(np.float32))

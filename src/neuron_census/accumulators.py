@@ -51,11 +51,26 @@ class LayerBatch:
             self._cache["fires_float"] = self.fires.reshape(-1, self.fires.shape[-1]).to(torch.float32)
         return self._cache["fires_float"]
 
+    def firing_indices(self) -> torch.Tensor:
+        """Flat indices into `acts_2d()` of every firing, ascending (a 1-D `nonzero`: a quarter faster on a CPU
+        than the 2-D one, and the index `take` needs)."""
+        if "firing_indices" not in self._cache:
+            self._cache["firing_indices"] = self.fires.reshape(-1).nonzero().squeeze(1)
+        return self._cache["firing_indices"]
+
     def firing_pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(row, neuron) of every firing, rows indexing B*T, in row-major order: the sparse accumulators' input."""
         if "firing_pairs" not in self._cache:
-            self._cache["firing_pairs"] = self.fires.reshape(-1, self.fires.shape[-1]).nonzero(as_tuple=True)
+            flat = self.firing_indices()
+            rows = flat // self.fires.shape[-1]
+            self._cache["firing_pairs"] = rows, flat - rows * self.fires.shape[-1]
         return self._cache["firing_pairs"]
+
+    def firing_values(self) -> torch.Tensor:
+        """float32 activation of every firing, in `firing_pairs` order."""
+        if "firing_values" not in self._cache:
+            self._cache["firing_values"] = torch.take(self.acts_2d(), self.firing_indices())
+        return self._cache["firing_values"]
 
     def distinct_tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch's distinct tokens, and each position's [B*T] index among them (once per batch: on a GPU,
@@ -546,11 +561,10 @@ class TopK:
         kth = self.values[slot, -1]
         # every neuron has k entries: only values above its k-th can enter, usually a few per neuron
         if batch.fires_where_positive and self._nonnegative(slot):  # then candidates are firings
-            rows, neurons = batch.firing_pairs()
+            (rows, neurons), values = batch.firing_pairs(), batch.firing_values()
             if start:  # pairs come in row order: those of the rows still to merge are a suffix
                 first = int(torch.searchsorted(rows, torch.tensor(start, device=rows.device)))
-                rows, neurons = rows[first:], neurons[first:]
-            values = torch.take(acts, rows * acts.shape[1] + neurons)
+                rows, neurons, values = rows[first:], neurons[first:], values[first:]
             above = (values > kth.index_select(0, neurons)).nonzero(as_tuple=True)[0]  # one wait for the device
             rows, neurons, values = (t.index_select(0, above) for t in (rows, neurons, values))
         else:
@@ -716,6 +730,11 @@ class Moments:
 
     Each batch's sums are matrix products in float32 (a weight of 0 drops BOS), added into float64 totals:
     the relative error is that of one batch's float32 sum, whatever the number of batches.
+
+    On a CPU, a batch whose counted activations are all >= 0 (a ReLU) and whose firings are exactly its
+    positive activations takes sums and maximum from its firings alone, added in float64: every other
+    counted activation is 0. That reads the few percent of activations that fire (already gathered for the
+    sparse accumulators) instead of making three more passes over all of them.
     """
 
     name: ClassVar[str] = "moments"
@@ -733,13 +752,25 @@ class Moments:
         counted = batch.counted_acts()
         if counted.numel() == 0:
             return
+        low = counted
+        while low.dim() > 1:  # one dim at a time: reducing several dims of a strided view at once is slow
+            low = low.amin(dim=-2)
+        self.minimum[slot] = torch.minimum(self.minimum[slot], low)
+        if counted.device.type == "cpu" and batch.fires_where_positive and bool((low >= 0).all()):
+            _, neurons = batch.firing_pairs()
+            values = batch.firing_values()
+            wide = values.double()
+            self.total[slot].index_add_(0, neurons, wide)
+            self.squares[slot].index_add_(0, neurons, wide * wide)
+            # a neuron that did not fire everywhere has a counted 0; its firings are all above that
+            self.maximum[slot].clamp_(min=0.0).scatter_reduce_(0, neurons, values, "amax")
+            return
         acts, weights = batch.acts_2d(), batch.weights()
         self.total[slot] += (weights @ acts)[0].double()
         self.squares[slot] += _weighted_squares(weights, acts)[0].double()
-        low, high = counted, counted
-        while low.dim() > 1:  # one dim at a time: reducing several dims of a strided view at once is slow
-            low, high = low.amin(dim=-2), high.amax(dim=-2)
-        self.minimum[slot] = torch.minimum(self.minimum[slot], low)
+        high = counted
+        while high.dim() > 1:
+            high = high.amax(dim=-2)
         self.maximum[slot] = torch.maximum(self.maximum[slot], high)
 
     def take_layer(self, layer: int) -> State:
