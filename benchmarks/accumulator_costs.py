@@ -62,6 +62,7 @@ def measure(fire_rate: float, args: argparse.Namespace) -> tuple[float, dict[str
                 layer_batch = LayerBatch(
                     layer=layer, acts=acts, fires=fires, mask=mask, tokens=rows,
                     seq_ids=torch.arange(index * batch, (index + 1) * batch, device=device), counted_from=1,
+                    fires_where_positive=True,  # as capture marks a ReLU's firings: exactly its positive values
                 )
                 if index == 0 and layer == layers[0]:  # first calls load kernels and libraries: not timed
                     for acc in build_accumulators(settings, geometry, torch.device(device), len(layers)):

@@ -16,7 +16,9 @@ from transformers import OPTConfig, OPTForCausalLM
 from neuron_census.adapters import FFNAdapter, adapter_for
 from neuron_census.plots_vocab import (
     PROJECTION_FRAME_SCHEMA,
+    ROW_INCHES,
     TABLE_COLUMNS,
+    TITLE_INCHES,
     column_widths,
     detector_projection_frame,
     format_entries,
@@ -24,6 +26,7 @@ from neuron_census.plots_vocab import (
     plot_detector_projections,
     suppression_summary,
     table_cells,
+    table_height,
 )
 from neuron_census.vocab import (
     VOCAB_SCHEMA,
@@ -412,6 +415,21 @@ def test_plot_detector_projections_renders_table() -> None:
     assert drawn[(0, 2)].get_text().get_text() == "detected tokens"
     assert drawn[(1, 4)].get_text().get_text() == "y (-0.50)"
     assert ax.get_title() == "Fig 5\n2 of 3 token detectors suppress their triggers (1 without a projection)"
+
+
+@pytest.mark.parametrize("n_examples", [1, 3])
+def test_detector_table_figure_is_as_tall_as_its_table(n_examples: int) -> None:
+    """A table of a few detectors gets a short figure (at most the style's height) that it fills."""
+    style = {**STYLE, "figsize": [8.0, 6.0], "n_examples": n_examples, "title": "Fig 5"}
+    fig = plot_detector_projections({"neurons": neurons_table()}, style)
+    _render(fig)
+    width, height = fig.get_size_inches()
+    assert width == 8.0 and height == table_height(n_examples, 6.0) < 6.0
+    table = fig.axes[0].tables[0].get_window_extent()
+    figure = fig.bbox
+    assert figure.y0 <= table.y0 < table.y1 <= figure.y1  # drawn inside the figure
+    assert figure.height - table.height < (TITLE_INCHES + ROW_INCHES) * fig.dpi  # and fills it, title aside
+    assert table_height(40, 6.0) == 6.0  # a long table is capped at the style's height
 
 
 def test_column_widths_follow_the_longest_text() -> None:

@@ -21,6 +21,10 @@ from neuron_census.tokenization import escape_token
 DEFAULT_N_EXAMPLES = 8
 DEFAULT_N_TOKENS = 3
 TABLE_COLUMNS: tuple[str, ...] = ("model", "layer:neuron", "detected tokens", "top promoted", "top suppressed")
+ROW_SCALE = 1.3  # table rows are this much taller than matplotlib's default
+# matplotlib sizes a table row for its default 10 pt text (1.2 line heights), whatever font is set later
+ROW_INCHES = 10.0 / 72.0 * 1.2 * ROW_SCALE
+TITLE_INCHES = 0.8  # two lines of title and the figure's margins
 
 PROJECTION_FRAME_SCHEMA: dict[str, pl.DataType] = {
     "model": pl.Utf8(),
@@ -152,11 +156,17 @@ def _draw_table(ax: Axes, cells: list[list[str]], width_inches: float) -> None:
     )
     table.auto_set_font_size(False)
     table.set_fontsize(_font_size(cells, width_inches))
-    table.scale(1.0, 1.3)
+    table.scale(1.0, ROW_SCALE)
     for (row, _), cell in table.get_celld().items():
         cell.PAD = 0.02
         if row == 0:
             cell.set_text_props(weight="bold")
+
+
+def table_height(n_rows: int, max_height: float) -> float:
+    """Figure height in inches for a table of `n_rows` (and its header) under a two-line title: at most
+    `max_height` (the style's), so a table of a few detectors is not centred in white space."""
+    return min(max_height, TITLE_INCHES + (n_rows + 1) * ROW_INCHES) if n_rows else max_height
 
 
 def _setting(style: Mapping[str, Any], key: str, default: int) -> int:
@@ -167,20 +177,23 @@ def _setting(style: Mapping[str, Any], key: str, default: int) -> int:
 def plot_detector_projections(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
     """Fig. 5: example token detectors with their top promoted and top suppressed tokens (scores in brackets).
 
-    Style: n_examples (8) rows, n_tokens (3) tokens per cell, title; a wide figsize suits the table.
+    Style: n_examples (8) rows, n_tokens (3) tokens per cell, title; figsize is the width (a wide one suits the
+    table) and the most height: the figure is as tall as its table.
     """
     style = _style(style)
     n_examples = _setting(style, "n_examples", DEFAULT_N_EXAMPLES)
     n_tokens = _setting(style, "n_tokens", DEFAULT_N_TOKENS)
     frame = detector_projection_frame(tables.get("neurons", pl.DataFrame()), n_show=n_tokens)
-    fig, ax = plt.subplots(figsize=style["figsize"], dpi=style["dpi"], layout="constrained")
+    cells = [] if frame.is_empty() else table_cells(pick_examples(frame, n_examples))
+    width, height = (float(size) for size in style["figsize"])
+    fig, ax = plt.subplots(figsize=(width, table_height(len(cells), height)), dpi=style["dpi"], layout="constrained")
     ax.set_axis_off()
     title = style.get("title", "")
     if frame.is_empty():
         ax.text(0.5, 0.5, "no token detectors", transform=ax.transAxes, ha="center", va="center", color="0.4")
         ax.set_title(title)
         return fig
-    _draw_table(ax, table_cells(pick_examples(frame, n_examples)), float(style["figsize"][0]))
+    _draw_table(ax, cells, width)
     subtitle = suppression_summary(frame)
     ax.set_title(f"{title}\n{subtitle}" if title else subtitle, fontsize="small")
     return fig
