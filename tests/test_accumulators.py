@@ -53,12 +53,13 @@ def run(
     batch: int = 5,
     counted_from: int | None = None,
     fires_where_positive: bool = False,
+    dtype: torch.dtype = torch.float32,
 ) -> dict[str, np.ndarray]:
     seq_ids = np.arange(N_SEQ)[rows]
     for start in range(0, len(seq_ids), batch):
         sel = seq_ids[start : start + batch]
         for slot, layer in enumerate(LAYERS):
-            acts = torch.from_numpy(data["acts"][slot][sel]).to(device)
+            acts = torch.from_numpy(data["acts"][slot][sel]).to(device, dtype)
             mask = torch.from_numpy(data["mask"][sel]).to(device)
             accumulator.update(
                 LayerBatch(
@@ -288,6 +289,17 @@ def test_moments(data, device, counted_from, square_rows, shift, fires_where_pos
     np.testing.assert_allclose(state["sum_sq"], (acts**2).sum(axis=1), rtol=1e-6)
     np.testing.assert_array_equal(state["min"], acts.min(axis=1).astype(np.float32))
     np.testing.assert_array_equal(state["max"], acts.max(axis=1).astype(np.float32))
+
+
+def test_bfloat16_activations_give_the_results_of_their_float32_values(data, device):
+    """Firings' values are gathered in the activations' dtype and widened: moments and top-k of a bfloat16
+    batch equal those of the same values in float32."""
+    rounded = data | {"acts": torch.from_numpy(data["acts"]).bfloat16().float().numpy()}
+    for make in (lambda: Moments(GEOMETRY, device), lambda: TopK(GEOMETRY, device, k=3)):
+        expected = run(make(), rounded, device, counted_from=1, fires_where_positive=True)
+        got = run(make(), rounded, device, counted_from=1, fires_where_positive=True, dtype=torch.bfloat16)
+        for key in expected:
+            np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
 
 
 def test_neuron_value_keys_sort_like_a_stable_sort_by_neuron_then_value_descending(device):

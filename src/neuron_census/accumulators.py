@@ -67,9 +67,10 @@ class LayerBatch:
         return self._cache["firing_pairs"]
 
     def firing_values(self) -> torch.Tensor:
-        """float32 activation of every firing, in `firing_pairs` order."""
+        """float32 activation of every firing, in `firing_pairs` order (gathered in the activations' own dtype:
+        no float32 copy of a whole bfloat16 batch)."""
         if "firing_values" not in self._cache:
-            self._cache["firing_values"] = torch.take(self.acts_2d(), self.firing_indices())
+            self._cache["firing_values"] = torch.take(self.acts, self.firing_indices()).float()
         return self._cache["firing_values"]
 
     def distinct_tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
