@@ -272,6 +272,21 @@ def test_paired_lines_share_colour():
     assert dashed_b.get_ydata().tolist() == pytest.approx(shares["new_vs_previous_pct"].to_list())
 
 
+@pytest.mark.parametrize("plot", [plot_token_detectors, plot_detected_tokens])
+def test_count_axes_show_whole_counts_from_zero(plot):
+    """Counts that are all 0 (a model without token detectors) get the ticks 0 and 1, not -0.045 .. 0.045."""
+    zeros = layers_table().with_columns(
+        pl.lit(0).alias(column) for column in ("n_token_detectors", "n_detected_tokens", "n_detected_tokens_cumulative")
+    )
+    for layers, top in ((zeros, 1.0), (layers_table(), None)):
+        ax = plot({"layers": layers}, STYLE).axes[0]
+        png_bytes(ax.figure)
+        low, high = ax.get_ylim()
+        ticks = [t for t in ax.get_yticks() if low <= t <= high]
+        assert low < 0 < high and (top is None or high == top)
+        assert ticks[0] == 0 and all(float(t).is_integer() for t in ticks)
+
+
 FIGURES = [
     (plot_ngram_coverage, {"order": 1}),
     (plot_ngram_coverage, {"order": 2}),

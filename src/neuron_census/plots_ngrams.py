@@ -311,9 +311,9 @@ def plot_token_detectors(tables: Mapping[str, pl.DataFrame], style: Mapping[str,
         drawn = True
     if drawn:
         ax.legend(fontsize="small", frameon=False)
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     empty = "no layer with token-detector counts"
     _finish_lines(ax, drawn, empty, x_axis, "token-detecting neurons", style.get("title", ""))
+    _count_axis(ax)
     return fig
 
 
@@ -329,8 +329,16 @@ def plot_detected_tokens(tables: Mapping[str, pl.DataFrame], style: Mapping[str,
         "no layer with detected-token counts",
         style,
     )
-    fig.axes[0].yaxis.set_major_locator(MaxNLocator(integer=True))
+    _count_axis(fig.axes[0])
     return fig
+
+
+def _count_axis(ax: Axes) -> None:
+    """A y axis of counts: integer ticks from 0 up to at least 1 (counts that are all 0 would otherwise get
+    an axis from -0.05 to 0.05 with fractional ticks)."""
+    top = max(ax.get_ylim()[1], 1.0)
+    ax.set_ylim(-0.04 * top, top)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def plot_new_tokens(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
