@@ -443,8 +443,12 @@ def test_plot_oscillatory_ranges(oscillating):
     assert len(chosen.axes[0].collections) == 2
     missing = plot_oscillatory_ranges({"position_rates": oscillating}, {**STYLE, "model": "a", "layer": 7})
     assert png(missing).startswith(b"\x89PNG") and texts(missing) == ["no strong oscillatory neurons in a layer 7"]
-    empty = plot_oscillatory_ranges({"position_rates": oscillating.clear()}, STYLE)
-    assert png(empty).startswith(b"\x89PNG") and texts(empty)[0].startswith("no strong oscillatory neurons")
+    empty = plot_oscillatory_ranges({"position_rates": oscillating.clear()}, {**STYLE, "title": "Fig 9"})
+    assert png(empty).startswith(b"\x89PNG")
+    assert texts(empty) == ["no strong oscillatory neurons in any layer of any model"]
+    assert empty.axes[0].get_title() == "Fig 9"
+    unknown = plot_oscillatory_ranges({"position_rates": oscillating}, {**STYLE, "model": "z"})
+    assert texts(unknown) == ["no strong oscillatory neurons in any layer of z"]
 
 
 def test_oscillatory_ranges_split_at_every_drop_and_include_the_threshold():

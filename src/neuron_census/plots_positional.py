@@ -291,9 +291,9 @@ def plot_oscillatory_ranges(tables: Mapping[str, pl.DataFrame], style: Mapping[s
     )
     fig, ax = plt.subplots(figsize=style["figsize"], dpi=style["dpi"], layout="constrained")
     if ranges.is_empty():
-        where = f"{model if model is not None else 'any model'} layer {layer if layer is not None else 'any'}"
-        _say(ax, f"no strong oscillatory neurons in {where}")
+        _say(ax, f"no strong oscillatory neurons in {_where(model, layer)}")
         ax.set_axis_off()
+        ax.set_title(style.get("title") or "")
         return fig
     _draw_ranges(ax, ranges, style)
     positions = rates.filter((pl.col("model") == model) & (pl.col("layer") == layer))["position"]
@@ -302,6 +302,13 @@ def plot_oscillatory_ranges(tables: Mapping[str, pl.DataFrame], style: Mapping[s
     ax.set_ylabel("neuron")
     ax.set_title(style.get("title") or f"{model}, layer {layer}: positions with firing rate >= {threshold:g}")
     return fig
+
+
+def _where(model: str | None, layer: int | None) -> str:
+    """The layer Fig. 9 looked in, as much of it as was set."""
+    if model is None:
+        return "any layer of any model" if layer is None else f"layer {layer} of any model"
+    return f"any layer of {model}" if layer is None else f"{model} layer {layer}"
 
 
 def _draw_ranges(ax: Axes, ranges: pl.DataFrame, style: Mapping[str, Any]) -> None:
