@@ -457,3 +457,4 @@ def test_plot_detector_projections_without_detectors(neurons: pl.DataFrame) -> N
     _render(fig)
     assert [t.get_text() for t in fig.axes[0].texts] == ["no token detectors"]
     assert not fig.axes[0].tables
+    assert fig.get_size_inches()[1] == table_height(0, STYLE["figsize"][1]) < STYLE["figsize"][1]  # no blank page

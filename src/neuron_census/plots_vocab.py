@@ -164,9 +164,9 @@ def _draw_table(ax: Axes, cells: list[list[str]], width_inches: float) -> None:
 
 
 def table_height(n_rows: int, max_height: float) -> float:
-    """Figure height in inches for a table of `n_rows` (and its header) under a two-line title: at most
-    `max_height` (the style's), so a table of a few detectors is not centred in white space."""
-    return min(max_height, TITLE_INCHES + (n_rows + 1) * ROW_INCHES) if n_rows else max_height
+    """Figure height in inches for a table of `n_rows` (and its header; with none, the line saying so) under a
+    two-line title: at most `max_height` (the style's), so a few detectors are not centred in white space."""
+    return min(max_height, TITLE_INCHES + (n_rows + 1) * ROW_INCHES)
 
 
 def _setting(style: Mapping[str, Any], key: str, default: int) -> int:
