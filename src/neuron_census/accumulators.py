@@ -963,7 +963,8 @@ class NgramCount:
     """Occurrences of each n-gram at counted positions (the denominator of n-gram detectors).
 
     One Misra-Gries summary of at most `capacity` n-grams per order: exact while the data has fewer
-    distinct n-grams, which `total` (all counted n-gram positions) lets a reader check.
+    distinct n-grams, which `total` (all counted n-gram positions) lets a reader check; otherwise every
+    count is at most `ngrams.summary_slack` below the truth.
     """
 
     name: ClassVar[str] = "ngram_count"

@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 
 from neuron_census.accumulators import State, decode_token_fire_keys
-from neuron_census.ngrams import coverage_bounds, coverage_target, unpack_ngram
+from neuron_census.ngrams import coverage_bounds, coverage_target, summary_slack, unpack_ngram
 
 ORDER_NAMES = {1: "unigram", 2: "bigram", 3: "trigram"}
 
@@ -113,17 +113,23 @@ def coverage_columns(states: Mapping[str, State], attrs: Mapping[str, Any], sett
 
 
 def ngram_detectors(
-    counts: SparseCounts, occurrences: tuple[np.ndarray, np.ndarray], settings: DetectorSettings
+    counts: SparseCounts,
+    occurrences: tuple[np.ndarray, np.ndarray],
+    settings: DetectorSettings,
+    occurrence_slack: float = 0.0,
 ) -> dict[int, list[int]]:
     """Group -> detected items (most firings first) by the three-step rule on `counts`.
 
     `occurrences`: sorted items and how often each occurs (items never seen occur 0 times).
+    `occurrence_slack`: how far below the truth those occurrences may be (a pruned summary's
+    `summary_slack`). Step 2 compares firings (never above the truth) with occurrences plus the slack
+    (never below it), so an item kept is one the neuron fires on at least `ngram_fire_rate` of the time.
     """
     _, upper, _ = coverage_bounds(counts.group, counts.count, counts.fires, counts.capacity, settings.coverage)
     candidates = (upper >= 1) & (upper <= settings.max_ngrams)
     entries = candidates[counts.group]
     group, item, count = counts.group[entries], counts.item[entries], counts.count[entries]
-    occurs = _lookup(*occurrences, item)
+    occurs = _lookup(*occurrences, item) + occurrence_slack
     kept = (occurs > 0) & (count >= settings.ngram_fire_rate * occurs - 1e-9)
     covered = np.bincount(group[kept], weights=count[kept], minlength=len(counts.fires))
     detector = candidates & (covered >= coverage_target(counts.fires, settings.detector_coverage))
@@ -163,8 +169,14 @@ def detector_columns(
         "detected_token_strings": pl.Series([[token_strings[t] for t in d] for d in detected], dtype=pl.List(pl.Utf8)),
     }
     if 2 in counted_orders(states) and "ngram_count" in states:
-        occurrences = (states["ngram_count"]["order2_gram"], states["ngram_count"]["order2_count"])
-        bigrams = ngram_detectors(ngram_counts(states, attrs, 2), occurrences, settings)
+        occurring = states["ngram_count"]
+        occurrences = (occurring["order2_gram"], occurring["order2_count"])
+        slack = summary_slack(
+            int(occurring["total"][occurring["orders"].tolist().index(2)]),
+            int(occurrences[1].sum()),
+            int(occurring["capacity"][0]),
+        )
+        bigrams = ngram_detectors(ngram_counts(states, attrs, 2), occurrences, settings, occurrence_slack=slack)
         found = [[] if tokens.get(g) else bigrams.get(g, []) for g in range(n_rows)]
         columns["bigram_detector"] = pl.Series([bool(f) for f in found], dtype=pl.Boolean)
         columns["detected_bigrams"] = pl.Series(

@@ -353,6 +353,14 @@ def coverage_bounds(
     return lower, upper, exact
 
 
+def summary_slack(total: int, kept: int, capacity: int | None) -> float:
+    """How far below its true count any counter of one Misra-Gries summary may be, absent n-grams included:
+    (`total` counted - `kept`, the sum of the estimates) / (capacity + 1); 0 when nothing was pruned."""
+    if capacity is None or kept >= total:
+        return 0.0
+    return (total - kept) / (capacity + 1)
+
+
 def _slack_items(target: np.ndarray, fires: np.ndarray, capacity: int | None) -> np.ndarray:
     """Lower bound for a group with no counter left: every unseen n-gram holds at most the slack."""
     if capacity is None:
