@@ -169,6 +169,8 @@ def test_presets_dry_run(preset: Path, tmp_path: Path):
     output = snakemake(workdir, "--configfile", str(preset), "-n").stdout
     plan = planned_jobs(output)
     assert plan["capture"] >= 1 and plan["fig1a_dead_neurons"] == 1
+    trains = preset.stem == "opt-train-125m"  # Figs. 10 and 11 compare trained models: drawn only then
+    assert ("fig10_positional_nopos" in plan, "fig11_positional_training" in plan) == (trains, trains)
     if preset.stem == "opt-family":
         assert_capture_requests(output)
 
@@ -190,6 +192,20 @@ def assert_capture_requests(output: str) -> None:
     profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
     for rule in ("capture", "vocab_projection"):
         assert not {"mem_mb", "runtime"} & set(profile["set-resources"][rule]), rule
+
+
+def test_a_figure_not_drawn_is_left_out_of_all_and_the_report_but_can_be_asked_for(tmp_path: Path):
+    workdir = new_workdir(tmp_path)
+    config = yaml.safe_load(TINY.read_text())
+    config["figures"]["fig9_oscillatory_ranges"]["draw"] = False
+    path = tmp_path / "no-fig9.yaml"
+    path.write_text(yaml.safe_dump(config))
+    output = snakemake(workdir, "--configfile", str(path), "-n").stdout
+    assert "fig9_oscillatory_ranges" not in planned_jobs(output) and planned_jobs(output)["report"] == 1
+    report_inputs = output.split("\nrule report:")[1].split("\n\n")[0]
+    assert "fig8_positional_neurons.png" in report_inputs and "fig9" not in report_inputs
+    asked = planned_jobs(snakemake(workdir, "--configfile", str(path), "-n", "results/figures/fig9_oscillatory_ranges.png").stdout)
+    assert asked["fig9_oscillatory_ranges"] == 1
 
 
 def test_default_config_dry_run(tmp_path: Path):

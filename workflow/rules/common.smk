@@ -24,7 +24,7 @@ except ConfigError as error:
     sys.exit(f"neuron-census: {error}")
 
 MODELS = list(config["models"])
-FIGURES = list(FIGURE_SPECS)
+FIGURES = [figure for figure in FIGURE_SPECS if config["figures"].get(figure, {}).get("draw", True)]  # `all`, report
 CAPTURE_DATASETS = config["capture"]["datasets"]
 
 _name = NAME_PATTERN.strip("^$")
@@ -70,7 +70,7 @@ def figure_models(figure):
 
 
 def figure_style(figure):
-    return canonical({k: v for k, v in config["figures"].get(figure, {}).items() if k != "models"})
+    return canonical({k: v for k, v in config["figures"].get(figure, {}).items() if k not in ("models", "draw")})
 
 
 def vocab_settings(model):
