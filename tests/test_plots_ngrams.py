@@ -220,6 +220,10 @@ def test_coverage_bars_match_percentages():
     assert legend == list(coverage_legend_labels(neurons, layers, 2).values())
     assert ax.get_xlabel() == "number of distinct bigrams covering 95% of firings"
     assert ax.get_title() == "t"
+    # the share named is the one the tables were computed with (the figure job passes `analysis`)
+    style = {**STYLE, "order": 2, "analysis": {"ngram_coverage": 0.9}}
+    relabelled = plot_ngram_coverage({"neurons": neurons, "layers": layers}, style)
+    assert relabelled.axes[0].get_xlabel() == "number of distinct bigrams covering 90% of firings"
     assert png_bytes(fig).startswith(b"\x89PNG")
 
 

@@ -103,6 +103,8 @@ def test_tiny_dag_recovers_every_planted_role(tiny_run: Path):
             assert sorted(row["detected_tokens"]) == sorted(neuron.tokens)
             assert row["suppresses_trigger"] == bool(neuron.suppresses)
     assert neurons["n_tokens"].unique().to_list() == [tokens.shape[0] * (tokens.shape[1] - 1)]
+    report = (tiny_run / "results" / "report.html").read_text()
+    assert "exceeds 0.05 nats" in report and "{{" not in report  # captions rendered with the config's thresholds
     csv = pl.read_csv(tiny_run / "results" / "figures" / "fig5_detector_projections.csv")
     assert csv.filter(pl.col("model") == "planted").height == len(planted("token_detector"))
 

@@ -427,8 +427,11 @@ def figure_job(
     style: Mapping[str, Any],
     outputs: Sequence[PathLike],
     csv_output: PathLike | None = None,
+    analysis: Mapping[str, Any] | None = None,
 ) -> None:
-    """Draw one paper figure from its models' tables (each kind concatenated in the figure's model order)."""
+    """Draw one paper figure from its models' tables (each kind concatenated in the figure's model order).
+
+    `analysis`: the config's analysis settings, for labels that name a threshold (style key `analysis`)."""
     import importlib
 
     from neuron_census import figures
@@ -436,17 +439,21 @@ def figure_job(
     spec = FIGURES[figure]
     frames = {kind: pl.concat([pl.read_parquet(p) for p in paths], how="diagonal_relaxed") for kind, paths in tables.items()}
     module = importlib.import_module(f"neuron_census.{spec.module}")
-    figures.save_figure(getattr(module, spec.function)(frames, {**spec.defaults, **style}), outputs)
+    drawing = {**spec.defaults, **style, "analysis": dict(analysis or {})}
+    figures.save_figure(getattr(module, spec.function)(frames, drawing), outputs)
     if spec.csv is not None and csv_output is not None:
         frame = getattr(module, spec.csv)(frames[spec.tables[0]])
         with atomic_path(csv_output) as tmp:
             frame.write_csv(tmp)
 
 
-def report_job(entries: Sequence[Mapping[str, str]], title: str, output: PathLike) -> None:
-    """A self-contained HTML page with every figure (embedded PNG) and its caption."""
+def report_job(
+    entries: Sequence[Mapping[str, str]], title: str, output: PathLike, config: Mapping[str, Any] | None = None
+) -> None:
+    """A self-contained HTML page with every figure (embedded PNG) and its caption (captions name the
+    thresholds they read from `config`: its `analysis` and `figures` sections)."""
     from neuron_census.report import render_report
 
-    html = render_report(entries, title)
+    html = render_report(entries, title, config or {})
     with atomic_path(output) as tmp:
         Path(tmp).write_text(html, encoding="utf-8")

@@ -196,7 +196,8 @@ def plot_ngram_coverage(tables: Mapping[str, pl.DataFrame], style: Mapping[str, 
     else:
         _draw_grouped_bars(ax, histogram, labels, _colours(style, len(labels)))
         ax.legend(fontsize="small", frameon=False)
-    ax.set_xlabel(f"number of distinct {name}s covering 95% of firings")
+    share = style.get("analysis", {}).get("ngram_coverage", 0.95)
+    ax.set_xlabel(f"number of distinct {name}s covering {100 * share:g}% of firings")
     ax.set_ylabel("neurons (%)")
     ax.set_title(style.get("title", ""))
     return fig

@@ -6,6 +6,10 @@ import base64
 import html
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import jinja2
 
 
 def _caption_html(text: str) -> str:
@@ -13,12 +17,21 @@ def _caption_html(text: str) -> str:
     return "".join(f"<p>{html.escape(' '.join(p.split()))}</p>" for p in paragraphs)
 
 
-def render_report(entries: Sequence[Mapping[str, str]], title: str) -> str:
-    """`entries`: dicts with `name`, `png` (path), `caption` (path to a text/rst caption)."""
+def render_caption(template: str, config: Mapping[str, Any]) -> str:
+    """A caption's text: captions are Jinja2 templates reading `snakemake.config`, as Snakemake's own
+    `--report` renders them, so both reports name the configured thresholds. A key the given `config`
+    lacks is an error, not an empty gap in the text."""
+    environment = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
+    return environment.from_string(template).render(snakemake=SimpleNamespace(config=config))
+
+
+def render_report(entries: Sequence[Mapping[str, str]], title: str, config: Mapping[str, Any] | None = None) -> str:
+    """`entries`: dicts with `name`, `png` (path), `caption` (path to a caption template); `config`: what
+    the captions may read of the workflow's config (`analysis` and `figures`)."""
     sections = []
     for entry in entries:
         image = base64.b64encode(Path(entry["png"]).read_bytes()).decode("ascii")
-        caption = _caption_html(Path(entry["caption"]).read_text(encoding="utf-8"))
+        caption = _caption_html(render_caption(Path(entry["caption"]).read_text(encoding="utf-8"), config or {}))
         sections.append(
             f'<section id="{html.escape(entry["name"])}"><h2>{html.escape(entry["name"])}</h2>'
             f'<img alt="{html.escape(entry["name"])}" src="data:image/png;base64,{image}">'

@@ -10,6 +10,7 @@ rule report:
     params:
         names=FIGURES,
         title=config["report"]["title"],
+        caption_config=canonical({key: config[key] for key in ("analysis", "figures")}),  # captions name thresholds
     log:
         "results/logs/report.log",
     conda:

@@ -12,5 +12,6 @@ with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)
             )
         ],
         title=snakemake.params.title,  # noqa: F821
+        config=snakemake.params.caption_config,  # noqa: F821
         output=snakemake.output[0],  # noqa: F821
     )
