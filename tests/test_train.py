@@ -131,6 +131,9 @@ def test_tokenizer_rejects_too_small_vocab(tmp_path: Path) -> None:
         dict(steps=30, checkpoints=()),
         dict(dtype="float16"),
         dict(n_heads=3),
+        dict(micro_batches=3),  # does not divide batch_size 8
+        dict(micro_batches=0),
+        dict(lr_schedule="step"),
     ],
 )
 def test_invalid_config_raises(overrides: dict) -> None:
@@ -146,6 +149,18 @@ def test_lr_schedule_warms_up_then_decays_to_a_tenth() -> None:
     assert lr_at(55, cfg) == pytest.approx(0.55)
     assert lr_at(100, cfg) == pytest.approx(0.1)
     assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 100))
+
+
+def test_linear_schedule_decays_to_a_tenth_in_a_straight_line() -> None:
+    """OPT's own schedule: after warm-up, linear decay to 10% of the peak at the last step."""
+    cosine = TrainConfig(steps=100, warmup_steps=10, lr=1.0, checkpoints=(100,))
+    linear = TrainConfig(steps=100, warmup_steps=10, lr=1.0, checkpoints=(100,), lr_schedule="linear")
+    assert [lr_at(s, linear) for s in (0, 9, 10)] == [lr_at(s, cosine) for s in (0, 9, 10)]  # the same warm-up
+    assert lr_at(37, linear) == pytest.approx(1.0 - 0.9 * 27 / 90)
+    assert lr_at(37, cosine) == pytest.approx(0.1 + 0.45 * (1 + np.cos(np.pi * 27 / 90)))
+    assert lr_at(100, linear) == pytest.approx(0.1)
+    steps = np.diff([lr_at(s, linear) for s in range(10, 101)])
+    assert np.allclose(steps, -0.9 / 90)
 
 
 # --- training ----------------------------------------------------------------------------------------
@@ -300,6 +315,35 @@ def test_resume_state_ignores_the_save_schedule(tmp_path: Path, tokens: np.ndarr
     assert not resumable(tmp_path / "nothing", later)
     log = _train(tokens, later, tmp_path / "run", vocab_size)
     assert [row["step"] for row in log] == [1, 2, 3, 4] and (tmp_path / "run" / "step-3").is_dir()
+
+
+def test_micro_batches_make_the_same_updates(tmp_path: Path, tokens: np.ndarray, vocab_size: int) -> None:
+    """Four micro-batches of 2 sequences add up to the gradient of the batch of 8: the same losses and weights
+    up to float32 rounding, where another batch composition would differ in the first step."""
+    whole = _train(tokens, _tiny_config(steps=4, warmup_steps=1, checkpoints=(4,)), tmp_path / "whole", vocab_size)
+    parts = _train(
+        tokens, _tiny_config(steps=4, warmup_steps=1, checkpoints=(4,), micro_batches=4), tmp_path / "parts", vocab_size
+    )
+    assert [r["loss"] for r in parts] == pytest.approx([r["loss"] for r in whole], rel=1e-5)
+    a = load_file(tmp_path / "whole" / "step-4" / "model.safetensors")
+    b = load_file(tmp_path / "parts" / "step-4" / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    assert not resumable(tmp_path / "whole", _tiny_config(steps=4, warmup_steps=1, checkpoints=(4,), micro_batches=4))
+
+
+def test_a_resume_state_older_than_a_setting_resumes_with_its_default(
+    tmp_path: Path, tokens: np.ndarray, vocab_size: int
+) -> None:
+    """States saved before `micro_batches` and `lr_schedule` existed trained with their defaults."""
+    cfg = _tiny_config(steps=4, warmup_steps=1, checkpoints=(2, 4))
+    _train(tokens, cfg, tmp_path / "run", vocab_size, stop_after=2)
+    state = tmp_path / "run" / "resume" / "state.json"
+    meta = json.loads(state.read_text())
+    meta["config"] = {k: v for k, v in meta["config"].items() if k not in ("micro_batches", "lr_schedule")}
+    state.write_text(json.dumps(meta))
+    assert resumable(tmp_path / "run", cfg)
+    assert not resumable(tmp_path / "run", _tiny_config(steps=4, warmup_steps=1, checkpoints=(2, 4), lr_schedule="linear"))
+    assert [row["step"] for row in _train(tokens, cfg, tmp_path / "run", vocab_size)] == [1, 2, 3, 4]
 
 
 def test_resume_refuses_a_different_run(tmp_path: Path, tokens: np.ndarray, vocab_size: int) -> None:

@@ -56,6 +56,9 @@ TOKENIZER_FILES = (
 DTYPES = ("auto", "float32", "bfloat16")
 IGNORE_INDEX = -100
 SAVE_SCHEDULE = ("checkpoints", "resume_every")  # may change between a run and its resumption
+LR_SCHEDULES = ("cosine", "linear")
+# settings younger than some saved resume states: a state without them trained with their defaults
+LATER_SETTINGS = ("micro_batches", "lr_schedule")
 MAX_LOG_ROWS = 1000  # long runs log the mean loss of every steps // MAX_LOG_ROWS steps
 
 
@@ -64,7 +67,9 @@ class TrainConfig:
     """Architecture, optimisation and checkpoint schedule of one training run.
 
     `positions=False` trains the NoPos variant. `dtype="auto"` means bf16 autocast on CUDA and fp32 on CPU;
-    master weights and optimizer state are always fp32.
+    master weights and optimizer state are always fp32. `micro_batches` splits each update's `batch_size`
+    sequences into that many forward/backward passes whose gradients add up (the same update, in less
+    memory: OPT's 0.5M-token batches on one GPU).
     """
 
     d_model: int = 128
@@ -75,7 +80,9 @@ class TrainConfig:
     positions: bool = True
     steps: int = 600
     batch_size: int = 32
+    micro_batches: int = 1
     lr: float = 1e-3
+    lr_schedule: str = "cosine"  # after warm-up, down to 10% of `lr`: "cosine" or "linear" (OPT's own)
     warmup_steps: int = 50
     weight_decay: float = 0.1
     adam_betas: tuple[float, float] = (0.9, 0.95)
@@ -89,6 +96,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"steps and batch_size must be positive, got {self.steps} and {self.batch_size}")
+        if self.micro_batches < 1 or self.batch_size % self.micro_batches:
+            raise ValueError(f"micro_batches={self.micro_batches} must divide batch_size={self.batch_size}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got '{self.lr_schedule}'")
         if not self.checkpoints or max(self.checkpoints) != self.steps:
             raise ValueError(f"the last checkpoint must be steps={self.steps}, got {list(self.checkpoints)}")
         if min(self.checkpoints) < 1:
@@ -111,8 +122,10 @@ class TrainConfig:
 
 
 def _trajectory(config: dict[str, Any]) -> dict[str, Any]:
-    """A config's JSON without the save schedule, which may change between a run and its resumption."""
-    return {k: v for k, v in config.items() if k not in SAVE_SCHEDULE}
+    """A config's JSON without the save schedule, which may change between a run and its resumption.
+    Settings a saved state predates read as their defaults, which is what that run trained with."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name in LATER_SETTINGS}
+    return {k: v for k, v in {**defaults, **config}.items() if k not in SAVE_SCHEDULE}
 
 
 def opt_config(cfg: TrainConfig, vocab_size: int, *, bos_id: int, eos_id: int, pad_id: int) -> OPTConfig:
@@ -143,14 +156,16 @@ def opt_config(cfg: TrainConfig, vocab_size: int, *, bos_id: int, eos_id: int, p
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate of update `step` (0-based): linear warmup, then cosine decay to 10% of `cfg.lr`.
+    """Learning rate of update `step` (0-based): linear warmup, then cosine or linear decay to 10% of `cfg.lr`.
 
     A pure function of the step, so the schedule needs no state of its own to resume.
     """
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    if cfg.lr_schedule == "linear":
+        return cfg.lr * (1.0 - 0.9 * progress)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 class EpochSampler:
@@ -406,16 +421,22 @@ def train_step(
     cfg: TrainConfig,
     device: torch.device,
 ) -> torch.Tensor:
-    """One AdamW update at learning rate `lr` with gradient clipping; returns the (detached) loss."""
+    """One AdamW update at learning rate `lr` with gradient clipping; returns the (detached) loss.
+
+    With `cfg.micro_batches` > 1 the batch's equal parts run forward and backward one after another; each
+    part's mean loss is scaled by 1/parts, so the gradients add up to those of the whole batch's mean."""
     for group in optimizer.param_groups:
         group["lr"] = lr
-    loss = next_token_loss(model, batch, cfg, device)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    loss = torch.zeros((), device=batch.device)
+    for part in batch.chunk(cfg.micro_batches):
+        part_loss = next_token_loss(model, part, cfg, device) / cfg.micro_batches
+        part_loss.backward()
+        loss += part_loss.detach()
     if cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
     optimizer.step()
-    return loss.detach()
+    return loss
 
 
 def _save_step(
