@@ -43,6 +43,10 @@ def test_defaults_are_filled(default):
         (lambda c: c["models"]["stories260k"].update(path=3), r"'models.stories260k.path'"),
         (lambda c: c["models"].update({"../evil": c["models"]["stories260k"]}), r"'models'.*does not match"),
         (lambda c: c["capture"].update(datasets=["nope"]), r"'capture.datasets': unknown dataset 'nope'"),
+        (
+            lambda c: c["analysis"].setdefault("positional", {}).update(datasets=["corpus-train"]),
+            r"'analysis.positional.datasets': 'corpus-train' is not one of capture.datasets",
+        ),
         (lambda c: c["models"]["tiny-opt"].update(run="nope"), r"'models.tiny-opt.run': unknown train run 'nope'"),
         (lambda c: c["models"]["tiny-opt"].update(step=7), r"'models.tiny-opt.step': 7 is not a checkpoint"),
         (lambda c: c["train"]["tiny-opt"].update(checkpoints=[10]), r"'train.tiny-opt.checkpoints'"),

@@ -201,6 +201,22 @@ def test_hf_source_local_jsonl(tmp_path: Path) -> None:
         list(iter_documents(bad, tmp_path, dataset="h"))
 
 
+def test_hf_records_filtered_by_a_nested_field(tmp_path: Path) -> None:
+    """`hf.where` picks subsets of a mixed dataset (the Pile's `meta.pile_set_name`) before the split."""
+    subsets = ["Wikipedia (en)", "Github", "DM Mathematics", "Pile-CC"]
+    records = [{"text": f"doc {i}", "meta": {"pile_set_name": subsets[i % 4]}} for i in range(16)]
+    (tmp_path / "data.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    hf = {"path": "json", "data_files": "data.jsonl", "split": "train"}
+    where = {"meta.pile_set_name": ["Wikipedia (en)", "DM Mathematics"]}
+    spec = {"source": "hf", "hf": {**hf, "where": where}}
+    assert list(iter_documents(spec, tmp_path)) == [f"doc {i}" for i in (0, 2, 4, 6, 8, 10, 12, 14)]
+    held_out = {**spec, "split": "heldout", "heldout_every": 4}  # every 4th of the kept documents
+    assert list(iter_documents(held_out, tmp_path)) == ["doc 6", "doc 14"]
+    missing = {"source": "hf", "hf": {**hf, "where": {"meta.subset": ["x"]}}}
+    with pytest.raises(ValueError, match=r"'w'.*no field 'meta.subset' \(hf.where\)"):
+        list(iter_documents(missing, tmp_path, dataset="w"))
+
+
 # --------------------------------------------------------------------------- packing and shards
 
 

@@ -36,3 +36,42 @@ def test_jobs_without_a_model_do_not_import_torch():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_positional_neurons_are_found_on_their_own_datasets(tmp_path: Path):
+    """`analysis.positional.datasets`: position statistics from those datasets' stores only (as if they were
+    the only capture datasets), every other statistic from all of them."""
+    import polars as pl
+
+    from neuron_census.jobs import capture_job, stats_job
+    from neuron_census.planted import census_tokens, get_recipe, planted_words
+
+    recipe = get_recipe("census")
+    spec, tokenizer_spec = {"source": "planted", "recipe": "census"}, {"source": "words", "words": planted_words(recipe)}
+    tokenizer = load_tokenizer("planted", tokenizer_spec)
+    tokens = census_tokens(recipe)
+    rng = np.random.default_rng(0)
+    shuffled = tokens.copy()  # the same tokens at other positions: other position statistics
+    shuffled[:, 1:] = rng.permuted(tokens[:, 1:], axis=1)
+    stores = {}
+    for dataset, rows in (("designed", tokens[:20]), ("shuffled", shuffled[20:40])):
+        write_token_shard(tmp_path / f"{dataset}.tokens.zarr", rows, tokenizer=tokenizer, dataset=dataset, shard=0)
+        stores[dataset] = tmp_path / f"{dataset}.zarr"
+        settings = {"device": "cpu", "dtype": "float32", "batch_size": 10}
+        capture_job("planted", spec, "planted", tokenizer_spec, settings, tmp_path / f"{dataset}.tokens.zarr", stores[dataset])
+
+    def stats(inputs: list[Path], label: str, positional: dict) -> tuple[pl.DataFrame, pl.DataFrame]:
+        out = (tmp_path / f"{label}.stats.parquet", tmp_path / f"{label}.rates.parquet")
+        stats_job("planted", inputs, "planted", tokenizer_spec, {"positional": positional}, *out)
+        return pl.read_parquet(out[0]), pl.read_parquet(out[1])
+
+    both, both_rates = stats([stores["designed"], stores["shuffled"]], "both", {})
+    chosen, chosen_rates = stats([stores["designed"], stores["shuffled"]], "chosen", {"datasets": ["designed"]})
+    alone, alone_rates = stats([stores["designed"]], "alone", {})
+    positional_columns = [c for c in alone.columns if c.startswith("positional") or c == "position_mi"]
+    assert positional_columns and not both_rates.equals(alone_rates)  # the choice matters on this data
+    assert chosen_rates.equals(alone_rates)
+    assert chosen.select(positional_columns).equals(alone.select(positional_columns))
+    assert chosen.drop(positional_columns).equals(both.drop(positional_columns))
+    with pytest.raises(ValueError, match=r"no capture store of positional dataset\(s\) \['wiki'\]"):
+        stats([stores["designed"]], "missing", {"datasets": ["designed", "wiki"]})

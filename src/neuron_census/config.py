@@ -86,6 +86,11 @@ def _check_references(config: Mapping[str, Any]) -> None:
     for dataset in config["capture"]["datasets"]:
         if dataset not in datasets:
             raise ConfigError(f"config error at 'capture.datasets': unknown dataset '{dataset}'")
+    for dataset in config.get("analysis", {}).get("positional", {}).get("datasets") or []:
+        if dataset not in config["capture"]["datasets"]:
+            raise ConfigError(
+                f"config error at 'analysis.positional.datasets': '{dataset}' is not one of capture.datasets"
+            )
     for figure, settings in config.get("figures", {}).items():
         for model in settings.get("models") or []:
             if model not in models:

@@ -15,7 +15,7 @@ import hashlib
 import json
 import lzma
 import random
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -302,6 +302,27 @@ def read_text_chunks(path: Path, errors: str = "strict") -> Iterator[str]:
         raise ValueError(f"{path}: cannot read compressed or raw data ({err})") from None
 
 
+def _record_filter(where: Any, name: str, path: str) -> Callable[[Mapping[str, Any]], bool]:
+    """`hf.where`, {dotted field: [accepted values]}: keeps the records whose every field holds an accepted
+    value (e.g. the Pile's subsets, `{meta.pile_set_name: [Wikipedia (en), DM Mathematics]}`)."""
+    if not where:
+        return lambda record: True
+    accepted = {tuple(str(field).split(".")): set(values) for field, values in where.items()}
+
+    def keep(record: Mapping[str, Any]) -> bool:
+        for keys, values in accepted.items():
+            value: Any = record
+            for key in keys:
+                if not isinstance(value, Mapping) or key not in value:
+                    raise ValueError(f"dataset {name!r}: hf dataset {path!r} has no field {'.'.join(keys)!r} (hf.where)")
+                value = value[key]
+            if value not in values:
+                return False
+        return True
+
+    return keep
+
+
 def _hf_documents(spec: Mapping[str, Any], root: Path, name: str) -> Iterator[str]:
     """Streamed records of a Hugging Face dataset (never running remote code)."""
     hf = spec.get("hf")
@@ -325,8 +346,11 @@ def _hf_documents(spec: Mapping[str, Any], root: Path, name: str) -> Iterator[st
         )
     except Exception as err:  # datasets raises many types; report them in one line
         raise ValueError(f"dataset {name!r}: cannot load hf dataset {path!r}: {first_line(err)}") from err
+    where = _record_filter(hf.get("where"), name, path)
     count = 0
     for record in stream:
+        if not where(record):
+            continue
         text = record.get(field)
         if not isinstance(text, str):
             raise ValueError(f"dataset {name!r}: hf dataset {path!r} has no string field {field!r}")

@@ -303,6 +303,7 @@ def stats_job(
     """Activation statistics of one model from its merged stores (one per capture dataset), a layer at a time.
 
     Only one layer's states are in memory at once (for OPT-66b, 0.6 GB of position counts instead of 39 GB).
+    Positional neurons are found on the stores of `analysis.positional.datasets` only, when it names some.
     """
     from neuron_census.stats import STATS_ACCUMULATORS, AnalysisSettings, stats_tables_by_layer
     from neuron_census.store import StoreReader, merged_attrs, merged_layer_state
@@ -314,15 +315,31 @@ def stats_job(
     if attrs["tokenizer_fingerprint"] != tokenizer.fingerprint:
         raise ValueError(f"stores of model '{model_name}' were captured with another tokenizer than '{tokenizer_name}'")
     names = [name for name in STATS_ACCUMULATORS if name in readers[0].names]
+    positional = positional_readers(readers, analysis.get("positional", {}).get("datasets"), model_name)
     stats, rates = stats_tables_by_layer(
         model_name,
         attrs,
-        lambda slot: {name: merged_layer_state(readers, name, slot) for name in names},
+        lambda slot: {
+            name: merged_layer_state(positional if name == "position_fire_count" else readers, name, slot)
+            for name in names
+        },
         AnalysisSettings.from_config(analysis),
         tokenizer.token_strings(),
     )
     write_parquet(stats, stats_out)
     write_parquet(rates, rates_out)
+
+
+def positional_readers(readers: Sequence[Any], datasets: Sequence[str] | None, model_name: str) -> list[Any]:
+    """The stores positional neurons are found on: those of `datasets`, or all when it is None."""
+    if datasets is None:
+        return list(readers)
+    chosen = [reader for reader in readers if set(reader.attrs["datasets"]) <= set(datasets)]
+    found = {d for reader in chosen for d in reader.attrs["datasets"]}
+    missing = sorted(set(datasets) - found)
+    if missing:
+        raise ValueError(f"model '{model_name}': no capture store of positional dataset(s) {missing}")
+    return chosen
 
 
 def vocab_job(

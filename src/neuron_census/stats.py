@@ -53,7 +53,7 @@ class AnalysisSettings:
                 ngram_fire_rate=float(detectors.get("fire_rate", 0.95)),
                 detector_coverage=float(detectors.get("coverage", 0.95)),
             ),
-            positional=PositionalSettings(**analysis.get("positional", {})),
+            positional=PositionalSettings(**{k: v for k, v in analysis.get("positional", {}).items() if k != "datasets"}),
         )
 
 
