@@ -22,7 +22,7 @@
 #
 # Daemons run as root, started directly (no systemd). Logs: /var/log/slurm/, /var/log/munge/, /var/log/mysql/.
 # Environment: SLURM_LOCAL_CLUSTER_NAME (default "localcluster"), SLURM_LOCAL_GPUS (counted GPUs, default 1,
-# 0 for none: then the profile's gpu requests cannot be met and local-test.sh drops them).
+# 0 for none: then the profile's gpu requests cannot be met and local-test.sh sets them to 0).
 set -euo pipefail
 
 CLUSTER=${SLURM_LOCAL_CLUSTER_NAME:-localcluster}

@@ -6,7 +6,7 @@ Three strategies feed the same hooks and so the same accumulators:
 - `offload`: Accelerate's big-model inference. Layers that do not fit `max_memory` on the device stay on
   the CPU or on disk and are streamed to the device when they run, so large batches amortise the copy.
 - `layerwise`: the papers' single-GPU method. The embeddings of every batch of the shard are computed
-  first and kept (in CPU memory or in a memory-mapped file); then each decoder layer is moved to the device
+  first and kept (in CPU memory, in a memory-mapped file or on the capture device); then each decoder layer is moved to the device
   once and run on all of them, up to the last analysed layer. The decoder layers wait in CPU memory, or,
   with `layerwise_weights: disk`, on disk (Accelerate's offload), so that only one layer is ever in memory.
 

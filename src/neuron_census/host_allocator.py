@@ -3,7 +3,7 @@
 glibc serves each block above its mapping threshold (at most 32 MB by default) with a fresh memory map and
 unmaps it when freed, so every (layer, batch) of a CPU capture faults the pages of its large temporaries
 (the firing matrix as floats, a batch's pair keys, merged tables) in again. Kept in the heap instead,
-freed blocks are reused: a whole capture job on OPT-125m shapes ran 21-28% faster, for a 10-17% higher
+freed blocks are reused: a whole capture job on OPT-125m shapes ran 20-28% faster, for a 7-17% higher
 peak (benchmarks/README.md, "Reusing freed memory on a CPU"). On a GPU those temporaries live in PyTorch's
 own caching allocator on the device, so GPU jobs keep glibc's defaults.
 """
