@@ -275,6 +275,15 @@ def test_paired_lines_share_colour():
     assert solid_b.get_ydata().tolist() == pytest.approx(shares["new_overall_pct"].to_list())
     assert dashed_b.get_ydata().tolist() == pytest.approx(shares["new_vs_previous_pct"].to_list())
 
+    counted = plot_new_tokens({"layers": layers}, {**STYLE, "values": "count"}).axes[0]
+    rows = layers.filter((pl.col("model") == "b") & (pl.col("n_detected_tokens") > 0))
+    solid_b, dashed_b = counted.get_lines()[2:4]
+    assert solid_b.get_ydata().tolist() == rows["n_new_tokens_overall"].to_list()
+    assert dashed_b.get_ydata().tolist() == rows["n_new_tokens_vs_previous"].to_list()
+    assert counted.get_ylabel() == "detected tokens that are new"
+    with pytest.raises(ValueError, match="fig4 values must be 'percent' or 'count'"):
+        plot_new_tokens({"layers": layers}, {**STYLE, "values": "share"})
+
 
 @pytest.mark.parametrize("plot", [plot_token_detectors, plot_detected_tokens])
 def test_count_axes_show_whole_counts_from_zero(plot):

@@ -343,14 +343,22 @@ def _count_axis(ax: Axes) -> None:
 
 
 def plot_new_tokens(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
-    """Fig. 4: share of each layer's detected tokens new overall (solid) and new vs the previous layer (dashed)."""
+    """Fig. 4: each layer's detected tokens new overall (solid) and new vs the previous layer (dashed), as a
+    share of the layer's detected tokens (style `values: percent`, the default) or as counts (`count`)."""
     layers = tables["layers"]
-    return _paired_lines(
-        new_token_shares(layers),
+    values = style.get("values") or "percent"
+    if values not in ("percent", "count"):
+        raise ValueError(f"fig4 values must be 'percent' or 'count', got {values!r}")
+    counts = values == "count"
+    fig = _paired_lines(
+        layers.filter(pl.col("n_detected_tokens") > 0) if counts else new_token_shares(layers),
         _models(layers),
-        ("new_overall_pct", "new_vs_previous_pct"),
+        ("n_new_tokens_overall", "n_new_tokens_vs_previous") if counts else ("new_overall_pct", "new_vs_previous_pct"),
         ("new overall", "new vs previous layer"),
-        "detected tokens that are new (%)",
+        "detected tokens that are new" + ("" if counts else " (%)"),
         "no layer with a detected token",
         style,
     )
+    if counts:
+        _count_axis(fig.axes[0])
+    return fig
