@@ -49,9 +49,9 @@ def test_captions_name_the_configured_thresholds():
     assert "at least 97.5% of its firings" in detectors
     assert "exceeds 0.1 nats" in caption("fig7_positional_examples", changed)
     assert "at least 0.25." in caption("fig9_oscillatory_ranges", changed)
-    assert "the share that no lower layer" in " ".join(caption("fig4_new_tokens", config).split())
+    assert "the share that no lower layer detects" in " ".join(caption("fig4_new_tokens", config).split())
     changed["figures"]["fig4_new_tokens"]["values"] = "count"
-    assert "how many that no lower layer" in " ".join(caption("fig4_new_tokens", changed).split())
+    assert "how many no lower layer detects" in " ".join(caption("fig4_new_tokens", changed).split())
 
 
 def test_a_caption_reading_a_missing_setting_fails():
