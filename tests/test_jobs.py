@@ -75,3 +75,22 @@ def test_positional_neurons_are_found_on_their_own_datasets(tmp_path: Path):
     assert chosen.drop(positional_columns).equals(both.drop(positional_columns))
     with pytest.raises(ValueError, match=r"no capture store of positional dataset\(s\) \['wiki'\]"):
         stats([stores["designed"]], "missing", {"datasets": ["designed", "wiki"]})
+
+
+def test_training_tokens_are_stacked_narrow(tmp_path: Path):
+    """A run's shards in one uint16 array (vocabularies up to 65,536 ids), equal to their concatenation."""
+    from neuron_census.jobs import stacked_shards
+
+    words = load_tokenizer("planted", {"source": "words", "words": ["a", "b", "c"]})
+    first = np.array([[0, 2, 3, 4], [0, 4, 3, 2]], dtype=np.int32)
+    second = np.array([[0, 3, 3, 3]], dtype=np.int32)
+    for shard, tokens in enumerate((first, second)):
+        write_token_shard(tmp_path / f"s{shard}.zarr", tokens, tokenizer=words, dataset="d", shard=shard)
+    stacked = stacked_shards([tmp_path / "s0.zarr", tmp_path / "s1.zarr"], words, "train run 'r'")
+    assert stacked.dtype == np.uint16
+    np.testing.assert_array_equal(stacked, np.concatenate([first, second]))
+    write_token_shard(tmp_path / "long.zarr", np.zeros((1, 5), dtype=np.int32), tokenizer=words, dataset="d", shard=2)
+    with pytest.raises(ValueError, match=r"train run 'r': token shards of different seq_len \[4, 5\]"):
+        stacked_shards([tmp_path / "s0.zarr", tmp_path / "long.zarr"], words, "train run 'r'")
+    with pytest.raises(ValueError, match=r"token shard .*missing.zarr is unreadable"):
+        stacked_shards([tmp_path / "missing.zarr"], words, "train run 'r'")

@@ -564,6 +564,18 @@ def write_token_shard(
         group.attrs.update(attrs)
 
 
+def token_shard_shape(path: str | Path) -> tuple[int, int]:
+    """(sequences, seq_len) of a token shard, from its attributes alone (`read_token_shard` checks them)."""
+    import zarr
+
+    try:
+        attrs = dict(zarr.open_group(store=str(path), mode="r").attrs)
+        return int(attrs["n_sequences"]), int(attrs["seq_len"])
+    except Exception as err:  # a missing or damaged store: the same one line as reading it
+        reason = f"{type(err).__name__}: {err}".splitlines()[0]
+        raise ValueError(f"token shard {path} is unreadable ({reason})") from None
+
+
 def read_token_shard(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
     """Tokens and attrs of a token shard, checked for kind, version, shape, chunks and checksum."""
     import zarr

@@ -57,6 +57,28 @@ def read_shard_for(shard: PathLike, tokenizer: Any, user: str) -> tuple[Any, dic
     return tokens, attrs
 
 
+def stacked_shards(shards: Sequence[PathLike], tokenizer: Any, user: str) -> Any:
+    """Every shard's sequences in one array of the narrowest dtype holding the vocabulary (uint16 up to 65,536
+    ids: half of int32), filled a shard at a time, so memory holds the result and one shard, not two copies."""
+    import numpy as np
+
+    from neuron_census.corpus import token_shard_shape
+
+    shapes = [token_shard_shape(shard) for shard in shards]
+    if len({seq_len for _, seq_len in shapes}) > 1:
+        raise ValueError(f"{user}: token shards of different seq_len {sorted({s for _, s in shapes})}")
+    dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.int32
+    stacked = np.empty((sum(n for n, _ in shapes), shapes[0][1]), dtype=dtype)
+    start = 0
+    for shard, (n, _) in zip(shards, shapes):
+        tokens = read_shard_for(shard, tokenizer, user)[0]
+        if tokens.shape[0] != n:
+            raise ValueError(f"token shard {shard} changed while it was read")
+        stacked[start : start + n] = tokens
+        start += n
+    return stacked
+
+
 def tokenize_job(
     tokenizer_name: str,
     tokenizer_spec: Mapping[str, Any],
@@ -109,7 +131,7 @@ def train_job(
 
     torch.set_num_threads(max(1, threads))
     tokenizer = load_tokenizer(tokenizer_name, tokenizer_spec)
-    arrays = [read_shard_for(shard, tokenizer, f"train run '{run_name}'")[0] for shard in shards]
+    tokens = stacked_shards(shards, tokenizer, f"train run '{run_name}'")
     fields = set(TrainConfig.__dataclass_fields__)
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in run.items() if k in fields}
     config = TrainConfig(**kwargs)
@@ -121,7 +143,7 @@ def train_job(
         print(f"train run '{run_name}': discarding {work}: it holds no resume state of these settings", file=sys.stderr)
         shutil.rmtree(work)
     train_opt(
-        np.concatenate(arrays),
+        tokens,
         config,
         work,
         vocab_size=tokenizer.vocab_size,
