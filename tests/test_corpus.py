@@ -246,6 +246,50 @@ def test_shards_are_stable_when_appending(gpt2: TextTokenizer) -> None:
         shard_sequences(grown, gpt2, 2, ROOT, dataset="b")
 
 
+@pytest.mark.parametrize("seq_len", [16, 512])  # documents span several sequences / sequences span documents
+def test_shards_chained_by_their_stream_cursors_equal_shards_read_from_the_start(
+    gpt2: TextTokenizer, seq_len: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each shard read on from where the previous one ended is the shard read from the stream's start; and
+    only its own documents are tokenized."""
+    from neuron_census import corpus
+
+    spec = _bundled(seq_len=seq_len, sequences_per_shard=6, n_shards=4)
+    tokenized: list[int] = []  # documents handed to the tokenizer
+    batches = corpus._token_batches
+
+    def counted(documents, tokenizer):
+        return batches((tokenized.append(1) or doc for doc in documents), tokenizer)
+
+    monkeypatch.setattr(corpus, "_token_batches", counted)
+    monkeypatch.setattr(corpus, "TOKENIZE_BATCH_DOCS", 1)  # documents are tokenized as the packer asks
+    cursor = corpus.StreamCursor()
+    for shard in range(4):
+        expected = shard_sequences(spec, gpt2, shard, ROOT)
+        tokenized.clear()
+        got, after = corpus.text_shard(spec, gpt2, shard, ROOT, name="b", cursor=cursor)
+        np.testing.assert_array_equal(got, expected)
+        assert after.sequences == 6 * (shard + 1) and after.documents >= cursor.documents
+        assert sum(tokenized) <= after.documents - cursor.documents + 1
+        cursor = after
+    assert cursor.documents >= 4  # so later shards skipped documents that a read from the start tokenizes
+    with pytest.raises(ValueError, match=r"'b': a stream cursor after sequence 24 cannot start shard 1"):
+        corpus.text_shard(spec, gpt2, 1, ROOT, name="b", cursor=cursor)
+
+
+def test_a_shard_store_keeps_its_stream_cursor(tmp_path: Path, words: TextTokenizer) -> None:
+    from neuron_census.corpus import StreamCursor, read_stream_end
+
+    tokens = np.array([[0, 2, 3, 4]], dtype=np.int32)
+    for carry in ((3, 2, 4), ()):
+        cursor = StreamCursor(sequences=5, documents=7, started=True, carry=carry)
+        path = tmp_path / f"s{len(carry)}.zarr"
+        write_token_shard(path, tokens, tokenizer=words, dataset="d", shard=0, stream_end=(cursor, "abc"))
+        assert read_stream_end(path, "abc") == cursor
+        assert read_stream_end(path, "other settings") is None
+        np.testing.assert_array_equal(read_token_shard(path)[0], tokens)
+
+
 def test_too_few_tokens_names_dataset(tmp_path: Path, words: TextTokenizer) -> None:
     (tmp_path / "t.txt").write_text("a b c " * 20)
     spec = {"source": "files", "paths": ["t.txt"], "seq_len": 8, "sequences_per_shard": 4,

@@ -12,10 +12,12 @@ from __future__ import annotations
 import codecs
 import gzip
 import hashlib
+import itertools
 import json
 import lzma
 import random
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -379,26 +381,53 @@ def _resolve_data_files(files: Any, root: Path) -> Any:
 # --------------------------------------------------------------------------- packing
 
 
+@dataclass(frozen=True)
+class StreamCursor:
+    """Where a text dataset's packed token stream stands after some sequences: how many sequences were cut,
+    how many documents (of the split) were read, whether a non-empty one was among them (the next is then
+    preceded by EOS), and the tokens read but not yet cut into a sequence. The next shard's job starts there
+    instead of reading and tokenizing every earlier shard's text again."""
+
+    sequences: int = 0
+    documents: int = 0
+    started: bool = False
+    carry: tuple[int, ...] = ()
+
+
 def pack_sequences(
     docs_token_ids: Iterable[list[int]], seq_len: int, bos_id: int | None, eos_id: int | None
 ) -> Iterator[np.ndarray]:
     """Concatenate documents (eos between them when eos_id is set), cut into chunks of
     seq_len minus one for bos, prepend bos; yield int32 arrays of seq_len. The incomplete tail
     is dropped. Empty documents add nothing (not even a separator)."""
+    for sequence, _ in pack_stream(docs_token_ids, seq_len, bos_id, eos_id):
+        yield sequence
+
+
+def pack_stream(
+    docs_token_ids: Iterable[list[int]],
+    seq_len: int,
+    bos_id: int | None,
+    eos_id: int | None,
+    cursor: StreamCursor = StreamCursor(),
+) -> Iterator[tuple[np.ndarray, StreamCursor]]:
+    """`pack_sequences` continued from `cursor` (the documents after `cursor.documents`), yielding each
+    sequence with the cursor just after it."""
     body = seq_len - (bos_id is not None)
     if body < 1:
         raise ValueError(f"seq_len {seq_len} leaves no room for tokens after bos")
     head = np.array([] if bos_id is None else [bos_id], dtype=np.int32)
-    parts: list[np.ndarray] = []
-    held = 0
-    first = True
+    parts: list[np.ndarray] = [np.asarray(cursor.carry, dtype=np.int32)]
+    held = len(cursor.carry)
+    sequences, documents, started = cursor.sequences, cursor.documents, cursor.started
     for ids in docs_token_ids:
+        documents += 1
         if len(ids) == 0:
             continue
-        if eos_id is not None and not first:
+        if eos_id is not None and started:
             parts.append(np.array([eos_id], dtype=np.int32))
             held += 1
-        first = False
+        started = True
         arr = np.asarray(ids, dtype=np.int32)
         parts.append(arr)
         held += len(arr)
@@ -406,7 +435,9 @@ def pack_sequences(
             stream = np.concatenate(parts)
             n_full = len(stream) // body
             for k in range(n_full):
-                yield np.concatenate([head, stream[k * body : (k + 1) * body]])
+                sequences += 1
+                after = StreamCursor(sequences, documents, started, tuple(stream[(k + 1) * body :].tolist()))
+                yield np.concatenate([head, stream[k * body : (k + 1) * body]]), after
             rest = stream[n_full * body :]
             parts, held = [rest], len(rest)
 
@@ -462,22 +493,43 @@ def shard_sequences(
         return random_shard(spec, tokenizer, shard, seq_len, per_shard, name)
     if spec.get("source") == "planted":
         return planted_shard(spec, shard, seq_len, per_shard, name)
+    return text_shard(spec, tokenizer, shard, root, name=name)[0]
+
+
+def text_shard(
+    spec: Mapping[str, Any],
+    tokenizer: TextTokenizer,
+    shard: int,
+    root: Path = Path("."),
+    *,
+    name: str,
+    cursor: StreamCursor = StreamCursor(),
+) -> tuple[np.ndarray, StreamCursor]:
+    """One shard of a text dataset and the stream's cursor after it. From `cursor` (where the previous
+    shard ended: its `stream_end`) only this shard's text is read and tokenized; from the start, every
+    earlier shard's text is read again, as the same sequences."""
+    seq_len = _int_opt(spec, "seq_len", 2 if tokenizer.bos_id is not None else 1, name)
+    per_shard = _int_opt(spec, "sequences_per_shard", 1, name)
     start, stop = shard * per_shard, (shard + 1) * per_shard
+    if cursor.sequences > start:
+        raise ValueError(f"dataset {name!r}: a stream cursor after sequence {cursor.sequences} cannot start shard {shard}")
     out = np.empty((per_shard, seq_len), dtype=np.int32)
-    documents = iter_documents(spec, root, dataset=name)
-    produced = 0
+    documents = itertools.islice(iter_documents(spec, root, dataset=name), cursor.documents, None)
     token_ids = _token_batches(documents, tokenizer)
-    packed = pack_sequences(token_ids, seq_len, tokenizer.bos_id, tokenizer.eos_id)
-    for index, seq in enumerate(packed):
-        produced = index + 1
-        if index >= start:
-            out[index - start] = seq
+    produced = cursor.sequences
+    for seq, after in pack_stream(token_ids, seq_len, tokenizer.bos_id, tokenizer.eos_id, cursor):
+        produced = after.sequences
+        if produced > start:
+            out[produced - 1 - start] = seq
         if produced == stop:
-            return out
+            return out, after
     raise ValueError(
         f"dataset {name!r} yields only {produced} sequences of length {seq_len}; "
         f"shard {shard} needs sequences {start}..{stop - 1}"
     )
+
+
+TEXT_SOURCES = ("bundled", "files", "hf")  # datasets read as a stream of documents (their shards chain)
 
 
 def random_shard(
@@ -520,9 +572,18 @@ def _tokens_digest(tokens: np.ndarray) -> str:
 
 
 def write_token_shard(
-    path: str | Path, tokens: np.ndarray, *, tokenizer: TextTokenizer, dataset: str, shard: int
+    path: str | Path,
+    tokens: np.ndarray,
+    *,
+    tokenizer: TextTokenizer,
+    dataset: str,
+    shard: int,
+    stream_end: tuple[StreamCursor, str] | None = None,
 ) -> None:
-    """Atomically write a zarr v3 group with array `tokens` (int32, chunked by rows) and attrs."""
+    """Atomically write a zarr v3 group with array `tokens` (int32, chunked by rows) and attrs.
+
+    `stream_end`: a text dataset's cursor after this shard and the fingerprint of the dataset's settings it
+    belongs to; the cursor's carried tokens go into an array `stream_carry`."""
     import zarr
 
     tokens = np.asarray(tokens)
@@ -561,7 +622,24 @@ def write_token_shard(
             "tokens", shape=tokens.shape, chunks=(rows, seq_len), dtype="int32"
         )
         array[...] = tokens
+        if stream_end is not None:
+            cursor, stream = stream_end
+            carry = np.asarray(cursor.carry, dtype=np.int32)
+            group.create_array("stream_carry", shape=carry.shape, chunks=(max(1, len(carry)),), dtype="int32")[...] = carry
+            attrs["stream_end"] = {**{k: v for k, v in asdict(cursor).items() if k != "carry"}, "stream": stream}
         group.attrs.update(attrs)
+
+
+def read_stream_end(path: str | Path, stream: str) -> StreamCursor | None:
+    """The cursor a token shard recorded at its end, if it recorded one for the dataset settings `stream`."""
+    import zarr
+
+    group = zarr.open_group(store=str(path), mode="r")
+    end = dict(group.attrs).get("stream_end")
+    if not end or end.get("stream") != stream or "stream_carry" not in group:
+        return None
+    carry = tuple(np.asarray(group["stream_carry"][...]).tolist())
+    return StreamCursor(int(end["sequences"]), int(end["documents"]), bool(end["started"]), carry)
 
 
 def token_shard_shape(path: str | Path) -> tuple[int, int]:

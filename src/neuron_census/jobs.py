@@ -86,14 +86,38 @@ def tokenize_job(
     dataset_spec: Mapping[str, Any],
     shard: int,
     output: PathLike,
+    previous: PathLike | None = None,
 ) -> None:
-    from neuron_census.corpus import shard_sequences, write_token_shard
+    """One token shard. A text dataset's shard records where the stream stands after it, and with the
+    previous shard given (`previous`) reads and tokenizes only its own text from there: making n shards
+    tokenizes the text once, not 1 + 2 + ... + n shard's worth."""
+    import hashlib
+    import json
+
+    from neuron_census.corpus import (
+        TEXT_SOURCES,
+        StreamCursor,
+        read_stream_end,
+        shard_sequences,
+        text_shard,
+        write_token_shard,
+    )
     from neuron_census.tokenization import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_name, tokenizer_spec)
-    spec = {"n_shards": shard + 1, **dataset_spec}  # the workflow leaves n_shards out of the params
-    tokens = shard_sequences(spec, tokenizer, shard, Path("."), dataset=dataset_name)
-    write_token_shard(output, tokens, tokenizer=tokenizer, dataset=dataset_name, shard=shard)
+    settings = {k: v for k, v in dataset_spec.items() if k != "n_shards"}
+    spec = {**settings, "n_shards": shard + 1}  # shard i does not depend on n_shards
+    if dataset_spec.get("source") not in TEXT_SOURCES:
+        tokens = shard_sequences(spec, tokenizer, shard, Path("."), dataset=dataset_name)
+        write_token_shard(output, tokens, tokenizer=tokenizer, dataset=dataset_name, shard=shard)
+        return
+    described = json.dumps([tokenizer.fingerprint, settings], sort_keys=True, default=str)
+    stream = hashlib.sha256(described.encode()).hexdigest()[:16]
+    cursor = read_stream_end(previous, stream) if previous is not None else None
+    if previous is not None and cursor is None:
+        print(f"tokenize: {previous} records no stream position of these settings; reading from the start", file=sys.stderr)
+    tokens, end = text_shard(spec, tokenizer, shard, Path("."), name=dataset_name, cursor=cursor or StreamCursor())
+    write_token_shard(output, tokens, tokenizer=tokenizer, dataset=dataset_name, shard=shard, stream_end=(end, stream))
 
 
 def train_tokenizer_job(spec: Mapping[str, Any], dataset_spec: Mapping[str, Any], output: PathLike) -> None:

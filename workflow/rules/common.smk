@@ -16,6 +16,7 @@ from neuron_census.config import (
     train_dir,
     validate_config,
 )
+from neuron_census.corpus import TEXT_SOURCES
 from neuron_census.jobs import FIGURES as FIGURE_SPECS, TABLE_FILES
 
 try:
@@ -42,6 +43,13 @@ wildcard_constraints:
 def shard_paths(tok, dataset):
     n = config["datasets"][dataset]["n_shards"]
     return [f"results/tokens/{tok}/{dataset}/shard-{i}.zarr" for i in range(n)]
+
+
+def previous_text_shard(tok, dataset, shard):
+    """The shard before `shard` of a text dataset (its job reads on from where that one ended), else none."""
+    if shard == 0 or config["datasets"][dataset]["source"] not in TEXT_SOURCES:
+        return []
+    return [f"results/tokens/{tok}/{dataset}/shard-{shard - 1}.zarr"]
 
 
 def tokenizer_inputs(tok):

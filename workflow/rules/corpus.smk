@@ -18,6 +18,8 @@ rule train_tokenizer:
 rule tokenize:
     input:
         tokenizer=lambda w: tokenizer_inputs(w.tok),
+        # a text dataset's shard continues the stream where the previous one ended (no re-reading)
+        previous=lambda w: previous_text_shard(w.tok, w.dataset, int(w.shard)),
     output:
         directory("results/tokens/{tok}/{dataset}/shard-{shard}.zarr"),
     params:

@@ -11,4 +11,5 @@ with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)
         dataset_spec=snakemake.params.dataset,  # noqa: F821
         shard=int(snakemake.wildcards.shard),  # noqa: F821
         output=snakemake.output[0],  # noqa: F821
+        previous=snakemake.input.previous[0] if snakemake.input.previous else None,  # noqa: F821
     )
