@@ -18,6 +18,7 @@ import lzma
 import random
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -410,9 +411,10 @@ def pack_stream(
     bos_id: int | None,
     eos_id: int | None,
     cursor: StreamCursor = StreamCursor(),
-) -> Iterator[tuple[np.ndarray, StreamCursor]]:
+) -> Iterator[tuple[np.ndarray, Callable[[], StreamCursor]]]:
     """`pack_sequences` continued from `cursor` (the documents after `cursor.documents`), yielding each
-    sequence with the cursor just after it."""
+    sequence with a function giving the cursor just after it (built only when asked for: its carry can be
+    a long document's remaining tokens)."""
     body = seq_len - (bos_id is not None)
     if body < 1:
         raise ValueError(f"seq_len {seq_len} leaves no room for tokens after bos")
@@ -436,10 +438,14 @@ def pack_stream(
             n_full = len(stream) // body
             for k in range(n_full):
                 sequences += 1
-                after = StreamCursor(sequences, documents, started, tuple(stream[(k + 1) * body :].tolist()))
+                after = partial(_cursor, sequences, documents, started, stream[(k + 1) * body :])
                 yield np.concatenate([head, stream[k * body : (k + 1) * body]]), after
             rest = stream[n_full * body :]
             parts, held = [rest], len(rest)
+
+
+def _cursor(sequences: int, documents: int, started: bool, carry: np.ndarray) -> StreamCursor:
+    return StreamCursor(sequences, documents, started, tuple(carry.tolist()))
 
 
 def _token_batches(documents: Iterable[str], tokenizer: TextTokenizer) -> Iterator[list[int]]:
@@ -518,11 +524,11 @@ def text_shard(
     token_ids = _token_batches(documents, tokenizer)
     produced = cursor.sequences
     for seq, after in pack_stream(token_ids, seq_len, tokenizer.bos_id, tokenizer.eos_id, cursor):
-        produced = after.sequences
+        produced += 1
         if produced > start:
             out[produced - 1 - start] = seq
         if produced == stop:
-            return out, after
+            return out, after()
     raise ValueError(
         f"dataset {name!r} yields only {produced} sequences of length {seq_len}; "
         f"shard {shard} needs sequences {start}..{stop - 1}"
