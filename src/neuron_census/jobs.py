@@ -147,7 +147,6 @@ def train_job(
     """
     import shutil
 
-    import numpy as np
     import torch
 
     from neuron_census.tokenization import load_tokenizer

@@ -22,6 +22,8 @@ merged and pruned by the `*_keys` functions here; on a CPU, a CSR matrix pruned 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -335,8 +337,7 @@ def coverage_bounds(
     if capacity is None or exact.all():
         lower[groups_present] = upper_present
         return lower, upper, exact
-    slack = np.zeros(n_groups, dtype=np.float64)
-    slack[~exact] = (fires[~exact] - kept_sum[~exact]) / (capacity + 1)
+    slack = summary_slack(fires, kept_sum, capacity)  # 0 where exact
     rank = np.arange(len(g)) - np.repeat(starts, sizes)
     optimistic = within + (rank + 1) * np.repeat(slack[groups_present], sizes)
     reached_hi = optimistic >= group_target
@@ -353,19 +354,20 @@ def coverage_bounds(
     return lower, upper, exact
 
 
-def summary_slack(total: int, kept: int, capacity: int | None) -> float:
-    """How far below its true count any counter of one Misra-Gries summary may be, absent n-grams included:
-    (`total` counted - `kept`, the sum of the estimates) / (capacity + 1); 0 when nothing was pruned."""
-    if capacity is None or kept >= total:
-        return 0.0
-    return (total - kept) / (capacity + 1)
+def summary_slack(total: Any, kept: Any, capacity: int | None) -> Any:
+    """How far below its true count any counter of a Misra-Gries summary may be, absent n-grams included:
+    (`total` counted - `kept`, the sum of the estimates) / (capacity + 1); 0 when nothing was pruned.
+    Element-wise for arrays of summaries (one per neuron)."""
+    if capacity is None:
+        return np.zeros(np.shape(total)) if np.ndim(total) else 0.0
+    return np.maximum(np.asarray(total, dtype=np.float64) - kept, 0.0) / (capacity + 1)
 
 
 def _slack_items(target: np.ndarray, fires: np.ndarray, capacity: int | None) -> np.ndarray:
     """Lower bound for a group with no counter left: every unseen n-gram holds at most the slack."""
     if capacity is None:
         return target
-    slack = fires / (capacity + 1)
+    slack = summary_slack(fires, 0, capacity)
     return np.ceil(target / np.maximum(slack, 1e-300) - 1e-9).astype(np.int64)
 
 
