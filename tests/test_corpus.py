@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import lzma
@@ -277,12 +278,55 @@ def test_shards_chained_by_their_stream_cursors_equal_shards_read_from_the_start
         corpus.text_shard(spec, gpt2, 1, ROOT, name="b", cursor=cursor)
 
 
+def test_hf_shards_chained_by_their_stream_cursors_do_not_read_earlier_data_files(
+    tmp_path: Path, gpt2: TextTokenizer
+) -> None:
+    """An hf stream's shard goes on from the dataset's own state after the previous shard: it equals the
+    shard read from the start (with a `where` filter, a held-out split and empty records in the stream),
+    and the data files before the cursor are not read again (they are made unreadable here)."""
+    from neuron_census import corpus
+
+    files = []
+    for f in range(6):
+        records = [{"text": "" if i == 3 else f"file {f} record {i}: " + "some words " * (i % 5),
+                    "meta": {"set": "kept" if i % 4 else "other"}} for i in range(20)]
+        files.append(tmp_path / f"part{f}.jsonl")
+        files[-1].write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    hf = {"path": "json", "data_files": [p.name for p in files], "split": "train", "where": {"meta.set": ["kept"]}}
+    spec = {"source": "hf", "hf": hf, "split": "train", "heldout_every": 5, "seq_len": 8,
+            "sequences_per_shard": 25, "n_shards": 4}
+    expected = [shard_sequences(spec, gpt2, shard, tmp_path, dataset="h") for shard in range(4)]
+    cursors = [corpus.StreamCursor()]
+    for shard in range(4):
+        got, after = corpus.text_shard(spec, gpt2, shard, tmp_path, name="h", cursor=cursors[-1])
+        np.testing.assert_array_equal(got, expected[shard])
+        assert after.source is not None and after.documents > cursors[-1].documents
+        cursors.append(after)
+    # the stream goes on from the file of `previous_state`; the json builder reads the first file's first
+    # block for its schema, so the files in between are the ones never read
+    resumed_from = json.loads(cursors[3].source)["state"]["examples_iterable"]["previous_state"]["shard_idx"]
+    assert resumed_from >= 3
+    for path in files[1:resumed_from]:
+        path.write_text("not json {\n")
+    with pytest.raises(Exception):
+        list(iter_documents(spec, tmp_path))
+    got, _ = corpus.text_shard(spec, gpt2, 3, tmp_path, name="h", cursor=cursors[3])
+    np.testing.assert_array_equal(got, expected[3])
+    counted = dataclasses.replace(cursors[3], source=None)  # without a position: earlier files are read
+    with pytest.raises(Exception):
+        corpus.text_shard(spec, gpt2, 3, tmp_path, name="h", cursor=counted)
+    saved_by_other_version = json.loads(cursors[3].source) | {"datasets": "0.0"}
+    elsewhere = dataclasses.replace(cursors[3], source=json.dumps(saved_by_other_version))
+    with pytest.raises(Exception):  # a position saved by another datasets release is not trusted
+        corpus.text_shard(spec, gpt2, 3, tmp_path, name="h", cursor=elsewhere)
+
+
 def test_a_shard_store_keeps_its_stream_cursor(tmp_path: Path, words: TextTokenizer) -> None:
     from neuron_census.corpus import StreamCursor, read_stream_end
 
     tokens = np.array([[0, 2, 3, 4]], dtype=np.int32)
-    for carry in ((3, 2, 4), ()):
-        cursor = StreamCursor(sequences=5, documents=7, started=True, carry=carry)
+    for carry, source in (((3, 2, 4), None), ((), '{"records": 9, "state": {"shard_idx": 2}}')):
+        cursor = StreamCursor(sequences=5, documents=7, started=True, carry=carry, source=source)
         path = tmp_path / f"s{len(carry)}.zarr"
         write_token_shard(path, tokens, tokenizer=words, dataset="d", shard=0, stream_end=(cursor, "abc"))
         assert read_stream_end(path, "abc") == cursor

@@ -16,11 +16,12 @@ import itertools
 import json
 import lzma
 import random
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import numpy as np
 
@@ -35,6 +36,7 @@ from neuron_census.bundle import (
 from neuron_census.errors import first_line
 from neuron_census.tokenization import TextTokenizer
 
+T = TypeVar("T")
 SOURCES = ("bundled", "files", "hf", "random_tokens", "planted")
 SPLITS = ("all", "train", "heldout")
 TEXT_SUFFIXES = (".txt", ".txt.gz", ".txt.xz")
@@ -113,7 +115,7 @@ def iter_documents(
         for path in _file_paths(spec, root, name):
             yield from apply_split(_file_documents(path, spec, errors, min_chars), split, every)
     elif source == "hf":
-        yield from apply_split(_hf_documents(spec, root, name), split, every)
+        yield from (text for text, _ in apply_split(_hf_documents(spec, root, name), split, every))
     elif source in ("random_tokens", "planted"):
         raise ValueError(f"dataset {name!r}: source '{source}' has no text documents")
     else:
@@ -122,10 +124,11 @@ def iter_documents(
         )
 
 
-def apply_split(documents: Iterable[str], split: str, heldout_every: int) -> Iterator[str]:
+def apply_split(documents: Iterable[T], split: str, heldout_every: int, start: int = 0) -> Iterator[T]:
     """Keep the train or heldout part of one stream: document i is heldout iff
-    i % heldout_every == heldout_every - 1 (i counts the stream's non-empty documents)."""
-    for i, doc in enumerate(documents):
+    i % heldout_every == heldout_every - 1 (i counts the stream's non-empty documents; `start` of them
+    were read before `documents` began)."""
+    for i, doc in enumerate(documents, start=start):
         heldout = i % heldout_every == heldout_every - 1
         if split == "all" or (split == "heldout") == heldout:
             yield doc
@@ -326,8 +329,12 @@ def _record_filter(where: Any, name: str, path: str) -> Callable[[Mapping[str, A
     return keep
 
 
-def _hf_documents(spec: Mapping[str, Any], root: Path, name: str) -> Iterator[str]:
-    """Streamed records of a Hugging Face dataset (never running remote code)."""
+def _hf_documents(
+    spec: Mapping[str, Any], root: Path, name: str, resume: Mapping[str, Any] | None = None
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Streamed non-empty records of a Hugging Face dataset (never running remote code), each with where the
+    stream stands after it: the dataset's `state_dict` and the count of non-empty records so far. From such
+    a position (`resume`) the stream goes on without reading the data files before it."""
     hf = spec.get("hf")
     if not isinstance(hf, Mapping) or not hf.get("path"):
         raise ValueError(f"dataset {name!r}: source 'hf' needs hf.path")
@@ -349,8 +356,11 @@ def _hf_documents(spec: Mapping[str, Any], root: Path, name: str) -> Iterator[st
         )
     except Exception as err:  # datasets raises many types; report them in one line
         raise ValueError(f"dataset {name!r}: cannot load hf dataset {path!r}: {first_line(err)}") from err
-    where = _record_filter(hf.get("where"), name, path)
     count = 0
+    if resume is not None:
+        stream.load_state_dict(resume["state"])
+        count = int(resume["records"])
+    where = _record_filter(hf.get("where"), name, path)
     for record in stream:
         if not where(record):
             continue
@@ -359,9 +369,15 @@ def _hf_documents(spec: Mapping[str, Any], root: Path, name: str) -> Iterator[st
             raise ValueError(f"dataset {name!r}: hf dataset {path!r} has no string field {field!r}")
         if text.strip():
             count += 1
-            yield text
+            yield text, {"state": stream.state_dict(), "records": count, "datasets": datasets.__version__}
     if count == 0:
         raise ValueError(f"dataset {name!r}: hf dataset {path!r} has no documents")
+
+
+def _datasets_version() -> str:
+    import datasets
+
+    return str(datasets.__version__)
 
 
 def _resolve_data_files(files: Any, root: Path) -> Any:
@@ -387,12 +403,16 @@ class StreamCursor:
     """Where a text dataset's packed token stream stands after some sequences: how many sequences were cut,
     how many documents (of the split) were read, whether a non-empty one was among them (the next is then
     preceded by EOS), and the tokens read but not yet cut into a sequence. The next shard's job starts there
-    instead of reading and tokenizing every earlier shard's text again."""
+    instead of reading and tokenizing every earlier shard's text again.
+
+    `source`: for a source that can go on from where it stood (an `hf` stream), that position as JSON; the
+    next shard then does not read earlier documents at all. Without it they are read again and skipped."""
 
     sequences: int = 0
     documents: int = 0
     started: bool = False
     carry: tuple[int, ...] = ()
+    source: str | None = None
 
 
 def pack_sequences(
@@ -401,20 +421,20 @@ def pack_sequences(
     """Concatenate documents (eos between them when eos_id is set), cut into chunks of
     seq_len minus one for bos, prepend bos; yield int32 arrays of seq_len. The incomplete tail
     is dropped. Empty documents add nothing (not even a separator)."""
-    for sequence, _ in pack_stream(docs_token_ids, seq_len, bos_id, eos_id):
+    for sequence, _ in pack_stream(((ids, None) for ids in docs_token_ids), seq_len, bos_id, eos_id):
         yield sequence
 
 
 def pack_stream(
-    docs_token_ids: Iterable[list[int]],
+    docs_token_ids: Iterable[tuple[list[int], Any]],
     seq_len: int,
     bos_id: int | None,
     eos_id: int | None,
     cursor: StreamCursor = StreamCursor(),
 ) -> Iterator[tuple[np.ndarray, Callable[[], StreamCursor]]]:
-    """`pack_sequences` continued from `cursor` (the documents after `cursor.documents`), yielding each
-    sequence with a function giving the cursor just after it (built only when asked for: its carry can be
-    a long document's remaining tokens)."""
+    """`pack_sequences` continued from `cursor` (the documents after `cursor.documents`, each with where its
+    source stands after it, or None), yielding each sequence with a function giving the cursor just after
+    it (built only when asked for: its carry can be a long document's remaining tokens)."""
     body = seq_len - (bos_id is not None)
     if body < 1:
         raise ValueError(f"seq_len {seq_len} leaves no room for tokens after bos")
@@ -422,7 +442,8 @@ def pack_stream(
     parts: list[np.ndarray] = [np.asarray(cursor.carry, dtype=np.int32)]
     held = len(cursor.carry)
     sequences, documents, started = cursor.sequences, cursor.documents, cursor.started
-    for ids in docs_token_ids:
+    position: Any = cursor.source
+    for ids, position in docs_token_ids:
         documents += 1
         if len(ids) == 0:
             continue
@@ -438,28 +459,62 @@ def pack_stream(
             n_full = len(stream) // body
             for k in range(n_full):
                 sequences += 1
-                after = partial(_cursor, sequences, documents, started, stream[(k + 1) * body :])
+                after = partial(_cursor, sequences, documents, started, stream[(k + 1) * body :], position)
                 yield np.concatenate([head, stream[k * body : (k + 1) * body]]), after
             rest = stream[n_full * body :]
             parts, held = [rest], len(rest)
 
 
-def _cursor(sequences: int, documents: int, started: bool, carry: np.ndarray) -> StreamCursor:
-    return StreamCursor(sequences, documents, started, tuple(carry.tolist()))
+def _cursor(sequences: int, documents: int, started: bool, carry: np.ndarray, position: Any) -> StreamCursor:
+    return StreamCursor(sequences, documents, started, tuple(carry.tolist()), _position_json(position))
 
 
-def _token_batches(documents: Iterable[str], tokenizer: TextTokenizer) -> Iterator[list[int]]:
-    """Token ids per document, encoded in batches only when the consumer needs them."""
-    batch: list[str] = []
+def _position_json(position: Any) -> str | None:
+    """A source position as JSON (a string as it is); None where it has none or it does not encode."""
+    if position is None or isinstance(position, str):
+        return position
+    try:
+        return json.dumps(position, sort_keys=True)
+    except (TypeError, ValueError):
+        return None
+
+
+def _token_batches(documents: Iterable[tuple[str, T]], tokenizer: TextTokenizer) -> Iterator[tuple[list[int], T]]:
+    """Token ids per document (with its position, passed through), encoded in batches only when the
+    consumer needs them."""
+    batch: list[tuple[str, T]] = []
     chars = 0
-    for doc in documents:
-        batch.append(doc)
-        chars += len(doc)
+    for item in documents:
+        batch.append(item)
+        chars += len(item[0])
         if len(batch) >= TOKENIZE_BATCH_DOCS or chars >= TOKENIZE_BATCH_CHARS:
-            yield from tokenizer.encode_batch(batch)
+            yield from zip(tokenizer.encode_batch([doc for doc, _ in batch]), (p for _, p in batch))
             batch, chars = [], 0
     if batch:
-        yield from tokenizer.encode_batch(batch)
+        yield from zip(tokenizer.encode_batch([doc for doc, _ in batch]), (p for _, p in batch))
+
+
+def _documents_after(
+    spec: Mapping[str, Any], root: Path, name: str, cursor: StreamCursor
+) -> Iterator[tuple[str, Any]]:
+    """The documents of a text dataset after `cursor`, each with where its source stands after it (None for
+    sources that cannot go on from a position: those documents are counted off from the start)."""
+    if spec.get("source") != "hf":
+        for doc in itertools.islice(iter_documents(spec, root, dataset=name), cursor.documents, None):
+            yield doc, None
+        return
+    split = _choice_opt(spec, "split", SPLITS, name)
+    every = _int_opt(spec, "heldout_every", 2, name)
+    resume = json.loads(cursor.source) if cursor.source else None
+    if resume is not None and resume.get("datasets") != _datasets_version():
+        print(f"dataset {name!r}: stream position saved by datasets {resume.get('datasets')}, not "
+              f"{_datasets_version()}; reading on from the start", file=sys.stderr)
+        resume = None
+    if resume is None:
+        documents = apply_split(_hf_documents(spec, root, name), split, every)
+        yield from itertools.islice(documents, cursor.documents, None)
+        return
+    yield from apply_split(_hf_documents(spec, root, name, resume), split, every, start=int(resume["records"]))
 
 
 def planted_shard(spec: Mapping[str, Any], shard: int, seq_len: int, per_shard: int, name: str) -> np.ndarray:
@@ -512,16 +567,16 @@ def text_shard(
     cursor: StreamCursor = StreamCursor(),
 ) -> tuple[np.ndarray, StreamCursor]:
     """One shard of a text dataset and the stream's cursor after it. From `cursor` (where the previous
-    shard ended: its `stream_end`) only this shard's text is read and tokenized; from the start, every
-    earlier shard's text is read again, as the same sequences."""
+    shard ended: its `stream_end`) only this shard's text is tokenized, and an `hf` stream reads on from
+    there without the earlier data files; from the start, every earlier shard's text is read again, as the
+    same sequences."""
     seq_len = _int_opt(spec, "seq_len", 2 if tokenizer.bos_id is not None else 1, name)
     per_shard = _int_opt(spec, "sequences_per_shard", 1, name)
     start, stop = shard * per_shard, (shard + 1) * per_shard
     if cursor.sequences > start:
         raise ValueError(f"dataset {name!r}: a stream cursor after sequence {cursor.sequences} cannot start shard {shard}")
     out = np.empty((per_shard, seq_len), dtype=np.int32)
-    documents = itertools.islice(iter_documents(spec, root, dataset=name), cursor.documents, None)
-    token_ids = _token_batches(documents, tokenizer)
+    token_ids = _token_batches(_documents_after(spec, root, name, cursor), tokenizer)
     produced = cursor.sequences
     for seq, after in pack_stream(token_ids, seq_len, tokenizer.bos_id, tokenizer.eos_id, cursor):
         produced += 1
@@ -645,7 +700,10 @@ def read_stream_end(path: str | Path, stream: str) -> StreamCursor | None:
     if not end or end.get("stream") != stream or "stream_carry" not in group:
         return None
     carry = tuple(np.asarray(group["stream_carry"][...]).tolist())
-    return StreamCursor(int(end["sequences"]), int(end["documents"]), bool(end["started"]), carry)
+    source = end.get("source")
+    return StreamCursor(
+        int(end["sequences"]), int(end["documents"]), bool(end["started"]), carry, None if source is None else str(source)
+    )
 
 
 def token_shard_shape(path: str | Path) -> tuple[int, int]:
