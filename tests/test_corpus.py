@@ -321,6 +321,42 @@ def test_hf_shards_chained_by_their_stream_cursors_do_not_read_earlier_data_file
         corpus.text_shard(spec, gpt2, 3, tmp_path, name="h", cursor=elsewhere)
 
 
+def test_file_shards_chained_by_their_stream_cursors_do_not_read_earlier_files(
+    tmp_path: Path, gpt2: TextTokenizer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A `files` dataset's shard goes on from the file and document where the previous one ended: it
+    equals the shard read from the start (text and compressed JSONL files, a held-out split counted per
+    file), and the files before that one are not read again (they are made unreadable here)."""
+    from neuron_census import corpus
+
+    files = []
+    for f in range(5):
+        records = [{"text": "" if i == 4 else f"file {f} document {i}: " + "more words " * (i % 6)} for i in range(24)]
+        lines = ("\n".join(json.dumps(r) for r in records) + "\n").encode()
+        files.append(tmp_path / f"part{f}.jsonl.xz" if f % 2 else tmp_path / f"part{f}.jsonl")
+        files[-1].write_bytes(lzma.compress(lines) if f % 2 else lines)
+    spec = {"source": "files", "paths": ["part*.jsonl*"], "split": "heldout", "heldout_every": 2, "seq_len": 8,
+            "sequences_per_shard": 20, "n_shards": 4}
+    expected = [shard_sequences(spec, gpt2, shard, tmp_path, dataset="f") for shard in range(4)]
+    cursors = [corpus.StreamCursor()]
+    for shard in range(4):
+        got, after = corpus.text_shard(spec, gpt2, shard, tmp_path, name="f", cursor=cursors[-1])
+        np.testing.assert_array_equal(got, expected[shard])
+        cursors.append(after)
+    resumed_from = json.loads(cursors[3].source)["file"]
+    assert resumed_from >= 2 and json.loads(cursors[3].source)["records"] > 0  # within a file
+    for path in files[:resumed_from]:
+        path.write_text("not json {\n")
+    got, _ = corpus.text_shard(spec, gpt2, 3, tmp_path, name="f", cursor=cursors[3])
+    np.testing.assert_array_equal(got, expected[3])
+    with pytest.raises(ValueError, match="part0.jsonl:1"):  # without a position: earlier files are read
+        corpus.text_shard(spec, gpt2, 3, tmp_path, name="f", cursor=dataclasses.replace(cursors[3], source=None))
+    (tmp_path / "part.jsonl").write_text('{"text": "a new first file"}\n')  # the globs now find other files
+    with pytest.raises(ValueError, match="part.jsonl|part0.jsonl"):
+        corpus.text_shard(spec, gpt2, 3, tmp_path, name="f", cursor=cursors[3])
+    assert "is no longer" in capsys.readouterr().err
+
+
 def test_a_shard_store_keeps_its_stream_cursor(tmp_path: Path, words: TextTokenizer) -> None:
     from neuron_census.corpus import StreamCursor, read_stream_end
 

@@ -108,14 +108,8 @@ def iter_documents(
             for d in _domains(spec, name)
         ]
         yield from interleave(streams, int(_opt(spec, "seed")))
-    elif source == "files":
-        min_chars = _int_opt(
-            {"min_document_chars": MIN_DOCUMENT_CHARS, **spec}, "min_document_chars", 1, name
-        )
-        for path in _file_paths(spec, root, name):
-            yield from apply_split(_file_documents(path, spec, errors, min_chars), split, every)
-    elif source == "hf":
-        yield from (text for text, _ in apply_split(_hf_documents(spec, root, name), split, every))
+    elif source in POSITIONED_SOURCES:
+        yield from (text for text, _ in _positioned_documents(spec, root, name))
     elif source in ("random_tokens", "planted"):
         raise ValueError(f"dataset {name!r}: source '{source}' has no text documents")
     else:
@@ -499,22 +493,59 @@ def _documents_after(
 ) -> Iterator[tuple[str, Any]]:
     """The documents of a text dataset after `cursor`, each with where its source stands after it (None for
     sources that cannot go on from a position: those documents are counted off from the start)."""
-    if spec.get("source") != "hf":
+    if spec.get("source") not in POSITIONED_SOURCES:
         for doc in itertools.islice(iter_documents(spec, root, dataset=name), cursor.documents, None):
             yield doc, None
         return
+    resume = json.loads(cursor.source) if cursor.source else None
+    stale = _stale_position(spec, root, name, resume) if resume is not None else None
+    if stale:
+        print(f"dataset {name!r}: {stale}; reading on from the start", file=sys.stderr)
+    if resume is None or stale:
+        yield from itertools.islice(_positioned_documents(spec, root, name), cursor.documents, None)
+    else:
+        yield from _positioned_documents(spec, root, name, resume)
+
+
+POSITIONED_SOURCES = ("files", "hf")  # text sources whose shards go on from a saved position
+
+
+def _positioned_documents(
+    spec: Mapping[str, Any], root: Path, name: str, resume: Mapping[str, Any] | None = None
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Documents of a `files` or `hf` dataset (split applied) from the start or from a saved position, each
+    with the position after it: for `hf` the stream's own state and the count of non-empty records, for
+    `files` the file's index and path and the count of its non-empty documents. A file's split counter
+    starts at 0 in every file, an hf stream's once."""
     split = _choice_opt(spec, "split", SPLITS, name)
     every = _int_opt(spec, "heldout_every", 2, name)
-    resume = json.loads(cursor.source) if cursor.source else None
-    if resume is not None and resume.get("datasets") != _datasets_version():
-        print(f"dataset {name!r}: stream position saved by datasets {resume.get('datasets')}, not "
-              f"{_datasets_version()}; reading on from the start", file=sys.stderr)
-        resume = None
-    if resume is None:
-        documents = apply_split(_hf_documents(spec, root, name), split, every)
-        yield from itertools.islice(documents, cursor.documents, None)
+    if spec.get("source") == "hf":
+        records = int(resume["records"]) if resume else 0
+        yield from apply_split(_hf_documents(spec, root, name, resume), split, every, start=records)
         return
-    yield from apply_split(_hf_documents(spec, root, name, resume), split, every, start=int(resume["records"]))
+    errors = _choice_opt(spec, "encoding_errors", ("strict", "replace"), name)
+    min_chars = _int_opt({"min_document_chars": MIN_DOCUMENT_CHARS, **spec}, "min_document_chars", 1, name)
+    paths = _file_paths(spec, root, name)
+    first, skipped = (int(resume["file"]), int(resume["records"])) if resume else (0, 0)
+    for index in range(first, len(paths)):
+        start = skipped if index == first else 0
+        documents = itertools.islice(_file_documents(paths[index], spec, errors, min_chars), start, None)
+        numbered = ((doc, {"file": index, "path": str(paths[index]), "records": n}) for n, doc in enumerate(documents, start + 1))
+        yield from apply_split(numbered, split, every, start=start)
+
+
+def _stale_position(spec: Mapping[str, Any], root: Path, name: str, resume: Mapping[str, Any]) -> str | None:
+    """Why a saved position cannot be used now (None if it can): another `datasets` release saved it, or
+    the dataset's globs no longer find its file at its index."""
+    if spec.get("source") == "hf":
+        if resume.get("datasets") != _datasets_version():
+            return f"stream position saved by datasets {resume.get('datasets')}, not {_datasets_version()}"
+        return None
+    paths = _file_paths(spec, root, name)
+    index = int(resume.get("file", -1))
+    if not 0 <= index < len(paths) or str(paths[index]) != resume.get("path"):
+        return f"file {index} of the saved position is no longer {resume.get('path')!r}"
+    return None
 
 
 def planted_shard(spec: Mapping[str, Any], shard: int, seq_len: int, per_shard: int, name: str) -> np.ndarray:
