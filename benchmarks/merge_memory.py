@@ -11,6 +11,8 @@ its own subprocess, so each peak is its own:
               the other accumulators folded in one store at a time, each merged layer written by a
               writer thread while the next is merged
   streaming_inline  the same, each merged layer written before the next is merged (`write_behind=False`)
+  parallel    `merge_store_files` with `workers` = this host's cores: layers folded in that many processes
+              (peak RSS: the parent's; the largest worker's is reported beside it)
 
     python benchmarks/merge_memory.py --architecture opt-125m --shards 2 8 --out benchmarks/results/merge-memory
 """
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -30,7 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 from capture_speed import _peak_rss_mb, _rss_mb, corpus_tokens, set_fire_rate, write_results  # noqa: E402
 
-METHODS = ("in_memory", "streaming", "streaming_inline")
+METHODS = ("in_memory", "streaming", "streaming_inline", "parallel")
 
 
 def add_shard_arguments(parser: argparse.ArgumentParser) -> None:
@@ -92,8 +96,11 @@ def merge_one(method: str, paths: list[str], output: str) -> dict[str, Any]:
         attrs = merged_attrs([StoreReader(path) for path in paths])
         write_store(output, attrs, merge_states([read_store(path)[1] for path in paths]))
     else:
-        merge_store_files(paths, output, write_behind=method == "streaming")
-    return {"seconds": time.perf_counter() - start, "peak_rss_mb": _peak_rss_mb(), "rss_loaded_mb": loaded}
+        workers = (os.cpu_count() or 1) if method == "parallel" else 1
+        merge_store_files(paths, output, write_behind=method != "streaming_inline", workers=workers)
+    workers_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest finished child's
+    return {"seconds": time.perf_counter() - start, "peak_rss_mb": _peak_rss_mb(), "rss_loaded_mb": loaded,
+            "peak_rss_worker_mb": workers_peak}
 
 
 def main() -> None:
@@ -141,8 +148,11 @@ def main() -> None:
                 for n in (low, high)
             )
             change = 100 * (b["peak_rss_mb"] / a["peak_rss_mb"] - 1)
+            workers = (
+                f" (largest worker {a['peak_rss_worker_mb']:.0f} / {b['peak_rss_worker_mb']:.0f})" if method == "parallel" else ""
+            )
             lines.append(
-                f"| {method} | {a['peak_rss_mb']:.0f} | {b['peak_rss_mb']:.0f} | {change:+.1f}% "
+                f"| {method}{workers} | {a['peak_rss_mb']:.0f} | {b['peak_rss_mb']:.0f} | {change:+.1f}% "
                 f"| {a['seconds']:.1f} / {b['seconds']:.1f} |"
             )
     table = "\n".join(lines) + "\n"

@@ -19,6 +19,7 @@ import yaml
 from neuron_census.corpus import read_token_shard
 from neuron_census.jobs import FIGURES
 from neuron_census.planted import designed_tokens, get_recipe
+from neuron_census.store import merge_stores, read_store
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
@@ -134,6 +135,7 @@ def test_adding_a_shard_captures_only_that_shard(tmp_path: Path):
     config["capture"]["datasets"] = ["rand"]
     config["figures"] = {}
     config.pop("train", None)
+    config["merge"] = {"parallel_min_mb": 0}  # merges fold layers in 2 processes (2 cores): the real script's spawn
     target = "results/planted/neurons.parquet"
 
     def run(n_shards: int, *args: str) -> subprocess.CompletedProcess[str]:
@@ -157,6 +159,14 @@ def test_adding_a_shard_captures_only_that_shard(tmp_path: Path):
     run(2, "--cores", "2")
     assert (captures / "shard-0.zarr" / "zarr.json").stat().st_mtime_ns == first  # shard 0 was not recaptured
     assert pl.read_parquet(workdir / target)["n_tokens"][0] == 2 * tokens_before
+    log = (workdir / "results" / "logs" / "merge" / "planted" / "rand.log").read_text()
+    assert "2 stores" in log and "folding layers in 2 processes" in log
+    _, merged = read_store(captures / "merged.zarr")
+    _, in_memory = merge_stores([captures / "shard-0.zarr", captures / "shard-1.zarr"])
+    assert sorted(merged) == sorted(in_memory)
+    for name, state in in_memory.items():
+        for key, array in state.items():
+            np.testing.assert_array_equal(merged[name][key], array, err_msg=f"{name}/{key}")
 
 
 def test_lint_is_clean():
