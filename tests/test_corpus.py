@@ -278,6 +278,21 @@ def test_shards_chained_by_their_stream_cursors_equal_shards_read_from_the_start
         corpus.text_shard(spec, gpt2, 1, ROOT, name="b", cursor=cursor)
 
 
+def _chained_shards(spec: dict, tokenizer: TextTokenizer, root: Path, name: str) -> tuple[list[np.ndarray], list]:
+    """Every shard of `spec` read from the start, and made again from the previous shard's cursor (checked
+    equal, each cursor with a source position); the cursors where each shard starts, and after the last."""
+    from neuron_census import corpus
+
+    expected = [shard_sequences(spec, tokenizer, shard, root, dataset=name) for shard in range(spec["n_shards"])]
+    cursors = [corpus.StreamCursor()]
+    for shard in range(spec["n_shards"]):
+        got, after = corpus.text_shard(spec, tokenizer, shard, root, name=name, cursor=cursors[-1])
+        np.testing.assert_array_equal(got, expected[shard])
+        assert after.source is not None and after.documents > cursors[-1].documents
+        cursors.append(after)
+    return expected, cursors
+
+
 def test_hf_shards_chained_by_their_stream_cursors_do_not_read_earlier_data_files(
     tmp_path: Path, gpt2: TextTokenizer
 ) -> None:
@@ -295,13 +310,7 @@ def test_hf_shards_chained_by_their_stream_cursors_do_not_read_earlier_data_file
     hf = {"path": "json", "data_files": [p.name for p in files], "split": "train", "where": {"meta.set": ["kept"]}}
     spec = {"source": "hf", "hf": hf, "split": "train", "heldout_every": 5, "seq_len": 8,
             "sequences_per_shard": 25, "n_shards": 4}
-    expected = [shard_sequences(spec, gpt2, shard, tmp_path, dataset="h") for shard in range(4)]
-    cursors = [corpus.StreamCursor()]
-    for shard in range(4):
-        got, after = corpus.text_shard(spec, gpt2, shard, tmp_path, name="h", cursor=cursors[-1])
-        np.testing.assert_array_equal(got, expected[shard])
-        assert after.source is not None and after.documents > cursors[-1].documents
-        cursors.append(after)
+    expected, cursors = _chained_shards(spec, gpt2, tmp_path, "h")
     # the stream goes on from the file of `previous_state`; the json builder reads the first file's first
     # block for its schema, so the files in between are the ones never read
     resumed_from = json.loads(cursors[3].source)["state"]["examples_iterable"]["previous_state"]["shard_idx"]
@@ -337,12 +346,7 @@ def test_file_shards_chained_by_their_stream_cursors_do_not_read_earlier_files(
         files[-1].write_bytes(lzma.compress(lines) if f % 2 else lines)
     spec = {"source": "files", "paths": ["part*.jsonl*"], "split": "heldout", "heldout_every": 2, "seq_len": 8,
             "sequences_per_shard": 20, "n_shards": 4}
-    expected = [shard_sequences(spec, gpt2, shard, tmp_path, dataset="f") for shard in range(4)]
-    cursors = [corpus.StreamCursor()]
-    for shard in range(4):
-        got, after = corpus.text_shard(spec, gpt2, shard, tmp_path, name="f", cursor=cursors[-1])
-        np.testing.assert_array_equal(got, expected[shard])
-        cursors.append(after)
+    expected, cursors = _chained_shards(spec, gpt2, tmp_path, "f")
     resumed_from = json.loads(cursors[3].source)["file"]
     assert resumed_from >= 2 and json.loads(cursors[3].source)["records"] > 0  # within a file
     for path in files[:resumed_from]:
