@@ -277,12 +277,12 @@ def merge_store_files(
     summed = [name for name in readers[0].names if sums_elementwise(name)]
     folded = [name for name in readers[0].names if name not in summed]
     with writing_store(output, merged_attrs(readers)) as out:
-        for name in summed:
-            for key, _ in sorted(readers[0].group[name].arrays()):
-                _sum_blockwise(readers, name, key, out.group_of(name), block_bytes)
         # a writer thread appends each merged layer while the next is read and merged (two layers held)
         layers = [(name, slot) for name in folded if name in LAYER_PARTS for slot in range(len(readers[0].attrs["layers"]))]
         with written_behind(out, write_behind) as sink, _layer_folds(readers, layers, workers) as merged:
+            for name in summed:  # worker processes (if any) fold the first layers meanwhile
+                for key, _ in sorted(readers[0].group[name].arrays()):
+                    _sum_blockwise(readers, name, key, out.group_of(name), block_bytes)
             for name in folded:
                 if name in LAYER_PARTS:
                     for slot in range(len(readers[0].attrs["layers"])):
@@ -308,14 +308,14 @@ def _layer_folds(
     # spawned, not forked: the parent runs a writer thread, and a fork copies its locks mid-use
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(min(workers, len(layers)), mp_context=context, initializer=_open_fold_worker, initargs=(paths,)) as pool:
+        waiting: deque[Any] = deque()
+        tasks = iter(layers)
+        for name, slot in tasks:  # the first folds start now, while the caller does other work
+            waiting.append(pool.submit(_fold_in_worker, name, slot))
+            if len(waiting) >= workers:
+                break
 
         def results() -> Iterator[State]:
-            waiting: deque[Any] = deque()
-            tasks = iter(layers)
-            for name, slot in tasks:
-                waiting.append(pool.submit(_fold_in_worker, name, slot))
-                if len(waiting) >= workers:
-                    break
             while waiting:
                 state = waiting.popleft().result()
                 for name, slot in tasks:  # one more in flight for each one taken
