@@ -142,17 +142,6 @@ def test_the_shard_merge_layer_by_layer_equals_the_merge_in_memory(census, tmp_p
     assert merged.array("top_k", "values").chunks == (1, 16, RECIPE.n_neurons)  # a layer a chunk
 
 
-def test_layers_folded_in_worker_processes_give_the_same_store(census, tmp_path: Path):
-    """With `workers`, layers are folded in processes of their own and written in order: the same store."""
-    paths = write_shards(census, tmp_path, TABLES["bounded"])
-    merge_store_files(paths, tmp_path / "one.zarr")
-    merge_store_files(paths, tmp_path / "two.zarr", workers=2)
-    _, one = read_store(tmp_path / "one.zarr")
-    _, two = read_store(tmp_path / "two.zarr")
-    assert_states_equal(two, one)
-    assert len(one["top_k"]["values"]) > 1 and len(one["ngram_fire_count"]["order2_group"]) > 0
-
-
 def test_sorted_range_by_bisection_matches_searchsorted():
     rng = np.random.default_rng(0)
     for size in (0, 1, 2, 7, 100):

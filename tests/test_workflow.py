@@ -30,10 +30,11 @@ ONE_THREAD_EACH = ("--set-threads", "capture=1", "vocab_projection=1", "train=1"
 
 
 def snakemake(
-    workdir: Path, *args: str, check: bool = True, env: dict[str, str] | None = None
+    workdir: Path, *args: str, check: bool = True, env: dict[str, str] | None = None, threads: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess[str]:
-    """Run Snakemake in `workdir`; runs that execute jobs (`--cores`) give model jobs one thread each."""
-    threads = ONE_THREAD_EACH if "--cores" in args else ()
+    """Run Snakemake in `workdir`; runs that execute jobs (`--cores`) give model jobs one thread each, and
+    the rules in `threads` ("rule=N") their own."""
+    threads = (*ONE_THREAD_EACH, *threads) if "--cores" in args else ()
     result = subprocess.run(
         [*SNAKEMAKE, "--directory", str(workdir), *threads, *args],
         capture_output=True,
@@ -135,14 +136,13 @@ def test_adding_a_shard_captures_only_that_shard(tmp_path: Path):
     config["capture"]["datasets"] = ["rand"]
     config["figures"] = {}
     config.pop("train", None)
-    config["merge"] = {"parallel_min_mb": 0}  # merges fold layers in 2 processes (2 cores): the real script's spawn
     target = "results/planted/neurons.parquet"
 
     def run(n_shards: int, *args: str) -> subprocess.CompletedProcess[str]:
         config["datasets"]["rand"]["n_shards"] = n_shards
         path = tmp_path / f"shards-{n_shards}.yaml"
         path.write_text(yaml.safe_dump(config))
-        return snakemake(workdir, "--configfile", str(path), *args, target)
+        return snakemake(workdir, "--configfile", str(path), *args, target, threads=("merge=2",))
 
     run(1, "--cores", "2")
     captures = workdir / "results" / "capture" / "planted" / "rand"
@@ -156,7 +156,8 @@ def test_adding_a_shard_captures_only_that_shard(tmp_path: Path):
     shards = re.findall(r"output: results/(?:tokens|capture)/\S+/(shard-\d+)\.zarr", plan.stdout)
     assert shards == ["shard-1", "shard-1"]  # the new token shard and its capture, nothing earlier
 
-    run(2, "--cores", "2")
+    config["merge"] = {"parallel_min_mb": 0}  # read when the job runs, not a param: plans the same jobs
+    run(2, "--cores", "2")  # the merge, with 2 threads, folds layers in 2 processes spawned by the real script
     assert (captures / "shard-0.zarr" / "zarr.json").stat().st_mtime_ns == first  # shard 0 was not recaptured
     assert pl.read_parquet(workdir / target)["n_tokens"][0] == 2 * tokens_before
     log = (workdir / "results" / "logs" / "merge" / "planted" / "rand.log").read_text()

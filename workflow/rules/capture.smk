@@ -35,7 +35,7 @@ rule merge:
         directory("results/capture/{model}/{dataset}/merged.zarr"),
     log:
         "results/logs/merge/{model}/{dataset}.log",
-    threads: 4  # large merges fold this many layers at once, each in a process (jobs.merge_job)
+    threads: 1  # `--set-threads merge=N` (or the SLURM profile): large merges fold N layers at once, a process each
     conda:
         "../../envs/neuron-census.yaml"
     script:
