@@ -277,8 +277,8 @@ def merge_store_files(
     summed = [name for name in readers[0].names if sums_elementwise(name)]
     folded = [name for name in readers[0].names if name not in summed]
     with writing_store(output, merged_attrs(readers)) as out:
-        # a writer thread appends each merged layer while the next is read and merged (two layers held)
         layers = [(name, slot) for name in folded if name in LAYER_PARTS for slot in range(len(readers[0].attrs["layers"]))]
+        # a writer thread appends each merged layer while the next is read and merged (two layers held)
         with written_behind(out, write_behind) as sink, _layer_folds(readers, layers, workers) as merged:
             for name in summed:  # worker processes (if any) fold the first layers meanwhile
                 for key, _ in sorted(readers[0].group[name].arrays()):
