@@ -310,17 +310,19 @@ def _layer_folds(
     with ProcessPoolExecutor(min(workers, len(layers)), mp_context=context, initializer=_open_fold_worker, initargs=(paths,)) as pool:
         waiting: deque[Any] = deque()
         tasks = iter(layers)
-        for name, slot in tasks:  # the first folds start now, while the caller does other work
-            waiting.append(pool.submit(_fold_in_worker, name, slot))
-            if len(waiting) >= workers:
-                break
+
+        def submit_next() -> None:
+            task = next(tasks, None)
+            if task is not None:
+                waiting.append(pool.submit(_fold_in_worker, *task))
+
+        for _ in range(workers):  # the first folds start now, while the caller does other work
+            submit_next()
 
         def results() -> Iterator[State]:
             while waiting:
                 state = waiting.popleft().result()
-                for name, slot in tasks:  # one more in flight for each one taken
-                    waiting.append(pool.submit(_fold_in_worker, name, slot))
-                    break
+                submit_next()  # one more in flight for each one taken
                 yield state
 
         try:
