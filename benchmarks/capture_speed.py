@@ -12,6 +12,9 @@ ratio to the bare forward is then taken within each round, and the table gives t
 Modes:
   bare             the Hugging Face decoder forward (no LM head), no hooks
   capture          neuron_census capture with every accumulator (as the pipeline runs it)
+  capture_dense_tokens
+                   the same with token x neuron counts kept in place in dense tables (exact;
+                   capture.token_fire_dense_limit raised above the model's cells)
   capture_fire_pos neuron_census capture with firing and per-position firing counts only
   transformer_lens run_with_cache on one hook point per layer, then the same firing and position counts
   nnsight          nnsight trace saving each layer's FFN activation, then the same counts
@@ -31,7 +34,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-MODES = ("bare", "capture", "capture_fire_pos", "transformer_lens", "nnsight")
+MODES = ("bare", "capture", "capture_dense_tokens", "capture_fire_pos", "transformer_lens", "nnsight")
+# run unless --modes says otherwise; dense token tables take layers x vocabulary x neurons x 4 bytes
+# (39.5 GB for OPT-1.3b), so they are measured only when asked for
+DEFAULT_MODES = tuple(mode for mode in MODES if mode != "capture_dense_tokens")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -181,12 +187,13 @@ def mode_runner(mode: str, args: argparse.Namespace, model: Any) -> Callable[[An
                 for start in range(0, len(rows), batch):
                     base(input_ids=torch.from_numpy(rows[start : start + batch]).to(device), use_cache=False)
 
-    elif mode in ("capture", "capture_fire_pos"):
+    elif mode in ("capture", "capture_dense_tokens", "capture_fire_pos"):
         names = ("fire_count", "position_fire_count") if mode == "capture_fire_pos" else None
         settings = CaptureSettings(
             batch_size=batch,
             ngram_capacity=args.ngram_capacity,
             token_capacity=args.token_capacity,
+            **({"token_fire_dense_limit": 1 << 62} if mode == "capture_dense_tokens" else {}),
             **({"accumulators": names} if names else {}),
             **({"merge_pending": args.merge_pending} if args.merge_pending else {}),
         )
@@ -347,7 +354,7 @@ def use_job_allocator(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--architectures", nargs="+", default=["opt-125m", "opt-1.3b"])
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES), choices=MODES)
     parser.add_argument("--n-seq", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=4)

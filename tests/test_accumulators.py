@@ -119,12 +119,12 @@ def test_token_count(data, device):
     np.testing.assert_array_equal(state["counts"], expected)
 
 
-def token_fires_of(data) -> np.ndarray:
-    """Firings per [slot, token, neuron], position by position."""
+def token_fires_of(data, rows: slice = slice(None)) -> np.ndarray:
+    """Firings per [slot, token, neuron] of the sequences `rows`, position by position."""
     expected = np.zeros((len(LAYERS), VOCAB, N_NEURONS), dtype=np.int64)
     fires = fires_of(data)
     for slot in range(len(LAYERS)):
-        for s in range(N_SEQ):
+        for s in range(N_SEQ)[rows]:
             for t in range(SEQ_LEN):
                 expected[slot, data["tokens"][s, t]] += fires[slot, s, t]
     return expected
@@ -148,6 +148,21 @@ def test_token_fire_count_dense_and_sparse(data, device, dense_limit, capacity):
     assert (state["counts"] > 0).all()
     assert np.all(np.diff(state["keys"]) > 0)
     assert state["capacity"].tolist() == [0] and state["vocab_size"].tolist() == [VOCAB]
+
+
+def test_dense_token_tables_live_from_a_layers_first_batch_to_its_hand_over(data, device):
+    """A layer's dense table is allocated at its first batch and dropped when the layer is handed over (so
+    layerwise capture holds one); each hand-over is that layer's exact counts, keyed as slot 0."""
+    accumulator = TokenFireCount(GEOMETRY, device, dense_limit=1 << 30)
+    assert accumulator.dense == [None, None]
+    run(accumulator, data, device, rows=slice(0, 5))
+    assert all(table is not None and table.device.type == device.type for table in accumulator.dense)
+    expected = token_fires_of(data, rows=slice(0, 5))
+    for slot, layer in enumerate(LAYERS):
+        state = accumulator.take_layer(layer)
+        assert accumulator.dense[slot] is None
+        np.testing.assert_array_equal(token_table(state)[0], expected[slot])
+    assert len(accumulator.state()["keys"]) == 0  # nothing left once every layer is handed over
 
 
 @pytest.mark.parametrize("capacity", [3, 7])

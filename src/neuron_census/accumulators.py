@@ -45,12 +45,6 @@ class LayerBatch:
     # bytes added row by row and converted once. Gathers by a batch's million firings use `index_select`
     # and `take`: on a CPU, indexing with a tensor costs 2-10x as much for the same result.
 
-    def fires_float(self) -> torch.Tensor:
-        """[B*T, N] float32 0/1: `fires` as numbers."""
-        if "fires_float" not in self._cache:
-            self._cache["fires_float"] = self.fires.reshape(-1, self.fires.shape[-1]).to(torch.float32)
-        return self._cache["fires_float"]
-
     def firing_indices(self) -> torch.Tensor:
         """Flat indices into `acts_2d()` of every firing, ascending: the index `take` needs, from a 1-D `nonzero`
         (on a CPU a fifth cheaper than the 2-D one, which leaves room to divide the rows out)."""
@@ -351,11 +345,15 @@ class SlotMerges:
 class TokenFireCount:
     """Firings per (layer, token, neuron): which tokens trigger each neuron.
 
-    Small problems (vocab x neurons x layers up to `dense_limit` cells) use one dense table on the
-    device, exact. Larger ones (OPT/GPT-2 vocabularies) count per batch over the distinct tokens of the
-    batch and keep, per analysed layer, a `count_tables` table on the device, merged as `SlotMerges`
-    says (`merge_pending` is the pending budget shared by all layers). On a GPU the merges run there:
-    moving the pairs to the host and merging them there costs far more than the forward pass.
+    Up to `dense_limit` cells (layers x vocabulary x neurons), counts are kept in place: a dense int32
+    [vocab, neurons] table per analysed layer on the device, exact, into which a batch's firings are added
+    by their flat index (one `index_add_`; on a CPU a seventh of what adding the firing matrix's rows per
+    token costs, and no float copy of it). A layer's table is allocated at its first batch and dropped
+    when the layer is handed over, so layerwise capture holds one. Above the limit (OPT/GPT-2 vocabularies
+    by default) a batch's pairs are counted over its distinct tokens and kept, per analysed layer, in a
+    `count_tables` table on the device, merged as `SlotMerges` says (`merge_pending` is the pending budget
+    shared by all layers). On a GPU the merges run there: moving the pairs to the host and merging them
+    there costs far more than the forward pass.
 
     `capacity` None keeps every (token, neuron) pair seen: exact, and bounded only by layers x
     vocabulary x neurons. An integer keeps, per neuron, a Misra-Gries summary of at most `capacity`
@@ -380,11 +378,9 @@ class TokenFireCount:
         self.geometry = geometry
         n_slots = len(geometry.layers)
         n_cells = n_slots * geometry.vocab_size * geometry.n_neurons
-        self.dense = (
-            torch.zeros(n_slots, geometry.vocab_size, geometry.n_neurons, dtype=torch.int32, device=device)
-            if n_cells <= dense_limit
-            else None
-        )
+        self.device = device
+        # dense: each slot's [vocab * n_neurons] table, None until its first batch and after its hand-over
+        self.dense: list[torch.Tensor | None] | None = [None] * n_slots if n_cells <= dense_limit else None
         self.capacity = capacity
         self._merges = SlotMerges(n_slots, merge_pending)
         vocab, n_neurons = geometry.vocab_size, geometry.n_neurons
@@ -394,15 +390,13 @@ class TokenFireCount:
 
     def update(self, batch: LayerBatch) -> None:
         slot = self.geometry.slot(batch.layer)
-        unique, inverse = batch.distinct_tokens()
-        if self.dense is not None:
-            fires = batch.fires_float()  # BOS rows are already 0
-            per_token = torch.zeros(len(unique), fires.shape[1], dtype=torch.float32, device=fires.device)
-            per_token.index_add_(0, inverse, fires)  # exact: at most B*T per cell
-            self.dense[slot].index_put_((unique,), per_token.to(torch.int32), accumulate=True)
-            return
         n_neurons = self.geometry.n_neurons
-        rows, neurons = batch.firing_pairs()
+        rows, neurons = batch.firing_pairs()  # BOS rows never fire
+        if self.dense is not None:
+            cells = batch.tokens.reshape(-1).index_select(0, rows) * n_neurons + neurons
+            self._dense_table(slot).index_add_(0, cells, torch.ones_like(cells, dtype=torch.int32))
+            return
+        unique, inverse = batch.distinct_tokens()
         table = self._tables[slot]
         if self.capacity is None:
             tokens, neurons, counts = count_pairs(inverse.index_select(0, rows), neurons, len(unique), n_neurons)
@@ -417,7 +411,8 @@ class TokenFireCount:
         """The layer's pending pairs merged (as `state` does) and its table handed over, keys of slot 0."""
         slot = self.geometry.slot(layer)
         if self.dense is not None:
-            return self._dense_state(self.dense[slot])
+            table, self.dense[slot] = self.dense[slot], None
+            return self._dense_state([table])
         self._flush(slot)
         keys, counts = self._state_keys(slot)
         self._tables[slot].clear()
@@ -435,11 +430,28 @@ class TokenFireCount:
             "capacity": np.asarray([capacity], dtype=np.int64),
         }
 
-    def _dense_state(self, table: torch.Tensor) -> State:
-        """The nonzero cells of (part of) the dense table, flat index as key."""
-        flat = host_array(table).reshape(-1)
-        keys = np.flatnonzero(flat).astype(np.int64)
-        return self._header(0) | {"keys": keys, "counts": flat[keys].astype(np.int64)}
+    def _dense_table(self, slot: int) -> torch.Tensor:
+        assert self.dense is not None
+        table = self.dense[slot]
+        if table is None:
+            cells = self.geometry.vocab_size * self.geometry.n_neurons
+            table = self.dense[slot] = torch.zeros(cells, dtype=torch.int32, device=self.device)
+        return table
+
+    def _dense_state(self, tables: list[torch.Tensor | None]) -> State:
+        """The nonzero cells of consecutive slots' dense tables (None: nothing counted), keyed by their index
+        in the tables joined. Found on the device, so only they are copied out (on a CPU, torch's `nonzero`
+        is a third of NumPy's `flatnonzero` on one layer of OPT-125m)."""
+        cells = self.geometry.vocab_size * self.geometry.n_neurons
+        keys, counts = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+        for slot, table in enumerate(tables):
+            if table is None:
+                continue
+            found = table.nonzero().squeeze(1)
+            found_np, counts_np = host_arrays(found, table.index_select(0, found))
+            keys.append(found_np + slot * cells)
+            counts.append(counts_np.astype(np.int64))
+        return self._header(0) | {"keys": np.concatenate(keys), "counts": np.concatenate(counts)}
 
     def state(self) -> State:
         if self.dense is not None:
