@@ -44,17 +44,19 @@ speed=(--device cuda --dtype bfloat16 --fire-rate 0.05 --token-capacity 2048)
 # per-shard costs (the first top-k batches, the last merges, copying every table out) weigh as in a run
 step 60 "profile of one capture pass, OPT-125m shapes" python3 benchmarks/profile_capture.py --architecture opt-125m \
     --n-seq 128 --seq-len 2048 --batch-size 16 --rows 30 "${speed[@]}" --out "$out/gpu-profile-opt-125m-128seq"
+# capture_dense_tokens: token x neuron counts added in place to a dense table per layer (7.4 GB for OPT-125m,
+# 39.5 GB for OPT-1.3b in all) instead of sorted and merged into bounded tables
 for batch in 16 64; do
-    step 75 "OPT-125m shapes, batch $batch" python3 benchmarks/interleaved_speed.py --architecture opt-125m \
-        --modes bare capture capture_fire_pos --n-seq 128 --seq-len 2048 --batch-size "$batch" --rounds 2 \
-        "${speed[@]}" --out "$out/gpu-interleaved-opt-125m-batch$batch"
+    step 90 "OPT-125m shapes, batch $batch" python3 benchmarks/interleaved_speed.py --architecture opt-125m \
+        --modes bare capture capture_dense_tokens capture_fire_pos --n-seq 128 --seq-len 2048 \
+        --batch-size "$batch" --rounds 2 "${speed[@]}" --out "$out/gpu-interleaved-opt-125m-batch$batch"
 done
 step 120 "OPT-125m shapes against TransformerLens and nnsight" python3 benchmarks/interleaved_speed.py \
     --architecture opt-125m --n-seq 64 --seq-len 2048 --batch-size 16 --rounds 2 "${speed[@]}" \
     --out "$out/gpu-interleaved-opt-125m-tools"
-step 90 "OPT-1.3b shapes" python3 benchmarks/interleaved_speed.py --architecture opt-1.3b \
-    --modes bare capture capture_fire_pos --n-seq 32 --seq-len 2048 --batch-size 16 --rounds 2 "${speed[@]}" \
-    --out "$out/gpu-interleaved-opt-1.3b"
+step 110 "OPT-1.3b shapes" python3 benchmarks/interleaved_speed.py --architecture opt-1.3b \
+    --modes bare capture capture_dense_tokens capture_fire_pos --n-seq 32 --seq-len 2048 --batch-size 16 \
+    --rounds 2 "${speed[@]}" --out "$out/gpu-interleaved-opt-1.3b"
 step 150 "OPT-13b shapes over an 8 GiB GPU budget" python3 benchmarks/placement_speed.py --architecture opt-13b \
     --placements resident layerwise offload --gpu-budget 8GiB --n-seq 16 --seq-len 512 --batch-size 8 \
     --out "$out/gpu-placement-opt-13b"

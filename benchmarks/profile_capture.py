@@ -97,7 +97,7 @@ def synchronising_sites(run, tokens) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--architecture", default="opt-125m")
-    parser.add_argument("--mode", default="capture", choices=("capture", "capture_fire_pos"))
+    parser.add_argument("--mode", default="capture", choices=("capture", "capture_dense_tokens", "capture_fire_pos"))
     parser.add_argument("--n-seq", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=4)
