@@ -117,6 +117,18 @@ def test_counts_are_exact_within_capacity(data, device, order):
     np.testing.assert_array_equal(state["fires"][[2, 3].index(order)], fires)
 
 
+def test_batches_firing_only_at_complete_ngrams_lose_no_pair(data, device):
+    """Firings at positions without a complete n-gram are counted apart and dropped; a batch with none
+    there (here: no firing before position 3) keeps every pair, its last one included."""
+    late = dict(data, fires=data["fires"].copy())
+    late["fires"][:, :, :3] = False
+    state = feed(NgramFireCount(GEOMETRY, device, layers=LAYERS, orders=(2, 3), capacity=10_000), late, np.arange(N_SEQ), device)
+    for index, order in enumerate((2, 3)):
+        expected, fires = brute_counts(late, order)
+        assert decoded(state, order) == dict(expected)
+        np.testing.assert_array_equal(state["fires"][index], fires)
+
+
 def test_only_requested_layers_are_counted(data, device):
     state = feed(NgramFireCount(GEOMETRY, device, layers=(1,), orders=(2,)), data, np.arange(N_SEQ), device)
     expected, fires = brute_counts(data, 2)

@@ -882,14 +882,17 @@ class NgramFireCount:
         slot = self.layers.index(batch.layer)
         added = 0
         rows, neurons = batch.firing_pairs()
+        n_neurons = self.geometry.n_neurons
         for index, order in enumerate(self.orders):
             unique_grams, row_gram = self._batch_ngrams(batch, order)
+            spare = len(unique_grams)  # the index of positions with no complete n-gram
             row_grams = row_gram.index_select(0, rows)
-            neurons_of, grams, counts = count_pairs(neurons, row_grams, self.geometry.n_neurons, len(unique_grams) + 1)
-            # the last index is the spare: no complete n-gram there (one nonzero, not a mask per column:
-            # each boolean index waits for the device)
-            complete = (grams < len(unique_grams)).nonzero(as_tuple=True)[0]
-            grams, neurons_of, counts = (t.index_select(0, complete) for t in (grams, neurons_of, counts))
+            # firings at the spare are counted under a neuron past the last, so that they sort into one run
+            # after every other: dropping it is a slice, not a scan and a gather of every pair
+            major = torch.where(row_grams == spare, n_neurons, neurons)
+            neurons_of, grams, counts = count_pairs(major, row_grams, n_neurons + 1, spare + 1)
+            if len(counts) and int(neurons_of[-1]) == n_neurons:  # one wait for the device, as a nonzero would be
+                neurons_of, grams, counts = neurons_of[:-1], grams[:-1], counts[:-1]
             self.fires[index, slot].index_add_(0, neurons_of, counts)
             if len(counts) == 0:
                 continue
