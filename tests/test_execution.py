@@ -170,6 +170,35 @@ def test_layers_are_handed_over_when_they_are_done(monkeypatch, tmp_path):
             assert own == expected, (placement.strategy, cls.name)
 
 
+def test_layerwise_capture_holds_one_dense_token_table(monkeypatch, tmp_path):
+    """Dense token tables live from a layer's first batch to its hand-over: layerwise capture never holds two,
+    resident capture holds every layer's by its last batch; both count the same."""
+    alive: list[int] = []
+    update = accumulators.TokenFireCount.update
+
+    def counted(self, batch):
+        update(self, batch)
+        alive.append(sum(table is not None for table in self.dense))
+
+    monkeypatch.setattr(accumulators.TokenFireCount, "update", counted)
+    spec = SPECS["opt-125m"]
+    tokens = sample_tokens(7, seed=1)
+    settings = replace(SETTINGS, batch_size=3, token_fire_dense_limit=1 << 40, accumulators=("token_fire_count",))
+    states, most_alive = [], []
+    for placement in (Placement(), Placement(strategy="layerwise")):
+        alive.clear()
+        loaded = load_model("m", spec, placement=placement)
+        states.append(
+            capture_tokens(
+                loaded.model, loaded.adapter, tokens, model_name="m", first_seq_id=0, has_bos=True, settings=settings,
+                device=torch.device("cpu"), placement=placement, offload_dir=tmp_path, progress=False,
+            )[1]
+        )
+        most_alive.append(max(alive))
+    assert most_alive == [3, 1]
+    assert_same_states(states[0], states[1])
+
+
 def test_planted_census_neurons_survive_every_strategy(tmp_path):
     """The planted ground-truth model (previous-token head, positional neurons) through each strategy."""
     spec = {"source": "planted", "recipe": "census"}
