@@ -24,7 +24,7 @@ from capture_speed import _sync, corpus_tokens, use_job_allocator, write_results
 def measure(fire_rate: float, args: argparse.Namespace) -> tuple[float, dict[str, float]]:
     import torch
 
-    from neuron_census.accumulators import Geometry, LayerBatch
+    from neuron_census.accumulators import Geometry, LayerBatch, TokenFireCount
     from neuron_census.capture import CaptureSettings, build_accumulators
 
     torch.manual_seed(0)
@@ -40,11 +40,14 @@ def measure(fire_rate: float, args: argparse.Namespace) -> tuple[float, dict[str
         ngram_layers="all",
         **({"merge_pending": args.merge_pending} if args.merge_pending else {}),
     )
-    accumulators = build_accumulators(settings, geometry, torch.device(device), len(layers))
+    labelled = [(acc.name, acc) for acc in build_accumulators(settings, geometry, torch.device(device), len(layers))]
+    if args.dense_tokens:  # the token table kept in place, next to the one the settings give
+        dense = TokenFireCount(geometry, torch.device(device), dense_limit=1 << 62)
+        labelled.insert([name for name, _ in labelled].index("token_fire_count") + 1, ("token_fire_count, dense", dense))
     hidden = torch.randn(batch * seq_len, d_model).to(device, dtype)
     weight = (torch.randn(d_model, width) / d_model**0.5).to(device, dtype)
     shift = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(1.0 - fire_rate)))
-    costs = {acc.name: 0.0 for acc in accumulators}
+    costs = {name: 0.0 for name, _ in labelled}
     matmul = 0.0
     with torch.inference_mode():
         for index in range(n_batches):
@@ -65,19 +68,22 @@ def measure(fire_rate: float, args: argparse.Namespace) -> tuple[float, dict[str
                     fires_where_positive=True,  # as capture marks a ReLU's firings: exactly its positive values
                 )
                 if index == 0 and layer == layers[0]:  # first calls load kernels and libraries: not timed
-                    for acc in build_accumulators(settings, geometry, torch.device(device), len(layers)):
+                    warm_up = build_accumulators(settings, geometry, torch.device(device), len(layers))
+                    if args.dense_tokens:
+                        warm_up.append(TokenFireCount(geometry, torch.device(device), dense_limit=1 << 62))
+                    for acc in warm_up:
                         acc.update(layer_batch)
                         acc.state()
                     _sync(device)
-                for acc in accumulators:
+                for name, acc in labelled:
                     start = time.perf_counter()
                     acc.update(layer_batch)
                     _sync(device)
-                    costs[acc.name] += time.perf_counter() - start
-        for acc in accumulators:  # pending sparse pairs are merged when the state is read
+                    costs[name] += time.perf_counter() - start
+        for name, acc in labelled:  # pending sparse pairs are merged when the state is read
             start = time.perf_counter()
             acc.state()
-            costs[acc.name] += time.perf_counter() - start
+            costs[name] += time.perf_counter() - start
     return matmul, costs
 
 
@@ -93,6 +99,10 @@ def main() -> None:
     parser.add_argument("--ngram-capacity", type=int, default=2048)
     parser.add_argument("--token-capacity", type=int, default=None, help="default: exact token x neuron counts")
     parser.add_argument("--merge-pending", type=int, default=None, help="capture.merge_pending (default: its default)")
+    parser.add_argument(
+        "--dense-tokens", action="store_true",
+        help="also time token x neuron counts kept in place in a dense table per layer (layers x 50272 x neurons x 4 bytes)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))

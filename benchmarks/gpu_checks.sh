@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every check that needs a GPU, in one run (about 9 minutes on an H200): the CUDA tests, then the
+# Every check that needs a GPU, in one run (about 10 minutes on an H200): the CUDA tests, then the
 # bfloat16 benchmarks.
 #
 #   bash benchmarks/gpu_checks.sh [results folder]      (default: benchmarks/results)
@@ -37,7 +37,7 @@ step 30 "page-locked against pageable copies" python3 benchmarks/host_copy_speed
     --repeats 3 --out "$out/gpu-host-copies"
 step 40 "accumulator costs, OPT-125m widths, bf16" python3 benchmarks/accumulator_costs.py --device cuda \
     --dtype bfloat16 --fire-rates 0.05 --batch-size 16 --seq-len 2048 --n-batches 4 --n-layers 2 \
-    --token-capacity 2048 --out "$out/gpu-accumulator-costs-opt-125m-widths"
+    --token-capacity 2048 --dense-tokens --out "$out/gpu-accumulator-costs-opt-125m-widths"
 
 speed=(--device cuda --dtype bfloat16 --fire-rate 0.05 --token-capacity 2048)
 # 2048-token sequences, 128 of them (as much as the bundled held-out text gives): half a preset shard, so
