@@ -37,7 +37,9 @@ def test_opt_30b_with_the_presets_capacities():
 def test_dense_exact_and_short_shards():
     small = Geometry(layers=(0, 1), n_neurons=16, seq_len=8, vocab_size=48)
     dense = statistics_device_bytes(CaptureSettings(), small, 2, layerwise=True)
-    assert dense["token_fire_count"] == 2 * 48 * 16 * 4  # the dense table stays whole, even layerwise
+    assert dense["token_fire_count"] == 48 * 16 * 4 + 48 * 16 * 12  # one layer's table, and its hand-over
+    dense = statistics_device_bytes(CaptureSettings(), small, 2, layerwise=False)
+    assert dense["token_fire_count"] == 2 * 48 * 16 * 4 + 48 * 16 * 12  # every layer's table
     exact = statistics_device_bytes(CaptureSettings(), OPT_30B, 48, layerwise=False)
     assert exact["token_fire_count"] == 48 * 2 * 50272 * 28672 * 16 + 50272 * 28672 * 8  # the vocabulary
     # a shard of 1000 tokens: no neuron meets more than 1000 distinct tokens or n-grams

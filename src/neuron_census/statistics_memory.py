@@ -24,6 +24,7 @@ ENTRY_BYTES = 16  # an int64 key and an int64 count per sparse table entry
 # table is re-keyed token-major (split keys, 32-bit sort keys and order, new keys and counts; an exact one
 # only has its keys shifted), an n-gram table has its keys split into neuron and n-gram
 REKEY_BYTES, SHIFT_BYTES, SPLIT_BYTES = 40, 8, 24
+DENSE_HANDOVER_BYTES = 12  # per cell of a dense token table handed over: its index (int64) and count (int32)
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,9 @@ def statistics_device_bytes(
 ) -> dict[str, int]:
     """Upper bound of each accumulator's device memory, in bytes.
 
-    Under layerwise capture, firing and position counts and the sparse tables of a layer leave the device
-    once its last batch is counted, so only one layer's count; the other statistics stay for every layer.
+    Under layerwise capture, firing and position counts and the token and n-gram tables of a layer leave
+    the device once its last batch is counted, so only one layer's count; the other statistics stay for
+    every layer.
     Handing a layer's tables over takes temporaries for one layer's tables. `n_tokens` (the shard's)
     bounds the tables too.
     """
@@ -85,7 +87,10 @@ def statistics_device_bytes(
     n_layers, n_neurons = sizes.n_layers, sizes.n_neurons
     on_device = 1 if layerwise else n_layers
     if sizes.dense_token_cells is not None:
-        token_table = sizes.dense_token_cells * 4  # one dense int32 table for every layer, whatever the strategy
+        # an int32 table for each layer on the device; handing one over finds its nonzero cells there (an
+        # int64 index and an int32 count each, every cell at worst)
+        layer_cells = sizes.dense_token_cells // n_layers
+        token_table = on_device * layer_cells * 4 + layer_cells * DENSE_HANDOVER_BYTES
     else:
         entries = sizes.tokens_per_neuron * n_neurons
         handover = entries * (REKEY_BYTES if settings.token_capacity else SHIFT_BYTES)
