@@ -347,10 +347,10 @@ class TokenFireCount:
 
     Up to `dense_limit` cells (layers x vocabulary x neurons), counts are kept in place: a dense int32
     [vocab, neurons] table per analysed layer on the device, exact, into which a batch's firings are added
-    by their flat index (one `index_add_`; on a CPU a seventh of what adding the firing matrix's rows per
-    token costs, and no float copy of it). A layer's table is allocated at its first batch and dropped
-    when the layer is handed over, so layerwise capture holds one. Above the limit (OPT/GPT-2 vocabularies
-    by default) a batch's pairs are counted over its distinct tokens and kept, per analysed layer, in a
+    by their flat index (one `index_add_` over the shared firing pairs, no copy of the firing matrix). A
+    layer's table is allocated at its first batch and dropped when the layer is handed over, so layerwise
+    capture holds one. Above the limit (OPT/GPT-2 vocabularies by default) a batch's pairs are counted
+    over its distinct tokens and kept, per analysed layer, in a
     `count_tables` table on the device, merged as `SlotMerges` says (`merge_pending` is the pending budget
     shared by all layers). On a GPU the merges run there: moving the pairs to the host and merging them
     there costs far more than the forward pass.
