@@ -15,9 +15,17 @@ from neuron_census.count_tables import CsrTable, KeyTable, count_table
 from neuron_census.ngrams import coalesce, prune
 
 
+@pytest.fixture(autouse=True)
+def merge_blocks_on_threads(monkeypatch):
+    """Every merge of a table of several blocks runs them on the worker threads, however small."""
+    monkeypatch.setattr(count_tables, "PARALLEL_MERGE_MIN", 0)
+
+
 def layouts(device: torch.device):
     if device.type == "cpu":
-        yield "csr", lambda rows, columns, capacity: CsrTable(rows, columns, capacity)
+        yield "csr", lambda rows, columns, capacity: CsrTable(rows, columns, capacity, n_blocks=1)
+        # blocks of rows merged on threads (more blocks than rows: one a row)
+        yield "csr, 3 blocks", lambda rows, columns, capacity: CsrTable(rows, columns, capacity, n_blocks=3)
     yield "keys", lambda rows, columns, capacity: KeyTable(rows, columns, capacity, device)
 
 
@@ -107,6 +115,24 @@ def test_key_table_blocks_give_the_table_of_one_key_space(device, monkeypatch):
             table.merge()
     for want, have in zip(table_columns(whole), table_columns(blocked)):
         np.testing.assert_array_equal(have, want)
+
+
+def test_host_tables_split_rows_into_a_block_per_thread(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert CsrTable(10, 5, None).edges == [0, 2, 5, 7, 10]
+    assert CsrTable(2, 5, None).edges == [0, 1, 2]  # never an empty block
+
+
+def test_a_failing_block_merge_raises_in_the_caller(monkeypatch):
+    table = CsrTable(4, 10, 1, n_blocks=2)
+    table.stage(*(torch.tensor(column) for column in ([0, 3], [1, 2], [1, 1])))
+
+    def broken(matrix, capacity):
+        raise RuntimeError("prune failed")
+
+    monkeypatch.setattr(count_tables, "_prune_rows", broken)
+    with pytest.raises(RuntimeError, match="prune failed"):
+        table.merge()
 
 
 def test_the_layout_follows_the_device():

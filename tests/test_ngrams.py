@@ -254,10 +254,13 @@ def _brute_merge(parts, capacity: int) -> dict[tuple[int, int], int]:
     return kept
 
 
+@pytest.mark.parametrize("blocks", [1, 5])
 @pytest.mark.parametrize("capacity", [1, 3, 40])
-def test_merging_summaries_as_csr_tables_equals_sorting_and_a_brute_force(capacity):
+def test_merging_summaries_as_csr_tables_equals_sorting_and_a_brute_force(capacity, blocks, monkeypatch):
     """Shard merges add CSR tables: parts sorted or not, with repeated pairs, groups far over capacity and
-    many ties, equal to the sort-based merge and to the definition."""
+    many ties, equal to the sort-based merge and to the definition, whatever the table's row blocks."""
+    monkeypatch.setattr(count_tables, "merge_workers", lambda: blocks)
+    monkeypatch.setattr(count_tables, "PARALLEL_MERGE_MIN", 0)
     rng = np.random.default_rng(capacity)
     sorted_part = coalesce(rng.integers(0, 12, 1500), rng.integers(0, 300, 1500), rng.integers(1, 6, 1500))
     unsorted_part = (rng.integers(0, 12, 400), rng.integers(0, 300, 400), rng.integers(1, 6, 400))
