@@ -3,6 +3,9 @@ reference Misra-Gries merge (`ngrams.coalesce` then `ngrams.prune`) applied at t
 
 from __future__ import annotations
 
+import os
+import select
+import signal
 from collections import Counter
 
 import numpy as np
@@ -138,3 +141,33 @@ def test_a_failing_block_merge_raises_in_the_caller(monkeypatch):
 def test_the_layout_follows_the_device():
     assert isinstance(count_table(3, 5, None, torch.device("cpu")), CsrTable)
     assert isinstance(count_table(3, 5, None, torch.device("meta")), KeyTable)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_process_merges_on_threads_of_its_own(monkeypatch):
+    """After a fork the parent's merge threads are gone; the child's tables still merge (and do not hang)."""
+    monkeypatch.setattr(count_tables, "PARALLEL_MERGE_MIN", 0)
+
+    def merged() -> list[list[int]]:
+        table = CsrTable(6, 400, 2, n_blocks=2)
+        for batch in random_batches(np.random.default_rng(2), 6, 400, 3, torch.device("cpu")):
+            table.stage(*batch)
+        table.merge()
+        return [column.tolist() for column in table_columns(table)]
+
+    expected = merged()  # the parent's pool now exists
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        try:
+            os.write(writer, repr(merged()).encode())
+        finally:
+            os._exit(0)
+    os.close(writer)
+    ready, _, _ = select.select([reader], [], [], 60)
+    if not ready:  # a child waiting on the parent's vanished threads would hang forever
+        os.kill(child, signal.SIGKILL)
+    with os.fdopen(reader) as pipe:
+        got = pipe.read() if ready else "no answer within 60 s"
+    os.waitpid(child, 0)
+    assert got == repr(expected)

@@ -19,6 +19,7 @@ Shard merges add stored summaries as CSR tables too (`merge_summaries`).
 from __future__ import annotations
 
 from collections.abc import Iterator
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
@@ -134,6 +135,16 @@ class CsrTable:
 PARALLEL_MERGE_MIN = 1 << 18  # entries (held and staged) below which a table's blocks merge on the caller's thread
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
+
+
+def _forget_pools_in_forked_child() -> None:
+    """A forked process has none of its parent's threads: it starts pools of its own."""
+    global _POOLS_LOCK
+    _POOLS.clear()
+    _POOLS_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pools_in_forked_child)
 
 
 def merge_workers() -> int:
