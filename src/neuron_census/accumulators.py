@@ -350,10 +350,9 @@ class TokenFireCount:
     by their flat index (one `index_add_` over the shared firing pairs, no copy of the firing matrix). A
     layer's table is allocated at its first batch and dropped when the layer is handed over, so layerwise
     capture holds one. Above the limit (OPT/GPT-2 vocabularies by default) a batch's pairs are counted
-    over its distinct tokens and kept, per analysed layer, in a
-    `count_tables` table on the device, merged as `SlotMerges` says (`merge_pending` is the pending budget
-    shared by all layers). On a GPU the merges run there: moving the pairs to the host and merging them
-    there costs far more than the forward pass.
+    over its distinct tokens and kept, per analysed layer, in a `count_tables` table on the device, merged
+    as `SlotMerges` says (`merge_pending` is the pending budget shared by all layers). On a GPU the merges
+    run there: moving the pairs to the host and merging them there costs far more than the forward pass.
 
     `capacity` None keeps every (token, neuron) pair seen: exact, and bounded only by layers x
     vocabulary x neurons. An integer keeps, per neuron, a Misra-Gries summary of at most `capacity`

@@ -18,9 +18,9 @@ Shard merges add stored summaries as CSR tables too (`merge_summaries`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 import os
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
@@ -248,7 +248,7 @@ def merge_summaries(
             group, gram, count = coalesce(group, gram, count)
         table.stage(*(torch.from_numpy(column) for column in (group, gram, count)))
     table.merge()
-    group, gram, count = (torch.cat(column).numpy() for column in zip(*table.parts()))
+    group, gram, count = (torch.cat(column).numpy() for column in zip(*table.parts()))  # every block's rows
     return group, gram, count
 
 
