@@ -18,13 +18,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from capture_speed import _sync, corpus_tokens, use_job_allocator, write_results  # noqa: E402
+from capture_speed import _sync, corpus_tokens, tables_of_blocks, use_job_allocator, write_results  # noqa: E402
 
 
 def measure(fire_rate: float, args: argparse.Namespace) -> tuple[float, dict[str, float]]:
     import torch
 
-    from neuron_census import count_tables
     from neuron_census.accumulators import Geometry, LayerBatch, TokenFireCount
     from neuron_census.capture import CaptureSettings, build_accumulators
 
@@ -42,13 +41,12 @@ def measure(fire_rate: float, args: argparse.Namespace) -> tuple[float, dict[str
         **({"merge_pending": args.merge_pending} if args.merge_pending else {}),
     )
     labelled = [(acc.name, acc) for acc in build_accumulators(settings, geometry, torch.device(device), len(layers))]
-    job_blocks = count_tables.merge_workers
     for blocks in args.table_blocks or ():  # host tables of a set number of row blocks, next to the job's own
-        count_tables.merge_workers = lambda blocks=blocks: blocks  # read when a table is made
-        for acc in build_accumulators(settings, geometry, torch.device(device), len(layers)):
+        with tables_of_blocks(blocks):
+            extra = build_accumulators(settings, geometry, torch.device(device), len(layers))
+        for acc in extra:
             if acc.name in ("token_fire_count", "ngram_fire_count"):
                 labelled.append((f"{acc.name}, tables of {blocks} row block{'s' * (blocks > 1)}", acc))
-        count_tables.merge_workers = job_blocks
     if args.dense_tokens:  # the token table kept in place, next to the one the settings give
         dense = TokenFireCount(geometry, torch.device(device), dense_limit=1 << 62)
         labelled.insert([name for name, _ in labelled].index("token_fire_count") + 1, ("token_fire_count, dense", dense))

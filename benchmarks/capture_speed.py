@@ -30,7 +30,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -349,6 +350,20 @@ def use_job_allocator(args: argparse.Namespace) -> None:
 
     if args.device == "cpu" and not args.default_allocator:
         keep_freed_blocks()
+
+
+@contextmanager
+def tables_of_blocks(blocks: int) -> Iterator[None]:
+    """Host count tables made inside have `blocks` row blocks (merged on that many threads), not one per
+    thread PyTorch computes with: the number is read when a table is made."""
+    from neuron_census import count_tables
+
+    job_blocks = count_tables.merge_workers
+    count_tables.merge_workers = lambda: blocks
+    try:
+        yield
+    finally:
+        count_tables.merge_workers = job_blocks
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from capture_speed import write_results  # noqa: E402
+from capture_speed import tables_of_blocks, write_results  # noqa: E402
 
 VOCAB = 50272
 
@@ -49,7 +49,6 @@ def main() -> None:
 
     import torch
 
-    from neuron_census import count_tables
     from neuron_census.count_tables import merge_summaries
     from neuron_census.ngrams import merge_summaries_by_sort
 
@@ -58,23 +57,20 @@ def main() -> None:
     for n_neurons in args.neurons:
         parts = [full_table(n_neurons, args.capacity, seed) for seed in (1, 2)]
         for round_index in range(args.rounds):
-            timings = {}
+            csr: dict[int, float] = {}  # seconds by the tables' row blocks
             results = {}
-            for name, blocks, merge in [
-                *((f"csr, {blocks} block{'s' * (blocks > 1)}", blocks, merge_summaries) for blocks in args.table_blocks or (args.threads,)),
-                ("by_sort", None, merge_summaries_by_sort),
-            ]:
-                count_tables.merge_workers = lambda blocks=blocks: blocks or args.threads
-                start = time.perf_counter()
-                results[name] = merge(parts, args.capacity)
-                timings[name] = time.perf_counter() - start
-            equal = all(
-                np.array_equal(a, b) for name in results for a, b in zip(results[name], results["by_sort"])
-            )
-            csr = {name: seconds for name, seconds in timings.items() if name.startswith("csr")}
+            for blocks in args.table_blocks or (args.threads,):
+                with tables_of_blocks(blocks):
+                    start = time.perf_counter()
+                    results[blocks] = merge_summaries(parts, args.capacity)
+                    csr[blocks] = time.perf_counter() - start
+            start = time.perf_counter()
+            by_sort = merge_summaries_by_sort(parts, args.capacity)
+            sort_seconds = time.perf_counter() - start
+            equal = all(np.array_equal(a, b) for result in results.values() for a, b in zip(result, by_sort))
             rows.append(
                 {"neurons": n_neurons, "round": round_index, "entries": int(len(parts[0][0])), "csr": csr,
-                 "by_sort": timings["by_sort"], "equal": equal}
+                 "by_sort": sort_seconds, "equal": equal}
             )
             print(rows[-1], flush=True)
     lines = [
@@ -84,7 +80,7 @@ def main() -> None:
         "|---:|---:|---:|---|---:|---:|---|",
     ]
     for row in rows:
-        csr = ", ".join(f"{seconds:.2f} ({name.split(', ')[1]})" for name, seconds in row["csr"].items())
+        csr = ", ".join(f"{seconds:.2f} ({blocks} block{'s' * (blocks > 1)})" for blocks, seconds in row["csr"].items())
         lines.append(
             f"| {row['neurons']} | {row['entries']:,} | {row['round']} | {csr} | {row['by_sort']:.2f} "
             f"| {row['by_sort'] / min(row['csr'].values()):.1f}x | {'yes' if row['equal'] else 'NO'} |"
