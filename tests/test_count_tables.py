@@ -4,8 +4,9 @@ reference Misra-Gries merge (`ngrams.coalesce` then `ngrams.prune`) applied at t
 from __future__ import annotations
 
 import os
-import select
 import signal
+import time
+import traceback
 from collections import Counter
 
 import numpy as np
@@ -144,7 +145,7 @@ def test_the_layout_follows_the_device():
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_a_forked_process_merges_on_threads_of_its_own(monkeypatch):
+def test_a_forked_process_merges_on_threads_of_its_own(monkeypatch, tmp_path):
     """After a fork the parent's merge threads are gone; the child's tables still merge (and do not hang)."""
     monkeypatch.setattr(count_tables, "PARALLEL_MERGE_MIN", 0)
 
@@ -156,18 +157,26 @@ def test_a_forked_process_merges_on_threads_of_its_own(monkeypatch):
         return [column.tolist() for column in table_columns(table)]
 
     expected = merged()  # the parent's pool now exists
-    reader, writer = os.pipe()
+    answer = tmp_path / "child.txt"  # a file by name, not an inherited descriptor, carries the child's answer
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the child
+        code = 1
         try:
-            os.write(writer, repr(merged()).encode())
+            text, code = repr(merged()), 0
+        except BaseException:
+            text = traceback.format_exc()
         finally:
-            os._exit(0)
-    os.close(writer)
-    ready, _, _ = select.select([reader], [], [], 60)
-    if not ready:  # a child waiting on the parent's vanished threads would hang forever
+            answer.write_text(text)
+            os._exit(code)
+    for _ in range(600):  # a child waiting on the parent's vanished threads would hang forever
+        done, status = os.waitpid(child, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.1)
+    else:
         os.kill(child, signal.SIGKILL)
-    with os.fdopen(reader) as pipe:
-        got = pipe.read() if ready else "no answer within 60 s"
-    os.waitpid(child, 0)
+        os.waitpid(child, 0)
+        pytest.fail("the forked child did not answer within 60 s")
+    got = answer.read_text() if answer.exists() else "(no answer)"
+    assert os.waitstatus_to_exitcode(status) == 0, got
     assert got == repr(expected)
