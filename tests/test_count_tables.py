@@ -162,6 +162,7 @@ def test_a_forked_process_merges_on_threads_of_its_own(monkeypatch, tmp_path):
     if child == 0:  # pragma: no cover - runs in the child
         code = 1
         try:
+            torch.set_num_threads(1)  # as DataLoader workers do: OpenMP's own pool does not survive a fork
             text, code = repr(merged()), 0
         except BaseException:
             text = traceback.format_exc()
