@@ -145,10 +145,9 @@ def test_the_layout_follows_the_device():
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_a_forked_process_merges_on_threads_of_its_own(monkeypatch, tmp_path):
-    """After a fork the parent's merge threads are gone; the child's tables still merge (and do not hang)."""
-    monkeypatch.setattr(count_tables, "PARALLEL_MERGE_MIN", 0)
-
+def test_a_forked_process_merges_on_threads_of_its_own(tmp_path):
+    """After a fork the parent's merge threads are gone; the child's tables still merge (and do not hang).
+    (`merge_blocks_on_threads` sends even these small merges to the threads.)"""
     def merged() -> list[list[int]]:
         table = CsrTable(6, 400, 2, n_blocks=2)
         for batch in random_batches(np.random.default_rng(2), 6, 400, 3, torch.device("cpu")):
