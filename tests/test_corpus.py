@@ -273,7 +273,7 @@ def test_shards_chained_by_their_stream_cursors_equal_shards_read_from_the_start
         assert after.sequences == 6 * (shard + 1) and after.documents >= cursor.documents
         assert sum(tokenized) <= after.documents - cursor.documents + 1
         cursor = after
-    assert cursor.documents >= 4  # so later shards skipped documents that a read from the start tokenizes
+    assert cursor.documents >= 2  # so later shards skipped documents that a read from the start tokenizes
     with pytest.raises(ValueError, match=r"'b': a stream cursor after sequence 24 cannot start shard 1"):
         corpus.text_shard(spec, gpt2, 1, ROOT, name="b", cursor=cursor)
 
@@ -359,6 +359,23 @@ def test_file_shards_chained_by_their_stream_cursors_do_not_read_earlier_files(
     with pytest.raises(ValueError, match="part.jsonl|part0.jsonl"):
         corpus.text_shard(spec, gpt2, 3, tmp_path, name="f", cursor=cursors[3])
     assert "is no longer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tail", ["", "a b\n\n"], ids=["one-document", "long-last-document"])
+def test_a_long_documents_carried_tokens_fill_the_next_shards(tmp_path: Path, words: TextTokenizer, tail: str) -> None:
+    """A shard whose cursor carries more tokens than a sequence holds, with no document after it (one long
+    document, or the file's last one), cuts the carried tokens into the next shard's sequences."""
+    from neuron_census import corpus
+
+    (tmp_path / "t.txt").write_text(tail + " ".join("abc"[i % 3] for i in range(100)) + "\n")
+    spec = {"source": "files", "paths": ["t.txt"], "seq_len": 8, "sequences_per_shard": 3, "n_shards": 4,
+            "min_document_chars": 1}
+    cursor = corpus.StreamCursor()
+    for shard in range(4):
+        got, after = corpus.text_shard(spec, words, shard, tmp_path, name="long", cursor=cursor)
+        np.testing.assert_array_equal(got, shard_sequences(spec, words, shard, tmp_path, dataset="long"))
+        assert len(after.carry) >= 100 - 7 * 3 * (shard + 1)  # every shard ends inside the long document
+        cursor = after
 
 
 def test_a_shard_store_keeps_its_stream_cursor(tmp_path: Path, words: TextTokenizer) -> None:

@@ -437,6 +437,20 @@ def pack_stream(
     held = len(cursor.carry)
     sequences, documents, started = cursor.sequences, cursor.documents, cursor.started
     position: Any = cursor.source
+
+    def cut() -> Iterator[tuple[np.ndarray, Callable[[], StreamCursor]]]:
+        nonlocal parts, held, sequences
+        stream = np.concatenate(parts)
+        n_full = len(stream) // body
+        for k in range(n_full):
+            sequences += 1
+            after = partial(_cursor, sequences, documents, started, stream[(k + 1) * body :], position)
+            yield np.concatenate([head, stream[k * body : (k + 1) * body]]), after
+        rest = stream[n_full * body :]
+        parts, held = [rest], len(rest)
+
+    if held >= body:  # a long document's carried rest fills sequences before any further document is read
+        yield from cut()
     for ids, position in docs_token_ids:
         documents += 1
         if len(ids) == 0:
@@ -449,14 +463,7 @@ def pack_stream(
         parts.append(arr)
         held += len(arr)
         if held >= body:
-            stream = np.concatenate(parts)
-            n_full = len(stream) // body
-            for k in range(n_full):
-                sequences += 1
-                after = partial(_cursor, sequences, documents, started, stream[(k + 1) * body :], position)
-                yield np.concatenate([head, stream[k * body : (k + 1) * body]]), after
-            rest = stream[n_full * body :]
-            parts, held = [rest], len(rest)
+            yield from cut()
 
 
 def _cursor(sequences: int, documents: int, started: bool, carry: np.ndarray, position: Any) -> StreamCursor:
