@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from neuron_census.config import ConfigError, capture_settings, job_resources, resolved_model_spec, validate_config
+from neuron_census.config import (
+    ConfigError,
+    capture_settings,
+    job_resources,
+    model_datasets,
+    resolved_model_spec,
+    validate_config,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -85,3 +92,66 @@ def test_job_resources_per_model(default):
     opt = validate_config(load(ROOT / "config" / "presets" / "opt-family.yaml"), SCHEMA)
     assert job_resources(opt, "opt-30b", "capture") == {"mem_mb": 120000, "runtime": 1440}
     assert job_resources(opt, "opt-125m", "capture") == {"mem_mb": 64000, "runtime": 720}
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda c: c["train"]["tiny-opt"].update(datasets=["corpus-train", "corpus-train"]),
+         r"'train.tiny-opt.datasets': 'corpus-train' is listed twice"),
+        (lambda c: c["capture"].update(datasets=["corpus", "corpus"]), r"'capture.datasets': 'corpus' is listed twice"),
+        (lambda c: c["figures"]["fig1a_dead_neurons"].update(models=["tiny-opt", "tiny-opt"]), r"'tiny-opt' is listed twice"),
+        (lambda c: c["capture"].update(ngram_layers=[99]),
+         r"'capture.ngram_layers': layers \[99\] are not analysed for model 'stories260k' \(capture.layers: all 5 layers\)"),
+        (lambda c: c["capture"].update(layers=[0, 1], ngram_layers=[2]), r"'capture.ngram_layers': layers \[2\] are not analysed"),
+        (lambda c: c["models"]["tiny-opt"].update(capture={"ngram_layers": [4]}),
+         r"'models.tiny-opt.capture.ngram_layers': layers \[4\] are not analysed for model 'tiny-opt' \(capture.layers: all 4"),
+        (lambda c: c["models"]["tiny-opt"].update(capture={"layers": [0, 7]}), r"'models.tiny-opt.capture.layers': model 'tiny-opt' has layers 0..3, not \[7\]"),
+        (lambda c: c["capture"].update(ngram_orders=[]), r"'capture.ngram_orders': \[\] should be non-empty"),
+        (lambda c: c["datasets"]["corpus"].update(seq_len=256),
+         r"'datasets.corpus.seq_len': 256 tokens exceed model 'tiny-opt' context of 128 positions"),
+        (lambda c: (c["datasets"].update(wide=dict(c["datasets"]["corpus"], seq_len=64)), c["capture"].update(datasets=["corpus", "wide"])),
+         r"'capture.datasets': model 'stories260k' would capture datasets of different seq_len \(corpus: 128, wide: 64\)"),
+        (lambda c: c["models"]["tiny-opt"].update(capture={"datasets": ["nope"]}), r"'models.tiny-opt.capture.datasets': unknown dataset 'nope'"),
+        (lambda c: c["models"].update(p={"source": "planted", "recipe": "nope", "tokenizer": "stories260k"}),
+         r"'models.p.recipe': unknown planted recipe 'nope'"),
+    ],
+    ids=["train-twice", "capture-twice", "figure-models-twice", "ngram-layer-beyond-depth", "ngram-layer-not-analysed",
+         "model-ngram-layer", "model-layer-beyond-depth", "no-ngram-orders", "longer-than-context", "two-seq-lens",
+         "model-dataset", "planted-recipe"],
+)
+def test_what_the_config_alone_shows_is_refused_at_parse_time(default, mutate, message):
+    config = copy.deepcopy(default)
+    mutate(config)
+    with pytest.raises(ConfigError, match=message) as info:
+        validate_config(config, SCHEMA)
+    assert "\n" not in str(info.value)
+
+
+def test_a_model_captures_its_own_datasets(default):
+    config = copy.deepcopy(default)
+    config["datasets"]["short"] = {"source": "bundled", "seq_len": 32, "sequences_per_shard": 4}
+    config["models"]["tiny-opt"]["capture"] = {"datasets": ["short"], "batch_size": 3}
+    validate_config(config, SCHEMA)
+    assert model_datasets(config, "tiny-opt") == ["short"] and model_datasets(config, "stories260k") == ["corpus"]
+    assert "datasets" not in capture_settings(config, "tiny-opt") and "datasets" not in capture_settings(config, "stories260k")
+
+
+def test_nested_command_line_values_get_their_schema_types(default):
+    """Snakemake reads `--config capture='{batch_size: 8, layers: [0, 1]}'` with YAML's BaseLoader: strings."""
+    config = copy.deepcopy(default)
+    snakemake_cli = pytest.importorskip("snakemake.cli")
+    overrides = snakemake_cli.parse_config(
+        ["capture={batch_size: 8, layers: [0, 1], write_behind: false, token_capacity: null}", "report={title: '2048'}",
+         "analysis={positional: {min_mi: 0.1}}"]
+    )
+    assert overrides["capture"]["batch_size"] == "8"  # what Snakemake hands over
+    snakemake_utils = pytest.importorskip("snakemake.utils")
+    snakemake_utils.update_config(config, overrides)
+    validate_config(config, SCHEMA)
+    assert config["capture"]["batch_size"] == 8 and config["capture"]["layers"] == [0, 1]
+    assert config["capture"]["write_behind"] is False and config["capture"]["token_capacity"] is None
+    assert config["analysis"]["positional"]["min_mi"] == 0.1 and config["report"]["title"] == "2048"
+    config["capture"]["batch_size"] = "eight"
+    with pytest.raises(ConfigError, match=r"'capture.batch_size': 'eight' is not of type 'integer'"):
+        validate_config(config, SCHEMA)

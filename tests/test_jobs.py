@@ -73,8 +73,10 @@ def test_positional_neurons_are_found_on_their_own_datasets(tmp_path: Path):
     assert chosen_rates.equals(alone_rates)
     assert chosen.select(positional_columns).equals(alone.select(positional_columns))
     assert chosen.drop(positional_columns).equals(both.drop(positional_columns))
-    with pytest.raises(ValueError, match=r"no capture store of positional dataset\(s\) \['wiki'\]"):
-        stats([stores["designed"]], "missing", {"datasets": ["designed", "wiki"]})
+    partly, partly_rates = stats([stores["designed"]], "partly", {"datasets": ["designed", "wiki"]})
+    assert partly_rates.equals(alone_rates)  # the positional datasets this model was captured on
+    with pytest.raises(ValueError, match=r"no capture store of positional dataset\(s\) \['code', 'wiki'\]"):
+        stats([stores["designed"]], "missing", {"datasets": ["wiki", "code"]})
 
 
 def test_training_tokens_are_stacked_narrow(tmp_path: Path):

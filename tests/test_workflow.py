@@ -124,6 +124,15 @@ def test_restyling_a_figure_plans_only_that_figure_and_the_report(tiny_run: Path
     assert plan == {"all": 1, "fig1a_dead_neurons": 1, "report": 1}
 
 
+def test_nested_command_line_overrides_are_typed(tiny_run: Path):
+    """`--config capture='{batch_size: 5}'` (the tiny config's own value) plans nothing: 5 arrives as a number,
+    not as the string Snakemake parses; another value reruns the captures and what depends on them."""
+    same = snakemake(tiny_run, "--configfile", str(TINY), "-n", "--config", "capture={batch_size: 5, top_k: 4}")
+    assert planned_jobs(same.stdout) == {}
+    other = planned_jobs(snakemake(tiny_run, "--configfile", str(TINY), "-n", "--config", "capture={batch_size: 8}").stdout)
+    assert other["capture"] == 8 and "train" not in other and "tokenize" not in other
+
+
 def test_adding_a_shard_captures_only_that_shard(tmp_path: Path):
     """One more shard: its tokens and capture, then the merge and what depends on it; nothing else."""
     workdir = new_workdir(tmp_path / "shards")

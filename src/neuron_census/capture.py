@@ -95,11 +95,15 @@ def resolve_layers(requested: Sequence[int] | None, n_layers: int, model_name: s
 
 
 def resolve_ngram_layers(setting: str | Sequence[int], analysed: tuple[int, ...], n_layers: int) -> tuple[int, ...]:
-    """Analysed layers whose n-grams are counted; `first_half` = layer / n_layers < 0.5, as Fig. 2 uses."""
+    """Analysed layers whose n-grams are counted; `first_half` = layer / n_layers < 0.5, as Fig. 2 uses. Layers
+    listed but not analysed are refused: their n-gram columns would silently be empty."""
     if setting == "all":
         return analysed
     if setting == "first_half":
         return tuple(layer for layer in analysed if 2 * layer < n_layers)
+    outside = sorted({int(x) for x in setting} - set(analysed))
+    if outside:
+        raise ValueError(f"capture.ngram_layers {outside} are not among the analysed layers {list(analysed)}")
     return tuple(layer for layer in analysed if layer in set(int(x) for x in setting))
 
 

@@ -8,7 +8,7 @@ was trained by the pipeline, a tokenizer that it trains) into the load specs the
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +41,58 @@ def validate_config(config: dict[str, Any], schema_path: str | Path) -> dict[str
     """Validate `config` in place (filling defaults) and check cross references; raise ConfigError."""
     schema = yaml.safe_load(Path(schema_path).read_text())
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
+    _type_command_line_values(config, validator)
     error = jsonschema.exceptions.best_match(validator.iter_errors(config))
     if error is not None:
-        where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise ConfigError(f"config error at '{where}': {error.message}")
+        raise ConfigError(f"config error at '{_where(error.absolute_path)}': {error.message}")
+    _check_repeats(config)
     _check_references(config)
+    _check_models(config)
     return config
+
+
+def _where(path: Any) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def _type_errors(errors: Any) -> Iterator[Any]:
+    """Every 'type' error, also those inside oneOf/anyOf alternatives."""
+    for error in errors:
+        if error.validator == "type":
+            yield error
+        yield from _type_errors(error.context or ())
+
+
+def _type_command_line_values(config: dict[str, Any], validator: Any) -> None:
+    """Give strings the type the schema asks for where they parse as YAML of that type.
+
+    Snakemake reads `--config key='{a: 8}'` with YAML's BaseLoader, which keeps every nested scalar a
+    string ('8', 'true', '[1, 2]' inside a list stays '1'): only values the schema refuses as strings are
+    parsed again, so a title such as '2048' stays text."""
+    for _ in range(8):  # each pass types what the last one exposed (a string list inside a oneOf)
+        changed = False
+        for error in _type_errors(validator.iter_errors(config)):
+            if not isinstance(error.instance, str) or not error.absolute_path:
+                continue
+            try:
+                value = yaml.safe_load(error.instance)
+            except yaml.YAMLError:
+                continue
+            if isinstance(value, str) or not any(validator.is_type(value, kind) for kind in _listed(error.validator_value)):
+                continue
+            *parents, last = error.absolute_path
+            holder: Any = config
+            for key in parents:
+                holder = holder[key]
+            if holder[last] == error.instance:
+                holder[last] = value
+                changed = True
+        if not changed:
+            return
+
+
+def _listed(value: Any) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
 
 
 def _check_references(config: Mapping[str, Any]) -> None:
@@ -86,8 +132,13 @@ def _check_references(config: Mapping[str, Any]) -> None:
     for dataset in config["capture"]["datasets"]:
         if dataset not in datasets:
             raise ConfigError(f"config error at 'capture.datasets': unknown dataset '{dataset}'")
+    for name, spec in models.items():
+        for dataset in spec.get("capture", {}).get("datasets") or []:
+            if dataset not in datasets:
+                raise ConfigError(f"config error at 'models.{name}.capture.datasets': unknown dataset '{dataset}'")
+    captured = {dataset for model in models for dataset in model_datasets(config, model)}
     for dataset in config.get("analysis", {}).get("positional", {}).get("datasets") or []:
-        if dataset not in config["capture"]["datasets"]:
+        if dataset not in captured:
             raise ConfigError(
                 f"config error at 'analysis.positional.datasets': '{dataset}' is not one of capture.datasets"
             )
@@ -100,6 +151,121 @@ def _check_references(config: Mapping[str, Any]) -> None:
             raise ConfigError(
                 f"config error at 'figures.{figure}.model': '{settings['model']}' is not one of the figure's models {drawn}"
             )
+
+
+def _repeated_items(config: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
+    """Every list of names or numbers a user writes, by where it is."""
+    yield "capture.datasets", config["capture"].get("datasets")
+    for key in ("layers", "ngram_layers"):
+        yield f"capture.{key}", config["capture"].get(key)
+    for name, spec in config["models"].items():
+        for key in ("datasets", "layers", "ngram_layers"):
+            yield f"models.{name}.capture.{key}", spec.get("capture", {}).get(key)
+    for name, run in config.get("train", {}).items():
+        yield f"train.{name}.datasets", run.get("datasets")
+        yield f"train.{name}.checkpoints", run.get("checkpoints")
+    yield "analysis.positional.datasets", config.get("analysis", {}).get("positional", {}).get("datasets")
+    for figure, settings in config.get("figures", {}).items():
+        yield f"figures.{figure}.models", settings.get("models")
+
+
+def _check_repeats(config: Mapping[str, Any]) -> None:
+    """A name listed twice is a mistake that costs: a training dataset would be trained on twice."""
+    for where, items in _repeated_items(config):
+        if not isinstance(items, list):
+            continue
+        seen: set[Any] = set()
+        for item in items:
+            if item in seen:
+                raise ConfigError(f"config error at '{where}': {item!r} is listed twice")
+            seen.add(item)
+
+
+def model_datasets(config: Mapping[str, Any], model: str) -> list[str]:
+    """The datasets `model` is captured on: its own `capture.datasets`, else the global ones."""
+    return list(config["models"][model].get("capture", {}).get("datasets") or config["capture"]["datasets"])
+
+
+def _capture_key(config: Mapping[str, Any], model: str, key: str) -> str:
+    """Where a model's capture setting comes from: its own override, or the global block."""
+    return f"models.{model}.capture.{key}" if key in config["models"][model].get("capture", {}) else f"capture.{key}"
+
+
+def model_shape(config: Mapping[str, Any], model: str) -> tuple[int, int] | None:
+    """(layers, context positions) of `model` where the config alone tells them (trained runs, planted recipes,
+    a local folder's config.json); None for hub and random models, whose jobs check the same at load time."""
+    spec = config["models"][model]
+    if spec["source"] == "trained":
+        run = config["train"][spec["run"]]
+        return int(run["n_layers"]), int(run["max_positions"])
+    if spec["source"] == "planted":
+        from neuron_census.planted import get_recipe
+
+        try:
+            recipe = get_recipe(spec["recipe"])
+        except ValueError as error:
+            raise ConfigError(f"config error at 'models.{model}.recipe': {error}") from None
+        return recipe.n_layers, recipe.max_positions
+    if spec["source"] == "local":
+        return config_json_shape(Path(spec["path"]) / "config.json")
+    return None
+
+
+def config_json_shape(path: Path) -> tuple[int, int] | None:
+    """(layers, context positions) from a Hugging Face config.json, under any family's key names; None when
+    it cannot be read (the job that loads the model then says why)."""
+    import json
+
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    layers = next((raw[k] for k in ("num_hidden_layers", "n_layer", "num_layers") if isinstance(raw.get(k), int)), None)
+    context = next((raw[k] for k in ("max_position_embeddings", "n_positions") if isinstance(raw.get(k), int)), None)
+    return (layers, context) if layers is not None and context is not None else None
+
+
+def _check_models(config: Mapping[str, Any]) -> None:
+    """What the config alone shows about each model's captures: one sequence length across its datasets, that
+    length within its context, analysed layers within its depth, and n-gram layers among the analysed ones."""
+    positional = config.get("analysis", {}).get("positional", {}).get("datasets")
+    for model in config["models"]:
+        datasets = model_datasets(config, model)
+        where = _capture_key(config, model, "datasets")
+        lengths = {dataset: config["datasets"][dataset]["seq_len"] for dataset in datasets}
+        if len(set(lengths.values())) > 1:
+            listed = ", ".join(f"{d}: {n}" for d, n in lengths.items())
+            raise ConfigError(f"config error at '{where}': model '{model}' would capture datasets of different seq_len ({listed}); give them one")
+        if positional and not set(positional) & set(datasets):
+            raise ConfigError(
+                f"config error at 'analysis.positional.datasets': model '{model}' captures none of {positional}"
+            )
+        settings = capture_settings(config, model)
+        shape = model_shape(config, model)
+        layers, ngram_layers = settings.get("layers", "all"), settings.get("ngram_layers", "first_half")
+        if shape is not None:
+            n_layers, context = shape
+            seq_len = next(iter(lengths.values()))
+            if seq_len > context:
+                raise ConfigError(
+                    f"config error at 'datasets.{datasets[0]}.seq_len': {seq_len} tokens exceed model '{model}' "
+                    f"context of {context} positions"
+                )
+            outside = [layer for layer in layers if layer >= n_layers] if isinstance(layers, list) else []
+            if outside:
+                raise ConfigError(
+                    f"config error at '{_capture_key(config, model, 'layers')}': model '{model}' has layers "
+                    f"0..{n_layers - 1}, not {outside}"
+                )
+        if isinstance(ngram_layers, list):
+            analysed = layers if isinstance(layers, list) else None if shape is None else list(range(shape[0]))
+            outside = [layer for layer in ngram_layers if analysed is not None and layer not in analysed]
+            if outside:
+                described = f"layers {layers}" if isinstance(layers, list) else f"all {shape[0]} layers"
+                raise ConfigError(
+                    f"config error at '{_capture_key(config, model, 'ngram_layers')}': layers {outside} are not analysed "
+                    f"for model '{model}' (capture.layers: {described}); their n-gram columns would be empty"
+                )
 
 
 def canonical(value: Any) -> Any:
@@ -150,8 +316,8 @@ def resolved_model_spec(config: Mapping[str, Any], model: str) -> dict[str, Any]
 
 def capture_settings(config: Mapping[str, Any], model: str) -> dict[str, Any]:
     """Capture settings of `model`: the global `capture` block with the model's own overrides."""
-    base = {k: v for k, v in config["capture"].items() if k != "datasets"}
-    return {**base, **config["models"][model].get("capture", {})}
+    merged = {**config["capture"], **config["models"][model].get("capture", {})}
+    return {k: v for k, v in merged.items() if k != "datasets"}
 
 
 # What the jobs that run a model ask a cluster for unless the config says otherwise (memory in MB, time in

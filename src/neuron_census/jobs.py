@@ -227,7 +227,7 @@ def capture_job(
     writer thread unless `settings.write_behind` is false, into a temporary that becomes the output only
     when the job succeeds.
     """
-    from neuron_census.capture import CaptureSettings, capture_tokens, resolve_layers
+    from neuron_census.capture import CaptureSettings, capture_tokens, resolve_layers, resolve_ngram_layers
     from neuron_census.execution import Placement, offload_folder
     from neuron_census.host_allocator import keep_freed_blocks
     from neuron_census.layer_states import written_behind
@@ -244,13 +244,18 @@ def capture_job(
             keep_freed_blocks()
         tokens, shard_attrs = read_shard_for(shard_path, tokenizer, f"model '{model_name}'")
         shard = int(shard_attrs["shard"])
+        layers = resolve_layers(capture_settings.layers, adapter.n_layers, model_name)
+        try:  # hub models: the config alone could not show this at parse time
+            resolve_ngram_layers(capture_settings.ngram_layers, layers, adapter.n_layers)
+        except ValueError as error:
+            raise ValueError(f"model '{model_name}': {error}") from None
         write_behind = bool(settings.get("write_behind", True))
         report_statistics_memory(model_name, capture_settings, adapter, tokens.shape, device, placement, write_behind)
         attrs = {
             "model": model_name,
             "datasets": [shard_attrs["dataset"]],
             "sources": [f"{shard_attrs['dataset']}/{shard}"],
-            "layers": list(resolve_layers(capture_settings.layers, adapter.n_layers, model_name)),
+            "layers": list(layers),
             "n_layers_total": adapter.n_layers,
             "n_neurons": adapter.n_neurons,
             "seq_len": int(tokens.shape[1]),
@@ -386,14 +391,13 @@ def stats_job(
 
 
 def positional_readers(readers: Sequence[Any], datasets: Sequence[str] | None, model_name: str) -> list[Any]:
-    """The stores positional neurons are found on: those of `datasets`, or all when it is None."""
+    """The stores positional neurons are found on: those of `datasets` that the model was captured on, or all
+    when it is None."""
     if datasets is None:
         return list(readers)
     chosen = [reader for reader in readers if set(reader.attrs["datasets"]) <= set(datasets)]
-    found = {d for reader in chosen for d in reader.attrs["datasets"]}
-    missing = sorted(set(datasets) - found)
-    if missing:
-        raise ValueError(f"model '{model_name}': no capture store of positional dataset(s) {missing}")
+    if not chosen:
+        raise ValueError(f"model '{model_name}': no capture store of positional dataset(s) {sorted(datasets)}")
     return chosen
 
 

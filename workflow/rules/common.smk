@@ -9,6 +9,7 @@ from neuron_census.config import (
     canonical,
     capture_settings,
     job_resources,
+    model_datasets,
     model_tokenizer,
     resolved_model_spec,
     resolved_tokenizer_spec,
@@ -26,7 +27,6 @@ except ConfigError as error:
 
 MODELS = list(config["models"])
 FIGURES = [figure for figure in FIGURE_SPECS if config["figures"].get(figure, {}).get("draw", True)]  # `all`, report
-CAPTURE_DATASETS = config["capture"]["datasets"]
 
 _name = NAME_PATTERN.strip("^$")
 

@@ -3,7 +3,7 @@
 
 rule neuron_stats:
     input:
-        expand("results/capture/{{model}}/{dataset}/merged.zarr", dataset=CAPTURE_DATASETS),
+        lambda w: [f"results/capture/{w.model}/{dataset}/merged.zarr" for dataset in model_datasets(config, w.model)],
     output:
         stats="results/{model}/stats.parquet",
         rates="results/{model}/position_rates.parquet",
