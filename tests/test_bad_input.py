@@ -15,12 +15,13 @@ from pathlib import Path
 
 import huggingface_hub.constants
 import numpy as np
+import polars as pl
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from neuron_census.corpus import write_token_shard
-from neuron_census.jobs import capture_job, merge_job, tokenize_job
+from neuron_census.jobs import capture_job, merge_job, stats_job, tokenize_job
 from neuron_census.logs import PREFIX, job_log
 from neuron_census.planted import build_planted_model, get_recipe, planted_words
 from neuron_census.store import write_store
@@ -189,3 +190,107 @@ def test_bugs_keep_their_traceback(tmp_path):
     """Only bad input is shortened to one line; anything else is a bug and propagates as it is."""
     with pytest.raises(KeyError), job_log([tmp_path / "log"]):
         raise KeyError("a bug")
+
+
+def saved_and_edited(folder: Path, edit: Callable[[dict], dict]) -> Path:
+    """The basic planted model saved to `folder`, its safetensors tensors then edited by `edit`."""
+    from safetensors.torch import load_file, save_file
+
+    saved_planted_model(folder)
+    tensors = edit(load_file(folder / "model.safetensors"))
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda t: {k: v for k, v in t.items() if ".layers.1.fc1." not in k},
+         r"missing tensor\(s\) model\.decoder\.layers\.1\.fc1\.bias, model\.decoder\.layers\.1\.fc1\.weight$"),
+        (lambda t: {**t, "model.decoder.layers.0.extra.weight": torch.zeros(3)},
+         r"unexpected tensor\(s\) model\.decoder\.layers\.0\.extra\.weight$"),
+        (lambda t: {**t, "model.decoder.layers.2.fc1.weight": torch.zeros(5, t["model.decoder.layers.2.fc1.weight"].shape[1])},
+         r"1 tensor\(s\) of other shapes than config\.json gives \(model\.decoder\.layers\.2\.fc1\.weight: \[5, \d+\] stored, \[8, \d+\] expected\)"),
+    ],
+    ids=["missing", "unexpected", "other-shape"],
+)
+def test_weights_that_do_not_match_the_config_are_refused(tmp_path, tokens, capfd, edit, message):
+    """Missing tensors would be randomly initialised and analysed as if trained: the job stops instead."""
+    folder = saved_and_edited(tmp_path / "edited", edit)
+    job = capture(tmp_path, {"source": "local", "path": str(folder)}, shard(tmp_path / "s.zarr", tokens))
+    line = fails_with_one_line(capfd, tmp_path / "log", job)
+    assert line.startswith(f"model 'm': the weights of {folder} do not match its config: "), line
+    assert re.search(message, line), line
+    assert "LOAD REPORT" not in capfd.readouterr().err
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_truncated_safetensors_file_is_named(tmp_path, tokens, capfd):
+    folder = saved_planted_model(tmp_path / "cut")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    job = capture(tmp_path, {"source": "local", "path": str(folder)}, shard(tmp_path / "s.zarr", tokens))
+    line = fails_with_one_line(capfd, tmp_path / "log", job)
+    assert line.startswith(f"model 'm': {weights} is not a readable safetensors file ("), line
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_ngram_layers_outside_the_analysed_layers_stop_the_capture(tmp_path, tokens, capfd):
+    """What the config cannot show before a hub model is loaded, the capture job refuses."""
+    job = capture(tmp_path, {"source": "planted", "recipe": "basic"}, shard(tmp_path / "s.zarr", tokens), layers=[0, 1],
+                  ngram_layers=[1, 2])
+    line = fails_with_one_line(capfd, tmp_path / "log", job)
+    assert line == "model 'm': capture.ngram_layers [2] are not among the analysed layers [0, 1]"
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_empty_tokenizer_folder(tmp_path, tokens, capfd):
+    (tmp_path / "tok").mkdir()
+    job = lambda: load_tokenizer("t", {"source": "local", "path": str(tmp_path / "tok")})  # noqa: E731
+    line = fails_with_one_line(capfd, tmp_path / "log", job)
+    assert line.startswith(f"tokenizer 't': local folder {tmp_path / 'tok'} holds none of tokenizer.json, ")
+
+
+@pytest.mark.parametrize("removed", ["fire_count/counts", "token_fire_count"])
+def test_an_accumulator_missing_from_a_merged_store_is_named(tmp_path, tokens, capfd, removed):
+    spec = {"source": "planted", "recipe": "basic"}
+    capture(tmp_path, spec, shard(tmp_path / "s.zarr", tokens))()
+    merge_job([tmp_path / "out.zarr"], tmp_path / "merged.zarr")
+    shutil.rmtree(tmp_path / "merged.zarr" / removed)
+    job = lambda: stats_job("m", [tmp_path / "merged.zarr"], "planted", TOKENIZER, {}, tmp_path / "a.parquet", tmp_path / "b.parquet")  # noqa: E731
+    line = fails_with_one_line(capfd, tmp_path / "log", job)
+    assert line.startswith(f"accumulator store {tmp_path / 'merged.zarr'} is unreadable: {removed}"), line
+    assert not (tmp_path / "a.parquet").exists() and not (tmp_path / "b.parquet").exists()
+
+
+def test_a_store_without_an_accumulator_the_statistics_need(tmp_path, tokens, capfd):
+    attrs = {"model": "m", "datasets": ["d"], "sources": ["d/0"], "layers": [0]}
+    write_store(tmp_path / "a.zarr", attrs, {"moments": {"sum": np.zeros((1, 4))}})
+    job = lambda: stats_job("m", [tmp_path / "a.zarr"], "planted", TOKENIZER, {}, tmp_path / "a.parquet", tmp_path / "b.parquet")  # noqa: E731
+    line = fails_with_one_line(capfd, tmp_path / "log", job)
+    assert line == (f"accumulator store {tmp_path / 'a.zarr'} has no fire_count, position_fire_count, token_count, "
+                    "token_fire_count, which model 'm''s neuron statistics needs")
+
+
+def test_a_full_disk_names_the_output(tmp_path, capfd):
+    """Writes that the file system refuses (here /dev/full, which answers every write with ENOSPC) name the
+    output they were for, and leave nothing there."""
+    import os
+
+    from neuron_census.atomic import HOST
+    from neuron_census.jobs import write_parquet
+
+    output = tmp_path / "t.parquet"
+    (tmp_path / f".t.parquet.tmp-{HOST}-{os.getpid()}").symlink_to("/dev/full")
+    job = lambda: write_parquet(pl.DataFrame({"a": list(range(100_000))}), output)  # noqa: E731
+    line = fails_with_one_line(capfd, tmp_path / "log", job)
+    assert line == f"cannot write {output}: No space left on device (errno 28)"
+    assert not output.exists()
+
+
+def test_a_log_that_cannot_be_written(tmp_path, capfd):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as stop, job_log([tmp_path / "file" / "logs" / "job.log"]):
+        pass
+    assert stop.value.code == 1
+    assert capfd.readouterr().err.strip() == f"{PREFIX}cannot write the job's log {tmp_path / 'file' / 'logs' / 'job.log'}: Not a directory"

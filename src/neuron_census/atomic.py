@@ -9,7 +9,9 @@ alone, since its writer may still be running there.
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import shutil
 import socket
 from collections.abc import Iterator
@@ -68,6 +70,26 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
         failpoint("publish", final)
         _remove(final)
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as error:
         _remove(tmp)
+        reason = write_failure(error)
+        if reason is not None:
+            raise OSError(f"cannot write {final}: {reason}") from error
         raise
+
+
+# What a full disk, a quota, a file size limit or a read-only file system raise on writing.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+
+
+def write_failure(error: BaseException) -> str | None:
+    """Why writing failed, if `error` is the file system refusing a write; else None.
+
+    Python's OSError carries the errno (often without the path); Rust-backed writers (polars' parquet)
+    raise their own types with the OS error only in the text."""
+    if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:
+        return f"{os.strerror(error.errno)} (errno {error.errno})"
+    found = re.search(r"\(os error (\d+)\)", str(error))
+    if found and int(found.group(1)) in WRITE_ERRNOS:
+        return f"{os.strerror(int(found.group(1)))} (errno {found.group(1)})"
+    return None

@@ -365,11 +365,13 @@ def stats_job(
     Only one layer's states are in memory at once (for OPT-66b, 0.6 GB of position counts instead of 39 GB).
     Positional neurons are found on the stores of `analysis.positional.datasets` only, when it names some.
     """
-    from neuron_census.stats import STATS_ACCUMULATORS, AnalysisSettings, stats_tables_by_layer
+    from neuron_census.stats import REQUIRED_FOR_STATS, STATS_ACCUMULATORS, AnalysisSettings, stats_tables_by_layer
     from neuron_census.store import StoreReader, merged_attrs, merged_layer_state
     from neuron_census.tokenization import load_tokenizer
 
     readers = [StoreReader(path) for path in inputs]
+    for reader in readers:
+        reader.require(REQUIRED_FOR_STATS, f"model '{model_name}''s neuron statistics")
     attrs = merged_attrs(readers)
     tokenizer = load_tokenizer(tokenizer_name, tokenizer_spec)
     if attrs["tokenizer_fingerprint"] != tokenizer.fingerprint:

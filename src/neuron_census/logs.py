@@ -73,7 +73,11 @@ def one_line(error: BaseException) -> str:
 def job_log(logs: Sequence[str | os.PathLike[str]]) -> Iterator[None]:
     """Run a job body with stderr teed to its log; bad input ends it with one line and exit status 1."""
     previous = sys.stderr
-    log = tee_stderr(logs)
+    try:
+        log = tee_stderr(logs)
+    except OSError as error:  # a read-only or misplaced log folder: say so instead of a traceback
+        print(f"{PREFIX}cannot write the job's log {logs[0]}: {error.strerror or error}", file=sys.stderr)
+        sys.exit(1)
     try:
         yield
     except input_errors() as error:

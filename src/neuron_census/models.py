@@ -7,7 +7,8 @@ unsupported family is refused from its config, before any weights are read.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,18 +105,77 @@ def _from_pretrained(
             skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
         device_map = layers_on_disk_map(skeleton, decoder_layer_names(skeleton, name), device)
         placement = {"device_map": device_map, "offload_folder": str(layers_to_disk)}
+    if Path(source).is_dir():
+        check_safetensors_files(name, Path(source))
     try:
-        return AutoModelForCausalLM.from_pretrained(
-            source,
-            config=config,
-            revision=revision,
-            trust_remote_code=trust_remote_code,
-            use_safetensors=True,
-            dtype=dtype,
-            **placement,
-        )
+        with transformers_errors_only():  # its load report is replaced by the one line below
+            model, info = AutoModelForCausalLM.from_pretrained(
+                source,
+                config=config,
+                revision=revision,
+                trust_remote_code=trust_remote_code,
+                use_safetensors=True,
+                dtype=dtype,
+                output_loading_info=True,
+                ignore_mismatched_sizes=True,  # reported below, with the shapes, instead of raised
+                **placement,
+            )
     except OSError as error:  # e.g. a repository with pickled (.bin) weights only: they are never read
         raise ValueError(f"model '{name}': cannot load safetensors weights of {source}: {first_line(error)}") from None
+    except Exception as error:  # safetensors and torch raise their own types for damaged files
+        raise ValueError(f"model '{name}': cannot load the weights of {source}: {first_line(error)}") from None
+    check_loading_info(name, source, info)
+    return model
+
+
+# Buffers that older checkpoints carry and transformers recomputes: reading past them loses no weight.
+HARMLESS_UNEXPECTED = (".attn.masked_bias", ".attention.masked_bias", ".rotary_emb.inv_freq")
+
+
+def check_loading_info(name: str, source: str, info: Mapping[str, Any]) -> None:
+    """Refuse a checkpoint that does not hold exactly the tensors its config describes: a missing tensor would
+    be randomly initialised and analysed as if trained, an unexpected one belongs to another architecture."""
+    problems = []
+    mismatched = sorted(info.get("mismatched_keys") or (), key=str)
+    if mismatched:
+        key, stored, expected = mismatched[0]
+        problems.append(f"{len(mismatched)} tensor(s) of other shapes than config.json gives ({key}: {list(stored)} "
+                        f"stored, {list(expected)} expected)")
+    for kind in ("missing", "unexpected"):
+        keys = sorted(k for k in info.get(f"{kind}_keys") or () if not (kind == "unexpected" and k.endswith(HARMLESS_UNEXPECTED)))
+        if keys:
+            more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+            problems.append(f"{kind} tensor(s) {', '.join(keys[:3])}{more}")
+    if info.get("error_msgs"):
+        problems.append(first_line(Exception(info["error_msgs"][0])))
+    if problems:
+        raise ValueError(f"model '{name}': the weights of {source} do not match its config: {'; '.join(problems)}")
+
+
+def check_safetensors_files(name: str, folder: Path) -> None:
+    """Open every safetensors file's header, so a truncated or damaged file is named before anything loads
+    (the library's own error names no file)."""
+    from safetensors import safe_open
+
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except Exception as error:  # SafetensorError, OSError
+            raise ValueError(f"model '{name}': {path} is not a readable safetensors file ({first_line(error)})") from None
+
+
+@contextmanager
+def transformers_errors_only() -> Iterator[None]:
+    """transformers' logging at error level for the duration (its load report would repeat our message)."""
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(previous)
 
 
 def _build(

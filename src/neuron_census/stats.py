@@ -34,6 +34,7 @@ STATS_ACCUMULATORS = (
     "ngram_count",
     "ngram_fire_count",
 )
+REQUIRED_FOR_STATS = ("fire_count", "position_fire_count", "token_count", "token_fire_count")  # the others add columns
 
 
 @dataclass(frozen=True)

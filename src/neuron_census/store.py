@@ -75,7 +75,10 @@ def writing_store(path: str | os.PathLike[str], attrs: Mapping[str, Any]) -> Ite
     with atomic_path(path) as tmp:
         group = zarr.open_group(tmp, mode="w")
         yield _StoreStates(group)
-        group.attrs.update({**attrs, "kind": STORE_KIND, "format_version": FORMAT_VERSION, "complete": True})
+        contents = {name: sorted(key for key, _ in sub.arrays()) for name, sub in group.groups()}
+        group.attrs.update(
+            {**attrs, "contents": contents, "kind": STORE_KIND, "format_version": FORMAT_VERSION, "complete": True}
+        )
 
 
 def write_store(path: str | os.PathLike[str], attrs: Mapping[str, Any], states: Mapping[str, State]) -> None:
@@ -85,23 +88,32 @@ def write_store(path: str | os.PathLike[str], attrs: Mapping[str, Any], states: 
             out.add_whole(name, state)
 
 
+class StoreError(ValueError):
+    """A store cannot be read as asked; the message names the store."""
+
+
 def _open_complete(path: Path) -> zarr.Group:
-    """The group of a complete store of this format; anything else raises ValueError (without naming the path)."""
+    """The group of a complete store of this format holding every array it lists; anything else raises
+    ValueError (without naming the path)."""
     group = zarr.open_group(path, mode="r")
     attrs = dict(group.attrs)
     if attrs.get("kind") != STORE_KIND or not attrs.get("complete"):
         raise ValueError("not a complete accumulator store")
     if attrs.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"format version {attrs.get('format_version')} != {FORMAT_VERSION}")
-    for name, _ in group.groups():
+    present = {name: {key for key, _ in sub.arrays()} for name, sub in group.groups()}
+    for name in present:
         if name not in REGISTRY:
             raise ValueError(f"unknown accumulator '{name}'")
+    lost = [f"{name}/{key}" for name, keys in attrs.get("contents", {}).items() for key in keys if key not in present.get(name, ())]
+    if lost:
+        raise ValueError(f"{', '.join(lost[:3])}{' and more' if len(lost) > 3 else ''} missing (written, since removed)")
     return group
 
 
 @contextmanager
 def _reading(path: Path) -> Iterator[None]:
-    """Turn any failure to read `path` into a ValueError that names it (a torn chunk raises codec errors)."""
+    """Turn any failure to read `path` into a StoreError that names it (a torn chunk raises codec errors)."""
     if not path.exists():
         raise FileNotFoundError(f"accumulator store {path} does not exist")
     try:
@@ -109,12 +121,14 @@ def _reading(path: Path) -> Iterator[None]:
             # Snakemake marks directory outputs with a .snakemake_timestamp file, which zarr lists as a stray member.
             warnings.filterwarnings("ignore", message=r"Object at \.snakemake_timestamp", category=UserWarning)
             yield
-    except FileNotFoundError:
+    except (FileNotFoundError, StoreError):
         raise
+    except KeyError as error:
+        raise StoreError(f"accumulator store {path} has no {error.args[0]!r}") from None
     except ValueError as error:
-        raise ValueError(f"accumulator store {path} is unreadable: {error}") from None
+        raise StoreError(f"accumulator store {path} is unreadable: {error}") from None
     except Exception as error:  # zarr/codec errors on truncated or corrupted chunks
-        raise ValueError(f"accumulator store {path} is corrupted: {type(error).__name__}: {error}") from None
+        raise StoreError(f"accumulator store {path} is corrupted: {type(error).__name__}: {error}") from None
 
 
 class StoreReader:
@@ -127,6 +141,12 @@ class StoreReader:
             self.attrs = dict(self.group.attrs)
             self.names = sorted(name for name, _ in self.group.groups())
         self._whole: dict[tuple[str, str], np.ndarray] = {}
+
+    def require(self, names: Sequence[str], user: str) -> None:
+        """Refuse, naming the store, if it lacks an accumulator that `user` needs."""
+        missing = [name for name in names if name not in self.names]
+        if missing:
+            raise StoreError(f"accumulator store {self.path} has no {', '.join(missing)}, which {user} needs")
 
     def state(self, name: str) -> State:
         """Every array of accumulator `name`, in memory."""

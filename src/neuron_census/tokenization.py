@@ -146,7 +146,13 @@ def _local_args(name: str, spec: Mapping[str, Any], root: Path) -> dict[str, Any
     path = path if path.is_absolute() else Path(root) / path
     if not path.is_dir():
         raise FileNotFoundError(f"tokenizer {name!r}: local folder {path} does not exist")
+    if not any((path / file).is_file() for file in TOKENIZER_FILES):
+        raise FileNotFoundError(f"tokenizer {name!r}: local folder {path} holds none of {', '.join(TOKENIZER_FILES)}")
     return {"pretrained_model_name_or_path": str(path), "local_files_only": True}
+
+
+# The files a Hugging Face tokenizer folder is read from (a folder with none of them holds no tokenizer).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
 
 
 def _from_transformers(
