@@ -124,6 +124,19 @@ def test_merge_refuses_incompatible_or_overlapping(tmp_path: Path):
         merge_stores([tmp_path / "a.zarr", tmp_path / "c.zarr"])
 
 
+def test_shards_of_two_versions_of_a_text_are_never_merged(tmp_path: Path):
+    """Each capture store records the version of its dataset's text; stores of one dataset and two versions
+    are refused, stores of two datasets keep both versions."""
+    write_store(tmp_path / "a.zarr", attrs(shard=0, text_versions={"d": "v1"}), states(0))
+    write_store(tmp_path / "b.zarr", attrs(shard=1, text_versions={"d": "v2"}), states(1))
+    write_store(tmp_path / "c.zarr", attrs(dataset="e", text_versions={"e": "v2"}), states(1))
+    with pytest.raises(ValueError, match=r"b\.zarr: its shard of dataset 'd' was read from another version"):
+        merge_store_files([tmp_path / "a.zarr", tmp_path / "b.zarr"], tmp_path / "merged.zarr")
+    assert not (tmp_path / "merged.zarr").exists()
+    merged, _ = merge_stores([tmp_path / "a.zarr", tmp_path / "c.zarr"])
+    assert merged["text_versions"] == {"d": "v1", "e": "v2"}
+
+
 def test_truncated_store_is_refused(tmp_path: Path):
     path = tmp_path / "s.zarr"
     write_store(path, attrs(), states(0))

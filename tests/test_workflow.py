@@ -179,6 +179,80 @@ def test_adding_a_shard_captures_only_that_shard(tmp_path: Path):
             np.testing.assert_array_equal(merged[name][key], array, err_msg=f"{name}/{key}")
 
 
+def test_changed_inputs_rerun_what_read_them_and_nothing_else(tmp_path: Path):
+    """A local model's weights rewritten in place and a `files` dataset's text edited, also with modification
+    times older than the results: each reruns the jobs that read it, and only those. With the text edited and a
+    shard added at once, both shards are remade from the new text (a chain never mixes two versions)."""
+    import os
+
+    from neuron_census.planted import build_planted_model, planted_words
+
+    workdir = new_workdir(tmp_path / "inputs")
+    words = planted_words(get_recipe("basic"))
+    build_planted_model("basic").save_pretrained(workdir / "model")
+    text = workdir / "text.txt"
+    text.write_text(" ".join(words[i % 7] for i in range(200)) + "\n")
+    config = {
+        "tokenizers": {"words": {"source": "words", "words": words}},
+        "datasets": {"text": {"source": "files", "paths": ["text.txt"], "seq_len": 16, "sequences_per_shard": 4,
+                              "n_shards": 1, "min_document_chars": 1}},
+        "models": {"local": {"source": "local", "path": "model", "tokenizer": "words"}},
+        "capture": {"datasets": ["text"], "batch_size": 4, "top_k": 2},
+        "figures": {},
+    }
+    target = "results/local/neurons.parquet"
+
+    def plan(**datasets: object) -> dict[str, int]:
+        path = tmp_path / "inputs.yaml"
+        path.write_text(yaml.safe_dump({**config, "datasets": {"text": {**config["datasets"]["text"], **datasets}}}))
+        return planned_jobs(snakemake(workdir, "--configfile", str(path), "-n", target).stdout)
+
+    def rewrite(path: Path, data: bytes) -> None:
+        """New content, with a modification time older than every result (as a copy keeping times gives)."""
+        before = path.stat()
+        path.write_bytes(data)
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns - 10**9))
+
+    (tmp_path / "inputs.yaml").write_text(yaml.safe_dump(config))
+    snakemake(workdir, "--configfile", str(tmp_path / "inputs.yaml"), "--cores", "2", target)
+    assert plan() == {}
+    weights = workdir / "model" / "model.safetensors"
+    rewrite(weights, weights.read_bytes())
+    assert plan() == {"capture": 1, "merge": 1, "neuron_stats": 1, "vocab_projection": 1, "neuron_tables": 1}
+    snakemake(workdir, "--configfile", str(tmp_path / "inputs.yaml"), "--cores", "2", target)
+
+    rewrite(text, (" ".join(words[(3 * i) % 11] for i in range(200)) + "\n").encode())
+    assert plan()["tokenize"] == 1
+    grown = plan(n_shards=2)
+    assert grown["tokenize"] == 2 and grown["capture"] == 2
+    path = tmp_path / "inputs.yaml"
+    path.write_text(yaml.safe_dump({**config, "datasets": {"text": {**config["datasets"]["text"], "n_shards": 2}}}))
+    snakemake(workdir, "--configfile", str(path), "--cores", "2", target)
+    shards = [read_token_shard(workdir / f"results/tokens/words/text/shard-{i}.zarr")[0] for i in (0, 1)]
+    new_text = [(3 * i) % 11 + 2 for i in range(200)]  # word ids of the edited text
+    np.testing.assert_array_equal(np.concatenate(shards)[:, 1:].reshape(-1), new_text[: 2 * 4 * 15])
+
+
+def test_an_edited_bundled_corpus_reruns_its_tokenizer_and_shards(tiny_run: Path, tmp_path: Path):
+    """The bundled corpus is an input too: editing one of its files retrains the tokenizer trained on it and
+    remakes the token shards read from it (a dry run on a copy of the tiny run with a copy of resources/)."""
+    workdir = tmp_path / "bundled"
+    shutil.copytree(tiny_run, workdir, symlinks=True, ignore=shutil.ignore_patterns("locks"))
+    (workdir / "resources").unlink()
+    shutil.copytree(ROOT / "resources", workdir / "resources")  # keeps modification times
+    assert planned_jobs(snakemake(workdir, "--configfile", str(TINY), "-n").stdout) == {}
+    wiki = workdir / "resources" / "corpus" / "wiki.txt.xz"
+    stat = wiki.stat()
+    import lzma
+    import os
+
+    wiki.write_bytes(lzma.compress(lzma.decompress(wiki.read_bytes()).replace(b"the", b"a")))
+    os.utime(wiki, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    plan = planned_jobs(snakemake(workdir, "--configfile", str(TINY), "-n").stdout)
+    assert plan["train_tokenizer"] == 1 and plan["tokenize"] >= 1 and plan["train"] == 1
+    assert plan.get("capture", 0) == 4  # mini and mini-step3 (2 shards each); planted and stories260k read no corpus
+
+
 def test_lint_is_clean():
     result = subprocess.run([*SNAKEMAKE, "--lint"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -203,6 +203,33 @@ def _file_paths(spec: Mapping[str, Any], root: Path, name: str) -> list[Path]:
     return found
 
 
+def source_files(spec: Mapping[str, Any], root: Path = Path("."), *, dataset: str | None = None) -> list[Path]:
+    """The local files a text dataset's documents come from: the bundled corpus files of its domains, the files
+    its globs match, or an `hf` dataset's local data files (none for a hub dataset: its `revision` pins it)."""
+    name = _name(spec, dataset)
+    source = spec.get("source")
+    if source == "bundled":
+        return [corpus_file(domain, root) for domain in _domains(spec, name)]
+    if source == "files":
+        return _file_paths(spec, root, name)
+    if source == "hf":
+        return sorted(_local_data_files((spec.get("hf") or {}).get("data_files"), root))
+    return []
+
+
+def _local_data_files(files: Any, root: Path) -> set[Path]:
+    """Local files named (or globbed) by an `hf.data_files` value; URLs and hub paths name none."""
+    if isinstance(files, Mapping):
+        return set().union(*(_local_data_files(f, root) for f in files.values()))
+    if isinstance(files, list):
+        return set().union(*(_local_data_files(f, root) for f in files))
+    if not isinstance(files, str) or "://" in files:
+        return set()
+    path = Path(files) if Path(files).is_absolute() else Path(root) / files
+    anchor = Path(path.anchor) if path.is_absolute() else Path(".")
+    return {p for p in anchor.glob(str(path.relative_to(anchor))) if p.is_file()}
+
+
 def _file_documents(
     path: Path, spec: Mapping[str, Any], errors: str, min_chars: int
 ) -> Iterator[str]:
@@ -678,11 +705,13 @@ def write_token_shard(
     dataset: str,
     shard: int,
     stream_end: tuple[StreamCursor, str] | None = None,
+    text_version: str | None = None,
 ) -> None:
     """Atomically write a zarr v3 group with array `tokens` (int32, chunked by rows) and attrs.
 
     `stream_end`: a text dataset's cursor after this shard and the fingerprint of the dataset's settings it
-    belongs to; the cursor's carried tokens go into an array `stream_carry`."""
+    belongs to; the cursor's carried tokens go into an array `stream_carry`. `text_version`: a fingerprint of
+    the files the text was read from (`inputs.files_fingerprint`), so shards of two versions are never merged."""
     import zarr
 
     tokens = np.asarray(tokens)
@@ -714,6 +743,7 @@ def write_token_shard(
         "has_bos": has_bos,
         "vocab_size": tokenizer.vocab_size,
         "tokens_sha256": _tokens_digest(tokens),
+        "text_version": text_version,
     }
     with atomic_path(path) as tmp:
         group = zarr.open_group(store=str(tmp), mode="w", zarr_format=3)

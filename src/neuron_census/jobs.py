@@ -99,9 +99,11 @@ def tokenize_job(
         StreamCursor,
         read_stream_end,
         shard_sequences,
+        source_files,
         text_shard,
         write_token_shard,
     )
+    from neuron_census.inputs import files_fingerprint
     from neuron_census.tokenization import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_name, tokenizer_spec)
@@ -111,13 +113,17 @@ def tokenize_job(
         tokens = shard_sequences(spec, tokenizer, shard, Path("."), dataset=dataset_name)
         write_token_shard(output, tokens, tokenizer=tokenizer, dataset=dataset_name, shard=shard)
         return
-    described = json.dumps([tokenizer.fingerprint, settings], sort_keys=True, default=str)
+    # the text's version is part of the stream: a shard never goes on from one made of another version
+    text = files_fingerprint(source_files(dataset_spec, Path("."), dataset=dataset_name))
+    described = json.dumps([tokenizer.fingerprint, settings, text], sort_keys=True, default=str)
     stream = hashlib.sha256(described.encode()).hexdigest()[:16]
     cursor = read_stream_end(previous, stream) if previous is not None else None
     if previous is not None and cursor is None:
-        print(f"tokenize: {previous} records no stream position of these settings; reading from the start", file=sys.stderr)
+        print(f"tokenize: {previous} records no stream position of these settings and text; reading from the start", file=sys.stderr)
     tokens, end = text_shard(spec, tokenizer, shard, Path("."), name=dataset_name, cursor=cursor or StreamCursor())
-    write_token_shard(output, tokens, tokenizer=tokenizer, dataset=dataset_name, shard=shard, stream_end=(end, stream))
+    write_token_shard(
+        output, tokens, tokenizer=tokenizer, dataset=dataset_name, shard=shard, stream_end=(end, stream), text_version=text
+    )
 
 
 def train_tokenizer_job(spec: Mapping[str, Any], dataset_spec: Mapping[str, Any], output: PathLike) -> None:
@@ -265,6 +271,7 @@ def capture_job(
             "fire_rule": capture_settings.fire_rule,
             "activation": adapter.activation,
             "has_bos": bool(shard_attrs["has_bos"]),
+            "text_versions": {shard_attrs["dataset"]: shard_attrs.get("text_version")},
             "top_k": capture_settings.top_k,
             "dtype": str(dtype).removeprefix("torch."),
             "strategy": placement.strategy,

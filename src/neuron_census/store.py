@@ -223,7 +223,16 @@ def merged_attrs(readers: Sequence[StoreReader]) -> dict[str, Any]:
                 )
         if other.names != first.names:
             raise ValueError(f"cannot merge {other.path} with {first.path}: accumulators {other.names} vs {first.names}")
+    versions: dict[str, Any] = {}
+    for reader in readers:
+        for dataset, version in reader.attrs.get("text_versions", {}).items():
+            if versions.setdefault(dataset, version) != version:
+                raise ValueError(
+                    f"cannot merge {reader.path}: its shard of dataset '{dataset}' was read from another version of "
+                    "the dataset's text than the other shards (the text changed between them); remake its token shards"
+                )
     merged = {key: first.attrs[key] for key in (*MERGE_KEYS, "activation") if key in first.attrs}
+    merged["text_versions"] = versions
     merged["datasets"] = sorted({d for reader in readers for d in reader.attrs["datasets"]})
     merged["sources"] = sorted({s for reader in readers for s in reader.attrs["sources"]})
     if len(merged["sources"]) != sum(len(reader.attrs["sources"]) for reader in readers):

@@ -9,6 +9,7 @@ rule capture:
         directory("results/capture/{model}/{dataset}/shard-{shard}.zarr"),
     params:
         model=lambda w: canonical(resolved_model_spec(config, w.model)),
+        model_version=lambda w: input_version(model_inputs(w.model)),
         tokenizer_name=lambda w: model_tokenizer(config, w.model),
         tokenizer=lambda w: canonical(resolved_tokenizer_spec(config, model_tokenizer(config, w.model))),
         settings=lambda w: canonical(capture_settings(config, w.model)),

@@ -1,5 +1,6 @@
 """Config validation at parse time and the name -> spec/path helpers every rule uses."""
 
+import functools
 import sys
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from neuron_census.config import (
     train_dir,
     validate_config,
 )
-from neuron_census.corpus import TEXT_SOURCES
+from neuron_census.corpus import TEXT_SOURCES, source_files
+from neuron_census.inputs import files_fingerprint, folder_files
 from neuron_census.jobs import FIGURES as FIGURE_SPECS, TABLE_FILES
 
 try:
@@ -53,24 +55,47 @@ def previous_text_shard(tok, dataset, shard):
 
 
 def tokenizer_inputs(tok):
-    """Files a tokenizer is loaded from, so a tokenizer the pipeline trains is built first."""
+    """Files a tokenizer is loaded from, so a tokenizer the pipeline trains is built first, and an edited
+    tokenizer file reruns what it tokenized."""
     spec = config["tokenizers"][tok]
     if spec["source"] == "train_bpe":
         return [tokenizer_dir(tok)]
     if spec["source"] == "local":
-        return [spec["path"]]
+        return folder_files(spec["path"])
     if spec["source"] == "gpt2_bpe":
-        return ["resources/tokenizers/gpt2_bpe"]
+        return [f"resources/tokenizers/gpt2_bpe/{name}" for name in ("encoder.json", "vocab.bpe")]
     return []
 
 
 def model_inputs(model):
+    """Files a model is loaded from: a trained run's folder (an output of `train`), or every file of a local
+    folder (a rewritten model.safetensors reruns the model's jobs; the folder's own mtime would not)."""
     spec = config["models"][model]
     if spec["source"] == "trained":
         return [train_dir(spec["run"])]
     if spec["source"] == "local":
-        return [spec["path"]]
+        return folder_files(spec["path"])
     return []
+
+
+def _text_files(dataset):
+    """The local files a text dataset reads (bundled corpus files, matched globs, local hf data files)."""
+    spec = config["datasets"][dataset]
+    if spec["source"] not in TEXT_SOURCES:
+        return ()
+    try:
+        return tuple(str(path) for path in source_files(spec, Path("."), dataset=dataset))
+    except (ValueError, OSError) as error:  # a glob that matches nothing, say: stop before any job
+        sys.exit(f"neuron-census: error: {error}")
+
+
+text_files = functools.cache(_text_files)  # globs matched once per parse, not once per job
+
+
+def input_version(paths):
+    """A param fingerprinting the files a job reads that are not results: any change to them reruns the job
+    (a trained model or tokenizer is a result, which Snakemake itself tracks)."""
+    return files_fingerprint(path for path in paths if not path.startswith("results/"))
 
 
 def figure_models(figure):

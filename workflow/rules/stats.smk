@@ -27,6 +27,7 @@ rule vocab_projection:
         "results/{model}/vocab.parquet",
     params:
         model=lambda w: canonical(resolved_model_spec(config, w.model)),
+        model_version=lambda w: input_version(model_inputs(w.model)),
         tokenizer_name=lambda w: model_tokenizer(config, w.model),
         tokenizer=lambda w: canonical(resolved_tokenizer_spec(config, model_tokenizer(config, w.model))),
         settings=lambda w: canonical(vocab_settings(w.model)),
