@@ -378,6 +378,44 @@ def test_a_long_documents_carried_tokens_fill_the_next_shards(tmp_path: Path, wo
         cursor = after
 
 
+@pytest.mark.parametrize("tokenizer_name", ["gpt2", "stories260k"])
+def test_long_documents_are_tokenized_in_pieces_as_one_pass(tokenizer_name: str) -> None:
+    """Cut before a word (sentencepiece marks a text's start; GPT-2's pre-tokens start at a space), each piece
+    encoded behind the end of the one before: the joined ids equal one pass over the whole document."""
+    from neuron_census.corpus import encode_in_pieces, text_pieces
+
+    spec = {"gpt2": {"source": "gpt2_bpe"}, "stories260k": {"source": "local", "path": str(RESOURCES / "models/stories260K")}}
+    tokenizer = load_tokenizer(tokenizer_name, spec[tokenizer_name], ROOT)
+    documents = [d for d in iter_documents(_bundled(domains=["wiki", "lit", "legal"]), ROOT) if " " in d][:20]
+    for document in documents:
+        pieces = text_pieces(document, 300)
+        assert "".join(pieces) == document and max(len(p) for p in pieces) <= 300
+        assert all(len(p) >= 150 for p in pieces[:-1])  # cut in each piece's second half
+        assert encode_in_pieces(document, tokenizer, 300).tolist() == tokenizer.encode(document)
+
+
+def test_a_one_line_text_is_read_in_bounded_pieces(tmp_path: Path, gpt2: TextTokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file that is one huge line: read in linear time and tokenized a piece at a time, with the same
+    shards as one pass; beyond `max_document_chars` it is refused while it is read, naming the file."""
+    from neuron_census import corpus
+
+    line = " ".join(f"word{i % 97}" for i in range(5000))
+    (tmp_path / "line.txt").write_text(line + "\n")
+    spec = {"source": "files", "paths": ["line.txt"], "seq_len": 32, "sequences_per_shard": 20, "n_shards": 1}
+    whole = shard_sequences(spec, gpt2, 0, tmp_path)
+    monkeypatch.setattr(corpus, "TOKENIZE_PIECE_CHARS", 1000)
+    encoded: list[int] = []
+    encode = gpt2.backend.encode
+    monkeypatch.setattr(type(gpt2.backend), "encode", lambda self, text, **kw: encoded.append(len(text)) or encode(text, **kw), raising=False)
+    np.testing.assert_array_equal(shard_sequences(spec, gpt2, 0, tmp_path), whole)
+    assert encoded and max(encoded) <= 1000 + corpus.PIECE_CONTEXT_CHARS
+    with pytest.raises(ValueError, match=r"line\.txt: a paragraph without a blank line exceeds 20,000 characters \(after document 0\); raise the dataset's max_document_chars"):
+        shard_sequences({**spec, "max_document_chars": 20_000}, gpt2, 0, tmp_path)
+    (tmp_path / "line.jsonl").write_text(json.dumps({"text": "short"}) + "\n" + json.dumps({"text": line}) + "\n")
+    with pytest.raises(ValueError, match=r"line\.jsonl:2: a line exceeds 20,000 characters"):
+        shard_sequences({**spec, "paths": ["line.jsonl"], "max_document_chars": 20_000}, gpt2, 0, tmp_path)
+
+
 def test_a_shard_store_keeps_its_stream_cursor(tmp_path: Path, words: TextTokenizer) -> None:
     from neuron_census.corpus import StreamCursor, read_stream_end
 

@@ -86,27 +86,35 @@ def corpus_file(domain: str, root: Path = Path(".")) -> Path:
 # --------------------------------------------------------------------------- text format
 
 
-def iter_blocks(chunks: Iterable[str]) -> Iterator[str]:
+def iter_blocks(chunks: Iterable[str], max_chars: int | None = None) -> Iterator[str]:
     """Blank-line separated blocks of a text given in pieces (streamed, so files can be huge).
 
-    Leading/trailing blank lines of a block are dropped; whitespace-only blocks are skipped.
+    Leading/trailing blank lines of a block are dropped; whitespace-only blocks are skipped. Each piece is
+    searched once (a separator that a piece may extend can only start in the trailing whitespace of the text
+    before it), so a text without blank lines costs linear time. A block growing beyond `max_chars` raises
+    `BlockTooLong` while it is read, before it fills memory.
     """
-    buf = ""
+    pending = ""  # text after the last separator: the block being read
     for chunk in chunks:
-        buf += chunk
-        last = None
+        searched = len(pending.rstrip(" \t\n"))
+        text = pending + chunk
         start = 0
-        for match in _BLANK_LINES.finditer(buf):
-            if last is not None:
-                yield from _clean_block(buf[start : last.start()])
-                start = last.end()
-            last = match
-        if last is not None:
-            # Keep the last separator: more blank lines may follow in the next chunk.
-            yield from _clean_block(buf[start : last.start()])
-            buf = buf[last.start() :]
-    for piece in _BLANK_LINES.split(buf):
-        yield from _clean_block(_TRAILING_BLANK.sub("", piece))
+        for match in _BLANK_LINES.finditer(text, searched):
+            if max_chars is not None and match.start() - start > max_chars:
+                raise BlockTooLong(max_chars)
+            yield from _clean_block(text[start : match.start()])
+            start = match.end()
+        pending = text[start:]
+        if max_chars is not None and len(pending) > max_chars:
+            raise BlockTooLong(max_chars)
+    yield from _clean_block(_TRAILING_BLANK.sub("", pending))
+
+
+class BlockTooLong(ValueError):
+    """A paragraph (text without a blank line) longer than the reader accepts."""
+
+    def __init__(self, max_chars: int) -> None:
+        super().__init__(f"a paragraph without a blank line exceeds {max_chars:,} characters")
 
 
 def _clean_block(block: str) -> Iterator[str]:

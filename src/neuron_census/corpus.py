@@ -16,9 +16,10 @@ import itertools
 import json
 import lzma
 import random
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -29,6 +30,7 @@ from neuron_census.atomic import atomic_path
 from neuron_census.bundle import (
     DOMAINS,
     MIN_DOCUMENT_CHARS,
+    BlockTooLong,
     corpus_file,
     group_blocks,
     iter_blocks,
@@ -45,8 +47,12 @@ SHARD_KIND = "token_shard"
 SHARD_FORMAT_VERSION = 1
 READ_CHUNK_BYTES = 1 << 20
 TOKENIZE_BATCH_DOCS = 64
-TOKENIZE_BATCH_CHARS = 1 << 20
+TOKENIZE_BATCH_CHARS = 1 << 18  # the tokenizer takes about 700 bytes a character of a batch at its peak
 SHARD_CHUNK_BYTES = 1 << 20
+# Text is held a document at a time; a paragraph or JSON line beyond this many characters is refused as it is
+# read (`max_document_chars`), and documents are tokenized in pieces of at most TOKENIZE_PIECE_CHARS.
+MAX_DOCUMENT_CHARS = 1 << 26
+TOKENIZE_PIECE_CHARS = 1 << 18
 
 DEFAULTS: dict[str, Any] = {
     "split": "all",
@@ -103,8 +109,9 @@ def iter_documents(
     every = _int_opt(spec, "heldout_every", 2, name)
     errors = _choice_opt(spec, "encoding_errors", ("strict", "replace"), name)
     if source == "bundled":
+        longest = _int_opt({"max_document_chars": MAX_DOCUMENT_CHARS, **spec}, "max_document_chars", 1, name)
         streams = [
-            apply_split(_text_file_documents(_bundled_path(d, root), errors), split, every)
+            apply_split(_text_file_documents(_bundled_path(d, root), errors, max_chars=longest), split, every)
             for d in _domains(spec, name)
         ]
         yield from interleave(streams, int(_opt(spec, "seed")))
@@ -231,34 +238,37 @@ def _local_data_files(files: Any, root: Path) -> set[Path]:
 
 
 def _file_documents(
-    path: Path, spec: Mapping[str, Any], errors: str, min_chars: int
+    path: Path, spec: Mapping[str, Any], errors: str, min_chars: int, max_chars: int = MAX_DOCUMENT_CHARS
 ) -> Iterator[str]:
     suffix = "".join(path.suffixes[-2:]) if len(path.suffixes) > 1 else path.suffix
     if path.name.endswith(JSONL_SUFFIXES):
-        return _jsonl_documents(path, str(spec.get("text_field", "text")), errors)
+        return _jsonl_documents(path, str(spec.get("text_field", "text")), errors, max_chars)
     if path.name.endswith(TEXT_SUFFIXES):
-        return _text_file_documents(path, errors, min_chars)
+        return _text_file_documents(path, errors, min_chars, max_chars)
     raise ValueError(
         f"{path}: unsupported file type {suffix!r}; use {', '.join(TEXT_SUFFIXES + JSONL_SUFFIXES)}"
     )
 
 
 def _text_file_documents(
-    path: Path, errors: str, min_chars: int = MIN_DOCUMENT_CHARS
+    path: Path, errors: str, min_chars: int = MIN_DOCUMENT_CHARS, max_chars: int = MAX_DOCUMENT_CHARS
 ) -> Iterator[str]:
     """Documents of a plain-text file: blank-line blocks grouped to min_chars (bundle format)."""
     count = 0
-    for doc in group_blocks(iter_blocks(read_text_chunks(path, errors)), min_chars):
-        count += 1
-        yield doc
+    try:
+        for doc in group_blocks(iter_blocks(read_text_chunks(path, errors), max_chars), min_chars):
+            count += 1
+            yield doc
+    except BlockTooLong as error:
+        raise ValueError(f"{path}: {error} (after document {count}); raise the dataset's max_document_chars to read it") from None
     if count == 0:
         raise ValueError(f"{path}: file is empty or has no documents")
 
 
-def _jsonl_documents(path: Path, field: str, errors: str) -> Iterator[str]:
+def _jsonl_documents(path: Path, field: str, errors: str, max_chars: int = MAX_DOCUMENT_CHARS) -> Iterator[str]:
     """One document per JSON line (its `field` string); blank lines and empty texts skipped."""
     count = 0
-    for number, line in enumerate(_lines(read_text_chunks(path, errors)), start=1):
+    for number, line in enumerate(_lines(read_text_chunks(path, errors), max_chars, path), start=1):
         if not line.strip():
             continue
         try:
@@ -275,11 +285,20 @@ def _jsonl_documents(path: Path, field: str, errors: str) -> Iterator[str]:
         raise ValueError(f"{path}: file is empty or has no documents")
 
 
-def _lines(chunks: Iterable[str]) -> Iterator[str]:
+def _lines(chunks: Iterable[str], max_chars: int = MAX_DOCUMENT_CHARS, path: Path | None = None) -> Iterator[str]:
+    """Lines of a text given in pieces; a line growing beyond `max_chars` is refused while it is read."""
     rest = ""
+    number = 0
+    too_long = f"a line exceeds {max_chars:,} characters; raise the dataset's max_document_chars to read it"
     for chunk in chunks:
         *lines, rest = (rest + chunk).split("\n")
-        yield from lines
+        for line in lines:
+            number += 1
+            if len(line) > max_chars:
+                raise ValueError(f"{path}:{number}: {too_long}")
+            yield line
+        if len(rest) > max_chars:
+            raise ValueError(f"{path}:{number + 1}: {too_long}")
     if rest:
         yield rest
 
@@ -366,6 +385,7 @@ def _hf_documents(
     if not Path(path).is_absolute() and local.exists():
         path = str(local)
     field = str(hf.get("text_field", "text"))
+    longest = _int_opt({"max_document_chars": MAX_DOCUMENT_CHARS, **spec}, "max_document_chars", 1, name)
     try:
         stream = datasets.load_dataset(
             path,
@@ -388,6 +408,11 @@ def _hf_documents(
         text = record.get(field)
         if not isinstance(text, str):
             raise ValueError(f"dataset {name!r}: hf dataset {path!r} has no string field {field!r}")
+        if len(text) > longest:
+            raise ValueError(
+                f"dataset {name!r}: hf dataset {path!r} record {count + 1} has {len(text):,} characters, over "
+                f"max_document_chars {longest:,}"
+            )
         if text.strip():
             count += 1
             yield text, {"state": stream.state_dict(), "records": count, "datasets": datasets.__version__}
@@ -419,12 +444,13 @@ def _resolve_data_files(files: Any, root: Path) -> Any:
 # --------------------------------------------------------------------------- packing
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class StreamCursor:
     """Where a text dataset's packed token stream stands after some sequences: how many sequences were cut,
     how many documents (of the split) were read, whether a non-empty one was among them (the next is then
-    preceded by EOS), and the tokens read but not yet cut into a sequence. The next shard's job starts there
-    instead of reading and tokenizing every earlier shard's text again.
+    preceded by EOS), and the tokens read but not yet cut into a sequence (`carry`, int32: a long document's
+    rest can be millions of tokens). The next shard's job starts there instead of reading and tokenizing
+    every earlier shard's text again.
 
     `source`: for a source that can go on from where it stood (an `hf` stream), that position as JSON; the
     next shard then does not read earlier documents at all. Without it they are read again and skipped."""
@@ -432,8 +458,19 @@ class StreamCursor:
     sequences: int = 0
     documents: int = 0
     started: bool = False
-    carry: tuple[int, ...] = ()
+    carry: np.ndarray | tuple[int, ...] = ()
     source: str | None = None
+
+    def __post_init__(self) -> None:
+        carry = np.array(self.carry, dtype=np.int32) if not isinstance(self.carry, np.ndarray) else self.carry.astype(np.int32, copy=False)
+        carry.flags.writeable = False
+        object.__setattr__(self, "carry", carry)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StreamCursor):
+            return NotImplemented
+        same = (self.sequences, self.documents, self.started, self.source) == (other.sequences, other.documents, other.started, other.source)
+        return same and np.array_equal(self.carry, other.carry)
 
 
 def pack_sequences(
@@ -494,7 +531,7 @@ def pack_stream(
 
 
 def _cursor(sequences: int, documents: int, started: bool, carry: np.ndarray, position: Any) -> StreamCursor:
-    return StreamCursor(sequences, documents, started, tuple(carry.tolist()), _position_json(position))
+    return StreamCursor(sequences, documents, started, carry, _position_json(position))
 
 
 def _position_json(position: Any) -> str | None:
@@ -507,12 +544,21 @@ def _position_json(position: Any) -> str | None:
         return None
 
 
-def _token_batches(documents: Iterable[tuple[str, T]], tokenizer: TextTokenizer) -> Iterator[tuple[list[int], T]]:
+def _token_batches(
+    documents: Iterable[tuple[str, T]], tokenizer: TextTokenizer
+) -> Iterator[tuple[list[int] | np.ndarray, T]]:
     """Token ids per document (with its position, passed through), encoded in batches only when the
-    consumer needs them."""
+    consumer needs them. A document longer than TOKENIZE_PIECE_CHARS is encoded a piece at a time
+    (`text_pieces`), so the tokenizer's memory is bounded by a piece, not by the longest document."""
     batch: list[tuple[str, T]] = []
     chars = 0
     for item in documents:
+        if len(item[0]) > TOKENIZE_PIECE_CHARS:
+            if batch:
+                yield from zip(tokenizer.encode_batch([doc for doc, _ in batch]), (p for _, p in batch))
+                batch, chars = [], 0
+            yield encode_in_pieces(item[0], tokenizer, TOKENIZE_PIECE_CHARS), item[1]
+            continue
         batch.append(item)
         chars += len(item[0])
         if len(batch) >= TOKENIZE_BATCH_DOCS or chars >= TOKENIZE_BATCH_CHARS:
@@ -520,6 +566,48 @@ def _token_batches(documents: Iterable[tuple[str, T]], tokenizer: TextTokenizer)
             batch, chars = [], 0
     if batch:
         yield from zip(tokenizer.encode_batch([doc for doc, _ in batch]), (p for _, p in batch))
+
+
+_PIECE_CUT = re.compile(r"\s(?=\S)")  # a whitespace character followed by a word: what starts a pre-token
+PIECE_CONTEXT_CHARS = 64
+
+
+def encode_in_pieces(text: str, tokenizer: TextTokenizer, size: int) -> np.ndarray:
+    """Token ids (int32) of `text`, encoded `size` characters at a time (`text_pieces`). Each piece after the
+    first is encoded behind the end of the one before, whose tokens are then dropped by their character
+    offsets: so a tokenizer that marks the start of a text (sentencepiece's prefix space) reads each cut as
+    the middle of the text it is, and the joined ids equal one pass over the whole text (tested). Only a
+    run of over size/2 characters without a space is cut inside a word, where the tokens may differ."""
+    pieces = text_pieces(text, size)
+    parts = [np.asarray(tokenizer.encode(pieces[0]), dtype=np.int32)]
+    for previous, piece in zip(pieces, pieces[1:]):
+        if not _PIECE_CUT.match(piece):  # a hard cut inside a word: the pieces as they are, no text lost
+            parts.append(np.asarray(tokenizer.encode(piece), dtype=np.int32))
+            continue
+        context = previous[-PIECE_CONTEXT_CHARS:]
+        encoding = tokenizer.backend.encode(context + piece, add_special_tokens=False)
+        kept = [token for token, (start, _) in zip(encoding.ids, encoding.offsets) if start >= len(context)]
+        parts.append(np.asarray(kept, dtype=np.int32))
+    return np.concatenate(parts)
+
+
+def text_pieces(text: str, size: int) -> list[str]:
+    """`text` cut into pieces of at most `size` characters, each cut just before the last whitespace character
+    that precedes a non-space in the piece's second half (a hard cut where there is none). Byte-level BPE
+    (GPT-2, OPT, Pythia) and sentencepiece tokenizers start a pre-token there, so the pieces' tokens joined
+    equal the whole text's."""
+    pieces = []
+    start = 0
+    while len(text) - start > size:
+        cut = start + size
+        last = None
+        for last in _PIECE_CUT.finditer(text, start + size // 2, cut):
+            pass
+        end = last.start() if last is not None else cut
+        pieces.append(text[start:end])
+        start = end
+    pieces.append(text[start:])
+    return pieces
 
 
 def _documents_after(
@@ -559,11 +647,12 @@ def _positioned_documents(
         return
     errors = _choice_opt(spec, "encoding_errors", ("strict", "replace"), name)
     min_chars = _int_opt({"min_document_chars": MIN_DOCUMENT_CHARS, **spec}, "min_document_chars", 1, name)
+    max_chars = _int_opt({"max_document_chars": MAX_DOCUMENT_CHARS, **spec}, "max_document_chars", 1, name)
     paths = _file_paths(spec, root, name)
     first, skipped = (int(resume["file"]), int(resume["records"])) if resume else (0, 0)
     for index in range(first, len(paths)):
         start = skipped if index == first else 0
-        documents = itertools.islice(_file_documents(paths[index], spec, errors, min_chars), start, None)
+        documents = itertools.islice(_file_documents(paths[index], spec, errors, min_chars, max_chars), start, None)
         numbered = ((doc, {"file": index, "path": str(paths[index]), "records": n}) for n, doc in enumerate(documents, start + 1))
         yield from apply_split(numbered, split, every, start=start)
 
@@ -755,7 +844,10 @@ def write_token_shard(
             cursor, stream = stream_end
             carry = np.asarray(cursor.carry, dtype=np.int32)
             group.create_array("stream_carry", shape=carry.shape, chunks=(max(1, len(carry)),), dtype="int32")[...] = carry
-            attrs["stream_end"] = {**{k: v for k, v in asdict(cursor).items() if k != "carry"}, "stream": stream}
+            attrs["stream_end"] = {
+                "sequences": cursor.sequences, "documents": cursor.documents, "started": cursor.started,
+                "source": cursor.source, "stream": stream,
+            }
         group.attrs.update(attrs)
 
 
@@ -767,7 +859,7 @@ def read_stream_end(path: str | Path, stream: str) -> StreamCursor | None:
     end = dict(group.attrs).get("stream_end")
     if not end or end.get("stream") != stream or "stream_carry" not in group:
         return None
-    carry = tuple(np.asarray(group["stream_carry"][...]).tolist())
+    carry = np.asarray(group["stream_carry"][...], dtype=np.int32)
     source = end.get("source")
     return StreamCursor(
         int(end["sequences"]), int(end["documents"]), bool(end["started"]), carry, None if source is None else str(source)
