@@ -311,7 +311,16 @@ def resolved_model_spec(config: Mapping[str, Any], model: str) -> dict[str, Any]
         run = config["train"][spec["run"]]
         step = spec.get("step") or run["steps"]
         return {"source": "local", "path": f"{train_dir(spec['run'])}/step-{step}"}
-    return {k: v for k, v in spec.items() if k not in ("tokenizer", "capture", "resources")}
+    return {k: v for k, v in spec.items() if k not in ("tokenizer", "capture", "resources", "label")}
+
+
+def model_label(config: Mapping[str, Any], model: str) -> str:
+    """How figures and captions name `model`: its `label`, else its name, said to be built in code for a
+    planted model (so no reader takes its clean findings for a trained model's)."""
+    spec = config["models"][model]
+    if spec.get("label"):
+        return str(spec["label"])
+    return f"{model} (built in code, known neurons)" if spec["source"] == "planted" else model
 
 
 def capture_settings(config: Mapping[str, Any], model: str) -> dict[str, Any]:

@@ -513,10 +513,12 @@ def figure_job(
     outputs: Sequence[PathLike],
     csv_output: PathLike | None = None,
     analysis: Mapping[str, Any] | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> None:
     """Draw one paper figure from its models' tables (each kind concatenated in the figure's model order).
 
-    `analysis`: the config's analysis settings, for labels that name a threshold (style key `analysis`)."""
+    `analysis`: the config's analysis settings, for labels that name a threshold (style key `analysis`).
+    `labels`: how the figure names each model (`config.model_label`); the CSV keeps the models' names."""
     import importlib
 
     from neuron_census import figures
@@ -525,11 +527,22 @@ def figure_job(
     frames = {kind: pl.concat([pl.read_parquet(p) for p in paths], how="diagonal_relaxed") for kind, paths in tables.items()}
     module = importlib.import_module(f"neuron_census.{spec.module}")
     drawing = {**spec.defaults, **style, "analysis": dict(analysis or {})}
-    figures.save_figure(getattr(module, spec.function)(frames, drawing), outputs)
+    labels = dict(labels or {})
+    if drawing.get("model") is not None:
+        drawing["model"] = labels.get(drawing["model"], drawing["model"])
+    labelled = {kind: _labelled(frame, labels) for kind, frame in frames.items()}
+    figures.save_figure(getattr(module, spec.function)(labelled, drawing), outputs)
     if spec.csv is not None and csv_output is not None:
         frame = getattr(module, spec.csv)(frames[spec.tables[0]])
         with atomic_path(csv_output) as tmp:
             frame.write_csv(tmp)
+
+
+def _labelled(frame: pl.DataFrame, labels: Mapping[str, str]) -> pl.DataFrame:
+    """`frame` with its models named by `labels` (legends and titles read the `model` column)."""
+    if not labels or "model" not in frame.columns:
+        return frame
+    return frame.with_columns(pl.col("model").replace(labels))
 
 
 def report_job(

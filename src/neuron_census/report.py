@@ -26,12 +26,15 @@ def render_caption(template: str, config: Mapping[str, Any]) -> str:
 
 
 def render_report(entries: Sequence[Mapping[str, str]], title: str, config: Mapping[str, Any] | None = None) -> str:
-    """`entries`: dicts with `name`, `png` (path), `caption` (path to a caption template); `config`: what
-    the captions may read of the workflow's config (`analysis` and `figures`)."""
+    """`entries`: dicts with `name`, `png` (path), `caption` (path to a caption template) and optionally
+    `note` (text closing the caption); `config`: what the captions may read of the workflow's config
+    (`analysis` and `figures`)."""
     sections = []
     for entry in entries:
         image = base64.b64encode(Path(entry["png"]).read_bytes()).decode("ascii")
         caption = _caption_html(render_caption(Path(entry["caption"]).read_text(encoding="utf-8"), config or {}))
+        if entry.get("note"):
+            caption += f"<p class=note>{html.escape(entry['note'])}</p>"
         sections.append(
             f'<section id="{html.escape(entry["name"])}"><h2>{html.escape(entry["name"])}</h2>'
             f'<img alt="{html.escape(entry["name"])}" src="data:image/png;base64,{image}">'
@@ -42,6 +45,6 @@ def render_report(entries: Sequence[Mapping[str, str]], title: str, config: Mapp
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>"
         "body{font-family:sans-serif;max-width:60em;margin:auto;padding:1em}"
-        "img{max-width:100%}.caption{color:#333}section{margin-bottom:3em}"
+        "img{max-width:100%}.caption{color:#333}.note{font-style:italic}section{margin-bottom:3em}"
         f"</style></head><body><h1>{html.escape(title)}</h1><ul>{toc}</ul>{''.join(sections)}</body></html>\n"
     )

@@ -11,6 +11,7 @@ from neuron_census.config import (
     capture_settings,
     job_resources,
     model_datasets,
+    model_label,
     model_tokenizer,
     resolved_model_spec,
     resolved_tokenizer_spec,
@@ -137,3 +138,16 @@ def figure_outputs(figure):
     if FIGURE_SPECS[figure].csv is not None:
         outputs["csv"] = f"results/figures/{figure}.csv"
     return outputs
+
+
+def planted_note(figure):
+    """A caption's closing note when the figure draws models built in code, so no reader takes them for
+    trained models."""
+    planted = [model_label(config, m) for m in figure_models(figure) if config["models"][m]["source"] == "planted"]
+    if not planted:
+        return ""
+    return (
+        f"{', '.join(planted)}: built in code, with neurons planted by construction (dead ones, token and bigram "
+        "detectors, positional neurons of every type); it shows what each finding looks like and that the "
+        "pipeline recovers exactly what was planted."
+    )

@@ -9,6 +9,7 @@ rule report:
         "results/report.html",
     params:
         names=FIGURES,
+        notes=[planted_note(figure) for figure in FIGURES],
         title=config["report"]["title"],
         caption_config=canonical({key: config[key] for key in ("analysis", "figures")}),  # captions name thresholds
     log:

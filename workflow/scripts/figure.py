@@ -8,6 +8,7 @@ with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)
         figure=snakemake.params.figure,  # noqa: F821 (injected by Snakemake)
         tables={kind: list(snakemake.input[kind]) for kind in snakemake.params.kinds},  # noqa: F821
         style=snakemake.params.style,  # noqa: F821
+        labels=snakemake.params.labels,  # noqa: F821
         analysis=snakemake.params.analysis,  # noqa: F821
         outputs=[snakemake.output.png, snakemake.output.pdf],  # noqa: F821
         csv_output=snakemake.output.get("csv"),  # noqa: F821

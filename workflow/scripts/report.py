@@ -6,9 +6,9 @@ from neuron_census.logs import job_log
 with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)
     report_job(
         entries=[
-            {"name": name, "png": png, "caption": caption}
-            for name, png, caption in zip(
-                snakemake.params.names, snakemake.input.figures, snakemake.input.captions  # noqa: F821
+            {"name": name, "png": png, "caption": caption, "note": note}
+            for name, png, caption, note in zip(
+                snakemake.params.names, snakemake.input.figures, snakemake.input.captions, snakemake.params.notes  # noqa: F821
             )
         ],
         title=snakemake.params.title,  # noqa: F821
