@@ -96,3 +96,21 @@ def test_training_tokens_are_stacked_narrow(tmp_path: Path):
         stacked_shards([tmp_path / "s0.zarr", tmp_path / "long.zarr"], words, "train run 'r'")
     with pytest.raises(ValueError, match=r"token shard .*missing.zarr is unreadable"):
         stacked_shards([tmp_path / "missing.zarr"], words, "train run 'r'")
+
+
+def test_figures_name_models_by_their_labels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Legends read the models' labels (a planted model says it is built in code), not their names."""
+    import polars as pl
+
+    from neuron_census import figures
+    from neuron_census.jobs import figure_job
+
+    layers = pl.DataFrame({"model": ["p", "p"], "layer": [0, 1], "rel_depth": [0.0, 0.5], "dead_frac": [0.1, 0.2],
+                           "n_layers_total": [2, 2]})
+    layers.write_parquet(tmp_path / "layers.parquet")
+    drawn = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, outputs: drawn.append(fig))
+    figure_job("fig1a_dead_neurons", {"layers": [tmp_path / "layers.parquet"]}, {}, [tmp_path / "f.png"],
+               labels={"p": "p (built in code, known neurons)"})
+    legend = [text.get_text() for text in drawn[0].axes[0].get_legend().get_texts()]
+    assert legend == ["p (built in code, known neurons)"]
