@@ -311,8 +311,11 @@ def test_a_figure_not_drawn_is_left_out_of_all_and_the_report_but_can_be_asked_f
 def test_default_config_dry_run(tmp_path: Path):
     workdir = new_workdir(tmp_path)
     plan = planned_jobs(snakemake(workdir, "-n").stdout)
-    assert plan["train"] == 2 and plan["capture"] == 10 and plan["report"] == 1
-    assert plan["vocab_projection"] == 5 and all(plan[figure] == 1 for figure in FIGURES)
+    assert plan["train"] == 2 and plan["capture"] == 12 and plan["report"] == 1  # the planted model: its own 2 shards
+    assert plan["vocab_projection"] == 6 and all(plan[figure] == 1 for figure in FIGURES)
+    default = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    training = {"fig10_positional_nopos", "fig11_positional_training"}  # the training experiment: trained models only
+    assert {f for f in FIGURES if "planted" in default["figures"][f]["models"]} == set(FIGURES) - training
 
 
 def test_bad_config_stops_with_one_line(tmp_path: Path):
@@ -416,28 +419,29 @@ def test_killed_jobs_leave_nothing_finished_and_reruns_give_identical_tables(tin
 
 
 def test_a_job_refusing_bad_input_prints_one_line(tmp_path: Path):
-    """Sequences longer than the model's context: the capture job stops with one line and leaves no store."""
+    """Sequences longer than the context of a model whose context the config cannot show (a random-weight
+    OPT-125m): the capture job stops with one line and leaves no store."""
     workdir = new_workdir(tmp_path / "long")
     config = yaml.safe_load(TINY.read_text())
-    config["models"] = {"planted": config["models"]["planted"]}
+    config["models"] = {"opt": {"source": "random", "architecture": "opt-125m", "n_layers": 1, "tokenizer": "planted"}}
     config["tokenizers"] = {"planted": config["tokenizers"]["planted"]}
-    config["datasets"] = {"long": {"source": "random_tokens", "seq_len": 65, "sequences_per_shard": 4, "seed": 0}}
+    config["datasets"] = {"long": {"source": "random_tokens", "seq_len": 2049, "sequences_per_shard": 2, "seed": 0}}
     config["capture"]["datasets"] = ["long"]
     config["figures"] = {}
     config.pop("train")
     path = tmp_path / "long.yaml"
     path.write_text(yaml.safe_dump(config))
-    result = snakemake(workdir, "--configfile", str(path), "--cores", "1", "results/planted/neurons.parquet", check=False)
+    result = snakemake(workdir, "--configfile", str(path), "--cores", "1", "results/opt/neurons.parquet", check=False)
     output = result.stdout + result.stderr
     assert result.returncode != 0
     errors = [line for line in output.splitlines() if line.startswith("neuron-census: error:")]
     assert errors == [
-        "neuron-census: error: sequences of 65 tokens exceed model 'planted' context of 64 positions "
+        "neuron-census: error: sequences of 2049 tokens exceed model 'opt' context of 2048 positions "
         "(lower the dataset's seq_len)"
     ], output[-3000:]
     assert "Traceback" not in output
-    assert not (workdir / "results" / "capture" / "planted" / "long" / "shard-0.zarr").exists()
-    assert "Traceback" in (workdir / "results" / "logs" / "capture" / "planted" / "long" / "shard-0.log").read_text()
+    assert not (workdir / "results" / "capture" / "opt" / "long" / "shard-0.zarr").exists()
+    assert "Traceback" in (workdir / "results" / "logs" / "capture" / "opt" / "long" / "shard-0.log").read_text()
 
 
 def test_wildcards_cannot_escape_their_folders(tmp_path: Path):

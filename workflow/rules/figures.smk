@@ -13,7 +13,7 @@ for _figure in FIGURE_SPECS:  # a figure left out of `all` (`draw: false`) can s
             figure=_figure,
             kinds=list(FIGURE_SPECS[_figure].tables),
             style=figure_style(_figure),
-            labels={model: model_label(config, model) for model in figure_models(_figure)},
+            labels=canonical({model: model_label(config, model) for model in figure_models(_figure)}),
             analysis={"ngram_coverage": config["analysis"]["ngram_coverage"]},  # named in Fig. 2's axis label
         log:
             f"results/logs/figures/{_figure}.log",
