@@ -73,7 +73,7 @@ def test_mistakes_name_the_key(default, mutate, message):
 
 def test_resolution_of_trained_models(default):
     config = validate_config(default, SCHEMA)
-    assert resolved_model_spec(config, "tiny-opt") == {"source": "local", "path": "results/train/tiny-opt/step-700"}
+    assert resolved_model_spec(config, "tiny-opt") == {"source": "local", "path": "results/train/tiny-opt/step-2800"}
     config["models"]["stories260k"]["capture"] = {"batch_size": 3}
     assert capture_settings(config, "stories260k")["batch_size"] == 3
     assert capture_settings(config, "tiny-opt")["batch_size"] == config["capture"]["batch_size"]
@@ -102,16 +102,16 @@ def test_job_resources_per_model(default):
         (lambda c: c["capture"].update(datasets=["corpus", "corpus"]), r"'capture.datasets': 'corpus' is listed twice"),
         (lambda c: c["figures"]["fig1a_dead_neurons"].update(models=["tiny-opt", "tiny-opt"]), r"'tiny-opt' is listed twice"),
         (lambda c: c["capture"].update(ngram_layers=[99]),
-         r"'capture.ngram_layers': layers \[99\] are not analysed for model 'stories260k' \(capture.layers: all 5 layers\)"),
+         r"'capture.ngram_layers': layers \[99\] are not analysed for model 'planted' \(capture.layers: all 3 layers\)"),
         (lambda c: c["capture"].update(layers=[0, 1], ngram_layers=[2]), r"'capture.ngram_layers': layers \[2\] are not analysed"),
         (lambda c: c["models"]["tiny-opt"].update(capture={"ngram_layers": [4]}),
          r"'models.tiny-opt.capture.ngram_layers': layers \[4\] are not analysed for model 'tiny-opt' \(capture.layers: all 4"),
         (lambda c: c["models"]["tiny-opt"].update(capture={"layers": [0, 7]}), r"'models.tiny-opt.capture.layers': model 'tiny-opt' has layers 0..3, not \[7\]"),
         (lambda c: c["capture"].update(ngram_orders=[]), r"'capture.ngram_orders': \[\] should be non-empty"),
         (lambda c: c["datasets"]["corpus"].update(seq_len=256),
-         r"'datasets.corpus.seq_len': 256 tokens exceed model 'tiny-opt' context of 128 positions"),
-        (lambda c: (c["datasets"].update(wide=dict(c["datasets"]["corpus"], seq_len=64)), c["capture"].update(datasets=["corpus", "wide"])),
-         r"'capture.datasets': model 'stories260k' would capture datasets of different seq_len \(corpus: 128, wide: 64\)"),
+         r"'datasets.corpus.seq_len': 256 tokens exceed model 'tiny-opt' context of 64 positions"),
+        (lambda c: (c["datasets"].update(wide=dict(c["datasets"]["corpus"], seq_len=32)), c["capture"].update(datasets=["corpus", "wide"])),
+         r"'capture.datasets': model 'stories260k' would capture datasets of different seq_len \(corpus: 64, wide: 32\)"),
         (lambda c: c["models"]["tiny-opt"].update(capture={"datasets": ["nope"]}), r"'models.tiny-opt.capture.datasets': unknown dataset 'nope'"),
         (lambda c: c["models"].update(p={"source": "planted", "recipe": "nope", "tokenizer": "stories260k"}),
          r"'models.p.recipe': unknown planted recipe 'nope'"),
