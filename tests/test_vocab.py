@@ -347,9 +347,9 @@ def neurons_table() -> pl.DataFrame:
 
 
 def test_format_entries() -> None:
-    assert format_entries(["Ġthe", "the", "x"], [3.124, 2.5, 1.0], 2) == "Ġthe (3.12) | the (2.50)"
+    assert format_entries(["Ġthe", "the", "x"], [3.124, 2.5, 1.0], 2) == "Ġthe (3.12) | the (2.5)"
     assert format_entries(["a\n", "b"], None, 5) == "a\\n | b"
-    assert format_entries(["n"], [-0.005], 5) == "n (-0.01)"
+    assert format_entries(["n"], [-0.00512], 5) == "n (-0.00512)"
     assert format_entries(None, None, 3) is None
 
 
@@ -410,7 +410,7 @@ def test_plot_detector_projections_renders_table() -> None:
     ax = fig.axes[0]
     cells = table_cells(pick_examples(detector_projection_frame(neurons_table(), n_show=1), 3))
     assert len(cells) == 3 and cells[0][:2] == ["zeta", "0:2"]
-    assert cells[0][3] == r"\$x (0.50)"  # shown literally, not as math
+    assert cells[0][3] == r"\$x (0.5)"  # shown literally, not as math
     drawn = ax.tables[0].get_celld()
     assert drawn[(0, 2)].get_text().get_text() == "detected tokens"
     assert drawn[(1, 4)].get_text().get_text() == "y (-0.50)"

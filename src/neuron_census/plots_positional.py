@@ -7,6 +7,7 @@ one colour of the palette in every figure.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,6 +22,8 @@ from matplotlib.ticker import MaxNLocator
 
 from neuron_census.figures import _style, with_columns
 from neuron_census.positional import POSITIONAL_TYPES
+
+PANEL_TITLE_CHARS = 22  # a panel title's line, so that neighbouring panels' titles never run into each other
 
 TYPE_NAMES: dict[str, str] = {
     "oscillatory": "oscillatory",
@@ -171,7 +174,8 @@ def plot_positional_neurons(tables: Mapping[str, pl.DataFrame], style: Mapping[s
     for ax, model in zip(axes[0], models):
         _draw_dots(ax, dots.filter(pl.col("model") == model), colours, style)
         _layer_range(ax, layers.filter(pl.col("model") == model)["layer"], dots.filter(pl.col("model") == model))
-        ax.set_title(f"{model} ({dots.filter(pl.col('model') == model).height})", fontsize="small")
+        title = f"{model} ({dots.filter(pl.col('model') == model).height})"
+        ax.set_title(textwrap.fill(title, PANEL_TITLE_CHARS), fontsize="small")  # long labels wrap, not overlap
         ax.set_xlabel("layer")
     if not models:
         _say(axes[0, 0], "no models")

@@ -54,12 +54,13 @@ _NEURON_COLUMNS: dict[str, pl.DataType] = {
 
 
 def format_entries(tokens: Sequence[str] | None, scores: Sequence[float] | None, n_show: int) -> str | None:
-    """The first n_show tokens as `tok (1.23) | tok (0.50)`, or without scores when none are given."""
+    """The first n_show tokens as `tok (1.23) | tok (0.5)`, or without scores when none are given. Scores
+    keep three significant digits: value vectors of small models score in thousandths."""
     if tokens is None:
         return None
     shown = [escape_token(t) for t in list(tokens)[:n_show]]
     if scores is not None:
-        shown = [f"{token} ({score:.2f})" for token, score in zip(shown, scores)]
+        shown = [f"{token} ({score:.3g})" for token, score in zip(shown, scores)]
     return " | ".join(shown)
 
 
