@@ -360,8 +360,8 @@ def test_detector_projection_frame() -> None:
     assert frame.select("model", "layer", "neuron").rows() == expected
     first = frame.row(2, named=True)
     assert first["detected_tokens"] == "Ġthe | the"
-    assert first["promoted"] == "Ġa (3.12) | Ġan (2.50)"
-    assert first["suppressed"] == "Ġthe (-4.00) | \\n (-4.00)"
+    assert first["promoted"] == "Ġa (3.12) | Ġan (2.5)"
+    assert first["suppressed"] == "Ġthe (-4) | \\n (-4)"
     assert first["trigger_z"] == -1.5 and first["suppresses_trigger"] is True
     assert frame.row(0, named=True)["detected_tokens"] == "\\n"
     last = frame.row(3, named=True)
@@ -413,7 +413,7 @@ def test_plot_detector_projections_renders_table() -> None:
     assert cells[0][3] == r"\$x (0.5)"  # shown literally, not as math
     drawn = ax.tables[0].get_celld()
     assert drawn[(0, 2)].get_text().get_text() == "detected tokens"
-    assert drawn[(1, 4)].get_text().get_text() == "y (-0.50)"
+    assert drawn[(1, 4)].get_text().get_text() == "y (-0.5)"
     assert ax.get_title() == "Fig 5\n2 of 3 token detectors suppress their triggers (1 without a projection)"
 
 
