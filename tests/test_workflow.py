@@ -108,7 +108,7 @@ def test_tiny_dag_recovers_every_planted_role(tiny_run: Path):
     report = (tiny_run / "results" / "report.html").read_text()
     assert "exceeds 0.05 nats" in report and "{{" not in report  # captions rendered with the config's thresholds
     # every figure that draws the planted model closes its caption saying what it is
-    assert report.count("planted (built in code, known neurons): built in code, with neurons planted") == sum(
+    assert report.count("&#x27;planted&#x27; is built in code: neurons of known roles") == sum(
         1 for figure in FIGURES if "planted" in (yaml.safe_load(TINY.read_text())["figures"].get(figure, {}).get("models") or ["planted"])
     )
     csv = pl.read_csv(tiny_run / "results" / "figures" / "fig5_detector_projections.csv")

@@ -195,7 +195,7 @@ def plot_ngram_coverage(tables: Mapping[str, pl.DataFrame], style: Mapping[str, 
         _say_missing(ax, f"no {name} coverage counted in the first half of the layers")
     else:
         _draw_grouped_bars(ax, histogram, labels, _colours(style, len(labels)))
-        ax.legend(fontsize="small", frameon=False)
+        fig.legend(loc="outside lower center", ncols=2, fontsize="small", frameon=False)  # never over a bar
     share = style.get("analysis", {}).get("ngram_coverage", 0.95)
     ax.set_xlabel(f"number of distinct {name}s covering {100 * share:g}% of firings")
     ax.set_ylabel("neurons (%)")

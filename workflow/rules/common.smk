@@ -143,11 +143,12 @@ def figure_outputs(figure):
 def planted_note(figure):
     """A caption's closing note when the figure draws models built in code, so no reader takes them for
     trained models."""
-    planted = [model_label(config, m) for m in figure_models(figure) if config["models"][m]["source"] == "planted"]
+    planted = [m for m in figure_models(figure) if config["models"][m]["source"] == "planted"]
     if not planted:
         return ""
     return (
-        f"{', '.join(planted)}: built in code, with neurons planted by construction (dead ones, token and bigram "
-        "detectors, positional neurons of every type); it shows what each finding looks like and that the "
-        "pipeline recovers exactly what was planted."
+        f"{' and '.join(repr(m) for m in planted)} {'is' if len(planted) == 1 else 'are'} built in code: neurons of "
+        "known roles (dead ones, token and bigram detectors, positional neurons of every type) are planted by "
+        "construction, so the figure shows what each finding looks like and that the pipeline recovers exactly "
+        "what was planted."
     )
