@@ -216,7 +216,7 @@ def test_coverage_bars_match_percentages():
         heights = [patch.get_height() for patch in container.patches]
         assert heights == pytest.approx(histogram.filter(pl.col("model") == model)["percent"].to_list())
     assert [t.get_text() for t in ax.get_xticklabels()] == histogram["bin"].unique(maintain_order=True).to_list()
-    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]  # below the axes, over no bar
     assert legend == list(coverage_legend_labels(neurons, layers, 2).values())
     assert ax.get_xlabel() == "number of distinct bigrams covering 95% of firings"
     assert ax.get_title() == "t"
