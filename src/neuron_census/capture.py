@@ -95,16 +95,18 @@ def resolve_layers(requested: Sequence[int] | None, n_layers: int, model_name: s
 
 
 def resolve_ngram_layers(setting: str | Sequence[int], analysed: tuple[int, ...], n_layers: int) -> tuple[int, ...]:
-    """Analysed layers whose n-grams are counted; `first_half` = layer / n_layers < 0.5, as Fig. 2 uses. Layers
-    listed but not analysed are refused: their n-gram columns would silently be empty."""
+    """Analysed layers whose n-grams are counted; `first_half` = layer / n_layers < 0.5, as Fig. 2 uses."""
     if setting == "all":
         return analysed
     if setting == "first_half":
         return tuple(layer for layer in analysed if 2 * layer < n_layers)
-    outside = sorted({int(x) for x in setting} - set(analysed))
-    if outside:
-        raise ValueError(f"capture.ngram_layers {outside} are not among the analysed layers {list(analysed)}")
     return tuple(layer for layer in analysed if layer in set(int(x) for x in setting))
+
+
+def unanalysed_ngram_layers(setting: str | Sequence[int], analysed: Sequence[int]) -> list[int]:
+    """Layers listed in `capture.ngram_layers` that are not analysed: a job refuses them, since their n-gram
+    columns would silently be empty (a capture of some layers alone may pass the full list on purpose)."""
+    return [] if isinstance(setting, str) else sorted({int(x) for x in setting} - set(analysed))
 
 
 def build_accumulators(

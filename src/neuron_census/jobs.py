@@ -233,7 +233,7 @@ def capture_job(
     writer thread unless `settings.write_behind` is false, into a temporary that becomes the output only
     when the job succeeds.
     """
-    from neuron_census.capture import CaptureSettings, capture_tokens, resolve_layers, resolve_ngram_layers
+    from neuron_census.capture import CaptureSettings, capture_tokens, resolve_layers, unanalysed_ngram_layers
     from neuron_census.execution import Placement, offload_folder
     from neuron_census.host_allocator import keep_freed_blocks
     from neuron_census.layer_states import written_behind
@@ -251,10 +251,9 @@ def capture_job(
         tokens, shard_attrs = read_shard_for(shard_path, tokenizer, f"model '{model_name}'")
         shard = int(shard_attrs["shard"])
         layers = resolve_layers(capture_settings.layers, adapter.n_layers, model_name)
-        try:  # hub models: the config alone could not show this at parse time
-            resolve_ngram_layers(capture_settings.ngram_layers, layers, adapter.n_layers)
-        except ValueError as error:
-            raise ValueError(f"model '{model_name}': {error}") from None
+        outside = unanalysed_ngram_layers(capture_settings.ngram_layers, layers)
+        if outside:  # hub models: the config alone could not show this at parse time
+            raise ValueError(f"model '{model_name}': capture.ngram_layers {outside} are not among the analysed layers {list(layers)}")
         write_behind = bool(settings.get("write_behind", True))
         report_statistics_memory(model_name, capture_settings, adapter, tokens.shape, device, placement, write_behind)
         attrs = {
