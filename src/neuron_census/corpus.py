@@ -62,6 +62,7 @@ DEFAULTS: dict[str, Any] = {
     "sequences_per_shard": 64,
     "n_shards": 2,
     "seed": 0,
+    "max_document_chars": MAX_DOCUMENT_CHARS,
 }
 
 
@@ -109,7 +110,7 @@ def iter_documents(
     every = _int_opt(spec, "heldout_every", 2, name)
     errors = _choice_opt(spec, "encoding_errors", ("strict", "replace"), name)
     if source == "bundled":
-        longest = _int_opt({"max_document_chars": MAX_DOCUMENT_CHARS, **spec}, "max_document_chars", 1, name)
+        longest = _int_opt(spec, "max_document_chars", 1, name)
         streams = [
             apply_split(_text_file_documents(_bundled_path(d, root), errors, max_chars=longest), split, every)
             for d in _domains(spec, name)
@@ -285,7 +286,7 @@ def _jsonl_documents(path: Path, field: str, errors: str, max_chars: int = MAX_D
         raise ValueError(f"{path}: file is empty or has no documents")
 
 
-def _lines(chunks: Iterable[str], max_chars: int = MAX_DOCUMENT_CHARS, path: Path | None = None) -> Iterator[str]:
+def _lines(chunks: Iterable[str], max_chars: int, path: Path) -> Iterator[str]:
     """Lines of a text given in pieces; a line growing beyond `max_chars` is refused while it is read."""
     rest = ""
     number = 0
@@ -385,7 +386,7 @@ def _hf_documents(
     if not Path(path).is_absolute() and local.exists():
         path = str(local)
     field = str(hf.get("text_field", "text"))
-    longest = _int_opt({"max_document_chars": MAX_DOCUMENT_CHARS, **spec}, "max_document_chars", 1, name)
+    longest = _int_opt(spec, "max_document_chars", 1, name)
     try:
         stream = datasets.load_dataset(
             path,
@@ -410,8 +411,8 @@ def _hf_documents(
             raise ValueError(f"dataset {name!r}: hf dataset {path!r} has no string field {field!r}")
         if len(text) > longest:
             raise ValueError(
-                f"dataset {name!r}: hf dataset {path!r} record {count + 1} has {len(text):,} characters, over "
-                f"max_document_chars {longest:,}"
+                f"dataset {name!r}: hf dataset {path!r}: a record exceeds {longest:,} characters (after record {count}); "
+                "raise the dataset's max_document_chars to read it"
             )
         if text.strip():
             count += 1
@@ -462,14 +463,15 @@ class StreamCursor:
     source: str | None = None
 
     def __post_init__(self) -> None:
-        carry = np.array(self.carry, dtype=np.int32) if not isinstance(self.carry, np.ndarray) else self.carry.astype(np.int32, copy=False)
+        carry = np.asarray(self.carry, dtype=np.int32)  # a view of the packed stream, or a tuple made into one
         carry.flags.writeable = False
         object.__setattr__(self, "carry", carry)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, StreamCursor):
             return NotImplemented
-        same = (self.sequences, self.documents, self.started, self.source) == (other.sequences, other.documents, other.started, other.source)
+        fields = ("sequences", "documents", "started", "source")
+        same = all(getattr(self, field) == getattr(other, field) for field in fields)
         return same and np.array_equal(self.carry, other.carry)
 
 
@@ -647,7 +649,7 @@ def _positioned_documents(
         return
     errors = _choice_opt(spec, "encoding_errors", ("strict", "replace"), name)
     min_chars = _int_opt({"min_document_chars": MIN_DOCUMENT_CHARS, **spec}, "min_document_chars", 1, name)
-    max_chars = _int_opt({"max_document_chars": MAX_DOCUMENT_CHARS, **spec}, "max_document_chars", 1, name)
+    max_chars = _int_opt(spec, "max_document_chars", 1, name)
     paths = _file_paths(spec, root, name)
     first, skipped = (int(resume["file"]), int(resume["records"])) if resume else (0, 0)
     for index in range(first, len(paths)):
