@@ -141,8 +141,9 @@ def check_loading_info(name: str, source: str, info: Mapping[str, Any]) -> None:
         key, stored, expected = mismatched[0]
         problems.append(f"{len(mismatched)} tensor(s) of other shapes than config.json gives ({key}: {list(stored)} "
                         f"stored, {list(expected)} expected)")
-    for kind in ("missing", "unexpected"):
-        keys = sorted(k for k in info.get(f"{kind}_keys") or () if not (kind == "unexpected" and k.endswith(HARMLESS_UNEXPECTED)))
+    missing = sorted(info.get("missing_keys") or ())
+    unexpected = sorted(key for key in info.get("unexpected_keys") or () if not key.endswith(HARMLESS_UNEXPECTED))
+    for kind, keys in (("missing", missing), ("unexpected", unexpected)):
         if keys:
             more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
             problems.append(f"{kind} tensor(s) {', '.join(keys[:3])}{more}")
