@@ -25,7 +25,7 @@ def measure(fire_rate: float, args: argparse.Namespace) -> tuple[float, dict[str
     import torch
 
     from neuron_census.accumulators import Geometry, LayerBatch, TokenFireCount
-    from neuron_census.capture import CaptureSettings, build_accumulators
+    from neuron_census.capture.engine import CaptureSettings, build_accumulators
 
     torch.manual_seed(0)
     batch, seq_len, width, d_model, vocab = args.batch_size, args.seq_len, args.n_neurons, args.d_model, 50272

@@ -205,7 +205,7 @@ def benchmark(
     """Best tokens/s of the bare HF decoder forward, the fc2-hook reference and both baselines (OPT-125m
     shapes, all 12 layers, float32 CPU). Each gets its own copy of the seeded model: wrapping in NNsight patches
     the module's forward, which must not touch the other measurements."""
-    from neuron_census.zoo import build_random_model
+    from neuron_census.models.zoo import build_random_model
 
     torch.set_num_threads(threads)
     layers = list(range(12))

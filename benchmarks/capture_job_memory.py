@@ -42,7 +42,7 @@ import json, sys, threading, time
 from pathlib import Path
 sys.path.insert(0, {bench!r})
 from capture_speed import _peak_rss_mb
-from neuron_census import layer_states
+from neuron_census.capture import layer_states
 from neuron_census.jobs import capture_job
 
 stalled = [0.0]  # seconds the capture thread spends handing states to the store (writing, or waiting for a write)
@@ -73,8 +73,8 @@ print(json.dumps({{"seconds": time.perf_counter() - start, "peak_rss_mb": _peak_
 
 
 def write_shard(args: argparse.Namespace, path: Path) -> None:
-    from neuron_census.corpus import shard_sequences, write_token_shard
-    from neuron_census.tokenization import load_tokenizer
+    from neuron_census.data.corpus import shard_sequences, write_token_shard
+    from neuron_census.data.tokenization import load_tokenizer
 
     tokenizer = load_tokenizer("gpt2", TOKENIZER, ROOT)
     spec = {"source": "bundled", "split": "heldout", "seq_len": args.seq_len, "sequences_per_shard": args.n_seq, "n_shards": 1}
@@ -108,7 +108,7 @@ def run_job(src: Path, strategy: str, write_behind: bool, args: argparse.Namespa
 def same_states(first: Path, other: Path) -> bool:
     import numpy as np
 
-    from neuron_census.store import read_store
+    from neuron_census.capture.store import read_store
 
     _, want = read_store(first)
     _, got = read_store(other)

@@ -44,8 +44,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def corpus_tokens(n_seq: int, seq_len: int):
     """`n_seq` x `seq_len` GPT-2 BPE ids of held-out bundled text, BOS (</s> = 2, as OPT) first."""
-    from neuron_census.corpus import shard_sequences
-    from neuron_census.tokenization import load_tokenizer
+    from neuron_census.data.corpus import shard_sequences
+    from neuron_census.data.tokenization import load_tokenizer
 
     tokenizer = load_tokenizer("gpt2", {"source": "gpt2_bpe", "bos": "<|endoftext|>"}, ROOT)
     spec = {"source": "bundled", "split": "heldout", "seq_len": seq_len, "sequences_per_shard": n_seq, "n_shards": 1}
@@ -56,7 +56,7 @@ def corpus_tokens(n_seq: int, seq_len: int):
 
 def forward_flops_per_token(model: Any, seq_len: int) -> float:
     """2 x decoder-layer parameters + causal attention (QK^T and AV over seq_len/2 keys on average)."""
-    from neuron_census.adapters import adapter_for
+    from neuron_census.models.adapters import adapter_for
 
     adapter = adapter_for(model)
     layers = adapter.decoder_layers()
@@ -131,7 +131,7 @@ def set_fire_rate(model: Any, tokens: Any, rate: float, device: str) -> None:
     """
     import torch
 
-    from neuron_census.adapters import adapter_for
+    from neuron_census.models.adapters import adapter_for
 
     adapter = adapter_for(model)
     sample = torch.from_numpy(tokens[:2]).to(device)
@@ -157,7 +157,7 @@ def load_model(args: argparse.Namespace, tokens: Any) -> Any:
     """The seeded random-weight model of `args.architecture`, its FFN biases shifted when `--fire-rate` is set."""
     import torch
 
-    from neuron_census.zoo import build_random_model
+    from neuron_census.models.zoo import build_random_model
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     model = build_random_model(args.architecture, seed=0, dtype=dtype, device=args.device)
@@ -172,8 +172,8 @@ def mode_runner(mode: str, args: argparse.Namespace, model: Any) -> Callable[[An
     import numpy as np
     import torch
 
-    from neuron_census.adapters import adapter_for
-    from neuron_census.capture import CaptureSettings, capture_tokens
+    from neuron_census.models.adapters import adapter_for
+    from neuron_census.capture.engine import CaptureSettings, capture_tokens
 
     device = args.device
     adapter = adapter_for(model, name=args.architecture)
@@ -231,7 +231,7 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     use_job_allocator(args)
-    from neuron_census.adapters import adapter_for
+    from neuron_census.models.adapters import adapter_for
 
     torch.set_num_threads(args.threads)
     device = args.device

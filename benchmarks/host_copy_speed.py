@@ -30,7 +30,7 @@ def main() -> None:
 
     import torch
 
-    from neuron_census.host_copies import host_tensors
+    from neuron_census.capture.host_copies import host_tensors
 
     rows, data = [], {}
     for size_mb in args.sizes_mb:

@@ -72,7 +72,7 @@ def save_checkpoint(architecture: str, n_layers: int | None, folder: Path) -> in
     """A random model of `architecture` as a sharded float16 safetensors checkpoint; returns its weight bytes."""
     import torch
 
-    from neuron_census.zoo import build_random_model
+    from neuron_census.models.zoo import build_random_model
 
     model = build_random_model(architecture, seed=0, n_layers=n_layers).to(torch.float16)
     model.save_pretrained(folder, safe_serialization=True, max_shard_size="500MB")
@@ -82,9 +82,9 @@ def save_checkpoint(architecture: str, n_layers: int | None, folder: Path) -> in
 def run_one(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from neuron_census.capture import CaptureSettings, capture_tokens
-    from neuron_census.execution import Placement
-    from neuron_census.models import load_model
+    from neuron_census.capture.engine import CaptureSettings, capture_tokens
+    from neuron_census.capture.placement import Placement
+    from neuron_census.models.loading import load_model
 
     torch.set_num_threads(args.threads)
     tokens = corpus_tokens(args.n_seq, args.seq_len)

@@ -23,7 +23,7 @@ from capture_speed import ROOT, write_results  # noqa: E402
 
 JOB = """
 import sys
-from neuron_census import corpus
+from neuron_census.data import corpus
 from neuron_census.jobs import tokenize_job
 if sys.argv[2] == "whole":
     corpus.TOKENIZE_PIECE_CHARS = 1 << 40

@@ -37,9 +37,9 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     from neuron_census.host_allocator import keep_freed_blocks
 
     keep_freed_blocks()  # as a capture job on the CPU does
-    from neuron_census.adapters import adapter_for
-    from neuron_census.capture import CaptureSettings, capture_tokens
-    from neuron_census.zoo import build_random_model
+    from neuron_census.models.adapters import adapter_for
+    from neuron_census.capture.engine import CaptureSettings, capture_tokens
+    from neuron_census.models.zoo import build_random_model
 
     torch.set_num_threads(args.threads)
     model = build_random_model(args.architecture, seed=0, n_layers=args.n_layers).eval().requires_grad_(False)

@@ -53,10 +53,10 @@ def write_shards(args: argparse.Namespace, folder: Path, n_shards: int) -> list[
     """Capture `n_shards` shards of `args.seq_per_shard` sequences each, one store per shard."""
     import torch
 
-    from neuron_census.adapters import adapter_for
-    from neuron_census.capture import CaptureSettings, capture_tokens
-    from neuron_census.store import write_store
-    from neuron_census.zoo import build_random_model
+    from neuron_census.models.adapters import adapter_for
+    from neuron_census.capture.engine import CaptureSettings, capture_tokens
+    from neuron_census.capture.store import write_store
+    from neuron_census.models.zoo import build_random_model
 
     torch.set_num_threads(args.threads)
     model = build_random_model(args.architecture, seed=0).eval().requires_grad_(False)
@@ -89,7 +89,7 @@ def write_shards(args: argparse.Namespace, folder: Path, n_shards: int) -> list[
 def merge_one(method: str, paths: list[str], output: str) -> dict[str, Any]:
     """One merge in this process: its peak RSS over the RSS after imports."""
     from neuron_census.accumulators import merge_states
-    from neuron_census.store import StoreReader, merge_store_files, merged_attrs, read_store, write_store
+    from neuron_census.capture.store import StoreReader, merge_store_files, merged_attrs, read_store, write_store
 
     loaded = _rss_mb()
     tree = TreeRss()

@@ -53,7 +53,7 @@ def random_model_on(architecture: str, device: str, dtype: Any, seed: int = 0) -
     import torch
     from transformers import AutoModelForCausalLM
 
-    from neuron_census.zoo import architecture_config
+    from neuron_census.models.zoo import architecture_config
 
     config = architecture_config(architecture)
     if config.model_type != "opt":
@@ -110,9 +110,9 @@ def main() -> None:
 
     import torch
 
-    from neuron_census.adapters import adapter_for
-    from neuron_census.capture import CaptureSettings, capture_tokens
-    from neuron_census.execution import Placement, dispatch_offloaded
+    from neuron_census.models.adapters import adapter_for
+    from neuron_census.capture.engine import CaptureSettings, capture_tokens
+    from neuron_census.capture.placement import Placement, dispatch_offloaded
 
     device, dtype = args.device, getattr(torch, args.dtype)
     on_gpu = device.startswith("cuda")

@@ -38,7 +38,7 @@ WAYS = ("from_start", "counted", "positioned")
 
 def write_files(folder: Path, n_files: int, repeat: int) -> list[str]:
     """The bundled corpus's documents, `repeat` times, as `n_files` JSONL files (plain and .xz); their names."""
-    from neuron_census.corpus import iter_documents
+    from neuron_census.data.corpus import iter_documents
 
     documents = list(iter_documents({"source": "bundled", "split": "all"}, ROOT)) * repeat
     per_file = -(-len(documents) // n_files)
@@ -61,8 +61,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
-    from neuron_census import corpus
-    from neuron_census.tokenization import load_tokenizer
+    from neuron_census.data import corpus
+    from neuron_census.data.tokenization import load_tokenizer
 
     tokenizer = load_tokenizer("gpt2", {"source": "gpt2_bpe"}, ROOT)
     n_shards = max(args.shards) + 1

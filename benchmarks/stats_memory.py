@@ -34,8 +34,8 @@ METHODS = ("all_layers", "by_layer")
 
 def stats_once(method: str, store: str, output: str) -> dict[str, Any]:
     """One statistics computation in this process; its tables go to `output` (parquet) for the comparison."""
-    from neuron_census.stats import STATS_ACCUMULATORS, AnalysisSettings, stats_tables, stats_tables_by_layer
-    from neuron_census.store import StoreReader, merged_attrs, merged_layer_state
+    from neuron_census.analyses.tables import STATS_ACCUMULATORS, AnalysisSettings, stats_tables, stats_tables_by_layer
+    from neuron_census.capture.store import StoreReader, merged_attrs, merged_layer_state
 
     loaded = _rss_mb()
     start = time.perf_counter()
@@ -72,7 +72,7 @@ def main() -> None:
 
     import polars as pl
 
-    from neuron_census.store import merge_store_files
+    from neuron_census.capture.store import merge_store_files
 
     folder = Path(tempfile.mkdtemp(prefix="stats-memory-"))
     try:

@@ -37,7 +37,7 @@ def compressors() -> dict[str, Any]:
 def write_states(path: Path, states: dict, compressor: Any) -> float:
     import zarr
 
-    from neuron_census.store import _append_chunks
+    from neuron_census.capture.store import _append_chunks
 
     start = time.perf_counter()
     group = zarr.open_group(path, mode="w")
@@ -80,7 +80,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from neuron_census.jobs import capture_job
-    from neuron_census.store import read_store
+    from neuron_census.capture.store import read_store
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

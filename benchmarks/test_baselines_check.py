@@ -35,7 +35,7 @@ from baselines import (  # noqa: E402
     transformer_lens_counts,
     transformer_lens_model,
 )
-from neuron_census.zoo import build_random_model  # noqa: E402
+from neuron_census.models.zoo import build_random_model  # noqa: E402
 
 N_SEQ, SEQ_LEN, N_LAYERS, BATCH = 4, 64, 2, 3  # batch 3: the last batch is ragged
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from neuron_census.capture import CaptureSettings
+from neuron_census.capture.engine import CaptureSettings
 
 SPECS = {
     "opt-125m": {"source": "random", "architecture": "opt-125m", "n_layers": 3},

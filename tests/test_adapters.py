@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-from neuron_census.adapters import FFNAdapter, adapter_for
-from neuron_census.zoo import ARCHITECTURES, HUB_IDS, build_random_model, hub_id
+from neuron_census.models.adapters import FFNAdapter, adapter_for
+from neuron_census.models.zoo import ARCHITECTURES, HUB_IDS, build_random_model, hub_id
 
 # name -> (n_layers override, family, n_layers, n_neurons, d_model, vocab, context, activation, gated)
 CASES: dict[str, tuple[Any, ...]] = {

@@ -20,12 +20,12 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from neuron_census.corpus import write_token_shard
+from neuron_census.data.corpus import write_token_shard
 from neuron_census.jobs import capture_job, merge_job, stats_job, tokenize_job
 from neuron_census.logs import PREFIX, job_log
-from neuron_census.planted import build_planted_model, get_recipe, planted_words
-from neuron_census.store import write_store
-from neuron_census.tokenization import load_tokenizer
+from neuron_census.testing.planted import build_planted_model, get_recipe, planted_words
+from neuron_census.capture.store import write_store
+from neuron_census.data.tokenization import load_tokenizer
 
 RECIPE = get_recipe("basic")
 TOKENIZER = {"source": "words", "words": planted_words(RECIPE)}

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from neuron_census.accumulators import merge_states
-from neuron_census.capture import CaptureSettings, capture_tokens
-from neuron_census.models import load_model
-from neuron_census.planted import designed_tokens, get_recipe, planted_words
-from neuron_census.stats import AnalysisSettings, layer_table, stats_tables
-from neuron_census.vocab import vocab_table
+from neuron_census.capture.engine import CaptureSettings, capture_tokens
+from neuron_census.models.loading import load_model
+from neuron_census.testing.planted import designed_tokens, get_recipe, planted_words
+from neuron_census.analyses.tables import AnalysisSettings, layer_table, stats_tables
+from neuron_census.analyses.vocab import vocab_table
 
 RECIPE = get_recipe("census")
 TOKEN_STRINGS = ["<bos>", "<unk>", *planted_words(RECIPE)]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neuron_census.bundle import (
+from neuron_census.data.bundle import (
     DOMAINS,
     build,
     choose_documents,
@@ -24,7 +24,7 @@ from neuron_census.bundle import (
     join_documents,
     split_documents,
 )
-from neuron_census.corpus import (
+from neuron_census.data.corpus import (
     corpus_texts,
     iter_documents,
     pack_sequences,
@@ -32,7 +32,7 @@ from neuron_census.corpus import (
     shard_sequences,
     write_token_shard,
 )
-from neuron_census.tokenization import TextTokenizer, load_tokenizer
+from neuron_census.data.tokenization import TextTokenizer, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 RESOURCES = ROOT / "resources"
@@ -253,7 +253,7 @@ def test_shards_chained_by_their_stream_cursors_equal_shards_read_from_the_start
 ) -> None:
     """Each shard read on from where the previous one ended is the shard read from the stream's start; and
     only its own documents are tokenized."""
-    from neuron_census import corpus
+    from neuron_census.data import corpus
 
     spec = _bundled(seq_len=seq_len, sequences_per_shard=6, n_shards=4)
     tokenized: list[int] = []  # documents handed to the tokenizer
@@ -281,7 +281,7 @@ def test_shards_chained_by_their_stream_cursors_equal_shards_read_from_the_start
 def _chained_shards(spec: dict, tokenizer: TextTokenizer, root: Path, name: str) -> tuple[list[np.ndarray], list]:
     """Every shard of `spec` read from the start, and made again from the previous shard's cursor (checked
     equal, each cursor with a source position); the cursors where each shard starts, and after the last."""
-    from neuron_census import corpus
+    from neuron_census.data import corpus
 
     expected = [shard_sequences(spec, tokenizer, shard, root, dataset=name) for shard in range(spec["n_shards"])]
     cursors = [corpus.StreamCursor()]
@@ -299,7 +299,7 @@ def test_hf_shards_chained_by_their_stream_cursors_do_not_read_earlier_data_file
     """An hf stream's shard goes on from the dataset's own state after the previous shard: it equals the
     shard read from the start (with a `where` filter, a held-out split and empty records in the stream),
     and the data files before the cursor are not read again (they are made unreadable here)."""
-    from neuron_census import corpus
+    from neuron_census.data import corpus
 
     files = []
     for f in range(6):
@@ -336,7 +336,7 @@ def test_file_shards_chained_by_their_stream_cursors_do_not_read_earlier_files(
     """A `files` dataset's shard goes on from the file and document where the previous one ended: it
     equals the shard read from the start (text and compressed JSONL files, a held-out split counted per
     file), and the files before that one are not read again (they are made unreadable here)."""
-    from neuron_census import corpus
+    from neuron_census.data import corpus
 
     files = []
     for f in range(5):
@@ -365,7 +365,7 @@ def test_file_shards_chained_by_their_stream_cursors_do_not_read_earlier_files(
 def test_a_long_documents_carried_tokens_fill_the_next_shards(tmp_path: Path, words: TextTokenizer, tail: str) -> None:
     """A shard whose cursor carries more tokens than a sequence holds, with no document after it (one long
     document, or the file's last one), cuts the carried tokens into the next shard's sequences."""
-    from neuron_census import corpus
+    from neuron_census.data import corpus
 
     (tmp_path / "t.txt").write_text(tail + " ".join("abc"[i % 3] for i in range(100)) + "\n")
     spec = {"source": "files", "paths": ["t.txt"], "seq_len": 8, "sequences_per_shard": 3, "n_shards": 4,
@@ -382,7 +382,7 @@ def test_a_long_documents_carried_tokens_fill_the_next_shards(tmp_path: Path, wo
 def test_long_documents_are_tokenized_in_pieces_as_one_pass(tokenizer_name: str) -> None:
     """Cut before a word (sentencepiece marks a text's start; GPT-2's pre-tokens start at a space), each piece
     encoded behind the end of the one before: the joined ids equal one pass over the whole document."""
-    from neuron_census.corpus import encode_in_pieces, text_pieces
+    from neuron_census.data.corpus import encode_in_pieces, text_pieces
 
     spec = {"gpt2": {"source": "gpt2_bpe"}, "stories260k": {"source": "local", "path": str(RESOURCES / "models/stories260K")}}
     tokenizer = load_tokenizer(tokenizer_name, spec[tokenizer_name], ROOT)
@@ -397,7 +397,7 @@ def test_long_documents_are_tokenized_in_pieces_as_one_pass(tokenizer_name: str)
 def test_a_one_line_text_is_read_in_bounded_pieces(tmp_path: Path, gpt2: TextTokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
     """A file that is one huge line: read in linear time and tokenized a piece at a time, with the same
     shards as one pass; beyond `max_document_chars` it is refused while it is read, naming the file."""
-    from neuron_census import corpus
+    from neuron_census.data import corpus
 
     line = " ".join(f"word{i % 97}" for i in range(5000))
     (tmp_path / "line.txt").write_text(line + "\n")
@@ -417,7 +417,7 @@ def test_a_one_line_text_is_read_in_bounded_pieces(tmp_path: Path, gpt2: TextTok
 
 
 def test_a_shard_store_keeps_its_stream_cursor(tmp_path: Path, words: TextTokenizer) -> None:
-    from neuron_census.corpus import StreamCursor, read_stream_end
+    from neuron_census.data.corpus import StreamCursor, read_stream_end
 
     tokens = np.array([[0, 2, 3, 4]], dtype=np.int32)
     for carry, source in (((3, 2, 4), None), ((), '{"records": 9, "state": {"shard_idx": 2}}')):

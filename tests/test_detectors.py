@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from neuron_census.detectors import DetectorSettings, SparseCounts, ngram_detectors
+from neuron_census.analyses.detectors import DetectorSettings, SparseCounts, ngram_detectors
 from neuron_census.ngrams import summary_slack
 
 

@@ -14,10 +14,10 @@ import torch
 from conftest import needs_cuda
 from strategy_cases import SETTINGS, SPECS, assert_same_states, model_bytes, sample_tokens
 
-from neuron_census.capture import CaptureSettings, capture_tokens
-from neuron_census.execution import Placement
-from neuron_census.models import load_model
-from neuron_census.planted import designed_tokens
+from neuron_census.capture.engine import CaptureSettings, capture_tokens
+from neuron_census.capture.placement import Placement
+from neuron_census.models.loading import load_model
+from neuron_census.testing.planted import designed_tokens
 
 COUNTS = ("fire_count", "position_fire_count", "token_count", "token_fire_count", "ngram_fire_count", "ngram_count")
 CENSUS = {"source": "planted", "recipe": "census"}

@@ -14,13 +14,13 @@ import pytest
 import torch
 
 from neuron_census import accumulators
-from neuron_census.capture import CaptureSettings, capture_tokens
-from neuron_census.corpus import write_token_shard
-from neuron_census.execution import Placement, accelerate_max_memory, dispatch_offloaded, layer_on_device
+from neuron_census.capture.engine import CaptureSettings, capture_tokens
+from neuron_census.data.corpus import write_token_shard
+from neuron_census.capture.placement import Placement, accelerate_max_memory, dispatch_offloaded, layer_on_device
 from neuron_census.jobs import capture_job
-from neuron_census.models import load_model
-from neuron_census.planted import census_tokens, get_recipe, planted_words
-from neuron_census.store import read_store
+from neuron_census.models.loading import load_model
+from neuron_census.testing.planted import census_tokens, get_recipe, planted_words
+from neuron_census.capture.store import read_store
 from strategy_cases import SETTINGS, SPECS, assert_same_states, model_bytes, sample_tokens
 
 
@@ -234,7 +234,7 @@ def test_capture_job_with_offload_writes_the_same_store(tmp_path, capsys, monkey
     monkeypatch.setattr(host_allocator, "keep_freed_blocks", lambda: allocator_settings.append(True) or True)
     recipe = get_recipe("census")
     tokenizer_spec = {"source": "words", "words": planted_words(recipe)}
-    from neuron_census.tokenization import load_tokenizer
+    from neuron_census.data.tokenization import load_tokenizer
 
     tokenizer = load_tokenizer("planted", tokenizer_spec)
     shard = tmp_path / "shard-0.zarr"
@@ -341,7 +341,7 @@ def test_a_layer_comes_back_to_its_own_cpu_tensors():
 
 def test_hidden_states_kept_on_the_device_are_not_copied(tmp_path):
     """`layerwise_states: device` keeps each layer's output as it is; `cpu` keeps a copy in CPU memory."""
-    from neuron_census.execution import _HiddenStates
+    from neuron_census.capture.placement import _HiddenStates
 
     hidden = torch.randn(2, 3, 4)
     kept = {}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from neuron_census.host_copies import host_array, host_arrays, host_tensors
+from neuron_census.capture.host_copies import host_array, host_arrays, host_tensors
 
 from conftest import needs_cuda
 

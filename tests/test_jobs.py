@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neuron_census.corpus import write_token_shard
+from neuron_census.data.corpus import write_token_shard
 from neuron_census.jobs import read_shard_for
-from neuron_census.tokenization import load_tokenizer
+from neuron_census.data.tokenization import load_tokenizer
 
 
 def test_shards_of_another_tokenizer_are_refused(tmp_path: Path):
@@ -44,7 +44,7 @@ def test_positional_neurons_are_found_on_their_own_datasets(tmp_path: Path):
     import polars as pl
 
     from neuron_census.jobs import capture_job, stats_job
-    from neuron_census.planted import census_tokens, get_recipe, planted_words
+    from neuron_census.testing.planted import census_tokens, get_recipe, planted_words
 
     recipe = get_recipe("census")
     spec, tokenizer_spec = {"source": "planted", "recipe": "census"}, {"source": "words", "words": planted_words(recipe)}
@@ -102,7 +102,7 @@ def test_figures_name_models_by_their_labels(tmp_path: Path, monkeypatch: pytest
     """Legends read the models' labels (a planted model says it is built in code), not their names."""
     import polars as pl
 
-    from neuron_census import figures
+    from neuron_census.plots import figures
     from neuron_census.jobs import figure_job
 
     layers = pl.DataFrame({"model": ["p", "p"], "layer": [0, 1], "rel_depth": [0.0, 0.5], "dead_frac": [0.1, 0.2],

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from neuron_census.accumulators import REGISTRY, merge_states
-from neuron_census.capture import CaptureSettings, capture_tokens
-from neuron_census.layer_states import SortedLookup, StateInMemory, layer_state, sorted_range_of
-from neuron_census.models import load_model
-from neuron_census.planted import designed_tokens, get_recipe, planted_words
-from neuron_census.stats import AnalysisSettings, stats_tables, stats_tables_by_layer
-from neuron_census.store import (
+from neuron_census.capture.engine import CaptureSettings, capture_tokens
+from neuron_census.capture.layer_states import SortedLookup, StateInMemory, layer_state, sorted_range_of
+from neuron_census.models.loading import load_model
+from neuron_census.testing.planted import designed_tokens, get_recipe, planted_words
+from neuron_census.analyses.tables import AnalysisSettings, stats_tables, stats_tables_by_layer
+from neuron_census.capture.store import (
     StoreReader,
     merge_store_files,
     merge_stores,
@@ -154,7 +154,7 @@ def test_sorted_range_by_bisection_matches_searchsorted():
 
 
 def test_every_accumulator_has_a_layer_reader():
-    from neuron_census.layer_states import LAYER_READERS
+    from neuron_census.capture.layer_states import LAYER_READERS
 
     assert set(LAYER_READERS) == set(REGISTRY)
 
@@ -181,9 +181,9 @@ def test_layers_handed_over_join_into_the_whole_state(census, monkeypatch, table
 def test_a_store_written_while_capturing_equals_the_states_in_memory(census, tmp_path: Path, strategy: str, write_behind: bool):
     """The capture job writes each layer into the store as it is handed over (by a writer thread, or not):
     the store holds what a capture into memory returns, with layered arrays chunked a layer at a time."""
-    from neuron_census.execution import Placement
-    from neuron_census.layer_states import written_behind
-    from neuron_census.store import writing_store
+    from neuron_census.capture.placement import Placement
+    from neuron_census.capture.layer_states import written_behind
+    from neuron_census.capture.store import writing_store
 
     loaded, tokens = census
     settings = CaptureSettings(batch_size=16, **TABLES["bounded"])
@@ -210,8 +210,8 @@ def test_a_store_written_while_capturing_equals_the_states_in_memory(census, tmp
 def test_a_capture_that_fails_leaves_no_store(census, tmp_path: Path, monkeypatch):
     """Layers already written when capture fails are thrown away with the store's temporary."""
     from neuron_census import accumulators
-    from neuron_census.execution import Placement
-    from neuron_census.store import writing_store
+    from neuron_census.capture.placement import Placement
+    from neuron_census.capture.store import writing_store
 
     loaded, tokens = census
     take = accumulators.Moments.take_layer
@@ -234,9 +234,9 @@ def test_a_capture_that_fails_leaves_no_store(census, tmp_path: Path, monkeypatc
 
 def capture_into_store(census, path: Path, strategy: str = "layerwise", **settings):
     """A capture of 40 sequences written into a store at `path` by a writer thread, as the capture job does."""
-    from neuron_census.execution import Placement
-    from neuron_census.layer_states import written_behind
-    from neuron_census.store import writing_store
+    from neuron_census.capture.placement import Placement
+    from neuron_census.capture.layer_states import written_behind
+    from neuron_census.capture.store import writing_store
 
     loaded, tokens = census
     with writing_store(path, store_attrs((0, 1, 2), 0)) as store, written_behind(store) as sink:
@@ -259,7 +259,7 @@ def test_layerwise_capture_computes_the_next_layer_while_a_layer_is_written(cens
     import threading
 
     from neuron_census import accumulators
-    from neuron_census.store import _StoreStates
+    from neuron_census.capture.store import _StoreStates
 
     layer_1_ran = threading.Event()
     seen: dict[int, tuple[str, bool]] = {}
@@ -285,7 +285,7 @@ def test_layerwise_capture_computes_the_next_layer_while_a_layer_is_written(cens
 
 
 def test_a_failed_write_fails_the_capture_and_leaves_no_store(census, tmp_path: Path, monkeypatch):
-    from neuron_census import store
+    from neuron_census.capture import store
 
     add = store._Appender.add
 
@@ -308,7 +308,7 @@ def test_a_capture_failing_during_a_write_reports_its_own_error_and_leaves_no_st
     import time
 
     from neuron_census import accumulators
-    from neuron_census.store import _StoreStates
+    from neuron_census.capture.store import _StoreStates
 
     writing = threading.Event()
     take = accumulators.Moments.take_layer
@@ -333,7 +333,7 @@ def test_a_capture_failing_during_a_write_reports_its_own_error_and_leaves_no_st
 
 
 def test_layers_must_be_handed_over_in_order():
-    from neuron_census.layer_states import joined_states
+    from neuron_census.capture.layer_states import joined_states
 
     states, _ = joined_states()
     states.add_layer("moments", 0, {"sum": np.zeros((1, 2)), "sum_sq": np.zeros((1, 2)), "min": np.zeros((1, 2)), "max": np.zeros((1, 2))})

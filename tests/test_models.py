@@ -10,8 +10,8 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from neuron_census.models import LoadedModel, load_model
-from neuron_census.zoo import build_random_model
+from neuron_census.models.loading import LoadedModel, load_model
+from neuron_census.models.zoo import build_random_model
 
 REPO = Path(__file__).resolve().parents[1]
 STORIES = next(

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from neuron_census.accumulators import decode_token_fire_keys
-from neuron_census.capture import CaptureSettings, capture_tokens
-from neuron_census.models import load_model
-from neuron_census.planted import N_SPECIAL, get_recipe
-from neuron_census.stats import layer_table, neuron_table
+from neuron_census.capture.engine import CaptureSettings, capture_tokens
+from neuron_census.models.loading import load_model
+from neuron_census.testing.planted import N_SPECIAL, get_recipe
+from neuron_census.analyses.tables import layer_table, neuron_table
 
 RECIPE = get_recipe("basic")
 N_SEQ, SEQ_LEN = 24, 64

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from neuron_census.models import load_model
-from neuron_census.planted import (
+from neuron_census.models.loading import load_model
+from neuron_census.testing.planted import (
     CENSUS_HALF,
     CENSUS_RARE,
     CENSUS_WORDS,

@@ -11,7 +11,7 @@ import pytest
 from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 
-from neuron_census.plots_ngrams import (
+from neuron_census.plots.ngrams import (
     DEFAULT_BINS,
     coverage_bin_labels,
     coverage_histogram,

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 from matplotlib.figure import Figure
 
-from neuron_census.plots_positional import (
+from neuron_census.plots.positional import (
     example_neurons,
     oscillatory_ranges,
     pick_oscillatory_layer,
@@ -20,7 +20,7 @@ from neuron_census.plots_positional import (
     plot_positional_neurons,
     stacked_dots,
 )
-from neuron_census.positional import (
+from neuron_census.analyses.positional import (
     POSITIONAL_TYPES,
     PositionalSettings,
     classify_curve,

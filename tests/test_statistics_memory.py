@@ -7,8 +7,8 @@ import torch
 
 from neuron_census import accumulators
 from neuron_census.accumulators import Geometry
-from neuron_census.capture import CaptureSettings, capture_tokens
-from neuron_census.models import load_model
+from neuron_census.capture.engine import CaptureSettings, capture_tokens
+from neuron_census.models.loading import load_model
 from neuron_census.statistics_memory import describe_bound, statistics_device_bytes, statistics_host_bytes
 
 OPT_30B = Geometry(layers=tuple(range(48)), n_neurons=28672, seq_len=2048, vocab_size=50272)

@@ -13,7 +13,7 @@ from neuron_census.atomic import atomic_path
 import zarr
 
 from neuron_census.accumulators import merge_states
-from neuron_census.store import merge_store_files, merge_stores, read_store, write_store
+from neuron_census.capture.store import merge_store_files, merge_stores, read_store, write_store
 
 
 def attrs(dataset: str = "d", shard: int = 0, **extra) -> dict:
@@ -171,7 +171,7 @@ def test_failed_write_leaves_nothing(tmp_path: Path):
 
 def test_chunks_of_arrays_written_a_layer_at_a_time():
     """A layer per chunk along the appended axis, the next axis cut to keep chunks within 16 MB."""
-    from neuron_census.store import APPEND_CHUNK, APPEND_CHUNK_BYTES, _append_chunks
+    from neuron_census.capture.store import APPEND_CHUNK, APPEND_CHUNK_BYTES, _append_chunks
 
     assert _append_chunks((1, 2048, 36864), 0, 8) == (1, 56, 36864)  # OPT-66b per-position counts
     assert 56 * 36864 * 8 <= APPEND_CHUNK_BYTES < 57 * 36864 * 8

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from neuron_census.tokenization import TextTokenizer, load_tokenizer
+from neuron_census.data.tokenization import TextTokenizer, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 STORIES = {"source": "local", "path": "resources/models/stories260K"}

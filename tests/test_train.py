@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
-from neuron_census.bpe import train_bpe_tokenizer
-from neuron_census.train import (
+from neuron_census.data.bpe import train_bpe_tokenizer
+from neuron_census.training.train import (
     TrainConfig,
     build_model,
     lr_at,
@@ -264,7 +264,7 @@ KILLED_TRAINING = """
 import json, sys
 import numpy as np
 import torch
-from neuron_census import train
+from neuron_census.training import train
 spec = json.loads(sys.argv[2])
 torch.set_num_threads(spec["threads"])  # CPU training is bit-reproducible for a fixed thread count
 train.MAX_LOG_ROWS = spec["max_log_rows"]
@@ -288,7 +288,7 @@ def test_interrupted_run_resumes_bit_for_bit(
     Log rows every 4 steps, so a SIGTERM state at step 13 also carries the loss of step 13 towards the
     next row; the resumed run must log the same means and reach the same weights as an uninterrupted one.
     """
-    monkeypatch.setattr("neuron_census.train.MAX_LOG_ROWS", 5)  # 20 steps: a log row every 4
+    monkeypatch.setattr("neuron_census.training.train.MAX_LOG_ROWS", 5)  # 20 steps: a log row every 4
     cfg = _tiny_config(steps=20, checkpoints=(20,), resume_every=resume_every, dropout=0.1)
     full = _train(tokens, cfg, tmp_path / "full", vocab_size)
     np.save(tmp_path / "tokens.npy", tokens)

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from transformers import OPTConfig, OPTForCausalLM
 
-from neuron_census.adapters import FFNAdapter, adapter_for
-from neuron_census.plots_vocab import (
+from neuron_census.models.adapters import FFNAdapter, adapter_for
+from neuron_census.plots.vocab import (
     PROJECTION_FRAME_SCHEMA,
     ROW_INCHES,
     TABLE_COLUMNS,
@@ -28,7 +28,7 @@ from neuron_census.plots_vocab import (
     table_cells,
     table_height,
 )
-from neuron_census.vocab import (
+from neuron_census.analyses.vocab import (
     VOCAB_SCHEMA,
     chunk_rows,
     project_layer,

@@ -16,10 +16,10 @@ import polars as pl
 import pytest
 import yaml
 
-from neuron_census.corpus import read_token_shard
+from neuron_census.data.corpus import read_token_shard
 from neuron_census.jobs import FIGURES
-from neuron_census.planted import designed_tokens, get_recipe
-from neuron_census.store import merge_stores, read_store
+from neuron_census.testing.planted import designed_tokens, get_recipe
+from neuron_census.capture.store import merge_stores, read_store
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
@@ -189,7 +189,7 @@ def test_changed_inputs_rerun_what_read_them_and_nothing_else(tmp_path: Path):
     shard added at once, both shards are remade from the new text (a chain never mixes two versions)."""
     import os
 
-    from neuron_census.planted import build_planted_model, planted_words
+    from neuron_census.testing.planted import build_planted_model, planted_words
 
     workdir = new_workdir(tmp_path / "inputs")
     words = planted_words(get_recipe("basic"))
@@ -346,7 +346,7 @@ def table_hashes(workdir: Path) -> dict[str, str]:
 
 
 def killed_run(workdir: Path, kill_at: str, *targets: str, scope: str = "process") -> str:
-    """Run the tiny DAG with a job SIGKILLed at `kill_at` (neuron_census.failpoints); return its output."""
+    """Run the tiny DAG with a job SIGKILLed at `kill_at` (neuron_census.testing.failpoints); return its output."""
     env = {"NEURON_CENSUS_KILL_AT": kill_at, "NEURON_CENSUS_KILL_SCOPE": scope}
     result = snakemake(workdir, "--configfile", str(TINY), "--cores", "2", *targets, check=False, env=env)
     output = result.stdout + result.stderr

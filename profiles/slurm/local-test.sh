@@ -107,7 +107,7 @@ done
 # the planted model's known neurons are found (as tests/test_workflow.py checks on a local run)
 python - <<'PY' || fail "the planted neurons were not recovered"
 import polars as pl
-from neuron_census.planted import get_recipe
+from neuron_census.testing.planted import get_recipe
 neurons = pl.read_parquet("results/planted/neurons.parquet")
 recipe = get_recipe("census")
 for role in ("dead", "token_detector", "bigram_detector", "positional"):

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from neuron_census.count_tables import count_table, merge_summaries
-from neuron_census.host_copies import host_array, host_arrays, host_tensors
+from neuron_census.capture.host_copies import host_array, host_arrays, host_tensors
 from neuron_census.ngrams import add_sorted_keys, check_packable, prune_keys
 
 State = dict[str, np.ndarray]
@@ -192,7 +192,7 @@ class Geometry:
 class Accumulator(Protocol):
     """What capture feeds. An accumulator whose state has a layer axis also defines `take_layer(layer)`:
     once `layer` has seen its last batch, capture takes that layer's state (as a capture of the layer alone
-    would give it, see `neuron_census.layer_states`) and writes it out, so neither the device nor the host
+    would give it, see `neuron_census.capture.layer_states`) and writes it out, so neither the device nor the host
     keeps every layer's tables."""
 
     name: ClassVar[str]

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from neuron_census.failpoints import failpoint
+from neuron_census.testing.failpoints import failpoint
 
 
 def _remove(path: Path) -> None:

@@ -199,7 +199,7 @@ def model_shape(config: Mapping[str, Any], model: str) -> tuple[int, int] | None
         run = config["train"][spec["run"]]
         return int(run["n_layers"]), int(run["max_positions"])
     if spec["source"] == "planted":
-        from neuron_census.planted import get_recipe
+        from neuron_census.testing.planted import get_recipe
 
         try:
             recipe = get_recipe(spec["recipe"])

@@ -20,8 +20,8 @@ from neuron_census.atomic import atomic_path
 if TYPE_CHECKING:
     import torch
 
-    from neuron_census.capture import CaptureSettings
-    from neuron_census.execution import Placement
+    from neuron_census.capture.engine import CaptureSettings
+    from neuron_census.capture.placement import Placement
 
 PathLike = str | os.PathLike[str]
 
@@ -46,7 +46,7 @@ def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
 
 def read_shard_for(shard: PathLike, tokenizer: Any, user: str) -> tuple[Any, dict[str, Any]]:
     """Read a token shard and refuse it unless it was made with `tokenizer` (by fingerprint)."""
-    from neuron_census.corpus import read_token_shard
+    from neuron_census.data.corpus import read_token_shard
 
     tokens, attrs = read_token_shard(shard)
     if attrs["tokenizer_fingerprint"] != tokenizer.fingerprint:
@@ -62,7 +62,7 @@ def stacked_shards(shards: Sequence[PathLike], tokenizer: Any, user: str) -> Any
     ids: half of int32), filled a shard at a time, so memory holds the result and one shard, not two copies."""
     import numpy as np
 
-    from neuron_census.corpus import token_shard_shape
+    from neuron_census.data.corpus import token_shard_shape
 
     shapes = [token_shard_shape(shard) for shard in shards]
     if len({seq_len for _, seq_len in shapes}) > 1:
@@ -94,7 +94,7 @@ def tokenize_job(
     import hashlib
     import json
 
-    from neuron_census.corpus import (
+    from neuron_census.data.corpus import (
         TEXT_SOURCES,
         StreamCursor,
         read_stream_end,
@@ -103,8 +103,8 @@ def tokenize_job(
         text_shard,
         write_token_shard,
     )
-    from neuron_census.inputs import files_fingerprint
-    from neuron_census.tokenization import load_tokenizer
+    from neuron_census.data.inputs import files_fingerprint
+    from neuron_census.data.tokenization import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_name, tokenizer_spec)
     settings = {k: v for k, v in dataset_spec.items() if k != "n_shards"}
@@ -128,8 +128,8 @@ def tokenize_job(
 
 def train_tokenizer_job(spec: Mapping[str, Any], dataset_spec: Mapping[str, Any], output: PathLike) -> None:
     """Train a byte-level BPE tokenizer on the train-split documents of a dataset (never held-out text)."""
-    from neuron_census.bpe import train_bpe_tokenizer
-    from neuron_census.corpus import corpus_texts
+    from neuron_census.data.bpe import train_bpe_tokenizer
+    from neuron_census.data.corpus import corpus_texts
 
     texts = corpus_texts(dataset_spec, Path("."), int(spec["max_chars"]))
     train_bpe_tokenizer(texts, int(spec["vocab_size"]), Path(output))
@@ -155,8 +155,8 @@ def train_job(
 
     import torch
 
-    from neuron_census.tokenization import load_tokenizer
-    from neuron_census.train import TrainConfig, resumable, train_opt
+    from neuron_census.data.tokenization import load_tokenizer
+    from neuron_census.training.train import TrainConfig, resumable, train_opt
 
     torch.set_num_threads(max(1, threads))
     tokenizer = load_tokenizer(tokenizer_name, tokenizer_spec)
@@ -205,8 +205,8 @@ def _load_model_and_tokenizer(
     """What every job that runs a model starts with: threads, tokenizer, device, dtype and the model."""
     import torch
 
-    from neuron_census.models import load_model
-    from neuron_census.tokenization import load_tokenizer
+    from neuron_census.models.loading import load_model
+    from neuron_census.data.tokenization import load_tokenizer
 
     torch.set_num_threads(max(1, threads))
     tokenizer = load_tokenizer(tokenizer_name, tokenizer_spec)
@@ -233,11 +233,11 @@ def capture_job(
     writer thread unless `settings.write_behind` is false, into a temporary that becomes the output only
     when the job succeeds.
     """
-    from neuron_census.capture import CaptureSettings, capture_tokens, resolve_layers, unanalysed_ngram_layers
-    from neuron_census.execution import Placement, offload_folder
+    from neuron_census.capture.engine import CaptureSettings, capture_tokens, resolve_layers, unanalysed_ngram_layers
+    from neuron_census.capture.placement import Placement, offload_folder
     from neuron_census.host_allocator import keep_freed_blocks
-    from neuron_census.layer_states import written_behind
-    from neuron_census.store import writing_store
+    from neuron_census.capture.layer_states import written_behind
+    from neuron_census.capture.store import writing_store
 
     placement = Placement.from_config(settings)
     capture_settings = CaptureSettings.from_config(settings)
@@ -306,7 +306,7 @@ def report_statistics_memory(
     capture may still fit, but a user learns before a long job which setting to change if it does not.
     """
     from neuron_census.accumulators import Geometry
-    from neuron_census.capture import resolve_layers
+    from neuron_census.capture.engine import resolve_layers
     from neuron_census.statistics_memory import describe_bound, statistics_device_bytes, statistics_host_bytes
 
     n_seq, seq_len = tokens_shape
@@ -342,7 +342,7 @@ def merge_job(inputs: Sequence[PathLike], output: PathLike, threads: int = 1, pa
     on one thread; otherwise here, on `threads` threads (sorts, and tables a block of rows a thread)."""
     import torch
 
-    from neuron_census.store import merge_store_files
+    from neuron_census.capture.store import merge_store_files
 
     on_disk = sum(f.stat().st_size for path in inputs for f in Path(path).rglob("*") if f.is_file())
     workers = threads if on_disk >= parallel_min_bytes else 1
@@ -371,9 +371,9 @@ def stats_job(
     Only one layer's states are in memory at once (for OPT-66b, 0.6 GB of position counts instead of 39 GB).
     Positional neurons are found on the stores of `analysis.positional.datasets` only, when it names some.
     """
-    from neuron_census.stats import REQUIRED_FOR_STATS, STATS_ACCUMULATORS, AnalysisSettings, stats_tables_by_layer
-    from neuron_census.store import StoreReader, merged_attrs, merged_layer_state
-    from neuron_census.tokenization import load_tokenizer
+    from neuron_census.analyses.tables import REQUIRED_FOR_STATS, STATS_ACCUMULATORS, AnalysisSettings, stats_tables_by_layer
+    from neuron_census.capture.store import StoreReader, merged_attrs, merged_layer_state
+    from neuron_census.data.tokenization import load_tokenizer
 
     readers = [StoreReader(path) for path in inputs]
     for reader in readers:
@@ -425,8 +425,8 @@ def vocab_job(
     capture keeps them there (`layerwise_weights: disk`); value vectors are read one layer at a time and
     only the unembedding path goes to the device.
     """
-    from neuron_census.execution import Placement, offload_folder, place_outside_layers
-    from neuron_census.vocab import vocab_table
+    from neuron_census.capture.placement import Placement, offload_folder, place_outside_layers
+    from neuron_census.analyses.vocab import vocab_table
 
     resident = settings.get("strategy", "resident") == "resident"
     placement = Placement() if resident else Placement.from_config({**settings, "strategy": "layerwise"})
@@ -451,7 +451,7 @@ def vocab_job(
 
 def tables_job(stats: PathLike, vocab: PathLike, neurons_out: PathLike, layers_out: PathLike) -> None:
     """neurons.parquet (activation statistics joined with vocabulary projections) and layers.parquet."""
-    from neuron_census.stats import layer_table
+    from neuron_census.analyses.tables import layer_table
 
     neurons = pl.read_parquet(stats).join(pl.read_parquet(vocab), on=["layer", "neuron"], how="left", maintain_order="left")
     write_parquet(neurons, neurons_out)
@@ -520,7 +520,7 @@ def figure_job(
     `labels`: how the figure names each model (`config.model_label`); the CSV keeps the models' names."""
     import importlib
 
-    from neuron_census import figures
+    from neuron_census.plots import figures
 
     spec = FIGURES[figure]
     frames = {kind: pl.concat([pl.read_parquet(p) for p in paths], how="diagonal_relaxed") for kind, paths in tables.items()}

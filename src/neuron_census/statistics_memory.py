@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from neuron_census.accumulators import Geometry
-from neuron_census.capture import CaptureSettings, resolve_ngram_layers
+from neuron_census.capture.engine import CaptureSettings, resolve_ngram_layers
 
 ENTRY_BYTES = 16  # an int64 key and an int64 count per sparse table entry
 # device temporaries per entry while one layer's table is handed over (`take_layer`): a bounded token
@@ -134,7 +134,7 @@ def statistics_host_bytes(
     model's weights and kept hidden states come on top (see config/README.md).
 
     `page_locked` (capture on a CUDA device): statistics leave the device through page-locked memory
-    (`neuron_census.host_copies`), which PyTorch allocates in blocks of a power of two bytes and keeps for
+    (`neuron_census.capture.host_copies`), which PyTorch allocates in blocks of a power of two bytes and keeps for
     reuse, so each array copied out can take up to twice its size. A token table still stays within three
     times its size (its kept copy is on the device); an n-gram table's columns pass through page-locked
     copies one table at a time, which PyTorch keeps for the next table: up to 48 bytes an entry of one table

@@ -19,8 +19,8 @@ from neuron_census.config import (
     train_dir,
     validate_config,
 )
-from neuron_census.corpus import TEXT_SOURCES, source_files
-from neuron_census.inputs import files_fingerprint, folder_files
+from neuron_census.data.corpus import TEXT_SOURCES, source_files
+from neuron_census.data.inputs import files_fingerprint, folder_files
 from neuron_census.jobs import FIGURES as FIGURE_SPECS, TABLE_FILES
 
 try:

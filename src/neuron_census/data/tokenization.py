@@ -16,7 +16,7 @@ from typing import Any
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
-from neuron_census.bundle import resources_dir
+from neuron_census.data.bundle import resources_dir
 from neuron_census.errors import first_line
 
 SOURCES = ("hub", "local", "gpt2_bpe", "words")

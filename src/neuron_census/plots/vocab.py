@@ -2,7 +2,7 @@
 
 The figure is a rendered table of a few examples chosen deterministically from the `neurons` table, with a
 subtitle counting how many of all token detectors suppress their own triggers (definition in
-`neuron_census.vocab`).
+`neuron_census.analyses.vocab`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import polars as pl
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from neuron_census.figures import _style, with_columns
-from neuron_census.tokenization import escape_token
+from neuron_census.plots.figures import _style, with_columns
+from neuron_census.data.tokenization import escape_token
 
 DEFAULT_N_EXAMPLES = 8
 DEFAULT_N_TOKENS = 3

@@ -28,8 +28,8 @@ import numpy as np
 import polars as pl
 import torch
 
-from neuron_census.adapters import FFNAdapter
-from neuron_census.tokenization import escape_token
+from neuron_census.models.adapters import FFNAdapter
+from neuron_census.data.tokenization import escape_token
 
 DEFAULT_MAX_CHUNK_BYTES = 256 * 2**20
 

@@ -20,8 +20,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from neuron_census.figures import _style, with_columns
-from neuron_census.positional import POSITIONAL_TYPES
+from neuron_census.plots.figures import _style, with_columns
+from neuron_census.analyses.positional import POSITIONAL_TYPES
 
 PANEL_TITLE_CHARS = 22  # a panel title's line, so that neighbouring panels' titles never run into each other
 

@@ -22,7 +22,7 @@ from zarr.codecs import BloscCodec
 
 from neuron_census.accumulators import REGISTRY, State, sums_elementwise
 from neuron_census.atomic import atomic_path
-from neuron_census.layer_states import (
+from neuron_census.capture.layer_states import (
     LAYER_PARTS,
     LayeredStates,
     Parts,
@@ -170,7 +170,7 @@ class StoreReader:
         return self._whole[(name, key)]
 
     def layer_state(self, name: str, slot: int) -> State:
-        """Accumulator `name` for analysed-layer slot `slot` only (`neuron_census.layer_states`)."""
+        """Accumulator `name` for analysed-layer slot `slot` only (`neuron_census.capture.layer_states`)."""
         with _reading(self.path):
             return layer_state(name, _StoredArrays(self, name), slot, int(self.attrs["layers"][slot]))
 

@@ -42,7 +42,7 @@ from transformers import OPTConfig, OPTForCausalLM
 from transformers.utils import logging as hf_logging
 
 from neuron_census.atomic import atomic_path
-from neuron_census.failpoints import failpoint
+from neuron_census.testing.failpoints import failpoint
 
 TOKENIZER_FILES = (
     "tokenizer.json",

@@ -29,8 +29,8 @@ from neuron_census.accumulators import (
     TokenFireCount,
     TopK,
 )
-from neuron_census.execution import LastLayerNeverRan, Placement, StopForward, run_layerwise, run_resident
-from neuron_census.layer_states import LayerSink, joined_states
+from neuron_census.capture.placement import LastLayerNeverRan, Placement, StopForward, run_layerwise, run_resident
+from neuron_census.capture.layer_states import LayerSink, joined_states
 
 FIRE_RULES = ("preactivation", "activation")
 ALL_ACCUMULATORS = (

@@ -27,7 +27,7 @@ from typing import IO, Any, TypeVar
 import numpy as np
 
 from neuron_census.atomic import atomic_path
-from neuron_census.bundle import (
+from neuron_census.data.bundle import (
     DOMAINS,
     MIN_DOCUMENT_CHARS,
     BlockTooLong,
@@ -36,7 +36,7 @@ from neuron_census.bundle import (
     iter_blocks,
 )
 from neuron_census.errors import first_line
-from neuron_census.tokenization import TextTokenizer
+from neuron_census.data.tokenization import TextTokenizer
 
 T = TypeVar("T")
 SOURCES = ("bundled", "files", "hf", "random_tokens", "planted")
@@ -185,7 +185,7 @@ def _bundled_path(domain: str, root: Path) -> Path:
     path = corpus_file(domain, root)
     if not path.is_file():
         raise FileNotFoundError(
-            f"bundled corpus file {path} is missing; run python -m neuron_census.bundle"
+            f"bundled corpus file {path} is missing; run python -m neuron_census.data.bundle"
         )
     return path
 
@@ -675,7 +675,7 @@ def _stale_position(spec: Mapping[str, Any], root: Path, name: str, resume: Mapp
 
 def planted_shard(spec: Mapping[str, Any], shard: int, seq_len: int, per_shard: int, name: str) -> np.ndarray:
     """Rows of a planted recipe's designed token data, on which every planted role holds exactly."""
-    from neuron_census.planted import designed_tokens
+    from neuron_census.testing.planted import designed_tokens
 
     tokens = designed_tokens(str(spec.get("recipe", "")))
     start, stop = shard * per_shard, (shard + 1) * per_shard

@@ -1,7 +1,7 @@
 """Per-neuron and per-layer tables from merged accumulator states (pure functions).
 
 `stats_tables` holds everything read from activations (firing, n-gram coverage, detectors, positional
-statistics); `neuron_census.vocab` adds what is read from weights; `layer_table` aggregates per layer.
+statistics); `neuron_census.analyses.vocab` adds what is read from weights; `layer_table` aggregates per layer.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import numpy as np
 import polars as pl
 
 from neuron_census.accumulators import State
-from neuron_census.detectors import DetectorSettings, coverage_columns, detector_columns, detector_layer_counts
-from neuron_census.positional import (
+from neuron_census.analyses.detectors import DetectorSettings, coverage_columns, detector_columns, detector_layer_counts
+from neuron_census.analyses.positional import (
     PositionalSettings,
     find_positional,
     position_rates_table,
@@ -116,7 +116,7 @@ def stats_tables_by_layer(
     """`stats_tables` one analysed layer at a time, with the same result: memory holds one layer's states.
 
     `layer_states(slot)` gives the states of the layer `attrs["layers"][slot]` alone
-    (`neuron_census.layer_states`); every statistic is a function of one neuron's own layer.
+    (`neuron_census.capture.layer_states`); every statistic is a function of one neuron's own layer.
     """
     tables = [
         stats_tables(model, {**attrs, "layers": [layer]}, layer_states(slot), settings, token_strings)

@@ -5,7 +5,7 @@ GPT-2 BPE files, so that the pipeline and its tests run with no hub access. The 
 raw offline data (a read-only folder with its own SOURCES.md and checksums) into `resources/`,
 byte for byte reproducibly:
 
-    python -m neuron_census.bundle --shared ../shared/data --out resources
+    python -m neuron_census.data.bundle --shared ../shared/data --out resources
 
 Corpus text format (shared with `corpus.py`, which reads it back): a text is split into *blocks*
 at blank lines (lines holding only spaces or tabs); consecutive blocks are grouped greedily into
@@ -374,7 +374,7 @@ SOURCES_TEMPLATE = """\
 
 Everything in this folder is public data, generated from an offline copy of the original files by
 
-    python -m neuron_census.bundle --shared <offline data folder> --out resources
+    python -m neuron_census.data.bundle --shared <offline data folder> --out resources
 
 The builder checks every original against the sha256 listed below and writes the same bytes on
 every run (documents chosen by a hash-based permutation, xz with a fixed preset and no
@@ -398,7 +398,7 @@ timestamps). Licences: see LICENSES.md.
 4. Kept documents are written in their original order, separated by one blank line, and the file
    is compressed with xz (preset 9e, CRC64).
 
-Reading a file back with rules 1-2 (`neuron_census.corpus`) yields exactly the kept documents:
+Reading a file back with rules 1-2 (`neuron_census.data.corpus`) yields exactly the kept documents:
 each kept document reached {min_chars} characters only at its last block.
 
 ### Sizes

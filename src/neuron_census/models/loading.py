@@ -17,9 +17,9 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-from neuron_census.adapters import FFNAdapter, adapter_for, check_model_type
+from neuron_census.models.adapters import FFNAdapter, adapter_for, check_model_type
 from neuron_census.errors import first_line
-from neuron_census.execution import (
+from neuron_census.capture.placement import (
     Placement,
     accelerate_max_memory,
     dispatch_layers_to_disk,
@@ -197,7 +197,7 @@ def _build(
         folder = _local_folder(name, spec, root)
         return _from_pretrained(name, str(folder), None, trust, device, dtype, offload, layers_to_disk)
     if source == "random":
-        from neuron_census.zoo import build_random_model
+        from neuron_census.models.zoo import build_random_model
 
         return build_random_model(
             _required(name, spec, "architecture"),
@@ -207,7 +207,7 @@ def _build(
             device=device,
         )
     if source == "planted":
-        from neuron_census.planted import build_planted_model
+        from neuron_census.testing.planted import build_planted_model
 
         model = build_planted_model(_required(name, spec, "recipe"))
         return model.to(device=device, dtype=dtype)
