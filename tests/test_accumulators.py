@@ -6,24 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from neuron_census.accumulators import (
-    ExactFloatCounts,
-    FireCount,
-    Geometry,
-    LayerBatch,
-    Moments,
-    PositionFireCount,
-    TokenCount,
-    TokenFireCount,
-    TopK,
-    coalesce_sparse,
-    decode_token_fire_keys,
-    _by_neuron_then_value_descending,
-    merge_states,
-    summed_rows,
-)
-from neuron_census.count_tables import coalesce_runs
-from neuron_census.ngrams import add_sorted_keys
+from neuron_census.accumulators import Geometry, LayerBatch, merge_states
+from neuron_census.accumulators.base import ExactFloatCounts
+from neuron_census.accumulators.fire_count import FireCount
+from neuron_census.accumulators.moments import Moments
+from neuron_census.accumulators.position_fire_count import PositionFireCount
+from neuron_census.accumulators.summaries import add_sorted_keys
+from neuron_census.accumulators.tables import coalesce_runs
+from neuron_census.accumulators.token_count import TokenCount
+from neuron_census.accumulators.token_fire_count import TokenFireCount, coalesce_sparse, decode_token_fire_keys
+from neuron_census.accumulators.top_k import TopK, ordered_bits, value_of
 
 N_SEQ, SEQ_LEN, N_NEURONS, VOCAB = 12, 9, 7, 11
 LAYERS = (1, 3)
@@ -94,9 +86,9 @@ def test_position_fire_count(data, device):
     assert state["counts"][:, 0].sum() == 0  # BOS position never counted
 
 
-@pytest.mark.parametrize("n_rows", [1, 5, 255, 256, 600])
-def test_position_fires_sum_batch_rows_past_a_byte(n_rows, device):
-    """Rows are added as bytes, 255 at a time: a batch of 600 rows firing everywhere sums to 600."""
+@pytest.mark.parametrize("n_rows", [1, 5, 600])
+def test_position_fires_sum_the_batch_rows(n_rows, device):
+    """Firings per position over the batch, as exact float32 integers, also from a strided firing matrix."""
     rng = np.random.default_rng(n_rows)
     fires = rng.random((n_rows, 3, 4)) < 0.5
     fires[:, 0, 0] = True  # every row fires here
@@ -109,8 +101,6 @@ def test_position_fires_sum_batch_rows_past_a_byte(n_rows, device):
         got = batch.position_fires()
         assert got.dtype == torch.float32 and got[0, 0] == n_rows
         np.testing.assert_array_equal(got.cpu().numpy(), fires.sum(axis=0))
-        for as_bytes in (True, False):  # both forms, whichever the device picks
-            np.testing.assert_array_equal(summed_rows(tensor, as_bytes=as_bytes).cpu().numpy(), fires.sum(axis=0))
 
 
 def test_token_count(data, device):
@@ -142,7 +132,7 @@ def token_table(state) -> np.ndarray:
 )
 def test_token_fire_count_dense_and_sparse(data, device, dense_limit, capacity):
     """Exact counts, from the dense table (which ignores a capacity) or from the sparse one without one."""
-    accumulator = TokenFireCount(GEOMETRY, device, dense_limit=dense_limit, capacity=capacity, merge_pending=10)
+    accumulator = TokenFireCount(GEOMETRY, device, dense_limit=dense_limit, capacity=capacity, pending_bytes=1)
     state = run(accumulator, data, device)
     np.testing.assert_array_equal(token_table(state), token_fires_of(data))
     assert (state["counts"] > 0).all()
@@ -175,7 +165,7 @@ def test_token_fire_count_capacity_keeps_the_misra_gries_guarantee(data, device,
     fires = fires_of(data).sum(axis=(1, 2))  # [slot, neuron]
 
     def bounded(rows: slice = slice(None)):
-        return run(TokenFireCount(GEOMETRY, device, dense_limit=0, capacity=capacity, merge_pending=10), data, device, rows=rows)
+        return run(TokenFireCount(GEOMETRY, device, dense_limit=0, capacity=capacity, pending_bytes=1), data, device, rows=rows)
 
     one_pass = bounded()
     merged = TokenFireCount.merge([bounded(slice(0, 5)), bounded(slice(5, 9)), bounded(slice(9, None))])
@@ -216,92 +206,57 @@ def reference_top_k(data, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("shifted", [False, True], ids=["relu", "negative-values"])
-@pytest.mark.parametrize("where_positive", [False, True], ids=["any-fire-rule", "fires-where-positive"])
-@pytest.mark.parametrize("sparse_share", [16, 1], ids=["default", "sparse-whenever-possible"])
-def test_top_k_one_pass_and_merged_shards_equal_reference(data, device, sparse_share, where_positive, shifted, monkeypatch):
-    """Both update paths: dense top-k per batch, and the merge of candidates above each neuron's k-th value
-    (found among all activations, or among the firings when those are exactly the positive activations and
-    every k-th value is >= 0; negative activations keep some k-th values below 0)."""
-    import neuron_census.accumulators as accumulators
-
-    monkeypatch.setattr(accumulators, "SPARSE_TOP_SHARE", sparse_share)
-    sparse_calls = []
-    original = TopK._update_sparse
-    monkeypatch.setattr(TopK, "_update_sparse", lambda self, *a: (sparse_calls.append(1), original(self, *a)))
+@pytest.mark.parametrize("batch", [1, 4, 12])
+def test_top_k_one_pass_and_merged_shards_equal_reference(data, device, batch, shifted):
+    """Exact top k with ties (many zeros, coarse values) going to the earliest (sequence, position), in one
+    pass of any batch size and merged from shards."""
     if shifted:
         data = data | {"acts": data["acts"] - np.float32(0.25)}
     k = 6
     values, seqs, poss = reference_top_k(data, k)
-    one_pass = run(TopK(GEOMETRY, device, k=k), data, device, batch=4, fires_where_positive=where_positive)
+    one_pass = run(TopK(GEOMETRY, device, k=k), data, device, batch=batch)
     halves = [
-        run(TopK(GEOMETRY, device, k=k), data, device, rows=slice(0, 7), batch=3, fires_where_positive=where_positive),
-        run(TopK(GEOMETRY, device, k=k), data, device, rows=slice(7, None), batch=2, fires_where_positive=where_positive),
+        run(TopK(GEOMETRY, device, k=k), data, device, rows=slice(0, 7), batch=3),
+        run(TopK(GEOMETRY, device, k=k), data, device, rows=slice(7, None), batch=2),
     ]
     merged = TopK.merge(halves)
     for state in (one_pass, merged):
         np.testing.assert_array_equal(state["values"], values)
         np.testing.assert_array_equal(state["seq"], seqs)
         np.testing.assert_array_equal(state["pos"], poss)
-    if sparse_share == 1:
-        assert sparse_calls  # the sparse path was taken
 
 
-def test_top_k_fills_a_layer_from_the_first_rows_of_its_first_batch(data, device, monkeypatch):
-    """A layer's first batch is ranked densely over its first rows only (enough to give every neuron k
-    entries); the rest of it, like every later batch, merges only the candidates above the k-th values."""
-    import neuron_census.accumulators as accumulators
-
-    monkeypatch.setattr(accumulators, "SPARSE_TOP_SHARE", 1)  # these batches are small: candidates are many
-    dense_rows = []
-    original = TopK._update_dense
-    monkeypatch.setattr(TopK, "_update_dense", lambda self, slot, b, a, lo, hi: (dense_rows.append((lo, hi)), original(self, slot, b, a, lo, hi)))
-    k = 6
-    state = run(TopK(GEOMETRY, device, k=k), data, device, batch=4, fires_where_positive=True)
-    assert dense_rows == [(0, 4 * k)] * len(LAYERS)  # of 4 x 9 rows in a batch
-    values, seqs, poss = reference_top_k(data, k)
-    np.testing.assert_array_equal(state["values"], values)
-    np.testing.assert_array_equal(state["seq"], seqs)
-    np.testing.assert_array_equal(state["pos"], poss)
+def test_top_k_keeps_empty_slots_when_fewer_tokens_are_counted(device):
+    """k larger than the counted positions: the rest stay empty (-inf, -1, -1), and BOS never enters."""
+    geometry = Geometry(layers=(0,), n_neurons=2, seq_len=3, vocab_size=5)
+    acts = torch.tensor([[[9.0, -1.0], [2.0, 3.0], [1.0, 3.0]]], device=device)
+    mask = torch.tensor([[False, True, True]], device=device)
+    top = TopK(geometry, device, k=4)
+    top.update(LayerBatch(layer=0, acts=acts, fires=acts > 0, mask=mask, tokens=torch.zeros(1, 3, dtype=torch.int64, device=device), seq_ids=torch.tensor([5], device=device)))
+    state = top.state()
+    assert state["values"][0, :, 0].tolist() == [2.0, 1.0, -np.inf, -np.inf]
+    assert state["values"][0, :, 1].tolist() == [3.0, 3.0, -np.inf, -np.inf]
+    assert state["seq"][0, :, 1].tolist() == [5, 5, -1, -1] and state["pos"][0, :, 1].tolist() == [1, 2, -1, -1]
 
 
-@pytest.mark.parametrize("k", [1, 4, 16])
-def test_batch_top_breaks_ties_towards_the_earliest_row(k, device):
-    """Per column, the k largest values, equal values taken in row order: checked against a stable sort."""
-    from neuron_census.accumulators import _batch_top
-
-    rng = np.random.default_rng(k)
-    acts = np.maximum(np.round(rng.normal(size=(40, 300)), 1), 0.0).astype(np.float32)  # ties among positives
-    acts[:, :50] = 0.0  # all tied
-    acts[:, 50:100] = np.where(rng.random((40, 50)) < 0.1, acts[:, 50:100], 0.0)  # a few values, then zeros
-    values, rows = (t.cpu() for t in _batch_top(torch.from_numpy(acts).to(device), k))
-    np.testing.assert_array_equal(values.numpy(), np.take_along_axis(acts, rows.numpy(), axis=0))
-    expected_rows = np.argsort(-acts, axis=0, kind="stable")[:k]
-    np.testing.assert_array_equal(np.sort(rows.numpy(), axis=0), np.sort(expected_rows, axis=0))  # the same rows
+def test_ordered_bits_order_like_the_floats_and_decode_back(device):
+    values = np.array([-np.inf, -3.5, -1e-40, -0.0, 0.0, 1e-40, 2.0, 2.0000002, np.inf], dtype=np.float32)
+    bits = ordered_bits(torch.from_numpy(values).to(device)).cpu()
+    assert bits[3] == bits[4]  # -0.0 and 0.0 tie, as they compare
+    assert bool((bits[1:] >= bits[:-1]).all()) and len(set(bits.tolist())) == len(values) - 1
+    np.testing.assert_array_equal(value_of(bits.to(torch.int64)).numpy(), values + np.float32(0.0))
 
 
-@pytest.mark.parametrize("square_rows", [256, 7], ids=["one-block", "blocks-of-7-rows"])
 @pytest.mark.parametrize("counted_from", [None, 1], ids=["mask-copy", "bos-view"])
 @pytest.mark.parametrize("shift", [0.0, -0.3], ids=["relu", "below-zero"])
-@pytest.mark.parametrize("fires_where_positive", [False, True], ids=["any-firing-rule", "fires-where-positive"])
-def test_moments(data, device, counted_from, square_rows, shift, fires_where_positive, monkeypatch):
-    """Counted positions read through the mask (a copy) or, as capture does, a view past the BOS; squares
-    summed in one block of rows or in several (the last one partial). ReLU activations whose firings are
-    their positive values take the sums from the firings on a CPU (and never the dense products); shifted
-    below zero, or without that firing rule, they take the dense products."""
-    import neuron_census.accumulators as accumulators
-
-    monkeypatch.setattr(accumulators, "SQUARE_ROWS", square_rows)
-    from_firings = device.type == "cpu" and fires_where_positive and shift == 0.0
-    if from_firings:
-        monkeypatch.setattr(accumulators, "_weighted_squares", None)  # calling it fails the test
+def test_moments(data, device, counted_from, shift):
+    """Counted positions read through the mask (a copy) or, as capture does, a view past the BOS; sums in
+    float64 whatever the batch."""
     data = data | {"acts": data["acts"] + np.float32(shift)}
-    state = run(
-        Moments(GEOMETRY, device), data, device, counted_from=counted_from, fires_where_positive=fires_where_positive
-    )
+    state = run(Moments(GEOMETRY, device), data, device, counted_from=counted_from)
     acts = data["acts"][:, data["mask"]].astype(np.float64)  # [L, tokens, N]
-    magnitude = np.abs(acts).sum(axis=1).max()  # float32 batch sums: error relative to the summed magnitudes
-    np.testing.assert_allclose(state["sum"], acts.sum(axis=1), rtol=1e-6, atol=1e-6 * magnitude)
-    np.testing.assert_allclose(state["sum_sq"], (acts**2).sum(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(state["sum"], acts.sum(axis=1), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(state["sum_sq"], (acts**2).sum(axis=1), rtol=1e-12)
     np.testing.assert_array_equal(state["min"], acts.min(axis=1).astype(np.float32))
     np.testing.assert_array_equal(state["max"], acts.max(axis=1).astype(np.float32))
 
@@ -315,17 +270,6 @@ def test_bfloat16_activations_give_the_results_of_their_float32_values(data, dev
         got = run(make(), rounded, device, counted_from=1, fires_where_positive=True, dtype=torch.bfloat16)
         for key in expected:
             np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
-
-
-def test_neuron_value_keys_sort_like_a_stable_sort_by_neuron_then_value_descending(device):
-    rng = np.random.default_rng(5)
-    values = np.round(rng.normal(size=400), 1).astype(np.float32)  # ties, negatives
-    values[:6] = [0.0, -0.0, np.inf, -np.inf, 1e-40, -1e-40]  # both zeros, infinities, subnormals
-    neurons = rng.integers(0, 5, size=400)
-    keys = _by_neuron_then_value_descending(torch.from_numpy(neurons).to(device), torch.from_numpy(values).to(device))
-    got = torch.sort(keys, stable=True).indices.cpu().numpy()
-    expected = sorted(range(400), key=lambda i: (neurons[i], -float(values[i]), i))  # -0.0 == 0.0: row order
-    np.testing.assert_array_equal(got, expected)
 
 
 def test_exact_float_counts_flush_before_float32_loses_a_unit(device, monkeypatch):
@@ -367,8 +311,8 @@ def test_merge_of_shards_equals_one_pass(data, device):
     for name, state in whole.items():
         for key, array in state.items():
             if name == "moments" and key.startswith("sum"):
-                # batch sums are float32 matrix products, so other batch boundaries move the last float32 digit
-                np.testing.assert_allclose(merged[name][key], array, rtol=1e-6)
+                # float64 sums: other batch boundaries move only the last float64 digits
+                np.testing.assert_allclose(merged[name][key], array, rtol=1e-12)
             else:
                 np.testing.assert_array_equal(merged[name][key], array, err_msg=f"{name}/{key}")
 

@@ -37,7 +37,7 @@ def test_shipped_configs_are_valid(path: Path):
 
 def test_defaults_are_filled(default):
     config = validate_config(default, SCHEMA)
-    assert config["capture"]["token_fire_dense_limit"] == 1 << 26
+    assert config["capture"]["token_fire_dense_limit"] == 1 << 31
     assert config["datasets"]["corpus"]["encoding_errors"] == "strict"
     assert config["models"]["stories260k"]["trust_remote_code"] is False
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from neuron_census.analyses.detectors import DetectorSettings, SparseCounts, ngram_detectors
-from neuron_census.ngrams import summary_slack
+from neuron_census.accumulators.summaries import summary_slack
 
 
 def slow_detectors(

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from neuron_census import accumulators
+from neuron_census.accumulators import REGISTRY
 from neuron_census.capture.engine import CaptureSettings, capture_tokens
 from neuron_census.data.corpus import write_token_shard
 from neuron_census.capture.placement import Placement, accelerate_max_memory, dispatch_offloaded, layer_on_device
@@ -113,27 +113,23 @@ def test_bounded_summaries_merging_mid_shard_agree_across_strategies(monkeypatch
     tokens = sample_tokens(7, seed=1)  # four distinct tokens: n-grams repeat, so pruning depends on merge points
     settings = replace(SETTINGS, ngram_capacity=3, token_capacity=2, token_fire_dense_limit=0)
 
-    original = accumulators.SlotMerges.__init__
-
-    def capture(placement: Placement, min_pending: int) -> dict:
-        monkeypatch.setattr(
-            accumulators.SlotMerges, "__init__", lambda self, n_slots, _: original(self, n_slots, n_slots * min_pending)
-        )
+    def capture(placement: Placement, pending_bytes: int) -> dict:
         model = load_model("m", spec, placement=placement)
         _, states = capture_tokens(
-            model.model, model.adapter, tokens, model_name="m", first_seq_id=0, has_bos=True, settings=settings,
+            model.model, model.adapter, tokens, model_name="m", first_seq_id=0, has_bos=True,
+            settings=replace(settings, pending_bytes=pending_bytes),
             device=torch.device("cpu"), placement=placement, offload_dir=tmp_path, progress=False,
         )
         return states
 
-    once = capture(Placement(), min_pending=1 << 30)  # one merge per layer, at the end
-    often = capture(Placement(), min_pending=1)  # a merge per layer after every batch
+    once = capture(Placement(), pending_bytes=1 << 40)  # one merge per layer, at the end
+    often = capture(Placement(), pending_bytes=1)  # a merge per layer after every batch
     for name in ("ngram_fire_count", "token_fire_count"):  # merge points matter
         assert any(not np.array_equal(once[name][key], often[name][key]) for key in once[name]), name
-    for min_pending in (1, 20_000, 50_000):
-        resident = often if min_pending == 1 else capture(Placement(), min_pending)
+    for pending_bytes in (1, 400_000, 1 << 40):
+        resident = often if pending_bytes == 1 else capture(Placement(), pending_bytes)
         for placement in (Placement(strategy="layerwise"), Placement(strategy="layerwise", layerwise_states="disk")):
-            assert_same_states(resident, capture(placement, min_pending))
+            assert_same_states(resident, capture(placement, pending_bytes))
 
 
 def test_layers_are_handed_over_when_they_are_done(monkeypatch, tmp_path):
@@ -141,10 +137,7 @@ def test_layers_are_handed_over_when_they_are_done(monkeypatch, tmp_path):
     layerwise before the next layer runs, resident as the last batch goes through the layers, each layer
     right after its own last update."""
     events: list[tuple[str, str, int]] = []
-    classes = (
-        accumulators.FireCount, accumulators.PositionFireCount, accumulators.TokenFireCount,
-        accumulators.NgramFireCount, accumulators.TopK, accumulators.Moments,
-    )
+    classes = tuple(REGISTRY[name] for name in ("fire_count", "position_fire_count", "token_fire_count", "ngram_fire_count", "top_k", "moments"))
     for cls in classes:
         update, take = cls.update, cls.take_layer
         monkeypatch.setattr(cls, "update", lambda self, batch, f=update: (events.append((self.name, "update", batch.layer)), f(self, batch))[1])
@@ -174,13 +167,13 @@ def test_layerwise_capture_holds_one_dense_token_table(monkeypatch, tmp_path):
     """Dense token tables live from a layer's first batch to its hand-over: layerwise capture never holds two,
     resident capture holds every layer's by its last batch; both count the same."""
     alive: list[int] = []
-    update = accumulators.TokenFireCount.update
+    update = REGISTRY['token_fire_count'].update
 
     def counted(self, batch):
         update(self, batch)
         alive.append(sum(table is not None for table in self.dense))
 
-    monkeypatch.setattr(accumulators.TokenFireCount, "update", counted)
+    monkeypatch.setattr(REGISTRY['token_fire_count'], "update", counted)
     spec = SPECS["opt-125m"]
     tokens = sample_tokens(7, seed=1)
     settings = replace(SETTINGS, batch_size=3, token_fire_dense_limit=1 << 40, accumulators=("token_fire_count",))
@@ -228,10 +221,6 @@ def test_layerwise_stops_after_the_last_analysed_layer(tmp_path):
 
 
 def test_capture_job_with_offload_writes_the_same_store(tmp_path, capsys, monkeypatch):
-    from neuron_census import host_allocator
-
-    allocator_settings: list[bool] = []  # a CPU job keeps freed blocks for reuse (not this test process)
-    monkeypatch.setattr(host_allocator, "keep_freed_blocks", lambda: allocator_settings.append(True) or True)
     recipe = get_recipe("census")
     tokenizer_spec = {"source": "words", "words": planted_words(recipe)}
     from neuron_census.data.tokenization import load_tokenizer
@@ -260,7 +249,6 @@ def test_capture_job_with_offload_writes_the_same_store(tmp_path, capsys, monkey
         assert stores[label][0]["strategy"] == extra["strategy"]
     for label in ("offload", "layerwise", "layerwise-disk-weights"):
         assert_same_states(stores["resident"][1], stores[label][1])
-    assert allocator_settings == [True] * 4  # once per job, every job on the CPU
     assert list((tmp_path / "offload").iterdir()) == []  # the job's temporary folder is gone
     assert list((tmp_path / "states").iterdir()) == []
     assert list((tmp_path / "weights").iterdir()) == []
@@ -341,12 +329,12 @@ def test_a_layer_comes_back_to_its_own_cpu_tensors():
 
 def test_hidden_states_kept_on_the_device_are_not_copied(tmp_path):
     """`layerwise_states: device` keeps each layer's output as it is; `cpu` keeps a copy in CPU memory."""
-    from neuron_census.capture.placement import _HiddenStates
+    from neuron_census.capture.placement import HiddenStates
 
     hidden = torch.randn(2, 3, 4)
     kept = {}
     for where in ("device", "cpu", "disk"):
-        states = _HiddenStates([(2, 3, 4)], torch.float32, where, tmp_path)
+        states = HiddenStates([(2, 3, 4)], torch.float32, where, tmp_path)
         states.put(0, hidden)
         kept[where] = states.get(0)
         torch.testing.assert_close(kept[where], hidden, rtol=0, atol=0)

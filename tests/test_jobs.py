@@ -29,7 +29,7 @@ def test_shards_of_another_tokenizer_are_refused(tmp_path: Path):
 def test_jobs_without_a_model_do_not_import_torch():
     """Figures, the report and tokenizing (planted data included) start in a fraction of torch's import time:
     restyling a figure reruns a job that needs none of it."""
-    modules = ["jobs", "logs", "figures", "plots_vocab", "plots_positional", "plots_ngrams", "report", "corpus", "planted"]
+    modules = ["jobs", "logs", "plots.figures", "plots.vocab", "plots.positional", "plots.ngrams", "report", "data.corpus", "testing.planted"]
     code = "; ".join(
         [f"import neuron_census.{name}" for name in modules]
         + ["import sys", "loaded = sorted(m for m in ('torch', 'transformers') if m in sys.modules)", "print(loaded)"]

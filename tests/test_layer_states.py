@@ -9,9 +9,10 @@ import polars as pl
 import pytest
 import torch
 
-from neuron_census.accumulators import REGISTRY, merge_states
+from neuron_census.accumulators import REGISTRY, default_accumulators, merge_states
 from neuron_census.capture.engine import CaptureSettings, capture_tokens
-from neuron_census.capture.layer_states import SortedLookup, StateInMemory, layer_state, sorted_range_of
+from neuron_census.accumulators.base import SortedLookup, StateInMemory, sorted_range_of
+from neuron_census.capture.layer_states import layer_state
 from neuron_census.models.loading import load_model
 from neuron_census.testing.planted import designed_tokens, get_recipe, planted_words
 from neuron_census.analyses.tables import AnalysisSettings, stats_tables, stats_tables_by_layer
@@ -153,25 +154,32 @@ def test_sorted_range_by_bisection_matches_searchsorted():
                 assert sorted_range_of(lookup, low, high) == want
 
 
-def test_every_accumulator_has_a_layer_reader():
-    from neuron_census.capture.layer_states import LAYER_READERS
+def test_every_accumulator_defines_its_whole_interface():
+    """Each accumulator is one class: its merge, layer reader and memory bound are its own, and one with
+    a layer axis also hands a layer over and appends it."""
+    from neuron_census.accumulators import Accumulator
 
-    assert set(LAYER_READERS) == set(REGISTRY)
+    for cls in REGISTRY.values():
+        own = {"merge", "read_layer", "memory", "update", "state"} | ({"take_layer", "layer_parts"} if cls.layered else set())
+        for method in own:
+            assert getattr(cls, method) is not getattr(Accumulator, method), f"{cls.name}.{method}"
 
 
 @pytest.mark.parametrize("table", list(TABLES))
 def test_layers_handed_over_join_into_the_whole_state(census, monkeypatch, table: str):
     """Capture hands states over a layer at a time (`take_layer`, as soon as the layer has counted its last
     batch); joined, they are exactly what each accumulator's `state()` of all layers at once gives (a
-    capture whose accumulators have no `take_layer`, so that every state is read at the end)."""
+    capture whose accumulators all say they have no layer axis, so that every state is read at the end)."""
+    from neuron_census.accumulators import default_accumulators
+
     _, joined = capture(census, slice(0, 40), **TABLES[table])
-    by_layer = [cls for cls in REGISTRY.values() if hasattr(cls, "take_layer")]
+    by_layer = [REGISTRY[name] for name in default_accumulators() if REGISTRY[name].layered]
     with monkeypatch.context() as patched:
         for cls in by_layer:
-            patched.delattr(cls, "take_layer")
+            patched.setattr(cls, "layered", False)
         _, wholes = capture(census, slice(0, 40), **TABLES[table])
     names = {cls.name for cls in by_layer}
-    assert names == set(REGISTRY) - {"token_count", "ngram_count"}
+    assert names == set(default_accumulators()) - {"token_count", "ngram_count"}
     assert_states_equal({name: joined[name] for name in names}, {name: wholes[name] for name in names})
     assert len(wholes["ngram_fire_count"]["order2_group"]) > 0 and len(wholes["token_fire_count"]["keys"]) > 0
 
@@ -214,14 +222,14 @@ def test_a_capture_that_fails_leaves_no_store(census, tmp_path: Path, monkeypatc
     from neuron_census.capture.store import writing_store
 
     loaded, tokens = census
-    take = accumulators.Moments.take_layer
+    take = accumulators.REGISTRY["moments"].take_layer
 
     def fail_at_layer_1(self, layer):
         if layer == 1:
             raise RuntimeError("device lost")
         return take(self, layer)
 
-    monkeypatch.setattr(accumulators.Moments, "take_layer", fail_at_layer_1)
+    monkeypatch.setattr(accumulators.REGISTRY["moments"], "take_layer", fail_at_layer_1)
     with pytest.raises(RuntimeError, match="device lost"):
         with writing_store(tmp_path / "s.zarr", store_attrs((0, 1, 2), 0)) as store:
             capture_tokens(
@@ -263,7 +271,7 @@ def test_layerwise_capture_computes_the_next_layer_while_a_layer_is_written(cens
 
     layer_1_ran = threading.Event()
     seen: dict[int, tuple[str, bool]] = {}
-    update, add_layers = accumulators.Moments.update, _StoreStates.add_layers
+    update, add_layers = accumulators.REGISTRY["moments"].update, _StoreStates.add_layers
 
     def updating(self, batch):
         if batch.layer == 1:
@@ -274,13 +282,13 @@ def test_layerwise_capture_computes_the_next_layer_while_a_layer_is_written(cens
         seen[slot] = (threading.current_thread().name, slot != 0 or layer_1_ran.wait(timeout=60))
         return add_layers(self, slot, states)
 
-    monkeypatch.setattr(accumulators.Moments, "update", updating)
+    monkeypatch.setattr(accumulators.REGISTRY["moments"], "update", updating)
     monkeypatch.setattr(_StoreStates, "add_layers", adding)
     capture_into_store(census, tmp_path / "s.zarr")
     assert sorted(seen) == [0, 1, 2]
     assert all(name.startswith("store-writer") for name, _ in seen.values())
     assert seen[0][1], "layer 1 never ran while layer 0 was being written"
-    assert StoreReader(tmp_path / "s.zarr").names == sorted(REGISTRY)
+    assert StoreReader(tmp_path / "s.zarr").names == sorted(default_accumulators())
     assert writer_threads() == []
 
 
@@ -311,7 +319,7 @@ def test_a_capture_failing_during_a_write_reports_its_own_error_and_leaves_no_st
     from neuron_census.capture.store import _StoreStates
 
     writing = threading.Event()
-    take = accumulators.Moments.take_layer
+    take = accumulators.REGISTRY["moments"].take_layer
 
     def slow_failing_write(self, slot, states):
         writing.set()
@@ -325,7 +333,7 @@ def test_a_capture_failing_during_a_write_reports_its_own_error_and_leaves_no_st
         return take(self, layer)
 
     monkeypatch.setattr(_StoreStates, "add_layers", slow_failing_write)
-    monkeypatch.setattr(accumulators.Moments, "take_layer", fail_at_layer_1)
+    monkeypatch.setattr(accumulators.REGISTRY["moments"], "take_layer", fail_at_layer_1)
     with pytest.raises(RuntimeError, match="device lost"):
         capture_into_store(census, tmp_path / "s.zarr")
     assert sorted(path.name for path in tmp_path.iterdir() if path.name != "off") == []

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from neuron_census import accumulators, count_tables
-from neuron_census.accumulators import Geometry, LayerBatch, NgramCount, NgramFireCount, merge_states
-from neuron_census.count_tables import KeyTable, merge_summaries
-from neuron_census.ngrams import (
+from neuron_census.accumulators import Geometry, LayerBatch, merge_states, tables
+from neuron_census.accumulators.ngram_count import NgramCount
+from neuron_census.accumulators.ngram_fire_count import NgramFireCount
+from neuron_census.accumulators.tables import merge_summaries
+from neuron_census.accumulators.summaries import (
     CUT_LEVELS,
     _group_cuts,
     add_sorted_keys,
@@ -137,7 +138,7 @@ def test_only_requested_layers_are_counted(data, device):
 
 
 def test_shards_merge_to_one_pass_when_exact(data, device):
-    make = lambda: NgramFireCount(GEOMETRY, device, layers=LAYERS, capacity=10_000, merge_pending=7)  # noqa: E731
+    make = lambda: NgramFireCount(GEOMETRY, device, layers=LAYERS, capacity=10_000, pending_bytes=400)  # noqa: E731
     whole = feed(make(), data, np.arange(N_SEQ), device)
     parts = [feed(make(), data, np.arange(N_SEQ)[i::3], device) for i in range(3)]
     merged = merge_states([{"ngram_fire_count": p} for p in parts])["ngram_fire_count"]
@@ -148,7 +149,7 @@ def test_shards_merge_to_one_pass_when_exact(data, device):
 @pytest.mark.parametrize("capacity", [1, 2, 4, 9])
 def test_small_capacity_keeps_the_misra_gries_guarantee(data, device, capacity):
     state = feed(
-        NgramFireCount(GEOMETRY, device, layers=LAYERS, orders=(2,), capacity=capacity, merge_pending=50),
+        NgramFireCount(GEOMETRY, device, layers=LAYERS, orders=(2,), capacity=capacity, pending_bytes=1000),
         data,
         np.arange(N_SEQ),
         device,
@@ -184,22 +185,24 @@ def test_small_capacity_keeps_the_misra_gries_guarantee(data, device, capacity):
 @pytest.mark.parametrize("capacity", [2, 10_000])
 def test_neuron_blocks_give_the_summaries_of_one_key_space(data, device, capacity, monkeypatch):
     """Keys too wide for int64 (e.g. trigrams of a 128k vocabulary) are split into blocks of neurons; a
-    table in packed keys, blocked or not, gives the summaries of a CSR table (the CPU layout)."""
-    make = lambda: NgramFireCount(  # noqa: E731
-        GEOMETRY, device, layers=LAYERS, orders=(2, 3), capacity=capacity, merge_pending=40
-    )
+    blocked table gives the summaries of one key space."""
+    make = lambda: NgramFireCount(GEOMETRY, device, layers=LAYERS, orders=(2, 3), capacity=capacity)  # noqa: E731
     whole = feed(make(), data, np.arange(N_SEQ), device)
-    monkeypatch.setattr(
-        accumulators, "count_table", lambda rows, columns, capacity, device: KeyTable(rows, columns, capacity, device)
-    )
-    packed = feed(make(), data, np.arange(N_SEQ), device)
-    monkeypatch.setattr(count_tables, "neurons_per_key", lambda n_neurons, span: 2)  # 5 neurons: 3 blocks
+    monkeypatch.setattr(tables, "neurons_per_key", lambda n_neurons, span: 2)  # 5 neurons: 3 blocks
     blocked_accumulator = make()
-    assert blocked_accumulator._tables[0][3].n_blocks == 3
+    assert blocked_accumulator._pending[0][3].table.n_blocks == 3
     blocked = feed(blocked_accumulator, data, np.arange(N_SEQ), device)
     for key in whole:
-        np.testing.assert_array_equal(packed[key], whole[key], err_msg=key)
         np.testing.assert_array_equal(blocked[key], whole[key], err_msg=key)
+
+
+@pytest.mark.parametrize("pending_bytes", [1, 1 << 30], ids=["merged-every-batch", "merged-once"])
+def test_exact_counts_do_not_depend_on_when_batches_are_merged(data, device, pending_bytes):
+    state = feed(NgramFireCount(GEOMETRY, device, layers=LAYERS, capacity=10_000, pending_bytes=pending_bytes), data, np.arange(N_SEQ), device)
+    for index, order in enumerate((2, 3)):
+        expected, fires = brute_counts(data, order)
+        assert decoded(state, order) == dict(expected)
+        np.testing.assert_array_equal(state["fires"][index], fires)
 
 
 def test_neurons_per_key_fills_int64():
@@ -254,13 +257,10 @@ def _brute_merge(parts, capacity: int) -> dict[tuple[int, int], int]:
     return kept
 
 
-@pytest.mark.parametrize("blocks", [1, 5])
 @pytest.mark.parametrize("capacity", [1, 3, 40])
-def test_merging_summaries_as_csr_tables_equals_sorting_and_a_brute_force(capacity, blocks, monkeypatch):
-    """Shard merges add CSR tables: parts sorted or not, with repeated pairs, groups far over capacity and
-    many ties, equal to the sort-based merge and to the definition, whatever the table's row blocks."""
-    monkeypatch.setattr(count_tables, "merge_workers", lambda: blocks)
-    monkeypatch.setattr(count_tables, "PARALLEL_MERGE_MIN", 0)
+def test_merging_summaries_as_key_tables_equals_sorting_and_a_brute_force(capacity):
+    """Shard merges add key tables: parts sorted or not, with repeated pairs, groups far over capacity and
+    many ties, equal to the sort-based merge and to the definition."""
     rng = np.random.default_rng(capacity)
     sorted_part = coalesce(rng.integers(0, 12, 1500), rng.integers(0, 300, 1500), rng.integers(1, 6, 1500))
     unsorted_part = (rng.integers(0, 12, 400), rng.integers(0, 300, 400), rng.integers(1, 6, 400))
@@ -308,8 +308,8 @@ def test_ngram_occurrences(data, device):
 
 @pytest.mark.parametrize("capacity", [2, 5])
 def test_bounded_ngram_occurrences_merged_every_batch_keep_the_guarantee(data, device, capacity):
-    """Merged into the summary after every batch (a small `merge_pending`), pruned many times."""
-    state = feed(NgramCount(GEOMETRY, device, orders=(2,), capacity=capacity, merge_pending=1), data, np.arange(N_SEQ), device)
+    """Merged into the summary once as many n-grams wait as it holds (here: every batch), pruned many times."""
+    state = feed(NgramCount(GEOMETRY, device, orders=(2,), capacity=capacity), data, np.arange(N_SEQ), device)
     expected = Counter(tuple(int(t) for t in data["tokens"][s, k - 1 : k + 1]) for s in range(N_SEQ) for k in range(2, SEQ_LEN))
     got = {unpack_ngram(int(k), 2, VOCAB): int(c) for k, c in zip(state["order2_gram"], state["order2_count"])}
     assert len(got) <= capacity < len(expected)  # really pruned

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from neuron_census.accumulators import decode_token_fire_keys
+from neuron_census.accumulators.token_fire_count import decode_token_fire_keys
 from neuron_census.capture.engine import CaptureSettings, capture_tokens
 from neuron_census.models.loading import load_model
 from neuron_census.testing.planted import N_SPECIAL, get_recipe

@@ -8,6 +8,7 @@ was trained by the pipeline, a tokenizer that it trains) into the load specs the
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,23 @@ import yaml
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 RESERVED_NAMES = frozenset({"figures", "capture", "tokens", "tokenizers", "train", "report"})
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+@functools.cache
+def _schema() -> dict[str, Any]:
+    return yaml.safe_load(SCHEMA.read_text())
+
+
+def schema_defaults(section: str) -> dict[str, Any]:
+    """The schema's defaults of a section's keys: `capture`, `analysis/detectors`, or a definition's
+    (`$defs/dataset`). The schema is the one place defaults are written."""
+    first, *rest = section.removeprefix("$defs/").split("/")
+    node = _schema()["$defs"][first] if section.startswith("$defs/") else _schema()["properties"][first]
+    for part in rest:
+        node = node["properties"][part]
+    properties = node.get("properties", {})
+    return {key: copy.deepcopy(spec["default"]) for key, spec in properties.items() if "default" in spec}
 
 
 class ConfigError(ValueError):

@@ -233,9 +233,9 @@ def capture_job(
     writer thread unless `settings.write_behind` is false, into a temporary that becomes the output only
     when the job succeeds.
     """
-    from neuron_census.capture.engine import CaptureSettings, capture_tokens, resolve_layers, unanalysed_ngram_layers
+    from neuron_census.capture.engine import capture_tokens
+    from neuron_census.capture.settings import CaptureSettings, resolve_layers, unanalysed_ngram_layers
     from neuron_census.capture.placement import Placement, offload_folder
-    from neuron_census.host_allocator import keep_freed_blocks
     from neuron_census.capture.layer_states import written_behind
     from neuron_census.capture.store import writing_store
 
@@ -246,8 +246,6 @@ def capture_job(
             model_name, model_spec, tokenizer_name, tokenizer_spec, settings, threads, placement, folder
         )
         adapter = loaded.adapter
-        if device.type == "cpu":  # a job is a process of its own: its large temporaries are reused, not re-mapped
-            keep_freed_blocks()
         tokens, shard_attrs = read_shard_for(shard_path, tokenizer, f"model '{model_name}'")
         shard = int(shard_attrs["shard"])
         layers = resolve_layers(capture_settings.layers, adapter.n_layers, model_name)
@@ -255,7 +253,7 @@ def capture_job(
         if outside:  # hub models: the config alone could not show this at parse time
             raise ValueError(f"model '{model_name}': capture.ngram_layers {outside} are not among the analysed layers {list(layers)}")
         write_behind = bool(settings.get("write_behind", True))
-        report_statistics_memory(model_name, capture_settings, adapter, tokens.shape, device, placement, write_behind)
+        report_statistics_memory(model_name, capture_settings, adapter, tokens.shape, device, placement)
         attrs = {
             "model": model_name,
             "datasets": [shard_attrs["dataset"]],
@@ -298,26 +296,22 @@ def report_statistics_memory(
     tokens_shape: tuple[int, int],
     device: torch.device,
     placement: Placement,
-    write_behind: bool = True,
 ) -> None:
     """Say on stderr how much device memory the statistics can take, and warn if that exceeds what is free.
 
     The bound is reached only when every neuron's tables are full, so exceeding it is a warning: the
     capture may still fit, but a user learns before a long job which setting to change if it does not.
     """
-    from neuron_census.accumulators import Geometry
-    from neuron_census.capture.engine import resolve_layers
-    from neuron_census.statistics_memory import describe_bound, statistics_device_bytes, statistics_host_bytes
+    from neuron_census.accumulators import Geometry, describe_bound, statistics_memory
+    from neuron_census.capture.settings import resolve_layers
 
     n_seq, seq_len = tokens_shape
-    n_tokens = n_seq * seq_len
     layers = resolve_layers(settings.layers, adapter.n_layers, model_name)
-    geometry = Geometry(layers=layers, n_neurons=adapter.n_neurons, seq_len=seq_len, vocab_size=adapter.vocab_size)
+    geometry = Geometry(layers, adapter.n_neurons, seq_len, adapter.vocab_size, adapter.n_layers)
     layerwise = placement.strategy == "layerwise"
-    bounds = statistics_device_bytes(settings, geometry, adapter.n_layers, layerwise=layerwise, n_tokens=n_tokens)
-    host = statistics_host_bytes(
-        settings, geometry, adapter.n_layers, n_tokens=n_tokens, write_behind=write_behind, page_locked=device.type == "cuda"
-    )
+    memory = statistics_memory(settings, geometry, layerwise=layerwise, n_tokens=n_seq * seq_len)
+    bounds = {name: bound.device for name, bound in memory.items()}
+    host = {name: bound.host for name, bound in memory.items()}
     print(f"capture '{model_name}': statistics on {device} {describe_bound(bounds)}", file=sys.stderr)
     print(f"capture '{model_name}': statistics in host memory {describe_bound(host)}", file=sys.stderr)
     if device.type != "cuda":
@@ -471,34 +465,34 @@ class FigureSpec:
 
 
 FIGURES: dict[str, FigureSpec] = {
-    "fig1a_dead_neurons": FigureSpec("figures", "plot_dead_neurons", ("layers",), "Dead neurons"),
-    "fig1b_fire_frequency": FigureSpec("figures", "plot_fire_frequency", ("layers",), "Dead neurons"),
+    "fig1a_dead_neurons": FigureSpec("plots.figures", "plot_dead_neurons", ("layers",), "Dead neurons"),
+    "fig1b_fire_frequency": FigureSpec("plots.figures", "plot_fire_frequency", ("layers",), "Dead neurons"),
     **{
         f"fig2_{name}_coverage": FigureSpec(
-            "plots_ngrams", "plot_ngram_coverage", ("neurons", "layers"), "N-gram coverage", defaults={"order": order}
+            "plots.ngrams", "plot_ngram_coverage", ("neurons", "layers"), "N-gram coverage", defaults={"order": order}
         )
         for order, name in ((1, "unigram"), (2, "bigram"), (3, "trigram"))
     },
-    "fig3a_token_detectors": FigureSpec("plots_ngrams", "plot_token_detectors", ("layers",), "Token detectors"),
-    "fig3b_detected_tokens": FigureSpec("plots_ngrams", "plot_detected_tokens", ("layers",), "Token detectors"),
-    "fig4_new_tokens": FigureSpec("plots_ngrams", "plot_new_tokens", ("layers",), "Token detectors"),
+    "fig3a_token_detectors": FigureSpec("plots.ngrams", "plot_token_detectors", ("layers",), "Token detectors"),
+    "fig3b_detected_tokens": FigureSpec("plots.ngrams", "plot_detected_tokens", ("layers",), "Token detectors"),
+    "fig4_new_tokens": FigureSpec("plots.ngrams", "plot_new_tokens", ("layers",), "Token detectors"),
     "fig5_detector_projections": FigureSpec(
-        "plots_vocab", "plot_detector_projections", ("neurons",), "Token detectors", csv="detector_projection_frame"
+        "plots.vocab", "plot_detector_projections", ("neurons",), "Token detectors", csv="detector_projection_frame"
     ),
     "fig7_positional_examples": FigureSpec(
-        "plots_positional", "plot_positional_examples", ("position_rates",), "Positional neurons"
+        "plots.positional", "plot_positional_examples", ("position_rates",), "Positional neurons"
     ),
     "fig8_positional_neurons": FigureSpec(
-        "plots_positional", "plot_positional_neurons", ("neurons", "layers"), "Positional neurons"
+        "plots.positional", "plot_positional_neurons", ("neurons", "layers"), "Positional neurons"
     ),
     "fig9_oscillatory_ranges": FigureSpec(
-        "plots_positional", "plot_oscillatory_ranges", ("position_rates",), "Positional neurons"
+        "plots.positional", "plot_oscillatory_ranges", ("position_rates",), "Positional neurons"
     ),
     "fig10_positional_nopos": FigureSpec(
-        "plots_positional", "plot_positional_neurons", ("neurons", "layers"), "Training experiment"
+        "plots.positional", "plot_positional_neurons", ("neurons", "layers"), "Training experiment"
     ),
     "fig11_positional_training": FigureSpec(
-        "plots_positional", "plot_positional_neurons", ("neurons", "layers"), "Training experiment"
+        "plots.positional", "plot_positional_neurons", ("neurons", "layers"), "Training experiment"
     ),
 }
 

@@ -5,6 +5,7 @@ rule capture:
     input:
         shard=lambda w: f"results/tokens/{model_tokenizer(config, w.model)}/{w.dataset}/shard-{w.shard}.zarr",
         model=lambda w: model_inputs(w.model),
+        spans=lambda w: sample_spans(w.model),
     output:
         directory("results/capture/{model}/{dataset}/shard-{shard}.zarr"),
     params:
@@ -13,6 +14,7 @@ rule capture:
         tokenizer_name=lambda w: model_tokenizer(config, w.model),
         tokenizer=lambda w: canonical(resolved_tokenizer_spec(config, model_tokenizer(config, w.model))),
         settings=lambda w: canonical(capture_settings(config, w.model)),
+        spans_version=lambda w: input_version(sample_spans(w.model)),
     threads: 8
     resources:
         gpu=1,

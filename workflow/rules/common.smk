@@ -99,6 +99,11 @@ def input_version(paths):
     return files_fingerprint(path for path in paths if not path.startswith("results/"))
 
 
+def sample_spans(model):
+    """The labelled-span file a model's captures keep samples of (none unless `capture.sample_spans` names one)."""
+    return [path for path in [capture_settings(config, model).get("sample_spans")] if path]
+
+
 def figure_models(figure):
     return config["figures"].get(figure, {}).get("models") or MODELS
 

@@ -3,7 +3,7 @@
 Coverage (Voita et al. 2023, Sec. 4.1): the number of distinct n-grams needed to cover at least
 `coverage` of a neuron's firings, BOS excluded. Unigram counts (`token_fire_count`) are exact unless a
 `token_capacity` bounds them; bigram and trigram counts come from bounded summaries (`ngram_fire_count`).
-Bounded counts are reported with a lower bound and an `_exact` flag (see `neuron_census.ngrams`).
+Bounded counts are reported with a lower bound and an `_exact` flag (see `neuron_census.accumulators.summaries`).
 
 Token detectors (Sec. 4.2), three steps: (1) neurons covered by 1..`max_ngrams` tokens; (2) keep the
 tokens on which the neuron fires at least `ngram_fire_rate` of the times the token occurs; (3) the
@@ -21,18 +21,24 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from neuron_census.accumulators import State, decode_token_fire_keys
-from neuron_census.ngrams import coverage_bounds, coverage_target, summary_slack, unpack_ngram
+from neuron_census.accumulators import State
+from neuron_census.config import schema_defaults
+from neuron_census.accumulators.token_fire_count import decode_token_fire_keys
+from neuron_census.accumulators.summaries import coverage_bounds, coverage_target, summary_slack, unpack_ngram
 
 ORDER_NAMES = {1: "unigram", 2: "bigram", 3: "trigram"}
 
 
+_DEFAULTS = schema_defaults("analysis/detectors")
+_COVERAGE = schema_defaults("analysis")["ngram_coverage"]
+
+
 @dataclass(frozen=True)
 class DetectorSettings:
-    coverage: float = 0.95  # share of firings the counted n-grams must cover (Fig. 2)
-    max_ngrams: int = 5  # step 1: candidates are covered by at most this many n-grams
-    ngram_fire_rate: float = 0.95  # step 2: keep n-grams on which the neuron fires this often
-    detector_coverage: float = 0.95  # step 3: kept n-grams must cover this share of firings
+    coverage: float = _COVERAGE  # share of firings the counted n-grams must cover (Fig. 2)
+    max_ngrams: int = _DEFAULTS["max_ngrams"]  # step 1: candidates are covered by at most this many n-grams
+    ngram_fire_rate: float = _DEFAULTS["fire_rate"]  # step 2: keep n-grams on which the neuron fires this often
+    detector_coverage: float = _DEFAULTS["coverage"]  # step 3: kept n-grams must cover this share of firings
 
 
 @dataclass(frozen=True)

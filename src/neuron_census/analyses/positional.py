@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from neuron_census.config import schema_defaults
+
 POSITIONAL_TYPES: tuple[str, ...] = ("oscillatory", "both_extremes", "one_extreme", "other")
 _LOW, _HIGH, _MID = 0, 1, -1
 
@@ -56,14 +58,17 @@ RATES_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
+_DEFAULTS = schema_defaults("analysis/positional")
+
+
 @dataclass(frozen=True)
 class PositionalSettings:
     """Thresholds of the positional analysis (config `analysis.positional`)."""
 
-    min_mi: float = 0.05
-    near: float = 0.05
-    min_run: int = 2
-    other_smoothness: float = 0.5
+    min_mi: float = _DEFAULTS["min_mi"]
+    near: float = _DEFAULTS["near"]
+    min_run: int = _DEFAULTS["min_run"]
+    other_smoothness: float = _DEFAULTS["other_smoothness"]
 
 
 @dataclass(frozen=True)

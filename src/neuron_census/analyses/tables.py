@@ -47,13 +47,12 @@ class AnalysisSettings:
     @classmethod
     def from_config(cls, analysis: Mapping[str, Any]) -> AnalysisSettings:
         detectors = analysis.get("detectors", {})
+        names = {"max_ngrams": "max_ngrams", "fire_rate": "ngram_fire_rate", "coverage": "detector_coverage"}
+        given = {names[key]: value for key, value in detectors.items() if key in names}
+        if "ngram_coverage" in analysis:
+            given["coverage"] = float(analysis["ngram_coverage"])
         return cls(
-            detectors=DetectorSettings(
-                coverage=float(analysis.get("ngram_coverage", 0.95)),
-                max_ngrams=int(detectors.get("max_ngrams", 5)),
-                ngram_fire_rate=float(detectors.get("fire_rate", 0.95)),
-                detector_coverage=float(detectors.get("coverage", 0.95)),
-            ),
+            detectors=DetectorSettings(**given),
             positional=PositionalSettings(**{k: v for k, v in analysis.get("positional", {}).items() if k != "datasets"}),
         )
 

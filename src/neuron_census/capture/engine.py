@@ -1,159 +1,136 @@
-"""One forward pass over a token shard feeds every accumulator; nothing else is kept.
+"""Capture: a plain loop from an activation source through the accumulators to a sink.
 
-Hooks on each analysed layer's FFN output projection read the neuron activations (its input) and pass
-them to the accumulators. The pass stops right after the last analysed layer's activations are read, so
-later layers and the LM head are never computed.
+For each (layer, batch) a source yields, every accumulator updates; once a layer has counted the shard's
+last batch, the accumulators with a layer axis hand that layer's state to the sink (the store being
+written, `layer_states.WriteBehind` in front of it, or memory), so no process holds every layer's tables.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from neuron_census.accumulators import (
-    FireCount,
-    Geometry,
-    LayerBatch,
-    Moments,
-    NgramCount,
-    NgramFireCount,
-    PositionFireCount,
-    State,
-    TokenCount,
-    TokenFireCount,
-    TopK,
-)
-from neuron_census.capture.placement import LastLayerNeverRan, Placement, StopForward, run_layerwise, run_resident
+from neuron_census.accumulators import Accumulator, Geometry, LayerBatch, State, build_accumulators
+from neuron_census.capture import sources
 from neuron_census.capture.layer_states import LayerSink, joined_states
+from neuron_census.capture.placement import Placement
+from neuron_census.capture.settings import CaptureSettings, resolve_layers
 
-FIRE_RULES = ("preactivation", "activation")
-ALL_ACCUMULATORS = (
-    "fire_count",
-    "position_fire_count",
-    "token_count",
-    "token_fire_count",
-    "ngram_fire_count",
-    "ngram_count",
-    "top_k",
-    "moments",
-)
+__all__ = ["CaptureSettings", "capture_tokens", "capture_paired", "PairedModel", "resolve_layers"]
 
 
-@dataclass(frozen=True)
-class CaptureSettings:
-    """What one capture job computes. `layers` None means every layer of the model."""
+class FiniteCheck:
+    """Raises for the first (layer, batch) whose activations had an inf or NaN. Each item adds a device flag
+    (one reduction); flags are read back together every `every` items, not once per (layer, batch)."""
 
-    layers: tuple[int, ...] | None = None
-    batch_size: int = 16
-    fire_rule: str = "preactivation"
-    top_k: int = 16
-    token_fire_dense_limit: int = 1 << 26
-    token_capacity: int | None = None  # tokens kept per neuron in the sparse table; None: every one (exact)
-    ngram_layers: str | tuple[int, ...] = "first_half"  # "first_half", "all", or model layer numbers
-    ngram_orders: tuple[int, ...] = (2, 3)
-    ngram_capacity: int = 65536  # n-grams kept per neuron and order (exact below this)
-    ngram_count_capacity: int = 1 << 22  # distinct n-grams kept for occurrence counts
-    merge_pending: int = 1 << 18  # batch (token or n-gram, neuron) pairs pending, over all layers, before merging
-    accumulators: tuple[str, ...] = field(default=ALL_ACCUMULATORS)
+    def __init__(self, model_name: str, every: int) -> None:
+        self.model_name, self.every = model_name, every
+        self.flags: list[tuple[int, int, int, torch.Tensor]] = []
 
-    def __post_init__(self) -> None:
-        if self.fire_rule not in FIRE_RULES:
-            raise ValueError(f"capture.fire_rule '{self.fire_rule}' is not one of {FIRE_RULES}")
-        unknown = set(self.accumulators) - set(ALL_ACCUMULATORS)
-        if unknown:
-            raise ValueError(f"unknown accumulators {sorted(unknown)}; known: {ALL_ACCUMULATORS}")
-        if isinstance(self.ngram_layers, str) and self.ngram_layers not in ("first_half", "all"):
-            raise ValueError(f"capture.ngram_layers '{self.ngram_layers}' is not first_half, all or a list of layers")
+    def add(self, item: sources.LayerActivations) -> None:
+        batch = item.batch
+        last = batch.first_seq + len(batch.tokens) - 1
+        self.flags.append((item.layer, batch.first_seq, last, torch.isfinite(item.acts.sum(dtype=torch.float32))))
+        if len(self.flags) >= self.every:
+            self.check()
 
-    @classmethod
-    def from_config(cls, settings: Mapping[str, Any]) -> CaptureSettings:
-        """Settings from a config's `capture` block (with a model's overrides); absent keys keep the defaults."""
-        known = {k: v for k, v in settings.items() if k in cls.__dataclass_fields__}
-        if "layers" in known:
-            known["layers"] = None if known["layers"] == "all" else tuple(int(x) for x in known["layers"])
-        if not isinstance(known.get("ngram_layers", ""), str):
-            known["ngram_layers"] = tuple(int(x) for x in known["ngram_layers"])
-        if "ngram_orders" in known:
-            known["ngram_orders"] = tuple(known["ngram_orders"])
-        return cls(**known)
+    def check(self) -> None:
+        if not self.flags:
+            return
+        finite = torch.stack([flag for *_, flag in self.flags]).cpu()
+        if not bool(finite.all()):
+            layer, first, last, _ = self.flags[int((~finite).nonzero()[0, 0])]
+            raise FloatingPointError(
+                f"model '{self.model_name}' layer {layer}: non-finite activations (inf/NaN) in sequences "
+                f"{first}..{last}; use a wider dtype"
+            )
+        self.flags.clear()
 
 
-def resolve_layers(requested: Sequence[int] | None, n_layers: int, model_name: str) -> tuple[int, ...]:
-    if requested is None:
-        return tuple(range(n_layers))
-    layers = tuple(sorted(set(int(layer) for layer in requested)))
-    bad = [layer for layer in layers if not 0 <= layer < n_layers]
-    if bad or not layers:
-        raise ValueError(f"model '{model_name}' has layers 0..{n_layers - 1}; capture.layers asks for {bad or 'none'}")
-    return layers
+def layer_batch(item: sources.LayerActivations, fire_rule: str, per_batch: dict[Any, Any]) -> LayerBatch:
+    """What the accumulators see of one (layer, batch). A neuron fires where its pre-activation is positive
+    (default) or where its activation is: for ReLU, GELU and SiLU the two agree; for a gated FFN the
+    pre-activation is the gate's input, read as act_fn(gate) > 0 since SiLU keeps the sign."""
+    by_gate = fire_rule == "preactivation" and item.preacts is not None
+    batch = item.batch
+    fires = (item.preacts if by_gate else item.acts) > 0  # type: ignore[operator]
+    if batch.counted_from:
+        fires &= per_batch.setdefault("mask_3d", batch.mask[..., None])
+    return LayerBatch(
+        layer=item.layer,
+        acts=item.acts,
+        fires=fires,
+        mask=batch.mask,
+        tokens=batch.tokens,
+        seq_ids=batch.seq_ids,
+        counted_from=batch.counted_from,
+        fires_where_positive=not by_gate,
+        first_seq=batch.first_seq,
+        per_batch=per_batch,
+    )
 
 
-def resolve_ngram_layers(setting: str | Sequence[int], analysed: tuple[int, ...], n_layers: int) -> tuple[int, ...]:
-    """Analysed layers whose n-grams are counted; `first_half` = layer / n_layers < 0.5, as Fig. 2 uses."""
-    if setting == "all":
-        return analysed
-    if setting == "first_half":
-        return tuple(layer for layer in analysed if 2 * layer < n_layers)
-    return tuple(layer for layer in analysed if layer in set(int(x) for x in setting))
+def run(
+    source: Iterable[sources.LayerActivations],
+    accumulators: Sequence[Accumulator],
+    sink: LayerSink,
+    geometry: Geometry,
+    *,
+    fire_rule: str,
+    model_name: str,
+    progress: Any = None,
+) -> None:
+    """Feed every (layer, batch) of `source` to every accumulator; hand each finished layer to `sink`."""
+    finite = FiniteCheck(model_name, every=len(geometry.layers))
+    layered = [acc for acc in accumulators if acc.layered]
+    shared: dict[int, dict[Any, Any]] = {}  # per batch, what its layers share (n-grams, distinct tokens)
+    last_layer = geometry.layers[-1]
+    with closing(iter(source)) as items:  # type: ignore[type-var]
+        for item in items:
+            finite.add(item)
+            batch = layer_batch(item, fire_rule, shared.setdefault(item.batch.index, {}))
+            for accumulator in accumulators:
+                accumulator.update(batch)
+            if item.layer == last_layer:
+                del shared[item.batch.index]
+            if item.batch.last:
+                finite.check()
+                sink.add_layers(geometry.slot(item.layer), {acc.name: acc.take_layer(item.layer) for acc in layered})
+            if progress is not None:
+                progress.update(item.batch.tokens.numel())
+    finite.check()
+    for accumulator in accumulators:
+        if not accumulator.layered:
+            accumulator.flush()
+            sink.add_whole(accumulator.name, accumulator.state())
 
 
-def unanalysed_ngram_layers(setting: str | Sequence[int], analysed: Sequence[int]) -> list[int]:
-    """Layers listed in `capture.ngram_layers` that are not analysed: a job refuses them, since their n-gram
-    columns would silently be empty (a capture of some layers alone may pass the full list on purpose)."""
-    return [] if isinstance(setting, str) else sorted({int(x) for x in setting} - set(analysed))
+def check_tokens(tokens: np.ndarray, adapter: Any, model_name: str) -> None:
+    if tokens.shape[1] > adapter.context_length:
+        raise ValueError(
+            f"sequences of {tokens.shape[1]} tokens exceed model '{model_name}' context of {adapter.context_length} "
+            "positions (lower the dataset's seq_len)"
+        )
+    if tokens.size and int(tokens.max()) >= adapter.vocab_size:
+        raise ValueError(f"token id {int(tokens.max())} is outside model '{model_name}' vocabulary of {adapter.vocab_size}")
 
 
-def build_accumulators(
-    settings: CaptureSettings, geometry: Geometry, device: torch.device, n_layers_total: int
-) -> list[Any]:
-    ngram_layers = resolve_ngram_layers(settings.ngram_layers, geometry.layers, n_layers_total)
-    factories: dict[str, Callable[[], Any]] = {
-        "fire_count": lambda: FireCount(geometry, device),
-        "position_fire_count": lambda: PositionFireCount(geometry, device),
-        "token_count": lambda: TokenCount(geometry, device),
-        "token_fire_count": lambda: TokenFireCount(
-            geometry,
-            device,
-            dense_limit=settings.token_fire_dense_limit,
-            capacity=settings.token_capacity,
-            merge_pending=settings.merge_pending,
-        ),
-        "ngram_fire_count": lambda: NgramFireCount(
-            geometry,
-            device,
-            layers=ngram_layers,
-            orders=settings.ngram_orders,
-            capacity=settings.ngram_capacity,
-            merge_pending=settings.merge_pending,
-        ),
-        "ngram_count": lambda: NgramCount(
-            geometry,
-            device,
-            orders=settings.ngram_orders,
-            capacity=settings.ngram_count_capacity,
-            merge_pending=settings.merge_pending,
-        ),
-        "top_k": lambda: TopK(geometry, device, k=settings.top_k),
-        "moments": lambda: Moments(geometry, device),
-    }
-    return [factories[name]() for name in settings.accumulators]
-
-
-def _fires(acts: torch.Tensor, gate: torch.Tensor | None, rule: str) -> torch.Tensor:
-    """A neuron fires where its pre-activation is positive (default) or where its activation is.
-
-    For ReLU, GELU and SiLU the two agree (each is positive exactly where its input is). For a gated FFN
-    the pre-activation is the gate's input, read as act_fn(gate) > 0 since SiLU keeps the sign.
-    """
-    if rule == "preactivation" and gate is not None:
-        return gate > 0
-    return acts > 0
+def activation_source(
+    steps: sources.ModelSteps,
+    batches: Sequence[sources.TokenBatch],
+    placement: Placement,
+    offload_dir: Path | None,
+) -> Iterable[sources.LayerActivations]:
+    if placement.strategy == "layerwise":
+        return sources.layerwise(steps, batches, states=placement.layerwise_states, folder=offload_dir)
+    return sources.resident(steps, batches)
 
 
 def capture_tokens(
@@ -175,164 +152,95 @@ def capture_tokens(
 
     `device` holds the accumulators and receives the inputs. The model must already be placed for
     `placement`: on `device` (resident), dispatched by Accelerate (offload) or on the CPU (layerwise,
-    whose kept hidden states go to `offload_dir` when `placement.layerwise_states` is disk).
-
-    States are handed over a layer at a time, as soon as a layer has counted its last batch: under layerwise
-    capture before the next layer runs, otherwise while the shard's last batch goes on through the later
-    layers (so the store's writer thread writes the first layers meanwhile). With a `sink` (a store being written, directly or by a
-    writer thread: `layer_states.WriteBehind`) they go there and the returned dict is empty, so host memory
-    holds one or two layers' statistics at a time, not all of them (OPT-66b's tables can reach 300 GB over
-    its layers); without one they are joined in memory.
+    whose kept hidden states go to `offload_dir` when `placement.layerwise_states` is disk). With a `sink`
+    the states go there, a layer as soon as it is done, and the returned dict is empty.
     """
     placement = placement or Placement()
-    n_seq, seq_len = tokens.shape
-    if seq_len > adapter.context_length:
-        raise ValueError(
-            f"sequences of {seq_len} tokens exceed model '{model_name}' context of {adapter.context_length} positions "
-            "(lower the dataset's seq_len)"
-        )
-    if tokens.size and int(tokens.max()) >= adapter.vocab_size:
-        raise ValueError(
-            f"token id {int(tokens.max())} is outside model '{model_name}' vocabulary of {adapter.vocab_size}"
-        )
+    check_tokens(tokens, adapter, model_name)
     layers = resolve_layers(settings.layers, adapter.n_layers, model_name)
-    geometry = Geometry(layers=layers, n_neurons=adapter.n_neurons, seq_len=seq_len, vocab_size=adapter.vocab_size)
-    accumulators = build_accumulators(settings, geometry, device, adapter.n_layers)
-    last_layer = layers[-1]
-
-    current: dict[str, Any] = {}
-    gates: dict[int, torch.Tensor] = {}
-    unchecked: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
-
-    def check_finite() -> None:
-        """Raise for the first (layer, batch) since the last check whose activations had an inf or NaN."""
-        if not unchecked:
-            return
-        flags = torch.stack([flag for *_, flag in unchecked]).cpu()
-        if bool(flags.any()):
-            layer, first, last, _ = unchecked[int(flags.nonzero()[0, 0])]
-            raise FloatingPointError(
-                f"model '{model_name}' layer {layer}: non-finite activations (inf/NaN) in sequences "
-                f"{int(first)}..{int(last)}; use a wider dtype"
-            )
-        unchecked.clear()
-
-    def gate_hook(layer: int) -> Callable[..., None]:
-        def hook(_module: torch.nn.Module, _args: tuple[Any, ...], output: torch.Tensor) -> None:
-            gates[layer] = output
-
-        return hook
-
-    def neuron_hook(layer: int) -> Callable[..., None]:
-        def hook(_module: torch.nn.Module, args: tuple[Any, ...]) -> None:
-            batch_tokens = current["tokens"]
-            shape = (*batch_tokens.shape, adapter.n_neurons)
-            acts = args[0].reshape(shape).to(device)
-            gate = gates.pop(layer).reshape(shape).to(device) if layer in gates else None
-            fires = _fires(acts, gate, settings.fire_rule)
-            if has_bos:
-                fires[:, 0] = False  # counted positions: all but BOS (cheaper than a full masked AND)
-            batch = LayerBatch(
-                layer=layer,
-                acts=acts,
-                fires=fires,
-                mask=current["mask"],
-                tokens=batch_tokens,
-                seq_ids=current["seq_ids"],
-                per_batch=current["per_batch"],
-                counted_from=1 if has_bos else 0,
-                fires_where_positive=gate is None or settings.fire_rule != "preactivation",
-            )
-            # A NaN or inf anywhere makes its neuron's column sum non-finite: one cheap float reduction,
-            # read back once per batch (not per layer) so a GPU is not synchronised inside the forward pass.
-            seq_ids = current["seq_ids"]
-            # Summed as float32 straight from the activations' own dtype: no float32 copy of a bfloat16 batch.
-            column_sums = acts.reshape(-1, adapter.n_neurons).sum(dim=0, dtype=torch.float32)
-            unchecked.append((layer, seq_ids[0], seq_ids[-1], ~torch.isfinite(column_sums).all()))
-            for accumulator in accumulators:
-                accumulator.update(batch)
-            if current["last_batch"]:  # the layer is complete: its statistics go to the store now
-                hand_over(layer)
-            if layer == last_layer:
-                raise StopForward
-
-        return hook
-
-    # Once a layer's last batch is counted (layerwise capture: before the next layer runs; otherwise in the
-    # shard's last forward pass), the accumulators with a layer axis hand that layer's state over, and it
-    # leaves the device.
+    geometry = Geometry(layers, adapter.n_neurons, tokens.shape[1], adapter.vocab_size, adapter.n_layers)
+    accumulators = build_accumulators(settings, geometry, device)
+    batches = sources.token_batches(tokens, settings.batch_size, first_seq_id, has_bos, device)
+    steps = sources.ModelSteps(model, adapter, layers, device, read_gate=settings.fire_rule == "preactivation", name=model_name)
     out, joined = (sink, None) if sink is not None else joined_states()
-    by_layer = [acc for acc in accumulators if hasattr(acc, "take_layer")]
-    handed: list[int] = []
-
-    def hand_over(layer: int) -> None:
-        out.add_layers(geometry.slot(layer), {accumulator.name: accumulator.take_layer(layer) for accumulator in by_layer})
-        handed.append(layer)
-
-    handles = []
-    for layer in layers:
-        handles.append(adapter.neuron_input_module(layer).register_forward_pre_hook(neuron_hook(layer)))
-        gate_module = adapter.gate_output_module(layer) if settings.fire_rule == "preactivation" else None
-        if gate_module is not None:
-            handles.append(gate_module.register_forward_hook(gate_hook(layer)))
-
-    all_tokens = torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64))
-    starts = list(range(0, n_seq, settings.batch_size))
-    bar = tqdm(
-        total=n_seq * seq_len, unit="tok", unit_scale=True, desc=f"capture {model_name}", disable=not progress
-    )
-
-    def begin_batch(index: int) -> torch.Tensor:
-        """Make batch `index` the one the hooks see; returns its token ids on `device`."""
-        check_finite()
-        start = starts[index]
-        batch_tokens = all_tokens[start : start + settings.batch_size].to(device)
-        mask = torch.ones_like(batch_tokens, dtype=torch.bool)
-        if has_bos:
-            mask[:, 0] = False
-        current.update(
-            last_batch=index == len(starts) - 1,
-            per_batch={},
-            tokens=batch_tokens,
-            mask=mask,
-            seq_ids=torch.arange(first_seq_id + start, first_seq_id + start + len(batch_tokens), device=device),
-        )
-        return batch_tokens
-
-    def count_progress(index: int) -> torch.Tensor:
-        batch_tokens = begin_batch(index)
-        bar.update(batch_tokens.numel())
-        return batch_tokens
-
+    bar = tqdm(total=tokens.size * len(layers), unit="tok", unit_scale=True, desc=f"capture {model_name}", disable=not progress)
     try:
         with torch.inference_mode():
-            if placement.strategy == "layerwise":
-                rows = [min(settings.batch_size, n_seq - start) for start in starts]
-                bar.total = n_seq * seq_len * (last_layer + 2)  # the embedding pass, then each layer
-                run_layerwise(
-                    model,
-                    adapter.decoder_layers(),
-                    last_layer,
-                    rows,
-                    count_progress,
-                    device,
-                    states=placement.layerwise_states,
-                    folder=offload_dir,
-                )
-            else:
-                run_resident(model, len(starts), count_progress)
-            check_finite()
-    except LastLayerNeverRan as error:
-        raise RuntimeError(f"model '{model_name}': the hook of layer {last_layer} never ran") from error
+            source = activation_source(steps, batches, placement, offload_dir)
+            run(source, accumulators, out, geometry, fire_rule=settings.fire_rule, model_name=model_name, progress=bar)
     finally:
         bar.close()
-        for handle in handles:
-            handle.remove()
-    for layer in layers[len(handed) :]:
-        hand_over(layer)
-    for accumulator in accumulators:
-        if accumulator not in by_layer:
-            out.add_whole(accumulator.name, accumulator.state())
     if joined is None:
         return layers, {}
     return layers, {acc.name: joined[acc.name].state() for acc in accumulators}
+
+
+# ------------------------------------------------------------------------------------------ paired capture
+
+
+@dataclass(frozen=True)
+class PairedModel:
+    """One model of a paired capture, placed on the capture device (or dispatched by Accelerate)."""
+
+    model: torch.nn.Module
+    adapter: Any
+    tokenizer_fingerprint: str
+
+
+class PairedAccumulator(Protocol):
+    """What a paired capture feeds: every model's activations of one (layer, batch) at a time."""
+
+    def update(self, item: sources.PairedActivations) -> None: ...
+
+
+def check_one_tokenizer(models: Mapping[str, PairedModel]) -> None:
+    """Paired models read the same token ids: refuse models of different tokenizers, naming two of them."""
+    names = list(models)
+    for name in names[1:]:
+        if models[name].tokenizer_fingerprint != models[names[0]].tokenizer_fingerprint:
+            raise ValueError(f"models '{names[0]}' and '{name}' have different tokenizers; a paired capture needs one")
+
+
+def capture_paired(
+    models: Mapping[str, PairedModel],
+    tokens: np.ndarray,
+    accumulators: Sequence[PairedAccumulator],
+    *,
+    layers: Sequence[int] | None,
+    first_seq_id: int,
+    has_bos: bool,
+    batch_size: int,
+    device: torch.device,
+    placement: Placement | None = None,
+    offload_dir: Path | None = None,
+    read_gate: bool = False,
+) -> None:
+    """Run every model over the same batches of `tokens` in lockstep, feeding `accumulators` each (layer,
+    batch) of all of them together (`sources.paired`). Models must share the tokenizer and the analysed
+    layers must exist in each; one model object named twice runs once and is seen under both names."""
+    check_one_tokenizer(models)
+    placement = placement or Placement()
+    batches = sources.token_batches(tokens, batch_size, first_seq_id, has_bos, device)
+    per_model: dict[str, Iterator[sources.LayerActivations]] = {}
+    same_as: dict[str, str] = {}  # a model object named twice runs once (two sets of hooks on one module clash)
+    first_name: dict[int, str] = {}
+    for name, paired_model in models.items():
+        if id(paired_model.model) in first_name:
+            same_as[name] = first_name[id(paired_model.model)]
+            continue
+        first_name[id(paired_model.model)] = name
+        check_tokens(tokens, paired_model.adapter, name)
+        analysed = resolve_layers(layers, paired_model.adapter.n_layers, name)
+        steps = sources.ModelSteps(paired_model.model, paired_model.adapter, analysed, device, read_gate=read_gate, name=name)
+        per_model[name] = iter(activation_source(steps, batches, placement, offload_dir))
+    with torch.inference_mode(), closing(sources.paired(per_model)) as items:  # type: ignore[type-var]
+        for item in items:
+            if same_as:
+                item = sources.PairedActivations(
+                    item.batch,
+                    item.layer,
+                    {name: item.acts[same_as.get(name, name)] for name in models},
+                    {name: item.preacts[same_as.get(name, name)] for name in models},
+                )
+            for accumulator in accumulators:
+                accumulator.update(item)

@@ -1,4 +1,4 @@
-"""One analysed layer of a stored accumulator state, read without reading the other layers.
+"""Accumulator states handed over, and read back, one analysed layer at a time.
 
 The statistics of a neuron only need its own layer's counts, so the stats job can hold one layer at a
 time: for OPT-66b the per-position firing counts alone are 39 GB for all 64 layers and 0.6 GB for one.
@@ -17,7 +17,6 @@ a layer's arrays renumbered to its slot, appended to a store (or joined in memor
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -25,170 +24,18 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from neuron_census.accumulators import State
-
-
-class StateArrays(Protocol):
-    """Read access to one accumulator's stored arrays (a zarr group or a state in memory)."""
-
-    def whole(self, key: str) -> np.ndarray: ...
-
-    def rows(self, key: str, rows: slice) -> np.ndarray: ...
-
-    def sorted_range(self, key: str, low: int, high: int) -> slice:
-        """The index range of values in [low, high) of the sorted 1-D array `key`."""
-        ...
-
-
-class StateInMemory:
-    """`StateArrays` over a state already in memory."""
-
-    def __init__(self, state: State) -> None:
-        self.state = state
-
-    def whole(self, key: str) -> np.ndarray:
-        return self.state[key]
-
-    def rows(self, key: str, rows: slice) -> np.ndarray:
-        return self.state[key][rows]
-
-    def sorted_range(self, key: str, low: int, high: int) -> slice:
-        keys = self.state[key]
-        return slice(int(np.searchsorted(keys, low)), int(np.searchsorted(keys, high)))
-
-
-class SortedLookup:
-    """A sorted 1-D array read one element at a time, for `bisect` on arrays too large to read whole."""
-
-    def __init__(self, read: Callable[[int], int], length: int) -> None:
-        self.read, self.length = read, length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> int:
-        return self.read(index)
-
-
-def sorted_range_of(lookup: SortedLookup, low: int, high: int) -> slice:
-    start = bisect.bisect_left(lookup, low)
-    return slice(start, bisect.bisect_left(lookup, high, lo=start))
-
-
-def _layered(arrays: StateArrays, keys: tuple[str, ...], slot: int) -> State:
-    return {key: arrays.rows(key, slice(slot, slot + 1)) for key in keys}
-
-
-def _shared(arrays: StateArrays, keys: tuple[str, ...]) -> State:
-    return {key: arrays.whole(key) for key in keys}
-
-
-def _keyed(arrays: StateArrays, key: str, values: tuple[str, ...], low: int, high: int) -> State:
-    """Entries with `key` in [low, high), renumbered from `low`, with their `values` alongside."""
-    span = arrays.sorted_range(key, low, high)
-    return {key: arrays.rows(key, span) - low} | {value: arrays.rows(value, span) for value in values}
-
-
-def _token_fire_layer(arrays: StateArrays, slot: int, layer: int) -> State:
-    header = _shared(arrays, ("vocab_size", "n_neurons", "capacity"))
-    cells = int(header["vocab_size"][0]) * int(header["n_neurons"][0])  # keys: (slot * vocab + token) * neurons + neuron
-    return header | _keyed(arrays, "keys", ("counts",), slot * cells, (slot + 1) * cells)
-
-
-def _ngram_fire_layer(arrays: StateArrays, slot: int, layer: int) -> State:
-    """N-grams are counted in a subset of the layers (`layers`); groups are index in it * neurons + neuron."""
-    state = _shared(arrays, ("orders", "capacity", "layers", "fires"))
-    counted = state["layers"].tolist()
-    n_neurons = state["fires"].shape[2]
-    if layer in counted:
-        index = counted.index(layer)
-        low, high = index * n_neurons, (index + 1) * n_neurons
-        fires = state["fires"][:, index : index + 1]
-    else:  # an empty range: the layer's n-grams were not counted
-        low = high = 0
-        fires = state["fires"][:, :0]
-    state |= {"layers": np.asarray([layer] if layer in counted else [], dtype=np.int64), "fires": fires}
-    for order in state["orders"].tolist():
-        names = (f"order{order}_gram", f"order{order}_count")
-        state |= _keyed(arrays, f"order{order}_group", names, low, high)
-    return state
-
-
-def _ngram_occurrences(arrays: StateArrays) -> State:
-    state = _shared(arrays, ("orders", "capacity", "total"))
-    for order in state["orders"].tolist():
-        state |= _shared(arrays, (f"order{order}_gram", f"order{order}_count"))
-    return state
-
-
-LayerReader = Callable[[StateArrays, int, int], State]
-
-LAYER_READERS: dict[str, LayerReader] = {
-    "fire_count": lambda arrays, slot, layer: _layered(arrays, ("counts", "tokens"), slot),
-    "position_fire_count": lambda arrays, slot, layer: _layered(arrays, ("counts",), slot) | _shared(arrays, ("tokens",)),
-    "token_count": lambda arrays, slot, layer: _shared(arrays, ("counts",)),
-    "token_fire_count": _token_fire_layer,
-    "top_k": lambda arrays, slot, layer: _layered(arrays, ("values", "seq", "pos"), slot),
-    "moments": lambda arrays, slot, layer: _layered(arrays, ("sum", "sum_sq", "min", "max"), slot),
-    "ngram_fire_count": _ngram_fire_layer,
-    "ngram_count": lambda arrays, slot, layer: _ngram_occurrences(arrays),
-}
+from neuron_census.accumulators import REGISTRY, State
+from neuron_census.accumulators.base import Parts, StateArrays
 
 
 def layer_state(name: str, arrays: StateArrays, slot: int, layer: int) -> State:
     """Accumulator `name`'s state restricted to analysed-layer slot `slot` (model layer `layer`)."""
-    return LAYER_READERS[name](arrays, slot, layer)
-
-
-# ------------------------------------------------------------------------------------------ the way back
-
-Parts = dict[str, tuple[np.ndarray, int | None]]  # key -> (array, axis it is appended along; None: write once)
-
-
-def _appended(state: State, keys: tuple[str, ...], axis: int = 0) -> Parts:
-    return {key: (state[key], axis) for key in keys}
-
-
-def _once(state: State, keys: tuple[str, ...]) -> Parts:
-    return {key: (state[key], None) for key in keys}
-
-
-def _token_fire_parts(state: State, slot: int, counted_before: int) -> Parts:
-    cells = int(state["vocab_size"][0]) * int(state["n_neurons"][0])
-    return _once(state, ("vocab_size", "n_neurons", "capacity")) | {
-        "keys": (state["keys"] + slot * cells, 0),
-        "counts": (state["counts"], 0),
-    }
-
-
-def _ngram_fire_parts(state: State, slot: int, counted_before: int) -> Parts:
-    """`counted_before`: layers with n-gram counts already appended, the index of this one if it has them."""
-    n_neurons = state["fires"].shape[2]
-    parts = _once(state, ("orders", "capacity")) | {"layers": (state["layers"], 0), "fires": (state["fires"], 1)}
-    for order in state["orders"].tolist():
-        group = f"order{order}_group"
-        parts |= {group: (state[group] + counted_before * n_neurons, 0)}
-        parts |= _appended(state, (f"order{order}_gram", f"order{order}_count"))
-    return parts
-
-
-LayerParts = Callable[[State, int, int], Parts]
-
-# accumulators with a layer axis: written a layer at a time by capture, and merged a layer at a time
-# (except those merged by a sum, which merges sum block by block)
-LAYER_PARTS: dict[str, LayerParts] = {
-    "fire_count": lambda state, slot, counted_before: _appended(state, ("counts", "tokens")),
-    "position_fire_count": lambda state, slot, counted_before: _appended(state, ("counts",)) | _once(state, ("tokens",)),
-    "token_fire_count": _token_fire_parts,
-    "top_k": lambda state, slot, counted_before: _appended(state, ("values", "seq", "pos")),
-    "moments": lambda state, slot, counted_before: _appended(state, ("sum", "sum_sq", "min", "max")),
-    "ngram_fire_count": _ngram_fire_parts,
-}
+    return REGISTRY[name].read_layer(arrays, slot, layer)
 
 
 def layer_parts(name: str, state: State, slot: int, counted_before: int = 0) -> Parts:
     """One layer's merged state of accumulator `name`, renumbered to slot `slot`, as arrays to append."""
-    return LAYER_PARTS[name](state, slot, counted_before)
+    return REGISTRY[name].layer_parts(state, slot, counted_before)
 
 
 class PartsTarget(Protocol):

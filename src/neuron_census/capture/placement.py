@@ -1,6 +1,6 @@
-"""Where a model's weights live during capture, and how batches are driven through it.
+"""Where a model's weights live during capture (the activation sources in `sources` drive batches through).
 
-Three strategies feed the same hooks and so the same accumulators:
+Three strategies give the same activations:
 
 - `resident`: the whole model on the capture device; each batch runs through the network once.
 - `offload`: Accelerate's big-model inference. Layers that do not fit `max_memory` on the device stay on
@@ -10,14 +10,12 @@ Three strategies feed the same hooks and so the same accumulators:
   once and run on all of them, up to the last analysed layer. The decoder layers wait in CPU memory, or,
   with `layerwise_weights: disk`, on disk (Accelerate's offload), so that only one layer is ever in memory.
 
-Sequences are never padded, so the keyword arguments a decoder layer receives (causal mask, positions,
-rotary embeddings) depend only on the batch shape: layerwise records them once per batch size.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,17 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from neuron_census.config import schema_defaults
+
 STRATEGIES = ("resident", "offload", "layerwise")
 LAYERWISE_STATES = ("cpu", "disk", "device")
 LAYERWISE_WEIGHTS = ("cpu", "disk")
-
-
-class StopForward(Exception):
-    """Raised from a hook to skip the rest of the network."""
-
-
-class LastLayerNeverRan(RuntimeError):
-    """The forward pass ended without reaching the hook of the last analysed layer."""
+_DEFAULTS = schema_defaults("capture")
 
 
 @dataclass(frozen=True)
@@ -50,11 +43,11 @@ class Placement:
     temporary folder.
     """
 
-    strategy: str = "resident"
+    strategy: str = _DEFAULTS["strategy"]
     max_memory: Mapping[str, str | int] = field(default_factory=dict)
-    offload_dir: str | None = None
-    layerwise_states: str = "cpu"
-    layerwise_weights: str = "cpu"
+    offload_dir: str | None = _DEFAULTS["offload_dir"]
+    layerwise_states: str = _DEFAULTS["layerwise_states"]
+    layerwise_weights: str = _DEFAULTS["layerwise_weights"]
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -71,13 +64,9 @@ class Placement:
 
     @classmethod
     def from_config(cls, settings: Mapping[str, Any]) -> Placement:
-        return cls(
-            strategy=str(settings.get("strategy", "resident")),
-            max_memory=dict(settings.get("max_memory") or {}),
-            offload_dir=settings.get("offload_dir"),
-            layerwise_states=str(settings.get("layerwise_states", "cpu")),
-            layerwise_weights=str(settings.get("layerwise_weights", "cpu")),
-        )
+        """The placement keys of a `capture` block; absent keys keep the schema's defaults."""
+        known = {key: settings[key] for key in ("strategy", "offload_dir", "layerwise_states", "layerwise_weights") if key in settings}
+        return cls(max_memory=dict(settings.get("max_memory") or {}), **known)
 
 
 def accelerate_max_memory(budget: Mapping[str, str | int], device: torch.device) -> dict[int | str, str | int]:
@@ -179,26 +168,11 @@ def _main_device(device_map: Mapping[str, Any], device: torch.device) -> str | i
     return "cpu" if device.type == "cpu" else (device.index or 0)
 
 
-def run_resident(
-    model: torch.nn.Module,
-    n_batches: int,
-    begin_batch: Callable[[int], torch.Tensor],
-) -> None:
-    """Each batch through the network once; the last analysed layer's hook stops it."""
-    for index in range(n_batches):
-        input_ids = begin_batch(index)
-        try:
-            model(input_ids=input_ids, use_cache=False)
-        except StopForward:
-            continue
-        raise LastLayerNeverRan
-
-
-def _layer_output(output: Any) -> torch.Tensor:
+def layer_output(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
-class _HiddenStates:
+class HiddenStates:
     """The residual stream of every batch between two layers: in CPU memory, a memory-mapped file, or left on
     the capture device (no copies between layers; an OPT-66b shard of 256 x 2048 tokens is 9.7 GB in bfloat16)."""
 
@@ -314,71 +288,3 @@ def layer_on_device(layer: torch.nn.Module, device: torch.device) -> Iterator[to
         for leaf in loaded:
             leaf._hf_hook.offload = True
             leaf._hf_hook.post_forward(leaf, None)
-
-
-def run_layerwise(
-    model: torch.nn.Module,
-    layers: torch.nn.ModuleList,
-    last_layer: int,
-    batch_rows: Sequence[int],
-    begin_batch: Callable[[int], torch.Tensor],
-    device: torch.device,
-    *,
-    states: str = "cpu",
-    folder: Path | None = None,
-) -> None:
-    """Embed every batch, then move each layer 0..`last_layer` to `device` once and run it on all batches.
-
-    The decoder layers sit on the CPU (each one's device copy is dropped after running) or are offloaded
-    to disk (and are dropped after running). Hooks registered on the layers fire exactly as in a full
-    forward pass, batch by batch within each layer.
-    """
-    place_outside_layers(model, layers, device)
-    n_batches = len(batch_rows)
-    hidden: _HiddenStates | None = None
-    layer_kwargs: dict[tuple[int, ...], dict[str, Any]] = {}  # per batch shape
-    first_inputs: list[torch.Tensor] = []
-
-    def grab_inputs(_module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        states_in = args[0] if args else kwargs.pop("hidden_states")
-        shape = tuple(states_in.shape)
-        if shape not in layer_kwargs:
-            layer_kwargs[shape] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
-        first_inputs.append(states_in)
-        raise StopForward
-
-    if folder is not None:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-    handle = layers[0].register_forward_pre_hook(grab_inputs, with_kwargs=True)
-    try:
-        with tempfile.TemporaryDirectory(dir=folder, prefix="census-states-") as tmp:
-            for index in range(n_batches):
-                try:
-                    model(input_ids=begin_batch(index), use_cache=False)
-                except StopForward:
-                    pass
-                embedded = first_inputs.pop()
-                if hidden is None:
-                    rest = tuple(embedded.shape[1:])
-                    shapes_all = [(int(rows), *rest) for rows in batch_rows]
-                    hidden = _HiddenStates(shapes_all, embedded.dtype, states, Path(tmp))
-                hidden.put(index, embedded)
-            handle.remove()
-            assert hidden is not None
-            for number in range(last_layer + 1):
-                with layer_on_device(layers[number], device) as layer:
-                    for index in range(n_batches):
-                        begin_batch(index)
-                        inputs = hidden.get(index).to(device, non_blocking=True)
-                        try:
-                            output = _layer_output(layer(inputs, **layer_kwargs[hidden.shapes[index]]))
-                        except StopForward:
-                            if number != last_layer:
-                                raise
-                            continue
-                        if number == last_layer:
-                            raise LastLayerNeverRan
-                        hidden.put(index, output)
-    finally:
-        handle.remove()
-

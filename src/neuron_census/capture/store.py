@@ -20,17 +20,10 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from neuron_census.accumulators import REGISTRY, State, sums_elementwise
+from neuron_census.accumulators import REGISTRY, State
 from neuron_census.atomic import atomic_path
-from neuron_census.capture.layer_states import (
-    LAYER_PARTS,
-    LayeredStates,
-    Parts,
-    SortedLookup,
-    layer_state,
-    sorted_range_of,
-    written_behind,
-)
+from neuron_census.accumulators.base import Parts, SortedLookup, sorted_range_of
+from neuron_census.capture.layer_states import LayeredStates, layer_state, written_behind
 
 STORE_KIND = "accumulators"
 FORMAT_VERSION = 2
@@ -303,17 +296,17 @@ def merge_store_files(
     holds up to `workers` layers being folded and as many finished ones waiting for their turn.
     """
     readers = [StoreReader(path) for path in paths]
-    summed = [name for name in readers[0].names if sums_elementwise(name)]
+    summed = [name for name in readers[0].names if REGISTRY[name].sums]
     folded = [name for name in readers[0].names if name not in summed]
     with writing_store(output, merged_attrs(readers)) as out:
-        layers = [(name, slot) for name in folded if name in LAYER_PARTS for slot in range(len(readers[0].attrs["layers"]))]
+        layers = [(name, slot) for name in folded if REGISTRY[name].layered for slot in range(len(readers[0].attrs["layers"]))]
         # a writer thread appends each merged layer while the next is read and merged (two layers held)
         with written_behind(out, write_behind) as sink, _layer_folds(readers, layers, workers) as merged:
             for name in summed:  # worker processes (if any) fold the first layers meanwhile
                 for key, _ in sorted(readers[0].group[name].arrays()):
                     _sum_blockwise(readers, name, key, out.group_of(name), block_bytes)
             for name in folded:
-                if name in LAYER_PARTS:
+                if REGISTRY[name].layered:
                     for slot in range(len(readers[0].attrs["layers"])):
                         sink.add_layers(slot, {name: next(merged)})
                 else:

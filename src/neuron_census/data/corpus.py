@@ -27,6 +27,7 @@ from typing import IO, Any, TypeVar
 import numpy as np
 
 from neuron_census.atomic import atomic_path
+from neuron_census.config import schema_defaults
 from neuron_census.data.bundle import (
     DOMAINS,
     MIN_DOCUMENT_CHARS,
@@ -54,16 +55,8 @@ SHARD_CHUNK_BYTES = 1 << 20
 MAX_DOCUMENT_CHARS = 1 << 26
 TOKENIZE_PIECE_CHARS = 1 << 18
 
-DEFAULTS: dict[str, Any] = {
-    "split": "all",
-    "heldout_every": 10,
-    "encoding_errors": "strict",
-    "seq_len": 128,
-    "sequences_per_shard": 64,
-    "n_shards": 2,
-    "seed": 0,
-    "max_document_chars": MAX_DOCUMENT_CHARS,
-}
+# the schema's dataset defaults; max_document_chars has none there, so that older runs keep their params
+DEFAULTS: dict[str, Any] = {**schema_defaults("$defs/dataset"), "max_document_chars": MAX_DOCUMENT_CHARS}
 
 
 # --------------------------------------------------------------------------- spec access

@@ -47,6 +47,7 @@ class FFNAdapter:
     """The FFN neurons of one loaded causal LM: shapes, hook points, value vectors, vocabulary path."""
 
     family: ClassVar[str] = ""
+    preactivation_path: ClassVar[str] = ""  # in a decoder layer: the module whose output the nonlinearity reads
     model_types: ClassVar[tuple[str, ...]] = ()
     gated: ClassVar[bool] = False
 
@@ -104,6 +105,11 @@ class FFNAdapter:
         """The FFN output projection of `layer`: its forward input args[0] are the activations [..., N]."""
         return self._output_projection(self.decoder_layers()[self._check_layer(layer)])
 
+    def preactivation_module(self, layer: int) -> torch.nn.Module:
+        """The module whose forward output is the pre-activation [..., N] of `layer` (a gated FFN's gate
+        projection, before its act_fn; the up projection is not a pre-activation)."""
+        return self.decoder_layers()[self._check_layer(layer)].get_submodule(self.preactivation_path)
+
     def gate_output_module(self, layer: int) -> torch.nn.Module | None:
         """Gated FFNs only: the module whose forward output is act_fn(gate) [..., N]; None otherwise."""
         self._check_layer(layer)
@@ -144,6 +150,7 @@ class OPTAdapter(FFNAdapter):
     """OPT: `model.decoder.layers[i].fc2`; post-LN OPT-350m has no final norm and projects 1024 -> 512."""
 
     family = "opt"
+    preactivation_path = "fc1"
     model_types = ("opt",)
 
     def decoder_layers(self) -> torch.nn.ModuleList:
@@ -167,6 +174,7 @@ class GPT2Adapter(FFNAdapter):
     """GPT-2: `transformer.h[i].mlp.c_proj`, a Conv1D whose weight is stored [in, out]."""
 
     family = "gpt2"
+    preactivation_path = "mlp.c_fc"
     model_types = ("gpt2",)
 
     def decoder_layers(self) -> torch.nn.ModuleList:
@@ -189,6 +197,7 @@ class GPTNeoXAdapter(FFNAdapter):
     """GPT-NeoX / Pythia: `gpt_neox.layers[i].mlp.dense_4h_to_h`; untied `lm_head`."""
 
     family = "gpt_neox"
+    preactivation_path = "mlp.dense_h_to_4h"
     model_types = ("gpt_neox",)
 
     def decoder_layers(self) -> torch.nn.ModuleList:
@@ -205,6 +214,7 @@ class LlamaAdapter(FFNAdapter):
     """Llama-style gated FFN (also Mistral, Qwen2): neuron = act_fn(gate_proj x) * up_proj x."""
 
     family = "llama"
+    preactivation_path = "mlp.gate_proj"
     model_types = ("llama", "mistral", "qwen2")
     gated = True
 
@@ -213,6 +223,11 @@ class LlamaAdapter(FFNAdapter):
 
     def _output_projection(self, layer: torch.nn.Module) -> torch.nn.Module:
         return layer.mlp.down_proj
+
+    def preactivation_module(self, layer: int) -> torch.nn.Module:
+        """The module whose forward output is the pre-activation [..., N] of `layer` (a gated FFN's gate
+        projection, before its act_fn; the up projection is not a pre-activation)."""
+        return self.decoder_layers()[self._check_layer(layer)].get_submodule(self.preactivation_path)
 
     def gate_output_module(self, layer: int) -> torch.nn.Module | None:
         return self.decoder_layers()[self._check_layer(layer)].mlp.act_fn

@@ -1,0 +1,318 @@
+"""What every accumulator shares: the batch it sees, its sizes, exact counts, and the way its state is split
+by layer for a store and read back one layer at a time.
+
+An accumulator sees the activations of one layer on one batch at a time (`LayerBatch`) and keeps state whose
+size does not depend on the number of tokens. States are dictionaries of numpy arrays that merge
+associatively, so the statistics of a collection are the merge of those of its shards. Per (layer, batch),
+updates issue a few device ops and never wait for the device; work whose output size depends on the data
+(sparse tables) waits in bounded device buffers and runs in `flush`.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import numpy as np
+import torch
+
+from neuron_census.capture.host_copies import host_arrays, host_tensors
+
+if TYPE_CHECKING:
+    from neuron_census.capture.settings import CaptureSettings
+
+State = dict[str, np.ndarray]
+Parts = dict[str, tuple[np.ndarray, int | None]]  # key -> (array, axis it is appended along; None: write once)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Sizes every accumulator is allocated from."""
+
+    layers: tuple[int, ...]  # model layer numbers that are analysed, ascending
+    n_neurons: int
+    seq_len: int
+    vocab_size: int
+    n_layers_total: int = 0  # layers of the model (0: unknown), for settings relative to depth
+
+    def slot(self, layer: int) -> int:
+        return self.layers.index(layer)
+
+
+@dataclass(frozen=True)
+class LayerBatch:
+    """Activations of one layer on one batch, with what the accumulators need to index them."""
+
+    layer: int  # model layer number
+    acts: torch.Tensor  # [B, T, N] neuron activations
+    fires: torch.Tensor  # [B, T, N] bool: the neuron fires at this token (already masked)
+    mask: torch.Tensor  # [B, T] bool: token is counted (False at BOS)
+    tokens: torch.Tensor  # [B, T] int64 token ids
+    seq_ids: torch.Tensor  # [B] int64 global sequence ids (shard * sequences_per_shard + row)
+    counted_from: int | None = None  # when known on the host: `mask` is exactly "position >= counted_from"
+    fires_where_positive: bool = False  # `fires` is exactly `acts > 0` at counted positions
+    first_seq: int | None = None  # seq_ids[0] when known on the host (capture knows it)
+    # derived from the tokens alone, so shared by every layer of the batch (capture passes one dict per batch)
+    per_batch: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+    _cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def _cached(self, key: str, make: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    def fires_2d(self) -> torch.Tensor:
+        """[B*T, N] int32 firings: what tables add rows of (`index_add_` takes no booleans)."""
+        return self._cached("fires_2d", lambda: self.fires.reshape(-1, self.fires.shape[-1]).to(torch.int32))
+
+    def position_fires(self) -> torch.Tensor:
+        """[T, N] float32: firings at each position summed over the batch (exact integers)."""
+        return self._cached("position_fires", lambda: self.fires.sum(dim=0, dtype=torch.float32))
+
+    def acts_2d(self) -> torch.Tensor:
+        """[B*T, N] float32 activations, every position (masked ones included)."""
+        def make() -> torch.Tensor:
+            flat = self.acts.reshape(-1, self.acts.shape[-1])
+            return flat if flat.dtype == torch.float32 else flat.float()
+
+        return self._cached("acts_2d", make)
+
+    def tokens_flat(self) -> torch.Tensor:
+        """[B*T] token ids, shared by every layer of the batch."""
+        return self.shared("tokens_flat", lambda: self.tokens.reshape(-1))
+
+    def weights(self) -> torch.Tensor:
+        """[1, B*T] float32: 1 where the token is counted, 0 at BOS."""
+        return self._cached("weights", lambda: self.mask.reshape(1, -1).to(torch.float32))
+
+    def counted_tokens(self) -> int | torch.Tensor:
+        """Counted positions of the batch: a host int when `counted_from` says them (no device op)."""
+        if self.counted_from is not None:
+            return self.mask.shape[0] * max(0, self.mask.shape[1] - self.counted_from)
+        return self.mask.sum()
+
+    def shared(self, key: Any, make: Callable[[], Any]) -> Any:
+        """A value derived from the batch's tokens alone, computed once for all its layers."""
+        if key not in self.per_batch:
+            self.per_batch[key] = make()
+        return self.per_batch[key]
+
+
+class ExactFloatCounts:
+    """Integer counts added as float32 and moved to int64 before float32 could lose a unit.
+
+    float32 holds every integer up to 2**24 exactly; `add` moves a row into the int64 total (on the host)
+    whenever its float part could pass that, judged from bounds the caller knows on the host, so no add
+    waits for the device. Each row (a layer slot) is allocated at its first `add`, and `take` hands it over
+    and frees it: layerwise capture holds one layer's counts on the device.
+    """
+
+    LIMIT = float(1 << 24)
+
+    def __init__(self, shape: tuple[int, ...], device: torch.device) -> None:
+        self.shape, self.device = shape, device
+        self.partial: dict[int, torch.Tensor] = {}  # leading index -> float32 counts not yet in `total`
+        self._bound: dict[int, float] = {}  # the most any cell of that row's float part can hold
+        self.total: dict[int, torch.Tensor] = {}  # leading index -> int64 host counts, from its first release
+
+    def add(self, row: int, values: torch.Tensor, max_value: float) -> None:
+        """Add non-negative integer-valued `values` (each at most `max_value`) at leading index `row`."""
+        if self._bound.get(row, 0.0) + max_value >= self.LIMIT:
+            self.release(row)
+        if row not in self.partial:
+            self.partial[row] = values.to(torch.float32, copy=True)
+            self._bound[row] = max_value
+            return
+        self.partial[row] += values
+        self._bound[row] += max_value
+
+    def release(self, row: int) -> None:
+        """Add `row`'s float part to the host total and free it on the device."""
+        if row in self.partial:
+            released = host_tensors(self.partial.pop(row).to(torch.int64))[0]
+            self.total[row] = self.total[row] + released if row in self.total else released
+            del self._bound[row]
+
+    def take(self, row: int) -> torch.Tensor:
+        """Row `row`'s int64 counts on the host, handed over: nothing of the row is kept."""
+        self.release(row)
+        taken = self.total.pop(row, None)
+        return taken if taken is not None else torch.zeros(self.shape[1:], dtype=torch.int64)
+
+    def result(self) -> torch.Tensor:
+        """The int64 counts of every row, on the host."""
+        for row in list(self.partial):
+            self.release(row)
+        empty = torch.zeros(self.shape[1:], dtype=torch.int64)
+        return torch.stack([self.total.get(row, empty) for row in range(self.shape[0])])
+
+
+# ------------------------------------------------------------------------------ reading one stored layer
+
+
+class StateArrays(Protocol):
+    """Read access to one accumulator's stored arrays (a zarr group or a state in memory)."""
+
+    def whole(self, key: str) -> np.ndarray: ...
+
+    def rows(self, key: str, rows: slice) -> np.ndarray: ...
+
+    def sorted_range(self, key: str, low: int, high: int) -> slice:
+        """The index range of values in [low, high) of the sorted 1-D array `key`."""
+        ...
+
+
+class StateInMemory:
+    """`StateArrays` over a state already in memory."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    def whole(self, key: str) -> np.ndarray:
+        return self.state[key]
+
+    def rows(self, key: str, rows: slice) -> np.ndarray:
+        return self.state[key][rows]
+
+    def sorted_range(self, key: str, low: int, high: int) -> slice:
+        keys = self.state[key]
+        return slice(int(np.searchsorted(keys, low)), int(np.searchsorted(keys, high)))
+
+
+class SortedLookup:
+    """A sorted 1-D array read one element at a time, for `bisect` on arrays too large to read whole."""
+
+    def __init__(self, read: Callable[[int], int], length: int) -> None:
+        self.read, self.length = read, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> int:
+        return self.read(index)
+
+
+def sorted_range_of(lookup: SortedLookup, low: int, high: int) -> slice:
+    start = bisect.bisect_left(lookup, low)
+    return slice(start, bisect.bisect_left(lookup, high, lo=start))
+
+
+def layered(arrays: StateArrays, keys: tuple[str, ...], slot: int) -> State:
+    """Arrays whose first axis is the analysed-layer slot, cut to one slot."""
+    return {key: arrays.rows(key, slice(slot, slot + 1)) for key in keys}
+
+
+def shared(arrays: StateArrays, keys: tuple[str, ...]) -> State:
+    """Arrays without a layer axis, whole."""
+    return {key: arrays.whole(key) for key in keys}
+
+
+def keyed(arrays: StateArrays, key: str, values: tuple[str, ...], low: int, high: int) -> State:
+    """Entries of a sorted key array with keys in [low, high), renumbered from `low`, and their `values`."""
+    span = arrays.sorted_range(key, low, high)
+    return {key: arrays.rows(key, span) - low} | {value: arrays.rows(value, span) for value in values}
+
+
+def appended(state: State, keys: tuple[str, ...], axis: int = 0) -> Parts:
+    return {key: (state[key], axis) for key in keys}
+
+
+def once(state: State, keys: tuple[str, ...]) -> Parts:
+    return {key: (state[key], None) for key in keys}
+
+
+# ------------------------------------------------------------------------------------ the accumulator
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Upper bounds of what an accumulator holds during a capture, in bytes."""
+
+    device: int
+    host: int
+
+
+REGISTRY: dict[str, type[Accumulator]] = {}
+
+
+class Accumulator:
+    """One statistic: its update, state, merge, layer split and memory bound, in one class.
+
+    A subclass with a `name` registers itself. Accumulators with a layer axis (`layered`) hand each
+    layer's state over once its last batch is counted (`take_layer`), as a capture of that layer alone would
+    give it; `read_layer` reads one layer back from a store and `layer_parts` renumbers a layer's state
+    to its slot for appending. `sums` says the merge adds arrays element by element (shard merges then sum
+    any block of rows alone).
+    """
+
+    name: ClassVar[str]
+    layered: ClassVar[bool] = True
+    sums: ClassVar[bool] = False
+    default: ClassVar[bool] = True  # runs unless the capture lists its accumulators
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            REGISTRY[cls.name] = cls
+
+    @classmethod
+    def from_settings(cls, settings: CaptureSettings, geometry: Geometry, device: torch.device) -> Accumulator:
+        return cls(geometry, device)  # type: ignore[call-arg]
+
+    def update(self, batch: LayerBatch) -> None:
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        """Run the data-dependent work waiting in device buffers (called between batches, never inside one)."""
+
+    def take_layer(self, layer: int) -> State:
+        raise NotImplementedError
+
+    def state(self) -> State:
+        raise NotImplementedError
+
+    @staticmethod
+    def merge(states: list[State]) -> State:
+        raise NotImplementedError
+
+    @staticmethod
+    def read_layer(arrays: StateArrays, slot: int, layer: int) -> State:
+        raise NotImplementedError
+
+    @staticmethod
+    def layer_parts(state: State, slot: int, counted_before: int) -> Parts:
+        raise NotImplementedError
+
+    @classmethod
+    def memory(cls, settings: CaptureSettings, geometry: Geometry, *, layerwise: bool, n_tokens: int) -> Memory:
+        raise NotImplementedError
+
+
+def settings_of(states: list[State], keys: tuple[str, ...], what: str) -> State:
+    """The arrays under `keys`, which every state must share to be merged (the first state's)."""
+    first = states[0]
+    for other in states[1:]:
+        for key in keys:
+            if not np.array_equal(other[key], first[key]):
+                raise ValueError(f"cannot merge {what} with different {key}: {other[key]} vs {first[key]}")
+    return {key: first[key] for key in keys}
+
+
+def sum_states(states: list[State]) -> State:
+    return {key: np.sum([s[key] for s in states], axis=0) for key in states[0]}
+
+
+class JoinedColumns:
+    """int64 host arrays of a known total length, filled one table's columns at a time."""
+
+    def __init__(self, n_columns: int, size: int) -> None:
+        self.arrays = [np.empty(size, dtype=np.int64) for _ in range(n_columns)]
+        self.filled = 0
+
+    def append(self, *columns: torch.Tensor) -> None:
+        end = self.filled + len(columns[0])
+        for array, column in zip(self.arrays, host_arrays(*columns)):
+            array[self.filled : end] = column
+        self.filled = end

@@ -1,0 +1,104 @@
+"""Occurrences of each n-gram at counted positions: the denominator of n-gram detectors (Voita Sec. 4.1)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from neuron_census.accumulators.base import Accumulator, Geometry, LayerBatch, Memory, State, StateArrays, settings_of, shared
+from neuron_census.accumulators.summaries import add_sorted_keys, batch_ngrams, check_packable, prune_keys
+from neuron_census.accumulators.tables import coalesce_runs, merge_summaries
+from neuron_census.capture.host_copies import host_arrays
+
+ENTRY_BYTES = 16
+
+
+class NgramCount(Accumulator):
+    """One Misra-Gries summary of at most `capacity` n-grams per order: exact while the data has fewer
+    distinct n-grams, which `total` (all counted n-gram positions) lets a reader check; otherwise every
+    count is at most `summaries.summary_slack` below the truth. Counted at the first analysed layer; each
+    batch's counts wait until as many are pending as the summary can hold, then merge in one flush."""
+
+    name: ClassVar[str] = "ngram_count"
+    layered: ClassVar[bool] = False
+
+    def __init__(self, geometry: Geometry, device: torch.device, *, orders: tuple[int, ...] = (2,), capacity: int = 1 << 22) -> None:
+        for order in orders:
+            check_packable(geometry.vocab_size, order)
+        self.geometry = geometry
+        self.orders = tuple(orders)
+        self.capacity = capacity
+        self.total = [torch.zeros((), dtype=torch.int64, device=device) for _ in orders]
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
+        self._tables = {n: (empty, empty) for n in orders}  # sorted n-gram keys and their counts
+        self._pending: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {n: [] for n in orders}
+        self._waiting = 0
+        self._first_layer = geometry.layers[0]
+
+    @classmethod
+    def from_settings(cls, settings, geometry: Geometry, device: torch.device) -> NgramCount:
+        return cls(geometry, device, orders=settings.ngram_orders, capacity=settings.ngram_count_capacity)
+
+    def update(self, batch: LayerBatch) -> None:
+        if batch.layer != self._first_layer:
+            return
+        vocab = self.geometry.vocab_size
+        for index, order in enumerate(self.orders):
+            grams, row_gram = batch.shared(("ngrams", order), lambda: batch_ngrams(batch.tokens, batch.mask, order, vocab, batch.counted_from))
+            counts = torch.zeros(len(grams) + 1, dtype=torch.int64, device=grams.device)
+            counts = counts.index_add_(0, row_gram, torch.ones_like(row_gram))[1:]  # row 0: no complete n-gram
+            self.total[index] += counts.sum()
+            self._pending[order].append((grams, counts))
+            self._waiting += len(grams)
+        if self._waiting >= self.capacity:
+            self.flush()
+
+    def flush(self) -> None:
+        for order in self.orders:
+            if self._pending[order]:
+                keys, counts = add_sorted_keys(*self._tables[order], *coalesce_runs(self._pending[order]))
+                # one group (key // vocab**order == 0): a single summary of at most `capacity` n-grams
+                self._tables[order] = prune_keys(keys, counts, self.geometry.vocab_size**order, self.capacity)
+                self._pending[order] = []
+        self._waiting = 0
+
+    def state(self) -> State:
+        self.flush()
+        state: State = {
+            "orders": np.asarray(self.orders, dtype=np.int64),
+            "capacity": np.asarray([self.capacity], dtype=np.int64),
+            "total": np.asarray([int(t) for t in self.total], dtype=np.int64),
+        }
+        for order, (gram, count) in self._tables.items():
+            gram_np, count_np = host_arrays(gram, count)
+            state |= {f"order{order}_gram": gram_np, f"order{order}_count": count_np}
+        return state
+
+    @staticmethod
+    def merge(states: list[State]) -> State:
+        first = states[0]
+        merged = settings_of(states, ("orders", "capacity"), "n-gram counts")
+        merged["total"] = np.sum([s["total"] for s in states], axis=0)
+        for order in first["orders"].tolist():
+            parts = [
+                (np.zeros(len(s[f"order{order}_gram"]), dtype=np.int64), s[f"order{order}_gram"], s[f"order{order}_count"])
+                for s in states
+            ]
+            _, gram, count = merge_summaries(parts, int(first["capacity"][0]))
+            merged |= {f"order{order}_gram": gram, f"order{order}_count": count}
+        return merged
+
+    @staticmethod
+    def read_layer(arrays: StateArrays, slot: int, layer: int) -> State:
+        state = shared(arrays, ("orders", "capacity", "total"))
+        for order in state["orders"].tolist():
+            state |= shared(arrays, (f"order{order}_gram", f"order{order}_count"))
+        return state
+
+    @classmethod
+    def memory(cls, settings, geometry: Geometry, *, layerwise: bool, n_tokens: int) -> Memory:
+        """The summaries full and as many entries waiting (device), kept and written (host)."""
+        entries = len(settings.ngram_orders) * min(settings.ngram_count_capacity, n_tokens)
+        return Memory(device=2 * entries * ENTRY_BYTES, host=2 * entries * ENTRY_BYTES)

@@ -1,0 +1,213 @@
+"""Firings per (layer, neuron, n-gram) in bounded memory: the n-gram coverage of each neuron (Voita Sec. 4.1)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from neuron_census.accumulators.base import (
+    Accumulator,
+    Geometry,
+    JoinedColumns,
+    LayerBatch,
+    Memory,
+    Parts,
+    State,
+    StateArrays,
+    appended,
+    keyed,
+    once,
+    settings_of,
+    shared,
+)
+from neuron_census.accumulators.summaries import batch_ngrams, check_packable
+from neuron_census.accumulators.tables import KeyTable, PendingCounts, merge_summaries
+from neuron_census.capture.host_copies import host_array
+from neuron_census.capture.settings import resolve_ngram_layers
+
+ENTRY_BYTES = 16
+
+
+class NgramFireCount(Accumulator):
+    """Each neuron keeps a mergeable Misra-Gries summary of at most `capacity` n-grams per order
+    (`summaries`): exact until a neuron meets more distinct n-grams than that, certified bounds afterwards.
+    `fires` counts the firings at positions whose n-gram is complete and BOS-free, the denominator of
+    coverage. Only the layers in `layers` are counted.
+
+    Per (layer, batch) the firings are added, by n-gram, into a dense table over the batch's distinct
+    n-grams, which waits on the device (`tables.PendingCounts`) until the layer's share of `pending_bytes`
+    is reached; then one flush adds the waiting tables to the layer's summary. Merge points depend only on
+    that layer's batches, so a bounded summary comes out the same under every execution strategy.
+    """
+
+    name: ClassVar[str] = "ngram_fire_count"
+
+    def __init__(
+        self,
+        geometry: Geometry,
+        device: torch.device,
+        *,
+        layers: tuple[int, ...],
+        orders: tuple[int, ...] = (2, 3),
+        capacity: int = 65536,
+        pending_bytes: int = 1 << 32,
+    ) -> None:
+        for order in orders:
+            check_packable(geometry.vocab_size, order)
+        self.geometry = geometry
+        self.device = device
+        self.layers = tuple(layers)
+        self.orders = tuple(orders)
+        self.capacity = capacity
+        n = geometry.n_neurons
+        self._fires = [[torch.zeros(n, dtype=torch.int64, device=device) for _ in self.layers] for _ in orders]
+        share = max(1, pending_bytes // max(1, len(self.layers) * len(orders)))
+        self._pending = [
+            {o: PendingCounts(KeyTable(n, geometry.vocab_size**o, capacity, device), by_neuron=True, budget_bytes=share, spare_row=True) for o in orders}
+            for _ in self.layers
+        ]
+
+    @classmethod
+    def from_settings(cls, settings, geometry: Geometry, device: torch.device) -> NgramFireCount:
+        layers = resolve_ngram_layers(settings.ngram_layers, geometry.layers, geometry.n_layers_total)
+        return cls(
+            geometry,
+            device,
+            layers=layers,
+            orders=settings.ngram_orders,
+            capacity=settings.ngram_capacity,
+            pending_bytes=settings.pending_bytes,
+        )
+
+    def update(self, batch: LayerBatch) -> None:
+        if batch.layer not in self.layers:
+            return
+        slot = self.layers.index(batch.layer)
+        vocab = self.geometry.vocab_size
+        for order in self.orders:
+            grams, row_gram = batch.shared(("ngrams", order), lambda: batch_ngrams(batch.tokens, batch.mask, order, vocab, batch.counted_from))
+            table = torch.zeros(len(grams) + 1, self.geometry.n_neurons, dtype=torch.int32, device=self.device)
+            # row 0 counts the firings where no complete n-gram ends: the flush drops it
+            if self._pending[slot][order].add(grams, table.index_add_(0, row_gram, batch.fires_2d())):
+                self._flush(slot, order)
+
+    def _flush(self, slot: int, order: int) -> None:
+        """Merge the slot's waiting tables of `order`; their n-gram rows' sums are its denominators."""
+        pending = self._pending[slot][order]
+        if pending.pending:
+            self._fires[self.orders.index(order)][slot] += pending.flush()
+
+    def flush(self) -> None:
+        for slot in range(len(self.layers)):
+            for order in self.orders:
+                self._flush(slot, order)
+
+    def _header(self) -> State:
+        return {"orders": np.asarray(self.orders, dtype=np.int64), "capacity": np.asarray([self.capacity], dtype=np.int64)}
+
+    def _fires_of(self, slots: list[int]) -> np.ndarray:
+        """[orders, len(slots), neurons] firings at complete n-grams."""
+        if not slots:
+            return np.zeros((len(self.orders), 0, self.geometry.n_neurons), dtype=np.int64)
+        return host_array(torch.stack([torch.stack([per_slot[s] for s in slots]) for per_slot in self._fires]))
+
+    def take_layer(self, layer: int) -> State:
+        """The layer's summaries, waiting tables merged, handed over: the state of a capture of this layer
+        alone (empty when its n-grams are not counted)."""
+        counted = layer in self.layers
+        slot = self.layers.index(layer) if counted else 0
+        if counted:
+            for order in self.orders:
+                self._flush(slot, order)
+        state = self._header() | {
+            "layers": np.asarray([layer] if counted else [], dtype=np.int64),
+            "fires": self._fires_of([slot] if counted else []),
+        }
+        for order in self.orders:
+            pending = self._pending[slot][order] if counted else None
+            if pending is not None:
+                self._flush(slot, order)
+            columns = JoinedColumns(3, pending.table.held() if pending is not None else 0)
+            for part in pending.table.parts() if pending is not None else ():
+                columns.append(*part)
+            group, gram, count = columns.arrays
+            state |= {f"order{order}_group": group, f"order{order}_gram": gram, f"order{order}_count": count}
+            if pending is not None:
+                pending.clear()
+        return state
+
+    def state(self) -> State:
+        self.flush()
+        state = self._header() | {
+            "layers": np.asarray(self.layers, dtype=np.int64),
+            "fires": self._fires_of(list(range(len(self.layers)))),
+        }
+        n_neurons = self.geometry.n_neurons
+        for order in self.orders:  # groups are slot * n_neurons + neuron: tables join in sorted order
+            columns = JoinedColumns(3, sum(tables[order].table.held() for tables in self._pending))
+            for slot, tables in enumerate(self._pending):
+                for neuron, gram, count in tables[order].table.parts():
+                    columns.append(neuron + slot * n_neurons, gram, count)
+            group, gram, count = columns.arrays
+            state |= {f"order{order}_group": group, f"order{order}_gram": gram, f"order{order}_count": count}
+        return state
+
+    @staticmethod
+    def merge(states: list[State]) -> State:
+        first = states[0]
+        merged = settings_of(states, ("orders", "layers", "capacity"), "n-gram counts")
+        capacity = int(first["capacity"][0])
+        merged["fires"] = np.sum([s["fires"] for s in states], axis=0)
+        for order in first["orders"].tolist():
+            parts = [(s[f"order{order}_group"], s[f"order{order}_gram"], s[f"order{order}_count"]) for s in states]
+            group, gram, count = merge_summaries(parts, capacity)
+            merged |= {f"order{order}_group": group, f"order{order}_gram": gram, f"order{order}_count": count}
+        return merged
+
+    @staticmethod
+    def read_layer(arrays: StateArrays, slot: int, layer: int) -> State:
+        """N-grams are counted in a subset of the layers (`layers`); groups are index in it * neurons + neuron."""
+        state = shared(arrays, ("orders", "capacity", "layers", "fires"))
+        counted = state["layers"].tolist()
+        n_neurons = state["fires"].shape[2]
+        if layer in counted:
+            index = counted.index(layer)
+            low, high = index * n_neurons, (index + 1) * n_neurons
+            fires = state["fires"][:, index : index + 1]
+        else:  # an empty range: the layer's n-grams were not counted
+            low = high = 0
+            fires = state["fires"][:, :0]
+        state |= {"layers": np.asarray([layer] if layer in counted else [], dtype=np.int64), "fires": fires}
+        for order in state["orders"].tolist():
+            state |= keyed(arrays, f"order{order}_group", (f"order{order}_gram", f"order{order}_count"), low, high)
+        return state
+
+    @staticmethod
+    def layer_parts(state: State, slot: int, counted_before: int) -> Parts:
+        """`counted_before`: layers with n-gram counts already appended, the index of this one if it has them."""
+        n_neurons = state["fires"].shape[2]
+        parts = once(state, ("orders", "capacity")) | {"layers": (state["layers"], 0), "fires": (state["fires"], 1)}
+        for order in state["orders"].tolist():
+            group = f"order{order}_group"
+            parts |= {group: (state[group] + counted_before * n_neurons, 0)}
+            parts |= appended(state, (f"order{order}_gram", f"order{order}_count"))
+        return parts
+
+    @classmethod
+    def memory(cls, settings, geometry: Geometry, *, layerwise: bool, n_tokens: int) -> Memory:
+        """Every neuron's summaries full, the batch tables waiting and being built, and the temporaries of one
+        layer's tables."""
+        n_counted = len(resolve_ngram_layers(settings.ngram_layers, geometry.layers, geometry.n_layers_total))
+        orders, n_neurons = len(settings.ngram_orders), geometry.n_neurons
+        entries = orders * n_neurons * min(settings.ngram_capacity, n_tokens)
+        on_device = min(1 if layerwise else len(geometry.layers), n_counted)
+        # the waiting batch tables, and the batch's own ([distinct n-grams <= tokens, neurons] int32 an order)
+        batch_tables = orders * settings.batch_size * geometry.seq_len * n_neurons * 4
+        pending = settings.pending_bytes + batch_tables if n_counted else 0
+        fires = orders * n_counted * n_neurons * 8
+        return Memory(
+            device=on_device * entries * ENTRY_BYTES + pending + (entries * 24 if n_counted else 0) + fires,
+            host=min(2, n_counted) * entries * (ENTRY_BYTES + 24) + fires,
+        )

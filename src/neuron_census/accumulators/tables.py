@@ -1,0 +1,179 @@
+"""Counts of (row, column) pairs, exact or bounded per row, built from the sorted pairs of each batch.
+
+A capture table counts (neuron, n-gram) or (token, neuron) firings of one layer. Pairs come sorted and
+unique (`stage`); they wait until `merge` adds them to the table and, with a `capacity`, prunes every row to
+a mergeable Misra-Gries summary of at most `capacity` columns (`accumulators.summaries`). The table is sorted
+packed int64 keys `row * n_columns + column` and their counts, on any device, merged by sorts and binary
+searches there; shard merges add stored summaries the same way (`merge_summaries`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from neuron_census.accumulators.summaries import (
+    add_sorted_keys,
+    coalesce,
+    coalesce_keys,
+    merge_summaries_by_sort,
+    neurons_per_key,
+    prune_keys,
+    split_sorted_keys,
+)
+
+Columns = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # rows, columns, counts: sorted by (row, column)
+
+
+def merge_summaries(
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], capacity: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Merge summaries (or exact counts, which are summaries too) of (group, gram, count): add counters, then
+    prune to `capacity` per group. Result sorted by (group, gram).
+
+    Parts are staged into a `KeyTable` with a row per group and merged as capture merges its tables. Equal
+    to `summaries.merge_summaries_by_sort`, which also takes negative values or counts below 1.
+    """
+    present = [tuple(np.asarray(column, dtype=np.int64) for column in part) for part in parts if len(part[0])]
+    if not present or any(min(int(column.min()) for column in part[:2]) < 0 or int(part[2].min()) < 1 for part in present):
+        return merge_summaries_by_sort(parts, capacity)
+    n_groups = max(int(part[0].max()) for part in present) + 1
+    table = KeyTable(n_groups, max(int(part[1].max()) for part in present) + 1, capacity, torch.device("cpu"))
+    for group, gram, count in present:
+        if not _sorted_unique(group, gram):
+            group, gram, count = coalesce(group, gram, count)
+        table.stage(*(torch.from_numpy(column) for column in (group, gram, count)))
+    table.merge()
+    group, gram, count = (torch.cat(column).numpy() for column in zip(*table.parts()))
+    return group, gram, count
+
+
+def _sorted_unique(group: np.ndarray, gram: np.ndarray) -> bool:
+    """(group, gram) pairs strictly increasing, as a table stages them."""
+    same_group = group[1:] == group[:-1]
+    return bool(np.all((group[1:] > group[:-1]) | (same_group & (gram[1:] > gram[:-1]))))
+
+
+def coalesce_runs(runs: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted unique keys, and their summed counts, of several (keys, counts) runs, each sorted and unique."""
+    if len(runs) == 1:
+        return runs[0]
+    return coalesce_keys(*(torch.cat(column) for column in zip(*runs)))
+
+
+class KeyTable:
+    """A table as sorted packed keys `row * n_columns + column` and their counts, on any device.
+
+    Rows are split into blocks whose keys fit int64 (all rows in one block unless columns are huge: trigrams
+    of a 128k vocabulary leave 4,371 rows a block).
+    """
+
+    def __init__(self, n_rows: int, n_columns: int, capacity: int | None, device: torch.device) -> None:
+        self.n_rows, self.span = n_rows, n_columns
+        self.capacity = capacity
+        self.block = neurons_per_key(n_rows, n_columns)
+        self.n_blocks = -(-n_rows // self.block)
+        self._empty = torch.zeros(0, dtype=torch.int64, device=device)
+        self.clear()
+
+    def stage(self, rows: torch.Tensor, columns: torch.Tensor, counts: torch.Tensor) -> None:
+        self._sizes.append(len(counts))
+        if self.n_blocks == 1:
+            self._staged[0].append((rows * self.span + columns, counts))
+            return
+        edges = torch.searchsorted(rows, torch.arange(self.n_blocks + 1, device=rows.device) * self.block).tolist()
+        for part, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+            if hi > lo:
+                self._staged[part].append(((rows[lo:hi] - part * self.block) * self.span + columns[lo:hi], counts[lo:hi]))
+
+    def merge(self) -> None:
+        for part, runs in enumerate(self._staged):
+            if runs:
+                keys, counts = add_sorted_keys(*self._blocks[part], *coalesce_runs(runs))
+                self._blocks[part] = prune_keys(keys, counts, self.span, self.capacity)
+        self._staged = [[] for _ in range(self.n_blocks)]
+        self._sizes = []
+
+    def held(self) -> int:
+        return sum(len(keys) for keys, _ in self._blocks)
+
+    def staged(self) -> list[int]:
+        return list(self._sizes)
+
+    def parts(self) -> Iterator[Columns]:
+        for part, (keys, counts) in enumerate(self._blocks):
+            rows, columns = split_sorted_keys(keys, self.span)
+            yield rows + part * self.block, columns, counts
+
+    def by_column(self) -> Columns:
+        rows, columns, counts = (torch.cat(column) for column in zip(*self.parts()))
+        dtype = torch.int32 if self.n_rows * self.span < 1 << 31 else torch.int64  # fewer radix passes
+        _, order = torch.sort((columns * self.n_rows + rows).to(dtype))
+        return rows[order], columns[order], counts[order]
+
+    def clear(self) -> None:
+        self._blocks = [(self._empty, self._empty)] * self.n_blocks
+        self._staged: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(self.n_blocks)]
+        self._sizes: list[int] = []
+
+
+class PendingCounts:
+    """Per-batch dense count tables [ids, neurons] that wait on the device until one flush adds them all to
+    a `KeyTable`: the per-batch update is a scatter-add into a table of known size (no wait for the
+    device), and the work whose size depends on the data (finding the nonzero cells, sorting, pruning)
+    runs once per flush. `by_neuron`: the key table has a row per neuron and a column per id (bounded
+    summaries prune each neuron's ids); else a row per id and a column per neuron.
+    """
+
+    def __init__(self, table: KeyTable, *, by_neuron: bool, budget_bytes: int, spare_row: bool = False) -> None:
+        self.table, self.by_neuron, self.budget_bytes = table, by_neuron, budget_bytes
+        self.spare_row = spare_row  # each table's row 0 is not an id's (it is dropped)
+        self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.bytes = 0
+
+    def add(self, ids: torch.Tensor, counts: torch.Tensor) -> bool:
+        """Keep one batch's counts [len(ids) (+ 1 spare row first), neurons] of sorted distinct `ids`; True
+        when a flush is due."""
+        self.pending.append((ids, counts))
+        self.bytes += counts.numel() * counts.element_size()
+        return self.bytes >= self.budget_bytes
+
+    def flush(self) -> torch.Tensor | None:
+        """Add the waiting tables' nonzero cells to the key table and merge it (prune to capacity); returns
+        their column sums [neurons] (int64), or None when nothing waited."""
+        if not self.pending:
+            return None
+        first = 1 if self.spare_row else 0
+        ids = torch.cat([ids for ids, _ in self.pending])
+        counts = torch.cat([table[first:] for _, table in self.pending])
+        self.pending, self.bytes = [], 0
+        totals = counts.sum(dim=0, dtype=torch.int64)
+        cells = counts.nonzero()
+        values = counts[cells[:, 0], cells[:, 1]].to(torch.int64)
+        id_of, neuron = ids.index_select(0, cells[:, 0]), cells[:, 1]
+        rows, columns = (neuron, id_of) if self.by_neuron else (id_of, neuron)
+        if len(rows):
+            rows, columns, values = _coalesce_pairs(rows, columns, values)
+        self.table.stage(rows, columns, values)
+        self.table.merge()
+        return totals
+
+    def clear(self) -> None:
+        self.pending, self.bytes = [], 0
+        self.table.clear()
+
+
+def _coalesce_pairs(rows: torch.Tensor, columns: torch.Tensor, counts: torch.Tensor) -> Columns:
+    """Distinct (row, column) pairs sorted by (row, column), with summed counts: two stable sorts (no packed
+    key, which could overflow int64), then a sum over runs of equal pairs."""
+    order = torch.sort(columns, stable=True).indices
+    order = order.index_select(0, torch.sort(rows.index_select(0, order), stable=True).indices)
+    rows, columns, counts = rows.index_select(0, order), columns.index_select(0, order), counts.index_select(0, order)
+    new = torch.ones(len(rows), dtype=torch.bool, device=rows.device)
+    new[1:] = (rows[1:] != rows[:-1]) | (columns[1:] != columns[:-1])
+    starts = new.nonzero().squeeze(1)
+    group = torch.cumsum(new, 0) - 1
+    summed = torch.zeros(len(starts), dtype=counts.dtype, device=counts.device).index_add_(0, group, counts)
+    return rows.index_select(0, starts), columns.index_select(0, starts), summed

@@ -1,0 +1,246 @@
+"""Activation sources: one model (or several in lockstep) run over a token shard, layer by layer.
+
+A source yields `LayerActivations`, one analysed layer of one batch at a time: the batch's token ids,
+sequence ids and counted-token mask, and the layer's neuron activations (the input of the FFN output
+projection) with the pre-activations where the fire rule reads them (a gated FFN's gate). Hooks only hand
+tensors out; nothing is computed inside them. Each batch is embedded by the model's own forward pass,
+stopped at the first decoder layer, and the decoder layers are then called one by one up to the last
+analysed layer (whose FFN output projection is skipped), so later layers and the LM head never run.
+
+- `resident` (and `offload`, where Accelerate's hooks move weights as each layer runs): batch after batch,
+  each through layers 0..last; a batch's layers come out in order.
+- `layerwise`: every batch is embedded first and its hidden states kept (CPU memory, a memory-mapped file or
+  the device); then each layer is moved to the device once and run on every batch: a layer's batches come
+  out in order, layer after layer.
+
+`paired` runs several models of one tokenizer over the same batches in lockstep and yields, per (layer,
+batch), every model's activations. Under `layerwise` that holds layer l of every model on the device and
+every model's hidden states of the shard.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from neuron_census.capture.placement import HiddenStates, layer_on_device, layer_output, place_outside_layers
+
+
+class StopForward(Exception):
+    """Raised from a hook to skip the rest of a forward pass."""
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    """One batch of a shard, as every layer of every model sees it."""
+
+    index: int
+    tokens: torch.Tensor  # [B, T] int64 on the capture device
+    seq_ids: torch.Tensor  # [B] int64 global sequence ids
+    mask: torch.Tensor  # [B, T] bool: counted positions (False at BOS)
+    first_seq: int  # seq_ids[0], on the host
+    counted_from: int  # mask is exactly "position >= counted_from"
+    last: bool  # the shard's last batch
+
+
+@dataclass(frozen=True)
+class LayerActivations:
+    batch: TokenBatch
+    layer: int
+    acts: torch.Tensor  # [B, T, N] on the capture device
+    preacts: torch.Tensor | None  # [B, T, N] gate output of a gated FFN, when the fire rule reads it
+
+
+@dataclass(frozen=True)
+class PairedActivations:
+    """One (layer, batch) of several models over the same tokens: activations by model name."""
+
+    batch: TokenBatch
+    layer: int
+    acts: Mapping[str, torch.Tensor]
+    preacts: Mapping[str, torch.Tensor | None]
+
+
+def token_batches(
+    tokens: np.ndarray, batch_size: int, first_seq_id: int, has_bos: bool, device: torch.device
+) -> list[TokenBatch]:
+    """The shard's batches, in order, their tokens on `device`."""
+    all_tokens = torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64))
+    counted_from = 1 if has_bos else 0
+    batches = []
+    starts = range(0, len(tokens), batch_size)
+    for index, start in enumerate(starts):
+        rows = all_tokens[start : start + batch_size].to(device)
+        mask = torch.ones_like(rows, dtype=torch.bool)
+        mask[:, :counted_from] = False
+        first = first_seq_id + start
+        seq_ids = torch.arange(first, first + len(rows), device=device)
+        batches.append(TokenBatch(index, rows, seq_ids, mask, first, counted_from, index == len(starts) - 1))
+    return batches
+
+
+class ModelSteps:
+    """One model driven a decoder layer at a time, with hooks that hand each analysed layer's activations out.
+
+    `embed` runs the model's forward pass until the first decoder layer and returns that layer's input and
+    keyword arguments (causal mask, positions, rotary tables: sequences are never padded, so they depend on
+    the batch shape alone); `layer` calls one decoder layer and returns its output and, for an analysed
+    layer, its activations.
+    """
+
+    def __init__(self, model: torch.nn.Module, adapter: Any, layers: Sequence[int], device: torch.device, *, read_gate: bool, name: str) -> None:
+        self.model, self.adapter, self.device, self.name = model, adapter, device, name
+        self.layers = tuple(layers)
+        self.last = self.layers[-1]
+        self.read_gate = read_gate
+        self.decoder = adapter.decoder_layers()
+        self._acts: dict[int, torch.Tensor] = {}
+        self._gates: dict[int, torch.Tensor] = {}
+        self._first: list[tuple[torch.Tensor, dict[str, Any]]] = []
+        self._embedding = False  # the first layer's hook grabs its input only while `embed` runs
+
+    @contextmanager
+    def hooked(self) -> Iterator[ModelSteps]:
+        """The hooks in place for the block, and removed after it, whatever happens."""
+        handles = [self.decoder[0].register_forward_pre_hook(self._grab_first_input, with_kwargs=True)]
+        for layer in self.layers:
+            handles.append(self.adapter.neuron_input_module(layer).register_forward_pre_hook(self._neuron_hook(layer)))
+            gate = self.adapter.gate_output_module(layer) if self.read_gate else None
+            if gate is not None:
+                handles.append(gate.register_forward_hook(self._gate_hook(layer)))
+        try:
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _grab_first_input(self, _module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if not self._embedding:
+            return None
+        hidden = args[0] if args else kwargs["hidden_states"]
+        self._first.append((hidden, {k: v for k, v in kwargs.items() if k != "hidden_states"}))
+        raise StopForward
+
+    def _neuron_hook(self, layer: int) -> Any:
+        def hook(_module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+            self._acts[layer] = args[0]
+            if layer == self.last:
+                raise StopForward  # the last analysed layer's output is never needed
+
+        return hook
+
+    def _gate_hook(self, layer: int) -> Any:
+        def hook(_module: torch.nn.Module, _args: tuple[Any, ...], output: torch.Tensor) -> None:
+            self._gates[layer] = output
+
+        return hook
+
+    def embed(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        self._embedding = True
+        try:
+            self.model(input_ids=input_ids, use_cache=False)
+        except StopForward:
+            pass
+        finally:
+            self._embedding = False
+        if not self._first:
+            raise RuntimeError(f"model '{self.name}': the first decoder layer never ran")
+        return self._first.pop()
+
+    def layer(self, number: int, hidden: torch.Tensor, kwargs: dict[str, Any], module: torch.nn.Module | None = None) -> torch.Tensor | None:
+        """Run decoder layer `number` (or `module` standing in for it); its output, None after the last."""
+        try:
+            output = layer_output((module or self.decoder[number])(hidden, **kwargs))
+        except StopForward:
+            if number != self.last:
+                raise
+            return None
+        if number == self.last:
+            raise RuntimeError(f"model '{self.name}': the hook of layer {number} never ran")
+        return output
+
+    def take(self, batch: TokenBatch, layer: int) -> LayerActivations:
+        """The activations the hooks handed out for `layer`, shaped [B, T, N] (OPT flattens tokens) on the device."""
+        if layer not in self._acts:
+            raise RuntimeError(f"model '{self.name}': the hook of layer {layer} never ran")
+        shape = (*batch.tokens.shape, self.adapter.n_neurons)
+        acts = self._on_device(self._acts.pop(layer).reshape(shape))
+        gate = self._gates.pop(layer, None)
+        return LayerActivations(batch, layer, acts, None if gate is None else self._on_device(gate.reshape(shape)))
+
+    def _on_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor if tensor.device == self.device else tensor.to(self.device)
+
+
+def resident(steps: ModelSteps, batches: Sequence[TokenBatch]) -> Iterator[LayerActivations]:
+    """Batch after batch through layers 0..last (also under `offload`: Accelerate moves the weights)."""
+    analysed = set(steps.layers)
+    with steps.hooked():
+        for batch in batches:
+            hidden, kwargs = steps.embed(batch.tokens)
+            for number in range(steps.last + 1):
+                hidden = steps.layer(number, hidden, kwargs)  # type: ignore[assignment]
+                if number in analysed:
+                    yield steps.take(batch, number)
+
+
+def layerwise(
+    steps: ModelSteps, batches: Sequence[TokenBatch], *, states: str = "cpu", folder: Path | None = None
+) -> Iterator[LayerActivations]:
+    """Embed every batch, then move each layer 0..last to the device once and run it on every batch.
+
+    The decoder layers sit on the CPU (each one's device copy is dropped after running) or are offloaded
+    to disk (and dropped after running); the hidden states wait where `states` says.
+    """
+    place_outside_layers(steps.model, steps.decoder, steps.device)
+    analysed = set(steps.layers)
+    if folder is not None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    with steps.hooked(), tempfile.TemporaryDirectory(dir=folder, prefix="census-states-") as tmp:
+        kwargs_by_shape: dict[tuple[int, ...], dict[str, Any]] = {}
+        hidden: HiddenStates | None = None
+        for batch in batches:
+            embedded, kwargs = steps.embed(batch.tokens)
+            kwargs_by_shape.setdefault(tuple(embedded.shape), kwargs)
+            if hidden is None:
+                rest = tuple(embedded.shape[1:])
+                hidden = HiddenStates([(len(b.tokens), *rest) for b in batches], embedded.dtype, states, Path(tmp))
+            hidden.put(batch.index, embedded)
+        assert hidden is not None
+        for number in range(steps.last + 1):
+            with layer_on_device(steps.decoder[number], steps.device) as module:
+                for batch in batches:
+                    inputs = hidden.get(batch.index).to(steps.device, non_blocking=True)
+                    output = steps.layer(number, inputs, kwargs_by_shape[hidden.shapes[batch.index]], module)
+                    if number in analysed:
+                        yield steps.take(batch, number)
+                    if output is not None:
+                        hidden.put(batch.index, output)
+
+
+def paired(sources: Mapping[str, Iterator[LayerActivations]]) -> Iterator[PairedActivations]:
+    """Several models' sources over the same batches, in lockstep: every model's (layer, batch) together."""
+    names = list(sources)
+    with ExitStack() as stack:
+        for source in sources.values():
+            stack.callback(getattr(source, "close", lambda: None))
+        for items in zip(*sources.values(), strict=True):
+            first = items[0]
+            for name, item in zip(names[1:], items[1:]):
+                if (item.batch.index, item.layer) != (first.batch.index, first.layer):
+                    raise ValueError(
+                        f"paired models '{names[0]}' and '{name}' are out of step: layer {first.layer} vs {item.layer}"
+                    )
+            yield PairedActivations(
+                first.batch,
+                first.layer,
+                {name: item.acts for name, item in zip(names, items)},
+                {name: item.preacts for name, item in zip(names, items)},
+            )
