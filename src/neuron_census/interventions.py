@@ -1,0 +1,259 @@
+"""Writing hooks on FFN neurons: set, scale or add to chosen neurons at chosen positions.
+
+Capture hooks read neurons; these write them, so that a neuron's causal effect on the residual stream and
+the logits can be measured directly. The edit itself is a pure function of a tensor
+(`apply_intervention`); hooks only find the tensor, turn its flat or batched layout into
+[..., positions, neurons], and put the edited copy back.
+
+Two targets per neuron:
+
+* "activation": the input of the FFN output projection (OPT `fc2`, GPT-2 `mlp.c_proj`, NeoX
+  `mlp.dense_4h_to_h`, Llama `mlp.down_proj`), edited by a forward pre-hook. For a gated FFN this is the
+  product unit act_fn(gate) * up.
+* "preactivation": what the nonlinearity reads. Non-gated FFNs: the output of the input projection (OPT
+  `fc1`, GPT-2 `mlp.c_fc`, NeoX `mlp.dense_h_to_4h`); gated FFNs: the output of the gate projection
+  (`mlp.gate_proj`, before act_fn; the up projection is left alone). Edited by a forward hook.
+
+Positions are absolute indices into the token sequence the model has seen in this call chain: prompt and
+generated tokens together, counted from 0 (the cache slot, which is the column of `input_ids`, not a
+position id: with left padding the two differ). A forward pass without a cache covers positions
+0..seq-1; a cached step of `generate` covers positions past..past+seq-1, where `past` is the number of
+tokens already in the cache. The offset is read from the call itself (a pre-hook on the model reads
+`cache` / `past_key_values` / `cache_position`) rather than by counting tokens since the context was
+entered, so repeated forward passes, several `generate` calls and `use_cache=False` all stay correct
+inside one context. An intervention at position p therefore edits exactly the forward step that computes
+position p; positions outside the current step are ignored.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+import torch
+
+from neuron_census.models.adapters import FFNAdapter, adapter_for
+
+Op = Literal["set", "scale", "add"]
+Target = Literal["activation", "preactivation"]
+OPS: tuple[str, ...] = get_args(Op)
+TARGETS: tuple[str, ...] = get_args(Target)
+
+def _index(value: Any, what: str) -> int:
+    """`value` as an int, or a ValueError naming it (floats and bools are not indices)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{what} must be an integer, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"{what} must be an integer, got {value!r}") from None
+
+
+@dataclass(frozen=True, eq=False)
+class Intervention:
+    """Set, scale or add `value` to `neurons` of `layer` at `positions` (None: every position).
+
+    `value` is one number for every neuron or a 1-D tensor with one entry per neuron, in `neurons` order.
+    Checks that need no model run here; layer and neuron ranges are checked against the model by
+    `check_intervention`. Equality is identity (a tensor value has no single truth value).
+    """
+
+    layer: int
+    neurons: Sequence[int]
+    op: Op
+    value: float | torch.Tensor
+    positions: Sequence[int] | None = None
+    target: Target = "activation"
+    _value: torch.Tensor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.op not in OPS:
+            raise ValueError(f"unknown op {self.op!r}; known: {', '.join(OPS)}")
+        if self.target not in TARGETS:
+            raise ValueError(f"unknown target {self.target!r}; known: {', '.join(TARGETS)}")
+        layer = _index(self.layer, "layer")
+        if layer < 0:
+            raise ValueError(f"layer {layer} is negative")
+        neurons = tuple(_index(n, "neuron") for n in self.neurons)
+        if not neurons:
+            raise ValueError(f"intervention on layer {layer} names no neurons")
+        if any(n < 0 for n in neurons):
+            raise ValueError(f"neuron {min(neurons)} is negative")
+        if len(set(neurons)) != len(neurons):
+            duplicate = next(n for n in neurons if neurons.count(n) > 1)
+            raise ValueError(f"neuron {duplicate} is listed twice")
+        positions = None
+        if self.positions is not None:
+            positions = tuple(sorted(set(_index(p, "position") for p in self.positions)))
+            if positions and positions[0] < 0:
+                raise ValueError(f"position {positions[0]} is negative; positions are absolute, from 0")
+        value = torch.as_tensor(self.value).detach()
+        if not (value.is_floating_point() or value.dtype in (torch.int32, torch.int64)):
+            raise ValueError(f"value must be a number or a float tensor, got dtype {value.dtype}")
+        if value.ndim > 1 or (value.ndim == 1 and value.shape[0] != len(neurons)):
+            raise ValueError(f"value of shape {list(value.shape)} does not match {len(neurons)} neurons")
+        object.__setattr__(self, "layer", layer)
+        object.__setattr__(self, "neurons", neurons)
+        object.__setattr__(self, "positions", positions)
+        object.__setattr__(self, "_value", value.to(torch.float64))
+
+
+def check_intervention(intervention: Intervention, adapter: FFNAdapter) -> None:
+    """Layer and neuron ranges of `intervention` against the model of `adapter` (ValueError naming the culprit)."""
+    if intervention.layer >= adapter.n_layers:
+        raise ValueError(f"layer {intervention.layer} is outside 0..{adapter.n_layers - 1} of model '{adapter.name}'")
+    top = max(intervention.neurons)
+    if top >= adapter.n_neurons:
+        raise ValueError(
+            f"neuron {top} is outside 0..{adapter.n_neurons - 1} of layer {intervention.layer} "
+            f"of model '{adapter.name}'"
+        )
+
+
+def local_positions(positions: Sequence[int] | None, offset: int, length: int) -> list[int] | None:
+    """Indices into a window of `length` positions starting at absolute `offset`; None means all of them."""
+    if positions is None:
+        return None
+    return [p - offset for p in positions if offset <= p < offset + length]
+
+
+def apply_intervention(x: torch.Tensor, intervention: Intervention, offset: int = 0) -> torch.Tensor:
+    """`x` [..., positions, neurons] with the intervention applied: an edited copy, or `x` itself if untouched.
+
+    Index i of the positions axis is absolute position `offset + i`. Out of place so that autograd and
+    other hooks holding `x` see consistent values; everything outside the edited cells is copied bit for bit.
+    """
+    if x.ndim < 2:
+        raise ValueError(f"tensor of shape {list(x.shape)} has no [positions, neurons] axes")
+    if max(intervention.neurons) >= x.shape[-1]:
+        raise ValueError(f"neuron {max(intervention.neurons)} is outside 0..{x.shape[-1] - 1} of this tensor")
+    rows = local_positions(intervention.positions, offset, x.shape[-2])
+    if rows is not None and not rows:
+        return x
+    row_index = torch.arange(x.shape[-2]) if rows is None else torch.tensor(rows)
+    row_index = row_index.to(x.device)[:, None]
+    column_index = torch.tensor(intervention.neurons, device=x.device)[None, :]
+    value = intervention._value.to(device=x.device, dtype=x.dtype)
+    out = x.clone()
+    current = out[..., row_index, column_index]  # [..., rows, neurons]
+    if intervention.op == "set":
+        new = value.expand_as(current)
+    elif intervention.op == "scale":
+        new = current * value
+    else:
+        new = current + value
+    out[..., row_index, column_index] = new
+    return out
+
+
+class _Window:
+    """Which absolute positions the current forward call covers: a stack, one entry per model call in flight."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []  # (offset, sequence length)
+
+    def enter(self, _module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        self.calls.append((_past_length(kwargs), _sequence_length(args, kwargs)))
+
+    def leave(self, *_: Any) -> None:
+        if self.calls:
+            self.calls.pop()
+
+    def current(self) -> tuple[int, int | None]:
+        """(offset, sequence length); (0, None) when called outside a model forward (layers run by hand)."""
+        return self.calls[-1] if self.calls else (0, None)
+
+
+def _past_length(kwargs: dict[str, Any]) -> int:
+    """Tokens already processed before this call: from cache_position, or the cache's length, else 0."""
+    cache_position = kwargs.get("cache_position")
+    if isinstance(cache_position, torch.Tensor) and cache_position.numel():
+        return int(cache_position.reshape(-1)[0])
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    if cache is None:
+        return 0
+    if hasattr(cache, "get_seq_length"):
+        return int(cache.get_seq_length())
+    if isinstance(cache, (tuple, list)) and cache and cache[0] is not None:  # legacy ((k, v), ...) per layer
+        return int(cache[0][0].shape[-2])
+    return 0
+
+
+def _sequence_length(args: tuple, kwargs: dict[str, Any]) -> int | None:
+    tokens = args[0] if args and isinstance(args[0], torch.Tensor) else kwargs.get("input_ids")
+    if tokens is None:
+        embeds = kwargs.get("inputs_embeds")
+        return None if embeds is None else int(embeds.shape[1])
+    return int(tokens.shape[-1])
+
+
+def _edit(x: torch.Tensor, intervention: Intervention, window: _Window) -> torch.Tensor:
+    """Apply `intervention` to a hooked tensor: [batch, seq, N], or OPT's flat [batch * seq, N]."""
+    offset, seq_len = window.current()
+    if x.ndim >= 3:
+        return apply_intervention(x, intervention, offset)
+    if seq_len is None or x.shape[0] % seq_len:
+        raise ValueError(
+            f"cannot tell positions in a flat tensor of shape {list(x.shape)}: run the model itself, not its layers"
+        )
+    edited = apply_intervention(x.reshape(-1, seq_len, x.shape[-1]), intervention, offset)
+    return x if edited is x else edited.reshape(x.shape)
+
+
+def _pre_hook(intervention: Intervention, window: _Window):
+    def hook(_module: torch.nn.Module, args: tuple) -> tuple | None:
+        edited = _edit(args[0], intervention, window)
+        return None if edited is args[0] else (edited, *args[1:])
+
+    return hook
+
+
+def _post_hook(intervention: Intervention, window: _Window):
+    def hook(_module: torch.nn.Module, _args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        edited = _edit(output, intervention, window)
+        return None if edited is output else edited
+
+    return hook
+
+
+@contextmanager
+def intervened(
+    model: torch.nn.Module, interventions: Sequence[Intervention], adapter: FFNAdapter | None = None
+) -> Iterator[FFNAdapter]:
+    """Run `model` (forward or `generate`) with `interventions` applied; the hooks always go on exit.
+
+    Several interventions on one module apply in list order. Everything is validated before any hook is
+    registered. Yields the adapter.
+    """
+    adapter = adapter or adapter_for(model)
+    interventions = list(interventions)
+    for intervention in interventions:
+        if not isinstance(intervention, Intervention):
+            raise ValueError(f"expected an Intervention, got {type(intervention).__name__}")
+        check_intervention(intervention, adapter)
+    points = [
+        (
+            intervention,
+            adapter.neuron_input_module(intervention.layer)
+            if intervention.target == "activation"
+            else adapter.preactivation_module(intervention.layer),
+        )
+        for intervention in interventions
+    ]
+    window = _Window()
+    handles: list[torch.utils.hooks.RemovableHandle] = []
+    try:
+        handles.append(model.register_forward_pre_hook(window.enter, with_kwargs=True))
+        handles.append(model.register_forward_hook(window.leave, always_call=True))
+        for intervention, module in points:
+            if intervention.target == "activation":
+                handles.append(module.register_forward_pre_hook(_pre_hook(intervention, window)))
+            else:
+                handles.append(module.register_forward_hook(_post_hook(intervention, window)))
+        yield adapter
+    finally:
+        for handle in reversed(handles):
+            handle.remove()
