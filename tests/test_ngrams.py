@@ -391,9 +391,8 @@ def test_pruning_packed_keys_equals_numpy(capacity, device):
         np.testing.assert_array_equal(counts.numpy(), expected[2])
 
 
-@pytest.mark.parametrize("narrow", [True, False], ids=["narrowed", "every-run"])
 @pytest.mark.parametrize("capacity", [1, 4, 30])
-def test_group_cuts_by_counting_and_ranking_equal_a_sort(capacity, narrow, device):
+def test_group_cuts_by_counting_and_ranking_equal_a_sort(capacity, device):
     """Cuts found at every counting level and by the ranked fallback are each run's (capacity+1)-th largest."""
     rng = np.random.default_rng(capacity)
     highs = rng.choice([2, 3, 4, 5, 7, 12, 10_000], size=60)
@@ -406,7 +405,7 @@ def test_group_cuts_by_counting_and_ranking_equal_a_sort(capacity, narrow, devic
         counts[start : start + len(run)] = run
     expected = np.array([np.sort(run)[::-1][capacity] for run in runs])
     assert {1, 2, 3}.issubset(set(expected.tolist())) and expected.max() > CUT_LEVELS + 1  # every path is taken
-    cut = _group_cuts(*(torch.from_numpy(a).to(device) for a in (counts, starts, starts + sizes)), capacity, narrow=narrow)
+    cut = _group_cuts(*(torch.from_numpy(a).to(device) for a in (counts, starts, starts + sizes)), capacity)
     np.testing.assert_array_equal(cut.cpu().numpy(), expected)
 
 

@@ -330,20 +330,14 @@ def report_statistics_memory(
         )
 
 
-def merge_job(inputs: Sequence[PathLike], output: PathLike, threads: int = 1, parallel_min_bytes: int = 1 << 28) -> None:
-    """Merge shard stores; with `threads` > 1 and stores of at least `parallel_min_bytes` on disk in all, layers
-    are folded in that many processes (starting them costs seconds, which small merges do not win back), each
-    on one thread; otherwise here, on `threads` threads (sorts, and tables a block of rows a thread)."""
+def merge_job(inputs: Sequence[PathLike], output: PathLike, threads: int = 1) -> None:
+    """Merge shard stores, on `threads` threads (the summaries' sorts)."""
     import torch
 
     from neuron_census.capture.store import merge_store_files
 
-    on_disk = sum(f.stat().st_size for path in inputs for f in Path(path).rglob("*") if f.is_file())
-    workers = threads if on_disk >= parallel_min_bytes else 1
     torch.set_num_threads(max(1, threads))
-    if workers > 1:
-        print(f"merge: {len(inputs)} stores, {on_disk / 2**20:.0f} MB; folding layers in {workers} processes", file=sys.stderr)
-    merge_store_files(inputs, output, workers=workers)
+    merge_store_files(inputs, output)
 
 
 def write_parquet(frame: pl.DataFrame, output: PathLike) -> None:

@@ -38,7 +38,7 @@ rule merge:
         directory("results/capture/{model}/{dataset}/merged.zarr"),
     log:
         "results/logs/merge/{model}/{dataset}.log",
-    threads: 1  # `--set-threads merge=N` (or the SLURM profile): large merges fold N layers at once, a process each
+    threads: 1  # `--set-threads merge=N` (or the SLURM profile): the summaries of large merges sort on N threads
     conda:
         "../../envs/neuron-census.yaml"
     script:

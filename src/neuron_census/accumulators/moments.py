@@ -38,7 +38,8 @@ class Moments(Accumulator):
             return
         # float64 accumulation inside one reduction each (no float64 copy of the batch)
         self.total[slot] += counted.sum(dim=dims, dtype=torch.float64)
-        self.squares[slot] += torch.linalg.vector_norm(counted, 2, dim=dims, dtype=torch.float64).square()
+        norm = torch.linalg.vector_norm(counted, 2, dim=dims, dtype=torch.float64)
+        self.squares[slot].addcmul_(norm, norm)
         low, high = counted.amin(dim=dims), counted.amax(dim=dims)
         if low.dtype != torch.float32:  # a bfloat16 batch's extremes are exact in float32
             low, high = low.float(), high.float()

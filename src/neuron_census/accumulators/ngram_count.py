@@ -45,19 +45,19 @@ class NgramCount(Accumulator):
         if batch.layer != self._first_layer:
             return
         vocab = self.geometry.vocab_size
-        for index, order in enumerate(self.orders):
+        for order in self.orders:
             grams, row_gram = batch.shared(("ngrams", order), lambda: batch_ngrams(batch.tokens, batch.mask, order, vocab, batch.counted_from))
-            counts = torch.zeros(len(grams) + 1, dtype=torch.int64, device=grams.device)
-            counts = counts.index_add_(0, row_gram, torch.ones_like(row_gram))[1:]  # row 0: no complete n-gram
-            self.total[index] += counts.sum()
-            self._pending[order].append((grams, counts))
+            ones = batch.shared("ones", lambda: torch.ones_like(row_gram))
+            counts = torch.zeros(len(grams) + 1, dtype=torch.int64, device=grams.device).index_add_(0, row_gram, ones)
+            self._pending[order].append((grams, counts[1:]))  # row 0: positions where no complete n-gram ends
             self._waiting += len(grams)
         if self._waiting >= self.capacity:
             self.flush()
 
     def flush(self) -> None:
-        for order in self.orders:
+        for index, order in enumerate(self.orders):
             if self._pending[order]:
+                self.total[index] += sum(counts.sum() for _, counts in self._pending[order])
                 keys, counts = add_sorted_keys(*self._tables[order], *coalesce_runs(self._pending[order]))
                 # one group (key // vocab**order == 0): a single summary of at most `capacity` n-grams
                 self._tables[order] = prune_keys(keys, counts, self.geometry.vocab_size**order, self.capacity)

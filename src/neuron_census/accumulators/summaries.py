@@ -16,8 +16,8 @@ n-grams. Coverage is then reported with certified lower and upper bounds that co
 
 N-grams are packed into one int64 (token ids in base `vocab_size`, oldest first). A stored summary is
 three parallel arrays sorted by (group, gram): group = layer slot * n_neurons + neuron. While capturing, a
-summary is a `count_tables` table: on a GPU, sorted unique packed keys `group * span + gram` and their counts,
-merged and pruned by the `*_keys` functions here; on a CPU, a CSR matrix pruned with `_group_cuts`.
+summary is an `accumulators.tables.KeyTable`: sorted unique packed keys `group * span + gram` and their
+counts, merged and pruned by the `*_keys` functions here, on any device.
 """
 
 from __future__ import annotations
@@ -167,41 +167,14 @@ def prune_keys(keys: torch.Tensor, counts: torch.Tensor, span: int, capacity: in
 CUT_LEVELS = 4  # counting passes of `_group_cuts` before the groups still open are ranked by a sort
 
 
-def _group_cuts(
-    counts: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor, capacity: int, narrow: bool | None = None
-) -> torch.Tensor:
+def _group_cuts(counts: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor, capacity: int) -> torch.Tensor:
     """The (capacity+1)-th largest of each run `counts[start:end]` (runs sorted, longer than capacity, counts >= 1).
 
     Counters are mostly small, so the cut is found by counting: a run whose counters of at least `level`
-    number more than `capacity` has a cut of at least `level`. Each level is one comparison and one running
-    sum; the few runs open after `CUT_LEVELS` levels are ranked. With `narrow` (the default on a CPU) each
-    level sums only over the span of the runs still open, which waits for the device twice a level;
-    otherwise every level sums over all runs and the device is read twice in all.
+    number more than `capacity` has a cut of at least `level`, and one that reaches a level reached every
+    lower one. Each level is one comparison and one running sum over all runs; only the few runs still open
+    after `CUT_LEVELS` levels are read back and ranked.
     """
-    if narrow is None:
-        narrow = counts.device.type == "cpu"
-    if not narrow:
-        return _group_cuts_unnarrowed(counts, starts, ends, capacity)
-    cut = torch.ones(len(starts), dtype=counts.dtype, device=counts.device)  # capacity+1 counters, all >= 1
-    open_runs = torch.arange(len(starts), device=counts.device)
-    for level in range(2, 2 + CUT_LEVELS):
-        run_starts, run_ends = starts[open_runs], ends[open_runs]
-        low, high = torch.stack((run_starts[0], run_ends[-1])).tolist()  # one wait for the device
-        dtype = torch.int32 if high - low < 1 << 31 else torch.int64
-        at_least = torch.cumsum(counts[low:high] >= level, 0, dtype=dtype)
-        before = torch.where(run_starts > low, at_least[(run_starts - low - 1).clamp(min=0)], 0)
-        still = (at_least[run_ends - low - 1] - before > capacity).nonzero(as_tuple=True)[0]
-        open_runs = open_runs[still]
-        if len(open_runs) == 0:
-            return cut
-        cut.index_fill_(0, open_runs, level)  # no scalar copied to the device
-    cut[open_runs] = _ranked_cuts(counts, starts[open_runs], ends[open_runs], capacity)
-    return cut
-
-
-def _group_cuts_unnarrowed(counts: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor, capacity: int) -> torch.Tensor:
-    """`_group_cuts` with every level over all runs: a run that reaches a level reached every lower one, so
-    its cut is the highest level reached, and only the runs still open at the last level are read back."""
     low, high = torch.stack((starts[0], ends[-1])).tolist()
     dtype = torch.int32 if high - low < 1 << 31 else torch.int64
     first, last = (starts - low - 1).clamp(min=0), ends - low - 1

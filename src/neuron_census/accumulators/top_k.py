@@ -73,11 +73,17 @@ class TopK(Accumulator):
         self.keys[slot] = torch.topk(torch.cat(best), self.k, dim=0).values
 
     def _row_rank(self, batch: LayerBatch) -> torch.Tensor:
-        """[B*T, 1] int64: (2**32 - 1) minus each row's index counted from the first sequence seen."""
-        seq_len = batch.acts.shape[1]
+        """[B*T, 1] int64: (2**32 - 1) minus each row's index counted from the first sequence seen (made on
+        the host when the batch's first sequence is known there, and copied over)."""
+        n_seq, seq_len = batch.acts.shape[:2]
         assert self.first_seq is not None
-        rows = (batch.seq_ids - self.first_seq)[:, None] * seq_len + torch.arange(seq_len, device=batch.seq_ids.device)
-        return ((1 << ROW_BITS) - 1 - rows).reshape(-1, 1)
+        if batch.first_seq is None:
+            seq = (batch.seq_ids - self.first_seq)[:, None]
+            rows = seq * seq_len + torch.arange(seq_len, device=batch.seq_ids.device)
+            return ((1 << ROW_BITS) - 1 - rows).reshape(-1, 1)
+        start = (batch.first_seq - self.first_seq) * seq_len
+        rows = np.arange(start, start + n_seq * seq_len, dtype=np.int64)
+        return torch.from_numpy(((1 << ROW_BITS) - 1 - rows)[:, None]).to(batch.seq_ids.device)
 
     def _decoded(self, keys: torch.Tensor) -> State:
         seq_len = self.geometry.seq_len

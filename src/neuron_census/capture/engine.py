@@ -27,8 +27,9 @@ __all__ = ["CaptureSettings", "capture_tokens", "capture_paired", "PairedModel",
 
 
 class FiniteCheck:
-    """Raises for the first (layer, batch) whose activations had an inf or NaN. Each item adds a device flag
-    (one reduction); flags are read back together every `every` items, not once per (layer, batch)."""
+    """Raises for the first (layer, batch) whose activations had an inf or NaN (which make their sum
+    non-finite). Each item adds one reduction; the sums are checked and read back together every `every`
+    items, not once per (layer, batch)."""
 
     def __init__(self, model_name: str, every: int) -> None:
         self.model_name, self.every = model_name, every
@@ -37,14 +38,14 @@ class FiniteCheck:
     def add(self, item: sources.LayerActivations) -> None:
         batch = item.batch
         last = batch.first_seq + len(batch.tokens) - 1
-        self.flags.append((item.layer, batch.first_seq, last, torch.isfinite(item.acts.sum(dtype=torch.float32))))
+        self.flags.append((item.layer, batch.first_seq, last, item.acts.sum(dtype=torch.float32)))
         if len(self.flags) >= self.every:
             self.check()
 
     def check(self) -> None:
         if not self.flags:
             return
-        finite = torch.stack([flag for *_, flag in self.flags]).cpu()
+        finite = torch.isfinite(torch.stack([total for *_, total in self.flags])).cpu()
         if not bool(finite.all()):
             layer, first, last, _ = self.flags[int((~finite).nonzero()[0, 0])]
             raise FloatingPointError(
@@ -62,8 +63,10 @@ def layer_batch(item: sources.LayerActivations, fire_rule: str, per_batch: dict[
     batch = item.batch
     fires = (item.preacts if by_gate else item.acts) > 0  # type: ignore[operator]
     if batch.counted_from:
-        fires &= per_batch.setdefault("mask_3d", batch.mask[..., None])
-    return LayerBatch(
+        if "mask_3d" not in per_batch:
+            per_batch["mask_3d"] = batch.mask[..., None]
+        fires &= per_batch["mask_3d"]
+    layer_batch = LayerBatch(
         layer=item.layer,
         acts=item.acts,
         fires=fires,
@@ -75,6 +78,9 @@ def layer_batch(item: sources.LayerActivations, fire_rule: str, per_batch: dict[
         first_seq=batch.first_seq,
         per_batch=per_batch,
     )
+    if item.acts_2d is not None:  # the hook's own [B*T, N] tensor (OPT): no reshape back
+        layer_batch._cache["acts_2d"] = item.acts_2d
+    return layer_batch
 
 
 def run(

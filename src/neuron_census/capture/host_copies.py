@@ -17,7 +17,7 @@ def host_tensors(*tensors: torch.Tensor) -> list[torch.Tensor]:
     hosts, streams = [], {}
     for tensor in tensors:
         if tensor.device.type != "cuda":
-            hosts.append(tensor.cpu())
+            hosts.append(tensor if tensor.device.type == "cpu" else tensor.cpu())
             continue
         host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
         host.copy_(tensor, non_blocking=True)

@@ -56,6 +56,7 @@ class LayerActivations:
     layer: int
     acts: torch.Tensor  # [B, T, N] on the capture device
     preacts: torch.Tensor | None  # [B, T, N] gate output of a gated FFN, when the fire rule reads it
+    acts_2d: torch.Tensor | None = None  # [B*T, N] float32, when the hook handed them out so (OPT)
 
 
 @dataclass(frozen=True)
@@ -171,9 +172,11 @@ class ModelSteps:
         if layer not in self._acts:
             raise RuntimeError(f"model '{self.name}': the hook of layer {layer} never ran")
         shape = (*batch.tokens.shape, self.adapter.n_neurons)
-        acts = self._on_device(self._acts.pop(layer).reshape(shape))
+        raw = self._on_device(self._acts.pop(layer))
         gate = self._gates.pop(layer, None)
-        return LayerActivations(batch, layer, acts, None if gate is None else self._on_device(gate.reshape(shape)))
+        flat = raw if raw.dim() == 2 and raw.dtype == torch.float32 else None
+        acts = raw if raw.shape == shape else raw.reshape(shape)
+        return LayerActivations(batch, layer, acts, None if gate is None else self._on_device(gate.reshape(shape)), flat)
 
     def _on_device(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor if tensor.device == self.device else tensor.to(self.device)

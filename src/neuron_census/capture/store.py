@@ -279,7 +279,6 @@ def merge_store_files(
     *,
     block_bytes: int = MERGE_BLOCK_BYTES,
     write_behind: bool = True,
-    workers: int = 1,
 ) -> None:
     """Merge stores into a new store, with memory bounded by neither the number of stores nor the layers.
 
@@ -290,83 +289,22 @@ def merge_store_files(
     the next layer is read and merged (unless not `write_behind`; OPT-66b's full token tables are 77 GB a
     store over all layers, 1.2 GB for one); the occurrence counts, which have no layer axis, are folded
     whole. The result equals `merge_stores` of the same paths.
-
-    `workers` > 1 folds that many layers at once, each in a process of its own (folding is single-threaded
-    NumPy and SciPy work); merged layers are still written in order, so the store is the same, and memory
-    holds up to `workers` layers being folded and as many finished ones waiting for their turn.
     """
     readers = [StoreReader(path) for path in paths]
     summed = [name for name in readers[0].names if REGISTRY[name].sums]
     folded = [name for name in readers[0].names if name not in summed]
     with writing_store(output, merged_attrs(readers)) as out:
-        layers = [(name, slot) for name in folded if REGISTRY[name].layered for slot in range(len(readers[0].attrs["layers"]))]
         # a writer thread appends each merged layer while the next is read and merged (two layers held)
-        with written_behind(out, write_behind) as sink, _layer_folds(readers, layers, workers) as merged:
-            for name in summed:  # worker processes (if any) fold the first layers meanwhile
+        with written_behind(out, write_behind) as sink:
+            for name in summed:
                 for key, _ in sorted(readers[0].group[name].arrays()):
                     _sum_blockwise(readers, name, key, out.group_of(name), block_bytes)
             for name in folded:
                 if REGISTRY[name].layered:
                     for slot in range(len(readers[0].attrs["layers"])):
-                        sink.add_layers(slot, {name: next(merged)})
+                        sink.add_layers(slot, {name: merged_layer_state(readers, name, slot)})
                 else:
                     sink.add_whole(name, _folded_state(readers, name))
-
-
-@contextmanager
-def _layer_folds(
-    readers: Sequence[StoreReader], layers: Sequence[tuple[str, int]], workers: int
-) -> Iterator[Iterator[State]]:
-    """`merged_layer_state` of each (accumulator, slot) in `layers`, in that order: here, one after another,
-    or with `workers` > 1 in that many processes, up to `workers` ahead of the consumer."""
-    if workers <= 1 or len(layers) <= 1:
-        yield (merged_layer_state(readers, name, slot) for name, slot in layers)
-        return
-    import multiprocessing
-    from collections import deque
-    from concurrent.futures import ProcessPoolExecutor
-
-    paths = [str(reader.path) for reader in readers]
-    # spawned, not forked: the parent runs a writer thread, and a fork copies its locks mid-use
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(min(workers, len(layers)), mp_context=context, initializer=_open_fold_worker, initargs=(paths,)) as pool:
-        waiting: deque[Any] = deque()
-        tasks = iter(layers)
-
-        def submit_next() -> None:
-            task = next(tasks, None)
-            if task is not None:
-                waiting.append(pool.submit(_fold_in_worker, *task))
-
-        for _ in range(workers):  # the first folds start now, while the caller does other work
-            submit_next()
-
-        def results() -> Iterator[State]:
-            while waiting:
-                state = waiting.popleft().result()
-                submit_next()  # one more in flight for each one taken
-                yield state
-
-        try:
-            yield results()
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-
-
-_FOLD_READERS: list[StoreReader] = []  # a fold worker's open stores
-
-
-def _open_fold_worker(paths: Sequence[str]) -> None:
-    """A fold worker opens the stores once and leaves the other cores to the other workers."""
-    import torch
-
-    torch.set_num_threads(1)
-    _FOLD_READERS[:] = [StoreReader(path) for path in paths]
-
-
-def _fold_in_worker(name: str, slot: int) -> State:
-    return merged_layer_state(_FOLD_READERS, name, slot)
 
 
 def _sum_blockwise(readers: Sequence[StoreReader], name: str, key: str, out: zarr.Group, block_bytes: int) -> None:
