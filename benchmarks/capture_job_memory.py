@@ -13,10 +13,10 @@ thread to finish the previous layer.
 
     git worktree add /tmp/old <commit>
     python benchmarks/capture_job_memory.py --src before=/tmp/old/src --src after=src \
-        --out benchmarks/results/capture-job-memory-opt-125m
+        --out results/benchmarks/capture-job-memory-opt-125m
     # on a GPU host: does writing behind hide the store from a layerwise capture of a larger model?
     python benchmarks/capture_job_memory.py --architecture opt-1.3b --strategies layerwise resident --device cuda \
-        --dtype bfloat16 --n-seq 16 --batch-size 8 --write-behind on off --out benchmarks/results/gpu-write-behind
+        --dtype bfloat16 --n-seq 16 --batch-size 8 --write-behind on off --out results/benchmarks/gpu-write-behind
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ timed over all sequences `--repeats` times; the median counts. With `--rounds R`
 runs R times over, so that a machine whose speed drifts (a shared host) slows every mode alike; each mode's
 ratio to the bare forward is then taken within each round, and the table gives the median and every round's.
 
-    python benchmarks/capture_speed.py --architectures opt-125m opt-1.3b --out benchmarks/results/cpu
+    python benchmarks/capture_speed.py --architectures opt-125m opt-1.3b --out results/benchmarks/cpu
 
 Modes:
   bare             the Hugging Face decoder forward (no LM head), no hooks
@@ -30,8 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -196,7 +195,7 @@ def mode_runner(mode: str, args: argparse.Namespace, model: Any) -> Callable[[An
             token_capacity=args.token_capacity,
             **({"token_fire_dense_limit": 1 << 62} if mode == "capture_dense_tokens" else {}),
             **({"accumulators": names} if names else {}),
-            **({"merge_pending": args.merge_pending} if args.merge_pending else {}),
+            **({"pending_bytes": args.pending_bytes} if args.pending_bytes else {}),
         )
 
         def run(rows: np.ndarray) -> None:
@@ -230,7 +229,6 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
     """One mode in this process: load, warm up, time; returns tokens/s and memory."""
     import torch
 
-    use_job_allocator(args)
     from neuron_census.models.adapters import adapter_for
 
     torch.set_num_threads(args.threads)
@@ -279,9 +277,7 @@ def _worker_command(args: argparse.Namespace, architecture: str, mode: str) -> l
         "--dtype", args.dtype, "--ngram-capacity", str(args.ngram_capacity),
     ] + ([] if args.fire_rate is None else ["--fire-rate", str(args.fire_rate)]) + (
         [] if args.token_capacity is None else ["--token-capacity", str(args.token_capacity)]
-    ) + ([] if args.merge_pending is None else ["--merge-pending", str(args.merge_pending)]) + (
-        ["--default-allocator"] if args.default_allocator else []
-    )
+    ) + ([] if args.pending_bytes is None else ["--pending-bytes", str(args.pending_bytes)])
 
 
 def markdown(results: list[dict[str, Any]], peak: float, meta: dict[str, Any]) -> str:
@@ -292,7 +288,7 @@ def markdown(results: list[dict[str, Any]], peak: float, meta: dict[str, Any]) -
         f"{meta['n_seq']} sequences x {meta['seq_len']} tokens, batch {meta['batch_size']}, "
         f"median of {meta['repeats']} in each of {meta.get('rounds', 1)} round(s); matmul peak {peak:.0f} GFLOP/s; {weights}; "
         f"ngram_capacity {meta['ngram_capacity']}, token_capacity {meta['token_capacity'] or 'none (exact)'}"
-        f"{'' if meta['merge_pending'] is None else ', merge_pending ' + str(meta['merge_pending'])}.",
+        f"{'' if meta['pending_bytes'] is None else ', pending_bytes ' + str(meta['pending_bytes'])}.",
         "",
         "| model | mode | tokens/s | x bare | x bare in each round | peak RSS MB | RSS after load MB "
         "| bare GFLOP/s (share of matmul peak) |",
@@ -334,36 +330,9 @@ def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--ngram-capacity", type=int, default=2048, help="as the OPT presets set it")
     parser.add_argument("--token-capacity", type=int, default=None, help="default: exact token x neuron counts")
-    parser.add_argument("--merge-pending", type=int, default=None, help="capture.merge_pending (default: its default)")
+    parser.add_argument("--pending-bytes", type=int, default=None, help="capture.pending_bytes (default: its default)")
     parser.add_argument("--fire-rate", type=float, default=None, help="shift FFN biases so this share fires")
     parser.add_argument("--out", type=Path, default=None, help="write <out>.json and <out>.md")
-    parser.add_argument(
-        "--default-allocator", action="store_true",
-        help="leave glibc's allocation settings alone (CPU capture jobs keep freed blocks for reuse: host_allocator)",
-    )
-
-
-def use_job_allocator(args: argparse.Namespace) -> None:
-    """Allocate host memory as a capture job does (on the CPU: `host_allocator.keep_freed_blocks`) unless
-    told not to."""
-    from neuron_census.host_allocator import keep_freed_blocks
-
-    if args.device == "cpu" and not args.default_allocator:
-        keep_freed_blocks()
-
-
-@contextmanager
-def tables_of_blocks(blocks: int) -> Iterator[None]:
-    """Host count tables made inside have `blocks` row blocks (merged on that many threads), not one per
-    thread PyTorch computes with: the number is read when a table is made."""
-    from neuron_census import count_tables
-
-    job_blocks = count_tables.merge_workers
-    count_tables.merge_workers = lambda: blocks
-    try:
-        yield
-    finally:
-        count_tables.merge_workers = job_blocks
 
 
 def main() -> None:
@@ -407,7 +376,7 @@ def main() -> None:
         "dtype": args.dtype, "n_seq": args.n_seq, "seq_len": args.seq_len, "batch_size": args.batch_size,
         "repeats": args.repeats, "rounds": args.rounds, "matmul_peak_gflops": peak, "torch": torch.__version__,
         "fire_rate": args.fire_rate, "ngram_capacity": args.ngram_capacity, "token_capacity": args.token_capacity,
-        "merge_pending": args.merge_pending,
+        "pending_bytes": args.pending_bytes,
     }
     table = markdown(results, peak, meta)
     print(table)

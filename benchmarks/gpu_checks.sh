@@ -2,14 +2,14 @@
 # Every check that needs a GPU, in one run (about 10 minutes on an H200): the CUDA tests, then the
 # bfloat16 benchmarks.
 #
-#   bash benchmarks/gpu_checks.sh [results folder]      (default: benchmarks/results)
+#   bash benchmarks/gpu_checks.sh [results folder]      (default: results/benchmarks)
 #
 # Needs the benchmark environment (benchmarks/requirements.txt) with a CUDA build of torch. Each step has
 # its own time limit and a failing step does not stop the others; the script's exit status is the
 # number of steps that failed. Writes gpu-*.md/json into the results folder.
 set -u
 cd "$(dirname "$0")/.."
-out=${1:-benchmarks/results}
+out=${1:-results/benchmarks}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 failed=0
@@ -32,20 +32,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__)"
 
 step 75 "CUDA tests" python3 -m pytest -q -m gpu -p no:cacheprovider \
-    tests/test_devices.py tests/test_accumulators.py tests/test_ngrams.py tests/test_host_copies.py
-step 30 "page-locked against pageable copies" python3 benchmarks/host_copy_speed.py --sizes-mb 1 25 100 400 \
-    --repeats 3 --out "$out/gpu-host-copies"
-step 40 "accumulator costs, OPT-125m widths, bf16" python3 benchmarks/accumulator_costs.py --device cuda \
-    --dtype bfloat16 --fire-rates 0.05 --batch-size 16 --seq-len 2048 --n-batches 4 --n-layers 2 \
-    --token-capacity 2048 --dense-tokens --out "$out/gpu-accumulator-costs-opt-125m-widths"
+    tests/test_devices.py tests/test_accumulators.py tests/test_ngrams.py tests/test_count_tables.py tests/test_host_copies.py
 
 speed=(--device cuda --dtype bfloat16 --fire-rate 0.05 --token-capacity 2048)
-# 2048-token sequences, 128 of them (as much as the bundled held-out text gives): half a preset shard, so
-# per-shard costs (the first top-k batches, the last merges, copying every table out) weigh as in a run
-step 60 "profile of one capture pass, OPT-125m shapes" python3 benchmarks/profile_capture.py --architecture opt-125m \
-    --n-seq 128 --seq-len 2048 --batch-size 16 --rows 30 "${speed[@]}" --out "$out/gpu-profile-opt-125m-128seq"
-# capture_dense_tokens: token x neuron counts added in place to a dense table per layer (7.4 GB for OPT-125m,
-# 39.5 GB for OPT-1.3b in all) instead of sorted and merged into bounded tables
+# 2048-token sequences, 128 of them (as much as the bundled held-out text gives): half a preset shard.
+# capture: the presets' bounded token tables; capture_dense_tokens: token x neuron counts in a dense table
+# per layer (7.4 GB for OPT-125m, 39.5 GB for OPT-1.3b in all)
 for batch in 16 64; do
     step 90 "OPT-125m shapes, batch $batch" python3 benchmarks/interleaved_speed.py --architecture opt-125m \
         --modes bare capture capture_dense_tokens capture_fire_pos --n-seq 128 --seq-len 2048 \

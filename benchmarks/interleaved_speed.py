@@ -8,7 +8,7 @@ drift reaches all of them alike. Each mode's ratio to the bare forward is taken 
 median over rounds is reported with every round's. Memory is not measured here.
 
     python benchmarks/interleaved_speed.py --architecture opt-125m --rounds 5 --fire-rate 0.05 \
-        --out benchmarks/results/interleaved-opt-125m-fire5
+        --out results/benchmarks/interleaved-opt-125m-fire5
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from capture_speed import (  # noqa: E402
     load_model,
     matmul_peak_gflops,
     mode_runner,
-    use_job_allocator,
     write_results,
 )
 
@@ -48,7 +47,6 @@ def main() -> None:
     args = parser.parse_args()
     if "bare" not in args.modes:
         parser.error("--modes must include bare: ratios are taken against it")
-    use_job_allocator(args)
 
     import torch
 

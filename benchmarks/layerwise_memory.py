@@ -13,7 +13,7 @@ Reported: peak anonymous memory (sampled every 10 ms: what the process itself al
 memory-mapped checkpoint are file-backed and count in RSS but the kernel can drop them), peak RSS, RSS once
 the model is loaded, the wall time of capture, and whether the firing counts equal the first placement's.
 
-    python benchmarks/layerwise_memory.py --architecture opt-1.3b --out benchmarks/results/layerwise-memory-opt-1.3b
+    python benchmarks/layerwise_memory.py --architecture opt-1.3b --out results/benchmarks/layerwise-memory-opt-1.3b
 """
 
 from __future__ import annotations

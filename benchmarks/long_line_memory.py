@@ -4,7 +4,7 @@ A document is held as text and tokenized `TOKENIZE_PIECE_CHARS` characters at a 
 makes the piece as large as the document (one pass of the tokenizer), side by side in the same run. Each job runs in a
 process of its own (peak resident memory from `resource`); the text is words drawn at random, GPT-2 BPE.
 
-    python benchmarks/long_line_memory.py --mb 5 20 --out benchmarks/results/long-line-memory
+    python benchmarks/long_line_memory.py --mb 5 20 --out results/benchmarks/long-line-memory
 """
 
 from __future__ import annotations

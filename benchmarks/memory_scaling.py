@@ -9,7 +9,7 @@ capture itself holds), for
   all     ngrams + sparse token x neuron firing counts: exact (at most layers x vocabulary x neurons pairs),
           or at most `--token-capacity` tokens per neuron
 
-    python benchmarks/memory_scaling.py --architecture opt-125m --n-seq 8 --factor 10 --out benchmarks/results/memory
+    python benchmarks/memory_scaling.py --architecture opt-125m --n-seq 8 --factor 10 --out results/benchmarks/memory
 """
 
 from __future__ import annotations
@@ -34,9 +34,6 @@ SETS = {
 def run_one(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from neuron_census.host_allocator import keep_freed_blocks
-
-    keep_freed_blocks()  # as a capture job on the CPU does
     from neuron_census.models.adapters import adapter_for
     from neuron_census.capture.engine import CaptureSettings, capture_tokens
     from neuron_census.models.zoo import build_random_model
@@ -53,7 +50,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         ngram_capacity=args.ngram_capacity,
         token_capacity=args.token_capacity,
         **({"accumulators": names} if names else {}),
-        **({"merge_pending": args.merge_pending} if args.merge_pending else {}),
+        **({"pending_bytes": args.pending_bytes} if args.pending_bytes else {}),
     )
     loaded = _rss_mb()
     capture_tokens(
@@ -76,7 +73,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ngram-capacity", type=int, default=2048)
     parser.add_argument("--token-capacity", type=int, default=None, help="default: exact token x neuron counts")
-    parser.add_argument("--merge-pending", type=int, default=None, help="capture.merge_pending (default: its default)")
+    parser.add_argument("--pending-bytes", type=int, default=None, help="capture.pending_bytes (default: its default)")
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     parser.add_argument("--fire-rate", type=float, default=None, help="shift FFN biases so this share fires")
     parser.add_argument("--out", type=Path, default=None)
@@ -96,7 +93,7 @@ def main() -> None:
             ] + (["--n-layers", str(args.n_layers)] if args.n_layers else []) + (
                 ["--token-capacity", str(args.token_capacity)] if args.token_capacity else []
             ) + (
-                ["--merge-pending", str(args.merge_pending)] if args.merge_pending else []
+                ["--pending-bytes", str(args.pending_bytes)] if args.pending_bytes else []
             ) + (
                 [] if args.fire_rate is None else ["--fire-rate", str(args.fire_rate)]
             )
@@ -108,7 +105,7 @@ def main() -> None:
         f"{'' if args.fire_rate is None else f' (FFN biases shifted so {args.fire_rate:g} fire)'}, "
         f"seq_len {args.seq_len}, batch {args.batch_size}, ngram_capacity {args.ngram_capacity}, "
         f"token_capacity {args.token_capacity or 'none (exact)'}, "
-        f"merge_pending {args.merge_pending or 'default'}.",
+        f"pending_bytes {args.pending_bytes or 'default'}.",
         "",
         "| accumulators | tokens | peak RSS MB | after load MB | held by capture MB | peak vs smaller run |",
         "|---|---:|---:|---:|---:|---:|",

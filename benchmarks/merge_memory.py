@@ -15,7 +15,7 @@ its own subprocess, so each peak is its own:
               (its peak RSS is the parent's; the peak of the parent and its workers together, sampled every
               20 ms, is reported beside it)
 
-    python benchmarks/merge_memory.py --architecture opt-125m --shards 2 8 --out benchmarks/results/merge-memory
+    python benchmarks/merge_memory.py --architecture opt-125m --shards 2 8 --out results/benchmarks/merge-memory
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ the share of the measured bfloat16 matmul peak that the forward's FLOPs reach at
 memory, and whether the firing counts equal the resident capture's.
 
     python benchmarks/placement_speed.py --architecture opt-30b --gpu-budget 16GiB \
-        --out benchmarks/results/gpu-placement-opt-30b
+        --out results/benchmarks/gpu-placement-opt-30b
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ GPT-2 BPE tokens. For shard k, timed in one process, alternating:
 Every way must give the same tokens (checked). The text is the bundled corpus, repeated `--repeat` times
 across `--files` files.
 
-    python benchmarks/shard_chain_speed.py --shards 0 7 15 --out benchmarks/results/shard-chain-speed
+    python benchmarks/shard_chain_speed.py --shards 0 7 15 --out results/benchmarks/shard-chain-speed
 """
 
 from __future__ import annotations

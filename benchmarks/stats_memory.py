@@ -10,7 +10,7 @@ its own subprocess on the merged store, so each peak is its own:
 
 Both must give equal tables; the script checks it.
 
-    python benchmarks/stats_memory.py --architecture opt-125m --out benchmarks/results/stats-memory-opt-125m
+    python benchmarks/stats_memory.py --architecture opt-125m --out results/benchmarks/stats-memory-opt-125m
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ capacities) over bundled text at full context length; its arrays are then writte
 the store uses, under each compressor in turn, and read back. Rounds alternate the compressors, since
 this host's speed drifts.
 
-    python benchmarks/store_codecs.py --rounds 3 --out benchmarks/results/store-codecs-opt-125m
+    python benchmarks/store_codecs.py --rounds 3 --out results/benchmarks/store-codecs-opt-125m
 """
 
 from __future__ import annotations
