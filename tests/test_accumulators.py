@@ -353,3 +353,22 @@ def test_token_fire_count_refuses_to_merge_other_capacities(data, device):
     bounded = run(TokenFireCount(GEOMETRY, device, dense_limit=0, capacity=3), data, device, rows=slice(5, None))
     with pytest.raises(ValueError, match="different capacity"):
         TokenFireCount.merge([exact, bounded])
+
+
+def test_constant_activations_have_no_spread_and_real_spread_is_kept(device):
+    """act_std from float64 sums: a neuron that always gives 0.7 has std 0 (not the rounding of
+    E[x^2] - E[x]^2), one with values 0 and 1 its exact spread."""
+    from neuron_census.analyses.tables import neuron_table
+
+    geometry = Geometry(layers=(0,), n_neurons=2, seq_len=5, vocab_size=3)
+    moments = Moments(geometry, device)
+    acts = torch.stack([torch.full((7, 5), 0.7), (torch.arange(35).reshape(7, 5) % 2).float()], dim=-1).to(device)
+    mask = torch.ones(7, 5, dtype=torch.bool, device=device)
+    mask[:, 0] = False
+    batch = LayerBatch(layer=0, acts=acts, fires=acts > 0, mask=mask, tokens=torch.zeros(7, 5, dtype=torch.int64, device=device),
+                       seq_ids=torch.arange(7, device=device), counted_from=1)
+    moments.update(batch)
+    states = {"fire_count": {"counts": np.array([[28, 14]]), "tokens": np.array([28])}, "moments": moments.state()}
+    table = neuron_table("m", {"layers": [0], "n_neurons": 2}, states)
+    values = acts[:, 1:, 1].cpu().numpy().astype(np.float64)
+    assert table["act_std"].to_list() == pytest.approx([0.0, values.std()], abs=1e-12)
