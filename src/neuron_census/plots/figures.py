@@ -89,7 +89,8 @@ def save_figure(fig: Figure, outputs: Sequence[str | os.PathLike[str]]) -> None:
     for output in outputs:
         path = Path(output)
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=path.suffix.lstrip("."), metadata=_metadata(path.suffix))
+            # the drawn extent, so that a legend or title reaching past the figure's edge is never cut off
+            fig.savefig(tmp, format=path.suffix.lstrip("."), metadata=_metadata(path.suffix), bbox_inches="tight")
     plt.close(fig)
 
 

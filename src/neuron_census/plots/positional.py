@@ -23,7 +23,8 @@ from matplotlib.ticker import MaxNLocator
 from neuron_census.plots.figures import _style, with_columns
 from neuron_census.analyses.positional import POSITIONAL_TYPES
 
-PANEL_TITLE_CHARS = 22  # a panel title's line, so that neighbouring panels' titles never run into each other
+TITLE_CHAR_INCHES = 0.075  # width of a character of an x-small title, so that neighbouring panels' titles never meet
+PANELS_SHARE = 0.75  # of the figure's width, the panels' (the legend takes the rest)
 
 TYPE_NAMES: dict[str, str] = {
     "oscillatory": "oscillatory",
@@ -171,11 +172,12 @@ def plot_positional_neurons(tables: Mapping[str, pl.DataFrame], style: Mapping[s
         sharey=True, squeeze=False,
     )
     dots = stacked_dots(neurons)
+    title_chars = max(6, int(PANELS_SHARE * style["figsize"][0] / max(len(models), 1) / TITLE_CHAR_INCHES) - 1)
     for ax, model in zip(axes[0], models):
         _draw_dots(ax, dots.filter(pl.col("model") == model), colours, style)
         _layer_range(ax, layers.filter(pl.col("model") == model)["layer"], dots.filter(pl.col("model") == model))
         title = f"{model} ({dots.filter(pl.col('model') == model).height})"
-        ax.set_title(textwrap.fill(title, PANEL_TITLE_CHARS), fontsize="small")  # long labels wrap, not overlap
+        ax.set_title(textwrap.fill(title, title_chars), fontsize="x-small")  # long labels wrap, not overlap
         ax.set_xlabel("layer")
     if not models:
         _say(axes[0, 0], "no models")
