@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from neuron_census.atomic import atomic_path
+from neuron_census.config import schema_defaults
 
 if TYPE_CHECKING:
     import torch
@@ -210,7 +211,8 @@ def _load_model_and_tokenizer(
 
     torch.set_num_threads(max(1, threads))
     tokenizer = load_tokenizer(tokenizer_name, tokenizer_spec)
-    device, dtype = resolve_device(settings.get("device", "auto"), settings.get("dtype", "auto"))
+    settings = {**schema_defaults("capture"), **settings}
+    device, dtype = resolve_device(settings["device"], settings["dtype"])
     loaded = load_model(model_name, model_spec, device=device, dtype=dtype, placement=placement, offload_dir=offload_dir)
     return tokenizer, loaded, device, dtype
 
@@ -252,7 +254,7 @@ def capture_job(
         outside = unanalysed_ngram_layers(capture_settings.ngram_layers, layers)
         if outside:  # hub models: the config alone could not show this at parse time
             raise ValueError(f"model '{model_name}': capture.ngram_layers {outside} are not among the analysed layers {list(layers)}")
-        write_behind = bool(settings.get("write_behind", True))
+        write_behind = bool({**schema_defaults("capture"), **settings}["write_behind"])
         report_statistics_memory(model_name, capture_settings, adapter, tokens.shape, device, placement)
         attrs = {
             "model": model_name,
@@ -416,7 +418,8 @@ def vocab_job(
     from neuron_census.capture.placement import Placement, offload_folder, place_outside_layers
     from neuron_census.analyses.vocab import vocab_table
 
-    resident = settings.get("strategy", "resident") == "resident"
+    settings = {**schema_defaults("capture"), **schema_defaults("analysis/vocab"), **settings}
+    resident = settings["strategy"] == "resident"
     placement = Placement() if resident else Placement.from_config({**settings, "strategy": "layerwise"})
     with offload_folder(placement) as folder:
         tokenizer, loaded, device, _ = _load_model_and_tokenizer(
@@ -431,8 +434,8 @@ def vocab_job(
             tokenizer.token_strings(),
             detectors,
             layers=sorted(neurons["layer"].unique().to_list()),
-            top_n=int(settings.get("top_n", 10)),
-            apply_final_norm=bool(settings.get("final_norm", False)),
+            top_n=int(settings["top_n"]),
+            apply_final_norm=bool(settings["final_norm"]),
         )
     write_parquet(table, output)
 

@@ -119,8 +119,8 @@ def vocab_settings(model):
         **config["analysis"]["vocab"],
         "device": capture["device"],
         "dtype": capture["dtype"],
-        "strategy": capture.get("strategy", "resident"),
-        "layerwise_weights": capture.get("layerwise_weights", "cpu"),
+        "strategy": capture["strategy"],
+        "layerwise_weights": capture["layerwise_weights"],
         "offload_dir": capture.get("offload_dir"),
     }
 
