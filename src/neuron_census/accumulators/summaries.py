@@ -110,7 +110,7 @@ def merge_summaries_by_sort(
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], capacity: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Merge summaries (or exact counts, which are summaries too) by sorting every counter: add counters, then
-    prune. Any group and gram values and any counts; the reference for `count_tables.merge_summaries`."""
+    prune. Any group and gram values and any counts; the reference for `tables.merge_summaries`."""
     group = np.concatenate([p[0] for p in parts]).astype(np.int64)
     gram = np.concatenate([p[1] for p in parts]).astype(np.int64)
     count = np.concatenate([p[2] for p in parts]).astype(np.int64)
