@@ -44,7 +44,6 @@ def run(
     rows: slice = slice(None),
     batch: int = 5,
     counted_from: int | None = None,
-    fires_where_positive: bool = False,
     dtype: torch.dtype = torch.float32,
 ) -> dict[str, np.ndarray]:
     seq_ids = np.arange(N_SEQ)[rows]
@@ -62,7 +61,6 @@ def run(
                     tokens=torch.from_numpy(data["tokens"][sel]).to(device),
                     seq_ids=torch.from_numpy(sel).to(device),
                     counted_from=counted_from,
-                    fires_where_positive=fires_where_positive,
                 )
             )
     return accumulator.state()
@@ -262,12 +260,12 @@ def test_moments(data, device, counted_from, shift):
 
 
 def test_bfloat16_activations_give_the_results_of_their_float32_values(data, device):
-    """Firings' values are gathered in the activations' dtype and widened: moments and top-k of a bfloat16
+    """Activations are widened from their own dtype inside each reduction: moments and top-k of a bfloat16
     batch equal those of the same values in float32."""
     rounded = data | {"acts": torch.from_numpy(data["acts"]).bfloat16().float().numpy()}
     for make in (lambda: Moments(GEOMETRY, device), lambda: TopK(GEOMETRY, device, k=3)):
-        expected = run(make(), rounded, device, counted_from=1, fires_where_positive=True)
-        got = run(make(), rounded, device, counted_from=1, fires_where_positive=True, dtype=torch.bfloat16)
+        expected = run(make(), rounded, device, counted_from=1)
+        got = run(make(), rounded, device, counted_from=1, dtype=torch.bfloat16)
         for key in expected:
             np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
 

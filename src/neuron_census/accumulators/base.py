@@ -52,8 +52,8 @@ class LayerBatch:
     tokens: torch.Tensor  # [B, T] int64 token ids
     seq_ids: torch.Tensor  # [B] int64 global sequence ids (shard * sequences_per_shard + row)
     counted_from: int | None = None  # when known on the host: `mask` is exactly "position >= counted_from"
-    fires_where_positive: bool = False  # `fires` is exactly `acts > 0` at counted positions
     first_seq: int | None = None  # seq_ids[0] when known on the host (capture knows it)
+    acts_flat: torch.Tensor | None = None  # [B*T, N] float32 activations when the hook gave them so (OPT)
     # derived from the tokens alone, so shared by every layer of the batch (capture passes one dict per batch)
     per_batch: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
     _cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -74,6 +74,8 @@ class LayerBatch:
     def acts_2d(self) -> torch.Tensor:
         """[B*T, N] float32 activations, every position (masked ones included)."""
         def make() -> torch.Tensor:
+            if self.acts_flat is not None:
+                return self.acts_flat
             flat = self.acts.reshape(-1, self.acts.shape[-1])
             return flat if flat.dtype == torch.float32 else flat.float()
 
@@ -82,10 +84,6 @@ class LayerBatch:
     def tokens_flat(self) -> torch.Tensor:
         """[B*T] token ids, shared by every layer of the batch."""
         return self.shared("tokens_flat", lambda: self.tokens.reshape(-1))
-
-    def weights(self) -> torch.Tensor:
-        """[1, B*T] float32: 1 where the token is counted, 0 at BOS."""
-        return self._cached("weights", lambda: self.mask.reshape(1, -1).to(torch.float32))
 
     def counted_tokens(self) -> int | torch.Tensor:
         """Counted positions of the batch: a host int when `counted_from` says them (no device op)."""

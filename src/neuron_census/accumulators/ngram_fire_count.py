@@ -126,16 +126,14 @@ class NgramFireCount(Accumulator):
             "fires": self._fires_of([slot] if counted else []),
         }
         for order in self.orders:
-            pending = self._pending[slot][order] if counted else None
-            if pending is not None:
-                self._flush(slot, order)
-            columns = JoinedColumns(3, pending.table.held() if pending is not None else 0)
-            for part in pending.table.parts() if pending is not None else ():
+            table = self._pending[slot][order].table if counted else None
+            columns = JoinedColumns(3, table.held() if table is not None else 0)
+            for part in table.parts() if table is not None else ():
                 columns.append(*part)
             group, gram, count = columns.arrays
             state |= {f"order{order}_group": group, f"order{order}_gram": gram, f"order{order}_count": count}
-            if pending is not None:
-                pending.clear()
+            if table is not None:
+                self._pending[slot][order].clear()
         return state
 
     def state(self) -> State:

@@ -66,7 +66,7 @@ def layer_batch(item: sources.LayerActivations, fire_rule: str, per_batch: dict[
         if "mask_3d" not in per_batch:
             per_batch["mask_3d"] = batch.mask[..., None]
         fires &= per_batch["mask_3d"]
-    layer_batch = LayerBatch(
+    return LayerBatch(
         layer=item.layer,
         acts=item.acts,
         fires=fires,
@@ -74,13 +74,10 @@ def layer_batch(item: sources.LayerActivations, fire_rule: str, per_batch: dict[
         tokens=batch.tokens,
         seq_ids=batch.seq_ids,
         counted_from=batch.counted_from,
-        fires_where_positive=not by_gate,
         first_seq=batch.first_seq,
+        acts_flat=item.acts_flat,  # the hook's own [B*T, N] tensor (OPT): no reshape back
         per_batch=per_batch,
     )
-    if item.acts_2d is not None:  # the hook's own [B*T, N] tensor (OPT): no reshape back
-        layer_batch._cache["acts_2d"] = item.acts_2d
-    return layer_batch
 
 
 def run(
@@ -227,26 +224,23 @@ def capture_paired(
     check_one_tokenizer(models)
     placement = placement or Placement()
     batches = sources.token_batches(tokens, batch_size, first_seq_id, has_bos, device)
-    per_model: dict[str, Iterator[sources.LayerActivations]] = {}
-    same_as: dict[str, str] = {}  # a model object named twice runs once (two sets of hooks on one module clash)
+    # a model object named twice runs once, under its first name (two sets of hooks on one module clash)
     first_name: dict[int, str] = {}
-    for name, paired_model in models.items():
-        if id(paired_model.model) in first_name:
-            same_as[name] = first_name[id(paired_model.model)]
-            continue
-        first_name[id(paired_model.model)] = name
-        check_tokens(tokens, paired_model.adapter, name)
-        analysed = resolve_layers(layers, paired_model.adapter.n_layers, name)
-        steps = sources.ModelSteps(paired_model.model, paired_model.adapter, analysed, device, read_gate=read_gate, name=name)
+    runs_as = {name: first_name.setdefault(id(paired.model), name) for name, paired in models.items()}
+    per_model: dict[str, Iterator[sources.LayerActivations]] = {}
+    for name in first_name.values():
+        paired = models[name]
+        check_tokens(tokens, paired.adapter, name)
+        analysed = resolve_layers(layers, paired.adapter.n_layers, name)
+        steps = sources.ModelSteps(paired.model, paired.adapter, analysed, device, read_gate=read_gate, name=name)
         per_model[name] = iter(activation_source(steps, batches, placement, offload_dir))
     with torch.inference_mode(), closing(sources.paired(per_model)) as items:  # type: ignore[type-var]
-        for item in items:
-            if same_as:
-                item = sources.PairedActivations(
-                    item.batch,
-                    item.layer,
-                    {name: item.acts[same_as.get(name, name)] for name in models},
-                    {name: item.preacts[same_as.get(name, name)] for name in models},
-                )
+        for ran in items:
+            item = sources.PairedActivations(
+                ran.batch,
+                ran.layer,
+                {name: ran.acts[runs_as[name]] for name in models},
+                {name: ran.preacts[runs_as[name]] for name in models},
+            )
             for accumulator in accumulators:
                 accumulator.update(item)

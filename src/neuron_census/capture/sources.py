@@ -56,7 +56,7 @@ class LayerActivations:
     layer: int
     acts: torch.Tensor  # [B, T, N] on the capture device
     preacts: torch.Tensor | None  # [B, T, N] gate output of a gated FFN, when the fire rule reads it
-    acts_2d: torch.Tensor | None = None  # [B*T, N] float32, when the hook handed them out so (OPT)
+    acts_flat: torch.Tensor | None = None  # [B*T, N] float32, when the hook handed them out so (OPT)
 
 
 @dataclass(frozen=True)
