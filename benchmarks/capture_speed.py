@@ -130,9 +130,6 @@ def set_fire_rate(model: Any, tokens: Any, rate: float, device: str) -> None:
     """
     import torch
 
-    from neuron_census.models.adapters import adapter_for
-
-    adapter = adapter_for(model)
     sample = torch.from_numpy(tokens[:2]).to(device)
 
     def shift(fc1: torch.nn.Module, _args: Any, output: torch.Tensor) -> torch.Tensor:
@@ -143,7 +140,7 @@ def set_fire_rate(model: Any, tokens: Any, rate: float, device: str) -> None:
         fc1.bias -= quantile.to(fc1.bias.dtype)
         return output - quantile.to(output.dtype)
 
-    handles = [layer.fc1.register_forward_hook(shift) for layer in adapter.decoder_layers()]
+    handles = [layer.fc1.register_forward_hook(shift) for layer in model.model.decoder.layers]  # OPT's FFN inputs
     try:
         with torch.no_grad():
             model.base_model(input_ids=sample, use_cache=False)

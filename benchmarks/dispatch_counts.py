@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from capture_speed import set_fire_rate  # noqa: E402  (imports nothing of the package: runs on any source tree)
 COUNTER = HERE.parent / "src" / "neuron_census" / "testing" / "dispatch.py"
 
 
@@ -46,26 +48,6 @@ def _counter_module() -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def shift_fire_rate(model: Any, sample: Any, rate: float) -> None:
-    """Shift every OPT FFN input bias so that about `rate` of the pre-activations are positive (as trained
-    OPT layers fire on a few percent; random weights fire on half)."""
-    import torch
-
-    def shift(fc1: torch.nn.Module, _args: Any, output: torch.Tensor) -> torch.Tensor:
-        values = output.detach().float().reshape(-1)
-        quantile = torch.quantile(values[torch.randperm(len(values), generator=torch.Generator().manual_seed(0))[:1_000_000]], 1.0 - rate)
-        fc1.bias -= quantile
-        return output - quantile
-
-    handles = [layer.fc1.register_forward_hook(shift) for layer in model.model.decoder.layers]
-    try:
-        with torch.no_grad():
-            model.base_model(input_ids=sample, use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def take_gpu_paths() -> None:
@@ -114,7 +96,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     n_seq = args.batch_size * args.batches * 2  # a shard of `batches`, then one twice as long
     tokens = np.random.default_rng(0).integers(3, adapter.vocab_size, size=(n_seq, args.seq_len)).astype(np.int64)
     tokens[:, 0] = 2
-    shift_fire_rate(model, torch.from_numpy(tokens[:2]), args.fire_rate)
+    set_fire_rate(model, tokens, args.fire_rate, "cpu")
     settings = engine.CaptureSettings(batch_size=args.batch_size, token_capacity=args.token_capacity)
 
     def capture(rows: Any) -> None:
