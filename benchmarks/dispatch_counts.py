@@ -6,12 +6,13 @@ Each tree given by `--engines NAME=SRC` (e.g. the current one and a checkout of 
 process of its own on the same seeded random-weight model and tokens; its capture's counts minus those of the
 bare forward pass, divided by layers x batches, are the engine's per (layer, batch) cost over one shard.
 
-The engine before the redesign took other code paths on a CPU than on a GPU (SciPy tables, byte sums, a
-sparse moments path); `NAME=SRC:gpu-path` runs it on the CPU with the paths it takes on a CUDA device.
+Both engines take other code paths on a CPU than on a GPU (before the redesign: SciPy tables, byte sums, a
+sparse moments path; now: top-k candidates, lazily zeroed token rows); `NAME=SRC:gpu-path` runs a tree on
+the CPU with the paths it takes on a CUDA device.
 
     git worktree add /tmp/before 99aee79
     python benchmarks/dispatch_counts.py --engines before=/tmp/before/src before-gpu-path=/tmp/before/src:gpu-path \
-        after=src --out results/benchmarks/dispatch-counts
+        now=src now-gpu-path=src:gpu-path --out results/benchmarks/dispatch-counts
 """
 
 from __future__ import annotations
@@ -51,12 +52,18 @@ def _counter_module() -> Any:
 
 
 def take_gpu_paths() -> None:
-    """Make the engine before the redesign (modules `neuron_census.accumulators`, `count_tables`, `ngrams`)
-    take, on the CPU, the code paths it takes on a CUDA device."""
+    """Make the engine take, on the CPU, the code paths it takes on a CUDA device: the switch of today's
+    engine, or the patches the engine before the redesign (modules `neuron_census.accumulators`,
+    `count_tables`, `ngrams`) needs."""
     import dataclasses
 
     import torch
 
+    try:
+        importlib.import_module("neuron_census.accumulators.base").HOST_PATHS = False
+        return
+    except ModuleNotFoundError:
+        pass
     accumulators = importlib.import_module("neuron_census.accumulators")
     count_tables = importlib.import_module("neuron_census.count_tables")
     ngrams = importlib.import_module("neuron_census.ngrams")

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from neuron_census.accumulators import Geometry, LayerBatch, merge_states
+from neuron_census.accumulators import top_k
 from neuron_census.accumulators.base import ExactFloatCounts
 from neuron_census.accumulators.fire_count import FireCount
 from neuron_census.accumulators.moments import Moments
@@ -45,6 +46,7 @@ def run(
     batch: int = 5,
     counted_from: int | None = None,
     dtype: torch.dtype = torch.float32,
+    first_seq_on_host: bool = False,
 ) -> dict[str, np.ndarray]:
     seq_ids = np.arange(N_SEQ)[rows]
     for start in range(0, len(seq_ids), batch):
@@ -61,6 +63,7 @@ def run(
                     tokens=torch.from_numpy(data["tokens"][sel]).to(device),
                     seq_ids=torch.from_numpy(sel).to(device),
                     counted_from=counted_from,
+                    first_seq=int(sel[0]) if first_seq_on_host else None,
                 )
             )
     return accumulator.state()
@@ -144,7 +147,7 @@ def test_dense_token_tables_live_from_a_layers_first_batch_to_its_hand_over(data
     accumulator = TokenFireCount(GEOMETRY, device, dense_limit=1 << 30)
     assert accumulator.dense == [None, None]
     run(accumulator, data, device, rows=slice(0, 5))
-    assert all(table is not None and table.device.type == device.type for table in accumulator.dense)
+    assert all(held is not None and held[0].device.type == device.type for held in accumulator.dense)
     expected = token_fires_of(data, rows=slice(0, 5))
     for slot, layer in enumerate(LAYERS):
         state = accumulator.take_layer(layer)
@@ -203,19 +206,27 @@ def reference_top_k(data, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return values, seqs, poss
 
 
+@pytest.mark.parametrize("on_host", [False, True], ids=["rows-on-device", "rows-on-host"])
 @pytest.mark.parametrize("shifted", [False, True], ids=["relu", "negative-values"])
 @pytest.mark.parametrize("batch", [1, 4, 12])
-def test_top_k_one_pass_and_merged_shards_equal_reference(data, device, batch, shifted):
+def test_top_k_one_pass_and_merged_shards_equal_reference(data, device, batch, shifted, on_host, monkeypatch):
     """Exact top k with ties (many zeros, coarse values) going to the earliest (sequence, position), in one
-    pass of any batch size and merged from shards."""
+    pass of any batch size and merged from shards; with the batch's rows known on the host, a CPU keys only
+    the candidates above a bar (the k-th kept value, or a first batch's k-th largest in its first sequence)."""
     if shifted:
         data = data | {"acts": data["acts"] - np.float32(0.25)}
     k = 6
+    candidates = []
+    take = TopK._update_from_candidates
+    monkeypatch.setattr(TopK, "_update_from_candidates", lambda self, *a: candidates.append(1) or take(self, *a))
+    monkeypatch.setattr(top_k, "SAMPLE_ROWS", SEQ_LEN - 1)  # a first batch's bar from its first sequence
     values, seqs, poss = reference_top_k(data, k)
-    one_pass = run(TopK(GEOMETRY, device, k=k), data, device, batch=batch)
+    host = {"first_seq_on_host": on_host, "counted_from": 1 if on_host else None}
+    one_pass = run(TopK(GEOMETRY, device, k=k), data, device, batch=batch, **host)
+    assert bool(candidates) == (on_host and device.type == "cpu")
     halves = [
-        run(TopK(GEOMETRY, device, k=k), data, device, rows=slice(0, 7), batch=3),
-        run(TopK(GEOMETRY, device, k=k), data, device, rows=slice(7, None), batch=2),
+        run(TopK(GEOMETRY, device, k=k), data, device, rows=slice(0, 7), batch=3, **host),
+        run(TopK(GEOMETRY, device, k=k), data, device, rows=slice(7, None), batch=2, **host),
     ]
     merged = TopK.merge(halves)
     for state in (one_pass, merged):
@@ -248,15 +259,35 @@ def test_ordered_bits_order_like_the_floats_and_decode_back(device):
 @pytest.mark.parametrize("counted_from", [None, 1], ids=["mask-copy", "bos-view"])
 @pytest.mark.parametrize("shift", [0.0, -0.3], ids=["relu", "below-zero"])
 def test_moments(data, device, counted_from, shift):
-    """Counted positions read through the mask (a copy) or, as capture does, a view past the BOS; sums in
-    float64 whatever the batch."""
+    """Counted positions read through the mask (a copy) or, as capture does, a view past the BOS; the spread
+    as the centred sum of squares, combined over sequences and batches."""
     data = data | {"acts": data["acts"] + np.float32(shift)}
     state = run(Moments(GEOMETRY, device), data, device, counted_from=counted_from)
     acts = data["acts"][:, data["mask"]].astype(np.float64)  # [L, tokens, N]
-    np.testing.assert_allclose(state["sum"], acts.sum(axis=1), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(state["sum_sq"], (acts**2).sum(axis=1), rtol=1e-12)
+    assert state["count"].tolist() == [acts.shape[1]] * acts.shape[0]
+    # each sequence's mean and variance are float32 (from float64 sums on a CPU), combined in float64
+    np.testing.assert_allclose(state["sum"], acts.sum(axis=1), rtol=1e-6, atol=1e-5)
+    deviations = acts - acts.mean(axis=1, keepdims=True)
+    np.testing.assert_allclose(state["m2"], (deviations**2).sum(axis=1), rtol=1e-6, atol=1e-9)
     np.testing.assert_array_equal(state["min"], acts.min(axis=1).astype(np.float32))
     np.testing.assert_array_equal(state["max"], acts.max(axis=1).astype(np.float32))
+
+
+def test_moments_keep_a_small_spread_next_to_a_large_mean(data, device):
+    """A constant neuron has spread exactly 0, and one of spread 1e-3 around 100 keeps it (E[x^2] - E[x]^2
+    from float32 sequence sums would leave rounding noise of about 1e-2 there), over batches and merged
+    shards alike."""
+    rng = np.random.default_rng(1)
+    acts = np.full_like(data["acts"], 3.25)
+    acts[..., 1] = 100 + rng.normal(scale=1e-3, size=acts.shape[:-1])
+    wide = data | {"acts": acts}
+    whole = run(Moments(GEOMETRY, device), wide, device, counted_from=1)
+    merged = Moments.merge([run(Moments(GEOMETRY, device), wide, device, rows=rows, counted_from=1) for rows in (slice(0, 5), slice(5, None))])
+    counted = acts[:, :, 1:].reshape(len(LAYERS), -1, N_NEURONS).astype(np.float64)
+    for state in (whole, merged):
+        std = np.sqrt(state["m2"] / state["count"][:, None])
+        assert (std[:, 0] == 0).all() and (std[:, 2:] == 0).all()
+        np.testing.assert_allclose(std[:, 1], counted[..., 1].std(axis=1), rtol=1e-3)
 
 
 def test_bfloat16_activations_give_the_results_of_their_float32_values(data, device):
@@ -308,9 +339,9 @@ def test_merge_of_shards_equals_one_pass(data, device):
     merged = merge_states([all_states(slice(0, 5)), all_states(slice(5, 9)), all_states(slice(9, None))])
     for name, state in whole.items():
         for key, array in state.items():
-            if name == "moments" and key.startswith("sum"):
-                # float64 sums: other batch boundaries move only the last float64 digits
-                np.testing.assert_allclose(merged[name][key], array, rtol=1e-12)
+            if name == "moments" and key in ("sum", "m2"):
+                # other batch boundaries combine other float32 sequence means and variances
+                np.testing.assert_allclose(merged[name][key], array, rtol=1e-6, atol=1e-5)
             else:
                 np.testing.assert_array_equal(merged[name][key], array, err_msg=f"{name}/{key}")
 

@@ -16,7 +16,8 @@ from neuron_census.capture.engine import CaptureSettings, capture_tokens
 from neuron_census.models.loading import load_model
 from neuron_census.testing.planted import designed_tokens, get_recipe, planted_words
 from neuron_census.analyses.tables import AnalysisSettings, layer_table, stats_tables
-from neuron_census.analyses.vocab import vocab_table
+from neuron_census.accumulators.token_fire_count import decode_token_fire_keys
+from neuron_census.analyses.vocab import fired_pairs, vocab_tables, with_vocab
 
 RECIPE = get_recipe("census")
 TOKEN_STRINGS = ["<bos>", "<unk>", *planted_words(RECIPE)]
@@ -57,9 +58,16 @@ def census(request) -> tuple[pl.DataFrame, pl.DataFrame]:
         "vocab_size": RECIPE.vocab_size, "seq_len": tokens.shape[1],
     }
     stats, _ = stats_tables("census", attrs, merged, AnalysisSettings(), TOKEN_STRINGS)
-    detectors = stats.filter(pl.col("token_detector")).select("layer", "neuron", "detected_tokens")
-    vocab = vocab_table(loaded.adapter, TOKEN_STRINGS, detectors, layers=list(layers), top_n=3)
-    neurons = stats.join(vocab, on=["layer", "neuron"], how="left", maintain_order="left")
+    keys = merged["token_fire_count"]["keys"]
+    slots = decode_token_fire_keys(keys, RECIPE.vocab_size, RECIPE.n_neurons)[0]
+    cells = RECIPE.vocab_size * RECIPE.n_neurons
+
+    def fired(layer: int) -> tuple[np.ndarray, np.ndarray]:
+        slot = list(layers).index(layer)
+        return fired_pairs(keys[slots == slot] - slot * cells, RECIPE.n_neurons)
+
+    vocab, scores = vocab_tables(loaded.adapter, TOKEN_STRINGS, fired, layers=list(layers), top_n=3)
+    neurons = with_vocab(stats, vocab, scores)
     return neurons, layer_table(neurons, RECIPE.n_layers)
 
 

@@ -20,7 +20,7 @@ from neuron_census.capture.placement import Placement, accelerate_max_memory, di
 from neuron_census.jobs import capture_job
 from neuron_census.models.loading import load_model
 from neuron_census.testing.planted import census_tokens, get_recipe, planted_words
-from neuron_census.capture.store import read_store
+from neuron_census.capture.store import read_store, write_store
 from strategy_cases import SETTINGS, SPECS, assert_same_states, model_bytes, sample_tokens
 
 
@@ -273,22 +273,24 @@ def test_vocabulary_projection_reads_layers_kept_on_disk(name, tmp_path):
         if name == "planted"
         else {"source": "local", "path": SPECS["stories260k"]["path"]}
     )
-    adapter = load_model("m", spec).adapter
-    n_layers, n_neurons = len(adapter.decoder_layers()), adapter.value_vectors(0).shape[0]
-    stats = tmp_path / "stats.parquet"
-    pl.DataFrame({
-        "layer": [layer for layer in range(n_layers) for _ in range(n_neurons)],
-        "neuron": list(range(n_neurons)) * n_layers,
-        "token_detector": [neuron == 0 for _ in range(n_layers) for neuron in range(n_neurons)],
-        "detected_tokens": [[3] if neuron == 0 else [] for _ in range(n_layers) for neuron in range(n_neurons)],
-    }).write_parquet(stats)
+    loaded = load_model("m", spec)
+    tokens = sample_tokens(loaded.adapter.vocab_size)
+    settings = replace(SETTINGS, accumulators=("token_fire_count",))
+    layers, states = capture_tokens(
+        loaded.model, loaded.adapter, tokens, model_name="m", first_seq_id=0, has_bos=True, settings=settings,
+        device=torch.device("cpu"), progress=False,
+    )
+    store = tmp_path / "merged.zarr"
+    n_layers, n_neurons = len(layers), loaded.adapter.n_neurons
+    write_store(store, {"layers": list(layers), "n_neurons": n_neurons, "datasets": ["d"], "sources": ["s"]}, states)
     base = {"device": "cpu", "dtype": "float32", "top_n": 5}
-    vocab_job("m", spec, tokenizer_name, tokenizer_spec, base, stats, tmp_path / "resident.parquet")
+    vocab_job("m", spec, tokenizer_name, tokenizer_spec, base, [store], tmp_path / "resident.parquet", tmp_path / "resident-fired.parquet")
     on_disk = {"strategy": "layerwise", "layerwise_weights": "disk", "offload_dir": str(tmp_path / "weights")}
-    vocab_job("m", spec, tokenizer_name, tokenizer_spec, {**base, **on_disk}, stats, tmp_path / "disk.parquet")
-    expected, got = pl.read_parquet(tmp_path / "resident.parquet"), pl.read_parquet(tmp_path / "disk.parquet")
-    assert got.height == n_layers * n_neurons
-    assert got.equals(expected)
+    vocab_job("m", spec, tokenizer_name, tokenizer_spec, {**base, **on_disk}, [store], tmp_path / "disk.parquet", tmp_path / "disk-fired.parquet")
+    for kind, rows in (("", n_layers * n_neurons), ("-fired", len(states["token_fire_count"]["keys"]))):
+        expected, got = pl.read_parquet(tmp_path / f"resident{kind}.parquet"), pl.read_parquet(tmp_path / f"disk{kind}.parquet")
+        assert got.height == rows > 0
+        assert got.equals(expected)
     assert list((tmp_path / "weights").iterdir()) == []
 
 

@@ -29,11 +29,13 @@ from neuron_census.plots.vocab import (
     table_height,
 )
 from neuron_census.analyses.vocab import (
+    FIRED_SCHEMA,
+    TRIGGER_SCHEMA,
     VOCAB_SCHEMA,
     chunk_rows,
     project_layer,
-    trigger_scores,
-    vocab_table,
+    trigger_columns,
+    vocab_tables,
 )
 
 VOCAB, HIDDEN, FFN = 40, 16, 24
@@ -219,33 +221,57 @@ def direct_triggers(
     return z, percentile
 
 
+def every_pair(adapter: FFNAdapter):
+    """(neuron, token) pairs of every layer, sorted by neuron: as if each neuron fired on each token."""
+    n_neurons, vocab = adapter.n_neurons, adapter.vocab_size
+    return lambda layer: (np.repeat(np.arange(n_neurons), vocab), np.tile(np.arange(vocab), n_neurons))
+
+
+def vocab_table(adapter, token_strings, detectors, *, layers, **settings) -> pl.DataFrame:
+    """The projection table joined with the trigger columns of `detectors`, as neurons.parquet joins them."""
+    table, fired = vocab_tables(adapter, token_strings, every_pair(adapter), layers=layers, **settings)
+    assert dict(fired.schema) == FIRED_SCHEMA
+    assert fired.height == len(layers) * adapter.n_neurons * adapter.vocab_size
+    triggers = trigger_columns(detectors, fired)
+    assert dict(triggers.select(pl.exclude("layer", "neuron")).schema) == TRIGGER_SCHEMA
+    return table.join(triggers, on=["layer", "neuron"], how="left", maintain_order="left")
+
+
 @pytest.mark.parametrize("apply_final_norm", [False, True])
-def test_trigger_scores_match_direct_computation(apply_final_norm: bool) -> None:
+def test_fired_token_scores_match_direct_computation(apply_final_norm: bool) -> None:
+    """Each fired pair's z-score and strictly-below fraction, in blocks of three neurons, with ties."""
     model = random_model(seed=3)
+    with torch.no_grad():  # ties: tokens 4 and 5 score alike for every neuron
+        model.lm_head.weight[5] = model.lm_head.weight[4]
     adapter = adapter_for(model, name="tiny")
-    neurons = [5, 0, 7, 23]
-    triggers = [[1, 2, 3], [0], [9, 9, 30], [39, 2]]
-    result = trigger_scores(
-        adapter, 0, np.array(neurons), triggers, apply_final_norm=apply_final_norm, max_chunk_bytes=3 * 4 * VOCAB
+    neurons, tokens = np.array([0, 0, 5, 5, 5, 5, 7, 23, 23]), np.array([0, 4, 1, 5, 4, 3, 30, 39, 2])
+    result = project_layer(
+        adapter, 0, top_n=2, apply_final_norm=apply_final_norm, max_chunk_bytes=3 * 4 * VOCAB, fired=(neurons, tokens)
     )
-    z, percentile = direct_triggers(reference_scores(model, 0, apply_final_norm), neurons, triggers)
-    np.testing.assert_allclose(result["trigger_z"], z, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(result["trigger_percentile"], percentile)
-    np.testing.assert_array_equal(result["suppresses_trigger"], np.array(z) < 0)
-    assert result["suppresses_trigger"].any() and not result["suppresses_trigger"].all()
+    scores = reference_scores(model, 0, apply_final_norm)
+    z = [(scores[n, t] - scores[n].mean()) / scores[n].std() for n, t in zip(neurons, tokens)]
+    below = [np.sum(scores[n] < scores[n, t]) / VOCAB for n, t in zip(neurons, tokens)]
+    np.testing.assert_allclose(result["token_z"], z, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(result["token_percentile"], below)
+    assert result["token_percentile"][3] == result["token_percentile"][4]  # a tie: neither is below the other
 
 
-def test_trigger_scores_edge_cases() -> None:
-    adapter = adapter_for(random_model(), name="tiny")
-    result = trigger_scores(adapter, 0, np.array([1, 2]), [[], [4]], apply_final_norm=False)
-    assert np.isnan(result["trigger_z"][0]) and np.isnan(result["trigger_percentile"][0])
-    assert not result["suppresses_trigger"][0] and np.isfinite(result["trigger_z"][1])
-    empty = trigger_scores(adapter, 0, np.array([], dtype=np.int64), [], apply_final_norm=False)
-    assert all(v.size == 0 for v in empty.values())
-    with pytest.raises(ValueError, match="trigger token ids"):
-        trigger_scores(adapter, 0, np.array([1]), [[VOCAB]], apply_final_norm=False)
-    with pytest.raises(ValueError, match="trigger lists"):
-        trigger_scores(adapter, 0, np.array([1, 2]), [[3]], apply_final_norm=False)
+def test_trigger_columns_average_the_detected_tokens_scores() -> None:
+    fired = pl.DataFrame(
+        {"layer": [0, 0, 0, 1, 1], "neuron": [1, 1, 2, 1, 3], "token": [4, 6, 4, 4, 0],
+         "token_z": [1.0, -3.0, 0.5, float("nan"), 2.0], "token_percentile": [0.5, 0.25, 0.75, 0.0, 1.0]},
+        schema=FIRED_SCHEMA,
+    )
+    detectors = pl.DataFrame(
+        {"layer": [0, 0, 1, 1], "neuron": [1, 2, 1, 3], "detected_tokens": [[4, 6], [], [4], [0]]}, schema=DETECTOR_SCHEMA
+    )
+    got = trigger_columns(detectors, fired)
+    assert got["trigger_z"].to_list() == [-1.0, None, None, 2.0]  # no triggers, no spread (NaN): null
+    assert got["trigger_percentile"].to_list() == [0.375, None, 0.0, 1.0]
+    assert got["suppresses_trigger"].to_list() == [True, None, None, False]
+    unscored = detectors.with_columns(detected_tokens=pl.Series([[4, 5], [], [4], [0]], dtype=pl.List(pl.Int64)))
+    with pytest.raises(ValueError, match="trigger token 5 of neuron 1 in layer 0 was not scored"):
+        trigger_columns(unscored, fired)
 
 
 # ---------------------------------------------------------------------------------------- the table
@@ -289,15 +315,15 @@ def test_vocab_table_dtypes_and_null_rules() -> None:
     model = random_model(seed=5)
     adapter = adapter_for(model, name="tiny")
     detectors = pl.DataFrame(
-        {"layer": [1, 1, 0, 1], "neuron": [3, 9, 4, 20], "detected_tokens": [[2, 7], [], [1], [35]]},
+        {"layer": [1, 1, 1], "neuron": [3, 9, 20], "detected_tokens": [[2, 7], [], [35]]},
         schema=DETECTOR_SCHEMA,
     )
     short_tokens = [f"tok{i}\n" for i in range(VOCAB - 2)]  # padded vocabulary: the last two ids have no string
     table = vocab_table(adapter, short_tokens, detectors, layers=[1], top_n=VOCAB, apply_final_norm=True)
-    assert dict(table.schema) == VOCAB_SCHEMA
+    assert dict(table.schema) == VOCAB_SCHEMA | TRIGGER_SCHEMA
     assert table.height == FFN and table["neuron"].to_list() == list(range(FFN))
     with_trigger = table.filter(pl.col("trigger_z").is_not_null())["neuron"].to_list()
-    assert with_trigger == [3, 20]  # empty trigger list and other layers stay null
+    assert with_trigger == [3, 20]  # an empty trigger list and non-detectors stay null
     for column in ("trigger_percentile", "suppresses_trigger"):
         assert table.filter(pl.col(column).is_not_null())["neuron"].to_list() == [3, 20]
     tokens = table["vocab_top_tokens"][0].to_list()
@@ -311,8 +337,8 @@ def test_vocab_table_dtypes_and_null_rules() -> None:
     none = vocab_table(adapter, short_tokens, pl.DataFrame(schema=DETECTOR_SCHEMA), layers=[0], top_n=3)
     assert none["trigger_z"].null_count() == none.height == FFN
     assert none["suppresses_trigger"].null_count() == FFN
-    empty = vocab_table(adapter, short_tokens, detectors, layers=[])
-    assert empty.is_empty() and dict(empty.schema) == VOCAB_SCHEMA
+    empty, fired = vocab_tables(adapter, short_tokens, every_pair(adapter), layers=[])
+    assert empty.is_empty() and dict(empty.schema) == VOCAB_SCHEMA and fired.is_empty()
 
 
 # -------------------------------------------------------------------------------------- Fig. 5's frame

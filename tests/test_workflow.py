@@ -128,6 +128,18 @@ def test_restyling_a_figure_plans_only_that_figure_and_the_report(tiny_run: Path
     assert plan == {"all": 1, "fig1a_dead_neurons": 1, "report": 1}
 
 
+def test_a_detector_threshold_reruns_no_job_that_loads_a_model(tiny_run: Path, tmp_path: Path):
+    """Trigger suppression is averaged from the projection job's scores of every fired token, so a detector
+    threshold reruns the statistics, tables and figures, and neither a capture nor a projection."""
+    config = yaml.safe_load(TINY.read_text())
+    config["analysis"]["detectors"] = {"fire_rate": 0.8}
+    changed = tmp_path / "detectors.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    plan = planned_jobs(snakemake(tiny_run, "--configfile", str(changed), "-n").stdout)
+    assert plan["neuron_stats"] == plan["neuron_tables"] > 0 and plan["report"] == 1
+    assert not {"train", "tokenize", "capture", "merge", "vocab_projection"} & set(plan)
+
+
 def test_nested_command_line_overrides_are_typed(tiny_run: Path):
     """`--config capture='{batch_size: 5}'` (the tiny config's own value) plans nothing: 5 arrives as a number,
     not as the string Snakemake parses; another value reruns the captures and what depends on them."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import polars as pl
 
 from neuron_census.atomic import atomic_path
@@ -405,18 +406,30 @@ def vocab_job(
     tokenizer_name: str,
     tokenizer_spec: Mapping[str, Any],
     settings: Mapping[str, Any],
-    stats: PathLike,
+    stores: Sequence[PathLike],
     output: PathLike,
+    fired_output: PathLike,
     threads: int = 1,
 ) -> None:
-    """Vocabulary projections of every value vector of the analysed layers, and of detectors' triggers.
+    """Vocabulary projections of every value vector of the captured layers, and the scores of every token
+    each neuron fired on in the merged stores (which trigger suppression averages over detected tokens).
 
     When capture does not keep the model resident, the decoder layers stay on the CPU, or on disk when
     capture keeps them there (`layerwise_weights: disk`); value vectors are read one layer at a time and
     only the unembedding path goes to the device.
     """
+    from neuron_census.analyses.vocab import fired_pairs, vocab_tables
     from neuron_census.capture.placement import Placement, offload_folder, place_outside_layers
-    from neuron_census.analyses.vocab import vocab_table
+    from neuron_census.capture.store import StoreReader, merged_attrs, merged_layer_state
+
+    readers = [StoreReader(path) for path in stores]
+    for reader in readers:
+        reader.require(("token_fire_count",), f"model '{model_name}''s trigger scores")
+    attrs = merged_attrs(readers)
+    layers, n_neurons = [int(layer) for layer in attrs["layers"]], int(attrs["n_neurons"])
+
+    def fired(layer: int) -> tuple[np.ndarray, np.ndarray]:
+        return fired_pairs(merged_layer_state(readers, "token_fire_count", layers.index(layer))["keys"], n_neurons)
 
     settings = {**schema_defaults("capture"), **schema_defaults("analysis/vocab"), **settings}
     resident = settings["strategy"] == "resident"
@@ -427,24 +440,25 @@ def vocab_job(
         )
         if not resident:
             place_outside_layers(loaded.model, loaded.adapter.decoder_layers(), device)
-        neurons = pl.read_parquet(stats, columns=["layer", "neuron", "token_detector", "detected_tokens"])
-        detectors = neurons.filter(pl.col("token_detector")).select("layer", "neuron", "detected_tokens")
-        table = vocab_table(
+        table, scores = vocab_tables(
             loaded.adapter,
             tokenizer.token_strings(),
-            detectors,
-            layers=sorted(neurons["layer"].unique().to_list()),
+            fired,
+            layers=layers,
             top_n=int(settings["top_n"]),
             apply_final_norm=bool(settings["final_norm"]),
         )
     write_parquet(table, output)
+    write_parquet(scores, fired_output)
 
 
-def tables_job(stats: PathLike, vocab: PathLike, neurons_out: PathLike, layers_out: PathLike) -> None:
-    """neurons.parquet (activation statistics joined with vocabulary projections) and layers.parquet."""
+def tables_job(stats: PathLike, vocab: PathLike, fired: PathLike, neurons_out: PathLike, layers_out: PathLike) -> None:
+    """neurons.parquet (activation statistics joined with vocabulary projections and the trigger scores of
+    detected tokens) and layers.parquet."""
     from neuron_census.analyses.tables import layer_table
+    from neuron_census.analyses.vocab import with_vocab
 
-    neurons = pl.read_parquet(stats).join(pl.read_parquet(vocab), on=["layer", "neuron"], how="left", maintain_order="left")
+    neurons = with_vocab(pl.read_parquet(stats), pl.read_parquet(vocab), pl.read_parquet(fired))
     write_parquet(neurons, neurons_out)
     write_parquet(layer_table(neurons, int(neurons["n_layers_total"][0])), layers_out)
 

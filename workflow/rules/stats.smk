@@ -21,10 +21,11 @@ rule neuron_stats:
 
 rule vocab_projection:
     input:
-        stats="results/{model}/stats.parquet",
+        stores=lambda w: [f"results/capture/{w.model}/{dataset}/merged.zarr" for dataset in model_datasets(config, w.model)],
         model=lambda w: model_inputs(w.model),
     output:
-        "results/{model}/vocab.parquet",
+        vocab="results/{model}/vocab.parquet",
+        fired="results/{model}/fired_token_scores.parquet",
     params:
         model=lambda w: canonical(resolved_model_spec(config, w.model)),
         model_version=lambda w: input_version(model_inputs(w.model)),
@@ -48,6 +49,7 @@ rule neuron_tables:
     input:
         stats="results/{model}/stats.parquet",
         vocab="results/{model}/vocab.parquet",
+        fired="results/{model}/fired_token_scores.parquet",
     output:
         neurons="results/{model}/neurons.parquet",
         layers="results/{model}/layers.parquet",

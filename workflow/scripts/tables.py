@@ -7,6 +7,7 @@ with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)
     tables_job(
         stats=snakemake.input.stats,  # noqa: F821 (injected by Snakemake)
         vocab=snakemake.input.vocab,  # noqa: F821
+        fired=snakemake.input.fired,  # noqa: F821
         neurons_out=snakemake.output.neurons,  # noqa: F821
         layers_out=snakemake.output.layers,  # noqa: F821
     )

@@ -10,7 +10,8 @@ with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)
         tokenizer_name=snakemake.params.tokenizer_name,  # noqa: F821
         tokenizer_spec=snakemake.params.tokenizer,  # noqa: F821
         settings=snakemake.params.settings,  # noqa: F821
-        stats=snakemake.input.stats,  # noqa: F821
-        output=snakemake.output[0],  # noqa: F821
+        stores=snakemake.input.stores,  # noqa: F821
+        output=snakemake.output.vocab,  # noqa: F821
+        fired_output=snakemake.output.fired,  # noqa: F821
         threads=snakemake.threads,  # noqa: F821
     )

@@ -27,6 +27,15 @@ State = dict[str, np.ndarray]
 Parts = dict[str, tuple[np.ndarray, int | None]]  # key -> (array, axis it is appended along; None: write once)
 
 
+HOST_PATHS = True  # False: a CPU takes the code paths of a GPU (the dispatch-count benchmark measures those)
+
+
+def host_paths(device: torch.device) -> bool:
+    """Whether an accumulator takes its CPU code paths, where a data-dependent shape costs no host wait and
+    a full pass over the batch costs more than a sort of the few values that matter."""
+    return HOST_PATHS and device.type == "cpu"
+
+
 @dataclass(frozen=True)
 class Geometry:
     """Sizes every accumulator is allocated from."""

@@ -1,4 +1,4 @@
-"""Sum, sum of squares, minimum and maximum of every neuron's activation (activation statistics)."""
+"""Count, sum, centred sum of squares, minimum and maximum of every neuron's activation."""
 
 from __future__ import annotations
 
@@ -7,15 +7,30 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from neuron_census.accumulators.base import Accumulator, Geometry, LayerBatch, Memory, Parts, State, StateArrays, appended, layered
+from neuron_census.accumulators.base import (
+    Accumulator,
+    Geometry,
+    LayerBatch,
+    Memory,
+    Parts,
+    State,
+    StateArrays,
+    appended,
+    host_paths,
+    layered,
+)
 from neuron_census.capture.host_copies import host_arrays
 
-KEYS = ("sum", "sum_sq", "min", "max")
+KEYS = ("count", "sum", "m2", "min", "max")
 
 
 class Moments(Accumulator):
-    """Sums are accumulated in float64 within each batch's reduction and across batches, on every device
-    alike: a few ops per (layer, batch) over the counted positions, none of which waits for the device."""
+    """Each batch's mean and variance come from one `var_mean` reduction (float32 results, accumulated in
+    float64 on a CPU); batches and shards then combine in float64 by Chan et al.'s pairwise rule. The spread
+    is kept as m2, the sum of squared deviations from the mean, never as E[x^2] - E[x]^2, which cancels to
+    rounding noise when the spread is small next to the mean; a constant neuron's m2 is exactly 0. A dozen
+    device ops per (layer, batch), none of which waits for the device, and no float64 copy of a batch (a
+    float64 reduction of a whole batch took longer than the layer's forward pass on a CPU)."""
 
     name: ClassVar[str] = "moments"
 
@@ -23,32 +38,41 @@ class Moments(Accumulator):
         self.geometry = geometry
         n = geometry.n_neurons
         slots = range(len(geometry.layers))
-        self.total = [torch.zeros(n, dtype=torch.float64, device=device) for _ in slots]
-        self.squares = [torch.zeros(n, dtype=torch.float64, device=device) for _ in slots]
+        self.count = [0 for _ in slots]  # counted tokens, on the host
+        self.mean = [torch.zeros(n, dtype=torch.float64, device=device) for _ in slots]
+        self.m2 = [torch.zeros(n, dtype=torch.float64, device=device) for _ in slots]
         self.minimum = [torch.full((n,), torch.inf, dtype=torch.float32, device=device) for _ in slots]
         self.maximum = [torch.full((n,), -torch.inf, dtype=torch.float32, device=device) for _ in slots]
 
     def update(self, batch: LayerBatch) -> None:
         slot = self.geometry.slot(batch.layer)
         if batch.counted_from is not None:  # a view past the BOS: no copy, no wait for the device
-            counted, dims = batch.acts[:, batch.counted_from :], (0, 1)
-        else:
-            counted, dims = batch.acts_2d()[batch.mask.reshape(-1)], (0,)
-        if counted.numel() == 0:
+            counted = batch.acts[:, batch.counted_from :]
+        else:  # the masked positions (a copy whose size the host waits for)
+            counted = batch.acts_2d()[batch.mask.reshape(-1)][None]
+        n = counted.shape[0] * counted.shape[1]
+        if n == 0:
             return
-        # float64 accumulation inside one reduction each (no float64 copy of the batch)
-        self.total[slot] += counted.sum(dim=dims, dtype=torch.float64)
-        norm = torch.linalg.vector_norm(counted, 2, dim=dims, dtype=torch.float64)
-        self.squares[slot].addcmul_(norm, norm)
-        low, high = counted.amin(dim=dims), counted.amax(dim=dims)
-        if low.dtype != torch.float32:  # a bfloat16 batch's extremes are exact in float32
-            low, high = low.float(), high.float()
+        counted = counted.float()  # no copy of float32; a bfloat16 batch's values are exact in float32
+        var, mean = torch.var_mean(counted, dim=(0, 1), correction=0)
+        kept = self.count[slot]
+        # Chan et al.: m2 of the union = m2_a + m2_b + (mean_b - mean_a)^2 n_a n_b / (n_a + n_b), in float64
+        shift = torch.sub(mean, self.mean[slot])
+        self.mean[slot].add_(shift, alpha=n / (kept + n))
+        self.m2[slot].add_(var, alpha=n).addcmul_(shift, shift, value=kept * n / (kept + n))
+        self.count[slot] = kept + n
+        if host_paths(counted.device):  # one reduction over two dimensions is 20x slower on a CPU
+            low, high = counted.amin(dim=1).amin(dim=0), counted.amax(dim=1).amax(dim=0)
+        else:
+            low, high = counted.amin(dim=(0, 1)), counted.amax(dim=(0, 1))
         torch.minimum(self.minimum[slot], low, out=self.minimum[slot])
         torch.maximum(self.maximum[slot], high, out=self.maximum[slot])
 
     def _arrays(self, slots: list[int]) -> State:
-        arrays = (self.total, self.squares, self.minimum, self.maximum)
-        return dict(zip(KEYS, host_arrays(*(torch.stack([array[s] for s in slots]) for array in arrays))))
+        count = np.asarray([self.count[s] for s in slots], dtype=np.int64)
+        arrays = (self.mean, self.m2, self.minimum, self.maximum)
+        mean, m2, low, high = host_arrays(*(torch.stack([array[s] for s in slots]) for array in arrays))
+        return {"count": count, "sum": mean * count[:, None], "m2": m2, "min": low, "max": high}
 
     def take_layer(self, layer: int) -> State:
         return self._arrays([self.geometry.slot(layer)])
@@ -58,9 +82,17 @@ class Moments(Accumulator):
 
     @staticmethod
     def merge(states: list[State]) -> State:
+        count, total, m2 = states[0]["count"], states[0]["sum"], states[0]["m2"]
+        for state in states[1:]:
+            n_a, n_b = count[:, None].astype(np.float64), state["count"][:, None].astype(np.float64)
+            both = np.maximum(n_a + n_b, 1.0)
+            shift = np.divide(state["sum"], np.maximum(n_b, 1.0)) - np.divide(total, np.maximum(n_a, 1.0))
+            m2 = m2 + state["m2"] + shift**2 * (n_a * n_b / both)
+            count, total = count + state["count"], total + state["sum"]
         return {
-            "sum": np.sum([s["sum"] for s in states], axis=0),
-            "sum_sq": np.sum([s["sum_sq"] for s in states], axis=0),
+            "count": count,
+            "sum": total,
+            "m2": m2,
             "min": np.min([s["min"] for s in states], axis=0),
             "max": np.max([s["max"] for s in states], axis=0),
         }
@@ -76,4 +108,5 @@ class Moments(Accumulator):
     @classmethod
     def memory(cls, settings, geometry: Geometry, *, layerwise: bool, n_tokens: int) -> Memory:
         cells = len(geometry.layers) * geometry.n_neurons
-        return Memory(device=cells * (8 + 8 + 4 + 4), host=cells * (8 + 8 + 4 + 4))
+        per_seq = settings.batch_size * geometry.n_neurons * (4 + 4 + 8 + 8)  # one batch's means and variances
+        return Memory(device=cells * (8 + 8 + 4 + 4) + per_seq, host=cells * (8 + 8 + 4 + 4))

@@ -16,6 +16,7 @@ from neuron_census.accumulators.base import (
     Parts,
     State,
     StateArrays,
+    host_paths,
     keyed,
     once,
     settings_of,
@@ -57,7 +58,7 @@ class TokenFireCount(Accumulator):
         self.device = device
         self.capacity = capacity
         dense = n_slots * geometry.vocab_size * geometry.n_neurons <= dense_limit
-        self.dense: list[torch.Tensor | None] | None = [None] * n_slots if dense else None
+        self.dense: list[tuple[torch.Tensor, torch.Tensor] | None] | None = [None] * n_slots if dense else None
         vocab, n_neurons = geometry.vocab_size, geometry.n_neurons
         shape = (vocab, n_neurons) if capacity is None else (n_neurons, vocab)
         share = max(1, pending_bytes // max(1, n_slots))
@@ -79,7 +80,12 @@ class TokenFireCount(Accumulator):
     def update(self, batch: LayerBatch) -> None:
         slot = self.geometry.slot(batch.layer)
         if self.dense is not None:
-            self._dense_table(slot).index_add_(0, batch.tokens_flat(), batch.fires_2d())
+            table, seen = self._dense_table(slot)
+            tokens = batch.tokens_flat()
+            if host_paths(table.device):  # rows are zeroed when their token first occurs
+                table.index_fill_(0, tokens[~seen[tokens]], 0)
+            table.index_add_(0, tokens, batch.fires_2d())
+            seen.index_fill_(0, tokens, True)
             return
         unique, inverse = batch.shared("distinct_tokens", lambda: torch.unique(batch.tokens_flat(), return_inverse=True))
         counts = torch.zeros(len(unique), self.geometry.n_neurons, dtype=torch.int32, device=self.device)
@@ -90,13 +96,17 @@ class TokenFireCount(Accumulator):
         for pending in self._pending:
             pending.flush()
 
-    def _dense_table(self, slot: int) -> torch.Tensor:
+    def _dense_table(self, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A layer's table and which of its rows (tokens) occurred: only those rows are ever read. On a CPU
+        the table is left unwritten and a row zeroed when its token first occurs, so the memory of tokens
+        that never occur is never touched (zeroing the whole table cost seconds a layer)."""
         assert self.dense is not None
-        table = self.dense[slot]
-        if table is None:
+        if self.dense[slot] is None:
             shape = (self.geometry.vocab_size, self.geometry.n_neurons)
-            table = self.dense[slot] = torch.zeros(shape, dtype=torch.int32, device=self.device)
-        return table
+            make = torch.empty if host_paths(self.device) else torch.zeros
+            table = make(shape, dtype=torch.int32, device=self.device)
+            self.dense[slot] = (table, torch.zeros(shape[0], dtype=torch.bool, device=self.device))
+        return self.dense[slot]
 
     def take_layer(self, layer: int) -> State:
         """The layer's counts handed over (pending batches merged first), keys of slot 0."""
@@ -118,18 +128,22 @@ class TokenFireCount(Accumulator):
             "capacity": np.asarray([capacity], dtype=np.int64),
         }
 
-    def _dense_state(self, tables: list[torch.Tensor | None]) -> State:
+    def _dense_state(self, tables: list[tuple[torch.Tensor, torch.Tensor] | None]) -> State:
         """The nonzero cells of consecutive slots' dense tables (None: nothing counted), keyed by their index
-        in the tables joined; found on the device, so only they are copied out. Dense counts are exact."""
-        cells = self.geometry.vocab_size * self.geometry.n_neurons
+        in the tables joined; found on the device among the rows of tokens that occurred, so only they are
+        read and only the cells are copied out. Dense counts are exact."""
+        n_neurons = self.geometry.n_neurons
+        cells = self.geometry.vocab_size * n_neurons
         keys, counts = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-        for slot, table in enumerate(tables):
-            if table is None:
+        for slot, held in enumerate(tables):
+            if held is None:
                 continue
-            flat = table.reshape(-1)
+            table, seen = held
+            rows = seen.nonzero().squeeze(1)
+            flat = table.index_select(0, rows).reshape(-1)
             found = flat.nonzero().squeeze(1)
-            found_np, counts_np = host_arrays(found, flat.index_select(0, found))
-            keys.append(found_np + slot * cells)
+            found_np, counts_np, rows_np = host_arrays(found, flat.index_select(0, found), rows)
+            keys.append(rows_np[found_np // n_neurons] * n_neurons + found_np % n_neurons + slot * cells)
             counts.append(counts_np.astype(np.int64))
         return self._header(0) | {"keys": np.concatenate(keys), "counts": np.concatenate(counts)}
 

@@ -7,12 +7,24 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from neuron_census.accumulators.base import Accumulator, Geometry, LayerBatch, Memory, Parts, State, StateArrays, appended, layered
+from neuron_census.accumulators.base import (
+    Accumulator,
+    Geometry,
+    LayerBatch,
+    Memory,
+    Parts,
+    State,
+    StateArrays,
+    appended,
+    host_paths,
+    layered,
+)
 from neuron_census.capture.host_copies import host_arrays
 
 EMPTY = torch.iinfo(torch.int64).min  # the key of a slot no activation has filled
 ROW_BITS = 32
 CHUNK_BYTES = 1 << 30  # the most a batch's keys take at once (more rows are ranked a chunk at a time)
+SAMPLE_ROWS = 2048  # counted rows whose k-th largest value bars the rest of a CPU batch (`_entry_bar`)
 
 
 def ordered_bits(values: torch.Tensor) -> torch.Tensor:
@@ -36,6 +48,9 @@ class TopK(Accumulator):
     rule built in: a dozen device ops per (layer, batch) (and chunk of a large batch), none of which waits for
     the device. Rows are
     counted from the first sequence this accumulator sees, so a capture covers up to 2**32 tokens.
+
+    On a CPU only the activations that can still enter become keys (`_entry_bar`, `_update_from_candidates`):
+    the dense keys cost more than the layer's forward pass there, and a whole capture ran 2-3x slower.
     """
 
     name: ClassVar[str] = "top_k"
@@ -46,6 +61,7 @@ class TopK(Accumulator):
         self.device = device
         self.keys = [torch.full((k, geometry.n_neurons), EMPTY, dtype=torch.int64, device=device) for _ in geometry.layers]
         self.first_seq: int | None = None
+        self.next_row = [0 for _ in geometry.layers]  # rows before this are kept or passed (host, when known)
 
     @classmethod
     def from_settings(cls, settings, geometry: Geometry, device: torch.device) -> TopK:
@@ -56,21 +72,76 @@ class TopK(Accumulator):
         seq_len = batch.acts.shape[1]
         if self.first_seq is None:
             self.first_seq = batch.first_seq if batch.first_seq is not None else int(batch.seq_ids[0])
-        first = batch.first_seq if batch.first_seq is not None else None
+        first = batch.first_seq
         if first is not None and (first - self.first_seq + batch.acts.shape[0]) * seq_len > 1 << ROW_BITS:
             raise ValueError(f"top_k counts rows of up to 2**{ROW_BITS} tokens a capture; capture fewer sequences")
         rank = batch.shared(("top_k_rank", self.first_seq), lambda: self._row_rank(batch))
         excluded = batch.shared("top_k_excluded", lambda: ~batch.mask.reshape(-1, 1))
         acts = batch.acts_2d()
+        if host_paths(self.device) and first is not None:
+            start, seen = (first - self.first_seq) * seq_len, self.next_row[slot]
+            self.next_row[slot] = max(seen, start + len(acts))
+            bar = self._entry_bar(slot, batch) if start >= seen else None  # rows after every kept one
+            if bar is not None:
+                self._update_from_candidates(slot, acts, rank, excluded, *bar)
+                return
         step = max(1, CHUNK_BYTES // (8 * acts.shape[1]))  # rows whose int64 keys are ranked at a time
         best = [self.keys[slot]]
         for start in range(0, acts.shape[0], step):
             whole = start == 0 and step >= acts.shape[0]  # one chunk: no slices
             rows = slice(None) if whole else slice(start, start + step)
-            keys = (ordered_bits(acts if whole else acts[rows]).to(torch.int64) << ROW_BITS) | (rank if whole else rank[rows])
+            # (bits << 32) | rank in one op: the int32 bits are widened and scaled inside the add
+            keys = torch.add(rank if whole else rank[rows], ordered_bits(acts if whole else acts[rows]), alpha=1 << ROW_BITS)
             keys.masked_fill_(excluded if whole else excluded[rows], EMPTY)
-            best.append(torch.topk(keys, min(self.k, keys.shape[0]), dim=0, sorted=False).values)
+            best.append(keys if whole else torch.topk(keys, min(self.k, keys.shape[0]), dim=0, sorted=False).values)
         self.keys[slot] = torch.topk(torch.cat(best), self.k, dim=0).values
+
+    def _entry_bar(self, slot: int, batch: LayerBatch) -> tuple[torch.Tensor, int] | None:
+        """Per neuron, a value only activations above which can enter the top k, and the leading rows of the
+        batch where one equal to it can too; None when no such bar is known (the dense keys then).
+
+        Every neuron full: its k-th kept value, no rows (kept rows are earlier, so they win ties). Nothing kept
+        yet: the k-th largest over the counted rows of the batch's first sequences (S); those rows come
+        first, so an activation outside S equal to the bar loses to the k in S at or above it.
+        """
+        kept = self.keys[slot]
+        if bool(kept[-1].ne(EMPTY).all()):
+            return value_of(kept[-1] >> ROW_BITS), 0
+        counted_from = batch.counted_from
+        per_seq = batch.acts.shape[1] - (counted_from or 0)
+        if counted_from is None or per_seq <= 0 or not bool(kept[0].eq(EMPTY).all()):
+            return None
+        n_seq = min(batch.acts.shape[0], -(-SAMPLE_ROWS // per_seq))
+        if n_seq * per_seq < self.k:
+            return None
+        sample = batch.acts[:n_seq, counted_from:].reshape(-1, batch.acts.shape[2]).float()
+        return torch.topk(sample, self.k, dim=0).values[-1], n_seq * batch.acts.shape[1]
+
+    def _update_from_candidates(
+        self, slot: int, acts: torch.Tensor, rank: torch.Tensor, excluded: torch.Tensor, bar: torch.Tensor, tie_rows: int
+    ) -> None:
+        """The batch's activations above each neuron's bar, and the earliest ones equal to it in the first
+        `tie_rows` rows that can still enter, joined to the kept keys; each neuron's k largest keys are
+        kept: one sort of the few candidates, no key for every activation."""
+        kept = self.keys[slot]
+        k, n_neurons = kept.shape
+        above = acts > bar
+        above.masked_fill_(excluded, False)
+        rows, neurons = above.nonzero(as_tuple=True)
+        if tie_rows:  # a neuron's k - (entries above its bar there) earliest ties (many zeros after a ReLU)
+            ties = ((acts[:tie_rows] == bar) & ~excluded[:tie_rows]).T.contiguous()  # [neuron, row]: fast cumsum
+            room = k - above[:tie_rows].sum(dim=0)
+            earliest = ties & (torch.cumsum(ties, dim=1, dtype=torch.int32) <= room[:, None])
+            tie_neurons, tie_at = earliest.nonzero(as_tuple=True)
+            rows, neurons = torch.cat([rows, tie_at]), torch.cat([neurons, tie_neurons])
+        keys = (ordered_bits(acts[rows, neurons]).to(torch.int64) << ROW_BITS) | rank[rows, 0]
+        keys = torch.cat([kept.T.reshape(-1), keys])
+        neurons = torch.cat([torch.arange(n_neurons).repeat_interleave(k), neurons])
+        by_key = torch.argsort(keys, descending=True, stable=True)
+        order = by_key[torch.argsort(neurons[by_key], stable=True)]  # by neuron, then key descending
+        per_neuron = torch.bincount(neurons, minlength=n_neurons)
+        top = (torch.cumsum(per_neuron, 0) - per_neuron)[:, None] + torch.arange(k)  # each neuron's first k
+        self.keys[slot] = keys[order[top.reshape(-1)]].reshape(n_neurons, k).T.contiguous()
 
     def _row_rank(self, batch: LayerBatch) -> torch.Tensor:
         """[B*T, 1] int64: (2**32 - 1) minus each row's index counted from the first sequence seen (made on

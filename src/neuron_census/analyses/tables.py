@@ -34,7 +34,6 @@ STATS_ACCUMULATORS = (
     "ngram_count",
     "ngram_fire_count",
 )
-VARIANCE_ROUNDING = 16 * np.finfo(np.float64).eps  # relative error of E[x^2] - E[x]^2 from float64 sums
 REQUIRED_FOR_STATS = ("fire_count", "position_fire_count", "token_count", "token_fire_count")  # the others add columns
 
 
@@ -78,11 +77,8 @@ def neuron_table(model: str, attrs: Mapping[str, Any], states: Mapping[str, Stat
     }
     if "moments" in states:
         moments = states["moments"]
-        count = np.maximum(n_tokens, 1)
-        mean, mean_square = moments["sum"] / count, moments["sum_sq"] / count
-        var = mean_square - mean**2
-        # below a few float64 units of E[x^2] the difference is rounding, not spread (a constant neuron: 0)
-        var[var <= VARIANCE_ROUNDING * mean_square] = 0.0
+        count = np.maximum(moments["count"][:, None], 1)
+        mean, var = moments["sum"] / count, np.maximum(moments["m2"] / count, 0.0)
         columns |= {
             "act_mean": mean.reshape(-1),
             "act_std": np.sqrt(var).reshape(-1),

@@ -17,12 +17,17 @@ vocabulary:
   triggers relative to the average token.
 
 Voita et al. report that over 80% of token detectors suppress their triggers. Both trigger values are
-undefined (null in tables) for a neuron whose scores are all equal (sigma = 0) or that has no triggers.
+undefined (null in tables) for a neuron without triggers, and `trigger_z` for one whose scores are all equal
+(sigma = 0; its `trigger_percentile` is 0).
+
+Which tokens are triggers depends on the detector thresholds, which the model does not: the projection job
+scores every token each neuron fired on in the capture (`fired_token_scores`), and `trigger_columns` averages
+the detected ones' scores without the model, so a threshold change reruns no projection.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import polars as pl
@@ -45,6 +50,15 @@ VOCAB_SCHEMA: dict[str, pl.DataType] = {
     "vocab_bottom_scores": pl.List(pl.Float64),
     "vocab_score_mean": pl.Float64(),
     "vocab_score_std": pl.Float64(),
+}
+FIRED_SCHEMA: dict[str, pl.DataType] = {
+    "layer": pl.Int64(),
+    "neuron": pl.Int64(),
+    "token": pl.Int64(),
+    "token_z": pl.Float64(),
+    "token_percentile": pl.Float64(),
+}
+TRIGGER_SCHEMA: dict[str, pl.DataType] = {
     "trigger_z": pl.Float64(),
     "trigger_percentile": pl.Float64(),
     "suppresses_trigger": pl.Boolean(),
@@ -116,24 +130,29 @@ def project_layer(
     top_n: int,
     apply_final_norm: bool,
     max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
+    fired: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Promoted and suppressed tokens of every neuron of `layer`, with each neuron's score mean and spread.
 
     The [N, vocab] score matrix is never held whole (50k tokens x 36k neurons is 7 GB in float32): neurons
     go through in blocks of at most max_chunk_bytes of float32 scores (working memory is a few blocks).
     Keys: top_ids / top_scores [N, top_n] (descending), bottom_ids / bottom_scores [N, top_n] (ascending,
-    most suppressed first), score_mean / score_std [N] (population std over the vocabulary).
+    most suppressed first), score_mean / score_std [N] (population std over the vocabulary). With `fired`
+    (neurons sorted, tokens) pairs also token_z and token_percentile per pair (module docstring).
     """
     top_n = _check_top_n(top_n, adapter.vocab_size)
-    parts: dict[str, list[np.ndarray]] = {
-        key: [] for key in ("top_ids", "top_scores", "bottom_ids", "bottom_scores", "score_mean", "score_std")
-    }
+    keys = ("top_ids", "top_scores", "bottom_ids", "bottom_scores", "score_mean", "score_std", "token_z", "token_percentile")
+    parts: dict[str, list[np.ndarray]] = {key: [] for key in keys}
+    pair_neurons, pair_tokens = fired if fired is not None else (np.zeros(0, np.int64), np.zeros(0, np.int64))
     with torch.no_grad():
         vectors = adapter.value_vectors(layer)
-        for _, scores in _projected_chunks(adapter, vectors, apply_final_norm, max_chunk_bytes):
+        for block, scores in _projected_chunks(adapter, vectors, apply_final_norm, max_chunk_bytes):
             top_ids, top_scores = _ranked(scores, top_n)
             bottom_ids, negated = _ranked(-scores, top_n)
             mean, std = _moments(scores)
+            pairs = slice(*np.searchsorted(pair_neurons, [block.start, block.stop]))
+            rows = torch.as_tensor(pair_neurons[pairs] - block.start, device=scores.device)
+            tokens = torch.as_tensor(pair_tokens[pairs], device=scores.device)
             found = {
                 "top_ids": top_ids,
                 "top_scores": top_scores.double(),
@@ -141,12 +160,25 @@ def project_layer(
                 "bottom_scores": -negated.double(),
                 "score_mean": mean,
                 "score_std": std,
+                "token_z": (scores[rows, tokens].double() - mean[rows]) / std[rows],
+                "token_percentile": _below(scores)[rows, tokens].double() / scores.shape[1],
             }
             for key, value in found.items():
                 parts[key].append(value.cpu().numpy())
     if not parts["top_ids"]:
         return _empty_projection(top_n)
     return {key: np.concatenate(values) for key, values in parts.items()}
+
+
+def _below(scores: torch.Tensor) -> torch.Tensor:
+    """[rows, vocab] int64: how many scores of its row are strictly below each score (one sort per row;
+    equal scores get the position of the first of them)."""
+    ordered, order = torch.sort(scores, dim=1)
+    position = torch.arange(scores.shape[1], device=scores.device).expand_as(ordered)
+    starts = torch.ones_like(ordered, dtype=torch.bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    first = torch.cummax(torch.where(starts, position, 0), dim=1).values
+    return torch.empty_like(first).scatter_(1, order, first)
 
 
 def _empty_projection(top_n: int) -> dict[str, np.ndarray]:
@@ -159,69 +191,9 @@ def _empty_projection(top_n: int) -> dict[str, np.ndarray]:
         "bottom_scores": scores.copy(),
         "score_mean": empty,
         "score_std": empty.copy(),
+        "token_z": empty.copy(),
+        "token_percentile": empty.copy(),
     }
-
-
-# -------------------------------------------------------------------------------------------- triggers
-
-
-def _padded_triggers(triggers: Sequence[Sequence[int]], vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Ragged trigger lists as [k, max_len] ids (padding 0) and a mask of the real entries."""
-    width = max((len(t) for t in triggers), default=0)
-    ids = np.zeros((len(triggers), max(width, 1)), dtype=np.int64)
-    mask = np.zeros(ids.shape, dtype=bool)
-    for row, tokens in enumerate(triggers):
-        ids[row, : len(tokens)] = np.asarray(tokens, dtype=np.int64)
-        mask[row, : len(tokens)] = True
-    if ids[mask].size and (ids[mask].min() < 0 or ids[mask].max() >= vocab_size):
-        raise ValueError(f"trigger token ids must be in 0..{vocab_size - 1}")
-    return ids, mask
-
-
-def _trigger_block(
-    scores: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean trigger z-score and mean strictly-below fraction per row of one score block (NaN: no triggers)."""
-    mean, std = _moments(scores)
-    trigger = scores.gather(1, ids)
-    z = (trigger.double() - mean[:, None]) / std[:, None]
-    below = torch.stack([(scores < trigger[:, j : j + 1]).sum(dim=1) for j in range(ids.shape[1])], dim=1)
-    fraction = below.double() / scores.shape[1]
-    weight = mask.double()
-    count = weight.sum(dim=1)
-    return (torch.where(mask, z, 0.0)).sum(dim=1) / count, (fraction * weight).sum(dim=1) / count
-
-
-def trigger_scores(
-    adapter: FFNAdapter,
-    layer: int,
-    neurons: np.ndarray,
-    triggers: list[list[int]],
-    *,
-    apply_final_norm: bool,
-    max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
-) -> dict[str, np.ndarray]:
-    """Where each neuron's own trigger tokens fall in its vocabulary projection (module docstring).
-
-    Keys trigger_z, trigger_percentile (float64, NaN where undefined) and suppresses_trigger (bool, false
-    where trigger_z is NaN), one entry per neuron in the given order.
-    """
-    neurons = np.asarray(neurons, dtype=np.int64).reshape(-1)
-    if len(triggers) != neurons.size:
-        raise ValueError(f"got {neurons.size} neurons but {len(triggers)} trigger lists")
-    ids, mask = _padded_triggers(triggers, adapter.vocab_size)
-    z_parts, percentile_parts = [], []
-    with torch.no_grad():
-        vectors = adapter.value_vectors(layer)[torch.as_tensor(neurons)]
-        for block, scores in _projected_chunks(adapter, vectors, apply_final_norm, max_chunk_bytes):
-            block_ids = torch.as_tensor(ids[block], device=scores.device)
-            block_mask = torch.as_tensor(mask[block], device=scores.device)
-            z, percentile = _trigger_block(scores, block_ids, block_mask)
-            z_parts.append(z.cpu().numpy())
-            percentile_parts.append(percentile.cpu().numpy())
-    z = np.concatenate(z_parts) if z_parts else np.zeros(0)
-    percentile = np.concatenate(percentile_parts) if percentile_parts else np.zeros(0)
-    return {"trigger_z": z, "trigger_percentile": percentile, "suppresses_trigger": z < 0}
 
 
 # ------------------------------------------------------------------------------------------- the table
@@ -238,27 +210,8 @@ def _list_series(name: str, values: np.ndarray, dtype: pl.DataType) -> pl.Series
     return pl.Series(name, values.tolist(), dtype=pl.List(dtype))
 
 
-def _layer_triggers(detectors: pl.DataFrame, layer: int) -> tuple[np.ndarray, list[list[int]]]:
-    """Detector neurons of `layer` that have at least one detected token, and those tokens."""
-    rows = detectors.filter((pl.col("layer") == layer) & (pl.col("detected_tokens").list.len() > 0))
-    rows = rows.unique("neuron", keep="first", maintain_order=True)
-    return rows["neuron"].to_numpy().astype(np.int64), rows["detected_tokens"].to_list()
-
-
-def _layer_frame(
-    layer: int,
-    projection: dict[str, np.ndarray],
-    trigger: dict[str, np.ndarray],
-    neurons: np.ndarray,
-    tokens: np.ndarray,
-    apply_final_norm: bool,
-) -> pl.DataFrame:
-    """One layer's rows; trigger values are placed at their neurons and stay null elsewhere."""
+def _layer_frame(layer: int, projection: dict[str, np.ndarray], tokens: np.ndarray, apply_final_norm: bool) -> pl.DataFrame:
     n = projection["score_mean"].size
-    z = np.full(n, np.nan)
-    percentile = np.full(n, np.nan)
-    z[neurons] = trigger["trigger_z"]
-    percentile[neurons] = trigger["trigger_percentile"]
     frame = pl.DataFrame(
         [
             pl.Series("layer", np.full(n, layer, dtype=np.int64)),
@@ -272,38 +225,71 @@ def _layer_frame(
             _list_series("vocab_bottom_scores", projection["bottom_scores"], pl.Float64),
             pl.Series("vocab_score_mean", projection["score_mean"], dtype=pl.Float64),
             pl.Series("vocab_score_std", projection["score_std"], dtype=pl.Float64),
-            pl.Series("trigger_z", z).fill_nan(None),
-            pl.Series("trigger_percentile", percentile).fill_nan(None),
         ]
     )
-    return frame.with_columns(suppresses_trigger=pl.col("trigger_z") < 0).cast(VOCAB_SCHEMA)
+    return frame.cast(VOCAB_SCHEMA)
 
 
-def vocab_table(
+def vocab_tables(
     adapter: FFNAdapter,
     token_strings: list[str],
-    detectors: pl.DataFrame,
+    fired: Callable[[int], tuple[np.ndarray, np.ndarray]],
     *,
     layers: list[int],
     top_n: int = 10,
     apply_final_norm: bool = False,
     max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
-) -> pl.DataFrame:
-    """One row per (layer, neuron) of `layers`: top/bottom tokens of its value vector and trigger suppression.
-
-    `detectors` (layer, neuron, detected_tokens) names the token detectors; trigger columns are null for
-    every other neuron, and where undefined (module docstring). Columns and dtypes: VOCAB_SCHEMA.
-    """
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """One row per (layer, neuron) of `layers`: top/bottom tokens of its value vector (VOCAB_SCHEMA); and one
+    per (layer, neuron, token) of `fired(layer)`, the (neurons sorted, tokens) pairs a neuron fired on: that
+    token's z-score and percentile in the neuron's projection (FIRED_SCHEMA)."""
     _check_top_n(top_n, adapter.vocab_size)
     tokens = display_tokens(token_strings, adapter.vocab_size)
-    frames = [pl.DataFrame(schema=VOCAB_SCHEMA)]
+    frames, scored = [pl.DataFrame(schema=VOCAB_SCHEMA)], [pl.DataFrame(schema=FIRED_SCHEMA)]
     for layer in layers:
+        neurons, fired_tokens = fired(layer)
         projection = project_layer(
-            adapter, layer, top_n=top_n, apply_final_norm=apply_final_norm, max_chunk_bytes=max_chunk_bytes
+            adapter, layer, top_n=top_n, apply_final_norm=apply_final_norm, max_chunk_bytes=max_chunk_bytes,
+            fired=(neurons, fired_tokens),
         )
-        neurons, triggers = _layer_triggers(detectors, layer)
-        trigger = trigger_scores(
-            adapter, layer, neurons, triggers, apply_final_norm=apply_final_norm, max_chunk_bytes=max_chunk_bytes
-        )
-        frames.append(_layer_frame(layer, projection, trigger, neurons, tokens, apply_final_norm))
-    return pl.concat(frames)
+        frames.append(_layer_frame(layer, projection, tokens, apply_final_norm))
+        columns = {"layer": np.full(len(neurons), layer, np.int64), "neuron": neurons, "token": fired_tokens}
+        columns |= {key: projection[key] for key in ("token_z", "token_percentile")}
+        scored.append(pl.DataFrame(columns).cast(FIRED_SCHEMA))
+    return pl.concat(frames), pl.concat(scored)
+
+
+def trigger_columns(detectors: pl.DataFrame, fired: pl.DataFrame) -> pl.DataFrame:
+    """(layer, neuron) of `detectors` with trigger_z, trigger_percentile and suppresses_trigger: the mean of
+    the fired-token scores over each neuron's `detected_tokens` (null without triggers or spread)."""
+    triggers = (
+        detectors.select("layer", "neuron", pl.col("detected_tokens").alias("token"))
+        .explode("token")
+        .drop_nulls("token")
+        .join(fired, on=["layer", "neuron", "token"], how="left", maintain_order="left")
+    )
+    means = triggers.group_by("layer", "neuron", maintain_order=True).agg(
+        trigger_z=pl.col("token_z").mean(), trigger_percentile=pl.col("token_percentile").mean()
+    )
+    missing = triggers.filter(pl.col("token_z").is_null())
+    if len(missing):
+        layer, neuron, token = missing.row(0)[:3]
+        raise ValueError(f"trigger token {token} of neuron {neuron} in layer {layer} was not scored: the vocabulary table is of another capture")
+    table = detectors.select("layer", "neuron").join(means, on=["layer", "neuron"], how="left", maintain_order="left")
+    table = table.with_columns(pl.col("trigger_z", "trigger_percentile").fill_nan(None))
+    return table.with_columns(suppresses_trigger=pl.col("trigger_z") < 0).cast(TRIGGER_SCHEMA)
+
+
+def fired_pairs(keys: np.ndarray, n_neurons: int) -> tuple[np.ndarray, np.ndarray]:
+    """(neurons, tokens) of one layer's token firing keys (token * n_neurons + neuron), sorted by neuron."""
+    tokens, neurons = np.divmod(np.asarray(keys, dtype=np.int64), n_neurons)
+    order = np.argsort(neurons, kind="stable")
+    return neurons[order], tokens[order]
+
+
+def with_vocab(stats: pl.DataFrame, vocab: pl.DataFrame, fired: pl.DataFrame) -> pl.DataFrame:
+    """Per-neuron statistics joined with the projection columns and the trigger columns of their detected
+    tokens (neurons.parquet)."""
+    triggers = trigger_columns(stats.select("layer", "neuron", "detected_tokens"), fired)
+    neurons = stats.join(vocab, on=["layer", "neuron"], how="left", maintain_order="left")
+    return pl.concat([neurons, triggers.select(pl.exclude("layer", "neuron"))], how="horizontal")
