@@ -161,7 +161,8 @@ def project_layer(
                 "score_mean": mean,
                 "score_std": std,
                 "token_z": (scores[rows, tokens].double() - mean[rows]) / std[rows],
-                "token_percentile": _below(scores)[rows, tokens].double() / scores.shape[1],
+                # one sort per row, only for blocks with fired pairs (a projection without them sorts nothing)
+                "token_percentile": (_below(scores)[rows, tokens] if len(rows) else rows).double() / scores.shape[1],
             }
             for key, value in found.items():
                 parts[key].append(value.cpu().numpy())
