@@ -5,11 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+from neuron_census.accumulators import base
+
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-@pytest.fixture(params=["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, needs_cuda])])
-def device(request: pytest.FixtureRequest) -> torch.device:
-    """The device an accumulator runs on: the CPU always, and a GPU where one is present, against the
-    same slow references (the GPU takes other code paths: one product for the squares, device-side sorts)."""
+@pytest.fixture(params=["cpu", "cpu-gpu-paths", pytest.param("cuda", marks=[pytest.mark.gpu, needs_cuda])])
+def device(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> torch.device:
+    """The device an accumulator runs on, against the same slow references: the CPU with its own code paths
+    (`accumulators.base.host_paths`), the CPU taking a GPU's paths, and a GPU where one is present."""
+    if request.param == "cpu-gpu-paths":
+        monkeypatch.setattr(base, "HOST_PATHS", False)
+        return torch.device("cpu")
     return torch.device(request.param)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from neuron_census.accumulators import Geometry, LayerBatch, merge_states
+from neuron_census.accumulators import Geometry, LayerBatch, base, merge_states
 from neuron_census.accumulators import top_k
-from neuron_census.accumulators.base import ExactFloatCounts
+from neuron_census.accumulators.base import ExactFloatCounts, host_paths
 from neuron_census.accumulators.fire_count import FireCount
 from neuron_census.accumulators.moments import Moments
 from neuron_census.accumulators.position_fire_count import PositionFireCount
@@ -47,6 +47,7 @@ def run(
     counted_from: int | None = None,
     dtype: torch.dtype = torch.float32,
     first_seq_on_host: bool = False,
+    fires_from_acts: bool = True,
 ) -> dict[str, np.ndarray]:
     seq_ids = np.arange(N_SEQ)[rows]
     for start in range(0, len(seq_ids), batch):
@@ -64,6 +65,7 @@ def run(
                     seq_ids=torch.from_numpy(sel).to(device),
                     counted_from=counted_from,
                     first_seq=int(sel[0]) if first_seq_on_host else None,
+                    fires_from_acts=fires_from_acts,
                 )
             )
     return accumulator.state()
@@ -156,6 +158,20 @@ def test_dense_token_tables_live_from_a_layers_first_batch_to_its_hand_over(data
     assert len(accumulator.state()["keys"]) == 0  # nothing left once every layer is handed over
 
 
+@pytest.mark.parametrize("pending_bytes", [1, 700, 1 << 30])
+def test_token_fire_count_cpu_pairs_and_gpu_tables_give_the_same_summaries(data, pending_bytes, monkeypatch):
+    """A CPU adds firings as (token, neuron) pairs, a GPU as dense tables; both merge at the same points, so
+    even pruned summaries (capacity 2) agree exactly."""
+    cpu = torch.device("cpu")
+    make = lambda: TokenFireCount(GEOMETRY, cpu, dense_limit=0, capacity=2, pending_bytes=pending_bytes)  # noqa: E731
+    pairs = run(make(), data, cpu, batch=2)
+    monkeypatch.setattr(base, "HOST_PATHS", False)
+    dense = run(make(), data, cpu, batch=2)
+    assert len(pairs["keys"]) and (token_table(pairs) < token_fires_of(data)).any()  # pruned
+    for key in dense:
+        np.testing.assert_array_equal(pairs[key], dense[key], err_msg=key)
+
+
 @pytest.mark.parametrize("capacity", [3, 7])
 def test_token_fire_count_capacity_keeps_the_misra_gries_guarantee(data, device, capacity):
     """Per neuron at most `capacity` tokens, estimate <= true <= estimate + slack, exact when few tokens.
@@ -209,30 +225,52 @@ def reference_top_k(data, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("on_host", [False, True], ids=["rows-on-device", "rows-on-host"])
 @pytest.mark.parametrize("shifted", [False, True], ids=["relu", "negative-values"])
 @pytest.mark.parametrize("batch", [1, 4, 12])
-def test_top_k_one_pass_and_merged_shards_equal_reference(data, device, batch, shifted, on_host, monkeypatch):
+@pytest.mark.parametrize("fires_from_acts", [True, False], ids=["firings-are-positives", "firings-unrelated"])
+def test_top_k_one_pass_and_merged_shards_equal_reference(data, device, batch, shifted, on_host, fires_from_acts, monkeypatch):
     """Exact top k with ties (many zeros, coarse values) going to the earliest (sequence, position), in one
     pass of any batch size and merged from shards; with the batch's rows known on the host, a CPU keys only
-    the candidates above a bar (the k-th kept value, or a first batch's k-th largest in its first sequence)."""
+    the candidates above a bar (the k-th kept value, or a first batch's k-th largest in its first sequence),
+    read from the firings alone where they are the positive activations and the bars are above 0."""
     if shifted:
         data = data | {"acts": data["acts"] - np.float32(0.25)}
     k = 6
-    candidates = []
+    candidates, from_firings = [], []
     take = TopK._update_from_candidates
     monkeypatch.setattr(TopK, "_update_from_candidates", lambda self, *a: candidates.append(1) or take(self, *a))
+    pairs = LayerBatch.firing_pairs
+    monkeypatch.setattr(LayerBatch, "firing_pairs", lambda self: from_firings.append(1) or pairs(self))
     monkeypatch.setattr(top_k, "SAMPLE_ROWS", SEQ_LEN - 1)  # a first batch's bar from its first sequence
     values, seqs, poss = reference_top_k(data, k)
-    host = {"first_seq_on_host": on_host, "counted_from": 1 if on_host else None}
+    host = {"first_seq_on_host": on_host, "counted_from": 1 if on_host else None, "fires_from_acts": fires_from_acts}
     one_pass = run(TopK(GEOMETRY, device, k=k), data, device, batch=batch, **host)
-    assert bool(candidates) == (on_host and device.type == "cpu")
+    assert bool(candidates) == (on_host and host_paths(device))
     halves = [
         run(TopK(GEOMETRY, device, k=k), data, device, rows=slice(0, 7), batch=3, **host),
         run(TopK(GEOMETRY, device, k=k), data, device, rows=slice(7, None), batch=2, **host),
     ]
     merged = TopK.merge(halves)
+    assert bool(from_firings) == (bool(candidates) and fires_from_acts and not shifted)  # later batches' bars > 0
     for state in (one_pass, merged):
         np.testing.assert_array_equal(state["values"], values)
         np.testing.assert_array_equal(state["seq"], seqs)
         np.testing.assert_array_equal(state["pos"], poss)
+
+
+@pytest.mark.parametrize("batch", [4, 12])
+def test_top_k_from_firings_keeps_the_earliest_ties_at_a_first_batchs_bar(data, batch, monkeypatch):
+    """Every activation positive and coarse (ties everywhere above 0): a first batch's bar is above 0, so
+    the candidates come from the firings, ties at the bar included only in the rows that set it."""
+    rng = np.random.default_rng(2)
+    coarse = data | {"acts": rng.choice(np.float32([0.1, 0.2, 0.3]), p=[0.2, 0.3, 0.5], size=data["acts"].shape)}
+    from_firings = []
+    pairs = LayerBatch.firing_pairs
+    monkeypatch.setattr(LayerBatch, "firing_pairs", lambda self: from_firings.append(1) or pairs(self))
+    monkeypatch.setattr(top_k, "SAMPLE_ROWS", SEQ_LEN - 1)
+    cpu = torch.device("cpu")
+    state = run(TopK(GEOMETRY, cpu, k=6), coarse, cpu, batch=batch, counted_from=1, first_seq_on_host=True)
+    assert from_firings
+    for got, expected in zip((state["values"], state["seq"], state["pos"]), reference_top_k(coarse, 6)):
+        np.testing.assert_array_equal(got, expected)
 
 
 def test_top_k_keeps_empty_slots_when_fewer_tokens_are_counted(device):

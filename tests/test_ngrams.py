@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from neuron_census.accumulators import Geometry, LayerBatch, merge_states, tables
+from neuron_census.accumulators import Geometry, LayerBatch, base, merge_states, tables
 from neuron_census.accumulators.ngram_count import NgramCount
 from neuron_census.accumulators.ngram_fire_count import NgramFireCount
 from neuron_census.accumulators.tables import merge_summaries
@@ -180,6 +180,20 @@ def test_small_capacity_keeps_the_misra_gries_guarantee(data, device, capacity):
             assert lower[g] <= truth <= upper[g], (slot, n, lower[g], truth, upper[g])
             if exact[g]:
                 assert lower[g] == upper[g] == truth
+
+
+@pytest.mark.parametrize("pending_bytes", [1000, 6000, 1 << 30], ids=["merged-every-batch", "merged-every-few", "merged-once"])
+def test_cpu_pairs_and_gpu_tables_give_the_same_bounded_summaries(data, pending_bytes, monkeypatch):
+    """A CPU adds firings as pairs, a GPU as dense tables; both merge at the same points, so even pruned
+    summaries (capacity 2, merged at different batches) agree exactly."""
+    cpu = torch.device("cpu")
+    make = lambda: NgramFireCount(GEOMETRY, cpu, layers=LAYERS, orders=(2, 3), capacity=2, pending_bytes=pending_bytes)  # noqa: E731
+    pairs = feed(make(), data, np.arange(N_SEQ), cpu, batch=2)
+    monkeypatch.setattr(base, "HOST_PATHS", False)
+    dense = feed(make(), data, np.arange(N_SEQ), cpu, batch=2)
+    assert len(pairs["order2_count"]) and (pairs["fires"] > 0).any()
+    for key in dense:
+        np.testing.assert_array_equal(pairs[key], dense[key], err_msg=key)
 
 
 @pytest.mark.parametrize("capacity", [2, 10_000])

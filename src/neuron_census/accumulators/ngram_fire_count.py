@@ -17,6 +17,7 @@ from neuron_census.accumulators.base import (
     State,
     StateArrays,
     appended,
+    host_paths,
     keyed,
     once,
     settings_of,
@@ -86,17 +87,25 @@ class NgramFireCount(Accumulator):
             return
         slot = self.layers.index(batch.layer)
         vocab = self.geometry.vocab_size
+        n_neurons = self.geometry.n_neurons
         for order in self.orders:
             grams, row_gram = batch.shared(("ngrams", order), lambda: batch_ngrams(batch.tokens, batch.mask, order, vocab, batch.counted_from))
-            table = torch.zeros(len(grams) + 1, self.geometry.n_neurons, dtype=torch.int32, device=self.device)
-            # row 0 counts the firings where no complete n-gram ends: the flush drops it
-            if self._pending[slot][order].add(grams, table.index_add_(0, row_gram, batch.fires_2d())):
+            pending = self._pending[slot][order]
+            if host_paths(self.device):  # the firings alone, not a table over every activation
+                rows, neurons = batch.firing_pairs()
+                at = row_gram.index_select(0, rows)
+                complete = at > 0
+                due = pending.add_pairs(grams[at[complete] - 1], neurons[complete], (len(grams) + 1) * n_neurons * 4)
+            else:  # row 0 counts the firings where no complete n-gram ends: the flush drops it
+                table = torch.zeros(len(grams) + 1, n_neurons, dtype=torch.int32, device=self.device)
+                due = pending.add(grams, table.index_add_(0, row_gram, batch.fires_2d()))
+            if due:
                 self._flush(slot, order)
 
     def _flush(self, slot: int, order: int) -> None:
         """Merge the slot's waiting tables of `order`; their n-gram rows' sums are its denominators."""
         pending = self._pending[slot][order]
-        if pending.pending:
+        if pending.pending or pending.pairs:
             self._fires[self.orders.index(order)][slot] += pending.flush()
 
     def flush(self) -> None:

@@ -120,17 +120,21 @@ class KeyTable:
 
 
 class PendingCounts:
-    """Per-batch dense count tables [ids, neurons] that wait on the device until one flush adds them all to
-    a `KeyTable`: the per-batch update is a scatter-add into a table of known size (no wait for the
-    device), and the work whose size depends on the data (finding the nonzero cells, sorting, pruning)
-    runs once per flush. `by_neuron`: the key table has a row per neuron and a column per id (bounded
-    summaries prune each neuron's ids); else a row per id and a column per neuron.
+    """Per-batch counts that wait on the device until one flush adds them all to a `KeyTable`: the per-batch
+    update is a scatter-add into a dense table of known size [ids, neurons] (no wait for the device), and
+    the work whose size depends on the data (finding the nonzero cells, sorting, pruning) runs once per
+    flush. `by_neuron`: the key table has a row per neuron and a column per id (bounded summaries prune each
+    neuron's ids); else a row per id and a column per neuron.
+
+    A CPU adds each batch's firings as (id, neuron) pairs instead (`add_pairs`), charged the bytes of the
+    dense table they stand for, so flushes fall where a GPU's do and a bounded summary comes out the same.
     """
 
     def __init__(self, table: KeyTable, *, by_neuron: bool, budget_bytes: int, spare_row: bool = False) -> None:
         self.table, self.by_neuron, self.budget_bytes = table, by_neuron, budget_bytes
-        self.spare_row = spare_row  # each table's row 0 is not an id's (it is dropped)
+        self.spare_row = spare_row  # each dense table's row 0 is not an id's (it is dropped)
         self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.bytes = 0
 
     def add(self, ids: torch.Tensor, counts: torch.Tensor) -> bool:
@@ -140,15 +144,31 @@ class PendingCounts:
         self.bytes += counts.numel() * counts.element_size()
         return self.bytes >= self.budget_bytes
 
+    def add_pairs(self, ids: torch.Tensor, neurons: torch.Tensor, table_bytes: int) -> bool:
+        """Keep one batch's firings, one (id, neuron) pair each, in place of a dense table of `table_bytes`;
+        True when a flush is due."""
+        self.pairs.append((ids, neurons))
+        self.bytes += table_bytes
+        return self.bytes >= self.budget_bytes
+
     def flush(self) -> torch.Tensor | None:
-        """Add the waiting tables' nonzero cells to the key table and merge it (prune to capacity); returns
-        their column sums [neurons] (int64), or None when nothing waited."""
-        if not self.pending:
+        """Add the waiting counts to the key table and merge it (prune to capacity); returns their sums per
+        neuron [neurons] (int64), or None when nothing waited."""
+        if not self.pending and not self.pairs:
             return None
+        if self.pairs:
+            rows, columns, values, totals = self._from_pairs()
+        else:
+            rows, columns, values, totals = self._from_tables()
+        self.pending, self.pairs, self.bytes = [], [], 0
+        self.table.stage(rows, columns, values)
+        self.table.merge()
+        return totals
+
+    def _from_tables(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         first = 1 if self.spare_row else 0
         ids = torch.cat([ids for ids, _ in self.pending])
         counts = torch.cat([table[first:] for _, table in self.pending])
-        self.pending, self.bytes = [], 0
         totals = counts.sum(dim=0, dtype=torch.int64)
         cells = counts.nonzero()
         values = counts[cells[:, 0], cells[:, 1]].to(torch.int64)
@@ -156,12 +176,23 @@ class PendingCounts:
         rows, columns = (neuron, id_of) if self.by_neuron else (id_of, neuron)
         if len(rows):
             rows, columns, values = _coalesce_pairs(rows, columns, values)
-        self.table.stage(rows, columns, values)
-        self.table.merge()
-        return totals
+        return rows, columns, values, totals
+
+    def _from_pairs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Equal pairs counted by one sort of packed keys (the table's own, when they fit int64)."""
+        ids, neurons = (torch.cat(column) for column in zip(*self.pairs))
+        n_neurons = self.table.n_rows if self.by_neuron else self.table.span
+        totals = torch.bincount(neurons, minlength=n_neurons)
+        rows, columns = (neurons, ids) if self.by_neuron else (ids, neurons)
+        span = self.table.span
+        if self.table.n_rows <= ((1 << 63) - 1) // span:
+            keys, values = torch.unique(rows * span + columns, return_counts=True)
+            return *split_sorted_keys(keys, span), values, totals
+        rows, columns, values = _coalesce_pairs(rows, columns, torch.ones_like(rows))
+        return rows, columns, values, totals
 
     def clear(self) -> None:
-        self.pending, self.bytes = [], 0
+        self.pending, self.pairs, self.bytes = [], [], 0
         self.table.clear()
 
 

@@ -79,17 +79,28 @@ class TokenFireCount(Accumulator):
 
     def update(self, batch: LayerBatch) -> None:
         slot = self.geometry.slot(batch.layer)
+        on_host = host_paths(self.device)  # the firings alone, not a table over every activation
+        n_neurons = self.geometry.n_neurons
         if self.dense is not None:
             table, seen = self._dense_table(slot)
             tokens = batch.tokens_flat()
-            if host_paths(table.device):  # rows are zeroed when their token first occurs
+            if on_host:  # rows are zeroed when their token first occurs
                 table.index_fill_(0, tokens[~seen[tokens]], 0)
-            table.index_add_(0, tokens, batch.fires_2d())
+                rows, neurons = batch.firing_pairs()
+                cells = tokens.index_select(0, rows).mul_(n_neurons).add_(neurons)
+                table.view(-1).index_add_(0, cells, torch.ones(1, dtype=table.dtype).expand(len(cells)))
+            else:
+                table.index_add_(0, tokens, batch.fires_2d())
             seen.index_fill_(0, tokens, True)
             return
         unique, inverse = batch.shared("distinct_tokens", lambda: torch.unique(batch.tokens_flat(), return_inverse=True))
-        counts = torch.zeros(len(unique), self.geometry.n_neurons, dtype=torch.int32, device=self.device)
-        if self._pending[slot].add(unique, counts.index_add_(0, inverse, batch.fires_2d())):
+        if on_host:
+            rows, neurons = batch.firing_pairs()
+            due = self._pending[slot].add_pairs(batch.tokens_flat().index_select(0, rows), neurons, len(unique) * n_neurons * 4)
+        else:
+            counts = torch.zeros(len(unique), n_neurons, dtype=torch.int32, device=self.device)
+            due = self._pending[slot].add(unique, counts.index_add_(0, inverse, batch.fires_2d()))
+        if due:
             self._pending[slot].flush()
 
     def flush(self) -> None:

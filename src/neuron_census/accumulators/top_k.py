@@ -83,7 +83,7 @@ class TopK(Accumulator):
             self.next_row[slot] = max(seen, start + len(acts))
             bar = self._entry_bar(slot, batch) if start >= seen else None  # rows after every kept one
             if bar is not None:
-                self._update_from_candidates(slot, acts, rank, excluded, *bar)
+                self._update_from_candidates(slot, batch, rank, excluded, *bar)
                 return
         step = max(1, CHUNK_BYTES // (8 * acts.shape[1]))  # rows whose int64 keys are ranked at a time
         best = [self.keys[slot]]
@@ -118,22 +118,33 @@ class TopK(Accumulator):
         return torch.topk(sample, self.k, dim=0).values[-1], n_seq * batch.acts.shape[1]
 
     def _update_from_candidates(
-        self, slot: int, acts: torch.Tensor, rank: torch.Tensor, excluded: torch.Tensor, bar: torch.Tensor, tie_rows: int
+        self, slot: int, batch: LayerBatch, rank: torch.Tensor, excluded: torch.Tensor, bar: torch.Tensor, tie_rows: int
     ) -> None:
         """The batch's activations above each neuron's bar, and the earliest ones equal to it in the first
         `tie_rows` rows that can still enter, joined to the kept keys; each neuron's k largest keys are
-        kept: one sort of the few candidates, no key for every activation."""
+        kept: one sort of the few candidates, no key for every activation. Where the firings are the
+        positive activations and every bar is above 0 (at least 0 without ties), only firings can enter."""
+        acts = batch.acts_2d()
         kept = self.keys[slot]
         k, n_neurons = kept.shape
-        above = acts > bar
-        above.masked_fill_(excluded, False)
-        rows, neurons = above.nonzero(as_tuple=True)
-        if tie_rows:  # a neuron's k - (entries above its bar there) earliest ties (many zeros after a ReLU)
-            ties = ((acts[:tie_rows] == bar) & ~excluded[:tie_rows]).T.contiguous()  # [neuron, row]: fast cumsum
-            room = k - above[:tie_rows].sum(dim=0)
-            earliest = ties & (torch.cumsum(ties, dim=1, dtype=torch.int32) <= room[:, None])
-            tie_neurons, tie_at = earliest.nonzero(as_tuple=True)
-            rows, neurons = torch.cat([rows, tie_at]), torch.cat([neurons, tie_neurons])
+        if batch.fires_from_acts and bool((bar > 0).all() if tie_rows else (bar >= 0).all()):
+            # every candidate fires: read the firings alone (ties above 0 are few: all of them may enter)
+            rows, neurons = batch.firing_pairs()
+            values, bars = acts[rows, neurons], bar[neurons]
+            enter = values > bars
+            if tie_rows:
+                enter |= (values == bars) & (rows < tie_rows)
+            rows, neurons = rows[enter], neurons[enter]
+        else:
+            above = acts > bar
+            above.masked_fill_(excluded, False)
+            rows, neurons = above.nonzero(as_tuple=True)
+            if tie_rows:  # a neuron's k - (entries above its bar there) earliest ties (many zeros after a ReLU)
+                ties = ((acts[:tie_rows] == bar) & ~excluded[:tie_rows]).T.contiguous()  # [neuron, row]: fast cumsum
+                room = k - above[:tie_rows].sum(dim=0)
+                earliest = ties & (torch.cumsum(ties, dim=1, dtype=torch.int32) <= room[:, None])
+                tie_neurons, tie_at = earliest.nonzero(as_tuple=True)
+                rows, neurons = torch.cat([rows, tie_at]), torch.cat([neurons, tie_neurons])
         keys = (ordered_bits(acts[rows, neurons]).to(torch.int64) << ROW_BITS) | rank[rows, 0]
         keys = torch.cat([kept.T.reshape(-1), keys])
         neurons = torch.cat([torch.arange(n_neurons).repeat_interleave(k), neurons])

@@ -76,6 +76,7 @@ def layer_batch(item: sources.LayerActivations, fire_rule: str, per_batch: dict[
         counted_from=batch.counted_from,
         first_seq=batch.first_seq,
         acts_flat=item.acts_flat,  # the hook's own [B*T, N] tensor (OPT): no reshape back
+        fires_from_acts=not by_gate,
         per_batch=per_batch,
     )
 
