@@ -25,12 +25,12 @@ KEYS = ("count", "sum", "m2", "min", "max")
 
 
 class Moments(Accumulator):
-    """Each batch's mean and variance come from one `var_mean` reduction (float32 results, accumulated in
-    float64 on a CPU); batches and shards then combine in float64 by Chan et al.'s pairwise rule. The spread
-    is kept as m2, the sum of squared deviations from the mean, never as E[x^2] - E[x]^2, which cancels to
-    rounding noise when the spread is small next to the mean; a constant neuron's m2 is exactly 0. A dozen
-    device ops per (layer, batch), none of which waits for the device, and no float64 copy of a batch (a
-    float64 reduction of a whole batch took longer than the layer's forward pass on a CPU)."""
+    """Each batch's mean and m2 (the sum of squared deviations from its mean) come from one `var_mean`
+    reduction on a GPU (float32 results), and on a CPU from deviations a block of rows at a time, summed in
+    float64; batches and shards then combine in float64 by Chan et al.'s pairwise rule. The spread is never
+    E[x^2] - E[x]^2, which cancels to rounding noise when the spread is small next to the mean; a constant
+    neuron's m2 is exactly 0. A dozen device ops per (layer, batch) on a GPU, none of which waits for it,
+    and no float64 copy of a batch."""
 
     name: ClassVar[str] = "moments"
 
@@ -55,15 +55,14 @@ class Moments(Accumulator):
             return
         counted = counted.float()  # no copy of float32; a bfloat16 batch's values are exact in float32
         if host_paths(counted.device):
-            mean, m2 = _mean_and_m2_by_rows(counted)
-        else:
-            var, mean = torch.var_mean(counted, dim=(0, 1), correction=0)
-            m2 = var.mul_(n)
+            (mean, m2), scale = _mean_and_m2_by_rows(counted), 1
+        else:  # m2 = variance * n, scaled in the add below
+            (m2, mean), scale = torch.var_mean(counted, dim=(0, 1), correction=0), n
         kept = self.count[slot]
         # Chan et al.: m2 of the union = m2_a + m2_b + (mean_b - mean_a)^2 n_a n_b / (n_a + n_b), in float64
         shift = torch.sub(mean, self.mean[slot])
         self.mean[slot].add_(shift, alpha=n / (kept + n))
-        self.m2[slot].add_(m2).addcmul_(shift, shift, value=kept * n / (kept + n))
+        self.m2[slot].add_(m2, alpha=scale).addcmul_(shift, shift, value=kept * n / (kept + n))
         self.count[slot] = kept + n
         if host_paths(counted.device):  # one reduction over two dimensions is 20x slower on a CPU
             low, high = counted.amin(dim=1).amin(dim=0), counted.amax(dim=1).amax(dim=0)

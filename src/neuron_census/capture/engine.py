@@ -62,10 +62,10 @@ def layer_batch(item: sources.LayerActivations, fire_rule: str, per_batch: dict[
     by_gate = fire_rule == "preactivation" and item.preacts is not None
     batch = item.batch
     fires = (item.preacts if by_gate else item.acts) > 0  # type: ignore[operator]
-    if batch.counted_from:
-        if "mask_3d" not in per_batch:
-            per_batch["mask_3d"] = batch.mask[..., None]
-        fires &= per_batch["mask_3d"]
+    if batch.counted_from:  # the mask is exactly "position >= counted_from": clear the columns before
+        if "uncounted" not in per_batch:
+            per_batch["uncounted"] = torch.arange(batch.counted_from, device=fires.device)
+        fires.index_fill_(1, per_batch["uncounted"], False)
     return LayerBatch(
         layer=item.layer,
         acts=item.acts,
