@@ -95,7 +95,7 @@ class NgramFireCount(Accumulator):
                 rows, neurons = batch.firing_pairs()
                 at = row_gram.index_select(0, rows)
                 complete = at > 0
-                due = pending.add_pairs(grams[at[complete] - 1], neurons[complete], (len(grams) + 1) * n_neurons * 4)
+                due = pending.add_pairs(grams[at[complete] - 1], neurons[complete], len(grams) + 1)
             else:  # row 0 counts the firings where no complete n-gram ends: the flush drops it
                 table = torch.zeros(len(grams) + 1, n_neurons, dtype=torch.int32, device=self.device)
                 due = pending.add(grams, table.index_add_(0, row_gram, batch.fires_2d()))
@@ -104,9 +104,9 @@ class NgramFireCount(Accumulator):
 
     def _flush(self, slot: int, order: int) -> None:
         """Merge the slot's waiting tables of `order`; their n-gram rows' sums are its denominators."""
-        pending = self._pending[slot][order]
-        if pending.pending or pending.pairs:
-            self._fires[self.orders.index(order)][slot] += pending.flush()
+        totals = self._pending[slot][order].flush()
+        if totals is not None:
+            self._fires[self.orders.index(order)][slot] += totals
 
     def flush(self) -> None:
         for slot in range(len(self.layers)):

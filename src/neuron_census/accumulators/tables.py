@@ -144,11 +144,15 @@ class PendingCounts:
         self.bytes += counts.numel() * counts.element_size()
         return self.bytes >= self.budget_bytes
 
-    def add_pairs(self, ids: torch.Tensor, neurons: torch.Tensor, table_bytes: int) -> bool:
-        """Keep one batch's firings, one (id, neuron) pair each, in place of a dense table of `table_bytes`;
-        True when a flush is due."""
+    @property
+    def n_neurons(self) -> int:
+        return self.table.n_rows if self.by_neuron else self.table.span
+
+    def add_pairs(self, ids: torch.Tensor, neurons: torch.Tensor, table_rows: int) -> bool:
+        """Keep one batch's firings, one (id, neuron) pair each, in place of a dense int32 table of
+        `table_rows` rows (charged its bytes); True when a flush is due."""
         self.pairs.append((ids, neurons))
-        self.bytes += table_bytes
+        self.bytes += table_rows * self.n_neurons * torch.int32.itemsize
         return self.bytes >= self.budget_bytes
 
     def flush(self) -> torch.Tensor | None:
@@ -181,11 +185,10 @@ class PendingCounts:
     def _from_pairs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Equal pairs counted by one sort of packed keys (the table's own, when they fit int64)."""
         ids, neurons = (torch.cat(column) for column in zip(*self.pairs))
-        n_neurons = self.table.n_rows if self.by_neuron else self.table.span
-        totals = torch.bincount(neurons, minlength=n_neurons)
+        totals = torch.bincount(neurons, minlength=self.n_neurons)
         rows, columns = (neurons, ids) if self.by_neuron else (ids, neurons)
-        span = self.table.span
-        if self.table.n_rows <= ((1 << 63) - 1) // span:
+        if self.table.n_blocks == 1:  # every key fits int64
+            span = self.table.span
             keys, values = torch.unique(rows * span + columns, return_counts=True)
             return *split_sorted_keys(keys, span), values, totals
         rows, columns, values = _coalesce_pairs(rows, columns, torch.ones_like(rows))

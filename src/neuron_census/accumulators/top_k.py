@@ -134,7 +134,8 @@ class TopK(Accumulator):
             enter = values > bars
             if tie_rows:
                 enter |= (values == bars) & (rows < tie_rows)
-            rows, neurons = rows[enter], neurons[enter]
+            rows, values = rows[enter], values[enter]
+            neurons = neurons[enter]
         else:
             above = acts > bar
             above.masked_fill_(excluded, False)
@@ -145,7 +146,8 @@ class TopK(Accumulator):
                 earliest = ties & (torch.cumsum(ties, dim=1, dtype=torch.int32) <= room[:, None])
                 tie_neurons, tie_at = earliest.nonzero(as_tuple=True)
                 rows, neurons = torch.cat([rows, tie_at]), torch.cat([neurons, tie_neurons])
-        keys = (ordered_bits(acts[rows, neurons]).to(torch.int64) << ROW_BITS) | rank[rows, 0]
+            values = acts[rows, neurons]
+        keys = (ordered_bits(values).to(torch.int64) << ROW_BITS) | rank[rows, 0]
         keys = torch.cat([kept.T.reshape(-1), keys])
         neurons = torch.cat([torch.arange(n_neurons).repeat_interleave(k), neurons])
         by_key = torch.argsort(keys, descending=True, stable=True)
