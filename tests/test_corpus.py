@@ -22,6 +22,7 @@ from neuron_census.data.bundle import (
     group_blocks,
     iter_blocks,
     join_documents,
+    resources_dir,
     split_documents,
 )
 from neuron_census.data.corpus import (
@@ -499,3 +500,9 @@ def test_damaged_stores_raise(tmp_path: Path, gpt2: TextTokenizer) -> None:
 
     with pytest.raises(ValueError, match=r"missing\.zarr"):
         read_token_shard(tmp_path / "missing.zarr")
+
+
+def test_resources_fall_back_to_the_source_checkout(tmp_path):
+    """From a working directory without `resources/`, the checkout's bundled corpus is found."""
+    assert resources_dir(tmp_path) == Path(__file__).resolve().parents[1] / "resources"
+    assert corpus_file("wiki", tmp_path).is_file()

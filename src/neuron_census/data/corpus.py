@@ -104,11 +104,9 @@ def iter_documents(
     errors = _choice_opt(spec, "encoding_errors", ("strict", "replace"), name)
     if source == "bundled":
         longest = _int_opt(spec, "max_document_chars", 1, name)
-        streams = [
-            apply_split(_text_file_documents(_bundled_path(d, root), errors, max_chars=longest), split, every)
-            for d in _domains(spec, name)
-        ]
-        yield from interleave(streams, int(_opt(spec, "seed")))
+        paths = [_bundled_path(domain, root) for domain in _domains(spec, name)]
+        documents = [_file_documents(path, "", errors, MIN_DOCUMENT_CHARS, longest) for path in paths]
+        yield from interleave([apply_split(docs, split, every) for docs in documents], int(_opt(spec, "seed")))
     elif source in POSITIONED_SOURCES:
         yield from (text for text, _ in _positioned_documents(spec, root, name))
     elif source in ("random_tokens", "planted"):
@@ -135,8 +133,7 @@ def interleave(streams: list[Iterator[str]], seed: int) -> Iterator[str]:
     rng = random.Random(seed)
     active = list(range(len(streams)))
     while active:
-        order = rng.sample(active, len(active))
-        for i in order:
+        for i in rng.sample(active, len(active)):
             doc = next(streams[i], None)
             if doc is None:
                 active.remove(i)
@@ -161,7 +158,7 @@ def corpus_texts(
 
 def _domains(spec: Mapping[str, Any], name: str) -> list[str]:
     domains = spec.get("domains") or list(DOMAINS)
-    if isinstance(domains, str) or not isinstance(domains, list):
+    if not isinstance(domains, list):
         raise ValueError(f"dataset {name!r}: domains must be a list of {', '.join(DOMAINS)}")
     for domain in domains:
         if domain not in DOMAINS:
@@ -231,27 +228,21 @@ def _local_data_files(files: Any, root: Path) -> set[Path]:
     return {p for p in anchor.glob(str(path.relative_to(anchor))) if p.is_file()}
 
 
-def _file_documents(
-    path: Path, spec: Mapping[str, Any], errors: str, min_chars: int, max_chars: int = MAX_DOCUMENT_CHARS
-) -> Iterator[str]:
-    suffix = "".join(path.suffixes[-2:]) if len(path.suffixes) > 1 else path.suffix
+def _file_documents(path: Path, field: str, errors: str, min_chars: int, max_chars: int) -> Iterator[str]:
+    """Documents of a plain-text file (blank-line blocks grouped to min_chars: the bundle format) or of a
+    JSONL file (its records' `field` strings)."""
     if path.name.endswith(JSONL_SUFFIXES):
-        return _jsonl_documents(path, str(spec.get("text_field", "text")), errors, max_chars)
-    if path.name.endswith(TEXT_SUFFIXES):
-        return _text_file_documents(path, errors, min_chars, max_chars)
-    raise ValueError(
-        f"{path}: unsupported file type {suffix!r}; use {', '.join(TEXT_SUFFIXES + JSONL_SUFFIXES)}"
-    )
-
-
-def _text_file_documents(
-    path: Path, errors: str, min_chars: int = MIN_DOCUMENT_CHARS, max_chars: int = MAX_DOCUMENT_CHARS
-) -> Iterator[str]:
-    """Documents of a plain-text file: blank-line blocks grouped to min_chars (bundle format)."""
+        documents = _jsonl_documents(path, field, errors, max_chars)
+    elif path.name.endswith(TEXT_SUFFIXES):
+        documents = group_blocks(iter_blocks(read_text_chunks(path, errors), max_chars), min_chars)
+    else:
+        suffix = "".join(path.suffixes[-2:]) if len(path.suffixes) > 1 else path.suffix
+        raise ValueError(
+            f"{path}: unsupported file type {suffix!r}; use {', '.join(TEXT_SUFFIXES + JSONL_SUFFIXES)}"
+        )
     count = 0
     try:
-        for doc in group_blocks(iter_blocks(read_text_chunks(path, errors), max_chars), min_chars):
-            count += 1
+        for count, doc in enumerate(documents, start=1):
             yield doc
     except BlockTooLong as error:
         raise ValueError(f"{path}: {error} (after document {count}); raise the dataset's max_document_chars to read it") from None
@@ -259,9 +250,8 @@ def _text_file_documents(
         raise ValueError(f"{path}: file is empty or has no documents")
 
 
-def _jsonl_documents(path: Path, field: str, errors: str, max_chars: int = MAX_DOCUMENT_CHARS) -> Iterator[str]:
+def _jsonl_documents(path: Path, field: str, errors: str, max_chars: int) -> Iterator[str]:
     """One document per JSON line (its `field` string); blank lines and empty texts skipped."""
-    count = 0
     for number, line in enumerate(_lines(read_text_chunks(path, errors), max_chars, path), start=1):
         if not line.strip():
             continue
@@ -273,10 +263,7 @@ def _jsonl_documents(path: Path, field: str, errors: str, max_chars: int = MAX_D
         if not isinstance(text, str):
             raise ValueError(f"{path}:{number}: record has no string field {field!r}")
         if text.strip():
-            count += 1
             yield text
-    if count == 0:
-        raise ValueError(f"{path}: file is empty or has no documents")
 
 
 def _lines(chunks: Iterable[str], max_chars: int, path: Path) -> Iterator[str]:
@@ -342,25 +329,18 @@ def read_text_chunks(path: Path, errors: str = "strict") -> Iterator[str]:
         raise ValueError(f"{path}: cannot read compressed or raw data ({err})") from None
 
 
-def _record_filter(where: Any, name: str, path: str) -> Callable[[Mapping[str, Any]], bool]:
-    """`hf.where`, {dotted field: [accepted values]}: keeps the records whose every field holds an accepted
-    value (e.g. the Pile's subsets, `{meta.pile_set_name: [Wikipedia (en), DM Mathematics]}`)."""
-    if not where:
-        return lambda record: True
-    accepted = {tuple(str(field).split(".")): set(values) for field, values in where.items()}
-
-    def keep(record: Mapping[str, Any]) -> bool:
-        for keys, values in accepted.items():
-            value: Any = record
-            for key in keys:
-                if not isinstance(value, Mapping) or key not in value:
-                    raise ValueError(f"dataset {name!r}: hf dataset {path!r} has no field {'.'.join(keys)!r} (hf.where)")
-                value = value[key]
-            if value not in values:
-                return False
-        return True
-
-    return keep
+def _kept(record: Mapping[str, Any], where: Mapping[tuple[str, ...], set[Any]], name: str, path: str) -> bool:
+    """Whether `record` holds an accepted value in every field of `hf.where`, {dotted field: [accepted values]}
+    (e.g. the Pile's subsets, `{meta.pile_set_name: [Wikipedia (en), DM Mathematics]}`)."""
+    for keys, values in where.items():
+        value: Any = record
+        for key in keys:
+            if not isinstance(value, Mapping) or key not in value:
+                raise ValueError(f"dataset {name!r}: hf dataset {path!r} has no field {'.'.join(keys)!r} (hf.where)")
+            value = value[key]
+        if value not in values:
+            return False
+    return True
 
 
 def _hf_documents(
@@ -395,9 +375,9 @@ def _hf_documents(
     if resume is not None:
         stream.load_state_dict(resume["state"])
         count = int(resume["records"])
-    where = _record_filter(hf.get("where"), name, path)
+    where = {tuple(str(field).split(".")): set(values) for field, values in (hf.get("where") or {}).items()}
     for record in stream:
-        if not where(record):
+        if not _kept(record, where, name, path):
             continue
         text = record.get(field)
         if not isinstance(text, str):
@@ -412,12 +392,6 @@ def _hf_documents(
             yield text, {"state": stream.state_dict(), "records": count, "datasets": datasets.__version__}
     if count == 0:
         raise ValueError(f"dataset {name!r}: hf dataset {path!r} has no documents")
-
-
-def _datasets_version() -> str:
-    import datasets
-
-    return str(datasets.__version__)
 
 
 def _resolve_data_files(files: Any, root: Path) -> Any:
@@ -526,17 +500,13 @@ def pack_stream(
 
 
 def _cursor(sequences: int, documents: int, started: bool, carry: np.ndarray, position: Any) -> StreamCursor:
-    return StreamCursor(sequences, documents, started, carry, _position_json(position))
-
-
-def _position_json(position: Any) -> str | None:
-    """A source position as JSON (a string as it is); None where it has none or it does not encode."""
-    if position is None or isinstance(position, str):
-        return position
-    try:
-        return json.dumps(position, sort_keys=True)
-    except (TypeError, ValueError):
-        return None
+    """A cursor with the source position as JSON (a string as it is; None where it does not encode)."""
+    if position is not None and not isinstance(position, str):
+        try:
+            position = json.dumps(position, sort_keys=True)
+        except (TypeError, ValueError):
+            position = None
+    return StreamCursor(sequences, documents, started, carry, position)
 
 
 def _token_batches(
@@ -594,11 +564,8 @@ def text_pieces(text: str, size: int) -> list[str]:
     pieces = []
     start = 0
     while len(text) - start > size:
-        cut = start + size
-        last = None
-        for last in _PIECE_CUT.finditer(text, start + size // 2, cut):
-            pass
-        end = last.start() if last is not None else cut
+        cuts = [match.start() for match in _PIECE_CUT.finditer(text, start + size // 2, start + size)]
+        end = cuts[-1] if cuts else start + size
         pieces.append(text[start:end])
         start = end
     pieces.append(text[start:])
@@ -643,11 +610,12 @@ def _positioned_documents(
     errors = _choice_opt(spec, "encoding_errors", ("strict", "replace"), name)
     min_chars = _int_opt({"min_document_chars": MIN_DOCUMENT_CHARS, **spec}, "min_document_chars", 1, name)
     max_chars = _int_opt(spec, "max_document_chars", 1, name)
+    field = str(spec.get("text_field", "text"))
     paths = _file_paths(spec, root, name)
     first, skipped = (int(resume["file"]), int(resume["records"])) if resume else (0, 0)
     for index in range(first, len(paths)):
         start = skipped if index == first else 0
-        documents = itertools.islice(_file_documents(paths[index], spec, errors, min_chars, max_chars), start, None)
+        documents = itertools.islice(_file_documents(paths[index], field, errors, min_chars, max_chars), start, None)
         numbered = ((doc, {"file": index, "path": str(paths[index]), "records": n}) for n, doc in enumerate(documents, start + 1))
         yield from apply_split(numbered, split, every, start=start)
 
@@ -656,8 +624,10 @@ def _stale_position(spec: Mapping[str, Any], root: Path, name: str, resume: Mapp
     """Why a saved position cannot be used now (None if it can): another `datasets` release saved it, or
     the dataset's globs no longer find its file at its index."""
     if spec.get("source") == "hf":
-        if resume.get("datasets") != _datasets_version():
-            return f"stream position saved by datasets {resume.get('datasets')}, not {_datasets_version()}"
+        import datasets
+
+        if resume.get("datasets") != datasets.__version__:
+            return f"stream position saved by datasets {resume.get('datasets')}, not {datasets.__version__}"
         return None
     paths = _file_paths(spec, root, name)
     index = int(resume.get("file", -1))
@@ -763,15 +733,10 @@ def random_shard(
         raise ValueError(
             f"dataset {name!r}: no non-special token ids in [{first_id}, {tokenizer.vocab_size})"
         )
-    seed = _int_opt(spec, "seed", 0, name)
-    rng = np.random.default_rng(np.random.SeedSequence([seed, shard]))
+    rng = np.random.default_rng(np.random.SeedSequence([_int_opt(spec, "seed", 0, name), shard]))
     has_bos = tokenizer.bos_id is not None
-    body = allowed[rng.integers(0, len(allowed), size=(per_shard, seq_len - has_bos))]
-    out = np.empty((per_shard, seq_len), dtype=np.int32)
-    if has_bos:
-        out[:, 0] = tokenizer.bos_id
-    out[:, int(has_bos) :] = body
-    return out
+    body = allowed[rng.integers(0, len(allowed), size=(per_shard, seq_len - has_bos))].astype(np.int32)
+    return np.insert(body, 0, tokenizer.bos_id, axis=1) if has_bos else body
 
 
 # --------------------------------------------------------------------------- shard store
@@ -831,14 +796,11 @@ def write_token_shard(
     }
     with atomic_path(path) as tmp:
         group = zarr.open_group(store=str(tmp), mode="w", zarr_format=3)
-        array = group.create_array(
-            "tokens", shape=tokens.shape, chunks=(rows, seq_len), dtype="int32"
-        )
-        array[...] = tokens
+        group.create_array("tokens", data=tokens, chunks=(rows, seq_len))
         if stream_end is not None:
             cursor, stream = stream_end
             carry = np.asarray(cursor.carry, dtype=np.int32)
-            group.create_array("stream_carry", shape=carry.shape, chunks=(max(1, len(carry)),), dtype="int32")[...] = carry
+            group.create_array("stream_carry", data=carry, chunks=(max(1, len(carry)),))
             attrs["stream_end"] = {
                 "sequences": cursor.sequences, "documents": cursor.documents, "started": cursor.started,
                 "source": cursor.source, "stream": stream,

@@ -43,8 +43,6 @@ class TextTokenizer:
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Token ids of several texts at once (parallel in the Rust backend)."""
-        if not texts:
-            return []
         return [enc.ids for enc in self.backend.encode_batch(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: list[int]) -> str:
@@ -61,10 +59,8 @@ def load_tokenizer(name: str, spec: Mapping[str, Any], root: Path = Path(".")) -
     if not isinstance(spec, Mapping):
         raise ValueError(f"tokenizer {name!r}: spec must be a mapping, got {type(spec).__name__}")
     source = spec.get("source")
-    if source == "hub":
-        backend, bos, eos, special = _from_transformers(name, _hub_args(name, spec))
-    elif source == "local":
-        backend, bos, eos, special = _from_transformers(name, _local_args(name, spec, root))
+    if source in ("hub", "local"):
+        backend, bos, eos, special = _from_transformers(name, spec, root)
     elif source == "gpt2_bpe":
         backend = _gpt2_bpe(name, spec, root)
         eot = backend.token_to_id(GPT2_EOT)
@@ -78,21 +74,18 @@ def load_tokenizer(name: str, spec: Mapping[str, Any], root: Path = Path(".")) -
         )
     bos = _choose_special(name, "bos", spec.get("bos", "auto"), bos, backend)
     eos = _choose_special(name, "eos", spec.get("eos", "auto"), eos, backend)
-    vocab_size = _vocab_size(backend)
+    vocab = backend.get_vocab(with_added_tokens=True)
+    # the backend's added tokens marked special count too (e.g. <s> even when no role names it)
+    added = {i for i, token in backend.get_added_tokens_decoder().items() if token.special}
     return TextTokenizer(
         name=name,
         bos_id=bos,
         eos_id=eos,
-        vocab_size=vocab_size,
+        vocab_size=max(vocab.values()) + 1 if vocab else 0,
         fingerprint=fingerprint(backend, bos, eos),
         backend=backend,
-        special_ids=frozenset(i for i in special if i is not None) | _added_special_ids(backend),
+        special_ids=frozenset(i for i in special if i is not None) | added,
     )
-
-
-def _added_special_ids(backend: Tokenizer) -> frozenset[int]:
-    """Ids of the backend's added tokens marked special (e.g. <s> even when no role names it)."""
-    return frozenset(i for i, tok in backend.get_added_tokens_decoder().items() if tok.special)
 
 
 def fingerprint(backend: Tokenizer, bos_id: int | None, eos_id: int | None) -> str:
@@ -105,11 +98,6 @@ def fingerprint(backend: Tokenizer, bos_id: int | None, eos_id: int | None) -> s
         separators=(",", ":"),
     )
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
-def _vocab_size(backend: Tokenizer) -> int:
-    vocab = backend.get_vocab(with_added_tokens=True)
-    return max(vocab.values()) + 1 if vocab else 0
 
 
 def _choose_special(
@@ -130,40 +118,35 @@ def _choose_special(
     raise ValueError(f"tokenizer {name!r}: {role} must be 'auto', 'none' or a token string")
 
 
-def _hub_args(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
-    if not spec.get("id"):
-        raise ValueError(f"tokenizer {name!r}: source 'hub' needs an 'id'")
-    args: dict[str, Any] = {"pretrained_model_name_or_path": str(spec["id"])}
-    if spec.get("revision"):
-        args["revision"] = str(spec["revision"])
-    return args
-
-
-def _local_args(name: str, spec: Mapping[str, Any], root: Path) -> dict[str, Any]:
-    if not spec.get("path"):
-        raise ValueError(f"tokenizer {name!r}: source 'local' needs a 'path'")
-    path = Path(spec["path"])
-    path = path if path.is_absolute() else Path(root) / path
-    if not path.is_dir():
-        raise FileNotFoundError(f"tokenizer {name!r}: local folder {path} does not exist")
-    if not any((path / file).is_file() for file in TOKENIZER_FILES):
-        raise FileNotFoundError(f"tokenizer {name!r}: local folder {path} holds none of {', '.join(TOKENIZER_FILES)}")
-    return {"pretrained_model_name_or_path": str(path), "local_files_only": True}
-
-
 # The files a Hugging Face tokenizer folder is read from (a folder with none of them holds no tokenizer).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
 
 
 def _from_transformers(
-    name: str, args: dict[str, Any]
+    name: str, spec: Mapping[str, Any], root: Path
 ) -> tuple[Tokenizer, int | None, int | None, frozenset[int]]:
-    """Load with AutoTokenizer (never running remote code) and keep its fast backend."""
+    """Load a `hub` id or a `local` folder with AutoTokenizer (never running remote code), keep its backend."""
+    args: dict[str, Any] = {}
+    if spec["source"] == "hub":
+        if not spec.get("id"):
+            raise ValueError(f"tokenizer {name!r}: source 'hub' needs an 'id'")
+        where = str(spec["id"])
+        if spec.get("revision"):
+            args["revision"] = str(spec["revision"])
+    else:
+        if not spec.get("path"):
+            raise ValueError(f"tokenizer {name!r}: source 'local' needs a 'path'")
+        path = Path(spec["path"]) if Path(spec["path"]).is_absolute() else Path(root) / spec["path"]
+        if not path.is_dir():
+            raise FileNotFoundError(f"tokenizer {name!r}: local folder {path} does not exist")
+        if not any((path / file).is_file() for file in TOKENIZER_FILES):
+            files = ", ".join(TOKENIZER_FILES)
+            raise FileNotFoundError(f"tokenizer {name!r}: local folder {path} holds none of {files}")
+        where, args["local_files_only"] = str(path), True
     from transformers import AutoTokenizer
 
-    where = args["pretrained_model_name_or_path"]
     try:
-        hf = AutoTokenizer.from_pretrained(**args, trust_remote_code=False)
+        hf = AutoTokenizer.from_pretrained(where, **args, trust_remote_code=False)
     except (OSError, ValueError) as err:
         raise ValueError(f"tokenizer {name!r}: cannot load from {where}: {first_line(err)}") from err
     backend = getattr(hf, "backend_tokenizer", None)
@@ -209,11 +192,6 @@ def _words(name: str, spec: Mapping[str, Any]) -> Tokenizer:
     return backend
 
 
-ESCAPES: dict[str, str] = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
-
-
 def escape_token(token: str) -> str:
     """A token as the tokenizer spells it, with newline, tab and carriage return made visible."""
-    for raw, shown in ESCAPES.items():
-        token = token.replace(raw, shown)
-    return token
+    return token.translate(str.maketrans({"\n": "\\n", "\t": "\\t", "\r": "\\r"}))
