@@ -29,7 +29,7 @@ import numpy as np
 
 if TYPE_CHECKING:  # imported where a model is built: the recipes and designed tokens need neither
     import torch
-    from transformers import OPTConfig, OPTForCausalLM
+    from transformers import OPTForCausalLM
 
 N_SPECIAL = 2  # <bos> = 0, <unk> = 1, as in the `words` tokenizer
 EMBED_SCALE = 4.0
@@ -60,11 +60,6 @@ def _lookup(weights: Weights, ids: np.ndarray) -> np.ndarray:
     for key, value in weights:
         table[key] = value
     return table[ids]
-
-
-def previous_tokens(tokens: np.ndarray) -> np.ndarray:
-    """Token at p - 1 for every p of [n_seq, seq_len] ids; at p = 0 the token at 0 itself (what the head sees)."""
-    return np.concatenate([tokens[:, :1], tokens[:, :-1]], axis=1)
 
 
 @dataclass(frozen=True)
@@ -117,25 +112,26 @@ class PlantedNeuron:
             return "always" if 0 > self.threshold else "never"
         return {(True, False, False): "tokens", (False, True, False): "positions"}.get(read, "additive")
 
-    def score(self, tokens: np.ndarray) -> np.ndarray:
-        """The additive score at every place of token ids [n_seq, seq_len] (float64)."""
+    def fires(self, tokens: np.ndarray) -> np.ndarray:
+        """Where this neuron fires on token ids [n_seq, seq_len] (BOS masking is the caller's).
+
+        The previous token at p = 0 is the token at 0 itself, as the previous-token head sees it."""
+        tokens = np.asarray(tokens)
         positions = np.broadcast_to(np.arange(tokens.shape[1]), tokens.shape)
-        return (
+        previous = np.concatenate([tokens[:, :1], tokens[:, :-1]], axis=1)
+        score = (
             _lookup(self.token_weights, tokens)
             + _lookup(self.position_weights, positions)
-            + _lookup(self.previous_weights, previous_tokens(tokens))
+            + _lookup(self.previous_weights, previous)
         )
-
-    def fires(self, tokens: np.ndarray) -> np.ndarray:
-        """Where this neuron fires on token ids [n_seq, seq_len] (BOS masking is the caller's)."""
-        return self.score(np.asarray(tokens)) > self.threshold
+        return score > self.threshold
 
 
 # ---- constructors ---------------------------------------------------------------------------------
 
 
-def dead(layer: int, neuron: int) -> PlantedNeuron:
-    return PlantedNeuron(layer, neuron)
+def _positional(positional_type: str, strong: bool) -> dict[str, Any]:
+    return {"role": "positional", "positional_type": positional_type, "positional_strong": strong}
 
 
 def always(layer: int, neuron: int) -> PlantedNeuron:
@@ -146,22 +142,14 @@ def token_neuron(layer: int, neuron: int, tokens: Iterable[int], **expected: Any
     """Fires iff the current token is in `tokens`; a token detector of them unless `expected` says otherwise."""
     tokens = tuple(sorted(set(tokens)))
     roles = {"role": "token_detector", "tokens": tokens, **expected}
-    return PlantedNeuron(layer, neuron, token_weights=_unit(tokens), threshold=0.5, **roles)
+    return PlantedNeuron(layer, neuron, token_weights=_unit(tokens), **roles)
 
 
 def position_neuron(
     layer: int, neuron: int, positions: Iterable[int], positional_type: str, strong: bool = True
 ) -> PlantedNeuron:
     """Fires iff the position is in `positions`, whatever the tokens."""
-    return PlantedNeuron(
-        layer,
-        neuron,
-        position_weights=_unit(positions),
-        threshold=0.5,
-        role="positional",
-        positional_type=positional_type,
-        positional_strong=strong,
-    )
+    return PlantedNeuron(layer, neuron, position_weights=_unit(positions), **_positional(positional_type, strong))
 
 
 def bigram_neuron(layer: int, neuron: int, previous: int, current: int, **expected: Any) -> PlantedNeuron:
@@ -172,41 +160,20 @@ def bigram_neuron(layer: int, neuron: int, previous: int, current: int, **expect
     )
 
 
-def token_and_position_neuron(
-    layer: int, neuron: int, token_set: Iterable[int], position_set: Iterable[int], **expected: Any
+def token_position_neuron(
+    layer: int, neuron: int, token_set: Iterable[int], position_set: Iterable[int], *, both: bool, **expected: Any
 ) -> PlantedNeuron:
-    """Fires iff the token is in `token_set` and the position in `position_set`."""
-    return PlantedNeuron(
-        layer, neuron, token_weights=_unit(token_set), position_weights=_unit(position_set), threshold=1.5, **expected
-    )
-
-
-def token_or_position_neuron(
-    layer: int, neuron: int, token_set: Iterable[int], position_set: Iterable[int], **expected: Any
-) -> PlantedNeuron:
-    """Fires iff the token is in `token_set` or the position in `position_set`."""
-    return PlantedNeuron(
-        layer, neuron, token_weights=_unit(token_set), position_weights=_unit(position_set), threshold=0.5, **expected
-    )
+    """Fires iff the token is in `token_set` and (`both`) or (not `both`) the position in `position_set`."""
+    threshold = 1.5 if both else 0.5
+    return PlantedNeuron(layer, neuron, _unit(token_set), _unit(position_set), threshold=threshold, **expected)
 
 
 def graded_neuron(
-    layer: int,
-    neuron: int,
-    token_weights: Mapping[int, float],
-    position_weights: Sequence[float],
-    threshold: float,
-    **expected: Any,
+    layer: int, neuron: int, tokens: Mapping[int, float], positions: Sequence[float], threshold: float, **expected: Any
 ) -> PlantedNeuron:
     """Real-valued token and position weights: how many tokens clear the threshold varies with position."""
-    return PlantedNeuron(
-        layer,
-        neuron,
-        token_weights=_pairs(token_weights),
-        position_weights=_pairs(dict(enumerate(position_weights))),
-        threshold=threshold,
-        **expected,
-    )
+    position_weights = _pairs(dict(enumerate(positions)))
+    return PlantedNeuron(layer, neuron, _pairs(tokens), position_weights, threshold=threshold, **expected)
 
 
 # ---- recipes --------------------------------------------------------------------------------------
@@ -230,20 +197,16 @@ class PlantedRecipe:
 
     def __post_init__(self) -> None:
         for neuron in self.neurons:
-            self._check(neuron)
-
-    def _check(self, neuron: PlantedNeuron) -> None:
-        where = f"neuron {neuron.layer}/{neuron.neuron}"
-        if not (0 <= neuron.layer < self.n_layers and 0 <= neuron.neuron < self.n_neurons):
-            raise ValueError(f"{where} is outside {self.n_layers} layers x {self.n_neurons} neurons")
-        if neuron.previous_weights and not self.previous_token_head:
-            raise ValueError(f"{where} reads the previous token, but the recipe has no previous-token head")
-        read = [key for key, _ in neuron.token_weights + neuron.previous_weights]
-        ids = [*read, *neuron.promotes, *neuron.suppresses]
-        if any(not 0 <= i < self.vocab_size for i in ids):
-            raise ValueError(f"{where} names tokens outside the vocabulary of {self.vocab_size}")
-        if any(not 0 <= p < self.max_positions for p, _ in neuron.position_weights):
-            raise ValueError(f"{where} names positions outside 0..{self.max_positions - 1}")
+            where = f"neuron {neuron.layer}/{neuron.neuron}"
+            if not (0 <= neuron.layer < self.n_layers and 0 <= neuron.neuron < self.n_neurons):
+                raise ValueError(f"{where} is outside {self.n_layers} layers x {self.n_neurons} neurons")
+            if neuron.previous_weights and not self.previous_token_head:
+                raise ValueError(f"{where} reads the previous token, but the recipe has no previous-token head")
+            read = [key for key, _ in neuron.token_weights + neuron.previous_weights]
+            if any(not 0 <= i < self.vocab_size for i in [*read, *neuron.promotes, *neuron.suppresses]):
+                raise ValueError(f"{where} names tokens outside the vocabulary of {self.vocab_size}")
+            if any(not 0 <= p < self.max_positions for p, _ in neuron.position_weights):
+                raise ValueError(f"{where} names positions outside 0..{self.max_positions - 1}")
 
     @property
     def d_model(self) -> int:
@@ -259,14 +222,10 @@ class PlantedRecipe:
         """Every neuron of the model with its role, unlisted ones dead (`kind` never)."""
         listed = {(n.layer, n.neuron): n for n in self.neurons}
         return [
-            listed.get((layer, neuron), dead(layer, neuron))
+            listed.get((layer, neuron), PlantedNeuron(layer, neuron))
             for layer in range(self.n_layers)
             for neuron in range(self.n_neurons)
         ]
-
-    def words(self) -> tuple[int, ...]:
-        """Words of the designed data, in design order."""
-        return self.design_words or tuple(range(N_SPECIAL, self.vocab_size))
 
 
 def _oscillating(max_positions: int) -> tuple[int, ...]:
@@ -295,30 +254,16 @@ CENSUS_HALF = CENSUS_WORDS[::2]  # half of W: rate exactly 0.5 at every position
 CENSUS_RARE = 38  # one word of HALF, in no other role: twice per position, rate 2/80
 
 
-def ramp_counts(max_positions: int, n_words: int, low: float, high: float) -> np.ndarray:
-    """Per position, how many of `n_words` words a graded neuron fires on: low*n at p = 1 up to high*n at the end."""
-    share = low + (high - low) * np.clip(np.arange(max_positions) - 1, 0, None) / (max_positions - 2)
-    return np.rint(share * n_words).astype(int)
-
-
-def graded_weights(words: Sequence[int], counts: np.ndarray) -> tuple[dict[int, float], np.ndarray]:
-    """Token weight = rank of the word, position weight offset so that exactly counts[p] words clear 0.
-
-    Scores are half-integers for every token, so the threshold 0 is 0.5 away from any tie.
-    """
-    n = len(words)
-    return {word: float(rank) for rank, word in enumerate(words)}, counts - n + 0.5
-
-
-def _positional(positional_type: str, strong: bool) -> dict[str, Any]:
-    return {"role": "positional", "positional_type": positional_type, "positional_strong": strong}
-
-
 def _census() -> PlantedRecipe:
     n_positions = 64
     words, half, rare = CENSUS_WORDS, CENSUS_HALF, CENSUS_RARE
     oscillating, low_range, high_range = _oscillating(n_positions), range(0, 24), range(40, n_positions)
-    tokens, ramp = graded_weights(words, ramp_counts(n_positions, len(words), 0.1, 0.9))
+    # graded neurons: token weight = rank of the word, position weight offset so that exactly counts[p] words
+    # clear 0, from 10% of the words at p = 1 up to 90% at the end (half-integer scores: 0.5 away from any tie)
+    share = 0.1 + (0.9 - 0.1) * np.clip(np.arange(n_positions) - 1, 0, None) / (n_positions - 2)
+    counts = np.rint(share * len(words)).astype(int)
+    tokens = {word: float(rank) for rank, word in enumerate(words)}
+    ramp = counts - len(words) + 0.5
     shuffled = ramp.copy()
     shuffled[1:] = np.random.default_rng(0).permutation(ramp[1:])
     weak_one_extreme = {**{w: 1.0 for w in half}, rare: 2.0}
@@ -329,14 +274,14 @@ def _census() -> PlantedRecipe:
         bigram_neuron(0, 3, 3, 4),
         position_neuron(0, 4, oscillating, "oscillatory"),
         position_neuron(0, 5, low_range, "both_extremes"),
-        token_and_position_neuron(0, 6, half, high_range, **_positional("one_extreme", True)),
+        token_position_neuron(0, 6, half, high_range, both=True, **_positional("one_extreme", True)),
         graded_neuron(0, 7, tokens, ramp, 0.0, **_positional("other", True)),
-        token_and_position_neuron(0, 8, (30,), range(0, n_positions, 2), role="not_detector", tokens=(30,)),
+        token_position_neuron(0, 8, (30,), range(0, n_positions, 2), both=True, role="not_detector", tokens=(30,)),
         token_neuron(1, 0, (12,), promotes=(12,)),
         token_neuron(1, 1, (5,), suppresses=(5,)),
         bigram_neuron(1, 2, 10, 11),
-        token_or_position_neuron(1, 3, (rare,), oscillating, **_positional("oscillatory", False)),
-        token_or_position_neuron(1, 4, (rare,), low_range, **_positional("both_extremes", False)),
+        token_position_neuron(1, 3, (rare,), oscillating, both=False, **_positional("oscillatory", False)),
+        token_position_neuron(1, 4, (rare,), low_range, both=False, **_positional("both_extremes", False)),
         graded_neuron(
             1, 5, weak_one_extreme, [1.0 if p in high_range else 0.0 for p in range(n_positions)], 1.5,
             **_positional("one_extreme", False),
@@ -346,15 +291,8 @@ def _census() -> PlantedRecipe:
         token_neuron(2, 0, (20,), suppresses=(20,)),
         token_neuron(2, 1, (21, 22), suppresses=(21, 22)),
     )
-    return PlantedRecipe(
-        vocab_size=48,
-        max_positions=n_positions,
-        n_layers=3,
-        n_neurons=16,
-        neurons=neurons,
-        previous_token_head=True,
-        design_words=words,
-    )
+    sizes = {"vocab_size": 48, "max_positions": n_positions, "n_layers": 3, "n_neurons": 16}
+    return PlantedRecipe(**sizes, neurons=neurons, previous_token_head=True, design_words=words)
 
 
 RECIPES: dict[str, Callable[[], PlantedRecipe]] = {"basic": _basic, "census": _census}
@@ -374,16 +312,16 @@ def planted_words(recipe: PlantedRecipe) -> list[str]:
 def census_tokens(recipe: PlantedRecipe) -> np.ndarray:
     """Designed token ids [2 * n, max_positions] on which every planted role holds exactly ([80, 64] for census).
 
-    With W = recipe.words() (n words) and BOS at position 0, two cyclic Latin blocks of n sequences:
-    token(s, p) = W[(s + p) mod n] in the first and W[(s + DESIGN_STEP * p) mod n] in the second
-    (DESIGN_STEP coprime with n). At every position p >= 1 each word of W occurs exactly once per block,
+    With W = recipe.design_words (n words; all words when empty) and BOS at position 0, two cyclic Latin
+    blocks of n sequences: token(s, p) = W[(s + p) mod n] in the first and W[(s + DESIGN_STEP * p) mod n] in
+    the second (DESIGN_STEP coprime with n). At every position p >= 1 each word of W occurs exactly once per block,
     so the multiset of tokens is the same at every position: rates of token-based neurons do not depend
     on position, a word set of n/2 words (HALF) has rate exactly 0.5, one word (RARE) rate 2/(2n), and
     graded rates are exact. W[j] is preceded by W[j - 1] in the first block and by W[j - DESIGN_STEP] in
     the second (p >= 2; BOS at p = 1), so a bigram of neighbours in W (3 -> 4, 10 -> 11) covers only the
     first block's occurrences of its second word.
     """
-    words = np.asarray(recipe.words())
+    words = np.asarray(recipe.design_words or range(N_SPECIAL, recipe.vocab_size))
     n, seq_len = len(words), recipe.max_positions
     if gcd(DESIGN_STEP, n) != 1:
         raise ValueError(f"designed data needs a word count coprime with {DESIGN_STEP}, got {n}")
@@ -410,29 +348,6 @@ def _layer_norm_levels(d_model: int, n_high: int, eps: float) -> tuple[float, fl
     return (EMBED_SCALE - mean) * scale, -mean * scale
 
 
-def _config(recipe: PlantedRecipe) -> OPTConfig:
-    from transformers import OPTConfig
-
-    d_model = recipe.d_model
-    return OPTConfig(
-        vocab_size=recipe.vocab_size,
-        hidden_size=d_model,
-        num_hidden_layers=recipe.n_layers,
-        ffn_dim=recipe.n_neurons,
-        num_attention_heads=1,
-        max_position_embeddings=recipe.max_positions,
-        word_embed_proj_dim=d_model,
-        do_layer_norm_before=True,
-        activation_function="relu",
-        dropout=0.0,
-        attention_dropout=0.0,
-        bos_token_id=0,
-        eos_token_id=0,
-        pad_token_id=1,
-        tie_word_embeddings=True,
-    )
-
-
 def input_row(neuron: PlantedNeuron, recipe: PlantedRecipe) -> np.ndarray:
     """The neuron's weights on the residual dimensions [d_model]: its fc1 row."""
     row = np.zeros(recipe.d_model)
@@ -445,37 +360,6 @@ def input_row(neuron: PlantedNeuron, recipe: PlantedRecipe) -> np.ndarray:
     return row
 
 
-def input_bias(neuron: PlantedNeuron, row: np.ndarray, high: float, low: float) -> float:
-    """fc1 bias putting the pre-activation at (high - low) * (score - threshold).
-
-    Every read dimension contributes low, the active ones (high - low) more; a neuron that reads
-    nothing gets +-CONSTANT_BIAS.
-    """
-    if not row.any():
-        return CONSTANT_BIAS if 0 > neuron.threshold else -CONSTANT_BIAS
-    return -(low * row.sum() + (high - low) * neuron.threshold)
-
-
-def value_column(neuron: PlantedNeuron, recipe: PlantedRecipe) -> np.ndarray:
-    """The neuron's value vector [d_model]: VALUE_SCALE * (promoted embedding directions - suppressed ones)."""
-    column = np.zeros(recipe.d_model)
-    np.add.at(column, list(neuron.promotes), VALUE_SCALE)
-    np.add.at(column, list(neuron.suppresses), -VALUE_SCALE)
-    return column
-
-
-def _plant_embeddings(model: OPTForCausalLM, recipe: PlantedRecipe) -> None:
-    import torch
-
-    decoder = model.model.decoder
-    decoder.embed_tokens.weight.zero_()
-    decoder.embed_tokens.weight[:, : recipe.vocab_size] = EMBED_SCALE * torch.eye(recipe.vocab_size)
-    offset = decoder.embed_positions.offset
-    decoder.embed_positions.weight.zero_()
-    for position in range(recipe.max_positions):
-        decoder.embed_positions.weight[position + offset, recipe.position_dim(position)] = EMBED_SCALE
-
-
 def _plant_previous_token_head(attention: torch.nn.Module, norm: torch.nn.LayerNorm, recipe: PlantedRecipe) -> None:
     """Layer-0 head: p attends to max(p - 1, 0) only, and writes EMBED_SCALE * e_previous into the previous block.
 
@@ -485,8 +369,6 @@ def _plant_previous_token_head(attention: torch.nn.Module, norm: torch.nn.LayerN
     """
     high, low = _layer_norm_levels(recipe.d_model, 2, norm.eps)
     gain = ATTENTION_GAP / (attention.scaling * (high - low) ** 2)
-    norm.weight.fill_(1.0)
-    norm.bias.zero_()
     for projection in (attention.q_proj, attention.k_proj, attention.v_proj, attention.out_proj):
         projection.weight.zero_()
         projection.bias.zero_()
@@ -505,35 +387,62 @@ def _plant_previous_token_head(attention: torch.nn.Module, norm: torch.nn.LayerN
 def build_planted_model(recipe_name: str) -> OPTForCausalLM:
     """Build the planted OPT model of `recipe_name` (deterministic, no randomness)."""
     import torch
-    from transformers import OPTForCausalLM
+    from transformers import OPTConfig, OPTForCausalLM
 
     recipe = get_recipe(recipe_name)
+    config = OPTConfig(
+        vocab_size=recipe.vocab_size,
+        hidden_size=recipe.d_model,
+        num_hidden_layers=recipe.n_layers,
+        ffn_dim=recipe.n_neurons,
+        num_attention_heads=1,
+        max_position_embeddings=recipe.max_positions,
+        do_layer_norm_before=True,
+        activation_function="relu",
+        dropout=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=1,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
-    model = OPTForCausalLM(_config(recipe))
+    model = OPTForCausalLM(config)
     decoder = model.model.decoder
     n_high = 3 if recipe.previous_token_head else 2
     high, low = _layer_norm_levels(recipe.d_model, n_high, decoder.layers[0].final_layer_norm.eps)
     with torch.no_grad():
-        _plant_embeddings(model, recipe)
-        for layer in decoder.layers:
-            layer.self_attn.out_proj.weight.zero_()
-            layer.self_attn.out_proj.bias.zero_()
-            layer.final_layer_norm.weight.fill_(1.0)
-            layer.final_layer_norm.bias.zero_()
-            layer.fc1.weight.zero_()
+        decoder.embed_tokens.weight.zero_()
+        decoder.embed_tokens.weight[:, : recipe.vocab_size] = EMBED_SCALE * torch.eye(recipe.vocab_size)
+        offset = decoder.embed_positions.offset
+        decoder.embed_positions.weight.zero_()
+        for position in range(recipe.max_positions):
+            decoder.embed_positions.weight[position + offset, recipe.position_dim(position)] = EMBED_SCALE
+        for module in model.modules():  # identity LayerNorms: the levels above assume them
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.fill_(1.0)
+                module.bias.zero_()
+        for layer in decoder.layers:  # attention writes nothing; unplanted neurons never fire and write nothing
+            for linear in (layer.self_attn.out_proj, layer.fc1, layer.fc2):
+                linear.weight.zero_()
+                linear.bias.zero_()
             layer.fc1.bias.fill_(-CONSTANT_BIAS)
-            layer.fc2.weight.zero_()
-            layer.fc2.bias.zero_()
-        decoder.final_layer_norm.weight.fill_(1.0)
-        decoder.final_layer_norm.bias.zero_()
         if recipe.previous_token_head:
             first = decoder.layers[0]
             _plant_previous_token_head(first.self_attn, first.self_attn_layer_norm, recipe)
         for neuron in recipe.neurons:
-            layer = decoder.layers[neuron.layer]
+            fc1, fc2 = decoder.layers[neuron.layer].fc1, decoder.layers[neuron.layer].fc2
             row = input_row(neuron, recipe)
-            layer.fc1.weight[neuron.neuron] = torch.from_numpy(row)
-            layer.fc1.bias[neuron.neuron] = input_bias(neuron, row, high, low)
-            layer.fc2.weight[:, neuron.neuron] = torch.from_numpy(value_column(neuron, recipe))
+            fc1.weight[neuron.neuron] = torch.from_numpy(row)
+            # fc1 bias putting the pre-activation at (high - low) * (score - threshold): every read dimension
+            # contributes low, the active ones (high - low) more; a neuron that reads nothing gets +-CONSTANT_BIAS
+            if row.any():
+                fc1.bias[neuron.neuron] = -(low * row.sum() + (high - low) * neuron.threshold)
+            else:
+                fc1.bias[neuron.neuron] = CONSTANT_BIAS if 0 > neuron.threshold else -CONSTANT_BIAS
+            # value vector (fc2 column): VALUE_SCALE * (promoted embedding directions - suppressed ones)
+            column = np.zeros(recipe.d_model)
+            np.add.at(column, list(neuron.promotes), VALUE_SCALE)
+            np.add.at(column, list(neuron.suppresses), -VALUE_SCALE)
+            fc2.weight[:, neuron.neuron] = torch.from_numpy(column)
     model.eval()
     return model

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import math
 import shutil
@@ -37,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from torch.utils.data import BatchSampler, RandomSampler
 from tqdm.auto import tqdm
 from transformers import OPTConfig, OPTForCausalLM
 from transformers.utils import logging as hf_logging
@@ -116,20 +118,17 @@ class TrainConfig:
     def to_json(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
-    def trajectory(self) -> dict[str, Any]:
-        """The settings that decide the weights at every step (not when they are saved)."""
-        return _trajectory(self.to_json())
-
 
 def _trajectory(config: dict[str, Any]) -> dict[str, Any]:
-    """A config's JSON without the save schedule, which may change between a run and its resumption.
+    """The settings of a config's JSON that decide the weights at every step: all but the save schedule.
     Settings a saved state predates read as their defaults, which is what that run trained with."""
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name in LATER_SETTINGS}
     return {k: v for k, v in {**defaults, **config}.items() if k not in SAVE_SCHEDULE}
 
 
 def opt_config(cfg: TrainConfig, vocab_size: int, *, bos_id: int, eos_id: int, pad_id: int) -> OPTConfig:
-    """The Hugging Face config of OPT's architecture at the size given by `cfg`."""
+    """The Hugging Face config of OPT's architecture at the size given by `cfg`; OPTConfig's defaults give
+    the rest (learned positions, biases, affine LayerNorms, no attention dropout or layer drop, init std 0.02)."""
     return OPTConfig(
         vocab_size=vocab_size,
         hidden_size=cfg.d_model,
@@ -138,17 +137,9 @@ def opt_config(cfg: TrainConfig, vocab_size: int, *, bos_id: int, eos_id: int, p
         ffn_dim=cfg.ffn_dim,
         max_position_embeddings=cfg.max_positions,
         do_layer_norm_before=True,
-        _remove_final_layer_norm=False,
-        word_embed_proj_dim=cfg.d_model,
         activation_function="relu",
         dropout=cfg.dropout,
-        attention_dropout=0.0,
-        layerdrop=0.0,
-        init_std=0.02,
-        enable_bias=True,
-        layer_norm_elementwise_affine=True,
         tie_word_embeddings=True,
-        use_cache=True,
         bos_token_id=bos_id,
         eos_token_id=eos_id,
         pad_token_id=pad_id,
@@ -168,32 +159,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-class EpochSampler:
-    """Row indices of each step's batch: epochs of permutations drawn in order from one seeded generator.
-
-    The batch of a step depends only on the seed and the step, so a resumed run replays the permutations
-    up to its epoch and continues exactly where an uninterrupted run would be.
-    """
-
-    def __init__(self, n_rows: int, batch_size: int, seed: int) -> None:
-        self.n_rows, self.batch_size = n_rows, batch_size
-        self._generator = torch.Generator().manual_seed(seed)
-        self._epochs: list[torch.Tensor] = []
-
-    def _epoch(self, epoch: int) -> torch.Tensor:
-        while len(self._epochs) <= epoch:
-            self._epochs.append(torch.randperm(self.n_rows, generator=self._generator))
-            if len(self._epochs) > 2:  # only the current and the next epoch are ever needed again
-                self._epochs[-3] = torch.empty(0, dtype=torch.long)
-        return self._epochs[epoch]
-
-    def indices(self, step: int) -> np.ndarray:
-        start = step * self.batch_size
-        positions = np.arange(start, start + self.batch_size)
-        epochs, offsets = positions // self.n_rows, positions % self.n_rows
-        return np.array([int(self._epoch(int(e))[int(o)]) for e, o in zip(epochs, offsets)], dtype=np.int64)
-
-
 def build_model(cfg: TrainConfig, config: OPTConfig) -> OPTForCausalLM:
     """A freshly initialised model (seeded); for NoPos, with a zero, frozen position table."""
     torch.manual_seed(cfg.seed)
@@ -208,81 +173,62 @@ def build_model(cfg: TrainConfig, config: OPTConfig) -> OPTForCausalLM:
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices and embeddings only (not on biases or LayerNorm)."""
-    decay, no_decay = [], []
-    for _, param in _trainable(model):
-        (decay if param.ndim >= 2 else no_decay).append(param)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = device.type == "cuda"
-    return torch.optim.AdamW(groups, lr=lr_at(0, cfg), betas=cfg.adam_betas, fused=fused or None)
-
-
-def _trainable(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
-    return [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def autocast_context(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast where asked for (`auto` asks for it on CUDA only); fp32 otherwise."""
-    use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.type == "cuda")
-    if use_bf16:
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=lr_at(0, cfg), betas=cfg.adam_betas, fused=device.type == "cuda" or None)
 
 
 @contextlib.contextmanager
 def deterministic_cpu(device: torch.device) -> Iterator[None]:
     """Deterministic kernels on CPU (where they cost nothing); the previous global setting is restored."""
-    if device.type != "cpu":
-        yield
-        return
-    previous = torch.are_deterministic_algorithms_enabled()
-    previous_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(previous, warn_only=previous_warn)
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
 def next_token_loss(
     model: torch.nn.Module, batch: torch.Tensor, cfg: TrainConfig, device: torch.device
 ) -> torch.Tensor:
-    """Mean cross-entropy of predicting token t+1 from tokens <= t, in fp32.
+    """Mean cross-entropy of predicting token t+1 from tokens <= t, in fp32, under bf16 autocast where asked
+    for (`auto` asks for it on CUDA only).
 
     The targets are shifted and the last position ignored instead of slicing the logits, which on CPU
     saves copying (and, in backward, zero-filling) the largest tensor of the step.
     """
-    with autocast_context(cfg, device):
+    bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.type == "cuda")
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
         logits = model(input_ids=batch, use_cache=False).logits
     targets = F.pad(batch[:, 1:], (0, 1), value=IGNORE_INDEX)
     return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX)
 
 
-@contextlib.contextmanager
-def _quiet_hf_progress() -> Iterator[None]:
-    """Hide transformers' per-save progress bar, which would interleave with the training bar."""
-    enabled = hf_logging.is_progress_bar_enabled()
+def save_checkpoint(model: OPTForCausalLM, path: Path, tokenizer_dir: Path | None) -> None:
+    """Write one Hugging Face OPT folder (weights in safetensors, plus the tokenizer files) atomically.
+
+    transformers' per-save progress bar is hidden: it would interleave with the training bar."""
+    bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        yield
+        with atomic_path(path) as tmp:
+            model.save_pretrained(tmp)
+            if tokenizer_dir is not None:
+                for name in TOKENIZER_FILES:
+                    if (tokenizer_dir / name).is_file():
+                        shutil.copyfile(tokenizer_dir / name, tmp / name)
     finally:
-        if enabled:
+        if bars:
             hf_logging.enable_progress_bar()
 
 
-def save_checkpoint(model: OPTForCausalLM, path: Path, tokenizer_dir: Path | None) -> None:
-    """Write one Hugging Face OPT folder (weights in safetensors, plus the tokenizer files) atomically."""
-    with atomic_path(path) as tmp, _quiet_hf_progress():
-        model.save_pretrained(tmp)
-        if tokenizer_dir is not None:
-            for name in TOKENIZER_FILES:
-                if (tokenizer_dir / name).is_file():
-                    shutil.copyfile(tokenizer_dir / name, tmp / name)
+def _jsonl(rows: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(row) + "\n" for row in rows)
 
 
 def save_resume_state(
@@ -294,14 +240,14 @@ def save_resume_state(
     seconds: float,
     cfg: TrainConfig,
     log: list[dict[str, Any]],
-    pending_loss: tuple[float, int] = (0.0, 0),
+    pending_loss: tuple[float, int],
 ) -> None:
     """Everything needed to continue training bit for bit: tensors in safetensors, the rest in json.
 
-    `pending_loss` is the loss sum and step count since the last log row, so a state saved between two
-    log rows resumes to the same logged means.
+    Optimizer moments are keyed by parameter name; `pending_loss` is the loss sum and step count since the
+    last log row, so a state saved between two log rows resumes to the same logged means.
     """
-    names = {id(p): name for name, p in _trainable(model)}
+    names = {id(p): name for name, p in model.named_parameters()}
     weights = {name: p.detach().cpu().contiguous() for name, p in model.named_parameters()}
     opt_state = optimizer.state_dict()
     param_names = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
@@ -313,13 +259,12 @@ def save_resume_state(
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    groups = [{k: v for k, v in group.items() if k != "params"} for group in opt_state["param_groups"]]
     meta = {
         "step": step,
         "seconds": seconds,
         "config": cfg.to_json(),
         "param_names": param_names,
-        "param_groups": groups,
+        "param_groups": [{k: v for k, v in group.items() if k != "params"} for group in opt_state["param_groups"]],
         "pending_loss": list(pending_loss),
     }
     with atomic_path(path) as tmp:
@@ -328,7 +273,7 @@ def save_resume_state(
         save_file(moments, str(tmp / "optimizer.safetensors"))
         save_file(rng, str(tmp / "rng.safetensors"))
         (tmp / "state.json").write_text(json.dumps(meta, indent=2) + "\n")
-        (tmp / "train_log.jsonl").write_text("".join(json.dumps(row) + "\n" for row in log))
+        (tmp / "train_log.jsonl").write_text(_jsonl(log))
 
 
 def load_resume_state(
@@ -336,7 +281,7 @@ def load_resume_state(
 ) -> tuple[int, float, list[dict[str, Any]], tuple[float, int]]:
     """Restore what `save_resume_state` wrote; returns (step, seconds, log rows, pending loss)."""
     meta = json.loads((path / "state.json").read_text())
-    saved, current = _trajectory(meta["config"]), cfg.trajectory()
+    saved, current = _trajectory(meta["config"]), _trajectory(cfg.to_json())
     if saved != current:
         changed = sorted(k for k in current if saved.get(k) != current[k])
         raise ValueError(f"resume state in {path} was saved with a different config (differs in {changed})")
@@ -352,11 +297,10 @@ def load_resume_state(
         name, entry = key.split("::", 1)
         by_name.setdefault(name, {})[entry] = value
     state = {index: by_name[name] for index, name in enumerate(meta["param_names"]) if name in by_name}
-    groups, start = [], 0
-    for saved_group, group in zip(meta["param_groups"], optimizer.param_groups, strict=True):
-        restored = {**saved_group, "betas": tuple(saved_group["betas"])}
-        groups.append({**restored, "params": list(range(start, start + len(group["params"])))})
-        start += len(group["params"])
+    groups = [
+        {**saved_group, "betas": tuple(saved_group["betas"]), "params": group["params"]}
+        for saved_group, group in zip(meta["param_groups"], optimizer.state_dict()["param_groups"], strict=True)
+    ]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
     rng = load_file(str(path / "rng.safetensors"))
     torch.set_rng_state(rng["torch"])
@@ -377,7 +321,7 @@ def resumable(out_dir: Path, cfg: TrainConfig) -> bool:
         saved = json.loads(state.read_text())["config"]
     except (ValueError, KeyError):
         return False
-    return _trajectory(saved) == cfg.trajectory()
+    return _trajectory(saved) == _trajectory(cfg.to_json())
 
 
 class TrainingStopped(InterruptedError):
@@ -396,19 +340,11 @@ def stop_requests() -> Iterator[list[str]]:
         yield requested
         return
     previous = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, lambda signum, frame: requested.append(signal.Signals(signum).name))
+    signal.signal(signal.SIGTERM, lambda signum, _frame: requested.append(signal.Signals(signum).name))
     try:
         yield requested
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def load_batch(tokens: np.ndarray, rows: np.ndarray, vocab_size: int) -> torch.Tensor:
-    """The given rows as int64; only the rows are read, so `tokens` may be a memory map of any size."""
-    batch = torch.from_numpy(np.ascontiguousarray(tokens[rows])).long()
-    if int(batch.max()) >= vocab_size or int(batch.min()) < 0:
-        raise ValueError(f"token ids out of range [0, {vocab_size}) in rows {rows.tolist()}")
-    return batch
 
 
 def train_step(
@@ -439,39 +375,6 @@ def train_step(
     return loss
 
 
-def _save_step(
-    out_dir: Path,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    *,
-    step: int,
-    seconds: float,
-    cfg: TrainConfig,
-    log: list[dict[str, Any]],
-    tokenizer_dir: Path | None,
-) -> None:
-    """At a checkpoint: the HF folder first, then the resume state and log that point past it."""
-    model.eval()
-    save_checkpoint(model, out_dir / f"step-{step}", tokenizer_dir)
-    model.train()
-    save_resume_state(out_dir / "resume", model, optimizer, step=step, seconds=seconds, cfg=cfg, log=log)
-    _write_log(out_dir / "train_log.jsonl", log)
-
-
-def _write_log(path: Path, log: list[dict[str, Any]]) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(json.dumps(row) + "\n" for row in log))
-
-
-def _check_tokens(tokens: np.ndarray, cfg: TrainConfig) -> None:
-    if tokens.ndim != 2 or tokens.shape[0] < 1 or tokens.shape[1] < 2:
-        raise ValueError(f"tokens must be [n_sequences, seq_len >= 2], got shape {tokens.shape}")
-    if tokens.shape[1] > cfg.max_positions:
-        raise ValueError(f"seq_len {tokens.shape[1]} exceeds max_positions {cfg.max_positions}")
-    if not np.issubdtype(tokens.dtype, np.integer):
-        raise ValueError(f"tokens must be integers, got {tokens.dtype}")
-
-
 def train_opt(
     tokens: np.ndarray,
     cfg: TrainConfig,
@@ -492,38 +395,53 @@ def train_opt(
     ends this call early with the resume state saved, for time-limited jobs; `device` defaults to CUDA when
     present. `train_state.json` is written only once the last step is done.
     """
-    _check_tokens(tokens, cfg)
+    if tokens.ndim != 2 or tokens.shape[0] < 1 or tokens.shape[1] < 2:
+        raise ValueError(f"tokens must be [n_sequences, seq_len >= 2], got shape {tokens.shape}")
+    if tokens.shape[1] > cfg.max_positions:
+        raise ValueError(f"seq_len {tokens.shape[1]} exceeds max_positions {cfg.max_positions}")
+    if not np.issubdtype(tokens.dtype, np.integer):
+        raise ValueError(f"tokens must be integers, got {tokens.dtype}")
     if stop_after is not None and stop_after not in cfg.checkpoints:
         raise ValueError(f"stop_after={stop_after} is not one of the checkpoints {list(cfg.checkpoints)}")
     out_dir = Path(out_dir)
-    device_ = resolve_device(device)
+    if device is None or str(device) == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
     n_rows, seq_len = tokens.shape
-    model = build_model(cfg, opt_config(cfg, vocab_size, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id)).to(device_)
-    optimizer = make_optimizer(model, cfg, device_)
+    model = build_model(cfg, opt_config(cfg, vocab_size, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id)).to(device)
+    optimizer = make_optimizer(model, cfg, device)
     step, elapsed, log, pending = 0, 0.0, [], (0.0, 0)
     if (out_dir / "resume" / "state.json").is_file():
         step, elapsed, log, pending = load_resume_state(out_dir / "resume", model, optimizer, cfg)
         print(f"train: resuming from step {step} of {cfg.steps} ({out_dir / 'resume'})", file=sys.stderr)
     last = cfg.steps if stop_after is None else stop_after
     saved = step
-    sampler = EpochSampler(n_rows, cfg.batch_size, cfg.seed)
+    # Epochs of permutations drawn in order from one seeded generator: a step's batch depends only on the
+    # seed and the step, so a resumed run replays the permutations up to its step and continues from there.
+    generator = torch.Generator().manual_seed(cfg.seed)
+    rows = RandomSampler(range(n_rows), num_samples=cfg.steps * cfg.batch_size, generator=generator)
+    batches = itertools.islice(BatchSampler(rows, cfg.batch_size, drop_last=False), step, None)
     log_every = max(1, cfg.steps // MAX_LOG_ROWS)
-    checkpoints = set(cfg.checkpoints)
-    params = [p for _, p in _trainable(model)]
-    loss_sum, loss_count = torch.tensor(pending[0], device=device_), pending[1]
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss_sum, loss_count = torch.tensor(pending[0], device=device), pending[1]
     started = time.perf_counter() - elapsed
     label = "pos" if cfg.positions else "nopos"
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"train ({label})")
     model.train()
-    with deterministic_cpu(device_), bar, stop_requests() as stop:
+    with deterministic_cpu(device), bar, stop_requests() as stop:
         while step < last:
             lr = lr_at(step, cfg)
-            batch = load_batch(tokens, sampler.indices(step), vocab_size).to(device_, non_blocking=True)
-            loss = train_step(model, optimizer, params, batch, lr=lr, cfg=cfg, device=device_)
+            batch_rows = next(batches)
+            # only the batch's rows are read, so `tokens` may be a memory map of any size
+            batch = torch.from_numpy(np.ascontiguousarray(tokens[batch_rows])).long()
+            if int(batch.max()) >= vocab_size or int(batch.min()) < 0:
+                raise ValueError(f"token ids out of range [0, {vocab_size}) in rows {batch_rows}")
+            batch = batch.to(device, non_blocking=True)
+            loss = train_step(model, optimizer, params, batch, lr=lr, cfg=cfg, device=device)
             step += 1
             loss_sum += loss
             loss_count += 1
-            if step % log_every == 0 or step in checkpoints:
+            if step % log_every == 0 or step in cfg.checkpoints:
                 mean = float(loss_sum) / loss_count
                 tokens_seen = step * cfg.batch_size * seq_len
                 seconds = round(time.perf_counter() - started, 3)
@@ -532,19 +450,23 @@ def train_opt(
                 loss_sum.zero_()
                 loss_count = 0
             bar.update(1)
-            if step in checkpoints:
-                seconds = time.perf_counter() - started
-                _save_step(
-                    out_dir, model, optimizer, step=step, seconds=seconds, cfg=cfg, log=log, tokenizer_dir=tokenizer_dir
+            if step in cfg.checkpoints:  # the HF folder first, then the resume state and log that point past it
+                model.eval()
+                save_checkpoint(model, out_dir / f"step-{step}", tokenizer_dir)
+                model.train()
+                save_resume_state(
+                    out_dir / "resume", model, optimizer, step=step, seconds=time.perf_counter() - started, cfg=cfg,
+                    log=log, pending_loss=(float(loss_sum), loss_count),
                 )
+                with atomic_path(out_dir / "train_log.jsonl") as tmp:
+                    tmp.write_text(_jsonl(log))
                 saved = step
             failpoint("train-step", step)
             due = cfg.resume_every and step - saved >= cfg.resume_every
             if step < last and saved != step and (due or stop):
-                seconds = time.perf_counter() - started
                 save_resume_state(
-                    out_dir / "resume", model, optimizer, step=step, seconds=seconds, cfg=cfg, log=log,
-                    pending_loss=(float(loss_sum), loss_count),
+                    out_dir / "resume", model, optimizer, step=step, seconds=time.perf_counter() - started, cfg=cfg,
+                    log=log, pending_loss=(float(loss_sum), loss_count),
                 )
                 saved = step
             if stop and step < last:
@@ -552,22 +474,8 @@ def train_opt(
                     f"training in {out_dir} stopped by {stop[0]} after step {step} of {cfg.steps}; "
                     "its resume state is saved, rerun to continue"
                 )
-    if step == cfg.steps:
-        _write_summary(out_dir, cfg, log, model, n_rows=n_rows, seq_len=seq_len, vocab_size=vocab_size, device=device_)
-    return log
-
-
-def _write_summary(
-    out_dir: Path,
-    cfg: TrainConfig,
-    log: list[dict[str, Any]],
-    model: torch.nn.Module,
-    *,
-    n_rows: int,
-    seq_len: int,
-    vocab_size: int,
-    device: torch.device,
-) -> None:
+    if step < cfg.steps:
+        return log
     seconds = log[-1]["seconds"] if log else 0.0
     tokens_seen = cfg.steps * cfg.batch_size * seq_len
     summary = {
@@ -587,3 +495,4 @@ def _write_summary(
     }
     with atomic_path(out_dir / "train_state.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    return log
