@@ -99,6 +99,10 @@ class LayerBatch:
 
         return self._cached("firing_pairs", make)
 
+    def firing_values(self) -> torch.Tensor:
+        """float32 activations at `firing_pairs`, in their order."""
+        return self._cached("firing_values", lambda: self.acts_2d()[self.firing_pairs()])
+
     def acts_2d(self) -> torch.Tensor:
         """[B*T, N] float32 activations, every position (masked ones included)."""
         def make() -> torch.Tensor:

@@ -27,7 +27,7 @@ KEYS = ("count", "sum", "m2", "min", "max")
 class Moments(Accumulator):
     """Each batch's mean and m2 (the sum of squared deviations from its mean) come from one `var_mean`
     reduction on a GPU (float32 results), and on a CPU from deviations a block of rows at a time, summed in
-    float64; batches and shards then combine in float64 by Chan et al.'s pairwise rule. The spread is never
+    float64, or from the firings alone where every other activation is 0 (a ReLU); batches and shards then combine in float64 by Chan et al.'s pairwise rule. The spread is never
     E[x^2] - E[x]^2, which cancels to rounding noise when the spread is small next to the mean; a constant
     neuron's m2 is exactly 0. A dozen device ops per (layer, batch) on a GPU, none of which waits for it,
     and no float64 copy of a batch."""
@@ -54,20 +54,21 @@ class Moments(Accumulator):
         if n == 0:
             return
         counted = counted.float()  # no copy of float32; a bfloat16 batch's values are exact in float32
-        if host_paths(counted.device):
-            (mean, m2), scale = _mean_and_m2_by_rows(counted), 1
+        if host_paths(counted.device):  # one reduction over two dimensions is 20x slower on a CPU
+            low, high = counted.amin(dim=1).amin(dim=0), counted.amax(dim=1).amax(dim=0)
+            # where no counted activation is below 0 (a ReLU) and the firings are the positive ones, every
+            # activation that did not fire is 0: the firings alone give mean and m2
+            sparse = batch.fires_from_acts and batch.counted_from is not None and bool((low >= 0).all())
+            (mean, m2), scale = (_mean_and_m2_of_firings(batch, n) if sparse else _mean_and_m2_by_rows(counted)), 1
         else:  # m2 = variance * n, scaled in the add below
             (m2, mean), scale = torch.var_mean(counted, dim=(0, 1), correction=0), n
+            low, high = counted.amin(dim=(0, 1)), counted.amax(dim=(0, 1))
         kept = self.count[slot]
         # Chan et al.: m2 of the union = m2_a + m2_b + (mean_b - mean_a)^2 n_a n_b / (n_a + n_b), in float64
         shift = torch.sub(mean, self.mean[slot])
         self.mean[slot].add_(shift, alpha=n / (kept + n))
         self.m2[slot].add_(m2, alpha=scale).addcmul_(shift, shift, value=kept * n / (kept + n))
         self.count[slot] = kept + n
-        if host_paths(counted.device):  # one reduction over two dimensions is 20x slower on a CPU
-            low, high = counted.amin(dim=1).amin(dim=0), counted.amax(dim=1).amax(dim=0)
-        else:
-            low, high = counted.amin(dim=(0, 1)), counted.amax(dim=(0, 1))
         torch.minimum(self.minimum[slot], low, out=self.minimum[slot])
         torch.maximum(self.maximum[slot], high, out=self.maximum[slot])
 
@@ -116,6 +117,19 @@ class Moments(Accumulator):
 
 
 ROWS = 512  # rows of a batch whose deviations from the mean are squared at a time on a CPU
+
+
+def _mean_and_m2_of_firings(batch: LayerBatch, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 mean and sum of squared deviations over `n` counted activations that are 0 except at the
+    batch's firings: deviations of the firings from the mean, and n - firings zeros' (-mean)**2."""
+    _, neurons = batch.firing_pairs()
+    values = batch.firing_values().double()
+    n_neurons = batch.acts.shape[-1]
+    mean = torch.zeros(n_neurons, dtype=torch.float64).index_add_(0, neurons, values).div_(n)
+    deviation = values.sub_(mean[neurons])
+    m2 = torch.zeros_like(mean).index_add_(0, neurons, deviation.square_())
+    zeros = n - torch.bincount(neurons, minlength=n_neurons)
+    return mean, m2.addcmul_(mean.square(), zeros)
 
 
 def _mean_and_m2_by_rows(counted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -95,7 +95,7 @@ class NgramFireCount(Accumulator):
                 rows, neurons = batch.firing_pairs()
                 at = row_gram.index_select(0, rows)
                 complete = at > 0
-                due = pending.add_pairs(grams[at[complete] - 1], neurons[complete], len(grams) + 1)
+                due = pending.add_pairs(grams, at[complete] - 1, neurons[complete], len(grams) + 1)
             else:  # row 0 counts the firings where no complete n-gram ends: the flush drops it
                 table = torch.zeros(len(grams) + 1, n_neurons, dtype=torch.int32, device=self.device)
                 due = pending.add(grams, table.index_add_(0, row_gram, batch.fires_2d()))

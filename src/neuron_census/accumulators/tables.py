@@ -148,10 +148,10 @@ class PendingCounts:
     def n_neurons(self) -> int:
         return self.table.n_rows if self.by_neuron else self.table.span
 
-    def add_pairs(self, ids: torch.Tensor, neurons: torch.Tensor, table_rows: int) -> bool:
-        """Keep one batch's firings, one (id, neuron) pair each, in place of a dense int32 table of
-        `table_rows` rows (charged its bytes); True when a flush is due."""
-        self.pairs.append((ids, neurons))
+    def add_pairs(self, ids: torch.Tensor, at: torch.Tensor, neurons: torch.Tensor, table_rows: int) -> bool:
+        """Keep one batch's firings as pairs (`ids[at]`, neuron) of its sorted distinct `ids`, in place of a
+        dense int32 table of `table_rows` rows (charged its bytes); True when a flush is due."""
+        self.pairs.append((ids, at, neurons))
         self.bytes += table_rows * self.n_neurons * torch.int32.itemsize
         return self.bytes >= self.budget_bytes
 
@@ -183,15 +183,18 @@ class PendingCounts:
         return rows, columns, values, totals
 
     def _from_pairs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Equal pairs counted by one sort of packed keys (the table's own, when they fit int64)."""
-        ids, neurons = (torch.cat(column) for column in zip(*self.pairs))
+        """Equal pairs counted by one sort of keys over the waiting batches' distinct ids, not the ids
+        themselves: int32 keys where they fit, which sort in fewer radix passes than packed table keys."""
+        distinct = torch.unique(torch.cat([ids for ids, _, _ in self.pairs]))
+        index = torch.cat([torch.searchsorted(distinct, ids).index_select(0, at) for ids, at, _ in self.pairs])
+        neurons = torch.cat([neurons for _, _, neurons in self.pairs])
         totals = torch.bincount(neurons, minlength=self.n_neurons)
-        rows, columns = (neurons, ids) if self.by_neuron else (ids, neurons)
-        if self.table.n_blocks == 1:  # every key fits int64
-            span = self.table.span
-            keys, values = torch.unique(rows * span + columns, return_counts=True)
-            return *split_sorted_keys(keys, span), values, totals
-        rows, columns, values = _coalesce_pairs(rows, columns, torch.ones_like(rows))
+        # by neuron: neuron-major keys (a row per neuron, its ids ascending); else id-major
+        major, minor, span = (neurons, index, len(distinct)) if self.by_neuron else (index, neurons, self.n_neurons)
+        dtype = torch.int32 if self.n_neurons * len(distinct) < 1 << 31 else torch.int64
+        keys, values = torch.unique((major * span + minor).to(dtype), return_counts=True)
+        major, minor = split_sorted_keys(keys.long(), span)
+        rows, columns = (major, distinct[minor]) if self.by_neuron else (distinct[major], minor)
         return rows, columns, values, totals
 
     def clear(self) -> None:

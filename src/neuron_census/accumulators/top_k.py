@@ -123,30 +123,27 @@ class TopK(Accumulator):
         """The batch's activations above each neuron's bar, and the earliest ones equal to it in the first
         `tie_rows` rows that can still enter, joined to the kept keys; each neuron's k largest keys are
         kept: one sort of the few candidates, no key for every activation. Where the firings are the
-        positive activations and every bar is above 0 (at least 0 without ties), only firings can enter."""
+        positive activations and no bar is below 0, those above the bar are firings: the firings are read,
+        not the batch."""
         acts = batch.acts_2d()
         kept = self.keys[slot]
         k, n_neurons = kept.shape
-        if batch.fires_from_acts and bool((bar > 0).all() if tie_rows else (bar >= 0).all()):
-            # every candidate fires: read the firings alone (ties above 0 are few: all of them may enter)
+        if batch.fires_from_acts and bool((bar >= 0).all()):
             rows, neurons = batch.firing_pairs()
-            values, bars = acts[rows, neurons], bar[neurons]
-            enter = values > bars
-            if tie_rows:
-                enter |= (values == bars) & (rows < tie_rows)
-            rows, values = rows[enter], values[enter]
-            neurons = neurons[enter]
+            enter = batch.firing_values() > bar[neurons]
+            rows, neurons = rows[enter], neurons[enter]
+            above_in_tie_rows = torch.bincount(neurons[rows < tie_rows], minlength=n_neurons) if tie_rows else None
         else:
             above = acts > bar
             above.masked_fill_(excluded, False)
             rows, neurons = above.nonzero(as_tuple=True)
-            if tie_rows:  # a neuron's k - (entries above its bar there) earliest ties (many zeros after a ReLU)
-                ties = ((acts[:tie_rows] == bar) & ~excluded[:tie_rows]).T.contiguous()  # [neuron, row]: fast cumsum
-                room = k - above[:tie_rows].sum(dim=0)
-                earliest = ties & (torch.cumsum(ties, dim=1, dtype=torch.int32) <= room[:, None])
-                tie_neurons, tie_at = earliest.nonzero(as_tuple=True)
-                rows, neurons = torch.cat([rows, tie_at]), torch.cat([neurons, tie_neurons])
-            values = acts[rows, neurons]
+            above_in_tie_rows = above[:tie_rows].sum(dim=0) if tie_rows else None
+        if tie_rows:  # a neuron's k - (entries above its bar there) earliest ties (many zeros after a ReLU)
+            ties = ((acts[:tie_rows] == bar) & ~excluded[:tie_rows]).T.contiguous()  # [neuron, row]: fast cumsum
+            earliest = ties & (torch.cumsum(ties, dim=1, dtype=torch.int32) <= (k - above_in_tie_rows)[:, None])
+            tie_neurons, tie_at = earliest.nonzero(as_tuple=True)
+            rows, neurons = torch.cat([rows, tie_at]), torch.cat([neurons, tie_neurons])
+        values = acts[rows, neurons]
         keys = (ordered_bits(values).to(torch.int64) << ROW_BITS) | rank[rows, 0]
         keys = torch.cat([kept.T.reshape(-1), keys])
         neurons = torch.cat([torch.arange(n_neurons).repeat_interleave(k), neurons])

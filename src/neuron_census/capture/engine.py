@@ -109,6 +109,7 @@ def run(
                 sink.add_layers(geometry.slot(item.layer), {acc.name: acc.take_layer(item.layer) for acc in layered})
             if progress is not None:
                 progress.update(item.batch.tokens.numel())
+            del item, batch  # this layer's activations go before the source runs the next layer
     finite.check()
     for accumulator in accumulators:
         if not accumulator.layered:
