@@ -3,9 +3,10 @@ store and merged from shards, with no other change."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
+import pytest
 import torch
 
 from neuron_census.accumulators import REGISTRY, Geometry, LayerBatch, Memory, State
@@ -21,13 +22,15 @@ class ActivationSum(Accumulator):
     name: ClassVar[str] = "activation_sum"
     sums: ClassVar[bool] = True
     default: ClassVar[bool] = False
+    options: ClassVar[dict[str, Any]] = {"absolute": False}
 
-    def __init__(self, geometry: Geometry, device: torch.device) -> None:
-        self.geometry = geometry
+    def __init__(self, geometry: Geometry, device: torch.device, *, absolute: bool) -> None:
+        self.geometry, self.absolute = geometry, absolute
         self.total = torch.zeros(len(geometry.layers), geometry.n_neurons, dtype=torch.float64, device=device)
 
     def update(self, batch: LayerBatch) -> None:
-        self.total[self.geometry.slot(batch.layer)] += batch.acts_2d().sum(0, dtype=torch.float64)
+        acts = batch.acts_2d().abs() if self.absolute else batch.acts_2d()
+        self.total[self.geometry.slot(batch.layer)] += acts.sum(0, dtype=torch.float64)
 
     def take_layer(self, layer: int) -> State:
         slot = self.geometry.slot(layer)
@@ -82,3 +85,21 @@ def test_a_new_accumulator_registers_itself_and_runs_end_to_end(tmp_path):
     merge_store_files([tmp_path / "a.zarr", tmp_path / "b.zarr"], tmp_path / "m.zarr")
     merged = StoreReader(tmp_path / "m.zarr").state("activation_sum")
     np.testing.assert_allclose(merged["sum"], whole["activation_sum"]["sum"], rtol=1e-12)
+
+
+def test_an_accumulators_options_come_from_the_capture_config():
+    """`capture.accumulator_options.<name>` reaches the accumulator's `__init__`; its defaults are its own,
+    and a key it does not declare is refused, naming it."""
+    geometry = Geometry(layers=(0,), n_neurons=2, seq_len=3, vocab_size=5)
+    acts = torch.tensor([[[1.0, -2.0], [-3.0, 4.0], [0.5, -0.5]]])
+    batch = LayerBatch(layer=0, acts=acts, fires=acts > 0, mask=torch.ones(1, 3, dtype=torch.bool),
+                       tokens=torch.zeros(1, 3, dtype=torch.int64), seq_ids=torch.zeros(1, dtype=torch.int64))
+    sums = {}
+    for options in ({}, {"absolute": True}):
+        settings = CaptureSettings.from_config({"accumulators": ["activation_sum"], "accumulator_options": {"activation_sum": options}})
+        accumulator = ActivationSum.from_settings(settings, geometry, torch.device("cpu"))
+        accumulator.update(batch)
+        sums[bool(options)] = accumulator.state()["sum"][0].tolist()
+    assert sums == {False: [-1.5, 1.5], True: [4.5, 6.5]}
+    with pytest.raises(ValueError, match=r"accumulator_options\.activation_sum: unknown \['absolut'\]"):
+        CaptureSettings(accumulator_options={"activation_sum": {"absolut": True}})

@@ -281,6 +281,8 @@ class Accumulator:
     layered: ClassVar[bool] = True
     sums: ClassVar[bool] = False
     default: ClassVar[bool] = True  # runs unless the capture lists its accumulators
+    # its own settings and their defaults, set in a config as `capture.accumulator_options.<name>.<key>`
+    options: ClassVar[dict[str, Any]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -288,8 +290,18 @@ class Accumulator:
             REGISTRY[cls.name] = cls
 
     @classmethod
+    def options_from(cls, settings: CaptureSettings) -> dict[str, Any]:
+        """`options` with those the settings give for this accumulator; an unknown key is refused."""
+        given = dict(settings.accumulator_options.get(cls.name, {}))
+        unknown = sorted(set(given) - set(cls.options))
+        if unknown:
+            raise ValueError(f"capture.accumulator_options.{cls.name}: unknown {unknown}; known: {sorted(cls.options)}")
+        return {**cls.options, **given}
+
+    @classmethod
     def from_settings(cls, settings: CaptureSettings, geometry: Geometry, device: torch.device) -> Accumulator:
-        return cls(geometry, device)  # type: ignore[call-arg]
+        """An accumulator with `options` takes them as keyword arguments."""
+        return cls(geometry, device, **cls.options_from(settings))  # type: ignore[call-arg]
 
     def update(self, batch: LayerBatch) -> None:
         raise NotImplementedError

@@ -43,6 +43,8 @@ class CaptureSettings:
     sample_spans: str | None = _default("sample_spans")  # parquet file of labelled spans to keep activations of
     sample_limit: int = _default("sample_limit")
     accumulators: tuple[str, ...] = field(default_factory=_default_accumulators)
+    # accumulator name -> its own options (`Accumulator.options`): an accumulator's settings live in its file
+    accumulator_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from neuron_census.accumulators import REGISTRY
@@ -52,6 +54,10 @@ class CaptureSettings:
         unknown = set(self.accumulators) - set(REGISTRY)
         if unknown:
             raise ValueError(f"unknown accumulators {sorted(unknown)}; known: {sorted(REGISTRY)}")
+        for name in self.accumulator_options:
+            if name not in REGISTRY:
+                raise ValueError(f"capture.accumulator_options names unknown accumulator '{name}'; known: {sorted(REGISTRY)}")
+            REGISTRY[name].options_from(self)
         if isinstance(self.ngram_layers, str) and self.ngram_layers not in ("first_half", "all"):
             raise ValueError(f"capture.ngram_layers '{self.ngram_layers}' is not first_half, all or a list of layers")
 
