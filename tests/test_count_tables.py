@@ -1,5 +1,5 @@
 """Key tables against counting by hand: exact tables against a Counter, bounded ones against the reference
-Misra-Gries merge (`summaries.coalesce` then `summaries.prune`) applied at the same merge points; and the
+Misra-Gries merge (`summary_reference.coalesce` then `prune`) applied at the same merge points; and the
 per-batch dense tables that wait for a flush."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from neuron_census.accumulators import tables
-from neuron_census.accumulators.summaries import coalesce, prune
 from neuron_census.accumulators.tables import KeyTable, PendingCounts, _coalesce_pairs
+from summary_reference import coalesce, prune
 
 
 def layouts(device: torch.device):

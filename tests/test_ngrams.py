@@ -13,17 +13,14 @@ from neuron_census.accumulators import Geometry, LayerBatch, base, merge_states,
 from neuron_census.accumulators.ngram_count import NgramCount
 from neuron_census.accumulators.ngram_fire_count import NgramFireCount
 from neuron_census.accumulators.tables import merge_summaries
+from summary_reference import coalesce, merge_summaries_by_sort, pack_ngrams, prune
 from neuron_census.accumulators.summaries import (
     CUT_LEVELS,
     _group_cuts,
     add_sorted_keys,
-    coalesce,
     coalesce_keys,
     coverage_bounds,
-    merge_summaries_by_sort,
     neurons_per_key,
-    pack_ngrams,
-    prune,
     prune_keys,
     split_sorted_keys,
     summary_slack,
@@ -296,17 +293,15 @@ def test_merging_one_summary_leaves_it_as_it_was():
         np.testing.assert_array_equal(column, copy)
 
 
-@pytest.mark.parametrize(
-    "part",
-    [
-        (np.array([0, 9]), np.array([0, 1 << 61]), np.array([2, 3])),  # packed keys would overflow int64
-        (np.array([0, 0, 1]), np.array([4, 5, 4]), np.array([0, 2, 1])),  # a zero count: takes the sort
-    ],
-    ids=["wide-grams", "zero-count"],
-)
-def test_merging_summaries_beyond_packed_keys(part):
+def test_merging_summaries_beyond_packed_keys():
+    part = (np.array([0, 9]), np.array([0, 1 << 61]), np.array([2, 3]))  # packed keys would overflow int64
     got = merge_summaries([part, part], 1)
     assert dict(zip(zip(got[0].tolist(), got[1].tolist()), got[2].tolist())) == _brute_merge([part, part], 1)
+
+
+def test_merging_summaries_refuses_what_no_summary_holds():
+    with pytest.raises(ValueError, match="a count below 1"):
+        merge_summaries([(np.array([0, 1]), np.array([4, 4]), np.array([0, 2]))], 1)
 
 
 def test_ngram_occurrences(data, device):
@@ -367,25 +362,6 @@ def test_device_pruning_equals_numpy_with_many_ties(capacity, device):
     assert len(expected[0]) < 5000
     for e, g in zip(expected, got):
         np.testing.assert_array_equal(g, e)
-
-
-@pytest.mark.parametrize("gram_high", [50, 1 << 61], ids=["packed-sort", "lexsort"])
-def test_coalesce_sums_equal_pairs_whichever_sort_it_takes(gram_high):
-    """Small (group, gram) pairs are coalesced by one sort of packed keys; pairs whose packed key would
-    overflow int64 (trigrams of large vocabularies, many groups) by a lexsort: both against a counter."""
-    from collections import Counter
-
-    rng = np.random.default_rng(7)
-    grams = rng.integers(0, gram_high, size=60)
-    group = rng.integers(0, 9, size=600)
-    gram = grams[rng.integers(0, len(grams), size=600)]
-    count = rng.integers(1, 5, size=600)
-    expected = Counter()
-    for key in zip(group.tolist(), gram.tolist(), count.tolist()):
-        expected[key[:2]] += key[2]
-    got_group, got_gram, got_count = coalesce(group, gram, count)
-    assert list(zip(got_group.tolist(), got_gram.tolist())) == sorted(expected)
-    assert got_count.tolist() == [expected[key] for key in sorted(expected)]
 
 
 @pytest.mark.parametrize("capacity", [1, 3, 7, 64, None])

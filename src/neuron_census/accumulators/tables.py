@@ -16,9 +16,7 @@ import torch
 
 from neuron_census.accumulators.summaries import (
     add_sorted_keys,
-    coalesce,
     coalesce_keys,
-    merge_summaries_by_sort,
     neurons_per_key,
     prune_keys,
     split_sorted_keys,
@@ -33,18 +31,18 @@ def merge_summaries(
     """Merge summaries (or exact counts, which are summaries too) of (group, gram, count): add counters, then
     prune to `capacity` per group. Result sorted by (group, gram).
 
-    Parts are staged into a `KeyTable` with a row per group and merged as capture merges its tables. Equal
-    to `summaries.merge_summaries_by_sort`, which also takes negative values or counts below 1.
+    Parts are staged into a `KeyTable` with a row per group and merged as capture merges its tables.
     """
     present = [tuple(np.asarray(column, dtype=np.int64) for column in part) for part in parts if len(part[0])]
-    if not present or any(min(int(column.min()) for column in part[:2]) < 0 or int(part[2].min()) < 1 for part in present):
-        return merge_summaries_by_sort(parts, capacity)
+    if not present:
+        return (np.zeros(0, dtype=np.int64),) * 3
+    if any(min(int(column.min()) for column in part[:2]) < 0 or int(part[2].min()) < 1 for part in present):
+        raise ValueError("summaries to merge hold a negative group or gram, or a count below 1")
     n_groups = max(int(part[0].max()) for part in present) + 1
     table = KeyTable(n_groups, max(int(part[1].max()) for part in present) + 1, capacity, torch.device("cpu"))
-    for group, gram, count in present:
-        if not _sorted_unique(group, gram):
-            group, gram, count = coalesce(group, gram, count)
-        table.stage(*(torch.from_numpy(column) for column in (group, gram, count)))
+    for part in present:
+        columns = tuple(torch.from_numpy(column) for column in part)
+        table.stage(*(columns if _sorted_unique(*part[:2]) else _coalesce_pairs(*columns)))
     table.merge()
     group, gram, count = (torch.cat(column).numpy() for column in zip(*table.parts()))
     return group, gram, count
