@@ -62,15 +62,12 @@ def validate_config(config: dict[str, Any], schema_path: str | Path) -> dict[str
     _type_command_line_values(config, validator)
     error = jsonschema.exceptions.best_match(validator.iter_errors(config))
     if error is not None:
-        raise ConfigError(f"config error at '{_where(error.absolute_path)}': {error.message}")
+        where = ".".join(str(part) for part in error.absolute_path) or "(top level)"
+        raise ConfigError(f"config error at '{where}': {error.message}")
     _check_repeats(config)
     _check_references(config)
     _check_models(config)
     return config
-
-
-def _where(path: Any) -> str:
-    return ".".join(str(p) for p in path) or "(top level)"
 
 
 def _type_errors(errors: Any) -> Iterator[Any]:
@@ -96,7 +93,9 @@ def _type_command_line_values(config: dict[str, Any], validator: Any) -> None:
                 value = yaml.safe_load(error.instance)
             except yaml.YAMLError:
                 continue
-            if isinstance(value, str) or not any(validator.is_type(value, kind) for kind in _listed(error.validator_value)):
+            kinds = error.validator_value  # one type name or a list of them
+            kinds = [kinds] if isinstance(kinds, str) else kinds
+            if isinstance(value, str) or not any(validator.is_type(value, kind) for kind in kinds):
                 continue
             *parents, last = error.absolute_path
             holder: Any = config
@@ -109,51 +108,41 @@ def _type_command_line_values(config: dict[str, Any], validator: Any) -> None:
             return
 
 
-def _listed(value: Any) -> list[str]:
-    return [value] if isinstance(value, str) else list(value)
+def _known(where: str, names: Any, known: Mapping[str, Any], what: str) -> None:
+    """Refuse a reference (one name or a list of them) to something the config does not define."""
+    for name in names if isinstance(names, list) else [names]:
+        if name not in known:
+            raise ConfigError(f"config error at '{where}': unknown {what} '{name}'")
 
 
 def _check_references(config: Mapping[str, Any]) -> None:
-    datasets, tokenizers, runs, models = (
-        config["datasets"],
-        config["tokenizers"],
-        config.get("train", {}),
-        config["models"],
-    )
+    datasets, tokenizers, models = config["datasets"], config["tokenizers"], config["models"]
+    runs = config.get("train", {})
     for section in ("datasets", "tokenizers", "train", "models"):
         for name in config.get(section, {}):
             if name in RESERVED_NAMES:
                 raise ConfigError(f"config error at '{section}.{name}': '{name}' is reserved for a results folder")
     for name, spec in tokenizers.items():
-        if spec["source"] == "train_bpe" and spec["dataset"] not in datasets:
-            raise ConfigError(f"config error at 'tokenizers.{name}.dataset': unknown dataset '{spec['dataset']}'")
+        if spec["source"] == "train_bpe":
+            _known(f"tokenizers.{name}.dataset", spec["dataset"], datasets, "dataset")
     for name, run in runs.items():
-        if run["tokenizer"] not in tokenizers:
-            raise ConfigError(f"config error at 'train.{name}.tokenizer': unknown tokenizer '{run['tokenizer']}'")
-        for dataset in run["datasets"]:
-            if dataset not in datasets:
-                raise ConfigError(f"config error at 'train.{name}.datasets': unknown dataset '{dataset}'")
+        _known(f"train.{name}.tokenizer", run["tokenizer"], tokenizers, "tokenizer")
+        _known(f"train.{name}.datasets", run["datasets"], datasets, "dataset")
         if max(run["checkpoints"]) != run["steps"]:
             raise ConfigError(f"config error at 'train.{name}.checkpoints': the last checkpoint must be steps={run['steps']}")
     for name, spec in models.items():
-        if spec["source"] == "trained":
-            run = runs.get(spec["run"])
-            if run is None:
-                raise ConfigError(f"config error at 'models.{name}.run': unknown train run '{spec['run']}'")
-            if spec.get("step") is not None and spec["step"] not in run["checkpoints"]:
-                raise ConfigError(
-                    f"config error at 'models.{name}.step': {spec['step']} is not a checkpoint of run "
-                    f"'{spec['run']}' {run['checkpoints']}"
-                )
-        elif spec.get("tokenizer") not in tokenizers:
-            raise ConfigError(f"config error at 'models.{name}.tokenizer': unknown tokenizer '{spec.get('tokenizer')}'")
-    for dataset in config["capture"]["datasets"]:
-        if dataset not in datasets:
-            raise ConfigError(f"config error at 'capture.datasets': unknown dataset '{dataset}'")
+        if spec["source"] != "trained":
+            _known(f"models.{name}.tokenizer", spec.get("tokenizer"), tokenizers, "tokenizer")
+            continue
+        _known(f"models.{name}.run", spec["run"], runs, "train run")
+        if spec.get("step") is not None and spec["step"] not in runs[spec["run"]]["checkpoints"]:
+            raise ConfigError(
+                f"config error at 'models.{name}.step': {spec['step']} is not a checkpoint of run "
+                f"'{spec['run']}' {runs[spec['run']]['checkpoints']}"
+            )
+    _known("capture.datasets", config["capture"]["datasets"], datasets, "dataset")
     for name, spec in models.items():
-        for dataset in spec.get("capture", {}).get("datasets") or []:
-            if dataset not in datasets:
-                raise ConfigError(f"config error at 'models.{name}.capture.datasets': unknown dataset '{dataset}'")
+        _known(f"models.{name}.capture.datasets", spec.get("capture", {}).get("datasets") or [], datasets, "dataset")
     captured = {dataset for model in models for dataset in model_datasets(config, model)}
     for dataset in config.get("analysis", {}).get("positional", {}).get("datasets") or []:
         if dataset not in captured:
@@ -161,9 +150,7 @@ def _check_references(config: Mapping[str, Any]) -> None:
                 f"config error at 'analysis.positional.datasets': '{dataset}' is not one of capture.datasets"
             )
     for figure, settings in config.get("figures", {}).items():
-        for model in settings.get("models") or []:
-            if model not in models:
-                raise ConfigError(f"config error at 'figures.{figure}.models': unknown model '{model}'")
+        _known(f"figures.{figure}.models", settings.get("models") or [], models, "model")
         drawn = settings.get("models") or list(models)
         if settings.get("model") is not None and settings["model"] not in drawn:
             raise ConfigError(
@@ -190,13 +177,9 @@ def _repeated_items(config: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
 def _check_repeats(config: Mapping[str, Any]) -> None:
     """A name listed twice is a mistake that costs: a training dataset would be trained on twice."""
     for where, items in _repeated_items(config):
-        if not isinstance(items, list):
-            continue
-        seen: set[Any] = set()
-        for item in items:
-            if item in seen:
-                raise ConfigError(f"config error at '{where}': {item!r} is listed twice")
-            seen.add(item)
+        repeated = [item for i, item in enumerate(items) if item in items[:i]] if isinstance(items, list) else []
+        if repeated:
+            raise ConfigError(f"config error at '{where}': {repeated[0]!r} is listed twice")
 
 
 def model_datasets(config: Mapping[str, Any], model: str) -> list[str]:
@@ -260,7 +243,7 @@ def _check_models(config: Mapping[str, Any]) -> None:
             )
         settings = capture_settings(config, model)
         shape = model_shape(config, model)
-        layers, ngram_layers = settings.get("layers", "all"), settings.get("ngram_layers", "first_half")
+        layers, ngram_layers = settings["layers"], settings["ngram_layers"]  # the schema's defaults filled in
         if shape is not None:
             n_layers, context = shape
             seq_len = next(iter(lengths.values()))
@@ -317,9 +300,7 @@ def resolved_tokenizer_spec(config: Mapping[str, Any], name: str) -> dict[str, A
 
 def model_tokenizer(config: Mapping[str, Any], model: str) -> str:
     spec = config["models"][model]
-    if spec["source"] == "trained":
-        return config["train"][spec["run"]]["tokenizer"]
-    return spec["tokenizer"]
+    return config["train"][spec["run"]]["tokenizer"] if spec["source"] == "trained" else spec["tokenizer"]
 
 
 def resolved_model_spec(config: Mapping[str, Any], model: str) -> dict[str, Any]:

@@ -62,8 +62,6 @@ def read_shard_for(shard: PathLike, tokenizer: Any, user: str) -> tuple[Any, dic
 def stacked_shards(shards: Sequence[PathLike], tokenizer: Any, user: str) -> Any:
     """Every shard's sequences in one array of the narrowest dtype holding the vocabulary (uint16 up to 65,536
     ids: half of int32), filled a shard at a time, so memory holds the result and one shard, not two copies."""
-    import numpy as np
-
     from neuron_census.data.corpus import token_shard_shape
 
     shapes = [token_shard_shape(shard) for shard in shards]
@@ -169,7 +167,7 @@ def train_job(
     if tokenizer.bos_id is None or tokenizer.eos_id is None:
         raise ValueError(f"train run '{run_name}': tokenizer '{tokenizer_name}' needs a BOS and an EOS token")
     output = Path(output)
-    work = partial_train_dir(output)
+    work = output.with_name(f".{output.name}.partial")  # outside the output, which Snakemake may delete
     if work.exists() and not resumable(work, config):
         print(f"train run '{run_name}': discarding {work}: it holds no resume state of these settings", file=sys.stderr)
         shutil.rmtree(work)
@@ -186,12 +184,6 @@ def train_job(
     if output.exists():
         shutil.rmtree(output)
     os.replace(work, output)
-
-
-def partial_train_dir(output: PathLike) -> Path:
-    """Where a training run lives until it is finished (outside the output, which Snakemake may delete)."""
-    output = Path(output)
-    return output.with_name(f".{output.name}.partial")
 
 
 def _load_model_and_tokenizer(
@@ -256,7 +248,7 @@ def capture_job(
         if outside:  # hub models: the config alone could not show this at parse time
             raise ValueError(f"model '{model_name}': capture.ngram_layers {outside} are not among the analysed layers {list(layers)}")
         write_behind = bool({**schema_defaults("capture"), **settings}["write_behind"])
-        report_statistics_memory(model_name, capture_settings, adapter, tokens.shape, device, placement)
+        report_statistics_memory(model_name, capture_settings, adapter, layers, tokens.shape, device, placement)
         attrs = {
             "model": model_name,
             "datasets": [shard_attrs["dataset"]],
@@ -296,6 +288,7 @@ def report_statistics_memory(
     model_name: str,
     settings: CaptureSettings,
     adapter: Any,
+    layers: Sequence[int],
     tokens_shape: tuple[int, int],
     device: torch.device,
     placement: Placement,
@@ -306,10 +299,8 @@ def report_statistics_memory(
     capture may still fit, but a user learns before a long job which setting to change if it does not.
     """
     from neuron_census.accumulators import Geometry, describe_bound, statistics_memory
-    from neuron_census.capture.settings import resolve_layers
 
     n_seq, seq_len = tokens_shape
-    layers = resolve_layers(settings.layers, adapter.n_layers, model_name)
     geometry = Geometry(layers, adapter.n_neurons, seq_len, adapter.vocab_size, adapter.n_layers)
     layerwise = placement.strategy == "layerwise"
     memory = statistics_memory(settings, geometry, layerwise=layerwise, n_tokens=n_seq * seq_len)
@@ -534,19 +525,16 @@ def figure_job(
     labels = dict(labels or {})
     if drawing.get("model") is not None:
         drawing["model"] = labels.get(drawing["model"], drawing["model"])
-    labelled = {kind: _labelled(frame, labels) for kind, frame in frames.items()}
+    # legends and titles read the `model` column
+    labelled = {
+        kind: frame.with_columns(pl.col("model").replace(labels)) if labels and "model" in frame.columns else frame
+        for kind, frame in frames.items()
+    }
     figures.save_figure(getattr(module, spec.function)(labelled, drawing), outputs)
     if spec.csv is not None and csv_output is not None:
         frame = getattr(module, spec.csv)(frames[spec.tables[0]])
         with atomic_path(csv_output) as tmp:
             frame.write_csv(tmp)
-
-
-def _labelled(frame: pl.DataFrame, labels: Mapping[str, str]) -> pl.DataFrame:
-    """`frame` with its models named by `labels` (legends and titles read the `model` column)."""
-    if not labels or "model" not in frame.columns:
-        return frame
-    return frame.with_columns(pl.col("model").replace(labels))
 
 
 def report_job(

@@ -50,17 +50,6 @@ class _Tee:
         return self.streams[0].isatty()
 
 
-def tee_stderr(logs: Sequence[str | os.PathLike[str]]) -> TextIO | None:
-    """Copy stderr to the job's first log file (kept on success and failure alike); returns the file."""
-    if not logs:
-        return None
-    path = Path(logs[0])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    log = path.open("w", encoding="utf-8")
-    sys.stderr = _Tee(sys.__stderr__, log)  # type: ignore[assignment]
-    return log
-
-
 def one_line(error: BaseException) -> str:
     """The error's message on one line (third-party messages can span several)."""
     text = " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
@@ -71,13 +60,17 @@ def one_line(error: BaseException) -> str:
 
 @contextmanager
 def job_log(logs: Sequence[str | os.PathLike[str]]) -> Iterator[None]:
-    """Run a job body with stderr teed to its log; bad input ends it with one line and exit status 1."""
-    previous = sys.stderr
-    try:
-        log = tee_stderr(logs)
-    except OSError as error:  # a read-only or misplaced log folder: say so instead of a traceback
-        print(f"{PREFIX}cannot write the job's log {logs[0]}: {error.strerror or error}", file=sys.stderr)
-        sys.exit(1)
+    """Run a job body with stderr copied to its first log file (kept on success and failure alike); bad input
+    ends it with one line and exit status 1."""
+    previous, log = sys.stderr, None
+    if logs:
+        try:
+            Path(logs[0]).parent.mkdir(parents=True, exist_ok=True)
+            log = Path(logs[0]).open("w", encoding="utf-8")
+        except OSError as error:  # a read-only or misplaced log folder: say so instead of a traceback
+            print(f"{PREFIX}cannot write the job's log {logs[0]}: {error.strerror or error}", file=sys.stderr)
+            sys.exit(1)
+        sys.stderr = _Tee(sys.__stderr__, log)  # type: ignore[assignment]
     try:
         yield
     except input_errors() as error:

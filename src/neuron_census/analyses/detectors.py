@@ -51,6 +51,10 @@ class SparseCounts:
     fires: np.ndarray  # [n_groups]
     capacity: int | None  # None: counts are exact
 
+    def coverage(self, share: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Lower and upper bound of each group's coverage of `share` of its firings, and whether they meet."""
+        return coverage_bounds(self.group, self.count, self.fires, self.capacity, share)
+
 
 def unigram_counts(states: Mapping[str, State], attrs: Mapping[str, Any]) -> SparseCounts:
     n_neurons, vocab = int(attrs["n_neurons"]), int(attrs["vocab_size"])
@@ -93,28 +97,17 @@ def coverage_columns(states: Mapping[str, State], attrs: Mapping[str, Any], sett
     Unigram columns are null for dead neurons. Bigram/trigram columns are null for layers whose
     n-grams were not counted and for neurons with no firing at a complete n-gram.
     """
-    n_rows = len(attrs["layers"]) * int(attrs["n_neurons"])
-    unigrams = unigram_counts(states, attrs)
-    lower, upper, exact = coverage_bounds(unigrams.group, unigrams.count, unigrams.fires, unigrams.capacity, settings.coverage)
-    dead = pl.Series(unigrams.fires == 0)
-    columns: dict[str, Any] = {
-        "unigram_coverage": pl.Series(upper, dtype=pl.Int64).set(dead, None),
-        "unigram_coverage_lo": pl.Series(lower, dtype=pl.Int64).set(dead, None),
-        "unigram_coverage_exact": pl.Series(exact, dtype=pl.Boolean).set(dead, None),
-    }
-    for order in counted_orders(states):
-        counts = ngram_counts(states, attrs, order)
-        lower, upper, exact = coverage_bounds(counts.group, counts.count, counts.fires, counts.capacity, settings.coverage)
-        counted = np.zeros(n_rows, dtype=bool)
-        n_neurons = int(attrs["n_neurons"])
-        for layer in states["ngram_fire_count"]["layers"].tolist():
-            slot = list(attrs["layers"]).index(layer)
-            counted[slot * n_neurons : (slot + 1) * n_neurons] = True
-        missing = pl.Series(~counted | (counts.fires == 0))
-        name = ORDER_NAMES[order]
-        columns[f"{name}_coverage"] = pl.Series(upper, dtype=pl.Int64).set(missing, None)
-        columns[f"{name}_coverage_lo"] = pl.Series(lower, dtype=pl.Int64).set(missing, None)
-        columns[f"{name}_coverage_exact"] = pl.Series(exact, dtype=pl.Boolean).set(missing, None)
+    by_order = {1: unigram_counts(states, attrs)}
+    by_order |= {order: ngram_counts(states, attrs, order) for order in counted_orders(states)}
+    columns: dict[str, Any] = {}
+    for order, counts in by_order.items():
+        lower, upper, exact = counts.coverage(settings.coverage)
+        null = pl.Series(counts.fires == 0)  # n-grams of an uncounted layer have no firings either
+        columns |= {
+            f"{ORDER_NAMES[order]}_coverage": pl.Series(upper, dtype=pl.Int64).set(null, None),
+            f"{ORDER_NAMES[order]}_coverage_lo": pl.Series(lower, dtype=pl.Int64).set(null, None),
+            f"{ORDER_NAMES[order]}_coverage_exact": pl.Series(exact, dtype=pl.Boolean).set(null, None),
+        }
     return columns
 
 
@@ -131,7 +124,7 @@ def ngram_detectors(
     `summary_slack`). Step 2 compares firings (never above the truth) with occurrences plus the slack
     (never below it), so an item kept is one the neuron fires on at least `ngram_fire_rate` of the time.
     """
-    _, upper, _ = coverage_bounds(counts.group, counts.count, counts.fires, counts.capacity, settings.coverage)
+    _, upper, _ = counts.coverage(settings.coverage)
     candidates = (upper >= 1) & (upper <= settings.max_ngrams)
     entries = candidates[counts.group]
     group, item, count = counts.group[entries], counts.item[entries], counts.count[entries]
@@ -215,15 +208,7 @@ def detector_layer_counts(neurons: pl.DataFrame) -> pl.DataFrame:
             if "bigram_detector" in layer_rows.columns:
                 row["n_bigram_detectors"] = int(layer_rows["bigram_detector"].sum())
             rows.append(row)
-    schema = {
-        "model": pl.Utf8,
-        "layer": pl.Int64,
-        "n_token_detectors": pl.Int64,
-        "n_detected_tokens": pl.Int64,
-        "n_new_tokens_overall": pl.Int64,
-        "n_new_tokens_vs_previous": pl.Int64,
-        "n_detected_tokens_cumulative": pl.Int64,
-    }
-    if "bigram_detector" in neurons.columns:
-        schema["n_bigram_detectors"] = pl.Int64
-    return pl.DataFrame(rows, schema=schema)
+    bigrams = ["n_bigram_detectors"] if "bigram_detector" in neurons.columns else []
+    counts = ["n_token_detectors", "n_detected_tokens", "n_new_tokens_overall", "n_new_tokens_vs_previous"]
+    counts += ["n_detected_tokens_cumulative", *bigrams]
+    return pl.DataFrame(rows, schema={"model": pl.Utf8, "layer": pl.Int64, **dict.fromkeys(counts, pl.Int64)})

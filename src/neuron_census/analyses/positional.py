@@ -110,26 +110,20 @@ def _xlogx_over(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.where(x > 0, x * np.log(np.where(x > 0, x, 1.0) / y), 0.0)
 
 
-def _slot_mutual_information(counts: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-    """I(firing; position) of every neuron of one layer slot: counts [T, N] -> [N]."""
-    rates, positions = firing_rates(counts[None], tokens)
-    rates = rates[0]
-    if len(positions) == 0:
-        return np.zeros(counts.shape[1])
-    overall = counts[positions].sum(axis=0) / float(tokens[positions].sum())  # [N]
-    degenerate = (overall <= 0) | (overall >= 1)
-    safe = np.where(degenerate, 0.5, overall)[None, :]
-    terms = _xlogx_over(rates, safe) + _xlogx_over(1.0 - rates, 1.0 - safe)
-    return np.where(degenerate, 0.0, terms.mean(axis=0))
-
-
 def position_mutual_information(counts: np.ndarray, tokens: np.ndarray) -> np.ndarray:
     """Mutual information between firing and position, [L, N] in nats (one slot at a time to bound memory)."""
     counts, tokens = np.asarray(counts), np.asarray(tokens)
     _check_state(counts, tokens)
     mi = np.zeros((counts.shape[0], counts.shape[2]), dtype=np.float64)
     for slot in range(counts.shape[0]):
-        mi[slot] = _slot_mutual_information(counts[slot], tokens)
+        (rates,), positions = firing_rates(counts[slot : slot + 1], tokens)
+        if len(positions) == 0:
+            continue
+        overall = counts[slot][positions].sum(axis=0) / float(tokens[positions].sum())  # [N]
+        degenerate = (overall <= 0) | (overall >= 1)
+        safe = np.where(degenerate, 0.5, overall)[None, :]
+        terms = _xlogx_over(rates, safe) + _xlogx_over(1.0 - rates, 1.0 - safe)
+        mi[slot] = np.where(degenerate, 0.0, terms.mean(axis=0))
     return mi
 
 
@@ -255,15 +249,11 @@ def position_rates_table(model: str, attrs: Mapping[str, Any], found: Positional
     return pl.DataFrame(columns, schema=RATES_SCHEMA)
 
 
-def _count_column(kind: str, strong: bool) -> str:
-    return f"n_{kind}_{'strong' if strong else 'weak'}"
-
-
 def positional_layer_counts(neurons: pl.DataFrame) -> pl.DataFrame:
     """Per (model, layer) in order of appearance: positional neurons, and how many of each type and strength."""
     positional = pl.col("positional").fill_null(False)
     by_kind = {
-        _count_column(kind, strong): (
+        f"n_{kind}_{'strong' if strong else 'weak'}": (
             positional & (pl.col("positional_type") == kind).fill_null(False)
             & (pl.col("positional_strong") == strong).fill_null(False)
         ).sum().cast(pl.Int64)

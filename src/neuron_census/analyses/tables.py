@@ -128,7 +128,21 @@ def layer_table(neurons: pl.DataFrame, n_layers_total: int) -> pl.DataFrame:
 
     `rel_depth` = layer / n_layers_total (layers numbered from 0), the x axis of Fig. 1 of the paper.
     """
-    table = _firing_layer_table(neurons, n_layers_total)
+    first = ("model", "layer", "rel_depth", "n_layers_total")
+    table = (
+        neurons.group_by("model", "layer", maintain_order=True)
+        .agg(
+            n_neurons=pl.len(),
+            n_tokens=pl.col("n_tokens").first(),
+            dead_count=pl.col("dead").sum().cast(pl.Int64),
+            dead_frac=pl.col("dead").mean(),
+            mean_fire_freq_alive=pl.col("fire_freq").filter(~pl.col("dead")).mean(),
+            mean_fire_freq=pl.col("fire_freq").mean(),
+        )
+        .with_columns(rel_depth=pl.col("layer") / n_layers_total, n_layers_total=pl.lit(n_layers_total))
+        .select(*first, pl.exclude(first))
+        .sort("layer")
+    )
     if "token_detector" in neurons.columns:
         table = table.join(detector_layer_counts(neurons), on=["model", "layer"], how="left", maintain_order="left")
     if "positional" in neurons.columns:
@@ -140,30 +154,3 @@ def layer_table(neurons: pl.DataFrame, n_layers_total: int) -> pl.DataFrame:
         table = table.join(suppressing, on=["model", "layer"], how="left", maintain_order="left")
     return table
 
-
-def _firing_layer_table(neurons: pl.DataFrame, n_layers_total: int) -> pl.DataFrame:
-    return (
-        neurons.group_by("model", "layer", maintain_order=True)
-        .agg(
-            n_neurons=pl.len(),
-            n_tokens=pl.col("n_tokens").first(),
-            dead_count=pl.col("dead").sum().cast(pl.Int64),
-            dead_frac=pl.col("dead").mean(),
-            mean_fire_freq_alive=pl.col("fire_freq").filter(~pl.col("dead")).mean(),
-            mean_fire_freq=pl.col("fire_freq").mean(),
-        )
-        .with_columns(rel_depth=pl.col("layer") / n_layers_total, n_layers_total=pl.lit(n_layers_total))
-        .select(
-            "model",
-            "layer",
-            "rel_depth",
-            "n_layers_total",
-            "n_neurons",
-            "n_tokens",
-            "dead_count",
-            "dead_frac",
-            "mean_fire_freq_alive",
-            "mean_fire_freq",
-        )
-        .sort("layer")
-    )

@@ -73,17 +73,13 @@ def chunk_rows(vocab_size: int, max_chunk_bytes: int) -> int:
     return max(1, int(max_chunk_bytes) // (4 * max(int(vocab_size), 1)))
 
 
-def _row_slices(n_rows: int, rows: int) -> Iterator[slice]:
-    for start in range(0, n_rows, rows):
-        yield slice(start, min(start + rows, n_rows))
-
-
 def _projected_chunks(
     adapter: FFNAdapter, vectors: torch.Tensor, apply_final_norm: bool, max_chunk_bytes: int
 ) -> Iterator[tuple[slice, torch.Tensor]]:
     """Scores [chunk, vocab] of consecutive row blocks of `vectors`: only one block is held at a time."""
     rows = chunk_rows(adapter.vocab_size, max_chunk_bytes)
-    for block in _row_slices(vectors.shape[0], rows):
+    for start in range(0, vectors.shape[0], rows):
+        block = slice(start, min(start + rows, vectors.shape[0]))
         scores = adapter.project_to_vocab(vectors[block], apply_final_norm)
         if torch.isnan(scores).any():
             raise ValueError(f"model '{adapter.name}': vocabulary scores contain NaN (rows {block.start}..)")
@@ -166,8 +162,9 @@ def project_layer(
             }
             for key, value in found.items():
                 parts[key].append(value.cpu().numpy())
-    if not parts["top_ids"]:
-        return _empty_projection(top_n)
+    if not parts["top_ids"]:  # a layer without neurons: typed, empty arrays
+        ranked = {key: np.zeros((0, top_n), np.int64 if key.endswith("ids") else np.float64) for key in keys[:4]}
+        return ranked | {key: np.zeros(0, np.float64) for key in keys[4:]}
     return {key: np.concatenate(values) for key, values in parts.items()}
 
 
@@ -182,21 +179,6 @@ def _below(scores: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(first).scatter_(1, order, first)
 
 
-def _empty_projection(top_n: int) -> dict[str, np.ndarray]:
-    ids, scores = np.zeros((0, top_n), dtype=np.int64), np.zeros((0, top_n), dtype=np.float64)
-    empty = np.zeros(0, dtype=np.float64)
-    return {
-        "top_ids": ids,
-        "top_scores": scores,
-        "bottom_ids": ids.copy(),
-        "bottom_scores": scores.copy(),
-        "score_mean": empty,
-        "score_std": empty.copy(),
-        "token_z": empty.copy(),
-        "token_percentile": empty.copy(),
-    }
-
-
 # ------------------------------------------------------------------------------------------- the table
 
 
@@ -207,28 +189,20 @@ def display_tokens(token_strings: Sequence[str], vocab_size: int) -> np.ndarray:
     return np.asarray(shown, dtype=object)
 
 
-def _list_series(name: str, values: np.ndarray, dtype: pl.DataType) -> pl.Series:
-    return pl.Series(name, values.tolist(), dtype=pl.List(dtype))
-
-
 def _layer_frame(layer: int, projection: dict[str, np.ndarray], tokens: np.ndarray, apply_final_norm: bool) -> pl.DataFrame:
     n = projection["score_mean"].size
-    frame = pl.DataFrame(
-        [
-            pl.Series("layer", np.full(n, layer, dtype=np.int64)),
-            pl.Series("neuron", np.arange(n, dtype=np.int64)),
-            pl.Series("vocab_final_norm", np.full(n, bool(apply_final_norm))),
-            _list_series("vocab_top_ids", projection["top_ids"], pl.Int64),
-            _list_series("vocab_top_tokens", tokens[projection["top_ids"]], pl.Utf8),
-            _list_series("vocab_top_scores", projection["top_scores"], pl.Float64),
-            _list_series("vocab_bottom_ids", projection["bottom_ids"], pl.Int64),
-            _list_series("vocab_bottom_tokens", tokens[projection["bottom_ids"]], pl.Utf8),
-            _list_series("vocab_bottom_scores", projection["bottom_scores"], pl.Float64),
-            pl.Series("vocab_score_mean", projection["score_mean"], dtype=pl.Float64),
-            pl.Series("vocab_score_std", projection["score_std"], dtype=pl.Float64),
-        ]
-    )
-    return frame.cast(VOCAB_SCHEMA)
+    columns = {
+        "layer": np.full(n, layer, dtype=np.int64),
+        "neuron": np.arange(n, dtype=np.int64),
+        "vocab_final_norm": np.full(n, bool(apply_final_norm)),
+    }
+    for side in ("top", "bottom"):
+        ids = projection[f"{side}_ids"]
+        columns |= {f"vocab_{side}_ids": ids, f"vocab_{side}_tokens": tokens[ids]}
+        columns[f"vocab_{side}_scores"] = projection[f"{side}_scores"]
+    columns |= {"vocab_score_mean": projection["score_mean"], "vocab_score_std": projection["score_std"]}
+    series = [pl.Series(name, v.tolist() if v.ndim == 2 else v, dtype=VOCAB_SCHEMA[name]) for name, v in columns.items()]
+    return pl.DataFrame(series)  # the [N, top_n] arrays as list columns
 
 
 def vocab_tables(
@@ -239,7 +213,6 @@ def vocab_tables(
     layers: list[int],
     top_n: int = 10,
     apply_final_norm: bool = False,
-    max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """One row per (layer, neuron) of `layers`: top/bottom tokens of its value vector (VOCAB_SCHEMA); and one
     per (layer, neuron, token) of `fired(layer)`, the (neurons sorted, tokens) pairs a neuron fired on: that
@@ -249,10 +222,8 @@ def vocab_tables(
     frames, scored = [pl.DataFrame(schema=VOCAB_SCHEMA)], [pl.DataFrame(schema=FIRED_SCHEMA)]
     for layer in layers:
         neurons, fired_tokens = fired(layer)
-        projection = project_layer(
-            adapter, layer, top_n=top_n, apply_final_norm=apply_final_norm, max_chunk_bytes=max_chunk_bytes,
-            fired=(neurons, fired_tokens),
-        )
+        pairs = (neurons, fired_tokens)
+        projection = project_layer(adapter, layer, top_n=top_n, apply_final_norm=apply_final_norm, fired=pairs)
         frames.append(_layer_frame(layer, projection, tokens, apply_final_norm))
         columns = {"layer": np.full(len(neurons), layer, np.int64), "neuron": neurons, "token": fired_tokens}
         columns |= {key: projection[key] for key in ("token_z", "token_percentile")}

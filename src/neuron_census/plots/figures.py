@@ -1,7 +1,7 @@
 """Paper figures drawn from tables, and what every figure module shares (style, saving).
 
 Each drawing function takes `tables` (table kind -> that table over the figure's models, in legend
-order) and a style mapping, and returns a Figure; figures of other analyses live in `plots_*`.
+order) and a style mapping, and returns a Figure; figures of other analyses live beside this module.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from neuron_census.atomic import atomic_path  # noqa: E402
@@ -29,6 +30,11 @@ DEFAULT_STYLE: dict[str, Any] = {
     "context": "paper",
     "font_scale": 1.2,
     "marker": "o",
+}
+# No timestamps or software versions in the files, so reruns give identical bytes.
+METADATA: dict[str, dict[str, None]] = {
+    ".pdf": {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None},
+    ".png": {"Software": None},
 }
 
 
@@ -47,41 +53,53 @@ def _style(style: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _per_model_lines(
-    layers: pl.DataFrame, y: str, scale: float, ylabel: str, title: str, style: Mapping[str, Any]
-) -> Figure:
+def model_order(*frames: pl.DataFrame) -> list[str]:
+    """Model names in legend order: order of first appearance over the frames."""
+    names = [name for frame in frames if "model" in frame.columns for name in frame["model"].drop_nulls().to_list()]
+    return list(dict.fromkeys(names))
+
+
+def colours(style: Mapping[str, Any], n: int) -> list[Any]:
+    return list(sns.color_palette(style["palette"], n_colors=max(n, 1)))
+
+
+def new_axes(style: Mapping[str, Any], *grid: int, **kwargs: Any) -> tuple[Figure, Any]:
+    """A figure of the style's size and resolution, with one axes or a `grid` (rows, columns) of them."""
+    return plt.subplots(*grid, figsize=style["figsize"], dpi=style["dpi"], layout="constrained", **kwargs)
+
+
+def line(ax: Axes, x: pl.Series, y: pl.Series, style: Mapping[str, Any], **kwargs: Any) -> None:
+    ax.plot(x.to_numpy(), y.to_numpy(), marker=style["marker"], markersize=3, **kwargs)
+
+
+def say_missing(ax: Axes, text: str) -> None:
+    """A panel with nothing to draw still says why, so the report never shows a blank panel."""
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize="small", color="0.4")
+
+
+def _per_model_lines(layers: pl.DataFrame, y: str, scale: float, ylabel: str, style: Mapping[str, Any]) -> Figure:
     style = _style(style)
-    models = list(dict.fromkeys(layers["model"].to_list()))
-    colours = sns.color_palette(style["palette"], n_colors=max(len(models), 1))
-    fig, ax = plt.subplots(figsize=style["figsize"], dpi=style["dpi"], layout="constrained")
-    for model, colour in zip(models, colours):
+    models = model_order(layers)
+    fig, ax = new_axes(style)
+    for model, colour in zip(models, colours(style, len(models))):
         rows = layers.filter(pl.col("model") == model).sort("layer")
-        ax.plot(
-            rows["rel_depth"].to_numpy(),
-            rows[y].to_numpy() * scale,
-            marker=style["marker"],
-            markersize=3,
-            color=colour,
-            label=model,
-        )
+        line(ax, rows["rel_depth"], rows[y] * scale, style, color=colour, label=model)
     ax.set_xlabel("layer / number of layers")
     ax.set_ylabel(ylabel)
     ax.set_xlim(-0.02, 1.0)
-    ax.set_title(title)
+    ax.set_title(style.get("title", ""))
     ax.legend(fontsize="small", frameon=False)
     return fig
 
 
 def plot_dead_neurons(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
     """Fig. 1a: percentage of dead neurons per layer, x = relative depth, one line per model."""
-    return _per_model_lines(tables["layers"], "dead_frac", 100.0, "dead neurons (%)", style.get("title", ""), style)
+    return _per_model_lines(tables["layers"], "dead_frac", 100.0, "dead neurons (%)", style)
 
 
 def plot_fire_frequency(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
     """Fig. 1b: mean firing frequency of the non-dead neurons per layer, one line per model."""
-    return _per_model_lines(
-        tables["layers"], "mean_fire_freq_alive", 1.0, "mean firing frequency (alive)", style.get("title", ""), style
-    )
+    return _per_model_lines(tables["layers"], "mean_fire_freq_alive", 1.0, "mean firing frequency (alive)", style)
 
 
 def save_figure(fig: Figure, outputs: Sequence[str | os.PathLike[str]]) -> None:
@@ -90,14 +108,6 @@ def save_figure(fig: Figure, outputs: Sequence[str | os.PathLike[str]]) -> None:
         path = Path(output)
         with atomic_path(path) as tmp:
             # the drawn extent, so that a legend or title reaching past the figure's edge is never cut off
-            fig.savefig(tmp, format=path.suffix.lstrip("."), metadata=_metadata(path.suffix), bbox_inches="tight")
+            metadata = METADATA.get(path.suffix, {})
+            fig.savefig(tmp, format=path.suffix.lstrip("."), metadata=metadata, bbox_inches="tight")
     plt.close(fig)
-
-
-def _metadata(suffix: str) -> dict[str, Any]:
-    # No timestamps or software versions in the files, so reruns give identical bytes.
-    if suffix == ".pdf":
-        return {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None}
-    if suffix == ".png":
-        return {"Software": None}
-    return {}

@@ -9,16 +9,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 import polars as pl
-import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from neuron_census.plots.figures import _style, with_columns
+from neuron_census.plots.figures import _style, colours, line, model_order, new_axes, say_missing, with_columns
 
 ORDER_NAMES: dict[int, str] = {1: "unigram", 2: "bigram", 3: "trigram"}
 DEFAULT_BINS: tuple[int, ...] = (1, 6, 11, 21, 51, 201, 1001, 2001, 50001)
@@ -26,27 +24,6 @@ KEY_DTYPES: dict[str, pl.DataType] = {"model": pl.Utf8(), "layer": pl.Int64()}
 
 
 # --------------------------------------------------------------------------------------------- helpers
-
-
-def _models(frame: pl.DataFrame) -> list[str]:
-    """Model names in legend order (order of first appearance)."""
-    if "model" not in frame.columns:
-        return []
-    return list(dict.fromkeys(frame["model"].drop_nulls().to_list()))
-
-
-def _colours(style: Mapping[str, Any], n: int) -> list[Any]:
-    return list(sns.color_palette(style["palette"], n_colors=max(n, 1)))
-
-
-def _new_axes(style: Mapping[str, Any]) -> tuple[Figure, Axes]:
-    fig, ax = plt.subplots(figsize=style["figsize"], dpi=style["dpi"], layout="constrained")
-    return fig, ax
-
-
-def _say_missing(ax: Axes, text: str) -> None:
-    """A figure with nothing to draw still says why, so the report never shows a blank panel."""
-    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize="small", color="0.4")
 
 
 def _check_order(order: int) -> str:
@@ -129,7 +106,7 @@ def coverage_histogram(
     """
     edges = _check_bins(bins)
     labels = coverage_bin_labels(edges)
-    models = _models(neurons)
+    models = model_order(neurons)
     counted = counted_neurons(neurons, layers, order).filter(pl.col("coverage") >= edges[0])
     values = counted["coverage"].to_numpy()
     index = np.searchsorted(np.asarray(edges), values, side="right") - 1  # last edge <= value; overflow = len-1
@@ -161,18 +138,18 @@ def coverage_legend_labels(
     summary = counted.group_by("model").agg(n=pl.len(), n_upper=(~pl.col("exact")).sum())
     found = {row["model"]: (row["n"], row["n_upper"]) for row in summary.iter_rows(named=True)}
     labels = {}
-    for model in _models(neurons):
+    for model in model_order(neurons):
         n, n_upper = found.get(model, (0, 0))
         labels[model] = f"{model} (n={n})" + (f" ({n_upper} upper bounds)" if n_upper else "")
     return labels
 
 
-def _draw_grouped_bars(ax: Axes, histogram: pl.DataFrame, labels: Mapping[str, str], colours: Sequence[Any]) -> None:
+def _draw_grouped_bars(ax: Axes, histogram: pl.DataFrame, labels: Mapping[str, str], style: Mapping[str, Any]) -> None:
     models = list(labels)
     bin_names = list(dict.fromkeys(histogram["bin"].to_list()))
     width = 0.8 / max(len(models), 1)
     positions = np.arange(len(bin_names), dtype=float)
-    for i, (model, colour) in enumerate(zip(models, colours)):
+    for i, (model, colour) in enumerate(zip(models, colours(style, len(models)))):
         heights = histogram.filter(pl.col("model") == model)["percent"].to_numpy()
         ax.bar(positions + (i - (len(models) - 1) / 2) * width, heights, width=width, color=colour, label=labels[model])
     ax.set_xticks(positions, bin_names, rotation=30, ha="right")
@@ -190,11 +167,11 @@ def plot_ngram_coverage(tables: Mapping[str, pl.DataFrame], style: Mapping[str, 
     neurons, layers = tables["neurons"], tables["layers"]
     histogram = coverage_histogram(neurons, layers, order, bins)
     labels = coverage_legend_labels(neurons, layers, order, bins)
-    fig, ax = _new_axes(style)
+    fig, ax = new_axes(style)
     if histogram["n"].sum() == 0:
-        _say_missing(ax, f"no {name} coverage counted in the first half of the layers")
+        say_missing(ax, f"no {name} coverage counted in the first half of the layers")
     else:
-        _draw_grouped_bars(ax, histogram, labels, _colours(style, len(labels)))
+        _draw_grouped_bars(ax, histogram, labels, style)
         fig.legend(loc="outside lower center", ncols=2, fontsize="small", frameon=False)  # never over a bar
     share = style.get("analysis", {}).get("ngram_coverage", 0.95)
     ax.set_xlabel(f"number of distinct {name}s covering {100 * share:g}% of firings")
@@ -224,111 +201,81 @@ def new_token_shares(layers: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _x_axis(models: Sequence[str]) -> tuple[str, str]:
-    """(column, label) of the x axis: layers of one model read best numbered, several need relative depth."""
-    if len(models) == 1:
-        return "layer", "layer"
-    return "rel_depth", "layer / number of layers"
-
-
-def _set_x_axis(ax: Axes, x_axis: tuple[str, str]) -> None:
-    column, label = x_axis
-    ax.set_xlabel(label)
-    if column == "layer":
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    else:
-        ax.set_xlim(-0.02, 1.0)
-
-
 def _model_rows(frame: pl.DataFrame, model: str, columns: Sequence[str]) -> pl.DataFrame:
     """One model's layers in depth order, without the layers where any of `columns` is unknown."""
     return frame.filter(pl.col("model") == model).drop_nulls(list(columns)).sort("layer")
 
 
-def _line(ax: Axes, rows: pl.DataFrame, x: str, y: str, style: Mapping[str, Any], **kwargs: Any) -> None:
-    ax.plot(rows[x].to_numpy(), rows[y].to_numpy(), marker=style["marker"], markersize=3, **kwargs)
-
-
-def _finish_lines(ax: Axes, drawn: bool, empty: str, x_axis: tuple[str, str], ylabel: str, title: str) -> None:
-    if not drawn:
-        _say_missing(ax, empty)
-    _set_x_axis(ax, x_axis)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-
-
-def _paired_lines(
+def _model_lines(
     frame: pl.DataFrame,
     models: Sequence[str],
-    columns: tuple[str, str],
-    names: tuple[str, str],
+    columns: Sequence[str],
     ylabel: str,
     empty: str,
     style: Mapping[str, Any],
+    kinds: Sequence[str] = (),
+    totals: bool = False,
 ) -> Figure:
-    """Per model a solid and a dashed line of one colour; the legend names the models and both line styles.
+    """Per model one line of `columns[0]`, and with a second column a dashed line of the same colour; the
+    legend names the models (with their totals, if `totals`) and the line styles' `kinds`.
 
     `models` (legend order) comes from the layers table, so colours and the x axis match Figs. 3a-4 even
     when a model has nothing to draw here.
     """
     style = _style(style)
-    solid, dashed = columns
-    frame = with_columns(frame, {**LINE_DTYPES, solid: pl.Float64(), dashed: pl.Float64()})
-    x_axis = _x_axis(models)
-    fig, ax = _new_axes(style)
+    frame = with_columns(frame, {**LINE_DTYPES, **dict.fromkeys(columns, pl.Float64())})
+    # layers of one model read best numbered, several need relative depth
+    x, xlabel = ("layer", "layer") if len(models) == 1 else ("rel_depth", "layer / number of layers")
+    fig, ax = new_axes(style)
     drawn = False
-    for model, colour in zip(models, _colours(style, len(models))):
-        rows = _model_rows(frame, model, [x_axis[0], solid, dashed])
+    for model, colour in zip(models, colours(style, len(models))):
+        rows = _model_rows(frame, model, [x, *columns])
         if rows.height == 0:
             continue
-        _line(ax, rows, x_axis[0], solid, style, color=colour, label=model)
-        _line(ax, rows, x_axis[0], dashed, style, color=colour, linestyle="--")
+        label = f"{model} ({int(rows[columns[0]].sum())} total)" if totals else model
+        line(ax, rows[x], rows[columns[0]], style, color=colour, label=label)
+        if len(columns) == 2:
+            line(ax, rows[x], rows[columns[1]], style, color=colour, linestyle="--")
         drawn = True
-    if drawn:
+    if not drawn:
+        say_missing(ax, empty)
+    elif kinds:  # outside the axes: with two lines per model an inside legend covers data
         handles, labels = ax.get_legend_handles_labels()
-        kinds = [Line2D([], [], color="0.3", linestyle=linestyle) for linestyle in ("-", "--")]
-        # outside the axes: with two lines per model an inside legend covers data
-        ax.legend(
-            [*handles, *kinds], [*labels, *names], fontsize="small", frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1)
-        )
-    _finish_lines(ax, drawn, empty, x_axis, ylabel, style.get("title", ""))
+        handles += [Line2D([], [], color="0.3", linestyle=linestyle) for linestyle in ("-", "--")]
+        legend = {"fontsize": "small", "frameon": False, "loc": "upper left", "bbox_to_anchor": (1.01, 1)}
+        ax.legend(handles, [*labels, *kinds], **legend)
+    else:
+        ax.legend(fontsize="small", frameon=False)
+    ax.set_xlabel(xlabel)
+    if x == "layer":
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    else:
+        ax.set_xlim(-0.02, 1.0)
+    ax.set_ylabel(ylabel)
+    ax.set_title(style.get("title", ""))
     return fig
 
 
 def plot_token_detectors(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
     """Fig. 3a: token-detecting neurons per layer, one line per model, each model's total in the legend."""
-    style = _style(style)
-    layers = with_columns(tables["layers"], {**LINE_DTYPES, "n_token_detectors": pl.Int64()})
-    models = _models(layers)
-    x_axis = _x_axis(models)
-    fig, ax = _new_axes(style)
-    drawn = False
-    for model, colour in zip(models, _colours(style, len(models))):
-        rows = _model_rows(layers, model, [x_axis[0], "n_token_detectors"])
-        if rows.height == 0:
-            continue
-        total = int(rows["n_token_detectors"].sum())
-        _line(ax, rows, x_axis[0], "n_token_detectors", style, color=colour, label=f"{model} ({total} total)")
-        drawn = True
-    if drawn:
-        ax.legend(fontsize="small", frameon=False)
-    empty = "no layer with token-detector counts"
-    _finish_lines(ax, drawn, empty, x_axis, "token-detecting neurons", style.get("title", ""))
-    _count_axis(ax)
+    layers = tables["layers"]
+    ylabel, empty = "token-detecting neurons", "no layer with token-detector counts"
+    fig = _model_lines(layers, model_order(layers), ["n_token_detectors"], ylabel, empty, style, totals=True)
+    _count_axis(fig.axes[0])
     return fig
 
 
 def plot_detected_tokens(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
     """Fig. 3b: tokens with a detector in each layer (solid) and in this or any lower layer (dashed)."""
     layers = tables["layers"]
-    fig = _paired_lines(
+    fig = _model_lines(
         layers,
-        _models(layers),
+        model_order(layers),
         ("n_detected_tokens", "n_detected_tokens_cumulative"),
-        ("in the layer", "in this or lower layers"),
         "tokens with a detector",
         "no layer with detected-token counts",
         style,
+        kinds=("in the layer", "in this or lower layers"),
     )
     _count_axis(fig.axes[0])
     return fig
@@ -350,14 +297,14 @@ def plot_new_tokens(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]
     if values not in ("percent", "count"):
         raise ValueError(f"fig4 values must be 'percent' or 'count', got {values!r}")
     counts = values == "count"
-    fig = _paired_lines(
+    fig = _model_lines(
         layers.filter(pl.col("n_detected_tokens") > 0) if counts else new_token_shares(layers),
-        _models(layers),
+        model_order(layers),
         ("n_new_tokens_overall", "n_new_tokens_vs_previous") if counts else ("new_overall_pct", "new_vs_previous_pct"),
-        ("new overall", "new vs previous layer"),
         "detected tokens that are new" + ("" if counts else " (%)"),
         "no layer with a detected token",
         style,
+        kinds=("new overall", "new vs previous layer"),
     )
     if counts:
         _count_axis(fig.axes[0])

@@ -11,7 +11,6 @@ import textwrap
 from collections.abc import Mapping
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 import polars as pl
 import seaborn as sns
@@ -20,57 +19,18 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from neuron_census.plots.figures import _style, with_columns
-from neuron_census.analyses.positional import POSITIONAL_TYPES
+from neuron_census.plots.figures import _style, colours, model_order, new_axes, say_missing, with_columns
+from neuron_census.analyses.positional import NEURON_SCHEMA, POSITIONAL_TYPES, RATES_SCHEMA
 
 TITLE_CHAR_INCHES = 0.075  # width of a character of an x-small title, so that neighbouring panels' titles never meet
 PANELS_SHARE = 0.75  # of the figure's width, the panels' (the legend takes the rest)
 
-TYPE_NAMES: dict[str, str] = {
-    "oscillatory": "oscillatory",
-    "both_extremes": "both extremes",
-    "one_extreme": "one extreme",
-    "other": "other",
-}
-NEURON_DTYPES: dict[str, pl.DataType] = {
-    "model": pl.Utf8(),
-    "layer": pl.Int64(),
-    "neuron": pl.Int64(),
-    "positional": pl.Boolean(),
-    "positional_type": pl.Utf8(),
-    "positional_strong": pl.Boolean(),
-}
-RATE_DTYPES: dict[str, pl.DataType] = {
-    **{name: dtype for name, dtype in NEURON_DTYPES.items() if name != "positional"},
-    "position": pl.Int64(),
-    "fire_rate": pl.Float64(),
-    "position_mi": pl.Float64(),
-}
-
-
-# --------------------------------------------------------------------------------------------- helpers
-
-
-def _models(*frames: pl.DataFrame) -> list[str]:
-    """Model names in order of first appearance over the frames."""
-    names = [name for frame in frames if "model" in frame.columns for name in frame["model"].drop_nulls().to_list()]
-    return list(dict.fromkeys(names))
+NEURON_DTYPES: dict[str, pl.DataType] = {"model": pl.Utf8(), **NEURON_SCHEMA}
 
 
 def type_colours(style: Mapping[str, Any]) -> dict[str, Any]:
     """One fixed palette colour per type, so that types match across figures."""
-    colours = sns.color_palette(style["palette"], n_colors=len(POSITIONAL_TYPES))
-    return dict(zip(POSITIONAL_TYPES, colours))
-
-
-def _say(ax: Axes, text: str) -> None:
-    """A panel with nothing to draw still says why, so the report never shows a blank panel."""
-    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize="small", color="0.4")
-
-
-def _suptitle(fig: Figure, style: Mapping[str, Any]) -> None:
-    if style.get("title"):
-        fig.suptitle(style["title"])
+    return dict(zip(POSITIONAL_TYPES, sns.color_palette(style["palette"], n_colors=len(POSITIONAL_TYPES))))
 
 
 # ---------------------------------------------------------------------------------- examples (Fig. 7)
@@ -81,7 +41,7 @@ def example_neurons(rates: pl.DataFrame, model: str, n_examples: int) -> pl.Data
 
     Columns positional_type, positional_strong, layer, neuron, position_mi and rank (0 = highest).
     """
-    rates = with_columns(rates, RATE_DTYPES)
+    rates = with_columns(rates, RATES_SCHEMA)
     return (
         rates.filter(pl.col("model") == model)
         .select("positional_type", "positional_strong", "layer", "neuron", "position_mi")
@@ -96,25 +56,22 @@ def example_neurons(rates: pl.DataFrame, model: str, n_examples: int) -> pl.Data
 def plot_positional_examples(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
     """Fig. 7: example firing-rate curves; columns = types, rows = strong / weak."""
     style = _style(style)
-    rates = with_columns(tables["position_rates"], RATE_DTYPES)
-    models = _models(rates)
+    rates = with_columns(tables["position_rates"], RATES_SCHEMA)
+    models = model_order(rates)
     model = style.get("model") or (models[0] if models else None)
     n_examples = int(style.get("n_examples", 3))
-    own = rates.filter(pl.col("model") == model) if model is not None else rates.clear()
-    chosen = example_neurons(own, model, n_examples) if model is not None else example_neurons(own, "", 0)
-    colours = type_colours(style)
-    fig, axes = plt.subplots(
-        2, len(POSITIONAL_TYPES), figsize=style["figsize"], dpi=style["dpi"], layout="constrained",
-        sharex=True, sharey=True, squeeze=False,
-    )
+    own = rates.filter(pl.col("model") == (model or ""))  # no model: nothing to draw
+    chosen = example_neurons(own, model or "", n_examples)
+    type_colour = type_colours(style)
+    fig, axes = new_axes(style, 2, len(POSITIONAL_TYPES), sharex=True, sharey=True, squeeze=False)
     for column, kind in enumerate(POSITIONAL_TYPES):
         for row, strong in enumerate((True, False)):
             ax = axes[row, column]
             picked = chosen.filter((pl.col("positional_type") == kind) & (pl.col("positional_strong") == strong))
-            _draw_examples(ax, own, picked, colours[kind])
+            _draw_examples(ax, own, picked, type_colour[kind])
             ax.set_ylim(-0.02, 1.02)
             if row == 0:
-                ax.set_title(TYPE_NAMES[kind], fontsize="small")
+                ax.set_title(kind.replace("_", " "), fontsize="small")
             if column == 0:
                 ax.set_ylabel(f"{'strong' if strong else 'weak'}\nfiring rate", fontsize="small")
             if row == 1:
@@ -125,7 +82,7 @@ def plot_positional_examples(tables: Mapping[str, pl.DataFrame], style: Mapping[
 
 def _draw_examples(ax: Axes, rates: pl.DataFrame, picked: pl.DataFrame, colour: Any) -> None:
     if picked.is_empty():
-        _say(ax, "none")
+        say_missing(ax, "none")
         return
     shades = sns.light_palette(colour, n_colors=picked.height + 2, reverse=True)
     for (layer, neuron), shade in zip(picked.select("layer", "neuron").iter_rows(), shades):
@@ -143,20 +100,18 @@ def stacked_dots(neurons: pl.DataFrame) -> pl.DataFrame:
 
     Columns model, layer, neuron, positional_type, positional_strong, stack (Int64, from 0 per model and layer).
     """
-    order = pl.DataFrame({"positional_type": list(POSITIONAL_TYPES), "_order": range(len(POSITIONAL_TYPES))})
+    type_order = pl.col("positional_type").replace_strict(POSITIONAL_TYPES, range(len(POSITIONAL_TYPES)), default=None)
     return (
         with_columns(neurons, NEURON_DTYPES)
         .filter(pl.col("positional").fill_null(False))
         .select("model", "layer", "neuron", "positional_type", "positional_strong")
-        .join(order, on="positional_type", how="left")
         .sort(
-            ["model", "layer", "_order", "positional_strong", "neuron"],
+            ["model", "layer", type_order, "positional_strong", "neuron"],
             descending=[False, False, False, True, False],
             nulls_last=True,
             maintain_order=True,
         )
         .with_columns(stack=pl.int_range(pl.len()).over("model", "layer").cast(pl.Int64))
-        .drop("_order")
     )
 
 
@@ -165,42 +120,40 @@ def plot_positional_neurons(tables: Mapping[str, pl.DataFrame], style: Mapping[s
     style = _style(style)
     neurons = with_columns(tables["neurons"], NEURON_DTYPES)
     layers = with_columns(tables["layers"], {"model": pl.Utf8(), "layer": pl.Int64()})
-    models = _models(layers, neurons)
-    colours = type_colours(style)
-    fig, axes = plt.subplots(
-        1, max(len(models), 1), figsize=style["figsize"], dpi=style["dpi"], layout="constrained",
-        sharey=True, squeeze=False,
-    )
+    models = model_order(layers, neurons)
+    type_colour = type_colours(style)
+    fig, axes = new_axes(style, 1, max(len(models), 1), sharey=True, squeeze=False)
     dots = stacked_dots(neurons)
     title_chars = max(6, int(PANELS_SHARE * style["figsize"][0] / max(len(models), 1) / TITLE_CHAR_INCHES) - 1)
     for ax, model in zip(axes[0], models):
-        _draw_dots(ax, dots.filter(pl.col("model") == model), colours, style)
-        _layer_range(ax, layers.filter(pl.col("model") == model)["layer"], dots.filter(pl.col("model") == model))
-        title = f"{model} ({dots.filter(pl.col('model') == model).height})"
+        own = dots.filter(pl.col("model") == model)
+        _draw_dots(ax, own, type_colour, style)
+        _layer_range(ax, layers.filter(pl.col("model") == model)["layer"], own)
+        title = f"{model} ({own.height})"
         ax.set_title(textwrap.fill(title, title_chars), fontsize="x-small")  # long labels wrap, not overlap
         ax.set_xlabel("layer")
     if not models:
-        _say(axes[0, 0], "no models")
+        say_missing(axes[0, 0], "no models")
     axes[0, 0].set_ylabel("positional neurons")
     axes[0, 0].yaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.legend(handles=_dot_legend(colours, style), loc="outside right center", fontsize="small", frameon=False)
-    _suptitle(fig, style)
+    fig.legend(handles=_dot_legend(type_colour, style), loc="outside right center", fontsize="small", frameon=False)
+    if style.get("title"):
+        fig.suptitle(style["title"])
     return fig
 
 
-def _draw_dots(ax: Axes, dots: pl.DataFrame, colours: Mapping[str, Any], style: Mapping[str, Any]) -> None:
+def _draw_dots(ax: Axes, dots: pl.DataFrame, type_colour: Mapping[str, Any], style: Mapping[str, Any]) -> None:
     if dots.is_empty():
-        _say(ax, "no positional neurons")
+        say_missing(ax, "no positional neurons")
         return
-    size = float(style.get("dot_size", 12))
     for kind in POSITIONAL_TYPES:
         for strong in (True, False):
             part = dots.filter((pl.col("positional_type") == kind) & (pl.col("positional_strong") == strong))
             if part.is_empty():
                 continue
             ax.scatter(
-                part["layer"].to_numpy(), part["stack"].to_numpy(), s=size, marker=style["marker"],
-                facecolors=colours[kind] if strong else "none", edgecolors=colours[kind], linewidths=0.8,
+                part["layer"].to_numpy(), part["stack"].to_numpy(), s=12.0, marker=style["marker"],
+                facecolors=type_colour[kind] if strong else "none", edgecolors=type_colour[kind], linewidths=0.8,
             )
 
 
@@ -211,11 +164,11 @@ def _layer_range(ax: Axes, layers: pl.Series, dots: pl.DataFrame) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def _dot_legend(colours: Mapping[str, Any], style: Mapping[str, Any]) -> list[Line2D]:
+def _dot_legend(type_colour: Mapping[str, Any], style: Mapping[str, Any]) -> list[Line2D]:
     def handle(label: str, edge: Any, face: Any) -> Line2D:
         return Line2D([], [], ls="", marker=style["marker"], markeredgecolor=edge, markerfacecolor=face, label=label)
 
-    types = [handle(TYPE_NAMES[kind], colours[kind], colours[kind]) for kind in POSITIONAL_TYPES]
+    types = [handle(kind.replace("_", " "), type_colour[kind], type_colour[kind]) for kind in POSITIONAL_TYPES]
     return [*types, handle("strong", "0.3", "0.3"), handle("weak", "0.3", "none")]
 
 
@@ -224,9 +177,9 @@ def _dot_legend(colours: Mapping[str, Any], style: Mapping[str, Any]) -> list[Li
 
 def strong_oscillatory_counts(rates: pl.DataFrame) -> pl.DataFrame:
     """Strong oscillatory neurons per (model, layer), most first (ties: model order, then lower layer)."""
-    rates = with_columns(rates, RATE_DTYPES)
-    models = pl.DataFrame({"model": _models(rates), "_order": range(len(_models(rates)))},
-                          schema={"model": pl.Utf8, "_order": pl.Int64})
+    rates = with_columns(rates, RATES_SCHEMA)
+    names = model_order(rates)
+    models = pl.DataFrame({"model": names, "_order": range(len(names))}, schema={"model": pl.Utf8, "_order": pl.Int64})
     return (
         rates.filter((pl.col("positional_type") == "oscillatory") & pl.col("positional_strong").fill_null(False))
         .group_by("model", "layer")
@@ -259,7 +212,7 @@ def oscillatory_ranges(rates: pl.DataFrame, model: str, layer: int, threshold: f
     first range is cut by the first position, the shorter one is shifted further), ranges by start.
     """
     above = (
-        with_columns(rates, RATE_DTYPES)
+        with_columns(rates, RATES_SCHEMA)
         .filter(
             (pl.col("model") == model) & (pl.col("layer") == layer) & (pl.col("positional_type") == "oscillatory")
             & pl.col("positional_strong").fill_null(False)
@@ -287,17 +240,14 @@ def oscillatory_ranges(rates: pl.DataFrame, model: str, layer: int, threshold: f
 def plot_oscillatory_ranges(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
     """Fig. 9: one bar row per strong oscillatory neuron of one layer, its ranges over position."""
     style = _style(style)
-    rates = with_columns(tables["position_rates"], RATE_DTYPES)
+    rates = with_columns(tables["position_rates"], RATES_SCHEMA)
     threshold = float(style.get("threshold", 0.5))
     model, layer = pick_oscillatory_layer(rates, style.get("model"), style.get("layer"))
-    ranges = (
-        oscillatory_ranges(rates, model, layer, threshold)
-        if model is not None and layer is not None
-        else oscillatory_ranges(rates.clear(), "", 0, threshold)
-    )
-    fig, ax = plt.subplots(figsize=style["figsize"], dpi=style["dpi"], layout="constrained")
+    found = model is not None and layer is not None
+    ranges = oscillatory_ranges(rates if found else rates.clear(), model or "", layer or 0, threshold)
+    fig, ax = new_axes(style)
     if ranges.is_empty():
-        _say(ax, f"no strong oscillatory neurons in {_where(model, layer)}")
+        say_missing(ax, f"no strong oscillatory neurons in {_where(model, layer)}")
         ax.set_axis_off()
         ax.set_title(style.get("title") or "")
         return fig
@@ -319,8 +269,7 @@ def _where(model: str | None, layer: int | None) -> str:
 
 def _draw_ranges(ax: Axes, ranges: pl.DataFrame, style: Mapping[str, Any]) -> None:
     neurons = list(dict.fromkeys(ranges["neuron"].to_list()))
-    colours = sns.color_palette(style["palette"], n_colors=len(neurons))
-    for row, (neuron, colour) in enumerate(zip(neurons, colours)):
+    for row, (neuron, colour) in enumerate(zip(neurons, colours(style, len(neurons)))):
         own = ranges.filter(pl.col("neuron") == neuron)
         ax.broken_barh(list(zip(own["start"].to_list(), own["width"].to_list())), (row - 0.4, 0.8), color=colour)
     ax.set_yticks(range(len(neurons)), [str(neuron) for neuron in neurons], fontsize="x-small")

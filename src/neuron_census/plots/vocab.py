@@ -15,7 +15,7 @@ import polars as pl
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from neuron_census.plots.figures import _style, with_columns
+from neuron_census.plots.figures import _style, model_order, with_columns
 from neuron_census.data.tokenization import escape_token
 
 DEFAULT_N_EXAMPLES = 8
@@ -66,7 +66,7 @@ def format_entries(tokens: Sequence[str] | None, scores: Sequence[float] | None,
 
 def _model_order(frame: pl.DataFrame) -> pl.Expr:
     """Sort key: a model's position of first appearance (legend order), not its name."""
-    models = list(dict.fromkeys(frame["model"].drop_nulls().to_list()))
+    models = model_order(frame)
     return pl.col("model").replace_strict(models, list(range(len(models))), default=len(models), return_dtype=pl.Int64)
 
 
@@ -79,17 +79,10 @@ def detector_projection_frame(neurons: pl.DataFrame, n_show: int = 5) -> pl.Data
     frame = with_columns(neurons, _NEURON_COLUMNS).cast(_NEURON_COLUMNS)
     frame = frame.filter(pl.col("token_detector").fill_null(False))
     frame = frame.sort(_model_order(frame), "layer", "neuron", maintain_order=True)
-    texts = {
-        "detected_tokens": [format_entries(t, None, n_show) for t in frame["detected_token_strings"].to_list()],
-        "promoted": [
-            format_entries(t, s, n_show)
-            for t, s in zip(frame["vocab_top_tokens"].to_list(), frame["vocab_top_scores"].to_list())
-        ],
-        "suppressed": [
-            format_entries(t, s, n_show)
-            for t, s in zip(frame["vocab_bottom_tokens"].to_list(), frame["vocab_bottom_scores"].to_list())
-        ],
-    }
+    texts = {"detected_tokens": [format_entries(t, None, n_show) for t in frame["detected_token_strings"].to_list()]}
+    for name, side in (("promoted", "top"), ("suppressed", "bottom")):
+        tokens, scores = frame[f"vocab_{side}_tokens"].to_list(), frame[f"vocab_{side}_scores"].to_list()
+        texts[name] = [format_entries(t, s, n_show) for t, s in zip(tokens, scores)]
     return frame.with_columns(
         [pl.Series(name, values, dtype=pl.Utf8) for name, values in texts.items()]
     ).select(pl.col(name).cast(dtype) for name, dtype in PROJECTION_FRAME_SCHEMA.items())
