@@ -242,6 +242,7 @@ def _check_models(config: Mapping[str, Any]) -> None:
                 f"config error at 'analysis.positional.datasets': model '{model}' captures none of {positional}"
             )
         settings = capture_settings(config, model)
+        _check_accumulator_options(settings["accumulator_options"], _capture_key(config, model, "accumulator_options"))
         shape = model_shape(config, model)
         layers, ngram_layers = settings["layers"], settings["ngram_layers"]  # the schema's defaults filled in
         if shape is not None:
@@ -267,6 +268,17 @@ def _check_models(config: Mapping[str, Any]) -> None:
                     f"config error at '{_capture_key(config, model, 'ngram_layers')}': layers {outside} are not analysed "
                     f"for model '{model}' (capture.layers: {described}); their n-gram columns would be empty"
                 )
+
+
+def _check_accumulator_options(options: Mapping[str, Any], where: str) -> None:
+    """Each accumulator declares its options (`Accumulator.options`): refuse unknown names and keys now."""
+    from neuron_census.accumulators import REGISTRY
+
+    for name, given in options.items():
+        _known(where, name, REGISTRY, "accumulator")
+        unknown = sorted(set(given) - set(REGISTRY[name].options))
+        if unknown:
+            raise ConfigError(f"config error at '{where}.{name}': unknown options {unknown}; known: {sorted(REGISTRY[name].options)}")
 
 
 def canonical(value: Any) -> Any:
