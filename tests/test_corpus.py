@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
+from neuron_census.config import ConfigError, validate_config
 from neuron_census.data.bundle import (
     DOMAINS,
     build,
@@ -21,14 +23,12 @@ from neuron_census.data.bundle import (
     corpus_file,
     group_blocks,
     iter_blocks,
-    join_documents,
     resources_dir,
-    split_documents,
 )
 from neuron_census.data.corpus import (
     corpus_texts,
     iter_documents,
-    pack_sequences,
+    pack_stream,
     read_token_shard,
     shard_sequences,
     write_token_shard,
@@ -54,6 +54,11 @@ def _bundled(**extra: object) -> dict:
     return {"source": "bundled", **extra}
 
 
+def _split_documents(text: str) -> list[str]:
+    """Documents of a whole text under the bundled format."""
+    return list(group_blocks(iter_blocks([text])))
+
+
 # --------------------------------------------------------------------------- text format
 
 
@@ -74,8 +79,8 @@ def test_blocks_and_documents_round_trip() -> None:
         for _ in range(400)
     ]
     docs = list(group_blocks(blocks, 500))
-    stored = join_documents(docs)
-    assert split_documents(stored) == docs
+    stored = "\n\n".join(docs) + "\n"  # a bundled file: its documents joined by one blank line
+    assert _split_documents(stored) == docs
     chunks = [stored[i : i + 777] for i in range(0, len(stored), 777)]
     assert list(group_blocks(iter_blocks(chunks), 500)) == docs
 
@@ -91,7 +96,7 @@ def test_resources_small_and_decompress() -> None:
         text = lzma.decompress(corpus_file(domain, ROOT).read_bytes()).decode("utf-8")
         assert text.endswith("\n") and len(text) > 100_000
         kept = int(re.search(rf"\| {domain} \| (\d+) / \d+ \|", sources).group(1))
-        assert len(split_documents(text)) == kept, domain
+        assert len(_split_documents(text)) == kept, domain
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         assert (RESOURCES / "models" / "stories260K" / name).is_file()
     assert (RESOURCES / "LICENSES.md").is_file()
@@ -147,9 +152,36 @@ def test_corpus_texts_train_only() -> None:
     assert not any(t in held for t in texts[:-1])
 
 
-def test_unknown_domain() -> None:
-    with pytest.raises(ValueError, match=r"'d'.*'poetry'"):
-        next(iter_documents(_bundled(domains=["poetry"]), ROOT, dataset="d"))
+@pytest.mark.parametrize(
+    ("mistake", "message"),
+    [
+        ({"domains": ["poetry"]}, r"'datasets.d.domains.0': 'poetry' is not one of"),
+        ({"domains": "wiki"}, r"'datasets.d.domains': 'wiki' is not of type 'array'"),
+        ({"split": "test"}, r"'datasets.d.split': 'test' is not one of"),
+        ({"heldout_every": 1}, r"'datasets.d.heldout_every': 1 is less than the minimum of 2"),
+        ({"encoding_errors": "ignore"}, r"'datasets.d.encoding_errors': 'ignore' is not one of"),
+        ({"seq_len": 1}, r"'datasets.d.seq_len': 1 is less than the minimum of 2"),
+        ({"n_shards": 0}, r"'datasets.d.n_shards': 0 is less than the minimum of 1"),
+        ({"max_document_chars": 0}, r"'datasets.d.max_document_chars': 0 is less than the minimum of 1000"),
+        ({"source": "files"}, r"'datasets.d': 'paths' is a required property"),
+        ({"source": "files", "paths": "t.txt"}, r"'datasets.d.paths': 't.txt' is not of type 'array'"),
+        ({"source": "hf", "hf": {}}, r"'datasets.d.hf': 'path' is a required property"),
+        ({"source": "nope"}, r"'datasets.d.source': 'nope' is not one of"),
+    ],
+)
+def test_dataset_mistakes_are_refused_before_any_job(mistake: dict, message: str) -> None:
+    """The corpus functions read a dataset's keys as the config check left them: types, ranges, choices and
+    required keys are the schema's to refuse (as every workflow run checks its config before any job)."""
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config["datasets"]["d"] = {"source": "bundled", "seq_len": 8, "sequences_per_shard": 2, **mistake}
+    with pytest.raises(ConfigError, match=message):
+        validate_config(config, ROOT / "workflow" / "schemas" / "config.schema.yaml")
+
+
+def test_a_repeated_domain_is_refused() -> None:
+    """What the schema lets through, the corpus refuses: a domain listed twice would be read twice."""
+    with pytest.raises(ValueError, match=r"'d': domains \['wiki', 'wiki'\] repeat a domain"):
+        next(iter_documents(_bundled(domains=["wiki", "wiki"]), ROOT, dataset="d"))
 
 
 # --------------------------------------------------------------------------- files and hf
@@ -222,13 +254,16 @@ def test_hf_records_filtered_by_a_nested_field(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- packing and shards
 
 
-def test_pack_sequences_hand_example() -> None:
+def test_packing_hand_example() -> None:
+    def packed(docs: list[list[int]], seq_len: int, bos_id: int | None, eos_id: int | None) -> list[np.ndarray]:
+        return [sequence for sequence, _ in pack_stream(((ids, None) for ids in docs), seq_len, bos_id, eos_id)]
+
     docs = [[1, 2, 3], [], [4, 5], [6, 7, 8, 9]]
-    out = [s.tolist() for s in pack_sequences(docs, 4, bos_id=0, eos_id=99)]
-    assert out == [[0, 1, 2, 3], [0, 99, 4, 5], [0, 99, 6, 7]]  # [8, 9] dropped
-    plain = [s.tolist() for s in pack_sequences(docs, 4, bos_id=None, eos_id=None)]
+    out = [s.tolist() for s in packed(docs, 4, bos_id=0, eos_id=99)]
+    assert out == [[0, 1, 2, 3], [0, 99, 4, 5], [0, 99, 6, 7]]  # [8, 9] not cut
+    plain = [s.tolist() for s in packed(docs, 4, bos_id=None, eos_id=None)]
     assert plain == [[1, 2, 3, 4], [5, 6, 7, 8]]
-    seqs = list(pack_sequences([[5] * 10], 3, bos_id=7, eos_id=None))
+    seqs = packed([[5] * 10], 3, bos_id=7, eos_id=None)
     assert len(seqs) == 5 and all(s.dtype == np.int32 and s.tolist() == [7, 5, 5] for s in seqs)
 
 
@@ -425,7 +460,9 @@ def test_a_shard_store_keeps_its_stream_cursor(tmp_path: Path, words: TextTokeni
         cursor = StreamCursor(sequences=5, documents=7, started=True, carry=carry, source=source)
         path = tmp_path / f"s{len(carry)}.zarr"
         write_token_shard(path, tokens, tokenizer=words, dataset="d", shard=0, stream_end=(cursor, "abc"))
-        assert read_stream_end(path, "abc") == cursor
+        back = read_stream_end(path, "abc")
+        assert (back.sequences, back.documents, back.started, back.source) == (5, 7, True, source)
+        np.testing.assert_array_equal(back.carry, carry)
         assert read_stream_end(path, "other settings") is None
         np.testing.assert_array_equal(read_token_shard(path)[0], tokens)
 

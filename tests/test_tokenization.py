@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
+from neuron_census.config import ConfigError, validate_config
 from neuron_census.data.tokenization import TextTokenizer, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +39,7 @@ def test_gpt2_bpe_batch_matches_single(gpt2: TextTokenizer) -> None:
     texts = ["Hello world, the quick brown fox.", "", "  two  spaces\n\nand lines"]
     assert gpt2.encode_batch(texts) == [gpt2.encode(t) for t in texts]
     assert gpt2.encode_batch([]) == []
-    assert gpt2.decode(gpt2.encode(texts[2])) == texts[2]
+    assert gpt2.backend.decode(gpt2.encode(texts[2])) == texts[2]
 
 
 def test_stories260k_local(stories: TextTokenizer) -> None:
@@ -46,7 +48,7 @@ def test_stories260k_local(stories: TextTokenizer) -> None:
     ids = stories.encode(text)
     assert ids[:4] == [403, 407, 261, 378]  # "▁Once ▁upon ▁a ▁time"
     assert 1 not in ids  # no bos added by encode
-    assert stories.decode(ids) == text
+    assert stories.backend.decode(ids) == text
     assert stories.token_strings()[403] == "▁Once"
     assert len(stories.token_strings()) == 512
 
@@ -91,11 +93,28 @@ def test_missing_local_folder(tmp_path: Path) -> None:
         load_tokenizer("mine", {"source": "local", "path": "no_such_dir"}, tmp_path)
 
 
-def test_unknown_source() -> None:
-    with pytest.raises(ValueError, match=r"'x'.*unknown source 'spm'"):
-        load_tokenizer("x", {"source": "spm"})
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"source": "spm"}, r"'tokenizers.x.source': 'spm' is not one of"),
+        ({"source": "hub"}, r"'tokenizers.x': 'id' is a required property"),
+        ({"source": "local"}, r"'tokenizers.x': 'path' is a required property"),
+        ({"source": "words", "words": "cat"}, r"'tokenizers.x.words': 'cat' is not of type 'array'"),
+        ({"source": "words", "words": ["cat", ""]}, r"'tokenizers.x.words.1': '' should be non-empty"),
+        ({"source": "gpt2_bpe", "bos": 3}, r"'tokenizers.x.bos': 3 is not of type 'string'"),
+        ({"source": "gpt2_bpe", "path": "elsewhere"}, r"'tokenizers.x'.*'path' was unexpected"),
+    ],
+)
+def test_tokenizer_mistakes_are_refused_before_any_job(spec: dict, message: str) -> None:
+    """`load_tokenizer` reads a spec as the config check left it: unknown sources and missing or mistyped keys
+    are the schema's to refuse (as every workflow run checks its config before any job)."""
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config["tokenizers"]["x"] = spec
+    with pytest.raises(ConfigError, match=message):
+        validate_config(config, ROOT / "workflow" / "schemas" / "config.schema.yaml")
 
 
 def test_missing_gpt2_files(tmp_path: Path) -> None:
+    (tmp_path / "resources").mkdir()  # a working directory with resources/ but no GPT-2 BPE files in it
     with pytest.raises(FileNotFoundError, match=r"'g'.*encoder.json"):
-        load_tokenizer("g", {"source": "gpt2_bpe", "path": str(tmp_path)})
+        load_tokenizer("g", {"source": "gpt2_bpe"}, tmp_path)

@@ -78,9 +78,7 @@ def resources_dir(root: Path = Path(".")) -> Path:
 
 
 def corpus_file(domain: str, root: Path = Path(".")) -> Path:
-    """Path of the bundled corpus file of one domain."""
-    if domain not in DOMAINS:
-        raise ValueError(f"unknown bundled domain {domain!r}; choose from {', '.join(DOMAINS)}")
+    """Path of the bundled corpus file of one domain (one of DOMAINS: the config's schema lists them)."""
     return resources_dir(root) / "corpus" / f"{domain}.txt.xz"
 
 
@@ -136,16 +134,6 @@ def group_blocks(blocks: Iterable[str], min_chars: int = MIN_DOCUMENT_CHARS) -> 
             group, size = [], 0
     if group:
         yield "\n\n".join(group)
-
-
-def split_documents(text: str) -> list[str]:
-    """Documents of a whole text under the bundled format."""
-    return list(group_blocks(iter_blocks([text])))
-
-
-def join_documents(documents: Sequence[str]) -> str:
-    """Inverse of `split_documents` for documents it produced (one blank line between)."""
-    return "\n\n".join(documents) + "\n"
 
 
 # --------------------------------------------------------------------------- sampling
@@ -234,7 +222,7 @@ def build(shared: Path, out: Path) -> list[DomainStats]:
         if not documents:
             raise ValueError(f"corpus domain {domain!r} has no documents")
         kept = choose_documents(domain, documents, DOMAIN_BUDGET_BYTES)
-        data = join_documents([documents[i] for i in kept]).encode("utf-8")
+        data = ("\n\n".join(documents[i] for i in kept) + "\n").encode("utf-8")  # the format's blank line between
         # a fixed preset and check, and no timestamps in the xz container: same input, same bytes
         packed = lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64, preset=XZ_PRESET)
         _write_bytes(out / "corpus" / f"{domain}.txt.xz", packed)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -40,8 +40,6 @@ from neuron_census.errors import first_line
 from neuron_census.data.tokenization import TextTokenizer
 
 T = TypeVar("T")
-SOURCES = ("bundled", "files", "hf", "random_tokens", "planted")
-SPLITS = ("all", "train", "heldout")
 TEXT_SUFFIXES = (".txt", ".txt.gz", ".txt.xz")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.xz")
 SHARD_KIND = "token_shard"
@@ -55,66 +53,33 @@ SHARD_CHUNK_BYTES = 1 << 20
 MAX_DOCUMENT_CHARS = 1 << 26
 TOKENIZE_PIECE_CHARS = 1 << 18
 
-# the schema's dataset defaults; max_document_chars has none there, so that older runs keep their params
+# The schema's dataset defaults, and max_document_chars' (none there, so that older runs keep their params).
+# The config check fills them in and checks every key's type and range before any job runs; the public
+# functions below fill them into specs that did not pass it (tests, benchmarks) and read the keys directly.
 DEFAULTS: dict[str, Any] = {**schema_defaults("$defs/dataset"), "max_document_chars": MAX_DOCUMENT_CHARS}
-
-
-# --------------------------------------------------------------------------- spec access
-
-
-def _opt(spec: Mapping[str, Any], key: str) -> Any:
-    return spec.get(key, DEFAULTS.get(key))
-
-
-def _int_opt(spec: Mapping[str, Any], key: str, minimum: int, dataset: str) -> int:
-    value = _opt(spec, key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(
-            f"dataset {dataset!r}: {key} must be an integer >= {minimum}, got {value!r}"
-        )
-    return value
-
-
-def _choice_opt(
-    spec: Mapping[str, Any], key: str, choices: tuple[str, ...], dataset: str
-) -> str:
-    value = _opt(spec, key)
-    if value not in choices:
-        raise ValueError(
-            f"dataset {dataset!r}: {key} must be one of {', '.join(choices)}, got {value!r}"
-        )
-    return value
-
-
-def _name(spec: Mapping[str, Any], dataset: str | None) -> str:
-    return dataset if dataset is not None else str(spec.get("name", "<unnamed>"))
 
 
 # --------------------------------------------------------------------------- documents
 
 
-def iter_documents(
-    spec: Mapping[str, Any], root: Path = Path("."), *, dataset: str | None = None
-) -> Iterator[str]:
+def iter_documents(spec: Mapping[str, Any], root: Path = Path("."), *, dataset: str = "<unnamed>") -> Iterator[str]:
     """Documents of a text dataset, in the dataset's fixed order, with its split applied."""
-    name = _name(spec, dataset)
-    source = spec.get("source")
-    split = _choice_opt(spec, "split", SPLITS, name)
-    every = _int_opt(spec, "heldout_every", 2, name)
-    errors = _choice_opt(spec, "encoding_errors", ("strict", "replace"), name)
-    if source == "bundled":
-        longest = _int_opt(spec, "max_document_chars", 1, name)
-        paths = [_bundled_path(domain, root) for domain in _domains(spec, name)]
-        documents = [_file_documents(path, "", errors, MIN_DOCUMENT_CHARS, longest) for path in paths]
-        yield from interleave([apply_split(docs, split, every) for docs in documents], int(_opt(spec, "seed")))
-    elif source in POSITIONED_SOURCES:
-        yield from (text for text, _ in _positioned_documents(spec, root, name))
-    elif source in ("random_tokens", "planted"):
-        raise ValueError(f"dataset {name!r}: source '{source}' has no text documents")
-    else:
-        raise ValueError(
-            f"dataset {name!r}: unknown source {source!r}; choose from {', '.join(SOURCES)}"
-        )
+    spec = {**DEFAULTS, **spec}
+    if spec["source"] == "bundled":
+        read = partial(_file_documents, field="", errors=spec["encoding_errors"], min_chars=MIN_DOCUMENT_CHARS,
+                       max_chars=spec["max_document_chars"])
+        paths = [corpus_file(domain, root) for domain in _domains(spec, dataset)]
+        for path in paths:
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"bundled corpus file {path} is missing; run python -m neuron_census.data.bundle"
+                )
+        documents = [read(path) for path in paths]
+        yield from interleave([apply_split(d, spec["split"], spec["heldout_every"]) for d in documents], spec["seed"])
+    elif spec["source"] in POSITIONED_SOURCES:
+        yield from (text for text, _ in _positioned_documents(spec, root, dataset))
+    else:  # random_tokens or planted, which a tokenizer's training dataset may name
+        raise ValueError(f"dataset {dataset!r}: source '{spec['source']}' has no text documents")
 
 
 def apply_split(documents: Iterable[T], split: str, heldout_every: int, start: int = 0) -> Iterator[T]:
@@ -157,61 +122,41 @@ def corpus_texts(
 
 
 def _domains(spec: Mapping[str, Any], name: str) -> list[str]:
-    domains = spec.get("domains") or list(DOMAINS)
-    if not isinstance(domains, list):
-        raise ValueError(f"dataset {name!r}: domains must be a list of {', '.join(DOMAINS)}")
-    for domain in domains:
-        if domain not in DOMAINS:
-            raise ValueError(
-                f"dataset {name!r}: unknown bundled domain {domain!r}; "
-                f"choose from {', '.join(DOMAINS)}"
-            )
-    if len(set(domains)) != len(domains):
+    """The bundled domains a dataset reads: those it lists (the schema knows their names), else all."""
+    domains = spec.get("domains", DOMAINS)
+    if len(set(domains)) != len(domains):  # the schema does not refuse a repeat, which would read a domain twice
         raise ValueError(f"dataset {name!r}: domains {domains} repeat a domain")
     return list(domains)
 
 
-def _bundled_path(domain: str, root: Path) -> Path:
-    path = corpus_file(domain, root)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"bundled corpus file {path} is missing; run python -m neuron_census.data.bundle"
-        )
-    return path
-
-
 def _file_paths(spec: Mapping[str, Any], root: Path, name: str) -> list[Path]:
     """Files matched by the spec's globs (each glob sorted, order of globs kept, no repeats)."""
-    patterns = spec.get("paths")
-    if isinstance(patterns, str):
-        patterns = [patterns]
-    if not patterns or not all(isinstance(p, str) for p in patterns):
-        raise ValueError(f"dataset {name!r}: source 'files' needs 'paths', a list of globs")
     found: list[Path] = []
-    for pattern in patterns:
-        if Path(pattern).is_absolute():
-            anchor = Path(Path(pattern).anchor)
-            rel = str(Path(pattern).relative_to(anchor))
-        else:
-            anchor, rel = Path(root), pattern
-        matches = sorted(p for p in anchor.glob(rel) if p.is_file())
+    for pattern in spec["paths"]:
+        matches = _glob(pattern, root)
         if not matches:
-            raise FileNotFoundError(f"dataset {name!r}: no file matches {pattern!r} under {anchor}")
+            where = Path(pattern).anchor or root  # an absolute glob's anchor, as it is searched from
+            raise FileNotFoundError(f"dataset {name!r}: no file matches {pattern!r} under {where}")
         found += [p for p in matches if p not in found]
     return found
 
 
-def source_files(spec: Mapping[str, Any], root: Path = Path("."), *, dataset: str | None = None) -> list[Path]:
+def _glob(pattern: str, root: Path) -> list[Path]:
+    """The files a glob matches, sorted: an absolute glob from its anchor, any other under root."""
+    path = Path(pattern) if Path(pattern).is_absolute() else Path(root) / pattern
+    anchor = Path(path.anchor) if path.is_absolute() else Path(".")
+    return sorted(p for p in anchor.glob(str(path.relative_to(anchor))) if p.is_file())
+
+
+def source_files(spec: Mapping[str, Any], root: Path = Path("."), *, dataset: str = "<unnamed>") -> list[Path]:
     """The local files a text dataset's documents come from: the bundled corpus files of its domains, the files
     its globs match, or an `hf` dataset's local data files (none for a hub dataset: its `revision` pins it)."""
-    name = _name(spec, dataset)
-    source = spec.get("source")
-    if source == "bundled":
-        return [corpus_file(domain, root) for domain in _domains(spec, name)]
-    if source == "files":
-        return _file_paths(spec, root, name)
-    if source == "hf":
-        return sorted(_local_data_files((spec.get("hf") or {}).get("data_files"), root))
+    if spec["source"] == "bundled":
+        return [corpus_file(domain, root) for domain in _domains(spec, dataset)]
+    if spec["source"] == "files":
+        return _file_paths(spec, root, dataset)
+    if spec["source"] == "hf":
+        return sorted(_local_data_files(spec["hf"].get("data_files"), root))
     return []
 
 
@@ -223,9 +168,7 @@ def _local_data_files(files: Any, root: Path) -> set[Path]:
         return set().union(*(_local_data_files(f, root) for f in files))
     if not isinstance(files, str) or "://" in files:
         return set()
-    path = Path(files) if Path(files).is_absolute() else Path(root) / files
-    anchor = Path(path.anchor) if path.is_absolute() else Path(".")
-    return {p for p in anchor.glob(str(path.relative_to(anchor))) if p.is_file()}
+    return set(_glob(files, root))
 
 
 def _file_documents(path: Path, field: str, errors: str, min_chars: int, max_chars: int) -> Iterator[str]:
@@ -284,14 +227,6 @@ def _lines(chunks: Iterable[str], max_chars: int, path: Path) -> Iterator[str]:
         yield rest
 
 
-def _open_binary(path: Path) -> IO[bytes]:
-    if path.name.endswith(".xz"):
-        return lzma.open(path, "rb")
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rb")
-    return open(path, "rb")
-
-
 def read_text_chunks(path: Path, errors: str = "strict") -> Iterator[str]:
     """Decoded UTF-8 text of a (possibly .gz/.xz) file in pieces, with CRLF turned into LF.
 
@@ -301,10 +236,11 @@ def read_text_chunks(path: Path, errors: str = "strict") -> Iterator[str]:
     if not path.is_file():
         raise FileNotFoundError(f"text file {path} does not exist")
     decoder = codecs.getincrementaldecoder("utf-8")(errors)
+    opener = lzma.open if path.name.endswith(".xz") else gzip.open if path.name.endswith(".gz") else open
     fed = 0
     held = ""
     try:
-        with _open_binary(path) as handle:
+        with opener(path, "rb") as handle:
             while True:
                 data = handle.read(READ_CHUNK_BYTES)
                 final = not data
@@ -349,22 +285,17 @@ def _hf_documents(
     """Streamed non-empty records of a Hugging Face dataset (never running remote code), each with where the
     stream stands after it: the dataset's `state_dict` and the count of non-empty records so far. From such
     a position (`resume`) the stream goes on without reading the data files before it."""
-    hf = spec.get("hf")
-    if not isinstance(hf, Mapping) or not hf.get("path"):
-        raise ValueError(f"dataset {name!r}: source 'hf' needs hf.path")
     import datasets
 
-    path = str(hf["path"])
-    local = Path(root) / path
-    if not Path(path).is_absolute() and local.exists():
-        path = str(local)
-    field = str(hf.get("text_field", "text"))
-    longest = _int_opt(spec, "max_document_chars", 1, name)
+    hf = {**schema_defaults("$defs/dataset/hf"), **spec["hf"]}
+    path, field, longest = hf["path"], hf["text_field"], spec["max_document_chars"]
+    if not Path(path).is_absolute() and (Path(root) / path).exists():
+        path = str(Path(root) / path)
     try:
         stream = datasets.load_dataset(
             path,
             name=hf.get("name"),
-            split=hf.get("split", "train"),
+            split=hf["split"],
             data_files=_resolve_data_files(hf.get("data_files"), root),
             revision=hf.get("revision"),
             streaming=True,
@@ -434,23 +365,6 @@ class StreamCursor:
         carry.flags.writeable = False
         object.__setattr__(self, "carry", carry)
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, StreamCursor):
-            return NotImplemented
-        fields = ("sequences", "documents", "started", "source")
-        same = all(getattr(self, field) == getattr(other, field) for field in fields)
-        return same and np.array_equal(self.carry, other.carry)
-
-
-def pack_sequences(
-    docs_token_ids: Iterable[list[int]], seq_len: int, bos_id: int | None, eos_id: int | None
-) -> Iterator[np.ndarray]:
-    """Concatenate documents (eos between them when eos_id is set), cut into chunks of
-    seq_len minus one for bos, prepend bos; yield int32 arrays of seq_len. The incomplete tail
-    is dropped. Empty documents add nothing (not even a separator)."""
-    for sequence, _ in pack_stream(((ids, None) for ids in docs_token_ids), seq_len, bos_id, eos_id):
-        yield sequence
-
 
 def pack_stream(
     docs_token_ids: Iterable[tuple[list[int], Any]],
@@ -459,12 +373,12 @@ def pack_stream(
     eos_id: int | None,
     cursor: StreamCursor = StreamCursor(),
 ) -> Iterator[tuple[np.ndarray, Callable[[], StreamCursor]]]:
-    """`pack_sequences` continued from `cursor` (the documents after `cursor.documents`, each with where its
-    source stands after it, or None), yielding each sequence with a function giving the cursor just after
-    it (built only when asked for: its carry can be a long document's remaining tokens)."""
-    body = seq_len - (bos_id is not None)
-    if body < 1:
-        raise ValueError(f"seq_len {seq_len} leaves no room for tokens after bos")
+    """Concatenate documents (eos between them when eos_id is set), cut into chunks of seq_len minus one for
+    bos, prepend bos: int32 arrays of seq_len; the incomplete tail stays unread, and empty documents add
+    nothing (not even a separator). Goes on from `cursor` (the documents after `cursor.documents`, each with
+    where its source stands after it, or None), yielding each sequence with a function giving the cursor
+    just after it (built only when asked for: its carry can be a long document's remaining tokens)."""
+    body = seq_len - (bos_id is not None)  # the schema's seq_len >= 2 leaves at least one token
     head = np.array([] if bos_id is None else [bos_id], dtype=np.int32)
     parts: list[np.ndarray] = [np.asarray(cursor.carry, dtype=np.int32)]
     held = len(cursor.carry)
@@ -516,19 +430,16 @@ def _token_batches(
     consumer needs them. A document longer than TOKENIZE_PIECE_CHARS is encoded a piece at a time
     (`text_pieces`), so the tokenizer's memory is bounded by a piece, not by the longest document."""
     batch: list[tuple[str, T]] = []
-    chars = 0
-    for item in documents:
-        if len(item[0]) > TOKENIZE_PIECE_CHARS:
-            if batch:
-                yield from zip(tokenizer.encode_batch([doc for doc, _ in batch]), (p for _, p in batch))
-                batch, chars = [], 0
-            yield encode_in_pieces(item[0], tokenizer, TOKENIZE_PIECE_CHARS), item[1]
-            continue
-        batch.append(item)
-        chars += len(item[0])
-        if len(batch) >= TOKENIZE_BATCH_DOCS or chars >= TOKENIZE_BATCH_CHARS:
+    for text, position in documents:
+        long = len(text) > TOKENIZE_PIECE_CHARS
+        if not long:
+            batch.append((text, position))
+        full = len(batch) >= TOKENIZE_BATCH_DOCS or sum(len(doc) for doc, _ in batch) >= TOKENIZE_BATCH_CHARS
+        if batch and (long or full):  # a long document goes after the batch before it
             yield from zip(tokenizer.encode_batch([doc for doc, _ in batch]), (p for _, p in batch))
-            batch, chars = [], 0
+            batch = []
+        if long:
+            yield encode_in_pieces(text, tokenizer, TOKENIZE_PIECE_CHARS), position
     if batch:
         yield from zip(tokenizer.encode_batch([doc for doc, _ in batch]), (p for _, p in batch))
 
@@ -577,7 +488,7 @@ def _documents_after(
 ) -> Iterator[tuple[str, Any]]:
     """The documents of a text dataset after `cursor`, each with where its source stands after it (None for
     sources that cannot go on from a position: those documents are counted off from the start)."""
-    if spec.get("source") not in POSITIONED_SOURCES:
+    if spec["source"] not in POSITIONED_SOURCES:
         for doc in itertools.islice(iter_documents(spec, root, dataset=name), cursor.documents, None):
             yield doc, None
         return
@@ -601,21 +512,18 @@ def _positioned_documents(
     with the position after it: for `hf` the stream's own state and the count of non-empty records, for
     `files` the file's index and path and the count of its non-empty documents. A file's split counter
     starts at 0 in every file, an hf stream's once."""
-    split = _choice_opt(spec, "split", SPLITS, name)
-    every = _int_opt(spec, "heldout_every", 2, name)
-    if spec.get("source") == "hf":
+    split, every = spec["split"], spec["heldout_every"]
+    if spec["source"] == "hf":
         records = int(resume["records"]) if resume else 0
         yield from apply_split(_hf_documents(spec, root, name, resume), split, every, start=records)
         return
-    errors = _choice_opt(spec, "encoding_errors", ("strict", "replace"), name)
-    min_chars = _int_opt({"min_document_chars": MIN_DOCUMENT_CHARS, **spec}, "min_document_chars", 1, name)
-    max_chars = _int_opt(spec, "max_document_chars", 1, name)
-    field = str(spec.get("text_field", "text"))
+    read = partial(_file_documents, field=spec["text_field"], errors=spec["encoding_errors"],
+                   min_chars=spec["min_document_chars"], max_chars=spec["max_document_chars"])
     paths = _file_paths(spec, root, name)
     first, skipped = (int(resume["file"]), int(resume["records"])) if resume else (0, 0)
     for index in range(first, len(paths)):
         start = skipped if index == first else 0
-        documents = itertools.islice(_file_documents(paths[index], field, errors, min_chars, max_chars), start, None)
+        documents = itertools.islice(read(paths[index]), start, None)
         numbered = ((doc, {"file": index, "path": str(paths[index]), "records": n}) for n, doc in enumerate(documents, start + 1))
         yield from apply_split(numbered, split, every, start=start)
 
@@ -623,7 +531,7 @@ def _positioned_documents(
 def _stale_position(spec: Mapping[str, Any], root: Path, name: str, resume: Mapping[str, Any]) -> str | None:
     """Why a saved position cannot be used now (None if it can): another `datasets` release saved it, or
     the dataset's globs no longer find its file at its index."""
-    if spec.get("source") == "hf":
+    if spec["source"] == "hf":
         import datasets
 
         if resume.get("datasets") != datasets.__version__:
@@ -636,44 +544,33 @@ def _stale_position(spec: Mapping[str, Any], root: Path, name: str, resume: Mapp
     return None
 
 
-def planted_shard(spec: Mapping[str, Any], shard: int, seq_len: int, per_shard: int, name: str) -> np.ndarray:
+def planted_shard(spec: Mapping[str, Any], shard: int, name: str) -> np.ndarray:
     """Rows of a planted recipe's designed token data, on which every planted role holds exactly."""
     from neuron_census.testing.planted import designed_tokens
 
-    tokens = designed_tokens(str(spec.get("recipe", "")))
+    tokens = designed_tokens(spec["recipe"])
+    seq_len, per_shard = spec["seq_len"], spec["sequences_per_shard"]
     start, stop = shard * per_shard, (shard + 1) * per_shard
     if seq_len != tokens.shape[1] or stop > len(tokens):
         raise ValueError(
-            f"dataset {name!r}: recipe {spec.get('recipe')!r} designs {len(tokens)} sequences of {tokens.shape[1]} "
+            f"dataset {name!r}: recipe {spec['recipe']!r} designs {len(tokens)} sequences of {tokens.shape[1]} "
             f"tokens; shard {shard} asks for sequences {start}..{stop - 1} of {seq_len}"
         )
     return tokens[start:stop].astype(np.int32)
 
 
 def shard_sequences(
-    spec: Mapping[str, Any],
-    tokenizer: TextTokenizer,
-    shard: int,
-    root: Path = Path("."),
-    *,
-    dataset: str | None = None,
+    spec: Mapping[str, Any], tokenizer: TextTokenizer, shard: int, root: Path = Path("."), *, dataset: str = "<unnamed>"
 ) -> np.ndarray:
     """Token ids (int32, sequences_per_shard x seq_len) of one shard of a dataset."""
-    name = _name(spec, dataset)
-    seq_len = _int_opt(spec, "seq_len", 2 if tokenizer.bos_id is not None else 1, name)
-    per_shard = _int_opt(spec, "sequences_per_shard", 1, name)
-    n_shards = _int_opt(spec, "n_shards", 1, name)
-    valid = isinstance(shard, (int, np.integer)) and not isinstance(shard, bool)
-    if not valid or not 0 <= shard < n_shards:
-        raise ValueError(
-            f"dataset {name!r}: shard {shard!r} is outside range(n_shards={n_shards})"
-        )
-    shard = int(shard)
-    if spec.get("source") == "random_tokens":
-        return random_shard(spec, tokenizer, shard, seq_len, per_shard, name)
-    if spec.get("source") == "planted":
-        return planted_shard(spec, shard, seq_len, per_shard, name)
-    return text_shard(spec, tokenizer, shard, root, name=name)[0]
+    spec = {**DEFAULTS, **spec}
+    if not 0 <= shard < spec["n_shards"]:
+        raise ValueError(f"dataset {dataset!r}: shard {shard!r} is outside range(n_shards={spec['n_shards']})")
+    if spec["source"] == "random_tokens":
+        return random_shard(spec, tokenizer, shard, dataset)
+    if spec["source"] == "planted":
+        return planted_shard(spec, shard, dataset)
+    return text_shard(spec, tokenizer, shard, root, name=dataset)[0]
 
 
 def text_shard(
@@ -689,8 +586,8 @@ def text_shard(
     shard ended: its `stream_end`) only this shard's text is tokenized, and an `hf` stream reads on from
     there without the earlier data files; from the start, every earlier shard's text is read again, as the
     same sequences."""
-    seq_len = _int_opt(spec, "seq_len", 2 if tokenizer.bos_id is not None else 1, name)
-    per_shard = _int_opt(spec, "sequences_per_shard", 1, name)
+    spec = {**DEFAULTS, **spec}
+    seq_len, per_shard = spec["seq_len"], spec["sequences_per_shard"]
     start, stop = shard * per_shard, (shard + 1) * per_shard
     if cursor.sequences > start:
         raise ValueError(f"dataset {name!r}: a stream cursor after sequence {cursor.sequences} cannot start shard {shard}")
@@ -712,30 +609,24 @@ def text_shard(
 TEXT_SOURCES = ("bundled", "files", "hf")  # datasets read as a stream of documents (their shards chain)
 
 
-def random_shard(
-    spec: Mapping[str, Any],
-    tokenizer: TextTokenizer,
-    shard: int,
-    seq_len: int,
-    per_shard: int,
-    name: str,
-) -> np.ndarray:
+def random_shard(spec: Mapping[str, Any], tokenizer: TextTokenizer, shard: int, name: str) -> np.ndarray:
     """Uniform random non-special ids in [first_id, vocab_size), bos first.
 
     Seeded by (seed, shard), so every shard is reproducible on its own.
     """
-    first_id = int(spec.get("first_id", 0))
+    first_id = spec["first_id"]
     allowed = np.setdiff1d(
         np.arange(first_id, tokenizer.vocab_size, dtype=np.int64),
         np.fromiter(tokenizer.special_ids, dtype=np.int64),
     )
     if len(allowed) == 0:
-        raise ValueError(
-            f"dataset {name!r}: no non-special token ids in [{first_id}, {tokenizer.vocab_size})"
-        )
-    rng = np.random.default_rng(np.random.SeedSequence([_int_opt(spec, "seed", 0, name), shard]))
+        raise ValueError(f"dataset {name!r}: no non-special token ids in [{first_id}, {tokenizer.vocab_size})")
+    if spec["seed"] < 0:  # the schema takes any integer seed (a bundled dataset's shuffle does); numpy's none below 0
+        raise ValueError(f"dataset {name!r}: seed must be an integer >= 0, got {spec['seed']!r}")
+    rng = np.random.default_rng(np.random.SeedSequence([spec["seed"], shard]))
     has_bos = tokenizer.bos_id is not None
-    body = allowed[rng.integers(0, len(allowed), size=(per_shard, seq_len - has_bos))].astype(np.int32)
+    shape = (spec["sequences_per_shard"], spec["seq_len"] - has_bos)
+    body = allowed[rng.integers(0, len(allowed), size=shape)].astype(np.int32)
     return np.insert(body, 0, tokenizer.bos_id, axis=1) if has_bos else body
 
 

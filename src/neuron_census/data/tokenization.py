@@ -19,7 +19,6 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 from neuron_census.data.bundle import resources_dir
 from neuron_census.errors import first_line
 
-SOURCES = ("hub", "local", "gpt2_bpe", "words")
 GPT2_EOT = "<|endoftext|>"
 WORDS_BOS = "<bos>"
 WORDS_UNK = "<unk>"
@@ -45,77 +44,52 @@ class TextTokenizer:
         """Token ids of several texts at once (parallel in the Rust backend)."""
         return [enc.ids for enc in self.backend.encode_batch(list(texts), add_special_tokens=False)]
 
-    def decode(self, ids: list[int]) -> str:
-        """Text of token ids (special tokens kept), for inspection."""
-        return self.backend.decode(list(ids), skip_special_tokens=False)
-
     def token_strings(self) -> list[str]:
         """Raw token string per id (e.g. "Ġthe"); ids with no token map to ""."""
         return [self.backend.id_to_token(i) or "" for i in range(self.vocab_size)]
 
 
 def load_tokenizer(name: str, spec: Mapping[str, Any], root: Path = Path(".")) -> TextTokenizer:
-    """Build the tokenizer described by a config entry `tokenizers.<name>`."""
-    if not isinstance(spec, Mapping):
-        raise ValueError(f"tokenizer {name!r}: spec must be a mapping, got {type(spec).__name__}")
-    source = spec.get("source")
-    if source in ("hub", "local"):
+    """Build the tokenizer described by a config entry `tokenizers.<name>` (the config check has refused
+    unknown sources and missing or mistyped keys; a `train_bpe` tokenizer comes here as its `local` folder)."""
+    if spec["source"] in ("hub", "local"):
         backend, bos, eos, special = _from_transformers(name, spec, root)
-    elif source == "gpt2_bpe":
-        backend = _gpt2_bpe(name, spec, root)
+    elif spec["source"] == "gpt2_bpe":
+        backend = _gpt2_bpe(name, root)
         eot = backend.token_to_id(GPT2_EOT)
         bos, eos, special = eot, eot, frozenset({eot})
-    elif source == "words":
-        backend = _words(name, spec)
+    else:  # words
+        backend = _words(name, spec["words"])
         bos, eos, special = 0, None, frozenset({0, 1})
-    else:
-        raise ValueError(
-            f"tokenizer {name!r}: unknown source {source!r}; choose from {', '.join(SOURCES)}"
-        )
     bos = _choose_special(name, "bos", spec.get("bos", "auto"), bos, backend)
     eos = _choose_special(name, "eos", spec.get("eos", "auto"), eos, backend)
     vocab = backend.get_vocab(with_added_tokens=True)
     # the backend's added tokens marked special count too (e.g. <s> even when no role names it)
     added = {i for i, token in backend.get_added_tokens_decoder().items() if token.special}
+    # the fingerprint: sha256 of the canonical JSON of the tokenizer definition plus its bos/eos choice
+    definition = {"tokenizer": json.loads(backend.to_str()), "bos_id": bos, "eos_id": eos}
+    canonical = json.dumps(definition, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return TextTokenizer(
         name=name,
         bos_id=bos,
         eos_id=eos,
         vocab_size=max(vocab.values()) + 1 if vocab else 0,
-        fingerprint=fingerprint(backend, bos, eos),
+        fingerprint=hashlib.sha256(canonical.encode("utf-8")).hexdigest(),
         backend=backend,
         special_ids=frozenset(i for i in special if i is not None) | added,
     )
 
 
-def fingerprint(backend: Tokenizer, bos_id: int | None, eos_id: int | None) -> str:
-    """sha256 of the canonical JSON of the tokenizer definition plus its bos/eos choice."""
-    definition = json.loads(backend.to_str())
-    canonical = json.dumps(
-        {"tokenizer": definition, "bos_id": bos_id, "eos_id": eos_id},
-        sort_keys=True,
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
-def _choose_special(
-    name: str, role: str, choice: Any, default: int | None, backend: Tokenizer
-) -> int | None:
+def _choose_special(name: str, role: str, choice: str, default: int | None, backend: Tokenizer) -> int | None:
     """Resolve a `bos`/`eos` option: auto (tokenizer's own), none, or a token string."""
-    if choice is None or choice == "none":
+    if choice == "none":
         return None
     if choice == "auto":
         return default
-    if isinstance(choice, str):
-        token_id = backend.token_to_id(choice)
-        if token_id is None:
-            raise ValueError(
-                f"tokenizer {name!r}: {role} token {choice!r} is not in the vocabulary"
-            )
-        return token_id
-    raise ValueError(f"tokenizer {name!r}: {role} must be 'auto', 'none' or a token string")
+    token_id = backend.token_to_id(choice)
+    if token_id is None:
+        raise ValueError(f"tokenizer {name!r}: {role} token {choice!r} is not in the vocabulary")
+    return token_id
 
 
 # The files a Hugging Face tokenizer folder is read from (a folder with none of them holds no tokenizer).
@@ -128,14 +102,10 @@ def _from_transformers(
     """Load a `hub` id or a `local` folder with AutoTokenizer (never running remote code), keep its backend."""
     args: dict[str, Any] = {}
     if spec["source"] == "hub":
-        if not spec.get("id"):
-            raise ValueError(f"tokenizer {name!r}: source 'hub' needs an 'id'")
-        where = str(spec["id"])
+        where = spec["id"]
         if spec.get("revision"):
-            args["revision"] = str(spec["revision"])
+            args["revision"] = spec["revision"]
     else:
-        if not spec.get("path"):
-            raise ValueError(f"tokenizer {name!r}: source 'local' needs a 'path'")
         path = Path(spec["path"]) if Path(spec["path"]).is_absolute() else Path(root) / spec["path"]
         if not path.is_dir():
             raise FileNotFoundError(f"tokenizer {name!r}: local folder {path} does not exist")
@@ -156,10 +126,9 @@ def _from_transformers(
     return backend, hf.bos_token_id, hf.eos_token_id, special
 
 
-def _gpt2_bpe(name: str, spec: Mapping[str, Any], root: Path) -> Tokenizer:
-    """GPT-2 byte-level BPE from encoder.json + vocab.bpe (the bundled copy by default)."""
-    folder = Path(spec["path"]) if spec.get("path") else resources_dir(root) / "tokenizers/gpt2_bpe"
-    folder = folder if folder.is_absolute() else Path(root) / folder
+def _gpt2_bpe(name: str, root: Path) -> Tokenizer:
+    """GPT-2 byte-level BPE from the bundled encoder.json + vocab.bpe."""
+    folder = resources_dir(root) / "tokenizers/gpt2_bpe"
     vocab, merges = folder / "encoder.json", folder / "vocab.bpe"
     for path in (vocab, merges):
         if not path.is_file():
@@ -173,15 +142,12 @@ def _gpt2_bpe(name: str, spec: Mapping[str, Any], root: Path) -> Tokenizer:
     return backend
 
 
-def _words(name: str, spec: Mapping[str, Any]) -> Tokenizer:
+def _words(name: str, words: list[str]) -> Tokenizer:
     """Whitespace word-level tokenizer: <bos>=0, <unk>=1, then the given words from id 2."""
-    words = spec.get("words")
-    if not isinstance(words, list) or not words or not all(isinstance(w, str) for w in words):
-        raise ValueError(f"tokenizer {name!r}: source 'words' needs 'words', a list of strings")
     vocab = {WORDS_BOS: 0, WORDS_UNK: 1}
-    for word in words:
-        if word in vocab or not word or any(c.isspace() for c in word):
-            raise ValueError(f"tokenizer {name!r}: word {word!r} is duplicated, empty or spaced")
+    for word in words:  # the schema refuses empty words, not repeated or spaced ones
+        if word in vocab or any(c.isspace() for c in word):
+            raise ValueError(f"tokenizer {name!r}: word {word!r} is duplicated or spaced")
         vocab[word] = len(vocab)
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=WORDS_UNK))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
