@@ -11,7 +11,7 @@ import torch
 
 from neuron_census.accumulators import REGISTRY, default_accumulators, merge_states
 from neuron_census.capture.engine import CaptureSettings, capture_tokens
-from neuron_census.accumulators.base import SortedLookup, StateInMemory, sorted_range_of
+from neuron_census.accumulators.base import SortedLookup, State, sorted_range_of
 from neuron_census.capture.layer_states import layer_state
 from neuron_census.models.loading import load_model
 from neuron_census.testing.planted import designed_tokens, get_recipe, planted_words
@@ -25,6 +25,24 @@ from neuron_census.capture.store import (
     read_store,
     write_store,
 )
+
+
+class StateInMemory:
+    """`StateArrays` over a state already in memory: what a store's layer reads are checked against."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    def whole(self, key: str) -> np.ndarray:
+        return self.state[key]
+
+    def rows(self, key: str, rows: slice) -> np.ndarray:
+        return self.state[key][rows]
+
+    def sorted_range(self, key: str, low: int, high: int) -> slice:
+        keys = self.state[key]
+        return slice(int(np.searchsorted(keys, low)), int(np.searchsorted(keys, high)))
+
 
 RECIPE = get_recipe("census")
 TOKEN_STRINGS = ["<bos>", "<unk>", *planted_words(RECIPE)]

@@ -194,23 +194,6 @@ class StateArrays(Protocol):
         ...
 
 
-class StateInMemory:
-    """`StateArrays` over a state already in memory."""
-
-    def __init__(self, state: State) -> None:
-        self.state = state
-
-    def whole(self, key: str) -> np.ndarray:
-        return self.state[key]
-
-    def rows(self, key: str, rows: slice) -> np.ndarray:
-        return self.state[key][rows]
-
-    def sorted_range(self, key: str, low: int, high: int) -> slice:
-        keys = self.state[key]
-        return slice(int(np.searchsorted(keys, low)), int(np.searchsorted(keys, high)))
-
-
 class SortedLookup:
     """A sorted 1-D array read one element at a time, for `bisect` on arrays too large to read whole."""
 

@@ -77,7 +77,6 @@ class KeyTable:
         self.clear()
 
     def stage(self, rows: torch.Tensor, columns: torch.Tensor, counts: torch.Tensor) -> None:
-        self._sizes.append(len(counts))
         if self.n_blocks == 1:
             self._staged[0].append((rows * self.span + columns, counts))
             return
@@ -92,13 +91,9 @@ class KeyTable:
                 keys, counts = add_sorted_keys(*self._blocks[part], *coalesce_runs(runs))
                 self._blocks[part] = prune_keys(keys, counts, self.span, self.capacity)
         self._staged = [[] for _ in range(self.n_blocks)]
-        self._sizes = []
 
     def held(self) -> int:
         return sum(len(keys) for keys, _ in self._blocks)
-
-    def staged(self) -> list[int]:
-        return list(self._sizes)
 
     def parts(self) -> Iterator[Columns]:
         for part, (keys, counts) in enumerate(self._blocks):
@@ -114,7 +109,6 @@ class KeyTable:
     def clear(self) -> None:
         self._blocks = [(self._empty, self._empty)] * self.n_blocks
         self._staged: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(self.n_blocks)]
-        self._sizes: list[int] = []
 
 
 class PendingCounts:
