@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal, get_args
 
 import torch
@@ -42,14 +43,13 @@ Target = Literal["activation", "preactivation"]
 OPS: tuple[str, ...] = get_args(Op)
 TARGETS: tuple[str, ...] = get_args(Target)
 
+
 def _index(value: Any, what: str) -> int:
     """`value` as an int, or a ValueError naming it (floats and bools are not indices)."""
-    if isinstance(value, bool):
-        raise ValueError(f"{what} must be an integer, got {value!r}")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise ValueError(f"{what} must be an integer, got {value!r}") from None
+    if not isinstance(value, bool):
+        with suppress(TypeError):
+            return operator.index(value)
+    raise ValueError(f"{what} must be an integer, got {value!r}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,7 +58,7 @@ class Intervention:
 
     `value` is one number for every neuron or a 1-D tensor with one entry per neuron, in `neurons` order.
     Checks that need no model run here; layer and neuron ranges are checked against the model by
-    `check_intervention`. Equality is identity (a tensor value has no single truth value).
+    `intervened`. Equality is identity (a tensor value has no single truth value).
     """
 
     layer: int
@@ -101,25 +101,6 @@ class Intervention:
         object.__setattr__(self, "_value", value.to(torch.float64))
 
 
-def check_intervention(intervention: Intervention, adapter: FFNAdapter) -> None:
-    """Layer and neuron ranges of `intervention` against the model of `adapter` (ValueError naming the culprit)."""
-    if intervention.layer >= adapter.n_layers:
-        raise ValueError(f"layer {intervention.layer} is outside 0..{adapter.n_layers - 1} of model '{adapter.name}'")
-    top = max(intervention.neurons)
-    if top >= adapter.n_neurons:
-        raise ValueError(
-            f"neuron {top} is outside 0..{adapter.n_neurons - 1} of layer {intervention.layer} "
-            f"of model '{adapter.name}'"
-        )
-
-
-def local_positions(positions: Sequence[int] | None, offset: int, length: int) -> list[int] | None:
-    """Indices into a window of `length` positions starting at absolute `offset`; None means all of them."""
-    if positions is None:
-        return None
-    return [p - offset for p in positions if offset <= p < offset + length]
-
-
 def apply_intervention(x: torch.Tensor, intervention: Intervention, offset: int = 0) -> torch.Tensor:
     """`x` [..., positions, neurons] with the intervention applied: an edited copy, or `x` itself if untouched.
 
@@ -130,11 +111,14 @@ def apply_intervention(x: torch.Tensor, intervention: Intervention, offset: int 
         raise ValueError(f"tensor of shape {list(x.shape)} has no [positions, neurons] axes")
     if max(intervention.neurons) >= x.shape[-1]:
         raise ValueError(f"neuron {max(intervention.neurons)} is outside 0..{x.shape[-1] - 1} of this tensor")
-    rows = local_positions(intervention.positions, offset, x.shape[-2])
-    if rows is not None and not rows:
-        return x
-    row_index = torch.arange(x.shape[-2]) if rows is None else torch.tensor(rows)
-    row_index = row_index.to(x.device)[:, None]
+    if intervention.positions is None:
+        rows = torch.arange(x.shape[-2])
+    else:
+        covered = range(offset, offset + x.shape[-2])
+        rows = torch.tensor([p - offset for p in intervention.positions if p in covered], dtype=torch.long)
+        if not len(rows):
+            return x
+    row_index = rows.to(x.device)[:, None]
     column_index = torch.tensor(intervention.neurons, device=x.device)[None, :]
     value = intervention._value.to(device=x.device, dtype=x.dtype)
     out = x.clone()
@@ -190,69 +174,62 @@ def _sequence_length(args: tuple, kwargs: dict[str, Any]) -> int | None:
     return int(tokens.shape[-1])
 
 
-def _edit(x: torch.Tensor, intervention: Intervention, window: _Window) -> torch.Tensor:
-    """Apply `intervention` to a hooked tensor: [batch, seq, N], or OPT's flat [batch * seq, N]."""
+def _edit(x: torch.Tensor, intervention: Intervention, window: _Window) -> torch.Tensor | None:
+    """`intervention` applied to a hooked tensor, [batch, seq, N] or OPT's flat [batch * seq, N]; None if it
+    edits nothing in this call."""
     offset, seq_len = window.current()
-    if x.ndim >= 3:
-        return apply_intervention(x, intervention, offset)
-    if seq_len is None or x.shape[0] % seq_len:
+    if x.ndim < 3 and (seq_len is None or x.shape[0] % seq_len):
         raise ValueError(
             f"cannot tell positions in a flat tensor of shape {list(x.shape)}: run the model itself, not its layers"
         )
-    edited = apply_intervention(x.reshape(-1, seq_len, x.shape[-1]), intervention, offset)
-    return x if edited is x else edited.reshape(x.shape)
+    cells = x if x.ndim >= 3 else x.reshape(-1, seq_len, x.shape[-1])
+    edited = apply_intervention(cells, intervention, offset)
+    return None if edited is cells else edited.reshape(x.shape)
 
 
-def _pre_hook(intervention: Intervention, window: _Window):
-    def hook(_module: torch.nn.Module, args: tuple) -> tuple | None:
-        edited = _edit(args[0], intervention, window)
-        return None if edited is args[0] else (edited, *args[1:])
-
-    return hook
+def _input_hook(intervention: Intervention, window: _Window, _module: torch.nn.Module, args: tuple) -> tuple | None:
+    edited = _edit(args[0], intervention, window)
+    return None if edited is None else (edited, *args[1:])
 
 
-def _post_hook(intervention: Intervention, window: _Window):
-    def hook(_module: torch.nn.Module, _args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-        edited = _edit(output, intervention, window)
-        return None if edited is output else edited
-
-    return hook
+def _output_hook(
+    intervention: Intervention, window: _Window, _module: torch.nn.Module, _args: tuple, output: torch.Tensor
+) -> torch.Tensor | None:
+    return _edit(output, intervention, window)
 
 
 @contextmanager
-def intervened(
-    model: torch.nn.Module, interventions: Sequence[Intervention], adapter: FFNAdapter | None = None
-) -> Iterator[FFNAdapter]:
+def intervened(model: torch.nn.Module, interventions: Sequence[Intervention]) -> Iterator[FFNAdapter]:
     """Run `model` (forward or `generate`) with `interventions` applied; the hooks always go on exit.
 
-    Several interventions on one module apply in list order. Everything is validated before any hook is
-    registered. Yields the adapter.
+    Several interventions on one module apply in list order. Everything is validated (layer and neuron
+    ranges against the model) before any hook is registered. Yields the adapter.
     """
-    adapter = adapter or adapter_for(model)
-    interventions = list(interventions)
+    adapter = adapter_for(model)
+    window = _Window()
+    hooks = []
     for intervention in interventions:
         if not isinstance(intervention, Intervention):
             raise ValueError(f"expected an Intervention, got {type(intervention).__name__}")
-        check_intervention(intervention, adapter)
-    points = [
-        (
-            intervention,
-            adapter.neuron_input_module(intervention.layer)
-            if intervention.target == "activation"
-            else adapter.preactivation_module(intervention.layer),
-        )
-        for intervention in interventions
-    ]
-    window = _Window()
+        layer, top = intervention.layer, max(intervention.neurons)
+        if layer >= adapter.n_layers:
+            raise ValueError(f"layer {layer} is outside 0..{adapter.n_layers - 1} of model '{adapter.name}'")
+        if top >= adapter.n_neurons:
+            raise ValueError(
+                f"neuron {top} is outside 0..{adapter.n_neurons - 1} of layer {layer} of model '{adapter.name}'"
+            )
+        if intervention.target == "activation":
+            register = adapter.neuron_input_module(layer).register_forward_pre_hook
+            hooks.append((register, partial(_input_hook, intervention, window)))
+        else:
+            register = adapter.preactivation_module(layer).register_forward_hook
+            hooks.append((register, partial(_output_hook, intervention, window)))
     handles: list[torch.utils.hooks.RemovableHandle] = []
     try:
         handles.append(model.register_forward_pre_hook(window.enter, with_kwargs=True))
         handles.append(model.register_forward_hook(window.leave, always_call=True))
-        for intervention, module in points:
-            if intervention.target == "activation":
-                handles.append(module.register_forward_pre_hook(_pre_hook(intervention, window)))
-            else:
-                handles.append(module.register_forward_hook(_post_hook(intervention, window)))
+        for register, hook in hooks:
+            handles.append(register(hook))
         yield adapter
     finally:
         for handle in reversed(handles):

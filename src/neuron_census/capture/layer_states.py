@@ -10,9 +10,9 @@ Each accumulator's arrays are of one of three kinds, and `layer_state` reads eac
   the slot's entries are one contiguous range, found by binary search on the stored keys.
 
 The result is the state a capture of that one layer would have written (keys renumbered to slot 0), so
-every accumulator's `merge` and every statistic applies to it unchanged. `layer_parts` is the way back:
-a layer's arrays renumbered to its slot, appended to a store (or joined in memory) layer after layer by
-`LayeredStates`, as capture hands each finished layer over and as merges produce them.
+every accumulator's `merge` and every statistic applies to it unchanged. The accumulator's `layer_parts`
+is the way back: a layer's arrays renumbered to its slot, appended to a store (or joined in memory) layer
+after layer by `LayeredStates`, as capture hands each finished layer over and as merges produce them.
 """
 
 from __future__ import annotations
@@ -33,11 +33,6 @@ def layer_state(name: str, arrays: StateArrays, slot: int, layer: int) -> State:
     return REGISTRY[name].read_layer(arrays, slot, layer)
 
 
-def layer_parts(name: str, state: State, slot: int, counted_before: int = 0) -> Parts:
-    """One layer's merged state of accumulator `name`, renumbered to slot `slot`, as arrays to append."""
-    return REGISTRY[name].layer_parts(state, slot, counted_before)
-
-
 class PartsTarget(Protocol):
     """Where one accumulator's arrays go: appended to along their axis, or written once (axis None)."""
 
@@ -52,10 +47,9 @@ class JoinedParts:
 
     def add(self, parts: Parts) -> None:
         for key, (data, axis) in parts.items():
-            if key not in self.pieces:
-                self.pieces[key] = ([], axis)
-            if axis is not None or not self.pieces[key][0]:
-                self.pieces[key][0].append(data)
+            pieces, _ = self.pieces.setdefault(key, ([], axis))
+            if axis is not None or not pieces:
+                pieces.append(data)
 
     def state(self) -> State:
         """The joined arrays; the pieces are dropped as they are joined, so memory holds one array twice."""
@@ -88,7 +82,7 @@ class LayeredStates:
         if slot != expected:
             raise ValueError(f"{name}: layer slot {slot} handed over before slot {expected}")
         counted = self.counted_before.get(name, 0)
-        self._target(name).add(layer_parts(name, state, slot, counted))
+        self._target(name).add(REGISTRY[name].layer_parts(state, slot, counted))
         self.next_slot[name] = slot + 1
         self.counted_before[name] = counted + len(state.get("layers", ()))
 
@@ -139,17 +133,11 @@ class WriteBehind:
             writing.result()
 
     def close(self, *, failed: bool) -> None:
-        """Stop the writer thread once its write is done; after a failure elsewhere its outcome is dropped
-        (the store is thrown away, and the first error is the one to report)."""
-        try:
-            if failed:
-                if self._writing is not None:
-                    self._writing.exception()  # waits, and does not raise
-                    self._writing = None
-            else:
-                self.wait()
-        finally:
-            self._writer.shutdown(wait=True)
+        """Stop the writer thread once its write is done, then raise that write's error; after a failure
+        elsewhere its outcome is dropped (the store is thrown away, and the first error is the one to report)."""
+        self._writer.shutdown(wait=True)
+        if not failed:
+            self.wait()
 
 
 @contextmanager

@@ -50,12 +50,10 @@ class Placement:
     layerwise_weights: str = _DEFAULTS["layerwise_weights"]
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"capture.strategy '{self.strategy}' is not one of {STRATEGIES}")
-        if self.layerwise_states not in LAYERWISE_STATES:
-            raise ValueError(f"capture.layerwise_states '{self.layerwise_states}' is not one of {LAYERWISE_STATES}")
-        if self.layerwise_weights not in LAYERWISE_WEIGHTS:
-            raise ValueError(f"capture.layerwise_weights '{self.layerwise_weights}' is not one of {LAYERWISE_WEIGHTS}")
+        choices = {"strategy": STRATEGIES, "layerwise_states": LAYERWISE_STATES, "layerwise_weights": LAYERWISE_WEIGHTS}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"capture.{key} '{getattr(self, key)}' is not one of {allowed}")
 
     @property
     def layers_on_disk(self) -> bool:
@@ -93,15 +91,12 @@ def accelerate_max_memory(budget: Mapping[str, str | int], device: torch.device)
 
 @contextmanager
 def offload_folder(placement: Placement) -> Iterator[Path]:
-    """The folder offloaded weights or kept states go to: the configured one, else a temporary one."""
+    """The folder offloaded weights or kept states go to: a temporary one, in the configured one if any."""
     if placement.offload_dir is not None:
-        folder = Path(placement.offload_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=folder, prefix="census-") as tmp:
-            yield Path(tmp)
-    else:
-        with tempfile.TemporaryDirectory(prefix="census-offload-") as tmp:
-            yield Path(tmp)
+        Path(placement.offload_dir).mkdir(parents=True, exist_ok=True)
+    prefix = "census-offload-" if placement.offload_dir is None else "census-"
+    with tempfile.TemporaryDirectory(dir=placement.offload_dir, prefix=prefix) as tmp:
+        yield Path(tmp)
 
 
 def dispatch_offloaded(
@@ -151,14 +146,13 @@ def layers_on_disk_map(model: torch.nn.Module, layer_names: Sequence[str], devic
 
 def dispatch_layers_to_disk(
     model: torch.nn.Module, layer_names: Sequence[str], device: torch.device, folder: Path
-) -> dict[str, Any]:
+) -> None:
     """Offload the decoder layers of a model built in memory to `folder` (the hub/local path does this
     while reading the checkpoint); everything else goes to `device`."""
     from accelerate import dispatch_model
 
     device_map = layers_on_disk_map(model, layer_names, device)
     dispatch_model(model, device_map=device_map, main_device=_main_device(device_map, device), offload_dir=str(folder))
-    return device_map
 
 
 def _main_device(device_map: Mapping[str, Any], device: torch.device) -> str | int:
@@ -178,46 +172,35 @@ class HiddenStates:
 
     def __init__(self, shapes: Sequence[tuple[int, ...]], dtype: torch.dtype, where: str, folder: Path) -> None:
         self.shapes = list(shapes)
-        self.dtype = dtype
         self._copy_to = torch.device("cpu") if where == "cpu" else None
-        if where in ("cpu", "device"):
-            self._held: list[torch.Tensor | None] = [None] * len(shapes)
-            self._file = None
-        else:
-            storage_dtype = torch.float32 if dtype == torch.float32 else torch.int16  # 2-byte types as raw bits
-            self._storage_dtype = storage_dtype
-            total = sum(int(np.prod(s)) for s in shapes)
+        self._held: list[torch.Tensor | None] = [None] * len(shapes)
+        self._file: torch.Tensor | None = None
+        if where not in ("cpu", "device"):  # one file, batch after batch
             self._offsets = np.cumsum([0] + [int(np.prod(s)) for s in shapes])
-            self._file = np.memmap(
-                folder / "hidden-states.bin",
-                dtype=np.float32 if storage_dtype == torch.float32 else np.int16,
-                mode="w+",
-                shape=(total,),
-            )
+            path = str(folder / "hidden-states.bin")
+            self._file = torch.from_file(path, shared=True, size=int(self._offsets[-1]), dtype=dtype)
 
     def put(self, index: int, hidden: torch.Tensor) -> None:
-        if self._file is None:
-            held = self._held[index]
-            if self._copy_to is None:
-                # kept on the device: the layer's output itself (the next layer's input, replaced by its output)
-                self._held[index] = hidden
-            elif held is not None and held.shape == hidden.shape and held.dtype == hidden.dtype:
-                # into the batch's buffer of the layer before (its input, consumed by now): a new buffer per
-                # layer would be fresh memory whose every page faults in again during the copy
-                held.copy_(hidden)
-            else:
-                self._held[index] = hidden.to(self._copy_to, copy=True)
+        if self._file is not None:
+            self._file[self._offsets[index] : self._offsets[index + 1]].copy_(hidden.detach().reshape(-1))
             return
-        flat = hidden.detach().to("cpu").contiguous().view(self._storage_dtype).reshape(-1).numpy()
-        self._file[self._offsets[index] : self._offsets[index + 1]] = flat
+        held = self._held[index]
+        if self._copy_to is None:
+            # kept on the device: the layer's output itself (the next layer's input, replaced by its output)
+            self._held[index] = hidden
+        elif held is not None and held.shape == hidden.shape and held.dtype == hidden.dtype:
+            # into the batch's buffer of the layer before (its input, consumed by now): a new buffer per
+            # layer would be fresh memory whose every page faults in again during the copy
+            held.copy_(hidden)
+        else:
+            self._held[index] = hidden.to(self._copy_to, copy=True)
 
     def get(self, index: int) -> torch.Tensor:
-        if self._file is None:
-            hidden = self._held[index]
-            assert hidden is not None
-            return hidden
-        flat = torch.from_numpy(np.asarray(self._file[self._offsets[index] : self._offsets[index + 1]]))
-        return flat.view(self.dtype).reshape(self.shapes[index])
+        if self._file is not None:
+            return self._file[self._offsets[index] : self._offsets[index + 1]].view(self.shapes[index])
+        hidden = self._held[index]
+        assert hidden is not None
+        return hidden
 
 
 def place_outside_layers(model: torch.nn.Module, layers: torch.nn.ModuleList, device: torch.device) -> None:
@@ -225,9 +208,7 @@ def place_outside_layers(model: torch.nn.Module, layers: torch.nn.ModuleList, de
 
     Tied weights are one Parameter, so they move once.
     """
-    in_layers = {id(p) for layer in layers for p in layer.parameters()} | {
-        id(b) for layer in layers for b in layer.buffers()
-    }
+    in_layers = {id(tensor) for tensor in (*layers.parameters(), *layers.buffers())}
     for module in model.modules():
         for param in list(module.parameters(recurse=False)):
             if id(param) not in in_layers:
@@ -235,28 +216,6 @@ def place_outside_layers(model: torch.nn.Module, layers: torch.nn.ModuleList, de
         for name, buffer in list(module.named_buffers(recurse=False)):
             if id(buffer) not in in_layers:
                 module._buffers[name] = buffer.to(device)
-
-
-def _offloaded_leaves(layer: torch.nn.Module) -> list[torch.nn.Module]:
-    """Submodules of `layer` whose weights Accelerate keeps on disk and loads at each call."""
-    return [m for m in layer.modules() if getattr(getattr(m, "_hf_hook", None), "offload", False)]
-
-
-def _swap_tensors(layer: torch.nn.Module, device: torch.device) -> list[tuple[torch.nn.Module, str, str, torch.Tensor]]:
-    """Give every parameter and buffer of `layer` a copy on `device` (shared ones stay shared); returns the
-    originals, to be put back as they are."""
-    originals, copies = [], {}
-    for module in layer.modules():
-        for table in ("_parameters", "_buffers"):
-            for name, tensor in getattr(module, table).items():
-                if tensor is None:
-                    continue
-                if id(tensor) not in copies:
-                    moved = tensor.detach().to(device)
-                    copies[id(tensor)] = torch.nn.Parameter(moved, tensor.requires_grad) if table == "_parameters" else moved
-                originals.append((module, table, name, tensor))
-                getattr(module, table)[name] = copies[id(tensor)]
-    return originals
 
 
 @contextmanager
@@ -268,23 +227,33 @@ def layer_on_device(layer: torch.nn.Module, device: torch.device) -> Iterator[to
     (each offloaded submodule's hook loads its weights, then stops reloading them at every call) and
     dropped again afterwards, so a shard's batches share one load and memory holds one layer.
     """
-    leaves = _offloaded_leaves(layer)
-    if not leaves:
-        originals = _swap_tensors(layer, device)
+    leaves = [m for m in layer.modules() if getattr(getattr(m, "_hf_hook", None), "offload", False)]
+    if leaves:
+        loaded = []
         try:
+            for leaf in leaves:
+                leaf._hf_hook.pre_forward(leaf)
+                leaf._hf_hook.offload = False
+                loaded.append(leaf)
             yield layer
         finally:
-            for module, table, name, tensor in originals:
-                getattr(module, table)[name] = tensor
+            for leaf in loaded:
+                leaf._hf_hook.offload = True
+                leaf._hf_hook.post_forward(leaf, None)
         return
-    loaded = []
+    originals, copies = [], {}  # every parameter and buffer gets a copy on `device`; shared ones stay shared
+    for module in layer.modules():
+        for table in ("_parameters", "_buffers"):
+            for name, tensor in getattr(module, table).items():
+                if tensor is None:
+                    continue
+                if id(tensor) not in copies:
+                    moved = tensor.detach().to(device)
+                    copies[id(tensor)] = torch.nn.Parameter(moved, tensor.requires_grad) if table == "_parameters" else moved
+                originals.append((module, table, name, tensor))
+                getattr(module, table)[name] = copies[id(tensor)]
     try:
-        for leaf in leaves:
-            leaf._hf_hook.pre_forward(leaf)
-            leaf._hf_hook.offload = False
-            loaded.append(leaf)
         yield layer
     finally:
-        for leaf in loaded:
-            leaf._hf_hook.offload = True
-            leaf._hf_hook.post_forward(leaf, None)
+        for module, table, name, tensor in originals:
+            getattr(module, table)[name] = tensor

@@ -9,12 +9,15 @@ their memory does not grow with the number of shards.
 
 from __future__ import annotations
 
+import operator
 import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache, reduce
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import zarr
@@ -55,9 +58,7 @@ class _StoreStates(LayeredStates):
         super().__init__(lambda name: _Appender(group.create_group(name)))
 
     def group_of(self, name: str) -> zarr.Group:
-        target = self._target(name)
-        assert isinstance(target, _Appender)
-        return target.group
+        return cast(_Appender, self._target(name)).group
 
 
 @contextmanager
@@ -85,25 +86,6 @@ class StoreError(ValueError):
     """A store cannot be read as asked; the message names the store."""
 
 
-def _open_complete(path: Path) -> zarr.Group:
-    """The group of a complete store of this format holding every array it lists; anything else raises
-    ValueError (without naming the path)."""
-    group = zarr.open_group(path, mode="r")
-    attrs = dict(group.attrs)
-    if attrs.get("kind") != STORE_KIND or not attrs.get("complete"):
-        raise ValueError("not a complete accumulator store")
-    if attrs.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"format version {attrs.get('format_version')} != {FORMAT_VERSION}")
-    present = {name: {key for key, _ in sub.arrays()} for name, sub in group.groups()}
-    for name in present:
-        if name not in REGISTRY:
-            raise ValueError(f"unknown accumulator '{name}'")
-    lost = [f"{name}/{key}" for name, keys in attrs.get("contents", {}).items() for key in keys if key not in present.get(name, ())]
-    if lost:
-        raise ValueError(f"{', '.join(lost[:3])}{' and more' if len(lost) > 3 else ''} missing (written, since removed)")
-    return group
-
-
 @contextmanager
 def _reading(path: Path) -> Iterator[None]:
     """Turn any failure to read `path` into a StoreError that names it (a torn chunk raises codec errors)."""
@@ -128,11 +110,25 @@ class StoreReader:
     """One accumulator store, opened and checked once; states and array blocks are read on demand."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        """Accept only a complete store of this format that holds every array it lists."""
         self.path = Path(path)
-        with _reading(self.path):
-            self.group = _open_complete(self.path)
+        with _reading(self.path):  # the ValueErrors below become StoreErrors naming the store
+            self.group = zarr.open_group(self.path, mode="r")
             self.attrs = dict(self.group.attrs)
-            self.names = sorted(name for name, _ in self.group.groups())
+            if self.attrs.get("kind") != STORE_KIND or not self.attrs.get("complete"):
+                raise ValueError("not a complete accumulator store")
+            if self.attrs.get("format_version") != FORMAT_VERSION:
+                raise ValueError(f"format version {self.attrs.get('format_version')} != {FORMAT_VERSION}")
+            present = {name: {key for key, _ in sub.arrays()} for name, sub in self.group.groups()}
+            for name in present:
+                if name not in REGISTRY:
+                    raise ValueError(f"unknown accumulator '{name}'")
+            contents = self.attrs.get("contents", {})
+            lost = [f"{name}/{key}" for name, keys in contents.items() for key in keys if key not in present.get(name, ())]
+            if lost:
+                more = " and more" if len(lost) > 3 else ""
+                raise ValueError(f"{', '.join(lost[:3])}{more} missing (written, since removed)")
+            self.names = sorted(present)
         self._whole: dict[tuple[str, str], np.ndarray] = {}
 
     def require(self, names: Sequence[str], user: str) -> None:
@@ -168,11 +164,12 @@ class StoreReader:
             return layer_state(name, _StoredArrays(self, name), slot, int(self.attrs["layers"][slot]))
 
 
+@dataclass
 class _StoredArrays:
     """`layer_states.StateArrays` over one accumulator of a store: only what is asked for is read."""
 
-    def __init__(self, reader: StoreReader, name: str) -> None:
-        self.reader, self.name = reader, name
+    reader: StoreReader
+    name: str
 
     def whole(self, key: str) -> np.ndarray:
         return self.reader.whole(self.name, key)
@@ -184,14 +181,13 @@ class _StoredArrays:
         """Binary search on the stored array, decoding each chunk it visits once (a chunk at a time)."""
         array = self.reader.array(self.name, key)
         size = array.chunks[0]
-        held: dict[int, np.ndarray] = {}
+
+        @lru_cache(maxsize=1)
+        def chunk(start: int) -> np.ndarray:
+            return np.asarray(array[start : start + size])
 
         def read(index: int) -> int:
-            start = index - index % size
-            if start not in held:
-                held.clear()
-                held[start] = np.asarray(array[start : start + size])
-            return int(held[start][index - start])
+            return int(chunk(index - index % size)[index % size])
 
         return sorted_range_of(SortedLookup(read, array.shape[0]), low, high)
 
@@ -242,15 +238,7 @@ def _fold(name: str, states: Iterator[State]) -> State:
     sparse tables reach their capacities; a merge tree would re-merge less but hold log2(stores) states.
     """
     merge = REGISTRY[name].merge
-    state = next(states)
-    for other in states:
-        state = merge([state, other])
-    return state
-
-
-def _folded_state(readers: Sequence[StoreReader], name: str) -> State:
-    """Accumulator `name` merged over the stores, each store's state read when it is folded in."""
-    return _fold(name, (reader.state(name) for reader in readers))
+    return reduce(lambda state, other: merge([state, other]), states)
 
 
 def merge_stores(paths: Sequence[str | os.PathLike[str]]) -> tuple[dict[str, Any], dict[str, State]]:
@@ -261,12 +249,12 @@ def merge_stores(paths: Sequence[str | os.PathLike[str]]) -> tuple[dict[str, Any
     """
     readers = [StoreReader(path) for path in paths]
     attrs = merged_attrs(readers)
-    return attrs, {name: _folded_state(readers, name) for name in readers[0].names}
+    return attrs, {name: _fold(name, (reader.state(name) for reader in readers)) for name in readers[0].names}
 
 
 def merged_layer_state(readers: Sequence[StoreReader], name: str, slot: int) -> State:
-    """Accumulator `name` of analysed-layer slot `slot`, merged over the stores as `_folded_state` does:
-    two states of one layer in memory."""
+    """Accumulator `name` of analysed-layer slot `slot`, merged over the stores as `merge_stores` merges
+    whole states: two states of one layer in memory."""
     return _fold(name, (reader.layer_state(name, slot) for reader in readers))
 
 
@@ -304,7 +292,7 @@ def merge_store_files(
                     for slot in range(len(readers[0].attrs["layers"])):
                         sink.add_layers(slot, {name: merged_layer_state(readers, name, slot)})
                 else:
-                    sink.add_whole(name, _folded_state(readers, name))
+                    sink.add_whole(name, _fold(name, (reader.state(name) for reader in readers)))
 
 
 def _sum_blockwise(readers: Sequence[StoreReader], name: str, key: str, out: zarr.Group, block_bytes: int) -> None:
@@ -323,10 +311,7 @@ def _sum_blockwise(readers: Sequence[StoreReader], name: str, key: str, out: zar
     target = out.create_array(key, shape=first.shape, dtype=first.dtype, chunks=first.chunks, compressors=STORE_COMPRESSORS)
     for start in range(0, first.shape[0], step):
         rows = slice(start, min(start + step, first.shape[0]))
-        total = readers[0].block(name, key, rows)
-        for reader in readers[1:]:
-            total = total + reader.block(name, key, rows)
-        target[rows] = total
+        target[rows] = reduce(operator.add, (reader.block(name, key, rows) for reader in readers))
 
 
 APPEND_CHUNK = 1 << 20  # elements per chunk of the 1-D arrays written a layer at a time
@@ -349,11 +334,10 @@ class _Appender:
                     self.group.create_array(key, data=data, compressors=STORE_COMPRESSORS)
                     self.arrays[key] = None
                     continue
-                shape = list(data.shape)
-                shape[axis] = 0
+                empty = data.shape[:axis] + (0,) + data.shape[axis + 1 :]
                 chunks = _append_chunks(data.shape, axis, data.dtype.itemsize)
                 self.arrays[key] = self.group.create_array(
-                    key, shape=tuple(shape), dtype=data.dtype, chunks=chunks, compressors=STORE_COMPRESSORS
+                    key, shape=empty, dtype=data.dtype, chunks=chunks, compressors=STORE_COMPRESSORS
                 )
             array = self.arrays[key]
             if array is not None and data.shape[axis]:
@@ -368,8 +352,7 @@ def _append_chunks(shape: tuple[int, ...], axis: int, itemsize: int) -> tuple[in
         return (APPEND_CHUNK,)
     chunks = [max(1, n) for n in shape]
     chunks[axis] = 1
-    other = next((i for i in range(len(shape)) if i != axis), None)
-    if other is not None:
-        rest = itemsize * int(np.prod([chunks[i] for i in range(len(shape)) if i != other]))
-        chunks[other] = max(1, min(chunks[other], APPEND_CHUNK_BYTES // rest))
+    other = 1 if axis == 0 else 0  # the first axis other than the layer axis
+    rest = itemsize * int(np.prod([chunks[i] for i in range(len(shape)) if i != other]))
+    chunks[other] = max(1, min(chunks[other], APPEND_CHUNK_BYTES // rest))
     return tuple(chunks)

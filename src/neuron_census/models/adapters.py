@@ -12,6 +12,7 @@ flattens tokens before `fc1`, so its neuron input arrives as [batch * seq, N] ra
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import ClassVar
 
 import torch
@@ -37,83 +38,70 @@ def _linear_f32(x: torch.Tensor, module: torch.nn.Module) -> torch.Tensor:
     return torch.cat(parts, dim=-1)
 
 
-def _layer_norm_f32(x: torch.Tensor, norm: torch.nn.LayerNorm) -> torch.Tensor:
-    weight = None if norm.weight is None else norm.weight.float()
-    bias = None if norm.bias is None else norm.bias.float()
-    return F.layer_norm(x, norm.normalized_shape, weight, bias, norm.eps)
-
-
 class FFNAdapter:
-    """The FFN neurons of one loaded causal LM: shapes, hook points, value vectors, vocabulary path."""
+    """The FFN neurons of one loaded causal LM: shapes, hook points, value vectors, vocabulary path.
+
+    A family only names its modules, by attribute path: the decoder layers and the final norm in the model;
+    the FFN output projection, the pre-activation and (gated FFNs) act_fn in a decoder layer.
+    """
 
     family: ClassVar[str] = ""
-    preactivation_path: ClassVar[str] = ""  # in a decoder layer: the module whose output the nonlinearity reads
     model_types: ClassVar[tuple[str, ...]] = ()
     gated: ClassVar[bool] = False
+    layers_path: ClassVar[str] = ""
+    norm_path: ClassVar[str] = ""  # may name None (OPT-350m)
+    projection_path: ClassVar[str] = ""  # in a decoder layer: the FFN output projection
+    preactivation_path: ClassVar[str] = ""  # in a decoder layer: the module whose output the nonlinearity reads
+    gate_path: ClassVar[str | None] = None  # in a gated FFN's decoder layer: its act_fn
+    activation_key: ClassVar[str] = "hidden_act"  # the config key naming the nonlinearity
 
-    def __init__(self, model: PreTrainedModel, name: str | None = None) -> None:
+    def __init__(self, model: PreTrainedModel, name: str) -> None:
         self.model = model
-        self.name = name or model.config.name_or_path or model.config.model_type
+        self.name = name
         if model.get_output_embeddings() is None:
             raise ValueError(f"model '{self.name}' has no LM head; load it as a causal LM")
         self.n_layers = len(self.decoder_layers())
         projection = self.neuron_input_module(0)
-        self.n_neurons, self.d_model = self._projection_shape(projection)
+        # Conv1D stores its weight [in, out], Linear [out, in]
+        n_in, n_out = projection.weight.shape if isinstance(projection, Conv1D) else projection.weight.shape[::-1]
+        self.n_neurons, self.d_model = int(n_in), int(n_out)
         self.vocab_size = int(self.unembedding().shape[0])
-        self.context_length = int(self._context_length())
-        self.activation = str(self._activation())
+        self.context_length = int(model.config.max_position_embeddings)  # GPT-2's config maps it to n_positions
+        self.activation = str(getattr(model.config, self.activation_key))
 
-    # ---- per family -------------------------------------------------------------------------------
     def decoder_layers(self) -> torch.nn.ModuleList:
-        raise NotImplementedError
-
-    def _output_projection(self, layer: torch.nn.Module) -> torch.nn.Module:
-        raise NotImplementedError
+        return attrgetter(self.layers_path)(self.model)
 
     def final_norm(self) -> torch.nn.Module | None:
-        raise NotImplementedError
-
-    def _context_length(self) -> int:
-        return self.model.config.max_position_embeddings
-
-    def _activation(self) -> str:
-        return self.model.config.hidden_act
+        return attrgetter(self.norm_path)(self.model)
 
     def _final_norm_f32(self, x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
-        return _layer_norm_f32(x, norm)
+        weight = None if norm.weight is None else norm.weight.float()
+        bias = None if norm.bias is None else norm.bias.float()
+        return F.layer_norm(x, norm.normalized_shape, weight, bias, norm.eps)
 
     def _before_unembedding(self, x: torch.Tensor) -> torch.Tensor:
         """What the model applies between the final norm and the unembedding (identity unless overridden)."""
         return x
 
-    # ---- shared ------------------------------------------------------------------------------------
-    def _check_layer(self, layer: int) -> int:
+    def _layer(self, layer: int) -> torch.nn.Module:
         if not 0 <= layer < self.n_layers:
             raise ValueError(f"layer {layer} is outside 0..{self.n_layers - 1} of model '{self.name}'")
-        return layer
-
-    @staticmethod
-    def _projection_shape(projection: torch.nn.Module) -> tuple[int, int]:
-        """(neurons, d_model) of an output projection: Conv1D stores [in, out], Linear [out, in]."""
-        if isinstance(projection, Conv1D):
-            n_in, n_out = projection.weight.shape
-        else:
-            n_out, n_in = projection.weight.shape
-        return int(n_in), int(n_out)
+        return self.decoder_layers()[layer]
 
     def neuron_input_module(self, layer: int) -> torch.nn.Module:
         """The FFN output projection of `layer`: its forward input args[0] are the activations [..., N]."""
-        return self._output_projection(self.decoder_layers()[self._check_layer(layer)])
+        return attrgetter(self.projection_path)(self._layer(layer))
 
     def preactivation_module(self, layer: int) -> torch.nn.Module:
         """The module whose forward output is the pre-activation [..., N] of `layer` (a gated FFN's gate
         projection, before its act_fn; the up projection is not a pre-activation)."""
-        return self.decoder_layers()[self._check_layer(layer)].get_submodule(self.preactivation_path)
+        return attrgetter(self.preactivation_path)(self._layer(layer))
 
     def gate_output_module(self, layer: int) -> torch.nn.Module | None:
         """Gated FFNs only: the module whose forward output is act_fn(gate) [..., N]; None otherwise."""
-        self._check_layer(layer)
-        return None
+        decoder_layer = self._layer(layer)
+        return None if self.gate_path is None else attrgetter(self.gate_path)(decoder_layer)
 
     def value_vectors(self, layer: int) -> torch.Tensor:
         """float32 [N, d_model]: row i is what neuron i adds to the residual stream per unit activation."""
@@ -150,20 +138,12 @@ class OPTAdapter(FFNAdapter):
     """OPT: `model.decoder.layers[i].fc2`; post-LN OPT-350m has no final norm and projects 1024 -> 512."""
 
     family = "opt"
-    preactivation_path = "fc1"
     model_types = ("opt",)
-
-    def decoder_layers(self) -> torch.nn.ModuleList:
-        return self.model.model.decoder.layers
-
-    def _output_projection(self, layer: torch.nn.Module) -> torch.nn.Module:
-        return layer.fc2
-
-    def final_norm(self) -> torch.nn.Module | None:
-        return self.model.model.decoder.final_layer_norm
-
-    def _activation(self) -> str:
-        return self.model.config.activation_function
+    layers_path = "model.decoder.layers"
+    norm_path = "model.decoder.final_layer_norm"
+    projection_path = "fc2"
+    preactivation_path = "fc1"
+    activation_key = "activation_function"
 
     def _before_unembedding(self, x: torch.Tensor) -> torch.Tensor:
         project_out = self.model.model.decoder.project_out
@@ -174,86 +154,52 @@ class GPT2Adapter(FFNAdapter):
     """GPT-2: `transformer.h[i].mlp.c_proj`, a Conv1D whose weight is stored [in, out]."""
 
     family = "gpt2"
-    preactivation_path = "mlp.c_fc"
     model_types = ("gpt2",)
-
-    def decoder_layers(self) -> torch.nn.ModuleList:
-        return self.model.transformer.h
-
-    def _output_projection(self, layer: torch.nn.Module) -> torch.nn.Module:
-        return layer.mlp.c_proj
-
-    def final_norm(self) -> torch.nn.Module | None:
-        return self.model.transformer.ln_f
-
-    def _context_length(self) -> int:
-        return self.model.config.n_positions
-
-    def _activation(self) -> str:
-        return self.model.config.activation_function
+    layers_path = "transformer.h"
+    norm_path = "transformer.ln_f"
+    projection_path = "mlp.c_proj"
+    preactivation_path = "mlp.c_fc"
+    activation_key = "activation_function"
 
 
 class GPTNeoXAdapter(FFNAdapter):
     """GPT-NeoX / Pythia: `gpt_neox.layers[i].mlp.dense_4h_to_h`; untied `lm_head`."""
 
     family = "gpt_neox"
-    preactivation_path = "mlp.dense_h_to_4h"
     model_types = ("gpt_neox",)
-
-    def decoder_layers(self) -> torch.nn.ModuleList:
-        return self.model.gpt_neox.layers
-
-    def _output_projection(self, layer: torch.nn.Module) -> torch.nn.Module:
-        return layer.mlp.dense_4h_to_h
-
-    def final_norm(self) -> torch.nn.Module | None:
-        return self.model.gpt_neox.final_layer_norm
+    layers_path = "gpt_neox.layers"
+    norm_path = "gpt_neox.final_layer_norm"
+    projection_path = "mlp.dense_4h_to_h"
+    preactivation_path = "mlp.dense_h_to_4h"
 
 
 class LlamaAdapter(FFNAdapter):
     """Llama-style gated FFN (also Mistral, Qwen2): neuron = act_fn(gate_proj x) * up_proj x."""
 
     family = "llama"
-    preactivation_path = "mlp.gate_proj"
     model_types = ("llama", "mistral", "qwen2")
     gated = True
-
-    def decoder_layers(self) -> torch.nn.ModuleList:
-        return self.model.model.layers
-
-    def _output_projection(self, layer: torch.nn.Module) -> torch.nn.Module:
-        return layer.mlp.down_proj
-
-    def preactivation_module(self, layer: int) -> torch.nn.Module:
-        """The module whose forward output is the pre-activation [..., N] of `layer` (a gated FFN's gate
-        projection, before its act_fn; the up projection is not a pre-activation)."""
-        return self.decoder_layers()[self._check_layer(layer)].get_submodule(self.preactivation_path)
-
-    def gate_output_module(self, layer: int) -> torch.nn.Module | None:
-        return self.decoder_layers()[self._check_layer(layer)].mlp.act_fn
-
-    def final_norm(self) -> torch.nn.Module | None:
-        return self.model.model.norm
+    layers_path = "model.layers"
+    norm_path = "model.norm"
+    projection_path = "mlp.down_proj"
+    preactivation_path = "mlp.gate_proj"
+    gate_path = "mlp.act_fn"
 
     def _final_norm_f32(self, x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
         # RMSNorm: x / rms(x) * weight, no mean subtraction and no bias
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon) * norm.weight.float()
 
 
-ADAPTERS: tuple[type[FFNAdapter], ...] = (OPTAdapter, GPT2Adapter, GPTNeoXAdapter, LlamaAdapter)
-_BY_MODEL_TYPE: dict[str, type[FFNAdapter]] = {t: cls for cls in ADAPTERS for t in cls.model_types}
-
-
-def supported_model_types() -> tuple[str, ...]:
-    return tuple(_BY_MODEL_TYPE)
+_BY_MODEL_TYPE: dict[str, type[FFNAdapter]] = {
+    model_type: cls for cls in (OPTAdapter, GPT2Adapter, GPTNeoXAdapter, LlamaAdapter) for model_type in cls.model_types
+}
 
 
 def check_model_type(model_type: str | None, name: str) -> type[FFNAdapter]:
     """The adapter class for `model_type`, or a ValueError naming the model (before any weights load)."""
     if model_type not in _BY_MODEL_TYPE:
         raise ValueError(
-            f"no FFN adapter for model type '{model_type}' (model '{name}'); "
-            f"supported: {', '.join(supported_model_types())}"
+            f"no FFN adapter for model type '{model_type}' (model '{name}'); supported: {', '.join(_BY_MODEL_TYPE)}"
         )
     return _BY_MODEL_TYPE[model_type]
 

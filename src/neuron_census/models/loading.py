@@ -7,8 +7,7 @@ unsupported family is refused from its config, before any weights are read.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers.utils import logging as hf_logging
 
 from neuron_census.models.adapters import FFNAdapter, adapter_for, check_model_type
 from neuron_census.errors import first_line
@@ -45,18 +45,6 @@ def _required(name: str, spec: Mapping[str, Any], key: str) -> Any:
     return spec[key]
 
 
-def _local_folder(name: str, spec: Mapping[str, Any], root: Path) -> Path:
-    path = Path(_required(name, spec, "path"))
-    folder = path if path.is_absolute() else Path(root) / path
-    if not folder.is_dir():
-        raise FileNotFoundError(f"model '{name}': folder {folder} not found")
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"model '{name}': {folder} has no config.json")
-    if not any(folder.glob("*.safetensors")):
-        raise FileNotFoundError(f"model '{name}': {folder} has no *.safetensors weights (only safetensors are read)")
-    return folder
-
-
 def _remote_code_error(name: str, source: str) -> ValueError:
     return ValueError(
         f"model '{name}' ({source}) needs code from its repository; "
@@ -66,20 +54,31 @@ def _remote_code_error(name: str, source: str) -> ValueError:
 
 def _from_pretrained(
     name: str,
-    source: str,
-    revision: str | None,
-    trust_remote_code: bool,
+    spec: Mapping[str, Any],
+    root: Path,
     device: torch.device,
     dtype: torch.dtype,
-    offload: tuple[dict[int | str, str | int], Path] | None = None,
-    layers_to_disk: Path | None = None,
+    placement: Placement,
+    max_memory: dict[int | str, str | int] | None,
+    folder: Path | None,
 ) -> PreTrainedModel:
-    """Raw config first (refuses unsupported families and unallowed remote code cheaply), then safetensors weights.
-
-    With `offload` = (max_memory, folder), Accelerate places the weights as they are read, so a model larger
-    than the device (or the CPU) is never materialised whole. With `layers_to_disk` (a folder) every decoder
-    layer goes to disk as it is read and the rest to `device`: memory never holds more than one layer.
-    """
+    """A hub or local checkpoint: raw config first (refuses unsupported families and unallowed remote code
+    cheaply), then safetensors weights, placed as they are read (so that under offload, or with layers on
+    disk, a model larger than memory is never materialised whole)."""
+    revision = None
+    if spec["source"] == "hub":
+        source, revision = _required(name, spec, "id"), spec.get("revision")
+    else:
+        path = Path(_required(name, spec, "path"))
+        local = path if path.is_absolute() else root / path
+        if not local.is_dir():
+            raise FileNotFoundError(f"model '{name}': folder {local} not found")
+        if not (local / "config.json").is_file():
+            raise FileNotFoundError(f"model '{name}': {local} has no config.json")
+        if not any(local.glob("*.safetensors")):
+            raise FileNotFoundError(f"model '{name}': {local} has no *.safetensors weights (only safetensors are read)")
+        source = str(local)
+    trust_remote_code = bool(spec.get("trust_remote_code", False))
     try:
         raw, _ = PretrainedConfig.get_config_dict(source, revision=revision)
     except (OSError, ValueError) as error:  # unknown id, no network, no config.json, malformed id
@@ -94,36 +93,39 @@ def _from_pretrained(
         if not trust_remote_code and "trust_remote_code" in str(error):
             raise _remote_code_error(name, source) from error
         raise
-    placement: dict[str, Any] = {"device_map": device}
-    if offload is not None:
-        max_memory, folder = offload
-        placement = {"device_map": "auto", "max_memory": max_memory or None, "offload_folder": str(folder)}
-    elif layers_to_disk is not None:
+    if placement.strategy == "offload":
+        where: dict[str, Any] = {"device_map": "auto", "max_memory": max_memory or None, "offload_folder": str(folder)}
+    elif placement.layers_on_disk:
         from accelerate import init_empty_weights
 
         with init_empty_weights():  # the module names, without weights
             skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
         device_map = layers_on_disk_map(skeleton, decoder_layer_names(skeleton, name), device)
-        placement = {"device_map": device_map, "offload_folder": str(layers_to_disk)}
+        where = {"device_map": device_map, "offload_folder": str(folder)}
+    else:  # resident on the device; layerwise on the CPU (it moves each layer to the device itself)
+        where = {"device_map": device if placement.strategy == "resident" else torch.device("cpu")}
     if Path(source).is_dir():
         check_safetensors_files(name, Path(source))
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # transformers' load report is replaced by the one line below
     try:
-        with transformers_errors_only():  # its load report is replaced by the one line below
-            model, info = AutoModelForCausalLM.from_pretrained(
-                source,
-                config=config,
-                revision=revision,
-                trust_remote_code=trust_remote_code,
-                use_safetensors=True,
-                dtype=dtype,
-                output_loading_info=True,
-                ignore_mismatched_sizes=True,  # reported below, with the shapes, instead of raised
-                **placement,
-            )
+        model, info = AutoModelForCausalLM.from_pretrained(
+            source,
+            config=config,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=True,
+            dtype=dtype,
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,  # reported below, with the shapes, instead of raised
+            **where,
+        )
     except OSError as error:  # e.g. a repository with pickled (.bin) weights only: they are never read
         raise ValueError(f"model '{name}': cannot load safetensors weights of {source}: {first_line(error)}") from None
     except Exception as error:  # safetensors and torch raise their own types for damaged files
         raise ValueError(f"model '{name}': cannot load the weights of {source}: {first_line(error)}") from None
+    finally:
+        hf_logging.set_verbosity(previous)
     check_loading_info(name, source, info)
     return model
 
@@ -166,36 +168,9 @@ def check_safetensors_files(name: str, folder: Path) -> None:
             raise ValueError(f"model '{name}': {path} is not a readable safetensors file ({first_line(error)})") from None
 
 
-@contextmanager
-def transformers_errors_only() -> Iterator[None]:
-    """transformers' logging at error level for the duration (its load report would repeat our message)."""
-    from transformers.utils import logging as hf_logging
-
-    previous = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(previous)
-
-
-def _build(
-    name: str,
-    spec: Mapping[str, Any],
-    root: Path,
-    device: torch.device,
-    dtype: torch.dtype,
-    offload: tuple[dict[int | str, str | int], Path] | None = None,
-    layers_to_disk: Path | None = None,
-) -> PreTrainedModel:
+def _build(name: str, spec: Mapping[str, Any], device: torch.device, dtype: torch.dtype) -> PreTrainedModel:
+    """A model built in memory: a random architecture or a planted recipe."""
     source = spec.get("source")
-    trust = bool(spec.get("trust_remote_code", False))
-    if source == "hub":
-        source_id, revision = _required(name, spec, "id"), spec.get("revision")
-        return _from_pretrained(name, source_id, revision, trust, device, dtype, offload, layers_to_disk)
-    if source == "local":
-        folder = _local_folder(name, spec, root)
-        return _from_pretrained(name, str(folder), None, trust, device, dtype, offload, layers_to_disk)
     if source == "random":
         from neuron_census.models.zoo import build_random_model
 
@@ -232,28 +207,23 @@ def load_model(
     `placement` (default resident) decides where the weights go: all on `device` (resident), on the CPU
     (layerwise moves layers to the device itself), decoder layers in `offload_dir` and the rest on `device`
     (layerwise with disk weights), or spread by Accelerate over device, CPU and `offload_dir` within
-    `placement.max_memory` (offload).
+    `placement.max_memory` (offload). Checkpoints are placed as they are read; a model built in memory is
+    built on the CPU (unless resident) and then placed.
     """
     placement = placement or Placement()
     target = torch.device(device)
     if offload_dir is None and (placement.strategy == "offload" or placement.layers_on_disk):
         raise ValueError(f"model '{name}': {placement.strategy} needs a folder for the weights it keeps on disk")
-    if placement.strategy == "resident":
-        model = _build(name, spec, Path(root), target, dtype)
-    elif placement.layers_on_disk and spec.get("source") in ("hub", "local"):
-        model = _build(name, spec, Path(root), target, dtype, layers_to_disk=Path(offload_dir))
-    elif placement.layers_on_disk:
-        model = _build(name, spec, Path(root), torch.device("cpu"), dtype)
-        dispatch_layers_to_disk(model, decoder_layer_names(model, name), target, Path(offload_dir))
-    elif placement.strategy == "layerwise":
-        model = _build(name, spec, Path(root), torch.device("cpu"), dtype)
+    folder = None if offload_dir is None else Path(offload_dir)
+    max_memory = accelerate_max_memory(placement.max_memory, target) if placement.strategy == "offload" else None
+    if spec.get("source") in ("hub", "local"):
+        model = _from_pretrained(name, spec, Path(root), target, dtype, placement, max_memory, folder)
     else:
-        offload = (accelerate_max_memory(placement.max_memory, target), Path(offload_dir))
-        if spec.get("source") in ("hub", "local"):
-            model = _build(name, spec, Path(root), target, dtype, offload)
-        else:
-            model = _build(name, spec, Path(root), torch.device("cpu"), dtype)
-            dispatch_offloaded(model, target, placement.max_memory, Path(offload_dir))
+        model = _build(name, spec, target if placement.strategy == "resident" else torch.device("cpu"), dtype)
+        if placement.layers_on_disk:
+            dispatch_layers_to_disk(model, decoder_layer_names(model, name), target, folder)
+        elif placement.strategy == "offload":
+            dispatch_offloaded(model, target, placement.max_memory, folder)
     model.eval()
     model.requires_grad_(False)
     return LoadedModel(name=name, model=model, adapter=adapter_for(model, name=name))
@@ -261,6 +231,5 @@ def load_model(
 
 def decoder_layer_names(model: torch.nn.Module, name: str) -> list[str]:
     """Module names of the decoder layers (e.g. model.decoder.layers.0), as device maps name them."""
-    layers = adapter_for(model, name=name).decoder_layers()
-    prefix = next(module_name for module_name, module in model.named_modules() if module is layers)
-    return [f"{prefix}.{index}" for index in range(len(layers))]
+    adapter = adapter_for(model, name=name)
+    return [f"{adapter.layers_path}.{index}" for index in range(adapter.n_layers)]

@@ -13,28 +13,24 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
-_OPT_COMMON: dict[str, Any] = {
-    "model_type": "opt",
-    "vocab_size": 50272,
-    "max_position_embeddings": 2048,
-    "activation_function": "relu",
-    "do_layer_norm_before": True,
-    "enable_bias": True,
-    "layer_norm_elementwise_affine": True,
-    "dropout": 0.1,
-    "attention_dropout": 0.0,
-    "layerdrop": 0.0,
-    "init_std": 0.02,
-    "pad_token_id": 1,
-    "bos_token_id": 2,
-    "eos_token_id": 2,
-    "tie_word_embeddings": True,
-}
-
 
 def _opt(layers: int, hidden: int, heads: int, **extra: Any) -> dict[str, Any]:
     return {
-        **_OPT_COMMON,
+        "model_type": "opt",
+        "vocab_size": 50272,
+        "max_position_embeddings": 2048,
+        "activation_function": "relu",
+        "do_layer_norm_before": True,
+        "enable_bias": True,
+        "layer_norm_elementwise_affine": True,
+        "dropout": 0.1,
+        "attention_dropout": 0.0,
+        "layerdrop": 0.0,
+        "init_std": 0.02,
+        "pad_token_id": 1,
+        "bos_token_id": 2,
+        "eos_token_id": 2,
+        "tie_word_embeddings": True,
         "num_hidden_layers": layers,
         "hidden_size": hidden,
         "ffn_dim": 4 * hidden,
@@ -44,48 +40,43 @@ def _opt(layers: int, hidden: int, heads: int, **extra: Any) -> dict[str, Any]:
     }
 
 
-_GPT2_COMMON: dict[str, Any] = {
-    "model_type": "gpt2",
-    "vocab_size": 50257,
-    "n_positions": 1024,
-    "n_ctx": 1024,
-    "n_inner": None,
-    "activation_function": "gelu_new",
-    "layer_norm_epsilon": 1e-5,
-    "resid_pdrop": 0.1,
-    "embd_pdrop": 0.1,
-    "attn_pdrop": 0.1,
-    "initializer_range": 0.02,
-    "bos_token_id": 50256,
-    "eos_token_id": 50256,
-    "tie_word_embeddings": True,
-}
-
-
 def _gpt2(layers: int, hidden: int, heads: int) -> dict[str, Any]:
-    return {**_GPT2_COMMON, "n_layer": layers, "n_embd": hidden, "n_head": heads}
-
-
-_PYTHIA_COMMON: dict[str, Any] = {
-    "model_type": "gpt_neox",
-    "max_position_embeddings": 2048,
-    "hidden_act": "gelu",
-    "rotary_pct": 0.25,
-    "rotary_emb_base": 10000,
-    "use_parallel_residual": True,
-    "layer_norm_eps": 1e-5,
-    "attention_dropout": 0.0,
-    "hidden_dropout": 0.0,
-    "initializer_range": 0.02,
-    "bos_token_id": 0,
-    "eos_token_id": 0,
-    "tie_word_embeddings": False,
-}
+    return {
+        "model_type": "gpt2",
+        "vocab_size": 50257,
+        "n_positions": 1024,
+        "n_ctx": 1024,
+        "n_inner": None,
+        "activation_function": "gelu_new",
+        "layer_norm_epsilon": 1e-5,
+        "resid_pdrop": 0.1,
+        "embd_pdrop": 0.1,
+        "attn_pdrop": 0.1,
+        "initializer_range": 0.02,
+        "bos_token_id": 50256,
+        "eos_token_id": 50256,
+        "tie_word_embeddings": True,
+        "n_layer": layers,
+        "n_embd": hidden,
+        "n_head": heads,
+    }
 
 
 def _pythia(layers: int, hidden: int, heads: int, vocab: int = 50304) -> dict[str, Any]:
     return {
-        **_PYTHIA_COMMON,
+        "model_type": "gpt_neox",
+        "max_position_embeddings": 2048,
+        "hidden_act": "gelu",
+        "rotary_pct": 0.25,
+        "rotary_emb_base": 10000,
+        "use_parallel_residual": True,
+        "layer_norm_eps": 1e-5,
+        "attention_dropout": 0.0,
+        "hidden_dropout": 0.0,
+        "initializer_range": 0.02,
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+        "tie_word_embeddings": False,
         "num_hidden_layers": layers,
         "hidden_size": hidden,
         "intermediate_size": 4 * hidden,
@@ -118,50 +109,31 @@ def _llama(
     }
 
 
-ARCHITECTURES: dict[str, dict[str, Any]] = {
-    "opt-125m": _opt(12, 768, 12),
+# architecture: (the hub repository whose config.json it reproduces, that config)
+_ZOO: dict[str, tuple[str, dict[str, Any]]] = {
+    "opt-125m": ("facebook/opt-125m", _opt(12, 768, 12)),
     # post-LN, no final norm, embeddings in 512 dims with project_in/project_out around the 1024-dim stack
-    "opt-350m": _opt(24, 1024, 16, word_embed_proj_dim=512, do_layer_norm_before=False),
-    "opt-1.3b": _opt(24, 2048, 32),
-    "opt-2.7b": _opt(32, 2560, 32),
-    "opt-6.7b": _opt(32, 4096, 32),
-    "opt-13b": _opt(40, 5120, 40),
-    "opt-30b": _opt(48, 7168, 56),
-    "opt-66b": _opt(64, 9216, 72),
-    "gpt2": _gpt2(12, 768, 12),
-    "gpt2-medium": _gpt2(24, 1024, 16),
-    "pythia-70m": _pythia(6, 512, 8),
-    "pythia-160m": _pythia(12, 768, 12),
-    "pythia-410m": _pythia(24, 1024, 16),
-    "pythia-1b": _pythia(16, 2048, 8),
-    "pythia-1.4b": _pythia(24, 2048, 16),
-    "pythia-2.8b": _pythia(32, 2560, 32),
-    "pythia-6.9b": _pythia(32, 4096, 32, vocab=50432),
-    "llama-2-7b": _llama(32, 4096, 11008, 32, 32, 4096),
-    "tinyllama-1.1b": _llama(22, 2048, 5632, 32, 4, 2048),
+    "opt-350m": ("facebook/opt-350m", _opt(24, 1024, 16, word_embed_proj_dim=512, do_layer_norm_before=False)),
+    "opt-1.3b": ("facebook/opt-1.3b", _opt(24, 2048, 32)),
+    "opt-2.7b": ("facebook/opt-2.7b", _opt(32, 2560, 32)),
+    "opt-6.7b": ("facebook/opt-6.7b", _opt(32, 4096, 32)),
+    "opt-13b": ("facebook/opt-13b", _opt(40, 5120, 40)),
+    "opt-30b": ("facebook/opt-30b", _opt(48, 7168, 56)),
+    "opt-66b": ("facebook/opt-66b", _opt(64, 9216, 72)),
+    "gpt2": ("gpt2", _gpt2(12, 768, 12)),
+    "gpt2-medium": ("gpt2-medium", _gpt2(24, 1024, 16)),
+    "pythia-70m": ("EleutherAI/pythia-70m", _pythia(6, 512, 8)),
+    "pythia-160m": ("EleutherAI/pythia-160m", _pythia(12, 768, 12)),
+    "pythia-410m": ("EleutherAI/pythia-410m", _pythia(24, 1024, 16)),
+    "pythia-1b": ("EleutherAI/pythia-1b", _pythia(16, 2048, 8)),
+    "pythia-1.4b": ("EleutherAI/pythia-1.4b", _pythia(24, 2048, 16)),
+    "pythia-2.8b": ("EleutherAI/pythia-2.8b", _pythia(32, 2560, 32)),
+    "pythia-6.9b": ("EleutherAI/pythia-6.9b", _pythia(32, 4096, 32, vocab=50432)),
+    "llama-2-7b": ("meta-llama/Llama-2-7b-hf", _llama(32, 4096, 11008, 32, 32, 4096)),
+    "tinyllama-1.1b": ("TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T", _llama(22, 2048, 5632, 32, 4, 2048)),
 }
-
-HUB_IDS: dict[str, str] = {
-    "opt-125m": "facebook/opt-125m",
-    "opt-350m": "facebook/opt-350m",
-    "opt-1.3b": "facebook/opt-1.3b",
-    "opt-2.7b": "facebook/opt-2.7b",
-    "opt-6.7b": "facebook/opt-6.7b",
-    "opt-13b": "facebook/opt-13b",
-    "opt-30b": "facebook/opt-30b",
-    "opt-66b": "facebook/opt-66b",
-    "gpt2": "gpt2",
-    "gpt2-medium": "gpt2-medium",
-    "pythia-70m": "EleutherAI/pythia-70m",
-    "pythia-160m": "EleutherAI/pythia-160m",
-    "pythia-410m": "EleutherAI/pythia-410m",
-    "pythia-1b": "EleutherAI/pythia-1b",
-    "pythia-1.4b": "EleutherAI/pythia-1.4b",
-    "pythia-2.8b": "EleutherAI/pythia-2.8b",
-    "pythia-6.9b": "EleutherAI/pythia-6.9b",
-    "llama-2-7b": "meta-llama/Llama-2-7b-hf",
-    "tinyllama-1.1b": "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T",
-}
+ARCHITECTURES: dict[str, dict[str, Any]] = {architecture: config for architecture, (_, config) in _ZOO.items()}
+HUB_IDS: dict[str, str] = {architecture: hub for architecture, (hub, _) in _ZOO.items()}
 
 
 def _check_architecture(architecture: str) -> None:
