@@ -11,9 +11,6 @@ its own subprocess, so each peak is its own:
               the other accumulators folded in one store at a time, each merged layer written by a
               writer thread while the next is merged
   streaming_inline  the same, each merged layer written before the next is merged (`write_behind=False`)
-  parallel    `merge_store_files` with `workers` = this host's cores: layers folded in that many processes
-              (its peak RSS is the parent's; the peak of the parent and its workers together, sampled every
-              20 ms, is reported beside it)
 
     python benchmarks/merge_memory.py --architecture opt-125m --shards 2 8 --out results/benchmarks/merge-memory
 """
@@ -22,12 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 from capture_speed import _peak_rss_mb, _rss_mb, corpus_tokens, set_fire_rate, write_results  # noqa: E402
 
-METHODS = ("in_memory", "streaming", "streaming_inline", "parallel")
+METHODS = ("in_memory", "streaming", "streaming_inline")
 
 
 def add_shard_arguments(parser: argparse.ArgumentParser) -> None:
@@ -92,56 +87,14 @@ def merge_one(method: str, paths: list[str], output: str) -> dict[str, Any]:
     from neuron_census.capture.store import StoreReader, merge_store_files, merged_attrs, read_store, write_store
 
     loaded = _rss_mb()
-    tree = TreeRss()
     start = time.perf_counter()
     if method == "in_memory":
         attrs = merged_attrs([StoreReader(path) for path in paths])
         write_store(output, attrs, merge_states([read_store(path)[1] for path in paths]))
     else:
-        workers = (os.cpu_count() or 1) if method == "parallel" else 1
-        merge_store_files(paths, output, write_behind=method != "streaming_inline", workers=workers)
+        merge_store_files(paths, output, write_behind=method != "streaming_inline")
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "peak_rss_mb": _peak_rss_mb(), "rss_loaded_mb": loaded, "peak_rss_tree_mb": tree.stop()}
-
-
-class TreeRss:
-    """The largest RSS of this process and its descendants together, sampled every 20 ms on a thread."""
-
-    def __init__(self) -> None:
-        self.peak = 0.0
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-
-    def _sample(self) -> None:
-        while not self._done.wait(0.02):
-            self.peak = max(self.peak, sum(_pid_rss_mb(pid) for pid in _tree(os.getpid())))
-
-    def stop(self) -> float:
-        self._done.set()
-        self._thread.join()
-        return self.peak
-
-
-def _tree(pid: int) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        for task in Path(f"/proc/{current}/task").glob("*"):
-            try:
-                todo += [int(child) for child in (task / "children").read_text().split()]
-            except OSError:
-                pass
-    return found
-
-
-def _pid_rss_mb(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except OSError:
-        return 0.0
+    return {"seconds": seconds, "peak_rss_mb": _peak_rss_mb(), "rss_loaded_mb": loaded}
 
 
 def main() -> None:
@@ -189,11 +142,8 @@ def main() -> None:
                 for n in (low, high)
             )
             change = 100 * (b["peak_rss_mb"] / a["peak_rss_mb"] - 1)
-            workers = (
-                f" (with its workers {a['peak_rss_tree_mb']:.0f} / {b['peak_rss_tree_mb']:.0f})" if method == "parallel" else ""
-            )
             lines.append(
-                f"| {method}{workers} | {a['peak_rss_mb']:.0f} | {b['peak_rss_mb']:.0f} | {change:+.1f}% "
+                f"| {method} | {a['peak_rss_mb']:.0f} | {b['peak_rss_mb']:.0f} | {change:+.1f}% "
                 f"| {a['seconds']:.1f} / {b['seconds']:.1f} |"
             )
     table = "\n".join(lines) + "\n"
