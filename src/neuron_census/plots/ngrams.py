@@ -26,21 +26,6 @@ KEY_DTYPES: dict[str, pl.DataType] = {"model": pl.Utf8(), "layer": pl.Int64()}
 # --------------------------------------------------------------------------------------------- helpers
 
 
-def _check_order(order: int) -> str:
-    if order not in ORDER_NAMES:
-        raise ValueError(f"n-gram order must be 1, 2 or 3, got {order!r}")
-    return ORDER_NAMES[order]
-
-
-def _check_bins(bins: Sequence[int]) -> list[int]:
-    edges = [int(edge) for edge in bins]
-    if len(edges) < 2 or any(edge != raw for edge, raw in zip(edges, bins)):
-        raise ValueError(f"bins must be at least two integer edges, got {list(bins)!r}")
-    if any(b <= a for a, b in zip(edges, edges[1:])):
-        raise ValueError(f"bins must be strictly increasing, got {edges!r}")
-    return edges
-
-
 # ---------------------------------------------------------------------------------- coverage (Fig. 2)
 
 
@@ -55,13 +40,16 @@ def compact_count(value: int) -> str:
 
 
 def coverage_bin_labels(bins: Sequence[int]) -> list[str]:
-    """Labels of the left-closed integer bins between consecutive edges, then of the bar beyond the last edge."""
-    edges = _check_bins(bins)
+    """Labels of the left-closed integer bins between consecutive edges, then of the bar beyond the last edge.
+
+    The schema makes the edges (at least two) integers; that they increase it cannot say."""
+    if any(hi <= lo for lo, hi in zip(bins, bins[1:])):
+        raise ValueError(f"bins must be strictly increasing, got {list(bins)!r}")
     labels = []
-    for lo, hi in zip(edges, edges[1:]):
+    for lo, hi in zip(bins, bins[1:]):
         first, last = compact_count(lo), compact_count(hi - 1)
         labels.append(first if first == last else f"{first}-{last}")
-    return [*labels, f"> {compact_count(edges[-1] - 1)}"]
+    return [*labels, f"> {compact_count(bins[-1] - 1)}"]
 
 
 def counted_neurons(neurons: pl.DataFrame, layers: pl.DataFrame, order: int) -> pl.DataFrame:
@@ -70,7 +58,7 @@ def counted_neurons(neurons: pl.DataFrame, layers: pl.DataFrame, order: int) -> 
     Columns model, layer, neuron, coverage (Int64) and exact (Boolean: false where the count is an upper
     bound; a table without the flag is exact).
     """
-    name = _check_order(order)
+    name = ORDER_NAMES[order]
     coverage, exact = f"{name}_coverage", f"{name}_coverage_exact"
     columns = {**KEY_DTYPES, "neuron": pl.Int64(), "dead": pl.Boolean(), coverage: pl.Int64(), exact: pl.Boolean()}
     frame = with_columns(neurons, columns).select(
@@ -104,12 +92,11 @@ def coverage_histogram(
     last edge only when some neuron of some model falls there. Coverage below the first edge has nothing
     to bin and is not counted. `percent` is 0 for a model with no counted neuron.
     """
-    edges = _check_bins(bins)
-    labels = coverage_bin_labels(edges)
+    labels = coverage_bin_labels(bins)
     models = model_order(neurons)
-    counted = counted_neurons(neurons, layers, order).filter(pl.col("coverage") >= edges[0])
+    counted = counted_neurons(neurons, layers, order).filter(pl.col("coverage") >= bins[0])
     values = counted["coverage"].to_numpy()
-    index = np.searchsorted(np.asarray(edges), values, side="right") - 1  # last edge <= value; overflow = len-1
+    index = np.searchsorted(np.asarray(bins), values, side="right") - 1  # last edge <= value; overflow = len-1
     model_index = {model: i for i, model in enumerate(models)}
     rows = np.array([model_index[m] for m in counted["model"].to_list()], dtype=np.int64)
     counts = np.zeros((len(models), len(labels)), dtype=np.int64)
@@ -133,8 +120,7 @@ def coverage_legend_labels(
     neurons: pl.DataFrame, layers: pl.DataFrame, order: int, bins: Sequence[int] = DEFAULT_BINS
 ) -> dict[str, str]:
     """Model -> legend label with how many neurons Fig. 2 bins and how many of those are upper bounds."""
-    first_edge = _check_bins(bins)[0]
-    counted = counted_neurons(neurons, layers, order).filter(pl.col("coverage") >= first_edge)
+    counted = counted_neurons(neurons, layers, order).filter(pl.col("coverage") >= bins[0])
     summary = counted.group_by("model").agg(n=pl.len(), n_upper=(~pl.col("exact")).sum())
     found = {row["model"]: (row["n"], row["n_upper"]) for row in summary.iter_rows(named=True)}
     labels = {}
@@ -161,9 +147,9 @@ def plot_ngram_coverage(tables: Mapping[str, pl.DataFrame], style: Mapping[str, 
     Style: order (1), bins (DEFAULT_BINS).
     """
     style = _style(style)
-    order = 1 if style.get("order") is None else int(style["order"])
-    name = _check_order(order)
-    bins = _check_bins(style.get("bins") or DEFAULT_BINS)
+    order = style.get("order") or 1
+    name = ORDER_NAMES[order]
+    bins = style.get("bins") or DEFAULT_BINS
     neurons, layers = tables["neurons"], tables["layers"]
     histogram = coverage_histogram(neurons, layers, order, bins)
     labels = coverage_legend_labels(neurons, layers, order, bins)

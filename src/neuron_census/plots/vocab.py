@@ -163,11 +163,6 @@ def table_height(n_rows: int, max_height: float) -> float:
     return min(max_height, TITLE_INCHES + (n_rows + 1) * ROW_INCHES)
 
 
-def _setting(style: Mapping[str, Any], key: str, default: int) -> int:
-    """An integer style key; absent or null (an empty config entry) means the default."""
-    return default if style.get(key) is None else int(style[key])
-
-
 def plot_detector_projections(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
     """Fig. 5: example token detectors with their top promoted and top suppressed tokens (scores in brackets).
 
@@ -175,8 +170,8 @@ def plot_detector_projections(tables: Mapping[str, pl.DataFrame], style: Mapping
     table) and the most height: the figure is as tall as its table.
     """
     style = _style(style)
-    n_examples = _setting(style, "n_examples", DEFAULT_N_EXAMPLES)
-    n_tokens = _setting(style, "n_tokens", DEFAULT_N_TOKENS)
+    n_examples = style.get("n_examples", DEFAULT_N_EXAMPLES)
+    n_tokens = style.get("n_tokens", DEFAULT_N_TOKENS)
     frame = detector_projection_frame(tables.get("neurons", pl.DataFrame()), n_show=n_tokens)
     cells = [] if frame.is_empty() else table_cells(pick_examples(frame, n_examples))
     width, height = (float(size) for size in style["figsize"])
