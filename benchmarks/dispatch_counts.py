@@ -1,7 +1,7 @@
 """Device ops and host synchronisations that capture issues per (layer, batch), for one or more source trees.
 
 On a GPU the cost of capture beyond the forward pass is kernel launches and waits for the device, not
-arithmetic; both are counted here on any device with a dispatch counter (`neuron_census.testing.dispatch`).
+arithmetic; both are counted here on any device with a dispatch counter (`benchmarks/dispatch_counter.py`).
 Each tree given by `--engines NAME=SRC` (e.g. the current one and a checkout of an older revision) runs in a
 process of its own on the same seeded random-weight model and tokens; its capture's counts minus those of the
 bare forward pass, divided by layers x batches, are the engine's per (layer, batch) cost over one shard.
@@ -30,7 +30,6 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from capture_speed import set_fire_rate  # noqa: E402  (imports nothing of the package: runs on any source tree)
-COUNTER = HERE.parent / "src" / "neuron_census" / "testing" / "dispatch.py"
 
 
 def _first_module(*names: str) -> Any:
@@ -41,14 +40,6 @@ def _first_module(*names: str) -> Any:
         except ModuleNotFoundError:
             continue
     raise ModuleNotFoundError(f"none of {names}")
-
-
-def _counter_module() -> Any:
-    spec = importlib.util.spec_from_file_location("dispatch_counter", COUNTER)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def take_gpu_paths() -> None:
@@ -92,7 +83,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     if args.gpu_path:
         take_gpu_paths()
 
-    counter = _counter_module()
+    import dispatch_counter as counter
     zoo = _first_module("neuron_census.models.zoo", "neuron_census.zoo")
     adapters = _first_module("neuron_census.models.adapters", "neuron_census.adapters")
     engine = _first_module("neuron_census.capture.engine", "neuron_census.capture")

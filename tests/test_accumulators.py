@@ -46,7 +46,6 @@ def run(
     batch: int = 5,
     counted_from: int | None = None,
     dtype: torch.dtype = torch.float32,
-    first_seq_on_host: bool = False,
     fires_from_acts: bool = True,
 ) -> dict[str, np.ndarray]:
     seq_ids = np.arange(N_SEQ)[rows]
@@ -64,7 +63,7 @@ def run(
                     tokens=torch.from_numpy(data["tokens"][sel]).to(device),
                     seq_ids=torch.from_numpy(sel).to(device),
                     counted_from=counted_from,
-                    first_seq=int(sel[0]) if first_seq_on_host else None,
+                    first_seq=int(sel[0]),
                     fires_from_acts=fires_from_acts,
                 )
             )
@@ -99,7 +98,7 @@ def test_position_fires_sum_the_batch_rows(n_rows, device):
     for tensor in (torch.from_numpy(fires).to(device), strided):
         batch = LayerBatch(
             layer=1, acts=tensor.float(), fires=tensor, mask=torch.ones(n_rows, 3, dtype=torch.bool, device=device),
-            tokens=torch.zeros(n_rows, 3, dtype=torch.int64, device=device), seq_ids=torch.arange(n_rows, device=device),
+            tokens=torch.zeros(n_rows, 3, dtype=torch.int64, device=device), seq_ids=torch.arange(n_rows, device=device), first_seq=0,
         )
         got = batch.position_fires()
         assert got.dtype == torch.float32 and got[0, 0] == n_rows
@@ -222,14 +221,13 @@ def reference_top_k(data, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return values, seqs, poss
 
 
-@pytest.mark.parametrize("on_host", [False, True], ids=["rows-on-device", "rows-on-host"])
+@pytest.mark.parametrize("counted_from", [None, 1], ids=["mask", "counted-from"])
 @pytest.mark.parametrize("shifted", [False, True], ids=["relu", "negative-values"])
 @pytest.mark.parametrize("batch", [1, 4, 12])
 @pytest.mark.parametrize("fires_from_acts", [True, False], ids=["firings-are-positives", "firings-unrelated"])
-def test_top_k_one_pass_and_merged_shards_equal_reference(data, device, batch, shifted, on_host, fires_from_acts, monkeypatch):
+def test_top_k_one_pass_and_merged_shards_equal_reference(data, device, batch, shifted, counted_from, fires_from_acts, monkeypatch):
     """Exact top k with ties (many zeros, coarse values) going to the earliest (sequence, position), in one
-    pass of any batch size and merged from shards; with the batch's rows known on the host, a CPU keys only
-    the candidates above a bar (the k-th kept value, or a first batch's k-th largest in its first sequence),
+    pass of any batch size and merged from shards; a CPU keys only the candidates above a bar (the k-th kept value, or a first batch's k-th largest in its first sequence),
     read from the firings alone where they are the positive activations and the bars are above 0."""
     if shifted:
         data = data | {"acts": data["acts"] - np.float32(0.25)}
@@ -241,9 +239,9 @@ def test_top_k_one_pass_and_merged_shards_equal_reference(data, device, batch, s
     monkeypatch.setattr(LayerBatch, "firing_pairs", lambda self: from_firings.append(1) or pairs(self))
     monkeypatch.setattr(top_k, "SAMPLE_ROWS", SEQ_LEN - 1)  # a first batch's bar from its first sequence
     values, seqs, poss = reference_top_k(data, k)
-    host = {"first_seq_on_host": on_host, "counted_from": 1 if on_host else None, "fires_from_acts": fires_from_acts}
+    host = {"counted_from": counted_from, "fires_from_acts": fires_from_acts}
     one_pass = run(TopK(GEOMETRY, device, k=k), data, device, batch=batch, **host)
-    assert bool(candidates) == (on_host and host_paths(device))
+    assert bool(candidates) == (host_paths(device) and (counted_from is not None or batch < N_SEQ))  # no bar: dense
     halves = [
         run(TopK(GEOMETRY, device, k=k), data, device, rows=slice(0, 7), batch=3, **host),
         run(TopK(GEOMETRY, device, k=k), data, device, rows=slice(7, None), batch=2, **host),
@@ -267,7 +265,7 @@ def test_top_k_from_firings_keeps_the_earliest_ties_at_a_first_batchs_bar(data, 
     monkeypatch.setattr(LayerBatch, "firing_pairs", lambda self: from_firings.append(1) or pairs(self))
     monkeypatch.setattr(top_k, "SAMPLE_ROWS", SEQ_LEN - 1)
     cpu = torch.device("cpu")
-    state = run(TopK(GEOMETRY, cpu, k=6), coarse, cpu, batch=batch, counted_from=1, first_seq_on_host=True)
+    state = run(TopK(GEOMETRY, cpu, k=6), coarse, cpu, batch=batch, counted_from=1)
     assert from_firings
     for got, expected in zip((state["values"], state["seq"], state["pos"]), reference_top_k(coarse, 6)):
         np.testing.assert_array_equal(got, expected)
@@ -279,7 +277,7 @@ def test_top_k_keeps_empty_slots_when_fewer_tokens_are_counted(device):
     acts = torch.tensor([[[9.0, -1.0], [2.0, 3.0], [1.0, 3.0]]], device=device)
     mask = torch.tensor([[False, True, True]], device=device)
     top = TopK(geometry, device, k=4)
-    top.update(LayerBatch(layer=0, acts=acts, fires=acts > 0, mask=mask, tokens=torch.zeros(1, 3, dtype=torch.int64, device=device), seq_ids=torch.tensor([5], device=device)))
+    top.update(LayerBatch(layer=0, acts=acts, fires=acts > 0, mask=mask, tokens=torch.zeros(1, 3, dtype=torch.int64, device=device), seq_ids=torch.tensor([5], device=device), first_seq=5))
     state = top.state()
     assert state["values"][0, :, 0].tolist() == [2.0, 1.0, -np.inf, -np.inf]
     assert state["values"][0, :, 1].tolist() == [3.0, 3.0, -np.inf, -np.inf]
@@ -433,7 +431,7 @@ def test_constant_activations_have_no_spread_and_real_spread_is_kept(device):
     mask = torch.ones(7, 5, dtype=torch.bool, device=device)
     mask[:, 0] = False
     batch = LayerBatch(layer=0, acts=acts, fires=acts > 0, mask=mask, tokens=torch.zeros(7, 5, dtype=torch.int64, device=device),
-                       seq_ids=torch.arange(7, device=device), counted_from=1)
+                       seq_ids=torch.arange(7, device=device), first_seq=0, counted_from=1)
     moments.update(batch)
     states = {"fire_count": {"counts": np.array([[28, 14]]), "tokens": np.array([28])}, "moments": moments.state()}
     table = neuron_table("m", {"layers": [0], "n_neurons": 2}, states)

@@ -93,7 +93,7 @@ def test_an_accumulators_options_come_from_the_capture_config():
     geometry = Geometry(layers=(0,), n_neurons=2, seq_len=3, vocab_size=5)
     acts = torch.tensor([[[1.0, -2.0], [-3.0, 4.0], [0.5, -0.5]]])
     batch = LayerBatch(layer=0, acts=acts, fires=acts > 0, mask=torch.ones(1, 3, dtype=torch.bool),
-                       tokens=torch.zeros(1, 3, dtype=torch.int64), seq_ids=torch.zeros(1, dtype=torch.int64))
+                       tokens=torch.zeros(1, 3, dtype=torch.int64), seq_ids=torch.zeros(1, dtype=torch.int64), first_seq=0)
     sums = {}
     for options in ({}, {"absolute": True}):
         settings = CaptureSettings.from_config({"accumulators": ["activation_sum"], "accumulator_options": {"activation_sum": options}})

@@ -84,6 +84,7 @@ def feed(accumulator, data, rows: np.ndarray, device: torch.device, batch: int =
                     mask=torch.from_numpy(data["mask"][sel]).to(device),
                     tokens=torch.from_numpy(data["tokens"][sel]).to(device),
                     seq_ids=torch.from_numpy(sel).to(device),
+                    first_seq=int(sel[0]),
                 )
             )
     return accumulator.state()

@@ -60,8 +60,8 @@ class LayerBatch:
     mask: torch.Tensor  # [B, T] bool: token is counted (False at BOS)
     tokens: torch.Tensor  # [B, T] int64 token ids
     seq_ids: torch.Tensor  # [B] int64 global sequence ids (shard * sequences_per_shard + row)
+    first_seq: int  # seq_ids[0], on the host (the batch's sequences are consecutive)
     counted_from: int | None = None  # when known on the host: `mask` is exactly "position >= counted_from"
-    first_seq: int | None = None  # seq_ids[0] when known on the host (capture knows it)
     acts_flat: torch.Tensor | None = None  # [B*T, N] float32 activations when the hook gave them so (OPT)
     fires_from_acts: bool = False  # `fires` is exactly "activation > 0" at counted positions
     # derived from the tokens alone, so shared by every layer of the batch (capture passes one dict per batch)

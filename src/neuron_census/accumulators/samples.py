@@ -60,7 +60,7 @@ class Samples(Accumulator):
     def _batch_weights(self, batch: LayerBatch) -> tuple[np.ndarray, torch.Tensor] | None:
         """The batch's spans (indices into the kept ones) and their [spans, B*T] averaging weights: built
         on the host from the batch's sequence ids, once for all layers."""
-        seq_ids = batch.seq_ids.cpu().numpy() if batch.first_seq is None else batch.first_seq + np.arange(batch.acts.shape[0])
+        seq_ids = batch.first_seq + np.arange(batch.acts.shape[0])
         lo, hi = np.searchsorted(self.spans["seq"], [seq_ids[0], seq_ids[-1] + 1])
         if hi == lo:
             return None

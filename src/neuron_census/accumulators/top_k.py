@@ -71,14 +71,14 @@ class TopK(Accumulator):
         slot = self.geometry.slot(batch.layer)
         seq_len = batch.acts.shape[1]
         if self.first_seq is None:
-            self.first_seq = batch.first_seq if batch.first_seq is not None else int(batch.seq_ids[0])
+            self.first_seq = batch.first_seq
         first = batch.first_seq
-        if first is not None and (first - self.first_seq + batch.acts.shape[0]) * seq_len > 1 << ROW_BITS:
+        if (first - self.first_seq + batch.acts.shape[0]) * seq_len > 1 << ROW_BITS:
             raise ValueError(f"top_k counts rows of up to 2**{ROW_BITS} tokens a capture; capture fewer sequences")
         rank = batch.shared(("top_k_rank", self.first_seq), lambda: self._row_rank(batch))
         excluded = batch.shared("top_k_excluded", lambda: ~batch.mask.reshape(-1, 1))
         acts = batch.acts_2d()
-        if host_paths(self.device) and first is not None:
+        if host_paths(self.device):
             start, seen = (first - self.first_seq) * seq_len, self.next_row[slot]
             self.next_row[slot] = max(seen, start + len(acts))
             bar = self._entry_bar(slot, batch) if start >= seen else None  # rows after every kept one
@@ -155,13 +155,8 @@ class TopK(Accumulator):
 
     def _row_rank(self, batch: LayerBatch) -> torch.Tensor:
         """[B*T, 1] int64: (2**32 - 1) minus each row's index counted from the first sequence seen (made on
-        the host when the batch's first sequence is known there, and copied over)."""
+        the host, and copied over)."""
         n_seq, seq_len = batch.acts.shape[:2]
-        assert self.first_seq is not None
-        if batch.first_seq is None:
-            seq = (batch.seq_ids - self.first_seq)[:, None]
-            rows = seq * seq_len + torch.arange(seq_len, device=batch.seq_ids.device)
-            return ((1 << ROW_BITS) - 1 - rows).reshape(-1, 1)
         start = (batch.first_seq - self.first_seq) * seq_len
         rows = np.arange(start, start + n_seq * seq_len, dtype=np.int64)
         return torch.from_numpy(((1 << ROW_BITS) - 1 - rows)[:, None]).to(batch.seq_ids.device)
