@@ -126,7 +126,7 @@ class PendingCounts:
         self.table, self.by_neuron, self.budget_bytes = table, by_neuron, budget_bytes
         self.spare_row = spare_row  # each dense table's row 0 is not an id's (it is dropped)
         self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.pairs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (ids, at, neurons) a batch
         self.bytes = 0
 
     def add(self, ids: torch.Tensor, counts: torch.Tensor) -> bool:
