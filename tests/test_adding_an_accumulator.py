@@ -101,5 +101,5 @@ def test_an_accumulators_options_come_from_the_capture_config():
         accumulator.update(batch)
         sums[bool(options)] = accumulator.state()["sum"][0].tolist()
     assert sums == {False: [-1.5, 1.5], True: [4.5, 6.5]}
-    with pytest.raises(ValueError, match=r"accumulator_options\.activation_sum: unknown \['absolut'\]"):
+    with pytest.raises(ValueError, match=r"accumulator_options: activation_sum: unknown options \['absolut'\]; known: \['absolute'\]"):
         CaptureSettings(accumulator_options={"activation_sum": {"absolut": True}})

@@ -88,7 +88,7 @@ def test_defaults_are_filled(default):
         (lambda c: c["models"]["tiny-opt"].update(capture={"datasets": ["nope"]}), r"'models.tiny-opt.capture.datasets': unknown dataset 'nope'"),
         (lambda c: c["capture"].update(accumulator_options={"top_kk": {}}), r"'capture.accumulator_options': unknown accumulator 'top_kk'"),
         (lambda c: c["models"]["tiny-opt"].update(capture={"accumulator_options": {"moments": {"dtype": "x"}}}),
-         r"'models.tiny-opt.capture.accumulator_options.moments': unknown options \['dtype'\]; known: \[\]"),
+         r"'models.tiny-opt.capture.accumulator_options': moments: unknown options \['dtype'\]; known: \[\]"),
         (lambda c: c["models"].update(p={"source": "planted", "recipe": "nope", "tokenizer": "stories260k"}),
          r"'models.p.recipe': unknown planted recipe 'nope'"),
     ],

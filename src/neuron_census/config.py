@@ -272,13 +272,12 @@ def _check_models(config: Mapping[str, Any]) -> None:
 
 def _check_accumulator_options(options: Mapping[str, Any], where: str) -> None:
     """Each accumulator declares its options (`Accumulator.options`): refuse unknown names and keys now."""
-    from neuron_census.accumulators import REGISTRY
+    from neuron_census.accumulators.base import check_options
 
-    for name, given in options.items():
-        _known(where, name, REGISTRY, "accumulator")
-        unknown = sorted(set(given) - set(REGISTRY[name].options))
-        if unknown:
-            raise ConfigError(f"config error at '{where}.{name}': unknown options {unknown}; known: {sorted(REGISTRY[name].options)}")
+    try:
+        check_options(options)
+    except ValueError as error:
+        raise ConfigError(f"config error at '{where}': {error}") from None
 
 
 def canonical(value: Any) -> Any:

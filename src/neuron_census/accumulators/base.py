@@ -11,7 +11,7 @@ updates issue a few device ops and never wait for the device; work whose output 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -273,18 +273,10 @@ class Accumulator:
             REGISTRY[cls.name] = cls
 
     @classmethod
-    def options_from(cls, settings: CaptureSettings) -> dict[str, Any]:
-        """`options` with those the settings give for this accumulator; an unknown key is refused."""
-        given = dict(settings.accumulator_options.get(cls.name, {}))
-        unknown = sorted(set(given) - set(cls.options))
-        if unknown:
-            raise ValueError(f"capture.accumulator_options.{cls.name}: unknown {unknown}; known: {sorted(cls.options)}")
-        return {**cls.options, **given}
-
-    @classmethod
     def from_settings(cls, settings: CaptureSettings, geometry: Geometry, device: torch.device) -> Accumulator:
-        """An accumulator with `options` takes them as keyword arguments."""
-        return cls(geometry, device, **cls.options_from(settings))  # type: ignore[call-arg]
+        """An accumulator with `options` takes them (defaults, then what the settings give) as keywords."""
+        options = {**cls.options, **settings.accumulator_options.get(cls.name, {})}
+        return cls(geometry, device, **options)  # type: ignore[call-arg]
 
     def update(self, batch: LayerBatch) -> None:
         raise NotImplementedError
@@ -313,6 +305,16 @@ class Accumulator:
     @classmethod
     def memory(cls, settings: CaptureSettings, geometry: Geometry, *, layerwise: bool, n_tokens: int) -> Memory:
         raise NotImplementedError
+
+
+def check_options(options: Mapping[str, Mapping[str, Any]]) -> None:
+    """Every accumulator named exists and declares every key given for it (`Accumulator.options`)."""
+    for name, given in options.items():
+        if name not in REGISTRY:
+            raise ValueError(f"unknown accumulator '{name}'; known: {sorted(REGISTRY)}")
+        unknown = sorted(set(given) - set(REGISTRY[name].options))
+        if unknown:
+            raise ValueError(f"{name}: unknown options {unknown}; known: {sorted(REGISTRY[name].options)}")
 
 
 def settings_of(states: list[State], keys: tuple[str, ...], what: str) -> State:

@@ -48,16 +48,17 @@ class CaptureSettings:
 
     def __post_init__(self) -> None:
         from neuron_census.accumulators import REGISTRY
+        from neuron_census.accumulators.base import check_options
 
         if self.fire_rule not in FIRE_RULES:
             raise ValueError(f"capture.fire_rule '{self.fire_rule}' is not one of {FIRE_RULES}")
         unknown = set(self.accumulators) - set(REGISTRY)
         if unknown:
             raise ValueError(f"unknown accumulators {sorted(unknown)}; known: {sorted(REGISTRY)}")
-        for name in self.accumulator_options:
-            if name not in REGISTRY:
-                raise ValueError(f"capture.accumulator_options names unknown accumulator '{name}'; known: {sorted(REGISTRY)}")
-            REGISTRY[name].options_from(self)
+        try:
+            check_options(self.accumulator_options)
+        except ValueError as error:
+            raise ValueError(f"capture.accumulator_options: {error}") from None
         if isinstance(self.ngram_layers, str) and self.ngram_layers not in ("first_half", "all"):
             raise ValueError(f"capture.ngram_layers '{self.ngram_layers}' is not first_half, all or a list of layers")
 
