@@ -72,16 +72,16 @@ class TopK(Accumulator):
         seq_len = batch.acts.shape[1]
         if self.first_seq is None:
             self.first_seq = batch.first_seq
-        first = batch.first_seq
-        if (first - self.first_seq + batch.acts.shape[0]) * seq_len > 1 << ROW_BITS:
+        first_row = (batch.first_seq - self.first_seq) * seq_len
+        if first_row + batch.acts.shape[0] * seq_len > 1 << ROW_BITS:
             raise ValueError(f"top_k counts rows of up to 2**{ROW_BITS} tokens a capture; capture fewer sequences")
         rank = batch.shared(("top_k_rank", self.first_seq), lambda: self._row_rank(batch))
         excluded = batch.shared("top_k_excluded", lambda: ~batch.mask.reshape(-1, 1))
         acts = batch.acts_2d()
         if host_paths(self.device):
-            start, seen = (first - self.first_seq) * seq_len, self.next_row[slot]
-            self.next_row[slot] = max(seen, start + len(acts))
-            bar = self._entry_bar(slot, batch) if start >= seen else None  # rows after every kept one
+            seen = self.next_row[slot]
+            self.next_row[slot] = max(seen, first_row + len(acts))
+            bar = self._entry_bar(slot, batch) if first_row >= seen else None  # rows after every kept one
             if bar is not None:
                 self._update_from_candidates(slot, batch, rank, excluded, *bar)
                 return
