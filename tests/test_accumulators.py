@@ -225,7 +225,8 @@ def reference_top_k(data, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("shifted", [False, True], ids=["relu", "negative-values"])
 @pytest.mark.parametrize("batch", [1, 4, 12])
 @pytest.mark.parametrize("fires_from_acts", [True, False], ids=["firings-are-positives", "firings-unrelated"])
-def test_top_k_one_pass_and_merged_shards_equal_reference(data, device, batch, shifted, counted_from, fires_from_acts, monkeypatch):
+@pytest.mark.parametrize("sample_seqs", [1, 3])
+def test_top_k_one_pass_and_merged_shards_equal_reference(data, device, batch, shifted, counted_from, fires_from_acts, sample_seqs, monkeypatch):
     """Exact top k with ties (many zeros, coarse values) going to the earliest (sequence, position), in one
     pass of any batch size and merged from shards; a CPU keys only the candidates above a bar (the k-th kept value, or a first batch's k-th largest in its first sequence),
     read from the firings alone where they are the positive activations and the bars are above 0."""
@@ -237,7 +238,8 @@ def test_top_k_one_pass_and_merged_shards_equal_reference(data, device, batch, s
     monkeypatch.setattr(TopK, "_update_from_candidates", lambda self, *a: candidates.append(1) or take(self, *a))
     pairs = LayerBatch.firing_pairs
     monkeypatch.setattr(LayerBatch, "firing_pairs", lambda self: from_firings.append(1) or pairs(self))
-    monkeypatch.setattr(top_k, "SAMPLE_ROWS", SEQ_LEN - 1)  # a first batch's bar from its first sequence
+    # a first batch's bar from its first sequence or three (ties looked for past the first 2k counted rows)
+    monkeypatch.setattr(top_k, "SAMPLE_ROWS", sample_seqs * (SEQ_LEN - 1))
     values, seqs, poss = reference_top_k(data, k)
     host = {"counted_from": counted_from, "fires_from_acts": fires_from_acts}
     one_pass = run(TopK(GEOMETRY, device, k=k), data, device, batch=batch, **host)
@@ -255,7 +257,8 @@ def test_top_k_one_pass_and_merged_shards_equal_reference(data, device, batch, s
 
 
 @pytest.mark.parametrize("batch", [4, 12])
-def test_top_k_from_firings_keeps_the_earliest_ties_at_a_first_batchs_bar(data, batch, monkeypatch):
+@pytest.mark.parametrize("sample_seqs", [1, 3])
+def test_top_k_from_firings_keeps_the_earliest_ties_at_a_first_batchs_bar(data, batch, sample_seqs, monkeypatch):
     """Every activation positive and coarse (ties everywhere above 0): a first batch's bar is above 0, so
     the candidates come from the firings, ties at the bar included only in the rows that set it."""
     rng = np.random.default_rng(2)
@@ -263,7 +266,7 @@ def test_top_k_from_firings_keeps_the_earliest_ties_at_a_first_batchs_bar(data, 
     from_firings = []
     pairs = LayerBatch.firing_pairs
     monkeypatch.setattr(LayerBatch, "firing_pairs", lambda self: from_firings.append(1) or pairs(self))
-    monkeypatch.setattr(top_k, "SAMPLE_ROWS", SEQ_LEN - 1)
+    monkeypatch.setattr(top_k, "SAMPLE_ROWS", sample_seqs * (SEQ_LEN - 1))
     cpu = torch.device("cpu")
     state = run(TopK(GEOMETRY, cpu, k=6), coarse, cpu, batch=batch, counted_from=1)
     assert from_firings

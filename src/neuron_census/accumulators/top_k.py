@@ -120,8 +120,8 @@ class TopK(Accumulator):
     def _update_from_candidates(
         self, slot: int, batch: LayerBatch, rank: torch.Tensor, excluded: torch.Tensor, bar: torch.Tensor, tie_rows: int
     ) -> None:
-        """The batch's activations above each neuron's bar, and the earliest ones equal to it in the first
-        `tie_rows` rows that can still enter, joined to the kept keys; each neuron's k largest keys are
+        """The batch's activations above each neuron's bar, and enough of those equal to it in the first
+        `tie_rows` rows (`_ties`), joined to the kept keys; each neuron's k largest keys are
         kept: one sort of the few candidates, no key for every activation. Where the firings are the
         positive activations and no bar is below 0, those above the bar are firings: the firings are read,
         not the batch."""
@@ -132,16 +132,12 @@ class TopK(Accumulator):
             rows, neurons = batch.firing_pairs()
             enter = batch.firing_values() > bar[neurons]
             rows, neurons = rows[enter], neurons[enter]
-            above_in_tie_rows = torch.bincount(neurons[rows < tie_rows], minlength=n_neurons) if tie_rows else None
         else:
             above = acts > bar
             above.masked_fill_(excluded, False)
             rows, neurons = above.nonzero(as_tuple=True)
-            above_in_tie_rows = above[:tie_rows].sum(dim=0) if tie_rows else None
-        if tie_rows:  # a neuron's k - (entries above its bar there) earliest ties (many zeros after a ReLU)
-            ties = ((acts[:tie_rows] == bar) & ~excluded[:tie_rows]).T.contiguous()  # [neuron, row]: fast cumsum
-            earliest = ties & (torch.cumsum(ties, dim=1, dtype=torch.int32) <= (k - above_in_tie_rows)[:, None])
-            tie_neurons, tie_at = earliest.nonzero(as_tuple=True)
+        if tie_rows:
+            tie_at, tie_neurons = self._ties(batch, bar, excluded, tie_rows)
             rows, neurons = torch.cat([rows, tie_at]), torch.cat([neurons, tie_neurons])
         values = acts[rows, neurons]
         keys = (ordered_bits(values).to(torch.int64) << ROW_BITS) | rank[rows, 0]
@@ -152,6 +148,26 @@ class TopK(Accumulator):
         per_neuron = torch.bincount(neurons, minlength=n_neurons)
         top = (torch.cumsum(per_neuron, 0) - per_neuron)[:, None] + torch.arange(k)  # each neuron's first k
         self.keys[slot] = keys[order[top.reshape(-1)]].reshape(n_neurons, k).T.contiguous()
+
+    def _ties(self, batch: LayerBatch, bar: torch.Tensor, excluded: torch.Tensor, tie_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row, neuron) of counted activations equal to their neuron's bar in the first `tie_rows` rows: a
+        superset of the earliest k ties, looked for in the first 2k counted rows first. A neuron with k
+        ties there needs no more; one whose bar is 0 after a ReLU has them (fewer than k of its counted rows
+        are above the bar), so the many zeros of rare and dead neurons are never all listed."""
+        acts = batch.acts_2d()
+        per_seq = batch.acts.shape[1] - batch.counted_from
+        counted = np.arange(min(2 * self.k, (tie_rows // batch.acts.shape[1]) * per_seq))
+        head = torch.from_numpy(counted // per_seq * batch.acts.shape[1] + batch.counted_from + counted % per_seq)
+        at, neurons = (acts.index_select(0, head) == bar).nonzero(as_tuple=True)
+        rows = head[at]
+        rest = int(head[-1]) + 1
+        short = torch.bincount(neurons, minlength=len(bar)) < self.k
+        if rest < tie_rows and bool(short.any()):
+            ties = (acts[rest:tie_rows] == bar) & short
+            ties.masked_fill_(excluded[rest:tie_rows], False)
+            more_at, more_neurons = ties.nonzero(as_tuple=True)
+            rows, neurons = torch.cat([rows, more_at + rest]), torch.cat([neurons, more_neurons])
+        return rows, neurons
 
     def _row_rank(self, batch: LayerBatch) -> torch.Tensor:
         """[B*T, 1] int64: (2**32 - 1) minus each row's index counted from the first sequence seen (made on
