@@ -1,0 +1,71 @@
+"""Models that stand in for training seeds, with known universal neurons: the other models hold rescaled
+copies of some of the reference's neurons, at other places and in other layers, and random neurons elsewhere.
+
+Attention and FFN outputs write nothing, so every FFN reads the same normalised embedding of (token,
+position) in every layer of every model: a copy of a ReLU neuron (its input row and bias times c > 0)
+fires c times as strongly on the same tokens, a correlation of exactly 1 wherever it is placed.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import OPTConfig, OPTForCausalLM
+
+
+@dataclass(frozen=True)
+class SeedFamily:
+    models: dict[str, OPTForCausalLM]  # the reference first
+    universal: frozenset[tuple[int, int]]  # (layer, neuron) of the reference copied into every other model
+    partners: dict[str, dict[tuple[int, int], tuple[int, int]]]  # per other model: reference neuron -> its copy
+    dead: frozenset[tuple[int, int]]  # reference neurons that never fire
+
+
+def build_seed_family(
+    n_models: int = 3, *, n_layers: int = 3, n_neurons: int = 256, d_model: int = 128, vocab: int = 300, n_universal: int = 8, seed: int = 0
+) -> SeedFamily:
+    rng = np.random.default_rng(seed)
+    config = OPTConfig(
+        vocab_size=vocab, hidden_size=d_model, ffn_dim=n_neurons, num_hidden_layers=n_layers, num_attention_heads=4,
+        max_position_embeddings=128, word_embed_proj_dim=d_model, do_layer_norm_before=True, activation_function="relu",
+        pad_token_id=1, bos_token_id=2, eos_token_id=2,
+    )
+    torch.manual_seed(seed)
+    reference = OPTForCausalLM(config).eval()
+    with torch.no_grad():
+        for layer in reference.model.decoder.layers:
+            for silent in (layer.self_attn.out_proj, layer.fc2):
+                silent.weight.zero_()
+                silent.bias.zero_()
+    _redraw_neurons(reference, rng)
+    cells = [(layer, neuron) for layer in range(n_layers) for neuron in range(n_neurons)]
+    chosen = rng.choice(len(cells), size=n_universal + 1, replace=False)
+    universal, dead = frozenset(cells[i] for i in chosen[:-1]), cells[chosen[-1]]
+    layers = reference.model.decoder.layers
+    with torch.no_grad():
+        layers[dead[0]].fc1.bias[dead[1]] = -1e4
+    models, partners = {"a": reference}, {}
+    for name in "bcdefghij"[: n_models - 1]:
+        model = copy.deepcopy(reference)
+        _redraw_neurons(model, rng)
+        places = rng.choice(len(cells), size=n_universal, replace=False)
+        partners[name] = dict(zip(sorted(universal), (cells[i] for i in places)))
+        with torch.no_grad():
+            for (layer, neuron), (to_layer, to_neuron) in partners[name].items():
+                scale = float(rng.uniform(0.5, 2.0))
+                target = model.model.decoder.layers[to_layer].fc1
+                target.weight[to_neuron] = layers[layer].fc1.weight[neuron] * scale
+                target.bias[to_neuron] = layers[layer].fc1.bias[neuron] * scale
+        models[name] = model
+    return SeedFamily(models, universal, partners, frozenset({dead}))
+
+
+def _redraw_neurons(model: OPTForCausalLM, rng: np.random.Generator) -> None:
+    """Every FFN neuron a new Gaussian input row and no bias: independent of every other model's."""
+    with torch.no_grad():
+        for layer in model.model.decoder.layers:
+            layer.fc1.weight.copy_(torch.from_numpy(rng.standard_normal(tuple(layer.fc1.weight.shape)).astype(np.float32)))
+            layer.fc1.bias.zero_()
