@@ -16,6 +16,7 @@ include: "workflow/rules/corpus.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/capture.smk"
 include: "workflow/rules/stats.smk"
+include: "workflow/rules/universal.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/report.smk"
 
@@ -23,6 +24,7 @@ include: "workflow/rules/report.smk"
 rule all:
     input:
         expand("results/{model}/{table}.parquet", model=MODELS, table=["neurons", "layers"]),
+        expand("results/{model}/{table}.parquet", model=list(config["universal"]), table=["universal", "best_matches"]),
         expand("results/figures/{figure}.{ext}", figure=FIGURES, ext=["png", "pdf"]),
         "results/report.html",
     default_target: True

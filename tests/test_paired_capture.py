@@ -76,3 +76,22 @@ def test_models_of_two_tokenizers_are_refused():
         capture_paired(
             models, sample_tokens(100), [], layers=None, first_seq_id=0, has_bos=True, batch_size=3, device=torch.device("cpu")
         )
+
+
+def test_paired_capture_hands_out_pre_activations_when_asked():
+    """`read_preactivation`: each item's preacts are the input of the nonlinearity (ReLU(preacts) = acts)."""
+    loaded = load_model("m", SPECS["opt-125m"])
+    seen = []
+
+    class Both:
+        def update(self, item) -> None:
+            seen.append((item.acts["m"].clone(), item.preacts["m"].clone()))
+
+    capture_paired(
+        {"m": PairedModel(loaded.model, loaded.adapter, "t")}, sample_tokens(loaded.adapter.vocab_size), [Both()],
+        layers=(1,), first_seq_id=0, has_bos=True, batch_size=4, device=torch.device("cpu"), read_preactivation=True,
+    )
+    assert len(seen) == 2
+    for acts, preacts in seen:
+        assert (preacts < 0).any()
+        torch.testing.assert_close(torch.relu(preacts), acts)

@@ -22,7 +22,7 @@ from neuron_census.training.train import (
     build_model,
     lr_at,
     make_optimizer,
-    opt_config,
+    model_config,
     resumable,
     train_opt,
     train_step,
@@ -138,6 +138,7 @@ def test_tokenizer_rejects_too_small_vocab(tmp_path: Path) -> None:
         dict(n_heads=3),
         dict(micro_batches=3),  # does not divide batch_size 8
         dict(warmup_steps=30, steps=30, checkpoints=(30,)),
+        dict(architecture="gpt2", positions=False),  # NoPos is an OPT variant
     ],
 )
 def test_invalid_config_raises(overrides: dict) -> None:
@@ -210,6 +211,23 @@ def test_checkpoints_load_as_opt(runs: dict, tokens: np.ndarray, vocab_size: int
         logits = model(input_ids=batch).logits
     loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, vocab_size), batch[:, 1:].reshape(-1))
     assert loss.item() < 4.0  # the trained model, not a fresh one
+
+
+def test_gpt2_architecture_trains_and_loads_as_gpt2(tmp_path: Path, tokens: np.ndarray, vocab_size: int, tokenizer_dir: Path) -> None:
+    """GELU FFN, learned positions, tied embeddings; seeds differ only in their weights."""
+    from transformers import AutoModelForCausalLM
+
+    logs = {}
+    for seed in (0, 1):
+        cfg = _tiny_config(architecture="gpt2", seed=seed, steps=20, checkpoints=(20,))
+        logs[seed] = _train(tokens, cfg, tmp_path / f"seed{seed}", vocab_size, tokenizer_dir)
+    assert logs[0][-1]["loss"] < logs[0][0]["loss"] - 0.5
+    models = [AutoModelForCausalLM.from_pretrained(tmp_path / f"seed{seed}" / "step-20") for seed in (0, 1)]
+    assert type(models[0]).__name__ == "GPT2LMHeadModel"
+    cfg = models[0].config
+    assert (cfg.n_embd, cfg.n_layer, cfg.n_inner, cfg.activation_function) == (32, 2, 64, "gelu_new")
+    assert models[0].lm_head.weight.data_ptr() == models[0].transformer.wte.weight.data_ptr()
+    assert not torch.equal(models[0].transformer.h[0].mlp.c_fc.weight, models[1].transformer.h[0].mlp.c_fc.weight)
 
 
 def test_nopos_position_table_is_zero(runs: dict) -> None:
@@ -328,7 +346,7 @@ def test_micro_batches_add_up_to_the_whole_batch_gradient(tokens: np.ndarray, vo
     grads, losses = {}, {}
     for parts, rows in ((1, batch), (4, batch), (1, torch.from_numpy(tokens[8:16]).long())):
         cfg = _tiny_config(micro_batches=parts)
-        model = build_model(cfg, opt_config(cfg, vocab_size, bos_id=BOS, eos_id=EOS, pad_id=PAD))
+        model = build_model(cfg, model_config(cfg, vocab_size, bos_id=BOS, eos_id=EOS, pad_id=PAD))
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = make_optimizer(model, cfg, torch.device("cpu"))
         loss = train_step(model, optimizer, params, rows, lr=0.0, cfg=cfg, device=torch.device("cpu"))

@@ -108,11 +108,33 @@ def test_tiny_dag_recovers_every_planted_role(tiny_run: Path):
     report = (tiny_run / "results" / "report.html").read_text()
     assert "exceeds 0.05 nats" in report and "{{" not in report  # captions rendered with the config's thresholds
     # every figure that draws the planted model closes its caption saying what it is
+    tiny = yaml.safe_load(TINY.read_text())
+    census_figures = [figure for figure in FIGURES if "universal" not in FIGURES[figure].tables]
     assert report.count("&#x27;planted&#x27; is built in code: neurons of known roles") == sum(
-        1 for figure in FIGURES if "planted" in (yaml.safe_load(TINY.read_text())["figures"].get(figure, {}).get("models") or ["planted"])
+        1 for figure in census_figures if "planted" in (tiny["figures"].get(figure, {}).get("models") or ["planted"])
     )
+    assert report.count("&#x27;planted-seed-a&#x27; is built in code with other models of its family") == 2
     csv = pl.read_csv(tiny_run / "results" / "figures" / "fig5_detector_projections.csv")
     assert csv.filter(pl.col("model") == "planted").height == len(planted("token_detector"))
+
+
+def test_tiny_dag_finds_exactly_the_planted_universal_neurons(tiny_run: Path):
+    """The planted seed family through the whole DAG: the copied neurons are the universal ones, each matched
+    to its copy in both other models."""
+    from neuron_census.testing.planted_seeds import FAMILY_LAYERS, FAMILY_POSITIONS, FAMILY_VOCAB, build_seed_family
+
+    family = build_seed_family(3, n_layers=FAMILY_LAYERS, vocab=FAMILY_VOCAB, max_positions=FAMILY_POSITIONS)
+    universal = pl.read_parquet(tiny_run / "results" / "planted-seed-a" / "universal.parquet")
+    assert universal.height == 3 * 256 and universal["model"].unique().to_list() == ["planted-seed-a"]
+    assert set(universal.filter("universal").select("layer", "neuron").iter_rows()) == set(family.universal)
+    matches = pl.read_parquet(tiny_run / "results" / "planted-seed-a" / "best_matches.parquet")
+    others = {"planted-seed-b": "b", "planted-seed-c": "c"}
+    for row in matches.iter_rows(named=True):
+        if (row["layer"], row["neuron"]) in family.universal:
+            partner = family.partners[others[row["other"]]][row["layer"], row["neuron"]]
+            assert (row["match_layer"], row["match_neuron"]) == partner and row["max_corr"] > 0.9999
+    (dead,) = family.dead
+    assert universal.filter(pl.col("layer") == dead[0], pl.col("neuron") == dead[1])["max_corr"].to_list() == [0.0]
 
 
 def test_restyling_a_figure_plans_only_that_figure_and_the_report(tiny_run: Path, tmp_path: Path):
@@ -146,7 +168,7 @@ def test_nested_command_line_overrides_are_typed(tiny_run: Path):
     same = snakemake(tiny_run, "--configfile", str(TINY), "-n", "--config", "capture={batch_size: 5, top_k: 4}")
     assert planned_jobs(same.stdout) == {}
     other = planned_jobs(snakemake(tiny_run, "--configfile", str(TINY), "-n", "--config", "capture={batch_size: 8}").stdout)
-    assert other["capture"] == 8 and "train" not in other and "tokenize" not in other
+    assert other["capture"] == 8 and other["correlation"] == 2 and "train" not in other and "tokenize" not in other
 
 
 def test_adding_a_shard_captures_only_that_shard(tmp_path: Path):
@@ -161,6 +183,7 @@ def test_adding_a_shard_captures_only_that_shard(tmp_path: Path):
     config["capture"]["datasets"] = ["rand"]
     config["figures"] = {}
     config.pop("train", None)
+    config.pop("universal")
     target = "results/planted/neurons.parquet"
 
     def run(n_shards: int, *args: str) -> subprocess.CompletedProcess[str]:
@@ -320,11 +343,14 @@ def test_a_figure_not_drawn_is_left_out_of_all_and_the_report_but_can_be_asked_f
 def test_default_config_dry_run(tmp_path: Path):
     workdir = new_workdir(tmp_path)
     plan = planned_jobs(snakemake(workdir, "-n").stdout)
-    assert plan["train"] == 2 and plan["capture"] == 12 and plan["report"] == 1  # the planted model: its own 2 shards
-    assert plan["vocab_projection"] == 6 and all(plan[figure] == 1 for figure in FIGURES)
+    assert plan["train"] == 5 and plan["capture"] == 16 and plan["report"] == 1  # planted models: their own 2 shards
+    assert plan["vocab_projection"] == 8 and all(plan[figure] == 1 for figure in FIGURES)  # not of models compared only
+    assert plan["correlation"] == 4 and plan["universal_tables"] == 2  # two studies of two shards
     default = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     training = {"fig10_positional_nopos", "fig11_positional_training"}  # the training experiment: trained models only
-    assert {f for f in FIGURES if "planted" in default["figures"][f]["models"]} == set(FIGURES) - training
+    universal = {"universal_correlations", "universal_by_layer"}  # the studies' reference models, the planted one first
+    assert {f for f in FIGURES if "planted" in default["figures"][f]["models"]} == set(FIGURES) - training - universal
+    assert all(default["figures"][f]["models"][0] == "planted-seed-a" for f in universal)
 
 
 def test_bad_config_stops_with_one_line(tmp_path: Path):
@@ -391,7 +417,8 @@ def test_killed_jobs_leave_nothing_finished_and_reruns_give_identical_tables(tin
         "mini-step3",
     ):
         shutil.rmtree(workdir / "results" / computed)
-    targets = [f"results/{model}/{table}" for model in yaml.safe_load(TINY.read_text())["models"] for table in TABLES]
+    models = yaml.safe_load(TINY.read_text())["models"]
+    targets = [f"results/{model}/{table}" for model, spec in models.items() if spec.get("census", True) for table in TABLES]
     results = workdir / "results"
 
     # Training killed after step 4: the resume state of checkpoint 3 survives outside the (deleted) output.
@@ -417,7 +444,7 @@ def test_killed_jobs_leave_nothing_finished_and_reruns_give_identical_tables(tin
     assert "train: resuming from step 3 of 6" in (results / "logs" / "train" / "mini.log").read_text()
     assert leftovers(workdir) == []
     hashes = table_hashes(workdir)
-    assert len(hashes) == 3 * len(yaml.safe_load(TINY.read_text())["models"])
+    assert len(hashes) == 3 * len([model for model, spec in models.items() if spec.get("census", True)])
     assert hashes == {path: digest for path, digest in table_hashes(tiny_run).items() if path in hashes}
     recomputed = {
         model: (results / model / "neurons.parquet").stat().st_mtime_ns
@@ -438,6 +465,7 @@ def test_a_job_refusing_bad_input_prints_one_line(tmp_path: Path):
     config["capture"]["datasets"] = ["long"]
     config["figures"] = {}
     config.pop("train")
+    config.pop("universal")
     path = tmp_path / "long.yaml"
     path.write_text(yaml.safe_dump(config))
     result = snakemake(workdir, "--configfile", str(path), "--cores", "1", "results/opt/neurons.parquet", check=False)

@@ -65,7 +65,9 @@ def validate_config(config: dict[str, Any], schema_path: str | Path) -> dict[str
         where = ".".join(str(part) for part in error.absolute_path) or "(top level)"
         raise ConfigError(f"config error at '{where}': {error.message}")
     _check_repeats(config)
+    _expand_seeds(config)
     _check_references(config)
+    _check_universal(config)
     _check_models(config)
     return config
 
@@ -113,6 +115,40 @@ def _known(where: str, names: Any, known: Mapping[str, Any], what: str) -> None:
     for name in names if isinstance(names, list) else [names]:
         if name not in known:
             raise ConfigError(f"config error at '{where}': unknown {what} '{name}'")
+
+
+def _expand_seeds(config: dict[str, Any]) -> None:
+    """A train run with `seeds: [0, 1, 2]` becomes runs `<run>-seed0`, ... that differ only in their seed."""
+    runs = config.get("train", {})
+    for run in runs.values():
+        if "seeds" not in run:
+            run.setdefault("seed", 0)
+    for name in [name for name, run in runs.items() if "seeds" in run]:
+        run = runs.pop(name)
+        for seed in dict.fromkeys(run.pop("seeds")):
+            seeded = f"{name}-seed{seed}"
+            if seeded in runs:
+                raise ConfigError(f"config error at 'train.{name}.seeds': run '{seeded}' is also configured")
+            runs[seeded] = {**run, "seed": seed}
+
+
+def _check_universal(config: Mapping[str, Any]) -> None:
+    """Every model of a universal-neurons study is configured and reads the reference's tokenizer."""
+    models = config["models"]
+    for reference, study in config.get("universal", {}).items():
+        where = f"universal.{reference}"
+        _known(where, reference, models, "model")
+        _known(f"{where}.others", study["others"], models, "model")
+        if reference in study["others"] or len(set(study["others"])) != len(study["others"]):
+            raise ConfigError(f"config error at '{where}.others': the other models must differ from '{reference}' and each other")
+        if study.get("dataset") is not None:
+            _known(f"{where}.dataset", study["dataset"], config["datasets"], "dataset")
+        for other in study["others"]:
+            if model_tokenizer(config, other) != model_tokenizer(config, reference):
+                raise ConfigError(
+                    f"config error at '{where}.others': models '{reference}' and '{other}' have different tokenizers "
+                    f"('{model_tokenizer(config, reference)}', '{model_tokenizer(config, other)}'); their neurons must read the same tokens"
+                )
 
 
 def _check_references(config: Mapping[str, Any]) -> None:
@@ -200,13 +236,12 @@ def model_shape(config: Mapping[str, Any], model: str) -> tuple[int, int] | None
         run = config["train"][spec["run"]]
         return int(run["n_layers"]), int(run["max_positions"])
     if spec["source"] == "planted":
-        from neuron_census.testing.planted import get_recipe
+        from neuron_census.testing.planted import planted_shape
 
         try:
-            recipe = get_recipe(spec["recipe"])
+            return planted_shape(spec["recipe"])
         except ValueError as error:
             raise ConfigError(f"config error at 'models.{model}.recipe': {error}") from None
-        return recipe.n_layers, recipe.max_positions
     if spec["source"] == "local":
         return config_json_shape(Path(spec["path"]) / "config.json")
     return None
@@ -321,7 +356,7 @@ def resolved_model_spec(config: Mapping[str, Any], model: str) -> dict[str, Any]
         run = config["train"][spec["run"]]
         step = spec.get("step") or run["steps"]
         return {"source": "local", "path": f"{train_dir(spec['run'])}/step-{step}"}
-    return {k: v for k, v in spec.items() if k not in ("tokenizer", "capture", "resources", "label")}
+    return {k: v for k, v in spec.items() if k not in ("tokenizer", "capture", "resources", "label", "census")}
 
 
 def model_label(config: Mapping[str, Any], model: str) -> str:

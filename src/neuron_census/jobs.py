@@ -329,6 +329,105 @@ def merge_job(inputs: Sequence[PathLike], output: PathLike, threads: int = 1) ->
     merge_store_files(inputs, output)
 
 
+def layer_groups(n_layers: int, blocks: int) -> list[tuple[int, ...]]:
+    """The layers split into `blocks` contiguous groups as equal as they come (fewer when there are fewer layers)."""
+    return [tuple(int(x) for x in part) for part in np.array_split(np.arange(n_layers), min(blocks, n_layers))]
+
+
+def correlation_job(
+    reference: str,
+    models: Mapping[str, Mapping[str, Any]],
+    tokenizer_name: str,
+    tokenizer_spec: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    study: Mapping[str, Any],
+    block: str,
+    shard_path: PathLike,
+    output: PathLike,
+    threads: int = 1,
+) -> None:
+    """Correlations of one block of layer pairs (`block` = "i-j": the reference's layer group i with group
+    j of every other model) over one token shard, every model run in lockstep on the reference's device."""
+    import torch
+
+    from neuron_census.accumulators.correlation import NeuronCorrelation
+    from neuron_census.capture.engine import PairedModel, capture_paired
+    from neuron_census.capture.placement import Placement
+    from neuron_census.capture.store import write_store
+    from neuron_census.data.tokenization import load_tokenizer
+
+    placement = Placement.from_config(settings)
+    if placement.strategy == "layerwise":
+        raise ValueError(f"universal neurons of '{reference}': correlations need the resident or offload strategy, not layerwise")
+    torch.set_num_threads(max(1, threads))
+    tokenizer = load_tokenizer(tokenizer_name, tokenizer_spec)
+    tokens, shard_attrs = read_shard_for(shard_path, tokenizer, f"model '{reference}'")
+    loaded = {}
+    for name, spec in models.items():
+        _, loaded[name], device, _ = _load_model_and_tokenizer(name, spec, tokenizer_name, tokenizer_spec, settings, threads)
+    groups = {name: layer_groups(model.adapter.n_layers, int(study["blocks"])) for name, model in loaded.items()}
+    first, second = (int(part) for part in block.split("-"))
+    others = [name for name in models if name != reference]
+    layers_b = groups[others[0]][second]
+    for name in others[1:]:
+        if groups[name][second] != layers_b or loaded[name].adapter.n_neurons != loaded[others[0]].adapter.n_neurons:
+            raise ValueError(f"universal neurons of '{reference}': models '{others[0]}' and '{name}' differ in shape")
+    dropped = sorted(tokenizer.special_ids | set(tokenizer.newline_ids() if study["drop_newlines"] else ()))
+    widths = {name: model.adapter.n_neurons for name, model in loaded.items()}
+    accumulator = NeuronCorrelation(
+        reference, others, groups[reference][first], layers_b, widths, device,
+        dropped_tokens=dropped, preactivation=study["activation"] == "pre",
+    )
+    batch_size = int({**schema_defaults("capture"), **settings}["batch_size"])
+    cost = NeuronCorrelation.memory(
+        widths[reference], len(accumulator.layers_a), widths[others[0]], len(layers_b), len(others), batch_size * tokens.shape[1]
+    )
+    print(
+        f"universal neurons of '{reference}', block {block} (layers {list(accumulator.layers_a)} x {list(layers_b)}): "
+        + ", ".join(f"{key} {size / 1e9:.2f} GB" for key, size in cost.items()),
+        file=sys.stderr,
+    )
+    paired = {name: PairedModel(model.model, model.adapter, tokenizer.fingerprint) for name, model in loaded.items()}
+    capture_paired(
+        paired, tokens, [accumulator], layers=accumulator.layers, first_seq_id=0, has_bos=bool(shard_attrs["has_bos"]),
+        batch_size=batch_size, device=device, placement=placement, read_preactivation=study["activation"] == "pre",
+    )
+    state = accumulator.state()
+    names = [str(name) for name in state.pop("models")]
+    attrs = {"models": names, "block": block, "dataset": shard_attrs["dataset"], "shard": int(shard_attrs["shard"])}
+    write_store(output, attrs, {NeuronCorrelation.name: state})
+
+
+def read_correlation(path: PathLike) -> dict[str, np.ndarray]:
+    from neuron_census.accumulators.correlation import NeuronCorrelation
+    from neuron_census.capture.store import read_store
+
+    attrs, states = read_store(path)
+    return states[NeuronCorrelation.name] | {"models": np.asarray(attrs["models"])}
+
+
+def correlation_merge_job(inputs: Sequence[PathLike], output: PathLike) -> None:
+    """One block's shards combined exactly."""
+    from neuron_census.accumulators.correlation import NeuronCorrelation
+    from neuron_census.capture.store import read_store, write_store
+
+    attrs = read_store(inputs[0])[0]
+    state = NeuronCorrelation.merge([read_correlation(path) for path in inputs])
+    names = [str(name) for name in state.pop("models")]
+    write_store(output, {"models": names, "block": attrs["block"], "dataset": attrs["dataset"]}, {NeuronCorrelation.name: state})
+
+
+def universal_tables_job(reference: str, blocks: Sequence[PathLike], study: Mapping[str, Any], matches_out: PathLike, universal_out: PathLike) -> None:
+    """The best match of every reference neuron in every other model, and its universality."""
+    from neuron_census.analyses.universal import best_matches, universality
+
+    matches = best_matches([read_correlation(path) for path in blocks], seed=int(study["rotation_seed"]))
+    table = universality(matches, threshold=float(study["threshold"]))
+    model = pl.lit(reference).alias("model")
+    write_parquet(matches.select(model, pl.all()), matches_out)
+    write_parquet(table.select(model, pl.all()), universal_out)
+
+
 def write_parquet(frame: pl.DataFrame, output: PathLike) -> None:
     with atomic_path(output) as tmp:
         frame.write_parquet(tmp, compression="zstd", statistics=False)
@@ -491,9 +590,21 @@ FIGURES: dict[str, FigureSpec] = {
     "fig11_positional_training": FigureSpec(
         "plots.positional", "plot_positional_neurons", ("neurons", "layers"), "Training experiment"
     ),
+    "universal_correlations": FigureSpec(
+        "plots.universal", "plot_universal_correlations", ("universal",), "Universal neurons", defaults={"figsize": [10.0, 3.5]}
+    ),
+    "universal_by_layer": FigureSpec("plots.universal", "plot_universal_by_layer", ("universal",), "Universal neurons"),
 }
 
-TABLE_FILES = {"neurons": "neurons.parquet", "layers": "layers.parquet", "position_rates": "position_rates.parquet"}
+TABLE_FILES = {
+    "neurons": "neurons.parquet",
+    "layers": "layers.parquet",
+    "position_rates": "position_rates.parquet",
+    "universal": "universal.parquet",
+    "best_matches": "best_matches.parquet",
+}
+# tables that only the reference models of `universal` studies have: their figures draw those by default
+STUDY_TABLES = frozenset({"universal", "best_matches"})
 
 
 def figure_job(

@@ -21,15 +21,25 @@ from neuron_census.config import (
 )
 from neuron_census.data.corpus import TEXT_SOURCES, source_files
 from neuron_census.data.inputs import files_fingerprint, folder_files
-from neuron_census.jobs import FIGURES as FIGURE_SPECS, TABLE_FILES
+from neuron_census.jobs import FIGURES as FIGURE_SPECS, STUDY_TABLES, TABLE_FILES
+from neuron_census.testing.planted_seeds import RECIPES as SEED_RECIPES
 
 try:
     validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 except ConfigError as error:
     sys.exit(f"neuron-census: {error}")
 
-MODELS = list(config["models"])
-FIGURES = [figure for figure in FIGURE_SPECS if config["figures"].get(figure, {}).get("draw", True)]  # `all`, report
+MODELS = [model for model, spec in config["models"].items() if spec.get("census", True)]  # each one's tables: `all`
+
+
+def _studied(figure):
+    """A figure of universal-neuron tables needs a study to draw."""
+    return bool(config["universal"]) or not STUDY_TABLES & set(FIGURE_SPECS[figure].tables)
+
+
+FIGURES = [  # `all` and the report
+    figure for figure in FIGURE_SPECS if config["figures"].get(figure, {}).get("draw", True) and _studied(figure)
+]
 
 _name = NAME_PATTERN.strip("^$")
 
@@ -40,6 +50,7 @@ wildcard_constraints:
     tok=_name,
     run=_name,
     shard=r"\d+",
+    block=r"\d+-\d+",
     figure=_name,
 
 
@@ -105,7 +116,9 @@ def sample_spans(model):
 
 
 def figure_models(figure):
-    return config["figures"].get(figure, {}).get("models") or MODELS
+    """The figure's models; by default every model, or every study's reference for universal-neuron figures."""
+    default = list(config["universal"]) if STUDY_TABLES & set(FIGURE_SPECS[figure].tables) else MODELS
+    return config["figures"].get(figure, {}).get("models") or default
 
 
 def figure_style(figure):
@@ -149,11 +162,45 @@ def planted_note(figure):
     """A caption's closing note when the figure draws models built in code, so no reader takes them for
     trained models."""
     planted = [m for m in figure_models(figure) if config["models"][m]["source"] == "planted"]
-    if not planted:
-        return ""
-    return (
-        f"{' and '.join(repr(m) for m in planted)} {'is' if len(planted) == 1 else 'are'} built in code: neurons of "
-        "known roles (dead ones, token and bigram detectors, positional neurons of every type) are planted by "
-        "construction, so the figure shows what each finding looks like and that the pipeline recovers exactly "
-        "what was planted."
-    )
+    family = [m for m in planted if config["models"][m]["recipe"] in SEED_RECIPES]
+    census = [m for m in planted if m not in family]
+    notes = []
+    if census:
+        notes.append(
+            f"{_listed(census)} built in code: neurons of known roles (dead ones, token and bigram detectors, "
+            "positional neurons of every type) are planted by construction, so the figure shows what each finding "
+            "looks like and that the pipeline recovers exactly what was planted."
+        )
+    if family:
+        notes.append(
+            f"{_listed(family)} built in code with other models of its family: they hold rescaled copies of some "
+            "of its neurons (in other places and layers) and random neurons elsewhere, so the figure shows what "
+            "universal neurons look like and that the pipeline finds exactly the copied ones."
+        )
+    return " ".join(notes)
+
+
+def _listed(models):
+    return f"{' and '.join(repr(m) for m in models)} {'is' if len(models) == 1 else 'are'}"
+
+
+def universal_study(model):
+    return config["universal"][model]
+
+
+def universal_dataset(model):
+    return universal_study(model)["dataset"] or model_datasets(config, model)[0]
+
+
+def universal_models(model):
+    return [model, *universal_study(model)["others"]]
+
+
+def correlation_blocks(model):
+    n = universal_study(model)["blocks"]
+    return [f"{i}-{j}" for i in range(n) for j in range(n)]
+
+
+def study_settings(model):
+    """What the correlations depend on (the thresholds of the tables do not rerun them)."""
+    return canonical({k: v for k, v in universal_study(model).items() if k not in ("threshold", "rotation_seed")})

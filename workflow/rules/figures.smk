@@ -14,7 +14,10 @@ for _figure in FIGURE_SPECS:  # a figure left out of `all` (`draw: false`) can s
             kinds=list(FIGURE_SPECS[_figure].tables),
             style=figure_style(_figure),
             labels=canonical({model: model_label(config, model) for model in figure_models(_figure)}),
-            analysis={"ngram_coverage": config["analysis"]["ngram_coverage"]},  # named in Fig. 2's axis label
+            analysis={  # named in Fig. 2's axis label; drawn in the universal-neuron figures
+                "ngram_coverage": config["analysis"]["ngram_coverage"],
+                "universal_thresholds": {model: study["threshold"] for model, study in config["universal"].items()},
+            },
         log:
             f"results/logs/figures/{_figure}.log",
         conda:

@@ -248,6 +248,13 @@ class Memory:
 
 
 REGISTRY: dict[str, type[Accumulator]] = {}
+PAIRED: dict[str, type] = {}  # accumulators of several models at once (`capture_paired`), by name: `paired`
+
+
+def paired(cls: type) -> type:
+    """Register a paired accumulator (a class with a `name`), so stores of its state read back."""
+    PAIRED[cls.name] = cls
+    return cls
 
 
 class Accumulator:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from neuron_census.accumulators.base import paired
 from neuron_census.capture.host_copies import host_arrays
 
 if TYPE_CHECKING:
@@ -18,21 +19,22 @@ State = dict[str, np.ndarray]
 
 
 def mean_key(model: str) -> str:
-    return f"mean:{model}"
+    return f"mean@{model}"
 
 
 def m2_key(model: str) -> str:
-    return f"m2:{model}"
+    return f"m2@{model}"
 
 
 def co_key(model: str) -> str:
-    return f"co:{model}"
+    return f"co@{model}"
 
 
 def within_key(model: str) -> str:
-    return f"within:{model}"
+    return f"within@{model}"
 
 
+@paired
 class NeuronCorrelation:
     """Fed by `capture_paired` with the union of both layer lists. Per batch, the rows to count (not BOS,
     not a dropped token such as pad or newline) of every held layer are centred on the batch's mean, and one
@@ -45,6 +47,8 @@ class NeuronCorrelation:
     arrives a layer at a time, so each model's rows are held until the batch's last layer: capture with
     the resident or offload placement (layerwise runs a layer over every batch first, and is refused).
     """
+
+    name = "correlation"
 
     def __init__(
         self,
@@ -132,6 +136,19 @@ class NeuronCorrelation:
             for slot in range(len(self.layers_b)):
                 part, moved = y[:, slot * width : (slot + 1) * width], shift[b][slot * width : (slot + 1) * width]
                 self.within[b][slot] += (part.T @ part).double().add_(torch.outer(moved, moved), alpha=weight)
+
+    @staticmethod
+    def memory(width_a: int, n_layers_a: int, width_b: int, n_layers_b: int, n_others: int, rows: int) -> dict[str, int]:
+        """Bytes one block holds: the float64 co-moments of every other model, those within its layers, one
+        batch's rows of every model (and their centred copies), and one float32 product with its float64
+        copy while it is added."""
+        d_a, d_b = width_a * n_layers_a, width_b * n_layers_b
+        return {
+            "co-moments": n_others * d_a * d_b * 8,
+            "within-layer co-moments": n_others * n_layers_b * width_b**2 * 8,
+            "batch rows": 2 * rows * (d_a + n_others * d_b) * 4,
+            "product": d_a * d_b * 12,
+        }
 
     def state(self) -> State:
         names = (self.reference, *self.others)

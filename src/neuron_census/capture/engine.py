@@ -218,11 +218,12 @@ def capture_paired(
     device: torch.device,
     placement: Placement | None = None,
     offload_dir: Path | None = None,
-    read_gate: bool = False,
+    read_preactivation: bool = False,
 ) -> None:
     """Run every model over the same batches of `tokens` in lockstep, feeding `accumulators` each (layer,
     batch) of all of them together (`sources.paired`). Models must share the tokenizer and the analysed
-    layers must exist in each; one model object named twice runs once and is seen under both names."""
+    layers must exist in each; one model object named twice runs once and is seen under both names.
+    `read_preactivation`: each item's `preacts` are the input of every model's FFN nonlinearity."""
     check_one_tokenizer(models)
     placement = placement or Placement()
     batches = sources.token_batches(tokens, batch_size, first_seq_id, has_bos, device)
@@ -234,7 +235,9 @@ def capture_paired(
         paired = models[name]
         check_tokens(tokens, paired.adapter, name)
         analysed = resolve_layers(layers, paired.adapter.n_layers, name)
-        steps = sources.ModelSteps(paired.model, paired.adapter, analysed, device, read_gate=read_gate, name=name)
+        steps = sources.ModelSteps(
+            paired.model, paired.adapter, analysed, device, read_gate=False, read_preactivation=read_preactivation, name=name
+        )
         per_model[name] = iter(activation_source(steps, batches, placement, offload_dir))
     with torch.inference_mode(), closing(sources.paired(per_model)) as items:  # type: ignore[type-var]
         for ran in items:

@@ -55,7 +55,8 @@ class LayerActivations:
     batch: TokenBatch
     layer: int
     acts: torch.Tensor  # [B, T, N] on the capture device
-    preacts: torch.Tensor | None  # [B, T, N] gate output of a gated FFN, when the fire rule reads it
+    preacts: torch.Tensor | None  # [B, T, N] gate output of a gated FFN, when the fire rule reads it; or the
+    # nonlinearity's input (`ModelSteps.read_preactivation`, as paired statistics may ask)
     acts_flat: torch.Tensor | None = None  # [B*T, N] float32, when the hook handed them out so (OPT)
 
 
@@ -96,11 +97,15 @@ class ModelSteps:
     layer, its activations.
     """
 
-    def __init__(self, model: torch.nn.Module, adapter: Any, layers: Sequence[int], device: torch.device, *, read_gate: bool, name: str) -> None:
+    def __init__(
+        self, model: torch.nn.Module, adapter: Any, layers: Sequence[int], device: torch.device, *, read_gate: bool, name: str,
+        read_preactivation: bool = False,
+    ) -> None:
         self.model, self.adapter, self.device, self.name = model, adapter, device, name
         self.layers = tuple(layers)
         self.last = self.layers[-1]
         self.read_gate = read_gate
+        self.read_preactivation = read_preactivation  # `preacts` are then the nonlinearity's input, not the gate
         self.decoder = adapter.decoder_layers()
         self._acts: dict[int, torch.Tensor] = {}
         self._gates: dict[int, torch.Tensor] = {}
@@ -113,7 +118,10 @@ class ModelSteps:
         handles = [self.decoder[0].register_forward_pre_hook(self._grab_first_input, with_kwargs=True)]
         for layer in self.layers:
             handles.append(self.adapter.neuron_input_module(layer).register_forward_pre_hook(self._neuron_hook(layer)))
-            gate = self.adapter.gate_output_module(layer) if self.read_gate else None
+            if self.read_preactivation:
+                gate = self.adapter.preactivation_module(layer)
+            else:
+                gate = self.adapter.gate_output_module(layer) if self.read_gate else None
             if gate is not None:
                 handles.append(gate.register_forward_hook(self._gate_hook(layer)))
         try:

@@ -24,6 +24,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from neuron_census.accumulators import REGISTRY, State
+from neuron_census.accumulators.base import PAIRED
 from neuron_census.atomic import atomic_path
 from neuron_census.accumulators.base import Parts, SortedLookup, sorted_range_of
 from neuron_census.capture.layer_states import LayeredStates, layer_state, written_behind
@@ -121,7 +122,7 @@ class StoreReader:
                 raise ValueError(f"format version {self.attrs.get('format_version')} != {FORMAT_VERSION}")
             present = {name: {key for key, _ in sub.arrays()} for name, sub in self.group.groups()}
             for name in present:
-                if name not in REGISTRY:
+                if name not in REGISTRY and name not in PAIRED:
                     raise ValueError(f"unknown accumulator '{name}'")
             contents = self.attrs.get("contents", {})
             lost = [f"{name}/{key}" for name, keys in contents.items() for key in keys if key not in present.get(name, ())]

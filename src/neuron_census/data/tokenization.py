@@ -48,6 +48,11 @@ class TextTokenizer:
         """Raw token string per id (e.g. "Ġthe"); ids with no token map to ""."""
         return [self.backend.id_to_token(i) or "" for i in range(self.vocab_size)]
 
+    def newline_ids(self) -> list[int]:
+        """Ids of tokens that decode to whitespace holding a line break ("\\n", "\\n\\n", " \\n")."""
+        texts = self.backend.decode_batch([[i] for i in range(self.vocab_size)], skip_special_tokens=False)
+        return [i for i, text in enumerate(texts) if "\n" in text and not text.strip()]
+
 
 def load_tokenizer(name: str, spec: Mapping[str, Any], root: Path = Path(".")) -> TextTokenizer:
     """Build the tokenizer described by a config entry `tokenizers.<name>` (the config check has refused

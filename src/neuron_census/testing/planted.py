@@ -304,6 +304,18 @@ def get_recipe(name: str) -> PlantedRecipe:
     return RECIPES[name]()
 
 
+def planted_shape(name: str) -> tuple[int, int]:
+    """(layers, context positions) of the model of a recipe: a census recipe or a seed family's member."""
+    from neuron_census.testing import planted_seeds
+
+    if name in planted_seeds.RECIPES:
+        return planted_seeds.FAMILY_LAYERS, planted_seeds.FAMILY_POSITIONS
+    if name not in RECIPES:
+        raise ValueError(f"unknown planted recipe '{name}'; known: {sorted(RECIPES) + sorted(planted_seeds.RECIPES)}")
+    recipe = RECIPES[name]()
+    return recipe.n_layers, recipe.max_positions
+
+
 def planted_words(recipe: PlantedRecipe) -> list[str]:
     """Words of the matching `words` tokenizer: ids N_SPECIAL.. map to w02, w03, ..."""
     return [f"w{i:02d}" for i in range(N_SPECIAL, recipe.vocab_size)]
@@ -385,7 +397,11 @@ def _plant_previous_token_head(attention: torch.nn.Module, norm: torch.nn.LayerN
 
 
 def build_planted_model(recipe_name: str) -> OPTForCausalLM:
-    """Build the planted OPT model of `recipe_name` (deterministic, no randomness)."""
+    """Build the planted OPT model of `recipe_name` (deterministic: seeded or without randomness)."""
+    from neuron_census.testing import planted_seeds
+
+    if recipe_name in planted_seeds.RECIPES:
+        return planted_seeds.family_member(recipe_name)
     import torch
     from transformers import OPTConfig, OPTForCausalLM
 

@@ -24,13 +24,32 @@ class SeedFamily:
     dead: frozenset[tuple[int, int]]  # reference neurons that never fire
 
 
+RECIPES = {"seeds-a": "a", "seeds-b": "b", "seeds-c": "c"}  # the pipeline's planted family, a model each
+FAMILY_VOCAB, FAMILY_LAYERS, FAMILY_POSITIONS = 48, 3, 64  # the planted words tokenizer and designed data
+
+
+def family_member(recipe: str) -> OPTForCausalLM:
+    """One model of the pipeline's planted family (`models.<name>: {source: planted, recipe: seeds-b}`):
+    it reads the planted `words` tokenizer and the designed data of the census recipe."""
+    family = build_seed_family(len(RECIPES), n_layers=FAMILY_LAYERS, vocab=FAMILY_VOCAB, max_positions=FAMILY_POSITIONS)
+    return family.models[RECIPES[recipe]]
+
+
 def build_seed_family(
-    n_models: int = 3, *, n_layers: int = 3, n_neurons: int = 256, d_model: int = 128, vocab: int = 300, n_universal: int = 8, seed: int = 0
+    n_models: int = 3,
+    *,
+    n_layers: int = 3,
+    n_neurons: int = 256,
+    d_model: int = 128,
+    vocab: int = 300,
+    max_positions: int = 128,
+    n_universal: int = 8,
+    seed: int = 0,
 ) -> SeedFamily:
     rng = np.random.default_rng(seed)
     config = OPTConfig(
         vocab_size=vocab, hidden_size=d_model, ffn_dim=n_neurons, num_hidden_layers=n_layers, num_attention_heads=4,
-        max_position_embeddings=128, word_embed_proj_dim=d_model, do_layer_norm_before=True, activation_function="relu",
+        max_position_embeddings=max_positions + 2, word_embed_proj_dim=d_model, do_layer_norm_before=True, activation_function="relu",
         pad_token_id=1, bos_token_id=2, eos_token_id=2,
     )
     torch.manual_seed(seed)

@@ -1,13 +1,15 @@
-"""Train OPT-architecture language models from scratch, with and without positional embeddings.
+"""Train language models from scratch: OPT (with and without positional embeddings) and GPT-2 architectures.
 
 Voita et al. (2023, Sec. 5.4) compare positional neurons of two models trained identically except that one
 has no positional embeddings ("NoPos"). Both are `OPTForCausalLM`: ReLU FFN, pre-LayerNorm, learned absolute
 positions, tied input/output embeddings. The NoPos model is the same class with its position-embedding table
 set to zero and frozen for the whole of training, so positions add nothing to the residual stream while every
 checkpoint stays an ordinary OPT folder that `AutoModelForCausalLM.from_pretrained` loads like any other.
+Gurnee et al. (2024) compare GPT-2 models that differ only in their seed: `architecture: gpt2` trains
+`GPT2LMHeadModel` (GELU FFN) the same way.
 
 Layout of `out_dir`:
-    step-{N}/          one Hugging Face OPT folder per checkpoint (config.json, model.safetensors, tokenizer files)
+    step-{N}/          one Hugging Face model folder per checkpoint (config.json, model.safetensors, tokenizer files)
     resume/            the latest training state (weights, AdamW moments, RNG, step; safetensors + json),
                        saved at every checkpoint and every `resume_every` steps
     train_log.jsonl    one row per logged step: step, loss, lr, tokens_seen, seconds
@@ -40,7 +42,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch.utils.data import BatchSampler, RandomSampler
 from tqdm.auto import tqdm
-from transformers import OPTConfig, OPTForCausalLM
+from transformers import GPT2Config, GPT2LMHeadModel, OPTConfig, OPTForCausalLM, PretrainedConfig, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from neuron_census.atomic import atomic_path
@@ -72,6 +74,7 @@ class TrainConfig:
     memory: OPT's 0.5M-token batches on one GPU).
     """
 
+    architecture: str = "opt"  # "opt" (ReLU) or "gpt2" (GELU; learned positions and tied embeddings, as both)
     d_model: int = 128
     n_layers: int = 4
     n_heads: int = 4
@@ -99,6 +102,8 @@ class TrainConfig:
             raise ValueError(f"micro_batches={self.micro_batches} must divide batch_size={self.batch_size}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if self.architecture == "gpt2" and not self.positions:
+            raise ValueError("positions=false (NoPos) is an OPT variant; the gpt2 architecture keeps its positions")
         if not self.warmup_steps < self.steps:
             raise ValueError(f"warmup_steps must be in [0, steps), got {self.warmup_steps}")
 
@@ -113,9 +118,27 @@ def _trajectory(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in {**defaults, **config}.items() if k not in SAVE_SCHEDULE}
 
 
-def opt_config(cfg: TrainConfig, vocab_size: int, *, bos_id: int, eos_id: int, pad_id: int) -> OPTConfig:
-    """The Hugging Face config of OPT's architecture at the size given by `cfg`; OPTConfig's defaults give
-    the rest (learned positions, biases, affine LayerNorms, no attention dropout or layer drop, init std 0.02)."""
+def model_config(cfg: TrainConfig, vocab_size: int, *, bos_id: int, eos_id: int, pad_id: int) -> PretrainedConfig:
+    """The Hugging Face config of the run's architecture at the size given by `cfg`. OPT: ReLU, pre-LN,
+    learned positions, biases; GPT-2: GELU (`gelu_new`), pre-LN, learned positions. Both tie the input and
+    output embeddings; the configs' defaults give the rest (init std 0.02, no layer drop)."""
+    if cfg.architecture == "gpt2":
+        return GPT2Config(
+            vocab_size=vocab_size,
+            n_embd=cfg.d_model,
+            n_layer=cfg.n_layers,
+            n_head=cfg.n_heads,
+            n_inner=cfg.ffn_dim,
+            n_positions=cfg.max_positions,
+            activation_function="gelu_new",
+            resid_pdrop=cfg.dropout,
+            embd_pdrop=cfg.dropout,
+            attn_pdrop=cfg.dropout,
+            tie_word_embeddings=True,
+            bos_token_id=bos_id,
+            eos_token_id=eos_id,
+            pad_token_id=pad_id,
+        )
     return OPTConfig(
         vocab_size=vocab_size,
         hidden_size=cfg.d_model,
@@ -146,10 +169,10 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def build_model(cfg: TrainConfig, config: OPTConfig) -> OPTForCausalLM:
+def build_model(cfg: TrainConfig, config: PretrainedConfig) -> PreTrainedModel:
     """A freshly initialised model (seeded); for NoPos, with a zero, frozen position table."""
     torch.manual_seed(cfg.seed)
-    model = OPTForCausalLM(config)
+    model = GPT2LMHeadModel(config) if isinstance(config, GPT2Config) else OPTForCausalLM(config)
     if not cfg.positions:
         table = model.model.decoder.embed_positions.weight
         with torch.no_grad():
@@ -196,8 +219,8 @@ def next_token_loss(
     return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX)
 
 
-def save_checkpoint(model: OPTForCausalLM, path: Path, tokenizer_dir: Path | None) -> None:
-    """Write one Hugging Face OPT folder (weights in safetensors, plus the tokenizer files) atomically.
+def save_checkpoint(model: PreTrainedModel, path: Path, tokenizer_dir: Path | None) -> None:
+    """Write one Hugging Face model folder (weights in safetensors, plus the tokenizer files) atomically.
 
     transformers' per-save progress bar is hidden: it would interleave with the training bar."""
     bars = hf_logging.is_progress_bar_enabled()
@@ -395,7 +418,7 @@ def train_opt(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
     n_rows, seq_len = tokens.shape
-    model = build_model(cfg, opt_config(cfg, vocab_size, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id)).to(device)
+    model = build_model(cfg, model_config(cfg, vocab_size, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id)).to(device)
     optimizer = make_optimizer(model, cfg, device)
     step, elapsed, log, pending = 0, 0.0, [], (0.0, 0)
     if (out_dir / "resume" / "state.json").is_file():

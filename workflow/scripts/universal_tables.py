@@ -1,0 +1,13 @@
+"""Snakemake adapter: best_matches.parquet and universal.parquet of one reference model."""
+
+from neuron_census.jobs import universal_tables_job
+from neuron_census.logs import job_log
+
+with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)
+    universal_tables_job(
+        reference=snakemake.wildcards.model,  # noqa: F821 (injected by Snakemake)
+        blocks=list(snakemake.input),  # noqa: F821
+        study=snakemake.params.study,  # noqa: F821
+        matches_out=snakemake.output.matches,  # noqa: F821
+        universal_out=snakemake.output.universal,  # noqa: F821
+    )
