@@ -91,6 +91,16 @@ def test_defaults_are_filled(default):
          r"'models.tiny-opt.capture.accumulator_options': moments: unknown options \['dtype'\]; known: \[\]"),
         (lambda c: c["models"].update(p={"source": "planted", "recipe": "nope", "tokenizer": "stories260k"}),
          r"'models.p.recipe': unknown planted recipe 'nope'"),
+        # universal neurons
+        (lambda c: c["universal"]["tiny-gpt2-seed0"].update(others=["stories260k"]),
+         r"'universal.tiny-gpt2-seed0.others': models 'tiny-gpt2-seed0' and 'stories260k' have different tokenizers"),
+        (lambda c: c["universal"]["tiny-gpt2-seed0"].update(others=["tiny-gpt2-seed0"]), r"must differ from 'tiny-gpt2-seed0'"),
+        (lambda c: c["universal"].update(nope={"others": ["tiny-opt"]}), r"'universal.nope': unknown model 'nope'"),
+        (lambda c: c["universal"]["planted-seed-a"].update(dataset="nope"), r"'universal.planted-seed-a.dataset': unknown dataset"),
+        (lambda c: c["universal"]["planted-seed-a"].update(activation="gelu"), r"'universal.planted-seed-a.activation'"),
+        (lambda c: c["train"]["tiny-gpt2"].update(seed=3), r"'train.tiny-gpt2'"),  # seed and seeds
+        (lambda c: c["train"]["tiny-gpt2"].update(architecture="llama"), r"'train.tiny-gpt2.architecture'"),
+        (lambda c: c["train"].update({"tiny-gpt2-seed1": c["train"]["tiny-opt"]}), r"run 'tiny-gpt2-seed1' is also configured"),
     ],
 )
 def test_mistakes_name_the_key(default, mutate, message):
@@ -99,6 +109,14 @@ def test_mistakes_name_the_key(default, mutate, message):
     with pytest.raises(ConfigError, match=message) as info:
         validate_config(config, SCHEMA)
     assert "\n" not in str(info.value)
+
+
+def test_seeds_make_one_run_each(default):
+    config = validate_config(default, SCHEMA)
+    runs = {name: run for name, run in config["train"].items() if name.startswith("tiny-gpt2")}
+    assert {name: run["seed"] for name, run in runs.items()} == {f"tiny-gpt2-seed{k}": k for k in range(3)}
+    assert all("seeds" not in run and run["architecture"] == "gpt2" for run in runs.values())
+    assert config["train"]["tiny-opt"]["seed"] == 0
 
 
 def test_resolution_of_trained_models(default):

@@ -142,3 +142,26 @@ def test_planted_universal_neurons_are_recovered():
     ((layer, neuron),) = family.dead
     dead = table.filter(pl.col("layer") == layer, pl.col("neuron") == neuron)
     assert dead["max_corr"].to_list() == [0.0] and dead["excess_corr"].to_list() == [0.0]  # correlation 0, not NaN
+
+
+def test_best_matches_over_blocks_of_layer_pairs_equal_one_block():
+    """Four blocks of one capture ((0) and (1, 2) against (0, 1) and (2)) give the tables of one block."""
+    family = build_seed_family(3, n_universal=8, seed=1)
+    models = {name: PairedModel(model, adapter_for(model), "t") for name, model in family.models.items()}
+    tokens = np.random.default_rng(1).integers(3, 300, size=(32, 32))
+    whole = NeuronCorrelation("a", ["b", "c"], (0, 1, 2), (0, 1, 2), 256, torch.device("cpu"))
+    blocks = [
+        NeuronCorrelation("a", ["b", "c"], layers_a, layers_b, 256, torch.device("cpu"))
+        for layers_a in ((0,), (1, 2))
+        for layers_b in ((0, 1), (2,))
+    ]
+    capture_paired(models, tokens, [whole, *blocks], layers=(0, 1, 2), first_seq_id=0, has_bos=True, batch_size=16, device=torch.device("cpu"))
+    expected = best_matches([whole.state()], seed=3).sort("other", "layer", "neuron")
+    got = best_matches([block.state() for block in blocks], seed=3).sort("other", "layer", "neuron")
+    assert got.select("layer", "neuron", "other", "match_layer", "match_neuron").equals(
+        expected.select("layer", "neuron", "other", "match_layer", "match_neuron")
+    )
+    for column in ("max_corr", "baseline"):
+        np.testing.assert_allclose(got[column].to_numpy(), expected[column].to_numpy(), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="with a layer twice"):
+        best_matches([block.state() for block in blocks] + [blocks[0].state()])

@@ -330,8 +330,8 @@ def merge_job(inputs: Sequence[PathLike], output: PathLike, threads: int = 1) ->
 
 
 def layer_groups(n_layers: int, blocks: int) -> list[tuple[int, ...]]:
-    """The layers split into `blocks` contiguous groups as equal as they come (fewer when there are fewer layers)."""
-    return [tuple(int(x) for x in part) for part in np.array_split(np.arange(n_layers), min(blocks, n_layers))]
+    """The layers split into `blocks` contiguous groups as equal as they come."""
+    return [tuple(int(x) for x in part) for part in np.array_split(np.arange(n_layers), blocks)]
 
 
 def correlation_job(
@@ -365,6 +365,9 @@ def correlation_job(
     loaded = {}
     for name, spec in models.items():
         _, loaded[name], device, _ = _load_model_and_tokenizer(name, spec, tokenizer_name, tokenizer_spec, settings, threads)
+    for name, model in loaded.items():
+        if study["blocks"] > model.adapter.n_layers:
+            raise ValueError(f"universal.{reference}.blocks: {study['blocks']} blocks, but model '{name}' has {model.adapter.n_layers} layers")
     groups = {name: layer_groups(model.adapter.n_layers, int(study["blocks"])) for name, model in loaded.items()}
     first, second = (int(part) for part in block.split("-"))
     others = [name for name in models if name != reference]

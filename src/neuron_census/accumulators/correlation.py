@@ -89,6 +89,8 @@ class NeuronCorrelation:
         return tuple(sorted(set(self.layers_a) | set(self.layers_b)))
 
     def update(self, item: PairedActivations) -> None:
+        if item.layer not in self.layers:  # another block's layer of the same capture
+            return
         if self._batch is not None and item.batch.index != self._batch:
             raise ValueError(
                 "correlation needs every layer of a batch before the next batch: capture with the resident or "
