@@ -9,6 +9,7 @@ fires c times as strongly on the same tokens, a correlation of exactly 1 whereve
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,8 +32,13 @@ FAMILY_VOCAB, FAMILY_LAYERS, FAMILY_POSITIONS = 48, 3, 64  # the planted words t
 def family_member(recipe: str) -> OPTForCausalLM:
     """One model of the pipeline's planted family (`models.<name>: {source: planted, recipe: seeds-b}`):
     it reads the planted `words` tokenizer and the designed data of the census recipe."""
-    family = build_seed_family(len(RECIPES), n_layers=FAMILY_LAYERS, vocab=FAMILY_VOCAB, max_positions=FAMILY_POSITIONS)
-    return family.models[RECIPES[recipe]]
+    return copy.deepcopy(_pipeline_family().models[RECIPES[recipe]])
+
+
+@functools.cache
+def _pipeline_family() -> SeedFamily:
+    """Built once per process: a study's job loads every member."""
+    return build_seed_family(len(RECIPES), n_layers=FAMILY_LAYERS, vocab=FAMILY_VOCAB, max_positions=FAMILY_POSITIONS)
 
 
 def build_seed_family(
