@@ -33,7 +33,7 @@ def plot_universal_correlations(tables: Mapping[str, pl.DataFrame], style: Mappi
     for threshold in sorted(set(thresholds.values())):  # every study's (the models may be relabelled)
         axes[-1].axvline(threshold, color="0.3", linestyle="--", linewidth=1)
     axes[0].set_ylabel("density of neurons")
-    axes[0].legend(fontsize="small", frameon=False)
+    axes[-1].legend(fontsize="small", frameon=False, loc="upper right")
     fig.suptitle(style.get("title", ""))
     return fig
 
