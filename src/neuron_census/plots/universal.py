@@ -33,7 +33,8 @@ def plot_universal_correlations(tables: Mapping[str, pl.DataFrame], style: Mappi
     for threshold in sorted(set(thresholds.values())):  # every study's (the models may be relabelled)
         axes[-1].axvline(threshold, color="0.3", linestyle="--", linewidth=1)
     axes[0].set_ylabel("density of neurons")
-    axes[-1].legend(fontsize="small", frameon=False, loc="upper right")
+    if models:  # below the panels, where it hides no bar
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=len(models), fontsize="small", frameon=False)
     fig.suptitle(style.get("title", ""))
     return fig
 
