@@ -57,5 +57,6 @@ def plot_universal_by_layer(tables: Mapping[str, pl.DataFrame], style: Mapping[s
     ax.set_ylabel("universal neurons (%)")
     ax.set_ylim(bottom=0.0, top=max(1.0, ax.get_ylim()[1]))
     ax.set_title(style.get("title", ""))
-    ax.legend(fontsize="small", frameon=False)
+    if models:
+        ax.legend(fontsize="small", frameon=False)
     return fig
