@@ -348,23 +348,21 @@ def correlation_job(
 ) -> None:
     """Correlations of one block of layer pairs (`block` = "i-j": the reference's layer group i with group
     j of every other model) over one token shard, every model run in lockstep on the reference's device."""
-    import torch
 
     from neuron_census.accumulators.correlation import NeuronCorrelation
     from neuron_census.capture.engine import PairedModel, capture_paired
     from neuron_census.capture.placement import Placement
     from neuron_census.capture.store import write_store
-    from neuron_census.data.tokenization import load_tokenizer
+    from neuron_census.models.loading import load_model
 
     placement = Placement.from_config(settings)
     if placement.strategy == "layerwise":
         raise ValueError(f"universal neurons of '{reference}': correlations need the resident or offload strategy, not layerwise")
-    torch.set_num_threads(max(1, threads))
-    tokenizer = load_tokenizer(tokenizer_name, tokenizer_spec)
+    tokenizer, first, device, dtype = _load_model_and_tokenizer(
+        reference, models[reference], tokenizer_name, tokenizer_spec, settings, threads
+    )
     tokens, shard_attrs = read_shard_for(shard_path, tokenizer, f"model '{reference}'")
-    loaded = {}
-    for name, spec in models.items():
-        _, loaded[name], device, _ = _load_model_and_tokenizer(name, spec, tokenizer_name, tokenizer_spec, settings, threads)
+    loaded = {name: first if name == reference else load_model(name, spec, device=device, dtype=dtype) for name, spec in models.items()}
     for name, model in loaded.items():
         if study["blocks"] > model.adapter.n_layers:
             raise ValueError(f"universal.{reference}.blocks: {study['blocks']} blocks, but model '{name}' has {model.adapter.n_layers} layers")
@@ -401,21 +399,23 @@ def correlation_job(
     write_store(output, attrs, {NeuronCorrelation.name: state})
 
 
-def read_correlation(path: PathLike) -> dict[str, np.ndarray]:
+def read_correlation(path: PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """A correlation store's attributes and state (its model names back in the state)."""
     from neuron_census.accumulators.correlation import NeuronCorrelation
     from neuron_census.capture.store import read_store
 
     attrs, states = read_store(path)
-    return states[NeuronCorrelation.name] | {"models": np.asarray(attrs["models"])}
+    return attrs, states[NeuronCorrelation.name] | {"models": np.asarray(attrs["models"])}
 
 
 def correlation_merge_job(inputs: Sequence[PathLike], output: PathLike) -> None:
-    """One block's shards combined exactly."""
+    """One block's shards combined exactly, one shard read at a time (two states in memory)."""
     from neuron_census.accumulators.correlation import NeuronCorrelation
-    from neuron_census.capture.store import read_store, write_store
+    from neuron_census.capture.store import write_store
 
-    attrs = read_store(inputs[0])[0]
-    state = NeuronCorrelation.merge([read_correlation(path) for path in inputs])
+    attrs, state = read_correlation(inputs[0])
+    for path in inputs[1:]:
+        state = NeuronCorrelation.merge([state, read_correlation(path)[1]])
     names = [str(name) for name in state.pop("models")]
     write_store(output, {"models": names, "block": attrs["block"], "dataset": attrs["dataset"]}, {NeuronCorrelation.name: state})
 
@@ -424,7 +424,8 @@ def universal_tables_job(reference: str, blocks: Sequence[PathLike], study: Mapp
     """The best match of every reference neuron in every other model, and its universality."""
     from neuron_census.analyses.universal import best_matches, universality
 
-    matches = best_matches([read_correlation(path) for path in blocks], seed=int(study["rotation_seed"]))
+    states = (read_correlation(path)[1] for path in blocks)  # one block in memory at a time
+    matches = best_matches(states, seed=int(study["rotation_seed"]))
     table = universality(matches, threshold=float(study["threshold"]))
     model = pl.lit(reference).alias("model")
     write_parquet(matches.select(model, pl.all()), matches_out)

@@ -3,7 +3,7 @@ the same maximum after a random rotation of that model's neuron basis."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 import numpy as np
 import polars as pl
@@ -35,65 +35,73 @@ def _rotated_pearson(state: State, other: str, slot: int, rotation: np.ndarray) 
         return np.clip(np.where(spread > 0, co / spread, 0.0), -1.0, 1.0)
 
 
-def best_matches(states: Sequence[State], *, seed: int = 0) -> pl.DataFrame:
+def best_matches(states: Iterable[State], *, seed: int = 0) -> pl.DataFrame:
     """One row per (reference neuron, other model): its largest correlation over every neuron of the other
-    model, the (layer, neuron) attaining it (the first on ties), and the same largest correlation with the
+    model, the (layer, neuron) attaining it (the lowest on ties), and the same largest correlation with the
     other model's neurons rotated by a random orthogonal matrix per layer (`baseline`). `states` are the
-    merged blocks of layer pairs; together they must pair each reference layer with the same other layers,
-    each once."""
-    groups: dict[tuple[int, ...], list[State]] = {}
+    merged blocks of layer pairs, in any order and read one at a time (a block of GPT-2 medium holds tens of
+    GB); together they must pair each reference layer with the same other layers, each once."""
+    groups: dict[tuple[int, ...], _Matches] = {}
     for state in states:
-        groups.setdefault(tuple(int(x) for x in state["layers_a"]), []).append(state)
+        layers_a = tuple(int(x) for x in state["layers_a"])
+        groups.setdefault(layers_a, _Matches(state, layers_a)).add(state, seed)
     covered = None
-    frames = []
-    for layers_a, blocks in sorted(groups.items()):
-        blocks = sorted(blocks, key=lambda s: int(s["layers_b"][0]))
-        layers_b = [int(layer) for block in blocks for layer in block["layers_b"]]
-        if len(set(layers_b)) != len(layers_b):
-            raise ValueError(f"correlation blocks pair reference layers {list(layers_a)} with a layer twice")
-        if covered is not None and sorted(layers_b) != covered:
-            raise ValueError(f"reference layers {list(layers_a)} are paired with layers {sorted(layers_b)}, others with {covered}")
-        covered = sorted(layers_b)
-        frames.append(_group_matches(blocks, layers_a, seed))
-    return pl.concat(frames)
+    for layers_a, group in sorted(groups.items()):
+        if covered is not None and sorted(group.layers_b) != covered:
+            raise ValueError(f"reference layers {list(layers_a)} are paired with layers {sorted(group.layers_b)}, others with {covered}")
+        covered = sorted(group.layers_b)
+    return pl.concat([group.frame() for _, group in sorted(groups.items())])
 
 
-def _group_matches(blocks: list[State], layers_a: tuple[int, ...], seed: int) -> pl.DataFrame:
-    names = [str(name) for name in blocks[0]["models"]]
-    reference, others = names[0], names[1:]
-    width_a = len(blocks[0][m2_key(reference)]) // len(layers_a)
-    frames = []
-    for index, other in enumerate(others):
-        best = np.full(width_a * len(layers_a), -np.inf)
-        at_layer = np.zeros(len(best), dtype=np.int64)
-        at_neuron = np.zeros(len(best), dtype=np.int64)
-        baseline = np.full(len(best), -np.inf)
-        for block in blocks:
+class _Matches:
+    """Running maxima of one group of reference layers over the blocks that pair it with other layers."""
+
+    def __init__(self, first: State, layers_a: tuple[int, ...]) -> None:
+        names = [str(name) for name in first["models"]]
+        self.others = names[1:]
+        self.layers_a = layers_a
+        self.width_a = len(first[m2_key(names[0])]) // len(layers_a)
+        n = self.width_a * len(layers_a)
+        self.best = {other: np.full(n, -np.inf) for other in self.others}
+        self.at = {other: np.zeros(n, dtype=np.int64) for other in self.others}  # layer * width_b + neuron
+        self.baseline = {other: np.full(n, -np.inf) for other in self.others}
+        self.layers_b: list[int] = []
+        self.width_b = 1
+
+    def add(self, block: State, seed: int) -> None:
+        layers_b = [int(layer) for layer in block["layers_b"]]
+        if set(layers_b) & set(self.layers_b):
+            raise ValueError(f"correlation blocks pair reference layers {list(self.layers_a)} with a layer twice")
+        self.layers_b += layers_b
+        for index, other in enumerate(self.others):
             r = pearson(block, other)
-            width_b = r.shape[1] // len(block["layers_b"])
-            where = r.argmax(axis=1)
+            self.width_b = r.shape[1] // len(layers_b)
+            where = r.argmax(axis=1)  # the first (lowest neuron) of the block's maxima
             value = r[np.arange(len(r)), where]
-            better = value > best
-            best[better] = value[better]
-            at_layer[better] = block["layers_b"][where[better] // width_b]
-            at_neuron[better] = where[better] % width_b
-            for slot, layer in enumerate(block["layers_b"]):
-                rotated = _rotated_pearson(block, other, slot, rotation_of(seed, index, int(layer), width_b))
-                baseline = np.maximum(baseline, rotated.max(axis=1))
-        frames.append(
+            at = np.asarray(layers_b)[where // self.width_b] * self.width_b + where % self.width_b
+            best, kept = self.best[other], self.at[other]
+            better = (value > best) | ((value == best) & (at < kept))
+            best[better], kept[better] = value[better], at[better]
+            for slot, layer in enumerate(layers_b):
+                rotated = _rotated_pearson(block, other, slot, rotation_of(seed, index, layer, self.width_b))
+                np.maximum(self.baseline[other], rotated.max(axis=1), out=self.baseline[other])
+
+    def frame(self) -> pl.DataFrame:
+        n = self.width_a * len(self.layers_a)
+        return pl.concat(
             pl.DataFrame(
                 {
-                    "layer": np.repeat(np.asarray(layers_a, dtype=np.int64), width_a),
-                    "neuron": np.tile(np.arange(width_a, dtype=np.int64), len(layers_a)),
-                    "other": [other] * len(best),
-                    "max_corr": best,
-                    "match_layer": at_layer,
-                    "match_neuron": at_neuron,
-                    "baseline": baseline,
+                    "layer": np.repeat(np.asarray(self.layers_a, dtype=np.int64), self.width_a),
+                    "neuron": np.tile(np.arange(self.width_a, dtype=np.int64), len(self.layers_a)),
+                    "other": [other] * n,
+                    "max_corr": self.best[other],
+                    "match_layer": self.at[other] // self.width_b,
+                    "match_neuron": self.at[other] % self.width_b,
+                    "baseline": self.baseline[other],
                 }
             )
+            for other in self.others
         )
-    return pl.concat(frames)
 
 
 def universality(matches: pl.DataFrame, *, threshold: float = 0.5) -> pl.DataFrame:
