@@ -235,6 +235,20 @@ def test_hf_source_local_jsonl(tmp_path: Path) -> None:
         list(iter_documents(bad, tmp_path, dataset="h"))
 
 
+def test_short_documents_are_dropped_before_the_split(tmp_path: Path) -> None:
+    """`drop_under_chars` (the Pile's documents under 50 characters, Gurnee et al.): hf records and files."""
+    texts = ["x" * n for n in (49, 50, 10, 80, 51, 3, 60, 50)]
+    (tmp_path / "data.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in texts))
+    hf = {"source": "hf", "hf": {"path": "json", "data_files": "data.jsonl", "split": "train"}, "drop_under_chars": 50}
+    kept = [t for t in texts if len(t) >= 50]
+    assert list(iter_documents(hf, tmp_path)) == kept
+    assert list(iter_documents({**hf, "split": "heldout", "heldout_every": 2}, tmp_path)) == kept[1::2]
+    files = {"source": "files", "paths": ["data.jsonl"], "drop_under_chars": 50}
+    assert list(iter_documents(files, tmp_path)) == kept
+    with pytest.raises(ValueError, match=r"data\.jsonl.*no documents of at least 100 characters"):
+        list(iter_documents({**files, "drop_under_chars": 100}, tmp_path))
+
+
 def test_hf_records_filtered_by_a_nested_field(tmp_path: Path) -> None:
     """`hf.where` picks subsets of a mixed dataset (the Pile's `meta.pile_set_name`) before the split."""
     subsets = ["Wikipedia (en)", "Github", "DM Mathematics", "Pile-CC"]

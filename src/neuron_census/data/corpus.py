@@ -53,10 +53,11 @@ SHARD_CHUNK_BYTES = 1 << 20
 MAX_DOCUMENT_CHARS = 1 << 26
 TOKENIZE_PIECE_CHARS = 1 << 18
 
-# The schema's dataset defaults, and max_document_chars' (none there, so that older runs keep their params).
+# The schema's dataset defaults, and those of max_document_chars and drop_under_chars (none there, so that
+# older runs keep their params).
 # The config check fills them in and checks every key's type and range before any job runs; the public
 # functions below fill them into specs that did not pass it (tests, benchmarks) and read the keys directly.
-DEFAULTS: dict[str, Any] = {**schema_defaults("$defs/dataset"), "max_document_chars": MAX_DOCUMENT_CHARS}
+DEFAULTS: dict[str, Any] = {**schema_defaults("$defs/dataset"), "max_document_chars": MAX_DOCUMENT_CHARS, "drop_under_chars": 0}
 
 
 # --------------------------------------------------------------------------- documents
@@ -171,9 +172,9 @@ def _local_data_files(files: Any, root: Path) -> set[Path]:
     return set(_glob(files, root))
 
 
-def _file_documents(path: Path, field: str, errors: str, min_chars: int, max_chars: int) -> Iterator[str]:
+def _file_documents(path: Path, field: str, errors: str, min_chars: int, max_chars: int, shortest: int = 0) -> Iterator[str]:
     """Documents of a plain-text file (blank-line blocks grouped to min_chars: the bundle format) or of a
-    JSONL file (its records' `field` strings)."""
+    JSONL file (its records' `field` strings), those under `shortest` characters left out."""
     if path.name.endswith(JSONL_SUFFIXES):
         documents = _jsonl_documents(path, field, errors, max_chars)
     elif path.name.endswith(TEXT_SUFFIXES):
@@ -185,12 +186,12 @@ def _file_documents(path: Path, field: str, errors: str, min_chars: int, max_cha
         )
     count = 0
     try:
-        for count, doc in enumerate(documents, start=1):
+        for count, doc in enumerate((doc for doc in documents if len(doc) >= shortest), start=1):
             yield doc
     except BlockTooLong as error:
         raise ValueError(f"{path}: {error} (after document {count}); raise the dataset's max_document_chars to read it") from None
     if count == 0:
-        raise ValueError(f"{path}: file is empty or has no documents")
+        raise ValueError(f"{path}: file is empty or has no documents" + (f" of at least {shortest} characters" if shortest else ""))
 
 
 def _jsonl_documents(path: Path, field: str, errors: str, max_chars: int) -> Iterator[str]:
@@ -288,7 +289,7 @@ def _hf_documents(
     import datasets
 
     hf = {**schema_defaults("$defs/dataset/hf"), **spec["hf"]}
-    path, field, longest = hf["path"], hf["text_field"], spec["max_document_chars"]
+    path, field, longest, shortest = hf["path"], hf["text_field"], spec["max_document_chars"], spec["drop_under_chars"]
     if not Path(path).is_absolute() and (Path(root) / path).exists():
         path = str(Path(root) / path)
     try:
@@ -318,7 +319,7 @@ def _hf_documents(
                 f"dataset {name!r}: hf dataset {path!r}: a record exceeds {longest:,} characters (after record {count}); "
                 "raise the dataset's max_document_chars to read it"
             )
-        if text.strip():
+        if text.strip() and len(text) >= shortest:
             count += 1
             yield text, {"state": stream.state_dict(), "records": count, "datasets": datasets.__version__}
     if count == 0:
@@ -518,7 +519,7 @@ def _positioned_documents(
         yield from apply_split(_hf_documents(spec, root, name, resume), split, every, start=records)
         return
     read = partial(_file_documents, field=spec["text_field"], errors=spec["encoding_errors"],
-                   min_chars=spec["min_document_chars"], max_chars=spec["max_document_chars"])
+                   min_chars=spec["min_document_chars"], max_chars=spec["max_document_chars"], shortest=spec["drop_under_chars"])
     paths = _file_paths(spec, root, name)
     first, skipped = (int(resume["file"]), int(resume["records"])) if resume else (0, 0)
     for index in range(first, len(paths)):
