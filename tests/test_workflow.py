@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+import torch
 import yaml
+from scipy import stats
 
 from neuron_census.data.corpus import read_token_shard
 from neuron_census.jobs import FIGURES
@@ -113,7 +115,8 @@ def test_tiny_dag_recovers_every_planted_role(tiny_run: Path):
     assert report.count("&#x27;planted&#x27; is built in code: neurons of known roles") == sum(
         1 for figure in census_figures if "planted" in (tiny["figures"].get(figure, {}).get("models") or ["planted"])
     )
-    assert report.count("&#x27;planted-seed-a&#x27; is built in code with other models of its family") == 2
+    study_figures = [figure for figure in FIGURES if "universal" in FIGURES[figure].tables]
+    assert report.count("&#x27;planted-seed-a&#x27; is built in code with other models of its family") == len(study_figures) == 3
     csv = pl.read_csv(tiny_run / "results" / "figures" / "fig5_detector_projections.csv")
     assert csv.filter(pl.col("model") == "planted").height == len(planted("token_detector"))
 
@@ -135,6 +138,23 @@ def test_tiny_dag_finds_exactly_the_planted_universal_neurons(tiny_run: Path):
             assert (row["match_layer"], row["match_neuron"]) == partner and row["max_corr"] > 0.9999
     (dead,) = family.dead
     assert universal.filter(pl.col("layer") == dead[0], pl.col("neuron") == dead[1])["max_corr"].to_list() == [0.0]
+    # activation properties over the same tokens, against the reference model's pre-activations
+    shards = sorted((tiny_run / "results" / "tokens" / "planted" / "designed").glob("shard-*.zarr"))
+    tokens = torch.from_numpy(np.concatenate([read_token_shard(s)[0] for s in shards]))
+    model = family.models["a"]
+    preacts = []
+    hooks = [layer.fc1.register_forward_hook(lambda _m, _a, out: preacts.append(out)) for layer in model.model.decoder.layers]
+    with torch.no_grad():
+        model(input_ids=tokens)
+    for hook in hooks:
+        hook.remove()
+    x = torch.stack(preacts).reshape(FAMILY_LAYERS, *tokens.shape, 256)[:, :, 1:].reshape(FAMILY_LAYERS, -1, 256).double().numpy()  # BOS dropped
+    got = universal.sort("layer", "neuron")
+    np.testing.assert_allclose(got["act_freq"].to_numpy(), (x > 0).mean(axis=1).reshape(-1))
+    np.testing.assert_allclose(got["pre_mean"].to_numpy(), x.mean(axis=1).reshape(-1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["pre_var"].to_numpy(), x.var(axis=1).reshape(-1), rtol=1e-4)
+    np.testing.assert_allclose(got["pre_skew"].to_numpy(), stats.skew(x, axis=1).reshape(-1), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(got["pre_kurtosis"].to_numpy(), stats.kurtosis(x, axis=1, fisher=False).reshape(-1), rtol=1e-3)
 
 
 def test_restyling_a_figure_plans_only_that_figure_and_the_report(tiny_run: Path, tmp_path: Path):
@@ -348,7 +368,8 @@ def test_default_config_dry_run(tmp_path: Path):
     assert plan["correlation"] == 4 and plan["universal_tables"] == 2  # two studies of two shards
     default = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     training = {"fig10_positional_nopos", "fig11_positional_training"}  # the training experiment: trained models only
-    universal = {"universal_correlations", "universal_by_layer"}  # the studies' reference models, the planted one first
+    # Gurnee et al.'s figures: the studies' reference models, the planted one first
+    universal = {f for f in FIGURES if "universal" in FIGURES[f].tables} | {"vocab_roles"}
     assert {f for f in FIGURES if "planted" in default["figures"][f]["models"]} == set(FIGURES) - training - universal
     assert all(default["figures"][f]["models"][0] == "planted-seed-a" for f in universal)
 

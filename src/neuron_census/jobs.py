@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -347,9 +347,11 @@ def correlation_job(
     threads: int = 1,
 ) -> None:
     """Correlations of one block of layer pairs (`block` = "i-j": the reference's layer group i with group
-    j of every other model) over one token shard, every model run in lockstep on the reference's device."""
+    j of every other model) over one token shard, every model run in lockstep on the reference's device.
+    Blocks "i-0" also take the pre-activation moments of the reference's layer group i (neuron properties)."""
 
     from neuron_census.accumulators.correlation import NeuronCorrelation
+    from neuron_census.accumulators.preactivation_moments import PreactivationMoments
     from neuron_census.capture.engine import PairedModel, capture_paired
     from neuron_census.capture.placement import Placement
     from neuron_census.capture.store import write_store
@@ -375,58 +377,98 @@ def correlation_job(
             raise ValueError(f"universal neurons of '{reference}': models '{others[0]}' and '{name}' differ in shape")
     dropped = sorted(tokenizer.special_ids | set(tokenizer.newline_ids() if study["drop_newlines"] else ()))
     widths = {name: model.adapter.n_neurons for name, model in loaded.items()}
-    accumulator = NeuronCorrelation(
+    correlation = NeuronCorrelation(
         reference, others, groups[reference][first], layers_b, widths, device,
         dropped_tokens=dropped, preactivation=study["activation"] == "pre",
     )
+    accumulators: list[Any] = [correlation]
+    if second == 0:
+        accumulators.append(PreactivationMoments(reference, correlation.layers_a, widths[reference], device, dropped_tokens=dropped))
     batch_size = int({**schema_defaults("capture"), **settings}["batch_size"])
     cost = NeuronCorrelation.memory(
-        widths[reference], len(accumulator.layers_a), widths[others[0]], len(layers_b), len(others), batch_size * tokens.shape[1]
+        widths[reference], len(correlation.layers_a), widths[others[0]], len(layers_b), len(others), batch_size * tokens.shape[1]
     )
     print(
-        f"universal neurons of '{reference}', block {block} (layers {list(accumulator.layers_a)} x {list(layers_b)}): "
+        f"universal neurons of '{reference}', block {block} (layers {list(correlation.layers_a)} x {list(layers_b)}): "
         + ", ".join(f"{key} {size / 1e9:.2f} GB" for key, size in cost.items()),
         file=sys.stderr,
     )
     paired = {name: PairedModel(model.model, model.adapter, tokenizer.fingerprint) for name, model in loaded.items()}
     capture_paired(
-        paired, tokens, [accumulator], layers=accumulator.layers, first_seq_id=0, has_bos=bool(shard_attrs["has_bos"]),
-        batch_size=batch_size, device=device, placement=placement, read_preactivation=study["activation"] == "pre",
+        paired, tokens, accumulators, layers=correlation.layers, first_seq_id=0, has_bos=bool(shard_attrs["has_bos"]),
+        batch_size=batch_size, device=device, placement=placement,
+        read_preactivation=study["activation"] == "pre" or second == 0,
     )
-    state = accumulator.state()
-    names = [str(name) for name in state.pop("models")]
+    states = {accumulator.name: accumulator.state() for accumulator in accumulators}
+    names = [str(name) for name in states[NeuronCorrelation.name].pop("models")]
     attrs = {"models": names, "block": block, "dataset": shard_attrs["dataset"], "shard": int(shard_attrs["shard"])}
-    write_store(output, attrs, {NeuronCorrelation.name: state})
+    write_store(output, attrs, states)
 
 
-def read_correlation(path: PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """A correlation store's attributes and state (its model names back in the state)."""
+def read_study_store(path: PathLike) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
+    """A correlation store's attributes and states: correlations (their model names back in the state) and,
+    for blocks "i-0", the reference's pre-activation moments."""
     from neuron_census.accumulators.correlation import NeuronCorrelation
     from neuron_census.capture.store import read_store
 
     attrs, states = read_store(path)
-    return attrs, states[NeuronCorrelation.name] | {"models": np.asarray(attrs["models"])}
+    states[NeuronCorrelation.name] = states[NeuronCorrelation.name] | {"models": np.asarray(attrs["models"])}
+    return attrs, states
 
 
 def correlation_merge_job(inputs: Sequence[PathLike], output: PathLike) -> None:
     """One block's shards combined exactly, one shard read at a time (two states in memory)."""
+    from neuron_census.accumulators.base import PAIRED
     from neuron_census.accumulators.correlation import NeuronCorrelation
     from neuron_census.capture.store import write_store
 
-    attrs, state = read_correlation(inputs[0])
+    attrs, states = read_study_store(inputs[0])
     for path in inputs[1:]:
-        state = NeuronCorrelation.merge([state, read_correlation(path)[1]])
-    names = [str(name) for name in state.pop("models")]
-    write_store(output, {"models": names, "block": attrs["block"], "dataset": attrs["dataset"]}, {NeuronCorrelation.name: state})
+        more = read_study_store(path)[1]
+        if sorted(more) != sorted(states):
+            raise ValueError(f"correlation store {path} holds {sorted(more)}, {inputs[0]} holds {sorted(states)}")
+        states = {name: PAIRED[name].merge([state, more[name]]) for name, state in states.items()}
+    names = [str(name) for name in states[NeuronCorrelation.name].pop("models")]
+    write_store(output, {"models": names, "block": attrs["block"], "dataset": attrs["dataset"]}, states)
 
 
-def universal_tables_job(reference: str, blocks: Sequence[PathLike], study: Mapping[str, Any], matches_out: PathLike, universal_out: PathLike) -> None:
-    """The best match of every reference neuron in every other model, and its universality."""
-    from neuron_census.analyses.universal import best_matches, universality
+def universal_tables_job(
+    reference: str,
+    model_spec: Mapping[str, Any],
+    blocks: Sequence[PathLike],
+    study: Mapping[str, Any],
+    weights: str,
+    matches_out: PathLike,
+    universal_out: PathLike,
+    threads: int = 1,
+) -> None:
+    """The best match of every reference neuron in every other model, its universality, its activation
+    properties over the same tokens and its weight statistics (read `weights`: processed or raw)."""
+    import torch
 
-    states = (read_correlation(path)[1] for path in blocks)  # one block in memory at a time
-    matches = best_matches(states, seed=int(study["rotation_seed"]))
+    from neuron_census.accumulators.correlation import NeuronCorrelation
+    from neuron_census.accumulators.preactivation_moments import PreactivationMoments
+    from neuron_census.analyses.universal import activation_properties, best_matches, universality
+    from neuron_census.analyses.weights import weight_columns
+    from neuron_census.models.loading import load_model
+
+    moments: list[dict[str, np.ndarray]] = []
+
+    def correlations() -> Iterator[dict[str, np.ndarray]]:  # one block in memory at a time
+        for path in blocks:
+            states = read_study_store(path)[1]
+            if PreactivationMoments.name in states:
+                moments.append(states[PreactivationMoments.name])
+            yield states[NeuronCorrelation.name]
+
+    matches = best_matches(correlations(), seed=int(study["rotation_seed"]))
     table = universality(matches, threshold=float(study["threshold"]))
+    torch.set_num_threads(max(1, threads))
+    loaded = load_model(reference, model_spec)  # on the CPU: a few matrix products per layer
+    properties = activation_properties(moments).join(
+        weight_columns(loaded.adapter, sorted(set(table["layer"].to_list())), processing=weights), on=["layer", "neuron"], how="left"
+    )
+    table = table.join(properties, on=["layer", "neuron"], how="left", maintain_order="left")
     model = pl.lit(reference).alias("model")
     write_parquet(matches.select(model, pl.all()), matches_out)
     write_parquet(table.select(model, pl.all()), universal_out)
@@ -500,14 +542,16 @@ def vocab_job(
     fired_output: PathLike,
     threads: int = 1,
 ) -> None:
-    """Vocabulary projections of every value vector of the captured layers, and the scores of every token
-    each neuron fired on in the merged stores (which trigger suppression averages over detected tokens).
+    """Vocabulary projections of every value vector of the captured layers with each neuron's weight
+    statistics, and the scores of every token each neuron fired on in the merged stores (which trigger
+    suppression averages over detected tokens).
 
     When capture does not keep the model resident, the decoder layers stay on the CPU, or on disk when
     capture keeps them there (`layerwise_weights: disk`); value vectors are read one layer at a time and
     only the unembedding path goes to the device.
     """
     from neuron_census.analyses.vocab import fired_pairs, vocab_tables
+    from neuron_census.analyses.weights import weight_columns
     from neuron_census.capture.placement import Placement, offload_folder, place_outside_layers
     from neuron_census.capture.store import StoreReader, merged_attrs, merged_layer_state
 
@@ -537,17 +581,23 @@ def vocab_job(
             top_n=int(settings["top_n"]),
             apply_final_norm=bool(settings["final_norm"]),
         )
-    write_parquet(table, output)
+        weights = weight_columns(loaded.adapter, layers, processing=str(settings["weights"]))
+    write_parquet(table.join(weights, on=["layer", "neuron"], how="left", maintain_order="left"), output)
     write_parquet(scores, fired_output)
 
 
-def tables_job(stats: PathLike, vocab: PathLike, fired: PathLike, neurons_out: PathLike, layers_out: PathLike) -> None:
-    """neurons.parquet (activation statistics joined with vocabulary projections and the trigger scores of
-    detected tokens) and layers.parquet."""
+def tables_job(
+    stats: PathLike, vocab: PathLike, fired: PathLike, neurons_out: PathLike, layers_out: PathLike, roles: Mapping[str, Any] | None = None
+) -> None:
+    """neurons.parquet (activation statistics joined with vocabulary projections, weight statistics, roles
+    in vocabulary space and the trigger scores of detected tokens) and layers.parquet. `roles`: the
+    config's `analysis.roles` thresholds."""
     from neuron_census.analyses.tables import layer_table
     from neuron_census.analyses.vocab import with_vocab
+    from neuron_census.analyses.weights import vocab_roles
 
     neurons = with_vocab(pl.read_parquet(stats), pl.read_parquet(vocab), pl.read_parquet(fired))
+    neurons = neurons.with_columns(vocab_role=vocab_roles(neurons, **{**schema_defaults("analysis/roles"), **(roles or {})}))
     write_parquet(neurons, neurons_out)
     write_parquet(layer_table(neurons, int(neurons["n_layers_total"][0])), layers_out)
 
@@ -598,6 +648,10 @@ FIGURES: dict[str, FigureSpec] = {
         "plots.universal", "plot_universal_correlations", ("universal",), "Universal neurons", defaults={"figsize": [10.0, 3.5]}
     ),
     "universal_by_layer": FigureSpec("plots.universal", "plot_universal_by_layer", ("universal",), "Universal neurons"),
+    "universal_properties": FigureSpec(
+        "plots.universal", "plot_universal_properties", ("universal",), "Universal neurons", defaults={"figsize": [9.0, 4.0]}
+    ),
+    "vocab_roles": FigureSpec("plots.roles", "plot_vocab_roles", ("neurons",), "Prediction and suppression neurons", defaults={"figsize": [9.0, 3.8]}),
 }
 
 TABLE_FILES = {

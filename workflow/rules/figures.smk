@@ -17,6 +17,7 @@ for _figure in FIGURE_SPECS:  # a figure left out of `all` (`draw: false`) can s
             analysis={  # named in Fig. 2's axis label; drawn in the universal-neuron figures
                 "ngram_coverage": config["analysis"]["ngram_coverage"],
                 "universal_thresholds": {model: study["threshold"] for model, study in config["universal"].items()},
+                "roles": config["analysis"]["roles"],  # drawn in vocab_roles
             },
         log:
             f"results/logs/figures/{_figure}.log",

@@ -10,7 +10,7 @@ rule neuron_stats:
     params:
         tokenizer_name=lambda w: model_tokenizer(config, w.model),
         tokenizer=lambda w: canonical(resolved_tokenizer_spec(config, model_tokenizer(config, w.model))),
-        analysis=canonical({k: v for k, v in config["analysis"].items() if k != "vocab"}),
+        analysis=canonical({k: v for k, v in config["analysis"].items() if k not in ("vocab", "roles")}),
     log:
         "results/logs/neuron_stats/{model}.log",
     conda:
@@ -53,6 +53,8 @@ rule neuron_tables:
     output:
         neurons="results/{model}/neurons.parquet",
         layers="results/{model}/layers.parquet",
+    params:
+        roles=canonical(config["analysis"]["roles"]),
     log:
         "results/logs/neuron_tables/{model}.log",
     conda:

@@ -1,5 +1,6 @@
 """Universal neurons (Gurnee et al. 2024): per reference model, correlations with other models (e.g. other
-seeds) per (shard, block of layer pairs), their exact merge per block, then the best-match tables."""
+seeds) per (shard, block of layer pairs), their exact merge per block, then the best-match tables with
+each neuron's activation properties and weight statistics."""
 
 
 rule correlation:
@@ -46,15 +47,20 @@ rule correlation_merge:
 
 rule universal_tables:
     input:
-        lambda w: [
+        blocks=lambda w: [
             f"results/universal/{w.model}/{universal_dataset(w.model)}/block-{block}.zarr"
             for block in correlation_blocks(w.model)
         ],
+        model=lambda w: model_inputs(w.model),
     output:
         matches="results/{model}/best_matches.parquet",
         universal="results/{model}/universal.parquet",
     params:
         study=lambda w: canonical(universal_study(w.model)),
+        model=lambda w: canonical(resolved_model_spec(config, w.model)),
+        model_version=lambda w: input_version(model_inputs(w.model)),
+        weights=config["analysis"]["vocab"]["weights"],
+    threads: 8
     log:
         "results/logs/universal_tables/{model}.log",
     conda:

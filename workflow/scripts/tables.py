@@ -10,4 +10,5 @@ with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)
         fired=snakemake.input.fired,  # noqa: F821
         neurons_out=snakemake.output.neurons,  # noqa: F821
         layers_out=snakemake.output.layers,  # noqa: F821
+        roles=snakemake.params.roles,  # noqa: F821
     )

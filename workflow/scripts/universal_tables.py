@@ -6,8 +6,11 @@ from neuron_census.logs import job_log
 with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)
     universal_tables_job(
         reference=snakemake.wildcards.model,  # noqa: F821 (injected by Snakemake)
-        blocks=list(snakemake.input),  # noqa: F821
+        model_spec=snakemake.params.model,  # noqa: F821
+        blocks=list(snakemake.input.blocks),  # noqa: F821
         study=snakemake.params.study,  # noqa: F821
+        weights=snakemake.params.weights,  # noqa: F821
         matches_out=snakemake.output.matches,  # noqa: F821
         universal_out=snakemake.output.universal,  # noqa: F821
+        threads=snakemake.threads,  # noqa: F821
     )

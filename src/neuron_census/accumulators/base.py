@@ -257,6 +257,13 @@ def paired(cls: type) -> type:
     return cls
 
 
+def kept_rows(tokens: torch.Tensor, mask: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
+    """Indices into a batch's flattened positions that paired statistics count: counted by `mask` (not
+    BOS) and not a `dropped` token id (pad, newline). One wait for the device, once per batch."""
+    keep = mask.reshape(-1) & ~torch.isin(tokens.reshape(-1), dropped)
+    return keep.nonzero()[:, 0]
+
+
 class Accumulator:
     """One statistic: its update, state, merge, layer split and memory bound, in one class.
 

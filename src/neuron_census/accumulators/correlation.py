@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from neuron_census.accumulators.base import paired
+from neuron_census.accumulators.base import kept_rows, paired
 from neuron_census.capture.host_copies import host_arrays
 
 if TYPE_CHECKING:
@@ -98,8 +98,7 @@ class NeuronCorrelation:
             )
         if self._batch is None:
             self._batch = item.batch.index
-            keep = item.batch.mask.reshape(-1) & ~torch.isin(item.batch.tokens.reshape(-1), self.dropped)
-            self._rows = keep.nonzero()[:, 0]  # one wait for the device per batch
+            self._rows = kept_rows(item.batch.tokens, item.batch.mask, self.dropped)
         source = item.preacts if self.preactivation else item.acts
         for name in (self.reference, *self.others):
             if item.layer in (self.layers_a if name == self.reference else self.layers_b):

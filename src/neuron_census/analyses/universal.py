@@ -9,6 +9,7 @@ import numpy as np
 import polars as pl
 
 from neuron_census.accumulators.correlation import State, co_key, m2_key, pearson, within_key
+from neuron_census.accumulators.preactivation_moments import property_columns
 
 
 def random_rotation(dim: int, rng: np.random.Generator) -> np.ndarray:
@@ -114,3 +115,21 @@ def universality(matches: pl.DataFrame, *, threshold: float = 0.5) -> pl.DataFra
         .with_columns((pl.col("excess_corr") > threshold).alias("universal"))
         .sort("layer", "neuron")
     )
+
+
+def activation_properties(moments: Iterable[State]) -> pl.DataFrame:
+    """Per reference neuron, over the tokens its correlations count: activation frequency and moments of the
+    pre-activation (`accumulators.preactivation_moments.property_columns`), from the blocks' layer groups."""
+    frames = []
+    for state in moments:
+        layers = np.asarray(state["layers"], dtype=np.int64)
+        width = state["mean"].shape[1]
+        frames.append(
+            pl.DataFrame(
+                {"layer": np.repeat(layers, width), "neuron": np.tile(np.arange(width, dtype=np.int64), len(layers))}
+                | property_columns(state)
+            )
+        )
+    if not frames:
+        raise ValueError("no correlation block holds the reference's pre-activation moments (blocks 'i-0')")
+    return pl.concat(frames).unique(["layer", "neuron"], keep="first").sort("layer", "neuron")

@@ -53,6 +53,8 @@ class FFNAdapter:
     projection_path: ClassVar[str] = ""  # in a decoder layer: the FFN output projection
     preactivation_path: ClassVar[str] = ""  # in a decoder layer: the module whose output the nonlinearity reads
     gate_path: ClassVar[str | None] = None  # in a gated FFN's decoder layer: its act_fn
+    ffn_norm_path: ClassVar[str] = ""  # in a decoder layer: the norm whose output the FFN reads
+    rms_norm: ClassVar[bool] = False  # norms scale without removing the mean (no centring of weights)
     activation_key: ClassVar[str] = "hidden_act"  # the config key naming the nonlinearity
 
     def __init__(self, model: PreTrainedModel, name: str) -> None:
@@ -103,6 +105,20 @@ class FFNAdapter:
         decoder_layer = self._layer(layer)
         return None if self.gate_path is None else attrgetter(self.gate_path)(decoder_layer)
 
+    def ffn_norm(self, layer: int) -> torch.nn.Module:
+        """The norm whose output the FFN of `layer` reads."""
+        return attrgetter(self.ffn_norm_path)(self._layer(layer))
+
+    def input_weights(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 ([N, d_model], [N]): row i and bias i give neuron i's pre-activation from the FFN's
+        normalised input (bias 0 where the projection has none)."""
+        module = self.preactivation_module(layer)
+        with align_module_device(module):
+            weight = module.weight.detach()
+            rows = (weight.T if isinstance(module, Conv1D) else weight).to(torch.float32, copy=True).contiguous()
+            bias = torch.zeros(len(rows)) if module.bias is None else module.bias.detach().to(torch.float32, copy=True)
+        return rows, bias.to(rows.device)
+
     def value_vectors(self, layer: int) -> torch.Tensor:
         """float32 [N, d_model]: row i is what neuron i adds to the residual stream per unit activation."""
         projection = self.neuron_input_module(layer)
@@ -114,6 +130,11 @@ class FFNAdapter:
     def unembedding(self) -> torch.Tensor:
         """[vocab, d_unembed] in the model dtype: the LM head weight (tied to the input embedding or not)."""
         return self.model.get_output_embeddings().weight.detach()
+
+    def unembedding_space(self, vectors: torch.Tensor) -> torch.Tensor:
+        """float32 residual-stream vectors [k, d_model] mapped as the model maps them into the unembedding's
+        space, without the final norm (identity except OPT-350m's project_out)."""
+        return self._before_unembedding(vectors.to(torch.float32))
 
     def project_to_vocab(self, vectors: torch.Tensor, apply_final_norm: bool) -> torch.Tensor:
         """Residual-stream vectors [k, d_model] to logits [k, vocab] in float32, as the model's head does.
@@ -145,6 +166,12 @@ class OPTAdapter(FFNAdapter):
     preactivation_path = "fc1"
     activation_key = "activation_function"
 
+    def ffn_norm(self, layer: int) -> torch.nn.Module:
+        """Pre-LN OPT normalises the FFN input with `final_layer_norm`; post-LN OPT-350m reads the attention
+        block's normalised output."""
+        decoder_layer = self._layer(layer)
+        return decoder_layer.final_layer_norm if self.model.config.do_layer_norm_before else decoder_layer.self_attn_layer_norm
+
     def _before_unembedding(self, x: torch.Tensor) -> torch.Tensor:
         project_out = self.model.model.decoder.project_out
         return x if project_out is None else _linear_f32(x, project_out)
@@ -159,6 +186,7 @@ class GPT2Adapter(FFNAdapter):
     norm_path = "transformer.ln_f"
     projection_path = "mlp.c_proj"
     preactivation_path = "mlp.c_fc"
+    ffn_norm_path = "ln_2"
     activation_key = "activation_function"
 
 
@@ -171,6 +199,7 @@ class GPTNeoXAdapter(FFNAdapter):
     norm_path = "gpt_neox.final_layer_norm"
     projection_path = "mlp.dense_4h_to_h"
     preactivation_path = "mlp.dense_h_to_4h"
+    ffn_norm_path = "post_attention_layernorm"
 
 
 class LlamaAdapter(FFNAdapter):
@@ -184,6 +213,8 @@ class LlamaAdapter(FFNAdapter):
     projection_path = "mlp.down_proj"
     preactivation_path = "mlp.gate_proj"
     gate_path = "mlp.act_fn"
+    ffn_norm_path = "post_attention_layernorm"
+    rms_norm = True
 
     def _final_norm_f32(self, x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
         # RMSNorm: x / rms(x) * weight, no mean subtraction and no bias

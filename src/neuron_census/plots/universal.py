@@ -60,3 +60,68 @@ def plot_universal_by_layer(tables: Mapping[str, pl.DataFrame], style: Mapping[s
     if models:
         ax.legend(fontsize="small", frameon=False)
     return fig
+
+
+PROPERTIES = (
+    ("act_freq", "activation\nfrequency"),
+    ("pre_mean", "pre-act.\nmean"),
+    ("pre_var", "pre-act.\nvariance"),
+    ("pre_skew", "pre-act.\nskew"),
+    ("pre_kurtosis", "pre-act.\nkurtosis"),
+    ("w_in_norm", "|w_in|"),
+    ("b_in", "input\nbias"),
+    ("w_out_norm", "|w_out|"),
+    ("in_out_cos", "cos(w_in,\nw_out)"),
+    ("l2_penalty", "L2\npenalty"),
+    ("vocab_cos_var", "W_U cos\nvariance"),
+    ("vocab_cos_skew", "W_U cos\nskew"),
+    ("vocab_cos_kurtosis", "W_U cos\nkurtosis"),
+)
+
+
+def property_percentiles(universal: pl.DataFrame) -> pl.DataFrame:
+    """Every reference neuron's within-layer percentile (0-100, ties averaged, nulls left out) of each
+    property of universal.parquet, with its `universal` flag."""
+    present = [column for column, _ in PROPERTIES if column in universal.columns]
+    ranks = [
+        ((pl.col(c).rank("average") - 0.5) / pl.col(c).count() * 100.0).over("model", "layer").alias(c) for c in present
+    ]
+    return universal.select("model", "layer", "neuron", "universal", *ranks)
+
+
+def plot_universal_properties(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
+    """Per property, the distribution of the universal neurons' within-layer percentiles against all
+    neurons of their layer (50: no different from a typical neuron), one box per reference model."""
+    style = _style(style)
+    universal = tables["universal"]
+    models = model_order(universal)
+    fig, ax = new_axes(style)
+    percentiles = property_percentiles(universal) if models else pl.DataFrame()
+    labels = [label for column, label in PROPERTIES if column in percentiles.columns]
+    columns = [column for column, _ in PROPERTIES if column in percentiles.columns]
+    width = 0.8 / max(len(models), 1)
+    for index, (model, colour) in enumerate(zip(models, colours(style, len(models)))):
+        rows = percentiles.filter(pl.col("model") == model, pl.col("universal"))
+        count = rows.height
+        label = f"{model} ({count} universal)"
+        if count == 0:
+            ax.plot([], [], color=colour, label=label + ": nothing to draw")
+            continue
+        data = [rows[column].drop_nulls().to_numpy() for column in columns]
+        at = np.arange(len(columns)) + (index - (len(models) - 1) / 2) * width
+        boxes = ax.boxplot(data, positions=at, widths=width * 0.9, patch_artist=True, showfliers=False, manage_ticks=False)
+        for patch in boxes["boxes"]:
+            patch.set(facecolor=colour, alpha=0.6)
+        for median in boxes["medians"]:
+            median.set(color="0.1")
+        ax.plot([], [], color=colour, linewidth=6, alpha=0.6, label=label)
+    ax.axhline(50.0, color="0.3", linestyle="--", linewidth=1)
+    ax.set_xticks(np.arange(len(labels)), labels, fontsize="x-small")
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("within-layer percentile")
+    ax.set_title(style.get("title", ""))
+    if not models:
+        say_missing(ax, "no universal-neuron study configured")
+    else:
+        ax.legend(fontsize="small", frameon=False, loc="upper left", bbox_to_anchor=(0, -0.18), ncols=min(len(models), 3))
+    return fig

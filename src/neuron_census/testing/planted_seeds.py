@@ -4,6 +4,13 @@ copies of some of the reference's neurons, at other places and in other layers, 
 Attention and FFN outputs write nothing, so every FFN reads the same normalised embedding of (token,
 position) in every layer of every model: a copy of a ReLU neuron (its input row and bias times c > 0)
 fires c times as strongly on the same tokens, a correlation of exactly 1 wherever it is placed.
+
+The reference's last layer also holds three neurons with a role in vocabulary space, written to the
+residual stream only after every captured activation: a prediction neuron (its value vector is one token's
+unembedding), a suppression neuron (minus another's) and a partition neuron (a direction that the
+unembedding, untied from the input embedding, splits the vocabulary along: half the tokens hold +r, half
+-r). The other two take their tokens' unembeddings without r, so only the partition neuron moves whole
+halves of the vocabulary.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ class SeedFamily:
     universal: frozenset[tuple[int, int]]  # (layer, neuron) of the reference copied into every other model
     partners: dict[str, dict[tuple[int, int], tuple[int, int]]]  # per other model: reference neuron -> its copy
     dead: frozenset[tuple[int, int]]  # reference neurons that never fire
+    vocab_roles: dict[tuple[int, int], str]  # reference neurons that write: their role in vocabulary space
 
 
 RECIPES = {"seeds-a": "a", "seeds-b": "b", "seeds-c": "c"}  # the pipeline's planted family, a model each
@@ -56,7 +64,7 @@ def build_seed_family(
     config = OPTConfig(
         vocab_size=vocab, hidden_size=d_model, ffn_dim=n_neurons, num_hidden_layers=n_layers, num_attention_heads=4,
         max_position_embeddings=max_positions + 2, word_embed_proj_dim=d_model, do_layer_norm_before=True, activation_function="relu",
-        pad_token_id=1, bos_token_id=2, eos_token_id=2,
+        pad_token_id=1, bos_token_id=2, eos_token_id=2, tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
     reference = OPTForCausalLM(config).eval()
@@ -85,7 +93,30 @@ def build_seed_family(
                 target.weight[to_neuron] = layers[layer].fc1.weight[neuron] * scale
                 target.bias[to_neuron] = layers[layer].fc1.bias[neuron] * scale
         models[name] = model
-    return SeedFamily(models, universal, partners, frozenset({dead}))
+    roles = _plant_vocab_roles(reference, rng, taken={*universal, dead})  # after the copies: the reference's own
+    return SeedFamily(models, universal, partners, frozenset({dead}), roles)
+
+
+def _plant_vocab_roles(model: OPTForCausalLM, rng: np.random.Generator, taken: set[tuple[int, int]]) -> dict[tuple[int, int], str]:
+    """Prediction, suppression and partition neurons in the last layer (module docstring)."""
+    last = len(model.model.decoder.layers) - 1
+    n_neurons = model.config.ffn_dim
+    free = [neuron for neuron in range(n_neurons) if (last, neuron) not in taken]
+    neurons = rng.choice(free, size=3, replace=False)
+    vocab, d_model = model.lm_head.weight.shape
+    unembedding = rng.standard_normal((vocab, d_model))
+    split = rng.standard_normal(d_model)
+    split /= np.linalg.norm(split)
+    unembedding -= np.outer(unembedding @ split, split)  # r is the only direction the halves differ along
+    halves = np.where(rng.permutation(vocab) < vocab // 2, 1.0, -1.0)
+    size = float(np.linalg.norm(unembedding, axis=1).mean())
+    promoted, suppressed = rng.choice(vocab, size=2, replace=False)
+    values = {"prediction": unembedding[promoted], "suppression": -unembedding[suppressed], "partition": split}
+    with torch.no_grad():
+        model.lm_head.weight.copy_(torch.from_numpy(unembedding + size * np.outer(halves, split)).float())
+        for neuron, vector in zip(neurons, values.values()):
+            model.model.decoder.layers[last].fc2.weight[:, neuron] = torch.from_numpy(1e-3 * vector).float()
+    return {(last, int(neuron)): role for neuron, role in zip(neurons, values)}
 
 
 def _redraw_neurons(model: OPTForCausalLM, rng: np.random.Generator) -> None:
