@@ -24,7 +24,7 @@ include: "workflow/rules/report.smk"
 rule all:
     input:
         expand("results/{model}/{table}.parquet", model=MODELS, table=["neurons", "layers"]),
-        expand("results/{model}/{table}.parquet", model=list(config["universal"]), table=["universal", "best_matches"]),
+        expand("results/{model}/{table}.parquet", model=list(config["universal"]), table=sorted(STUDY_TABLES)),
         expand("results/figures/{figure}.{ext}", figure=FIGURES, ext=["png", "pdf"]),
         "results/report.html",
     default_target: True

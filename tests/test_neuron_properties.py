@@ -195,6 +195,15 @@ def test_processed_weights_compute_what_the_model_computes(family):
             assert rms or directions.mean(dim=1).abs().max() < 1e-6  # over d_model
 
 
+def null_fraction(vectors: np.ndarray, unembedding: np.ndarray) -> np.ndarray:
+    """Share of each vector's squared norm along the unembedding's right-singular directions of the 2% (at
+    least 1, and at least the rank deficit) smallest singular values."""
+    _, singular, vh = np.linalg.svd(unembedding, full_matrices=True)
+    k = max(1, round(0.02 * unembedding.shape[1]), unembedding.shape[1] - np.linalg.matrix_rank(unembedding))
+    smallest = np.argsort(np.concatenate([singular, np.zeros(len(vh) - len(singular))]))[:k]
+    return ((vectors @ vh[smallest].T) ** 2).sum(axis=1) / (vectors**2).sum(axis=1)
+
+
 @pytest.mark.parametrize("processing", ["processed", "raw"])
 def test_weight_columns_equal_direct_computation(processing):
     from neuron_census.analyses.weights import layer_weights, unembedding_directions, weight_columns
@@ -220,6 +229,7 @@ def test_weight_columns_equal_direct_computation(processing):
         "vocab_cos_var": cos.var(axis=1),
         "vocab_cos_skew": stats.skew(cos, axis=1),
         "vocab_cos_kurtosis": stats.kurtosis(cos, axis=1, fisher=False),
+        "null_frac": null_fraction(mapped, tokens),
     }
     for key, value in expected.items():
         np.testing.assert_allclose(table[key].to_numpy(), value, rtol=1e-4, atol=1e-6, err_msg=key)
@@ -227,7 +237,8 @@ def test_weight_columns_equal_direct_computation(processing):
 
 def test_planted_vocabulary_roles_are_recovered_exactly():
     """Prediction, suppression and partition neurons of the planted seed family, precision = recall = 1 under
-    both weight readings; neurons that write nothing have no cosines and no role."""
+    both weight readings; neurons that write nothing have no cosines and no role, and the entropy neuron,
+    which writes in the unembedding's null space, has no role either."""
 
     from neuron_census.analyses.weights import vocab_roles, weight_columns
     from neuron_census.models.adapters import adapter_for
@@ -241,4 +252,4 @@ def test_planted_vocabulary_roles_are_recovered_exactly():
         table = table.with_columns(vocab_role=vocab_roles(table))
         found = {(row["layer"], row["neuron"]): row["vocab_role"] for row in table.drop_nulls("vocab_role").iter_rows(named=True)}
         assert found == family.vocab_roles
-        assert table["vocab_cos_var"].null_count() == table.height - 3
+        assert table["vocab_cos_var"].null_count() == table.height - 4  # the entropy neuron writes too

@@ -77,3 +77,25 @@ def test_vocab_roles_draws_layer_shares(tables):
     np.testing.assert_allclose(shares["a: partition"], [0.0, 0.0, 5.0])  # row 47 = layer 2, neuron 7
     np.testing.assert_allclose(shares["b: prediction"], [0.0, 0.0, 0.0])
     assert any(line.get_ydata()[0] == 10 for line in left.get_lines())  # the threshold
+
+
+def test_universal_families_stacks_kinds_and_shows_the_clearest_example(tables):
+    from neuron_census.plots.universal import plot_universal_families
+
+    universal = tables["universal"]
+    kinds = [None] * universal.height
+    families = [None] * universal.height
+    vr = np.zeros(universal.height)
+    for index, kind, name, value in ((0, "token", "token: the", 0.9), (21, "token", "token: a", 0.95), (22, "position", "position < 4", 0.7)):
+        kinds[index], families[index], vr[index] = kind, name, value
+    universal = universal.with_columns(
+        family_kind=pl.Series(kinds, dtype=pl.Utf8), family=pl.Series(families, dtype=pl.Utf8), best_vr=pl.Series(vr),
+        best_mean_on=pl.lit(2.0), best_mean_off=pl.lit(0.5),
+    )
+    fig = plot_universal_families({"universal": universal}, {})
+    panel_a, panel_b, examples = fig.axes
+    heights = {(bar.get_x() + bar.get_width() / 2, bar.get_facecolor()): bar.get_height() for bar in panel_a.patches if bar.get_height()}
+    assert sorted(heights.values()) == [1, 1, 1]  # layer 0: a token neuron; layer 1: a token and a position neuron
+    assert any("no neuron has a family" in t.get_text() for t in panel_b.texts)
+    labels = [label.get_text() for label in examples.get_yticklabels()]
+    assert labels == ["a L1 N1\ntoken: a (VR 0.95)", "a L1 N2\nposition < 4 (VR 0.70)"]

@@ -203,4 +203,4 @@ def correlation_blocks(model):
 
 def study_settings(model):
     """What the correlations depend on (the thresholds of the tables do not rerun them)."""
-    return canonical({k: v for k, v in universal_study(model).items() if k not in ("threshold", "rotation_seed")})
+    return canonical({k: universal_study(model)[k] for k in ("others", "dataset", "blocks", "activation", "drop_newlines")})

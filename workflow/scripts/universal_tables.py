@@ -8,6 +8,8 @@ with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)
         reference=snakemake.wildcards.model,  # noqa: F821 (injected by Snakemake)
         model_spec=snakemake.params.model,  # noqa: F821
         blocks=list(snakemake.input.blocks),  # noqa: F821
+        properties=snakemake.input.properties,  # noqa: F821
+        features=snakemake.input.features,  # noqa: F821
         study=snakemake.params.study,  # noqa: F821
         weights=snakemake.params.weights,  # noqa: F821
         matches_out=snakemake.output.matches,  # noqa: F821

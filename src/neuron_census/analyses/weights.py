@@ -13,7 +13,9 @@ Columns: `w_in_norm`, `w_out_norm`, `b_in`, `in_out_cos` = cos(w_in, w_out), `l2
 |w_in|^2 + |w_out|^2, and the mean, variance, skew and (non-excess) kurtosis over the vocabulary of
 cos(w_out, W_U[v]) (`vocab_cos_*`; w_out first mapped as the model maps the residual stream into the
 unembedding, OPT-350m's project_out; tokens whose unembedding is 0, such as a padding row, are left out).
-A neuron whose w_out is 0 has no cosines: null.
+A neuron whose w_out is 0 has no cosines: null. `null_frac`: the share of |w_out|^2 in the unembedding's
+effective null space, its `NULL_SHARE` of right-singular directions with the smallest singular values (and
+every direction it maps to 0), which the logits barely read: entropy neurons write there, and act through the final norm's scale.
 
 Roles (`vocab_roles`): prediction neurons have vocab-cosine kurtosis above a threshold (10) and positive
 skew, suppression neurons the same kurtosis and negative skew: a few tokens' logits move far more than the
@@ -29,19 +31,23 @@ from collections.abc import Sequence
 import numpy as np
 import polars as pl
 import torch
+from accelerate.utils import align_module_device
 
 from neuron_census.models.adapters import FFNAdapter
 
 PROCESSING = ("processed", "raw")
 DEFAULT_MAX_CHUNK_BYTES = 256 * 2**20
 VOCAB_ROLES = ("prediction", "suppression", "partition")
+NULL_SHARE = 0.02  # of d_model: the effective null space (GPT-2 small: the bottom 15 of 768 directions)
 
 
 def _affine(norm: torch.nn.Module, d: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    weight = getattr(norm, "weight", None)
-    bias = getattr(norm, "bias", None)
-    gain = torch.ones(d, device=device) if weight is None else weight.detach().to(device=device, dtype=torch.float32)
-    shift = torch.zeros(d, device=device) if bias is None else bias.detach().to(device=device, dtype=torch.float32)
+    """A norm's gain and bias (1 and 0 where it has none), read even where its layer waits on disk."""
+    with align_module_device(norm):
+        weight = getattr(norm, "weight", None)
+        bias = getattr(norm, "bias", None)
+        gain = torch.ones(d, device=device) if weight is None else weight.detach().to(device=device, dtype=torch.float32)
+        shift = torch.zeros(d, device=device) if bias is None else bias.detach().to(device=device, dtype=torch.float32)
     return gain, shift
 
 
@@ -73,6 +79,17 @@ def unembedding_directions(adapter: FFNAdapter, *, processed: bool) -> torch.Ten
     return rows
 
 
+def null_space(unembedding: torch.Tensor) -> torch.Tensor:
+    """[d_unembed, k]: the right-singular directions of the unembedding [vocab, d_unembed] with the
+    round(NULL_SHARE * d_unembed) smallest singular values, and at least every direction it maps to 0 (a
+    vocabulary smaller than d_unembed, or centred rows), at least one."""
+    d = unembedding.shape[1]
+    _, singular, vh = torch.linalg.svd(unembedding.double(), full_matrices=True)
+    rank = int((singular > singular.max() * d * torch.finfo(torch.float32).eps).sum()) if len(singular) else 0
+    k = max(1, round(NULL_SHARE * d), d - rank)
+    return vh[-k:].T.to(unembedding.dtype)
+
+
 def row_moments(values: torch.Tensor) -> dict[str, torch.Tensor]:
     """float64 mean, variance, skew and non-excess kurtosis of each row (NaN where a row is constant)."""
     x = values.double()
@@ -102,12 +119,14 @@ def weight_columns(
     frames = []
     with torch.no_grad():
         tokens = unembedding_directions(adapter, processed=processed)
+        null = null_space(tokens)
         tokens = _unit_rows(tokens[tokens.norm(dim=1) > 0])  # a padding row of zeros is no token's direction
         rows_per_chunk = max(1, max_chunk_bytes // (8 * 5 * tokens.shape[0]))  # a float32 block, its float64 copies
         for layer in layers:
             w_in, b_in, w_out = layer_weights(adapter, layer, processed=processed)
             in_norm, out_norm = w_in.norm(dim=1), w_out.norm(dim=1)
-            directions = _unit_rows(adapter.unembedding_space(w_out.to(tokens.device)))
+            mapped = adapter.unembedding_space(w_out.to(tokens.device))
+            directions = _unit_rows(mapped)
             parts: dict[str, list[torch.Tensor]] = {key: [] for key in ("mean", "var", "skew", "kurtosis")}
             for start in range(0, len(directions), rows_per_chunk):
                 for key, value in row_moments(directions[start : start + rows_per_chunk] @ tokens.T).items():
@@ -120,6 +139,7 @@ def weight_columns(
                 "b_in": b_in.double().cpu().numpy(),
                 "in_out_cos": ((w_in * w_out).sum(dim=1) / (in_norm * out_norm)).double().cpu().numpy(),
                 "l2_penalty": (in_norm.square() + out_norm.square()).double().cpu().numpy(),
+                "null_frac": ((mapped @ null).square().sum(dim=1) / mapped.square().sum(dim=1)).double().cpu().numpy(),
             }
             columns |= {f"vocab_cos_{key}": torch.cat(values).numpy() for key, values in parts.items()}
             frames.append(pl.DataFrame(columns).fill_nan(None))

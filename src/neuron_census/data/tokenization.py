@@ -48,6 +48,13 @@ class TextTokenizer:
         """Raw token string per id (e.g. "Ġthe"); ids with no token map to ""."""
         return [self.backend.id_to_token(i) or "" for i in range(self.vocab_size)]
 
+    def token_texts(self) -> list[str]:
+        """The text of each id as it reads inside a text: decoded alone, with the leading space that a
+        sentencepiece piece's "▁" stands for (decoding one piece drops it) put back."""
+        texts = self.backend.decode_batch([[i] for i in range(self.vocab_size)], skip_special_tokens=False)
+        raw = self.token_strings()
+        return [" " + text if piece.startswith("▁") and not text.startswith(" ") else text for text, piece in zip(texts, raw)]
+
     def newline_ids(self) -> list[int]:
         """Ids of tokens that decode to whitespace holding a line break ("\\n", "\\n\\n", " \\n")."""
         texts = self.backend.decode_batch([[i] for i in range(self.vocab_size)], skip_special_tokens=False)

@@ -57,3 +57,46 @@ def plot_vocab_roles(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any
         fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), fontsize="small", frameon=False)
     fig.suptitle(style.get("title", ""))
     return fig
+
+
+ENTROPY_PANELS = (("entropy", "next-token entropy (nats)"), ("loss", "loss (nats)"), ("norm_scale", "final norm scale"))
+
+
+def plot_entropy_neurons(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
+    """Entropy, loss and final-norm scale against the value a last-layer neuron's activation is set to at
+    every position: entropy neurons in colour (thick), the other candidates in colour (thin), the random
+    neurons in grey; the dotted line is the unedited model."""
+    style = _style(style)
+    curves, found = tables["entropy"], tables["entropy_neurons"]
+    models = model_order(curves)
+    fig, axes = new_axes(style, 1, len(ENTROPY_PANELS))
+    flagged = {(row["model"], row["neuron"]) for row in found.filter(pl.col("entropy_neuron")).iter_rows(named=True)} if found.height else set()
+    candidates = curves.filter(~pl.col("random")) if curves.height else curves
+    keys = list(dict.fromkeys((row["model"], row["neuron"]) for row in candidates.iter_rows(named=True))) if curves.height else []
+    palette = dict(zip(keys, colours(style, len(keys))))
+    for ax, (column, label) in zip(axes, ENTROPY_PANELS):
+        for model in models:
+            rows = curves.filter(pl.col("model") == model)
+            clean = rows.filter(pl.col("neuron").is_null())[column]
+            if clean.len():
+                ax.axhline(clean[0], color="0.3", linestyle=":", linewidth=1)
+            for (neuron, random), group in rows.drop_nulls("neuron").group_by("neuron", "random", maintain_order=True):
+                group = group.sort("value")
+                if random:
+                    ax.plot(group["value"].to_numpy(), group[column].to_numpy(), color="0.7", linewidth=0.8)
+                    continue
+                key = (model, neuron)
+                entropy = key in flagged
+                name = f"{model} L{group['layer'][0]} N{neuron}" + (" (entropy neuron)" if entropy else "")
+                line(ax, group["value"], group[column], style, color=palette[key], linewidth=2.2 if entropy else 1.0, label=name)
+        ax.set_xlabel("activation set to")
+        ax.set_ylabel(label)
+        if not models:
+            say_missing(ax, "no entropy-neuron interventions")
+    if keys:
+        handles, labels = axes[0].get_legend_handles_labels()
+        handles.append(axes[0].plot([], [], color="0.7", linewidth=0.8)[0])
+        labels.append("random neurons of the layer")
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 3), fontsize="x-small", frameon=False)
+    fig.suptitle(style.get("title", ""))
+    return fig

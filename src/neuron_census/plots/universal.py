@@ -125,3 +125,57 @@ def plot_universal_properties(tables: Mapping[str, pl.DataFrame], style: Mapping
     else:
         ax.legend(fontsize="small", frameon=False, loc="upper left", bbox_to_anchor=(0, -0.18), ncols=min(len(models), 3))
     return fig
+
+
+FAMILY_KINDS = ("token", "alphabet", "class", "prev_token", "prev_alphabet", "prev_class", "position")
+
+
+def plot_universal_families(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
+    """One panel per reference model: the neurons of each layer with a family (variance reduction above
+    the study's threshold), stacked by the family's kind; the last panel: for each kind, its example with
+    the highest variance reduction, its mean activation where the feature holds and where it does not."""
+    style = _style(style)
+    universal = tables["universal"]
+    models = model_order(universal) if "family_kind" in universal.columns else []
+    fig, axes = new_axes(style, 1, len(models) + 1, squeeze=False)
+    palette = dict(zip(FAMILY_KINDS, colours({**style, "palette": "tab10"}, len(FAMILY_KINDS))))
+    for ax, model in zip(axes[0], models):
+        rows = universal.filter(pl.col("model") == model)
+        layers = np.arange(int(rows["layer"].max()) + 1)
+        counts = rows.drop_nulls("family_kind").group_by("layer", "family_kind").len()
+        bottom = np.zeros(len(layers))
+        for kind in FAMILY_KINDS:
+            height = np.zeros(len(layers))
+            for layer, n in counts.filter(pl.col("family_kind") == kind).select("layer", "len").iter_rows():
+                height[layer] = n
+            if height.any():
+                ax.bar(layers, height, bottom=bottom, color=palette[kind], label=kind)
+            bottom += height
+        if bottom.any():
+            ax.legend(fontsize="x-small", frameon=False)
+        else:
+            say_missing(ax, "no neuron has a family")
+        ax.set_title(model, fontsize="small")
+        ax.set_xlabel("layer")
+        ax.set_xticks(layers)
+    axes[0][0].set_ylabel("neurons with a family")
+    examples = axes[0][-1]
+    families = universal.drop_nulls("family") if models else pl.DataFrame()
+    best = families.sort("best_vr", descending=True).unique("family_kind", keep="first", maintain_order=True) if families.height else families
+    best = best.sort(pl.col("family_kind").replace_strict(FAMILY_KINDS, list(range(len(FAMILY_KINDS))), default=len(FAMILY_KINDS))) if best.height else best
+    for index, row in enumerate(best.iter_rows(named=True) if best.height else []):
+        colour = palette.get(row["family_kind"], "0.5")
+        examples.barh(index + 0.2, row["best_mean_on"], height=0.4, color=colour)
+        examples.barh(index - 0.2, row["best_mean_off"], height=0.4, color=colour, alpha=0.35)
+    if best.height:
+        labels = [
+            f"{row['model']} L{row['layer']} N{row['neuron']}\n{row['family']} (VR {row['best_vr']:.2f})" for row in best.iter_rows(named=True)
+        ]
+        examples.set_yticks(np.arange(best.height), labels, fontsize="x-small")
+        examples.set_xlabel("mean activation: feature (dark) / not (light)")
+        examples.invert_yaxis()
+    else:
+        say_missing(examples, "no family to show")
+    examples.set_title("the clearest of each kind", fontsize="small")
+    fig.suptitle(style.get("title", ""))
+    return fig

@@ -11,6 +11,14 @@ unembedding), a suppression neuron (minus another's) and a partition neuron (a d
 unembedding, untied from the input embedding, splits the vocabulary along: half the tokens hold +r, half
 -r). The other two take their tokens' unembeddings without r, so only the partition neuron moves whole
 halves of the vocabulary.
+
+A fourth neuron of the last layer is an entropy neuron: its value vector has norm 1 (three times the
+residual stream's) in the null space of the unembedding (or along its least-read direction), so it changes no logit directly but, set high,
+shrinks the final norm's scale and flattens every prediction.
+
+Two embedding dimensions, shared by the whole family, stand out only for one token (`FAMILY_TOKEN`) and
+for the positions below `FAMILY_POSITION`; the reference reads each with one neuron: a token-family and
+a position-family neuron, whose activation is almost only a function of that feature.
 """
 
 from __future__ import annotations
@@ -31,8 +39,11 @@ class SeedFamily:
     partners: dict[str, dict[tuple[int, int], tuple[int, int]]]  # per other model: reference neuron -> its copy
     dead: frozenset[tuple[int, int]]  # reference neurons that never fire
     vocab_roles: dict[tuple[int, int], str]  # reference neurons that write: their role in vocabulary space
+    entropy: tuple[int, int]  # the reference's entropy neuron
+    families: dict[tuple[int, int], tuple[str, int]]  # reference neurons of a family: ("token", id) or ("position", below)
 
 
+FAMILY_TOKEN, FAMILY_POSITION = 5, 8  # the token whose identity, and the position below which, a neuron reads
 RECIPES = {"seeds-a": "a", "seeds-b": "b", "seeds-c": "c"}  # the pipeline's planted family, a model each
 FAMILY_VOCAB, FAMILY_LAYERS, FAMILY_POSITIONS = 48, 3, 64  # the planted words tokenizer and designed data
 
@@ -73,6 +84,7 @@ def build_seed_family(
             for silent in (layer.self_attn.out_proj, layer.fc2):
                 silent.weight.zero_()
                 silent.bias.zero_()
+    dims = _plant_feature_dimensions(reference)
     _redraw_neurons(reference, rng)
     cells = [(layer, neuron) for layer in range(n_layers) for neuron in range(n_neurons)]
     chosen = rng.choice(len(cells), size=n_universal + 1, replace=False)
@@ -94,7 +106,50 @@ def build_seed_family(
                 target.bias[to_neuron] = layers[layer].fc1.bias[neuron] * scale
         models[name] = model
     roles = _plant_vocab_roles(reference, rng, taken={*universal, dead})  # after the copies: the reference's own
-    return SeedFamily(models, universal, partners, frozenset({dead}), roles)
+    entropy = _plant_entropy_neuron(reference, rng, taken={*universal, dead, *roles})
+    free = [cell for cell in cells if cell[0] == 1 and cell not in {*universal, dead, *roles}]
+    families = {}
+    with torch.no_grad():
+        for (layer, neuron), (feature, dim) in zip(free, zip((("token", FAMILY_TOKEN), ("position", FAMILY_POSITION)), dims)):
+            fc1 = layers[layer].fc1
+            fc1.weight[neuron] = 0.0
+            fc1.weight[neuron, dim] = 1.0
+            fc1.bias[neuron] = -2.0  # the normalised dimension is about 4.6 where the feature holds, near 0 elsewhere
+            families[layer, neuron] = feature
+    return SeedFamily(models, universal, partners, frozenset({dead}), roles, entropy, families)
+
+
+def _plant_entropy_neuron(model: OPTForCausalLM, rng: np.random.Generator, taken: set[tuple[int, int]]) -> tuple[int, int]:
+    """A last-layer neuron writing a unit vector orthogonal to the all-ones direction (which the norms
+    remove) and to every unembedding row where the vocabulary leaves room (the pipeline's family: 48 tokens
+    in 128 dimensions), else along the direction the unembedding reads least."""
+    last = len(model.model.decoder.layers) - 1
+    neuron = int(rng.choice([n for n in range(model.config.ffn_dim) if (last, n) not in taken]))
+    unembedding = model.lm_head.weight.detach().double().numpy()
+    d = unembedding.shape[1]
+    centred = np.linalg.qr(np.eye(d) - 1.0 / d, mode="reduced")[0][:, : d - 1]  # a basis orthogonal to the ones
+    _, singular, vh = np.linalg.svd(unembedding @ centred, full_matrices=True)
+    rank = int((singular > singular.max() * 1e-9).sum())
+    basis = vh[rank:] if rank < d - 1 else vh[-1:]  # exact null directions, or the least read one
+    vector = centred @ (basis.T @ rng.standard_normal(len(basis)))
+    with torch.no_grad():
+        model.model.decoder.layers[last].fc2.weight[:, neuron] = torch.from_numpy(vector / np.linalg.norm(vector)).float()
+    return last, neuron
+
+
+def _plant_feature_dimensions(model: OPTForCausalLM) -> tuple[int, int]:
+    """The last two embedding dimensions: 5 standard deviations of the rest for FAMILY_TOKEN (the first)
+    and for the positions below FAMILY_POSITION (the second), 0 elsewhere."""
+    tokens, positions = model.model.decoder.embed_tokens.weight, model.model.decoder.embed_positions.weight
+    offset = model.model.decoder.embed_positions.offset  # OPT's learned positions start at row 2
+    token_dim, position_dim = tokens.shape[1] - 2, tokens.shape[1] - 1
+    with torch.no_grad():
+        height = 5.0 * float(torch.cat([tokens[:, :-2], positions[:, :-2]]).std()) * 2**0.5
+        for table in (tokens, positions):
+            table[:, -2:] = 0.0
+        tokens[FAMILY_TOKEN, token_dim] = height
+        positions[offset : offset + FAMILY_POSITION, position_dim] = height
+    return token_dim, position_dim
 
 
 def _plant_vocab_roles(model: OPTForCausalLM, rng: np.random.Generator, taken: set[tuple[int, int]]) -> dict[tuple[int, int], str]:
