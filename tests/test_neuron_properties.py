@@ -237,8 +237,8 @@ def test_weight_columns_equal_direct_computation(processing):
 
 def test_planted_vocabulary_roles_are_recovered_exactly():
     """Prediction, suppression and partition neurons of the planted seed family, precision = recall = 1 under
-    both weight readings; neurons that write nothing have no cosines and no role, and the entropy neuron,
-    which writes in the unembedding's null space, has no role either."""
+    both weight readings; neurons that write nothing have no cosines and no role, nor do the entropy neuron
+    (which writes in the unembedding's null space) and the attention-deactivation neuron."""
 
     from neuron_census.analyses.weights import vocab_roles, weight_columns
     from neuron_census.models.adapters import adapter_for
@@ -252,4 +252,4 @@ def test_planted_vocabulary_roles_are_recovered_exactly():
         table = table.with_columns(vocab_role=vocab_roles(table))
         found = {(row["layer"], row["neuron"]): row["vocab_role"] for row in table.drop_nulls("vocab_role").iter_rows(named=True)}
         assert found == family.vocab_roles
-        assert table["vocab_cos_var"].null_count() == table.height - 4  # the entropy neuron writes too
+        assert table["vocab_cos_var"].null_count() == table.height - 5  # the entropy and deactivation neurons write too

@@ -36,6 +36,7 @@ def tables() -> dict[str, pl.DataFrame]:
     kurtosis[5] = 40.0
     neurons = keys.with_columns(n_layers_total=pl.lit(3)).with_columns(
         vocab_cos_kurtosis=pl.Series(kurtosis),
+        vocab_cos_skew=pl.Series(np.linspace(-1, 1, n)),
         vocab_role=pl.Series(["prediction" if i == 5 else ("partition" if i == 47 else None) for i in range(n)]),
     )
     return {"universal": universal, "neurons": neurons}
@@ -71,12 +72,15 @@ def test_universal_properties_without_a_study_says_so():
 
 def test_vocab_roles_draws_layer_shares(tables):
     fig = plot_vocab_roles(tables, {"analysis": {"roles": {"kurtosis": 10}}})
-    left, right = fig.axes
+    left, middle, right = fig.axes
     shares = {line.get_label(): line.get_ydata() for line in right.get_lines() if ":" in line.get_label()}
     np.testing.assert_allclose(shares["a: prediction"], [5.0, 0.0, 0.0])  # neuron 5 of layer 0: 1 of 20
     np.testing.assert_allclose(shares["a: partition"], [0.0, 0.0, 5.0])  # row 47 = layer 2, neuron 7
     np.testing.assert_allclose(shares["b: prediction"], [0.0, 0.0, 0.0])
     assert any(line.get_ydata()[0] == 10 for line in left.get_lines())  # the threshold
+    skews = [line.get_ydata() for line in middle.get_lines() if len(line.get_ydata()) == 3]
+    layer0 = np.linspace(-1, 1, 120)[:20]  # model a, layer 0
+    assert any(np.isclose(y[0], np.quantile(layer0, 0.95)) for y in skews)
 
 
 def test_universal_families_stacks_kinds_and_shows_the_clearest_example(tables):

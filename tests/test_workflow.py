@@ -102,6 +102,9 @@ def test_tiny_dag_finds_exactly_the_planted_universal_neurons(tiny_run: Path):
     # the entropy neuron, and no other
     found = pl.read_parquet(tiny_run / "results" / "planted-seed-a" / "entropy_neurons.parquet")
     assert set(found.filter("entropy_neuron").select("layer", "neuron").iter_rows()) == {family.entropy}
+    # the attention-deactivation neuron, and no other
+    paths = pl.read_parquet(tiny_run / "results" / "planted-seed-a" / "attention_paths.parquet")
+    assert [tuple(row) for row in paths.filter("deactivates").select("layer", "neuron", "head_layer", "head").iter_rows()] == [family.deactivation]
     # activation properties over the same tokens, against the reference model's pre-activations
     shards = sorted((tiny_run / "results" / "tokens" / "planted" / "designed").glob("shard-*.zarr"))
     tokens = torch.from_numpy(np.concatenate([read_token_shard(s)[0] for s in shards]))

@@ -501,6 +501,43 @@ def entropy_job(
     write_parquet(entropy_neurons(curves, entropy.min_change).select(model, pl.all()), neurons_out)
 
 
+def attention_job(
+    reference: str,
+    model_spec: Mapping[str, Any],
+    tokenizer_name: str,
+    tokenizer_spec: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    study: Mapping[str, Any],
+    shard_path: PathLike,
+    scores_out: PathLike,
+    paths_out: PathLike,
+    threads: int = 1,
+) -> None:
+    """Attention-deactivation scores of every neuron of the reference, and the path ablation of its top
+    pairs on the first `attention.sequences` sequences of one shard of the study's tokens (none for rotary
+    attention, which the ablation does not recompute)."""
+    from neuron_census.analyses.attention import AttentionSettings, bos_keys, deactivation_scores, path_ablation, top_pairs
+
+    attention = AttentionSettings(**study["attention"])
+    tokenizer, loaded, device, _ = _load_model_and_tokenizer(reference, model_spec, tokenizer_name, tokenizer_spec, settings, threads)
+    if tokenizer.bos_id is None:
+        raise ValueError(f"attention-deactivation neurons of '{reference}': tokenizer '{tokenizer_name}' has no BOS token")
+    tokens, _ = read_shard_for(shard_path, tokenizer, f"model '{reference}'")
+    scores = deactivation_scores(loaded.adapter, bos_keys(loaded.model, loaded.adapter, tokenizer.bos_id))
+    pairs = top_pairs(scores, attention.pairs)
+    if loaded.adapter.rotary:
+        print(f"model '{reference}': rotary attention, no path ablation", file=sys.stderr)
+        paths = pairs.with_columns(bos_attention=pl.lit(None, pl.Float64), bos_attention_ablated=pl.lit(None, pl.Float64), deactivates=pl.lit(None, pl.Boolean))
+    else:
+        paths = path_ablation(
+            loaded.model, loaded.adapter, torch_tensor(tokens[: attention.sequences], device), pairs,
+            batch_size=int({**schema_defaults("capture"), **settings}["batch_size"]), min_change=attention.min_change,
+        )
+    model = pl.lit(reference).alias("model")
+    write_parquet(scores.select(model, pl.all()), scores_out)
+    write_parquet(paths.select(model, pl.all()), paths_out)
+
+
 def torch_tensor(tokens: np.ndarray, device: Any) -> Any:
     """int64 token ids on `device`."""
     import torch
@@ -764,7 +801,11 @@ FIGURES: dict[str, FigureSpec] = {
     "entropy_neurons": FigureSpec(
         "plots.roles", "plot_entropy_neurons", ("entropy", "entropy_neurons"), "Entropy neurons", defaults={"figsize": [10.0, 3.5]}
     ),
-    "vocab_roles": FigureSpec("plots.roles", "plot_vocab_roles", ("neurons",), "Prediction and suppression neurons", defaults={"figsize": [9.0, 3.8]}),
+    "attention_deactivation": FigureSpec(
+        "plots.roles", "plot_attention_deactivation", ("attention_scores", "attention_paths"), "Attention-deactivation neurons",
+        defaults={"figsize": [10.0, 3.8]},
+    ),
+    "vocab_roles": FigureSpec("plots.roles", "plot_vocab_roles", ("neurons",), "Prediction and suppression neurons", defaults={"figsize": [12.0, 3.8]}),
 }
 
 TABLE_FILES = {
@@ -775,9 +816,11 @@ TABLE_FILES = {
     "best_matches": "best_matches.parquet",
     "entropy": "entropy.parquet",
     "entropy_neurons": "entropy_neurons.parquet",
+    "attention_scores": "attention_scores.parquet",
+    "attention_paths": "attention_paths.parquet",
 }
 # tables that only the reference models of `universal` studies have: their figures draw those by default
-STUDY_TABLES = frozenset({"universal", "best_matches", "entropy", "entropy_neurons"})
+STUDY_TABLES = frozenset({"universal", "best_matches", "entropy", "entropy_neurons", "attention_scores", "attention_paths"})
 
 
 def figure_job(

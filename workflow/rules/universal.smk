@@ -160,3 +160,30 @@ rule entropy_interventions:
         "../../envs/neuron-census.yaml"
     script:
         "../scripts/entropy.py"
+
+
+rule attention_interventions:
+    input:
+        shard=lambda w: f"results/tokens/{model_tokenizer(config, w.model)}/{universal_dataset(w.model)}/shard-0.zarr",
+        model=lambda w: model_inputs(w.model),
+    output:
+        scores="results/{model}/attention_scores.parquet",
+        paths="results/{model}/attention_paths.parquet",
+    params:
+        model=lambda w: canonical(resolved_model_spec(config, w.model)),
+        model_version=lambda w: input_version(model_inputs(w.model)),
+        tokenizer_name=lambda w: model_tokenizer(config, w.model),
+        tokenizer=lambda w: canonical(resolved_tokenizer_spec(config, model_tokenizer(config, w.model))),
+        settings=lambda w: canonical(capture_settings(config, w.model)),
+        study=lambda w: canonical({k: universal_study(w.model)[k] for k in ("attention",)}),
+    threads: 8
+    resources:
+        gpu=1,
+        mem_mb=lambda w: job_resources(config, w.model, "capture")["mem_mb"],
+        runtime=lambda w: job_resources(config, w.model, "capture")["runtime"],
+    log:
+        "results/logs/attention_interventions/{model}.log",
+    conda:
+        "../../envs/neuron-census.yaml"
+    script:
+        "../scripts/attention.py"

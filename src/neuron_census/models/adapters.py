@@ -54,6 +54,9 @@ class FFNAdapter:
     preactivation_path: ClassVar[str] = ""  # in a decoder layer: the module whose output the nonlinearity reads
     gate_path: ClassVar[str | None] = None  # in a gated FFN's decoder layer: its act_fn
     ffn_norm_path: ClassVar[str] = ""  # in a decoder layer: the norm whose output the FFN reads
+    attention_path: ClassVar[str] = ""  # in a decoder layer: the self-attention module
+    attention_norm_path: ClassVar[str] = ""  # in a decoder layer: the norm whose output the attention reads
+    rotary: ClassVar[bool] = False  # queries and keys are rotated by position
     rms_norm: ClassVar[bool] = False  # norms scale without removing the mean (no centring of weights)
     activation_key: ClassVar[str] = "hidden_act"  # the config key naming the nonlinearity
 
@@ -108,6 +111,20 @@ class FFNAdapter:
     def ffn_norm(self, layer: int) -> torch.nn.Module:
         """The norm whose output the FFN of `layer` reads."""
         return attrgetter(self.ffn_norm_path)(self._layer(layer))
+
+    def attention_norm(self, layer: int) -> torch.nn.Module:
+        """The norm whose output the self-attention of `layer` reads (queries, keys and values)."""
+        return attrgetter(self.attention_norm_path)(self._layer(layer))
+
+    @property
+    def n_heads(self) -> int:
+        config = self.model.config
+        return int(getattr(config, "num_attention_heads", None) or config.n_head)
+
+    def query_key_weights(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """float32 (W_Q [H, d_head, d_model], b_Q [H, d_head], W_K [H_kv, d_head, d_model], b_K [H_kv, d_head])
+        of `layer`'s self-attention, acting on the attention norm's output."""
+        raise NotImplementedError(f"model '{self.name}' ({self.family}): no query and key weights")
 
     def input_weights(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """float32 ([N, d_model], [N]): row i and bias i give neuron i's pre-activation from the FFN's
@@ -166,6 +183,15 @@ class OPTAdapter(FFNAdapter):
     preactivation_path = "fc1"
     activation_key = "activation_function"
 
+    attention_path = "self_attn"
+    attention_norm_path = "self_attn_layer_norm"
+
+    def query_key_weights(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not self.model.config.do_layer_norm_before:
+            raise ValueError(f"model '{self.name}': post-LN OPT's attention reads no norm of the residual stream")
+        attention = attrgetter(self.attention_path)(self._layer(layer))
+        return _split_heads(attention.q_proj, self.n_heads) + _split_heads(attention.k_proj, self.n_heads)
+
     def ffn_norm(self, layer: int) -> torch.nn.Module:
         """Pre-LN OPT normalises the FFN input with `final_layer_norm`; post-LN OPT-350m reads the attention
         block's normalised output."""
@@ -187,6 +213,16 @@ class GPT2Adapter(FFNAdapter):
     projection_path = "mlp.c_proj"
     preactivation_path = "mlp.c_fc"
     ffn_norm_path = "ln_2"
+    attention_path = "attn"
+    attention_norm_path = "ln_1"
+
+    def query_key_weights(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        fused = attrgetter(self.attention_path)(self._layer(layer)).c_attn  # Conv1D [d, 3d]: q, k, v
+        with align_module_device(fused):
+            weight, bias = fused.weight.detach().T.float(), fused.bias.detach().float()
+        d, heads = self.d_model, self.n_heads
+        split = lambda w: w.reshape(heads, d // heads, *w.shape[1:])  # noqa: E731
+        return split(weight[:d]), split(bias[:d]), split(weight[d : 2 * d]), split(bias[d : 2 * d])
     activation_key = "activation_function"
 
 
@@ -200,6 +236,16 @@ class GPTNeoXAdapter(FFNAdapter):
     projection_path = "mlp.dense_4h_to_h"
     preactivation_path = "mlp.dense_h_to_4h"
     ffn_norm_path = "post_attention_layernorm"
+    attention_path = "attention"
+    attention_norm_path = "input_layernorm"
+    rotary = True
+
+    def query_key_weights(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        fused = attrgetter(self.attention_path)(self._layer(layer)).query_key_value  # [H * (q, k, v) * d_head, d]
+        with align_module_device(fused):
+            weight = fused.weight.detach().float().reshape(self.n_heads, 3, -1, self.d_model)
+            bias = fused.bias.detach().float().reshape(self.n_heads, 3, -1)
+        return weight[:, 0], bias[:, 0], weight[:, 1], bias[:, 1]
 
 
 class LlamaAdapter(FFNAdapter):
@@ -214,11 +260,27 @@ class LlamaAdapter(FFNAdapter):
     preactivation_path = "mlp.gate_proj"
     gate_path = "mlp.act_fn"
     ffn_norm_path = "post_attention_layernorm"
+    attention_path = "self_attn"
+    attention_norm_path = "input_layernorm"
     rms_norm = True
+    rotary = True
+
+    def query_key_weights(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        attention = attrgetter(self.attention_path)(self._layer(layer))
+        kv_heads = int(getattr(self.model.config, "num_key_value_heads", None) or self.n_heads)
+        return _split_heads(attention.q_proj, self.n_heads) + _split_heads(attention.k_proj, kv_heads)
 
     def _final_norm_f32(self, x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
         # RMSNorm: x / rms(x) * weight, no mean subtraction and no bias
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon) * norm.weight.float()
+
+
+def _split_heads(projection: torch.nn.Linear, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Linear [heads * d_head, d] projection as float32 ([heads, d_head, d], [heads, d_head]); bias 0 if none."""
+    with align_module_device(projection):
+        weight = projection.weight.detach().float()
+        bias = torch.zeros(weight.shape[0]) if projection.bias is None else projection.bias.detach().float()
+    return weight.reshape(heads, -1, weight.shape[1]), bias.to(weight.device).reshape(heads, -1)
 
 
 _BY_MODEL_TYPE: dict[str, type[FFNAdapter]] = {

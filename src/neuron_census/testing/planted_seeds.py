@@ -16,6 +16,12 @@ A fourth neuron of the last layer is an entropy neuron: its value vector has nor
 residual stream's) in the null space of the unembedding (or along its least-read direction), so it changes no logit directly but, set high,
 shrinks the final norm's scale and flattens every prediction.
 
+A neuron of the first layer deactivates head 0 of the second: it writes a little into a dimension
+(`CHANNEL`) that no embedding fills and no neuron reads, and that head's query weights read the difference
+between it and another such dimension (which cancels the norm's centring) as a large step towards the key
+of BOS (`BOS_ID`), so the head attends to BOS where the neuron fires. Attention writes
+nothing in this family, so the head's weights are free to change.
+
 Two embedding dimensions, shared by the whole family, stand out only for one token (`FAMILY_TOKEN`) and
 for the positions below `FAMILY_POSITION`; the reference reads each with one neuron: a token-family and
 a position-family neuron, whose activation is almost only a function of that feature.
@@ -40,9 +46,12 @@ class SeedFamily:
     dead: frozenset[tuple[int, int]]  # reference neurons that never fire
     vocab_roles: dict[tuple[int, int], str]  # reference neurons that write: their role in vocabulary space
     entropy: tuple[int, int]  # the reference's entropy neuron
+    deactivation: tuple[int, int, int, int]  # (layer, neuron) of the reference that deactivates (head layer, head)
     families: dict[tuple[int, int], tuple[str, int]]  # reference neurons of a family: ("token", id) or ("position", below)
 
 
+BOS_ID = 0  # the planted words tokenizer's <bos>, at position 0 of every sequence of the designed data
+CHANNEL, CHANNEL_REFERENCE = -3, -4  # embedding dimensions that only the deactivation neuron and its head use
 FAMILY_TOKEN, FAMILY_POSITION = 5, 8  # the token whose identity, and the position below which, a neuron reads
 RECIPES = {"seeds-a": "a", "seeds-b": "b", "seeds-c": "c"}  # the pipeline's planted family, a model each
 FAMILY_VOCAB, FAMILY_LAYERS, FAMILY_POSITIONS = 48, 3, 64  # the planted words tokenizer and designed data
@@ -116,7 +125,33 @@ def build_seed_family(
             fc1.weight[neuron, dim] = 1.0
             fc1.bias[neuron] = -2.0  # the normalised dimension is about 4.6 where the feature holds, near 0 elsewhere
             families[layer, neuron] = feature
-    return SeedFamily(models, universal, partners, frozenset({dead}), roles, entropy, families)
+    deactivation = _plant_deactivation_neuron(reference, rng, taken={*universal, dead, *families})
+    return SeedFamily(models, universal, partners, frozenset({dead}), roles, entropy, deactivation, families)
+
+
+def _plant_deactivation_neuron(model: OPTForCausalLM, rng: np.random.Generator, taken: set[tuple[int, int]]) -> tuple[int, int, int, int]:
+    """Neuron n of layer 0 writes 0.002 of the residual's spread per dimension into CHANNEL per unit
+    activation (moving the norm of every later input by a few millionths); the query of head 0 of layer 1
+    reads normalised CHANNEL minus CHANNEL_REFERENCE (0 without the neuron, whatever the norm's mean) as
+    0.5 logit units towards BOS's key per unit activation (module docstring)."""
+    decoder = model.model.decoder
+    neuron = int(rng.choice([n for n in range(model.config.ffn_dim) if (0, n) not in taken]))
+    d_head = model.config.hidden_size // model.config.num_attention_heads
+    attention = decoder.layers[1].self_attn
+    write = 0.002
+    with torch.no_grad():
+        rest = torch.cat([decoder.embed_tokens.weight[:, :CHANNEL_REFERENCE], decoder.embed_positions.weight[:, :CHANNEL_REFERENCE]])
+        decoder.layers[0].fc2.weight[:, neuron] = 0.0
+        decoder.layers[0].fc2.weight[CHANNEL, neuron] = write * float(rest.std()) * 2**0.5
+        seen: list[torch.Tensor] = []
+        hook = decoder.layers[1].self_attn_layer_norm.register_forward_hook(lambda _m, _a, out: seen.append(out))
+        model(input_ids=torch.tensor([[BOS_ID]]), use_cache=False)
+        hook.remove()
+        key = attention.k_proj(seen[0][0, 0])[:d_head]
+        step = key / key.norm() * (0.5 / write * d_head**0.5 / float(key.norm()))
+        attention.q_proj.weight[:d_head, CHANNEL] += step
+        attention.q_proj.weight[:d_head, CHANNEL_REFERENCE] -= step
+    return 0, neuron, 1, 0
 
 
 def _plant_entropy_neuron(model: OPTForCausalLM, rng: np.random.Generator, taken: set[tuple[int, int]]) -> tuple[int, int]:
@@ -139,14 +174,15 @@ def _plant_entropy_neuron(model: OPTForCausalLM, rng: np.random.Generator, taken
 
 def _plant_feature_dimensions(model: OPTForCausalLM) -> tuple[int, int]:
     """The last two embedding dimensions: 5 standard deviations of the rest for FAMILY_TOKEN (the first)
-    and for the positions below FAMILY_POSITION (the second), 0 elsewhere."""
+    and for the positions below FAMILY_POSITION (the second), 0 elsewhere; the two before them (CHANNEL,
+    CHANNEL_REFERENCE) 0 everywhere."""
     tokens, positions = model.model.decoder.embed_tokens.weight, model.model.decoder.embed_positions.weight
     offset = model.model.decoder.embed_positions.offset  # OPT's learned positions start at row 2
     token_dim, position_dim = tokens.shape[1] - 2, tokens.shape[1] - 1
     with torch.no_grad():
-        height = 5.0 * float(torch.cat([tokens[:, :-2], positions[:, :-2]]).std()) * 2**0.5
+        height = 5.0 * float(torch.cat([tokens[:, :CHANNEL_REFERENCE], positions[:, :CHANNEL_REFERENCE]]).std()) * 2**0.5
         for table in (tokens, positions):
-            table[:, -2:] = 0.0
+            table[:, CHANNEL_REFERENCE:] = 0.0
         tokens[FAMILY_TOKEN, token_dim] = height
         positions[offset : offset + FAMILY_POSITION, position_dim] = height
     return token_dim, position_dim
@@ -175,8 +211,10 @@ def _plant_vocab_roles(model: OPTForCausalLM, rng: np.random.Generator, taken: s
 
 
 def _redraw_neurons(model: OPTForCausalLM, rng: np.random.Generator) -> None:
-    """Every FFN neuron a new Gaussian input row and no bias: independent of every other model's."""
+    """Every FFN neuron a new Gaussian input row and no bias: independent of every other model's. No row
+    reads CHANNEL or CHANNEL_REFERENCE."""
     with torch.no_grad():
         for layer in model.model.decoder.layers:
             layer.fc1.weight.copy_(torch.from_numpy(rng.standard_normal(tuple(layer.fc1.weight.shape)).astype(np.float32)))
+            layer.fc1.weight[:, [CHANNEL, CHANNEL_REFERENCE]] = 0.0
             layer.fc1.bias.zero_()

@@ -1,4 +1,4 @@
-"""Entropy neurons: the intervention curves against a direct computation, and the planted one recovered."""
+"""Entropy and attention-deactivation neurons: interventions against direct computations, the planted ones recovered."""
 
 from __future__ import annotations
 
@@ -100,3 +100,92 @@ def test_entropy_figure_marks_entropy_neurons():
     assert labels == ["m L2 N7 (entropy neuron)", "m L2 N9", "random neurons of the layer"]
     widths = {line.get_label(): line.get_linewidth() for line in fig.axes[0].get_lines()}
     assert widths["m L2 N7 (entropy neuron)"] > widths["m L2 N9"]
+
+
+# ----------------------------------------------------------------------------- attention deactivation
+
+
+def test_manual_attention_to_bos_equals_the_models():
+    """The path ablation recomputes a head's attention from its queries and keys: equal to the model's own
+    attention weights (eager attention) for OPT and GPT-2."""
+    from transformers import GPT2Config, GPT2LMHeadModel, OPTConfig, OPTForCausalLM
+
+    from neuron_census.analyses.attention import _bos_attention, _norm_input_hooks
+
+    torch.manual_seed(0)
+    models = (
+        OPTForCausalLM(OPTConfig(vocab_size=50, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4, attn_implementation="eager")),
+        GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0, attn_implementation="eager")),
+    )
+    tokens = torch.randint(0, 50, (2, 9), generator=torch.Generator().manual_seed(1))
+    for model in models:
+        model.eval()
+        adapter = adapter_for(model, name="m")
+        seen: dict[int, torch.Tensor] = {}
+        hooks = _norm_input_hooks(adapter, [1], seen)
+        with torch.no_grad():
+            attentions = model(input_ids=tokens, output_attentions=True).attentions
+        for hook in hooks:
+            hook.remove()
+        for head in range(4):
+            np.testing.assert_allclose(_bos_attention(adapter, 1, head, seen[1], seen[1]), attentions[1][:, head, 1:, 0].numpy(), atol=1e-6)
+
+
+def test_scores_equal_a_direct_computation():
+    """w_out^T W_Q^h k_BOS^h / sqrt(d_head) with the norm's centring and gain, from the model's weights."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from neuron_census.analyses.attention import bos_keys, deactivation_scores
+
+    torch.manual_seed(2)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=32, n_inner=16, n_layer=3, n_head=4, bos_token_id=0, eos_token_id=0)).eval()
+    with torch.no_grad():
+        for block in model.transformer.h:
+            block.ln_1.weight.uniform_(0.5, 1.5)
+    adapter = adapter_for(model, name="m")
+    keys = bos_keys(model, adapter, 0)
+    scores = deactivation_scores(adapter, keys)
+    with torch.no_grad():
+        hidden = model(input_ids=torch.tensor([[0]]), output_hidden_states=True).hidden_states  # block inputs
+        expected = np.full((2, 16), -np.inf)
+        for layer in range(2):
+            w_out = model.transformer.h[layer].mlp.c_proj.weight  # [16, 32]: rows are value vectors
+            for later in range(layer + 1, 3):
+                block = model.transformer.h[later]
+                qkv_w, qkv_b = block.attn.c_attn.weight, block.attn.c_attn.bias  # [32, 96]
+                key = block.ln_1(hidden[later][0, 0]) @ qkv_w[:, 32:64] + qkv_b[32:64]
+                passed = (w_out - w_out.mean(dim=1, keepdim=True)) * block.ln_1.weight
+                for head in range(4):
+                    cols = slice(8 * head, 8 * head + 8)
+                    score = (passed @ qkv_w[:, cols]) @ key[cols] / 8**0.5
+                    expected[layer] = np.maximum(expected[layer], score.numpy())
+    np.testing.assert_allclose(scores.sort("layer", "neuron")["max_score"].to_numpy(), expected.reshape(-1), rtol=1e-4, atol=1e-6)
+
+
+def test_planted_deactivation_neuron_is_recovered_exactly(family, tokens):
+    """Precision = recall = 1: the planted neuron is the only one that scores above 0 and its path to the
+    head's query carries the head's attention to BOS."""
+    from neuron_census.analyses.attention import bos_keys, deactivation_scores, path_ablation, top_pairs
+
+    model = family.models["a"]
+    adapter = adapter_for(model, name="a")
+    pairs = top_pairs(deactivation_scores(adapter, bos_keys(model, adapter, 0)), 8)
+    found = path_ablation(model, adapter, tokens, pairs)
+    assert [tuple(row) for row in found.filter("deactivates").select("layer", "neuron", "head_layer", "head").iter_rows()] == [family.deactivation]
+    row = found.row(0, named=True)
+    assert row["bos_attention"] > row["bos_attention_ablated"] + 0.1
+
+
+def test_attention_figure_draws_scores_and_ablations():
+    from neuron_census.plots.roles import plot_attention_deactivation
+
+    scores = pl.DataFrame({"model": ["m"] * 4, "layer": [0, 0, 1, 1], "neuron": [0, 1, 0, 1], "max_score": [0.1, 0.5, 0.2, 0.3]})
+    paths = pl.DataFrame(
+        {"model": ["m"], "layer": [0], "neuron": [1], "head_layer": [1], "head": [2], "score": [0.5], "bos_attention": [0.6],
+         "bos_attention_ablated": [0.2], "deactivates": [True]}
+    )
+    fig = plot_attention_deactivation({"attention_scores": scores, "attention_paths": paths}, {})
+    left, right = fig.axes
+    assert {tuple(line.get_ydata()) for line in left.get_lines()} >= {(0.5, 0.3)}
+    assert [label.get_text() for label in right.get_yticklabels()] == ["m L0 N1 -> head 1.2 *"]
+    assert sorted(bar.get_width() for bar in right.patches) == [0.2, 0.6]
