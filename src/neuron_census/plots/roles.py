@@ -7,6 +7,7 @@ from typing import Any
 
 import polars as pl
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from neuron_census.plots.figures import _style, colours, line, model_order, new_axes, say_missing
 
@@ -126,8 +127,9 @@ def plot_attention_deactivation(tables: Mapping[str, pl.DataFrame], style: Mappi
         line(left, per_layer["layer"], per_layer["p99"], style, color=colour, linestyle="--", label=f"{model}: 99th pct.")
     left.set_xlabel("layer of the neuron")
     left.set_ylabel("highest score over later heads")
+    left.xaxis.set_major_locator(MaxNLocator(integer=True))
     if models:
-        left.legend(fontsize="x-small", frameon=False)
+        fig.legend(*left.get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize="x-small", frameon=False)
     else:
         say_missing(left, "no attention scores")
     measured = paths.drop_nulls("bos_attention") if paths.height and "bos_attention" in paths.columns else pl.DataFrame()
