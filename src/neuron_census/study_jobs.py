@@ -37,13 +37,10 @@ def correlation_job(
 
     from neuron_census.accumulators.correlation import NeuronCorrelation
     from neuron_census.capture.engine import PairedModel, capture_paired
-    from neuron_census.capture.placement import Placement
     from neuron_census.capture.store import write_store
     from neuron_census.models.loading import load_model
 
-    placement = Placement.from_config(settings)
-    if placement.strategy == "layerwise":
-        raise ValueError(f"universal neurons of '{reference}': correlations need the resident or offload strategy, not layerwise")
+    placement = _lockstep_placement(settings, f"correlations of '{reference}'")
     tokenizer, first, device, dtype = load_model_and_tokenizer(
         reference, models[reference], tokenizer_name, tokenizer_spec, settings, threads
     )
@@ -64,7 +61,7 @@ def correlation_job(
         reference, others, groups[reference][first], layers_b, widths, device,
         dropped_tokens=dropped_tokens(tokenizer, study), preactivation=study["activation"] == "pre",
     )
-    batch_size = int({**schema_defaults("capture"), **settings}["batch_size"])
+    batch_size = _batch_size(settings)
     cost = NeuronCorrelation.memory(
         widths[reference], len(correlation.layers_a), widths[others[0]], len(layers_b), len(others), batch_size * tokens.shape[1]
     )
@@ -129,12 +126,9 @@ def neuron_properties_job(
     from neuron_census.accumulators.preactivation_moments import PreactivationMoments
     from neuron_census.analyses.features import feature_matrices
     from neuron_census.capture.engine import PairedModel, capture_paired
-    from neuron_census.capture.placement import Placement
     from neuron_census.capture.store import write_store
 
-    placement = Placement.from_config(settings)
-    if placement.strategy == "layerwise":
-        raise ValueError(f"neuron properties of '{reference}' need the resident or offload strategy, not layerwise")
+    placement = _lockstep_placement(settings, f"neuron properties of '{reference}'")
     tokenizer, loaded, device, _ = load_model_and_tokenizer(reference, model_spec, tokenizer_name, tokenizer_spec, settings, threads)
     tokens, shard_attrs = read_shard_for(shard_path, tokenizer, f"model '{reference}'")
     adapter = loaded.adapter
@@ -147,7 +141,7 @@ def neuron_properties_job(
     ]
     capture_paired(
         {reference: PairedModel(loaded.model, adapter, tokenizer.fingerprint)}, tokens, accumulators, layers=layers, first_seq_id=0,
-        has_bos=bool(shard_attrs["has_bos"]), batch_size=int({**schema_defaults("capture"), **settings}["batch_size"]),
+        has_bos=bool(shard_attrs["has_bos"]), batch_size=_batch_size(settings),
         device=device, placement=placement, read_preactivation=True,
     )
     attrs = {"models": [reference], "dataset": shard_attrs["dataset"], "shard": int(shard_attrs["shard"])}
@@ -180,11 +174,10 @@ def entropy_job(
     batch = torch_tensor(tokens[: entropy.sequences], device)
     curves = entropy_curves(
         loaded.model, loaded.adapter, batch, last, candidates, random, entropy.values,
-        batch_size=int({**schema_defaults("capture"), **settings}["batch_size"]), has_bos=bool(shard_attrs["has_bos"]),
+        batch_size=_batch_size(settings), has_bos=bool(shard_attrs["has_bos"]),
     )
-    model = pl.lit(reference).alias("model")
-    write_parquet(curves.select(model, pl.all()), curves_out)
-    write_parquet(entropy_neurons(curves, entropy.min_change).select(model, pl.all()), neurons_out)
+    _write_for_model(curves, reference, curves_out)
+    _write_for_model(entropy_neurons(curves, entropy.min_change), reference, neurons_out)
 
 
 def attention_job(
@@ -217,11 +210,10 @@ def attention_job(
     else:
         paths = path_ablation(
             loaded.model, loaded.adapter, torch_tensor(tokens[: attention.sequences], device), pairs,
-            batch_size=int({**schema_defaults("capture"), **settings}["batch_size"]), min_change=attention.min_change,
+            batch_size=_batch_size(settings), min_change=attention.min_change,
         )
-    model = pl.lit(reference).alias("model")
-    write_parquet(scores.select(model, pl.all()), scores_out)
-    write_parquet(paths.select(model, pl.all()), paths_out)
+    _write_for_model(scores, reference, scores_out)
+    _write_for_model(paths, reference, paths_out)
 
 
 def torch_tensor(tokens: np.ndarray, device: Any) -> Any:
@@ -299,6 +291,24 @@ def universal_tables_job(
         weight_columns(loaded.adapter, sorted(set(table["layer"].to_list())), processing=weights),
     ):
         table = table.join(columns, on=keys, how="left", maintain_order="left")
-    model = pl.lit(reference).alias("model")
-    write_parquet(matches.select(model, pl.all()), matches_out)
-    write_parquet(table.select(model, pl.all()), universal_out)
+    _write_for_model(matches, reference, matches_out)
+    _write_for_model(table, reference, universal_out)
+
+
+def _batch_size(settings: Mapping[str, Any]) -> int:
+    return int({**schema_defaults("capture"), **settings}["batch_size"])
+
+
+def _lockstep_placement(settings: Mapping[str, Any], what: str) -> Any:
+    """The capture placement of a paired capture, which needs every layer of a batch before the next batch."""
+    from neuron_census.capture.placement import Placement
+
+    placement = Placement.from_config(settings)
+    if placement.strategy == "layerwise":
+        raise ValueError(f"{what} need the resident or offload strategy, not layerwise")
+    return placement
+
+
+def _write_for_model(frame: pl.DataFrame, model: str, output: PathLike) -> None:
+    """`frame` with a first column `model`, as every per-model table has."""
+    write_parquet(frame.select(pl.lit(model).alias("model"), pl.all()), output)

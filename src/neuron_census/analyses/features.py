@@ -27,7 +27,7 @@ SUFFIXES = ("ing", "ed", "ly", "s", "tion", "er", "est", "ment", "ness", "able",
 PREFIXES = ("un", "re", "in", "dis", "pre", "over", "non")
 PUNCTUATION = set(string.punctuation) | set("“”‘’«»—–…")
 TOKEN_KINDS = ("token", "alphabet", "class")
-KINDS = (*TOKEN_KINDS, *(f"prev_{kind}" for kind in TOKEN_KINDS), "position")
+KINDS = (*TOKEN_KINDS, *(f"prev_{kind}" for kind in TOKEN_KINDS), "position")  # in the order figures list them
 
 FEATURES_SCHEMA = {"feature": pl.Utf8(), "kind": pl.Utf8(), "tokens": pl.List(pl.Int64), "below": pl.Int64()}
 

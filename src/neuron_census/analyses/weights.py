@@ -37,7 +37,6 @@ from neuron_census.models.adapters import FFNAdapter
 
 PROCESSING = ("processed", "raw")
 DEFAULT_MAX_CHUNK_BYTES = 256 * 2**20
-VOCAB_ROLES = ("prediction", "suppression", "partition")
 NULL_SHARE = 0.02  # of d_model: the effective null space (GPT-2 small: the bottom 15 of 768 directions)
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import polars as pl
 from matplotlib.figure import Figure
 
+from neuron_census.analyses.features import KINDS
 from neuron_census.plots.figures import _style, colours, line, model_order, new_axes, say_missing
 
 PANELS = (("max_corr", "max correlation"), ("baseline_corr", "baseline (rotated)"), ("excess_corr", "excess correlation"))
@@ -127,9 +128,6 @@ def plot_universal_properties(tables: Mapping[str, pl.DataFrame], style: Mapping
     return fig
 
 
-FAMILY_KINDS = ("token", "alphabet", "class", "prev_token", "prev_alphabet", "prev_class", "position")
-
-
 def plot_universal_families(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
     """One panel per reference model: the neurons of each layer with a family (variance reduction above
     the study's threshold), stacked by the family's kind; the last panel: for each kind, its example with
@@ -138,13 +136,13 @@ def plot_universal_families(tables: Mapping[str, pl.DataFrame], style: Mapping[s
     universal = tables["universal"]
     models = model_order(universal) if "family_kind" in universal.columns else []
     fig, axes = new_axes(style, 1, len(models) + 1, squeeze=False)
-    palette = dict(zip(FAMILY_KINDS, colours({**style, "palette": "tab10"}, len(FAMILY_KINDS))))
+    palette = dict(zip(KINDS, colours({**style, "palette": "tab10"}, len(KINDS))))
     for ax, model in zip(axes[0], models):
         rows = universal.filter(pl.col("model") == model)
         layers = np.arange(int(rows["layer"].max()) + 1)
         counts = rows.drop_nulls("family_kind").group_by("layer", "family_kind").len()
         bottom = np.zeros(len(layers))
-        for kind in FAMILY_KINDS:
+        for kind in KINDS:
             height = np.zeros(len(layers))
             for layer, n in counts.filter(pl.col("family_kind") == kind).select("layer", "len").iter_rows():
                 height[layer] = n
@@ -162,7 +160,7 @@ def plot_universal_families(tables: Mapping[str, pl.DataFrame], style: Mapping[s
     examples = axes[0][-1]
     families = universal.drop_nulls("family") if models else pl.DataFrame()
     best = families.sort("best_vr", descending=True).unique("family_kind", keep="first", maintain_order=True) if families.height else families
-    best = best.sort(pl.col("family_kind").replace_strict(FAMILY_KINDS, list(range(len(FAMILY_KINDS))), default=len(FAMILY_KINDS))) if best.height else best
+    best = best.sort(pl.col("family_kind").replace_strict(KINDS, list(range(len(KINDS))), default=len(KINDS))) if best.height else best
     for index, row in enumerate(best.iter_rows(named=True) if best.height else []):
         colour = palette.get(row["family_kind"], "0.5")
         examples.barh(index + 0.2, row["best_mean_on"], height=0.4, color=colour)
