@@ -79,7 +79,7 @@ def main() -> None:
                     "sequences_per_shard": args.seq_per_shard, "n_shards": n_shards}
             cursors = [corpus.StreamCursor()]  # cursors[k]: where shard k starts
             for shard in range(n_shards):
-                cursors.append(corpus.text_shard(spec, tokenizer, shard, folder, name=source, cursor=cursors[-1])[1])
+                cursors.append(corpus.text_shard(spec, tokenizer, shard, folder, name=source, cursor=cursors[-1]).end)
             for round_ in range(args.rounds):
                 for shard in args.shards:
                     starts = {
@@ -90,7 +90,7 @@ def main() -> None:
                     results = {}
                     for way, cursor in starts.items():
                         began = time.perf_counter()
-                        tokens, _ = corpus.text_shard(spec, tokenizer, shard, folder, name=source, cursor=cursor)
+                        tokens = corpus.text_shard(spec, tokenizer, shard, folder, name=source, cursor=cursor).tokens
                         seconds = time.perf_counter() - began
                         results[way] = tokens
                         rows.append({"source": source, "shard": shard, "way": way, "round": round_, "seconds": seconds,

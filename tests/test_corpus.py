@@ -26,6 +26,7 @@ from neuron_census.data.bundle import (
     resources_dir,
 )
 from neuron_census.data.corpus import (
+    Origin,
     corpus_texts,
     iter_documents,
     pack_stream,
@@ -270,7 +271,7 @@ def test_hf_records_filtered_by_a_nested_field(tmp_path: Path) -> None:
 
 def test_packing_hand_example() -> None:
     def packed(docs: list[list[int]], seq_len: int, bos_id: int | None, eos_id: int | None) -> list[np.ndarray]:
-        return [sequence for sequence, _ in pack_stream(((ids, None) for ids in docs), seq_len, bos_id, eos_id)]
+        return [sequence for sequence, _, _ in pack_stream(((ids, Origin(None)) for ids in docs), seq_len, bos_id, eos_id)]
 
     docs = [[1, 2, 3], [], [4, 5], [6, 7, 8, 9]]
     out = [s.tolist() for s in packed(docs, 4, bos_id=0, eos_id=99)]
@@ -279,6 +280,59 @@ def test_packing_hand_example() -> None:
     assert plain == [[1, 2, 3, 4], [5, 6, 7, 8]]
     seqs = packed([[5] * 10], 3, bos_id=7, eos_id=None)
     assert len(seqs) == 5 and all(s.dtype == np.int32 and s.tolist() == [7, 5, 5] for s in seqs)
+
+
+def test_packing_labels_every_token_with_its_documents_source() -> None:
+    """Source codes follow the tokens: BOS and unlabelled text -1, an EOS separator the document it opens,
+    codes in the order labels are met, and a cursor's carried tokens keep theirs into the next shard."""
+    docs = [([1, 2, 3], Origin("wiki")), ([4], Origin(None)), ([5, 6], Origin("code")), ([], Origin("math")), ([7, 8, 9], Origin("wiki"))]
+    out = list(pack_stream(iter(docs), 4, bos_id=0, eos_id=99))
+    assert [seq.tolist() for seq, _, _ in out] == [[0, 1, 2, 3], [0, 99, 4, 99], [0, 5, 6, 99], [0, 7, 8, 9]]
+    assert [codes.tolist() for _, codes, _ in out] == [[-1, 0, 0, 0], [-1, -1, -1, 1], [-1, 1, 1, 0], [-1, 0, 0, 0]]
+    assert all(codes.dtype == np.int16 for _, codes, _ in out)
+    cursor = out[1][2]()
+    assert cursor.source_names == ("wiki", "code") and cursor.carry.tolist() == [5, 6]
+    assert cursor.carry_sources.tolist() == [1, 1]
+    resumed = list(pack_stream(iter([([10, 11, 12, 13], Origin("math"))]), 4, bos_id=0, eos_id=99, cursor=cursor))
+    assert [seq.tolist() for seq, _, _ in resumed] == [[0, 5, 6, 99], [0, 10, 11, 12]]
+    assert [codes.tolist() for _, codes, _ in resumed] == [[-1, 1, 1, 2], [-1, 2, 2, 2]]
+    assert resumed[-1][2]().source_names == ("wiki", "code", "math")
+
+
+def test_shards_label_tokens_with_their_domain_file_or_hf_field(tmp_path: Path, gpt2: TextTokenizer) -> None:
+    """A bundled document's tokens carry its domain, a file's its name, an hf record's `label_field`."""
+    from neuron_census.data import corpus
+
+    spec = _bundled(seq_len=32, sequences_per_shard=96, n_shards=1, domains=["code", "math"])
+    tokens, codes, end = corpus.text_shard(spec, gpt2, 0, ROOT, name="b")
+    first_text, first = next(corpus._bundled_documents({**corpus.DEFAULTS, **spec}, ROOT, "b"))
+    assert set(end.source_names) == {"code", "math"} and (codes[:, 0] == -1).all() and (codes[:, 1:] >= 0).all()
+    n_first = min(len(gpt2.encode(first_text)), 31)
+    assert {end.source_names[c] for c in codes[0, 1 : 1 + n_first]} == {first.source}
+    assert codes.shape == tokens.shape and {end.source_names[c] for c in np.unique(codes[codes >= 0])} == {"code", "math"}
+
+    for name in ("english.txt", "python.jsonl"):
+        text = "\n\n".join("word " * 120 for _ in range(3))
+        (tmp_path / name).write_text(text if name.endswith(".txt") else "\n".join(json.dumps({"text": "word " * 120}) for _ in range(3)))
+    files = {"source": "files", "paths": ["english.txt", "python.jsonl"], "seq_len": 16, "sequences_per_shard": 48, "min_document_chars": 10}
+    _, codes, end = corpus.text_shard(files, gpt2, 0, tmp_path, name="f")
+    assert end.source_names == ("english", "python")
+    labels = [end.source_names[c] for c in codes[:, 1:].reshape(-1)]
+    assert labels == sorted(labels, key=["english", "python"].index) and labels[0] == "english" and labels[-1] == "python"
+
+    records = [{"text": f"doc {i} " + "x " * 40, "meta": {"set": ["Wiki", "Code"][i % 2]}} for i in range(8)]
+    (tmp_path / "data.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    hf = {"source": "hf", "hf": {"path": "json", "data_files": "data.jsonl", "split": "train", "label_field": "meta.set"},
+          "seq_len": 45, "sequences_per_shard": 4}
+    tokens, codes, end = corpus.text_shard(hf, gpt2, 0, tmp_path, name="h")
+    assert end.source_names == ("Wiki", "Code")
+    for row, document in zip(codes, range(4)):  # each record is 43 tokens and the EOS that opens the next
+        assert len(gpt2.encode(records[document]["text"])) == 43
+        assert row.tolist() == [-1] + [document % 2] * 43 + [(document + 1) % 2]
+    unlabelled = {**hf, "hf": {k: v for k, v in hf["hf"].items() if k != "label_field"}}
+    assert (corpus.text_shard(unlabelled, gpt2, 0, tmp_path, name="h").sources == -1).all()
+    with pytest.raises(ValueError, match=r"'h'.*no field 'meta.kind' \(hf.label_field\)"):
+        corpus.text_shard({**hf, "hf": {**hf["hf"], "label_field": "meta.kind"}}, gpt2, 0, tmp_path, name="h")
 
 
 def test_shards_are_stable_when_appending(gpt2: TextTokenizer) -> None:
@@ -316,10 +370,11 @@ def test_shards_chained_by_their_stream_cursors_equal_shards_read_from_the_start
     monkeypatch.setattr(corpus, "TOKENIZE_BATCH_DOCS", 1)  # documents are tokenized as the packer asks
     cursor = corpus.StreamCursor()
     for shard in range(4):
-        expected = shard_sequences(spec, gpt2, shard, ROOT)
+        expected = corpus.text_shard(spec, gpt2, shard, ROOT, name="b")
         tokenized.clear()
-        got, after = corpus.text_shard(spec, gpt2, shard, ROOT, name="b", cursor=cursor)
-        np.testing.assert_array_equal(got, expected)
+        got, sources, after = corpus.text_shard(spec, gpt2, shard, ROOT, name="b", cursor=cursor)
+        np.testing.assert_array_equal(got, expected.tokens)
+        np.testing.assert_array_equal(sources, expected.sources)  # the carried rest keeps its domains
         assert after.sequences == 6 * (shard + 1) and after.documents >= cursor.documents
         assert sum(tokenized) <= after.documents - cursor.documents + 1
         cursor = after
@@ -333,11 +388,14 @@ def _chained_shards(spec: dict, tokenizer: TextTokenizer, root: Path, name: str)
     equal, each cursor with a source position); the cursors where each shard starts, and after the last."""
     from neuron_census.data import corpus
 
-    expected = [shard_sequences(spec, tokenizer, shard, root, dataset=name) for shard in range(spec["n_shards"])]
+    from_start = [corpus.text_shard(spec, tokenizer, shard, root, name=name) for shard in range(spec["n_shards"])]
+    expected = [shard.tokens for shard in from_start]
     cursors = [corpus.StreamCursor()]
     for shard in range(spec["n_shards"]):
-        got, after = corpus.text_shard(spec, tokenizer, shard, root, name=name, cursor=cursors[-1])
+        got, sources, after = corpus.text_shard(spec, tokenizer, shard, root, name=name, cursor=cursors[-1])
         np.testing.assert_array_equal(got, expected[shard])
+        np.testing.assert_array_equal(sources, from_start[shard].sources)
+        assert after.source_names == from_start[shard].end.source_names
         assert after.source is not None and after.documents > cursors[-1].documents
         cursors.append(after)
     return expected, cursors
@@ -369,7 +427,7 @@ def test_hf_shards_chained_by_their_stream_cursors_do_not_read_earlier_data_file
         path.write_text("not json {\n")
     with pytest.raises(Exception):
         list(iter_documents(spec, tmp_path))
-    got, _ = corpus.text_shard(spec, gpt2, 3, tmp_path, name="h", cursor=cursors[3])
+    got, _, _ = corpus.text_shard(spec, gpt2, 3, tmp_path, name="h", cursor=cursors[3])
     np.testing.assert_array_equal(got, expected[3])
     counted = dataclasses.replace(cursors[3], source=None)  # without a position: earlier files are read
     with pytest.raises(Exception):
@@ -401,7 +459,7 @@ def test_file_shards_chained_by_their_stream_cursors_do_not_read_earlier_files(
     assert resumed_from >= 2 and json.loads(cursors[3].source)["records"] > 0  # within a file
     for path in files[:resumed_from]:
         path.write_text("not json {\n")
-    got, _ = corpus.text_shard(spec, gpt2, 3, tmp_path, name="f", cursor=cursors[3])
+    got, _, _ = corpus.text_shard(spec, gpt2, 3, tmp_path, name="f", cursor=cursors[3])
     np.testing.assert_array_equal(got, expected[3])
     with pytest.raises(ValueError, match="part0.jsonl:1"):  # without a position: earlier files are read
         corpus.text_shard(spec, gpt2, 3, tmp_path, name="f", cursor=dataclasses.replace(cursors[3], source=None))
@@ -422,7 +480,7 @@ def test_a_long_documents_carried_tokens_fill_the_next_shards(tmp_path: Path, wo
             "min_document_chars": 1}
     cursor = corpus.StreamCursor()
     for shard in range(4):
-        got, after = corpus.text_shard(spec, words, shard, tmp_path, name="long", cursor=cursor)
+        got, sources, after = corpus.text_shard(spec, words, shard, tmp_path, name="long", cursor=cursor)
         np.testing.assert_array_equal(got, shard_sequences(spec, words, shard, tmp_path, dataset="long"))
         assert len(after.carry) >= 100 - 7 * 3 * (shard + 1)  # every shard ends inside the long document
         cursor = after
@@ -467,18 +525,28 @@ def test_a_one_line_text_is_read_in_bounded_pieces(tmp_path: Path, gpt2: TextTok
 
 
 def test_a_shard_store_keeps_its_stream_cursor(tmp_path: Path, words: TextTokenizer) -> None:
-    from neuron_census.data.corpus import StreamCursor, read_stream_end
+    from neuron_census.data.corpus import StreamCursor, read_stream_end, read_token_sources
 
     tokens = np.array([[0, 2, 3, 4]], dtype=np.int32)
     for carry, source in (((3, 2, 4), None), ((), '{"records": 9, "state": {"shard_idx": 2}}')):
-        cursor = StreamCursor(sequences=5, documents=7, started=True, carry=carry, source=source)
+        cursor = StreamCursor(sequences=5, documents=7, started=True, carry=carry, source=source,
+                              carry_sources=[1, 0, -1][: len(carry)], source_names=("wiki", "code"))
         path = tmp_path / f"s{len(carry)}.zarr"
-        write_token_shard(path, tokens, tokenizer=words, dataset="d", shard=0, stream_end=(cursor, "abc"))
+        write_token_shard(path, tokens, tokenizer=words, dataset="d", shard=0, stream_end=(cursor, "abc"),
+                          sources=(np.array([[-1, 0, 1, 1]]), ("wiki", "code")))
         back = read_stream_end(path, "abc")
         assert (back.sequences, back.documents, back.started, back.source) == (5, 7, True, source)
         np.testing.assert_array_equal(back.carry, carry)
+        assert back.carry_sources.tolist() == [1, 0, -1][: len(carry)] and back.source_names == ("wiki", "code")
+        codes, names = read_token_sources(path)
+        assert codes.tolist() == [[-1, 0, 1, 1]] and codes.dtype == np.int16 and names == ("wiki", "code")
         assert read_stream_end(path, "other settings") is None
         np.testing.assert_array_equal(read_token_shard(path)[0], tokens)
+    write_token_shard(tmp_path / "plain.zarr", tokens, tokenizer=words, dataset="d", shard=0)
+    assert read_token_sources(tmp_path / "plain.zarr") is None
+    with pytest.raises(ValueError, match=r"bad\.zarr: source codes must be the tokens' shape and index its 1 source names"):
+        write_token_shard(tmp_path / "bad.zarr", tokens, tokenizer=words, dataset="d", shard=0, sources=(np.array([[0, 0, 1, 0]]), ("wiki",)))
+    assert not (tmp_path / "bad.zarr").exists()
 
 
 def test_too_few_tokens_names_dataset(tmp_path: Path, words: TextTokenizer) -> None:

@@ -46,6 +46,12 @@ def test_feature_table_groups_variants_and_orders_kinds():
     kinds = table["kind"].to_list()
     assert kinds.index("prev_token") > max(i for i, k in enumerate(kinds) if not k.startswith("prev_") and k != "position")
     assert matrices.position[:, 0].tolist() == [1, 1] + [0] * 10
+    with_context = feature_table(TEXTS, forms, SPECIAL, 12, sources=["code", "wiki"])
+    assert with_context.tail(2).select("feature", "kind", "source").rows() == [("context: code", "context", "code"), ("context: wiki", "context", "wiki")]
+    context_matrices = feature_matrices(with_context, len(TEXTS), 12)
+    assert context_matrices.sources == ("code", "wiki") and context_matrices.width == with_context.height
+    lookup = context_matrices.context_columns(np.array([[-1, 0, 1, 2]], dtype=np.int16), ("wiki", "lit", "code"))
+    assert lookup.tolist() == [[-1, 1, -1, 0]]
 
 
 @pytest.fixture(scope="module")
@@ -53,26 +59,38 @@ def setup():
     rng = np.random.default_rng(0)
     tokens = rng.integers(1, len(TEXTS), size=(N_SEQ, SEQ_LEN))
     tokens[:, 0] = 0
-    table = feature_table(TEXTS, ["the", "cat", "sat"], SPECIAL, SEQ_LEN)
+    table = feature_table(TEXTS, ["the", "cat", "sat"], SPECIAL, SEQ_LEN, sources=("code", "wiki"))
     matrices = feature_matrices(table, len(TEXTS), SEQ_LEN)
+    # each sequence: a document of one shard source, then one of another from a random cut; some unlabelled
+    shard_names = ("wiki", "math", "code")  # the shard's own codes; `math` has no feature in the table
+    codes = np.empty((N_SEQ, SEQ_LEN), dtype=np.int16)
+    for row in range(N_SEQ):
+        cut = rng.integers(2, SEQ_LEN)
+        codes[row, :cut], codes[row, cut:] = rng.choice(3, size=2, replace=False)
+    codes[:, 0] = -1
+    codes[3, 5:] = -1
+    contexts = matrices.context_columns(codes, shard_names)
+    assert contexts[0, 0] == -1 and set(np.unique(contexts)) == {-1, 0, 1}
     acts = rng.normal(size=(len(LAYERS), N_SEQ, SEQ_LEN, WIDTH)).astype(np.float32)
     names = table["feature"].to_list()
     current = matrices.current[tokens]  # [S, T, F_cur]
     previous = np.concatenate([np.zeros((N_SEQ, 1, matrices.previous.shape[1])), matrices.previous[tokens[:, :-1]]], axis=1)
     position = np.broadcast_to(matrices.position[None], (N_SEQ, SEQ_LEN, matrices.position.shape[1]))
-    indicator = np.concatenate([current, previous, position], axis=2)  # [S, T, F]
+    context = np.stack([codes == shard_names.index(name) for name in ("code", "wiki")], axis=2)  # the table's order
+    indicator = np.concatenate([current, previous, position, context], axis=2)  # [S, T, F]
     planted = {  # (slot, neuron) -> the feature its activation is a function of, plus little noise
         (0, 1): "token: the",
         (0, 5): "prev_alphabet: b",
         (1, 2): "position < 4",
         (1, 3): "class: number",
         (1, 6): "prev_class: space-prefixed",
+        (1, 7): "context: wiki",
     }
     for (slot, neuron), name in planted.items():
         on = indicator[:, :, names.index(name)]
         acts[slot, :, :, neuron] = 3.0 * on + 0.2 * rng.normal(size=on.shape) + 100.0  # a large mean: no cancellation
     acts[1, :, :, 0] = 5.0  # constant
-    return {"tokens": tokens, "table": table, "matrices": matrices, "acts": acts, "indicator": indicator, "planted": planted}
+    return {"tokens": tokens, "table": table, "matrices": matrices, "acts": acts, "indicator": indicator, "planted": planted, "contexts": contexts}
 
 
 def feed(accumulator: FeatureMoments, setup, sequences: slice, batch_size: int, scale: float = 1.0) -> None:
@@ -88,7 +106,7 @@ def feed(accumulator: FeatureMoments, setup, sequences: slice, batch_size: int, 
 
 
 def moments(setup) -> FeatureMoments:
-    return FeatureMoments("m", LAYERS, WIDTH, setup["matrices"], torch.device("cpu"), dropped_tokens=[NEWLINE])
+    return FeatureMoments("m", LAYERS, WIDTH, setup["matrices"], torch.device("cpu"), dropped_tokens=[NEWLINE], contexts=setup["contexts"])
 
 
 def direct_reduction(setup) -> np.ndarray:
@@ -122,7 +140,8 @@ def test_variance_reduction_equals_direct_computation_in_one_pass_and_merged(set
 
 def test_planted_families_are_recovered_exactly(setup):
     """Precision = recall = 1: the neurons planted as functions of one feature (token group, previous
-    token's alphabet and class, position, token class) and no other have a family, each its own."""
+    token's alphabet and class, position, token class, the document's source) and no other have a family,
+    each its own."""
     accumulator = moments(setup)
     feed(accumulator, setup, slice(None), 4)
     table = family_columns([accumulator.state()], setup["table"], threshold=0.5)

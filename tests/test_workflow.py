@@ -91,14 +91,15 @@ def test_tiny_dag_finds_exactly_the_planted_universal_neurons(tiny_run: Path):
             assert (row["match_layer"], row["match_neuron"]) == partner and row["max_corr"] > 0.9999
     (dead,) = family.dead
     assert universal.filter(pl.col("layer") == dead[0], pl.col("neuron") == dead[1])["max_corr"].to_list() == [0.0]
-    # families: exactly the planted token- and position-family neurons, each with its feature
+    # families: exactly the planted token-, position- and context-family neurons, each with its feature
     features = pl.read_parquet(tiny_run / "results" / "universal" / "planted-seed-a" / "designed" / "features.parquet")
     names = {("token", tuple(row["tokens"] or ())): row["feature"] for row in features.filter(pl.col("kind") == "token").iter_rows(named=True)}
-    expected = {
-        cell: names["token", (value,)] if kind == "token" else f"position < {value}" for cell, (kind, value) in family.families.items()
-    }
+    names |= {("position", row["below"]): row["feature"] for row in features.filter(pl.col("kind") == "position").iter_rows(named=True)}
+    names |= {("context", row["source"]): row["feature"] for row in features.filter(pl.col("kind") == "context").iter_rows(named=True)}
+    assert features.filter(pl.col("kind") == "context")["source"].to_list() == ["body", "opening"]
+    expected = {cell: names[kind, (value,) if kind == "token" else value] for cell, (kind, value) in family.families.items()}
     found = {(row["layer"], row["neuron"]): row["family"] for row in universal.drop_nulls("family").iter_rows(named=True)}
-    assert found == expected and len(expected) == 2
+    assert found == expected and sorted(kind for kind, _ in family.families.values()) == ["context", "position", "token"]
     # the entropy neuron, and no other
     found = pl.read_parquet(tiny_run / "results" / "planted-seed-a" / "entropy_neurons.parquet")
     assert set(found.filter("entropy_neuron").select("layer", "neuron").iter_rows()) == {family.entropy}

@@ -106,7 +106,12 @@ def tokenize_job(
     spec = {**settings, "n_shards": shard + 1}  # shard i does not depend on n_shards
     if dataset_spec.get("source") not in TEXT_SOURCES:
         tokens = shard_sequences(spec, tokenizer, shard, Path("."), dataset=dataset_name)
-        write_token_shard(output, tokens, tokenizer=tokenizer, dataset=dataset_name, shard=shard)
+        sources = None
+        if dataset_spec.get("source") == "planted":
+            from neuron_census.testing.planted import designed_sources
+
+            sources = designed_sources(tokens)
+        write_token_shard(output, tokens, tokenizer=tokenizer, dataset=dataset_name, shard=shard, sources=sources)
         return
     # the text's version is part of the stream: a shard never goes on from one made of another version
     text = files_fingerprint(source_files(dataset_spec, Path("."), dataset=dataset_name))
@@ -115,9 +120,10 @@ def tokenize_job(
     cursor = read_stream_end(previous, stream) if previous is not None else None
     if previous is not None and cursor is None:
         print(f"tokenize: {previous} records no stream position of these settings and text; reading from the start", file=sys.stderr)
-    tokens, end = text_shard(spec, tokenizer, shard, Path("."), name=dataset_name, cursor=cursor or StreamCursor())
+    tokens, sources, end = text_shard(spec, tokenizer, shard, Path("."), name=dataset_name, cursor=cursor or StreamCursor())
     write_token_shard(
-        output, tokens, tokenizer=tokenizer, dataset=dataset_name, shard=shard, stream_end=(end, stream), text_version=text
+        output, tokens, tokenizer=tokenizer, dataset=dataset_name, shard=shard, stream_end=(end, stream), text_version=text,
+        sources=(sources, end.source_names),
     )
 
 

@@ -89,23 +89,30 @@ def token_features_job(
     tokenizer_name: str, tokenizer_spec: Mapping[str, Any], study: Mapping[str, Any], shards: Sequence[PathLike], output: PathLike
 ) -> None:
     """The binary token and context features of a study's neuron families: word forms most frequent over
-    the study's shards (one shard read at a time), letters, token classes, positions."""
+    the study's shards (one shard read at a time), letters, token classes, positions, and the sources
+    (domains) the shards' tokens come from."""
     from neuron_census.analyses.features import feature_table, frequent_forms
+    from neuron_census.data.corpus import read_token_sources
     from neuron_census.data.tokenization import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_name, tokenizer_spec)
     texts = tokenizer.token_texts()
     seq_len = 0
+    sources: set[str] = set()
 
     def tokens() -> Iterator[np.ndarray]:
         nonlocal seq_len
         for path in shards:
             block, _ = read_shard_for(path, tokenizer, "the study's token features")
             seq_len = block.shape[1]
+            labelled = read_token_sources(path)
+            if labelled is not None:
+                codes, names = labelled
+                sources.update(names[code] for code in np.unique(codes) if code >= 0)
             yield block
 
     forms = frequent_forms(tokens(), texts, tokenizer.special_ids, int(study["token_groups"]))
-    write_parquet(feature_table(texts, forms, tokenizer.special_ids, seq_len), output)
+    write_parquet(feature_table(texts, forms, tokenizer.special_ids, seq_len, sorted(sources)), output)
 
 
 def neuron_properties_job(
@@ -127,6 +134,7 @@ def neuron_properties_job(
     from neuron_census.analyses.features import feature_matrices
     from neuron_census.capture.engine import PairedModel, capture_paired
     from neuron_census.capture.store import write_store
+    from neuron_census.data.corpus import read_token_sources
 
     placement = _lockstep_placement(settings, f"neuron properties of '{reference}'")
     tokenizer, loaded, device, _ = load_model_and_tokenizer(reference, model_spec, tokenizer_name, tokenizer_spec, settings, threads)
@@ -135,9 +143,14 @@ def neuron_properties_job(
     layers = list(range(adapter.n_layers))
     dropped = dropped_tokens(tokenizer, study)
     matrices = feature_matrices(pl.read_parquet(features), adapter.vocab_size, tokens.shape[1])
+    labelled = read_token_sources(shard_path)
+    contexts = None if labelled is None else matrices.context_columns(*labelled)
     accumulators = [
         PreactivationMoments(reference, layers, adapter.n_neurons, device, dropped_tokens=dropped),
-        FeatureMoments(reference, layers, adapter.n_neurons, matrices, device, dropped_tokens=dropped, preactivation=study["activation"] == "pre"),
+        FeatureMoments(
+            reference, layers, adapter.n_neurons, matrices, device, dropped_tokens=dropped, preactivation=study["activation"] == "pre",
+            contexts=contexts,
+        ),
     ]
     capture_paired(
         {reference: PairedModel(loaded.model, adapter, tokenizer.fingerprint)}, tokens, accumulators, layers=layers, first_seq_id=0,

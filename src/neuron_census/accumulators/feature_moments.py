@@ -24,8 +24,9 @@ SUMS = ("sum", "square", "total_sum", "total_square")
 @paired
 class FeatureMoments:
     """Fed by `capture_paired`. Each batch's kept rows (not BOS, not a dropped token) get their features as
-    a [rows, F] 0/1 matrix (current token, previous token, position: `FeatureMatrices`), built once per
-    batch; each layer then adds two float32 products X^T d and X^T d^2 ([F, N]) in float64, with d the
+    a [rows, F] 0/1 matrix (current token, previous token, position, context: `FeatureMatrices`; the context
+    columns of the shard's tokens, `contexts` [sequences, seq_len], are read by the batch's sequence ids),
+    built once per batch; each layer then adds two float32 products X^T d and X^T d^2 ([F, N]) in float64, with d the
     activation minus a per-neuron shift (the layer's first batch mean), which keeps the sums of squares
     from cancelling for a neuron whose spread is small next to its mean. Shards merge by moving their sums
     to one shift (`merge`)."""
@@ -42,6 +43,7 @@ class FeatureMoments:
         *,
         dropped_tokens: Sequence[int] = (),
         preactivation: bool = False,
+        contexts: np.ndarray | None = None,
     ) -> None:
         self.model, self.layers, self.preactivation = model, tuple(sorted(layers)), preactivation
         self.dropped = torch.as_tensor(list(dropped_tokens), dtype=torch.int64, device=device)
@@ -49,6 +51,9 @@ class FeatureMoments:
         self.current = as_tensor(features.current)
         self.previous = as_tensor(np.vstack([features.previous, np.zeros((1, features.previous.shape[1]), np.float32)]))
         self.position = as_tensor(features.position)
+        n_contexts = len(features.sources)
+        self.context = as_tensor(np.eye(n_contexts + 1, n_contexts, dtype=np.float32))  # row n_contexts: no context
+        self.contexts = None if contexts is None else torch.as_tensor(np.where(contexts >= 0, contexts, n_contexts), dtype=torch.int64, device=device)
         n_layers, width = len(self.layers), features.width
         self.count = np.zeros(1, dtype=np.int64)
         self.feature_count = torch.zeros(width, dtype=torch.float64, device=device)
@@ -70,8 +75,12 @@ class FeatureMoments:
         length = tokens.shape[1]
         previous = torch.cat([torch.full_like(tokens[:, :1], len(self.previous) - 1), tokens[:, :-1]], dim=1).reshape(-1)
         positions = self._rows % length
+        if self.contexts is None:  # unlabelled tokens: no context feature holds
+            context = self.context[-1].expand(len(self._rows), -1)
+        else:
+            context = self.context[self.contexts.index_select(0, item.batch.seq_ids).reshape(-1)[self._rows]]
         self._features = torch.cat(
-            [self.current[tokens.reshape(-1)[self._rows]], self.previous[previous[self._rows]], self.position[positions]], dim=1
+            [self.current[tokens.reshape(-1)[self._rows]], self.previous[previous[self._rows]], self.position[positions], context], dim=1
         )
         self.feature_count += self._features.sum(dim=0, dtype=torch.float64)
         self.count[0] += len(self._rows)

@@ -10,6 +10,8 @@ Features of the current token and the same ones of the previous token:
   and prefixes (`SUFFIXES`, `PREFIXES`) of alphabetic forms longer than the affix by two letters.
 
 And of the position: `position` "< p" for p = 2, 4, 8, ... below the sequence length (BOS at position 0).
+And of the context: `context` = the source the token's document comes from (its bundled domain, file or
+`hf.label_field` value: the token shards' `sources`), one feature per source met in the study's shards.
 Token features are a [vocab, features] indicator matrix, read by the previous token's id as by the current.
 """
 
@@ -27,9 +29,9 @@ SUFFIXES = ("ing", "ed", "ly", "s", "tion", "er", "est", "ment", "ness", "able",
 PREFIXES = ("un", "re", "in", "dis", "pre", "over", "non")
 PUNCTUATION = set(string.punctuation) | set("“”‘’«»—–…")
 TOKEN_KINDS = ("token", "alphabet", "class")
-KINDS = (*TOKEN_KINDS, *(f"prev_{kind}" for kind in TOKEN_KINDS), "position")  # in the order figures list them
+KINDS = (*TOKEN_KINDS, *(f"prev_{kind}" for kind in TOKEN_KINDS), "position", "context")  # in the order figures list them
 
-FEATURES_SCHEMA = {"feature": pl.Utf8(), "kind": pl.Utf8(), "tokens": pl.List(pl.Int64), "below": pl.Int64()}
+FEATURES_SCHEMA = {"feature": pl.Utf8(), "kind": pl.Utf8(), "tokens": pl.List(pl.Int64), "below": pl.Int64(), "source": pl.Utf8()}
 
 
 def word_form(text: str) -> str:
@@ -74,9 +76,12 @@ def frequent_forms(tokens: Iterable[np.ndarray], texts: Sequence[str], special: 
     return [form for form, _ in sorted(forms.items(), key=lambda item: (-item[1], item[0]))[:count]]
 
 
-def feature_table(texts: Sequence[str], forms: Sequence[str], special: Iterable[int], seq_len: int) -> pl.DataFrame:
+def feature_table(
+    texts: Sequence[str], forms: Sequence[str], special: Iterable[int], seq_len: int, sources: Sequence[str] = ()
+) -> pl.DataFrame:
     """Every feature (FEATURES_SCHEMA): a `token`, `alphabet` or `class` feature with its token ids (the
-    `prev_` ones read the same ids at the previous position), or a `position` feature "< below"."""
+    `prev_` ones read the same ids at the previous position), a `position` feature "< below", or a
+    `context` feature, one per name in `sources`."""
     special = set(special)
     members: dict[tuple[str, str], list[int]] = {}
     wanted = set(forms)
@@ -96,36 +101,49 @@ def feature_table(texts: Sequence[str], forms: Sequence[str], special: Iterable[
     for prefix in ("", "prev_"):
         for (kind, name), ids in members.items():
             if ids:
-                rows.append({"feature": f"{prefix}{kind}: {name}", "kind": f"{prefix}{kind}", "tokens": ids, "below": None})
+                rows.append({"feature": f"{prefix}{kind}: {name}", "kind": f"{prefix}{kind}", "tokens": ids, "below": None, "source": None})
     below = 2
     while below < seq_len:
-        rows.append({"feature": f"position < {below}", "kind": "position", "tokens": None, "below": below})
+        rows.append({"feature": f"position < {below}", "kind": "position", "tokens": None, "below": below, "source": None})
         below *= 2
+    for source in sources:
+        rows.append({"feature": f"context: {source}", "kind": "context", "tokens": None, "below": None, "source": source})
     return pl.DataFrame(rows, schema=FEATURES_SCHEMA)
 
 
 @dataclass(frozen=True)
 class FeatureMatrices:
     """The indicator matrices a capture multiplies: the current token's features [vocab, F_cur], the
-    previous token's [vocab, F_prev] and the position's [seq_len, F_pos], columns in table order."""
+    previous token's [vocab, F_prev] and the position's [seq_len, F_pos], then the context features'
+    sources (`sources`, a token's source code picks one column), columns in table order."""
 
     current: np.ndarray
     previous: np.ndarray
     position: np.ndarray
+    sources: tuple[str, ...] = ()
 
     @property
     def width(self) -> int:
-        return self.current.shape[1] + self.previous.shape[1] + self.position.shape[1]
+        return self.current.shape[1] + self.previous.shape[1] + self.position.shape[1] + len(self.sources)
+
+    def context_columns(self, codes: np.ndarray, names: Sequence[str]) -> np.ndarray:
+        """A shard's source codes (indices into its `names`, -1 unlabelled) as context columns (int64, -1
+        where the token's source has no feature)."""
+        lookup = np.asarray([self.sources.index(name) if name in self.sources else -1 for name in names] + [-1], dtype=np.int64)
+        return lookup[np.where(codes >= 0, codes, len(names))]
 
 
 def feature_matrices(table: pl.DataFrame, vocab_size: int, seq_len: int) -> FeatureMatrices:
     """float32 0/1 matrices of `feature_table`'s rows: its token features, then its previous-token features,
-    then its position features, the order `feature_table` lists them in (checked)."""
-    current = table.filter(~pl.col("kind").str.starts_with("prev_") & (pl.col("kind") != "position"))
+    then its position features, then its context features, the order `feature_table` lists them in (checked)."""
+    if "source" not in table.columns:  # a table written before context features
+        table = table.with_columns(source=pl.lit(None, dtype=pl.Utf8))
+    current = table.filter(~pl.col("kind").str.starts_with("prev_") & ~pl.col("kind").is_in(["position", "context"]))
     previous = table.filter(pl.col("kind").str.starts_with("prev_"))
     position = table.filter(pl.col("kind") == "position")
-    if pl.concat([current, previous, position])["feature"].to_list() != table["feature"].to_list():
-        raise ValueError("a feature table lists token, then previous-token, then position features")
+    context = table.filter(pl.col("kind") == "context")
+    if pl.concat([current, previous, position, context])["feature"].to_list() != table["feature"].to_list():
+        raise ValueError("a feature table lists token, then previous-token, then position, then context features")
 
     def indicator(rows: pl.DataFrame, size: int) -> np.ndarray:
         matrix = np.zeros((size, rows.height), dtype=np.float32)
@@ -136,4 +154,6 @@ def feature_matrices(table: pl.DataFrame, vocab_size: int, seq_len: int) -> Feat
                 matrix[:below, index] = 1.0
         return matrix
 
-    return FeatureMatrices(indicator(current, vocab_size), indicator(previous, vocab_size), indicator(position, seq_len))
+    return FeatureMatrices(
+        indicator(current, vocab_size), indicator(previous, vocab_size), indicator(position, seq_len), tuple(context["source"].to_list())
+    )

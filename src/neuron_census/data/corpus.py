@@ -5,6 +5,10 @@ Hugging Face dataset) or random tokens. Its documents are tokenized lazily, pack
 stream of `seq_len`-token sequences, and cut into shards of `sequences_per_shard` sequences:
 shard i is always sequences [i*n, (i+1)*n) of that stream, so raising `n_shards` never changes
 an existing shard, and a shard only reads as much text as it needs.
+
+Every document carries a source label (its bundled domain, its file's name, or an `hf` record's
+`label_field`), and a text shard stores each token's label next to it (`sources`): features of the
+context (which domain a token comes from) read them.
 """
 
 from __future__ import annotations
@@ -18,11 +22,11 @@ import lzma
 import random
 import re
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -67,20 +71,34 @@ def iter_documents(spec: Mapping[str, Any], root: Path = Path("."), *, dataset: 
     """Documents of a text dataset, in the dataset's fixed order, with its split applied."""
     spec = {**DEFAULTS, **spec}
     if spec["source"] == "bundled":
-        read = partial(_file_documents, field="", errors=spec["encoding_errors"], min_chars=MIN_DOCUMENT_CHARS,
-                       max_chars=spec["max_document_chars"])
-        paths = [corpus_file(domain, root) for domain in _domains(spec, dataset)]
-        for path in paths:
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"bundled corpus file {path} is missing; run python -m neuron_census.data.bundle"
-                )
-        documents = [read(path) for path in paths]
-        yield from interleave([apply_split(d, spec["split"], spec["heldout_every"]) for d in documents], spec["seed"])
+        yield from (text for text, _ in _bundled_documents(spec, root, dataset))
     elif spec["source"] in POSITIONED_SOURCES:
         yield from (text for text, _ in _positioned_documents(spec, root, dataset))
     else:  # random_tokens or planted, which a tokenizer's training dataset may name
         raise ValueError(f"dataset {dataset!r}: source '{spec['source']}' has no text documents")
+
+
+class Origin(NamedTuple):
+    """Where a document comes from: its source label (None: unlabelled) and where its stream stands after it
+    (None for a source that cannot go on from a position)."""
+
+    source: str | None
+    position: Any = None
+
+
+def _bundled_documents(spec: Mapping[str, Any], root: Path, dataset: str) -> Iterator[tuple[str, Origin]]:
+    """The bundled corpus's documents of the dataset's domains (split applied, interleaved), each labelled
+    with its domain."""
+    read = partial(_file_documents, field="", errors=spec["encoding_errors"], min_chars=MIN_DOCUMENT_CHARS,
+                   max_chars=spec["max_document_chars"])
+    streams = []
+    for domain in _domains(spec, dataset):
+        path = corpus_file(domain, root)
+        if not path.is_file():
+            raise FileNotFoundError(f"bundled corpus file {path} is missing; run python -m neuron_census.data.bundle")
+        labelled = zip(read(path), itertools.repeat(Origin(domain)))
+        streams.append(apply_split(labelled, spec["split"], spec["heldout_every"]))
+    yield from interleave(streams, spec["seed"])
 
 
 def apply_split(documents: Iterable[T], split: str, heldout_every: int, start: int = 0) -> Iterator[T]:
@@ -93,7 +111,7 @@ def apply_split(documents: Iterable[T], split: str, heldout_every: int, start: i
             yield doc
 
 
-def interleave(streams: list[Iterator[str]], seed: int) -> Iterator[str]:
+def interleave(streams: list[Iterator[T]], seed: int) -> Iterator[T]:
     """Round-robin over streams (one document from each per round, in a seeded order per round);
     a stream that runs out drops out."""
     rng = random.Random(seed)
@@ -269,23 +287,27 @@ def read_text_chunks(path: Path, errors: str = "strict") -> Iterator[str]:
 def _kept(record: Mapping[str, Any], where: Mapping[tuple[str, ...], set[Any]], name: str, path: str) -> bool:
     """Whether `record` holds an accepted value in every field of `hf.where`, {dotted field: [accepted values]}
     (e.g. the Pile's subsets, `{meta.pile_set_name: [Wikipedia (en), DM Mathematics]}`)."""
-    for keys, values in where.items():
-        value: Any = record
-        for key in keys:
-            if not isinstance(value, Mapping) or key not in value:
-                raise ValueError(f"dataset {name!r}: hf dataset {path!r} has no field {'.'.join(keys)!r} (hf.where)")
-            value = value[key]
-        if value not in values:
-            return False
-    return True
+    return all(_field(record, keys, name, path, "hf.where") in values for keys, values in where.items())
+
+
+def _field(record: Mapping[str, Any], keys: tuple[str, ...], name: str, path: str, key: str) -> Any:
+    """The value of a record's dotted field (`meta.pile_set_name`); a missing one is refused naming `key`,
+    the config key that asked for it."""
+    value: Any = record
+    for part in keys:
+        if not isinstance(value, Mapping) or part not in value:
+            raise ValueError(f"dataset {name!r}: hf dataset {path!r} has no field {'.'.join(keys)!r} ({key})")
+        value = value[part]
+    return value
 
 
 def _hf_documents(
     spec: Mapping[str, Any], root: Path, name: str, resume: Mapping[str, Any] | None = None
-) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Streamed non-empty records of a Hugging Face dataset (never running remote code), each with where the
-    stream stands after it: the dataset's `state_dict` and the count of non-empty records so far. From such
-    a position (`resume`) the stream goes on without reading the data files before it."""
+) -> Iterator[tuple[str, Origin]]:
+    """Streamed non-empty records of a Hugging Face dataset (never running remote code), each with its
+    `label_field`'s value (the Pile's `meta.pile_set_name`) and where the stream stands after it: the
+    dataset's `state_dict` and the count of non-empty records so far. From such a position (`resume`) the
+    stream goes on without reading the data files before it."""
     import datasets
 
     hf = {**schema_defaults("$defs/dataset/hf"), **spec["hf"]}
@@ -308,6 +330,7 @@ def _hf_documents(
         stream.load_state_dict(resume["state"])
         count = int(resume["records"])
     where = {tuple(str(field).split(".")): set(values) for field, values in (hf.get("where") or {}).items()}
+    label = tuple(hf["label_field"].split(".")) if hf.get("label_field") else None
     for record in stream:
         if not _kept(record, where, name, path):
             continue
@@ -321,7 +344,8 @@ def _hf_documents(
             )
         if text.strip() and len(text) >= shortest:
             count += 1
-            yield text, {"state": stream.state_dict(), "records": count, "datasets": datasets.__version__}
+            source = None if label is None else str(_field(record, label, name, path, "hf.label_field"))
+            yield text, Origin(source, {"state": stream.state_dict(), "records": count, "datasets": datasets.__version__})
     if count == 0:
         raise ValueError(f"dataset {name!r}: hf dataset {path!r} has no documents")
 
@@ -349,8 +373,9 @@ class StreamCursor:
     """Where a text dataset's packed token stream stands after some sequences: how many sequences were cut,
     how many documents (of the split) were read, whether a non-empty one was among them (the next is then
     preceded by EOS), and the tokens read but not yet cut into a sequence (`carry`, int32: a long document's
-    rest can be millions of tokens). The next shard's job starts there instead of reading and tokenizing
-    every earlier shard's text again.
+    rest can be millions of tokens) with their source codes (`carry_sources`, int16, indices into
+    `source_names`, the labels met so far in the order they were met). The next shard's job starts there
+    instead of reading and tokenizing every earlier shard's text again.
 
     `source`: for a source that can go on from where it stood (an `hf` stream), that position as JSON; the
     next shard then does not read earlier documents at all. Without it they are read again and skipped."""
@@ -360,68 +385,103 @@ class StreamCursor:
     started: bool = False
     carry: np.ndarray | tuple[int, ...] = ()
     source: str | None = None
+    carry_sources: np.ndarray | tuple[int, ...] | None = None  # None: every carried token unlabelled
+    source_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         carry = np.asarray(self.carry, dtype=np.int32)  # a view of the packed stream, or a tuple made into one
-        carry.flags.writeable = False
+        codes = np.full(len(carry), NO_SOURCE, np.int16) if self.carry_sources is None else np.asarray(self.carry_sources, np.int16)
+        if codes.shape != carry.shape:
+            raise ValueError(f"a stream cursor carries {len(carry)} tokens but {len(codes)} source codes")
+        for array in (carry, codes):
+            array.flags.writeable = False
         object.__setattr__(self, "carry", carry)
+        object.__setattr__(self, "carry_sources", codes)
+        object.__setattr__(self, "source_names", tuple(self.source_names))
+
+
+NO_SOURCE = -1  # the source code of BOS and of unlabelled text
+MAX_SOURCES = int(np.iinfo(np.int16).max) + 1  # distinct labels a stream can tell apart (int16 codes)
 
 
 def pack_stream(
-    docs_token_ids: Iterable[tuple[list[int], Any]],
+    docs_token_ids: Iterable[tuple[list[int] | np.ndarray, Origin]],
     seq_len: int,
     bos_id: int | None,
     eos_id: int | None,
     cursor: StreamCursor = StreamCursor(),
-) -> Iterator[tuple[np.ndarray, Callable[[], StreamCursor]]]:
+) -> Iterator[tuple[np.ndarray, np.ndarray, Callable[[], StreamCursor]]]:
     """Concatenate documents (eos between them when eos_id is set), cut into chunks of seq_len minus one for
     bos, prepend bos: int32 arrays of seq_len; the incomplete tail stays unread, and empty documents add
     nothing (not even a separator). Goes on from `cursor` (the documents after `cursor.documents`, each with
-    where its source stands after it, or None), yielding each sequence with a function giving the cursor
-    just after it (built only when asked for: its carry can be a long document's remaining tokens)."""
+    its `Origin`), yielding each sequence with its tokens' source codes (int16 indices into the cursor's
+    `source_names`; NO_SOURCE at BOS and in unlabelled text; an EOS separator takes the document it opens)
+    and a function giving the cursor just after it (built only when asked for: its carry can be a long
+    document's remaining tokens)."""
     body = seq_len - (bos_id is not None)  # the schema's seq_len >= 2 leaves at least one token
     head = np.array([] if bos_id is None else [bos_id], dtype=np.int32)
+    head_sources = np.full(len(head), NO_SOURCE, dtype=np.int16)
     parts: list[np.ndarray] = [np.asarray(cursor.carry, dtype=np.int32)]
+    labels: list[np.ndarray] = [np.asarray(cursor.carry_sources, dtype=np.int16)]
+    codes = {name: code for code, name in enumerate(cursor.source_names)}
     held = len(cursor.carry)
     sequences, documents, started = cursor.sequences, cursor.documents, cursor.started
     position: Any = cursor.source
 
-    def cut() -> Iterator[tuple[np.ndarray, Callable[[], StreamCursor]]]:
-        nonlocal parts, held, sequences
-        stream = np.concatenate(parts)
+    def cut() -> Iterator[tuple[np.ndarray, np.ndarray, Callable[[], StreamCursor]]]:
+        nonlocal parts, labels, held, sequences
+        stream, sources = np.concatenate(parts), np.concatenate(labels)
         n_full = len(stream) // body
         for k in range(n_full):
             sequences += 1
-            after = partial(_cursor, sequences, documents, started, stream[(k + 1) * body :], position)
-            yield np.concatenate([head, stream[k * body : (k + 1) * body]]), after
-        rest = stream[n_full * body :]
-        parts, held = [rest], len(rest)
+            rest = slice((k + 1) * body, None)
+            after = partial(_cursor, sequences, documents, started, stream[rest], position, sources[rest], tuple(codes))
+            piece = slice(k * body, (k + 1) * body)
+            yield np.concatenate([head, stream[piece]]), np.concatenate([head_sources, sources[piece]]), after
+        parts, labels = [stream[n_full * body :]], [sources[n_full * body :]]
+        held = len(parts[0])
 
     if held >= body:  # a long document's carried rest fills sequences before any further document is read
         yield from cut()
-    for ids, position in docs_token_ids:
+    for ids, (label, position) in docs_token_ids:
         documents += 1
         if len(ids) == 0:
             continue
+        code = _source_code(codes, label)
         if eos_id is not None and started:
             parts.append(np.array([eos_id], dtype=np.int32))
+            labels.append(np.array([code], dtype=np.int16))
             held += 1
         started = True
         arr = np.asarray(ids, dtype=np.int32)
         parts.append(arr)
+        labels.append(np.full(len(arr), code, dtype=np.int16))
         held += len(arr)
         if held >= body:
             yield from cut()
 
 
-def _cursor(sequences: int, documents: int, started: bool, carry: np.ndarray, position: Any) -> StreamCursor:
+def _source_code(codes: dict[str, int], label: str | None) -> int:
+    """A label's code in a stream (a new label gets the next one)."""
+    if label is None:
+        return NO_SOURCE
+    if label not in codes:
+        if len(codes) >= MAX_SOURCES:
+            raise ValueError(f"a text stream has more than {MAX_SOURCES} distinct source labels (at {label!r}); label by a coarser field")
+        codes[label] = len(codes)
+    return codes[label]
+
+
+def _cursor(
+    sequences: int, documents: int, started: bool, carry: np.ndarray, position: Any, carry_sources: np.ndarray, names: tuple[str, ...]
+) -> StreamCursor:
     """A cursor with the source position as JSON (a string as it is; None where it does not encode)."""
     if position is not None and not isinstance(position, str):
         try:
             position = json.dumps(position, sort_keys=True)
         except (TypeError, ValueError):
             position = None
-    return StreamCursor(sequences, documents, started, carry, position)
+    return StreamCursor(sequences, documents, started, carry, position, carry_sources, names)
 
 
 def _token_batches(
@@ -486,13 +546,14 @@ def text_pieces(text: str, size: int) -> list[str]:
 
 def _documents_after(
     spec: Mapping[str, Any], root: Path, name: str, cursor: StreamCursor
-) -> Iterator[tuple[str, Any]]:
-    """The documents of a text dataset after `cursor`, each with where its source stands after it (None for
-    sources that cannot go on from a position: those documents are counted off from the start)."""
-    if spec["source"] not in POSITIONED_SOURCES:
-        for doc in itertools.islice(iter_documents(spec, root, dataset=name), cursor.documents, None):
-            yield doc, None
+) -> Iterator[tuple[str, Origin]]:
+    """The documents of a text dataset after `cursor`, each with its `Origin` (a bundled document's has no
+    position: those documents are counted off from the start)."""
+    if spec["source"] == "bundled":
+        yield from itertools.islice(_bundled_documents({**DEFAULTS, **spec}, root, name), cursor.documents, None)
         return
+    if spec["source"] not in POSITIONED_SOURCES:
+        raise ValueError(f"dataset {name!r}: source '{spec['source']}' has no text documents")
     resume = json.loads(cursor.source) if cursor.source else None
     stale = _stale_position(spec, root, name, resume) if resume is not None else None
     if stale:
@@ -508,11 +569,12 @@ POSITIONED_SOURCES = ("files", "hf")  # text sources whose shards go on from a s
 
 def _positioned_documents(
     spec: Mapping[str, Any], root: Path, name: str, resume: Mapping[str, Any] | None = None
-) -> Iterator[tuple[str, dict[str, Any]]]:
+) -> Iterator[tuple[str, Origin]]:
     """Documents of a `files` or `hf` dataset (split applied) from the start or from a saved position, each
-    with the position after it: for `hf` the stream's own state and the count of non-empty records, for
-    `files` the file's index and path and the count of its non-empty documents. A file's split counter
-    starts at 0 in every file, an hf stream's once."""
+    with its source label (a file's name without its suffixes; an hf record's `label_field`) and the position
+    after it: for `hf` the stream's own state and the count of non-empty records, for `files` the file's
+    index and path and the count of its non-empty documents. A file's split counter starts at 0 in every
+    file, an hf stream's once."""
     split, every = spec["split"], spec["heldout_every"]
     if spec["source"] == "hf":
         records = int(resume["records"]) if resume else 0
@@ -525,8 +587,18 @@ def _positioned_documents(
     for index in range(first, len(paths)):
         start = skipped if index == first else 0
         documents = itertools.islice(read(paths[index]), start, None)
-        numbered = ((doc, {"file": index, "path": str(paths[index]), "records": n}) for n, doc in enumerate(documents, start + 1))
+        label = file_label(paths[index])
+        numbered = (
+            (doc, Origin(label, {"file": index, "path": str(paths[index]), "records": n})) for n, doc in enumerate(documents, start + 1)
+        )
         yield from apply_split(numbered, split, every, start=start)
+
+
+def file_label(path: Path) -> str:
+    """A `files` dataset's source label of a file's documents: its name without the text suffix
+    (`python.jsonl.gz` -> `python`)."""
+    suffix = next((suffix for suffix in TEXT_SUFFIXES + JSONL_SUFFIXES if path.name.endswith(suffix)), "")
+    return path.name[: len(path.name) - len(suffix)]
 
 
 def _stale_position(spec: Mapping[str, Any], root: Path, name: str, resume: Mapping[str, Any]) -> str | None:
@@ -571,7 +643,13 @@ def shard_sequences(
         return random_shard(spec, tokenizer, shard, dataset)
     if spec["source"] == "planted":
         return planted_shard(spec, shard, dataset)
-    return text_shard(spec, tokenizer, shard, root, name=dataset)[0]
+    return text_shard(spec, tokenizer, shard, root, name=dataset).tokens
+
+
+class TextShard(NamedTuple):
+    tokens: np.ndarray  # [sequences, seq_len] int32
+    sources: np.ndarray  # [sequences, seq_len] int16: each token's source code, an index into end.source_names
+    end: StreamCursor  # the stream's cursor after the shard
 
 
 def text_shard(
@@ -582,25 +660,27 @@ def text_shard(
     *,
     name: str,
     cursor: StreamCursor = StreamCursor(),
-) -> tuple[np.ndarray, StreamCursor]:
-    """One shard of a text dataset and the stream's cursor after it. From `cursor` (where the previous
-    shard ended: its `stream_end`) only this shard's text is tokenized, and an `hf` stream reads on from
-    there without the earlier data files; from the start, every earlier shard's text is read again, as the
-    same sequences."""
+) -> TextShard:
+    """One shard of a text dataset, its tokens' source labels and the stream's cursor after it. From
+    `cursor` (where the previous shard ended: its `stream_end`) only this shard's text is tokenized, and an
+    `hf` stream reads on from there without the earlier data files; from the start, every earlier shard's
+    text is read again, as the same sequences."""
     spec = {**DEFAULTS, **spec}
     seq_len, per_shard = spec["seq_len"], spec["sequences_per_shard"]
     start, stop = shard * per_shard, (shard + 1) * per_shard
     if cursor.sequences > start:
         raise ValueError(f"dataset {name!r}: a stream cursor after sequence {cursor.sequences} cannot start shard {shard}")
     out = np.empty((per_shard, seq_len), dtype=np.int32)
+    sources = np.empty((per_shard, seq_len), dtype=np.int16)
     token_ids = _token_batches(_documents_after(spec, root, name, cursor), tokenizer)
     produced = cursor.sequences
-    for seq, after in pack_stream(token_ids, seq_len, tokenizer.bos_id, tokenizer.eos_id, cursor):
+    for seq, seq_sources, after in pack_stream(token_ids, seq_len, tokenizer.bos_id, tokenizer.eos_id, cursor):
         produced += 1
         if produced > start:
             out[produced - 1 - start] = seq
+            sources[produced - 1 - start] = seq_sources
         if produced == stop:
-            return out, after()
+            return TextShard(out, sources, after())
     raise ValueError(
         f"dataset {name!r} yields only {produced} sequences of length {seq_len}; "
         f"shard {shard} needs sequences {start}..{stop - 1}"
@@ -647,12 +727,16 @@ def write_token_shard(
     shard: int,
     stream_end: tuple[StreamCursor, str] | None = None,
     text_version: str | None = None,
+    sources: tuple[np.ndarray, Sequence[str]] | None = None,
 ) -> None:
     """Atomically write a zarr v3 group with array `tokens` (int32, chunked by rows) and attrs.
 
-    `stream_end`: a text dataset's cursor after this shard and the fingerprint of the dataset's settings it
-    belongs to; the cursor's carried tokens go into an array `stream_carry`. `text_version`: a fingerprint of
-    the files the text was read from (`inputs.files_fingerprint`), so shards of two versions are never merged."""
+    `sources`: each token's source code (int16, the shape of `tokens`; NO_SOURCE where unlabelled) and the
+    labels the codes index, written as array `sources` and attribute `source_names`. `stream_end`: a text
+    dataset's cursor after this shard and the fingerprint of the dataset's settings it belongs to; the
+    cursor's carried tokens and their source codes go into arrays `stream_carry` and `stream_carry_sources`.
+    `text_version`: a fingerprint of the files the text was read from (`inputs.files_fingerprint`), so
+    shards of two versions are never merged."""
     import zarr
 
     tokens = np.asarray(tokens)
@@ -669,6 +753,10 @@ def write_token_shard(
         )
     tokens = tokens.astype(np.int32)
     n_seq, seq_len = tokens.shape
+    if sources is not None:
+        codes, names = np.asarray(sources[0]), [str(name) for name in sources[1]]
+        if codes.shape != tokens.shape or codes.size and not NO_SOURCE <= int(codes.min()) <= int(codes.max()) < len(names):
+            raise ValueError(f"token shard {path}: source codes must be the tokens' shape and index its {len(names)} source names")
     rows = max(1, min(n_seq, SHARD_CHUNK_BYTES // (4 * seq_len)))
     has_bos = tokenizer.bos_id is not None and bool(np.all(tokens[:, 0] == tokenizer.bos_id))
     attrs = {
@@ -689,13 +777,17 @@ def write_token_shard(
     with atomic_path(path) as tmp:
         group = zarr.open_group(store=str(tmp), mode="w", zarr_format=3)
         group.create_array("tokens", data=tokens, chunks=(rows, seq_len))
+        if sources is not None:
+            group.create_array("sources", data=codes.astype(np.int16), chunks=(rows, seq_len))
+            attrs["source_names"] = names
         if stream_end is not None:
             cursor, stream = stream_end
             carry = np.asarray(cursor.carry, dtype=np.int32)
             group.create_array("stream_carry", data=carry, chunks=(max(1, len(carry)),))
+            group.create_array("stream_carry_sources", data=np.asarray(cursor.carry_sources, np.int16), chunks=(max(1, len(carry)),))
             attrs["stream_end"] = {
                 "sequences": cursor.sequences, "documents": cursor.documents, "started": cursor.started,
-                "source": cursor.source, "stream": stream,
+                "source": cursor.source, "stream": stream, "source_names": list(cursor.source_names),
             }
         group.attrs.update(attrs)
 
@@ -709,10 +801,23 @@ def read_stream_end(path: str | Path, stream: str) -> StreamCursor | None:
     if not end or end.get("stream") != stream or "stream_carry" not in group:
         return None
     carry = np.asarray(group["stream_carry"][...], dtype=np.int32)
+    codes = np.asarray(group["stream_carry_sources"][...], dtype=np.int16) if "stream_carry_sources" in group else None
     source = end.get("source")
     return StreamCursor(
-        int(end["sequences"]), int(end["documents"]), bool(end["started"]), carry, None if source is None else str(source)
+        int(end["sequences"]), int(end["documents"]), bool(end["started"]), carry, None if source is None else str(source),
+        codes, tuple(end.get("source_names", ())),
     )
+
+
+def read_token_sources(path: str | Path) -> tuple[np.ndarray, tuple[str, ...]] | None:
+    """A token shard's per-token source codes (int16; NO_SOURCE where unlabelled) and the labels they index;
+    None for a shard without labels (random tokens, or one written before shards kept them)."""
+    import zarr
+
+    group = zarr.open_group(store=str(path), mode="r")
+    if "sources" not in group:
+        return None
+    return np.asarray(group["sources"][...], dtype=np.int16), tuple(dict(group.attrs).get("source_names", ()))
 
 
 def token_shard_shape(path: str | Path) -> tuple[int, int]:

@@ -349,6 +349,19 @@ def designed_tokens(recipe_name: str) -> np.ndarray:
     return census_tokens(get_recipe(recipe_name))
 
 
+DESIGNED_SOURCES, DESIGNED_CUT = ("opening", "body"), 24  # no power of two: no position feature is the context
+
+
+def designed_sources(tokens: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Source labels of designed data: each sequence holds two labelled documents, an `opening` before
+    position DESIGNED_CUT and a `body` from there (BOS unlabelled), so a context feature exists that no token
+    or position feature equals."""
+    codes = np.where(np.arange(tokens.shape[1]) < DESIGNED_CUT, 0, 1).astype(np.int16)
+    codes = np.broadcast_to(codes, tokens.shape).copy()
+    codes[:, 0] = -1
+    return codes, DESIGNED_SOURCES
+
+
 # ---- model ----------------------------------------------------------------------------------------
 
 

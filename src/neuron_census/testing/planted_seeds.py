@@ -22,9 +22,10 @@ between it and another such dimension (which cancels the norm's centring) as a l
 of BOS (`BOS_ID`), so the head attends to BOS where the neuron fires. Attention writes
 nothing in this family, so the head's weights are free to change.
 
-Two embedding dimensions, shared by the whole family, stand out only for one token (`FAMILY_TOKEN`) and
-for the positions below `FAMILY_POSITION`; the reference reads each with one neuron: a token-family and
-a position-family neuron, whose activation is almost only a function of that feature.
+Three embedding dimensions, shared by the whole family, stand out only for one token (`FAMILY_TOKEN`), for
+the positions below `FAMILY_POSITION`, and for the positions of the designed data's `opening` documents
+(below `planted.DESIGNED_CUT`); the reference reads each with one neuron: a token-family, a position-family
+and a context-family neuron, whose activation is almost only a function of that feature.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ import numpy as np
 import torch
 from transformers import OPTConfig, OPTForCausalLM
 
+from neuron_census.testing.planted import DESIGNED_CUT, DESIGNED_SOURCES
+
 
 @dataclass(frozen=True)
 class SeedFamily:
@@ -47,11 +50,12 @@ class SeedFamily:
     vocab_roles: dict[tuple[int, int], str]  # reference neurons that write: their role in vocabulary space
     entropy: tuple[int, int]  # the reference's entropy neuron
     deactivation: tuple[int, int, int, int]  # (layer, neuron) of the reference that deactivates (head layer, head)
-    families: dict[tuple[int, int], tuple[str, int]]  # reference neurons of a family: ("token", id) or ("position", below)
+    families: dict[tuple[int, int], tuple[str, int | str]]  # reference neurons of a family: ("token", id), ("position", below), ("context", source)
 
 
 BOS_ID = 0  # the planted words tokenizer's <bos>, at position 0 of every sequence of the designed data
 CHANNEL, CHANNEL_REFERENCE = -3, -4  # embedding dimensions that only the deactivation neuron and its head use
+CONTEXT_DIM = -5  # the embedding dimension that marks the designed data's `opening` documents; the last 5 are planted
 FAMILY_TOKEN, FAMILY_POSITION = 5, 8  # the token whose identity, and the position below which, a neuron reads
 RECIPES = {"seeds-a": "a", "seeds-b": "b", "seeds-c": "c"}  # the pipeline's planted family, a model each
 FAMILY_VOCAB, FAMILY_LAYERS, FAMILY_POSITIONS = 48, 3, 64  # the planted words tokenizer and designed data
@@ -119,7 +123,8 @@ def build_seed_family(
     free = [cell for cell in cells if cell[0] == 1 and cell not in {*universal, dead, *roles}]
     families = {}
     with torch.no_grad():
-        for (layer, neuron), (feature, dim) in zip(free, zip((("token", FAMILY_TOKEN), ("position", FAMILY_POSITION)), dims)):
+        features = (("token", FAMILY_TOKEN), ("position", FAMILY_POSITION), ("context", DESIGNED_SOURCES[0]))
+        for (layer, neuron), (feature, dim) in zip(free, zip(features, dims)):
             fc1 = layers[layer].fc1
             fc1.weight[neuron] = 0.0
             fc1.weight[neuron, dim] = 1.0
@@ -140,7 +145,7 @@ def _plant_deactivation_neuron(model: OPTForCausalLM, rng: np.random.Generator, 
     attention = decoder.layers[1].self_attn
     write = 0.002
     with torch.no_grad():
-        rest = torch.cat([decoder.embed_tokens.weight[:, :CHANNEL_REFERENCE], decoder.embed_positions.weight[:, :CHANNEL_REFERENCE]])
+        rest = torch.cat([decoder.embed_tokens.weight[:, :CONTEXT_DIM], decoder.embed_positions.weight[:, :CONTEXT_DIM]])
         decoder.layers[0].fc2.weight[:, neuron] = 0.0
         decoder.layers[0].fc2.weight[CHANNEL, neuron] = write * float(rest.std()) * 2**0.5
         seen: list[torch.Tensor] = []
@@ -172,20 +177,21 @@ def _plant_entropy_neuron(model: OPTForCausalLM, rng: np.random.Generator, taken
     return last, neuron
 
 
-def _plant_feature_dimensions(model: OPTForCausalLM) -> tuple[int, int]:
-    """The last two embedding dimensions: 5 standard deviations of the rest for FAMILY_TOKEN (the first)
-    and for the positions below FAMILY_POSITION (the second), 0 elsewhere; the two before them (CHANNEL,
-    CHANNEL_REFERENCE) 0 everywhere."""
+def _plant_feature_dimensions(model: OPTForCausalLM) -> tuple[int, int, int]:
+    """The last two embedding dimensions and CONTEXT_DIM: 5 standard deviations of the rest for FAMILY_TOKEN
+    (the first), for the positions below FAMILY_POSITION (the second) and for those below DESIGNED_CUT
+    (CONTEXT_DIM), 0 elsewhere; CHANNEL and CHANNEL_REFERENCE 0 everywhere."""
     tokens, positions = model.model.decoder.embed_tokens.weight, model.model.decoder.embed_positions.weight
     offset = model.model.decoder.embed_positions.offset  # OPT's learned positions start at row 2
-    token_dim, position_dim = tokens.shape[1] - 2, tokens.shape[1] - 1
+    token_dim, position_dim, context_dim = tokens.shape[1] - 2, tokens.shape[1] - 1, tokens.shape[1] + CONTEXT_DIM
     with torch.no_grad():
-        height = 5.0 * float(torch.cat([tokens[:, :CHANNEL_REFERENCE], positions[:, :CHANNEL_REFERENCE]]).std()) * 2**0.5
+        height = 5.0 * float(torch.cat([tokens[:, :CONTEXT_DIM], positions[:, :CONTEXT_DIM]]).std()) * 2**0.5
         for table in (tokens, positions):
-            table[:, CHANNEL_REFERENCE:] = 0.0
+            table[:, CONTEXT_DIM:] = 0.0
         tokens[FAMILY_TOKEN, token_dim] = height
         positions[offset : offset + FAMILY_POSITION, position_dim] = height
-    return token_dim, position_dim
+        positions[offset : offset + DESIGNED_CUT, context_dim] = height
+    return token_dim, position_dim, context_dim
 
 
 def _plant_vocab_roles(model: OPTForCausalLM, rng: np.random.Generator, taken: set[tuple[int, int]]) -> dict[tuple[int, int], str]:
