@@ -105,9 +105,20 @@ def test_entropy_figure_marks_entropy_neurons():
 # ----------------------------------------------------------------------------- attention deactivation
 
 
+def _rotary_models() -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Pythia-like GPT-NeoX (a quarter of each head rotated) and Llama with grouped queries, eager attention."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    neox = GPTNeoXConfig(vocab_size=50, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=32,
+                         rotary_pct=0.25, attn_implementation="eager")
+    llama = LlamaConfig(vocab_size=50, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                        intermediate_size=32, attn_implementation="eager")
+    return GPTNeoXForCausalLM(neox).eval(), LlamaForCausalLM(llama).eval()
+
+
 def test_manual_attention_to_bos_equals_the_models():
     """The path ablation recomputes a head's attention from its queries and keys: equal to the model's own
-    attention weights (eager attention) for OPT and GPT-2."""
+    attention weights (eager attention) for OPT, GPT-2, and rotary GPT-NeoX and Llama."""
     from transformers import GPT2Config, GPT2LMHeadModel, OPTConfig, OPTForCausalLM
 
     from neuron_census.analyses.attention import _bos_attention, _norm_input_hooks
@@ -116,6 +127,7 @@ def test_manual_attention_to_bos_equals_the_models():
     models = (
         OPTForCausalLM(OPTConfig(vocab_size=50, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4, attn_implementation="eager")),
         GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0, attn_implementation="eager")),
+        *_rotary_models(),
     )
     tokens = torch.randint(0, 50, (2, 9), generator=torch.Generator().manual_seed(1))
     for model in models:
@@ -144,7 +156,7 @@ def test_scores_equal_a_direct_computation():
             block.ln_1.weight.uniform_(0.5, 1.5)
     adapter = adapter_for(model, name="m")
     keys = bos_keys(model, adapter, 0)
-    scores = deactivation_scores(adapter, keys)
+    scores = deactivation_scores(adapter, keys, 9)
     with torch.no_grad():
         hidden = model(input_ids=torch.tensor([[0]]), output_hidden_states=True).hidden_states  # block inputs
         expected = np.full((2, 16), -np.inf)
@@ -162,6 +174,42 @@ def test_scores_equal_a_direct_computation():
     np.testing.assert_allclose(scores.sort("layer", "neuron")["max_score"].to_numpy(), expected.reshape(-1), rtol=1e-4, atol=1e-6)
 
 
+def test_rotary_scores_are_the_mean_over_query_positions():
+    """A rotary model's score: the mean over query positions p = 1..T-1 of (R_p W_Q^h w_out) . k_BOS^h /
+    sqrt(d_head), R_p rotating the head's first dimensions by p * inv_freq (rotate-half pairs), by hand."""
+    from neuron_census.analyses.attention import bos_keys, deactivation_scores
+
+    torch.manual_seed(3)
+    for model in _rotary_models():
+        adapter = adapter_for(model, name="m")
+        keys = bos_keys(model, adapter, 0)
+        seq_len = 7
+        scores = deactivation_scores(adapter, keys, seq_len).sort("layer", "neuron")
+        inv_freq = (model.gpt_neox if hasattr(model, "gpt_neox") else model.model).rotary_emb.inv_freq.double()
+        half = len(inv_freq)
+
+        def rotated(q: torch.Tensor, p: int) -> torch.Tensor:  # [..., d_head]
+            cos, sin = torch.cos(p * inv_freq), torch.sin(p * inv_freq)
+            first, second = q[..., :half], q[..., half : 2 * half]
+            return torch.cat([first * cos - second * sin, second * cos + first * sin, q[..., 2 * half :]], dim=-1)
+
+        expected = np.full((2, 32), -np.inf)
+        with torch.no_grad():
+            for layer in range(2):
+                w_out = adapter.value_vectors(layer).double()
+                for later in range(layer + 1, 3):
+                    norm = adapter.attention_norm(later)
+                    passed = w_out if adapter.rms_norm else w_out - w_out.mean(dim=1, keepdim=True)
+                    passed = passed * norm.weight.double()
+                    w_q = adapter.query_key_weights(later)[0].double()  # [H, d_head, d]
+                    for head in range(4):
+                        query = passed @ w_q[head].T  # [N, d_head]
+                        key = keys[later][head].double()
+                        score = torch.stack([rotated(query, p) @ key for p in range(1, seq_len)]).mean(dim=0) / w_q.shape[1] ** 0.5
+                        expected[layer] = np.maximum(expected[layer], score.numpy())
+        np.testing.assert_allclose(scores["max_score"].to_numpy(), expected.reshape(-1), rtol=1e-4, atol=1e-6)
+
+
 def test_planted_deactivation_neuron_is_recovered_exactly(family, tokens):
     """Precision = recall = 1: the planted neuron is the only one that scores above 0 and its path to the
     head's query carries the head's attention to BOS."""
@@ -169,7 +217,7 @@ def test_planted_deactivation_neuron_is_recovered_exactly(family, tokens):
 
     model = family.models["a"]
     adapter = adapter_for(model, name="a")
-    pairs = top_pairs(deactivation_scores(adapter, bos_keys(model, adapter, 0)), 8)
+    pairs = top_pairs(deactivation_scores(adapter, bos_keys(model, adapter, 0), tokens.shape[1]), 8)
     found = path_ablation(model, adapter, tokens, pairs)
     assert [tuple(row) for row in found.filter("deactivates").select("layer", "neuron", "head_layer", "head").iter_rows()] == [family.deactivation]
     row = found.row(0, named=True)

@@ -206,8 +206,7 @@ def attention_job(
     threads: int = 1,
 ) -> None:
     """Attention-deactivation scores of every neuron of the reference, and the path ablation of its top
-    pairs on the first `attention.sequences` sequences of one shard of the study's tokens (none for rotary
-    attention, which the ablation does not recompute)."""
+    pairs on the first `attention.sequences` sequences of one shard of the study's tokens."""
     from neuron_census.analyses.attention import AttentionSettings, bos_keys, deactivation_scores, path_ablation, top_pairs
 
     attention = AttentionSettings(**study["attention"])
@@ -215,16 +214,12 @@ def attention_job(
     if tokenizer.bos_id is None:
         raise ValueError(f"attention-deactivation neurons of '{reference}': tokenizer '{tokenizer_name}' has no BOS token")
     tokens, _ = read_shard_for(shard_path, tokenizer, f"model '{reference}'")
-    scores = deactivation_scores(loaded.adapter, bos_keys(loaded.model, loaded.adapter, tokenizer.bos_id))
+    scores = deactivation_scores(loaded.adapter, bos_keys(loaded.model, loaded.adapter, tokenizer.bos_id), tokens.shape[1])
     pairs = top_pairs(scores, attention.pairs)
-    if loaded.adapter.rotary:
-        print(f"model '{reference}': rotary attention, no path ablation", file=sys.stderr)
-        paths = pairs.with_columns(bos_attention=pl.lit(None, pl.Float64), bos_attention_ablated=pl.lit(None, pl.Float64), deactivates=pl.lit(None, pl.Boolean))
-    else:
-        paths = path_ablation(
-            loaded.model, loaded.adapter, torch_tensor(tokens[: attention.sequences], device), pairs,
-            batch_size=_batch_size(settings), min_change=attention.min_change,
-        )
+    paths = path_ablation(
+        loaded.model, loaded.adapter, torch_tensor(tokens[: attention.sequences], device), pairs,
+        batch_size=_batch_size(settings), min_change=attention.min_change,
+    )
     _write_for_model(scores, reference, scores_out)
     _write_for_model(paths, reference, paths_out)
 

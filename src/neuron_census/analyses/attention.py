@@ -5,8 +5,9 @@ no-op) and is switched off where the neuron fires.
 Score of neuron n (layer l) for head h of a later layer l': w_out^T W_Q^h k_BOS^h / sqrt(d_head), with
 w_out as the head's norm passes it on (centred for LayerNorm, times the norm's gain) and k_BOS^h the key of
 BOS at that head (BOS sees only itself, so its key is the same in every sequence). Positive: the neuron
-moves the head's attention to BOS. Rotary models rotate queries by position; the score ignores that
-rotation (exact only where the query sits next to BOS).
+moves the head's attention to BOS. Rotary models rotate a query at position p by R_p (BOS's key, at
+position 0, is not rotated): their score is the mean over the query positions 1..T-1 of the study's
+sequences, w_out^T W_Q^h (mean_p R_p^T k_BOS^h) / sqrt(d_head).
 
 Path ablation checks the top pairs causally: over a sample of the study's tokens, the head's mean
 attention to BOS is computed from its own queries and keys, and again with the neuron's output taken out
@@ -76,9 +77,19 @@ def bos_keys(model: torch.nn.Module, adapter: FFNAdapter, bos_id: int) -> dict[i
     return keys
 
 
-def deactivation_scores(adapter: FFNAdapter, keys: dict[int, torch.Tensor]) -> pl.DataFrame:
+def query_reading(adapter: FFNAdapter, key: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """[H, d_head]: what the query of each head is scored against, k_BOS^h, or for rotary attention its
+    mean over query positions 1..seq_len-1 rotated back (R_p^T k), so q . reading = mean_p (R_p q) . k."""
+    if not adapter.rotary:
+        return key
+    positions = -torch.arange(1, max(seq_len, 2), device=key.device)
+    return adapter.rotate(key[:, None].expand(-1, len(positions), -1), positions).mean(dim=1)
+
+
+def deactivation_scores(adapter: FFNAdapter, keys: dict[int, torch.Tensor], seq_len: int) -> pl.DataFrame:
     """Per neuron of every layer but the last: its highest score over the heads of later layers (with the
-    head) and its lowest (the head it most turns away from BOS)."""
+    head) and its lowest (the head it most turns away from BOS). `seq_len`: the study's sequence length,
+    over whose query positions a rotary model's score is averaged."""
     frames = []
     with torch.no_grad():
         for layer in range(adapter.n_layers - 1):
@@ -86,7 +97,8 @@ def deactivation_scores(adapter: FFNAdapter, keys: dict[int, torch.Tensor]) -> p
             scores, heads = [], []
             for later in range(layer + 1, adapter.n_layers):
                 w_q = adapter.query_key_weights(later)[0]  # [H, d_head, d]
-                reading = torch.einsum("hkd,hk->hd", w_q, keys[later].to(w_q.device))  # W_Q^h^T k_BOS^h
+                key = query_reading(adapter, keys[later].to(w_q.device), seq_len)
+                reading = torch.einsum("hkd,hk->hd", w_q, key)  # W_Q^h^T k_BOS^h
                 passed = _centred_gain(adapter, later, w_out.to(w_q.device))
                 scores.append(passed @ reading.T / w_q.shape[1] ** 0.5)  # [N, H]
                 heads += [(later, head) for head in range(w_q.shape[0])]
@@ -122,8 +134,6 @@ def path_ablation(
     """For each (layer, neuron, head_layer, head) of `pairs`: the head's mean attention to BOS (position 0)
     over the query positions 1..T-1 of `tokens`, with and without the neuron's output in the head's query
     input, and `deactivates` where the drop exceeds `min_change`."""
-    if adapter.rotary:
-        raise ValueError(f"model '{adapter.name}': path ablation of rotary attention is not supported")
     rows = pairs.select("layer", "neuron", "head_layer", "head").to_dicts()
     neuron_layers = sorted({row["layer"] for row in rows})
     head_layers = sorted({row["head_layer"] for row in rows})
@@ -163,13 +173,16 @@ def path_ablation(
 
 def _bos_attention(adapter: FFNAdapter, layer: int, head: int, keys_from: torch.Tensor, queries_from: torch.Tensor) -> np.ndarray:
     """[B, T-1]: attention to position 0 of `head` at query positions 1..T-1, its keys from the residual
-    `keys_from` and its queries from `queries_from` [B, T, d], each through the layer's attention norm."""
+    `keys_from` and its queries from `queries_from` [B, T, d], each through the layer's attention norm (and
+    rotated by position where the model's attention is rotary)."""
     norm = adapter.attention_norm(layer)
     dtype = next(norm.parameters()).dtype
     w_q, b_q, w_k, b_k = adapter.query_key_weights(layer)
     group = w_q.shape[0] // w_k.shape[0]
     query = torch.einsum("kd,btd->btk", w_q[head], norm(queries_from.to(dtype)).float()) + b_q[head]
     key = torch.einsum("kd,btd->btk", w_k[head // group], norm(keys_from.to(dtype)).float()) + b_k[head // group]
+    positions = torch.arange(query.shape[1], device=query.device)  # every study sequence starts at position 0
+    query, key = adapter.rotate(query, positions), adapter.rotate(key, positions)
     logits = query @ key.transpose(1, 2) / w_q.shape[1] ** 0.5  # [B, T, T]
     length = logits.shape[1]
     causal = torch.ones(length, length, dtype=torch.bool, device=logits.device).tril()

@@ -12,6 +12,7 @@ flattens tokens before `fc1`, so its neuron input arrives as [batch * seq, N] ra
 
 from __future__ import annotations
 
+import sys
 from operator import attrgetter
 from typing import ClassVar
 
@@ -56,7 +57,7 @@ class FFNAdapter:
     ffn_norm_path: ClassVar[str] = ""  # in a decoder layer: the norm whose output the FFN reads
     attention_path: ClassVar[str] = ""  # in a decoder layer: the self-attention module
     attention_norm_path: ClassVar[str] = ""  # in a decoder layer: the norm whose output the attention reads
-    rotary: ClassVar[bool] = False  # queries and keys are rotated by position
+    rotary_path: ClassVar[str] = ""  # in the model: the rotary embedding that rotates queries and keys by position
     rms_norm: ClassVar[bool] = False  # norms scale without removing the mean (no centring of weights)
     activation_key: ClassVar[str] = "hidden_act"  # the config key naming the nonlinearity
 
@@ -125,6 +126,24 @@ class FFNAdapter:
         """float32 (W_Q [H, d_head, d_model], b_Q [H, d_head], W_K [H_kv, d_head, d_model], b_K [H_kv, d_head])
         of `layer`'s self-attention, acting on the attention norm's output."""
         raise NotImplementedError(f"model '{self.name}' ({self.family}): no query and key weights")
+
+    @property
+    def rotary(self) -> bool:
+        """Whether attention rotates queries and keys by their positions."""
+        return bool(self.rotary_path)
+
+    def rotate(self, vectors: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Queries or keys of one head, [B, T, d_head] float32, rotated by their positions [T] as the model's
+        attention rotates them: its own rotary embedding and its modelling module's `apply_rotary_pos_emb`
+        (the rotated part of each head, for Pythia a quarter). A negative position rotates backwards (R_-p
+        = R_p^T). Unchanged without rotary attention."""
+        if not self.rotary:
+            return vectors
+        embedding = attrgetter(self.rotary_path)(self.model)
+        cos, sin = embedding(vectors, positions[None].to(vectors.device))  # [1, T, rotated dims]
+        apply = sys.modules[type(embedding).__module__].apply_rotary_pos_emb
+        rotated, _ = apply(vectors[:, None], vectors[:, None], cos.float(), sin.float(), unsqueeze_dim=1)
+        return rotated[:, 0]
 
     def input_weights(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """float32 ([N, d_model], [N]): row i and bias i give neuron i's pre-activation from the FFN's
@@ -238,7 +257,7 @@ class GPTNeoXAdapter(FFNAdapter):
     ffn_norm_path = "post_attention_layernorm"
     attention_path = "attention"
     attention_norm_path = "input_layernorm"
-    rotary = True
+    rotary_path = "gpt_neox.rotary_emb"
 
     def query_key_weights(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         fused = attrgetter(self.attention_path)(self._layer(layer)).query_key_value  # [H * (q, k, v) * d_head, d]
@@ -263,7 +282,7 @@ class LlamaAdapter(FFNAdapter):
     attention_path = "self_attn"
     attention_norm_path = "input_layernorm"
     rms_norm = True
-    rotary = True
+    rotary_path = "model.rotary_emb"
 
     def query_key_weights(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         attention = attrgetter(self.attention_path)(self._layer(layer))
