@@ -7,6 +7,7 @@ import warnings
 from typing import Any
 
 import numpy as np
+import polars as pl
 import pytest
 import torch
 from scipy import stats
@@ -253,3 +254,40 @@ def test_planted_vocabulary_roles_are_recovered_exactly():
         found = {(row["layer"], row["neuron"]): row["vocab_role"] for row in table.drop_nulls("vocab_role").iter_rows(named=True)}
         assert found == family.vocab_roles
         assert table["vocab_cos_var"].null_count() == table.height - 5  # the entropy and deactivation neurons write too
+
+
+def test_a_study_references_neuron_table_joins_what_the_study_found():
+    """neurons.parquet of a study's reference gains the universal table's columns (not the weight statistics
+    it already holds), the entropy and attention flags where those neurons were tested (null elsewhere), and
+    layers.parquet counts universal and family neurons per layer."""
+    from neuron_census.analyses.tables import layer_table, with_study_columns
+
+    keys = {"model": ["m"] * 4, "layer": [0, 0, 1, 1], "neuron": [0, 1, 0, 1]}
+    neurons = pl.DataFrame(
+        keys | {"n_tokens": [9] * 4, "dead": [False] * 4, "fire_freq": [0.5] * 4, "w_in_norm": [1.0, 2.0, 3.0, 4.0]}
+    )
+    universal = pl.DataFrame(
+        keys | {"max_corr": [0.9, 0.1, 0.8, 0.2], "universal": [True, False, True, False], "family": ["token: a", None, None, None],
+                "w_in_norm": [-1.0] * 4}
+    )
+    entropy = pl.DataFrame(
+        {"model": ["m"] * 2, "layer": [1, 1], "neuron": [1, 0], "random": [False, True], "entropy_change": [0.7, 0.01],
+         "entropy_neuron": [True, False]}
+    )
+    scores = pl.DataFrame(
+        {"model": ["m"] * 2, "layer": [0, 0], "neuron": [0, 1], "max_score": [3.0, -1.0], "max_head_layer": [1, 1], "max_head": [2, 0],
+         "min_score": [0.0, -2.0], "min_head_layer": [1, 1], "min_head": [0, 1]}
+    )
+    paths = pl.DataFrame(
+        {"model": ["m"], "layer": [0], "neuron": [0], "head_layer": [1], "head": [2], "score": [3.0], "bos_attention": [0.6],
+         "bos_attention_ablated": [0.1], "deactivates": [True]}
+    )
+    joined = with_study_columns(neurons, universal, entropy, scores, paths)
+    assert joined.select("layer", "neuron").rows() == neurons.select("layer", "neuron").rows()
+    assert joined["w_in_norm"].to_list() == [1.0, 2.0, 3.0, 4.0] and joined["max_corr"].to_list() == [0.9, 0.1, 0.8, 0.2]
+    assert joined["entropy_neuron"].to_list() == [None, None, False, True]
+    assert joined["entropy_change"].to_list() == [None, None, 0.01, 0.7]
+    assert joined["bos_score"].to_list() == [3.0, -1.0, None, None] and joined["bos_head"].to_list() == [2, 0, None, None]
+    assert joined["deactivates"].to_list() == [True, None, None, None]
+    layers = layer_table(joined, 2)
+    assert layers["n_universal"].to_list() == [1, 1] and layers["n_family"].to_list() == [1, 0]

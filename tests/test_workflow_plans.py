@@ -180,6 +180,11 @@ def test_default_config_dry_run(tmp_path: Path):
     universal = {f for f in FIGURES if STUDY_TABLES & set(FIGURES[f].tables)} | {"vocab_roles"}
     assert {f for f in FIGURES if "planted" in default["figures"][f]["models"]} == set(FIGURES) - training - universal
     assert all(default["figures"][f]["models"][0] == "planted-seed-a" for f in universal)
+    # a study reference's neurons.parquet joins the study's per-neuron tables; another model's does not wait for them
+    study = {"universal_tables": 1, "entropy_interventions": 1, "attention_interventions": 1}
+    for model, joins in (("planted-seed-a", True), ("planted", False)):
+        plan = planned_jobs(snakemake(workdir, "-n", f"results/{model}/neurons.parquet").stdout)
+        assert ({rule: plan.get(rule) for rule in study} == study) is joins and plan["neuron_tables"] == 1
 
 
 def test_bad_config_stops_with_one_line(tmp_path: Path):

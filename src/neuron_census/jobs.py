@@ -448,17 +448,26 @@ def vocab_job(
 
 
 def tables_job(
-    stats: PathLike, vocab: PathLike, fired: PathLike, neurons_out: PathLike, layers_out: PathLike, roles: Mapping[str, Any] | None = None
+    stats: PathLike,
+    vocab: PathLike,
+    fired: PathLike,
+    neurons_out: PathLike,
+    layers_out: PathLike,
+    roles: Mapping[str, Any] | None = None,
+    study: Sequence[PathLike] = (),
 ) -> None:
     """neurons.parquet (activation statistics joined with vocabulary projections, weight statistics, roles
     in vocabulary space and the trigger scores of detected tokens) and layers.parquet. `roles`: the
-    config's `analysis.roles` thresholds."""
-    from neuron_census.analyses.tables import layer_table
+    config's `analysis.roles` thresholds. `study`: for the reference of a universal-neurons study, its
+    universal, entropy_neurons, attention_scores and attention_paths tables, joined per neuron."""
+    from neuron_census.analyses.tables import layer_table, with_study_columns
     from neuron_census.analyses.vocab import with_vocab
     from neuron_census.analyses.weights import vocab_roles
 
     neurons = with_vocab(pl.read_parquet(stats), pl.read_parquet(vocab), pl.read_parquet(fired))
     neurons = neurons.with_columns(vocab_role=vocab_roles(neurons, **{**schema_defaults("analysis/roles"), **(roles or {})}))
+    if study:
+        neurons = with_study_columns(neurons, *(pl.read_parquet(path) for path in study))
     write_parquet(neurons, neurons_out)
     write_parquet(layer_table(neurons, int(neurons["n_layers_total"][0])), layers_out)
 

@@ -196,6 +196,13 @@ def universal_models(model):
     return [model, *universal_study(model)["others"]]
 
 
+def study_tables(model):
+    """The per-neuron tables of a universal-neurons study that its reference's neurons.parquet joins."""
+    if model not in config.get("universal", {}):
+        return []
+    return [f"results/{model}/{table}.parquet" for table in ("universal", "entropy_neurons", "attention_scores", "attention_paths")]
+
+
 def correlation_blocks(model):
     n = universal_study(model)["blocks"]
     return [f"{i}-{j}" for i in range(n) for j in range(n)]

@@ -50,6 +50,7 @@ rule neuron_tables:
         stats="results/{model}/stats.parquet",
         vocab="results/{model}/vocab.parquet",
         fired="results/{model}/fired_token_scores.parquet",
+        study=lambda w: study_tables(w.model),
     output:
         neurons="results/{model}/neurons.parquet",
         layers="results/{model}/layers.parquet",

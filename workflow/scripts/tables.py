@@ -11,4 +11,5 @@ with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)
         neurons_out=snakemake.output.neurons,  # noqa: F821
         layers_out=snakemake.output.layers,  # noqa: F821
         roles=snakemake.params.roles,  # noqa: F821
+        study=list(snakemake.input.study),  # noqa: F821
     )

@@ -123,6 +123,33 @@ def stats_tables_by_layer(
     return pl.concat([stats for stats, _ in tables]), pl.concat([rates for _, rates in tables])
 
 
+NEURON_KEYS = ["model", "layer", "neuron"]
+
+
+def with_study_columns(
+    neurons: pl.DataFrame,
+    universal: pl.DataFrame,
+    entropy: pl.DataFrame,
+    attention_scores: pl.DataFrame,
+    attention_paths: pl.DataFrame,
+) -> pl.DataFrame:
+    """A universal-neurons study's reference: its census table joined with what the study found per neuron:
+    universality, activation properties and family (universal.parquet, less the weight statistics both
+    hold), `entropy_neuron` and `entropy_change` (null where not intervened on), the highest
+    attention-deactivation score and its head (`bos_score`, `bos_head_layer`, `bos_head`; null in the last
+    layer) and `deactivates` (null where not path-ablated)."""
+    shared = set(neurons.columns) - set(NEURON_KEYS)
+    tested = entropy.group_by(NEURON_KEYS).agg(pl.col("entropy_neuron").any(), pl.col("entropy_change").first())
+    scores = attention_scores.select(
+        *NEURON_KEYS, bos_score=pl.col("max_score"), bos_head_layer=pl.col("max_head_layer"), bos_head=pl.col("max_head")
+    )
+    ablated = attention_paths.group_by(NEURON_KEYS).agg(pl.col("deactivates").any())
+    joined = neurons.join(universal.drop([c for c in universal.columns if c in shared]), on=NEURON_KEYS, how="left", maintain_order="left")
+    for table in (tested, scores, ablated):
+        joined = joined.join(table, on=NEURON_KEYS, how="left", maintain_order="left")
+    return joined
+
+
 def layer_table(neurons: pl.DataFrame, n_layers_total: int) -> pl.DataFrame:
     """One row per layer: dead neurons, firing frequency, detectors and positional neurons by type.
 
@@ -152,5 +179,11 @@ def layer_table(neurons: pl.DataFrame, n_layers_total: int) -> pl.DataFrame:
             n_detectors_suppressing_trigger=pl.col("suppresses_trigger").fill_null(False).sum().cast(pl.Int64)
         )
         table = table.join(suppressing, on=["model", "layer"], how="left", maintain_order="left")
+    if "universal" in neurons.columns:  # a universal-neurons study's reference
+        found = neurons.group_by("model", "layer").agg(
+            n_universal=pl.col("universal").fill_null(False).sum().cast(pl.Int64),
+            n_family=pl.col("family").is_not_null().sum().cast(pl.Int64),
+        )
+        table = table.join(found, on=["model", "layer"], how="left", maintain_order="left")
     return table
 
