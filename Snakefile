@@ -17,6 +17,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/capture.smk"
 include: "workflow/rules/stats.smk"
 include: "workflow/rules/universal.smk"
+include: "workflow/rules/subupdates.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/report.smk"
 
@@ -24,7 +25,8 @@ include: "workflow/rules/report.smk"
 rule all:
     input:
         expand("results/{model}/{table}.parquet", model=MODELS, table=["neurons", "layers"]),
-        expand("results/{model}/{table}.parquet", model=list(config["universal"]), table=sorted(STUDY_TABLES)),
+        expand("results/{model}/{table}.parquet", model=list(config["universal"]), table=sorted(STUDY_TABLES["universal"])),
+        expand("results/{model}/{table}.parquet", model=list(config["subupdates"]), table=sorted(STUDY_TABLES["subupdates"])),
         expand("results/figures/{figure}.{ext}", figure=FIGURES, ext=["png", "pdf"]),
         "results/report.html",
     default_target: True

@@ -17,7 +17,7 @@ from scipy import stats
 from workflow_runs import ROOT, TABLES, TINY, new_workdir, planned_jobs, snakemake
 
 from neuron_census.data.corpus import read_token_shard
-from neuron_census.jobs import FIGURES, STUDY_TABLES
+from neuron_census.jobs import FIGURES, figure_study
 from neuron_census.testing.planted import designed_tokens, get_recipe
 
 
@@ -59,11 +59,11 @@ def test_tiny_dag_recovers_every_planted_role(tiny_run: Path):
     assert "exceeds 0.05 nats" in report and "{{" not in report  # captions rendered with the config's thresholds
     # every figure that draws the planted model closes its caption saying what it is
     tiny = yaml.safe_load(TINY.read_text())
-    census_figures = [figure for figure in FIGURES if not STUDY_TABLES & set(FIGURES[figure].tables)]
+    census_figures = [figure for figure in FIGURES if figure_study(figure) is None]
     assert report.count("&#x27;planted&#x27; is built in code: neurons of known roles") == sum(
         1 for figure in census_figures if "planted" in (tiny["figures"].get(figure, {}).get("models") or ["planted"])
     )
-    study_figures = [figure for figure in FIGURES if STUDY_TABLES & set(FIGURES[figure].tables)]
+    study_figures = [figure for figure in FIGURES if figure_study(figure) == "universal"]
     assert report.count("&#x27;planted-seed-a&#x27; is built in code with other models of its family") == len(study_figures)
     csv = pl.read_csv(tiny_run / "results" / "figures" / "fig5_detector_projections.csv")
     assert csv.filter(pl.col("model") == "planted").height == len(planted("token_detector"))
@@ -123,6 +123,28 @@ def test_tiny_dag_finds_exactly_the_planted_universal_neurons(tiny_run: Path):
     np.testing.assert_allclose(got["pre_var"].to_numpy(), x.var(axis=1).reshape(-1), rtol=1e-4)
     np.testing.assert_allclose(got["pre_skew"].to_numpy(), stats.skew(x, axis=1).reshape(-1), rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(got["pre_kurtosis"].to_numpy(), stats.kurtosis(x, axis=1, fisher=False).reshape(-1), rtol=1e-3)
+
+
+def test_tiny_dag_reads_the_subupdates_of_stories260k(tiny_run: Path):
+    """The sub-update study through the DAG: 12 predictions over every layer, consistent lens columns, the
+    chosen sub-updates labelled, their shares per layer, and both figures."""
+    results = tiny_run / "results" / "stories260k"
+    lens = pl.read_parquet(results / "predictions.parquet")
+    n_layers = lens["layer"].max() + 1
+    assert lens.height == 12 * n_layers and lens["position"].min() >= 4
+    last = lens.filter(pl.col("layer") == n_layers - 1)
+    assert (last["top_after"] == last["final_token"]).all() and (last["rank_after"] == 0).all()
+    for prediction in range(12):
+        rows = lens.filter(pl.col("prediction") == prediction).sort("layer")
+        settled = [layer for layer in range(n_layers) if (rows["top_after"][layer:] == rows["final_token"][0]).all()][0]
+        assert rows["saturation_layer"].unique().to_list() == [settled]
+    subupdates = pl.read_parquet(results / "subupdates.parquet")
+    counts = subupdates.group_by("prediction", "layer", "kind").len()["len"].unique().to_list()
+    assert counts == [4] and subupdates.height == 12 * n_layers * 8 and subupdates["promotes"].null_count() == 0
+    shares = pl.read_parquet(results / "subupdate_layers.parquet")
+    assert shares.height == 2 * n_layers and (shares["n"] == 48).all()
+    for figure in ("saturation_layers", "subupdate_roles"):
+        assert (tiny_run / "results" / "figures" / f"{figure}.png").stat().st_size > 0
 
 
 def test_restyling_a_figure_plans_only_that_figure_and_the_report(tiny_run: Path, tmp_path: Path):

@@ -16,7 +16,7 @@ from workflow_runs import ROOT, SNAKEMAKE, TINY, new_workdir, planned_jobs, snak
 
 from neuron_census.capture.store import merge_stores, read_store
 from neuron_census.data.corpus import read_token_shard
-from neuron_census.jobs import FIGURES, STUDY_TABLES
+from neuron_census.jobs import FIGURES, figure_study
 from neuron_census.testing.planted import get_recipe
 
 
@@ -33,6 +33,7 @@ def test_adding_a_shard_captures_only_that_shard(tmp_path: Path):
     config["figures"] = {}
     config.pop("train", None)
     config.pop("universal")
+    config.pop("subupdates", None)
     target = "results/planted/neurons.parquet"
 
     def run(n_shards: int, *args: str) -> subprocess.CompletedProcess[str]:
@@ -177,8 +178,9 @@ def test_default_config_dry_run(tmp_path: Path):
     default = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     training = {"fig10_positional_nopos", "fig11_positional_training"}  # the training experiment: trained models only
     # Gurnee et al.'s figures: the studies' reference models, the planted one first
-    universal = {f for f in FIGURES if STUDY_TABLES & set(FIGURES[f].tables)} | {"vocab_roles"}
-    assert {f for f in FIGURES if "planted" in default["figures"][f]["models"]} == set(FIGURES) - training - universal
+    universal = {f for f in FIGURES if figure_study(f) == "universal"} | {"vocab_roles"}
+    subupdates = {f for f in FIGURES if figure_study(f) == "subupdates"}
+    assert {f for f in FIGURES if "planted" in (default["figures"][f].get("models") or [])} == set(FIGURES) - training - universal - subupdates
     assert all(default["figures"][f]["models"][0] == "planted-seed-a" for f in universal)
     # a study reference's neurons.parquet joins the study's per-neuron tables; another model's does not wait for them
     study = {"universal_tables": 1, "entropy_interventions": 1, "attention_interventions": 1}
@@ -213,6 +215,7 @@ def test_a_job_refusing_bad_input_prints_one_line(tmp_path: Path):
     config["figures"] = {}
     config.pop("train")
     config.pop("universal")
+    config.pop("subupdates", None)
     path = tmp_path / "long.yaml"
     path.write_text(yaml.safe_dump(config))
     result = snakemake(workdir, "--configfile", str(path), "--cores", "1", "results/opt/neurons.parquet", check=False)

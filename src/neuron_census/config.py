@@ -68,6 +68,7 @@ def validate_config(config: dict[str, Any], schema_path: str | Path) -> dict[str
     _expand_seeds(config)
     _check_references(config)
     _check_universal(config)
+    _check_subupdates(config)
     _check_models(config)
     return config
 
@@ -149,6 +150,14 @@ def _check_universal(config: Mapping[str, Any]) -> None:
                     f"config error at '{where}.others': models '{reference}' and '{other}' have different tokenizers "
                     f"('{model_tokenizer(config, reference)}', '{model_tokenizer(config, other)}'); their neurons must read the same tokens"
                 )
+
+
+def _check_subupdates(config: Mapping[str, Any]) -> None:
+    """Every model of a sub-update study is configured, as is its dataset."""
+    for model, study in config.get("subupdates", {}).items():
+        _known("subupdates", model, config["models"], "model")
+        if study.get("dataset") is not None:
+            _known(f"subupdates.{model}.dataset", study["dataset"], config["datasets"], "dataset")
 
 
 def _check_references(config: Mapping[str, Any]) -> None:

@@ -340,6 +340,11 @@ def write_parquet(frame: pl.DataFrame, output: PathLike) -> None:
         frame.write_parquet(tmp, compression="zstd", statistics=False)
 
 
+def write_for_model(frame: pl.DataFrame, model: str, output: PathLike) -> None:
+    """`frame` with a first column `model`, as every per-model table has."""
+    write_parquet(frame.select(pl.lit(model).alias("model"), pl.all()), output)
+
+
 def stats_job(
     model_name: str,
     inputs: Sequence[PathLike],
@@ -532,6 +537,10 @@ FIGURES: dict[str, FigureSpec] = {
         defaults={"figsize": [10.0, 3.8]},
     ),
     "vocab_roles": FigureSpec("plots.roles", "plot_vocab_roles", ("neurons",), "Prediction and suppression neurons", defaults={"figsize": [12.0, 3.8]}),
+    "saturation_layers": FigureSpec("plots.subupdates", "plot_saturation_layers", ("predictions",), "FFN sub-updates"),
+    "subupdate_roles": FigureSpec(
+        "plots.subupdates", "plot_subupdate_roles", ("subupdate_layers",), "FFN sub-updates", defaults={"figsize": [10.0, 3.8]}
+    ),
 }
 
 TABLE_FILES = {
@@ -544,9 +553,21 @@ TABLE_FILES = {
     "entropy_neurons": "entropy_neurons.parquet",
     "attention_scores": "attention_scores.parquet",
     "attention_paths": "attention_paths.parquet",
+    "predictions": "predictions.parquet",
+    "subupdates": "subupdates.parquet",
+    "subupdate_layers": "subupdate_layers.parquet",
 }
-# tables that only the reference models of `universal` studies have: their figures draw those by default
-STUDY_TABLES = frozenset({"universal", "best_matches", "entropy", "entropy_neurons", "attention_scores", "attention_paths"})
+# tables that only the models of a study section (`universal`, `subupdates`) have: their figures draw those
+STUDY_TABLES = {
+    "universal": frozenset({"universal", "best_matches", "entropy", "entropy_neurons", "attention_scores", "attention_paths"}),
+    "subupdates": frozenset({"predictions", "subupdates", "subupdate_layers"}),
+}
+
+
+def figure_study(figure: str) -> str | None:
+    """The study section whose tables a figure draws (None: the census tables every model has)."""
+    tables = set(FIGURES[figure].tables)
+    return next((study for study, names in STUDY_TABLES.items() if names & tables), None)
 
 
 def figure_job(

@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 
 from neuron_census.config import schema_defaults
-from neuron_census.jobs import PathLike, load_model_and_tokenizer, read_shard_for, write_parquet
+from neuron_census.jobs import PathLike, load_model_and_tokenizer, read_shard_for, write_for_model, write_parquet
 
 
 def layer_groups(n_layers: int, blocks: int) -> list[tuple[int, ...]]:
@@ -189,8 +189,8 @@ def entropy_job(
         loaded.model, loaded.adapter, batch, last, candidates, random, entropy.values,
         batch_size=_batch_size(settings), has_bos=bool(shard_attrs["has_bos"]),
     )
-    _write_for_model(curves, reference, curves_out)
-    _write_for_model(entropy_neurons(curves, entropy.min_change), reference, neurons_out)
+    write_for_model(curves, reference, curves_out)
+    write_for_model(entropy_neurons(curves, entropy.min_change), reference, neurons_out)
 
 
 def attention_job(
@@ -220,8 +220,8 @@ def attention_job(
         loaded.model, loaded.adapter, torch_tensor(tokens[: attention.sequences], device), pairs,
         batch_size=_batch_size(settings), min_change=attention.min_change,
     )
-    _write_for_model(scores, reference, scores_out)
-    _write_for_model(paths, reference, paths_out)
+    write_for_model(scores, reference, scores_out)
+    write_for_model(paths, reference, paths_out)
 
 
 def torch_tensor(tokens: np.ndarray, device: Any) -> Any:
@@ -299,8 +299,8 @@ def universal_tables_job(
         weight_columns(loaded.adapter, sorted(set(table["layer"].to_list())), processing=weights),
     ):
         table = table.join(columns, on=keys, how="left", maintain_order="left")
-    _write_for_model(matches, reference, matches_out)
-    _write_for_model(table, reference, universal_out)
+    write_for_model(matches, reference, matches_out)
+    write_for_model(table, reference, universal_out)
 
 
 def _batch_size(settings: Mapping[str, Any]) -> int:
@@ -316,7 +316,3 @@ def _lockstep_placement(settings: Mapping[str, Any], what: str) -> Any:
         raise ValueError(f"{what} need the resident or offload strategy, not layerwise")
     return placement
 
-
-def _write_for_model(frame: pl.DataFrame, model: str, output: PathLike) -> None:
-    """`frame` with a first column `model`, as every per-model table has."""
-    write_parquet(frame.select(pl.lit(model).alias("model"), pl.all()), output)

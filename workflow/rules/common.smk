@@ -21,7 +21,7 @@ from neuron_census.config import (
 )
 from neuron_census.data.corpus import TEXT_SOURCES, source_files
 from neuron_census.data.inputs import files_fingerprint, folder_files
-from neuron_census.jobs import FIGURES as FIGURE_SPECS, STUDY_TABLES, TABLE_FILES
+from neuron_census.jobs import FIGURES as FIGURE_SPECS, STUDY_TABLES, TABLE_FILES, figure_study
 from neuron_census.testing.planted_seeds import RECIPES as SEED_RECIPES
 
 try:
@@ -33,8 +33,9 @@ MODELS = [model for model, spec in config["models"].items() if spec.get("census"
 
 
 def _studied(figure):
-    """A figure of universal-neuron tables needs a study to draw."""
-    return bool(config["universal"]) or not STUDY_TABLES & set(FIGURE_SPECS[figure].tables)
+    """A figure of a study's tables needs such a study to draw."""
+    study = figure_study(figure)
+    return study is None or bool(config[study])
 
 
 FIGURES = [  # `all` and the report
@@ -116,8 +117,9 @@ def sample_spans(model):
 
 
 def figure_models(figure):
-    """The figure's models; by default every model, or every study's reference for universal-neuron figures."""
-    default = list(config["universal"]) if STUDY_TABLES & set(FIGURE_SPECS[figure].tables) else MODELS
+    """The figure's models; by default every model, or the models of the study whose tables it draws."""
+    study = figure_study(figure)
+    default = list(config[study]) if study else MODELS
     return config["figures"].get(figure, {}).get("models") or default
 
 
@@ -201,6 +203,21 @@ def study_tables(model):
     if model not in config.get("universal", {}):
         return []
     return [f"results/{model}/{table}.parquet" for table in ("universal", "entropy_neurons", "attention_scores", "attention_paths")]
+
+
+def subupdate_study(model):
+    return config["subupdates"][model]
+
+
+def subupdate_dataset(model):
+    return subupdate_study(model)["dataset"] or model_datasets(config, model)[0]
+
+
+def subupdate_shards(model):
+    """The dataset's first shards, as many as the study's predictions need (one per sequence)."""
+    dataset = config["datasets"][subupdate_dataset(model)]
+    needed = -(-subupdate_study(model)["predictions"] // dataset["sequences_per_shard"])
+    return shard_paths(model_tokenizer(config, model), subupdate_dataset(model))[:needed]
 
 
 def correlation_blocks(model):

@@ -1,0 +1,66 @@
+"""FFN sub-updates in vocabulary space (Geva et al. 2022) from `predictions.parquet` and
+`subupdate_layers.parquet`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import polars as pl
+from matplotlib.figure import Figure
+
+from neuron_census.plots.figures import _style, colours, line, model_order, new_axes, say_missing
+
+
+def plot_saturation_layers(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
+    """Per model, the share of predictions whose saturation layer (the first layer from which the top-1
+    token after the FFN no longer changes) is each layer; x = layer / (number of layers - 1)."""
+    style = _style(style)
+    predictions = tables["predictions"]
+    models = model_order(predictions)
+    fig, ax = new_axes(style)
+    for model, colour in zip(models, colours(style, len(models))):
+        rows = predictions.filter(pl.col("model") == model)
+        n_layers = int(rows["layer"].max()) + 1
+        saturation = rows.unique("prediction")["saturation_layer"].to_numpy()
+        share = np.bincount(saturation, minlength=n_layers) / len(saturation)
+        depth = pl.Series(np.arange(n_layers) / max(n_layers - 1, 1))
+        line(ax, depth, pl.Series(share * 100.0), style, color=colour, label=f"{model} (mean layer {saturation.mean():.1f} of {n_layers})")
+    if not models:
+        say_missing(ax, "no sub-update study configured")
+    ax.set_xlabel("saturation layer / (number of layers - 1)")
+    ax.set_ylabel("predictions (%)")
+    ax.set_ylim(bottom=0.0)
+    ax.set_title(style.get("title", ""))
+    if models:
+        ax.legend(fontsize="small", frameon=False)
+    return fig
+
+
+def plot_subupdate_roles(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
+    """Per layer, the share of dominant sub-updates that promote the final prediction (left) and that push
+    down a candidate ranked above it before the FFN (right), against random sub-updates of the same layer
+    (dashed); x = layer / (number of layers - 1)."""
+    style = _style(style)
+    shares = tables["subupdate_layers"]
+    models = model_order(shares)
+    fig, axes = new_axes(style, 1, 2)
+    for model, colour in zip(models, colours(style, len(models))):
+        rows = shares.filter(pl.col("model") == model)
+        depth = max(int(rows["layer"].max()), 1)
+        for ax, measure in zip(axes, ("promotes", "eliminates")):
+            for kind, dash in (("dominant", "-"), ("random", "--")):
+                part = rows.filter(pl.col("kind") == kind).sort("layer")
+                label = f"{model}, {kind}" if measure == "promotes" else None
+                line(ax, part["layer"] / depth, part[measure] * 100.0, style, color=colour, linestyle=dash, label=label)
+    for ax, title in zip(axes, ("promote the prediction", "eliminate a candidate")):
+        ax.set_xlabel("layer / (number of layers - 1)")
+        ax.set_ylabel(f"sub-updates that {title} (%)")
+        ax.set_ylim(bottom=0.0)
+        if not models:
+            say_missing(ax, "no sub-update study configured")
+    fig.suptitle(style.get("title", ""))
+    if models:
+        axes[0].legend(fontsize="small", frameon=False)
+    return fig

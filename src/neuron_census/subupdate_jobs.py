@@ -1,0 +1,71 @@
+"""What the rules of FFN sub-update analyses (`workflow/rules/subupdates.smk`, Geva et al. 2022) call: read
+inputs, call the package, write outputs atomically."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from neuron_census.jobs import PathLike, load_model_and_tokenizer, read_shard_for, write_for_model, write_parquet
+
+
+def subupdate_settings(study: Mapping[str, Any]) -> Any:
+    from neuron_census.analyses.subupdates import SubupdateSettings
+
+    return SubupdateSettings(**{k: v for k, v in study.items() if k != "dataset"})
+
+
+def subupdate_lens_job(
+    model_name: str,
+    model_spec: Mapping[str, Any],
+    tokenizer_name: str,
+    tokenizer_spec: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    study: Mapping[str, Any],
+    shards: Sequence[PathLike],
+    lens_out: PathLike,
+    subupdates_out: PathLike,
+    threads: int = 1,
+) -> None:
+    """The logit lens and the dominant and random sub-updates of every layer at `study.predictions` cut
+    sequences of the study's shards (read in order, as many as the predictions need)."""
+    import torch
+
+    from neuron_census.analyses.subupdates import cut_positions, lens_pass
+
+    chosen = subupdate_settings(study)
+    tokenizer, loaded, device, _ = load_model_and_tokenizer(model_name, model_spec, tokenizer_name, tokenizer_spec, settings, threads)
+    blocks, have = [], 0
+    for path in shards:
+        if have >= chosen.predictions:
+            break
+        block, _ = read_shard_for(path, tokenizer, f"model '{model_name}'")
+        blocks.append(block[: chosen.predictions - have])
+        have += len(blocks[-1])
+    tokens = np.concatenate(blocks)
+    positions = cut_positions(len(tokens), tokens.shape[1], chosen)
+    batch_size = int(settings.get("batch_size") or 8)
+    found = lens_pass(
+        loaded.model, loaded.adapter, torch.from_numpy(tokens.astype(np.int64)).to(device), positions, chosen, batch_size=batch_size
+    )
+    write_for_model(found.lens, model_name, lens_out)
+    write_for_model(found.subupdates, model_name, subupdates_out)
+
+
+def subupdate_tables_job(lens: PathLike, subupdates: PathLike, vocab: PathLike, predictions_out: PathLike, labelled_out: PathLike, layers_out: PathLike) -> None:
+    """predictions.parquet (the lens per prediction and layer), subupdates.parquet (each chosen sub-update
+    with its promotion / elimination labels and its value vector's top tokens) and subupdate_layers.parquet
+    (their shares per layer, dominant against random)."""
+    from neuron_census.analyses.subupdates import label_subupdates, layer_shares
+
+    lens_table, vocab_table = pl.read_parquet(lens), pl.read_parquet(vocab)
+    labelled = label_subupdates(pl.read_parquet(subupdates), lens_table.drop("model"), vocab_table)
+    tokens = vocab_table.select("layer", "neuron", "vocab_final_norm", "vocab_top_tokens", "vocab_bottom_tokens")
+    labelled = labelled.join(tokens, on=["layer", "neuron"], how="left", maintain_order="left")
+    write_parquet(lens_table, predictions_out)
+    write_parquet(labelled, labelled_out)
+    model = str(lens_table["model"][0])
+    write_for_model(layer_shares(labelled), model, layers_out)

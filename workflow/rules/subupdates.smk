@@ -1,0 +1,47 @@
+"""FFN sub-updates in vocabulary space (Geva et al. 2022): per studied model, the logit lens and the dominant
+sub-updates of every layer at cut sequences of its tokens (one model-reading job), then their labels against
+the value vectors' vocabulary projections and their shares per layer (tables only)."""
+
+
+rule subupdate_lens:
+    input:
+        shards=lambda w: subupdate_shards(w.model),
+        model=lambda w: model_inputs(w.model),
+    output:
+        lens="results/subupdates/{model}/lens.parquet",
+        subupdates="results/subupdates/{model}/subupdates.parquet",
+    params:
+        model=lambda w: canonical(resolved_model_spec(config, w.model)),
+        model_version=lambda w: input_version(model_inputs(w.model)),
+        tokenizer_name=lambda w: model_tokenizer(config, w.model),
+        tokenizer=lambda w: canonical(resolved_tokenizer_spec(config, model_tokenizer(config, w.model))),
+        settings=lambda w: canonical(capture_settings(config, w.model)),
+        study=lambda w: canonical(subupdate_study(w.model)),
+    threads: 8
+    resources:
+        gpu=1,
+        mem_mb=lambda w: job_resources(config, w.model, "capture")["mem_mb"],
+        runtime=lambda w: job_resources(config, w.model, "capture")["runtime"],
+    log:
+        "results/logs/subupdate_lens/{model}.log",
+    conda:
+        "../../envs/neuron-census.yaml"
+    script:
+        "../scripts/subupdate_lens.py"
+
+
+rule subupdate_tables:
+    input:
+        lens="results/subupdates/{model}/lens.parquet",
+        subupdates="results/subupdates/{model}/subupdates.parquet",
+        vocab="results/{model}/vocab.parquet",
+    output:
+        predictions="results/{model}/predictions.parquet",
+        subupdates="results/{model}/subupdates.parquet",
+        layers="results/{model}/subupdate_layers.parquet",
+    log:
+        "results/logs/subupdate_tables/{model}.log",
+    conda:
+        "../../envs/neuron-census.yaml"
+    script:
+        "../scripts/subupdate_tables.py"
