@@ -126,8 +126,8 @@ def lens_pass(
         hooks.append(projection.register_forward_hook(keep("acts", layer, lambda args, _out: args[0])))
         hooks.append(projection.register_forward_hook(keep("ffn", layer, lambda _args, out: out)))
         hooks.append(adapter.decoder_layers()[layer].register_forward_hook(keep("after", layer, lambda _args, out: out[0] if isinstance(out, tuple) else out)))
-    lens_rows: list[dict[str, Any]] = []
-    sub_rows: list[dict[str, Any]] = []
+    lens_parts: list[pl.DataFrame] = [pl.DataFrame(schema=LENS_SCHEMA)]
+    sub_parts: list[pl.DataFrame] = [pl.DataFrame(schema=SUBUPDATE_SCHEMA)]
     device = tokens.device
     try:
         with torch.no_grad():
@@ -151,29 +151,30 @@ def lens_pass(
                     acts = at_cut(seen["acts"][layer])
                     neurons, scores = dominant_subupdates(acts, norms[layer].to(acts.device), settings.top, settings.scoring)
                     drawn = torch.as_tensor(baseline[start : start + len(batch), layer])
-                    for row in range(len(batch)):
-                        prediction = start + row
-                        above = int(min(rank_before[row], settings.candidates))
-                        lens_rows.append({
-                            "prediction": prediction, "position": int(cut[row]), "layer": layer, "final_token": int(final[row]),
-                            "top_before": int(logits_before[row].argmax()), "top_after": int(logits_after[row].argmax()),
-                            "rank_before": int(rank_before[row]), "rank_after": int(rank_after[row]),
-                            "candidates": order[row, :above].tolist(),
-                        })
-                        for kind, chosen in (("dominant", neurons[row]), ("random", drawn[row])):
-                            for place, neuron in enumerate(chosen.tolist()):
-                                m = float(acts[row, neuron])
-                                sub_rows.append({
-                                    "prediction": prediction, "layer": layer, "kind": kind, "place": place, "neuron": neuron,
-                                    "activation": m, "score": m * float(norms[layer][neuron]),
-                                })
+                    predictions = np.arange(start, start + len(batch))
+                    above = rank_before.clamp(max=settings.candidates).tolist()
+                    lens_parts.append(pl.DataFrame({
+                        "prediction": predictions, "position": cut.cpu().numpy(), "layer": np.full(len(batch), layer),
+                        "final_token": final.cpu().numpy(), "top_before": logits_before.argmax(dim=1).cpu().numpy(),
+                        "top_after": logits_after.argmax(dim=1).cpu().numpy(), "rank_before": rank_before.cpu().numpy(),
+                        "rank_after": rank_after.cpu().numpy(), "candidates": [ids[:n] for ids, n in zip(order.tolist(), above)],
+                    }, schema=LENS_SCHEMA))
+                    for kind, chosen in (("dominant", neurons), ("random", drawn.to(device))):
+                        m = acts.gather(1, chosen)
+                        sub_parts.append(pl.DataFrame({
+                            "prediction": np.repeat(predictions, chosen.shape[1]), "layer": np.full(chosen.numel(), layer), "kind": kind,
+                            "place": np.tile(np.arange(chosen.shape[1]), len(batch)), "neuron": chosen.reshape(-1).cpu().numpy(),
+                            "activation": m.reshape(-1).double().cpu().numpy(),
+                            "score": (m * norms[layer].to(device)[chosen]).reshape(-1).double().cpu().numpy(),
+                        }, schema=SUBUPDATE_SCHEMA))
     finally:
         for hook in hooks:
             hook.remove()
-    lens = pl.DataFrame(lens_rows, schema=LENS_SCHEMA)
-    top_after = lens.sort("prediction", "layer")["top_after"].to_numpy().reshape(-1, n_layers)
+    lens = pl.concat(lens_parts).sort("prediction", "layer")
+    top_after = lens["top_after"].to_numpy().reshape(-1, n_layers)
     saturation = pl.DataFrame({"prediction": np.unique(lens["prediction"].to_numpy()), "saturation_layer": saturation_layers(top_after)})
-    return LensPass(lens.join(saturation, on="prediction", how="left", maintain_order="left"), pl.DataFrame(sub_rows, schema=SUBUPDATE_SCHEMA))
+    subupdates = pl.concat(sub_parts).sort("prediction", "layer", "kind", "place")
+    return LensPass(lens.join(saturation, on="prediction", how="left", maintain_order="left"), subupdates)
 
 
 LENS_SCHEMA = {
