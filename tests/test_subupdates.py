@@ -191,3 +191,81 @@ def test_planted_subupdates_are_found_exactly():
     assert {key: value for key, value in roles.items() if key[3] == "dominant"} == expected
     flagged = labelled.filter(pl.col("promotes") | pl.col("eliminates"))
     assert set(zip(flagged["prediction"], flagged["layer"], flagged["neuron"])) <= {(p, 1, n) for p in at_trigger for n in (3, 7)}
+
+
+@pytest.mark.parametrize("final_norm", [False, True])
+def test_projection_similarity_equals_the_cosine_of_explicit_projections(final_norm):
+    """Through the Gram matrix of the head: the cosine of E v_i and E v_j as `project_to_vocab` forms them
+    (final norm with a bias, OPT-350m's project_out), and complete-linkage clusters of those distances."""
+    from sklearn.cluster import AgglomerativeClustering
+    from transformers import OPTConfig, OPTForCausalLM
+
+    from neuron_census.analyses.concepts import cluster_layer, projection_similarity
+
+    torch.manual_seed(5)
+    models = [
+        _models()[0],
+        OPTForCausalLM(OPTConfig(vocab_size=40, hidden_size=32, ffn_dim=48, num_hidden_layers=2, num_attention_heads=4,
+                                 word_embed_proj_dim=16, do_layer_norm_before=False)).eval(),
+    ]
+    with torch.no_grad():
+        models[0].transformer.ln_f.bias.normal_()
+        models[0].transformer.ln_f.weight.uniform_(0.5, 1.5)
+    for model in models:
+        adapter = adapter_for(model, name="m")
+        output = adapter.neuron_input_module(1).weight
+        with torch.no_grad():  # neuron 5 writes nothing: its projection is the head's constant alone
+            if adapter.family == "opt":
+                output[:, 5] = 0.0
+            else:
+                output[5] = 0.0
+            projections = adapter.project_to_vocab(adapter.value_vectors(1), apply_final_norm=final_norm).double().numpy()
+        norms = np.linalg.norm(projections, axis=1)
+        direct = projections @ projections.T / np.outer(norms, norms).clip(min=1e-300)
+        direct[norms == 0] = 0.0
+        direct[:, norms == 0] = 0.0
+        got = projection_similarity(adapter, 1, final_norm)
+        np.testing.assert_allclose(got, direct, atol=1e-6)
+        labels = cluster_layer(got, 6)
+        distance = 1.0 - direct
+        np.fill_diagonal(distance, 0.0)
+        expected = AgglomerativeClustering(n_clusters=6, metric="precomputed", linkage="complete").fit_predict(distance)
+        pairs = lambda x: x[:, None] == x[None, :]  # noqa: E731
+        assert (pairs(labels) == pairs(expected)).all() and labels[0] == 0 and len(set(labels)) == 6
+
+
+def test_planted_concepts_are_clustered_exactly():
+    """Value vectors drawn around four directions (a concept each): four clusters, precision = recall = 1,
+    each cluster's top token the one its direction's projection raises most."""
+    from neuron_census.analyses.concepts import cluster_tables
+    from neuron_census.testing.planted_subupdates import build_subupdate_model
+
+    model = build_subupdate_model().model
+    adapter = adapter_for(model, name="p")
+    rng = np.random.default_rng(0)
+    head = model.lm_head.weight.detach().double().numpy()
+    concept_tokens = [5, 17, 29, 41]
+    groups = rng.integers(0, 4, size=32)
+    values = head[[concept_tokens[g] for g in groups]] + 0.05 * rng.standard_normal((32, 64))
+    with torch.no_grad():
+        model.model.decoder.layers[2].fc2.weight.copy_(torch.from_numpy(values.T).float())
+    assigned, clusters = cluster_tables(adapter, [2], [f"t{i}" for i in range(48)], n_clusters=4, final_norm=False, top_n=3)
+    labels = assigned["cluster"].to_numpy()
+    assert (labels[:, None] == labels[None, :]).tolist() == (groups[:, None] == groups[None, :]).tolist()
+    for cluster in clusters.iter_rows(named=True):
+        members = groups[labels == cluster["cluster"]]
+        assert cluster["size"] == len(members) and cluster["top_ids"][0] == concept_tokens[members[0]]
+    assert clusters["top_tokens"][0][0] == f"t{clusters['top_ids'][0][0]}"
+
+
+def test_concept_figure_draws_the_largest_clusters_of_the_last_layer():
+    from neuron_census.plots.subupdates import plot_concept_clusters
+
+    clusters = pl.DataFrame({
+        "model": ["m"] * 4, "layer": [0, 1, 1, 1], "cluster": [0, 0, 1, 2], "size": [9, 2, 5, 1],
+        "top_tokens": [["x"], ["a", "b"], ["c"], ["d"]],
+    })
+    fig = plot_concept_clusters({"clusters": clusters}, {})
+    (ax,) = fig.axes
+    assert [label.get_text() for label in ax.get_yticklabels()] == ["c", "a b", "d"]  # the largest first, at the top
+    assert sorted(bar.get_width() for bar in ax.patches) == [1, 2, 5]

@@ -143,8 +143,13 @@ def test_tiny_dag_reads_the_subupdates_of_stories260k(tiny_run: Path):
     assert counts == [4] and subupdates.height == 12 * n_layers * 8 and subupdates["promotes"].null_count() == 0
     shares = pl.read_parquet(results / "subupdate_layers.parquet")
     assert shares.height == 2 * n_layers and (shares["n"] == 48).all()
-    for figure in ("saturation_layers", "subupdate_roles"):
+    for figure in ("saturation_layers", "subupdate_roles", "concept_clusters"):
         assert (tiny_run / "results" / "figures" / f"{figure}.png").stat().st_size > 0
+    assigned = pl.read_parquet(results / "value_clusters.parquet")
+    clusters = pl.read_parquet(results / "clusters.parquet")
+    assert assigned.height == pl.read_parquet(results / "neurons.parquet").height
+    assert clusters.group_by("layer").agg(pl.col("size").sum())["size"].unique().to_list() == [assigned.height // n_layers]
+    assert (clusters.group_by("layer").len()["len"] == 64).all()
 
 
 def test_restyling_a_figure_plans_only_that_figure_and_the_report(tiny_run: Path, tmp_path: Path):

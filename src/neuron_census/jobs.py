@@ -541,6 +541,9 @@ FIGURES: dict[str, FigureSpec] = {
     "subupdate_roles": FigureSpec(
         "plots.subupdates", "plot_subupdate_roles", ("subupdate_layers",), "FFN sub-updates", defaults={"figsize": [10.0, 3.8]}
     ),
+    "concept_clusters": FigureSpec(
+        "plots.subupdates", "plot_concept_clusters", ("clusters",), "FFN sub-updates", defaults={"figsize": [12.0, 3.8]}
+    ),
 }
 
 TABLE_FILES = {
@@ -556,11 +559,13 @@ TABLE_FILES = {
     "predictions": "predictions.parquet",
     "subupdates": "subupdates.parquet",
     "subupdate_layers": "subupdate_layers.parquet",
+    "value_clusters": "value_clusters.parquet",
+    "clusters": "clusters.parquet",
 }
 # tables that only the models of a study section (`universal`, `subupdates`) have: their figures draw those
 STUDY_TABLES = {
     "universal": frozenset({"universal", "best_matches", "entropy", "entropy_neurons", "attention_scores", "attention_paths"}),
-    "subupdates": frozenset({"predictions", "subupdates", "subupdate_layers"}),
+    "subupdates": frozenset({"predictions", "subupdates", "subupdate_layers", "value_clusters", "clusters"}),
 }
 
 

@@ -15,7 +15,7 @@ from neuron_census.jobs import PathLike, load_model_and_tokenizer, read_shard_fo
 def subupdate_settings(study: Mapping[str, Any]) -> Any:
     from neuron_census.analyses.subupdates import SubupdateSettings
 
-    return SubupdateSettings(**{k: v for k, v in study.items() if k != "dataset"})
+    return SubupdateSettings(**{k: v for k, v in study.items() if k not in ("dataset", "clusters")})
 
 
 def subupdate_lens_job(
@@ -69,3 +69,28 @@ def subupdate_tables_job(lens: PathLike, subupdates: PathLike, vocab: PathLike, 
     write_parquet(labelled, labelled_out)
     model = str(lens_table["model"][0])
     write_for_model(layer_shares(labelled), model, layers_out)
+
+
+def value_clusters_job(
+    model_name: str,
+    model_spec: Mapping[str, Any],
+    tokenizer_name: str,
+    tokenizer_spec: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    n_clusters: int,
+    vocab: Mapping[str, Any],
+    assigned_out: PathLike,
+    clusters_out: PathLike,
+    threads: int = 1,
+) -> None:
+    """value_clusters.parquet (every value vector's concept cluster, per layer) and clusters.parquet (each
+    cluster's size and top tokens), the projections read as `analysis.vocab` says (final norm or not)."""
+    from neuron_census.analyses.concepts import cluster_tables
+
+    tokenizer, loaded, _, _ = load_model_and_tokenizer(model_name, model_spec, tokenizer_name, tokenizer_spec, settings, threads)
+    assigned, clusters = cluster_tables(
+        loaded.adapter, range(loaded.adapter.n_layers), tokenizer.token_strings(), n_clusters=n_clusters,
+        final_norm=bool(vocab.get("final_norm", False)), top_n=int(vocab.get("top_n", 10)),
+    )
+    write_for_model(assigned, model_name, assigned_out)
+    write_for_model(clusters, model_name, clusters_out)

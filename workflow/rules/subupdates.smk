@@ -16,7 +16,7 @@ rule subupdate_lens:
         tokenizer_name=lambda w: model_tokenizer(config, w.model),
         tokenizer=lambda w: canonical(resolved_tokenizer_spec(config, model_tokenizer(config, w.model))),
         settings=lambda w: canonical(capture_settings(config, w.model)),
-        study=lambda w: canonical(subupdate_study(w.model)),
+        study=lambda w: canonical({k: v for k, v in subupdate_study(w.model).items() if k != "clusters"}),
     threads: 8
     resources:
         gpu=1,
@@ -45,3 +45,30 @@ rule subupdate_tables:
         "../../envs/neuron-census.yaml"
     script:
         "../scripts/subupdate_tables.py"
+
+
+rule value_clusters:
+    input:
+        model=lambda w: model_inputs(w.model),
+    output:
+        assigned="results/{model}/value_clusters.parquet",
+        clusters="results/{model}/clusters.parquet",
+    params:
+        model=lambda w: canonical(resolved_model_spec(config, w.model)),
+        model_version=lambda w: input_version(model_inputs(w.model)),
+        tokenizer_name=lambda w: model_tokenizer(config, w.model),
+        tokenizer=lambda w: canonical(resolved_tokenizer_spec(config, model_tokenizer(config, w.model))),
+        settings=lambda w: canonical(capture_settings(config, w.model)),
+        clusters=lambda w: subupdate_study(w.model)["clusters"],
+        vocab=canonical({k: config["analysis"]["vocab"][k] for k in ("final_norm", "top_n")}),
+    threads: 8
+    resources:
+        gpu=1,
+        mem_mb=lambda w: job_resources(config, w.model, "vocab_projection")["mem_mb"],
+        runtime=lambda w: job_resources(config, w.model, "vocab_projection")["runtime"],
+    log:
+        "results/logs/value_clusters/{model}.log",
+    conda:
+        "../../envs/neuron-census.yaml"
+    script:
+        "../scripts/value_clusters.py"

@@ -90,6 +90,11 @@ class FFNAdapter:
         """What the model applies between the final norm and the unembedding (identity unless overridden)."""
         return x
 
+    def final_norm_f32(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's final norm applied to `x` in float32 (`x` itself where the model has none)."""
+        norm = self.final_norm()
+        return x.float() if norm is None else self._final_norm_f32(x.float(), norm)
+
     def _layer(self, layer: int) -> torch.nn.Module:
         if not 0 <= layer < self.n_layers:
             raise ValueError(f"layer {layer} is outside 0..{self.n_layers - 1} of model '{self.name}'")

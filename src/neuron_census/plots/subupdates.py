@@ -12,6 +12,8 @@ from matplotlib.figure import Figure
 
 from neuron_census.plots.figures import _style, colours, line, model_order, new_axes, say_missing
 
+CLUSTERS_SHOWN = 8
+
 
 def plot_saturation_layers(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
     """Per model, the share of predictions whose saturation layer (the first layer from which the top-1
@@ -63,4 +65,25 @@ def plot_subupdate_roles(tables: Mapping[str, pl.DataFrame], style: Mapping[str,
     fig.suptitle(style.get("title", ""))
     if models:
         axes[0].legend(fontsize="small", frameon=False)
+    return fig
+
+
+def plot_concept_clusters(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
+    """Per model (one panel each), the largest concept clusters of its last layer's value vectors: their
+    sizes, each labelled with the tokens its members' mean normalised projection raises most."""
+    style = _style(style)
+    clusters = tables["clusters"]
+    models = model_order(clusters)
+    fig, axes = new_axes(style, 1, max(len(models), 1), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        rows = clusters.filter(pl.col("model") == model)
+        last = rows.filter(pl.col("layer") == rows["layer"].max()).sort(["size", "cluster"], descending=[True, False]).head(CLUSTERS_SHOWN)
+        labels = [" ".join(tokens[:5]) for tokens in last["top_tokens"].to_list()]
+        ax.barh(np.arange(last.height)[::-1], last["size"].to_numpy(), color=colours(style, 1)[0])
+        ax.set_yticks(np.arange(last.height)[::-1], labels, fontsize="x-small")
+        ax.set_xlabel("value vectors in the cluster")
+        ax.set_title(f"{model}, layer {rows['layer'].max()}", fontsize="small")
+    if not models:
+        say_missing(axes[0][0], "no sub-update study configured")
+    fig.suptitle(style.get("title", ""))
     return fig
