@@ -58,7 +58,7 @@ def plot_subupdate_roles(tables: Mapping[str, pl.DataFrame], style: Mapping[str,
                 line(ax, part["layer"] / depth, part[measure] * 100.0, style, color=colour, linestyle=dash, label=label)
     for ax, title in zip(axes, ("promote the prediction", "eliminate a candidate")):
         ax.set_xlabel("layer / (number of layers - 1)")
-        ax.set_ylabel(f"sub-updates that {title} (%)")
+        ax.set_ylabel(f"{title} (% of sub-updates)")
         ax.set_ylim(bottom=0.0)
         if not models:
             say_missing(ax, "no sub-update study configured")
