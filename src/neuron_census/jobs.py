@@ -211,6 +211,18 @@ def load_model_and_tokenizer(
     return tokenizer, loaded, device, dtype
 
 
+def capture_batch_size(settings: Mapping[str, Any]) -> int:
+    """Sequences per forward pass of a model-reading job: its capture settings' `batch_size`."""
+    return int({**schema_defaults("capture"), **settings}["batch_size"])
+
+
+def token_tensor(tokens: Any, device: Any) -> Any:
+    """int64 token ids on `device`."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64)).to(device)
+
+
 def capture_job(
     model_name: str,
     model_spec: Mapping[str, Any],

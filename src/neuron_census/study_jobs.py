@@ -11,8 +11,15 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from neuron_census.config import schema_defaults
-from neuron_census.jobs import PathLike, load_model_and_tokenizer, read_shard_for, write_for_model, write_parquet
+from neuron_census.jobs import (
+    PathLike,
+    capture_batch_size,
+    load_model_and_tokenizer,
+    read_shard_for,
+    token_tensor,
+    write_for_model,
+    write_parquet,
+)
 
 
 def layer_groups(n_layers: int, blocks: int) -> list[tuple[int, ...]]:
@@ -61,7 +68,7 @@ def correlation_job(
         reference, others, groups[reference][first], layers_b, widths, device,
         dropped_tokens=dropped_tokens(tokenizer, study), preactivation=study["activation"] == "pre",
     )
-    batch_size = _batch_size(settings)
+    batch_size = capture_batch_size(settings)
     cost = NeuronCorrelation.memory(
         widths[reference], len(correlation.layers_a), widths[others[0]], len(layers_b), len(others), batch_size * tokens.shape[1]
     )
@@ -154,7 +161,7 @@ def neuron_properties_job(
     ]
     capture_paired(
         {reference: PairedModel(loaded.model, adapter, tokenizer.fingerprint)}, tokens, accumulators, layers=layers, first_seq_id=0,
-        has_bos=bool(shard_attrs["has_bos"]), batch_size=_batch_size(settings),
+        has_bos=bool(shard_attrs["has_bos"]), batch_size=capture_batch_size(settings),
         device=device, placement=placement, read_preactivation=True,
     )
     attrs = {"models": [reference], "dataset": shard_attrs["dataset"], "shard": int(shard_attrs["shard"])}
@@ -184,10 +191,10 @@ def entropy_job(
     tokens, shard_attrs = read_shard_for(shard_path, tokenizer, f"model '{reference}'")
     last = loaded.adapter.n_layers - 1
     candidates, random = chosen_neurons(weight_columns(loaded.adapter, [last], processing=weights), last, entropy)
-    batch = torch_tensor(tokens[: entropy.sequences], device)
+    batch = token_tensor(tokens[: entropy.sequences], device)
     curves = entropy_curves(
         loaded.model, loaded.adapter, batch, last, candidates, random, entropy.values,
-        batch_size=_batch_size(settings), has_bos=bool(shard_attrs["has_bos"]),
+        batch_size=capture_batch_size(settings), has_bos=bool(shard_attrs["has_bos"]),
     )
     write_for_model(curves, reference, curves_out)
     write_for_model(entropy_neurons(curves, entropy.min_change), reference, neurons_out)
@@ -217,18 +224,11 @@ def attention_job(
     scores = deactivation_scores(loaded.adapter, bos_keys(loaded.model, loaded.adapter, tokenizer.bos_id), tokens.shape[1])
     pairs = top_pairs(scores, attention.pairs)
     paths = path_ablation(
-        loaded.model, loaded.adapter, torch_tensor(tokens[: attention.sequences], device), pairs,
-        batch_size=_batch_size(settings), min_change=attention.min_change,
+        loaded.model, loaded.adapter, token_tensor(tokens[: attention.sequences], device), pairs,
+        batch_size=capture_batch_size(settings), min_change=attention.min_change,
     )
     write_for_model(scores, reference, scores_out)
     write_for_model(paths, reference, paths_out)
-
-
-def torch_tensor(tokens: np.ndarray, device: Any) -> Any:
-    """int64 token ids on `device`."""
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64)).to(device)
 
 
 def read_study_store(path: PathLike) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
@@ -301,10 +301,6 @@ def universal_tables_job(
         table = table.join(columns, on=keys, how="left", maintain_order="left")
     write_for_model(matches, reference, matches_out)
     write_for_model(table, reference, universal_out)
-
-
-def _batch_size(settings: Mapping[str, Any]) -> int:
-    return int({**schema_defaults("capture"), **settings}["batch_size"])
 
 
 def _lockstep_placement(settings: Mapping[str, Any], what: str) -> Any:

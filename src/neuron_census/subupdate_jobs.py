@@ -9,7 +9,15 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from neuron_census.jobs import PathLike, load_model_and_tokenizer, read_shard_for, write_for_model, write_parquet
+from neuron_census.jobs import (
+    PathLike,
+    capture_batch_size,
+    load_model_and_tokenizer,
+    read_shard_for,
+    token_tensor,
+    write_for_model,
+    write_parquet,
+)
 
 
 def subupdate_settings(study: Mapping[str, Any]) -> Any:
@@ -32,8 +40,6 @@ def subupdate_lens_job(
 ) -> None:
     """The logit lens and the dominant and random sub-updates of every layer at `study.predictions` cut
     sequences of the study's shards (read in order, as many as the predictions need)."""
-    import torch
-
     from neuron_census.analyses.subupdates import cut_positions, lens_pass
 
     chosen = subupdate_settings(study)
@@ -47,10 +53,7 @@ def subupdate_lens_job(
         have += len(blocks[-1])
     tokens = np.concatenate(blocks)
     positions = cut_positions(len(tokens), tokens.shape[1], chosen)
-    batch_size = int(settings.get("batch_size") or 8)
-    found = lens_pass(
-        loaded.model, loaded.adapter, torch.from_numpy(tokens.astype(np.int64)).to(device), positions, chosen, batch_size=batch_size
-    )
+    found = lens_pass(loaded.model, loaded.adapter, token_tensor(tokens, device), positions, chosen, batch_size=capture_batch_size(settings))
     write_for_model(found.lens, model_name, lens_out)
     write_for_model(found.subupdates, model_name, subupdates_out)
 

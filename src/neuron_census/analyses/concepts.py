@@ -14,6 +14,7 @@ layer only. A value vector whose projection is 0 (a neuron that writes nothing) 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
@@ -34,18 +35,50 @@ def head_inputs(adapter: FFNAdapter, vectors: torch.Tensor, final_norm: bool) ->
     return adapter.unembedding_space(x), constant
 
 
+@dataclass(frozen=True)
+class LayerProjections:
+    """A layer's value-vector projections E v_i = W_U x_i + c, never formed, and their inner products."""
+
+    head: torch.Tensor  # W_U [vocab, d_unembed], float64
+    x: torch.Tensor  # [N, d_unembed], float64
+    constant: torch.Tensor  # c [vocab], float64
+    inner: torch.Tensor  # [N, N]: E v_i . E v_j
+
+    @classmethod
+    def of(cls, adapter: FFNAdapter, layer: int, final_norm: bool) -> LayerProjections:
+        head = adapter.unembedding().double()
+        x, constant = head_inputs(adapter, adapter.value_vectors(layer).to(head.device), final_norm)
+        x, constant = x.double(), constant.double().to(head.device)
+        reading = head.T @ constant  # W_U^T c
+        inner = x @ (head.T @ head) @ x.T
+        inner += (x @ reading)[:, None] + (x @ reading)[None, :] + constant @ constant
+        return cls(head, x, constant, inner)
+
+    @property
+    def norms(self) -> torch.Tensor:
+        """[N]: |E v_i|."""
+        return self.inner.diagonal().clamp(min=0).sqrt()
+
+    def similarity(self) -> np.ndarray:
+        """[N, N] float64: the cosine of every pair of projections (0 with a projection that is 0)."""
+        scale = torch.outer(self.norms, self.norms)
+        cosine = torch.where(scale > 0, self.inner / scale.clamp(min=1e-300), torch.zeros_like(self.inner))
+        return cosine.clamp(-1.0, 1.0).cpu().numpy()
+
+    def cluster_tokens(self, labels: np.ndarray, top_n: int) -> np.ndarray:
+        """[clusters, top_n] ids of the tokens each cluster's mean normalised projection scores highest."""
+        device = self.head.device
+        members = torch.zeros(int(labels.max()) + 1, len(labels), dtype=torch.float64, device=device)
+        members[torch.as_tensor(labels, device=device), torch.arange(len(labels), device=device)] = 1.0
+        members /= members.sum(dim=1, keepdim=True)
+        weights = members / self.norms.clamp(min=1e-30)[None, :]  # mean over members of P_i / |P_i|
+        scores = (weights @ self.x) @ self.head.T + weights.sum(dim=1, keepdim=True) * self.constant
+        return scores.topk(min(top_n, scores.shape[1]), dim=1).indices.cpu().numpy()
+
+
 def projection_similarity(adapter: FFNAdapter, layer: int, final_norm: bool) -> np.ndarray:
     """[N, N] float64: the cosine similarity of every pair of the layer's value-vector projections E v_i."""
-    head = adapter.unembedding().double()
-    x, constant = head_inputs(adapter, adapter.value_vectors(layer).to(head.device), final_norm)
-    x, constant = x.double(), constant.double().to(head.device)
-    reading = head.T @ constant  # W_U^T c
-    inner = x @ (head.T @ head) @ x.T
-    inner += (x @ reading)[:, None] + (x @ reading)[None, :] + constant @ constant
-    norms = inner.diagonal().clamp(min=0).sqrt()
-    scale = torch.outer(norms, norms)
-    cosine = torch.where(scale > 0, inner / scale.clamp(min=1e-300), torch.zeros_like(inner))
-    return cosine.clamp(-1.0, 1.0).cpu().numpy()
+    return LayerProjections.of(adapter, layer, final_norm).similarity()
 
 
 def cluster_layer(similarity: np.ndarray, n_clusters: int) -> np.ndarray:
@@ -59,20 +92,6 @@ def cluster_layer(similarity: np.ndarray, n_clusters: int) -> np.ndarray:
     return order[labels]
 
 
-def cluster_tokens(adapter: FFNAdapter, layer: int, labels: np.ndarray, final_norm: bool, top_n: int) -> np.ndarray:
-    """[clusters, top_n] ids of the tokens the cluster's mean normalised projection scores highest."""
-    head = adapter.unembedding().float()
-    x, constant = head_inputs(adapter, adapter.value_vectors(layer).to(head.device), final_norm)
-    constant = constant.to(head.device)
-    norms = (x @ head.T + constant).norm(dim=1).clamp(min=1e-30)
-    members = torch.zeros(int(labels.max()) + 1, len(labels), dtype=torch.float32, device=head.device)
-    members[torch.as_tensor(labels, device=head.device), torch.arange(len(labels), device=head.device)] = 1.0
-    members /= members.sum(dim=1, keepdim=True)
-    weights = members / norms[None, :]  # mean over members of P_i / |P_i|
-    scores = (weights @ x) @ head.T + weights.sum(dim=1, keepdim=True) * constant
-    return scores.topk(min(top_n, scores.shape[1]), dim=1).indices.cpu().numpy()
-
-
 def cluster_tables(
     adapter: FFNAdapter, layers: Sequence[int], token_strings: Sequence[str], *, n_clusters: int, final_norm: bool, top_n: int
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -83,8 +102,9 @@ def cluster_tables(
     tokens = display_tokens(list(token_strings), adapter.vocab_size)
     assigned, clusters = [], []
     for layer in layers:
-        labels = cluster_layer(projection_similarity(adapter, layer, final_norm), n_clusters)
-        top = cluster_tokens(adapter, layer, labels, final_norm, top_n)
+        projections = LayerProjections.of(adapter, layer, final_norm)
+        labels = cluster_layer(projections.similarity(), n_clusters)
+        top = projections.cluster_tokens(labels, top_n)
         assigned.append(pl.DataFrame({"layer": np.full(len(labels), layer), "neuron": np.arange(len(labels)), "cluster": labels}))
         clusters.append(
             pl.DataFrame(
