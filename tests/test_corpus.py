@@ -290,6 +290,7 @@ def test_packing_labels_every_token_with_its_documents_source() -> None:
     assert [seq.tolist() for seq, _, _ in out] == [[0, 1, 2, 3], [0, 99, 4, 99], [0, 5, 6, 99], [0, 7, 8, 9]]
     assert [codes.tolist() for _, codes, _ in out] == [[-1, 0, 0, 0], [-1, -1, -1, 1], [-1, 1, 1, 0], [-1, 0, 0, 0]]
     assert all(codes.dtype == np.int16 for _, codes, _ in out)
+    assert out[0][2]().source_names == ("wiki",)  # the labels met by then, though asked for after later ones
     cursor = out[1][2]()
     assert cursor.source_names == ("wiki", "code") and cursor.carry.tolist() == [5, 6]
     assert cursor.carry_sources.tolist() == [1, 1]

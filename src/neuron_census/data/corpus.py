@@ -435,7 +435,7 @@ def pack_stream(
         for k in range(n_full):
             sequences += 1
             rest = slice((k + 1) * body, None)
-            after = partial(_cursor, sequences, documents, started, stream[rest], position, sources[rest], tuple(codes))
+            after = partial(_cursor, sequences, documents, started, stream[rest], position, sources[rest], codes, len(codes))
             piece = slice(k * body, (k + 1) * body)
             yield np.concatenate([head, stream[piece]]), np.concatenate([head_sources, sources[piece]]), after
         parts, labels = [stream[n_full * body :]], [sources[n_full * body :]]
@@ -473,15 +473,17 @@ def _source_code(codes: dict[str, int], label: str | None) -> int:
 
 
 def _cursor(
-    sequences: int, documents: int, started: bool, carry: np.ndarray, position: Any, carry_sources: np.ndarray, names: tuple[str, ...]
+    sequences: int, documents: int, started: bool, carry: np.ndarray, position: Any, carry_sources: np.ndarray,
+    codes: dict[str, int], n_names: int,
 ) -> StreamCursor:
-    """A cursor with the source position as JSON (a string as it is; None where it does not encode)."""
+    """A cursor with the source position as JSON (a string as it is; None where it does not encode) and the
+    first `n_names` labels of `codes` (labels are only ever added, so these are the ones met by then)."""
     if position is not None and not isinstance(position, str):
         try:
             position = json.dumps(position, sort_keys=True)
         except (TypeError, ValueError):
             position = None
-    return StreamCursor(sequences, documents, started, carry, position, carry_sources, names)
+    return StreamCursor(sequences, documents, started, carry, position, carry_sources, tuple(itertools.islice(codes, n_names)))
 
 
 def _token_batches(
