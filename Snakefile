@@ -27,6 +27,7 @@ rule all:
         expand("results/{model}/{table}.parquet", model=MODELS, table=["neurons", "layers"]),
         expand("results/{model}/{table}.parquet", model=list(config["universal"]), table=sorted(STUDY_TABLES["universal"])),
         expand("results/{model}/{table}.parquet", model=list(config["subupdates"]), table=sorted(STUDY_TABLES["subupdates"])),
+        expand("results/{model}/{table}.parquet", model=list(config["steering"]), table=sorted(STUDY_TABLES["steering"])),
         expand("results/figures/{figure}.{ext}", figure=FIGURES, ext=["png", "pdf"]),
         "results/report.html",
     default_target: True

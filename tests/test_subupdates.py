@@ -91,6 +91,9 @@ def test_one_pass_over_cut_sequences_equals_each_prefix_on_its_own(scoring):
             rows = lens.filter(pl.col("prediction") == prediction).to_dicts()
             top_after = [int(x.argmax()) for x in logits_after]
             for layer, row in enumerate(rows):
+                np.testing.assert_allclose(found.residual[prediction, layer], direct["before"][layer].numpy(), rtol=1e-4, atol=1e-5)
+                written = direct["after"][layer] - direct["before"][layer]
+                np.testing.assert_allclose(found.ffn[prediction, layer], written.numpy(), rtol=1e-4, atol=1e-5)
                 assert row["position"] == position and row["final_token"] == final
                 assert row["top_before"] == int(logits_before[layer].argmax()) and row["top_after"] == top_after[layer]
                 assert row["rank_before"] == int((logits_before[layer] > logits_before[layer][final]).sum())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -150,6 +151,33 @@ def test_tiny_dag_reads_the_subupdates_of_stories260k(tiny_run: Path):
     assert assigned.height == pl.read_parquet(results / "neurons.parquet").height
     assert clusters.group_by("layer").agg(pl.col("size").sum())["size"].unique().to_list() == [assigned.height // n_layers]
     assert (clusters.group_by("layer").len()["len"] == 64).all()
+
+
+def test_tiny_dag_steers_stories260k_by_a_concept(tiny_run: Path):
+    """Steering through the DAG: the two value vectors whose top tokens hold the concept's words most are
+    set; every prompt gets a continuation of the asked length in both conditions, scored by the lexicon of
+    the concept's words; the summary's rates and perplexities follow from them; the figure is drawn."""
+    results = tiny_run / "results" / "stories260k"
+    generations = pl.read_parquet(results / "steering.parquet")
+    summary = pl.read_parquet(results / "steering_summary.parquet")
+    assert generations.group_by("condition").len().sort("condition").rows() == [("baseline", 4), ("steered", 4)]
+    assert generations["continuation_ids"].list.len().unique().to_list() == [6]
+    assert (generations.filter(pl.col("condition") == "baseline")["continuation_ids"] != generations.filter(pl.col("condition") == "steered")["continuation_ids"]).any()
+    words = re.compile(r"(?<!\w)(he|him|his)(?!\w)", re.IGNORECASE)
+    assert generations["score"].to_list() == [float(bool(words.search(text))) for text in generations["continuation"].to_list()]
+    vocab = pl.read_parquet(results / "vocab.parquet")
+    from neuron_census.analyses.steering import concept_values
+    from neuron_census.data.tokenization import load_tokenizer
+
+    texts = load_tokenizer("stories260k", {"source": "local", "path": str(ROOT / "resources/models/stories260K")}).token_texts()
+    chosen = concept_values(vocab, texts, ["he", "him", "his"], 2)
+    assert sum(map(len, chosen.values())) == 2 and summary["n_values"].unique().to_list() == [2]
+    assert summary["values"].unique().to_list() == [" ".join(f"{layer}:{neurons}" for layer, neurons in chosen.items())]
+    for condition in ("baseline", "steered"):
+        row = summary.filter(pl.col("condition") == condition)
+        assert row["rate"][0] == generations.filter(pl.col("condition") == condition)["score"].mean()
+        assert row["perplexity"][0] > 1.0 and row["perplexity_tokens"][0] == 3 * 63
+    assert (tiny_run / "results" / "figures" / "steering_effect.png").stat().st_size > 0
 
 
 def test_restyling_a_figure_plans_only_that_figure_and_the_report(tiny_run: Path, tmp_path: Path):

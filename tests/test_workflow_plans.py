@@ -146,9 +146,16 @@ def assert_capture_requests(output: str) -> None:
 @pytest.mark.parametrize("preset", sorted((ROOT / "config" / "presets").glob("*.yaml")), ids=lambda p: p.stem)
 def test_presets_dry_run(preset: Path, tmp_path: Path):
     workdir = new_workdir(tmp_path)
+    steered = yaml.safe_load(preset.read_text()).get("steering", {})
+    for study in steered.values():  # prompts the user provides (RealToxicityPrompts is not fetched)
+        missing = snakemake(workdir, "--configfile", str(preset), "-n", check=False)
+        assert missing.returncode != 0 and study["prompts"] in missing.stdout + missing.stderr
+        (workdir / study["prompts"]).parent.mkdir(parents=True, exist_ok=True)
+        (workdir / study["prompts"]).write_text('{"prompt": {"text": "So"}, "challenging": true}\n')
     output = snakemake(workdir, "--configfile", str(preset), "-n").stdout
     plan = planned_jobs(output)
     assert plan["capture"] >= 1 and plan["fig1a_dead_neurons"] == 1
+    assert plan.get("steering", 0) == len(steered) and ("steering_effect" in plan) == bool(steered)
     trains = preset.stem == "opt-train-125m"  # Figs. 10 and 11 compare trained models: drawn only then
     assert ("fig10_positional_nopos" in plan, "fig11_positional_training" in plan) == (trains, trains)
     if preset.stem == "opt-family":

@@ -16,7 +16,8 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snake
 # so that two run at once on two cores (a third less time for the tiny DAG than one at a time on both).
 ONE_THREAD_EACH = (
     "--set-threads", "capture=1", "vocab_projection=1", "train=1", "correlation=1", "neuron_properties=1",
-    "entropy_interventions=1", "attention_interventions=1", "universal_tables=1",
+    "entropy_interventions=1", "attention_interventions=1", "universal_tables=1", "subupdate_lens=1", "value_clusters=1",
+    "steering=1",
 )
 
 

@@ -69,6 +69,7 @@ def validate_config(config: dict[str, Any], schema_path: str | Path) -> dict[str
     _check_references(config)
     _check_universal(config)
     _check_subupdates(config)
+    _check_steering(config)
     _check_models(config)
     return config
 
@@ -158,6 +159,19 @@ def _check_subupdates(config: Mapping[str, Any]) -> None:
         _known("subupdates", model, config["models"], "model")
         if study.get("dataset") is not None:
             _known(f"subupdates.{model}.dataset", study["dataset"], config["datasets"], "dataset")
+
+
+def _check_steering(config: Mapping[str, Any]) -> None:
+    """Every steered model is configured, as is its dataset, and names neurons or a concept."""
+    for model, study in config.get("steering", {}).items():
+        _known("steering", model, config["models"], "model")
+        if study.get("dataset") is not None:
+            _known(f"steering.{model}.dataset", study["dataset"], config["datasets"], "dataset")
+        if not study["values"] and not study["concept"]:
+            raise ConfigError(f"config error at 'steering.{model}': name the neurons to set (values) or a concept (a word list)")
+        scorer = study["scorer"]
+        if scorer["name"] == "lexicon" and not (scorer.get("words") or study["concept"]):
+            raise ConfigError(f"config error at 'steering.{model}.scorer': the lexicon scorer needs words (or a concept to take them from)")
 
 
 def _check_references(config: Mapping[str, Any]) -> None:

@@ -556,6 +556,7 @@ FIGURES: dict[str, FigureSpec] = {
     "concept_clusters": FigureSpec(
         "plots.subupdates", "plot_concept_clusters", ("clusters",), "FFN sub-updates", defaults={"figsize": [12.0, 3.8]}
     ),
+    "steering_effect": FigureSpec("plots.subupdates", "plot_steering", ("steering_summary",), "FFN sub-updates", defaults={"figsize": [10.0, 3.8]}),
 }
 
 TABLE_FILES = {
@@ -573,11 +574,14 @@ TABLE_FILES = {
     "subupdate_layers": "subupdate_layers.parquet",
     "value_clusters": "value_clusters.parquet",
     "clusters": "clusters.parquet",
+    "steering": "steering.parquet",
+    "steering_summary": "steering_summary.parquet",
 }
-# tables that only the models of a study section (`universal`, `subupdates`) have: their figures draw those
+# tables that only the models of a study section (`universal`, `subupdates`, `steering`) have: their figures draw those
 STUDY_TABLES = {
     "universal": frozenset({"universal", "best_matches", "entropy", "entropy_neurons", "attention_scores", "attention_paths"}),
     "subupdates": frozenset({"predictions", "subupdates", "subupdate_layers", "value_clusters", "clusters"}),
+    "steering": frozenset({"steering", "steering_summary"}),
 }
 
 

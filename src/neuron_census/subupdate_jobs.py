@@ -14,6 +14,7 @@ from neuron_census.jobs import (
     capture_batch_size,
     load_model_and_tokenizer,
     read_shard_for,
+    stacked_shards,
     token_tensor,
     write_for_model,
     write_parquet,
@@ -36,10 +37,12 @@ def subupdate_lens_job(
     shards: Sequence[PathLike],
     lens_out: PathLike,
     subupdates_out: PathLike,
+    vectors_out: PathLike,
     threads: int = 1,
 ) -> None:
     """The logit lens and the dominant and random sub-updates of every layer at `study.predictions` cut
-    sequences of the study's shards (read in order, as many as the predictions need)."""
+    sequences of the study's shards (read in order, as many as the predictions need), and the residual and
+    FFN-output vectors at each cut (a zarr group, arrays `residual` and `ffn` [P, L, d])."""
     from neuron_census.analyses.subupdates import cut_positions, lens_pass
 
     chosen = subupdate_settings(study)
@@ -56,6 +59,27 @@ def subupdate_lens_job(
     found = lens_pass(loaded.model, loaded.adapter, token_tensor(tokens, device), positions, chosen, batch_size=capture_batch_size(settings))
     write_for_model(found.lens, model_name, lens_out)
     write_for_model(found.subupdates, model_name, subupdates_out)
+    write_vectors(found.residual, found.ffn, model_name, vectors_out)
+
+
+def write_vectors(residual: np.ndarray, ffn: np.ndarray, model: str, output: PathLike) -> None:
+    import zarr
+
+    from neuron_census.atomic import atomic_path
+
+    with atomic_path(output) as tmp:
+        group = zarr.open_group(store=str(tmp), mode="w", zarr_format=3)
+        for name, array in (("residual", residual), ("ffn", ffn)):
+            group.create_array(name, data=np.ascontiguousarray(array, dtype=np.float32), chunks=(min(len(array), 1024) or 1, *array.shape[1:]))
+        group.attrs.update({"model": model})
+
+
+def read_vectors(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """(residual, ffn) [P, L, d] float32, as the lens job wrote them."""
+    import zarr
+
+    group = zarr.open_group(store=str(path), mode="r")
+    return np.asarray(group["residual"][...]), np.asarray(group["ffn"][...])
 
 
 def subupdate_tables_job(lens: PathLike, subupdates: PathLike, vocab: PathLike, predictions_out: PathLike, labelled_out: PathLike, layers_out: PathLike) -> None:
@@ -97,3 +121,74 @@ def value_clusters_job(
     )
     write_for_model(assigned, model_name, assigned_out)
     write_for_model(clusters, model_name, clusters_out)
+
+
+def steering_job(
+    model_name: str,
+    model_spec: Mapping[str, Any],
+    tokenizer_name: str,
+    tokenizer_spec: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    study: Mapping[str, Any],
+    vocab: PathLike,
+    prompts: PathLike,
+    shards: Sequence[PathLike],
+    generations_out: PathLike,
+    summary_out: PathLike,
+    threads: int = 1,
+) -> None:
+    """steering.parquet (each prompt's continuation and score, with and without the chosen value vectors
+    set) and steering_summary.parquet (per condition: the scorer's rate, the mean score, the perplexity of
+    `perplexity_sequences` held-out sequences, and which value vectors were set with their top tokens)."""
+    from neuron_census.analyses.steering import (
+        SteeringSettings,
+        concept_values,
+        describe_values,
+        generate,
+        listed_values,
+        make_scorer,
+        perplexity,
+        read_prompts,
+        steering_interventions,
+        steering_summary,
+    )
+
+    chosen = SteeringSettings(
+        value=float(study["value"]), target=study["target"], new_tokens=int(study["new_tokens"]), beams=int(study["beams"]),
+        prompts=int(study["max_prompts"]), challenging=bool(study["challenging"]), concept_values=int(study["concept_values"]),
+        perplexity_sequences=int(study["perplexity_sequences"]), batch_size=int(study["batch_size"]),
+    )
+    scorer_spec = dict(study["scorer"])
+    if scorer_spec.get("name", "lexicon") == "lexicon" and not scorer_spec.get("words"):
+        scorer_spec["words"] = list(study["concept"])
+    scorer = make_scorer(scorer_spec)
+    texts = read_prompts(prompts, chosen)
+    tokenizer, loaded, device, _ = load_model_and_tokenizer(model_name, model_spec, tokenizer_name, tokenizer_spec, settings, threads)
+    vocab_table = pl.read_parquet(vocab)
+    token_texts = tokenizer.token_texts()
+    values = listed_values(study["values"]) or concept_values(vocab_table, token_texts, study["concept"], chosen.concept_values)
+    if not values:
+        raise ValueError(f"steering of model '{model_name}': no value vector's top tokens hold a word of the concept {list(study['concept'])}")
+    interventions = steering_interventions(values, chosen)  # checks layers and neurons against the model below
+    bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
+    prompt_ids = [bos + ids for ids in tokenizer.encode_batch(texts)]
+    sequences = stacked_shards(shards, tokenizer, f"model '{model_name}'")[: chosen.perplexity_sequences]
+    held_out = token_tensor(sequences, device)
+    parts, costs = [], {}
+    for condition, applied in (("baseline", []), ("steered", interventions)):
+        continuations = generate(loaded.model, prompt_ids, applied, chosen)
+        decoded = tokenizer.backend.decode_batch(continuations, skip_special_tokens=True)
+        parts.append(pl.DataFrame({
+            "condition": condition, "prompt_id": np.arange(len(texts)), "prompt": texts, "continuation": decoded,
+            "continuation_ids": continuations, "score": scorer.score(decoded),
+        }, schema_overrides={"continuation_ids": pl.List(pl.Int64)}))
+        costs[condition] = perplexity(loaded.model, held_out, applied, capture_batch_size(settings))
+    generations = pl.concat(parts)
+    tops = {(row["layer"], row["neuron"]): row["vocab_top_tokens"] for row in vocab_table.select("layer", "neuron", "vocab_top_tokens").iter_rows(named=True)}
+    value_tokens = [f"{layer}:{neuron} " + " ".join(tops.get((layer, neuron), [])[:5]) for layer, neurons in values.items() for neuron in neurons]
+    summary = steering_summary(generations, costs, scorer.threshold).with_columns(
+        scorer=pl.lit(scorer.name), values=pl.lit(describe_values(values)), n_values=pl.lit(sum(map(len, values.values()))),
+        value_tokens=pl.lit(value_tokens, dtype=pl.List(pl.Utf8)), set_to=pl.lit(chosen.value), target=pl.lit(chosen.target),
+    )
+    write_for_model(generations, model_name, generations_out)
+    write_for_model(summary, model_name, summary_out)

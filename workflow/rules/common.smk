@@ -220,6 +220,17 @@ def subupdate_shards(model):
     return shard_paths(model_tokenizer(config, model), subupdate_dataset(model))[:needed]
 
 
+def steering_dataset(model):
+    return config["steering"][model]["dataset"] or model_datasets(config, model)[0]
+
+
+def steering_shards(model):
+    """The dataset's first shards, as many as the perplexity's sequences need."""
+    dataset = config["datasets"][steering_dataset(model)]
+    needed = -(-config["steering"][model]["perplexity_sequences"] // dataset["sequences_per_shard"])
+    return shard_paths(model_tokenizer(config, model), steering_dataset(model))[:needed]
+
+
 def correlation_blocks(model):
     n = universal_study(model)["blocks"]
     return [f"{i}-{j}" for i in range(n) for j in range(n)]

@@ -10,6 +10,7 @@ rule subupdate_lens:
     output:
         lens="results/subupdates/{model}/lens.parquet",
         subupdates="results/subupdates/{model}/subupdates.parquet",
+        vectors=directory("results/subupdates/{model}/vectors.zarr"),
     params:
         model=lambda w: canonical(resolved_model_spec(config, w.model)),
         model_version=lambda w: input_version(model_inputs(w.model)),
@@ -72,3 +73,32 @@ rule value_clusters:
         "../../envs/neuron-census.yaml"
     script:
         "../scripts/value_clusters.py"
+
+
+rule steering:
+    input:
+        shards=lambda w: steering_shards(w.model),
+        model=lambda w: model_inputs(w.model),
+        vocab="results/{model}/vocab.parquet",
+        prompts=lambda w: config["steering"][w.model]["prompts"],
+    output:
+        generations="results/{model}/steering.parquet",
+        summary="results/{model}/steering_summary.parquet",
+    params:
+        model=lambda w: canonical(resolved_model_spec(config, w.model)),
+        model_version=lambda w: input_version(model_inputs(w.model)),
+        tokenizer_name=lambda w: model_tokenizer(config, w.model),
+        tokenizer=lambda w: canonical(resolved_tokenizer_spec(config, model_tokenizer(config, w.model))),
+        settings=lambda w: canonical(capture_settings(config, w.model)),
+        study=lambda w: canonical(config["steering"][w.model]),
+    threads: 8
+    resources:
+        gpu=1,
+        mem_mb=lambda w: job_resources(config, w.model, "capture")["mem_mb"],
+        runtime=lambda w: job_resources(config, w.model, "capture")["runtime"],
+    log:
+        "results/logs/steering/{model}.log",
+    conda:
+        "../../envs/neuron-census.yaml"
+    script:
+        "../scripts/steering.py"

@@ -14,5 +14,6 @@ with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)
         shards=list(snakemake.input.shards),  # noqa: F821
         lens_out=snakemake.output.lens,  # noqa: F821
         subupdates_out=snakemake.output.subupdates,  # noqa: F821
+        vectors_out=snakemake.output.vectors,  # noqa: F821
         threads=snakemake.threads,  # noqa: F821
     )

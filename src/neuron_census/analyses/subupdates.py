@@ -89,11 +89,14 @@ def dominant_subupdates(acts: torch.Tensor, norms: torch.Tensor, top: int, scori
 
 @dataclass(frozen=True)
 class LensPass:
-    """What one pass over the predictions gives: the logit lens per (prediction, layer) and the chosen
-    sub-updates per (prediction, layer, neuron)."""
+    """What one pass over the predictions gives: the logit lens per (prediction, layer), the chosen
+    sub-updates per (prediction, layer, neuron), and at each cut the residual stream entering every layer's
+    FFN sum and the FFN's output, [P, L, d] float32 (what early-exit probes read)."""
 
     lens: pl.DataFrame
     subupdates: pl.DataFrame
+    residual: np.ndarray
+    ffn: np.ndarray
 
 
 def lens_pass(
@@ -128,6 +131,9 @@ def lens_pass(
         hooks.append(adapter.decoder_layers()[layer].register_forward_hook(keep("after", layer, lambda _args, out: out[0] if isinstance(out, tuple) else out)))
     lens_parts: list[pl.DataFrame] = [pl.DataFrame(schema=LENS_SCHEMA)]
     sub_parts: list[pl.DataFrame] = [pl.DataFrame(schema=SUBUPDATE_SCHEMA)]
+    d_model = adapter.value_vectors(0).shape[1]
+    residual = np.zeros((len(tokens), n_layers, d_model), dtype=np.float32)
+    ffn = np.zeros_like(residual)
     device = tokens.device
     try:
         with torch.no_grad():
@@ -141,7 +147,10 @@ def lens_pass(
                     return x.reshape(len(batch), batch.shape[1], -1)[rows, cut].float()
 
                 after = [at_cut(seen["after"][layer]) for layer in range(n_layers)]
-                before = [after[layer] - at_cut(seen["ffn"][layer]) for layer in range(n_layers)]
+                written = [at_cut(seen["ffn"][layer]) for layer in range(n_layers)]
+                before = [after[layer] - written[layer] for layer in range(n_layers)]
+                residual[start : start + len(batch)] = torch.stack(before, dim=1).cpu().numpy()
+                ffn[start : start + len(batch)] = torch.stack(written, dim=1).cpu().numpy()
                 final = adapter.project_to_vocab(after[-1], apply_final_norm=True).argmax(dim=1)
                 for layer in range(n_layers):
                     logits_before = adapter.project_to_vocab(before[layer], apply_final_norm=True)
@@ -174,7 +183,7 @@ def lens_pass(
     top_after = lens["top_after"].to_numpy().reshape(-1, n_layers)
     saturation = pl.DataFrame({"prediction": np.unique(lens["prediction"].to_numpy()), "saturation_layer": saturation_layers(top_after)})
     subupdates = pl.concat(sub_parts).sort("prediction", "layer", "kind", "place")
-    return LensPass(lens.join(saturation, on="prediction", how="left", maintain_order="left"), subupdates)
+    return LensPass(lens.join(saturation, on="prediction", how="left", maintain_order="left"), subupdates, residual, ffn)
 
 
 LENS_SCHEMA = {

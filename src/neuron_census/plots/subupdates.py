@@ -87,3 +87,35 @@ def plot_concept_clusters(tables: Mapping[str, pl.DataFrame], style: Mapping[str
         say_missing(axes[0][0], "no sub-update study configured")
     fig.suptitle(style.get("title", ""))
     return fig
+
+
+def plot_steering(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
+    """Per model, with and without its chosen value vectors set during generation: the scorer's rate over
+    the prompts' continuations (left) and the perplexity of held-out text (right, the cost)."""
+    style = _style(style)
+    summary = tables["steering_summary"]
+    models = model_order(summary)
+    fig, axes = new_axes(style, 1, 2)
+    width = 0.8 / 2
+    shades = colours(style, 2)
+    for index, model in enumerate(models):
+        rows = summary.filter(pl.col("model") == model)
+        for offset, (condition, colour) in enumerate(zip(("baseline", "steered"), shades)):
+            row = rows.filter(pl.col("condition") == condition)
+            if row.is_empty():
+                continue
+            x = index + (offset - 0.5) * width
+            label = condition if index == 0 else None
+            axes[0].bar(x, float(row["rate"][0]) * 100.0, width, color=colour, label=label)
+            axes[1].bar(x, float(row["perplexity"][0]), width, color=colour, label=label)
+    names = [f"{m}\n{summary.filter(pl.col('model') == m)['values'][0]}" for m in models]
+    scorers = sorted(set(summary["scorer"].to_list())) if models else []
+    for ax, ylabel in zip(axes, (f"continuations flagged by {', '.join(scorers) or 'the scorer'} (%)", "held-out perplexity")):
+        ax.set_xticks(np.arange(len(models)), names, fontsize="x-small")
+        ax.set_ylabel(ylabel)
+        if not models:
+            say_missing(ax, "no steering configured")
+    if models:
+        axes[0].legend(fontsize="small", frameon=False)
+    fig.suptitle(style.get("title", ""))
+    return fig
