@@ -272,3 +272,57 @@ def test_concept_figure_draws_the_largest_clusters_of_the_last_layer():
     (ax,) = fig.axes
     assert [label.get_text() for label in ax.get_yticklabels()] == ["c", "a b", "d"]  # the largest first, at the top
     assert sorted(bar.get_width() for bar in ax.patches) == [1, 2, 5]
+
+
+def test_dominant_cluster_ids_follow_the_sub_updates_score_order():
+    from neuron_census.subupdate_jobs import dominant_cluster_ids
+
+    subupdates = pl.DataFrame({
+        "prediction": [1, 0, 0, 1, 0, 0, 1, 1, 0], "layer": [0, 0, 0, 0, 1, 1, 1, 1, 0],
+        "kind": ["dominant"] * 8 + ["random"], "place": [1, 1, 0, 0, 0, 1, 1, 0, 0], "neuron": [2, 0, 1, 3, 0, 1, 2, 3, 2],
+    })
+    clusters = pl.DataFrame({"layer": [0, 0, 0, 0, 1, 1, 1, 1], "neuron": [0, 1, 2, 3, 0, 1, 2, 3], "cluster": [10, 11, 12, 13, 20, 21, 22, 23]})
+    ids = dominant_cluster_ids(subupdates, clusters, 2, 2)
+    assert ids.tolist() == [[[11, 10], [20, 21]], [[13, 12], [23, 22]]]
+    with pytest.raises(ValueError, match="no concept cluster"):
+        dominant_cluster_ids(subupdates, clusters.filter(pl.col("neuron") != 3), 2, 2)
+
+
+def test_example_predictions_pick_those_settled_by_a_promoting_sub_update_first():
+    from neuron_census.plots.subupdates import example_predictions, plot_subupdate_examples
+
+    predictions = pl.DataFrame({
+        "model": ["m"] * 6, "prediction": [0, 0, 1, 1, 2, 2], "layer": [0, 1] * 3, "saturation_layer": [1, 1, 0, 0, 1, 1],
+        "context": ["a b", "a b", "c d", "c d", "e f", "e f"], "final_text": [" x", " x", " y", " y", " z", " z"],
+    })
+    subupdates = pl.DataFrame({
+        "model": ["m"] * 7, "prediction": [0, 0, 1, 1, 2, 2, 2], "layer": [1, 1, 0, 1, 1, 1, 0], "kind": ["dominant"] * 6 + ["random"],
+        "place": [0, 1, 0, 0, 1, 0, 0], "neuron": [4, 5, 6, 7, 8, 9, 1], "activation": [1.0, -2.0, 0.5, 3.0, 1.5, 2.5, 9.0],
+        "vocab_top_tokens": [["p"], ["q"], ["r"], ["s"], ["t", "u"], ["v"], ["w"]],
+        "promotes": [False, False, False, True, True, False, True], "eliminates": [True, False, False, False, False, False, False],
+    })
+    # prediction 2 is settled at layer 1 by neuron 8, a promoter; 1's promoter (neuron 7) is at layer 1, not its saturation layer 0
+    frame = example_predictions(predictions, subupdates, 2, 1)
+    assert frame["prediction"].to_list() == [2, 0]
+    assert frame["subupdates"].to_list() == ["1.9 (m=+2.50): v", "1.4 (m=+1.00): p [eliminates]"]
+    assert example_predictions(predictions, subupdates, 3, 2)["subupdates"][0] == "1.9 (m=+2.50): v\n1.8 (m=+1.50): t u [promotes]"
+    fig = plot_subupdate_examples({"predictions": predictions, "subupdates": subupdates}, {"n_examples": 2, "n_subupdates": 2})
+    texts = [cell.get_text().get_text() for cell in fig.axes[0].tables[0].get_celld().values()]
+    assert "…e f" in texts and "1.4 (m=+1.00): p [eliminates]\n1.5 (m=-2.00): q" in texts
+
+
+def test_early_exit_and_steering_figures_draw_their_tables():
+    from neuron_census.plots.subupdates import plot_early_exit, plot_steering
+
+    table = pl.DataFrame({
+        "model": ["m"] * 4, "method": ["rule", "rule", "oracle", "oracle"], "split": [0, 1, 0, 1], "accuracy": [0.9, 0.8, 1.0, 1.0],
+        "layers_saved": [1.0, 2.0, 3.0, 3.0], "n_train": [9, 9, 0, 0], "n_test": [2] * 4, "n_layers": [6] * 4,
+    })
+    fig = plot_early_exit({"early_exit": table}, {})
+    (ax,) = fig.axes
+    points = [tuple(np.round(line.get_xydata()[0], 6)) for line in ax.get_lines() if len(line.get_xdata()) == 1 and line.get_marker() in "o*"]
+    assert points == [(1.5, 85.0), (3.0, 100.0)]
+    summary = pl.DataFrame({"model": ["m", "m"], "condition": ["baseline", "steered"], "rate": [0.25, 0.75], "perplexity": [10.0, 14.0],
+                            "values": ["1:[3]"] * 2, "scorer": ["lexicon"] * 2})
+    left, right = plot_steering({"steering_summary": summary}, {}).axes
+    assert [bar.get_height() for bar in left.patches] == [25.0, 75.0] and [bar.get_height() for bar in right.patches] == [10.0, 14.0]

@@ -144,13 +144,38 @@ def test_tiny_dag_reads_the_subupdates_of_stories260k(tiny_run: Path):
     assert counts == [4] and subupdates.height == 12 * n_layers * 8 and subupdates["promotes"].null_count() == 0
     shares = pl.read_parquet(results / "subupdate_layers.parquet")
     assert shares.height == 2 * n_layers and (shares["n"] == 48).all()
-    for figure in ("saturation_layers", "subupdate_roles", "concept_clusters"):
+    for figure in ("saturation_layers", "subupdate_roles", "concept_clusters", "subupdate_examples", "early_exit_accuracy"):
         assert (tiny_run / "results" / "figures" / f"{figure}.png").stat().st_size > 0
+    from neuron_census.data.tokenization import load_tokenizer
+
+    texts = load_tokenizer("stories260k", {"source": "local", "path": str(ROOT / "resources/models/stories260K")}).token_texts()
+    assert lens["final_text"].to_list() == [texts[token] for token in lens["final_token"].to_list()]
+    assert lens["context"].str.len_chars().min() > 0
     assigned = pl.read_parquet(results / "value_clusters.parquet")
     clusters = pl.read_parquet(results / "clusters.parquet")
     assert assigned.height == pl.read_parquet(results / "neurons.parquet").height
     assert clusters.group_by("layer").agg(pl.col("size").sum())["size"].unique().to_list() == [assigned.height // n_layers]
     assert (clusters.group_by("layer").len()["len"] == 64).all()
+    # early exit: the job's table equals the methods run here on the DAG's tables, ids gathered row by row
+    from neuron_census.analyses.early_exit import EarlyExitSettings, early_exit_table
+    from neuron_census.subupdate_jobs import read_vectors
+
+    table = pl.read_parquet(results / "early_exit.parquet")
+    cluster_of = {(row["layer"], row["neuron"]): row["cluster"] for row in assigned.iter_rows(named=True)}
+    ids = np.zeros((12, n_layers, 4), dtype=np.int64)
+    for row in subupdates.filter(pl.col("kind") == "dominant").iter_rows(named=True):
+        ids[row["prediction"], row["layer"], row["place"]] = cluster_of[row["layer"], row["neuron"]]
+    ordered = lens.sort("prediction", "layer")
+    residual, ffn = read_vectors(tiny_run / "results" / "subupdates" / "stories260k" / "vectors.zarr")
+    assert residual.shape == ffn.shape == (12, n_layers, residual.shape[2]) and np.abs(ffn).sum() > 0
+    expected = early_exit_table(
+        ordered["top_after"].to_numpy().reshape(12, n_layers), ordered.filter(pl.col("layer") == 0)["saturation_layer"].to_numpy(),
+        ids, residual, ffn, EarlyExitSettings(splits=2, folds=3, top=4),
+    )
+    assert table.drop("model").equals(expected) and table.height == 5 * 2
+    assert table.filter(pl.col("method") == "oracle")["accuracy"].to_list() == [1.0, 1.0]
+    summary = pl.read_parquet(results / "early_exit_summary.parquet")
+    assert summary["method"].to_list() == ["rule", "residual", "ffn", "both", "oracle"] and (summary["splits"] == 2).all()
 
 
 def test_tiny_dag_steers_stories260k_by_a_concept(tiny_run: Path):

@@ -154,11 +154,16 @@ def _check_universal(config: Mapping[str, Any]) -> None:
 
 
 def _check_subupdates(config: Mapping[str, Any]) -> None:
-    """Every model of a sub-update study is configured, as is its dataset."""
+    """Every model of a sub-update study is configured, as is its dataset; early exit compares at most the
+    dominant sub-updates kept."""
     for model, study in config.get("subupdates", {}).items():
         _known("subupdates", model, config["models"], "model")
         if study.get("dataset") is not None:
             _known(f"subupdates.{model}.dataset", study["dataset"], config["datasets"], "dataset")
+        if (study["early_exit"]["top"] or 0) > study["top"]:
+            raise ConfigError(
+                f"config error at 'subupdates.{model}.early_exit.top': {study['early_exit']['top']} is more than the {study['top']} dominant sub-updates kept (top)"
+            )
 
 
 def _check_steering(config: Mapping[str, Any]) -> None:

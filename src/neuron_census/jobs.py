@@ -556,6 +556,11 @@ FIGURES: dict[str, FigureSpec] = {
     "concept_clusters": FigureSpec(
         "plots.subupdates", "plot_concept_clusters", ("clusters",), "FFN sub-updates", defaults={"figsize": [12.0, 3.8]}
     ),
+    "subupdate_examples": FigureSpec(
+        "plots.subupdates", "plot_subupdate_examples", ("predictions", "subupdates"), "FFN sub-updates",
+        defaults={"figsize": [12.0, 4.5], "n_examples": 3, "n_subupdates": 3}, csv="example_predictions_frame",
+    ),
+    "early_exit_accuracy": FigureSpec("plots.subupdates", "plot_early_exit", ("early_exit",), "FFN sub-updates", defaults={"figsize": [10.0, 4.0]}),
     "steering_effect": FigureSpec("plots.subupdates", "plot_steering", ("steering_summary",), "FFN sub-updates", defaults={"figsize": [10.0, 3.8]}),
 }
 
@@ -574,13 +579,15 @@ TABLE_FILES = {
     "subupdate_layers": "subupdate_layers.parquet",
     "value_clusters": "value_clusters.parquet",
     "clusters": "clusters.parquet",
+    "early_exit": "early_exit.parquet",
+    "early_exit_summary": "early_exit_summary.parquet",
     "steering": "steering.parquet",
     "steering_summary": "steering_summary.parquet",
 }
 # tables that only the models of a study section (`universal`, `subupdates`, `steering`) have: their figures draw those
 STUDY_TABLES = {
     "universal": frozenset({"universal", "best_matches", "entropy", "entropy_neurons", "attention_scores", "attention_paths"}),
-    "subupdates": frozenset({"predictions", "subupdates", "subupdate_layers", "value_clusters", "clusters"}),
+    "subupdates": frozenset({"predictions", "subupdates", "subupdate_layers", "value_clusters", "clusters", "early_exit", "early_exit_summary"}),
     "steering": frozenset({"steering", "steering_summary"}),
 }
 

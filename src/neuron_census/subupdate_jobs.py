@@ -24,7 +24,7 @@ from neuron_census.jobs import (
 def subupdate_settings(study: Mapping[str, Any]) -> Any:
     from neuron_census.analyses.subupdates import SubupdateSettings
 
-    return SubupdateSettings(**{k: v for k, v in study.items() if k not in ("dataset", "clusters")})
+    return SubupdateSettings(**{k: v for k, v in study.items() if k not in ("dataset", "clusters", "early_exit")})
 
 
 def subupdate_lens_job(
@@ -57,7 +57,7 @@ def subupdate_lens_job(
     tokens = np.concatenate(blocks)
     positions = cut_positions(len(tokens), tokens.shape[1], chosen)
     found = lens_pass(loaded.model, loaded.adapter, token_tensor(tokens, device), positions, chosen, batch_size=capture_batch_size(settings))
-    write_for_model(found.lens, model_name, lens_out)
+    write_for_model(found.lens.join(prediction_texts(tokenizer, tokens, positions, found.lens), on="prediction", how="left", maintain_order="left"), model_name, lens_out)
     write_for_model(found.subupdates, model_name, subupdates_out)
     write_vectors(found.residual, found.ffn, model_name, vectors_out)
 
@@ -80,6 +80,22 @@ def read_vectors(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
 
     group = zarr.open_group(store=str(path), mode="r")
     return np.asarray(group["residual"][...]), np.asarray(group["ffn"][...])
+
+
+CONTEXT_TOKENS = 12  # the tokens up to a cut that a prediction's `context` text shows
+
+
+def prediction_texts(tokenizer: Any, tokens: np.ndarray, positions: np.ndarray, lens: pl.DataFrame) -> pl.DataFrame:
+    """Per prediction, what a reader needs to recognise it: the text of its last CONTEXT_TOKENS tokens up
+    to the cut (`context`) and of the final prediction (`final_text`)."""
+    finals = lens.filter(pl.col("layer") == 0).sort("prediction")["final_token"].to_list()
+    contexts = [tokens[i, max(0, p + 1 - CONTEXT_TOKENS) : p + 1].tolist() for i, p in enumerate(positions)]
+    texts = tokenizer.token_texts()
+    return pl.DataFrame({
+        "prediction": np.arange(len(positions)),
+        "context": tokenizer.backend.decode_batch(contexts, skip_special_tokens=True),
+        "final_text": [texts[t] for t in finals],
+    }, schema={"prediction": pl.Int64, "context": pl.Utf8, "final_text": pl.Utf8})
 
 
 def subupdate_tables_job(lens: PathLike, subupdates: PathLike, vocab: PathLike, predictions_out: PathLike, labelled_out: PathLike, layers_out: PathLike) -> None:
@@ -192,3 +208,35 @@ def steering_job(
     )
     write_for_model(generations, model_name, generations_out)
     write_for_model(summary, model_name, summary_out)
+
+
+def early_exit_job(
+    predictions: PathLike, subupdates: PathLike, value_clusters: PathLike, vectors: PathLike, settings: Mapping[str, Any],
+    table_out: PathLike, summary_out: PathLike,
+) -> None:
+    """early_exit.parquet (accuracy and layers saved per method and split) and early_exit_summary.parquet
+    (their means and deviations over splits): the cluster-overlap rule on the dominant sub-updates' concept
+    clusters, logistic-regression probes on the lens job's vectors, and the oracle."""
+    from neuron_census.analyses.early_exit import EarlyExitSettings, early_exit_summary, early_exit_table
+
+    lens = pl.read_parquet(predictions).sort("prediction", "layer")
+    model = str(lens["model"][0])
+    n_layers = int(lens["layer"].max()) + 1
+    top_after = lens["top_after"].to_numpy().reshape(-1, n_layers)
+    saturation = lens.filter(pl.col("layer") == 0)["saturation_layer"].to_numpy()
+    ids = dominant_cluster_ids(pl.read_parquet(subupdates), pl.read_parquet(value_clusters), len(top_after), n_layers)
+    residual, ffn = read_vectors(vectors)
+    chosen = EarlyExitSettings(**{**settings, "top": settings.get("top") or ids.shape[2]})
+    table = early_exit_table(top_after, saturation, ids, residual, ffn, chosen)
+    write_for_model(table, model, table_out)
+    write_for_model(early_exit_summary(table), model, summary_out)
+
+
+def dominant_cluster_ids(subupdates: pl.DataFrame, value_clusters: pl.DataFrame, n_predictions: int, n_layers: int) -> np.ndarray:
+    """[P, L, top]: the concept cluster of each prediction's dominant sub-updates per layer, in score order."""
+    dominant = subupdates.filter(pl.col("kind") == "dominant").join(
+        value_clusters.select("layer", "neuron", "cluster"), on=["layer", "neuron"], how="left"
+    ).sort("prediction", "layer", "place")
+    if dominant["cluster"].null_count():
+        raise ValueError("a dominant sub-update's neuron has no concept cluster: value_clusters.parquet is of another model")
+    return dominant["cluster"].to_numpy().reshape(n_predictions, n_layers, -1)

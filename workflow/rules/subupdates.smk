@@ -17,7 +17,7 @@ rule subupdate_lens:
         tokenizer_name=lambda w: model_tokenizer(config, w.model),
         tokenizer=lambda w: canonical(resolved_tokenizer_spec(config, model_tokenizer(config, w.model))),
         settings=lambda w: canonical(capture_settings(config, w.model)),
-        study=lambda w: canonical({k: v for k, v in subupdate_study(w.model).items() if k != "clusters"}),
+        study=lambda w: canonical({k: v for k, v in subupdate_study(w.model).items() if k not in ("clusters", "early_exit")}),
     threads: 8
     resources:
         gpu=1,
@@ -73,6 +73,25 @@ rule value_clusters:
         "../../envs/neuron-census.yaml"
     script:
         "../scripts/value_clusters.py"
+
+
+rule early_exit:
+    input:
+        predictions="results/{model}/predictions.parquet",
+        subupdates="results/{model}/subupdates.parquet",
+        value_clusters="results/{model}/value_clusters.parquet",
+        vectors="results/subupdates/{model}/vectors.zarr",
+    output:
+        table="results/{model}/early_exit.parquet",
+        summary="results/{model}/early_exit_summary.parquet",
+    params:
+        settings=lambda w: canonical(subupdate_study(w.model)["early_exit"]),
+    log:
+        "results/logs/early_exit/{model}.log",
+    conda:
+        "../../envs/neuron-census.yaml"
+    script:
+        "../scripts/early_exit.py"
 
 
 rule steering:

@@ -119,3 +119,99 @@ def plot_steering(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) 
         axes[0].legend(fontsize="small", frameon=False)
     fig.suptitle(style.get("title", ""))
     return fig
+
+
+EXIT_MARKERS = {"rule": "o", "residual": "s", "ffn": "^", "both": "D", "oracle": "*"}
+
+
+def plot_early_exit(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
+    """Per model (one panel each), every early-exit method's accuracy (the exit layer's top-1 is the final
+    prediction) against the layers it saves, mean and standard deviation over the splits: the paper's
+    cluster-overlap rule, logistic-regression probes on the residual stream, the FFN output and both, and
+    the oracle that exits at the true saturation layer."""
+    style = _style(style)
+    table = tables["early_exit"]
+    models = model_order(table)
+    fig, axes = new_axes(style, 1, max(len(models), 1), squeeze=False)
+    methods = list(EXIT_MARKERS)
+    shades = dict(zip(methods, colours(style, len(methods))))
+    for ax, model in zip(axes[0], models):
+        rows = table.filter(pl.col("model") == model)
+        n_layers = int(rows["n_layers"][0])
+        for method in methods:
+            part = rows.filter(pl.col("method") == method)
+            if part.is_empty():
+                continue
+            saved, accuracy = part["layers_saved"].to_numpy(), part["accuracy"].to_numpy() * 100.0
+            ax.errorbar(saved.mean(), accuracy.mean(), xerr=saved.std(), yerr=accuracy.std(), fmt=EXIT_MARKERS[method],
+                        color=shades[method], capsize=3, markersize=8 if method == "oracle" else 6, label=method)
+        ax.set_xlabel(f"layers saved (of {n_layers})")
+        ax.set_ylabel("exit layer's top-1 = final prediction (%)")
+        ax.set_xlim(left=-0.05)
+        ax.set_title(f"{model}, {rows['split'].n_unique()} splits of {int(rows['n_test'][0])} test predictions", fontsize="small")
+    if models:
+        axes[0][0].legend(fontsize="small", frameon=False)
+    else:
+        say_missing(axes[0][0], "no sub-update study configured")
+    fig.suptitle(style.get("title", ""))
+    return fig
+
+
+def example_predictions(predictions: pl.DataFrame, subupdates: pl.DataFrame, examples: int, shown: int) -> pl.DataFrame:
+    """Per model, `examples` predictions (the first whose dominant sub-updates at the saturation layer
+    include one promoting the prediction, then the first others), each with its `shown` most dominant
+    sub-updates at that layer: neuron, activation, top projected tokens and role."""
+    rows = []
+    for model in model_order(predictions):
+        lens = predictions.filter(pl.col("model") == model, pl.col("layer") == pl.col("saturation_layer")).sort("prediction")
+        subs = subupdates.filter(pl.col("model") == model, pl.col("kind") == "dominant").join(
+            lens.select("prediction", "layer"), on=["prediction", "layer"], how="semi"
+        ).sort("prediction", "place")
+        promoted = set(subs.filter(pl.col("promotes"))["prediction"].to_list())
+        order = [p for p in lens["prediction"].to_list() if p in promoted] + [p for p in lens["prediction"].to_list() if p not in promoted]
+        for prediction in order[:examples]:
+            row = lens.filter(pl.col("prediction") == prediction).row(0, named=True)
+            top = subs.filter(pl.col("prediction") == prediction).head(shown)
+            updates = [
+                f"{layer}.{neuron} (m={activation:+.2f}): {' '.join(tokens[:4])}{' [promotes]' if promotes else ''}{' [eliminates]' if eliminates else ''}"
+                for layer, neuron, activation, tokens, promotes, eliminates in top.select(
+                    "layer", "neuron", "activation", "vocab_top_tokens", "promotes", "eliminates"
+                ).iter_rows()
+            ]
+            rows.append({"model": model, "prediction": prediction, "context": row.get("context", ""), "final_text": row.get("final_text", ""),
+                         "saturation_layer": row["saturation_layer"], "subupdates": "\n".join(updates)})
+    return pl.DataFrame(rows, schema={"model": pl.Utf8, "prediction": pl.Int64, "context": pl.Utf8, "final_text": pl.Utf8,
+                                      "saturation_layer": pl.Int64, "subupdates": pl.Utf8})
+
+
+def plot_subupdate_examples(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
+    """A table of example predictions: the text up to the cut, the model's prediction, its saturation layer
+    and the dominant sub-updates there, each with its neuron (layer.neuron), activation m, the top tokens of
+    its value vector's projection and whether it promotes the prediction or eliminates a candidate."""
+    style = _style(style)
+    frame = example_predictions(tables["predictions"], tables["subupdates"], int(style["n_examples"]), int(style["n_subupdates"]))
+    fig, ax = new_axes(style)
+    ax.axis("off")
+    if frame.is_empty():
+        say_missing(ax, "no sub-update study configured")
+        return fig
+    cells = [
+        [model, "…" + context.replace("\n", " ")[-40:], repr(final)[1:-1], str(saturation), updates]
+        for model, context, final, saturation, updates in frame.select("model", "context", "final_text", "saturation_layer", "subupdates").iter_rows()
+    ]
+    table = ax.table(cellText=cells, colLabels=["model", "context", "prediction", "saturates at", "dominant sub-updates there"],
+                     loc="upper center", cellLoc="left", colWidths=[0.12, 0.26, 0.09, 0.08, 0.45])
+    table.auto_set_font_size(False)
+    table.set_fontsize(6.5)
+    lines = [cell.count("\n") + 1 for cell in frame["subupdates"].to_list()]
+    for (row, _column), cell in table.get_celld().items():
+        cell.set_height(0.045 * (lines[row - 1] if row else 1.2))
+    fig.suptitle(style.get("title", ""))
+    return fig
+
+
+def example_predictions_frame(predictions: pl.DataFrame) -> pl.DataFrame:
+    """The predictions table the figure picks its examples from, one row per prediction (the figure's CSV)."""
+    return predictions.filter(pl.col("layer") == 0).select(
+        [c for c in ("model", "prediction", "position", "context", "final_text", "final_token", "saturation_layer") if c in predictions.columns]
+    )
