@@ -142,6 +142,7 @@ def test_tiny_dag_reads_the_subupdates_of_stories260k(tiny_run: Path):
     subupdates = pl.read_parquet(results / "subupdates.parquet")
     counts = subupdates.group_by("prediction", "layer", "kind").len()["len"].unique().to_list()
     assert counts == [4] and subupdates.height == 12 * n_layers * 8 and subupdates["promotes"].null_count() == 0
+    assert subupdates["scoring"].unique().to_list() == ["absolute"]
     shares = pl.read_parquet(results / "subupdate_layers.parquet")
     assert shares.height == 2 * n_layers and (shares["n"] == 48).all()
     for figure in ("saturation_layers", "subupdate_roles", "concept_clusters", "subupdate_examples", "early_exit_accuracy"):

@@ -58,7 +58,7 @@ def subupdate_lens_job(
     positions = cut_positions(len(tokens), tokens.shape[1], chosen)
     found = lens_pass(loaded.model, loaded.adapter, token_tensor(tokens, device), positions, chosen, batch_size=capture_batch_size(settings))
     write_for_model(found.lens.join(prediction_texts(tokenizer, tokens, positions, found.lens), on="prediction", how="left", maintain_order="left"), model_name, lens_out)
-    write_for_model(found.subupdates, model_name, subupdates_out)
+    write_for_model(found.subupdates.with_columns(scoring=pl.lit(chosen.scoring)), model_name, subupdates_out)
     write_vectors(found.residual, found.ffn, model_name, vectors_out)
 
 
@@ -198,7 +198,7 @@ def steering_job(
             "condition": condition, "prompt_id": np.arange(len(texts)), "prompt": texts, "continuation": decoded,
             "continuation_ids": continuations, "score": scorer.score(decoded),
         }, schema_overrides={"continuation_ids": pl.List(pl.Int64)}))
-        costs[condition] = perplexity(loaded.model, held_out, applied, capture_batch_size(settings))
+        costs[condition] = perplexity(loaded.model, held_out, applied, chosen.batch_size)
     generations = pl.concat(parts)
     tops = {(row["layer"], row["neuron"]): row["vocab_top_tokens"] for row in vocab_table.select("layer", "neuron", "vocab_top_tokens").iter_rows(named=True)}
     value_tokens = [f"{layer}:{neuron} " + " ".join(tops.get((layer, neuron), [])[:5]) for layer, neurons in values.items() for neuron in neurons]

@@ -29,10 +29,12 @@ be saved.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import precision_recall_curve
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
@@ -58,7 +60,7 @@ class EarlyExitSettings:
     folds: int = 8  # stratified cross-validation folds for the probes' C
     precision: float = 0.75  # the validation precision a probe's threshold must reach
     top: int = 10  # leading places of cluster_ids the rule compares (cluster_ids[..., :top])
-    max_iter: int = 1000  # logistic-regression solver iterations
+    max_iter: int = 100  # logistic-regression solver iterations (the paper's: sklearn's default)
 
     def __post_init__(self) -> None:
         if self.splits < 1:
@@ -131,6 +133,15 @@ def rule_exit_layers(train_ids: np.ndarray, train_saturation: np.ndarray, test_i
     return exits
 
 
+def _search(train_x: np.ndarray, train_y: np.ndarray, scaler: StandardScaler, folds: int, settings: EarlyExitSettings) -> GridSearchCV:
+    """The probe: C chosen by stratified cross-validation, refitted on every training row."""
+    return GridSearchCV(
+        LogisticRegression(l1_ratio=0.0, class_weight="balanced", max_iter=settings.max_iter, random_state=settings.seed),
+        {"C": C_GRID},
+        cv=StratifiedKFold(n_splits=folds, shuffle=True, random_state=settings.seed),
+    ).fit(scaler.transform(train_x), train_y)
+
+
 def _probe_fires(train_x: np.ndarray, train_y: np.ndarray, validation_x: np.ndarray, validation_y: np.ndarray,
                  test_x: np.ndarray, settings: EarlyExitSettings) -> np.ndarray:
     """[n_test] bool: one layer's probe on the test rows. Validation and test rows are scaled with the
@@ -146,11 +157,9 @@ def _probe_fires(train_x: np.ndarray, train_y: np.ndarray, validation_x: np.ndar
         return np.zeros(len(test_x), dtype=bool)
     folds = min(settings.folds, positives, negatives)  # every fold needs a member of the rarer class
     scaler = StandardScaler().fit(train_x)
-    search = GridSearchCV(
-        LogisticRegression(l1_ratio=0.0, class_weight="balanced", max_iter=settings.max_iter, random_state=settings.seed),
-        {"C": C_GRID},
-        cv=StratifiedKFold(n_splits=folds, shuffle=True, random_state=settings.seed),
-    ).fit(scaler.transform(train_x), train_y)
+    with warnings.catch_warnings():  # large C on a separable layer stops at max_iter, as in the paper's fits
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        search = _search(train_x, train_y, scaler, folds, settings)
     scores = search.predict_proba(scaler.transform(validation_x))[:, 1]
     precision, _recall, thresholds = precision_recall_curve(validation_y, scores)
     reached = np.flatnonzero(precision[: len(thresholds)] >= settings.precision)
