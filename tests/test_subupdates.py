@@ -299,6 +299,7 @@ def test_example_predictions_pick_those_settled_by_a_promoting_sub_update_first(
         "model": ["m"] * 7, "prediction": [0, 0, 1, 1, 2, 2, 2], "layer": [1, 1, 0, 1, 1, 1, 0], "kind": ["dominant"] * 6 + ["random"],
         "place": [0, 1, 0, 0, 1, 0, 0], "neuron": [4, 5, 6, 7, 8, 9, 1], "activation": [1.0, -2.0, 0.5, 3.0, 1.5, 2.5, 9.0],
         "vocab_top_tokens": [["p"], ["q"], ["r"], ["s"], ["t", "u"], ["v"], ["w"]],
+        "vocab_bottom_tokens": [["-p"], ["-q"], ["-r"], ["-s"], ["-t"], ["-v"], ["-w"]],
         "promotes": [False, False, False, True, True, False, True], "eliminates": [True, False, False, False, False, False, False],
     })
     # prediction 2 is settled at layer 1 by neuron 8, a promoter; 1's promoter (neuron 7) is at layer 1, not its saturation layer 0
@@ -308,7 +309,7 @@ def test_example_predictions_pick_those_settled_by_a_promoting_sub_update_first(
     assert example_predictions(predictions, subupdates, 3, 2)["subupdates"][0] == "1.9 (m=+2.50): v\n1.8 (m=+1.50): t u [promotes]"
     fig = plot_subupdate_examples({"predictions": predictions, "subupdates": subupdates}, {"n_examples": 2, "n_subupdates": 2})
     texts = [cell.get_text().get_text() for cell in fig.axes[0].tables[0].get_celld().values()]
-    assert "…e f" in texts and "1.4 (m=+1.00): p [eliminates]\n1.5 (m=-2.00): q" in texts
+    assert "…e f" in texts and "1.4 (m=+1.00): p [eliminates]\n1.5 (m=-2.00): -q" in texts  # m < 0 raises the bottom tokens
 
 
 def test_early_exit_and_steering_figures_draw_their_tables():

@@ -34,6 +34,7 @@ def test_adding_a_shard_captures_only_that_shard(tmp_path: Path):
     config.pop("train", None)
     config.pop("universal")
     config.pop("subupdates", None)
+    config.pop("steering", None)
     target = "results/planted/neurons.parquet"
 
     def run(n_shards: int, *args: str) -> subprocess.CompletedProcess[str]:
@@ -182,11 +183,12 @@ def test_default_config_dry_run(tmp_path: Path):
     assert plan["train"] == 5 and plan["capture"] == 16 and plan["report"] == 1  # planted models: their own 2 shards
     assert plan["vocab_projection"] == 8 and all(plan[figure] == 1 for figure in FIGURES)  # not of models compared only
     assert plan["correlation"] == 4 and plan["universal_tables"] == 2  # two studies of two shards
+    assert plan["subupdate_lens"] == plan["early_exit"] == 2 and plan["steering"] == 1
     default = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     training = {"fig10_positional_nopos", "fig11_positional_training"}  # the training experiment: trained models only
     # Gurnee et al.'s figures: the studies' reference models, the planted one first
     universal = {f for f in FIGURES if figure_study(f) == "universal"} | {"vocab_roles"}
-    subupdates = {f for f in FIGURES if figure_study(f) == "subupdates"}
+    subupdates = {f for f in FIGURES if figure_study(f) in ("subupdates", "steering")}
     assert {f for f in FIGURES if "planted" in (default["figures"][f].get("models") or [])} == set(FIGURES) - training - universal - subupdates
     assert all(default["figures"][f]["models"][0] == "planted-seed-a" for f in universal)
     # a study reference's neurons.parquet joins the study's per-neuron tables; another model's does not wait for them
@@ -223,6 +225,7 @@ def test_a_job_refusing_bad_input_prints_one_line(tmp_path: Path):
     config.pop("train")
     config.pop("universal")
     config.pop("subupdates", None)
+    config.pop("steering", None)
     path = tmp_path / "long.yaml"
     path.write_text(yaml.safe_dump(config))
     result = snakemake(workdir, "--configfile", str(path), "--cores", "1", "results/opt/neurons.parquet", check=False)

