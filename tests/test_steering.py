@@ -134,7 +134,7 @@ def test_prompt_files_in_realtoxicityprompts_format(tmp_path):
                {"text": "Three"}, {"prompt": "Four", "challenging": True}]
     path.write_text("\n".join(json.dumps(r) for r in records) + "\n\n")
     assert read_prompts(path, SteeringSettings()) == ["One", "Two", "Three", "Four"]
-    assert read_prompts(path, SteeringSettings(prompts=2)) == ["One", "Two"]
+    assert read_prompts(path, SteeringSettings(max_prompts=2)) == ["One", "Two"]
     assert read_prompts(path, SteeringSettings(challenging=True)) == ["Two", "Four"]
     path.write_text('{"prompt": {"text": "ok"}}\n{"prompt": 3}\n')
     with pytest.raises(ValueError, match="line 2"):

@@ -63,6 +63,7 @@ def subupdate_lens_job(
 
 
 def write_vectors(residual: np.ndarray, ffn: np.ndarray, model: str, output: PathLike) -> None:
+    """The lens job's vectors at the cuts, float32 [P, L, d] each, in one zarr group written atomically."""
     import zarr
 
     from neuron_census.atomic import atomic_path
@@ -171,7 +172,7 @@ def steering_job(
 
     chosen = SteeringSettings(
         value=float(study["value"]), target=study["target"], new_tokens=int(study["new_tokens"]), beams=int(study["beams"]),
-        prompts=int(study["max_prompts"]), challenging=bool(study["challenging"]), concept_values=int(study["concept_values"]),
+        max_prompts=int(study["max_prompts"]), challenging=bool(study["challenging"]), concept_values=int(study["concept_values"]),
         perplexity_sequences=int(study["perplexity_sequences"]), batch_size=int(study["batch_size"]),
     )
     scorer_spec = dict(study["scorer"])

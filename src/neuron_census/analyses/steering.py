@@ -38,7 +38,7 @@ class SteeringSettings:
     target: str = "preactivation"  # or "activation" (the output projection's input)
     new_tokens: int = 20
     beams: int = 3  # beam search, as the paper; 1 = greedy
-    prompts: int = 0  # the first this many prompts of the file; 0 = all
+    max_prompts: int = 0  # the first this many prompts of the file; 0 = all
     challenging: bool = False  # keep only RealToxicityPrompts records marked `challenging`
     concept_values: int = 10  # at most this many value vectors chosen by a concept
     perplexity_sequences: int = 16
@@ -108,7 +108,7 @@ def read_prompts(path: str | Path, settings: SteeringSettings) -> list[str]:
             if settings.challenging and not record.get("challenging", False):
                 continue
             texts.append(text)
-            if settings.prompts and len(texts) == settings.prompts:
+            if settings.max_prompts and len(texts) == settings.max_prompts:
                 break
     if not texts:
         raise ValueError(f"prompts file {path} holds no prompt{' marked challenging' if settings.challenging else ''}")
