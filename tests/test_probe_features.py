@@ -1,0 +1,209 @@
+"""Sparse probing's feature datasets (Gurnee et al. 2023): every text feature and word piece at every position
+of a hand-built corpus, position bins against a loop, source runs, compound words, balancing, span bounds,
+and bad settings and shapes."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from neuron_census.analyses.probe_features import (
+    SPAN_SCHEMA,
+    TEXT_FEATURES,
+    WORD_PIECES,
+    FeatureSettings,
+    balanced_spans,
+    compound_spans,
+    default_position_bins,
+    feature_spans,
+    position_spans,
+    source_spans,
+    text_spans,
+    token_text_features,
+    word_pieces,
+)
+
+TEXTS = [
+    "<s>", " The", " cat", "ing", "ABC", " 42", ",", " ice", " cream", "\n",
+    " un", "believ", "able", " NASA", "A", " x2", "...", " hot", " dog",
+]
+TOKENS = np.array([
+    [0, 1, 2, 3, 6, 10, 11, 12],  # " The cating, unbelievable"
+    [0, 3, 4, 14, 9, 13, 5, 16],  # "ingABCA\n NASA 42..."
+    [0, 7, 8, 17, 18, 7, 2, 15],  # " ice cream hot dog ice cat x2"
+])
+# per feature, per sequence, positions 1..7: 1 positive, 0 negative, . unlabelled
+EXPECTED = {
+    "leading space": ("1100100", "0000110", "1111111"),
+    "capitalised": ("1000000", "0010000", "0000000"),
+    "all caps": ("0000000", "0100100", "0000000"),
+    "digits": ("0000000", "0000010", "0000001"),
+    "punctuation": ("0001000", "0000001", "0000000"),
+    "first piece of a multi-token word": ("010.100", "100.0..", "000000."),
+    "middle piece": ("000.010", "010.0..", "000000."),
+    "last piece": ("001.001", "001.0..", "000000."),
+}
+
+
+def _labels_by_position(table: pl.DataFrame, feature: str) -> dict[tuple[int, int], bool]:
+    rows = table.filter(pl.col("feature") == feature)
+    assert (rows["end"] - rows["start"] == 1).all()
+    return {(s, p): bool(y) for s, p, y in zip(rows["seq"], rows["start"], rows["label"])}
+
+
+def test_text_features_and_word_pieces_at_every_position():
+    table = text_spans(TOKENS, TEXTS)
+    assert table.schema == pl.Schema(SPAN_SCHEMA)
+    assert sorted(table["feature"].unique()) == sorted(f"text: {name}" for name in (*TEXT_FEATURES, *WORD_PIECES))
+    for name, per_seq in EXPECTED.items():
+        expected = {(s, p + 1): c == "1" for s, row in enumerate(per_seq) for p, c in enumerate(row) if c != "."}
+        assert _labels_by_position(table, f"text: {name}") == expected, name
+
+
+def test_per_id_features_and_piece_masks():
+    per_id = token_text_features(TEXTS)
+    assert np.flatnonzero(per_id["alphabetic"]).tolist() == [1, 2, 3, 4, 7, 8, 10, 11, 12, 13, 14, 17, 18]
+    assert not per_id["punctuation"][9] and not per_id["punctuation"][0]  # white space only; "<" is a symbol
+    pieces = word_pieces(TOKENS, TEXTS)
+    assert not pieces["alphabetic"][:, 0].any()
+    together = pieces[WORD_PIECES[0]].astype(int) + pieces[WORD_PIECES[1]] + pieces[WORD_PIECES[2]]
+    assert together.max() == 1 and not (together.astype(bool) & ~pieces["alphabetic"]).any()
+
+
+def test_position_bins_against_a_loop():
+    n_seq, seq_len = 3, 20
+    assert default_position_bins(seq_len) == (4, 8, 16)
+    assert default_position_bins(16) == (4, 8)
+    for bins, used in ((None, (4, 8, 16)), ((2, 5, 30), (2, 5))):
+        table = position_spans(n_seq, seq_len, bins)
+        expected = [(f"position < {b}", s, p, p + 1, p < b) for b in used for s in range(n_seq) for p in range(1, seq_len)]
+        assert sorted(table.rows()) == sorted(expected)
+
+
+def test_source_runs_skip_min_span_and_unlabelled():
+    names = ("web", "code", "books")
+    sources = np.full((2, 40), -1, dtype=np.int16)
+    sources[0, 1:10] = 0  # run [1, 10): span [4, 10)
+    sources[0, 10:16] = 1  # run [10, 16): 3 tokens after the skip, dropped
+    sources[0, 26:] = 2  # run [26, 40): span [29, 40); positions 16..25 unlabelled
+    sources[1, :] = 1  # BOS labelled too: the run still starts at 1
+    table = source_spans(sources, names, skip=3, min_span=4)
+    spans = {(0, 4, 10): 0, (0, 29, 40): 2, (1, 4, 40): 1}
+    expected = [(f"source: {name}", *span, code == i) for i, name in enumerate(names) for span, code in spans.items()]
+    assert sorted(table.rows()) == sorted(expected)
+    assert len(source_spans(sources, names, skip=3, min_span=3)) == 3 * 4  # the short run comes back
+    assert len(source_spans(sources, names, skip=0, min_span=4).filter(pl.col("start") == 1)) == 3 * 2
+    only_unlabelled = np.full((1, 40), -1, dtype=np.int16)
+    assert source_spans(only_unlabelled, names, skip=0, min_span=1).is_empty()
+
+
+def test_compound_words_with_a_two_token_first_word():
+    tokens = np.array([
+        [0, 17, 18, 8, 8, 17, 18, 2, 17, 18],  # hot dog cream | cream | hot dog cat | hot dog<end>
+        [0, 8, 18, 8, 17, 8, 18, 17, 18, 8],  # cream, dog cream, hot cream, dog, hot dog cream
+        [17, 18, 8, 9, 9, 9, 9, 9, 9, 9],  # "hot dog" would start at BOS: cream unpreceded
+        [0, 1, 2, 3, 1, 2, 1, 9, 1, 2],  # The cating | The cat The | The \n | The cat<end>
+    ])
+    table = compound_spans(tokens, TEXTS, [((17, 18), (8,)), ((1,), (2, 3))])
+    assert _labels_by_position(table, "compound: hot dog cream") == {
+        (0, 3): True, (0, 4): False, (0, 7): False,
+        (1, 1): False, (1, 3): False, (1, 5): False, (1, 9): True,
+        (2, 2): False,
+    }
+    # the second word ends on its last token; at the end, " cat" may still become " cating": unlabelled
+    assert _labels_by_position(table, "compound: The cating") == {(3, 3): True, (3, 5): False, (3, 7): False}
+    # " cat" at 2 ends the compound " cat| cating" and is a first word not followed by " cating": positive only
+    overlap = compound_spans(np.array([[0, 2, 2, 3, 9, 9]]), TEXTS, [((2,), (2, 3))])
+    assert _labels_by_position(overlap, "compound: cat cating") == {(0, 3): True}
+
+
+def _balance_table() -> pl.DataFrame:
+    rows = [("a", s, 1, 2, s < 10) for s in range(40)]
+    rows += [("b", s, 1, 2, False) for s in range(7)]
+    rows += [("c", s, 3, 5, s == 2) for s in range(6)]
+    return pl.DataFrame(rows, schema=SPAN_SCHEMA, orient="row")
+
+
+def test_balanced_spans_counts_share_seed_and_dropped():
+    table = _balance_table()
+    cases = ((0.5, 8, 4, 4, 1), (0.25, 100, 10, 30, 3), (0.25, 12, 3, 9, 3), (0.5, 100, 10, 10, 1), (0.9, 100, 10, 1, 1))
+    for share, limit, n_pos, n_neg, c_neg in cases:
+        out, dropped = balanced_spans(table, share, limit, seed=1)
+        assert dropped == ("b",)
+        a = out.filter(pl.col("feature") == "a")
+        assert (int(a["label"].sum()), int((~a["label"]).sum())) == (n_pos, n_neg)
+        assert a.rows() == sorted(a.rows()) and set(a.rows()) <= set(table.rows())
+        c = out.filter(pl.col("feature") == "c")
+        assert sorted(c["label"].to_list()) == [False] * c_neg + [True]  # one positive: the share sets the count
+    first, _ = balanced_spans(table, 0.5, 8, seed=1)
+    assert first.equals(balanced_spans(table, 0.5, 8, seed=1)[0])
+    assert not first.equals(balanced_spans(table, 0.5, 8, seed=2)[0])
+    before = pl.concat([table.filter(pl.col("feature") == "a").with_columns(feature=pl.lit("0")), table])
+    assert balanced_spans(before, 0.5, 8, seed=1)[0].filter(pl.col("feature") != "0").equals(first)  # draws per feature
+    assert first.schema == pl.Schema(SPAN_SCHEMA)
+
+
+def test_feature_spans_bounds_and_order():
+    rng = np.random.default_rng(0)
+    n_seq, seq_len = 6, 64
+    tokens = rng.integers(1, len(TEXTS), size=(n_seq, seq_len))
+    tokens[:, 0] = 0
+    tokens[:, 10:12] = (17, 18)
+    tokens[:3, 12] = 8
+    sources = np.repeat(rng.integers(-1, 3, size=(n_seq, 4)), 16, axis=1).astype(np.int16)
+    sources[:, 0] = 1
+    sources[0, 1:] = 0  # one run from position 1: its span starts at 1 + 25
+    table = feature_spans(tokens, sources, ("web", "code", "books"), TEXTS, FeatureSettings(min_span=2), [((17, 18), (8,))])
+    assert table.schema == pl.Schema(SPAN_SCHEMA)
+    assert table.rows() == sorted(table.rows(), key=lambda r: r[:4])
+    assert (table["start"] >= 1).all() and (table["start"] < table["end"]).all() and (table["end"] <= seq_len).all()
+    families = {name.split(":")[0].split(" <")[0] for name in table["feature"].unique()}
+    assert families == {"text", "position", "source", "compound"}
+    assert table.filter(pl.col("feature").str.starts_with("source"))["start"].min() == 26
+    assert len(table.filter((pl.col("feature") == "compound: hot dog cream") & pl.col("label"))) >= 3
+    without = feature_spans(tokens, None, (), TEXTS, FeatureSettings())
+    assert not without["feature"].str.starts_with("source").any()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"position_bins": ()}, "at least one bin"),
+        ({"position_bins": (4, 1)}, "at least 2"),
+        ({"position_bins": (8, 4)}, "increase strictly"),
+        ({"skip": -1}, "skip"),
+        ({"min_span": 0}, "min_span"),
+        ({"positive_share": 1.0}, "positive_share"),
+        ({"limit": 1}, "limit"),
+        ({"seed": -1}, "seed"),
+    ],
+)
+def test_bad_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        FeatureSettings(**kwargs)
+
+
+def test_bad_shapes_and_values():
+    settings = FeatureSettings()
+    with pytest.raises(ValueError, match="tokens \\[S, T\\]"):
+        text_spans(TOKENS[0], TEXTS)
+    with pytest.raises(ValueError, match="token ids in"):
+        text_spans(TOKENS + len(TEXTS), TEXTS)
+    with pytest.raises(ValueError, match="integer token ids"):
+        text_spans(TOKENS.astype(float), TEXTS)
+    with pytest.raises(ValueError, match="shaped as tokens"):
+        feature_spans(TOKENS, np.zeros((3, 7), dtype=np.int16), ("web",), TEXTS, settings)
+    with pytest.raises(ValueError, match="codes in"):
+        source_spans(np.full((2, 8), 2, dtype=np.int16), ("web", "code"))
+    with pytest.raises(ValueError, match="non-empty"):
+        compound_spans(TOKENS, TEXTS, [((1,), ())])
+    with pytest.raises(ValueError, match="ids must be in"):
+        compound_spans(TOKENS, TEXTS, [((1,), (99,))])
+    with pytest.raises(ValueError, match="positive_share"):
+        balanced_spans(_balance_table(), positive_share=0.0)
+    with pytest.raises(ValueError, match="missing"):
+        balanced_spans(_balance_table().drop("label"))
+    with pytest.raises(ValueError) as caught:
+        feature_spans(TOKENS, np.zeros((3, 7), dtype=np.int16), ("web",), TEXTS, settings)
+    assert "\n" not in str(caught.value)
