@@ -170,7 +170,7 @@ def test_planted_features_let_every_probe_exit_at_the_saturation_layer():
         assert exits.tolist() == saturation[test].tolist()
 
 
-@pytest.mark.parametrize("settings", [FAST, EarlyExitSettings(splits=2)], ids=["three_folds", "default_folds"])
+@pytest.mark.parametrize("settings", [FAST, EarlyExitSettings(splits=1)], ids=["three_folds", "default_folds"])
 def test_planted_table_matches_the_oracle_for_every_method(settings):
     data = _planted(n_layers=4)
     table = early_exit_table(**data, settings=settings)
@@ -266,7 +266,8 @@ def test_table_split_sizes_determinism_and_wiring():
     sizes = {row["method"]: (row["n_train"], row["n_test"]) for row in table.filter(pl.col("split") == 0).iter_rows(named=True)}
     assert sizes == {"rule": (180, 20), "residual": (160, 20), "ffn": (160, 20), "both": (160, 20), "oracle": (0, 20)}
     assert table["n_layers"].unique().to_list() == [4]
-    assert table.equals(early_exit_table(**data, settings=settings))
+    # deterministic, and a split's rows do not depend on how many splits run
+    assert table.filter(pl.col("split") == 0).equals(early_exit_table(**data, settings=EarlyExitSettings(folds=3, splits=1)))
     # the table's rule row is the rule on the split's rows
     test, validation, train = split_indices(200, settings, 1)
     known = np.concatenate([validation, train])

@@ -149,8 +149,6 @@ def test_presets_dry_run(preset: Path, tmp_path: Path):
     workdir = new_workdir(tmp_path)
     steered = yaml.safe_load(preset.read_text()).get("steering", {})
     for study in steered.values():  # prompts the user provides (RealToxicityPrompts is not fetched)
-        missing = snakemake(workdir, "--configfile", str(preset), "-n", check=False)
-        assert missing.returncode != 0 and study["prompts"] in missing.stdout + missing.stderr
         (workdir / study["prompts"]).parent.mkdir(parents=True, exist_ok=True)
         (workdir / study["prompts"]).write_text('{"prompt": {"text": "So"}, "challenging": true}\n')
     output = snakemake(workdir, "--configfile", str(preset), "-n").stdout
