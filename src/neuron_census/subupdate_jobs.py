@@ -169,6 +169,7 @@ def steering_job(
         steering_interventions,
         steering_summary,
     )
+    from neuron_census.interventions import intervened
 
     chosen = SteeringSettings(
         value=float(study["value"]), target=study["target"], new_tokens=int(study["new_tokens"]), beams=int(study["beams"]),
@@ -186,7 +187,9 @@ def steering_job(
     values = listed_values(study["values"]) or concept_values(vocab_table, token_texts, study["concept"], chosen.concept_values)
     if not values:
         raise ValueError(f"steering of model '{model_name}': no value vector's top tokens hold a word of the concept {list(study['concept'])}")
-    interventions = steering_interventions(values, chosen)  # checks layers and neurons against the model below
+    interventions = steering_interventions(values, chosen)
+    with intervened(loaded.model, interventions):  # refuses layers and neurons outside the model before any generation
+        pass
     bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
     prompt_ids = [bos + ids for ids in tokenizer.encode_batch(texts)]
     sequences = stacked_shards(shards, tokenizer, f"model '{model_name}'")[: chosen.perplexity_sequences]

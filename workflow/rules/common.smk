@@ -213,11 +213,15 @@ def subupdate_dataset(model):
     return subupdate_study(model)["dataset"] or model_datasets(config, model)[0]
 
 
+def first_shards(model, dataset, sequences):
+    """The dataset's first shards, as many as `sequences` sequences need."""
+    needed = -(-sequences // config["datasets"][dataset]["sequences_per_shard"])
+    return shard_paths(model_tokenizer(config, model), dataset)[:needed]
+
+
 def subupdate_shards(model):
-    """The dataset's first shards, as many as the study's predictions need (one per sequence)."""
-    dataset = config["datasets"][subupdate_dataset(model)]
-    needed = -(-subupdate_study(model)["predictions"] // dataset["sequences_per_shard"])
-    return shard_paths(model_tokenizer(config, model), subupdate_dataset(model))[:needed]
+    """As many shards as the study's predictions need (one per sequence)."""
+    return first_shards(model, subupdate_dataset(model), subupdate_study(model)["predictions"])
 
 
 def steering_dataset(model):
@@ -225,10 +229,8 @@ def steering_dataset(model):
 
 
 def steering_shards(model):
-    """The dataset's first shards, as many as the perplexity's sequences need."""
-    dataset = config["datasets"][steering_dataset(model)]
-    needed = -(-config["steering"][model]["perplexity_sequences"] // dataset["sequences_per_shard"])
-    return shard_paths(model_tokenizer(config, model), steering_dataset(model))[:needed]
+    """As many shards as the perplexity's held-out sequences need."""
+    return first_shards(model, steering_dataset(model), config["steering"][model]["perplexity_sequences"])
 
 
 def correlation_blocks(model):
