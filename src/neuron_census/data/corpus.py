@@ -33,7 +33,9 @@ import numpy as np
 from neuron_census.atomic import atomic_path
 from neuron_census.config import schema_defaults
 from neuron_census.data.bundle import (
+    ALL_DOMAINS,
     DOMAINS,
+    JSONL_FIELD,
     MIN_DOCUMENT_CHARS,
     BlockTooLong,
     corpus_file,
@@ -88,8 +90,9 @@ class Origin(NamedTuple):
 
 def _bundled_documents(spec: Mapping[str, Any], root: Path, dataset: str) -> Iterator[tuple[str, Origin]]:
     """The bundled corpus's documents of the dataset's domains (split applied, interleaved), each labelled
-    with its domain."""
-    read = partial(_file_documents, field="", errors=spec["encoding_errors"], min_chars=MIN_DOCUMENT_CHARS,
+    with its domain. A `.txt.xz` domain file is read in the bundle's text format, a `.jsonl.xz` one (the code
+    domains of other languages: whole source files) one document per record."""
+    read = partial(_file_documents, field=JSONL_FIELD, errors=spec["encoding_errors"], min_chars=MIN_DOCUMENT_CHARS,
                    max_chars=spec["max_document_chars"])
     streams = []
     for domain in _domains(spec, dataset):
@@ -141,10 +144,14 @@ def corpus_texts(
 
 
 def _domains(spec: Mapping[str, Any], name: str) -> list[str]:
-    """The bundled domains a dataset reads: those it lists (the schema knows their names), else all."""
+    """The bundled domains a dataset reads: those it lists (any of ALL_DOMAINS; the schema knows their names),
+    else the 8 English DOMAINS."""
     domains = spec.get("domains", DOMAINS)
     if len(set(domains)) != len(domains):  # the schema does not refuse a repeat, which would read a domain twice
         raise ValueError(f"dataset {name!r}: domains {domains} repeat a domain")
+    unknown = [domain for domain in domains if domain not in ALL_DOMAINS]
+    if unknown:  # for specs that did not pass the schema
+        raise ValueError(f"dataset {name!r}: unknown bundled domains {unknown}; use any of {', '.join(ALL_DOMAINS)}")
     return list(domains)
 
 
