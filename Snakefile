@@ -18,6 +18,7 @@ include: "workflow/rules/capture.smk"
 include: "workflow/rules/stats.smk"
 include: "workflow/rules/universal.smk"
 include: "workflow/rules/subupdates.smk"
+include: "workflow/rules/probing.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/report.smk"
 
@@ -28,6 +29,7 @@ rule all:
         expand("results/{model}/{table}.parquet", model=list(config["universal"]), table=sorted(STUDY_TABLES["universal"])),
         expand("results/{model}/{table}.parquet", model=list(config["subupdates"]), table=sorted(STUDY_TABLES["subupdates"])),
         expand("results/{model}/{table}.parquet", model=list(config["steering"]), table=sorted(STUDY_TABLES["steering"])),
+        expand("results/{model}/{table}.parquet", model=list(config["probing"]), table=sorted(STUDY_TABLES["probing"])),
         expand("results/figures/{figure}.{ext}", figure=FIGURES, ext=["png", "pdf"]),
         "results/report.html",
     default_target: True

@@ -22,7 +22,7 @@ from neuron_census.testing.planted import (
     token_neuron,
 )
 
-RECIPE_NAMES = ("basic", "census")
+RECIPE_NAMES = ("basic", "census", "probing")
 SEEDS = (0, 1, 2)
 MARGIN = 0.5  # every pre-activation is at least this far from 0 (float noise is ~1e-4)
 CENSUS = get_recipe("census")

@@ -20,8 +20,10 @@ from neuron_census.analyses.probe_features import (
     position_spans,
     source_spans,
     text_spans,
+    feature_family,
     token_text_features,
     word_pieces,
+    word_set_spans,
 )
 
 TEXTS = [
@@ -96,6 +98,49 @@ def test_source_runs_skip_min_span_and_unlabelled():
     assert len(source_spans(sources, names, skip=0, min_span=4).filter(pl.col("start") == 1)) == 3 * 2
     only_unlabelled = np.full((1, 40), -1, dtype=np.int16)
     assert source_spans(only_unlabelled, names, skip=0, min_span=1).is_empty()
+
+
+def test_source_groups_are_one_vs_rest_within_their_sources():
+    names = ("wiki", "fr", "de", "go")
+    sources = np.full((4, 12), -1, dtype=np.int16)
+    for row, code in enumerate((0, 1, 2, 3)):
+        sources[row, 1:] = code
+    groups = {"domain": ["wiki"], "language": ["fr", "de", "nl"], "code": ["go"]}
+    table = source_spans(sources, names, skip=2, min_span=4, groups=groups)
+    by_feature = {f: sorted(g.select("seq", "label").rows()) for (f,), g in table.group_by("feature")}
+    assert by_feature == {
+        "domain: wiki": [(0, True)],  # a group of one source: no negative (balanced_spans drops it)
+        "language: fr": [(1, True), (2, False)],  # runs of other groups are no span of a language
+        "language: de": [(1, False), (2, True)],  # nl: not in the shard, no feature
+        "code: go": [(3, True)],
+    }
+    assert set(table["start"].to_list()) == {3} and set(table["end"].to_list()) == {12}
+    with pytest.raises(ValueError, match="repeats a source"):
+        source_spans(sources, names, groups={"language": ["fr", "fr"]})
+
+
+def test_word_sets_mark_the_last_token_of_each_word():
+    tokens = np.array([
+        [0, 7, 8, 2, 17, 7, 9],  # ice cream | cat | hot | ice | \n
+        [7, 2, 2, 18, 7, 8, 7],  # BOS position is never labelled; ice at the end: not inside a finished word
+    ])
+    table = word_set_spans(tokens, len(TEXTS), {"food": [(7, 8), (18,)], "cat": [(2,)]})
+    assert _labels_by_position(table, "words: food") == {
+        (0, 2): True, (0, 3): False, (0, 4): False, (0, 5): False, (0, 6): False,  # (0, 1): inside "ice cream"
+        (1, 1): False, (1, 2): False, (1, 3): True, (1, 5): True, (1, 6): False,  # (1, 4): inside
+    }
+    cats = _labels_by_position(table, "words: cat")
+    assert {key for key, label in cats.items() if label} == {(0, 3), (1, 1), (1, 2)} and len(cats) == 12
+    with pytest.raises(ValueError, match="at least one word"):
+        word_set_spans(tokens, len(TEXTS), {"none": []})
+    with pytest.raises(ValueError, match="token ids must be in"):
+        word_set_spans(tokens, len(TEXTS), {"far": [(99,)]})
+
+
+def test_feature_families():
+    assert [feature_family(f) for f in ("text: digits", "position < 8", "language: lang-fr", "compound: hot dog", "words: w10")] == [
+        "text", "position", "language", "compound", "words"
+    ]
 
 
 def test_compound_words_with_a_two_token_first_word():

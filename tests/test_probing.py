@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 from scipy.optimize import linprog, minimize
 from scipy.special import digamma
-from sklearn.metrics import average_precision_score
+from sklearn.metrics import accuracy_score, average_precision_score, f1_score, matthews_corrcoef, precision_score, recall_score
 
 from neuron_census.analyses import probing
 from neuron_census.analyses.probing import (
@@ -155,6 +155,23 @@ def test_rankings_match_direct_computations() -> None:
     assert 2 <= kept < 12
     l1 = l1_logistic_ranking(train, y)
     assert l1[:kept].tolist() == list(GRADED[:kept]) and l1[kept:].tolist() == sorted(l1[kept:].tolist())
+
+
+def test_a_perfect_detector_ranks_first_by_f_and_by_a_raised_l1_penalty() -> None:
+    """A neuron constant within each class (f_classif's uncentred sums give it a negative F by cancellation)
+    and a row count too small for C = 0.1 (every L1 weight zero) still rank the detector first."""
+    rng = np.random.default_rng(0)
+    y = np.arange(176) % 2 == 0
+    x = (rng.normal(size=(176, 8)) * 0.1).astype(np.float32)
+    x[:, 6] = np.where(y | (rng.random(176) < 0.5), 3.7754512, 0.0)  # fires on every positive and half the negatives
+    x[:, 1] = np.where(y, 3.7754524, 0.0)  # the detector, a planted model's float32 activation
+    x[:, 0] = 1.0  # constant: last
+    train, _ = scale_neurons(x, x)
+    assert probing.f_classif(train, y)[0][1] < 0  # the cancellation this guards against
+    assert f_statistic_ranking(train, y)[0] == 1 and f_statistic_ranking(train, y)[-1] == 0
+    plain = probing.LogisticRegression(l1_ratio=1.0, C=L1_C, solver="liblinear", class_weight="balanced").fit(train, y)
+    assert not plain.coef_.any()  # what the raised C is for
+    assert l1_logistic_ranking(train, y)[0] == 1
 
 
 def test_rankings_break_ties_by_index_and_nan_last() -> None:
@@ -315,6 +332,23 @@ def test_metrics_on_hand_examples() -> None:
     assert metrics["f1"] == pytest.approx(2 / 3) and metrics["mcc"] == pytest.approx(1 / 3)
     nothing = probe_metrics(y, np.zeros(6, dtype=bool), np.zeros(6))
     assert (nothing["f1"], nothing["precision"], nothing["recall"], nothing["mcc"]) == (0.0, 0.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_metrics_match_sklearn_with_ties_and_empty_predictions(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(6, 60))
+    y = rng.random(n) < rng.uniform(0.1, 0.9)
+    y[:2] = [True, False]
+    scores = np.round(rng.normal(size=n) + y * rng.uniform(0, 2), 1)  # rounded: tied scores
+    predicted = scores > (np.inf if seed == 0 else rng.normal())  # seed 0: nothing predicted positive
+    metrics = probe_metrics(y, predicted, scores)
+    expected = {
+        "f1": f1_score(y, predicted, zero_division=0), "mcc": matthews_corrcoef(y, predicted),
+        "precision": precision_score(y, predicted, zero_division=0), "recall": recall_score(y, predicted, zero_division=0),
+        "accuracy": accuracy_score(y, predicted), "pr_auc": average_precision_score(y, scores),
+    }
+    assert metrics == pytest.approx(expected, abs=1e-12)
 
 
 def test_probe_sweep_table() -> None:

@@ -151,10 +151,18 @@ def test_presets_dry_run(preset: Path, tmp_path: Path):
     for study in steered.values():  # prompts the user provides (RealToxicityPrompts is not fetched)
         (workdir / study["prompts"]).parent.mkdir(parents=True, exist_ok=True)
         (workdir / study["prompts"]).write_text('{"prompt": {"text": "So"}, "challenging": true}\n')
+    config = yaml.safe_load(preset.read_text())
+    for spec in config.get("datasets", {}).values():  # files the user downloads (Europarl is not fetched)
+        for pattern in spec.get("paths", []) if spec["source"] == "files" else []:
+            (workdir / pattern.replace("*", "fr")).parent.mkdir(parents=True, exist_ok=True)
+            (workdir / pattern.replace("*", "fr")).write_text("Reprise de la session.\n")
     output = snakemake(workdir, "--configfile", str(preset), "-n").stdout
     plan = planned_jobs(output)
     assert plan["capture"] >= 1 and plan["fig1a_dead_neurons"] == 1
     assert plan.get("steering", 0) == len(steered) and ("steering_effect" in plan) == bool(steered)
+    probed = config.get("probing", {})  # one sweep per probed layer, a sample capture per (model, dataset, shard)
+    assert plan.get("probe_layer", 0) == sum(len(study["layers"]) for study in probed.values())
+    assert plan.get("probe_spans", 0) == sum(len(study["datasets"]) for study in probed.values())
     trains = preset.stem == "opt-train-125m"  # Figs. 10 and 11 compare trained models: drawn only then
     assert ("fig10_positional_nopos" in plan, "fig11_positional_training" in plan) == (trains, trains)
     if preset.stem == "opt-family":
@@ -182,18 +190,24 @@ def test_default_config_dry_run(tmp_path: Path):
     assert plan["vocab_projection"] == 8 and all(plan[figure] == 1 for figure in FIGURES)  # not of models compared only
     assert plan["correlation"] == 4 and plan["universal_tables"] == 2  # two studies of two shards
     assert plan["subupdate_lens"] == plan["early_exit"] == 2 and plan["steering"] == 1
+    # sparse probing: planted (2 layers, 2 shards), tiny-gpt2-seed0 (3 layers) and stories260k (5 layers), one shard each
+    assert (plan["probe_spans"], plan["probe_samples"], plan["probe_layer"], plan["probe_tables"]) == (3, 4, 10, 3)
     default = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     training = {"fig10_positional_nopos", "fig11_positional_training"}  # the training experiment: trained models only
     # Gurnee et al.'s figures: the studies' reference models, the planted one first
     universal = {f for f in FIGURES if figure_study(f) == "universal"} | {"vocab_roles"}
-    subupdates = {f for f in FIGURES if figure_study(f) in ("subupdates", "steering")}
-    assert {f for f in FIGURES if "planted" in (default["figures"][f].get("models") or [])} == set(FIGURES) - training - universal - subupdates
+    subupdates = {f for f in FIGURES if figure_study(f) in ("subupdates", "steering", "probing")}
+    drawn = {f for f in FIGURES if "planted" in (default["figures"].get(f, {}).get("models") or [])}
+    assert drawn == set(FIGURES) - training - universal - subupdates
     assert all(default["figures"][f]["models"][0] == "planted-seed-a" for f in universal)
     # a study reference's neurons.parquet joins the study's per-neuron tables; another model's does not wait for them
     study = {"universal_tables": 1, "entropy_interventions": 1, "attention_interventions": 1}
     for model, joins in (("planted-seed-a", True), ("planted", False)):
         plan = planned_jobs(snakemake(workdir, "-n", f"results/{model}/neurons.parquet").stdout)
         assert ({rule: plan.get(rule) for rule in study} == study) is joins and plan["neuron_tables"] == 1
+    # a probed model's neurons.parquet joins the features its single neurons probe for
+    plan = planned_jobs(snakemake(workdir, "-n", "results/stories260k/neurons.parquet").stdout)
+    assert (plan["probe_tables"], plan["probe_layer"], plan["probe_samples"]) == (1, 5, 1)
 
 
 def test_bad_config_stops_with_one_line(tmp_path: Path):

@@ -70,6 +70,7 @@ def validate_config(config: dict[str, Any], schema_path: str | Path) -> dict[str
     _check_universal(config)
     _check_subupdates(config)
     _check_steering(config)
+    _check_probing(config)
     _check_models(config)
     return config
 
@@ -177,6 +178,36 @@ def _check_steering(config: Mapping[str, Any]) -> None:
         scorer = study["scorer"]
         if scorer["name"] == "lexicon" and not (scorer.get("words") or study["concept"]):
             raise ConfigError(f"config error at 'steering.{model}.scorer': the lexicon scorer needs words (or a concept to take them from)")
+
+
+def _check_probing(config: Mapping[str, Any]) -> None:
+    """Every probed model is configured, as is its dataset; a source belongs to a group once."""
+    for model, study in config.get("probing", {}).items():
+        _known("probing", model, config["models"], "model")
+        for dataset in study["datasets"]:
+            _known(f"probing.{model}.datasets", dataset, config["datasets"], "dataset")
+        for group, sources in (study.get("groups") or {}).items():
+            if len(set(sources)) != len(sources):
+                raise ConfigError(f"config error at 'probing.{model}.groups.{group}': {sources} repeat a source")
+        layers = probing_layers(config, model)
+        shape = model_shape(config, model)
+        if shape is not None and any(layer >= shape[0] for layer in layers):
+            raise ConfigError(f"config error at 'probing.{model}.layers': model '{model}' has layers 0..{shape[0] - 1}, not {layers}")
+
+
+def probing_layers(config: Mapping[str, Any], model: str) -> list[int]:
+    """The layers a probing study probes: its own `layers`, else the model's listed capture layers, else every
+    layer where the config tells the model's depth; a ConfigError where nothing does (hub models)."""
+    study = config["probing"][model]
+    if study.get("layers"):
+        return sorted(set(int(layer) for layer in study["layers"]))
+    captured = capture_settings(config, model)["layers"]
+    if isinstance(captured, list):
+        return sorted(set(int(layer) for layer in captured))
+    shape = model_shape(config, model)
+    if shape is None:
+        raise ConfigError(f"config error at 'probing.{model}.layers': name the layers to probe (the config alone does not tell the depth of model '{model}')")
+    return list(range(shape[0]))
 
 
 def _check_references(config: Mapping[str, Any]) -> None:

@@ -472,12 +472,14 @@ def tables_job(
     layers_out: PathLike,
     roles: Mapping[str, Any] | None = None,
     study: Sequence[PathLike] = (),
+    probing: PathLike | None = None,
 ) -> None:
     """neurons.parquet (activation statistics joined with vocabulary projections, weight statistics, roles
     in vocabulary space and the trigger scores of detected tokens) and layers.parquet. `roles`: the
     config's `analysis.roles` thresholds. `study`: for the reference of a universal-neurons study, its
-    universal, entropy_neurons, attention_scores and attention_paths tables, joined per neuron."""
-    from neuron_census.analyses.tables import layer_table, with_study_columns
+    universal, entropy_neurons, attention_scores and attention_paths tables, joined per neuron. `probing`:
+    for a probed model, the features each neuron is a single-neuron probe for (probe_features.parquet)."""
+    from neuron_census.analyses.tables import layer_table, with_probe_columns, with_study_columns
     from neuron_census.analyses.vocab import with_vocab
     from neuron_census.analyses.weights import vocab_roles
 
@@ -485,6 +487,8 @@ def tables_job(
     neurons = neurons.with_columns(vocab_role=vocab_roles(neurons, **{**schema_defaults("analysis/roles"), **(roles or {})}))
     if study:
         neurons = with_study_columns(neurons, *(pl.read_parquet(path) for path in study))
+    if probing is not None:
+        neurons = with_probe_columns(neurons, pl.read_parquet(probing))
     write_parquet(neurons, neurons_out)
     write_parquet(layer_table(neurons, int(neurons["n_layers_total"][0])), layers_out)
 
@@ -562,6 +566,16 @@ FIGURES: dict[str, FigureSpec] = {
     ),
     "early_exit_accuracy": FigureSpec("plots.subupdates", "plot_early_exit", ("early_exit",), "FFN sub-updates", defaults={"figsize": [10.0, 4.0]}),
     "steering_effect": FigureSpec("plots.subupdates", "plot_steering", ("steering_summary",), "FFN sub-updates", defaults={"figsize": [10.0, 3.8]}),
+    "probe_f1_by_k": FigureSpec("plots.probing", "plot_probe_f1_by_k", ("probes",), "Sparse probing", defaults={"figsize": [16.0, 3.5]}),
+    "probe_best_single": FigureSpec("plots.probing", "plot_probe_best_single", ("probe_neurons",), "Sparse probing", defaults={"figsize": [14.0, 3.5]}),
+    "probe_methods": FigureSpec("plots.probing", "plot_probe_methods", ("probes",), "Sparse probing", defaults={"figsize": [12.0, 4.0]}),
+    "probe_precision_recall": FigureSpec(
+        "plots.probing", "plot_probe_precision_recall", ("probe_neurons",), "Sparse probing", defaults={"figsize": [10.0, 4.0]}
+    ),
+    "monosemantic_neurons": FigureSpec(
+        "plots.probing", "plot_monosemantic_neurons", ("probe_neurons",), "Sparse probing", defaults={"figsize": [9.0, 6.0], "max_rows": 20},
+        csv="monosemantic_frame",
+    ),
 }
 
 TABLE_FILES = {
@@ -583,12 +597,16 @@ TABLE_FILES = {
     "early_exit_summary": "early_exit_summary.parquet",
     "steering": "steering.parquet",
     "steering_summary": "steering_summary.parquet",
+    "probes": "probes.parquet",
+    "probe_neurons": "probe_neurons.parquet",
+    "probe_features": "probe_features.parquet",
 }
-# tables that only the models of a study section (`universal`, `subupdates`, `steering`) have: their figures draw those
+# tables that only the models of a study section (`universal`, `subupdates`, `steering`, `probing`) have: their figures draw those
 STUDY_TABLES = {
     "universal": frozenset({"universal", "best_matches", "entropy", "entropy_neurons", "attention_scores", "attention_paths"}),
     "subupdates": frozenset({"predictions", "subupdates", "subupdate_layers", "value_clusters", "clusters", "early_exit", "early_exit_summary"}),
     "steering": frozenset({"steering", "steering_summary"}),
+    "probing": frozenset({"probes", "probe_neurons", "probe_features"}),
 }
 
 

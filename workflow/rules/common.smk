@@ -13,6 +13,7 @@ from neuron_census.config import (
     model_datasets,
     model_label,
     model_tokenizer,
+    probing_layers,
     resolved_model_spec,
     resolved_tokenizer_spec,
     tokenizer_dir,
@@ -53,6 +54,7 @@ wildcard_constraints:
     shard=r"\d+",
     block=r"\d+-\d+",
     figure=_name,
+    layer=r"\d+",
 
 
 def shard_paths(tok, dataset):
@@ -241,3 +243,42 @@ def correlation_blocks(model):
 def study_settings(model):
     """What the correlations depend on (the thresholds of the tables do not rerun them)."""
     return canonical({k: universal_study(model)[k] for k in ("others", "dataset", "blocks", "activation", "drop_newlines")})
+
+
+def probing_study(model):
+    return config["probing"][model]
+
+
+def probing_datasets(model):
+    return probing_study(model)["datasets"] or model_datasets(config, model)[:1]
+
+
+def probing_shards(model, dataset):
+    """The shards a dataset's sequences come from (every shard when `sequences` is null)."""
+    sequences = probing_study(model)["sequences"]
+    if sequences is None:
+        return shard_paths(model_tokenizer(config, model), dataset)
+    return first_shards(model, dataset, sequences)
+
+
+def probing_stores(model):
+    """Every sample store the study's sweeps read, dataset by dataset."""
+    return [
+        f"results/probing/{model}/{dataset}/samples/{Path(shard).name}"
+        for dataset in probing_datasets(model) for shard in probing_shards(model, dataset)
+    ]
+
+
+def probing_capture_settings(model, dataset):
+    """The model's capture settings, keeping only the samples of the dataset's spans at the study's layers."""
+    study = probing_study(model)
+    layers = probing_layers(config, model)
+    settings = {k: v for k, v in capture_settings(config, model).items() if k not in ("accumulators", "ngram_layers")}
+    return settings | {
+        "accumulators": ["samples"], "layers": layers, "ngram_layers": layers,
+        "sample_spans": f"results/probing/{model}/{dataset}/sample_spans.parquet", "sample_limit": study["sample_limit"],
+    }
+
+
+PROBING_FEATURE_KEYS = ("sequences", "families", "groups", "words", "compounds", "position_bins", "skip", "min_span", "positive_share", "limit", "seed")
+PROBING_PROBE_KEYS = ("methods", "ks", "max_mip_k", "candidates", "time_limit", "seed", "test_share", "max_iter")

@@ -51,6 +51,7 @@ rule neuron_tables:
         vocab="results/{model}/vocab.parquet",
         fired="results/{model}/fired_token_scores.parquet",
         study=lambda w: study_tables(w.model),
+        probing=lambda w: [f"results/{w.model}/probe_features.parquet"] if w.model in config["probing"] else [],
     output:
         neurons="results/{model}/neurons.parquet",
         layers="results/{model}/layers.parquet",

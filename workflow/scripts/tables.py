@@ -12,4 +12,5 @@ with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)
         layers_out=snakemake.output.layers,  # noqa: F821
         roles=snakemake.params.roles,  # noqa: F821
         study=list(snakemake.input.study),  # noqa: F821
+        probing=next(iter(snakemake.input.probing), None),  # noqa: F821
     )

@@ -24,15 +24,20 @@ Families:
 - Data source (the paper's Pile-subset context features): a run is a maximal stretch of one source code in
   a sequence, from position 1; its span starts `skip` tokens in (25, as the paper skips a document's first
   25 tokens: little context yet) and ends with the run, kept when at least `min_span` tokens remain. For
-  every source name, `source: <name>` labels each kept run one-vs-rest. Unlabelled runs (-1) are no span of
+  every source name, `<group>: <name>` labels each kept run one-vs-rest. Unlabelled runs (-1) are no span of
   any feature: their source is unknown, so they are neither positives nor safe negatives. A run is a run of
   one source, not of one document (consecutive documents of one source merge).
+  Sources come in groups, each a one-vs-rest family among its own sources (`groups`; e.g. `domain` over
+  the English domains as the paper's Pile subsets, `language` over natural languages as its Europarl
+  languages, `code` over programming languages as its GitHub languages): `<group>: <name>`.
 - Compound words: a bigram is (first word ids, second word ids), either word one or more tokens. Positives
   at the second word's last token where the first word directly precedes it; negatives at the second word's
   last token where it does not, and at the token right after the first word where the second word does not
   follow. A word never starts at BOS; where the sequence ends inside what could still be the second word,
   that position is not labelled (it cannot be told); a position that is a positive is never a negative.
   Name: `compound: <first> <second>`, each word's decoded text stripped.
+- Word sets: `words: <name>` marks the last token of any word of a named set (each word one or more token
+  ids) against every other position, the earlier tokens of a word excepted.
 
 `balanced_spans` subsamples each feature to at most `limit` spans at the configured positive share: the
 most spans n <= limit at which both classes can fill their share (n_pos = round(n * share)), so the share
@@ -45,7 +50,7 @@ from __future__ import annotations
 
 import unicodedata
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -194,9 +199,14 @@ def position_spans(n_sequences: int, seq_len: int, bins: Sequence[int] | None = 
     return pl.concat(frames) if frames else _empty()
 
 
-def source_spans(sources: np.ndarray, source_names: Sequence[str], skip: int = 25, min_span: int = 4) -> pl.DataFrame:
-    """`source: <name>` spans: every labelled run of one source, less its first `skip` tokens, kept when
-    `min_span` tokens remain, labelled one-vs-rest for each name."""
+def source_spans(
+    sources: np.ndarray, source_names: Sequence[str], skip: int = 25, min_span: int = 4,
+    groups: Mapping[str, Sequence[str]] | None = None,
+) -> pl.DataFrame:
+    """`<group>: <name>` spans: every labelled run of one source, less its first `skip` tokens, kept when
+    `min_span` tokens remain, labelled one-vs-rest among the runs of its group's sources (runs of sources
+    outside the group are no span of its features). `groups` None: one group `source` of every name. A
+    group's source that the shard does not hold has no feature."""
     sources = np.asarray(sources)
     if sources.ndim != 2 or sources.shape[1] < 2:
         raise ValueError(f"source features need sources [S, T] with T >= 2, got shape {sources.shape}")
@@ -217,7 +227,15 @@ def source_spans(sources: np.ndarray, source_names: Sequence[str], skip: int = 2
     start = run_start + skip
     keep = (code != NO_SOURCE) & (run_end - start >= min_span)
     seq, start, end, code = seq[keep], start[keep], run_end[keep], code[keep]
-    frames = [_spans(f"source: {name}", seq, start, end, code == i) for i, name in enumerate(source_names)]
+    groups = {"source": list(source_names)} if groups is None else groups
+    index = {name: i for i, name in enumerate(source_names)}
+    frames = []
+    for group, names in groups.items():
+        if len(set(names)) != len(names):
+            raise ValueError(f"source group {group!r} repeats a source: {list(names)}")
+        codes = [index[name] for name in names if name in index]
+        inside = np.isin(code, codes)
+        frames += [_spans(f"{group}: {source_names[i]}", seq[inside], start[inside], end[inside], code[inside] == i) for i in codes]
     return pl.concat(frames) if frames else _empty()
 
 
@@ -266,6 +284,34 @@ def compound_spans(tokens: np.ndarray, token_texts: Sequence[str], bigrams: Sequ
     return pl.concat(frames) if frames else _empty()
 
 
+def word_set_spans(tokens: np.ndarray, vocab: int, word_sets: Mapping[str, Sequence[Sequence[int]]]) -> pl.DataFrame:
+    """`words: <name>` spans, one position each: for each named set of words (each word one or more token
+    ids), positives at the last token of every occurrence of a word of the set, negatives at every other
+    position after BOS except the earlier tokens of an occurrence (inside the word: neither)."""
+    tokens = _checked_tokens(tokens, vocab)
+    seq_len = tokens.shape[1]
+    frames = []
+    for name, words in word_sets.items():
+        words = [tuple(int(i) for i in word) for word in words]
+        if not words or any(not word for word in words):
+            raise ValueError(f"word set {name!r} needs at least one word, each of at least one token, got {words}")
+        if any(not 0 <= i < vocab for word in words for i in word):
+            raise ValueError(f"word set {name!r}: token ids must be in 0..{vocab - 1}, got {words}")
+        positive = np.zeros(tokens.shape, dtype=bool)
+        inside = np.zeros(tokens.shape, dtype=bool)
+        for word in words:
+            at = _word_starts(tokens, word)
+            n = len(word)
+            positive[:, n - 1 :] |= at[:, : seq_len - n + 1]
+            for j in range(n - 1):
+                inside[:, j:] |= at[:, : seq_len - j]
+        eligible = np.ones(tokens.shape, dtype=bool)
+        eligible[:, 0] = False
+        eligible &= positive | ~inside
+        frames.append(_position_spans(f"words: {name}", eligible, positive))
+    return pl.concat(frames) if frames else _empty()
+
+
 def feature_spans(
     tokens: np.ndarray,
     sources: np.ndarray | None,
@@ -273,6 +319,8 @@ def feature_spans(
     token_texts: Sequence[str],
     settings: FeatureSettings,
     bigrams: Sequence[tuple[Sequence[int], Sequence[int]]] = (),
+    source_groups: Mapping[str, Sequence[str]] | None = None,
+    word_sets: Mapping[str, Sequence[Sequence[int]]] | None = None,
 ) -> pl.DataFrame:
     """Every family's spans (no sources: no source family), sorted by (feature, seq, start, end)."""
     tokens = _checked_tokens(tokens, len(token_texts))
@@ -280,9 +328,18 @@ def feature_spans(
     if sources is not None:
         if np.shape(sources) != tokens.shape:
             raise ValueError(f"probe features need sources shaped as tokens {tokens.shape}, got {np.shape(sources)}")
-        frames.append(source_spans(sources, source_names, settings.skip, settings.min_span))
+        frames.append(source_spans(sources, source_names, settings.skip, settings.min_span, source_groups))
     frames.append(compound_spans(tokens, token_texts, bigrams))
+    frames.append(word_set_spans(tokens, len(token_texts), word_sets or {}))
     return pl.concat(frames).sort("feature", "seq", "start", "end")
+
+
+def feature_family(feature: str) -> str:
+    """The family a feature name belongs to: the part before ": " (`text`, a source group, `compound`,
+    `words`), or `position` for the position bins."""
+    if feature.startswith("position <"):
+        return "position"
+    return feature.split(": ", 1)[0]
 
 
 def balanced_spans(table: pl.DataFrame, positive_share: float = 0.5, limit: int = 10_000, seed: int = 0) -> tuple[pl.DataFrame, tuple[str, ...]]:

@@ -12,11 +12,13 @@ see the scaled activations.
 
 Rankings (each orders all N neurons, best first; equal scores in neuron order; NaN scores last):
 - `mean_difference`: |mean(x | y) - mean(x | not y)|;
-- `f_statistic`: the one-way ANOVA F of the two groups (sklearn's `f_classif`);
+- `f_statistic`: the one-way ANOVA F of the two groups (sklearn's `f_classif`; a neuron constant within
+  each class but not across them gets F = +inf, which f_classif's uncentred sums can turn negative);
 - `mutual_information`: sklearn's `mutual_info_classif` (k-NN estimate, continuous neurons, seeded);
 - `l1_logistic`: |coef| of an L1 logistic regression (C = 0.1, balanced class weights, as the reference;
   liblinear where the reference uses saga; liblinear penalises the bias too). The loss is summed over
-  rows, so with few rows the penalty can zero every weight and the ranking falls back to neuron order;
+  rows, so with few rows the penalty can zero every weight: C is then raised tenfold, up to four times,
+  until a weight is non-zero (after that the ranking falls back to neuron order);
 - `linear_svm`: |coef| of a linear SVM (squared hinge, L2, balanced class weights, seeded; the reference
   fits an unweighted hinge-loss LinearSVC);
 - `random`: a seeded permutation;
@@ -68,7 +70,6 @@ from scipy.optimize import Bounds, LinearConstraint, OptimizeResult, milp
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.feature_selection import f_classif, mutual_info_classif
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, average_precision_score, f1_score, matthews_corrcoef, precision_score, recall_score
 from sklearn.model_selection import train_test_split
 from sklearn.svm import LinearSVC
 
@@ -77,6 +78,7 @@ SHOWN_NEURONS = 8  # the table's `neurons` column lists at most this many of a p
 BIG_M_MARGINS = 10.0  # M_j = BIG_M_MARGINS / std_j (module docstring)
 MIP_GAP = 1e-7  # HiGHS's relative optimality gap (its default, 1e-4, would stop short of the optimum)
 L1_C = 0.1  # inverse regularisation strength of the l1_logistic ranking
+L1_RAISES = 4  # times C is raised tenfold while the L1 fit zeroes every weight
 SCALE_FLOOR = 1e-3  # sigma floor of scale_neurons
 
 TABLE_SCHEMA = {
@@ -211,7 +213,11 @@ def f_statistic_ranking(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         warnings.simplefilter("ignore", RuntimeWarning)
         warnings.simplefilter("ignore", UserWarning)
         f, _p = f_classif(x, y)
-    return _order(np.asarray(f, dtype=np.float64))
+    f = np.asarray(f, dtype=np.float64)
+    # f_classif sums uncentred squares: a neuron constant within each class (a perfect detector) can come out
+    # negative or NaN by cancellation, where its F is +inf
+    separated = (~np.isfinite(f) | (f < 0)) & (mean_difference_scores(x, y) > 0)
+    return _order(np.where(separated, np.inf, f))
 
 
 def mutual_information_ranking(x: np.ndarray, y: np.ndarray, seed: int = 42) -> np.ndarray:
@@ -227,10 +233,13 @@ def l1_logistic_ranking(x: np.ndarray, y: np.ndarray, seed: int = 42, max_iter: 
     first, the ones it zeroes after them in neuron order."""
     x, y = _checked(x, y, "l1_logistic")
     _both_classes(y, "l1_logistic")
-    model = LogisticRegression(l1_ratio=1.0, C=L1_C, solver="liblinear", class_weight="balanced", max_iter=max_iter, random_state=seed)
-    with warnings.catch_warnings():  # a ranking needs the order of the weights, not their last digits
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        model.fit(x, y)
+    for c in L1_C * 10.0 ** np.arange(L1_RAISES + 1):
+        model = LogisticRegression(l1_ratio=1.0, C=c, solver="liblinear", class_weight="balanced", max_iter=max_iter, random_state=seed)
+        with warnings.catch_warnings():  # a ranking needs the order of the weights, not their last digits
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model.fit(x, y)
+        if np.any(model.coef_[0] != 0):
+            break
     return _order(np.abs(model.coef_[0]))
 
 
@@ -366,20 +375,43 @@ def rank_neurons(method: str, x: np.ndarray, y: np.ndarray, settings: ProbeSetti
     raise ValueError(f"unknown probing method {method!r}; known: {list(METHODS)}")
 
 
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator else 0.0
+
+
+def average_precision(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """Average precision of scores, sum over thresholds of (R_n - R_{n-1}) P_n, tied scores one threshold:
+    sklearn's `average_precision_score`, without its per-call input checks (a sweep calls it thousands of
+    times)."""
+    order = np.argsort(-scores, kind="stable")
+    ranked, labels = scores[order], y_true[order]
+    last = np.append(np.flatnonzero(np.diff(ranked)), len(ranked) - 1)  # the last row of each tied score
+    tp = np.cumsum(labels)[last]
+    precision = tp / (last + 1)
+    recall = tp / max(int(y_true.sum()), 1)
+    return float(np.sum(np.diff(recall, prepend=0.0) * precision))
+
+
 def probe_metrics(y_true: np.ndarray, predicted: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-    """F1, MCC, precision, recall and accuracy of hard predictions (0 where undefined) and PR-AUC, the
-    average precision of the scores (a ranking measure: hard predictions give one point, not a curve)."""
+    """F1, MCC, precision, recall and accuracy of hard predictions (0 where undefined, as sklearn's
+    zero_division=0) and PR-AUC, the average precision of the scores (a ranking measure: hard predictions
+    give one point, not a curve). From the confusion counts: sklearn's metric functions spend ~3 ms a call on
+    input checks, which the sweep's thousands of probes would pay."""
     y_true, predicted, scores = np.asarray(y_true, dtype=bool), np.asarray(predicted, dtype=bool), np.asarray(scores, dtype=np.float64)
     if y_true.ndim != 1 or predicted.shape != y_true.shape or scores.shape != y_true.shape:
         raise ValueError(f"probe_metrics needs labels, predictions and scores of one shape [n], got {y_true.shape}, {predicted.shape}, {scores.shape}")
     _both_classes(y_true, "probe_metrics")
+    tp = float(np.sum(y_true & predicted))
+    fp = float(np.sum(~y_true & predicted))
+    fn = float(np.sum(y_true & ~predicted))
+    tn = float(len(y_true)) - tp - fp - fn
     return {
-        "f1": float(f1_score(y_true, predicted, zero_division=0)),
-        "mcc": float(matthews_corrcoef(y_true, predicted)),
-        "precision": float(precision_score(y_true, predicted, zero_division=0)),
-        "recall": float(recall_score(y_true, predicted, zero_division=0)),
-        "accuracy": float(accuracy_score(y_true, predicted)),
-        "pr_auc": float(average_precision_score(y_true, scores)),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "mcc": _ratio(tp * tn - fp * fn, np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))),
+        "precision": _ratio(tp, tp + fp),
+        "recall": _ratio(tp, tp + fn),
+        "accuracy": (tp + tn) / len(y_true),
+        "pr_auc": average_precision(y_true, scores),
     }
 
 
@@ -405,6 +437,7 @@ def probe_sweep(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, te
     ks = default_ks(n_neurons) if settings.ks is None else tuple(sorted(k for k in settings.ks if k <= n_neurons))
     train_x, test_x = scale_neurons(train_x, test_x)
     rows: list[dict[str, object]] = []
+    fitted: dict[tuple[int, ...], dict[str, float]] = {}
     for method in settings.methods:
         fixed = None if method == "optimal" else rank_neurons(method, train_x, train_y, settings)[0]
         for k in ks:
@@ -416,10 +449,13 @@ def probe_sweep(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, te
             else:
                 ranking, status = fixed, None
             used = ranking[:k]
-            predicted, scores = _probe(train_x[:, used], train_y, test_x[:, used], settings)
+            key = tuple(used.tolist())
+            if key not in fitted:  # methods that agree on the top k share one probe
+                predicted, scores = _probe(train_x[:, used], train_y, test_x[:, used], settings)
+                fitted[key] = probe_metrics(test_y, predicted, scores)
             seconds = time.perf_counter() - start
             rows.append({
-                "method": method, "k": k, "neurons": used[:SHOWN_NEURONS].tolist(), **probe_metrics(test_y, predicted, scores),
+                "method": method, "k": k, "neurons": used[:SHOWN_NEURONS].tolist(), **fitted[key],
                 "n_train": len(train_y), "n_test": len(test_y), "positives_test": int(test_y.sum()),
                 "solver_status": status, "seconds": seconds,
             })
@@ -450,4 +486,18 @@ def best_neuron_per_layer(tables: pl.DataFrame) -> pl.DataFrame:
         .group_by("feature", "layer", maintain_order=True)
         .first()
         .select("feature", "layer", "method", neuron=pl.col("neurons").list.first(), f1="f1", precision="precision", recall="recall")
+    )
+
+
+def probe_neuron_features(tables: pl.DataFrame, threshold: float) -> pl.DataFrame:
+    """Per neuron that some method's k = 1 probe uses with test F1 >= threshold (sweep tables with `feature`
+    and `layer` columns): `probe_features`, those features sorted, and `probe_f1`, the best such F1; the
+    columns `neurons.parquet` joins on (layer, neuron)."""
+    return (
+        tables.filter((pl.col("k") == 1) & (pl.col("f1") >= threshold))
+        .select("layer", "feature", "f1", neuron=pl.col("neurons").list.first())
+        .group_by("layer", "neuron")
+        .agg(probe_features=pl.col("feature").unique().sort(), probe_f1=pl.col("f1").max())
+        .sort("layer", "neuron")
+        .select(pl.col("layer").cast(pl.Int64), pl.col("neuron").cast(pl.Int64), "probe_features", "probe_f1")
     )

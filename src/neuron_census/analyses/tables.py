@@ -150,6 +150,16 @@ def with_study_columns(
     return joined
 
 
+def with_probe_columns(neurons: pl.DataFrame, features: pl.DataFrame) -> pl.DataFrame:
+    """A probed model's census table joined with `probe_features` (the features some single-neuron probe on
+    the neuron reads at the study's F1 threshold; empty where none) and `probe_f1` (the best such F1; null
+    where none)."""
+    keys = ["layer", "neuron"]
+    typed = features.select(*(pl.col(key).cast(neurons.schema[key]) for key in keys), "probe_features", "probe_f1")
+    joined = neurons.join(typed, on=keys, how="left", maintain_order="left")
+    return joined.with_columns(pl.col("probe_features").fill_null(pl.lit([], dtype=pl.List(pl.Utf8))))
+
+
 def layer_table(neurons: pl.DataFrame, n_layers_total: int) -> pl.DataFrame:
     """One row per layer: dead neurons, firing frequency, detectors and positional neurons by type.
 

@@ -295,7 +295,35 @@ def _census() -> PlantedRecipe:
     return PlantedRecipe(**sizes, neurons=neurons, previous_token_head=True, design_words=words)
 
 
-RECIPES: dict[str, Callable[[], PlantedRecipe]] = {"basic": _basic, "census": _census}
+PROBING_SINGLE = 10  # one word, one neuron (layer 0 neuron 1): a k = 1 probe
+PROBING_TRIPLE = (20, 21, 22)  # three words, one neuron each in layer 0 (neurons 2-4), one neuron for all in layer 1
+PROBING_EARLY = 8  # positions below this: layer 0 neuron 5
+
+
+def _probing() -> PlantedRecipe:
+    """Sparse probing's ground truth (Gurnee et al. 2023): in layer 0 the word PROBING_SINGLE and the early
+    positions each have a neuron of their own (k = 1 reads them with F1 = 1), while the word set
+    PROBING_TRIPLE is split over three neurons (k = 3 reads it, no single neuron does); layer 1 has one
+    neuron for the whole set. Distractors fire on half of the words (PROBING_SINGLE and two of the triple
+    among them), on graded token scores, or always."""
+    words = CENSUS_WORDS
+    rng = np.random.default_rng(1)
+    scores = {word: float(score) for word, score in zip(words, rng.permutation(len(words)) - len(words) // 2)}
+    neurons = (
+        always(0, 0),
+        token_neuron(0, 1, (PROBING_SINGLE,)),
+        *(token_neuron(0, 2 + i, (word,)) for i, word in enumerate(PROBING_TRIPLE)),
+        position_neuron(0, 5, range(0, PROBING_EARLY), "both_extremes"),
+        token_neuron(0, 6, CENSUS_HALF, role="not_detector"),
+        graded_neuron(0, 7, scores, [0.0] * 64, 0.5, role="not_detector"),  # integer scores: half the words
+        token_neuron(1, 0, PROBING_TRIPLE),
+        token_neuron(1, 1, CENSUS_HALF, role="not_detector"),
+        always(1, 2),
+    )
+    return PlantedRecipe(vocab_size=48, max_positions=64, n_layers=2, n_neurons=8, neurons=neurons, design_words=words)
+
+
+RECIPES: dict[str, Callable[[], PlantedRecipe]] = {"basic": _basic, "census": _census, "probing": _probing}
 
 
 def get_recipe(name: str) -> PlantedRecipe:
