@@ -36,7 +36,11 @@ def test_shipped_configs_are_valid(path: Path):
 
 
 def test_defaults_are_filled(default):
+    from neuron_census.jobs import FIGURES
+
     config = validate_config(default, SCHEMA)
+    assert set(config["figures"]) == set(FIGURES)  # every registered figure, and only those
+    assert config["figures"]["probe_methods"] == {} and config["figures"]["fig1a_dead_neurons"]["models"][0] == "stories260k"
     assert config["capture"]["token_fire_dense_limit"] == 1 << 31
     assert config["datasets"]["corpus"]["encoding_errors"] == "strict"
     assert config["models"]["stories260k"]["trust_remote_code"] is False
@@ -65,6 +69,7 @@ def test_defaults_are_filled(default):
         (lambda c: c["capture"].update(dtype="float64"), r"'capture.dtype': 'float64' is not one of"),
         (lambda c: c["figures"]["fig1a_dead_neurons"].update(bins=[1, 2.5]), r"'figures.fig1a_dead_neurons.bins.1'"),
         (lambda c: c["figures"]["fig1a_dead_neurons"].update(order=4), r"'figures.fig1a_dead_neurons.order'"),
+        (lambda c: c["figures"].update(fig99_nope={}), r"'figures'.*'fig99_nope' was unexpected"),
         (lambda c: c["models"].update(figures=c["models"]["stories260k"]), r"'models.figures'.*reserved"),
         (lambda c: c["figures"]["fig1a_dead_neurons"].update(models=["nope"]), r"unknown model 'nope'"),
         (lambda c: c["resources"].update(merge={"mem_mb": 4}), r"'resources'.*'merge' was unexpected"),
@@ -101,6 +106,15 @@ def test_defaults_are_filled(default):
         (lambda c: c["train"]["tiny-gpt2"].update(seed=3), r"'train.tiny-gpt2'"),  # seed and seeds
         (lambda c: c["train"]["tiny-gpt2"].update(architecture="llama"), r"'train.tiny-gpt2.architecture'"),
         (lambda c: c["train"].update({"tiny-gpt2-seed1": c["train"]["tiny-opt"]}), r"run 'tiny-gpt2-seed1' is also configured"),
+        # sparse probing
+        (lambda c: c["probing"].update(nope={}), r"'probing': unknown model 'nope'"),
+        (lambda c: c["probing"]["stories260k"].update(datasets=["nope"]), r"'probing.stories260k.datasets': unknown dataset 'nope'"),
+        (lambda c: c["probing"]["stories260k"].update(layers=[5]), r"'probing.stories260k.layers': model 'stories260k' has layers 0..4, not \[5\]"),
+        (lambda c: c["probing"]["stories260k"].update(methods=["best"]), r"'probing.stories260k.methods.0'"),
+        (lambda c: c["probing"]["stories260k"]["groups"].update(language=["lang-fr", "lang-fr"]), r"'probing.stories260k.groups.language'.*repeat"),
+        (lambda c: (c["models"].update(hub={"source": "hub", "id": "EleutherAI/pythia-70m", "tokenizer": "stories260k"}), c["probing"].update(hub={})),
+         r"'probing.hub.layers': name the layers to probe"),
+        (lambda c: c["probing"]["stories260k"].update(positive_share=1.0), r"'probing.stories260k.positive_share'"),
     ],
 )
 def test_mistakes_name_the_key(default, mutate, message):

@@ -57,7 +57,7 @@ def _with_defaults(validator_class: type) -> type:
 
 def validate_config(config: dict[str, Any], schema_path: str | Path) -> dict[str, Any]:
     """Validate `config` in place (filling defaults) and check cross references; raise ConfigError."""
-    schema = yaml.safe_load(Path(schema_path).read_text())
+    schema = with_figures(yaml.safe_load(Path(schema_path).read_text()))
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
     _type_command_line_values(config, validator)
     error = jsonschema.exceptions.best_match(validator.iter_errors(config))
@@ -73,6 +73,15 @@ def validate_config(config: dict[str, Any], schema_path: str | Path) -> dict[str
     _check_probing(config)
     _check_models(config)
     return config
+
+
+def with_figures(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema with one `figures.<figure>` entry (a figure_style, default {}) per registered figure: a new
+    figure is registered once, in `jobs.FIGURES`, and the config accepts its style."""
+    from neuron_census.jobs import FIGURES  # jobs imports this module: imported where it is needed
+
+    schema["properties"]["figures"]["properties"] = {name: {"$ref": "#/$defs/figure_style", "default": {}} for name in FIGURES}
+    return schema
 
 
 def _type_errors(errors: Any) -> Iterator[Any]:
