@@ -103,7 +103,8 @@ def probe_spans_job(
     spans = pl.concat(frames)
     families = set(study.get("families", ()))
     if families:
-        spans = spans.filter(pl.col("feature").map_elements(feature_family, return_dtype=pl.Utf8).is_in(families))
+        kept = [feature for feature in spans["feature"].unique().to_list() if feature_family(feature) in families]
+        spans = spans.filter(pl.col("feature").is_in(kept))
     balanced, dropped = balanced_spans(spans, settings.positive_share, settings.limit, settings.seed)
     if dropped:
         log.info("probing '%s': %d features have no positive or no negative and are left out: %s", model_name, len(dropped), ", ".join(dropped))
