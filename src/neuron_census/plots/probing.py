@@ -68,12 +68,23 @@ def _unit_axis(ax: Axes, axis: str = "y") -> None:
 
 
 def _log2_ks(ax: Axes, ks: list[int]) -> None:
-    """x on a log2 scale with a tick at each k drawn (and no others); where more than six k are drawn,
-    only the powers of two are labelled, so that the labels of 5, 6, 7, 10, 12 do not run together."""
+    """x on a log2 scale with a tick at each k drawn (and no others); where more than six k are drawn, only
+    the powers of two (of four beyond eight k) and the largest k are labelled, so labels do not run together."""
     ax.set_xscale("log", base=2)
     crowded = len(ks) > 6
-    ax.set_xticks(ks, [str(k) if not crowded or k & (k - 1) == 0 else "" for k in ks])
+    labelled = {k for k in ks if k & (k - 1) == 0 and (len(ks) <= 8 or k.bit_length() % 2 == 1)} | {max(ks)}
+    ax.set_xticks(ks, [str(k) if not crowded or k in labelled else "" for k in ks])
     ax.xaxis.set_minor_locator(NullLocator())
+
+
+def _figure_legend(fig: Figure, axes: Any, n_models: int) -> None:
+    """One legend of the models below the panels (inside a panel it would cover data), each model once."""
+    entries: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    if entries:
+        fig.legend(list(entries.values()), list(entries), loc="outside lower center", ncols=max(n_models, 1), fontsize="small", frameon=False)
 
 
 def _drop_legend(ax: Axes) -> None:
@@ -142,14 +153,14 @@ def plot_probe_f1_by_k(tables: Mapping[str, pl.DataFrame], style: Mapping[str, A
         depth = int(rows["n_layers"].max() or rows["layer"].max() + 1)
         for ax, family in zip(row, families):
             part = rows.filter(pl.col("family") == family)
-            ax.set_title(f"{model} · {family} ({counts.get((model, family), 0)} features)", fontsize="x-small")
+            ax.set_title(f"{family} ({counts.get((model, family), 0)} features)", fontsize="small")
             _unit_axis(ax)
             if part.is_empty():
                 say_missing(ax, f"no {family} features")
                 continue
             _layer_lines(ax, part, cmap, depth, style)
             ax.set_xlabel("k (neurons)")
-        row[0].set_ylabel(f"mean F1 ({method})")
+        row[0].set_ylabel(f"{model}\nmean F1 ({method})", fontsize="small")
         bar = fig.colorbar(plt.cm.ScalarMappable(Normalize(0, max(depth - 1, 1)), cmap), ax=row, pad=0.01)
         bar.set_label("layer")
         bar.locator = MaxNLocator(integer=True)
@@ -194,7 +205,7 @@ def plot_probe_best_single(tables: Mapping[str, pl.DataFrame], style: Mapping[st
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         _unit_axis(ax)
     axes[0][0].set_ylabel("best k = 1 test F1 (mean)")
-    axes[0][0].legend(fontsize="small", frameon=False)
+    _figure_legend(fig, axes[0], len(models))
     return fig
 
 
@@ -227,7 +238,7 @@ def plot_probe_methods(tables: Mapping[str, pl.DataFrame], style: Mapping[str, A
         ax.tick_params(axis="x", labelrotation=60, labelsize="x-small")
         _unit_axis(ax)
         _drop_legend(ax)
-    axes[0][0].legend(fontsize="x-small", frameon=False)
+    _figure_legend(fig, axes[0], len(models))
     return fig
 
 
@@ -304,7 +315,7 @@ def plot_monosemantic_neurons(tables: Mapping[str, pl.DataFrame], style: Mapping
     cells = [[model, str(layer), str(neuron), feature, method, *(f"{v:.3f}" for v in (f1, precision, recall))]
              for model, layer, neuron, feature, method, f1, precision, recall in shown.iter_rows()]
     table = ax.table(cellText=cells, colLabels=["model", "layer", "neuron", "feature", "method", "F1", "precision", "recall"],
-                     loc="upper center", cellLoc="left", colWidths=[0.14, 0.07, 0.08, 0.25, 0.16, 0.09, 0.1, 0.09])
+                     loc="upper center", cellLoc="left", colWidths=[0.3, 0.06, 0.07, 0.2, 0.14, 0.07, 0.08, 0.08])
     table.auto_set_font_size(False)
     table.set_fontsize(6.5)
     ax.set_title(f"the {shown.height} best of {found.height} monosemantic neurons, best F1 first", fontsize="small")
