@@ -36,6 +36,8 @@ def probed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pl.DataFrame]:
     for i, shard in enumerate(shards):
         tokenize_job("planted", TOKENIZER, "designed", dataset, i, shard)
     probe_spans_job("planted-probing", "planted", TOKENIZER, STUDY, shards, root / "spans.parquet", root / "samples.parquet")
+    with_text = {**STUDY, "families": ["position", "words", "text"]}  # word-level tokens: some text features have one class
+    probe_spans_job("planted-probing", "planted", TOKENIZER, with_text, shards, root / "text-spans.parquet", root / "text-samples.parquet")
     settings = {"accumulators": ["samples"], "sample_spans": str(root / "samples.parquet"), "batch_size": 16, "device": "cpu"}
     stores = [root / f"samples-{i}.zarr" for i in range(2)]
     for shard, store in zip(shards, stores):
@@ -51,8 +53,14 @@ def probed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pl.DataFrame]:
         spans.filter(rows).write_parquet(root / f"part-{i}.parquet")
         parts.append((root / f"part-{i}.parquet", [stores[i]]))
     probe_layer_job("planted-probing", 1, STUDY, parts, root / "pooled.parquet")
-    names = ("spans", "probes", "best", "features", "pooled", "layer-1")
+    names = ("spans", "probes", "best", "features", "pooled", "layer-1", "text-spans")
     return {name: pl.read_parquet(root / f"{name}.parquet") for name in names}
+
+
+def test_features_without_both_classes_are_left_out(probed):
+    kept = set(probed["text-spans"]["feature"].unique().to_list())
+    assert {"text: digits", "text: leading space", "text: capitalised"}.isdisjoint(kept)  # every word has digits, none a space
+    assert {"position < 8", "words: single", "words: triple"} <= kept
 
 
 def test_datasets_pool_per_feature(probed):

@@ -8,7 +8,7 @@ per shard, through `capture_job`) -> a probe sweep per layer (`probe_layer`) -> 
 
 from __future__ import annotations
 
-import logging
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,7 +17,6 @@ import polars as pl
 
 from neuron_census.jobs import PathLike, read_shard_for, write_for_model, write_parquet
 
-log = logging.getLogger(__name__)
 
 FEATURE_KEYS = ("position_bins", "skip", "min_span", "positive_share", "limit", "seed")
 PROBE_KEYS = ("methods", "ks", "max_mip_k", "candidates", "time_limit", "seed", "test_share", "max_iter")
@@ -107,7 +106,7 @@ def probe_spans_job(
         spans = spans.filter(pl.col("feature").is_in(kept))
     balanced, dropped = balanced_spans(spans, settings.positive_share, settings.limit, settings.seed)
     if dropped:
-        log.info("probing '%s': %d features have no positive or no negative and are left out: %s", model_name, len(dropped), ", ".join(dropped))
+        print(f"probing '{model_name}': {len(dropped)} features have no positive or no negative and are left out: {', '.join(dropped)}", file=sys.stderr)
     if balanced.is_empty():
         raise ValueError(f"probing '{model_name}': no feature has both positives and negatives in the study's tokens")
     write_for_model(balanced, model_name, spans_out)
@@ -154,7 +153,7 @@ def labelled_samples(model_name: str, layer: int, parts: Sequence[tuple[PathLike
         table = pl.read_parquet(spans).join(index, on=list(SPAN_KEYS), how="left", maintain_order="left")
         missing = table["row"].null_count()
         if missing:
-            log.info("probing '%s' layer %d: %d spans of %s have no sample (beyond capture.sample_limit) and are left out", model_name, layer, missing, spans)
+            print(f"probing '{model_name}' layer {layer}: {missing} spans of {spans} have no sample (beyond sample_limit) and are left out", file=sys.stderr)
         tables.append(table.drop_nulls("row").select("feature", "label", pl.col("row").cast(pl.Int64) + offset))
         blocks.append(values)
         offset += len(values)
@@ -171,7 +170,7 @@ def _probe_layer(model_name: str, layer: int, study: Mapping[str, Any], parts: S
     for (feature,), group in table.sort("feature", maintain_order=True).group_by("feature", maintain_order=True):
         y = group["label"].to_numpy().astype(bool)
         if min(int(y.sum()), int((~y).sum())) < 2:  # a split needs two of each class
-            log.info("probing '%s' layer %d: feature %r has fewer than 2 samples of a class and is left out", model_name, layer, feature)
+            print(f"probing '{model_name}' layer {layer}: feature {feature!r} has fewer than 2 spans of a class and is left out", file=sys.stderr)
             continue
         x = values[group["row"].to_numpy()]
         train, test = split_rows(y, settings)
