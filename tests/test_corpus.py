@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from neuron_census.config import ConfigError, validate_config
+from neuron_census.config import ConfigError, validate_config, with_figures
 from neuron_census.data.bundle import (
     ALL_DOMAINS,
     CODE_DOMAINS,
@@ -234,8 +234,10 @@ def test_other_language_domains_are_bundled_within_budget() -> None:
 def test_a_dataset_may_name_other_language_domains() -> None:
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     config["datasets"]["d"] = {"source": "bundled", "seq_len": 8, "sequences_per_shard": 2, "domains": ["lang-fr", "code-go"]}
-    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    schema = with_figures(yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text()))
     assert not list(jsonschema.Draft202012Validator(schema).iter_errors(config))  # the schema's part of the check
+    config["datasets"]["d"]["domains"] = ["lang-xx"]
+    assert list(jsonschema.Draft202012Validator(schema).iter_errors(config))
     docs = list(iter_documents(_bundled(domains=["lang-fr", "code-go"], split="heldout", heldout_every=3), ROOT))
     assert sum(d.startswith("package ") for d in docs) == 23 // 3  # Go source files, each whole
     assert len(docs) == 68 // 3 + 23 // 3

@@ -119,6 +119,25 @@ def test_source_groups_are_one_vs_rest_within_their_sources():
         source_spans(sources, names, groups={"language": ["fr", "fr"]})
 
 
+def test_source_tokens_are_every_position_of_the_source_spans():
+    names = ("web", "code")
+    sources = np.full((2, 20), -1, dtype=np.int16)
+    sources[0, 1:12], sources[0, 12:], sources[1, 1:] = 0, 1, 1
+    spans = source_spans(sources, names, skip=3, min_span=2)
+    tokens = source_spans(sources, names, skip=3, min_span=2, per_token=True)
+    expected = sorted(
+        (feature.replace("source", "source token"), seq, p, p + 1, label)
+        for feature, seq, start, end, label in spans.rows() for p in range(start, end)
+    )
+    assert sorted(tokens.rows()) == expected and len(expected) == 2 * (8 + 5 + 16)
+    settings = FeatureSettings(source_units=("span", "token"), position_bins=(4,), skip=3, min_span=2)
+    both = feature_spans(np.zeros((2, 20), dtype=np.int64), sources, names, TEXTS, settings)
+    assert {f for f in both["feature"].unique().to_list() if "web" in f} == {"source: web", "source token: web"}
+    assert feature_family("source token: web") == "source token"
+    with pytest.raises(ValueError, match="source_units"):
+        FeatureSettings(source_units=("word",))
+
+
 def test_word_sets_mark_the_last_token_of_each_word():
     tokens = np.array([
         [0, 7, 8, 2, 17, 7, 9],  # ice cream | cat | hot | ice | \n

@@ -18,7 +18,7 @@ import polars as pl
 from neuron_census.jobs import PathLike, read_shard_for, write_for_model, write_parquet
 
 
-FEATURE_KEYS = ("position_bins", "skip", "min_span", "positive_share", "limit", "seed")
+FEATURE_KEYS = ("position_bins", "skip", "min_span", "source_units", "positive_share", "limit", "seed")
 PROBE_KEYS = ("methods", "ks", "max_mip_k", "candidates", "time_limit", "seed", "test_share", "max_iter")
 SPAN_KEYS = ("seq", "start", "end")
 
@@ -29,6 +29,8 @@ def feature_settings(study: Mapping[str, Any]) -> Any:
     chosen = {key: study[key] for key in FEATURE_KEYS if key in study}
     if chosen.get("position_bins") is not None:
         chosen["position_bins"] = tuple(chosen["position_bins"])
+    if "source_units" in chosen:
+        chosen["source_units"] = tuple(chosen["source_units"])
     return FeatureSettings(**chosen)
 
 

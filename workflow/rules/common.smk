@@ -280,5 +280,5 @@ def probing_capture_settings(model, dataset):
     }
 
 
-PROBING_FEATURE_KEYS = ("sequences", "families", "groups", "words", "compounds", "position_bins", "skip", "min_span", "positive_share", "limit", "seed")
+PROBING_FEATURE_KEYS = ("sequences", "families", "groups", "words", "compounds", "position_bins", "skip", "min_span", "source_units", "positive_share", "limit", "seed")
 PROBING_PROBE_KEYS = ("methods", "ks", "max_mip_k", "candidates", "time_limit", "seed", "test_share", "max_iter")

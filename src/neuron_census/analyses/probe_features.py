@@ -29,7 +29,9 @@ Families:
   one source, not of one document (consecutive documents of one source merge).
   Sources come in groups, each a one-vs-rest family among its own sources (`groups`; e.g. `domain` over
   the English domains as the paper's Pile subsets, `language` over natural languages as its Europarl
-  languages, `code` over programming languages as its GitHub languages): `<group>: <name>`.
+  languages, `code` over programming languages as its GitHub languages): `<group>: <name>`. With
+  `source_units` holding `token`, every position of those spans is also a one-token span of
+  `<group> token: <name>`.
 - Compound words: a bigram is (first word ids, second word ids), either word one or more tokens. Positives
   at the second word's last token where the first word directly precedes it; negatives at the second word's
   last token where it does not, and at the token right after the first word where the second word does not
@@ -67,6 +69,7 @@ class FeatureSettings:
     position_bins: tuple[int, ...] | None = None  # None: default_position_bins(T); bins not below T are skipped
     skip: int = 25  # leading tokens of a source run left out of its span
     min_span: int = 4  # fewest tokens a source span keeps
+    source_units: tuple[str, ...] = ("span",)  # source features over whole spans (mean activation) and/or single tokens
     positive_share: float = 0.5  # of a feature's spans after balanced_spans
     limit: int = 10_000  # most spans per feature after balanced_spans
     seed: int = 0
@@ -80,6 +83,8 @@ class FeatureSettings:
                 raise ValueError(f"probe-feature position_bins must be integers of at least 2, got {bins}")
             if any(b >= c for b, c in zip(bins, bins[1:])):
                 raise ValueError(f"probe-feature position_bins must increase strictly, got {bins}")
+        if not self.source_units or set(self.source_units) - {"span", "token"}:
+            raise ValueError(f"probe-feature source_units must name span and/or token, got {list(self.source_units)}")
         if self.skip < 0:
             raise ValueError(f"probe-feature skip must be at least 0, got {self.skip}")
         if self.min_span < 1:
@@ -201,12 +206,14 @@ def position_spans(n_sequences: int, seq_len: int, bins: Sequence[int] | None = 
 
 def source_spans(
     sources: np.ndarray, source_names: Sequence[str], skip: int = 25, min_span: int = 4,
-    groups: Mapping[str, Sequence[str]] | None = None,
+    groups: Mapping[str, Sequence[str]] | None = None, per_token: bool = False,
 ) -> pl.DataFrame:
     """`<group>: <name>` spans: every labelled run of one source, less its first `skip` tokens, kept when
     `min_span` tokens remain, labelled one-vs-rest among the runs of its group's sources (runs of sources
     outside the group are no span of its features). `groups` None: one group `source` of every name. A
-    group's source that the shard does not hold has no feature."""
+    group's source that the shard does not hold has no feature. `per_token`: each position of those spans
+    is a span of its own, named `<group> token: <name>` (the paper reports both: a French neuron reads F1
+    0.99 per token, 1.0 over the span)."""
     sources = np.asarray(sources)
     if sources.ndim != 2 or sources.shape[1] < 2:
         raise ValueError(f"source features need sources [S, T] with T >= 2, got shape {sources.shape}")
@@ -227,6 +234,12 @@ def source_spans(
     start = run_start + skip
     keep = (code != NO_SOURCE) & (run_end - start >= min_span)
     seq, start, end, code = seq[keep], start[keep], run_end[keep], code[keep]
+    suffix = ""
+    if per_token:
+        lengths = end - start
+        offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        seq, code, start = np.repeat(seq, lengths), np.repeat(code, lengths), np.repeat(start, lengths) + offsets
+        end, suffix = start + 1, " token"
     groups = {"source": list(source_names)} if groups is None else groups
     index = {name: i for i, name in enumerate(source_names)}
     frames = []
@@ -235,7 +248,7 @@ def source_spans(
             raise ValueError(f"source group {group!r} repeats a source: {list(names)}")
         codes = [index[name] for name in names if name in index]
         inside = np.isin(code, codes)
-        frames += [_spans(f"{group}: {source_names[i]}", seq[inside], start[inside], end[inside], code[inside] == i) for i in codes]
+        frames += [_spans(f"{group}{suffix}: {source_names[i]}", seq[inside], start[inside], end[inside], code[inside] == i) for i in codes]
     return pl.concat(frames) if frames else _empty()
 
 
@@ -328,7 +341,8 @@ def feature_spans(
     if sources is not None:
         if np.shape(sources) != tokens.shape:
             raise ValueError(f"probe features need sources shaped as tokens {tokens.shape}, got {np.shape(sources)}")
-        frames.append(source_spans(sources, source_names, settings.skip, settings.min_span, source_groups))
+        for per_token in sorted({unit == "token" for unit in settings.source_units}):
+            frames.append(source_spans(sources, source_names, settings.skip, settings.min_span, source_groups, per_token))
     frames.append(compound_spans(tokens, token_texts, bigrams))
     frames.append(word_set_spans(tokens, len(token_texts), word_sets or {}))
     return pl.concat(frames).sort("feature", "seq", "start", "end")
