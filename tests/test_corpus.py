@@ -460,6 +460,15 @@ def test_shards_label_tokens_with_their_domain_file_or_hf_field(tmp_path: Path, 
     assert (corpus.text_shard(unlabelled, gpt2, 0, tmp_path, name="h").sources == -1).all()
     with pytest.raises(ValueError, match=r"'h'.*no field 'meta.kind' \(hf.label_field\)"):
         corpus.text_shard({**hf, "hf": {**hf["hf"], "label_field": "meta.kind"}}, gpt2, 0, tmp_path, name="h")
+    # a one-language dataset (Europarl's en-fr pairs): a dotted text field and one label for every record
+    pairs = [{"translation": {"en": "x " * 40, "fr": f"phrase {i} " + "y " * 40}} for i in range(8)]
+    (tmp_path / "pairs.jsonl").write_text("\n".join(json.dumps(r) for r in pairs))
+    fr = {**hf, "hf": {"path": "json", "data_files": "pairs.jsonl", "split": "train", "text_field": "translation.fr", "label": "fr"}}
+    tokens, codes, end = corpus.text_shard(fr, gpt2, 0, tmp_path, name="fr")
+    assert end.source_names == ("fr",) and set(codes[:, 1:].reshape(-1).tolist()) == {0}
+    assert gpt2.encode(pairs[0]["translation"]["fr"]) == tokens[0, 1 : 1 + len(gpt2.encode(pairs[0]["translation"]["fr"]))].tolist()
+    with pytest.raises(ValueError, match=r"'fr'.*no field 'translation.de' \(hf.text_field\)"):
+        corpus.text_shard({**fr, "hf": {**fr["hf"], "text_field": "translation.de"}}, gpt2, 0, tmp_path, name="fr")
 
 
 def test_shards_are_stable_when_appending(gpt2: TextTokenizer) -> None:

@@ -312,7 +312,8 @@ def _hf_documents(
     spec: Mapping[str, Any], root: Path, name: str, resume: Mapping[str, Any] | None = None
 ) -> Iterator[tuple[str, Origin]]:
     """Streamed non-empty records of a Hugging Face dataset (never running remote code), each with its
-    `label_field`'s value (the Pile's `meta.pile_set_name`) and where the stream stands after it: the
+    `label_field`'s value (the Pile's `meta.pile_set_name`; else the fixed `label`, else none) and where
+    the stream stands after it: the
     dataset's `state_dict` and the count of non-empty records so far. From such a position (`resume`) the
     stream goes on without reading the data files before it."""
     import datasets
@@ -338,10 +339,11 @@ def _hf_documents(
         count = int(resume["records"])
     where = {tuple(str(field).split(".")): set(values) for field, values in (hf.get("where") or {}).items()}
     label = tuple(hf["label_field"].split(".")) if hf.get("label_field") else None
+    text_keys = tuple(field.split("."))
     for record in stream:
         if not _kept(record, where, name, path):
             continue
-        text = record.get(field)
+        text = _field(record, text_keys, name, path, "hf.text_field") if len(text_keys) > 1 else record.get(field)
         if not isinstance(text, str):
             raise ValueError(f"dataset {name!r}: hf dataset {path!r} has no string field {field!r}")
         if len(text) > longest:
@@ -351,7 +353,7 @@ def _hf_documents(
             )
         if text.strip() and len(text) >= shortest:
             count += 1
-            source = None if label is None else str(_field(record, label, name, path, "hf.label_field"))
+            source = hf.get("label") if label is None else str(_field(record, label, name, path, "hf.label_field"))
             yield text, Origin(source, {"state": stream.state_dict(), "records": count, "datasets": datasets.__version__})
     if count == 0:
         raise ValueError(f"dataset {name!r}: hf dataset {path!r} has no documents")
