@@ -202,11 +202,11 @@ def test_default_config_dry_run(tmp_path: Path):
     assert all(default["figures"][f]["models"][0] == "planted-seed-a" for f in universal)
     # a study reference's neurons.parquet joins the study's per-neuron tables; another model's does not wait for them
     study = {"universal_tables": 1, "entropy_interventions": 1, "attention_interventions": 1}
-    for model, joins in (("planted-seed-a", True), ("planted", False)):
-        plan = planned_jobs(snakemake(workdir, "-n", f"results/{model}/neurons.parquet").stdout)
-        assert ({rule: plan.get(rule) for rule in study} == study) is joins and plan["neuron_tables"] == 1
-    # a probed model's neurons.parquet joins the features its single neurons probe for
-    plan = planned_jobs(snakemake(workdir, "-n", "results/stories260k/neurons.parquet").stdout)
+    plan = planned_jobs(snakemake(workdir, "-n", "results/planted-seed-a/neurons.parquet").stdout)
+    assert {rule: plan.get(rule) for rule in study} == study and plan["neuron_tables"] == 1 and "probe_tables" not in plan
+    # a probed model's neurons.parquet joins the features its single neurons probe for (stories260k: 5 layers)
+    plan = planned_jobs(snakemake(workdir, "-n", "results/planted/neurons.parquet", "results/stories260k/neurons.parquet").stdout)
+    assert not set(study) & set(plan) and plan["neuron_tables"] == 2
     assert (plan["probe_tables"], plan["probe_layer"], plan["probe_samples"]) == (1, 5, 1)
 
 
