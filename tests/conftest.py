@@ -18,3 +18,12 @@ def device(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> t
         monkeypatch.setattr(base, "HOST_PATHS", False)
         return torch.device("cpu")
     return torch.device(request.param)
+
+
+# The two files that run Snakemake for minutes go first: with `--dist loadfile` each worker then starts on one
+# of them and the short files fill in around them, instead of both long files starting last.
+LONG_FILES = ("test_workflow.py", "test_workflow_plans.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.path.name not in LONG_FILES)  # stable: the files keep their own order
