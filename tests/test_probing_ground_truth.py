@@ -119,3 +119,13 @@ def planted_words_of_recipe() -> list[str]:
     from neuron_census.testing.planted import get_recipe
 
     return planted_words(get_recipe("probing"))
+
+
+def test_probing_words_must_be_in_the_vocabulary():
+    from neuron_census.data.tokenization import load_tokenizer
+    from neuron_census.probing_jobs import word_forms
+
+    tokenizer = load_tokenizer("planted", TOKENIZER)
+    assert word_forms(tokenizer, "w10") == [(10,)]
+    with pytest.raises(ValueError, match=r"probing word 'w99' is not in the vocabulary of tokenizer 'planted'"):
+        word_forms(tokenizer, "w99")
