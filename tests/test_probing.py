@@ -21,7 +21,6 @@ from neuron_census.analyses.probing import (
     TABLE_SCHEMA,
     ProbeSettings,
     best_neuron_per_layer,
-    best_single_neurons,
     complete_ranking,
     default_ks,
     f_statistic_ranking,
@@ -234,7 +233,7 @@ def test_planted_neuron_found_by_every_informed_method() -> None:
         assert (ranking[0] == planted) == (method != "random"), method
         assert (status == "optimal") == (method == "optimal")
     table = probe_sweep(x[train], y[train], x[test], y[test], ProbeSettings(ks=(1,), time_limit=20.0))
-    singles = best_single_neurons(table)
+    singles = table.filter(pl.col("k") == 1).select("method", "f1", neuron=pl.col("neurons").list.first())
     assert singles["method"].to_list() == list(METHODS)
     informed = singles.filter(pl.col("method") != "random")
     assert informed["neuron"].to_list() == [planted] * 6

@@ -462,15 +462,6 @@ def probe_sweep(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, te
     return pl.DataFrame(rows, schema=TABLE_SCHEMA)
 
 
-def best_single_neurons(table: pl.DataFrame) -> pl.DataFrame:
-    """Per method (table order), its k = 1 probe: the neuron it ranks first and that probe's F1, precision
-    and recall."""
-    return (
-        table.filter(pl.col("k") == 1)
-        .select("method", neuron=pl.col("neurons").list.first(), f1="f1", precision="precision", recall="recall")
-    )
-
-
 def best_neuron_per_layer(tables: pl.DataFrame) -> pl.DataFrame:
     """Per (feature, layer) of concatenated sweep tables (with `feature` and `layer` columns): the best
     single neuron over the methods, the k = 1 probe with the highest test F1 (ties: METHODS order), with its
