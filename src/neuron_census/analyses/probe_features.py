@@ -58,10 +58,11 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from neuron_census.data.corpus import NO_SOURCE
+
 SPAN_SCHEMA = {"feature": pl.Utf8, "seq": pl.Int64, "start": pl.Int64, "end": pl.Int64, "label": pl.Boolean}
 TEXT_FEATURES: tuple[str, ...] = ("leading space", "capitalised", "all caps", "digits", "punctuation")
 WORD_PIECES: tuple[str, ...] = ("first piece of a multi-token word", "middle piece", "last piece")
-NO_SOURCE = -1
 
 
 @dataclass(frozen=True)
