@@ -20,6 +20,7 @@ from neuron_census.jobs import PathLike, read_shard_for, write_for_model, write_
 
 FEATURE_KEYS = ("position_bins", "skip", "min_span", "source_units", "positive_share", "limit", "seed")
 PROBE_KEYS = ("methods", "ks", "max_mip_k", "candidates", "time_limit", "seed", "test_share", "max_iter")
+SPAN_STUDY_KEYS = ("sequences", "families", "groups", "words", "compounds", *FEATURE_KEYS)  # what probe_spans reads
 SPAN_KEYS = ("seq", "start", "end")
 
 

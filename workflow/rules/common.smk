@@ -23,6 +23,7 @@ from neuron_census.config import (
 from neuron_census.data.corpus import TEXT_SOURCES, source_files
 from neuron_census.data.inputs import files_fingerprint, folder_files
 from neuron_census.jobs import FIGURES as FIGURE_SPECS, STUDY_TABLES, TABLE_FILES, figure_study
+from neuron_census.probing_jobs import PROBE_KEYS, SPAN_STUDY_KEYS
 from neuron_census.testing.planted_seeds import RECIPES as SEED_RECIPES
 
 try:
@@ -279,6 +280,3 @@ def probing_capture_settings(model, dataset):
         "sample_spans": f"results/probing/{model}/{dataset}/sample_spans.parquet", "sample_limit": study["sample_limit"],
     }
 
-
-PROBING_FEATURE_KEYS = ("sequences", "families", "groups", "words", "compounds", "position_bins", "skip", "min_span", "source_units", "positive_share", "limit", "seed")
-PROBING_PROBE_KEYS = ("methods", "ks", "max_mip_k", "candidates", "time_limit", "seed", "test_share", "max_iter")

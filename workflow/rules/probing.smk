@@ -12,7 +12,7 @@ rule probe_spans:
     params:
         tokenizer_name=lambda w: model_tokenizer(config, w.model),
         tokenizer=lambda w: canonical(resolved_tokenizer_spec(config, model_tokenizer(config, w.model))),
-        study=lambda w: canonical({k: probing_study(w.model)[k] for k in PROBING_FEATURE_KEYS}),
+        study=lambda w: canonical({k: probing_study(w.model)[k] for k in SPAN_STUDY_KEYS}),
     log:
         "results/logs/probe_spans/{model}/{dataset}.log",
     conda:
@@ -54,7 +54,7 @@ rule probe_layer:
     output:
         "results/probing/{model}/layer-{layer}.parquet",
     params:
-        study=lambda w: canonical({k: probing_study(w.model)[k] for k in PROBING_PROBE_KEYS}),
+        study=lambda w: canonical({k: probing_study(w.model)[k] for k in PROBE_KEYS}),
     log:
         "results/logs/probe_layer/{model}/layer-{layer}.log",
     conda:
