@@ -152,10 +152,6 @@ def test_presets_dry_run(preset: Path, tmp_path: Path):
         (workdir / study["prompts"]).parent.mkdir(parents=True, exist_ok=True)
         (workdir / study["prompts"]).write_text('{"prompt": {"text": "So"}, "challenging": true}\n')
     config = yaml.safe_load(preset.read_text())
-    for spec in config.get("datasets", {}).values():  # files the user downloads (Europarl is not fetched)
-        for pattern in spec.get("paths", []) if spec["source"] == "files" else []:
-            (workdir / pattern.replace("*", "fr")).parent.mkdir(parents=True, exist_ok=True)
-            (workdir / pattern.replace("*", "fr")).write_text("Reprise de la session.\n")
     output = snakemake(workdir, "--configfile", str(preset), "-n").stdout
     plan = planned_jobs(output)
     assert plan["capture"] >= 1 and plan["fig1a_dead_neurons"] == 1
