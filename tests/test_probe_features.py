@@ -21,6 +21,8 @@ from neuron_census.analyses.probe_features import (
     source_spans,
     text_spans,
     feature_family,
+    pos_spans,
+    tagger_words,
     token_text_features,
     word_pieces,
     word_set_spans,
@@ -156,6 +158,106 @@ def test_word_sets_mark_the_last_token_of_each_word():
         word_set_spans(tokens, len(TEXTS), {"far": [(99,)]})
 
 
+POS_TEXTS = ["<s>", " The", " dog", " ran", ".", " It", "'s", " fun", "ny", "\n", " 3", ",", " a", "b", " x"]
+
+
+def _length_tags(calls: list[list[str]]):
+    """A stand-in tagger whose tag tells the word's length and first letter's case; records each sentence."""
+    def tag(words):
+        calls.append(list(words))
+        return [("U" if w[0].isupper() else "L") + str(len(w)) for w in words]
+    return tag
+
+
+def _context_tags(words):
+    """A stand-in tagger whose tags depend on the sentence: each word's place in it and the sentence's length."""
+    return [f"{i}/{len(words)}" for i in range(len(words))]
+
+
+def _slow_pos(tokens, texts, tagged, tag):
+    """Reference: walk each sequence token by token, building the tagger's words and sentences by hand."""
+    labels = {}
+    for s, row in enumerate(tokens):
+        words, word, sentence, prev_alpha = [], None, 0, False  # word: [text, last position, sentence, inside]
+        for p in range(1, len(row)):
+            text = texts[row[p]]
+            if p > 1 and tagged[s, p] != tagged[s, p - 1]:
+                sentence += 1
+            bare = text.lstrip(" ")
+            alpha = bool(bare) and bare.isalpha()
+            if alpha and prev_alpha and not text.startswith(" "):
+                word[0] += text
+                word[1] = p
+                word[3] = word[3] and bool(tagged[s, p])
+            elif alpha or (prev_alpha and len(text) > 1 and text[0] == "'" and text[1:].isalpha()):
+                word = [text.strip(), p, sentence, bool(tagged[s, p])]
+                words.append(word)
+            prev_alpha = alpha
+            if any(c in ".!?\n" for c in text):
+                sentence += 1
+        words = [w for w in words if w[3]]
+        for key in dict.fromkeys(w[2] for w in words):
+            group = [w for w in words if w[2] == key]
+            for w, found in zip(group, tag([w[0] for w in group])):
+                if w[1] < len(row) - 1:
+                    labels[(s, w[1])] = found
+    return labels
+
+
+def test_part_of_speech_words_sentences_and_labels():
+    tokens = np.array([[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 13, 12]])  # The dog ran. It's funny\n Theb a
+    first, last = tagger_words(tokens, POS_TEXTS)
+    assert np.flatnonzero(first[0]).tolist() == [1, 2, 3, 5, 6, 7, 10, 12]
+    assert np.flatnonzero(last[0]).tolist() == [1, 2, 3, 5, 6, 8, 11, 12]
+    calls: list[list[str]] = []
+    table = pos_spans(tokens, POS_TEXTS, _length_tags(calls))
+    assert calls == [["The", "dog", "ran"], ["It", "'s", "funny"], ["Theb", "a"]]  # "a" at the end: tagged, not labelled
+    labels = {(s, p): f for f, s, p, e, y in table.rows() if y}
+    assert labels == {(0, 1): "pos: U3", (0, 2): "pos: L3", (0, 3): "pos: L3", (0, 5): "pos: U2", (0, 6): "pos: L2", (0, 8): "pos: L5", (0, 11): "pos: U4"}
+    assert table.group_by("feature").len().sort("feature").rows() == [("pos: L2", 7), ("pos: L3", 7), ("pos: L5", 7), ("pos: U2", 7), ("pos: U3", 7), ("pos: U4", 7)]
+    tagged = np.ones_like(tokens, dtype=bool)
+    tagged[0, 6:] = False  # "'s" and after: untagged text
+    calls.clear()
+    part = pos_spans(tokens, POS_TEXTS, _length_tags(calls), tagged)
+    assert calls == [["The", "dog", "ran"], ["It"]] and sorted(part["start"].unique().to_list()) == [1, 2, 3, 5]
+    assert feature_family("pos: NOUN") == "pos"
+
+
+def test_part_of_speech_against_a_token_walk():
+    rng = np.random.default_rng(3)
+    for trial in range(20):
+        tokens = rng.integers(1, len(POS_TEXTS), size=(4, 24))
+        tokens[:, 0] = 0
+        tagged = np.repeat(rng.random((4, 6)) < 0.7, 4, axis=1)
+        table = pos_spans(tokens, POS_TEXTS, _context_tags, tagged)
+        got = {(s, p): f.removeprefix("pos: ") for f, s, p, e, y in table.rows() if y}
+        assert got == _slow_pos(tokens, POS_TEXTS, tagged, _context_tags), trial
+        assert len(table) == len(got) * table["feature"].n_unique()  # every labelled word in every feature
+
+
+def test_part_of_speech_in_feature_spans_follows_the_sources():
+    tokens = np.array([[0, 1, 2, 3, 4, 5, 7, 8, 9, 1, 2, 3, 4]])
+    sources = np.array([[1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1]], dtype=np.int16)  # English, then code
+    settings = FeatureSettings(position_bins=(4,))
+    calls: list[list[str]] = []
+    table = feature_spans(tokens, sources, ("en", "code"), POS_TEXTS, settings, pos_sources=["en"], tag_words=_length_tags(calls))
+    assert calls == [["The", "dog", "ran"], ["It", "funny"]]
+    assert sorted(table.filter(pl.col("feature").str.starts_with("pos:"))["start"].unique().to_list()) == [1, 2, 3, 5, 7]
+    assert not feature_spans(tokens, None, (), POS_TEXTS, settings, pos_sources=["en"], tag_words=_length_tags([]))["feature"].str.starts_with("pos:").any()
+    every = feature_spans(tokens, None, (), POS_TEXTS, settings, pos_sources="all", tag_words=_length_tags(calls))
+    assert sorted(every.filter(pl.col("feature").str.starts_with("pos:"))["start"].unique().to_list()) == [1, 2, 3, 5, 7, 9, 10, 11]
+    with pytest.raises(ValueError, match="need a tagger"):
+        feature_spans(tokens, sources, ("en", "code"), POS_TEXTS, settings, pos_sources=["en"])
+
+
+def test_english_tagger_tags_a_sentence_in_context():
+    from neuron_census.data.part_of_speech import UPOS, english_tagger
+
+    tag = english_tagger()
+    assert tag("The evening walks were long and she walks home".split()) == ["DET", "NOUN", "NOUN", "AUX", "ADV", "CCONJ", "PRON", "VERB", "ADV"]
+    assert tag([]) == [] and set(tag("I do n't know what it 's like".split())) <= set(UPOS)
+
+
 def test_feature_families():
     assert [feature_family(f) for f in ("text: digits", "position < 8", "language: lang-fr", "compound: hot dog", "words: w10")] == [
         "text", "position", "language", "compound", "words"
@@ -206,6 +308,9 @@ def test_balanced_spans_counts_share_seed_and_dropped():
     before = pl.concat([table.filter(pl.col("feature") == "a").with_columns(feature=pl.lit("0")), table])
     assert balanced_spans(before, 0.5, 8, seed=1)[0].filter(pl.col("feature") != "0").equals(first)  # draws per feature
     assert first.schema == pl.Schema(SPAN_SCHEMA)
+    few, dropped = balanced_spans(table, 0.5, 100, seed=1, min_per_class=2)  # c: one positive
+    assert dropped == ("b", "c") and few.equals(balanced_spans(table, 0.5, 100, seed=1)[0].filter(pl.col("feature") == "a"))
+    assert balanced_spans(table, 0.5, 100, seed=1, min_per_class=11)[1] == ("a", "b", "c")  # a: 10 positives
 
 
 def test_feature_spans_bounds_and_order():
@@ -241,6 +346,7 @@ def test_feature_spans_bounds_and_order():
         ({"positive_share": 1.0}, "positive_share"),
         ({"limit": 1}, "limit"),
         ({"seed": -1}, "seed"),
+        ({"min_per_class": 0}, "min_per_class"),
     ],
 )
 def test_bad_settings(kwargs, message):

@@ -190,7 +190,10 @@ def _check_steering(config: Mapping[str, Any]) -> None:
 
 
 def _check_probing(config: Mapping[str, Any]) -> None:
-    """Every probed model is configured, as is its dataset; a source belongs to a group once."""
+    """Every probed model is configured, as is its dataset; a source belongs to a group once; a group is not
+    named as a built-in feature family."""
+    from neuron_census.analyses.probe_features import BUILT_IN_FAMILIES
+
     for model, study in config.get("probing", {}).items():
         _known("probing", model, config["models"], "model")
         for dataset in study["datasets"]:
@@ -198,6 +201,8 @@ def _check_probing(config: Mapping[str, Any]) -> None:
         for group, sources in (study.get("groups") or {}).items():
             if len(set(sources)) != len(sources):
                 raise ConfigError(f"config error at 'probing.{model}.groups.{group}': {sources} repeat a source")
+            if group in BUILT_IN_FAMILIES:
+                raise ConfigError(f"config error at 'probing.{model}.groups.{group}': '{group}' names a built-in feature family {list(BUILT_IN_FAMILIES)}")
         layers = probing_layers(config, model)
         shape = model_shape(config, model)
         if shape is not None and any(layer >= shape[0] for layer in layers):

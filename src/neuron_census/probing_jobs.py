@@ -18,9 +18,9 @@ import polars as pl
 from neuron_census.jobs import PathLike, read_shard_for, write_for_model, write_parquet
 
 
-FEATURE_KEYS = ("position_bins", "skip", "min_span", "source_units", "positive_share", "limit", "seed")
+FEATURE_KEYS = ("position_bins", "skip", "min_span", "source_units", "positive_share", "limit", "seed", "min_per_class")
 PROBE_KEYS = ("methods", "ks", "max_mip_k", "candidates", "time_limit", "seed", "test_share", "max_iter")
-SPAN_STUDY_KEYS = ("sequences", "families", "groups", "words", "compounds", *FEATURE_KEYS)  # what probe_spans reads
+SPAN_STUDY_KEYS = ("sequences", "families", "groups", "words", "compounds", "pos", *FEATURE_KEYS)  # what probe_spans reads
 SPAN_KEYS = ("seq", "start", "end")
 
 
@@ -89,6 +89,12 @@ def probe_spans_job(
     settings = feature_settings(study)
     bigrams, word_sets = study_features(tokenizer, study)
     texts = tokenizer.token_texts()
+    pos_sources = study.get("pos") or ()
+    tag_words = None
+    if pos_sources:
+        from neuron_census.data.part_of_speech import english_tagger
+
+        tag_words = english_tagger()
     frames, left = [], study.get("sequences")
     for path in shards:
         tokens, attrs = read_shard_for(path, tokenizer, f"model '{model_name}'")
@@ -98,7 +104,7 @@ def probe_spans_job(
             left -= len(tokens)
         labelled = read_token_sources(path)
         sources, names = (None, ()) if labelled is None else (labelled[0][: len(tokens)], labelled[1])
-        spans = feature_spans(tokens, sources, names, texts, settings, bigrams, study.get("groups"), word_sets)
+        spans = feature_spans(tokens, sources, names, texts, settings, bigrams, study.get("groups"), word_sets, pos_sources, tag_words)
         frames.append(spans.with_columns(pl.col("seq") + first_seq))
         if left is not None and left <= 0:
             break
@@ -107,9 +113,12 @@ def probe_spans_job(
     if families:
         kept = [feature for feature in spans["feature"].unique().to_list() if feature_family(feature) in families]
         spans = spans.filter(pl.col("feature").is_in(kept))
-    balanced, dropped = balanced_spans(spans, settings.positive_share, settings.limit, settings.seed)
+    balanced, dropped = balanced_spans(spans, settings.positive_share, settings.limit, settings.seed, settings.min_per_class)
     if dropped:
-        print(f"probing '{model_name}': {len(dropped)} features have no positive or no negative and are left out: {', '.join(dropped)}", file=sys.stderr)
+        print(
+            f"probing '{model_name}': {len(dropped)} features have fewer than {settings.min_per_class} positives or negatives and are left out: {', '.join(dropped)}",
+            file=sys.stderr,
+        )
     if balanced.is_empty():
         raise ValueError(f"probing '{model_name}': no feature has both positives and negatives in the study's tokens")
     write_for_model(balanced, model_name, spans_out)

@@ -40,19 +40,27 @@ Families:
   Name: `compound: <first> <second>`, each word's decoded text stripped.
 - Word sets: `words: <name>` marks the last token of any word of a named set (each word one or more token
   ids) against every other position, the earlier tokens of a word excepted.
+- Part of speech: `pos: <UPOS>` at the last token of every tagged word, one-vs-rest among the tagged words.
+  A tagger's word is a word as above or a clitic right after one (a token of an apostrophe and letters:
+  "'s", "'re", "'t"; the treebank the tagger learnt from splits clitics off); digits and punctuation are
+  not words (the tagger learnt from a stream without them). A sentence ends after a token holding ".", "!",
+  "?" or a newline, and where the tagged text begins or ends; each sentence's words are tagged together, in
+  order (the tags read their neighbours). Only words inside the tagged positions (the runs of the sources
+  named, e.g. English prose) are tagged; a word at a sequence's last position is not labelled (it may go on).
 
 `balanced_spans` subsamples each feature to at most `limit` spans at the configured positive share: the
 most spans n <= limit at which both classes can fill their share (n_pos = round(n * share)), so the share
 is kept and the count gives way; each feature draws from its own seeded stream (seed and feature name), so
-a feature's sample does not depend on the other features. A feature with no positive or no negative is
-dropped and named.
+a feature's sample does not depend on the other features. A feature with fewer than `min_per_class`
+positives or negatives (at least one of each) is dropped and named.
 """
 
 from __future__ import annotations
 
+import re
 import unicodedata
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,6 +71,9 @@ from neuron_census.data.corpus import NO_SOURCE
 SPAN_SCHEMA = {"feature": pl.Utf8, "seq": pl.Int64, "start": pl.Int64, "end": pl.Int64, "label": pl.Boolean}
 TEXT_FEATURES: tuple[str, ...] = ("leading space", "capitalised", "all caps", "digits", "punctuation")
 WORD_PIECES: tuple[str, ...] = ("first piece of a multi-token word", "middle piece", "last piece")
+BUILT_IN_FAMILIES: tuple[str, ...] = ("text", "position", "compound", "words", "pos")  # the families that are no source group
+SENTENCE_ENDS = frozenset(".!?\n")
+CLITIC = re.compile(r"['\u2019][^\W\d_]+")  # an apostrophe and letters
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,7 @@ class FeatureSettings:
     positive_share: float = 0.5  # of a feature's spans after balanced_spans
     limit: int = 10_000  # most spans per feature after balanced_spans
     seed: int = 0
+    min_per_class: int = 10  # fewest positives and negatives a feature needs to be kept (a few test spans make F1 noise)
 
     def __post_init__(self) -> None:
         if self.position_bins is not None:
@@ -90,16 +102,18 @@ class FeatureSettings:
             raise ValueError(f"probe-feature skip must be at least 0, got {self.skip}")
         if self.min_span < 1:
             raise ValueError(f"probe-feature min_span must be at least 1, got {self.min_span}")
-        _check_balance(self.positive_share, self.limit, self.seed)
+        _check_balance(self.positive_share, self.limit, self.seed, self.min_per_class)
 
 
-def _check_balance(positive_share: float, limit: int, seed: int) -> None:
+def _check_balance(positive_share: float, limit: int, seed: int, min_per_class: int = 1) -> None:
     if not 0 < positive_share < 1:
         raise ValueError(f"probe-feature positive_share must be in (0, 1), got {positive_share}")
     if limit < 2:
         raise ValueError(f"probe-feature limit must be at least 2 (one span per class), got {limit}")
     if seed < 0:
         raise ValueError(f"probe-feature seed must be at least 0, got {seed}")
+    if min_per_class < 1:
+        raise ValueError(f"probe-feature min_per_class must be at least 1, got {min_per_class}")
 
 
 def _empty() -> pl.DataFrame:
@@ -326,6 +340,52 @@ def word_set_spans(tokens: np.ndarray, vocab: int, word_sets: Mapping[str, Seque
     return pl.concat(frames) if frames else _empty()
 
 
+def tagger_words(tokens: np.ndarray, token_texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The tagger's words as bool [S, T] masks of their first and last tokens (paired in row-major order):
+    runs of alphabetic pieces (as `word_pieces`) and clitics right after one."""
+    pieces = word_pieces(tokens, token_texts)
+    alpha = pieces["alphabetic"]
+    cont = pieces[WORD_PIECES[1]] | pieces[WORD_PIECES[2]]
+    next_cont = pieces[WORD_PIECES[0]] | pieces[WORD_PIECES[1]]
+    clitic = np.zeros_like(alpha)
+    clitic[:, 1:] = np.array([bool(CLITIC.fullmatch(text)) for text in token_texts], dtype=bool)[tokens[:, 1:]] & alpha[:, :-1]
+    return (alpha & ~cont) | clitic, (alpha & ~next_cont) | clitic
+
+
+def pos_spans(
+    tokens: np.ndarray, token_texts: Sequence[str], tag_words: Callable[[Sequence[str]], Sequence[str]], tagged: np.ndarray | None = None
+) -> pl.DataFrame:
+    """`pos: <tag>` spans, one position each: the last token of every word inside `tagged` (bool [S, T]; None:
+    every position), labelled one-vs-rest by the tag `tag_words` gives it among its sentence's words."""
+    tokens = _checked_tokens(tokens, len(token_texts))
+    n_seq, seq_len = tokens.shape
+    tagged = np.ones(tokens.shape, dtype=bool) if tagged is None else np.asarray(tagged, dtype=bool)
+    if tagged.shape != tokens.shape:
+        raise ValueError(f"part-of-speech features need a tagged mask shaped as tokens {tokens.shape}, got {tagged.shape}")
+    first, last = tagger_words(tokens, token_texts)
+    ends = np.array([any(c in SENTENCE_ENDS for c in text) for text in token_texts], dtype=bool)[tokens]
+    region = np.cumsum(np.concatenate([np.zeros((n_seq, 1), bool), tagged[:, 1:] != tagged[:, :-1]], axis=1), axis=1)
+    sentence = np.cumsum(ends, axis=1) + region  # grows after every sentence end (never a word token) and at every change of tagged
+    seq, start = np.nonzero(first)
+    _, end = np.nonzero(last)
+    inside = tagged[seq, start] & (region[seq, start] == region[seq, end])
+    seq, start, end = seq[inside], start[inside], end[inside]
+    texts = np.asarray(token_texts, dtype=object)
+    words = ["".join(texts[tokens[s, a : b + 1]]).strip() for s, a, b in zip(seq.tolist(), start.tolist(), end.tolist())]
+    key = np.stack([seq, sentence[seq, start]], axis=1)
+    cuts = np.flatnonzero((key[1:] != key[:-1]).any(axis=1)) + 1
+    tags: list[str] = []
+    for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), len(words)]):
+        found = list(tag_words(words[a:b]))
+        if len(found) != b - a:
+            raise ValueError(f"the part-of-speech tagger gave {len(found)} tags for {b - a} words: {words[a:b]}")
+        tags += found
+    labelled = end < seq_len - 1
+    seq, end, tag = seq[labelled], end[labelled], np.asarray(tags, dtype=object)[labelled]
+    frames = [_spans(f"pos: {name}", seq, end, end + 1, tag == name) for name in sorted(set(tag.tolist()))]
+    return pl.concat(frames) if frames else _empty()
+
+
 def feature_spans(
     tokens: np.ndarray,
     sources: np.ndarray | None,
@@ -335,8 +395,12 @@ def feature_spans(
     bigrams: Sequence[tuple[Sequence[int], Sequence[int]]] = (),
     source_groups: Mapping[str, Sequence[str]] | None = None,
     word_sets: Mapping[str, Sequence[Sequence[int]]] | None = None,
+    pos_sources: Sequence[str] | str = (),
+    tag_words: Callable[[Sequence[str]], Sequence[str]] | None = None,
 ) -> pl.DataFrame:
-    """Every family's spans (no sources: no source family), sorted by (feature, seq, start, end)."""
+    """Every family's spans (no sources: no source family), sorted by (feature, seq, start, end).
+    `pos_sources`: the sources whose text is tagged for part of speech (`tag_words`), or "all" for every
+    position; a shard without sources has no tagged text unless "all"."""
     tokens = _checked_tokens(tokens, len(token_texts))
     frames = [text_spans(tokens, token_texts), position_spans(tokens.shape[0], tokens.shape[1], settings.position_bins)]
     if sources is not None:
@@ -346,22 +410,33 @@ def feature_spans(
             frames.append(source_spans(sources, source_names, settings.skip, settings.min_span, source_groups, per_token))
     frames.append(compound_spans(tokens, token_texts, bigrams))
     frames.append(word_set_spans(tokens, len(token_texts), word_sets or {}))
+    if pos_sources:
+        if tag_words is None:
+            raise ValueError("part-of-speech features need a tagger (tag_words)")
+        if pos_sources == "all":
+            frames.append(pos_spans(tokens, token_texts, tag_words))
+        elif sources is not None:
+            codes = [i for i, name in enumerate(source_names) if name in set(pos_sources)]
+            if codes:
+                frames.append(pos_spans(tokens, token_texts, tag_words, np.isin(sources, codes)))
     return pl.concat(frames).sort("feature", "seq", "start", "end")
 
 
 def feature_family(feature: str) -> str:
     """The family a feature name belongs to: the part before ": " (`text`, a source group, `compound`,
-    `words`), or `position` for the position bins."""
+    `words`, `pos`), or `position` for the position bins."""
     if feature.startswith("position <"):
         return "position"
     return feature.split(": ", 1)[0]
 
 
-def balanced_spans(table: pl.DataFrame, positive_share: float = 0.5, limit: int = 10_000, seed: int = 0) -> tuple[pl.DataFrame, tuple[str, ...]]:
+def balanced_spans(
+    table: pl.DataFrame, positive_share: float = 0.5, limit: int = 10_000, seed: int = 0, min_per_class: int = 1
+) -> tuple[pl.DataFrame, tuple[str, ...]]:
     """Each feature subsampled to at most `limit` spans at `positive_share` positives (the share kept, the
     count giving way), seeded per feature; the table sorted by (feature, seq, start, end) and the names of
-    the features dropped for lacking a positive or a negative."""
-    _check_balance(positive_share, limit, seed)
+    the features dropped for having fewer than `min_per_class` positives or negatives."""
+    _check_balance(positive_share, limit, seed, min_per_class)
     missing = [key for key in SPAN_SCHEMA if key not in table.columns]
     if missing:
         raise ValueError(f"balanced_spans needs columns {list(SPAN_SCHEMA)}, missing {missing}")
@@ -369,7 +444,7 @@ def balanced_spans(table: pl.DataFrame, positive_share: float = 0.5, limit: int 
     for (feature,), group in table.sort("feature", "seq", "start", "end").group_by("feature", maintain_order=True):
         label = group["label"].to_numpy().astype(bool)
         positives, negatives = np.flatnonzero(label), np.flatnonzero(~label)
-        if not len(positives) or not len(negatives):
+        if min(len(positives), len(negatives)) < min_per_class:
             dropped.append(feature)
             continue
         n = min(limit, int(np.floor(len(positives) / positive_share + 1e-9)), int(np.floor(len(negatives) / (1 - positive_share) + 1e-9)))
