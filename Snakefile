@@ -20,6 +20,7 @@ include: "workflow/rules/universal.smk"
 include: "workflow/rules/subupdates.smk"
 include: "workflow/rules/probing.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/atlas.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -31,5 +32,6 @@ rule all:
         expand("results/{model}/{table}.parquet", model=list(config["steering"]), table=sorted(STUDY_TABLES["steering"])),
         expand("results/{model}/{table}.parquet", model=list(config["probing"]), table=sorted(STUDY_TABLES["probing"])),
         expand("results/figures/{figure}.{ext}", figure=FIGURES, ext=["png", "pdf"]),
+        expand("results/atlas/{model}", model=ATLAS_MODELS),
         "results/report.html",
     default_target: True

@@ -65,7 +65,8 @@ def test_tiny_dag_recovers_every_planted_role(tiny_run: Path):
         1 for figure in census_figures if "planted" in (tiny["figures"].get(figure, {}).get("models") or ["planted"])
     )
     study_figures = [figure for figure in FIGURES if figure_study(figure) == "universal"]
-    assert report.count("&#x27;planted-seed-a&#x27; is built in code with other models of its family") == len(study_figures)
+    census_seed_a = [figure for figure in census_figures if "planted-seed-a" in (tiny["figures"].get(figure, {}).get("models") or ["planted-seed-a"])]
+    assert report.count("&#x27;planted-seed-a&#x27; is built in code with other models of its family") == len(study_figures) + len(census_seed_a)
     csv = pl.read_csv(tiny_run / "results" / "figures" / "fig5_detector_projections.csv")
     assert csv.filter(pl.col("model") == "planted").height == len(planted("token_detector"))
 
@@ -204,6 +205,107 @@ def test_tiny_dag_steers_stories260k_by_a_concept(tiny_run: Path):
         assert row["rate"][0] == generations.filter(pl.col("condition") == condition)["score"].mean()
         assert row["perplexity"][0] > 1.0 and row["perplexity_tokens"][0] == 3 * 63
     assert (tiny_run / "results" / "figures" / "steering_effect.png").stat().st_size > 0
+
+
+ROLE_KINDS = {"dead": "dead", "token_detector": "token detector", "bigram_detector": "bigram detector", "positional": "positional"}
+
+
+def _page_kinds(page: Path) -> list[str]:
+    """The kind labels at the top of a neuron page."""
+    line = re.search(r'<p id="kinds">(.*?)</p>', page.read_text(encoding="utf-8"), re.S).group(1)
+    return re.findall(r'<span class="kind">(.*?)</span>', line)
+
+
+def _paged(atlas: Path) -> dict[tuple[int, int], Path]:
+    return {tuple(map(int, re.fullmatch(r"L(\d+)-N(\d+)\.html", p.name).groups())): p for p in (atlas / "neurons").glob("*.html")}
+
+
+def test_tiny_dag_atlas_pages_show_exactly_the_planted_roles(tiny_run: Path):
+    """Every planted neuron has a page showing its role, and no page shows a census role that was not planted;
+    the seed family's copied neurons show as universal, each with its copies as best partners."""
+    from neuron_census.testing.planted_seeds import FAMILY_LAYERS, FAMILY_POSITIONS, FAMILY_VOCAB, build_seed_family
+
+    planted = {(n.layer, n.neuron): n for n in get_recipe("census").all_neurons()}
+    pages = _paged(tiny_run / "results" / "atlas" / "planted")
+    assert {cell for cell, n in planted.items() if n.role in ROLE_KINDS} <= set(pages)
+    for cell, page in pages.items():
+        kinds, neuron = _page_kinds(page), planted.get(cell)
+        role = ROLE_KINDS.get(neuron.role) if neuron else None
+        assert set(kinds) & set(ROLE_KINDS.values()) == ({role} if role else set()), (cell, kinds)
+        if role == "token detector":
+            assert ("suppresses its trigger" in kinds) == bool(neuron.suppresses), cell
+        if role == "positional":
+            assert f"{neuron.positional_type} ({'strong' if neuron.positional_strong else 'weak'})" in page.read_text(), cell
+    family = build_seed_family(3, n_layers=FAMILY_LAYERS, vocab=FAMILY_VOCAB, max_positions=FAMILY_POSITIONS)
+    pages = _paged(tiny_run / "results" / "atlas" / "planted-seed-a")
+    assert {cell for cell, page in pages.items() if "universal" in _page_kinds(page)} == set(family.universal)
+    for cell in family.universal:
+        text = pages[cell].read_text()
+        for model, copy in (("planted-seed-b", "b"), ("planted-seed-c", "c")):
+            layer, neuron = family.partners[copy][cell]
+            assert f"<td>{model}</td><td>L{layer} N{neuron}</td><td>1.000</td>" in text, (cell, model)
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium for a headless browser")
+def test_tiny_dag_atlas_in_a_browser(tiny_run: Path):
+    """Headless Chromium: the index loads a layer's rows, filters by kind and text from the address, every
+    link of the index and of the pages resolves, and no page logs to the console."""
+    import subprocess
+    from html.parser import HTMLParser
+    from urllib.parse import quote
+
+    atlas = tiny_run / "results" / "atlas" / "planted"
+    planted = [n for n in get_recipe("census").all_neurons() if n.role == "token_detector" and n.layer == 0]
+
+    def dom(url: str) -> str:
+        done = subprocess.run(
+            ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0", "--dump-dom", url],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert ":CONSOLE" not in done.stderr, [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
+        return done.stdout
+
+    class Links(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.hrefs: list[str] = []
+            self.cells: list[list[str]] = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "a":
+                self.hrefs.append(dict(attrs)["href"])
+            if tag == "tr":
+                self.cells.append([])
+
+        def handle_data(self, data):
+            if self.cells:
+                self.cells[-1].append(data)
+
+    def parsed(url: str, base: Path) -> Links:
+        """The page's links (each must resolve) and the cells of its neuron table's rows."""
+        text, links, table = dom(url), Links(), Links()
+        links.feed(text)
+        for href in links.hrefs:
+            assert (base / href.split("#")[0]).resolve().is_file(), (url, href)
+        table.feed(text.split('id="neurons"', 1)[-1] if 'id="neurons"' in text else "")
+        links.cells = [cells for cells in table.cells if cells and cells[0].isdigit()]
+        return links
+
+    index = atlas.resolve().as_uri() + "/index.html"
+    shown = parsed(index + "#layer=0&kind=" + quote("token detector"), atlas)
+    assert sorted((int(cells[0]), int(cells[1])) for cells in shown.cells) == sorted((0, n.neuron) for n in planted)
+    token = planted[0]
+    neurons = pl.read_parquet(tiny_run / "results" / "planted" / "neurons.parquet")
+    word = neurons.filter(layer=0, neuron=token.neuron)["detected_token_strings"].to_list()[0][0]
+    expected = {
+        (row["layer"], row["neuron"]) for row in neurons.iter_rows(named=True)
+        if word.lower() in " ".join([*(row["detected_token_strings"] or []), *(row["detected_bigrams"] or [])]).lower()
+    }
+    found = parsed(index + "#layer=all&q=" + quote(word), atlas)
+    assert {(int(cells[0]), int(cells[1])) for cells in found.cells} == expected and expected
+    for cell, page in sorted(_paged(atlas).items())[:6] + [((0, token.neuron), atlas / "neurons" / f"L0-N{token.neuron}.html")]:
+        parsed(page.resolve().as_uri(), page.parent)
 
 
 def test_restyling_a_figure_plans_only_that_figure_and_the_report(tiny_run: Path, tmp_path: Path):

@@ -71,6 +71,7 @@ def validate_config(config: dict[str, Any], schema_path: str | Path) -> dict[str
     _check_subupdates(config)
     _check_steering(config)
     _check_probing(config)
+    _check_atlas(config)
     _check_models(config)
     return config
 
@@ -207,6 +208,14 @@ def _check_probing(config: Mapping[str, Any]) -> None:
         shape = model_shape(config, model)
         if shape is not None and any(layer >= shape[0] for layer in layers):
             raise ConfigError(f"config error at 'probing.{model}.layers': model '{model}' has layers 0..{shape[0] - 1}, not {layers}")
+
+
+def _check_atlas(config: Mapping[str, Any]) -> None:
+    """An atlas is of a model with tables (a census model)."""
+    for model in config["atlas"]["models"] or []:
+        _known("atlas.models", model, config["models"], "model")
+        if not config["models"][model].get("census", True):
+            raise ConfigError(f"config error at 'atlas.models': model '{model}' has census: false, so no tables for an atlas")
 
 
 def probing_layers(config: Mapping[str, Any], model: str) -> list[int]:

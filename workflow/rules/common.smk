@@ -32,6 +32,7 @@ except ConfigError as error:
     sys.exit(f"neuron-census: {error}")
 
 MODELS = [model for model, spec in config["models"].items() if spec.get("census", True)]  # each one's tables: `all`
+ATLAS_MODELS = MODELS if config["atlas"]["models"] is None else config["atlas"]["models"]
 
 
 def _studied(figure):
@@ -280,3 +281,13 @@ def probing_capture_settings(model, dataset):
         "sample_spans": f"results/probing/{model}/{dataset}/sample_spans.parquet", "sample_limit": study["sample_limit"],
     }
 
+
+def atlas_extras(model):
+    """The tables of the model's studies that its pages show: universal best matches, sub-updates."""
+    extras = {}
+    if model in config["universal"]:
+        extras["matches"] = f"results/{model}/best_matches.parquet"
+    if model in config["subupdates"]:
+        extras["subupdates"] = f"results/{model}/subupdates.parquet"
+        extras["predictions"] = f"results/{model}/predictions.parquet"
+    return extras

@@ -1,0 +1,135 @@
+"""What the `atlas` rule calls: read a model's tables, stores and token shards, write its atlas directory
+(index, per-layer row scripts, neuron pages) atomically. No model is loaded."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from neuron_census.jobs import PathLike, read_shard_for
+
+SUBUPDATE_EXAMPLES = 5  # dominant sub-update examples shown per page
+
+
+def _sequence_reader(shards: Sequence[Sequence[PathLike]], tokenizer: Any, model_name: str) -> Any:
+    """read(dataset index, global sequence) -> token ids, each shard read once, when first asked for."""
+    loaded: dict[tuple[int, int], np.ndarray] = {}
+    per_shard: dict[int, int] = {}
+
+    def read(dataset: int, seq: int) -> np.ndarray:
+        paths = shards[dataset]
+        if dataset not in per_shard:
+            tokens, attrs = read_shard_for(paths[0], tokenizer, f"model '{model_name}''s atlas")
+            per_shard[dataset] = int(attrs["n_sequences"])
+            loaded[(dataset, int(attrs["shard"]))] = np.asarray(tokens)
+        shard = seq // per_shard[dataset]
+        if (dataset, shard) not in loaded:
+            tokens, _ = read_shard_for(paths[shard], tokenizer, f"model '{model_name}''s atlas")
+            loaded[(dataset, shard)] = np.asarray(tokens)
+        return loaded[(dataset, shard)][seq % per_shard[dataset]]
+
+    return read
+
+
+def _finite(value: float | None) -> float | None:
+    """A number for the row scripts: JSON has no NaN."""
+    return None if value is None or not np.isfinite(value) else float(value)
+
+
+def _subupdates(subupdates: PathLike | None, predictions: PathLike | None) -> dict[tuple[int, int], dict[str, Any]]:
+    """Per (layer, neuron): how many predictions its sub-update is dominant in, and the highest-scoring few."""
+    if subupdates is None or predictions is None:
+        return {}
+    contexts = pl.read_parquet(predictions).unique("prediction").select("prediction", "context", "final_text")
+    dominant = pl.read_parquet(subupdates).filter(pl.col("kind") == "dominant").join(contexts, on="prediction", how="left")
+    out = {}
+    for (layer, neuron), group in dominant.group_by("layer", "neuron"):
+        best = group.sort("score", descending=True).head(SUBUPDATE_EXAMPLES)
+        examples = [
+            {"score": score, "promotes": promotes, "context": f"{context or ''} → {final or ''}".replace("\n", "↵")}
+            for score, promotes, context, final in best.select("score", "promotes", "context", "final_text").iter_rows()
+        ]
+        out[(int(layer), int(neuron))] = {"count": len(group), "examples": examples}
+    return out
+
+
+def atlas_job(
+    model_name: str,
+    tokenizer_name: str,
+    tokenizer_spec: Mapping[str, Any],
+    stores: Mapping[str, PathLike],
+    shards: Mapping[str, Sequence[PathLike]],
+    neurons: PathLike,
+    settings: Mapping[str, Any],
+    output: PathLike,
+    matches: PathLike | None = None,
+    subupdates: PathLike | None = None,
+    predictions: PathLike | None = None,
+) -> None:
+    """The atlas of one model: `stores` and `shards` per capture dataset (top examples, firing by position),
+    `neurons` its neurons.parquet, and where the model has them its universal best matches and sub-updates."""
+    from neuron_census.atlas.examples import examples_table, top_examples
+    from neuron_census.atlas.index import index_page, layer_rows_script
+    from neuron_census.atlas.pages import neuron_page, ordered_kinds
+    from neuron_census.atlas.selection import page_neurons, with_kinds
+    from neuron_census.atomic import atomic_path
+    from neuron_census.capture.store import StoreReader, merged_layer_state
+    from neuron_census.data.tokenization import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_name, tokenizer_spec)
+    texts = [text.replace("\n", "↵") for text in tokenizer.token_texts()]
+    datasets = list(stores)
+    readers = [StoreReader(stores[name]) for name in datasets]
+    for reader in readers:
+        reader.require(["top_k", "position_fire_count"], f"model '{model_name}''s atlas")
+    read_sequence = _sequence_reader([shards[name] for name in datasets], tokenizer, model_name)
+    table = with_kinds(pl.read_parquet(neurons))
+    paged = page_neurons(table, int(settings["pages_per_layer"]), int(settings["other_pages"]), int(settings["seed"]))
+    paged_set = set(paged.iter_rows())
+    best = pl.read_parquet(matches) if matches is not None else None
+    dominant = _subupdates(subupdates, predictions)
+    layers = [int(x) for x in readers[0].attrs["layers"]]
+    kinds = ordered_kinds(kind for row in table["kinds"].to_list() for kind in row)
+    summary, n_pages = [], 0
+    with atomic_path(output) as out:
+        (out / "rows").mkdir(parents=True)
+        (out / "neurons").mkdir()
+        for slot, layer in enumerate(layers):
+            rows = table.filter(pl.col("layer") == layer).sort("neuron")
+            if rows.is_empty():
+                continue
+            on_page = [n for n in rows["neuron"].to_list() if (layer, n) in paged_set]
+            top = [reader.layer_state("top_k", slot) for reader in readers]
+            picked = top_examples(*(np.stack([np.asarray(t[key]).reshape(np.shape(t[key])[-2:]) for t in top]) for key in ("values", "seq", "pos")), int(settings["examples"]))
+            examples = examples_table(layer, on_page, picked, datasets, read_sequence, texts, int(settings["before"]), int(settings["after"]))
+            by_neuron = {n: group.to_dicts() for (n,), group in examples.group_by("neuron")}
+            position = merged_layer_state(readers, "position_fire_count", slot)
+            counted = np.asarray(position["tokens"]).reshape(-1) > 0
+            rates = np.asarray(position["counts"]).reshape(counted.size, -1)[counted] / np.asarray(position["tokens"]).reshape(-1)[counted][:, None]
+            for row in rows.filter(pl.col("neuron").is_in(on_page)).iter_rows(named=True):
+                neuron = row["neuron"]
+                for side in ("top", "bottom"):  # tokens as they read in text, not the vocabulary's raw strings
+                    if row.get(f"vocab_{side}_ids"):
+                        row[f"vocab_{side}_tokens"] = [texts[i] for i in row[f"vocab_{side}_ids"]]
+                partners = best.filter((pl.col("layer") == layer) & (pl.col("neuron") == neuron)).to_dicts() if best is not None else []
+                page = neuron_page(model_name, row, by_neuron.get(neuron, []), rates[:, neuron], partners, dominant.get((layer, neuron)))
+                (out / "neurons" / f"L{layer}-N{neuron}.html").write_text(page, encoding="utf-8")
+            script_rows = [
+                [
+                    row["neuron"], _finite(row.get("fire_freq")), "; ".join(row["kinds"]),
+                    " ".join([*(row.get("detected_token_strings") or []), *(row.get("detected_bigrams") or [])]),
+                    "; ".join(row.get("probe_features") or []),
+                    f"neurons/L{layer}-N{row['neuron']}.html" if row["neuron"] in on_page else "",
+                ]
+                for row in rows.iter_rows(named=True)
+            ]
+            (out / "rows" / f"layer-{layer}.js").write_text(layer_rows_script(layer, script_rows), encoding="utf-8")
+            counts = {kind: int(rows["kinds"].list.contains(kind).sum()) for kind in kinds}
+            summary.append({"layer": layer, "neurons": len(rows), "counts": counts, "pages": len(on_page)})
+            n_pages += len(on_page)
+        index = index_page(model_name, [s["layer"] for s in summary], kinds, summary, n_pages, int(settings["pages_per_layer"]), int(settings["other_pages"]))
+        (out / "index.html").write_text(index, encoding="utf-8")
+    print(f"atlas of '{model_name}': {n_pages} neuron pages over {len(summary)} layers", flush=True)
