@@ -9,9 +9,10 @@ import numpy as np
 import polars as pl
 import pytest
 
+from neuron_census.analyses.kinds import neuron_kinds, ordered_kinds
 from neuron_census.atlas.examples import examples_table, top_examples
 from neuron_census.atlas.index import COLUMNS, index_page, layer_rows_script
-from neuron_census.atlas.pages import neuron_kinds, neuron_page, ordered_kinds, rate_svg
+from neuron_census.atlas.pages import neuron_page, rate_svg
 from neuron_census.atlas.selection import page_neurons
 
 
@@ -104,3 +105,17 @@ def test_index_and_row_scripts():
     page = index_page("m", [0, 3], ["dead"], [{"layer": 0, "neurons": 4, "counts": {"dead": 1}, "pages": 2}, {"layer": 3, "neurons": 4, "counts": {"dead": 0}, "pages": 1}], 3, 200, 4)
     assert "8 neurons in 2 layers; 3 have a page" in page and json.dumps(list(COLUMNS)) in page
     assert rate_svg(np.array([0.5])) == ""
+
+
+def test_report_tables_link_neurons_to_their_atlas_pages(tmp_path):
+    from neuron_census.report import csv_table, summary_table
+
+    (tmp_path / "atlas" / "m" / "neurons").mkdir(parents=True)
+    (tmp_path / "atlas" / "m" / "neurons" / "L1-N2.html").write_text("page")
+    csv = tmp_path / "table.csv"
+    pl.DataFrame({"model": ["m", "m", "other"], "layer": [1, 1, 1], "neuron": [2, 3, 2], "note": ["<x>", "y", "z"]}).write_csv(csv)
+    table = csv_table(csv, {"m": "atlas/m"}, tmp_path, max_rows=2)
+    assert table.count("<a href=") == 1 and '<a href="atlas/m/neurons/L1-N2.html">2</a>' in table  # only pages that exist
+    assert "&lt;x&gt;" in table and "The first 2 of 3 rows" in table and "<td>z</td>" not in table
+    summary = summary_table({"m": {"layers": 2}, "n": {"layers": 1, "dead %": 5.0}}, {"m": "atlas/m"})
+    assert '<a href="atlas/m/index.html">m</a>' in summary and "<td>n</td>" in summary and "<th>dead %</th>" in summary

@@ -71,10 +71,11 @@ def atlas_job(
 ) -> None:
     """The atlas of one model: `stores` and `shards` per capture dataset (top examples, firing by position),
     `neurons` its neurons.parquet, and where the model has them its universal best matches and sub-updates."""
+    from neuron_census.analyses.kinds import ordered_kinds, with_kinds
     from neuron_census.atlas.examples import examples_table, top_examples
     from neuron_census.atlas.index import index_page, layer_rows_script
-    from neuron_census.atlas.pages import neuron_page, ordered_kinds
-    from neuron_census.atlas.selection import page_neurons, with_kinds
+    from neuron_census.atlas.pages import neuron_page
+    from neuron_census.atlas.selection import page_neurons
     from neuron_census.atomic import atomic_path
     from neuron_census.capture.store import StoreReader, merged_layer_state
     from neuron_census.data.tokenization import load_tokenizer

@@ -553,6 +553,9 @@ FIGURES: dict[str, FigureSpec] = {
         defaults={"figsize": [10.0, 3.8]},
     ),
     "vocab_roles": FigureSpec("plots.roles", "plot_vocab_roles", ("neurons",), "Prediction and suppression neurons", defaults={"figsize": [12.0, 3.8]}),
+    "kind_overlaps": FigureSpec(
+        "plots.kinds", "plot_kind_overlaps", ("neurons",), "Across the papers", csv="kind_overlap_frame", defaults={"figsize": [12.0, 5.5]}
+    ),
     "saturation_layers": FigureSpec("plots.subupdates", "plot_saturation_layers", ("predictions",), "FFN sub-updates"),
     "subupdate_roles": FigureSpec(
         "plots.subupdates", "plot_subupdate_roles", ("subupdate_layers",), "FFN sub-updates", defaults={"figsize": [10.0, 3.8]}
@@ -653,12 +656,24 @@ def figure_job(
 
 
 def report_job(
-    entries: Sequence[Mapping[str, str]], title: str, output: PathLike, config: Mapping[str, Any] | None = None
+    entries: Sequence[Mapping[str, str]],
+    title: str,
+    output: PathLike,
+    config: Mapping[str, Any] | None = None,
+    neurons: Mapping[str, PathLike] | None = None,
+    atlases: Mapping[str, PathLike] | None = None,
 ) -> None:
-    """A self-contained HTML page with every figure (embedded PNG) and its caption (captions name the
-    thresholds they read from `config`: its `analysis` and `figures` sections)."""
+    """A self-contained HTML page: a summary row per model of `neurons` (model -> its neurons.parquet), each
+    linking to its atlas where `atlases` has one, then every figure (embedded PNG) and its caption (captions
+    name the thresholds they read from `config`: its `analysis` and `figures` sections)."""
+    import os
+
+    from neuron_census.analyses.kinds import model_summary
     from neuron_census.report import render_report
 
-    html = render_report(entries, title, config or {})
+    root = Path(output).parent
+    summaries = {model: model_summary(pl.read_parquet(path)) for model, path in (neurons or {}).items()}
+    links = {model: Path(os.path.relpath(path, root)).as_posix() for model, path in (atlases or {}).items()}
+    html = render_report(entries, title, config or {}, summaries, links, root)
     with atomic_path(output) as tmp:
         Path(tmp).write_text(html, encoding="utf-8")

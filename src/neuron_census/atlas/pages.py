@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jinja2
 import numpy as np
+
+from neuron_census.analyses.kinds import neuron_kinds, present
 
 STYLE = (
     "body{font-family:sans-serif;max-width:64em;margin:auto;padding:1em;color:#222}"
@@ -48,50 +50,6 @@ PAGE = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).fro
 """)
 
 
-KIND_ORDER = (
-    "dead", "token detector", "bigram detector", "positional", "suppresses its trigger", "prediction neuron", "suppression neuron",
-    "partition neuron", "universal", "entropy neuron", "attention deactivation", "single-neuron probe",
-)
-
-
-def ordered_kinds(kinds: Iterable[str]) -> list[str]:
-    """Distinct kind names in KIND_ORDER (any other after them, alphabetically)."""
-    return sorted(set(kinds), key=lambda kind: (KIND_ORDER.index(kind) if kind in KIND_ORDER else len(KIND_ORDER), kind))
-
-
-def _present(row: Mapping[str, Any], key: str) -> bool:
-    value = row.get(key)
-    return value is not None and not (isinstance(value, float) and np.isnan(value))
-
-
-def neuron_kinds(row: Mapping[str, Any]) -> list[str]:
-    """The kinds the analyses gave a neuron, in the order of the papers (dead, detectors, positional, trigger
-    suppression, vocabulary role, universal, entropy, attention deactivation, probes): what the index filters
-    by; each page's sections give the details."""
-    kinds = []
-    if row.get("dead"):
-        kinds.append("dead")
-    if row.get("token_detector"):
-        kinds.append("token detector")
-    if row.get("bigram_detector"):
-        kinds.append("bigram detector")
-    if row.get("positional"):
-        kinds.append("positional")
-    if row.get("suppresses_trigger"):
-        kinds.append("suppresses its trigger")
-    if _present(row, "vocab_role"):
-        kinds.append(f"{row['vocab_role']} neuron")
-    if row.get("universal"):
-        kinds.append("universal")
-    if row.get("entropy_neuron"):
-        kinds.append("entropy neuron")
-    if row.get("deactivates"):
-        kinds.append("attention deactivation")
-    if row.get("probe_features"):
-        kinds.append("single-neuron probe")
-    return kinds
-
-
 def rate_svg(rates: np.ndarray, width: int = 480, height: int = 90) -> str:
     """The firing rate by position as an inline SVG line (positions left to right, rate 0 to 1 bottom to top)."""
     rates = np.asarray(rates, dtype=float)
@@ -121,11 +79,11 @@ def neuron_page(
     absent), its top examples, firing rate per counted position, best partners in other models and dominant
     sub-updates (count and examples)."""
     activity = [(name, value) for name, value in (
-        ("firing frequency", f"{row['fire_freq']:.4g}" if _present(row, "fire_freq") else None),
+        ("firing frequency", f"{row['fire_freq']:.4g}" if present(row, "fire_freq") else None),
         ("tokens counted", row.get("n_tokens")),
-        ("activation mean / std", f"{row['act_mean']:.3g} / {row['act_std']:.3g}" if _present(row, "act_mean") else None),
-        ("activation min / max", f"{row['act_min']:.3g} / {row['act_max']:.3g}" if _present(row, "act_min") else None),
-        ("mutual information with position", f"{row['position_mi']:.3g}" if _present(row, "position_mi") else None),
+        ("activation mean / std", f"{row['act_mean']:.3g} / {row['act_std']:.3g}" if present(row, "act_mean") else None),
+        ("activation min / max", f"{row['act_min']:.3g} / {row['act_max']:.3g}" if present(row, "act_min") else None),
+        ("mutual information with position", f"{row['position_mi']:.3g}" if present(row, "position_mi") else None),
         ("positional type", f"{row['positional_type']} ({'strong' if row.get('positional_strong') else 'weak'})" if row.get("positional") else None),
     ) if value is not None]
     detectors = [(name, list(row.get(key) or [])) for name, key in (("detected tokens", "detected_token_strings"), ("detected bigrams", "detected_bigrams")) if row.get(key)]
@@ -137,7 +95,7 @@ def neuron_page(
     summary = [(name, f"{row[key]:.3f}" if isinstance(row[key], float) else row[key]) for name, key in (
         ("best correlation with another model", "max_corr"), ("excess over the random baseline", "excess_corr"),
         ("family", "family"), ("its feature", "best_feature"), ("variance reduction", "best_vr"),
-    ) if _present(row, key)]
+    ) if present(row, key)]
     universal = {"summary": summary, "matches": list(matches)} if summary or matches else None
     probes = {"features": list(row["probe_features"]), "f1": row["probe_f1"]} if row.get("probe_features") else None
     return PAGE.render(

@@ -5,13 +5,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from neuron_census.atlas.pages import neuron_kinds
-
-
-def with_kinds(neurons: pl.DataFrame) -> pl.DataFrame:
-    """neurons.parquet with `kinds` (list of the kind names `neuron_kinds` gives each row)."""
-    kinds = [neuron_kinds(row) for row in neurons.iter_rows(named=True)]
-    return neurons.with_columns(kinds=pl.Series(kinds, dtype=pl.List(pl.Utf8)))
+from neuron_census.analyses.kinds import with_kinds
 
 
 def page_neurons(neurons: pl.DataFrame, per_layer: int, others: int, seed: int = 0) -> pl.DataFrame:
