@@ -500,7 +500,7 @@ class FigureSpec:
     module: str
     function: str
     tables: tuple[str, ...]
-    category: str  # the section of the Snakemake report
+    category: str  # the report's section
     csv: str | None = None  # a function returning the figure's data as a table, written next to it
     defaults: Mapping[str, Any] = field(default_factory=dict)  # style values the config may override
 

@@ -74,7 +74,7 @@ def render_report(
     root: str | Path = ".",
 ) -> str:
     """`entries`: dicts with `name`, `png` (path), `caption` (path to a caption template) and optionally
-    `note` (text closing the caption) and `csv` (path); `config`: what the captions may read of the
+    `note` (text closing the caption), `csv` (path) and `category` (its group in the contents); `config`: what the captions may read of the
     workflow's config (`analysis` and `figures`); `summaries`: a summary per model; `atlases`: model ->
     its atlas folder, relative to `root`, the folder the report is written to."""
     atlases = dict(atlases or {})
@@ -95,7 +95,10 @@ def render_report(
         summary = "<h2>Models</h2>" + summary_table(summaries, atlases)
         if atlases:
             summary += "<p>Each model's name opens its neuron atlas: every neuron, filtered by kind, with a page per flagged neuron.</p>"
-    toc = "".join(f'<li><a href="#{html.escape(e["name"])}">{html.escape(e["name"])}</a></li>' for e in entries)
+    groups: dict[str, list[str]] = {}
+    for e in entries:
+        groups.setdefault(e.get("category") or "Figures", []).append(f'<a href="#{html.escape(e["name"])}">{html.escape(e["name"])}</a>')
+    toc = "".join(f"<li>{html.escape(group)}: {', '.join(links)}</li>" for group, links in groups.items())
     return (
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>"

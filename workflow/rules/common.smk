@@ -154,9 +154,7 @@ def figure_tables(figure):
 
 def figure_outputs(figure):
     outputs = {
-        "png": report(
-            f"results/figures/{figure}.png", caption=f"../report/{figure}.rst", category=FIGURE_SPECS[figure].category
-        ),
+        "png": f"results/figures/{figure}.png",
         "pdf": f"results/figures/{figure}.pdf",
     }
     if FIGURE_SPECS[figure].csv is not None:

@@ -1,13 +1,13 @@
 """Snakemake adapter: the HTML report."""
 
-from neuron_census.jobs import report_job
+from neuron_census.jobs import FIGURES, report_job
 from neuron_census.logs import job_log
 
 with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)
     csvs = dict(zip(snakemake.params.csv_names, snakemake.input.csvs))  # noqa: F821
     report_job(
         entries=[
-            {"name": name, "png": png, "caption": caption, "note": note, "csv": csvs.get(name)}
+            {"name": name, "png": png, "caption": caption, "note": note, "csv": csvs.get(name), "category": FIGURES[name].category}
             for name, png, caption, note in zip(
                 snakemake.params.names, snakemake.input.figures, snakemake.input.captions, snakemake.params.notes  # noqa: F821
             )
