@@ -90,7 +90,10 @@ def atlas_job(
     table = with_kinds(pl.read_parquet(neurons))
     paged = page_neurons(table, int(settings["pages_per_layer"]), int(settings["other_pages"]), int(settings["seed"]))
     paged_set = set(paged.iter_rows())
-    best = pl.read_parquet(matches) if matches is not None else None
+    partners: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    if matches is not None:
+        for (layer, neuron), group in pl.read_parquet(matches).group_by("layer", "neuron"):
+            partners[(int(layer), int(neuron))] = group.sort("other").to_dicts()
     dominant = _subupdates(subupdates, predictions)
     layers = [int(x) for x in readers[0].attrs["layers"]]
     kinds = ordered_kinds(kind for row in table["kinds"].to_list() for kind in row)
@@ -108,15 +111,16 @@ def atlas_job(
             examples = examples_table(layer, on_page, picked, datasets, read_sequence, texts, int(settings["before"]), int(settings["after"]))
             by_neuron = {n: group.to_dicts() for (n,), group in examples.group_by("neuron")}
             position = merged_layer_state(readers, "position_fire_count", slot)
-            counted = np.asarray(position["tokens"]).reshape(-1) > 0
-            rates = np.asarray(position["counts"]).reshape(counted.size, -1)[counted] / np.asarray(position["tokens"]).reshape(-1)[counted][:, None]
+            tokens = np.asarray(position["tokens"]).reshape(-1)
+            counted = tokens > 0
+            counts = np.asarray(position["counts"]).reshape(tokens.size, -1)[counted]  # rates only for the pages' neurons
             for row in rows.filter(pl.col("neuron").is_in(on_page)).iter_rows(named=True):
                 neuron = row["neuron"]
                 for side in ("top", "bottom"):  # tokens as they read in text, not the vocabulary's raw strings
                     if row.get(f"vocab_{side}_ids"):
                         row[f"vocab_{side}_tokens"] = [texts[i] for i in row[f"vocab_{side}_ids"]]
-                partners = best.filter((pl.col("layer") == layer) & (pl.col("neuron") == neuron)).to_dicts() if best is not None else []
-                page = neuron_page(model_name, row, by_neuron.get(neuron, []), rates[:, neuron], partners, dominant.get((layer, neuron)))
+                rates = counts[:, neuron] / tokens[counted]
+                page = neuron_page(model_name, row, by_neuron.get(neuron, []), rates, partners.get((layer, neuron), []), dominant.get((layer, neuron)))
                 (out / "neurons" / f"L{layer}-N{neuron}.html").write_text(page, encoding="utf-8")
             script_rows = [
                 [
