@@ -222,7 +222,10 @@ def _paged(atlas: Path) -> dict[tuple[int, int], Path]:
 
 def test_tiny_dag_atlas_pages_show_exactly_the_planted_roles(tiny_run: Path):
     """Every planted neuron has a page showing its role, and no page shows a census role that was not planted;
-    the seed family's copied neurons show as universal, each with its copies as best partners."""
+    in the seed family, exactly the copied neurons show as universal (each with its copies as best partners),
+    the entropy and attention-deactivation neurons as such, and each family neuron with its family."""
+    from markupsafe import escape
+
     from neuron_census.testing.planted_seeds import FAMILY_LAYERS, FAMILY_POSITIONS, FAMILY_VOCAB, build_seed_family
 
     planted = {(n.layer, n.neuron): n for n in get_recipe("census").all_neurons()}
@@ -244,6 +247,11 @@ def test_tiny_dag_atlas_pages_show_exactly_the_planted_roles(tiny_run: Path):
         for model, copy in (("planted-seed-b", "b"), ("planted-seed-c", "c")):
             layer, neuron = family.partners[copy][cell]
             assert f"<td>{model}</td><td>L{layer} N{neuron}</td><td>1.000</td>" in text, (cell, model)
+    assert {cell for cell, page in pages.items() if "entropy neuron" in _page_kinds(page)} == {family.entropy}
+    assert {cell for cell, page in pages.items() if "attention deactivation" in _page_kinds(page)} == {family.deactivation[:2]}
+    universal = pl.read_parquet(tiny_run / "results" / "planted-seed-a" / "universal.parquet").drop_nulls("family")
+    for layer, neuron, name in universal.select("layer", "neuron", "family").iter_rows():
+        assert f"<tr><th>family</th><td>{escape(name)}</td></tr>" in pages[(layer, neuron)].read_text(), (layer, neuron)
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium for a headless browser")
