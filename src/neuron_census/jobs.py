@@ -569,8 +569,8 @@ FIGURES: dict[str, FigureSpec] = {
     ),
     "early_exit_accuracy": FigureSpec("plots.subupdates", "plot_early_exit", ("early_exit",), "FFN sub-updates", defaults={"figsize": [10.0, 4.0]}),
     "steering_effect": FigureSpec("plots.subupdates", "plot_steering", ("steering_summary",), "FFN sub-updates", defaults={"figsize": [10.0, 3.8]}),
-    "probe_f1_by_k": FigureSpec("plots.probing", "plot_probe_f1_by_k", ("probes",), "Sparse probing", defaults={"figsize": [16.0, 3.5]}),
-    "probe_best_single": FigureSpec("plots.probing", "plot_probe_best_single", ("probe_neurons",), "Sparse probing", defaults={"figsize": [14.0, 3.5]}),
+    "probe_f1_by_k": FigureSpec("plots.probing", "plot_probe_f1_by_k", ("probes",), "Sparse probing", defaults={"figsize": [24.0, 3.5]}),
+    "probe_best_single": FigureSpec("plots.probing", "plot_probe_best_single", ("probe_neurons",), "Sparse probing", defaults={"figsize": [14.0, 3.2]}),
     "probe_methods": FigureSpec("plots.probing", "plot_probe_methods", ("probes",), "Sparse probing", defaults={"figsize": [12.0, 4.0]}),
     "probe_precision_recall": FigureSpec(
         "plots.probing", "plot_probe_precision_recall", ("probe_neurons",), "Sparse probing", defaults={"figsize": [10.0, 4.0]}

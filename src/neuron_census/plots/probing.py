@@ -183,17 +183,23 @@ def best_single_by_layer(neurons: pl.DataFrame) -> pl.DataFrame:
 
 def plot_probe_best_single(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
     """The best k = 1 probe by layer: mean over a family's features of the best single neuron's test F1,
-    a panel per family, a line per model."""
+    a panel per family (at most style `columns` a row, default 5; the figsize is one row), a line per model."""
     style = _style(style)
     neurons = _table(tables, "probe_neurons", NEURON_DTYPES)
     means = best_single_by_layer(neurons)
     models, families = model_order(means), _families(means)
-    fig, axes = new_axes(style, 1, max(len(families), 1), squeeze=False)
+    columns = max(1, min(int(style.get("columns", 5)), len(families) or 1))
+    n_rows = -(-max(len(families), 1) // columns)
+    width, height = style["figsize"]
+    fig, grid = new_axes({**style, "figsize": [width, height * n_rows]}, n_rows, columns, squeeze=False)
+    axes = grid.reshape(-1)
+    for ax in axes[max(len(families), 1):]:  # the last row's empty places
+        ax.set_visible(False)
     _title(fig, style, "Sparse probing: best single neuron's test F1 by layer")
     if not models:
-        say_missing(axes[0][0], MISSING)
+        say_missing(axes[0], MISSING)
         return fig
-    for ax, family in zip(axes[0], families):
+    for ax, family in zip(axes, families):
         part = means.filter(pl.col("family") == family)
         for model, colour in zip(models, colours(style, len(models))):
             rows = part.filter(pl.col("model") == model)
@@ -204,8 +210,9 @@ def plot_probe_best_single(tables: Mapping[str, pl.DataFrame], style: Mapping[st
         ax.set_xlabel("layer")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         _unit_axis(ax)
-    axes[0][0].set_ylabel("best k = 1 test F1 (mean)")
-    _figure_legend(fig, axes[0], len(models))
+    for row in grid:
+        row[0].set_ylabel("best k = 1 test F1 (mean)")
+    _figure_legend(fig, axes[: len(families)], len(models))
     return fig
 
 
