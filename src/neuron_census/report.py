@@ -14,6 +14,8 @@ from typing import Any
 import jinja2
 import polars as pl
 
+from neuron_census.analyses.kinds import SUMMARY_KEYS
+
 
 def _caption_html(text: str) -> str:
     paragraphs = [p.strip() for p in text.strip().split("\n\n") if p.strip()]
@@ -36,7 +38,8 @@ def _cell(value: Any) -> str:
 
 def summary_table(summaries: Mapping[str, Mapping[str, Any]], atlases: Mapping[str, str]) -> str:
     """The models' summary rows (`analyses.kinds.model_summary`), each model linking to its atlas index."""
-    columns = list(dict.fromkeys(key for summary in summaries.values() for key in summary))
+    present = {key for summary in summaries.values() for key in summary}
+    columns = [key for key in SUMMARY_KEYS if key in present] + sorted(present - set(SUMMARY_KEYS))
     rows = []
     for model, summary in summaries.items():
         name = html.escape(model)

@@ -96,6 +96,11 @@ def kind_overlaps(neurons: pl.DataFrame) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=OVERLAP_SCHEMA, orient="row")
 
 
+SUMMARY_KEYS = (
+    "layers", "neurons", "dead %", "token detectors", "bigram detectors", "positional", "universal %", "single-neuron probes", "best probe",
+)  # the report's summary columns, in order
+
+
 def model_summary(neurons: pl.DataFrame) -> dict[str, Any]:
     """One model's row of the report's summary: layers, neurons, dead share (%), detectors, positional neurons
     by type, universal share (%), single-neuron probes and the best of them (keys absent where the model has
