@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -137,4 +138,4 @@ def atlas_job(
             n_pages += len(on_page)
         index = index_page(model_name, [s["layer"] for s in summary], kinds, summary, n_pages, int(settings["pages_per_layer"]), int(settings["other_pages"]))
         (out / "index.html").write_text(index, encoding="utf-8")
-    print(f"atlas of '{model_name}': {n_pages} neuron pages over {len(summary)} layers", flush=True)
+    print(f"atlas of '{model_name}': {n_pages} neuron pages over {len(summary)} layers", file=sys.stderr, flush=True)
