@@ -120,3 +120,17 @@ def test_report_tables_link_neurons_to_their_atlas_pages(tmp_path):
     summary = summary_table({"m": {"layers": 2, "best probe": "x"}, "n": {"layers": 1, "dead %": 5.0}}, {"m": "atlas/m"})
     assert '<a href="atlas/m/index.html">m</a>' in summary and "<td>n</td>" in summary
     assert summary.index("<th>layers</th>") < summary.index("<th>dead %</th>") < summary.index("<th>best probe</th>")  # a fixed order
+
+
+def test_report_shows_a_drawn_table_as_html(tmp_path):
+    from neuron_census.report import render_report
+
+    png, caption, csv = tmp_path / "f.png", tmp_path / "f.rst", tmp_path / "f.csv"
+    png.write_bytes(b"\x89PNG")
+    caption.write_text("A caption.")
+    pl.DataFrame({"model": ["m"], "layer": [0], "neuron": [1]}).write_csv(csv)
+    entry = {"name": "f", "png": str(png), "caption": str(caption), "csv": str(csv), "category": "Group"}
+    both = render_report([entry], "t", {}, root=tmp_path)
+    assert both.count("<img") == 1 and both.count("class=data") == 1 and "<li>Group: " in both
+    only = render_report([{**entry, "table_only": True}], "t", {}, root=tmp_path)
+    assert only.count("<img") == 0 and only.count("class=data") == 1

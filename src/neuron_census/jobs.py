@@ -502,6 +502,7 @@ class FigureSpec:
     tables: tuple[str, ...]
     category: str  # the report's section
     csv: str | None = None  # a function returning the figure's data as a table, written next to it
+    drawn_table: bool = False  # the drawing is a table: the report shows its CSV as an HTML table instead
     defaults: Mapping[str, Any] = field(default_factory=dict)  # style values the config may override
 
 
@@ -518,7 +519,7 @@ FIGURES: dict[str, FigureSpec] = {
     "fig3b_detected_tokens": FigureSpec("plots.ngrams", "plot_detected_tokens", ("layers",), "Token detectors"),
     "fig4_new_tokens": FigureSpec("plots.ngrams", "plot_new_tokens", ("layers",), "Token detectors"),
     "fig5_detector_projections": FigureSpec(
-        "plots.vocab", "plot_detector_projections", ("neurons",), "Token detectors", csv="detector_projection_frame"
+        "plots.vocab", "plot_detector_projections", ("neurons",), "Token detectors", csv="detector_projection_frame", drawn_table=True
     ),
     "fig7_positional_examples": FigureSpec(
         "plots.positional", "plot_positional_examples", ("position_rates",), "Positional neurons"
@@ -565,7 +566,7 @@ FIGURES: dict[str, FigureSpec] = {
     ),
     "subupdate_examples": FigureSpec(
         "plots.subupdates", "plot_subupdate_examples", ("predictions", "subupdates"), "FFN sub-updates",
-        defaults={"figsize": [12.0, 4.5], "n_examples": 3, "n_subupdates": 3}, csv="example_predictions_frame",
+        defaults={"figsize": [12.0, 4.5], "n_examples": 3, "n_subupdates": 3}, csv="example_predictions_frame", drawn_table=True,
     ),
     "early_exit_accuracy": FigureSpec("plots.subupdates", "plot_early_exit", ("early_exit",), "FFN sub-updates", defaults={"figsize": [10.0, 4.0]}),
     "steering_effect": FigureSpec("plots.subupdates", "plot_steering", ("steering_summary",), "FFN sub-updates", defaults={"figsize": [10.0, 3.8]}),
@@ -577,7 +578,7 @@ FIGURES: dict[str, FigureSpec] = {
     ),
     "monosemantic_neurons": FigureSpec(
         "plots.probing", "plot_monosemantic_neurons", ("probe_neurons",), "Sparse probing", defaults={"figsize": [9.0, 6.0], "max_rows": 20},
-        csv="monosemantic_frame",
+        csv="monosemantic_frame", drawn_table=True,
     ),
 }
 

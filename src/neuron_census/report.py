@@ -77,7 +77,8 @@ def render_report(
     root: str | Path = ".",
 ) -> str:
     """`entries`: dicts with `name`, `png` (path), `caption` (path to a caption template) and optionally
-    `note` (text closing the caption), `csv` (path) and `category` (its group in the contents); `config`: what the captions may read of the
+    `note` (text closing the caption), `csv` (path), `category` (its group in the contents) and
+    `table_only` (the figure draws a table: the CSV's rows replace the picture); `config`: what the captions may read of the
     workflow's config (`analysis` and `figures`); `summaries`: a summary per model; `atlases`: model ->
     its atlas folder, relative to `root`, the folder the report is written to."""
     atlases = dict(atlases or {})
@@ -88,10 +89,12 @@ def render_report(
         if entry.get("note"):
             caption += f"<p class=note>{html.escape(entry['note'])}</p>"
         table = csv_table(entry["csv"], atlases, Path(root)) if entry.get("csv") else ""
+        picture = f'<img alt="{html.escape(entry["name"])}" src="data:image/png;base64,{image}">'
+        if table and entry.get("table_only"):  # a drawing of a table: the table itself, its neurons linked
+            picture, table = table, ""
         sections.append(
             f'<section id="{html.escape(entry["name"])}"><h2>{html.escape(entry["name"])}</h2>'
-            f'<img alt="{html.escape(entry["name"])}" src="data:image/png;base64,{image}">'
-            f"<div class=caption>{caption}</div>{table}</section>"
+            f"{picture}<div class=caption>{caption}</div>{table}</section>"
         )
     summary = ""
     if summaries:

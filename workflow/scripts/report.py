@@ -7,7 +7,8 @@ with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)
     csvs = dict(zip(snakemake.params.csv_names, snakemake.input.csvs))  # noqa: F821
     report_job(
         entries=[
-            {"name": name, "png": png, "caption": caption, "note": note, "csv": csvs.get(name), "category": FIGURES[name].category}
+            {"name": name, "png": png, "caption": caption, "note": note, "csv": csvs.get(name), "category": FIGURES[name].category,
+             "table_only": FIGURES[name].drawn_table}
             for name, png, caption, note in zip(
                 snakemake.params.names, snakemake.input.figures, snakemake.input.captions, snakemake.params.notes  # noqa: F821
             )
