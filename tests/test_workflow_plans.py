@@ -35,6 +35,7 @@ def test_adding_a_shard_captures_only_that_shard(tmp_path: Path):
     config.pop("universal")
     config.pop("subupdates", None)
     config.pop("steering", None)
+    config.pop("atlas", None)
     target = "results/planted/neurons.parquet"
 
     def run(n_shards: int, *args: str) -> subprocess.CompletedProcess[str]:
@@ -234,6 +235,7 @@ def test_a_job_refusing_bad_input_prints_one_line(tmp_path: Path):
     config.pop("universal")
     config.pop("subupdates", None)
     config.pop("steering", None)
+    config.pop("atlas", None)
     path = tmp_path / "long.yaml"
     path.write_text(yaml.safe_dump(config))
     result = snakemake(workdir, "--configfile", str(path), "--cores", "1", "results/opt/neurons.parquet", check=False)
