@@ -107,6 +107,7 @@ def atlas_job(
             if rows.is_empty():
                 continue
             on_page = [n for n in rows["neuron"].to_list() if (layer, n) in paged_set]
+            has_page = set(on_page)
             top = [reader.layer_state("top_k", slot) for reader in readers]
             picked = top_examples(*(np.stack([np.asarray(t[key]).reshape(np.shape(t[key])[-2:]) for t in top]) for key in ("values", "seq", "pos")), int(settings["examples"]))
             examples = examples_table(layer, on_page, picked, datasets, read_sequence, texts, int(settings["before"]), int(settings["after"]))
@@ -114,13 +115,13 @@ def atlas_job(
             position = merged_layer_state(readers, "position_fire_count", slot)
             tokens = np.asarray(position["tokens"]).reshape(-1)
             counted = tokens > 0
-            counts = np.asarray(position["counts"]).reshape(tokens.size, -1)[counted]  # rates only for the pages' neurons
+            fired = np.asarray(position["counts"]).reshape(tokens.size, -1)[counted]  # rates only for the pages' neurons
             for row in rows.filter(pl.col("neuron").is_in(on_page)).iter_rows(named=True):
                 neuron = row["neuron"]
                 for side in ("top", "bottom"):  # tokens as they read in text, not the vocabulary's raw strings
                     if row.get(f"vocab_{side}_ids"):
                         row[f"vocab_{side}_tokens"] = [texts[i] for i in row[f"vocab_{side}_ids"]]
-                rates = counts[:, neuron] / tokens[counted]
+                rates = fired[:, neuron] / tokens[counted]
                 page = neuron_page(model_name, row, by_neuron.get(neuron, []), rates, partners.get((layer, neuron), []), dominant.get((layer, neuron)))
                 (out / "neurons" / f"L{layer}-N{neuron}.html").write_text(page, encoding="utf-8")
             script_rows = [
@@ -128,13 +129,13 @@ def atlas_job(
                     row["neuron"], _finite(row.get("fire_freq")), "; ".join(row["kinds"]),
                     " ".join([*(row.get("detected_token_strings") or []), *(row.get("detected_bigrams") or [])]),
                     "; ".join(row.get("probe_features") or []),
-                    f"neurons/L{layer}-N{row['neuron']}.html" if row["neuron"] in on_page else "",
+                    f"neurons/L{layer}-N{row['neuron']}.html" if row["neuron"] in has_page else "",
                 ]
                 for row in rows.iter_rows(named=True)
             ]
             (out / "rows" / f"layer-{layer}.js").write_text(layer_rows_script(layer, script_rows), encoding="utf-8")
-            counts = {kind: int(rows["kinds"].list.contains(kind).sum()) for kind in kinds}
-            summary.append({"layer": layer, "neurons": len(rows), "counts": counts, "pages": len(on_page)})
+            per_kind = {kind: int(rows["kinds"].list.contains(kind).sum()) for kind in kinds}
+            summary.append({"layer": layer, "neurons": len(rows), "counts": per_kind, "pages": len(on_page)})
             n_pages += len(on_page)
         index = index_page(model_name, [s["layer"] for s in summary], kinds, summary, n_pages, int(settings["pages_per_layer"]), int(settings["other_pages"]))
         (out / "index.html").write_text(index, encoding="utf-8")
