@@ -10,10 +10,16 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-KIND_ORDER = (
-    "dead", "token detector", "bigram detector", "positional", "suppresses its trigger", "prediction neuron", "suppression neuron",
-    "partition neuron", "universal", "entropy neuron", "attention deactivation", "single-neuron probe",
+FLAGS_BEFORE_ROLE = (
+    ("dead", "dead"), ("token_detector", "token detector"), ("bigram_detector", "bigram detector"),
+    ("positional", "positional"), ("suppresses_trigger", "suppresses its trigger"),
+)  # (neurons.parquet column, kind) of the kinds a true column gives, before the vocabulary role
+FLAGS_AFTER_ROLE = (
+    ("universal", "universal"), ("entropy_neuron", "entropy neuron"), ("deactivates", "attention deactivation"),
+    ("probe_features", "single-neuron probe"),  # a non-empty list of features
 )
+VOCAB_ROLES = ("prediction", "suppression", "partition")  # as analyses.weights.vocab_roles names them (a torch module)
+KIND_ORDER = (*(k for _, k in FLAGS_BEFORE_ROLE), *(f"{role} neuron" for role in VOCAB_ROLES), *(k for _, k in FLAGS_AFTER_ROLE))
 
 
 def ordered_kinds(kinds: Iterable[str]) -> list[str]:
@@ -30,27 +36,10 @@ def neuron_kinds(row: Mapping[str, Any]) -> list[str]:
     """The kinds the analyses gave a neuron, in the order of the papers (dead, detectors, positional, trigger
     suppression, vocabulary role, universal, entropy, attention deactivation, probes): what the index filters
     by; each page's sections give the details."""
-    kinds = []
-    if row.get("dead"):
-        kinds.append("dead")
-    if row.get("token_detector"):
-        kinds.append("token detector")
-    if row.get("bigram_detector"):
-        kinds.append("bigram detector")
-    if row.get("positional"):
-        kinds.append("positional")
-    if row.get("suppresses_trigger"):
-        kinds.append("suppresses its trigger")
+    kinds = [kind for column, kind in FLAGS_BEFORE_ROLE if row.get(column)]
     if present(row, "vocab_role"):
         kinds.append(f"{row['vocab_role']} neuron")
-    if row.get("universal"):
-        kinds.append("universal")
-    if row.get("entropy_neuron"):
-        kinds.append("entropy neuron")
-    if row.get("deactivates"):
-        kinds.append("attention deactivation")
-    if row.get("probe_features"):
-        kinds.append("single-neuron probe")
+    kinds += [kind for column, kind in FLAGS_AFTER_ROLE if row.get(column)]
     return kinds
 
 
