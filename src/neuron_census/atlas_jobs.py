@@ -10,29 +10,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from neuron_census.jobs import PathLike, read_shard_for
+from neuron_census.jobs import PathLike, stacked_shards
 
 SUBUPDATE_EXAMPLES = 5  # dominant sub-update examples shown per page
-
-
-def _sequence_reader(shards: Sequence[Sequence[PathLike]], tokenizer: Any, model_name: str) -> Any:
-    """read(dataset index, global sequence) -> token ids, each shard read once, when first asked for."""
-    loaded: dict[tuple[int, int], np.ndarray] = {}
-    per_shard: dict[int, int] = {}
-
-    def read(dataset: int, seq: int) -> np.ndarray:
-        paths = shards[dataset]
-        if dataset not in per_shard:
-            tokens, attrs = read_shard_for(paths[0], tokenizer, f"model '{model_name}''s atlas")
-            per_shard[dataset] = int(attrs["n_sequences"])
-            loaded[(dataset, int(attrs["shard"]))] = np.asarray(tokens)
-        shard = seq // per_shard[dataset]
-        if (dataset, shard) not in loaded:
-            tokens, _ = read_shard_for(paths[shard], tokenizer, f"model '{model_name}''s atlas")
-            loaded[(dataset, shard)] = np.asarray(tokens)
-        return loaded[(dataset, shard)][seq % per_shard[dataset]]
-
-    return read
 
 
 def _finite(value: float | None) -> float | None:
@@ -87,7 +67,7 @@ def atlas_job(
     readers = [StoreReader(stores[name]) for name in datasets]
     for reader in readers:
         reader.require(["top_k", "position_fire_count"], f"model '{model_name}''s atlas")
-    read_sequence = _sequence_reader([shards[name] for name in datasets], tokenizer, model_name)
+    tokens_of = [stacked_shards(shards[name], tokenizer, f"model '{model_name}''s atlas") for name in datasets]  # row = sequence id
     table = with_kinds(pl.read_parquet(neurons))
     paged = page_neurons(table, int(settings["pages_per_layer"]), int(settings["other_pages"]), int(settings["seed"]))
     paged_set = set(paged.iter_rows())
@@ -110,18 +90,18 @@ def atlas_job(
             has_page = set(on_page)
             top = [reader.layer_state("top_k", slot) for reader in readers]
             picked = top_examples(*(np.stack([np.asarray(t[key]).reshape(np.shape(t[key])[-2:]) for t in top]) for key in ("values", "seq", "pos")), int(settings["examples"]))
-            examples = examples_table(layer, on_page, picked, datasets, read_sequence, texts, int(settings["before"]), int(settings["after"]))
+            examples = examples_table(layer, on_page, picked, datasets, lambda d, seq: tokens_of[d][seq], texts, int(settings["before"]), int(settings["after"]))
             by_neuron = {n: group.to_dicts() for (n,), group in examples.group_by("neuron")}
             position = merged_layer_state(readers, "position_fire_count", slot)
-            tokens = np.asarray(position["tokens"]).reshape(-1)
-            counted = tokens > 0
-            fired = np.asarray(position["counts"]).reshape(tokens.size, -1)[counted]  # rates only for the pages' neurons
+            per_position = np.asarray(position["tokens"]).reshape(-1)  # counted tokens at each position
+            counted = per_position > 0
+            fired = np.asarray(position["counts"]).reshape(per_position.size, -1)[counted]  # rates only for the pages' neurons
             for row in rows.filter(pl.col("neuron").is_in(on_page)).iter_rows(named=True):
                 neuron = row["neuron"]
                 for side in ("top", "bottom"):  # tokens as they read in text, not the vocabulary's raw strings
                     if row.get(f"vocab_{side}_ids"):
                         row[f"vocab_{side}_tokens"] = [texts[i] for i in row[f"vocab_{side}_ids"]]
-                rates = fired[:, neuron] / tokens[counted]
+                rates = fired[:, neuron] / per_position[counted]
                 page = neuron_page(model_name, row, by_neuron.get(neuron, []), rates, partners.get((layer, neuron), []), dominant.get((layer, neuron)))
                 (out / "neurons" / f"L{layer}-N{neuron}.html").write_text(page, encoding="utf-8")
             script_rows = [
