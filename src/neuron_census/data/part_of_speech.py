@@ -12,10 +12,6 @@ from collections.abc import Callable, Sequence
 
 TagWords = Callable[[Sequence[str]], list[str]]
 
-UPOS: tuple[str, ...] = (
-    "ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON", "PROPN", "SCONJ", "VERB", "X",
-)  # the tagger's classes, less its VerbForm suffixes (it never outputs PUNCT or SYM)
-
 
 def english_tagger() -> TagWords:
     """A function from one sentence's words (letters and internal apostrophes, in order) to their UPOS tags."""
