@@ -12,6 +12,7 @@ from neuron_census.config import (
     ConfigError,
     capture_settings,
     job_resources,
+    job_threads,
     model_datasets,
     resolved_model_spec,
     validate_config,
@@ -160,6 +161,21 @@ def test_job_resources_per_model(default):
     opt = validate_config(load(ROOT / "config" / "presets" / "opt-family.yaml"), SCHEMA)
     assert job_resources(opt, "opt-30b", "capture") == {"mem_mb": 120000, "runtime": 1440}
     assert job_resources(opt, "opt-125m", "capture") == {"mem_mb": 64000, "runtime": 720}
+
+
+def test_job_threads_per_model(default):
+    """The threads of a model's jobs: the model's own, else the config's, else 8 (the presets' GPU jobs)."""
+    config = validate_config(default, SCHEMA)
+    assert job_threads(config, "tiny-opt") == config["resources"]["threads"] == 1  # the embedded default: tiny models
+    config["models"]["stories260k"]["resources"] = {"threads": 3}
+    assert job_threads(config, "stories260k") == 3 and job_threads(config, "planted") == 1
+    del config["resources"]["threads"]
+    assert job_threads(config, "planted") == 8 and job_threads(config, "stories260k") == 3
+    opt = validate_config(load(ROOT / "config" / "presets" / "opt-family.yaml"), SCHEMA)
+    assert job_threads(opt, "opt-125m") == 8
+    bad = {**default, "resources": {"threads": 0}}
+    with pytest.raises(ConfigError, match="threads"):
+        validate_config(bad, SCHEMA)
 
 
 def test_a_model_captures_its_own_datasets(default):

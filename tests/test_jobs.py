@@ -38,6 +38,18 @@ def test_jobs_without_a_model_do_not_import_torch():
     assert result.stdout.strip() == "[]"
 
 
+def test_table_jobs_do_not_import_transformers():
+    """The jobs that join tables (neuron_tables; the studies' tables) read analyses that also take a model
+    adapter, but never import the model layer: transformers' import costs several seconds a job."""
+    modules = [f"analyses.{name}" for name in ("tables", "vocab", "weights", "kinds", "universal", "families", "attention", "concepts", "subupdates")]
+    code = "; ".join(
+        [f"import neuron_census.{name}" for name in modules]
+        + ["import sys", "print(sorted(m for m in ('transformers', 'accelerate') if m in sys.modules))"]
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "[]"
+
+
 def test_positional_neurons_are_found_on_their_own_datasets(tmp_path: Path):
     """`analysis.positional.datasets`: position statistics from those datasets' stores only (as if they were
     the only capture datasets), every other statistic from all of them."""

@@ -464,6 +464,16 @@ JOB_RESOURCES: dict[str, dict[str, int]] = {
 }
 
 
+MODEL_THREADS = 8  # a job's threads when neither the config nor the model sets `resources.threads`
+
+
+def job_threads(config: Mapping[str, Any], model: str) -> int:
+    """CPU threads of every job that runs `model`: the model's `resources.threads`, else the config's, else
+    8. Kept out of the jobs' params, so changing them reruns nothing; Snakemake caps them at `--cores`."""
+    own = config["models"][model].get("resources", {}).get("threads")
+    return own or config.get("resources", {}).get("threads") or MODEL_THREADS
+
+
 def job_resources(config: Mapping[str, Any], model: str, rule: str) -> dict[str, int]:
     """Memory and time of `rule`'s jobs for `model`: the built-in sizes, under the config's `resources`,
     under the model's own `resources`. Kept out of the jobs' params, so changing them reruns nothing."""

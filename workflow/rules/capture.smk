@@ -15,7 +15,7 @@ rule capture:
         tokenizer=lambda w: canonical(resolved_tokenizer_spec(config, model_tokenizer(config, w.model))),
         settings=lambda w: canonical(capture_settings(config, w.model)),
         spans_version=lambda w: input_version(sample_spans(w.model)),
-    threads: 8
+    threads: lambda w: job_threads(config, w.model)
     resources:
         gpu=1,
         mem_mb=lambda w: job_resources(config, w.model, "capture")["mem_mb"],

@@ -10,6 +10,7 @@ from neuron_census.config import (
     canonical,
     capture_settings,
     job_resources,
+    job_threads,
     model_datasets,
     model_label,
     model_tokenizer,

@@ -34,7 +34,7 @@ rule probe_samples:
         tokenizer_name=lambda w: model_tokenizer(config, w.model),
         tokenizer=lambda w: canonical(resolved_tokenizer_spec(config, model_tokenizer(config, w.model))),
         settings=lambda w: canonical(probing_capture_settings(w.model, w.dataset)),
-    threads: 8
+    threads: lambda w: job_threads(config, w.model)
     resources:
         gpu=1,
         mem_mb=lambda w: job_resources(config, w.model, "capture")["mem_mb"],

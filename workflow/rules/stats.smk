@@ -32,7 +32,7 @@ rule vocab_projection:
         tokenizer_name=lambda w: model_tokenizer(config, w.model),
         tokenizer=lambda w: canonical(resolved_tokenizer_spec(config, model_tokenizer(config, w.model))),
         settings=lambda w: canonical(vocab_settings(w.model)),
-    threads: 8
+    threads: lambda w: job_threads(config, w.model)
     resources:
         gpu=1,
         mem_mb=lambda w: job_resources(config, w.model, "vocab_projection")["mem_mb"],

@@ -18,7 +18,7 @@ rule subupdate_lens:
         tokenizer=lambda w: canonical(resolved_tokenizer_spec(config, model_tokenizer(config, w.model))),
         settings=lambda w: canonical(capture_settings(config, w.model)),
         study=lambda w: canonical({k: v for k, v in subupdate_study(w.model).items() if k not in ("clusters", "early_exit")}),
-    threads: 8
+    threads: lambda w: job_threads(config, w.model)
     resources:
         gpu=1,
         mem_mb=lambda w: job_resources(config, w.model, "capture")["mem_mb"],
@@ -62,7 +62,7 @@ rule value_clusters:
         settings=lambda w: canonical(capture_settings(config, w.model)),
         clusters=lambda w: subupdate_study(w.model)["clusters"],
         vocab=canonical({k: config["analysis"]["vocab"][k] for k in ("final_norm", "top_n")}),
-    threads: 8
+    threads: lambda w: job_threads(config, w.model)
     resources:
         gpu=1,
         mem_mb=lambda w: job_resources(config, w.model, "vocab_projection")["mem_mb"],
@@ -110,7 +110,7 @@ rule steering:
         tokenizer=lambda w: canonical(resolved_tokenizer_spec(config, model_tokenizer(config, w.model))),
         settings=lambda w: canonical(capture_settings(config, w.model)),
         study=lambda w: canonical(config["steering"][w.model]),
-    threads: 8
+    threads: lambda w: job_threads(config, w.model)
     resources:
         gpu=1,
         mem_mb=lambda w: job_resources(config, w.model, "capture")["mem_mb"],

@@ -16,7 +16,7 @@ rule correlation:
         tokenizer=lambda w: canonical(resolved_tokenizer_spec(config, model_tokenizer(config, w.model))),
         settings=lambda w: canonical(capture_settings(config, w.model)),
         study=lambda w: study_settings(w.model),
-    threads: 8
+    threads: lambda w: job_threads(config, w.model)
     resources:
         gpu=1,
         mem_mb=lambda w: job_resources(config, w.model, "capture")["mem_mb"],
@@ -79,7 +79,7 @@ rule neuron_properties:
         tokenizer=lambda w: canonical(resolved_tokenizer_spec(config, model_tokenizer(config, w.model))),
         settings=lambda w: canonical(capture_settings(config, w.model)),
         study=lambda w: canonical({k: universal_study(w.model)[k] for k in ("activation", "drop_newlines")}),
-    threads: 8
+    threads: lambda w: job_threads(config, w.model)
     resources:
         gpu=1,
         mem_mb=lambda w: job_resources(config, w.model, "capture")["mem_mb"],
@@ -125,7 +125,7 @@ rule universal_tables:
         model=lambda w: canonical(resolved_model_spec(config, w.model)),
         model_version=lambda w: input_version(model_inputs(w.model)),
         weights=config["analysis"]["vocab"]["weights"],
-    threads: 8
+    threads: lambda w: job_threads(config, w.model)
     log:
         "results/logs/universal_tables/{model}.log",
     conda:
@@ -149,7 +149,7 @@ rule entropy_interventions:
         settings=lambda w: canonical(capture_settings(config, w.model)),
         study=lambda w: canonical({k: universal_study(w.model)[k] for k in ("entropy",)}),
         weights=config["analysis"]["vocab"]["weights"],
-    threads: 8
+    threads: lambda w: job_threads(config, w.model)
     resources:
         gpu=1,
         mem_mb=lambda w: job_resources(config, w.model, "capture")["mem_mb"],
@@ -176,7 +176,7 @@ rule attention_interventions:
         tokenizer=lambda w: canonical(resolved_tokenizer_spec(config, model_tokenizer(config, w.model))),
         settings=lambda w: canonical(capture_settings(config, w.model)),
         study=lambda w: canonical({k: universal_study(w.model)[k] for k in ("attention",)}),
-    threads: 8
+    threads: lambda w: job_threads(config, w.model)
     resources:
         gpu=1,
         mem_mb=lambda w: job_resources(config, w.model, "capture")["mem_mb"],

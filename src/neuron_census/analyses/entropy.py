@@ -16,13 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 import torch
 
 from neuron_census.interventions import Intervention, intervened
-from neuron_census.models.adapters import FFNAdapter
+
+if TYPE_CHECKING:  # the adapter's module imports transformers: table jobs need none of it
+    from neuron_census.models.adapters import FFNAdapter
 
 
 @dataclass(frozen=True)

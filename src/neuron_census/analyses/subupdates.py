@@ -25,13 +25,15 @@ of its release; this is the reading of its text.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 import torch
 
-from neuron_census.models.adapters import FFNAdapter
+if TYPE_CHECKING:  # the adapter's module imports transformers: table jobs need none of it
+    from neuron_census.models.adapters import FFNAdapter
+
 
 SCORINGS = ("absolute", "signed")
 

@@ -28,13 +28,16 @@ the detected ones' scores without the model, so a threshold change reruns no pro
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 import torch
 
-from neuron_census.models.adapters import FFNAdapter
 from neuron_census.data.tokenization import escape_token
+
+if TYPE_CHECKING:  # the adapter's module imports transformers: table jobs need none of it
+    from neuron_census.models.adapters import FFNAdapter
 
 DEFAULT_MAX_CHUNK_BYTES = 256 * 2**20
 

@@ -27,13 +27,15 @@ kurtosis of the other two.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 import torch
-from accelerate.utils import align_module_device
 
-from neuron_census.models.adapters import FFNAdapter
+if TYPE_CHECKING:  # the adapter's module imports transformers: table jobs need none of it
+    from neuron_census.models.adapters import FFNAdapter
+
 
 PROCESSING = ("processed", "raw")
 DEFAULT_MAX_CHUNK_BYTES = 256 * 2**20
@@ -42,6 +44,8 @@ NULL_SHARE = 0.02  # of d_model: the effective null space (GPT-2 small: the bott
 
 def _affine(norm: torch.nn.Module, d: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """A norm's gain and bias (1 and 0 where it has none), read even where its layer waits on disk."""
+    from accelerate.utils import align_module_device  # only where weights are read
+
     with align_module_device(norm):
         weight = getattr(norm, "weight", None)
         bias = getattr(norm, "bias", None)
