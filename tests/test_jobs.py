@@ -13,6 +13,9 @@ from neuron_census.data.corpus import write_token_shard
 from neuron_census.jobs import read_shard_for
 from neuron_census.data.tokenization import load_tokenizer
 
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+
 
 def test_shards_of_another_tokenizer_are_refused(tmp_path: Path):
     words = load_tokenizer("planted", {"source": "words", "words": ["a", "b", "c"]})
@@ -35,6 +38,21 @@ def test_jobs_without_a_model_do_not_import_torch():
         + ["import sys", "loaded = sorted(m for m in ('torch', 'transformers') if m in sys.modules)", "print(loaded)"]
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_reading_the_workflow_does_not_import_torch():
+    """Every Snakemake run and dry run parses the Snakefile and checks the config first: the modules it imports
+    and the checks of the default config and the presets start without torch (seconds per invocation)."""
+    modules = ["config", "data.corpus", "data.inputs", "jobs", "probing_jobs", "testing.planted"]
+    configs = [ROOT / "config" / "config.yaml", *sorted((ROOT / "config" / "presets").glob("*.yaml"))]
+    code = "; ".join(
+        [f"import neuron_census.{name}" for name in modules]
+        + ["import sys, yaml", "from neuron_census.config import validate_config"]
+        + [f"validate_config(yaml.safe_load(open({str(path)!r})), {str(SCHEMA)!r})" for path in configs]
+        + ["print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"]
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True, cwd=ROOT)
     assert result.stdout.strip() == "[]"
 
 

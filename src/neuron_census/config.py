@@ -359,7 +359,8 @@ def _check_models(config: Mapping[str, Any]) -> None:
                 f"config error at 'analysis.positional.datasets': model '{model}' captures none of {positional}"
             )
         settings = capture_settings(config, model)
-        _check_accumulator_options(settings["accumulator_options"], _capture_key(config, model, "accumulator_options"))
+        if settings["accumulator_options"]:  # the registry imports torch: only a config that sets options pays for it
+            _check_accumulator_options(settings["accumulator_options"], _capture_key(config, model, "accumulator_options"))
         shape = model_shape(config, model)
         layers, ngram_layers = settings["layers"], settings["ngram_layers"]  # the schema's defaults filled in
         if shape is not None:

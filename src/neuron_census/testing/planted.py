@@ -324,6 +324,10 @@ def _probing() -> PlantedRecipe:
 
 
 RECIPES: dict[str, Callable[[], PlantedRecipe]] = {"basic": _basic, "census": _census, "probing": _probing}
+# The pipeline's planted seed family (built by `planted_seeds`, which imports torch): each recipe's member and
+# the family's shape, here so that config checks and the Snakefile know them without importing torch.
+SEED_RECIPES = {"seeds-a": "a", "seeds-b": "b", "seeds-c": "c"}
+FAMILY_VOCAB, FAMILY_LAYERS, FAMILY_POSITIONS = 48, 3, 64  # the planted words tokenizer and designed data
 
 
 def get_recipe(name: str) -> PlantedRecipe:
@@ -334,12 +338,10 @@ def get_recipe(name: str) -> PlantedRecipe:
 
 def planted_shape(name: str) -> tuple[int, int]:
     """(layers, context positions) of the model of a recipe: a census recipe or a seed family's member."""
-    from neuron_census.testing import planted_seeds
-
-    if name in planted_seeds.RECIPES:
-        return planted_seeds.FAMILY_LAYERS, planted_seeds.FAMILY_POSITIONS
+    if name in SEED_RECIPES:
+        return FAMILY_LAYERS, FAMILY_POSITIONS
     if name not in RECIPES:
-        raise ValueError(f"unknown planted recipe '{name}'; known: {sorted(RECIPES) + sorted(planted_seeds.RECIPES)}")
+        raise ValueError(f"unknown planted recipe '{name}'; known: {sorted(RECIPES) + sorted(SEED_RECIPES)}")
     recipe = RECIPES[name]()
     return recipe.n_layers, recipe.max_positions
 
@@ -441,7 +443,7 @@ def build_planted_model(recipe_name: str) -> OPTForCausalLM:
     """Build the planted OPT model of `recipe_name` (deterministic: seeded or without randomness)."""
     from neuron_census.testing import planted_seeds
 
-    if recipe_name in planted_seeds.RECIPES:
+    if recipe_name in SEED_RECIPES:
         return planted_seeds.family_member(recipe_name)
     import torch
     from transformers import OPTConfig, OPTForCausalLM

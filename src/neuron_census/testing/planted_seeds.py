@@ -38,7 +38,14 @@ import numpy as np
 import torch
 from transformers import OPTConfig, OPTForCausalLM
 
-from neuron_census.testing.planted import DESIGNED_CUT, DESIGNED_SOURCES
+from neuron_census.testing.planted import (
+    DESIGNED_CUT,
+    DESIGNED_SOURCES,
+    FAMILY_LAYERS,
+    FAMILY_POSITIONS,
+    FAMILY_VOCAB,
+    SEED_RECIPES,
+)
 
 
 @dataclass(frozen=True)
@@ -57,20 +64,18 @@ BOS_ID = 0  # the planted words tokenizer's <bos>, at position 0 of every sequen
 CHANNEL, CHANNEL_REFERENCE = -3, -4  # embedding dimensions that only the deactivation neuron and its head use
 CONTEXT_DIM = -5  # the embedding dimension that marks the designed data's `opening` documents; the last 5 are planted
 FAMILY_TOKEN, FAMILY_POSITION = 5, 8  # the token whose identity, and the position below which, a neuron reads
-RECIPES = {"seeds-a": "a", "seeds-b": "b", "seeds-c": "c"}  # the pipeline's planted family, a model each
-FAMILY_VOCAB, FAMILY_LAYERS, FAMILY_POSITIONS = 48, 3, 64  # the planted words tokenizer and designed data
 
 
 def family_member(recipe: str) -> OPTForCausalLM:
     """One model of the pipeline's planted family (`models.<name>: {source: planted, recipe: seeds-b}`):
     it reads the planted `words` tokenizer and the designed data of the census recipe."""
-    return copy.deepcopy(_pipeline_family().models[RECIPES[recipe]])
+    return copy.deepcopy(_pipeline_family().models[SEED_RECIPES[recipe]])
 
 
 @functools.cache
 def _pipeline_family() -> SeedFamily:
     """Built once per process: a study's job loads every member."""
-    return build_seed_family(len(RECIPES), n_layers=FAMILY_LAYERS, vocab=FAMILY_VOCAB, max_positions=FAMILY_POSITIONS)
+    return build_seed_family(len(SEED_RECIPES), n_layers=FAMILY_LAYERS, vocab=FAMILY_VOCAB, max_positions=FAMILY_POSITIONS)
 
 
 def build_seed_family(
