@@ -175,3 +175,20 @@ def test_sums_moved_to_another_shift_equal_sums_about_it(setup):
         np.testing.assert_allclose(moved["square"][slot], on.T @ deviation**2, rtol=1e-5)
         np.testing.assert_allclose(moved["total_sum"][slot], deviation.sum(axis=0), rtol=1e-5)
         np.testing.assert_allclose(moved["total_square"][slot], (deviation**2).sum(axis=0), rtol=1e-5)
+
+
+def test_features_explaining_the_same_variance_tie_to_the_first_in_table_order(monkeypatch):
+    """A feature and its complement explain the same variance in exact arithmetic; rounding (which differs
+    between machines and thread counts) must not choose between them: VRs within `TIE` go to the first."""
+    from neuron_census.analyses import families
+
+    features = pl.DataFrame({"feature": ["context: opening", "context: body", "token: cat"], "kind": ["context", "context", "token"]})
+    state = {
+        "layers": np.array([0]), "count": np.array([10]), "feature_count": np.array([4, 6, 2]), "shift": np.zeros((1, 3)),
+        "sum": np.ones((1, 3, 3)), "total_sum": np.full((1, 3), 2.0),
+    }
+    reduction = np.array([[[0.6, 0.6, 0.2], [0.6 + 1e-9, 0.6 + 1e-9, 0.9], [0.3, 0.6 - 1e-9, 0.2]]])  # [L, F, N]
+    monkeypatch.setattr(families, "variance_reduction", lambda s: reduction)
+    table = family_columns([state], features, threshold=0.5)
+    assert table["best_feature"].to_list() == ["context: opening", "context: opening", "context: body"]
+    assert table["family"].to_list() == ["context: opening", "context: opening", "context: body"]

@@ -14,10 +14,12 @@ import polars as pl
 
 from neuron_census.accumulators.feature_moments import State, variance_reduction
 
+TIE = 1e-6  # variance reductions this close are one value (float sums differ in the last bits between machines)
+
 
 def family_columns(states: Iterable[State], features: pl.DataFrame, *, threshold: float = 0.5) -> pl.DataFrame:
     """Per (layer, neuron) of the states' layer groups: `best_feature` and its `best_vr` (the first
-    feature in table order on ties; null for a constant neuron, whose VR is 0) with the neuron's mean
+    feature in table order among those within `TIE` of the best; null for a constant neuron, whose VR is 0) with the neuron's mean
     activation where it holds and where not (`best_mean_on`, `best_mean_off`), and `family` /
     `family_kind`: the best feature when `best_vr > threshold`, else null."""
     names = np.asarray(features["feature"].to_list(), dtype=object)
@@ -27,7 +29,9 @@ def family_columns(states: Iterable[State], features: pl.DataFrame, *, threshold
         reduction = variance_reduction(state)  # [L, F, N]
         if reduction.shape[1] != len(names):
             raise ValueError(f"feature moments of {reduction.shape[1]} features, the feature table lists {len(names)}")
-        best = reduction.argmax(axis=1)  # [L, N]
+        # the first feature within TIE of the largest: a feature and its complement (or two features that
+        # hold on the same tokens) explain the same variance, and rounding must not choose between them
+        best = (reduction >= reduction.max(axis=1, keepdims=True) - TIE).argmax(axis=1)  # [L, N]
         best_vr = np.take_along_axis(reduction, best[:, None, :], axis=1)[:, 0, :]
         mean_on, mean_off = _means(state, best)
         layers = np.asarray(state["layers"], dtype=np.int64)
