@@ -166,11 +166,11 @@ def test_job_resources_per_model(default):
 def test_job_threads_per_model(default):
     """The threads of a model's jobs: the model's own, else the config's, else 8 (the presets' GPU jobs)."""
     config = validate_config(default, SCHEMA)
-    assert job_threads(config, "tiny-opt") == config["resources"]["threads"] == 1  # the embedded default: tiny models
+    assert job_threads(config, "tiny-opt") == job_threads(config) == config["resources"]["threads"] == 1  # the embedded default: tiny models
     config["models"]["stories260k"]["resources"] = {"threads": 3}
     assert job_threads(config, "stories260k") == 3 and job_threads(config, "planted") == 1
     del config["resources"]["threads"]
-    assert job_threads(config, "planted") == 8 and job_threads(config, "stories260k") == 3
+    assert job_threads(config, "planted") == job_threads(config) == 8 and job_threads(config, "stories260k") == 3
     opt = validate_config(load(ROOT / "config" / "presets" / "opt-family.yaml"), SCHEMA)
     assert job_threads(opt, "opt-125m") == 8
     bad = {**default, "resources": {"threads": 0}}

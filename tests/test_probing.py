@@ -423,3 +423,22 @@ def test_bad_shapes() -> None:
         with pytest.raises(ValueError) as error:
             call()
         assert "\n" not in str(error.value)
+
+
+def test_probe_weights_rows_exactly_as_balanced_class_weights():
+    """The probe gives each row its class's balanced weight itself: the same fit, to the last bit, as
+    scikit-learn's `class_weight="balanced"`, on unbalanced classes."""
+    from sklearn.linear_model import LogisticRegression
+
+    from neuron_census.analyses.probing import ProbeSettings, _probe
+
+    rng = np.random.default_rng(3)
+    x, test_x = rng.standard_normal((300, 5)), rng.standard_normal((100, 5))
+    y = rng.random(300) < 0.2
+    x[y, 0] += 1.0
+    settings = ProbeSettings()
+    predicted, scores = _probe(x, y, test_x, settings)
+    reference = LogisticRegression(l1_ratio=0.0, class_weight="balanced", max_iter=settings.max_iter, random_state=settings.seed)
+    reference.fit(x, y)
+    np.testing.assert_array_equal(scores, reference.decision_function(test_x))
+    np.testing.assert_array_equal(predicted, reference.predict(test_x))

@@ -183,9 +183,10 @@ def test_a_figure_not_drawn_is_left_out_of_all_and_the_report_but_can_be_asked_f
 def test_default_config_dry_run(tmp_path: Path):
     workdir = new_workdir(tmp_path)
     plan = planned_jobs(snakemake(workdir, "-n").stdout)
-    assert plan["train"] == 5 and plan["capture"] == 16 and plan["report"] == 1  # planted models: their own 2 shards
+    # 6 models on the one shard of the corpus, the 2 planted census models on their own 2 shards
+    assert plan["train"] == 5 and plan["capture"] == 10 and plan["report"] == 1
     assert plan["vocab_projection"] == 8 and all(plan[figure] == 1 for figure in FIGURES)  # not of models compared only
-    assert plan["correlation"] == 4 and plan["universal_tables"] == 2  # two studies of two shards
+    assert plan["correlation"] == 3 and plan["universal_tables"] == 2  # the planted study over 2 shards, tiny-gpt2's over 1
     assert plan["subupdate_lens"] == plan["early_exit"] == 2 and plan["steering"] == 1
     # sparse probing: planted (2 layers, 2 shards), tiny-gpt2-seed0 (3 layers) and stories260k (5 layers), one shard each
     assert (plan["probe_spans"], plan["probe_samples"], plan["probe_layer"], plan["probe_tables"]) == (3, 4, 10, 3)

@@ -468,10 +468,11 @@ JOB_RESOURCES: dict[str, dict[str, int]] = {
 MODEL_THREADS = 8  # a job's threads when neither the config nor the model sets `resources.threads`
 
 
-def job_threads(config: Mapping[str, Any], model: str) -> int:
-    """CPU threads of every job that runs `model`: the model's `resources.threads`, else the config's, else
-    8. Kept out of the jobs' params, so changing them reruns nothing; Snakemake caps them at `--cores`."""
-    own = config["models"][model].get("resources", {}).get("threads")
+def job_threads(config: Mapping[str, Any], model: str | None = None) -> int:
+    """CPU threads of every job that runs `model` (or trains one, `model` None): the model's
+    `resources.threads`, else the config's, else 8. Kept out of the jobs' params, so changing them reruns
+    nothing; Snakemake caps them at `--cores`."""
+    own = config["models"][model].get("resources", {}).get("threads") if model is not None else None
     return own or config.get("resources", {}).get("threads") or MODEL_THREADS
 
 

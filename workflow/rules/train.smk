@@ -14,7 +14,7 @@ rule train:
     params:
         run=lambda w: canonical(config["train"][w.run]),
         tokenizer=lambda w: canonical(resolved_tokenizer_spec(config, config["train"][w.run]["tokenizer"])),
-    threads: 8
+    threads: lambda w: job_threads(config)
     resources:
         gpu=1,
     log:
