@@ -291,3 +291,19 @@ def test_a_study_references_neuron_table_joins_what_the_study_found():
     assert joined["deactivates"].to_list() == [True, None, None, None]
     layers = layer_table(joined, 2)
     assert layers["n_universal"].to_list() == [1, 1] and layers["n_family"].to_list() == [1, 0]
+
+
+@pytest.mark.parametrize("shape", [(3000, 48), (20, 48)])
+def test_null_space_spans_the_smallest_singular_directions(shape):
+    """A tall unembedding (vocabulary > width) and a wide one (its rank deficit is null too): the projector
+    onto `null_space` equals the one onto the reference's directions, without a [vocab, vocab] factor."""
+    from neuron_census.analyses.weights import null_space
+
+    rng = np.random.default_rng(1)
+    unembedding = rng.standard_normal(shape) * np.linspace(0.1, 3.0, shape[1])
+    null = null_space(torch.from_numpy(unembedding)).numpy()
+    _, singular, vh = np.linalg.svd(unembedding, full_matrices=True)
+    k = max(1, round(0.02 * shape[1]), shape[1] - np.linalg.matrix_rank(unembedding))
+    smallest = vh[np.argsort(np.concatenate([singular, np.zeros(len(vh) - len(singular))]))[:k]]
+    assert null.shape == (shape[1], k)
+    np.testing.assert_allclose(null @ null.T, smallest.T @ smallest, atol=1e-10)

@@ -15,6 +15,7 @@ rule train:
         run=lambda w: canonical(config["train"][w.run]),
         tokenizer=lambda w: canonical(resolved_tokenizer_spec(config, config["train"][w.run]["tokenizer"])),
     threads: lambda w: job_threads(config)
+    priority: lambda w: config["train"][w.run]["steps"]  # the longest runs first: they are the DAG's longest path
     resources:
         gpu=1,
     log:

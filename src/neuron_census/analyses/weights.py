@@ -86,8 +86,10 @@ def null_space(unembedding: torch.Tensor) -> torch.Tensor:
     """[d_unembed, k]: the right-singular directions of the unembedding [vocab, d_unembed] with the
     round(NULL_SHARE * d_unembed) smallest singular values, and at least every direction it maps to 0 (a
     vocabulary smaller than d_unembed, or centred rows), at least one."""
-    d = unembedding.shape[1]
-    _, singular, vh = torch.linalg.svd(unembedding.double(), full_matrices=True)
+    vocab, d = unembedding.shape
+    # every right-singular direction; the left ones only as many as needed (a full U of GPT-2's 50,257
+    # tokens would be 20 GB of float64)
+    _, singular, vh = torch.linalg.svd(unembedding.double(), full_matrices=vocab < d)
     rank = int((singular > singular.max() * d * torch.finfo(torch.float32).eps).sum()) if len(singular) else 0
     k = max(1, round(NULL_SHARE * d), d - rank)
     return vh[-k:].T.to(unembedding.dtype)
