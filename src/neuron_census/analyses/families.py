@@ -19,9 +19,9 @@ TIE = 1e-6  # variance reductions this close are one value (float sums differ in
 
 def family_columns(states: Iterable[State], features: pl.DataFrame, *, threshold: float = 0.5) -> pl.DataFrame:
     """Per (layer, neuron) of the states' layer groups: `best_feature` and its `best_vr` (the first
-    feature in table order among those within `TIE` of the best; null for a constant neuron, whose VR is 0) with the neuron's mean
-    activation where it holds and where not (`best_mean_on`, `best_mean_off`), and `family` /
-    `family_kind`: the best feature when `best_vr > threshold`, else null."""
+    feature in table order among those within `TIE` of the best; null for a constant neuron, whose VR
+    is 0) with the neuron's mean activation where it holds and where not (`best_mean_on`,
+    `best_mean_off`), and `family` / `family_kind`: the best feature when `best_vr > threshold`, else null."""
     names = np.asarray(features["feature"].to_list(), dtype=object)
     kinds = np.asarray(features["kind"].to_list(), dtype=object)
     frames = []
