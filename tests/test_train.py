@@ -20,6 +20,7 @@ from neuron_census.data.bpe import train_bpe_tokenizer
 from neuron_census.training.train import (
     TrainConfig,
     build_model,
+    deterministic_cpu,
     lr_at,
     make_optimizer,
     model_config,
@@ -169,6 +170,15 @@ def test_linear_schedule_decays_to_a_tenth_in_a_straight_line() -> None:
 
 
 # --- training ----------------------------------------------------------------------------------------
+
+
+def test_deterministic_cpu_sets_and_restores_the_global_settings() -> None:
+    """Inside: deterministic kernels, fresh tensors not NaN-filled (nothing reads them); after: as before."""
+    before = (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory)
+    with deterministic_cpu(torch.device("cpu")):
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.utils.deterministic.fill_uninitialized_memory is False
+    assert (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory) == before
 
 
 def test_loss_falls(runs: dict) -> None:
