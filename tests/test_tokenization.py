@@ -118,3 +118,33 @@ def test_missing_gpt2_files(tmp_path: Path) -> None:
     (tmp_path / "resources").mkdir()  # a working directory with resources/ but no GPT-2 BPE files in it
     with pytest.raises(FileNotFoundError, match=r"'g'.*encoder.json"):
         load_tokenizer("g", {"source": "gpt2_bpe"}, tmp_path)
+
+
+def test_a_trained_bpe_folder_loads_as_autotokenizer_loads_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The direct read of the pipeline's own BPE folder gives the tokenizer AutoTokenizer gives: same
+    backend definition, fingerprint, BOS/EOS and special ids, so no shard or table changes with it."""
+    from neuron_census.data import bpe, tokenization
+
+    texts = ["The big cat sees the dog.", "A small dog runs home.\n", "def f(x):\n    return x"] * 50
+    bpe.train_bpe_tokenizer(texts, 300, tmp_path / "bpe")
+    spec = {"source": "local", "path": str(tmp_path / "bpe")}
+    direct = load_tokenizer("bpe", spec)
+    monkeypatch.setattr(tokenization, "read_trained_bpe", lambda folder: None)
+    auto = load_tokenizer("bpe", spec)
+    assert direct == auto  # name, bos_id, eos_id, vocab_size, fingerprint
+    assert (direct.bos_id, direct.eos_id, direct.special_ids) == (2, 2, auto.special_ids) == (2, 2, frozenset({0, 1, 2, 3}))
+    assert direct.backend.to_str() == auto.backend.to_str()
+    assert direct.encode_batch(texts[:3]) == auto.encode_batch(texts[:3])
+
+
+def test_only_folders_the_bpe_training_wrote_are_read_directly(tmp_path: Path) -> None:
+    from neuron_census.data import bpe
+
+    bpe.train_bpe_tokenizer(["the cat sat on the mat"] * 20, 300, tmp_path / "bpe")
+    assert bpe.read_trained_bpe(tmp_path / "bpe") is not None
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):  # an edited BOS
+        edited = tmp_path / "bpe" / name
+        edited.write_text(edited.read_text().replace('"bos_token": "</s>"', '"bos_token": "<s>"'))
+    assert bpe.read_trained_bpe(tmp_path / "bpe") is None
+    assert bpe.read_trained_bpe(tmp_path / "missing") is None
+    assert load_tokenizer("bpe", {"source": "local", "path": str(tmp_path / "bpe")}).bos_id == 0  # AutoTokenizer read it

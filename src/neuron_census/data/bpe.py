@@ -59,3 +59,21 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: Path) ->
         tokenizer.save(str(tmp / "tokenizer.json"), pretty=True)
         (tmp / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG, indent=2, sort_keys=True) + "\n")
         (tmp / "special_tokens_map.json").write_text(json.dumps(SPECIAL_TOKENS_MAP, indent=2, sort_keys=True) + "\n")
+
+
+def read_trained_bpe(folder: Path) -> tuple[Tokenizer, dict[str, int]] | None:
+    """The backend and special-token ids of a folder `train_bpe_tokenizer` wrote, read with `tokenizers`
+    alone; None for any other folder.
+
+    transformers' AutoTokenizer returns this very backend for such a folder (tested), but importing it costs
+    seconds in every job that only needs token strings."""
+    try:
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+        special = json.loads((folder / "special_tokens_map.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if config != TOKENIZER_CONFIG or special != SPECIAL_TOKENS_MAP or not (folder / "tokenizer.json").is_file():
+        return None
+    backend = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    ids = {role: backend.token_to_id(token) for role, token in SPECIAL_TOKENS_MAP.items()}
+    return (backend, ids) if None not in ids.values() else None

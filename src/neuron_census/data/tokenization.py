@@ -16,6 +16,7 @@ from typing import Any
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
+from neuron_census.data.bpe import read_trained_bpe
 from neuron_census.data.bundle import resources_dir
 from neuron_census.errors import first_line
 
@@ -111,7 +112,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 def _from_transformers(
     name: str, spec: Mapping[str, Any], root: Path
 ) -> tuple[Tokenizer, int | None, int | None, frozenset[int]]:
-    """Load a `hub` id or a `local` folder with AutoTokenizer (never running remote code), keep its backend."""
+    """Load a `hub` id or a `local` folder with AutoTokenizer (never running remote code), keep its backend;
+    a folder the pipeline's BPE training wrote is read directly, to the same result."""
     args: dict[str, Any] = {}
     if spec["source"] == "hub":
         where = spec["id"]
@@ -124,6 +126,9 @@ def _from_transformers(
         if not any((path / file).is_file() for file in TOKENIZER_FILES):
             files = ", ".join(TOKENIZER_FILES)
             raise FileNotFoundError(f"tokenizer {name!r}: local folder {path} holds none of {files}")
+        if (trained := read_trained_bpe(path)) is not None:
+            backend, ids = trained
+            return backend, ids["bos_token"], ids["eos_token"], frozenset(ids.values())
         where, args["local_files_only"] = str(path), True
     from transformers import AutoTokenizer
 
