@@ -20,8 +20,9 @@ def device(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> t
     return torch.device(request.param)
 
 
-# The two files that run Snakemake for minutes go first: with `--dist loadfile` each worker then starts on one
-# of them and the short files fill in around them, instead of both long files starting last.
+# The two files that run Snakemake for minutes go first: with `--dist loadfile` and `--no-loadscope-reorder`
+# (pyproject.toml) each worker then starts on one of them and the short files fill in around them. xdist's
+# own order, files with the most tests first, started both long files last.
 LONG_FILES = ("test_workflow.py", "test_workflow_plans.py")
 
 
