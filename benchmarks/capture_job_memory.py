@@ -1,4 +1,4 @@
-"""Peak memory of a whole capture job (`jobs.capture_job`: load, capture, write the store), per strategy,
+"""Peak memory of a whole capture job (`jobs.census.capture_job`: load, capture, write the store), per strategy,
 for the code of one or more source trees side by side.
 
 The job runs as the workflow runs it, in a subprocess of its own (its peak is its own), on a
@@ -43,7 +43,7 @@ from pathlib import Path
 sys.path.insert(0, {bench!r})
 from capture_speed import _peak_rss_mb
 from neuron_census.capture import layer_states
-from neuron_census.jobs import capture_job
+from neuron_census.jobs.census import capture_job
 
 stalled = [0.0]  # seconds the capture thread spends handing states to the store (writing, or waiting for a write)
 depth = [0]

@@ -24,7 +24,7 @@ from capture_speed import ROOT, write_results  # noqa: E402
 JOB = """
 import sys
 from neuron_census.data import corpus
-from neuron_census.jobs import tokenize_job
+from neuron_census.jobs.census import tokenize_job
 if sys.argv[2] == "whole":
     corpus.TOKENIZE_PIECE_CHARS = 1 << 40
 spec = {"source": "files", "paths": [sys.argv[1]], "seq_len": 128, "sequences_per_shard": 64, "n_shards": 1,

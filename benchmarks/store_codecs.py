@@ -1,6 +1,6 @@
 """Write and read speed and size of a capture store under several compressors.
 
-A capture job (`jobs.capture_job`, as the capture rule runs it) writes a store on a random-weight model
+A capture job (`jobs.census.capture_job`, as the capture rule runs it) writes a store on a random-weight model
 with an exact architecture (about half of its neurons fire, so the token and n-gram tables reach their
 capacities) over bundled text at full context length; its arrays are then written again, with the chunks
 the store uses, under each compressor in turn, and read back. Rounds alternate the compressors, since
@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
-    from neuron_census.jobs import capture_job
+    from neuron_census.jobs.census import capture_job
     from neuron_census.capture.store import read_store
 
     rows = []

@@ -21,7 +21,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from neuron_census.data.corpus import write_token_shard
-from neuron_census.jobs import capture_job, merge_job, stats_job, tokenize_job
+from neuron_census.jobs.census import capture_job, merge_job, stats_job, tokenize_job
 from neuron_census.logs import PREFIX, job_log
 from neuron_census.testing.planted import build_planted_model, get_recipe, planted_words
 from neuron_census.capture.store import write_store
@@ -278,7 +278,7 @@ def test_a_full_disk_names_the_output(tmp_path, capfd):
     import os
 
     from neuron_census.atomic import HOST
-    from neuron_census.jobs import write_parquet
+    from neuron_census.jobs.census import write_parquet
 
     output = tmp_path / "t.parquet"
     (tmp_path / f".t.parquet.tmp-{HOST}-{os.getpid()}").symlink_to("/dev/full")

@@ -17,7 +17,7 @@ from neuron_census.accumulators import REGISTRY
 from neuron_census.capture.engine import CaptureSettings, capture_tokens
 from neuron_census.data.corpus import write_token_shard
 from neuron_census.capture.placement import Placement, accelerate_max_memory, dispatch_offloaded, layer_on_device
-from neuron_census.jobs import capture_job
+from neuron_census.jobs.census import capture_job
 from neuron_census.models.loading import load_model
 from neuron_census.testing.planted import census_tokens, get_recipe, planted_words
 from neuron_census.capture.store import read_store, write_store
@@ -265,7 +265,7 @@ def test_vocabulary_projection_reads_layers_kept_on_disk(name, tmp_path):
     """The vocab job of a model whose capture keeps its layers on disk reads each value vector from there."""
     import polars as pl
 
-    from neuron_census.jobs import vocab_job
+    from neuron_census.jobs.census import vocab_job
 
     spec, tokenizer_name = VOCAB_MODELS[name]
     tokenizer_spec = (

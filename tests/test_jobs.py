@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from neuron_census.data.corpus import write_token_shard
-from neuron_census.jobs import read_shard_for
+from neuron_census.jobs.census import read_shard_for
 from neuron_census.data.tokenization import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +44,7 @@ def test_jobs_without_a_model_do_not_import_torch():
 def test_reading_the_workflow_does_not_import_torch():
     """Every Snakemake run and dry run parses the Snakefile and checks the config first: the modules it imports
     and the checks of the default config and the presets start without torch (seconds per invocation)."""
-    modules = ["config", "data.corpus", "data.inputs", "jobs", "probing_jobs", "testing.planted"]
+    modules = ["config", "data.corpus", "data.inputs", "jobs.census", "jobs.probing", "testing.planted"]
     configs = [ROOT / "config" / "config.yaml", *sorted((ROOT / "config" / "presets").glob("*.yaml"))]
     code = "; ".join(
         [f"import neuron_census.{name}" for name in modules]
@@ -73,7 +73,7 @@ def test_positional_neurons_are_found_on_their_own_datasets(tmp_path: Path):
     the only capture datasets), every other statistic from all of them."""
     import polars as pl
 
-    from neuron_census.jobs import capture_job, stats_job
+    from neuron_census.jobs.census import capture_job, stats_job
     from neuron_census.testing.planted import census_tokens, get_recipe, planted_words
 
     recipe = get_recipe("census")
@@ -111,7 +111,7 @@ def test_positional_neurons_are_found_on_their_own_datasets(tmp_path: Path):
 
 def test_training_tokens_are_stacked_narrow(tmp_path: Path):
     """A run's shards in one uint16 array (vocabularies up to 65,536 ids), equal to their concatenation."""
-    from neuron_census.jobs import stacked_shards
+    from neuron_census.jobs.census import stacked_shards
 
     words = load_tokenizer("planted", {"source": "words", "words": ["a", "b", "c"]})
     first = np.array([[0, 2, 3, 4], [0, 4, 3, 2]], dtype=np.int32)
@@ -133,7 +133,7 @@ def test_figures_name_models_by_their_labels(tmp_path: Path, monkeypatch: pytest
     import polars as pl
 
     from neuron_census.plots import figures
-    from neuron_census.jobs import figure_job
+    from neuron_census.jobs.census import figure_job
 
     layers = pl.DataFrame({"model": ["p", "p"], "layer": [0, 1], "rel_depth": [0.0, 0.5], "dead_frac": [0.1, 0.2],
                            "n_layers_total": [2, 2]})

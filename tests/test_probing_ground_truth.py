@@ -14,8 +14,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from neuron_census.jobs import capture_job, tokenize_job
-from neuron_census.probing_jobs import probe_layer_job, probe_spans_job, probe_tables_job
+from neuron_census.jobs.census import capture_job, tokenize_job
+from neuron_census.jobs.probing import probe_layer_job, probe_spans_job, probe_tables_job
 from neuron_census.testing.planted import CENSUS_WORDS, planted_words
 
 TOKENIZER = {"source": "words", "words": [f"w{i:02d}" for i in range(2, 48)]}
@@ -123,7 +123,7 @@ def planted_words_of_recipe() -> list[str]:
 
 def test_probing_words_must_be_in_the_vocabulary():
     from neuron_census.data.tokenization import load_tokenizer
-    from neuron_census.probing_jobs import word_forms
+    from neuron_census.jobs.probing import word_forms
 
     tokenizer = load_tokenizer("planted", TOKENIZER)
     assert word_forms(tokenizer, "w10") == [(10,)]

@@ -275,7 +275,7 @@ def test_concept_figure_draws_the_largest_clusters_of_the_last_layer():
 
 
 def test_dominant_cluster_ids_follow_the_sub_updates_score_order():
-    from neuron_census.subupdate_jobs import dominant_cluster_ids
+    from neuron_census.jobs.subupdates import dominant_cluster_ids
 
     subupdates = pl.DataFrame({
         "prediction": [1, 0, 0, 1, 0, 0, 1, 1, 0], "layer": [0, 0, 0, 0, 1, 1, 1, 1, 0],

@@ -18,7 +18,7 @@ from scipy import stats
 from workflow_runs import ROOT, TABLES, TINY, new_workdir, planned_jobs, snakemake
 
 from neuron_census.data.corpus import read_token_shard
-from neuron_census.jobs import FIGURES, figure_study
+from neuron_census.jobs.census import FIGURES, figure_study
 from neuron_census.testing.planted import designed_tokens, get_recipe
 
 
@@ -160,7 +160,7 @@ def test_tiny_dag_reads_the_subupdates_of_stories260k(tiny_run: Path):
     assert (clusters.group_by("layer").len()["len"] == 64).all()
     # early exit: the job's table equals the methods run here on the DAG's tables, ids gathered row by row
     from neuron_census.analyses.early_exit import EarlyExitSettings, early_exit_table
-    from neuron_census.subupdate_jobs import read_vectors
+    from neuron_census.jobs.subupdates import read_vectors
 
     table = pl.read_parquet(results / "early_exit.parquet")
     cluster_of = {(row["layer"], row["neuron"]): row["cluster"] for row in assigned.iter_rows(named=True)}

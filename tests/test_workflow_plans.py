@@ -16,7 +16,7 @@ from workflow_runs import ROOT, SNAKEMAKE, TINY, new_workdir, planned_jobs, snak
 
 from neuron_census.capture.store import merge_stores, read_store
 from neuron_census.data.corpus import read_token_shard
-from neuron_census.jobs import FIGURES, figure_study
+from neuron_census.jobs.census import FIGURES, figure_study
 from neuron_census.testing.planted import get_recipe
 
 

@@ -79,7 +79,7 @@ def validate_config(config: dict[str, Any], schema_path: str | Path) -> dict[str
 def with_figures(schema: dict[str, Any]) -> dict[str, Any]:
     """The schema with one `figures.<figure>` entry (a figure_style, default {}) per registered figure: a new
     figure is registered once, in `jobs.FIGURES`, and the config accepts its style."""
-    from neuron_census.jobs import FIGURES  # jobs imports this module: imported where it is needed
+    from neuron_census.jobs.census import FIGURES  # jobs imports this module: imported where it is needed
 
     schema["properties"]["figures"]["properties"] = {name: {"$ref": "#/$defs/figure_style", "default": {}} for name in FIGURES}
     return schema

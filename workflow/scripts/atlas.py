@@ -2,7 +2,7 @@
 
 from itertools import accumulate
 
-from neuron_census.atlas_jobs import atlas_job
+from neuron_census.jobs.atlas import atlas_job
 from neuron_census.logs import job_log
 
 with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)

@@ -1,6 +1,6 @@
 """Snakemake adapter: attention-deactivation scores and path ablations of a study reference."""
 
-from neuron_census.study_jobs import attention_job
+from neuron_census.jobs.universal import attention_job
 from neuron_census.logs import job_log
 
 with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)

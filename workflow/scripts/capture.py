@@ -1,6 +1,6 @@
 """Snakemake adapter: capture one (model, dataset, shard) into an accumulator store."""
 
-from neuron_census.jobs import capture_job
+from neuron_census.jobs.census import capture_job
 from neuron_census.logs import job_log
 
 with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)

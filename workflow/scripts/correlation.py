@@ -1,6 +1,6 @@
 """Snakemake adapter: correlations of one (reference model, dataset, shard, block of layer pairs)."""
 
-from neuron_census.study_jobs import correlation_job
+from neuron_census.jobs.universal import correlation_job
 from neuron_census.logs import job_log
 
 with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)

@@ -1,6 +1,6 @@
 """Snakemake adapter: entropy neurons of a study reference's last layer, by intervention."""
 
-from neuron_census.study_jobs import entropy_job
+from neuron_census.jobs.universal import entropy_job
 from neuron_census.logs import job_log
 
 with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)

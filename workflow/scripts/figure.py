@@ -1,6 +1,6 @@
 """Snakemake adapter: draw one paper figure from its models' tables."""
 
-from neuron_census.jobs import figure_job
+from neuron_census.jobs.census import figure_job
 from neuron_census.logs import job_log
 
 with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)

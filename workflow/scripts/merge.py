@@ -1,6 +1,6 @@
 """Snakemake adapter: sum the shard stores of one (model, dataset)."""
 
-from neuron_census.jobs import merge_job
+from neuron_census.jobs.census import merge_job
 from neuron_census.logs import job_log
 
 with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)

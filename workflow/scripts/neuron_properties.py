@@ -1,6 +1,6 @@
 """Snakemake adapter: a study reference's activation properties and feature sums over one shard."""
 
-from neuron_census.study_jobs import neuron_properties_job
+from neuron_census.jobs.universal import neuron_properties_job
 from neuron_census.logs import job_log
 
 with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from neuron_census.logs import job_log
-from neuron_census.probing_jobs import probe_layer_job
+from neuron_census.jobs.probing import probe_layer_job
 
 with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)
     stores = list(snakemake.input.stores)  # noqa: F821 (injected by Snakemake)

@@ -1,6 +1,6 @@
 """Snakemake adapter: the HTML report."""
 
-from neuron_census.jobs import FIGURES, report_job
+from neuron_census.jobs.census import FIGURES, report_job
 from neuron_census.logs import job_log
 
 with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)

@@ -1,6 +1,6 @@
 """Snakemake adapter: activation statistics and positional firing rates of one model."""
 
-from neuron_census.jobs import stats_job
+from neuron_census.jobs.census import stats_job
 from neuron_census.logs import job_log
 
 with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)

@@ -1,7 +1,7 @@
 """Snakemake adapter: generations and perplexity of one model with and without its steering values set."""
 
 from neuron_census.logs import job_log
-from neuron_census.subupdate_jobs import steering_job
+from neuron_census.jobs.subupdates import steering_job
 
 with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)
     steering_job(

@@ -1,7 +1,7 @@
 """Snakemake adapter: the logit lens and the dominant sub-updates of one model at cut sequences."""
 
 from neuron_census.logs import job_log
-from neuron_census.subupdate_jobs import subupdate_lens_job
+from neuron_census.jobs.subupdates import subupdate_lens_job
 
 with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)
     subupdate_lens_job(

@@ -1,6 +1,6 @@
 """Snakemake adapter: neurons.parquet and layers.parquet of one model."""
 
-from neuron_census.jobs import tables_job
+from neuron_census.jobs.census import tables_job
 from neuron_census.logs import job_log
 
 with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)

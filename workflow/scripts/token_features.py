@@ -1,6 +1,6 @@
 """Snakemake adapter: the token and context features of a study's neuron families."""
 
-from neuron_census.study_jobs import token_features_job
+from neuron_census.jobs.universal import token_features_job
 from neuron_census.logs import job_log
 
 with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)

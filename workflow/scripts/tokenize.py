@@ -1,6 +1,6 @@
 """Snakemake adapter: one token shard of (tokenizer, dataset)."""
 
-from neuron_census.jobs import tokenize_job
+from neuron_census.jobs.census import tokenize_job
 from neuron_census.logs import job_log
 
 with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)

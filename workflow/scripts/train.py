@@ -1,6 +1,6 @@
 """Snakemake adapter: train one OPT-architecture run with checkpoints."""
 
-from neuron_census.jobs import train_job
+from neuron_census.jobs.census import train_job
 from neuron_census.logs import job_log
 
 with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)

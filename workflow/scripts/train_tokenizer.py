@@ -1,6 +1,6 @@
 """Snakemake adapter: train a byte-level BPE tokenizer on a dataset's documents."""
 
-from neuron_census.jobs import train_tokenizer_job
+from neuron_census.jobs.census import train_tokenizer_job
 from neuron_census.logs import job_log
 
 with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)

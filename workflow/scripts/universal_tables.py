@@ -1,6 +1,6 @@
 """Snakemake adapter: best_matches.parquet and universal.parquet of one reference model."""
 
-from neuron_census.study_jobs import universal_tables_job
+from neuron_census.jobs.universal import universal_tables_job
 from neuron_census.logs import job_log
 
 with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)

@@ -1,7 +1,7 @@
 """Snakemake adapter: value vectors clustered by their vocabulary projections, per layer."""
 
 from neuron_census.logs import job_log
-from neuron_census.subupdate_jobs import value_clusters_job
+from neuron_census.jobs.subupdates import value_clusters_job
 
 with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)
     value_clusters_job(

@@ -1,6 +1,6 @@
 """Snakemake adapter: vocabulary projections of one model's value vectors."""
 
-from neuron_census.jobs import vocab_job
+from neuron_census.jobs.census import vocab_job
 from neuron_census.logs import job_log
 
 with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)

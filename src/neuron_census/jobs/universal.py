@@ -1,6 +1,6 @@
 """What the rules of universal-neuron studies call (`workflow/rules/universal.smk`): several models over
 the same tokens, interventions on the reference, and the study's tables. Reads inputs, calls the package,
-writes outputs atomically, as `neuron_census.jobs` does for the rules of one model."""
+writes outputs atomically, as `neuron_census.jobs.census` does for the rules of one model."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from neuron_census.jobs import (
+from neuron_census.jobs.census import (
     PathLike,
     capture_batch_size,
     load_model_and_tokenizer,

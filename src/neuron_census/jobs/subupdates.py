@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from neuron_census.jobs import (
+from neuron_census.jobs.census import (
     PathLike,
     capture_batch_size,
     load_model_and_tokenizer,
