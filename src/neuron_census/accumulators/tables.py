@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from neuron_census.accumulators.sorting import count_keys
 from neuron_census.accumulators.summaries import (
     add_sorted_keys,
     coalesce_keys,
@@ -184,7 +185,7 @@ class PendingCounts:
         # by neuron: neuron-major keys (a row per neuron, its ids ascending); else id-major
         major, minor, span = (neurons, index, len(distinct)) if self.by_neuron else (index, neurons, self.n_neurons)
         dtype = torch.int32 if self.n_neurons * len(distinct) < 1 << 31 else torch.int64
-        keys, values = torch.unique((major * span + minor).to(dtype), return_counts=True)
+        keys, values = count_keys((major * span + minor).to(dtype))
         major, minor = split_sorted_keys(keys.long(), span)
         rows, columns = (major, distinct[minor]) if self.by_neuron else (distinct[major], minor)
         return rows, columns, values, totals

@@ -19,6 +19,7 @@ from neuron_census.accumulators.base import (
     host_paths,
     layered,
 )
+from neuron_census.accumulators.sorting import stable_order
 from neuron_census.capture.host_copies import host_arrays
 
 EMPTY = torch.iinfo(torch.int64).min  # the key of a slot no activation has filled
@@ -139,12 +140,13 @@ class TopK(Accumulator):
         if tie_rows:
             tie_at, tie_neurons = self._ties(batch, bar, excluded, tie_rows)
             rows, neurons = torch.cat([rows, tie_at]), torch.cat([neurons, tie_neurons])
-        values = acts[rows, neurons]
-        keys = (ordered_bits(values).to(torch.int64) << ROW_BITS) | rank[rows, 0]
-        keys = torch.cat([kept.T.reshape(-1), keys])
+        bits = ordered_bits(acts[rows, neurons]).to(torch.int64)
+        keys = torch.cat([kept.T.reshape(-1), (bits << ROW_BITS) | rank[rows, 0]])
         neurons = torch.cat([torch.arange(n_neurons).repeat_interleave(k), neurons])
-        by_key = torch.argsort(keys, descending=True, stable=True)
-        order = by_key[torch.argsort(neurons[by_key], stable=True)]  # by neuron, then key descending
+        # By neuron, then key descending, in one ascending stable sort of (neuron, value descending): kept rows
+        # precede the batch's and both come row by row, so equal values keep their rows ascending.
+        bits = torch.cat([kept.T.reshape(-1) >> ROW_BITS, bits])
+        order = stable_order((neurons << ROW_BITS) + ((1 << 31) - 1 - bits), n_neurons << ROW_BITS)
         per_neuron = torch.bincount(neurons, minlength=n_neurons)
         top = (torch.cumsum(per_neuron, 0) - per_neuron)[:, None] + torch.arange(k)  # each neuron's first k
         self.keys[slot] = keys[order[top.reshape(-1)]].reshape(n_neurons, k).T.contiguous()
