@@ -8,10 +8,12 @@ from neuron_census.accumulators.sorting import count_keys, stable_order
 
 
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
-@pytest.mark.parametrize("n", [0, 1, 7, 5000])
+@pytest.mark.parametrize("n", [0, 1, 7, 5000, -5000])  # -5000: 5000 distinct keys
 def test_count_keys_is_unique_with_counts(dtype, n):
-    keys = torch.from_numpy(np.random.default_rng(n).integers(0, max(1, n // 3), n)).to(dtype)
-    got, expected = count_keys(keys), torch.unique(keys, return_counts=True)
+    rng = np.random.default_rng(abs(n))
+    keys = torch.from_numpy(rng.permutation(-n) if n < 0 else rng.integers(0, max(1, n // 3), n)).to(dtype)
+    expected = torch.unique(keys, return_counts=True)
+    got = count_keys(keys.clone())
     assert got[0].dtype == dtype and got[1].dtype == torch.int64
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
 

@@ -93,9 +93,8 @@ class NgramFireCount(Accumulator):
             pending = self._pending[slot][order]
             if host_paths(self.device):  # the firings alone, not a table over every activation
                 rows, neurons = batch.firing_pairs()
-                at = row_gram.index_select(0, rows)
-                complete = at > 0
-                due = pending.add_pairs(grams, at[complete] - 1, neurons[complete], len(grams) + 1)
+                gram_of_row = batch.shared(("ngram_of_row", order), lambda: torch.cat([grams.new_full((1,), -1), grams])[row_gram])
+                due = pending.add_pairs(gram_of_row.index_select(0, rows), neurons, len(grams) + 1)
             else:  # row 0 counts the firings where no complete n-gram ends: the flush drops it
                 table = torch.zeros(len(grams) + 1, n_neurons, dtype=torch.int32, device=self.device)
                 due = pending.add(grams, table.index_add_(0, row_gram, batch.fires_2d()))

@@ -12,13 +12,19 @@ import torch
 
 
 def count_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sorted distinct `keys` (1-D integers) and how often each occurs (int64): `torch.unique`'s result."""
+    """Sorted distinct `keys` (1-D integers) and how often each occurs (int64): `torch.unique`'s result.
+    On a CPU `keys` itself is sorted in place (callers pass keys they just built)."""
     if keys.device.type != "cpu" or len(keys) == 0:
         return torch.unique(keys, return_counts=True)
-    ordered = np.sort(keys.numpy())
-    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
-    counts = np.diff(np.append(starts, len(ordered)))
-    return torch.from_numpy(ordered[starts]), torch.from_numpy(counts.astype(np.int64))
+    ordered = keys.numpy()
+    ordered.sort()
+    new = np.empty(len(ordered), dtype=bool)
+    new[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
+    starts = np.flatnonzero(new)
+    if len(starts) == len(ordered):
+        return keys, torch.ones(len(keys), dtype=torch.int64)
+    return torch.from_numpy(ordered[starts]), torch.from_numpy(np.diff(starts, append=len(ordered)))
 
 
 def stable_order(keys: torch.Tensor, bound: int) -> torch.Tensor:

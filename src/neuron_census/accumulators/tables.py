@@ -24,6 +24,7 @@ from neuron_census.accumulators.summaries import (
 )
 
 Columns = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # rows, columns, counts: sorted by (row, column)
+DROPPED = torch.iinfo(torch.int64).max  # the key of a waiting pair that is not counted
 
 
 def merge_summaries(
@@ -86,6 +87,10 @@ class KeyTable:
             if hi > lo:
                 self._staged[part].append(((rows[lo:hi] - part * self.block) * self.span + columns[lo:hi], counts[lo:hi]))
 
+    def stage_keys(self, keys: torch.Tensor, counts: torch.Tensor) -> None:
+        """Stage sorted unique packed keys (a table of one block) and their counts."""
+        self._staged[0].append((keys, counts))
+
     def merge(self) -> None:
         for part, runs in enumerate(self._staged):
             if runs:
@@ -127,7 +132,7 @@ class PendingCounts:
         self.table, self.by_neuron, self.budget_bytes = table, by_neuron, budget_bytes
         self.spare_row = spare_row  # each dense table's row 0 is not an id's (it is dropped)
         self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.pairs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (ids, at, neurons) a batch
+        self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = []  # (ids, neurons) a batch
         self.bytes = 0
 
     def add(self, ids: torch.Tensor, counts: torch.Tensor) -> bool:
@@ -141,10 +146,11 @@ class PendingCounts:
     def n_neurons(self) -> int:
         return self.table.n_rows if self.by_neuron else self.table.span
 
-    def add_pairs(self, ids: torch.Tensor, at: torch.Tensor, neurons: torch.Tensor, table_rows: int) -> bool:
-        """Keep one batch's firings as pairs (`ids[at]`, neuron) of its sorted distinct `ids`, in place of a
-        dense int32 table of `table_rows` rows (charged its bytes); True when a flush is due."""
-        self.pairs.append((ids, at, neurons))
+    def add_pairs(self, ids: torch.Tensor, neurons: torch.Tensor, table_rows: int) -> bool:
+        """Keep one batch's firings as (id, neuron) pairs (an id of -1, where a spare row has no id, is
+        dropped), in place of a dense int32 table of `table_rows` rows (charged its bytes); True when a flush
+        is due."""
+        self.pairs.append((ids, neurons))
         self.bytes += table_rows * self.n_neurons * torch.int32.itemsize
         return self.bytes >= self.budget_bytes
 
@@ -153,16 +159,12 @@ class PendingCounts:
         neuron [neurons] (int64), or None when nothing waited."""
         if not self.pending and not self.pairs:
             return None
-        if self.pairs:
-            rows, columns, values, totals = self._from_pairs()
-        else:
-            rows, columns, values, totals = self._from_tables()
+        totals = self._stage_pairs() if self.pairs else self._stage_tables()
         self.pending, self.pairs, self.bytes = [], [], 0
-        self.table.stage(rows, columns, values)
         self.table.merge()
         return totals
 
-    def _from_tables(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _stage_tables(self) -> torch.Tensor:
         first = 1 if self.spare_row else 0
         ids = torch.cat([ids for ids, _ in self.pending])
         counts = torch.cat([table[first:] for _, table in self.pending])
@@ -173,22 +175,31 @@ class PendingCounts:
         rows, columns = (neuron, id_of) if self.by_neuron else (id_of, neuron)
         if len(rows):
             rows, columns, values = _coalesce_pairs(rows, columns, values)
-        return rows, columns, values, totals
+        self.table.stage(rows, columns, values)
+        return totals
 
-    def _from_pairs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Equal pairs counted by one sort of keys over the waiting batches' distinct ids, not the ids
-        themselves: int32 keys where they fit, which sort in fewer radix passes than packed table keys."""
-        distinct = torch.unique(torch.cat([ids for ids, _, _ in self.pairs]))
-        index = torch.cat([torch.searchsorted(distinct, ids).index_select(0, at) for ids, at, _ in self.pairs])
-        neurons = torch.cat([neurons for _, _, neurons in self.pairs])
-        totals = torch.bincount(neurons, minlength=self.n_neurons)
-        # by neuron: neuron-major keys (a row per neuron, its ids ascending); else id-major
-        major, minor, span = (neurons, index, len(distinct)) if self.by_neuron else (index, neurons, self.n_neurons)
-        dtype = torch.int32 if self.n_neurons * len(distinct) < 1 << 31 else torch.int64
-        keys, values = count_keys((major * span + minor).to(dtype))
-        major, minor = split_sorted_keys(keys.long(), span)
-        rows, columns = (major, distinct[minor]) if self.by_neuron else (distinct[major], minor)
-        return rows, columns, values, totals
+    def _stage_pairs(self) -> torch.Tensor:
+        """Equal pairs counted by one sort of their table keys (dropped pairs keyed past every key)."""
+        ids = torch.cat([ids for ids, _ in self.pairs])
+        neurons = torch.cat([neurons for _, neurons in self.pairs])
+        major, minor = (neurons, ids) if self.by_neuron else (ids, neurons)
+        if self.table.n_blocks > 1:  # keys would overflow int64: the pairs themselves are sorted
+            kept = (ids >= 0).nonzero(as_tuple=True)[0]
+            major, minor, neurons = major[kept], minor[kept], neurons[kept]
+            self.table.stage(*_coalesce_pairs(major, minor, torch.ones_like(major)))
+            return torch.bincount(neurons, minlength=self.n_neurons)
+        keys = major * self.table.span + minor
+        if self.spare_row:
+            keys.masked_fill_(ids < 0, DROPPED)
+        keys, counts = count_keys(keys)
+        if self.spare_row and len(keys) and int(keys[-1]) == DROPPED:
+            keys, counts = keys[:-1], counts[:-1]
+        self.table.stage_keys(keys, counts)
+        if not self.by_neuron:
+            return torch.bincount(neurons, minlength=self.n_neurons)
+        edges = torch.searchsorted(keys, torch.arange(self.n_neurons + 1) * self.table.span)
+        ends = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+        return ends[edges[1:]] - ends[edges[:-1]]
 
     def clear(self) -> None:
         self.pending, self.pairs, self.bytes = [], [], 0
