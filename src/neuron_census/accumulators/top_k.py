@@ -131,16 +131,19 @@ class TopK(Accumulator):
         k, n_neurons = kept.shape
         if batch.fires_from_acts and bool((bar >= 0).all()):
             rows, neurons = batch.firing_pairs()
-            enter = batch.firing_values() > bar[neurons]
-            rows, neurons = rows[enter], neurons[enter]
+            values = batch.firing_values()
+            enter = (values > bar.index_select(0, neurons)).nonzero(as_tuple=True)[0]
+            rows, neurons, values = rows[enter], neurons[enter], values[enter]
         else:
             above = acts > bar
             above.masked_fill_(excluded, False)
             rows, neurons = above.nonzero(as_tuple=True)
+            values = acts[rows, neurons]
         if tie_rows:
             tie_at, tie_neurons = self._ties(batch, bar, excluded, tie_rows)
             rows, neurons = torch.cat([rows, tie_at]), torch.cat([neurons, tie_neurons])
-        bits = ordered_bits(acts[rows, neurons]).to(torch.int64)
+            values = torch.cat([values, bar[tie_neurons]])
+        bits = ordered_bits(values).to(torch.int64)
         keys = torch.cat([kept.T.reshape(-1), (bits << ROW_BITS) | rank[rows, 0]])
         neurons = torch.cat([torch.arange(n_neurons).repeat_interleave(k), neurons])
         # By neuron, then key descending, in one ascending stable sort of (neuron, value descending): kept rows
