@@ -78,14 +78,15 @@ class LayerBatch:
         return self._cached("fires_2d", lambda: self.fires.reshape(-1, self.fires.shape[-1]).to(torch.int32))
 
     def position_fires(self) -> torch.Tensor:
-        """[T, N] float32: firings at each position summed over the batch (exact integers). On a CPU one
-        add a sequence: a typed sum converts the whole boolean batch first, and took 40x longer."""
+        """[T, N] float32: firings at each position summed over the batch (exact integers). On a CPU the
+        booleans are summed as bytes, up to 255 sequences at a time: a typed sum converts the whole boolean
+        batch first, and took 20x longer."""
         def make() -> torch.Tensor:
             if not host_paths(self.fires.device):
                 return self.fires.sum(dim=0, dtype=torch.float32)
             total = torch.zeros(self.fires.shape[1:], dtype=torch.float32)
-            for fires in self.fires:
-                total += fires
+            for fires in self.fires.view(torch.uint8).split(255):
+                total += fires.sum(dim=0, dtype=torch.uint8)
             return total
 
         return self._cached("position_fires", make)
