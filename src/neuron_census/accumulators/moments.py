@@ -126,7 +126,7 @@ def _mean_and_m2_of_firings(batch: LayerBatch, n: int) -> tuple[torch.Tensor, to
     values = batch.firing_values().double()
     n_neurons = batch.acts.shape[-1]
     mean = torch.zeros(n_neurons, dtype=torch.float64).index_add_(0, neurons, values).div_(n)
-    deviation = values.sub_(mean[neurons])
+    deviation = values.sub_(mean.index_select(0, neurons))
     m2 = torch.zeros_like(mean).index_add_(0, neurons, deviation.square_())
     zeros = n - torch.bincount(neurons, minlength=n_neurons)
     return mean, m2.addcmul_(mean.square(), zeros)

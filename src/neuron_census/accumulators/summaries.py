@@ -59,7 +59,7 @@ def coalesce_keys(keys: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tenso
     if len(keys) == 0:
         return keys, counts
     keys, order = torch.sort(keys, stable=True)
-    counts = counts[order]
+    counts = counts.index_select(0, order)
     unique, runs = torch.unique_consecutive(keys, return_counts=True)
     if len(unique) == len(keys):
         return keys, counts
@@ -89,7 +89,7 @@ def prune_keys(keys: torch.Tensor, counts: torch.Tensor, span: int, capacity: in
     steps.index_add_(0, starts, cut).index_add_(0, ends, -cut)
     reduced = counts - torch.cumsum(steps[:-1], 0)
     kept = (reduced > 0).nonzero(as_tuple=True)[0]
-    return keys[kept], reduced[kept]
+    return keys.index_select(0, kept), reduced.index_select(0, kept)
 
 
 CUT_LEVELS = 4  # counting passes of `_group_cuts` before the groups still open are ranked by a sort

@@ -110,7 +110,7 @@ class KeyTable:
         rows, columns, counts = (torch.cat(column) for column in zip(*self.parts()))
         dtype = torch.int32 if self.n_rows * self.span < 1 << 31 else torch.int64  # fewer radix passes
         _, order = torch.sort((columns * self.n_rows + rows).to(dtype))
-        return rows[order], columns[order], counts[order]
+        return rows.index_select(0, order), columns.index_select(0, order), counts.index_select(0, order)
 
     def clear(self) -> None:
         self._blocks = [(self._empty, self._empty)] * self.n_blocks

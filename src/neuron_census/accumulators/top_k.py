@@ -133,7 +133,7 @@ class TopK(Accumulator):
             rows, neurons = batch.firing_pairs()
             values = batch.firing_values()
             enter = (values > bar.index_select(0, neurons)).nonzero(as_tuple=True)[0]
-            rows, neurons, values = rows[enter], neurons[enter], values[enter]
+            rows, neurons, values = (column.index_select(0, enter) for column in (rows, neurons, values))
         else:
             above = acts > bar
             above.masked_fill_(excluded, False)
