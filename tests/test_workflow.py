@@ -382,8 +382,10 @@ def table_hashes(workdir: Path) -> dict[str, str]:
 
 
 def killed_run(workdir: Path, kill_at: str, *targets: str, scope: str = "process") -> str:
-    """Run the tiny DAG with a job SIGKILLed at `kill_at` (neuron_census.testing.failpoints); return its output."""
-    env = {"NEURON_CENSUS_KILL_AT": kill_at, "NEURON_CENSUS_KILL_SCOPE": scope}
+    """Run the tiny DAG with a job SIGKILLed at `kill_at` (neuron_census.testing.failpoints); return its output.
+    Temporary folders go below `workdir` (a killed job cannot remove its own)."""
+    (workdir / "tmp").mkdir(parents=True, exist_ok=True)
+    env = {"NEURON_CENSUS_KILL_AT": kill_at, "NEURON_CENSUS_KILL_SCOPE": scope, "TMPDIR": str(workdir / "tmp")}
     result = snakemake(workdir, "--configfile", str(TINY), "--cores", "2", *targets, check=False, env=env)
     output = result.stdout + result.stderr
     assert result.returncode != 0, output[-3000:]
