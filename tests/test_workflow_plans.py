@@ -16,7 +16,7 @@ from workflow_runs import ROOT, SNAKEMAKE, TINY, new_workdir, planned_jobs, snak
 
 from neuron_census.capture.store import merge_stores, read_store
 from neuron_census.data.corpus import read_token_shard
-from neuron_census.jobs.census import FIGURES, figure_study
+from neuron_census.plots.registry import FIGURES, figure_study
 from neuron_census.testing.planted import get_recipe
 
 
@@ -106,7 +106,6 @@ def test_changed_inputs_rerun_what_read_them_and_nothing_else(tmp_path: Path):
     weights = workdir / "model" / "model.safetensors"
     rewrite(weights, weights.read_bytes())
     assert plan() == {"capture": 1, "merge": 1, "neuron_stats": 1, "vocab_projection": 1, "neuron_tables": 1}
-    snakemake(workdir, "--configfile", str(tmp_path / "inputs.yaml"), "--cores", "2", target)
 
     rewrite(text, (" ".join(words[(3 * i) % 11] for i in range(200)) + "\n").encode())
     assert plan()["tokenize"] == 1
@@ -114,8 +113,9 @@ def test_changed_inputs_rerun_what_read_them_and_nothing_else(tmp_path: Path):
     assert grown["tokenize"] == 2 and grown["capture"] == 2
     path = tmp_path / "inputs.yaml"
     path.write_text(yaml.safe_dump({**config, "datasets": {"text": {**config["datasets"]["text"], "n_shards": 2}}}))
-    snakemake(workdir, "--configfile", str(path), "--cores", "2", target)
-    shards = [read_token_shard(workdir / f"results/tokens/words/text/shard-{i}.zarr")[0] for i in (0, 1)]
+    shard_paths = [f"results/tokens/words/text/shard-{i}.zarr" for i in (0, 1)]
+    snakemake(workdir, "--configfile", str(path), "--cores", "2", *shard_paths)  # what the check below reads
+    shards = [read_token_shard(workdir / shard)[0] for shard in shard_paths]
     new_text = [(3 * i) % 11 + 2 for i in range(200)]  # word ids of the edited text
     np.testing.assert_array_equal(np.concatenate(shards)[:, 1:].reshape(-1), new_text[: 2 * 4 * 15])
 
