@@ -44,6 +44,7 @@ sys.path.insert(0, {bench!r})
 from capture_speed import _peak_rss_mb
 from neuron_census.capture import layer_states
 from neuron_census.jobs.census import capture_job
+from neuron_census.jobs.common import ModelJob
 
 stalled = [0.0]  # seconds the capture thread spends handing states to the store (writing, or waiting for a write)
 depth = [0]
@@ -67,7 +68,7 @@ for cls, names in ((layer_states.LayeredStates, ("add_layer", "add_layers", "add
         if cls is not None and hasattr(cls, name):
             setattr(cls, name, timed(getattr(cls, name)))
 start = time.perf_counter()
-capture_job("m", {model!r}, "gpt2", {tokenizer!r}, {settings!r}, {shard!r}, {store!r}, threads={threads})
+capture_job(ModelJob("m", {model!r}, "gpt2", {tokenizer!r}, {settings!r}, threads={threads}), {shard!r}, {store!r})
 print(json.dumps({{"seconds": time.perf_counter() - start, "peak_rss_mb": _peak_rss_mb(), "store_seconds": stalled[0]}}))
 """
 

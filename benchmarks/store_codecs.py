@@ -80,6 +80,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from neuron_census.jobs.census import capture_job
+    from neuron_census.jobs.common import ModelJob
     from neuron_census.capture.store import read_store
 
     rows = []
@@ -91,7 +92,7 @@ def main() -> None:
             "top_k": 32, "device": "cpu", "dtype": "float32",
         }
         model = {"source": "random", "architecture": args.architecture}
-        capture_job("m", model, "gpt2", TOKENIZER, settings, folder / "shard.zarr", folder / "store.zarr", threads=args.threads)
+        capture_job(ModelJob("m", model, "gpt2", TOKENIZER, settings, threads=args.threads), folder / "shard.zarr", folder / "store.zarr")
         _, states = read_store(folder / "store.zarr")
         raw = sum(array.nbytes for state in states.values() for array in state.values())
         for round_index in range(args.rounds):

@@ -22,6 +22,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from neuron_census.data.corpus import write_token_shard
 from neuron_census.jobs.census import capture_job, merge_job, stats_job, tokenize_job
+from neuron_census.jobs.common import ModelJob
 from neuron_census.logs import PREFIX, job_log
 from neuron_census.testing.planted import build_planted_model, get_recipe, planted_words
 from neuron_census.capture.store import write_store
@@ -58,9 +59,7 @@ def tokens() -> np.ndarray:
 
 
 def capture(tmp_path: Path, model_spec: dict, shard_path: Path, **settings: object) -> Callable[[], None]:
-    return lambda: capture_job(
-        "m", model_spec, "planted", TOKENIZER, {**SETTINGS, **settings}, shard_path, tmp_path / "out.zarr"
-    )
+    return lambda: capture_job(ModelJob("m", model_spec, "planted", TOKENIZER, {**SETTINGS, **settings}), shard_path, tmp_path / "out.zarr")
 
 
 def saved_planted_model(folder: Path, fc1_scale: float = 1.0) -> Path:
@@ -278,7 +277,7 @@ def test_a_full_disk_names_the_output(tmp_path, capfd):
     import os
 
     from neuron_census.atomic import HOST
-    from neuron_census.jobs.census import write_parquet
+    from neuron_census.jobs.common import write_parquet
 
     output = tmp_path / "t.parquet"
     (tmp_path / f".t.parquet.tmp-{HOST}-{os.getpid()}").symlink_to("/dev/full")

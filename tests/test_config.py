@@ -37,7 +37,7 @@ def test_shipped_configs_are_valid(path: Path):
 
 
 def test_defaults_are_filled(default):
-    from neuron_census.jobs.census import FIGURES
+    from neuron_census.plots.registry import FIGURES
 
     config = validate_config(default, SCHEMA)
     assert set(config["figures"]) == set(FIGURES)  # every registered figure, and only those

@@ -18,6 +18,7 @@ from neuron_census.capture.engine import CaptureSettings, capture_tokens
 from neuron_census.data.corpus import write_token_shard
 from neuron_census.capture.placement import Placement, accelerate_max_memory, dispatch_offloaded, layer_on_device
 from neuron_census.jobs.census import capture_job
+from neuron_census.jobs.common import ModelJob
 from neuron_census.models.loading import load_model
 from neuron_census.testing.planted import census_tokens, get_recipe, planted_words
 from neuron_census.capture.store import read_store, write_store
@@ -241,7 +242,7 @@ def test_capture_job_with_offload_writes_the_same_store(tmp_path, capsys, monkey
         },
     }.items():
         out = tmp_path / f"{label}.zarr"
-        capture_job("planted", spec, "planted", tokenizer_spec, {**base, **extra}, shard, out)
+        capture_job(ModelJob("planted", spec, "planted", tokenizer_spec, {**base, **extra}), shard, out)
         # the job says up front how much device memory its statistics can take
         err = capsys.readouterr().err
         assert "capture 'planted': statistics on cpu up to " in err and "statistics in host memory up to " in err
@@ -284,9 +285,9 @@ def test_vocabulary_projection_reads_layers_kept_on_disk(name, tmp_path):
     n_layers, n_neurons = len(layers), loaded.adapter.n_neurons
     write_store(store, {"layers": list(layers), "n_neurons": n_neurons, "datasets": ["d"], "sources": ["s"]}, states)
     base = {"device": "cpu", "dtype": "float32", "top_n": 5}
-    vocab_job("m", spec, tokenizer_name, tokenizer_spec, base, [store], tmp_path / "resident.parquet", tmp_path / "resident-fired.parquet")
+    vocab_job(ModelJob("m", spec, tokenizer_name, tokenizer_spec, base), [store], tmp_path / "resident.parquet", tmp_path / "resident-fired.parquet")
     on_disk = {"strategy": "layerwise", "layerwise_weights": "disk", "offload_dir": str(tmp_path / "weights")}
-    vocab_job("m", spec, tokenizer_name, tokenizer_spec, {**base, **on_disk}, [store], tmp_path / "disk.parquet", tmp_path / "disk-fired.parquet")
+    vocab_job(ModelJob("m", spec, tokenizer_name, tokenizer_spec, {**base, **on_disk}), [store], tmp_path / "disk.parquet", tmp_path / "disk-fired.parquet")
     for kind, rows in (("", n_layers * n_neurons), ("-fired", len(states["token_fire_count"]["keys"]))):
         expected, got = pl.read_parquet(tmp_path / f"resident{kind}.parquet"), pl.read_parquet(tmp_path / f"disk{kind}.parquet")
         assert got.height == rows > 0

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from neuron_census.data.corpus import write_token_shard
-from neuron_census.jobs.census import read_shard_for
+from neuron_census.jobs.common import ModelJob, read_shard_for
 from neuron_census.data.tokenization import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,7 +88,7 @@ def test_positional_neurons_are_found_on_their_own_datasets(tmp_path: Path):
         write_token_shard(tmp_path / f"{dataset}.tokens.zarr", rows, tokenizer=tokenizer, dataset=dataset, shard=0)
         stores[dataset] = tmp_path / f"{dataset}.zarr"
         settings = {"device": "cpu", "dtype": "float32", "batch_size": 10}
-        capture_job("planted", spec, "planted", tokenizer_spec, settings, tmp_path / f"{dataset}.tokens.zarr", stores[dataset])
+        capture_job(ModelJob("planted", spec, "planted", tokenizer_spec, settings), tmp_path / f"{dataset}.tokens.zarr", stores[dataset])
 
     def stats(inputs: list[Path], label: str, positional: dict) -> tuple[pl.DataFrame, pl.DataFrame]:
         out = (tmp_path / f"{label}.stats.parquet", tmp_path / f"{label}.rates.parquet")
@@ -111,7 +111,7 @@ def test_positional_neurons_are_found_on_their_own_datasets(tmp_path: Path):
 
 def test_training_tokens_are_stacked_narrow(tmp_path: Path):
     """A run's shards in one uint16 array (vocabularies up to 65,536 ids), equal to their concatenation."""
-    from neuron_census.jobs.census import stacked_shards
+    from neuron_census.jobs.common import stacked_shards
 
     words = load_tokenizer("planted", {"source": "words", "words": ["a", "b", "c"]})
     first = np.array([[0, 2, 3, 4], [0, 4, 3, 2]], dtype=np.int32)

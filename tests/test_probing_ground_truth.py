@@ -15,6 +15,7 @@ import polars as pl
 import pytest
 
 from neuron_census.jobs.census import capture_job, tokenize_job
+from neuron_census.jobs.common import ModelJob
 from neuron_census.jobs.probing import probe_layer_job, probe_spans_job, probe_tables_job
 from neuron_census.testing.planted import CENSUS_WORDS, planted_words
 
@@ -41,7 +42,7 @@ def probed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pl.DataFrame]:
     settings = {"accumulators": ["samples"], "sample_spans": str(root / "samples.parquet"), "batch_size": 16, "device": "cpu"}
     stores = [root / f"samples-{i}.zarr" for i in range(2)]
     for shard, store in zip(shards, stores):
-        capture_job("planted-probing", MODEL, "planted", TOKENIZER, settings, shard, store)
+        capture_job(ModelJob("planted-probing", MODEL, "planted", TOKENIZER, settings), shard, store)
     layers = [root / f"layer-{layer}.parquet" for layer in range(2)]
     for layer, out in enumerate(layers):
         probe_layer_job("planted-probing", layer, STUDY, [(root / "spans.parquet", stores)], out)

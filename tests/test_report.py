@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from neuron_census.config import validate_config
-from neuron_census.jobs.census import FIGURES
+from neuron_census.plots.registry import FIGURES
 from neuron_census.report import render_caption
 
 ROOT = Path(__file__).resolve().parents[1]

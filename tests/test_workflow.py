@@ -18,7 +18,7 @@ from scipy import stats
 from workflow_runs import ROOT, TABLES, TINY, new_workdir, planned_jobs, snakemake
 
 from neuron_census.data.corpus import read_token_shard
-from neuron_census.jobs.census import FIGURES, figure_study
+from neuron_census.plots.registry import FIGURES, figure_study
 from neuron_census.testing.planted import designed_tokens, get_recipe
 
 

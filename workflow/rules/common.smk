@@ -23,7 +23,7 @@ from neuron_census.config import (
 )
 from neuron_census.data.corpus import TEXT_SOURCES, source_files
 from neuron_census.data.inputs import files_fingerprint, folder_files
-from neuron_census.jobs.census import FIGURES as FIGURE_SPECS, STUDY_TABLES, TABLE_FILES, figure_study
+from neuron_census.plots.registry import FIGURES as FIGURE_SPECS, STUDY_TABLES, TABLE_FILES, figure_study
 from neuron_census.jobs.probing import PROBE_KEYS, SPAN_STUDY_KEYS
 from neuron_census.testing.planted import SEED_RECIPES
 

@@ -1,7 +1,7 @@
 """Snakemake adapter: early exit of one model's predictions, by the cluster-overlap rule and by probes."""
 
-from neuron_census.logs import job_log
 from neuron_census.jobs.subupdates import early_exit_job
+from neuron_census.logs import job_log
 
 with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)
     early_exit_job(

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from neuron_census.logs import job_log
 from neuron_census.jobs.probing import probe_layer_job
+from neuron_census.logs import job_log
 
 with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)
     stores = list(snakemake.input.stores)  # noqa: F821 (injected by Snakemake)

@@ -1,7 +1,7 @@
 """Snakemake adapter: the labelled spans of every probing feature of one model."""
 
-from neuron_census.logs import job_log
 from neuron_census.jobs.probing import probe_spans_job
+from neuron_census.logs import job_log
 
 with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)
     probe_spans_job(

@@ -1,7 +1,7 @@
 """Snakemake adapter: one model's probing tables from its per-layer sweeps."""
 
-from neuron_census.logs import job_log
 from neuron_census.jobs.probing import probe_tables_job
+from neuron_census.logs import job_log
 
 with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)
     probe_tables_job(

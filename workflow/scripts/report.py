@@ -1,7 +1,8 @@
 """Snakemake adapter: the HTML report."""
 
-from neuron_census.jobs.census import FIGURES, report_job
+from neuron_census.jobs.census import report_job
 from neuron_census.logs import job_log
+from neuron_census.plots.registry import FIGURES
 
 with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)
     csvs = dict(zip(snakemake.params.csv_names, snakemake.input.csvs))  # noqa: F821

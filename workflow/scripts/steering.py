@@ -1,20 +1,17 @@
 """Snakemake adapter: generations and perplexity of one model with and without its steering values set."""
 
-from neuron_census.logs import job_log
+from neuron_census.jobs.common import ModelJob
 from neuron_census.jobs.subupdates import steering_job
+from neuron_census.logs import job_log
 
-with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)
+job = snakemake  # noqa: F821 (injected by Snakemake)
+with job_log(job.log):
     steering_job(
-        model_name=snakemake.wildcards.model,  # noqa: F821 (injected by Snakemake)
-        model_spec=snakemake.params.model,  # noqa: F821
-        tokenizer_name=snakemake.params.tokenizer_name,  # noqa: F821
-        tokenizer_spec=snakemake.params.tokenizer,  # noqa: F821
-        settings=snakemake.params.settings,  # noqa: F821
-        study=snakemake.params.study,  # noqa: F821
-        vocab=snakemake.input.vocab,  # noqa: F821
-        prompts=snakemake.input.prompts,  # noqa: F821
-        shards=list(snakemake.input.shards),  # noqa: F821
-        generations_out=snakemake.output.generations,  # noqa: F821
-        summary_out=snakemake.output.summary,  # noqa: F821
-        threads=snakemake.threads,  # noqa: F821
+        ModelJob.from_rule(job),
+        study=job.params.study,
+        vocab=job.input.vocab,
+        prompts=job.input.prompts,
+        shards=list(job.input.shards),
+        generations_out=job.output.generations,
+        summary_out=job.output.summary,
     )

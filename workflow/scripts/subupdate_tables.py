@@ -1,7 +1,7 @@
 """Snakemake adapter: sub-updates labelled against the value vectors' projections, and their shares per layer."""
 
-from neuron_census.logs import job_log
 from neuron_census.jobs.subupdates import subupdate_tables_job
+from neuron_census.logs import job_log
 
 with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)
     subupdate_tables_job(

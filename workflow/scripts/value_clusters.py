@@ -1,18 +1,15 @@
 """Snakemake adapter: value vectors clustered by their vocabulary projections, per layer."""
 
-from neuron_census.logs import job_log
+from neuron_census.jobs.common import ModelJob
 from neuron_census.jobs.subupdates import value_clusters_job
+from neuron_census.logs import job_log
 
-with job_log(snakemake.log):  # noqa: F821 (injected by Snakemake)
+job = snakemake  # noqa: F821 (injected by Snakemake)
+with job_log(job.log):
     value_clusters_job(
-        model_name=snakemake.wildcards.model,  # noqa: F821 (injected by Snakemake)
-        model_spec=snakemake.params.model,  # noqa: F821
-        tokenizer_name=snakemake.params.tokenizer_name,  # noqa: F821
-        tokenizer_spec=snakemake.params.tokenizer,  # noqa: F821
-        settings=snakemake.params.settings,  # noqa: F821
-        n_clusters=snakemake.params.clusters,  # noqa: F821
-        vocab=snakemake.params.vocab,  # noqa: F821
-        assigned_out=snakemake.output.assigned,  # noqa: F821
-        clusters_out=snakemake.output.clusters,  # noqa: F821
-        threads=snakemake.threads,  # noqa: F821
+        ModelJob.from_rule(job),
+        n_clusters=job.params.clusters,
+        vocab=job.params.vocab,
+        assigned_out=job.output.assigned,
+        clusters_out=job.output.clusters,
     )

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from neuron_census.jobs.census import PathLike, stacked_shards
+from neuron_census.jobs.common import PathLike, stacked_shards
 
 SUBUPDATE_EXAMPLES = 5  # dominant sub-update examples shown per page
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,60 +17,13 @@ import polars as pl
 
 from neuron_census.atomic import atomic_path
 from neuron_census.config import schema_defaults
+from neuron_census.jobs.common import ModelJob, PathLike, stacked_shards, write_parquet
 
 if TYPE_CHECKING:
     import torch
 
     from neuron_census.capture.engine import CaptureSettings
     from neuron_census.capture.placement import Placement
-
-PathLike = str | os.PathLike[str]
-
-def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
-    """`auto` picks CUDA with bfloat16 when present, else CPU with float32."""
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"capture.device '{device}' asks for CUDA but no CUDA device is available")
-    if dtype == "auto":
-        return resolved, torch.bfloat16 if resolved.type == "cuda" else torch.float32
-    return resolved, getattr(torch, dtype)  # the schema's enum of torch dtype names
-
-
-def read_shard_for(shard: PathLike, tokenizer: Any, user: str) -> tuple[Any, dict[str, Any]]:
-    """Read a token shard and refuse it unless it was made with `tokenizer` (by fingerprint)."""
-    from neuron_census.data.corpus import read_token_shard
-
-    tokens, attrs = read_token_shard(shard)
-    if attrs["tokenizer_fingerprint"] != tokenizer.fingerprint:
-        raise ValueError(
-            f"token shard {shard} was made with tokenizer '{attrs['tokenizer']}', not with {user} tokenizer "
-            f"'{tokenizer.name}'"
-        )
-    return tokens, attrs
-
-
-def stacked_shards(shards: Sequence[PathLike], tokenizer: Any, user: str) -> Any:
-    """Every shard's sequences in one array of the narrowest dtype holding the vocabulary (uint16 up to 65,536
-    ids: half of int32), filled a shard at a time, so memory holds the result and one shard, not two copies."""
-    from neuron_census.data.corpus import token_shard_shape
-
-    shapes = [token_shard_shape(shard) for shard in shards]
-    if len({seq_len for _, seq_len in shapes}) > 1:
-        raise ValueError(f"{user}: token shards of different seq_len {sorted({s for _, s in shapes})}")
-    dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.int32
-    stacked = np.empty((sum(n for n, _ in shapes), shapes[0][1]), dtype=dtype)
-    start = 0
-    for shard, (n, _) in zip(shards, shapes):
-        tokens = read_shard_for(shard, tokenizer, user)[0]
-        if tokens.shape[0] != n:
-            raise ValueError(f"token shard {shard} changed while it was read")
-        stacked[start : start + n] = tokens
-        start += n
-    return stacked
 
 
 def tokenize_job(
@@ -187,52 +139,7 @@ def train_job(
     os.replace(work, output)
 
 
-def load_model_and_tokenizer(
-    model_name: str,
-    model_spec: Mapping[str, Any],
-    tokenizer_name: str,
-    tokenizer_spec: Mapping[str, Any],
-    settings: Mapping[str, Any],
-    threads: int,
-    placement: Any = None,
-    offload_dir: Path | None = None,
-) -> tuple[Any, Any, torch.device, torch.dtype]:
-    """What every job that runs a model starts with: threads, tokenizer, device, dtype and the model."""
-    import torch
-
-    from neuron_census.models.loading import load_model
-    from neuron_census.data.tokenization import load_tokenizer
-
-    torch.set_num_threads(max(1, threads))
-    tokenizer = load_tokenizer(tokenizer_name, tokenizer_spec)
-    settings = {**schema_defaults("capture"), **settings}
-    device, dtype = resolve_device(settings["device"], settings["dtype"])
-    loaded = load_model(model_name, model_spec, device=device, dtype=dtype, placement=placement, offload_dir=offload_dir)
-    return tokenizer, loaded, device, dtype
-
-
-def capture_batch_size(settings: Mapping[str, Any]) -> int:
-    """Sequences per forward pass of a model-reading job: its capture settings' `batch_size`."""
-    return int({**schema_defaults("capture"), **settings}["batch_size"])
-
-
-def token_tensor(tokens: Any, device: Any) -> Any:
-    """int64 token ids on `device`."""
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64)).to(device)
-
-
-def capture_job(
-    model_name: str,
-    model_spec: Mapping[str, Any],
-    tokenizer_name: str,
-    tokenizer_spec: Mapping[str, Any],
-    settings: Mapping[str, Any],
-    shard_path: PathLike,
-    output: PathLike,
-    threads: int = 1,
-) -> None:
+def capture_job(model: ModelJob, shard_path: PathLike, output: PathLike) -> None:
     """Capture one (model, dataset, shard): accumulator states in one zarr store.
 
     The model is placed by `settings.strategy` (resident, offload or layerwise); offloaded weights and
@@ -242,25 +149,24 @@ def capture_job(
     when the job succeeds.
     """
     from neuron_census.capture.engine import capture_tokens
-    from neuron_census.capture.settings import CaptureSettings, resolve_layers, unanalysed_ngram_layers
-    from neuron_census.capture.placement import Placement, offload_folder
     from neuron_census.capture.layer_states import written_behind
+    from neuron_census.capture.placement import Placement, offload_folder
+    from neuron_census.capture.settings import CaptureSettings, resolve_layers, unanalysed_ngram_layers
     from neuron_census.capture.store import writing_store
 
-    placement = Placement.from_config(settings)
-    capture_settings = CaptureSettings.from_config(settings)
+    model_name = model.name
+    placement = Placement.from_config(model.settings)
+    capture_settings = CaptureSettings.from_config(model.settings)
     with offload_folder(placement) as folder:
-        tokenizer, loaded, device, dtype = load_model_and_tokenizer(
-            model_name, model_spec, tokenizer_name, tokenizer_spec, settings, threads, placement, folder
-        )
+        tokenizer, loaded, device, dtype = model.load(placement, folder)
         adapter = loaded.adapter
-        tokens, shard_attrs = read_shard_for(shard_path, tokenizer, f"model '{model_name}'")
+        tokens, shard_attrs = model.read_shard(shard_path, tokenizer)
         shard = int(shard_attrs["shard"])
         layers = resolve_layers(capture_settings.layers, adapter.n_layers, model_name)
         outside = unanalysed_ngram_layers(capture_settings.ngram_layers, layers)
         if outside:  # hub models: the config alone could not show this at parse time
             raise ValueError(f"model '{model_name}': capture.ngram_layers {outside} are not among the analysed layers {list(layers)}")
-        write_behind = bool({**schema_defaults("capture"), **settings}["write_behind"])
+        write_behind = bool(model.capture["write_behind"])
         report_statistics_memory(model_name, capture_settings, adapter, layers, tokens.shape, device, placement)
         attrs = {
             "model": model_name,
@@ -271,7 +177,7 @@ def capture_job(
             "n_neurons": adapter.n_neurons,
             "seq_len": int(tokens.shape[1]),
             "vocab_size": adapter.vocab_size,
-            "tokenizer": tokenizer_name,
+            "tokenizer": model.tokenizer_name,
             "tokenizer_fingerprint": tokenizer.fingerprint,
             "fire_rule": capture_settings.fire_rule,
             "activation": adapter.activation,
@@ -347,16 +253,6 @@ def merge_job(inputs: Sequence[PathLike], output: PathLike, threads: int = 1) ->
     merge_store_files(inputs, output)
 
 
-def write_parquet(frame: pl.DataFrame, output: PathLike) -> None:
-    with atomic_path(output) as tmp:
-        frame.write_parquet(tmp, compression="zstd", statistics=False)
-
-
-def write_for_model(frame: pl.DataFrame, model: str, output: PathLike) -> None:
-    """`frame` with a first column `model`, as every per-model table has."""
-    write_parquet(frame.select(pl.lit(model).alias("model"), pl.all()), output)
-
-
 def stats_job(
     model_name: str,
     inputs: Sequence[PathLike],
@@ -409,17 +305,7 @@ def positional_readers(readers: Sequence[Any], datasets: Sequence[str] | None, m
     return chosen
 
 
-def vocab_job(
-    model_name: str,
-    model_spec: Mapping[str, Any],
-    tokenizer_name: str,
-    tokenizer_spec: Mapping[str, Any],
-    settings: Mapping[str, Any],
-    stores: Sequence[PathLike],
-    output: PathLike,
-    fired_output: PathLike,
-    threads: int = 1,
-) -> None:
+def vocab_job(model: ModelJob, stores: Sequence[PathLike], output: PathLike, fired_output: PathLike) -> None:
     """Vocabulary projections of every value vector of the captured layers with each neuron's weight
     statistics, and the scores of every token each neuron fired on in the merged stores (which trigger
     suppression averages over detected tokens).
@@ -433,6 +319,7 @@ def vocab_job(
     from neuron_census.capture.placement import Placement, offload_folder, place_outside_layers
     from neuron_census.capture.store import StoreReader, merged_attrs, merged_layer_state
 
+    model_name = model.name
     readers = [StoreReader(path) for path in stores]
     for reader in readers:
         reader.require(("token_fire_count",), f"model '{model_name}''s trigger scores")
@@ -442,13 +329,11 @@ def vocab_job(
     def fired(layer: int) -> tuple[np.ndarray, np.ndarray]:
         return fired_pairs(merged_layer_state(readers, "token_fire_count", layers.index(layer))["keys"], n_neurons)
 
-    settings = {**schema_defaults("capture"), **schema_defaults("analysis/vocab"), **settings}
+    settings = {**model.capture, **schema_defaults("analysis/vocab"), **model.settings}
     resident = settings["strategy"] == "resident"
     placement = Placement() if resident else Placement.from_config({**settings, "strategy": "layerwise"})
     with offload_folder(placement) as folder:
-        tokenizer, loaded, device, _ = load_model_and_tokenizer(
-            model_name, model_spec, tokenizer_name, tokenizer_spec, settings, threads, placement, folder
-        )
+        tokenizer, loaded, device, _ = model.load(placement, folder)
         if not resident:
             place_outside_layers(loaded.model, loaded.adapter.decoder_layers(), device)
         table, scores = vocab_tables(
@@ -493,133 +378,6 @@ def tables_job(
     write_parquet(layer_table(neurons, int(neurons["n_layers_total"][0])), layers_out)
 
 
-@dataclass(frozen=True)
-class FigureSpec:
-    """Where a paper figure's drawing function lives and which per-model tables it reads."""
-
-    module: str
-    function: str
-    tables: tuple[str, ...]
-    category: str  # the report's section
-    csv: str | None = None  # a function returning the figure's data as a table, written next to it
-    drawn_table: bool = False  # the drawing is a table: the report shows its CSV as an HTML table instead
-    defaults: Mapping[str, Any] = field(default_factory=dict)  # style values the config may override
-
-
-FIGURES: dict[str, FigureSpec] = {
-    "fig1a_dead_neurons": FigureSpec("plots.figures", "plot_dead_neurons", ("layers",), "Dead neurons"),
-    "fig1b_fire_frequency": FigureSpec("plots.figures", "plot_fire_frequency", ("layers",), "Dead neurons"),
-    **{
-        f"fig2_{name}_coverage": FigureSpec(
-            "plots.ngrams", "plot_ngram_coverage", ("neurons", "layers"), "N-gram coverage", defaults={"order": order}
-        )
-        for order, name in ((1, "unigram"), (2, "bigram"), (3, "trigram"))
-    },
-    "fig3a_token_detectors": FigureSpec("plots.ngrams", "plot_token_detectors", ("layers",), "Token detectors"),
-    "fig3b_detected_tokens": FigureSpec("plots.ngrams", "plot_detected_tokens", ("layers",), "Token detectors"),
-    "fig4_new_tokens": FigureSpec("plots.ngrams", "plot_new_tokens", ("layers",), "Token detectors"),
-    "fig5_detector_projections": FigureSpec(
-        "plots.vocab", "plot_detector_projections", ("neurons",), "Token detectors", csv="detector_projection_frame", drawn_table=True
-    ),
-    "fig7_positional_examples": FigureSpec(
-        "plots.positional", "plot_positional_examples", ("position_rates",), "Positional neurons"
-    ),
-    "fig8_positional_neurons": FigureSpec(
-        "plots.positional", "plot_positional_neurons", ("neurons", "layers"), "Positional neurons"
-    ),
-    "fig9_oscillatory_ranges": FigureSpec(
-        "plots.positional", "plot_oscillatory_ranges", ("position_rates",), "Positional neurons"
-    ),
-    "fig10_positional_nopos": FigureSpec(
-        "plots.positional", "plot_positional_neurons", ("neurons", "layers"), "Training experiment"
-    ),
-    "fig11_positional_training": FigureSpec(
-        "plots.positional", "plot_positional_neurons", ("neurons", "layers"), "Training experiment"
-    ),
-    "universal_correlations": FigureSpec(
-        "plots.universal", "plot_universal_correlations", ("universal",), "Universal neurons", defaults={"figsize": [10.0, 3.5]}
-    ),
-    "universal_by_layer": FigureSpec("plots.universal", "plot_universal_by_layer", ("universal",), "Universal neurons"),
-    "universal_properties": FigureSpec(
-        "plots.universal", "plot_universal_properties", ("universal",), "Universal neurons", defaults={"figsize": [9.0, 4.0]}
-    ),
-    "universal_families": FigureSpec(
-        "plots.universal", "plot_universal_families", ("universal",), "Universal neurons", defaults={"figsize": [11.0, 3.8]}
-    ),
-    "entropy_neurons": FigureSpec(
-        "plots.roles", "plot_entropy_neurons", ("entropy", "entropy_neurons"), "Entropy neurons", defaults={"figsize": [10.0, 3.5]}
-    ),
-    "attention_deactivation": FigureSpec(
-        "plots.roles", "plot_attention_deactivation", ("attention_scores", "attention_paths"), "Attention-deactivation neurons",
-        defaults={"figsize": [10.0, 3.8]},
-    ),
-    "vocab_roles": FigureSpec("plots.roles", "plot_vocab_roles", ("neurons",), "Prediction and suppression neurons", defaults={"figsize": [12.0, 3.8]}),
-    "kind_overlaps": FigureSpec(
-        "plots.kinds", "plot_kind_overlaps", ("neurons",), "Across the papers", csv="kind_overlap_frame", defaults={"figsize": [12.0, 5.5]}
-    ),
-    "saturation_layers": FigureSpec("plots.subupdates", "plot_saturation_layers", ("predictions",), "FFN sub-updates"),
-    "subupdate_roles": FigureSpec(
-        "plots.subupdates", "plot_subupdate_roles", ("subupdate_layers",), "FFN sub-updates", defaults={"figsize": [10.0, 3.8]}
-    ),
-    "concept_clusters": FigureSpec(
-        "plots.subupdates", "plot_concept_clusters", ("clusters",), "FFN sub-updates", defaults={"figsize": [12.0, 3.8]}
-    ),
-    "subupdate_examples": FigureSpec(
-        "plots.subupdates", "plot_subupdate_examples", ("predictions", "subupdates"), "FFN sub-updates",
-        defaults={"figsize": [12.0, 4.5], "n_examples": 3, "n_subupdates": 3}, csv="example_predictions_frame", drawn_table=True,
-    ),
-    "early_exit_accuracy": FigureSpec("plots.subupdates", "plot_early_exit", ("early_exit",), "FFN sub-updates", defaults={"figsize": [10.0, 4.0]}),
-    "steering_effect": FigureSpec("plots.subupdates", "plot_steering", ("steering_summary",), "FFN sub-updates", defaults={"figsize": [10.0, 3.8]}),
-    "probe_f1_by_k": FigureSpec("plots.probing", "plot_probe_f1_by_k", ("probes",), "Sparse probing", defaults={"figsize": [24.0, 3.5]}),
-    "probe_best_single": FigureSpec("plots.probing", "plot_probe_best_single", ("probe_neurons",), "Sparse probing", defaults={"figsize": [14.0, 3.2]}),
-    "probe_methods": FigureSpec("plots.probing", "plot_probe_methods", ("probes",), "Sparse probing", defaults={"figsize": [12.0, 4.0]}),
-    "probe_precision_recall": FigureSpec(
-        "plots.probing", "plot_probe_precision_recall", ("probe_neurons",), "Sparse probing", defaults={"figsize": [10.0, 4.0]}
-    ),
-    "monosemantic_neurons": FigureSpec(
-        "plots.probing", "plot_monosemantic_neurons", ("probe_neurons",), "Sparse probing", defaults={"figsize": [9.0, 6.0], "max_rows": 20},
-        csv="monosemantic_frame", drawn_table=True,
-    ),
-}
-
-TABLE_FILES = {
-    "neurons": "neurons.parquet",
-    "layers": "layers.parquet",
-    "position_rates": "position_rates.parquet",
-    "universal": "universal.parquet",
-    "best_matches": "best_matches.parquet",
-    "entropy": "entropy.parquet",
-    "entropy_neurons": "entropy_neurons.parquet",
-    "attention_scores": "attention_scores.parquet",
-    "attention_paths": "attention_paths.parquet",
-    "predictions": "predictions.parquet",
-    "subupdates": "subupdates.parquet",
-    "subupdate_layers": "subupdate_layers.parquet",
-    "value_clusters": "value_clusters.parquet",
-    "clusters": "clusters.parquet",
-    "early_exit": "early_exit.parquet",
-    "early_exit_summary": "early_exit_summary.parquet",
-    "steering": "steering.parquet",
-    "steering_summary": "steering_summary.parquet",
-    "probes": "probes.parquet",
-    "probe_neurons": "probe_neurons.parquet",
-    "probe_features": "probe_features.parquet",
-}
-# tables that only the models of a study section (`universal`, `subupdates`, `steering`, `probing`) have: their figures draw those
-STUDY_TABLES = {
-    "universal": frozenset({"universal", "best_matches", "entropy", "entropy_neurons", "attention_scores", "attention_paths"}),
-    "subupdates": frozenset({"predictions", "subupdates", "subupdate_layers", "value_clusters", "clusters", "early_exit", "early_exit_summary"}),
-    "steering": frozenset({"steering", "steering_summary"}),
-    "probing": frozenset({"probes", "probe_neurons", "probe_features"}),
-}
-
-
-def figure_study(figure: str) -> str | None:
-    """The study section whose tables a figure draws (None: the census tables every model has)."""
-    tables = set(FIGURES[figure].tables)
-    return next((study for study, names in STUDY_TABLES.items() if names & tables), None)
-
-
 def figure_job(
     figure: str,
     tables: Mapping[str, Sequence[PathLike]],
@@ -636,6 +394,7 @@ def figure_job(
     import importlib
 
     from neuron_census.plots import figures
+    from neuron_census.plots.registry import FIGURES
 
     spec = FIGURES[figure]
     frames = {kind: pl.concat([pl.read_parquet(p) for p in paths], how="diagonal_relaxed") for kind, paths in tables.items()}
@@ -667,8 +426,6 @@ def report_job(
     """A self-contained HTML page: a summary row per model of `neurons` (model -> its neurons.parquet), each
     linking to its atlas where `atlases` has one, then every figure (embedded PNG) and its caption (captions
     name the thresholds they read from `config`: its `analysis` and `figures` sections)."""
-    import os
-
     from neuron_census.analyses.kinds import model_summary
     from neuron_census.report import render_report
 

@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from neuron_census.jobs.census import PathLike, read_shard_for, write_for_model, write_parquet
-
+from neuron_census.jobs.common import PathLike, read_shard_for, write_for_model, write_parquet
 
 FEATURE_KEYS = ("position_bins", "skip", "min_span", "source_units", "positive_share", "limit", "seed", "min_per_class")
 PROBE_KEYS = ("methods", "ks", "max_mip_k", "candidates", "time_limit", "seed", "test_share", "max_iter")

@@ -9,16 +9,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from neuron_census.jobs.census import (
-    PathLike,
-    capture_batch_size,
-    load_model_and_tokenizer,
-    read_shard_for,
-    stacked_shards,
-    token_tensor,
-    write_for_model,
-    write_parquet,
-)
+from neuron_census.jobs.common import ModelJob, PathLike, stacked_shards, token_tensor, write_for_model, write_parquet
 
 
 def subupdate_settings(study: Mapping[str, Any]) -> Any:
@@ -28,17 +19,7 @@ def subupdate_settings(study: Mapping[str, Any]) -> Any:
 
 
 def subupdate_lens_job(
-    model_name: str,
-    model_spec: Mapping[str, Any],
-    tokenizer_name: str,
-    tokenizer_spec: Mapping[str, Any],
-    settings: Mapping[str, Any],
-    study: Mapping[str, Any],
-    shards: Sequence[PathLike],
-    lens_out: PathLike,
-    subupdates_out: PathLike,
-    vectors_out: PathLike,
-    threads: int = 1,
+    job: ModelJob, study: Mapping[str, Any], shards: Sequence[PathLike], lens_out: PathLike, subupdates_out: PathLike, vectors_out: PathLike
 ) -> None:
     """The logit lens and the dominant and random sub-updates of every layer at `study.predictions` cut
     sequences of the study's shards (read in order, as many as the predictions need), and the residual and
@@ -46,17 +27,18 @@ def subupdate_lens_job(
     from neuron_census.analyses.subupdates import cut_positions, lens_pass
 
     chosen = subupdate_settings(study)
-    tokenizer, loaded, device, _ = load_model_and_tokenizer(model_name, model_spec, tokenizer_name, tokenizer_spec, settings, threads)
+    model_name = job.name
+    tokenizer, loaded, device, _ = job.load()
     blocks, have = [], 0
     for path in shards:
         if have >= chosen.predictions:
             break
-        block, _ = read_shard_for(path, tokenizer, f"model '{model_name}'")
+        block, _ = job.read_shard(path, tokenizer)
         blocks.append(block[: chosen.predictions - have])
         have += len(blocks[-1])
     tokens = np.concatenate(blocks)
     positions = cut_positions(len(tokens), tokens.shape[1], chosen)
-    found = lens_pass(loaded.model, loaded.adapter, token_tensor(tokens, device), positions, chosen, batch_size=capture_batch_size(settings))
+    found = lens_pass(loaded.model, loaded.adapter, token_tensor(tokens, device), positions, chosen, batch_size=job.batch_size)
     write_for_model(found.lens.join(prediction_texts(tokenizer, tokens, positions, found.lens), on="prediction", how="left", maintain_order="left"), model_name, lens_out)
     write_for_model(found.subupdates.with_columns(scoring=pl.lit(chosen.scoring)), model_name, subupdates_out)
     write_vectors(found.residual, found.ffn, model_name, vectors_out)
@@ -115,44 +97,28 @@ def subupdate_tables_job(lens: PathLike, subupdates: PathLike, vocab: PathLike, 
     write_for_model(layer_shares(labelled), model, layers_out)
 
 
-def value_clusters_job(
-    model_name: str,
-    model_spec: Mapping[str, Any],
-    tokenizer_name: str,
-    tokenizer_spec: Mapping[str, Any],
-    settings: Mapping[str, Any],
-    n_clusters: int,
-    vocab: Mapping[str, Any],
-    assigned_out: PathLike,
-    clusters_out: PathLike,
-    threads: int = 1,
-) -> None:
+def value_clusters_job(job: ModelJob, n_clusters: int, vocab: Mapping[str, Any], assigned_out: PathLike, clusters_out: PathLike) -> None:
     """value_clusters.parquet (every value vector's concept cluster, per layer) and clusters.parquet (each
     cluster's size and top tokens), the projections read as `analysis.vocab` says (final norm or not)."""
     from neuron_census.analyses.concepts import cluster_tables
 
-    tokenizer, loaded, _, _ = load_model_and_tokenizer(model_name, model_spec, tokenizer_name, tokenizer_spec, settings, threads)
+    tokenizer, loaded, _, _ = job.load()
     assigned, clusters = cluster_tables(
         loaded.adapter, range(loaded.adapter.n_layers), tokenizer.token_strings(), n_clusters=n_clusters,
         final_norm=bool(vocab.get("final_norm", False)), top_n=int(vocab.get("top_n", 10)),
     )
-    write_for_model(assigned, model_name, assigned_out)
-    write_for_model(clusters, model_name, clusters_out)
+    write_for_model(assigned, job.name, assigned_out)
+    write_for_model(clusters, job.name, clusters_out)
 
 
 def steering_job(
-    model_name: str,
-    model_spec: Mapping[str, Any],
-    tokenizer_name: str,
-    tokenizer_spec: Mapping[str, Any],
-    settings: Mapping[str, Any],
+    job: ModelJob,
     study: Mapping[str, Any],
     vocab: PathLike,
     prompts: PathLike,
     shards: Sequence[PathLike],
     generations_out: PathLike,
     summary_out: PathLike,
-    threads: int = 1,
 ) -> None:
     """steering.parquet (each prompt's continuation and score, with and without the chosen value vectors
     set) and steering_summary.parquet (per condition: the scorer's rate, the mean score, the perplexity of
@@ -181,7 +147,8 @@ def steering_job(
         scorer_spec["words"] = list(study["concept"])
     scorer = make_scorer(scorer_spec)
     texts = read_prompts(prompts, chosen)
-    tokenizer, loaded, device, _ = load_model_and_tokenizer(model_name, model_spec, tokenizer_name, tokenizer_spec, settings, threads)
+    model_name = job.name
+    tokenizer, loaded, device, _ = job.load()
     vocab_table = pl.read_parquet(vocab)
     token_texts = tokenizer.token_texts()
     values = listed_values(study["values"]) or concept_values(vocab_table, token_texts, study["concept"], chosen.concept_values)

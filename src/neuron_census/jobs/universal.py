@@ -11,15 +11,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from neuron_census.jobs.census import (
-    PathLike,
-    capture_batch_size,
-    load_model_and_tokenizer,
-    read_shard_for,
-    token_tensor,
-    write_for_model,
-    write_parquet,
-)
+from neuron_census.jobs.common import ModelJob, PathLike, read_shard_for, token_tensor, write_for_model, write_parquet
 
 
 def layer_groups(n_layers: int, blocks: int) -> list[tuple[int, ...]]:
@@ -28,30 +20,21 @@ def layer_groups(n_layers: int, blocks: int) -> list[tuple[int, ...]]:
 
 
 def correlation_job(
-    reference: str,
-    models: Mapping[str, Mapping[str, Any]],
-    tokenizer_name: str,
-    tokenizer_spec: Mapping[str, Any],
-    settings: Mapping[str, Any],
-    study: Mapping[str, Any],
-    block: str,
-    shard_path: PathLike,
-    output: PathLike,
-    threads: int = 1,
+    job: ModelJob, models: Mapping[str, Mapping[str, Any]], study: Mapping[str, Any], block: str, shard_path: PathLike, output: PathLike
 ) -> None:
     """Correlations of one block of layer pairs (`block` = "i-j": the reference's layer group i with group
-    j of every other model) over one token shard, every model run in lockstep on the reference's device."""
+    j of every other model of `models`, name -> spec) over one token shard, every model run in lockstep on
+    the reference's (`job`'s) device."""
 
     from neuron_census.accumulators.correlation import NeuronCorrelation
     from neuron_census.capture.engine import PairedModel, capture_paired
     from neuron_census.capture.store import write_store
     from neuron_census.models.loading import load_model
 
-    placement = _lockstep_placement(settings, f"correlations of '{reference}'")
-    tokenizer, first, device, dtype = load_model_and_tokenizer(
-        reference, models[reference], tokenizer_name, tokenizer_spec, settings, threads
-    )
-    tokens, shard_attrs = read_shard_for(shard_path, tokenizer, f"model '{reference}'")
+    reference = job.name
+    placement = _lockstep_placement(job.settings, f"correlations of '{reference}'")
+    tokenizer, first, device, dtype = job.load()
+    tokens, shard_attrs = job.read_shard(shard_path, tokenizer)
     loaded = {name: first if name == reference else load_model(name, spec, device=device, dtype=dtype) for name, spec in models.items()}
     for name, model in loaded.items():
         if study["blocks"] > model.adapter.n_layers:
@@ -68,7 +51,7 @@ def correlation_job(
         reference, others, groups[reference][first], layers_b, widths, device,
         dropped_tokens=dropped_tokens(tokenizer, study), preactivation=study["activation"] == "pre",
     )
-    batch_size = capture_batch_size(settings)
+    batch_size = job.batch_size
     cost = NeuronCorrelation.memory(
         widths[reference], len(correlation.layers_a), widths[others[0]], len(layers_b), len(others), batch_size * tokens.shape[1]
     )
@@ -122,18 +105,7 @@ def token_features_job(
     write_parquet(feature_table(texts, forms, tokenizer.special_ids, seq_len, sorted(sources)), output)
 
 
-def neuron_properties_job(
-    reference: str,
-    model_spec: Mapping[str, Any],
-    tokenizer_name: str,
-    tokenizer_spec: Mapping[str, Any],
-    settings: Mapping[str, Any],
-    study: Mapping[str, Any],
-    features: PathLike,
-    shard_path: PathLike,
-    output: PathLike,
-    threads: int = 1,
-) -> None:
+def neuron_properties_job(job: ModelJob, study: Mapping[str, Any], features: PathLike, shard_path: PathLike, output: PathLike) -> None:
     """Over one shard of a study's tokens (the ones its correlations count), the reference's pre-activation
     moments and activation frequency, and its per-feature activation sums (families)."""
     from neuron_census.accumulators.feature_moments import FeatureMoments
@@ -143,9 +115,10 @@ def neuron_properties_job(
     from neuron_census.capture.store import write_store
     from neuron_census.data.corpus import read_token_sources
 
-    placement = _lockstep_placement(settings, f"neuron properties of '{reference}'")
-    tokenizer, loaded, device, _ = load_model_and_tokenizer(reference, model_spec, tokenizer_name, tokenizer_spec, settings, threads)
-    tokens, shard_attrs = read_shard_for(shard_path, tokenizer, f"model '{reference}'")
+    reference = job.name
+    placement = _lockstep_placement(job.settings, f"neuron properties of '{reference}'")
+    tokenizer, loaded, device, _ = job.load()
+    tokens, shard_attrs = job.read_shard(shard_path, tokenizer)
     adapter = loaded.adapter
     layers = list(range(adapter.n_layers))
     dropped = dropped_tokens(tokenizer, study)
@@ -161,25 +134,14 @@ def neuron_properties_job(
     ]
     capture_paired(
         {reference: PairedModel(loaded.model, adapter, tokenizer.fingerprint)}, tokens, accumulators, layers=layers, first_seq_id=0,
-        has_bos=bool(shard_attrs["has_bos"]), batch_size=capture_batch_size(settings),
-        device=device, placement=placement, read_preactivation=True,
+        has_bos=bool(shard_attrs["has_bos"]), batch_size=job.batch_size, device=device, placement=placement, read_preactivation=True,
     )
     attrs = {"models": [reference], "dataset": shard_attrs["dataset"], "shard": int(shard_attrs["shard"])}
     write_store(output, attrs, {accumulator.name: accumulator.state() for accumulator in accumulators})
 
 
 def entropy_job(
-    reference: str,
-    model_spec: Mapping[str, Any],
-    tokenizer_name: str,
-    tokenizer_spec: Mapping[str, Any],
-    settings: Mapping[str, Any],
-    study: Mapping[str, Any],
-    weights: str,
-    shard_path: PathLike,
-    curves_out: PathLike,
-    neurons_out: PathLike,
-    threads: int = 1,
+    job: ModelJob, study: Mapping[str, Any], weights: str, shard_path: PathLike, curves_out: PathLike, neurons_out: PathLike
 ) -> None:
     """Entropy neurons of the reference's last layer: its candidates and random neurons set to a range of
     values on the first `entropy.sequences` sequences of one shard of the study's tokens."""
@@ -187,48 +149,37 @@ def entropy_job(
     from neuron_census.analyses.weights import weight_columns
 
     entropy = EntropySettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in study["entropy"].items()})
-    tokenizer, loaded, device, _ = load_model_and_tokenizer(reference, model_spec, tokenizer_name, tokenizer_spec, settings, threads)
-    tokens, shard_attrs = read_shard_for(shard_path, tokenizer, f"model '{reference}'")
+    tokenizer, loaded, device, _ = job.load()
+    tokens, shard_attrs = job.read_shard(shard_path, tokenizer)
     last = loaded.adapter.n_layers - 1
     candidates, random = chosen_neurons(weight_columns(loaded.adapter, [last], processing=weights), last, entropy)
     batch = token_tensor(tokens[: entropy.sequences], device)
     curves = entropy_curves(
         loaded.model, loaded.adapter, batch, last, candidates, random, entropy.values,
-        batch_size=capture_batch_size(settings), has_bos=bool(shard_attrs["has_bos"]),
+        batch_size=job.batch_size, has_bos=bool(shard_attrs["has_bos"]),
     )
-    write_for_model(curves, reference, curves_out)
-    write_for_model(entropy_neurons(curves, entropy.min_change), reference, neurons_out)
+    write_for_model(curves, job.name, curves_out)
+    write_for_model(entropy_neurons(curves, entropy.min_change), job.name, neurons_out)
 
 
-def attention_job(
-    reference: str,
-    model_spec: Mapping[str, Any],
-    tokenizer_name: str,
-    tokenizer_spec: Mapping[str, Any],
-    settings: Mapping[str, Any],
-    study: Mapping[str, Any],
-    shard_path: PathLike,
-    scores_out: PathLike,
-    paths_out: PathLike,
-    threads: int = 1,
-) -> None:
+def attention_job(job: ModelJob, study: Mapping[str, Any], shard_path: PathLike, scores_out: PathLike, paths_out: PathLike) -> None:
     """Attention-deactivation scores of every neuron of the reference, and the path ablation of its top
     pairs on the first `attention.sequences` sequences of one shard of the study's tokens."""
     from neuron_census.analyses.attention import AttentionSettings, bos_keys, deactivation_scores, path_ablation, top_pairs
 
     attention = AttentionSettings(**study["attention"])
-    tokenizer, loaded, device, _ = load_model_and_tokenizer(reference, model_spec, tokenizer_name, tokenizer_spec, settings, threads)
+    tokenizer, loaded, device, _ = job.load()
     if tokenizer.bos_id is None:
-        raise ValueError(f"attention-deactivation neurons of '{reference}': tokenizer '{tokenizer_name}' has no BOS token")
-    tokens, _ = read_shard_for(shard_path, tokenizer, f"model '{reference}'")
+        raise ValueError(f"attention-deactivation neurons of '{job.name}': tokenizer '{job.tokenizer_name}' has no BOS token")
+    tokens, _ = job.read_shard(shard_path, tokenizer)
     scores = deactivation_scores(loaded.adapter, bos_keys(loaded.model, loaded.adapter, tokenizer.bos_id), tokens.shape[1])
     pairs = top_pairs(scores, attention.pairs)
     paths = path_ablation(
         loaded.model, loaded.adapter, token_tensor(tokens[: attention.sequences], device), pairs,
-        batch_size=capture_batch_size(settings), min_change=attention.min_change,
+        batch_size=job.batch_size, min_change=attention.min_change,
     )
-    write_for_model(scores, reference, scores_out)
-    write_for_model(paths, reference, paths_out)
+    write_for_model(scores, job.name, scores_out)
+    write_for_model(paths, job.name, paths_out)
 
 
 def read_study_store(path: PathLike) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
