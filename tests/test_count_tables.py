@@ -131,3 +131,30 @@ def test_pending_batch_tables_flush_into_the_key_table(device, by_neuron, capaci
     assert not pending.pending and pending.bytes == 0
     for want, have in zip(reference, table_columns(pending.table)):
         np.testing.assert_array_equal(have, want)
+
+
+@pytest.mark.parametrize("by_neuron, spare_row", [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize("n_ids", [50_272, 10**6], ids=["keys-fit-int32", "keys-past-int32"])
+def test_pending_pairs_count_like_a_counter(by_neuron, spare_row, n_ids):
+    """Firings added as (id, neuron) pairs (a CPU's path) give the table and per-neuron sums of counting
+    by hand, whether the table's keys fit 32 bits (sorted as such) or not; with a spare row, ids of -1 (no
+    complete n-gram) are not counted."""
+    rng = np.random.default_rng(3)
+    n_neurons = 3072
+    shape = (n_neurons, n_ids) if by_neuron else (n_ids, n_neurons)
+    pending = PendingCounts(KeyTable(*shape, None, torch.device("cpu")), by_neuron=by_neuron, budget_bytes=1 << 40, spare_row=spare_row)
+    seen = np.concatenate([rng.integers(0, n_ids, 60), [n_ids - 1], [-1] if spare_row else []]).astype(np.int64)
+    counter: Counter = Counter()
+    for _ in range(3):
+        ids = rng.choice(seen, 4000)
+        neurons = rng.integers(n_neurons - 50, n_neurons, 4000)  # the largest keys
+        counter.update((int(n), int(i)) if by_neuron else (int(i), int(n)) for i, n in zip(ids, neurons) if i >= 0)
+        pending.add_pairs(torch.from_numpy(ids), torch.from_numpy(neurons), 100)
+    totals = pending.flush()
+    rows, columns, counts = table_columns(pending.table)
+    assert list(zip(rows.tolist(), columns.tolist())) == sorted(counter)
+    assert counts.tolist() == [counter[pair] for pair in sorted(counter)]
+    per_neuron: Counter = Counter()
+    for (a, b), count in counter.items():
+        per_neuron[a if by_neuron else b] += count
+    assert totals.tolist() == [per_neuron[n] for n in range(n_neurons)]

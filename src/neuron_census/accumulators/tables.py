@@ -191,7 +191,10 @@ class PendingCounts:
         keys = major * self.table.span + minor
         if self.spare_row:
             keys.masked_fill_(ids < 0, DROPPED)
+        elif self.table.n_rows * self.table.span <= torch.iinfo(torch.int32).max:
+            keys = keys.to(torch.int32)  # half the bytes to sort (a token table: tokens x neurons fit)
         keys, counts = count_keys(keys)
+        keys = keys.long()
         if self.spare_row and len(keys) and int(keys[-1]) == DROPPED:
             keys, counts = keys[:-1], counts[:-1]
         self.table.stage_keys(keys, counts)
