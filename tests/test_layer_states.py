@@ -11,7 +11,7 @@ import torch
 
 from neuron_census.accumulators import REGISTRY, default_accumulators, merge_states
 from neuron_census.capture.engine import CaptureSettings, capture_tokens
-from neuron_census.accumulators.base import SortedLookup, State, sorted_range_of
+from neuron_census.accumulators.base import State, sorted_range_of
 from neuron_census.capture.layer_states import layer_state
 from neuron_census.models.loading import load_model
 from neuron_census.testing.planted import designed_tokens, get_recipe, planted_words
@@ -165,11 +165,10 @@ def test_sorted_range_by_bisection_matches_searchsorted():
     rng = np.random.default_rng(0)
     for size in (0, 1, 2, 7, 100):
         keys = np.sort(rng.integers(0, 20, size))
-        lookup = SortedLookup(lambda i: int(keys[i]), len(keys))
         for low in range(-1, 22):
             for high in range(low, 23):
                 want = slice(int(np.searchsorted(keys, low)), int(np.searchsorted(keys, high)))
-                assert sorted_range_of(lookup, low, high) == want
+                assert sorted_range_of(lambda i: int(keys[i]), len(keys), low, high) == want
 
 
 def test_every_accumulator_defines_its_whole_interface():

@@ -195,22 +195,11 @@ class StateArrays(Protocol):
         ...
 
 
-class SortedLookup:
-    """A sorted 1-D array read one element at a time, for `bisect` on arrays too large to read whole."""
-
-    def __init__(self, read: Callable[[int], int], length: int) -> None:
-        self.read, self.length = read, length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> int:
-        return self.read(index)
-
-
-def sorted_range_of(lookup: SortedLookup, low: int, high: int) -> slice:
-    start = bisect.bisect_left(lookup, low)
-    return slice(start, bisect.bisect_left(lookup, high, lo=start))
+def sorted_range_of(read: Callable[[int], int], length: int, low: int, high: int) -> slice:
+    """The index range of values in [low, high) of a sorted 1-D array of `length` values read one at a time
+    (`read(index)`), by bisection: for arrays too large to read whole."""
+    start = bisect.bisect_left(range(length), low, key=read)
+    return slice(start, bisect.bisect_left(range(length), high, lo=start, key=read))
 
 
 def layered(arrays: StateArrays, keys: tuple[str, ...], slot: int) -> State:

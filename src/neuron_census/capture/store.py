@@ -26,7 +26,7 @@ from zarr.codecs import BloscCodec
 from neuron_census.accumulators import REGISTRY, State
 from neuron_census.accumulators.base import PAIRED
 from neuron_census.atomic import atomic_path
-from neuron_census.accumulators.base import Parts, SortedLookup, sorted_range_of
+from neuron_census.accumulators.base import Parts, sorted_range_of
 from neuron_census.capture.layer_states import LayeredStates, layer_state, written_behind
 
 STORE_KIND = "accumulators"
@@ -190,7 +190,7 @@ class _StoredArrays:
         def read(index: int) -> int:
             return int(chunk(index - index % size)[index % size])
 
-        return sorted_range_of(SortedLookup(read, array.shape[0]), low, high)
+        return sorted_range_of(read, array.shape[0], low, high)
 
 
 def read_store(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, State]]:

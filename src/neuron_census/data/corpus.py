@@ -71,13 +71,7 @@ DEFAULTS: dict[str, Any] = {**schema_defaults("$defs/dataset"), "max_document_ch
 
 def iter_documents(spec: Mapping[str, Any], root: Path = Path("."), *, dataset: str = "<unnamed>") -> Iterator[str]:
     """Documents of a text dataset, in the dataset's fixed order, with its split applied."""
-    spec = {**DEFAULTS, **spec}
-    if spec["source"] == "bundled":
-        yield from (text for text, _ in _bundled_documents(spec, root, dataset))
-    elif spec["source"] in POSITIONED_SOURCES:
-        yield from (text for text, _ in _positioned_documents(spec, root, dataset))
-    else:  # random_tokens or planted, which a tokenizer's training dataset may name
-        raise ValueError(f"dataset {dataset!r}: source '{spec['source']}' has no text documents")
+    yield from (text for text, _ in _documents_after({**DEFAULTS, **spec}, root, dataset, StreamCursor()))
 
 
 class Origin(NamedTuple):

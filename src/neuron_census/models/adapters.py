@@ -189,9 +189,8 @@ class FFNAdapter:
             )
         head = self.model.get_output_embeddings()
         x = vectors.detach().to(device=head.weight.device, dtype=torch.float32)
-        norm = self.final_norm()
-        if apply_final_norm and norm is not None:
-            x = self._final_norm_f32(x, norm)
+        if apply_final_norm:
+            x = self.final_norm_f32(x)
         x = self._before_unembedding(x)
         return _linear_f32(x, head)
 

@@ -444,6 +444,13 @@ def train_opt(
     started = time.perf_counter() - elapsed
     label = "pos" if cfg.positions else "nopos"
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"train ({label})")
+
+    def save_resume() -> None:
+        save_resume_state(
+            out_dir / "resume", model, optimizer, step=step, seconds=time.perf_counter() - started, cfg=cfg, log=log,
+            pending_loss=(float(loss_sum), loss_count),
+        )
+
     model.train()
     with deterministic_cpu(device), bar, stop_requests() as stop:
         while step < last:
@@ -471,20 +478,14 @@ def train_opt(
                 model.eval()
                 save_checkpoint(model, out_dir / f"step-{step}", tokenizer_dir)
                 model.train()
-                save_resume_state(
-                    out_dir / "resume", model, optimizer, step=step, seconds=time.perf_counter() - started, cfg=cfg,
-                    log=log, pending_loss=(float(loss_sum), loss_count),
-                )
+                save_resume()
                 with atomic_path(out_dir / "train_log.jsonl") as tmp:
                     tmp.write_text(_jsonl(log))
                 saved = step
             failpoint("train-step", step)
             due = cfg.resume_every and step - saved >= cfg.resume_every
             if step < last and saved != step and (due or stop):
-                save_resume_state(
-                    out_dir / "resume", model, optimizer, step=step, seconds=time.perf_counter() - started, cfg=cfg,
-                    log=log, pending_loss=(float(loss_sum), loss_count),
-                )
+                save_resume()
                 saved = step
             if stop and step < last:
                 raise TrainingStopped(
