@@ -329,7 +329,7 @@ def vocab_job(model: ModelJob, stores: Sequence[PathLike], output: PathLike, fir
     def fired(layer: int) -> tuple[np.ndarray, np.ndarray]:
         return fired_pairs(merged_layer_state(readers, "token_fire_count", layers.index(layer))["keys"], n_neurons)
 
-    settings = {**model.capture, **schema_defaults("analysis/vocab"), **model.settings}
+    settings = {**schema_defaults("capture"), **schema_defaults("analysis/vocab"), **model.settings}
     resident = settings["strategy"] == "resident"
     placement = Placement() if resident else Placement.from_config({**settings, "strategy": "layerwise"})
     with offload_folder(placement) as folder:
