@@ -79,23 +79,11 @@ MULTI_SOURCES: dict[str, tuple[str, ...]] = {
 # corpus_multi/LICENSES/: the per-package copyright files (SOURCES.md lists no checksums for them), every one
 # copied into resources/LICENSES/ (254 KB): BSD and MIT notices ask to travel with copies
 MULTI_LICENSES_COPIED: tuple[str, ...] = (
-    "debian-faq.copyright",
-    "docbook-xsl.copyright",
-    "gnome-user-docs.copyright",
-    "golang-1.19-src.copyright",
-    "libcurl4-doc.copyright",
-    "libstdc++-12-dev.copyright",
-    "maint-guide.copyright",
-    "manpages-l10n.copyright",
-    "npm-commander-11.1.0.LICENSE",
-    "npm-express-4.22.3.LICENSE",
-    "npm-lodash-4.17.21.LICENSE",
-    "openjdk-17.ASSEMBLY_EXCEPTION",
-    "php-guzzlehttp-psr7.copyright",
-    "php-league-commonmark.copyright",
-    "php-monolog.copyright",
-    "php-symfony-console.copyright",
-    "php-twig.copyright",
+    "debian-faq.copyright", "docbook-xsl.copyright", "gnome-user-docs.copyright", "golang-1.19-src.copyright",
+    "libcurl4-doc.copyright", "libstdc++-12-dev.copyright", "maint-guide.copyright", "manpages-l10n.copyright",
+    "npm-commander-11.1.0.LICENSE", "npm-express-4.22.3.LICENSE", "npm-lodash-4.17.21.LICENSE",
+    "openjdk-17.ASSEMBLY_EXCEPTION", "php-guzzlehttp-psr7.copyright", "php-league-commonmark.copyright",
+    "php-monolog.copyright", "php-symfony-console.copyright", "php-twig.copyright",
 )
 
 CORPUS_SOURCES: dict[str, str] = {
@@ -108,14 +96,8 @@ CORPUS_SOURCES: dict[str, str] = {
     "speech": "corpus/speech_nltk_inaugural_state_union.txt",
     "lit": "corpus/lit_tiny_shakespeare.txt",
 }
-MODEL_FILES: tuple[str, ...] = (
-    "config.json",
-    "generation_config.json",
-    "model.safetensors",
-    "tokenizer.json",
-    "tokenizer.model",
-    "tokenizer_config.json",
-)
+MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer.model",
+               "tokenizer_config.json")
 # shared file -> bundled file, copied as they are
 COPIED: dict[str, str] = {f"models/stories260K/hf/{name}": f"models/stories260K/{name}" for name in MODEL_FILES}
 COPIED |= {f"tokenizers/gpt2_bpe/{name}": f"tokenizers/gpt2_bpe/{name}" for name in ("encoder.json", "vocab.bpe")}
@@ -331,43 +313,25 @@ STORY_PROMPTS: tuple[str, ...] = (  # openings of children's stories: the defaul
 )
 
 
-def story_prompts_jsonl() -> bytes:
-    """STORY_PROMPTS in RealToxicityPrompts' JSON-lines format, one record per prompt."""
-    records = (
-        {"filename": f"stories-{i:02d}", "begin": 0, "end": len(text), "challenging": False, "prompt": {"text": text}}
-        for i, text in enumerate(STORY_PROMPTS)
-    )
-    return "".join(json.dumps(record) + "\n" for record in records).encode("utf-8")
-
-
 def build(shared: Path, out: Path) -> list[DomainStats]:
     """Write the whole `resources/` tree from the shared offline data; returns corpus sizes."""
     shared, out = Path(shared), Path(out)
     sums = read_checksums(shared)
-    stats: list[DomainStats] = []
-    for domain in DOMAINS:
-        raw = _verified(shared, CORPUS_SOURCES[domain], sums)
-        text = raw.decode("utf-8")
-        # WikiText-2 raw (as shipped here) marks paragraphs and headings by lines, not blank lines
-        by_line = domain in LINE_BLOCK_DOMAINS
-        blocks = [line for line in text.split("\n") if line.strip()] if by_line else iter_blocks([text])
-        documents = list(group_blocks(blocks))
-        if not documents:
-            raise ValueError(f"corpus domain {domain!r} has no documents")
-        kept = choose_documents(domain, documents, DOMAIN_BUDGET_BYTES)
-        stats.append(_write_domain(out, domain, documents, kept, len(raw)))
     code_files = code_index(_verified(shared, CODE_INDEX, sums).decode("utf-8"))
-    for domain in LANGUAGE_DOMAINS + CODE_DOMAINS:
-        raws = [_verified(shared, rel, sums) for rel in MULTI_SOURCES[domain]]
+    stats: list[DomainStats] = []
+    for domain in ALL_DOMAINS:
+        rels = (CORPUS_SOURCES[domain],) if domain in DOMAINS else MULTI_SOURCES[domain]
+        raws = [_verified(shared, rel, sums) for rel in rels]
         texts = [raw.decode("utf-8") for raw in raws]
-        if domain in JSONL_DOMAINS:  # one document per source file
-            (rel,) = MULTI_SOURCES[domain]
-            documents = source_files(texts[0], code_files.get(Path(rel).name, []), rel)
-        else:  # help pages, then man pages: one block each (no blank line inside a page), grouped across both
+        if domain in LINE_BLOCK_DOMAINS:  # WikiText-2 raw (as shipped here) marks paragraphs and headings by lines
+            documents = list(group_blocks(line for line in texts[0].split("\n") if line.strip()))
+        elif domain in JSONL_DOMAINS:  # one document per source file
+            documents = source_files(texts[0], code_files.get(Path(rels[0]).name, []), rels[0])
+        else:  # the lang-* help pages, then man pages: one block each (no blank line inside a page), grouped across both
             documents = list(group_blocks(itertools.chain.from_iterable(iter_blocks([text]) for text in texts)))
         if not documents:
             raise ValueError(f"corpus domain {domain!r} has no documents")
-        kept = choose_documents(domain, documents, MULTI_DOMAIN_BUDGET_BYTES)
+        kept = choose_documents(domain, documents, DOMAIN_BUDGET_BYTES if domain in DOMAINS else MULTI_DOMAIN_BUDGET_BYTES)
         stats.append(_write_domain(out, domain, documents, kept, sum(map(len, raws))))
     for rel, bundled in COPIED.items():
         _write_bytes(out / bundled, _verified(shared, rel, sums))
@@ -376,7 +340,11 @@ def build(shared: Path, out: Path) -> list[DomainStats]:
         if not source.is_file():
             raise FileNotFoundError(f"missing shared licence file {source}")
         _write_bytes(out / "LICENSES" / name, source.read_bytes())
-    _write_bytes(out / "prompts" / "stories.jsonl", story_prompts_jsonl())
+    prompts = (  # RealToxicityPrompts' JSON-lines format
+        {"filename": f"stories-{i:02d}", "begin": 0, "end": len(text), "challenging": False, "prompt": {"text": text}}
+        for i, text in enumerate(STORY_PROMPTS)
+    )
+    _write_bytes(out / "prompts" / "stories.jsonl", "".join(json.dumps(record) + "\n" for record in prompts).encode("utf-8"))
     _write_bytes(out / "LICENSES.md", LICENSES_MD.encode("utf-8"))
     _write_bytes(out / "SOURCES.md", render_sources(out, sums, stats).encode())
     return stats
@@ -387,10 +355,9 @@ def _write_domain(out: Path, domain: str, documents: list[str], kept: list[int],
     domains of JSONL_DOMAINS) and return its sizes; raw bytes kept are those of the text format either way."""
     chosen = [documents[i] for i in kept]
     text = ("\n\n".join(chosen) + "\n").encode("utf-8")  # the format's blank line between documents
+    data = text
     if domain in JSONL_DOMAINS:
         data = "".join(json.dumps({JSONL_FIELD: doc}, ensure_ascii=False) + "\n" for doc in chosen).encode("utf-8")
-    else:
-        data = text
     # a fixed preset and check, and no timestamps in the xz container: same input, same bytes
     packed = lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64, preset=XZ_PRESET)
     _write_bytes(out / "corpus" / corpus_name(domain), packed)
@@ -448,15 +415,12 @@ def render_sources(out: Path, sums: dict[str, str], stats: list[DomainStats]) ->
     size_rows = [["domain", *size_head], *_size_rows([s for s in stats if s.domain in DOMAINS])]
     multi_rows = [["domain", "file", "origin", "licence", *size_head]]
     for domain, *sizes in _size_rows([s for s in stats if s.domain not in DOMAINS]):
-        described = [f"corpus/{corpus_name(domain)}", *ORIGINS[domain]] if domain in ORIGINS else ["", "", ""]
+        described = [f"corpus/{corpus_name(domain)}", *ORIGINS[domain]] if domain in ORIGINS else ["", "", ""]  # "total"
         multi_rows.append([domain, *described, *sizes])
     multi_files = [rel for domain in LANGUAGE_DOMAINS + CODE_DOMAINS for rel in MULTI_SOURCES[domain]] + [CODE_INDEX]
     originals = "\n".join(f"{sums[rel]}  {rel}" for rel in [*CORPUS_SOURCES.values(), *multi_files, *COPIED])
-    bundled = sorted(
-        p.relative_to(out).as_posix()
-        for p in out.rglob("*")
-        if p.is_file() and p.name != "SOURCES.md" and not p.name.startswith(".")
-    )
+    bundled = sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
+                     if p.is_file() and p.name != "SOURCES.md" and not p.name.startswith("."))
     return SOURCES_TEMPLATE.format(
         corpus_table=_table(corpus_rows),
         size_table=_table(size_rows),
@@ -486,26 +450,14 @@ _HELP_AND_MAN = "CC-BY-SA-3.0 (help); GPL-3.0-or-later (man page translations)"
 
 ORIGINS: dict[str, tuple[str, str]] = {
     "wiki": ("WikiText-2 (raw), test split: Wikipedia articles", "CC-BY-SA-3.0"),
-    "code": (
-        "CPython 3.11 standard library sources (Debian libpython3.11-stdlib 3.11.2), tests "
-        "excluded",
-        "PSF-2.0",
-    ),
+    "code": ("CPython 3.11 standard library sources (Debian libpython3.11-stdlib 3.11.2), tests excluded", "PSF-2.0"),
     "docs": ("CPython 3.11 documentation sources (reStructuredText)", "PSF-2.0"),
-    "math": (
-        "school mathematics questions and answers generated with DeepMind's mathematics_dataset "
-        "1.0.1",
-        "Apache-2.0 (generator)",
-    ),
-    "legal": (
-        "full texts of 727 licences of the SPDX licence list (npm spdx-license-list 6.12.0)",
-        "CC0-1.0 (list package)",
-    ),
+    "math": ("school mathematics questions and answers generated with DeepMind's mathematics_dataset 1.0.1",
+             "Apache-2.0 (generator)"),
+    "legal": ("full texts of 727 licences of the SPDX licence list (npm spdx-license-list 6.12.0)",
+              "CC0-1.0 (list package)"),
     "biomed": ("BioCreative PPI sentences from PubMed abstracts (NLTK data)", "public domain"),
-    "speech": (
-        "US inaugural addresses and State of the Union speeches (NLTK data)",
-        "public domain",
-    ),
+    "speech": ("US inaugural addresses and State of the Union speeches (NLTK data)", "public domain"),
     "lit": ("\"tiny shakespeare\" (plays of William Shakespeare)", "public domain"),
     "lang-en": (f"GNOME help (Debian {_GNOME_HELP}, help/C/gnome-help, 259 pages)", "CC-BY-SA-3.0"),
     "lang-de": (f"GNOME help ({_GNOME_HELP}, help/de, 260 pages); man pages ({_MANPAGES}, manpages-de, 47 pages)",
