@@ -59,10 +59,8 @@ SHARD_CHUNK_BYTES = 1 << 20
 MAX_DOCUMENT_CHARS = 1 << 26
 TOKENIZE_PIECE_CHARS = 1 << 18
 
-# The schema's dataset defaults, and those of max_document_chars and drop_under_chars (none there, so that
-# older runs keep their params).
-# The config check fills them in and checks every key's type and range before any job runs; the public
-# functions below fill them into specs that did not pass it (tests, benchmarks) and read the keys directly.
+# The schema's dataset defaults, plus max_document_chars and drop_under_chars (not in the schema, so that older
+# runs keep their params); the public functions fill them into specs that did not pass the config check.
 DEFAULTS: dict[str, Any] = {**schema_defaults("$defs/dataset"), "max_document_chars": MAX_DOCUMENT_CHARS, "drop_under_chars": 0}
 
 
@@ -176,19 +174,18 @@ def source_files(spec: Mapping[str, Any], root: Path = Path("."), *, dataset: st
     if spec["source"] == "files":
         return _file_paths(spec, root, dataset)
     if spec["source"] == "hf":
-        return sorted(_local_data_files(spec["hf"].get("data_files"), root))
+        patterns = _data_file_patterns(spec["hf"].get("data_files"))
+        return sorted({path for pattern in patterns for path in _glob(pattern, root)})
     return []
 
 
-def _local_data_files(files: Any, root: Path) -> set[Path]:
-    """Local files named (or globbed) by an `hf.data_files` value; URLs and hub paths name none."""
-    if isinstance(files, Mapping):
-        return set().union(*(_local_data_files(f, root) for f in files.values()))
-    if isinstance(files, list):
-        return set().union(*(_local_data_files(f, root) for f in files))
-    if not isinstance(files, str) or "://" in files:
-        return set()
-    return set(_glob(files, root))
+def _data_file_patterns(files: Any) -> Iterator[str]:
+    """The local paths or globs an `hf.data_files` value names (URLs and hub paths name none)."""
+    if isinstance(files, (Mapping, list)):
+        for value in files.values() if isinstance(files, Mapping) else files:
+            yield from _data_file_patterns(value)
+    elif isinstance(files, str) and "://" not in files:
+        yield files
 
 
 def _file_documents(path: Path, field: str, errors: str, min_chars: int, max_chars: int, shortest: int = 0) -> Iterator[str]:
@@ -285,12 +282,6 @@ def read_text_chunks(path: Path, errors: str = "strict") -> Iterator[str]:
         raise ValueError(f"{path}: cannot read compressed or raw data ({err})") from None
 
 
-def _kept(record: Mapping[str, Any], where: Mapping[tuple[str, ...], set[Any]], name: str, path: str) -> bool:
-    """Whether `record` holds an accepted value in every field of `hf.where`, {dotted field: [accepted values]}
-    (e.g. the Pile's subsets, `{meta.pile_set_name: [Wikipedia (en), DM Mathematics]}`)."""
-    return all(_field(record, keys, name, path, "hf.where") in values for keys, values in where.items())
-
-
 def _field(record: Mapping[str, Any], keys: tuple[str, ...], name: str, path: str, key: str) -> Any:
     """The value of a record's dotted field (`meta.pile_set_name`); a missing one is refused naming `key`,
     the config key that asked for it."""
@@ -331,11 +322,12 @@ def _hf_documents(
     if resume is not None:
         stream.load_state_dict(resume["state"])
         count = int(resume["records"])
+    # hf.where: {dotted field: [accepted values]}, e.g. `{meta.pile_set_name: [Wikipedia (en), DM Mathematics]}`
     where = {tuple(str(field).split(".")): set(values) for field, values in (hf.get("where") or {}).items()}
     label = tuple(hf["label_field"].split(".")) if hf.get("label_field") else None
     text_keys = tuple(field.split("."))
     for record in stream:
-        if not _kept(record, where, name, path):
+        if not all(_field(record, keys, name, path, "hf.where") in values for keys, values in where.items()):
             continue
         text = _field(record, text_keys, name, path, "hf.text_field") if len(text_keys) > 1 else record.get(field)
         if not isinstance(text, str):
@@ -450,7 +442,13 @@ def pack_stream(
         documents += 1
         if len(ids) == 0:
             continue
-        code = _source_code(codes, label)
+        if label is not None and label not in codes:  # a new label gets the next code
+            if len(codes) >= MAX_SOURCES:
+                raise ValueError(
+                    f"a text stream has more than {MAX_SOURCES} distinct source labels (at {label!r}); label by a coarser field"
+                )
+            codes[label] = len(codes)
+        code = NO_SOURCE if label is None else codes[label]
         if eos_id is not None and started:
             parts.append(np.array([eos_id], dtype=np.int32))
             labels.append(np.array([code], dtype=np.int16))
@@ -462,17 +460,6 @@ def pack_stream(
         held += len(arr)
         if held >= body:
             yield from cut()
-
-
-def _source_code(codes: dict[str, int], label: str | None) -> int:
-    """A label's code in a stream (a new label gets the next one)."""
-    if label is None:
-        return NO_SOURCE
-    if label not in codes:
-        if len(codes) >= MAX_SOURCES:
-            raise ValueError(f"a text stream has more than {MAX_SOURCES} distinct source labels (at {label!r}); label by a coarser field")
-        codes[label] = len(codes)
-    return codes[label]
 
 
 def _cursor(
