@@ -120,13 +120,8 @@ def interleave(streams: list[Iterator[T]], seed: int) -> Iterator[T]:
                 yield doc
 
 
-def corpus_texts(
-    spec: Mapping[str, Any], root: Path = Path("."), max_chars: int = 10_000_000
-) -> Iterator[str]:
-    """Train-split documents of a dataset, up to max_chars characters in all.
-
-    For fitting tokenizers without ever seeing heldout text.
-    """
+def corpus_texts(spec: Mapping[str, Any], root: Path = Path("."), max_chars: int = 10_000_000) -> Iterator[str]:
+    """Train-split documents of a dataset, up to max_chars characters in all: tokenizers never see heldout text."""
     left = max_chars
     for doc in iter_documents({**spec, "split": "train"}, root):
         if left <= 0:
@@ -197,9 +192,7 @@ def _file_documents(path: Path, field: str, errors: str, min_chars: int, max_cha
         documents = group_blocks(iter_blocks(read_text_chunks(path, errors), max_chars), min_chars)
     else:
         suffix = "".join(path.suffixes[-2:]) if len(path.suffixes) > 1 else path.suffix
-        raise ValueError(
-            f"{path}: unsupported file type {suffix!r}; use {', '.join(TEXT_SUFFIXES + JSONL_SUFFIXES)}"
-        )
+        raise ValueError(f"{path}: unsupported file type {suffix!r}; use {', '.join(TEXT_SUFFIXES + JSONL_SUFFIXES)}")
     count = 0
     try:
         for count, doc in enumerate((doc for doc in documents if len(doc) >= shortest), start=1):
@@ -245,38 +238,28 @@ def _lines(chunks: Iterable[str], max_chars: int, path: Path) -> Iterator[str]:
 
 
 def read_text_chunks(path: Path, errors: str = "strict") -> Iterator[str]:
-    """Decoded UTF-8 text of a (possibly .gz/.xz) file in pieces, with CRLF turned into LF.
-
-    Invalid UTF-8 raises ValueError naming the file and the byte offset (in the uncompressed
-    data) under errors='strict'; errors='replace' substitutes U+FFFD.
-    """
+    """Decoded UTF-8 text of a (possibly .gz/.xz) file in pieces, with CRLF turned into LF; invalid UTF-8 is
+    refused naming its byte offset in the uncompressed data (errors='strict') or replaced (errors='replace')."""
     if not path.is_file():
         raise FileNotFoundError(f"text file {path} does not exist")
     decoder = codecs.getincrementaldecoder("utf-8")(errors)
     opener = lzma.open if path.name.endswith(".xz") else gzip.open if path.name.endswith(".gz") else open
-    fed = 0
-    held = ""
+    fed, held = 0, ""
     try:
         with opener(path, "rb") as handle:
             while True:
                 data = handle.read(READ_CHUNK_BYTES)
-                final = not data
                 try:
-                    text = decoder.decode(data, final=final)
+                    text = held + decoder.decode(data, final=not data)
                 except UnicodeDecodeError as err:
                     offset = fed + len(data) - len(err.object) + err.start
-                    raise ValueError(
-                        f"{path}: invalid UTF-8 at byte offset {offset} "
-                        "(set encoding_errors: replace to substitute it)"
-                    ) from None
+                    message = f"invalid UTF-8 at byte offset {offset} (set encoding_errors: replace to substitute it)"
+                    raise ValueError(f"{path}: {message}") from None
                 fed += len(data)
-                text = held + text
-                held = ""
-                if text.endswith("\r") and not final:
-                    text, held = text[:-1], "\r"
-                if text:
+                held = "\r" if data and text.endswith("\r") else ""  # a CR whose LF may open the next piece
+                if text := text[: len(text) - len(held)]:
                     yield text.replace("\r\n", "\n")
-                if final:
+                if not data:
                     return
     except (OSError, EOFError, lzma.LZMAError) as err:
         raise ValueError(f"{path}: cannot read compressed or raw data ({err})") from None
@@ -297,10 +280,9 @@ def _hf_documents(
     spec: Mapping[str, Any], root: Path, name: str, resume: Mapping[str, Any] | None = None
 ) -> Iterator[tuple[str, Origin]]:
     """Streamed non-empty records of a Hugging Face dataset (never running remote code), each with its
-    `label_field`'s value (the Pile's `meta.pile_set_name`; else the fixed `label`, else none) and where
-    the stream stands after it: the
-    dataset's `state_dict` and the count of non-empty records so far. From such a position (`resume`) the
-    stream goes on without reading the data files before it."""
+    `label_field`'s value (the Pile's `meta.pile_set_name`; else the fixed `label`, else none) and where the
+    stream stands after it: the dataset's `state_dict` and the count of non-empty records so far. From such a
+    position (`resume`) the stream goes on without reading the data files before it."""
     import datasets
 
     hf = {**schema_defaults("$defs/dataset/hf"), **spec["hf"]}
@@ -308,14 +290,9 @@ def _hf_documents(
     if not Path(path).is_absolute() and (Path(root) / path).exists():
         path = str(Path(root) / path)
     try:
-        stream = datasets.load_dataset(
-            path,
-            name=hf.get("name"),
-            split=hf["split"],
-            data_files=_resolve_data_files(hf.get("data_files"), root),
-            revision=hf.get("revision"),
-            streaming=True,
-        )
+        data_files = _resolve_data_files(hf.get("data_files"), root)
+        stream = datasets.load_dataset(path, name=hf.get("name"), split=hf["split"], data_files=data_files,
+                                       revision=hf.get("revision"), streaming=True)
     except Exception as err:  # datasets raises many types; report them in one line
         raise ValueError(f"dataset {name!r}: cannot load hf dataset {path!r}: {first_line(err)}") from err
     count = 0
@@ -400,11 +377,8 @@ MAX_SOURCES = int(np.iinfo(np.int16).max) + 1  # distinct labels a stream can te
 
 
 def pack_stream(
-    docs_token_ids: Iterable[tuple[list[int] | np.ndarray, Origin]],
-    seq_len: int,
-    bos_id: int | None,
-    eos_id: int | None,
-    cursor: StreamCursor = StreamCursor(),
+    docs_token_ids: Iterable[tuple[list[int] | np.ndarray, Origin]], seq_len: int, bos_id: int | None,
+    eos_id: int | None, cursor: StreamCursor = StreamCursor(),
 ) -> Iterator[tuple[np.ndarray, np.ndarray, Callable[[], StreamCursor]]]:
     """Concatenate documents (eos between them when eos_id is set), cut into chunks of seq_len minus one for
     bos, prepend bos: int32 arrays of seq_len; the incomplete tail stays unread, and empty documents add
@@ -444,9 +418,8 @@ def pack_stream(
             continue
         if label is not None and label not in codes:  # a new label gets the next code
             if len(codes) >= MAX_SOURCES:
-                raise ValueError(
-                    f"a text stream has more than {MAX_SOURCES} distinct source labels (at {label!r}); label by a coarser field"
-                )
+                raise ValueError(f"a text stream has more than {MAX_SOURCES} distinct source labels (at {label!r}); "
+                                 "label by a coarser field")
             codes[label] = len(codes)
         code = NO_SOURCE if label is None else codes[label]
         if eos_id is not None and started:
@@ -536,13 +509,11 @@ def text_pieces(text: str, size: int) -> list[str]:
     return pieces
 
 
-def _documents_after(
-    spec: Mapping[str, Any], root: Path, name: str, cursor: StreamCursor
-) -> Iterator[tuple[str, Origin]]:
+def _documents_after(spec: Mapping[str, Any], root: Path, name: str, cursor: StreamCursor) -> Iterator[tuple[str, Origin]]:
     """The documents of a text dataset after `cursor`, each with its `Origin` (a bundled document's has no
     position: those documents are counted off from the start)."""
     if spec["source"] == "bundled":
-        yield from itertools.islice(_bundled_documents({**DEFAULTS, **spec}, root, name), cursor.documents, None)
+        yield from itertools.islice(_bundled_documents(spec, root, name), cursor.documents, None)
         return
     if spec["source"] not in POSITIONED_SOURCES:
         raise ValueError(f"dataset {name!r}: source '{spec['source']}' has no text documents")
@@ -579,18 +550,12 @@ def _positioned_documents(
     for index in range(first, len(paths)):
         start = skipped if index == first else 0
         documents = itertools.islice(read(paths[index]), start, None)
-        label = file_label(paths[index])
+        suffix = next((suffix for suffix in TEXT_SUFFIXES + JSONL_SUFFIXES if paths[index].name.endswith(suffix)), "")
+        label = paths[index].name.removesuffix(suffix)  # `python.jsonl.gz` -> `python`
         numbered = (
             (doc, Origin(label, {"file": index, "path": str(paths[index]), "records": n})) for n, doc in enumerate(documents, start + 1)
         )
         yield from apply_split(numbered, split, every, start=start)
-
-
-def file_label(path: Path) -> str:
-    """A `files` dataset's source label of a file's documents: its name without the text suffix
-    (`python.jsonl.gz` -> `python`)."""
-    suffix = next((suffix for suffix in TEXT_SUFFIXES + JSONL_SUFFIXES if path.name.endswith(suffix)), "")
-    return path.name[: len(path.name) - len(suffix)]
 
 
 def _stale_position(spec: Mapping[str, Any], root: Path, name: str, resume: Mapping[str, Any]) -> str | None:
@@ -645,12 +610,7 @@ class TextShard(NamedTuple):
 
 
 def text_shard(
-    spec: Mapping[str, Any],
-    tokenizer: TextTokenizer,
-    shard: int,
-    root: Path = Path("."),
-    *,
-    name: str,
+    spec: Mapping[str, Any], tokenizer: TextTokenizer, shard: int, root: Path = Path("."), *, name: str,
     cursor: StreamCursor = StreamCursor(),
 ) -> TextShard:
     """One shard of a text dataset, its tokens' source labels and the stream's cursor after it. From
@@ -673,25 +633,19 @@ def text_shard(
             sources[produced - 1 - start] = seq_sources
         if produced == stop:
             return TextShard(out, sources, after())
-    raise ValueError(
-        f"dataset {name!r} yields only {produced} sequences of length {seq_len}; "
-        f"shard {shard} needs sequences {start}..{stop - 1}"
-    )
+    raise ValueError(f"dataset {name!r} yields only {produced} sequences of length {seq_len}; "
+                     f"shard {shard} needs sequences {start}..{stop - 1}")
 
 
 TEXT_SOURCES = ("bundled", "files", "hf")  # datasets read as a stream of documents (their shards chain)
 
 
 def random_shard(spec: Mapping[str, Any], tokenizer: TextTokenizer, shard: int, name: str) -> np.ndarray:
-    """Uniform random non-special ids in [first_id, vocab_size), bos first.
-
-    Seeded by (seed, shard), so every shard is reproducible on its own.
-    """
+    """Uniform random non-special ids in [first_id, vocab_size), bos first; seeded by (seed, shard), so that
+    every shard is reproducible on its own."""
     first_id = spec["first_id"]
-    allowed = np.setdiff1d(
-        np.arange(first_id, tokenizer.vocab_size, dtype=np.int64),
-        np.fromiter(tokenizer.special_ids, dtype=np.int64),
-    )
+    specials = np.fromiter(tokenizer.special_ids, dtype=np.int64)
+    allowed = np.setdiff1d(np.arange(first_id, tokenizer.vocab_size, dtype=np.int64), specials)
     if len(allowed) == 0:
         raise ValueError(f"dataset {name!r}: no non-special token ids in [{first_id}, {tokenizer.vocab_size})")
     if spec["seed"] < 0:  # the schema takes any integer seed (a bundled dataset's shuffle does); numpy's none below 0
@@ -711,14 +665,8 @@ def _tokens_digest(tokens: np.ndarray) -> str:
 
 
 def write_token_shard(
-    path: str | Path,
-    tokens: np.ndarray,
-    *,
-    tokenizer: TextTokenizer,
-    dataset: str,
-    shard: int,
-    stream_end: tuple[StreamCursor, str] | None = None,
-    text_version: str | None = None,
+    path: str | Path, tokens: np.ndarray, *, tokenizer: TextTokenizer, dataset: str, shard: int,
+    stream_end: tuple[StreamCursor, str] | None = None, text_version: str | None = None,
     sources: tuple[np.ndarray, Sequence[str]] | None = None,
 ) -> None:
     """Atomically write a zarr v3 group with array `tokens` (int32, chunked by rows) and attrs.
@@ -732,17 +680,12 @@ def write_token_shard(
     import zarr
 
     tokens = np.asarray(tokens)
-    if tokens.ndim != 2 or tokens.shape[0] < 1 or tokens.shape[1] < 1:
-        raise ValueError(
-            f"token shard {path}: tokens must be a non-empty 2-D array, got {tokens.shape}"
-        )
+    if tokens.ndim != 2 or tokens.size == 0:
+        raise ValueError(f"token shard {path}: tokens must be a non-empty 2-D array, got {tokens.shape}")
     if not np.issubdtype(tokens.dtype, np.integer):
         raise ValueError(f"token shard {path}: tokens must be integers, got {tokens.dtype}")
     if tokens.min() < 0 or tokens.max() >= tokenizer.vocab_size:
-        raise ValueError(
-            f"token shard {path}: ids outside [0, {tokenizer.vocab_size}) "
-            f"of tokenizer {tokenizer.name!r}"
-        )
+        raise ValueError(f"token shard {path}: ids outside [0, {tokenizer.vocab_size}) of tokenizer {tokenizer.name!r}")
     tokens = tokens.astype(np.int32)
     n_seq, seq_len = tokens.shape
     if sources is not None:
@@ -841,16 +784,11 @@ def read_token_shard(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
         reason = f"{type(err).__name__}: {err}".splitlines()[0]
         raise ValueError(f"token shard {path} is unreadable ({reason})") from None
     if attrs.get("kind") != SHARD_KIND or attrs.get("format_version") != SHARD_FORMAT_VERSION:
-        raise ValueError(
-            f"token shard {path}: expected kind {SHARD_KIND!r} version {SHARD_FORMAT_VERSION}, "
-            f"got {attrs.get('kind')!r} version {attrs.get('format_version')!r}"
-        )
+        raise ValueError(f"token shard {path}: expected kind {SHARD_KIND!r} version {SHARD_FORMAT_VERSION}, "
+                         f"got {attrs.get('kind')!r} version {attrs.get('format_version')!r}")
     expected = (attrs.get("n_sequences"), attrs.get("seq_len"))
     if tokens.shape != expected or tokens.dtype != np.int32:
-        raise ValueError(
-            f"token shard {path}: tokens are {tokens.dtype}{tokens.shape}, "
-            f"attrs say int32{expected}"
-        )
+        raise ValueError(f"token shard {path}: tokens are {tokens.dtype}{tokens.shape}, attrs say int32{expected}")
     if not complete:
         raise ValueError(f"token shard {path} is truncated: some chunks of 'tokens' are missing")
     if attrs.get("tokens_sha256") not in (None, _tokens_digest(tokens)):
