@@ -19,12 +19,8 @@ SPECIAL_TOKENS: tuple[str, ...] = ("<s>", "<pad>", "</s>", "<unk>")  # ids 0..3,
 BOS_TOKEN = "</s>"  # OPT prepends </s> (id 2), not <s>
 # what transformers needs to load the folder offline as an OPT-style fast tokenizer
 SPECIAL_TOKENS_MAP = {"bos_token": BOS_TOKEN, "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
-TOKENIZER_CONFIG = {
-    "tokenizer_class": "PreTrainedTokenizerFast",
-    **SPECIAL_TOKENS_MAP,
-    "add_prefix_space": False,
-    "clean_up_tokenization_spaces": False,
-}
+TOKENIZER_CONFIG = {"tokenizer_class": "PreTrainedTokenizerFast", **SPECIAL_TOKENS_MAP, "add_prefix_space": False,
+                    "clean_up_tokenization_spaces": False}
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: Path) -> None:
@@ -36,13 +32,8 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: Path) ->
     tokenizer = Tokenizer(models.BPE(unk_token=None))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=2,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tokenizer.train_from_iterator(texts, trainer=trainer)
     for expected_id, token in enumerate(SPECIAL_TOKENS):
         if tokenizer.token_to_id(token) != expected_id:
@@ -50,9 +41,7 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: Path) ->
     bos_id = tokenizer.token_to_id(BOS_TOKEN)
     # Prepend BOS the way OPT's tokenizer does, so encodings match what the models were trained on.
     tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{BOS_TOKEN} $A:0",
-        pair=f"{BOS_TOKEN} $A:0 {BOS_TOKEN} $B:1",
-        special_tokens=[(BOS_TOKEN, bos_id)],
+        single=f"{BOS_TOKEN} $A:0", pair=f"{BOS_TOKEN} $A:0 {BOS_TOKEN} $B:1", special_tokens=[(BOS_TOKEN, bos_id)]
     )
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)

@@ -82,15 +82,9 @@ def load_tokenizer(name: str, spec: Mapping[str, Any], root: Path = Path(".")) -
     # the fingerprint: sha256 of the canonical JSON of the tokenizer definition plus its bos/eos choice
     definition = {"tokenizer": json.loads(backend.to_str()), "bos_id": bos, "eos_id": eos}
     canonical = json.dumps(definition, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return TextTokenizer(
-        name=name,
-        bos_id=bos,
-        eos_id=eos,
-        vocab_size=max(vocab.values()) + 1 if vocab else 0,
-        fingerprint=hashlib.sha256(canonical.encode("utf-8")).hexdigest(),
-        backend=backend,
-        special_ids=frozenset(i for i in special if i is not None) | added,
-    )
+    fingerprint = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    return TextTokenizer(name=name, bos_id=bos, eos_id=eos, vocab_size=max(vocab.values()) + 1 if vocab else 0,
+                         fingerprint=fingerprint, backend=backend, special_ids=frozenset(special) - {None} | added)
 
 
 def _choose_special(name: str, role: str, choice: str, default: int | None, backend: Tokenizer) -> int | None:
@@ -169,9 +163,7 @@ def _words(name: str, words: list[str]) -> Tokenizer:
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=WORDS_UNK))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     backend.decoder = decoders.WordPiece(prefix="##", cleanup=False)
-    backend.add_special_tokens(
-        [AddedToken(WORDS_BOS, special=True), AddedToken(WORDS_UNK, special=True)]
-    )
+    backend.add_special_tokens([AddedToken(WORDS_BOS, special=True), AddedToken(WORDS_UNK, special=True)])
     return backend
 
 
