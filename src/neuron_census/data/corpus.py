@@ -33,17 +33,10 @@ import numpy as np
 from neuron_census.atomic import atomic_path
 from neuron_census.config import schema_defaults
 from neuron_census.data.bundle import (
-    ALL_DOMAINS,
-    DOMAINS,
-    JSONL_FIELD,
-    MIN_DOCUMENT_CHARS,
-    BlockTooLong,
-    corpus_file,
-    group_blocks,
-    iter_blocks,
+    ALL_DOMAINS, DOMAINS, JSONL_FIELD, MIN_DOCUMENT_CHARS, BlockTooLong, corpus_file, group_blocks, iter_blocks,
 )
-from neuron_census.errors import first_line
 from neuron_census.data.tokenization import TextTokenizer
+from neuron_census.errors import first_line
 
 T = TypeVar("T")
 TEXT_SUFFIXES = (".txt", ".txt.gz", ".txt.xz")
@@ -342,15 +335,14 @@ def _resolve_data_files(files: Any, root: Path) -> Any:
 
 @dataclass(frozen=True, eq=False)
 class StreamCursor:
-    """Where a text dataset's packed token stream stands after some sequences: how many sequences were cut,
-    how many documents (of the split) were read, whether a non-empty one was among them (the next is then
-    preceded by EOS), and the tokens read but not yet cut into a sequence (`carry`, int32: a long document's
-    rest can be millions of tokens) with their source codes (`carry_sources`, int16, indices into
-    `source_names`, the labels met so far in the order they were met). The next shard's job starts there
-    instead of reading and tokenizing every earlier shard's text again.
+    """Where a text dataset's packed token stream stands after some sequences, so that the next shard's job
+    starts there instead of tokenizing every earlier shard's text again: the sequences cut, the documents (of the
+    split) read, whether a non-empty one was among them (the next is then preceded by EOS), and the tokens read
+    but not yet cut (`carry`, int32: a long document's rest can be millions of tokens) with their source codes
+    (`carry_sources`, int16 indices into `source_names`, the labels in the order they were met).
 
-    `source`: for a source that can go on from where it stood (an `hf` stream), that position as JSON; the
-    next shard then does not read earlier documents at all. Without it they are read again and skipped."""
+    `source`: where a source that can go on from a position (an `hf` stream) stood, as JSON; the next shard
+    then reads no earlier document. Without it they are read again and skipped."""
 
     sequences: int = 0
     documents: int = 0
@@ -509,19 +501,21 @@ def text_pieces(text: str, size: int) -> list[str]:
     return pieces
 
 
-def _documents_after(spec: Mapping[str, Any], root: Path, name: str, cursor: StreamCursor) -> Iterator[tuple[str, Origin]]:
-    """The documents of a text dataset after `cursor`, each with its `Origin` (a bundled document's has no
-    position: those documents are counted off from the start)."""
+def _documents_after(
+    spec: Mapping[str, Any], root: Path, name: str, cursor: StreamCursor
+) -> Iterator[tuple[str, Origin]]:
+    """The documents of a text dataset after `cursor`, each with its `Origin`; bundled documents, and those of a
+    cursor without a usable saved position, are counted off from the start."""
     if spec["source"] == "bundled":
         yield from itertools.islice(_bundled_documents(spec, root, name), cursor.documents, None)
         return
     if spec["source"] not in POSITIONED_SOURCES:
         raise ValueError(f"dataset {name!r}: source '{spec['source']}' has no text documents")
     resume = json.loads(cursor.source) if cursor.source else None
-    stale = _stale_position(spec, root, name, resume) if resume is not None else None
-    if stale:
+    if resume is not None and (stale := _stale_position(spec, root, name, resume)):
         print(f"dataset {name!r}: {stale}; reading on from the start", file=sys.stderr)
-    if resume is None or stale:
+        resume = None
+    if resume is None:
         yield from itertools.islice(_positioned_documents(spec, root, name), cursor.documents, None)
     else:
         yield from _positioned_documents(spec, root, name, resume)
