@@ -111,10 +111,8 @@ _TRAILING_BLANK = re.compile(r"(?:\n[ \t]*)+\Z")
 
 
 def resources_dir(root: Path = Path(".")) -> Path:
-    """`<root>/resources` when it exists, else the `resources/` of the source checkout.
-
-    Lets the pipeline run from any working directory of an editable install.
-    """
+    """`<root>/resources` when it exists, else the `resources/` of the source checkout (so that the pipeline runs
+    from any working directory of an editable install)."""
     local = Path(root) / "resources"
     if local.is_dir():
         return local
@@ -127,8 +125,7 @@ def corpus_file(domain: str, root: Path = Path(".")) -> Path:
 
 
 def corpus_name(domain: str) -> str:
-    """File name of a domain's corpus file: `<domain>.jsonl.xz` for the whole-file domains of JSONL_DOMAINS,
-    else `<domain>.txt.xz`."""
+    """File name of a domain's corpus file: JSON lines for the whole-file domains of JSONL_DOMAINS, else text."""
     return f"{domain}.jsonl.xz" if domain in JSONL_DOMAINS else f"{domain}.txt.xz"
 
 
@@ -422,15 +419,9 @@ def render_sources(out: Path, sums: dict[str, str], stats: list[DomainStats]) ->
     bundled = sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
                      if p.is_file() and p.name != "SOURCES.md" and not p.name.startswith("."))
     return SOURCES_TEMPLATE.format(
-        corpus_table=_table(corpus_rows),
-        size_table=_table(size_rows),
-        multi_table=_table(multi_rows),
-        budget=f"{DOMAIN_BUDGET_BYTES:,}",
-        multi_budget=f"{MULTI_DOMAIN_BUDGET_BYTES:,}",
-        seed=SAMPLING_SEED,
-        min_chars=MIN_DOCUMENT_CHARS,
-        max_doc=f"{MAX_SAMPLED_DOCUMENT_BYTES:,}",
-        originals=originals,
+        corpus_table=_table(corpus_rows), size_table=_table(size_rows), multi_table=_table(multi_rows),
+        budget=f"{DOMAIN_BUDGET_BYTES:,}", multi_budget=f"{MULTI_DOMAIN_BUDGET_BYTES:,}", seed=SAMPLING_SEED,
+        min_chars=MIN_DOCUMENT_CHARS, max_doc=f"{MAX_SAMPLED_DOCUMENT_BYTES:,}", originals=originals,
         n_prompts=len(STORY_PROMPTS),
         bundled="\n".join(f"{hashlib.sha256((out / rel).read_bytes()).hexdigest()}  {rel}" for rel in bundled),
     )
