@@ -576,10 +576,8 @@ def planted_shard(spec: Mapping[str, Any], shard: int, name: str) -> np.ndarray:
     seq_len, per_shard = spec["seq_len"], spec["sequences_per_shard"]
     start, stop = shard * per_shard, (shard + 1) * per_shard
     if seq_len != tokens.shape[1] or stop > len(tokens):
-        raise ValueError(
-            f"dataset {name!r}: recipe {spec['recipe']!r} designs {len(tokens)} sequences of {tokens.shape[1]} "
-            f"tokens; shard {shard} asks for sequences {start}..{stop - 1} of {seq_len}"
-        )
+        raise ValueError(f"dataset {name!r}: recipe {spec['recipe']!r} designs {len(tokens)} sequences of {tokens.shape[1]} "
+                         f"tokens; shard {shard} asks for sequences {start}..{stop - 1} of {seq_len}")
     return tokens[start:stop].astype(np.int32)
 
 
