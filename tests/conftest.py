@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+from typing import Any
+
 import pytest
 import torch
 
-from neuron_census.accumulators import base
+from neuron_census.accumulators import State, base
+from neuron_census.capture.store import StoreReader, fold, merged_attrs
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def merge_stores(paths: Sequence[str | os.PathLike[str]]) -> tuple[dict[str, Any], dict[str, State]]:
+    """Stores merged in memory, whole states folded in one store at a time: what `merge_store_files` must write."""
+    readers = [StoreReader(path) for path in paths]
+    attrs = merged_attrs(readers)
+    return attrs, {name: fold(name, (reader.state(name) for reader in readers)) for name in readers[0].names}
 
 
 @pytest.fixture(params=["cpu", "cpu-gpu-paths", pytest.param("cuda", marks=[pytest.mark.gpu, needs_cuda])])

@@ -12,14 +12,13 @@ import torch
 from neuron_census.accumulators import REGISTRY, default_accumulators, merge_states
 from neuron_census.capture.engine import CaptureSettings, capture_tokens
 from neuron_census.accumulators.base import State, sorted_range_of
-from neuron_census.capture.layer_states import layer_state
 from neuron_census.models.loading import load_model
 from neuron_census.testing.planted import designed_tokens, get_recipe, planted_words
+from conftest import merge_stores
 from neuron_census.analyses.tables import AnalysisSettings, stats_tables, stats_tables_by_layer
 from neuron_census.capture.store import (
     StoreReader,
     merge_store_files,
-    merge_stores,
     merged_attrs,
     merged_layer_state,
     read_store,
@@ -117,7 +116,7 @@ def test_merging_layers_read_alone_equals_slicing_the_merge(census, tmp_path: Pa
     whole = merge_states([{name: reader.state(name) for name in reader.names} for reader in readers])
     for slot, layer in enumerate(readers[0].attrs["layers"]):
         got = {name: merged_layer_state(readers, name, slot) for name in readers[0].names}
-        want = {name: layer_state(name, StateInMemory(whole[name]), slot, layer) for name in whole}
+        want = {name: REGISTRY[name].read_layer(StateInMemory(whole[name]), slot, layer) for name in whole}
         assert_states_equal(got, want)
     if table == "bounded":  # the capacities did prune
         sizes = np.bincount(whole["token_fire_count"]["keys"] % RECIPE.n_neurons)

@@ -13,7 +13,8 @@ from neuron_census.atomic import atomic_path
 import zarr
 
 from neuron_census.accumulators import merge_states
-from neuron_census.capture.store import merge_store_files, merge_stores, read_store, write_store
+from neuron_census.capture.store import merge_store_files, read_store, write_store
+from conftest import merge_stores
 
 
 def attrs(dataset: str = "d", shard: int = 0, **extra) -> dict:

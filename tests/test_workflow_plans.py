@@ -12,9 +12,10 @@ import numpy as np
 import polars as pl
 import pytest
 import yaml
+from conftest import merge_stores
 from workflow_runs import ROOT, SNAKEMAKE, TINY, new_workdir, planned_jobs, snakemake
 
-from neuron_census.capture.store import merge_stores, read_store
+from neuron_census.capture.store import read_store
 from neuron_census.data.corpus import read_token_shard
 from neuron_census.plots.registry import FIGURES, figure_study
 from neuron_census.testing.planted import get_recipe

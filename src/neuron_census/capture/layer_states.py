@@ -2,7 +2,7 @@
 
 The statistics of a neuron only need its own layer's counts, so the stats job can hold one layer at a
 time: for OPT-66b the per-position firing counts alone are 39 GB for all 64 layers and 0.6 GB for one.
-Each accumulator's arrays are of one of three kinds, and `layer_state` reads each kind its own way:
+Each accumulator's arrays are of one of three kinds, and its `read_layer` reads each kind its own way:
 
 - layered: the first axis is the analysed-layer slot (firing counts, position counts, moments, top-k);
 - shared: not per layer (token occurrences, n-gram occurrences, counted tokens per position, settings);
@@ -25,12 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from neuron_census.accumulators import REGISTRY, State
-from neuron_census.accumulators.base import Parts, StateArrays
-
-
-def layer_state(name: str, arrays: StateArrays, slot: int, layer: int) -> State:
-    """Accumulator `name`'s state restricted to analysed-layer slot `slot` (model layer `layer`)."""
-    return REGISTRY[name].read_layer(arrays, slot, layer)
+from neuron_census.accumulators.base import Parts
 
 
 class PartsTarget(Protocol):
@@ -77,7 +72,7 @@ class LayeredStates:
         return self.targets[name]
 
     def add_layer(self, name: str, slot: int, state: State) -> None:
-        """Slot `slot`'s state of accumulator `name`, keys of slot 0, as `layer_state` reads it back."""
+        """Slot `slot`'s state of accumulator `name`, keys of slot 0, as `read_layer` reads it back."""
         expected = self.next_slot.get(name, 0)
         if slot != expected:
             raise ValueError(f"{name}: layer slot {slot} handed over before slot {expected}")
@@ -132,12 +127,9 @@ class WriteBehind:
         if writing is not None:
             writing.result()
 
-    def close(self, *, failed: bool) -> None:
-        """Stop the writer thread once its write is done, then raise that write's error; after a failure
-        elsewhere its outcome is dropped (the store is thrown away, and the first error is the one to report)."""
+    def close(self) -> None:
+        """Stop the writer thread once its write is done."""
         self._writer.shutdown(wait=True)
-        if not failed:
-            self.wait()
 
 
 @contextmanager
@@ -150,18 +142,12 @@ def written_behind(states: LayeredStates, enabled: bool = True) -> Iterator[Laye
     behind = WriteBehind(states)
     try:
         yield behind
-    except BaseException:
-        behind.close(failed=True)
-        raise
-    behind.close(failed=False)
+    finally:
+        behind.close()
+    behind.wait()  # after a failure elsewhere the write's outcome is dropped: the first error is the one to report
 
 
 def joined_states() -> tuple[LayeredStates, dict[str, JoinedParts]]:
     """`LayeredStates` kept in memory, and its targets by accumulator (`.state()` of each is the state)."""
     targets: dict[str, JoinedParts] = {}
-
-    def target_for(name: str) -> JoinedParts:
-        targets[name] = JoinedParts()
-        return targets[name]
-
-    return LayeredStates(target_for), targets
+    return LayeredStates(lambda name: targets.setdefault(name, JoinedParts())), targets

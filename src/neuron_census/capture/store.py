@@ -24,10 +24,9 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from neuron_census.accumulators import REGISTRY, State
-from neuron_census.accumulators.base import PAIRED
+from neuron_census.accumulators.base import PAIRED, Parts, sorted_range_of
 from neuron_census.atomic import atomic_path
-from neuron_census.accumulators.base import Parts, sorted_range_of
-from neuron_census.capture.layer_states import LayeredStates, layer_state, written_behind
+from neuron_census.capture.layer_states import LayeredStates, written_behind
 
 STORE_KIND = "accumulators"
 FORMAT_VERSION = 2
@@ -39,16 +38,8 @@ STORE_COMPRESSORS = (BloscCodec(cname="zstd", clevel=1, shuffle="shuffle"),)
 
 # Attributes that must agree for two stores to be merged.
 MERGE_KEYS = (
-    "model",
-    "layers",
-    "n_layers_total",
-    "n_neurons",
-    "seq_len",
-    "vocab_size",
-    "tokenizer_fingerprint",
-    "fire_rule",
-    "has_bos",
-    "top_k",
+    "model", "layers", "n_layers_total", "n_neurons", "seq_len", "vocab_size", "tokenizer_fingerprint", "fire_rule",
+    "has_bos", "top_k",
 )
 
 
@@ -162,12 +153,12 @@ class StoreReader:
     def layer_state(self, name: str, slot: int) -> State:
         """Accumulator `name` for analysed-layer slot `slot` only (`neuron_census.capture.layer_states`)."""
         with _reading(self.path):
-            return layer_state(name, _StoredArrays(self, name), slot, int(self.attrs["layers"][slot]))
+            return REGISTRY[name].read_layer(_StoredArrays(self, name), slot, int(self.attrs["layers"][slot]))
 
 
 @dataclass
 class _StoredArrays:
-    """`layer_states.StateArrays` over one accumulator of a store: only what is asked for is read."""
+    """`accumulators.base.StateArrays` over one accumulator of a store: only what is asked for is read."""
 
     reader: StoreReader
     name: str
@@ -231,32 +222,16 @@ def merged_attrs(readers: Sequence[StoreReader]) -> dict[str, Any]:
     return merged
 
 
-def _fold(name: str, states: Iterator[State]) -> State:
-    """Merge states of accumulator `name` read one at a time, folding each into the merge so far.
-
-    Memory holds two states (the merge so far and the next store's) and the merge's temporaries,
-    whatever the number of stores. Each fold re-merges the state so far, which is bounded once the
-    sparse tables reach their capacities; a merge tree would re-merge less but hold log2(stores) states.
-    """
+def fold(name: str, states: Iterator[State]) -> State:
+    """Merge states of accumulator `name` read one at a time, folding each into the merge so far: memory holds
+    two states, whatever the number of stores (a merge tree would re-merge less but hold log2(stores))."""
     merge = REGISTRY[name].merge
     return reduce(lambda state, other: merge([state, other]), states)
 
 
-def merge_stores(paths: Sequence[str | os.PathLike[str]]) -> tuple[dict[str, Any], dict[str, State]]:
-    """Read and merge stores of the same model into memory; datasets and shards are listed in the attrs.
-
-    Stores are read and folded in one at a time, so memory holds two stores' states, not one per store
-    (`merge_store_files` also sums the largest arrays block by block).
-    """
-    readers = [StoreReader(path) for path in paths]
-    attrs = merged_attrs(readers)
-    return attrs, {name: _fold(name, (reader.state(name) for reader in readers)) for name in readers[0].names}
-
-
 def merged_layer_state(readers: Sequence[StoreReader], name: str, slot: int) -> State:
-    """Accumulator `name` of analysed-layer slot `slot`, merged over the stores as `merge_stores` merges
-    whole states: two states of one layer in memory."""
-    return _fold(name, (reader.layer_state(name, slot) for reader in readers))
+    """Accumulator `name` of analysed-layer slot `slot`, merged over the stores: two states of one layer in memory."""
+    return fold(name, (reader.layer_state(name, slot) for reader in readers))
 
 
 MERGE_BLOCK_BYTES = 1 << 26  # summed arrays are merged this many bytes (of one store's array) at a time
@@ -277,7 +252,7 @@ def merge_store_files(
     layer at a time, folded in one store at a time, and appended to the output by a writer thread while
     the next layer is read and merged (unless not `write_behind`; OPT-66b's full token tables are 77 GB a
     store over all layers, 1.2 GB for one); the occurrence counts, which have no layer axis, are folded
-    whole. The result equals `merge_stores` of the same paths.
+    whole. The result equals `fold` of the stores' whole states.
     """
     readers = [StoreReader(path) for path in paths]
     summed = [name for name in readers[0].names if REGISTRY[name].sums]
@@ -293,7 +268,7 @@ def merge_store_files(
                     for slot in range(len(readers[0].attrs["layers"])):
                         sink.add_layers(slot, {name: merged_layer_state(readers, name, slot)})
                 else:
-                    sink.add_whole(name, _fold(name, (reader.state(name) for reader in readers)))
+                    sink.add_whole(name, fold(name, (reader.state(name) for reader in readers)))
 
 
 def _sum_blockwise(readers: Sequence[StoreReader], name: str, key: str, out: zarr.Group, block_bytes: int) -> None:
