@@ -360,6 +360,7 @@ def test_layers_must_be_handed_over_in_order():
     from neuron_census.capture.layer_states import joined_states
 
     states, _ = joined_states()
-    states.add_layer("moments", 0, {"count": np.zeros(1, np.int64), "sum": np.zeros((1, 2)), "m2": np.zeros((1, 2)), "min": np.zeros((1, 2)), "max": np.zeros((1, 2))})
+    moments = {"count": np.zeros(1, np.int64), **{key: np.zeros((1, 2)) for key in ("sum", "m2", "min", "max")}}
+    states.add_layers(0, {"moments": moments})
     with pytest.raises(ValueError, match="slot 2 handed over before slot 1"):
-        states.add_layer("moments", 2, {"sum": np.zeros((1, 2))})
+        states.add_layers(2, {"moments": {"sum": np.zeros((1, 2))}})

@@ -71,20 +71,16 @@ class LayeredStates:
             self.targets[name] = self.target_for(name)
         return self.targets[name]
 
-    def add_layer(self, name: str, slot: int, state: State) -> None:
-        """Slot `slot`'s state of accumulator `name`, keys of slot 0, as `read_layer` reads it back."""
-        expected = self.next_slot.get(name, 0)
-        if slot != expected:
-            raise ValueError(f"{name}: layer slot {slot} handed over before slot {expected}")
-        counted = self.counted_before.get(name, 0)
-        self._target(name).add(REGISTRY[name].layer_parts(state, slot, counted))
-        self.next_slot[name] = slot + 1
-        self.counted_before[name] = counted + len(state.get("layers", ()))
-
     def add_layers(self, slot: int, states: Mapping[str, State]) -> None:
-        """Slot `slot`'s states of several accumulators (as `add_layer` each)."""
+        """Slot `slot`'s states by accumulator, keys of slot 0, as `read_layer` reads them back."""
         for name, state in states.items():
-            self.add_layer(name, slot, state)
+            expected = self.next_slot.get(name, 0)
+            if slot != expected:
+                raise ValueError(f"{name}: layer slot {slot} handed over before slot {expected}")
+            counted = self.counted_before.get(name, 0)
+            self._target(name).add(REGISTRY[name].layer_parts(state, slot, counted))
+            self.next_slot[name] = slot + 1
+            self.counted_before[name] = counted + len(state.get("layers", ()))
 
     def add_whole(self, name: str, state: State) -> None:
         self._target(name).add({key: (array, None) for key, array in state.items()})
