@@ -23,8 +23,6 @@ from neuron_census.capture.layer_states import LayerSink, joined_states
 from neuron_census.capture.placement import Placement
 from neuron_census.capture.settings import CaptureSettings, resolve_layers
 
-__all__ = ["CaptureSettings", "capture_tokens", "capture_paired", "PairedModel", "resolve_layers"]
-
 
 class FiniteCheck:
     """Raises for the first (layer, batch) whose activations had an inf or NaN (which make their sum
@@ -169,12 +167,9 @@ def capture_tokens(
     steps = sources.ModelSteps(model, adapter, layers, device, read_gate=settings.fire_rule == "preactivation", name=model_name)
     out, joined = (sink, None) if sink is not None else joined_states()
     bar = tqdm(total=tokens.size * len(layers), unit="tok", unit_scale=True, desc=f"capture {model_name}", disable=not progress)
-    try:
-        with torch.inference_mode():
-            source = activation_source(steps, batches, placement, offload_dir)
-            run(source, accumulators, out, geometry, fire_rule=settings.fire_rule, model_name=model_name, progress=bar)
-    finally:
-        bar.close()
+    with bar, torch.inference_mode():
+        source = activation_source(steps, batches, placement, offload_dir)
+        run(source, accumulators, out, geometry, fire_rule=settings.fire_rule, model_name=model_name, progress=bar)
     if joined is None:
         return layers, {}
     return layers, {acc.name: joined[acc.name].state() for acc in accumulators}
@@ -198,14 +193,6 @@ class PairedAccumulator(Protocol):
     def update(self, item: sources.PairedActivations) -> None: ...
 
 
-def check_one_tokenizer(models: Mapping[str, PairedModel]) -> None:
-    """Paired models read the same token ids: refuse models of different tokenizers, naming two of them."""
-    names = list(models)
-    for name in names[1:]:
-        if models[name].tokenizer_fingerprint != models[names[0]].tokenizer_fingerprint:
-            raise ValueError(f"models '{names[0]}' and '{name}' have different tokenizers; a paired capture needs one")
-
-
 def capture_paired(
     models: Mapping[str, PairedModel],
     tokens: np.ndarray,
@@ -224,7 +211,10 @@ def capture_paired(
     batch) of all of them together (`sources.paired`). Models must share the tokenizer and the analysed
     layers must exist in each; one model object named twice runs once and is seen under both names.
     `read_preactivation`: each item's `preacts` are the input of every model's FFN nonlinearity."""
-    check_one_tokenizer(models)
+    names = list(models)
+    for name in names[1:]:
+        if models[name].tokenizer_fingerprint != models[names[0]].tokenizer_fingerprint:
+            raise ValueError(f"models '{names[0]}' and '{name}' have different tokenizers; a paired capture needs one")
     placement = placement or Placement()
     batches = sources.token_batches(tokens, batch_size, first_seq_id, has_bos, device)
     # a model object named twice runs once, under its first name (two sets of hooks on one module clash)
@@ -239,13 +229,7 @@ def capture_paired(
             paired.model, paired.adapter, analysed, device, read_gate=False, read_preactivation=read_preactivation, name=name
         )
         per_model[name] = iter(activation_source(steps, batches, placement, offload_dir))
-    with torch.inference_mode(), closing(sources.paired(per_model)) as items:  # type: ignore[type-var]
-        for ran in items:
-            item = sources.PairedActivations(
-                ran.batch,
-                ran.layer,
-                {name: ran.acts[runs_as[name]] for name in models},
-                {name: ran.preacts[runs_as[name]] for name in models},
-            )
+    with torch.inference_mode(), closing(sources.paired(per_model, runs_as)) as items:  # type: ignore[type-var]
+        for item in items:
             for accumulator in accumulators:
                 accumulator.update(item)

@@ -5,11 +5,10 @@ Three strategies give the same activations:
 - `resident`: the whole model on the capture device; each batch runs through the network once.
 - `offload`: Accelerate's big-model inference. Layers that do not fit `max_memory` on the device stay on
   the CPU or on disk and are streamed to the device when they run, so large batches amortise the copy.
-- `layerwise`: the papers' single-GPU method. The embeddings of every batch of the shard are computed
-  first and kept (in CPU memory, in a memory-mapped file or on the capture device); then each decoder layer is moved to the device
-  once and run on all of them, up to the last analysed layer. The decoder layers wait in CPU memory, or,
-  with `layerwise_weights: disk`, on disk (Accelerate's offload), so that only one layer is ever in memory.
-
+- `layerwise`: the papers' single-GPU method. The embeddings of every batch of the shard are computed first
+  and kept (`HiddenStates`); then each decoder layer is moved to the device once and run on all of them, up
+  to the last analysed layer. The decoder layers wait in CPU memory, or, with `layerwise_weights: disk`, on
+  disk (Accelerate's offload), so that only one layer is ever in memory.
 """
 
 from __future__ import annotations
@@ -26,9 +25,6 @@ import torch
 
 from neuron_census.config import schema_defaults
 
-STRATEGIES = ("resident", "offload", "layerwise")
-LAYERWISE_STATES = ("cpu", "disk", "device")
-LAYERWISE_WEIGHTS = ("cpu", "disk")
 _DEFAULTS = schema_defaults("capture")
 
 
@@ -50,7 +46,11 @@ class Placement:
     layerwise_weights: str = _DEFAULTS["layerwise_weights"]
 
     def __post_init__(self) -> None:
-        choices = {"strategy": STRATEGIES, "layerwise_states": LAYERWISE_STATES, "layerwise_weights": LAYERWISE_WEIGHTS}
+        choices = {
+            "strategy": ("resident", "offload", "layerwise"),
+            "layerwise_states": ("cpu", "disk", "device"),
+            "layerwise_weights": ("cpu", "disk"),
+        }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"capture.{key} '{getattr(self, key)}' is not one of {allowed}")
@@ -114,7 +114,9 @@ def dispatch_offloaded(
     device_map = infer_auto_device_map(model, max_memory=max_memory or None, no_split_module_classes=no_split)
     if set(device_map.values()) == {"disk"}:
         raise ValueError(f"capture.max_memory {dict(budget)} leaves no room for the model's embeddings; raise it")
-    dispatch_model(model, device_map=device_map, main_device=_main_device(device_map, device), offload_dir=str(folder))
+    on_device = [place for place in device_map.values() if place not in ("cpu", "disk")]
+    main = on_device[0] if on_device else ("cpu" if device.type == "cpu" else (device.index or 0))
+    dispatch_model(model, device_map=device_map, main_device=main, offload_dir=str(folder))
     return device_map
 
 
@@ -151,19 +153,9 @@ def dispatch_layers_to_disk(
     while reading the checkpoint); everything else goes to `device`."""
     from accelerate import dispatch_model
 
-    device_map = layers_on_disk_map(model, layer_names, device)
-    dispatch_model(model, device_map=device_map, main_device=_main_device(device_map, device), offload_dir=str(folder))
-
-
-def _main_device(device_map: Mapping[str, Any], device: torch.device) -> str | int:
-    accelerators = [place for place in device_map.values() if place not in ("cpu", "disk")]
-    if accelerators:
-        return accelerators[0]
-    return "cpu" if device.type == "cpu" else (device.index or 0)
-
-
-def layer_output(output: Any) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple) else output
+    device_map = layers_on_disk_map(model, layer_names, device)  # every module not on disk is on `device`
+    main = "cpu" if device.type == "cpu" else (device.index or 0)
+    dispatch_model(model, device_map=device_map, main_device=main, offload_dir=str(folder))
 
 
 class HiddenStates:

@@ -1,21 +1,10 @@
 """Activation sources: one model (or several in lockstep) run over a token shard, layer by layer.
 
-A source yields `LayerActivations`, one analysed layer of one batch at a time: the batch's token ids,
-sequence ids and counted-token mask, and the layer's neuron activations (the input of the FFN output
-projection) with the pre-activations where the fire rule reads them (a gated FFN's gate). Hooks only hand
-tensors out; nothing is computed inside them. Each batch is embedded by the model's own forward pass,
-stopped at the first decoder layer, and the decoder layers are then called one by one up to the last
-analysed layer (whose FFN output projection is skipped), so later layers and the LM head never run.
-
-- `resident` (and `offload`, where Accelerate's hooks move weights as each layer runs): batch after batch,
-  each through layers 0..last; a batch's layers come out in order.
-- `layerwise`: every batch is embedded first and its hidden states kept (CPU memory, a memory-mapped file or
-  the device); then each layer is moved to the device once and run on every batch: a layer's batches come
-  out in order, layer after layer.
-
-`paired` runs several models of one tokenizer over the same batches in lockstep and yields, per (layer,
-batch), every model's activations. Under `layerwise` that holds layer l of every model on the device and
-every model's hidden states of the shard.
+A source yields `LayerActivations`, one analysed layer of one batch at a time. Hooks only hand tensors out.
+Each batch is embedded by the model's own forward pass, stopped at the first decoder layer, then the decoder
+layers are called one by one up to the last analysed layer (whose FFN output projection is skipped), so later
+layers and the LM head never run. `resident` runs batch after batch; `layerwise` embeds every batch, then runs
+each layer once over all of them; `paired` zips several models' sources over the same batches.
 """
 
 from __future__ import annotations
@@ -30,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from neuron_census.capture.placement import HiddenStates, layer_on_device, layer_output, place_outside_layers
+from neuron_census.capture.placement import HiddenStates, layer_on_device, place_outside_layers
 
 
 class StopForward(Exception):
@@ -102,8 +91,7 @@ class ModelSteps:
         read_preactivation: bool = False,
     ) -> None:
         self.model, self.adapter, self.device, self.name = model, adapter, device, name
-        self.layers = tuple(layers)
-        self.last = self.layers[-1]
+        self.layers, self.last = tuple(layers), layers[-1]
         self.read_gate = read_gate
         self.read_preactivation = read_preactivation  # `preacts` are then the nonlinearity's input, not the gate
         self.decoder = adapter.decoder_layers()
@@ -166,14 +154,14 @@ class ModelSteps:
     def layer(self, number: int, hidden: torch.Tensor, kwargs: dict[str, Any], module: torch.nn.Module | None = None) -> torch.Tensor | None:
         """Run decoder layer `number` (or `module` standing in for it); its output, None after the last."""
         try:
-            output = layer_output((module or self.decoder[number])(hidden, **kwargs))
+            output = (module or self.decoder[number])(hidden, **kwargs)
         except StopForward:
             if number != self.last:
                 raise
             return None
         if number == self.last:
             raise RuntimeError(f"model '{self.name}': the hook of layer {number} never ran")
-        return output
+        return output[0] if isinstance(output, tuple) else output
 
     def take(self, batch: TokenBatch, layer: int) -> LayerActivations:
         """The activations the hooks handed out for `layer`, shaped [B, T, N] (OPT flattens tokens) on the device."""
@@ -236,8 +224,9 @@ def layerwise(
                         hidden.put(batch.index, output)
 
 
-def paired(sources: Mapping[str, Iterator[LayerActivations]]) -> Iterator[PairedActivations]:
-    """Several models' sources over the same batches, in lockstep: every model's (layer, batch) together."""
+def paired(sources: Mapping[str, Iterator[LayerActivations]], runs_as: Mapping[str, str]) -> Iterator[PairedActivations]:
+    """Several models' sources over the same batches, in lockstep: every model's (layer, batch) together, under
+    each name of `runs_as` (name -> the source that runs it: one model object named twice runs once)."""
     names = list(sources)
     with ExitStack() as stack:
         for source in sources.values():
@@ -249,9 +238,7 @@ def paired(sources: Mapping[str, Iterator[LayerActivations]]) -> Iterator[Paired
                     raise ValueError(
                         f"paired models '{names[0]}' and '{name}' are out of step: layer {first.layer} vs {item.layer}"
                     )
-            yield PairedActivations(
-                first.batch,
-                first.layer,
-                {name: item.acts for name, item in zip(names, items)},
-                {name: item.preacts for name, item in zip(names, items)},
-            )
+            ran = dict(zip(names, items))
+            acts = {name: ran[runner].acts for name, runner in runs_as.items()}
+            preacts = {name: ran[runner].preacts for name, runner in runs_as.items()}
+            yield PairedActivations(first.batch, first.layer, acts, preacts)
