@@ -97,9 +97,3 @@ def resolve_ngram_layers(setting: str | Sequence[int], analysed: tuple[int, ...]
     if setting == "first_half":
         return tuple(layer for layer in analysed if 2 * layer < n_layers)
     return tuple(layer for layer in analysed if layer in set(int(x) for x in setting))
-
-
-def unanalysed_ngram_layers(setting: str | Sequence[int], analysed: Sequence[int]) -> list[int]:
-    """Layers listed in `capture.ngram_layers` that are not analysed: a job refuses them, since their n-gram
-    columns would silently be empty (a capture of some layers alone may pass the full list on purpose)."""
-    return [] if isinstance(setting, str) else sorted({int(x) for x in setting} - set(analysed))

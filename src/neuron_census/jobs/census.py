@@ -22,8 +22,8 @@ from neuron_census.jobs.common import ModelJob, PathLike, stacked_shards, write_
 if TYPE_CHECKING:
     import torch
 
-    from neuron_census.capture.engine import CaptureSettings
     from neuron_census.capture.placement import Placement
+    from neuron_census.capture.settings import CaptureSettings
 
 
 def tokenize_job(
@@ -42,13 +42,7 @@ def tokenize_job(
     import json
 
     from neuron_census.data.corpus import (
-        TEXT_SOURCES,
-        StreamCursor,
-        read_stream_end,
-        shard_sequences,
-        source_files,
-        text_shard,
-        write_token_shard,
+        TEXT_SOURCES, StreamCursor, read_stream_end, shard_sequences, source_files, text_shard, write_token_shard,
     )
     from neuron_census.data.inputs import files_fingerprint
     from neuron_census.data.tokenization import load_tokenizer
@@ -140,18 +134,13 @@ def train_job(
 
 
 def capture_job(model: ModelJob, shard_path: PathLike, output: PathLike) -> None:
-    """Capture one (model, dataset, shard): accumulator states in one zarr store.
-
-    The model is placed by `settings.strategy` (resident, offload or layerwise); offloaded weights and
-    kept hidden states live in a temporary folder that is removed when the job ends, killed or not. The
-    store is written as capture hands layers over (under layerwise, each layer once it is done), by a
-    writer thread unless `settings.write_behind` is false, into a temporary that becomes the output only
-    when the job succeeds.
-    """
+    """Capture one (model, dataset, shard) into one zarr store, written as capture hands layers over (by a
+    writer thread unless `write_behind` is false) into a temporary that becomes the output only when the job
+    succeeds. Offloaded weights and kept hidden states live in a temporary folder removed when the job ends."""
     from neuron_census.capture.engine import capture_tokens
     from neuron_census.capture.layer_states import written_behind
     from neuron_census.capture.placement import Placement, offload_folder
-    from neuron_census.capture.settings import CaptureSettings, resolve_layers, unanalysed_ngram_layers
+    from neuron_census.capture.settings import CaptureSettings, resolve_layers
     from neuron_census.capture.store import writing_store
 
     model_name = model.name
@@ -163,10 +152,10 @@ def capture_job(model: ModelJob, shard_path: PathLike, output: PathLike) -> None
         tokens, shard_attrs = model.read_shard(shard_path, tokenizer)
         shard = int(shard_attrs["shard"])
         layers = resolve_layers(capture_settings.layers, adapter.n_layers, model_name)
-        outside = unanalysed_ngram_layers(capture_settings.ngram_layers, layers)
-        if outside:  # hub models: the config alone could not show this at parse time
+        ngram_layers = capture_settings.ngram_layers
+        outside = [] if isinstance(ngram_layers, str) else sorted({int(x) for x in ngram_layers} - set(layers))
+        if outside:  # their n-gram columns would be empty; hub models: the config alone could not show this at parse time
             raise ValueError(f"model '{model_name}': capture.ngram_layers {outside} are not among the analysed layers {list(layers)}")
-        write_behind = bool(model.capture["write_behind"])
         report_statistics_memory(model_name, capture_settings, adapter, layers, tokens.shape, device, placement)
         attrs = {
             "model": model_name,
@@ -187,19 +176,11 @@ def capture_job(model: ModelJob, shard_path: PathLike, output: PathLike) -> None
             "dtype": str(dtype).removeprefix("torch."),
             "strategy": placement.strategy,
         }
-        with writing_store(output, attrs) as store, written_behind(store, write_behind) as sink:
+        with writing_store(output, attrs) as store, written_behind(store, bool(model.capture["write_behind"])) as sink:
             capture_tokens(
-                loaded.model,
-                adapter,
-                tokens,
-                model_name=model_name,
-                first_seq_id=shard * int(shard_attrs["n_sequences"]),
-                has_bos=bool(shard_attrs["has_bos"]),
-                settings=capture_settings,
-                device=device,
-                placement=placement,
-                offload_dir=folder,
-                sink=sink,
+                loaded.model, adapter, tokens, model_name=model_name, first_seq_id=shard * int(shard_attrs["n_sequences"]),
+                has_bos=bool(shard_attrs["has_bos"]), settings=capture_settings, device=device, placement=placement,
+                offload_dir=folder, sink=sink,
             )
 
 
@@ -217,6 +198,8 @@ def report_statistics_memory(
     The bound is reached only when every neuron's tables are full, so exceeding it is a warning: the
     capture may still fit, but a user learns before a long job which setting to change if it does not.
     """
+    import torch
+
     from neuron_census.accumulators import Geometry, describe_bound, statistics_memory
 
     n_seq, seq_len = tokens_shape
@@ -227,13 +210,8 @@ def report_statistics_memory(
     host = {name: bound.host for name, bound in memory.items()}
     print(f"capture '{model_name}': statistics on {device} {describe_bound(bounds)}", file=sys.stderr)
     print(f"capture '{model_name}': statistics in host memory {describe_bound(host)}", file=sys.stderr)
-    if device.type != "cuda":
-        return
-    import torch
-
-    free, _ = torch.cuda.mem_get_info(device)
     needed = sum(bounds.values())
-    if needed > free:
+    if device.type == "cuda" and needed > (free := torch.cuda.mem_get_info(device)[0]):
         advice = "" if layerwise else "capture.strategy: layerwise (one layer's statistics on the GPU) or "
         print(
             f"warning: capture '{model_name}': the statistics can grow to {needed / 1e9:.1f} GB, more than the "
@@ -279,7 +257,10 @@ def stats_job(
     if attrs["tokenizer_fingerprint"] != tokenizer.fingerprint:
         raise ValueError(f"stores of model '{model_name}' were captured with another tokenizer than '{tokenizer_name}'")
     names = [name for name in STATS_ACCUMULATORS if name in readers[0].names]
-    positional = positional_readers(readers, analysis.get("positional", {}).get("datasets"), model_name)
+    datasets = analysis.get("positional", {}).get("datasets")  # positional neurons: on these datasets' stores only
+    positional = readers if datasets is None else [r for r in readers if set(r.attrs["datasets"]) <= set(datasets)]
+    if not positional:
+        raise ValueError(f"model '{model_name}': no capture store of positional dataset(s) {sorted(datasets)}")
     stats, rates = stats_tables_by_layer(
         model_name,
         attrs,
@@ -292,17 +273,6 @@ def stats_job(
     )
     write_parquet(stats, stats_out)
     write_parquet(rates, rates_out)
-
-
-def positional_readers(readers: Sequence[Any], datasets: Sequence[str] | None, model_name: str) -> list[Any]:
-    """The stores positional neurons are found on: those of `datasets` that the model was captured on, or all
-    when it is None."""
-    if datasets is None:
-        return list(readers)
-    chosen = [reader for reader in readers if set(reader.attrs["datasets"]) <= set(datasets)]
-    if not chosen:
-        raise ValueError(f"model '{model_name}': no capture store of positional dataset(s) {sorted(datasets)}")
-    return chosen
 
 
 def vocab_job(model: ModelJob, stores: Sequence[PathLike], output: PathLike, fired_output: PathLike) -> None:
