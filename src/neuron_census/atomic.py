@@ -41,16 +41,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def dead_temporaries(final: Path) -> list[Path]:
-    """Temporaries of `final` whose writer was a process of this machine that no longer runs."""
-    dead = []
-    for path in sorted(final.parent.glob(f".{final.name}.tmp-{HOST}-*")):
-        pid = path.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
-            dead.append(path)
-    return dead
-
-
 @contextmanager
 def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside `final`; rename it to `final` when the block succeeds.
@@ -60,8 +50,10 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in dead_temporaries(final):
-        _remove(stale)
+    for stale in sorted(final.parent.glob(f".{final.name}.tmp-{HOST}-*")):  # those of dead writers of this machine
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            _remove(stale)
     tmp = final.with_name(f".{final.name}.tmp-{HOST}-{os.getpid()}")
     try:
         yield tmp
@@ -87,9 +79,8 @@ def write_failure(error: BaseException) -> str | None:
 
     Python's OSError carries the errno (often without the path); Rust-backed writers (polars' parquet)
     raise their own types with the OS error only in the text."""
-    if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:
-        return f"{os.strerror(error.errno)} (errno {error.errno})"
     found = re.search(r"\(os error (\d+)\)", str(error))
-    if found and int(found.group(1)) in WRITE_ERRNOS:
-        return f"{os.strerror(int(found.group(1)))} (errno {found.group(1)})"
+    for code in (error.errno if isinstance(error, OSError) else None, found and int(found.group(1))):
+        if code in WRITE_ERRNOS:
+            return f"{os.strerror(code)} (errno {code})"
     return None

@@ -26,12 +26,6 @@ def memory_errors() -> tuple[type[BaseException], ...]:
     return (MemoryError,) if torch is None else (MemoryError, torch.OutOfMemoryError)
 
 
-def input_errors() -> tuple[type[BaseException], ...]:
-    """What bad input raises: our own checks raise ValueError, FileNotFoundError or FloatingPointError;
-    Hugging Face raises OSError for models and files it cannot find; and running out of memory."""
-    return (ValueError, OSError, FloatingPointError, *memory_errors())
-
-
 class _Tee:
     def __init__(self, *streams: TextIO) -> None:
         self.streams = streams
@@ -73,7 +67,9 @@ def job_log(logs: Sequence[str | os.PathLike[str]]) -> Iterator[None]:
         sys.stderr = _Tee(sys.__stderr__, log)  # type: ignore[assignment]
     try:
         yield
-    except input_errors() as error:
+    # bad input: our own checks raise ValueError, FileNotFoundError or FloatingPointError; Hugging Face raises
+    # OSError for models and files it cannot find; and running out of memory
+    except (ValueError, OSError, FloatingPointError, *memory_errors()) as error:
         if log is not None:
             log.write(traceback.format_exc())
         print(PREFIX + one_line(error), file=sys.stderr)

@@ -117,19 +117,15 @@ class ModelJob:
         """Sequences per forward pass."""
         return int(self.capture["batch_size"])
 
-    def tokenizer(self) -> Any:
-        from neuron_census.data.tokenization import load_tokenizer
-
-        return load_tokenizer(self.tokenizer_name, self.tokenizer_spec)
-
     def load(self, placement: Any = None, offload_dir: Path | None = None) -> tuple[Any, Any, torch.device, torch.dtype]:
         """What every job that runs the model starts with: threads, tokenizer, model, device and dtype."""
         import torch
 
+        from neuron_census.data.tokenization import load_tokenizer
         from neuron_census.models.loading import load_model
 
         torch.set_num_threads(max(1, self.threads))
-        tokenizer = self.tokenizer()
+        tokenizer = load_tokenizer(self.tokenizer_name, self.tokenizer_spec)
         device, dtype = resolve_device(self.capture["device"], self.capture["dtype"])
         loaded = load_model(self.name, self.spec, device=device, dtype=dtype, placement=placement, offload_dir=offload_dir)
         return tokenizer, loaded, device, dtype
