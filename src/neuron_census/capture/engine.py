@@ -65,17 +65,9 @@ def layer_batch(item: sources.LayerActivations, fire_rule: str, per_batch: dict[
             per_batch["uncounted"] = torch.arange(batch.counted_from, device=fires.device)
         fires.index_fill_(1, per_batch["uncounted"], False)
     return LayerBatch(
-        layer=item.layer,
-        acts=item.acts,
-        fires=fires,
-        mask=batch.mask,
-        tokens=batch.tokens,
-        seq_ids=batch.seq_ids,
-        counted_from=batch.counted_from,
-        first_seq=batch.first_seq,
+        layer=item.layer, acts=item.acts, fires=fires, mask=batch.mask, tokens=batch.tokens, seq_ids=batch.seq_ids,
+        counted_from=batch.counted_from, first_seq=batch.first_seq, fires_from_acts=not by_gate, per_batch=per_batch,
         acts_flat=item.acts_flat,  # the hook's own [B*T, N] tensor (OPT): no reshape back
-        fires_from_acts=not by_gate,
-        per_batch=per_batch,
     )
 
 

@@ -3,8 +3,8 @@
 A source yields `LayerActivations`, one analysed layer of one batch at a time. Hooks only hand tensors out.
 Each batch is embedded by the model's own forward pass, stopped at the first decoder layer, then the decoder
 layers are called one by one up to the last analysed layer (whose FFN output projection is skipped), so later
-layers and the LM head never run. `resident` runs batch after batch; `layerwise` embeds every batch, then runs
-each layer once over all of them; `paired` zips several models' sources over the same batches.
+layers and the LM head never run. `resident` (also under `offload`) runs batch after batch; `layerwise` embeds
+every batch, then runs each layer once over all of them; `paired` zips several models' sources in lockstep.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -105,13 +106,14 @@ class ModelSteps:
         """The hooks in place for the block, and removed after it, whatever happens."""
         handles = [self.decoder[0].register_forward_pre_hook(self._grab_first_input, with_kwargs=True)]
         for layer in self.layers:
-            handles.append(self.adapter.neuron_input_module(layer).register_forward_pre_hook(self._neuron_hook(layer)))
+            neuron_input = self.adapter.neuron_input_module(layer)
+            handles.append(neuron_input.register_forward_pre_hook(partial(self._neuron_hook, layer)))
             if self.read_preactivation:
                 gate = self.adapter.preactivation_module(layer)
             else:
                 gate = self.adapter.gate_output_module(layer) if self.read_gate else None
             if gate is not None:
-                handles.append(gate.register_forward_hook(self._gate_hook(layer)))
+                handles.append(gate.register_forward_hook(partial(self._gate_hook, layer)))
         try:
             yield self
         finally:
@@ -125,19 +127,13 @@ class ModelSteps:
         self._first.append((hidden, {k: v for k, v in kwargs.items() if k != "hidden_states"}))
         raise StopForward
 
-    def _neuron_hook(self, layer: int) -> Any:
-        def hook(_module: torch.nn.Module, args: tuple[Any, ...]) -> None:
-            self._acts[layer] = args[0]
-            if layer == self.last:
-                raise StopForward  # the last analysed layer's output is never needed
+    def _neuron_hook(self, layer: int, _module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        self._acts[layer] = args[0]
+        if layer == self.last:
+            raise StopForward  # the last analysed layer's output is never needed
 
-        return hook
-
-    def _gate_hook(self, layer: int) -> Any:
-        def hook(_module: torch.nn.Module, _args: tuple[Any, ...], output: torch.Tensor) -> None:
-            self._gates[layer] = output
-
-        return hook
+    def _gate_hook(self, layer: int, _module: torch.nn.Module, _args: tuple[Any, ...], output: torch.Tensor) -> None:
+        self._gates[layer] = output
 
     def embed(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
         self._embedding = True
