@@ -21,20 +21,6 @@ if TYPE_CHECKING:
 PathLike = str | os.PathLike[str]
 
 
-def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
-    """`auto` picks CUDA with bfloat16 when present, else CPU with float32."""
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"capture.device '{device}' asks for CUDA but no CUDA device is available")
-    if dtype == "auto":
-        return resolved, torch.bfloat16 if resolved.type == "cuda" else torch.float32
-    return resolved, getattr(torch, dtype)  # the schema's enum of torch dtype names
-
-
 def read_shard_for(shard: PathLike, tokenizer: Any, user: str) -> tuple[Any, dict[str, Any]]:
     """Read a token shard and refuse it unless it was made with `tokenizer` (by fingerprint)."""
     from neuron_census.data.corpus import read_token_shard
@@ -118,7 +104,8 @@ class ModelJob:
         return int(self.capture["batch_size"])
 
     def load(self, placement: Any = None, offload_dir: Path | None = None) -> tuple[Any, Any, torch.device, torch.dtype]:
-        """What every job that runs the model starts with: threads, tokenizer, model, device and dtype."""
+        """What every job that runs the model starts with: threads, tokenizer, model, device and dtype (`auto`:
+        CUDA with bfloat16 when present, else CPU with float32)."""
         import torch
 
         from neuron_census.data.tokenization import load_tokenizer
@@ -126,7 +113,12 @@ class ModelJob:
 
         torch.set_num_threads(max(1, self.threads))
         tokenizer = load_tokenizer(self.tokenizer_name, self.tokenizer_spec)
-        device, dtype = resolve_device(self.capture["device"], self.capture["dtype"])
+        name, dtype_name = self.capture["device"], self.capture["dtype"]
+        device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"capture.device '{name}' asks for CUDA but no CUDA device is available")
+        auto = torch.bfloat16 if device.type == "cuda" else torch.float32
+        dtype = auto if dtype_name == "auto" else getattr(torch, dtype_name)  # the schema's enum of torch dtype names
         loaded = load_model(self.name, self.spec, device=device, dtype=dtype, placement=placement, offload_dir=offload_dir)
         return tokenizer, loaded, device, dtype
 
