@@ -80,7 +80,7 @@ def write_failure(error: BaseException) -> str | None:
     Python's OSError carries the errno (often without the path); Rust-backed writers (polars' parquet)
     raise their own types with the OS error only in the text."""
     found = re.search(r"\(os error (\d+)\)", str(error))
-    for code in (error.errno if isinstance(error, OSError) else None, found and int(found.group(1))):
+    for code in (error.errno if isinstance(error, OSError) else None, int(found.group(1)) if found else None):
         if code in WRITE_ERRNOS:
             return f"{os.strerror(code)} (errno {code})"
     return None

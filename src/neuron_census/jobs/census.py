@@ -109,8 +109,7 @@ def train_job(
     tokenizer = load_tokenizer(tokenizer_name, tokenizer_spec)
     tokens = stacked_shards(shards, tokenizer, f"train run '{run_name}'")
     fields = set(TrainConfig.__dataclass_fields__)
-    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in run.items() if k in fields}
-    config = TrainConfig(**kwargs)
+    config = TrainConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in run.items() if k in fields})
     if tokenizer.bos_id is None or tokenizer.eos_id is None:
         raise ValueError(f"train run '{run_name}': tokenizer '{tokenizer_name}' needs a BOS and an EOS token")
     output = Path(output)
@@ -261,16 +260,14 @@ def stats_job(
     positional = readers if datasets is None else [r for r in readers if set(r.attrs["datasets"]) <= set(datasets)]
     if not positional:
         raise ValueError(f"model '{model_name}': no capture store of positional dataset(s) {sorted(datasets)}")
-    stats, rates = stats_tables_by_layer(
-        model_name,
-        attrs,
-        lambda slot: {
-            name: merged_layer_state(positional if name == "position_fire_count" else readers, name, slot)
-            for name in names
-        },
-        AnalysisSettings.from_config(analysis),
-        tokenizer.token_strings(),
-    )
+
+    def layer_states(slot: int) -> dict[str, Any]:
+        return {
+            name: merged_layer_state(positional if name == "position_fire_count" else readers, name, slot) for name in names
+        }
+
+    settings = AnalysisSettings.from_config(analysis)
+    stats, rates = stats_tables_by_layer(model_name, attrs, layer_states, settings, tokenizer.token_strings())
     write_parquet(stats, stats_out)
     write_parquet(rates, rates_out)
 
