@@ -62,7 +62,7 @@ def timed(method):
             stalled[0] += time.perf_counter() - start
     return run
 
-for cls, names in ((layer_states.LayeredStates, ("add_layer", "add_layers", "add_whole")),
+for cls, names in ((layer_states.LayeredStates, ("add_layers", "add_whole")),
                    (getattr(layer_states, "WriteBehind", None), ("add_layers", "add_whole", "close"))):
     for name in names:
         if cls is not None and hasattr(cls, name):
