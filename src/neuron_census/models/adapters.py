@@ -47,15 +47,15 @@ class FFNAdapter:
     """
 
     family: ClassVar[str] = ""
-    model_types: ClassVar[tuple[str, ...]] = ()
+    model_types: ClassVar[tuple[str, ...]] = ()  # the config model types it reads, if more than `family`
     gated: ClassVar[bool] = False
     layers_path: ClassVar[str] = ""
     norm_path: ClassVar[str] = ""  # may name None (OPT-350m)
+    project_out_path: ClassVar[str] = ""  # in the model: what maps the final residual into the unembedding's space
     projection_path: ClassVar[str] = ""  # in a decoder layer: the FFN output projection
     preactivation_path: ClassVar[str] = ""  # in a decoder layer: the module whose output the nonlinearity reads
     gate_path: ClassVar[str | None] = None  # in a gated FFN's decoder layer: its act_fn
     ffn_norm_path: ClassVar[str] = ""  # in a decoder layer: the norm whose output the FFN reads
-    attention_path: ClassVar[str] = ""  # in a decoder layer: the self-attention module
     attention_norm_path: ClassVar[str] = ""  # in a decoder layer: the norm whose output the attention reads
     rotary_path: ClassVar[str] = ""  # in the model: the rotary embedding that rotates queries and keys by position
     rms_norm: ClassVar[bool] = False  # norms scale without removing the mean (no centring of weights)
@@ -74,6 +74,7 @@ class FFNAdapter:
         self.vocab_size = int(self.unembedding().shape[0])
         self.context_length = int(model.config.max_position_embeddings)  # GPT-2's config maps it to n_positions
         self.activation = str(getattr(model.config, self.activation_key))
+        self.n_heads = int(model.config.num_attention_heads)  # GPT-2's config maps it to n_head
 
     def decoder_layers(self) -> torch.nn.ModuleList:
         return attrgetter(self.layers_path)(self.model)
@@ -81,19 +82,16 @@ class FFNAdapter:
     def final_norm(self) -> torch.nn.Module | None:
         return attrgetter(self.norm_path)(self.model)
 
-    def _final_norm_f32(self, x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
+    def final_norm_f32(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's final norm applied to `x` in float32 (`x` itself where the model has none)."""
+        norm, x = self.final_norm(), x.float()
+        if norm is None:
+            return x
+        if self.rms_norm:  # x / rms(x) * weight, no mean subtraction and no bias
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon) * norm.weight.float()
         weight = None if norm.weight is None else norm.weight.float()
         bias = None if norm.bias is None else norm.bias.float()
         return F.layer_norm(x, norm.normalized_shape, weight, bias, norm.eps)
-
-    def _before_unembedding(self, x: torch.Tensor) -> torch.Tensor:
-        """What the model applies between the final norm and the unembedding (identity unless overridden)."""
-        return x
-
-    def final_norm_f32(self, x: torch.Tensor) -> torch.Tensor:
-        """The model's final norm applied to `x` in float32 (`x` itself where the model has none)."""
-        norm = self.final_norm()
-        return x.float() if norm is None else self._final_norm_f32(x.float(), norm)
 
     def _layer(self, layer: int) -> torch.nn.Module:
         if not 0 <= layer < self.n_layers:
@@ -122,15 +120,12 @@ class FFNAdapter:
         """The norm whose output the self-attention of `layer` reads (queries, keys and values)."""
         return attrgetter(self.attention_norm_path)(self._layer(layer))
 
-    @property
-    def n_heads(self) -> int:
-        config = self.model.config
-        return int(getattr(config, "num_attention_heads", None) or config.n_head)
-
     def query_key_weights(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """float32 (W_Q [H, d_head, d_model], b_Q [H, d_head], W_K [H_kv, d_head, d_model], b_K [H_kv, d_head])
-        of `layer`'s self-attention, acting on the attention norm's output."""
-        raise NotImplementedError(f"model '{self.name}' ({self.family}): no query and key weights")
+        of `layer`'s self-attention, acting on the attention norm's output (here: separate q_proj and k_proj)."""
+        attention = self._layer(layer).self_attn
+        kv_heads = int(getattr(self.model.config, "num_key_value_heads", None) or self.n_heads)
+        return _split_heads(attention.q_proj, self.n_heads) + _split_heads(attention.k_proj, kv_heads)
 
     @property
     def rotary(self) -> bool:
@@ -153,20 +148,12 @@ class FFNAdapter:
     def input_weights(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """float32 ([N, d_model], [N]): row i and bias i give neuron i's pre-activation from the FFN's
         normalised input (bias 0 where the projection has none)."""
-        module = self.preactivation_module(layer)
-        with align_module_device(module):
-            weight = module.weight.detach()
-            rows = (weight.T if isinstance(module, Conv1D) else weight).to(torch.float32, copy=True).contiguous()
-            bias = torch.zeros(len(rows)) if module.bias is None else module.bias.detach().to(torch.float32, copy=True)
-        return rows, bias.to(rows.device)
+        rows, bias = _weights_f32(self.preactivation_module(layer))
+        return rows.contiguous(), bias
 
     def value_vectors(self, layer: int) -> torch.Tensor:
         """float32 [N, d_model]: row i is what neuron i adds to the residual stream per unit activation."""
-        projection = self.neuron_input_module(layer)
-        with align_module_device(projection):  # loads the weight of a layer offloaded to disk, for this read
-            weight = projection.weight.detach()
-            rows = weight if isinstance(projection, Conv1D) else weight.T
-            return rows.to(torch.float32, copy=True).contiguous()
+        return _weights_f32(self.neuron_input_module(layer))[0].T.contiguous()
 
     def unembedding(self) -> torch.Tensor:
         """[vocab, d_unembed] in the model dtype: the LM head weight (tied to the input embedding or not)."""
@@ -175,7 +162,8 @@ class FFNAdapter:
     def unembedding_space(self, vectors: torch.Tensor) -> torch.Tensor:
         """float32 residual-stream vectors [k, d_model] mapped as the model maps them into the unembedding's
         space, without the final norm (identity except OPT-350m's project_out)."""
-        return self._before_unembedding(vectors.to(torch.float32))
+        project_out = attrgetter(self.project_out_path)(self.model) if self.project_out_path else None
+        return vectors.to(torch.float32) if project_out is None else _linear_f32(vectors.to(torch.float32), project_out)
 
     def project_to_vocab(self, vectors: torch.Tensor, apply_final_norm: bool) -> torch.Tensor:
         """Residual-stream vectors [k, d_model] to logits [k, vocab] in float32, as the model's head does.
@@ -191,29 +179,25 @@ class FFNAdapter:
         x = vectors.detach().to(device=head.weight.device, dtype=torch.float32)
         if apply_final_norm:
             x = self.final_norm_f32(x)
-        x = self._before_unembedding(x)
-        return _linear_f32(x, head)
+        return _linear_f32(self.unembedding_space(x), head)
 
 
 class OPTAdapter(FFNAdapter):
     """OPT: `model.decoder.layers[i].fc2`; post-LN OPT-350m has no final norm and projects 1024 -> 512."""
 
     family = "opt"
-    model_types = ("opt",)
     layers_path = "model.decoder.layers"
     norm_path = "model.decoder.final_layer_norm"
+    project_out_path = "model.decoder.project_out"
     projection_path = "fc2"
     preactivation_path = "fc1"
     activation_key = "activation_function"
-
-    attention_path = "self_attn"
     attention_norm_path = "self_attn_layer_norm"
 
     def query_key_weights(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         if not self.model.config.do_layer_norm_before:
             raise ValueError(f"model '{self.name}': post-LN OPT's attention reads no norm of the residual stream")
-        attention = attrgetter(self.attention_path)(self._layer(layer))
-        return _split_heads(attention.q_proj, self.n_heads) + _split_heads(attention.k_proj, self.n_heads)
+        return super().query_key_weights(layer)
 
     def ffn_norm(self, layer: int) -> torch.nn.Module:
         """Pre-LN OPT normalises the FFN input with `final_layer_norm`; post-LN OPT-350m reads the attention
@@ -221,53 +205,41 @@ class OPTAdapter(FFNAdapter):
         decoder_layer = self._layer(layer)
         return decoder_layer.final_layer_norm if self.model.config.do_layer_norm_before else decoder_layer.self_attn_layer_norm
 
-    def _before_unembedding(self, x: torch.Tensor) -> torch.Tensor:
-        project_out = self.model.model.decoder.project_out
-        return x if project_out is None else _linear_f32(x, project_out)
-
 
 class GPT2Adapter(FFNAdapter):
     """GPT-2: `transformer.h[i].mlp.c_proj`, a Conv1D whose weight is stored [in, out]."""
 
     family = "gpt2"
-    model_types = ("gpt2",)
     layers_path = "transformer.h"
     norm_path = "transformer.ln_f"
     projection_path = "mlp.c_proj"
     preactivation_path = "mlp.c_fc"
     ffn_norm_path = "ln_2"
-    attention_path = "attn"
     attention_norm_path = "ln_1"
+    activation_key = "activation_function"
 
     def query_key_weights(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        fused = attrgetter(self.attention_path)(self._layer(layer)).c_attn  # Conv1D [d, 3d]: q, k, v
-        with align_module_device(fused):
-            weight, bias = fused.weight.detach().T.float(), fused.bias.detach().float()
+        weight, bias = _weights_f32(self._layer(layer).attn.c_attn)  # [3d, d]: q, k, v
         d, heads = self.d_model, self.n_heads
         split = lambda w: w.reshape(heads, d // heads, *w.shape[1:])  # noqa: E731
         return split(weight[:d]), split(bias[:d]), split(weight[d : 2 * d]), split(bias[d : 2 * d])
-    activation_key = "activation_function"
 
 
 class GPTNeoXAdapter(FFNAdapter):
     """GPT-NeoX / Pythia: `gpt_neox.layers[i].mlp.dense_4h_to_h`; untied `lm_head`."""
 
     family = "gpt_neox"
-    model_types = ("gpt_neox",)
     layers_path = "gpt_neox.layers"
     norm_path = "gpt_neox.final_layer_norm"
     projection_path = "mlp.dense_4h_to_h"
     preactivation_path = "mlp.dense_h_to_4h"
     ffn_norm_path = "post_attention_layernorm"
-    attention_path = "attention"
     attention_norm_path = "input_layernorm"
     rotary_path = "gpt_neox.rotary_emb"
 
     def query_key_weights(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        fused = attrgetter(self.attention_path)(self._layer(layer)).query_key_value  # [H * (q, k, v) * d_head, d]
-        with align_module_device(fused):
-            weight = fused.weight.detach().float().reshape(self.n_heads, 3, -1, self.d_model)
-            bias = fused.bias.detach().float().reshape(self.n_heads, 3, -1)
+        weight, bias = _weights_f32(self._layer(layer).attention.query_key_value)  # [H * (q, k, v) * d_head, d]
+        weight, bias = weight.reshape(self.n_heads, 3, -1, self.d_model), bias.reshape(self.n_heads, 3, -1)
         return weight[:, 0], bias[:, 0], weight[:, 1], bias[:, 1]
 
 
@@ -283,31 +255,31 @@ class LlamaAdapter(FFNAdapter):
     preactivation_path = "mlp.gate_proj"
     gate_path = "mlp.act_fn"
     ffn_norm_path = "post_attention_layernorm"
-    attention_path = "self_attn"
     attention_norm_path = "input_layernorm"
     rms_norm = True
     rotary_path = "model.rotary_emb"
 
-    def query_key_weights(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        attention = attrgetter(self.attention_path)(self._layer(layer))
-        kv_heads = int(getattr(self.model.config, "num_key_value_heads", None) or self.n_heads)
-        return _split_heads(attention.q_proj, self.n_heads) + _split_heads(attention.k_proj, kv_heads)
 
-    def _final_norm_f32(self, x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
-        # RMSNorm: x / rms(x) * weight, no mean subtraction and no bias
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon) * norm.weight.float()
+def _weights_f32(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 copies of a Linear's or Conv1D's (weight [out, in], bias [out], 0 where it has none), read
+    where the module's weights are (a layer offloaded to disk is loaded for this read)."""
+    with align_module_device(module):
+        weight = module.weight.detach()
+        weight = (weight.T if isinstance(module, Conv1D) else weight).to(torch.float32, copy=True)
+        bias = torch.zeros(len(weight)) if module.bias is None else module.bias.detach().to(torch.float32, copy=True)
+    return weight, bias.to(weight.device)
 
 
 def _split_heads(projection: torch.nn.Linear, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A Linear [heads * d_head, d] projection as float32 ([heads, d_head, d], [heads, d_head]); bias 0 if none."""
-    with align_module_device(projection):
-        weight = projection.weight.detach().float()
-        bias = torch.zeros(weight.shape[0]) if projection.bias is None else projection.bias.detach().float()
-    return weight.reshape(heads, -1, weight.shape[1]), bias.to(weight.device).reshape(heads, -1)
+    """A Linear [heads * d_head, d] projection as float32 ([heads, d_head, d], [heads, d_head])."""
+    weight, bias = _weights_f32(projection)
+    return weight.reshape(heads, -1, weight.shape[1]), bias.reshape(heads, -1)
 
 
 _BY_MODEL_TYPE: dict[str, type[FFNAdapter]] = {
-    model_type: cls for cls in (OPTAdapter, GPT2Adapter, GPTNeoXAdapter, LlamaAdapter) for model_type in cls.model_types
+    model_type: cls
+    for cls in (OPTAdapter, GPT2Adapter, GPTNeoXAdapter, LlamaAdapter)
+    for model_type in cls.model_types or (cls.family,)
 }
 
 
