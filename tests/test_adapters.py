@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from neuron_census.models.adapters import FFNAdapter, adapter_for
-from neuron_census.models.zoo import ARCHITECTURES, HUB_IDS, build_random_model, hub_id
+from neuron_census.models.zoo import ARCHITECTURES, HUB_IDS, build_random_model
 
 # name -> (n_layers override, family, n_layers, n_neurons, d_model, vocab, context, activation, gated)
 CASES: dict[str, tuple[Any, ...]] = {
@@ -234,7 +234,7 @@ def test_published_sizes_of_the_smaller_architectures() -> None:
 
 def test_every_architecture_has_an_adapter_and_a_hub_id() -> None:
     assert set(HUB_IDS) == set(ARCHITECTURES)
-    assert hub_id("opt-125m") == "facebook/opt-125m" and hub_id("pythia-70m") == "EleutherAI/pythia-70m"
+    assert HUB_IDS["opt-125m"] == "facebook/opt-125m" and HUB_IDS["pythia-70m"] == "EleutherAI/pythia-70m"
     for architecture in ARCHITECTURES:
         model = build_random_model(architecture, device="meta", n_layers=1)
         adapter = adapter_for(model)

@@ -136,20 +136,10 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {architecture: config for architectur
 HUB_IDS: dict[str, str] = {architecture: hub for architecture, (hub, _) in _ZOO.items()}
 
 
-def _check_architecture(architecture: str) -> None:
-    if architecture not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture '{architecture}'; known: {', '.join(ARCHITECTURES)}")
-
-
-def hub_id(architecture: str) -> str:
-    """The public hub repository whose config.json `architecture` reproduces."""
-    _check_architecture(architecture)
-    return HUB_IDS[architecture]
-
-
 def architecture_config(architecture: str, *, n_layers: int | None = None) -> PretrainedConfig:
     """The HF config of `architecture`; `n_layers` keeps every per-layer shape and only cuts the stack."""
-    _check_architecture(architecture)
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture '{architecture}'; known: {', '.join(ARCHITECTURES)}")
     if n_layers is not None and n_layers < 1:
         raise ValueError(f"n_layers must be at least 1 for architecture '{architecture}', got {n_layers}")
     kwargs = dict(ARCHITECTURES[architecture])
