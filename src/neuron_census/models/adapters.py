@@ -75,6 +75,7 @@ class FFNAdapter:
         self.context_length = int(model.config.max_position_embeddings)  # GPT-2's config maps it to n_positions
         self.activation = str(getattr(model.config, self.activation_key))
         self.n_heads = int(model.config.num_attention_heads)  # GPT-2's config maps it to n_head
+        self.rotary = bool(self.rotary_path)  # whether attention rotates queries and keys by their positions
 
     def decoder_layers(self) -> torch.nn.ModuleList:
         return attrgetter(self.layers_path)(self.model)
@@ -127,11 +128,6 @@ class FFNAdapter:
         kv_heads = int(getattr(self.model.config, "num_key_value_heads", None) or self.n_heads)
         return _split_heads(attention.q_proj, self.n_heads) + _split_heads(attention.k_proj, kv_heads)
 
-    @property
-    def rotary(self) -> bool:
-        """Whether attention rotates queries and keys by their positions."""
-        return bool(self.rotary_path)
-
     def rotate(self, vectors: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Queries or keys of one head, [B, T, d_head] float32, rotated by their positions [T] as the model's
         attention rotates them: its own rotary embedding and its modelling module's `apply_rotary_pos_emb`
@@ -162,8 +158,9 @@ class FFNAdapter:
     def unembedding_space(self, vectors: torch.Tensor) -> torch.Tensor:
         """float32 residual-stream vectors [k, d_model] mapped as the model maps them into the unembedding's
         space, without the final norm (identity except OPT-350m's project_out)."""
+        x = vectors.to(torch.float32)
         project_out = attrgetter(self.project_out_path)(self.model) if self.project_out_path else None
-        return vectors.to(torch.float32) if project_out is None else _linear_f32(vectors.to(torch.float32), project_out)
+        return x if project_out is None else _linear_f32(x, project_out)
 
     def project_to_vocab(self, vectors: torch.Tensor, apply_final_norm: bool) -> torch.Tensor:
         """Residual-stream vectors [k, d_model] to logits [k, vocab] in float32, as the model's head does.
