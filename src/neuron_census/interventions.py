@@ -5,14 +5,10 @@ the logits can be measured directly. The edit itself is a pure function of a ten
 (`apply_intervention`); hooks only find the tensor, turn its flat or batched layout into
 [..., positions, neurons], and put the edited copy back.
 
-Two targets per neuron:
-
-* "activation": the input of the FFN output projection (OPT `fc2`, GPT-2 `mlp.c_proj`, NeoX
-  `mlp.dense_4h_to_h`, Llama `mlp.down_proj`), edited by a forward pre-hook. For a gated FFN this is the
-  product unit act_fn(gate) * up.
-* "preactivation": what the nonlinearity reads. Non-gated FFNs: the output of the input projection (OPT
-  `fc1`, GPT-2 `mlp.c_fc`, NeoX `mlp.dense_h_to_4h`); gated FFNs: the output of the gate projection
-  (`mlp.gate_proj`, before act_fn; the up projection is left alone). Edited by a forward hook.
+Two targets per neuron, as the adapter names them: "activation", the input of the FFN output projection
+(for a gated FFN the product unit act_fn(gate) * up), edited by a forward pre-hook; "preactivation", what
+the nonlinearity reads (a gated FFN's gate projection output, the up projection left alone), edited by a
+forward hook.
 
 Positions are absolute indices into the token sequence the model has seen in this call chain: prompt and
 generated tokens together, counted from 0 (the cache slot, which is the column of `input_ids`, not a
@@ -122,14 +118,9 @@ def apply_intervention(x: torch.Tensor, intervention: Intervention, offset: int 
     column_index = torch.tensor(intervention.neurons, device=x.device)[None, :]
     value = intervention._value.to(device=x.device, dtype=x.dtype)
     out = x.clone()
-    current = out[..., row_index, column_index]  # [..., rows, neurons]
-    if intervention.op == "set":
-        new = value.expand_as(current)
-    elif intervention.op == "scale":
-        new = current * value
-    else:
-        new = current + value
-    out[..., row_index, column_index] = new
+    current = out[..., row_index, column_index]  # [..., rows, neurons]; a value broadcasts over the rows
+    op = intervention.op
+    out[..., row_index, column_index] = value if op == "set" else current * value if op == "scale" else current + value
     return out
 
 
@@ -137,65 +128,49 @@ class _Window:
     """Which absolute positions the current forward call covers: a stack, one entry per model call in flight."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[int, int]] = []  # (offset, sequence length)
+        self.calls: list[tuple[int, int | None]] = []  # (offset, sequence length)
 
     def enter(self, _module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        self.calls.append((_past_length(kwargs), _sequence_length(args, kwargs)))
+        # tokens already processed before this call: from cache_position, or the cache's length, else 0
+        cache_position = kwargs.get("cache_position")
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if isinstance(cache_position, torch.Tensor) and cache_position.numel():
+            past = int(cache_position.reshape(-1)[0])
+        elif hasattr(cache, "get_seq_length"):
+            past = int(cache.get_seq_length())
+        elif isinstance(cache, (tuple, list)) and cache and cache[0] is not None:  # legacy ((k, v), ...) per layer
+            past = int(cache[0][0].shape[-2])
+        else:
+            past = 0
+        tokens = args[0] if args and isinstance(args[0], torch.Tensor) else kwargs.get("input_ids")
+        embeds = kwargs.get("inputs_embeds")
+        seq_len = int(tokens.shape[-1]) if tokens is not None else None if embeds is None else int(embeds.shape[1])
+        self.calls.append((past, seq_len))
 
     def leave(self, *_: Any) -> None:
         if self.calls:
             self.calls.pop()
 
-    def current(self) -> tuple[int, int | None]:
-        """(offset, sequence length); (0, None) when called outside a model forward (layers run by hand)."""
-        return self.calls[-1] if self.calls else (0, None)
+    def edit(self, intervention: Intervention, x: torch.Tensor) -> torch.Tensor | None:
+        """`intervention` applied to a hooked tensor, [batch, seq, N] or OPT's flat [batch * seq, N]; None if it
+        edits nothing in this call. Outside a model forward (layers run by hand) positions count from 0."""
+        offset, seq_len = self.calls[-1] if self.calls else (0, None)
+        if x.ndim < 3 and (seq_len is None or x.shape[0] % seq_len):
+            raise ValueError(
+                f"cannot tell positions in a flat tensor of shape {list(x.shape)}: run the model itself, not its layers"
+            )
+        cells = x if x.ndim >= 3 else x.reshape(-1, seq_len, x.shape[-1])
+        edited = apply_intervention(cells, intervention, offset)
+        return None if edited is cells else edited.reshape(x.shape)
 
+    def input_hook(self, intervention: Intervention, _module: torch.nn.Module, args: tuple) -> tuple | None:
+        edited = self.edit(intervention, args[0])
+        return None if edited is None else (edited, *args[1:])
 
-def _past_length(kwargs: dict[str, Any]) -> int:
-    """Tokens already processed before this call: from cache_position, or the cache's length, else 0."""
-    cache_position = kwargs.get("cache_position")
-    if isinstance(cache_position, torch.Tensor) and cache_position.numel():
-        return int(cache_position.reshape(-1)[0])
-    cache = kwargs.get("cache", kwargs.get("past_key_values"))
-    if cache is None:
-        return 0
-    if hasattr(cache, "get_seq_length"):
-        return int(cache.get_seq_length())
-    if isinstance(cache, (tuple, list)) and cache and cache[0] is not None:  # legacy ((k, v), ...) per layer
-        return int(cache[0][0].shape[-2])
-    return 0
-
-
-def _sequence_length(args: tuple, kwargs: dict[str, Any]) -> int | None:
-    tokens = args[0] if args and isinstance(args[0], torch.Tensor) else kwargs.get("input_ids")
-    if tokens is None:
-        embeds = kwargs.get("inputs_embeds")
-        return None if embeds is None else int(embeds.shape[1])
-    return int(tokens.shape[-1])
-
-
-def _edit(x: torch.Tensor, intervention: Intervention, window: _Window) -> torch.Tensor | None:
-    """`intervention` applied to a hooked tensor, [batch, seq, N] or OPT's flat [batch * seq, N]; None if it
-    edits nothing in this call."""
-    offset, seq_len = window.current()
-    if x.ndim < 3 and (seq_len is None or x.shape[0] % seq_len):
-        raise ValueError(
-            f"cannot tell positions in a flat tensor of shape {list(x.shape)}: run the model itself, not its layers"
-        )
-    cells = x if x.ndim >= 3 else x.reshape(-1, seq_len, x.shape[-1])
-    edited = apply_intervention(cells, intervention, offset)
-    return None if edited is cells else edited.reshape(x.shape)
-
-
-def _input_hook(intervention: Intervention, window: _Window, _module: torch.nn.Module, args: tuple) -> tuple | None:
-    edited = _edit(args[0], intervention, window)
-    return None if edited is None else (edited, *args[1:])
-
-
-def _output_hook(
-    intervention: Intervention, window: _Window, _module: torch.nn.Module, _args: tuple, output: torch.Tensor
-) -> torch.Tensor | None:
-    return _edit(output, intervention, window)
+    def output_hook(
+        self, intervention: Intervention, _module: torch.nn.Module, _args: tuple, output: torch.Tensor
+    ) -> torch.Tensor | None:
+        return self.edit(intervention, output)
 
 
 @contextmanager
@@ -219,11 +194,10 @@ def intervened(model: torch.nn.Module, interventions: Sequence[Intervention]) ->
                 f"neuron {top} is outside 0..{adapter.n_neurons - 1} of layer {layer} of model '{adapter.name}'"
             )
         if intervention.target == "activation":
-            register = adapter.neuron_input_module(layer).register_forward_pre_hook
-            hooks.append((register, partial(_input_hook, intervention, window)))
+            register, hook = adapter.neuron_input_module(layer).register_forward_pre_hook, window.input_hook
         else:
-            register = adapter.preactivation_module(layer).register_forward_hook
-            hooks.append((register, partial(_output_hook, intervention, window)))
+            register, hook = adapter.preactivation_module(layer).register_forward_hook, window.output_hook
+        hooks.append((register, partial(hook, intervention)))
     handles: list[torch.utils.hooks.RemovableHandle] = []
     try:
         handles.append(model.register_forward_pre_hook(window.enter, with_kwargs=True))
