@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.utils import logging as hf_logging
@@ -59,7 +60,6 @@ def _from_pretrained(
     device: torch.device,
     dtype: torch.dtype,
     placement: Placement,
-    max_memory: dict[int | str, str | int] | None,
     folder: Path | None,
 ) -> PreTrainedModel:
     """A hub or local checkpoint: raw config first (refuses unsupported families and unallowed remote code
@@ -94,7 +94,8 @@ def _from_pretrained(
             raise _remote_code_error(name, source) from error
         raise
     if placement.strategy == "offload":
-        where: dict[str, Any] = {"device_map": "auto", "max_memory": max_memory or None, "offload_folder": str(folder)}
+        max_memory = accelerate_max_memory(placement.max_memory, device) or None
+        where: dict[str, Any] = {"device_map": "auto", "max_memory": max_memory, "offload_folder": str(folder)}
     elif placement.layers_on_disk:
         from accelerate import init_empty_weights
 
@@ -104,8 +105,12 @@ def _from_pretrained(
         where = {"device_map": device_map, "offload_folder": str(folder)}
     else:  # resident on the device; layerwise on the CPU (it moves each layer to the device itself)
         where = {"device_map": device if placement.strategy == "resident" else torch.device("cpu")}
-    if Path(source).is_dir():
-        check_safetensors_files(name, Path(source))
+    for path in sorted(Path(source).glob("*.safetensors")) if Path(source).is_dir() else ():
+        try:  # open each header, so that a damaged file is named (the library's own error names none)
+            with safe_open(str(path), framework="pt"):
+                pass
+        except Exception as error:  # SafetensorError, OSError
+            raise ValueError(f"model '{name}': {path} is not a readable safetensors file ({first_line(error)})") from None
     previous = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # transformers' load report is replaced by the one line below
     try:
@@ -155,19 +160,6 @@ def check_loading_info(name: str, source: str, info: Mapping[str, Any]) -> None:
         raise ValueError(f"model '{name}': the weights of {source} do not match its config: {'; '.join(problems)}")
 
 
-def check_safetensors_files(name: str, folder: Path) -> None:
-    """Open every safetensors file's header, so a truncated or damaged file is named before anything loads
-    (the library's own error names no file)."""
-    from safetensors import safe_open
-
-    for path in sorted(folder.glob("*.safetensors")):
-        try:
-            with safe_open(str(path), framework="pt"):
-                pass
-        except Exception as error:  # SafetensorError, OSError
-            raise ValueError(f"model '{name}': {path} is not a readable safetensors file ({first_line(error)})") from None
-
-
 def _build(name: str, spec: Mapping[str, Any], device: torch.device, dtype: torch.dtype) -> PreTrainedModel:
     """A model built in memory: a random architecture or a planted recipe."""
     source = spec.get("source")
@@ -215,9 +207,8 @@ def load_model(
     if offload_dir is None and (placement.strategy == "offload" or placement.layers_on_disk):
         raise ValueError(f"model '{name}': {placement.strategy} needs a folder for the weights it keeps on disk")
     folder = None if offload_dir is None else Path(offload_dir)
-    max_memory = accelerate_max_memory(placement.max_memory, target) if placement.strategy == "offload" else None
     if spec.get("source") in ("hub", "local"):
-        model = _from_pretrained(name, spec, Path(root), target, dtype, placement, max_memory, folder)
+        model = _from_pretrained(name, spec, Path(root), target, dtype, placement, folder)
     else:
         model = _build(name, spec, target if placement.strategy == "resident" else torch.device("cpu"), dtype)
         if placement.layers_on_disk:
