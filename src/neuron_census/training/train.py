@@ -49,15 +49,8 @@ from transformers.utils import logging as hf_logging
 from neuron_census.atomic import atomic_path
 from neuron_census.testing.failpoints import failpoint
 
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
+                   "merges.txt", "tokenizer.model")
 IGNORE_INDEX = -100
 SAVE_SCHEDULE = ("checkpoints", "resume_every")  # may change between a run and its resumption
 # settings younger than some saved resume states: a state without them trained with their defaults
@@ -123,9 +116,10 @@ def model_config(cfg: TrainConfig, vocab_size: int, *, bos_id: int, eos_id: int,
     """The Hugging Face config of the run's architecture at the size given by `cfg`. OPT: ReLU, pre-LN,
     learned positions, biases; GPT-2: GELU (`gelu_new`), pre-LN, learned positions. Both tie the input and
     output embeddings; the configs' defaults give the rest (init std 0.02, no layer drop)."""
+    common = {"vocab_size": vocab_size, "tie_word_embeddings": True, "bos_token_id": bos_id, "eos_token_id": eos_id,
+              "pad_token_id": pad_id}
     if cfg.architecture == "gpt2":
         return GPT2Config(
-            vocab_size=vocab_size,
             n_embd=cfg.d_model,
             n_layer=cfg.n_layers,
             n_head=cfg.n_heads,
@@ -135,13 +129,9 @@ def model_config(cfg: TrainConfig, vocab_size: int, *, bos_id: int, eos_id: int,
             resid_pdrop=cfg.dropout,
             embd_pdrop=cfg.dropout,
             attn_pdrop=cfg.dropout,
-            tie_word_embeddings=True,
-            bos_token_id=bos_id,
-            eos_token_id=eos_id,
-            pad_token_id=pad_id,
+            **common,
         )
     return OPTConfig(
-        vocab_size=vocab_size,
         hidden_size=cfg.d_model,
         num_hidden_layers=cfg.n_layers,
         num_attention_heads=cfg.n_heads,
@@ -150,10 +140,7 @@ def model_config(cfg: TrainConfig, vocab_size: int, *, bos_id: int, eos_id: int,
         do_layer_norm_before=True,
         activation_function="relu",
         dropout=cfg.dropout,
-        tie_word_embeddings=True,
-        bos_token_id=bos_id,
-        eos_token_id=eos_id,
-        pad_token_id=pad_id,
+        **common,
     )
 
 
