@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
+import operator
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -118,9 +120,7 @@ def _type_command_line_values(config: dict[str, Any], validator: Any) -> None:
             if isinstance(value, str) or not any(validator.is_type(value, kind) for kind in kinds):
                 continue
             *parents, last = error.absolute_path
-            holder: Any = config
-            for key in parents:
-                holder = holder[key]
+            holder = functools.reduce(operator.getitem, parents, config)
             if holder[last] == error.instance:
                 holder[last] = value
                 changed = True
@@ -202,8 +202,7 @@ def _check_probing(config: Mapping[str, Any]) -> None:
 
     for model, study in config.get("probing", {}).items():
         _known("probing", model, config["models"], "model")
-        for dataset in study["datasets"]:
-            _known(f"probing.{model}.datasets", dataset, config["datasets"], "dataset")
+        _known(f"probing.{model}.datasets", study["datasets"], config["datasets"], "dataset")
         for group, sources in (study.get("groups") or {}).items():
             if len(set(sources)) != len(sources):
                 raise ConfigError(f"config error at 'probing.{model}.groups.{group}': {sources} repeat a source")
@@ -226,12 +225,9 @@ def _check_atlas(config: Mapping[str, Any]) -> None:
 def probing_layers(config: Mapping[str, Any], model: str) -> list[int]:
     """The layers a probing study probes: its own `layers`, else the model's listed capture layers, else every
     layer where the config tells the model's depth; a ConfigError where nothing does (hub models)."""
-    study = config["probing"][model]
-    if study.get("layers"):
-        return sorted(set(int(layer) for layer in study["layers"]))
-    captured = capture_settings(config, model)["layers"]
-    if isinstance(captured, list):
-        return sorted(set(int(layer) for layer in captured))
+    layers = config["probing"][model].get("layers") or capture_settings(config, model)["layers"]
+    if isinstance(layers, list):
+        return sorted({int(layer) for layer in layers})
     shape = model_shape(config, model)
     if shape is None:
         raise ConfigError(f"config error at 'probing.{model}.layers': name the layers to probe (the config alone does not tell the depth of model '{model}')")
@@ -329,18 +325,10 @@ def model_shape(config: Mapping[str, Any], model: str) -> tuple[int, int] | None
             return planted_shape(spec["recipe"])
         except ValueError as error:
             raise ConfigError(f"config error at 'models.{model}.recipe': {error}") from None
-    if spec["source"] == "local":
-        return config_json_shape(Path(spec["path"]) / "config.json")
-    return None
-
-
-def config_json_shape(path: Path) -> tuple[int, int] | None:
-    """(layers, context positions) from a Hugging Face config.json, under any family's key names; None when
-    it cannot be read (the job that loads the model then says why)."""
-    import json
-
-    try:
-        raw = json.loads(path.read_text())
+    if spec["source"] != "local":
+        return None
+    try:  # a config.json under any family's key names; one that cannot be read, the job loading the model reports
+        raw = json.loads((Path(spec["path"]) / "config.json").read_text())
     except (OSError, ValueError):
         return None
     layers = next((raw[k] for k in ("num_hidden_layers", "n_layer", "num_layers") if isinstance(raw.get(k), int)), None)
@@ -364,7 +352,13 @@ def _check_models(config: Mapping[str, Any]) -> None:
                 f"config error at 'analysis.positional.datasets': model '{model}' captures none of {positional}"
             )
         settings = capture_settings(config, model)
-        _check_accumulator_options(settings["accumulator_options"], _capture_key(config, model, "accumulator_options"))
+        if settings["accumulator_options"]:  # each declares its options; the registry imports torch, so only if set
+            from neuron_census.accumulators.base import check_options
+
+            try:
+                check_options(settings["accumulator_options"])
+            except ValueError as error:
+                raise ConfigError(f"config error at '{_capture_key(config, model, 'accumulator_options')}': {error}") from None
         shape = model_shape(config, model)
         layers, ngram_layers = settings["layers"], settings["ngram_layers"]  # the schema's defaults filled in
         if shape is not None:
@@ -390,18 +384,6 @@ def _check_models(config: Mapping[str, Any]) -> None:
                     f"config error at '{_capture_key(config, model, 'ngram_layers')}': layers {outside} are not analysed "
                     f"for model '{model}' (capture.layers: {described}); their n-gram columns would be empty"
                 )
-
-
-def _check_accumulator_options(options: Mapping[str, Any], where: str) -> None:
-    """Each accumulator declares its options (`Accumulator.options`): refuse unknown names and keys now."""
-    if not options:  # nothing to check, and the registry imports torch: reading the workflow stays without it
-        return
-    from neuron_census.accumulators.base import check_options
-
-    try:
-        check_options(options)
-    except ValueError as error:
-        raise ConfigError(f"config error at '{where}': {error}") from None
 
 
 def canonical(value: Any) -> Any:
@@ -471,15 +453,12 @@ JOB_RESOURCES: dict[str, dict[str, int]] = {
 }
 
 
-MODEL_THREADS = 8  # a job's threads when neither the config nor the model sets `resources.threads`
-
-
 def job_threads(config: Mapping[str, Any], model: str | None = None) -> int:
     """CPU threads of every job that runs `model` (or trains one, `model` None): the model's
     `resources.threads`, else the config's, else 8. Kept out of the jobs' params, so changing them reruns
     nothing; Snakemake caps them at `--cores`."""
     own = config["models"][model].get("resources", {}).get("threads") if model is not None else None
-    return own or config.get("resources", {}).get("threads") or MODEL_THREADS
+    return own or config.get("resources", {}).get("threads") or 8
 
 
 def job_resources(config: Mapping[str, Any], model: str, rule: str) -> dict[str, int]:
