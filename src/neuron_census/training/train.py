@@ -197,9 +197,7 @@ def deterministic_cpu(device: torch.device) -> Iterator[None]:
         torch.utils.deterministic.fill_uninitialized_memory = fills
 
 
-def next_token_loss(
-    model: torch.nn.Module, batch: torch.Tensor, cfg: TrainConfig, device: torch.device
-) -> torch.Tensor:
+def next_token_loss(model: torch.nn.Module, batch: torch.Tensor, cfg: TrainConfig, device: torch.device) -> torch.Tensor:
     """Mean cross-entropy of predicting token t+1 from tokens <= t, in fp32, under bf16 autocast where asked
     for (`auto` asks for it on CUDA only).
 
