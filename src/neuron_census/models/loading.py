@@ -178,9 +178,7 @@ def _build(name: str, spec: Mapping[str, Any], device: torch.device, dtype: torc
 
         model = build_planted_model(_required(name, spec, "recipe"))
         return model.to(device=device, dtype=dtype)
-    hint = ""
-    if source == "trained":
-        hint = " (resolve 'trained' to 'local' with neuron_census.config.resolved_model_spec)"
+    hint = " (resolve 'trained' to 'local' with neuron_census.config.resolved_model_spec)" if source == "trained" else ""
     raise ValueError(f"model '{name}': unknown source '{source}'{hint}; expected one of {', '.join(SOURCES)}")
 
 
