@@ -358,7 +358,8 @@ def _check_models(config: Mapping[str, Any]) -> None:
             try:
                 check_options(settings["accumulator_options"])
             except ValueError as error:
-                raise ConfigError(f"config error at '{_capture_key(config, model, 'accumulator_options')}': {error}") from None
+                where = _capture_key(config, model, "accumulator_options")
+                raise ConfigError(f"config error at '{where}': {error}") from None
         shape = model_shape(config, model)
         layers, ngram_layers = settings["layers"], settings["ngram_layers"]  # the schema's defaults filled in
         if shape is not None:
