@@ -27,16 +27,12 @@ _VOCAB_CHUNK = 8192
 
 def _linear_f32(x: torch.Tensor, module: torch.nn.Module) -> torch.Tensor:
     """`module(x)` for a Linear in float32, whatever the model dtype (weight rows cast in chunks)."""
-    weight = module.weight
-    bias = getattr(module, "bias", None)
+    weight, bias = module.weight, getattr(module, "bias", None)
     if weight.dtype == torch.float32:
         return F.linear(x, weight, bias)
-    parts = []
-    for start in range(0, weight.shape[0], _VOCAB_CHUNK):
-        rows = slice(start, start + _VOCAB_CHUNK)
-        part_bias = None if bias is None else bias[rows].float()
-        parts.append(F.linear(x, weight[rows].float(), part_bias))
-    return torch.cat(parts, dim=-1)
+    chunks = weight.split(_VOCAB_CHUNK)
+    biases = [None] * len(chunks) if bias is None else [b.float() for b in bias.split(_VOCAB_CHUNK)]
+    return torch.cat([F.linear(x, w.float(), b) for w, b in zip(chunks, biases, strict=True)], dim=-1)
 
 
 class FFNAdapter:
