@@ -159,8 +159,7 @@ def _check_universal(config: Mapping[str, Any]) -> None:
         _known(f"{where}.others", study["others"], models, "model")
         if reference in study["others"] or len(set(study["others"])) != len(study["others"]):
             raise ConfigError(f"config error at '{where}.others': the other models must differ from '{reference}' and each other")
-        if study.get("dataset") is not None:
-            _known(f"{where}.dataset", study["dataset"], config["datasets"], "dataset")
+        _known(f"{where}.dataset", study.get("dataset") or [], config["datasets"], "dataset")
         for other in study["others"]:
             if model_tokenizer(config, other) != model_tokenizer(config, reference):
                 raise ConfigError(
@@ -174,8 +173,7 @@ def _check_subupdates(config: Mapping[str, Any]) -> None:
     dominant sub-updates kept."""
     for model, study in config.get("subupdates", {}).items():
         _known("subupdates", model, config["models"], "model")
-        if study.get("dataset") is not None:
-            _known(f"subupdates.{model}.dataset", study["dataset"], config["datasets"], "dataset")
+        _known(f"subupdates.{model}.dataset", study.get("dataset") or [], config["datasets"], "dataset")
         if (study["early_exit"]["top"] or 0) > study["top"]:
             raise ConfigError(
                 f"config error at 'subupdates.{model}.early_exit.top': {study['early_exit']['top']} is more than the {study['top']} dominant sub-updates kept (top)"
@@ -186,8 +184,7 @@ def _check_steering(config: Mapping[str, Any]) -> None:
     """Every steered model is configured, as is its dataset, and names neurons or a concept."""
     for model, study in config.get("steering", {}).items():
         _known("steering", model, config["models"], "model")
-        if study.get("dataset") is not None:
-            _known(f"steering.{model}.dataset", study["dataset"], config["datasets"], "dataset")
+        _known(f"steering.{model}.dataset", study.get("dataset") or [], config["datasets"], "dataset")
         if not study["values"] and not study["concept"]:
             raise ConfigError(f"config error at 'steering.{model}': name the neurons to set (values) or a concept (a word list)")
         scorer = study["scorer"]
