@@ -316,12 +316,9 @@ def load_resume_state(
 
 def resumable(out_dir: Path, cfg: TrainConfig) -> bool:
     """Whether `out_dir` holds a resume state that `cfg` can continue (same trajectory settings)."""
-    state = Path(out_dir) / "resume" / "state.json"
-    if not state.is_file():
-        return False
     try:
-        saved = json.loads(state.read_text())["config"]
-    except (ValueError, KeyError):
+        saved = json.loads((Path(out_dir) / "resume" / "state.json").read_text())["config"]
+    except (OSError, ValueError, KeyError):  # no state, or not one this version wrote
         return False
     return _trajectory(saved) == _trajectory(cfg.to_json())
 
