@@ -270,6 +270,10 @@ class Accumulator:
     default: ClassVar[bool] = True  # runs unless the capture lists its accumulators
     # its own settings and their defaults, set in a config as `capture.accumulator_options.<name>.<key>`
     options: ClassVar[dict[str, Any]] = {}
+    # state arrays with the layer slot first, and arrays without one: what the default `read_layer` and
+    # `layer_parts` read and split (accumulators with keyed arrays define their own)
+    layer_keys: ClassVar[tuple[str, ...]] = ()
+    shared_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -298,13 +302,13 @@ class Accumulator:
     def merge(states: list[State]) -> State:
         raise NotImplementedError
 
-    @staticmethod
-    def read_layer(arrays: StateArrays, slot: int, layer: int) -> State:
-        raise NotImplementedError
+    @classmethod
+    def read_layer(cls, arrays: StateArrays, slot: int, layer: int) -> State:
+        return layered(arrays, cls.layer_keys, slot) | shared(arrays, cls.shared_keys)
 
-    @staticmethod
-    def layer_parts(state: State, slot: int, counted_before: int) -> Parts:
-        raise NotImplementedError
+    @classmethod
+    def layer_parts(cls, state: State, slot: int, counted_before: int) -> Parts:
+        return appended(state, cls.layer_keys) | once(state, cls.shared_keys)
 
     @classmethod
     def memory(cls, settings: CaptureSettings, geometry: Geometry, *, layerwise: bool, n_tokens: int) -> Memory:

@@ -7,24 +7,13 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from neuron_census.accumulators.base import (
-    Accumulator,
-    ExactFloatCounts,
-    Geometry,
-    LayerBatch,
-    Memory,
-    Parts,
-    State,
-    StateArrays,
-    appended,
-    layered,
-    sum_states,
-)
+from neuron_census.accumulators.base import Accumulator, ExactFloatCounts, Geometry, LayerBatch, Memory, State, sum_states
 
 
 class FireCount(Accumulator):
     name: ClassVar[str] = "fire_count"
     sums: ClassVar[bool] = True
+    layer_keys: ClassVar[tuple[str, ...]] = ("counts", "tokens")
 
     def __init__(self, geometry: Geometry, device: torch.device) -> None:
         self.geometry = geometry
@@ -48,14 +37,6 @@ class FireCount(Accumulator):
         return {"counts": self.counts.result().numpy(), "tokens": self._tokens(range(len(self.geometry.layers)))}
 
     merge = staticmethod(sum_states)
-
-    @staticmethod
-    def read_layer(arrays: StateArrays, slot: int, layer: int) -> State:
-        return layered(arrays, ("counts", "tokens"), slot)
-
-    @staticmethod
-    def layer_parts(state: State, slot: int, counted_before: int) -> Parts:
-        return appended(state, ("counts", "tokens"))
 
     @classmethod
     def memory(cls, settings, geometry: Geometry, *, layerwise: bool, n_tokens: int) -> Memory:

@@ -7,22 +7,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from neuron_census.accumulators.base import (
-    Accumulator,
-    Geometry,
-    LayerBatch,
-    Memory,
-    Parts,
-    State,
-    StateArrays,
-    appended,
-    host_paths,
-    layered,
-)
+from neuron_census.accumulators.base import Accumulator, Geometry, LayerBatch, Memory, State, host_paths
 from neuron_census.capture.host_copies import host_arrays
-
-KEYS = ("count", "sum", "m2", "min", "max")
-
 
 class Moments(Accumulator):
     """Each batch's mean and m2 (the sum of squared deviations from its mean) come from one `var_mean`
@@ -33,6 +19,7 @@ class Moments(Accumulator):
     and no float64 copy of a batch."""
 
     name: ClassVar[str] = "moments"
+    layer_keys: ClassVar[tuple[str, ...]] = ("count", "sum", "m2", "min", "max")
 
     def __init__(self, geometry: Geometry, device: torch.device) -> None:
         self.geometry = geometry
@@ -100,14 +87,6 @@ class Moments(Accumulator):
             "min": np.min([s["min"] for s in states], axis=0),
             "max": np.max([s["max"] for s in states], axis=0),
         }
-
-    @staticmethod
-    def read_layer(arrays: StateArrays, slot: int, layer: int) -> State:
-        return layered(arrays, KEYS, slot)
-
-    @staticmethod
-    def layer_parts(state: State, slot: int, counted_before: int) -> Parts:
-        return appended(state, KEYS)
 
     @classmethod
     def memory(cls, settings, geometry: Geometry, *, layerwise: bool, n_tokens: int) -> Memory:

@@ -6,27 +6,15 @@ from typing import ClassVar
 
 import torch
 
-from neuron_census.accumulators.base import (
-    Accumulator,
-    ExactFloatCounts,
-    Geometry,
-    LayerBatch,
-    Memory,
-    Parts,
-    State,
-    StateArrays,
-    appended,
-    layered,
-    once,
-    shared,
-    sum_states,
-)
+from neuron_census.accumulators.base import Accumulator, ExactFloatCounts, Geometry, LayerBatch, Memory, State, sum_states
 from neuron_census.capture.host_copies import host_array
 
 
 class PositionFireCount(Accumulator):
     name: ClassVar[str] = "position_fire_count"
     sums: ClassVar[bool] = True
+    layer_keys: ClassVar[tuple[str, ...]] = ("counts",)
+    shared_keys: ClassVar[tuple[str, ...]] = ("tokens",)
 
     def __init__(self, geometry: Geometry, device: torch.device) -> None:
         self.geometry = geometry
@@ -48,14 +36,6 @@ class PositionFireCount(Accumulator):
         return {"counts": self.counts.result().numpy(), "tokens": host_array(self.tokens)}
 
     merge = staticmethod(sum_states)
-
-    @staticmethod
-    def read_layer(arrays: StateArrays, slot: int, layer: int) -> State:
-        return layered(arrays, ("counts",), slot) | shared(arrays, ("tokens",))
-
-    @staticmethod
-    def layer_parts(state: State, slot: int, counted_before: int) -> Parts:
-        return appended(state, ("counts",)) | once(state, ("tokens",))
 
     @classmethod
     def memory(cls, settings, geometry: Geometry, *, layerwise: bool, n_tokens: int) -> Memory:

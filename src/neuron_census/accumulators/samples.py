@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from neuron_census.accumulators.base import Accumulator, Geometry, LayerBatch, Memory, Parts, State, StateArrays, appended, layered, once, shared
+from neuron_census.accumulators.base import Accumulator, Geometry, LayerBatch, Memory, State
 from neuron_census.capture.host_copies import host_array
 
 SPAN_KEYS = ("seq", "start", "end", "label")
@@ -43,6 +43,8 @@ def read_spans(path: str | Path, seq_len: int) -> dict[str, np.ndarray]:
 class Samples(Accumulator):
     name: ClassVar[str] = "samples"
     default: ClassVar[bool] = False  # runs when a capture names its spans
+    layer_keys: ClassVar[tuple[str, ...]] = ("values",)
+    shared_keys: ClassVar[tuple[str, ...]] = SPAN_KEYS
 
     def __init__(self, geometry: Geometry, device: torch.device, *, spans: dict[str, np.ndarray], limit: int) -> None:
         self.geometry = geometry
@@ -113,14 +115,6 @@ class Samples(Accumulator):
         order = np.lexsort((spans["end"], spans["start"], spans["seq"]))
         values = np.concatenate([s["values"] for s in states], axis=1)[:, order]
         return {key: column[order] for key, column in spans.items()} | {"values": values}
-
-    @staticmethod
-    def read_layer(arrays: StateArrays, slot: int, layer: int) -> State:
-        return layered(arrays, ("values",), slot) | shared(arrays, SPAN_KEYS)
-
-    @staticmethod
-    def layer_parts(state: State, slot: int, counted_before: int) -> Parts:
-        return appended(state, ("values",)) | once(state, SPAN_KEYS)
 
     @classmethod
     def memory(cls, settings, geometry: Geometry, *, layerwise: bool, n_tokens: int) -> Memory:

@@ -6,7 +6,7 @@ from typing import ClassVar
 
 import torch
 
-from neuron_census.accumulators.base import Accumulator, Geometry, LayerBatch, Memory, State, StateArrays, shared, sum_states
+from neuron_census.accumulators.base import Accumulator, Geometry, LayerBatch, Memory, State, sum_states
 from neuron_census.capture.host_copies import host_array
 
 
@@ -14,6 +14,7 @@ class TokenCount(Accumulator):
     name: ClassVar[str] = "token_count"
     layered: ClassVar[bool] = False
     sums: ClassVar[bool] = True
+    shared_keys: ClassVar[tuple[str, ...]] = ("counts",)
 
     def __init__(self, geometry: Geometry, device: torch.device) -> None:
         self.geometry = geometry
@@ -29,10 +30,6 @@ class TokenCount(Accumulator):
         return {"counts": host_array(self.counts)}
 
     merge = staticmethod(sum_states)
-
-    @staticmethod
-    def read_layer(arrays: StateArrays, slot: int, layer: int) -> State:
-        return shared(arrays, ("counts",))
 
     @classmethod
     def memory(cls, settings, geometry: Geometry, *, layerwise: bool, n_tokens: int) -> Memory:

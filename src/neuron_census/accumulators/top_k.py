@@ -12,12 +12,8 @@ from neuron_census.accumulators.base import (
     Geometry,
     LayerBatch,
     Memory,
-    Parts,
     State,
-    StateArrays,
-    appended,
     host_paths,
-    layered,
 )
 from neuron_census.accumulators.sorting import stable_order
 from neuron_census.capture.host_copies import host_arrays
@@ -55,6 +51,7 @@ class TopK(Accumulator):
     """
 
     name: ClassVar[str] = "top_k"
+    layer_keys: ClassVar[tuple[str, ...]] = ("values", "seq", "pos")
 
     def __init__(self, geometry: Geometry, device: torch.device, *, k: int = 16) -> None:
         self.geometry = geometry
@@ -205,14 +202,6 @@ class TopK(Accumulator):
         pos = torch.from_numpy(np.concatenate([s["pos"] for s in states], axis=1))
         out = [select_top(values[i], seq[i], pos[i], k) for i in range(values.shape[0])]
         return {key: np.stack([o[index].numpy() for o in out]) for index, key in enumerate(("values", "seq", "pos"))}
-
-    @staticmethod
-    def read_layer(arrays: StateArrays, slot: int, layer: int) -> State:
-        return layered(arrays, ("values", "seq", "pos"), slot)
-
-    @staticmethod
-    def layer_parts(state: State, slot: int, counted_before: int) -> Parts:
-        return appended(state, ("values", "seq", "pos"))
 
     @classmethod
     def memory(cls, settings, geometry: Geometry, *, layerwise: bool, n_tokens: int) -> Memory:
