@@ -31,6 +31,11 @@ from neuron_census.capture.settings import resolve_ngram_layers
 ENTRY_BYTES = 16
 
 
+def order_keys(order: int) -> tuple[str, str, str]:
+    """State keys of the summaries of one n-gram order: group, gram and count columns."""
+    return f"order{order}_group", f"order{order}_gram", f"order{order}_count"
+
+
 class NgramFireCount(Accumulator):
     """Each neuron keeps a mergeable Misra-Gries summary of at most `capacity` n-grams per order
     (`summaries`): exact until a neuron meets more distinct n-grams than that, certified bounds afterwards.
@@ -112,64 +117,49 @@ class NgramFireCount(Accumulator):
             for order in self.orders:
                 self._flush(slot, order)
 
-    def _header(self) -> State:
-        return {"orders": np.asarray(self.orders, dtype=np.int64), "capacity": np.asarray([self.capacity], dtype=np.int64)}
-
-    def _fires_of(self, slots: list[int]) -> np.ndarray:
-        """[orders, len(slots), neurons] firings at complete n-grams."""
-        if not slots:
-            return np.zeros((len(self.orders), 0, self.geometry.n_neurons), dtype=np.int64)
-        return host_array(torch.stack([torch.stack([per_slot[s] for s in slots]) for per_slot in self._fires]))
+    def _state(self, slots: list[int]) -> State:
+        """The summaries of `slots`, their groups `index in slots * n_neurons + neuron`: tables join in order."""
+        n_neurons = self.geometry.n_neurons
+        state = {
+            "orders": np.asarray(self.orders, dtype=np.int64),
+            "capacity": np.asarray([self.capacity], dtype=np.int64),
+            "layers": np.asarray([self.layers[s] for s in slots], dtype=np.int64),
+            "fires": host_array(torch.stack([torch.stack([per_slot[s] for s in slots]) for per_slot in self._fires]))
+            if slots else np.zeros((len(self.orders), 0, n_neurons), dtype=np.int64),  # [orders, slots, neurons]
+        }
+        for order in self.orders:
+            tables = [self._pending[slot][order].table for slot in slots]
+            columns = JoinedColumns(3, sum(table.held() for table in tables))
+            for index, table in enumerate(tables):
+                for neuron, gram, count in table.parts():
+                    columns.append(neuron + index * n_neurons if index else neuron, gram, count)
+            state |= dict(zip(order_keys(order), columns.arrays))
+        return state
 
     def take_layer(self, layer: int) -> State:
         """The layer's summaries, waiting tables merged, handed over: the state of a capture of this layer
         alone (empty when its n-grams are not counted)."""
-        counted = layer in self.layers
-        slot = self.layers.index(layer) if counted else 0
-        if counted:
+        slots = [self.layers.index(layer)] if layer in self.layers else []
+        for slot in slots:
             for order in self.orders:
                 self._flush(slot, order)
-        state = self._header() | {
-            "layers": np.asarray([layer] if counted else [], dtype=np.int64),
-            "fires": self._fires_of([slot] if counted else []),
-        }
-        for order in self.orders:
-            table = self._pending[slot][order].table if counted else None
-            columns = JoinedColumns(3, table.held() if table is not None else 0)
-            for part in table.parts() if table is not None else ():
-                columns.append(*part)
-            group, gram, count = columns.arrays
-            state |= {f"order{order}_group": group, f"order{order}_gram": gram, f"order{order}_count": count}
-            if table is not None:
-                self._pending[slot][order].clear()
+        state = self._state(slots)
+        for slot in slots:
+            for pending in self._pending[slot].values():
+                pending.clear()
         return state
 
     def state(self) -> State:
         self.flush()
-        state = self._header() | {
-            "layers": np.asarray(self.layers, dtype=np.int64),
-            "fires": self._fires_of(list(range(len(self.layers)))),
-        }
-        n_neurons = self.geometry.n_neurons
-        for order in self.orders:  # groups are slot * n_neurons + neuron: tables join in sorted order
-            columns = JoinedColumns(3, sum(tables[order].table.held() for tables in self._pending))
-            for slot, tables in enumerate(self._pending):
-                for neuron, gram, count in tables[order].table.parts():
-                    columns.append(neuron + slot * n_neurons, gram, count)
-            group, gram, count = columns.arrays
-            state |= {f"order{order}_group": group, f"order{order}_gram": gram, f"order{order}_count": count}
-        return state
+        return self._state(list(range(len(self.layers))))
 
     @staticmethod
     def merge(states: list[State]) -> State:
-        first = states[0]
         merged = settings_of(states, ("orders", "layers", "capacity"), "n-gram counts")
-        capacity = int(first["capacity"][0])
         merged["fires"] = np.sum([s["fires"] for s in states], axis=0)
-        for order in first["orders"].tolist():
-            parts = [(s[f"order{order}_group"], s[f"order{order}_gram"], s[f"order{order}_count"]) for s in states]
-            group, gram, count = merge_summaries(parts, capacity)
-            merged |= {f"order{order}_group": group, f"order{order}_gram": gram, f"order{order}_count": count}
+        for order in merged["orders"].tolist():
+            parts = [tuple(s[key] for key in order_keys(order)) for s in states]
+            merged |= dict(zip(order_keys(order), merge_summaries(parts, int(merged["capacity"][0]))))
         return merged
 
     @staticmethod
@@ -177,17 +167,13 @@ class NgramFireCount(Accumulator):
         """N-grams are counted in a subset of the layers (`layers`); groups are index in it * neurons + neuron."""
         state = shared(arrays, ("orders", "capacity", "layers", "fires"))
         counted = state["layers"].tolist()
+        index = counted.index(layer) if layer in counted else len(counted)  # past the end: nothing counted
         n_neurons = state["fires"].shape[2]
-        if layer in counted:
-            index = counted.index(layer)
-            low, high = index * n_neurons, (index + 1) * n_neurons
-            fires = state["fires"][:, index : index + 1]
-        else:  # an empty range: the layer's n-grams were not counted
-            low = high = 0
-            fires = state["fires"][:, :0]
-        state |= {"layers": np.asarray([layer] if layer in counted else [], dtype=np.int64), "fires": fires}
+        low, high = index * n_neurons, (index + 1) * n_neurons
+        state |= {"layers": state["layers"][index : index + 1], "fires": state["fires"][:, index : index + 1]}
         for order in state["orders"].tolist():
-            state |= keyed(arrays, f"order{order}_group", (f"order{order}_gram", f"order{order}_count"), low, high)
+            group, *values = order_keys(order)
+            state |= keyed(arrays, group, tuple(values), low, high)
         return state
 
     @staticmethod
@@ -196,9 +182,8 @@ class NgramFireCount(Accumulator):
         n_neurons = state["fires"].shape[2]
         parts = once(state, ("orders", "capacity")) | {"layers": (state["layers"], 0), "fires": (state["fires"], 1)}
         for order in state["orders"].tolist():
-            group = f"order{order}_group"
-            parts |= {group: (state[group] + counted_before * n_neurons, 0)}
-            parts |= appended(state, (f"order{order}_gram", f"order{order}_count"))
+            group, *values = order_keys(order)
+            parts |= {group: (state[group] + counted_before * n_neurons, 0)} | appended(state, tuple(values))
         return parts
 
     @classmethod
