@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from neuron_census.accumulators.base import Accumulator, Geometry, LayerBatch, Memory, State, StateArrays, settings_of, shared
-from neuron_census.accumulators.summaries import add_sorted_keys, batch_ngrams, check_packable, prune_keys
+from neuron_census.accumulators.summaries import add_sorted_keys, batch_ngrams, check_packable, order_keys, prune_keys
 from neuron_census.accumulators.tables import coalesce_runs, merge_summaries
 from neuron_census.capture.host_copies import host_arrays
 
@@ -71,30 +71,25 @@ class NgramCount(Accumulator):
             "capacity": np.asarray([self.capacity], dtype=np.int64),
             "total": np.asarray([int(t) for t in self.total], dtype=np.int64),
         }
-        for order, (gram, count) in self._tables.items():
-            gram_np, count_np = host_arrays(gram, count)
-            state |= {f"order{order}_gram": gram_np, f"order{order}_count": count_np}
+        for order, table in self._tables.items():
+            state |= dict(zip(order_keys(order)[1:], host_arrays(*table)))
         return state
 
     @staticmethod
     def merge(states: list[State]) -> State:
-        first = states[0]
         merged = settings_of(states, ("orders", "capacity"), "n-gram counts")
         merged["total"] = np.sum([s["total"] for s in states], axis=0)
-        for order in first["orders"].tolist():
-            parts = [
-                (np.zeros(len(s[f"order{order}_gram"]), dtype=np.int64), s[f"order{order}_gram"], s[f"order{order}_count"])
-                for s in states
-            ]
-            _, gram, count = merge_summaries(parts, int(first["capacity"][0]))
-            merged |= {f"order{order}_gram": gram, f"order{order}_count": count}
+        for order in merged["orders"].tolist():
+            _, gram, count = order_keys(order)
+            parts = [(np.zeros(len(s[gram]), dtype=np.int64), s[gram], s[count]) for s in states]  # one group
+            merged |= dict(zip((gram, count), merge_summaries(parts, int(merged["capacity"][0]))[1:]))
         return merged
 
     @staticmethod
     def read_layer(arrays: StateArrays, slot: int, layer: int) -> State:
         state = shared(arrays, ("orders", "capacity", "total"))
         for order in state["orders"].tolist():
-            state |= shared(arrays, (f"order{order}_gram", f"order{order}_count"))
+            state |= shared(arrays, order_keys(order)[1:])
         return state
 
     @classmethod

@@ -23,17 +23,12 @@ from neuron_census.accumulators.base import (
     settings_of,
     shared,
 )
-from neuron_census.accumulators.summaries import batch_ngrams, check_packable
+from neuron_census.accumulators.summaries import batch_ngrams, check_packable, order_keys
 from neuron_census.accumulators.tables import KeyTable, PendingCounts, merge_summaries
 from neuron_census.capture.host_copies import host_array
 from neuron_census.capture.settings import resolve_ngram_layers
 
 ENTRY_BYTES = 16
-
-
-def order_keys(order: int) -> tuple[str, str, str]:
-    """State keys of the summaries of one n-gram order: group, gram and count columns."""
-    return f"order{order}_group", f"order{order}_gram", f"order{order}_count"
 
 
 class NgramFireCount(Accumulator):

@@ -45,6 +45,11 @@ def unpack_ngram(key: int, order: int, vocab_size: int) -> tuple[int, ...]:
     return tuple(reversed(ids))
 
 
+def order_keys(order: int) -> tuple[str, str, str]:
+    """State keys of the summaries of one n-gram order: group (absent from `ngram_count`), gram and count."""
+    return f"order{order}_group", f"order{order}_gram", f"order{order}_count"
+
+
 def neurons_per_key(n_neurons: int, span: int) -> int:
     """How many neurons share one int64 key space `neuron * span + gram` (all of them, unless grams are huge).
 
