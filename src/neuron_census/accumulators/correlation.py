@@ -153,21 +153,15 @@ class NeuronCorrelation:
 
     def state(self) -> State:
         names = (self.reference, *self.others)
-        tensors = (
-            [self.mean[name] for name in names]
-            + [self.m2[name] for name in names]
-            + [self.co[b] for b in self.others]
-            + [self.within[b] for b in self.others]
-        )
-        keys = [mean_key(n) for n in names] + [m2_key(n) for n in names] + [co_key(b) for b in self.others]
-        keys += [within_key(b) for b in self.others]
+        tensors = {mean_key(n): self.mean[n] for n in names} | {m2_key(n): self.m2[n] for n in names}
+        tensors |= {co_key(b): self.co[b] for b in self.others} | {within_key(b): self.within[b] for b in self.others}
         header = {
             "count": np.asarray([self.count], dtype=np.int64),
             "layers_a": np.asarray(self.layers_a, dtype=np.int64),
             "layers_b": np.asarray(self.layers_b, dtype=np.int64),
             "models": np.asarray(names),
         }
-        return header | dict(zip(keys, host_arrays(*tensors)))
+        return header | dict(zip(tensors, host_arrays(*tensors.values())))
 
     @staticmethod
     def merge(states: Sequence[State]) -> State:

@@ -103,10 +103,7 @@ class Samples(Accumulator):
         return state
 
     def state(self) -> State:
-        values = np.stack([self._values(slot) for slot in range(len(self.geometry.layers))]) if self.kept.any() else (
-            np.zeros((len(self.geometry.layers), 0, self.geometry.n_neurons), dtype=np.float32)
-        )
-        return self._spans_seen() | {"values": values}
+        return self._spans_seen() | {"values": np.stack([self._values(slot) for slot in range(len(self.geometry.layers))])}
 
     @staticmethod
     def merge(states: list[State]) -> State:

@@ -186,7 +186,7 @@ class TopK(Accumulator):
         values = value_of(keys >> ROW_BITS).masked_fill(empty, -torch.inf)
         seq = (rows // seq_len + (self.first_seq or 0)).masked_fill(empty, -1)
         pos = (rows % seq_len).masked_fill(empty, -1)
-        return dict(zip(("values", "seq", "pos"), host_arrays(values, seq, pos)))
+        return dict(zip(self.layer_keys, host_arrays(values, seq, pos)))
 
     def take_layer(self, layer: int) -> State:
         return self._decoded(self.keys[self.geometry.slot(layer)][None])
@@ -197,11 +197,9 @@ class TopK(Accumulator):
     @staticmethod
     def merge(states: list[State]) -> State:
         k = states[0]["values"].shape[1]
-        values = torch.from_numpy(np.concatenate([s["values"] for s in states], axis=1))
-        seq = torch.from_numpy(np.concatenate([s["seq"] for s in states], axis=1))
-        pos = torch.from_numpy(np.concatenate([s["pos"] for s in states], axis=1))
+        values, seq, pos = (torch.from_numpy(np.concatenate([s[key] for s in states], axis=1)) for key in TopK.layer_keys)
         out = [select_top(values[i], seq[i], pos[i], k) for i in range(values.shape[0])]
-        return {key: np.stack([o[index].numpy() for o in out]) for index, key in enumerate(("values", "seq", "pos"))}
+        return {key: np.stack([o[index].numpy() for o in out]) for index, key in enumerate(TopK.layer_keys)}
 
     @classmethod
     def memory(cls, settings, geometry: Geometry, *, layerwise: bool, n_tokens: int) -> Memory:
