@@ -10,14 +10,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from neuron_census.accumulators.base import kept_rows, paired
+from neuron_census.accumulators.base import State, kept_rows, paired
 from neuron_census.capture.host_copies import host_arrays
 
 if TYPE_CHECKING:
     from neuron_census.analyses.features import FeatureMatrices
     from neuron_census.capture.sources import PairedActivations
 
-State = dict[str, np.ndarray]
 SUMS = ("sum", "square", "total_sum", "total_square")
 
 
@@ -58,12 +57,9 @@ class FeatureMoments:
         self.count = np.zeros(1, dtype=np.int64)
         self.feature_count = torch.zeros(width, dtype=torch.float64, device=device)
         self.shift = torch.zeros(n_layers, n_neurons, dtype=torch.float32, device=device)
-        self.sums = {
-            "sum": torch.zeros(n_layers, width, n_neurons, dtype=torch.float64, device=device),
-            "square": torch.zeros(n_layers, width, n_neurons, dtype=torch.float64, device=device),
-            "total_sum": torch.zeros(n_layers, n_neurons, dtype=torch.float64, device=device),
-            "total_square": torch.zeros(n_layers, n_neurons, dtype=torch.float64, device=device),
-        }
+        per_feature, total = (n_layers, width, n_neurons), (n_layers, n_neurons)
+        shapes = {"sum": per_feature, "square": per_feature, "total_sum": total, "total_square": total}
+        self.sums = {key: torch.zeros(shape, dtype=torch.float64, device=device) for key, shape in shapes.items()}
         self._batch: int | None = None
         self._rows: torch.Tensor | None = None
         self._features: torch.Tensor | None = None

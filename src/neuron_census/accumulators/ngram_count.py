@@ -27,9 +27,7 @@ class NgramCount(Accumulator):
     def __init__(self, geometry: Geometry, device: torch.device, *, orders: tuple[int, ...] = (2,), capacity: int = 1 << 22) -> None:
         for order in orders:
             check_packable(geometry.vocab_size, order)
-        self.geometry = geometry
-        self.orders = tuple(orders)
-        self.capacity = capacity
+        self.geometry, self.orders, self.capacity = geometry, tuple(orders), capacity
         self.total = [torch.zeros((), dtype=torch.int64, device=device) for _ in orders]
         empty = torch.zeros(0, dtype=torch.int64, device=device)
         self._tables = {n: (empty, empty) for n in orders}  # sorted n-gram keys and their counts

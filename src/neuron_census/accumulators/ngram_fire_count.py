@@ -57,11 +57,8 @@ class NgramFireCount(Accumulator):
     ) -> None:
         for order in orders:
             check_packable(geometry.vocab_size, order)
-        self.geometry = geometry
-        self.device = device
-        self.layers = tuple(layers)
-        self.orders = tuple(orders)
-        self.capacity = capacity
+        self.geometry, self.device, self.capacity = geometry, device, capacity
+        self.layers, self.orders = tuple(layers), tuple(orders)
         n = geometry.n_neurons
         self._fires = [[torch.zeros(n, dtype=torch.int64, device=device) for _ in self.layers] for _ in orders]
         share = max(1, pending_bytes // max(1, len(self.layers) * len(orders)))
@@ -73,14 +70,8 @@ class NgramFireCount(Accumulator):
     @classmethod
     def from_settings(cls, settings, geometry: Geometry, device: torch.device) -> NgramFireCount:
         layers = resolve_ngram_layers(settings.ngram_layers, geometry.layers, geometry.n_layers_total)
-        return cls(
-            geometry,
-            device,
-            layers=layers,
-            orders=settings.ngram_orders,
-            capacity=settings.ngram_capacity,
-            pending_bytes=settings.pending_bytes,
-        )
+        return cls(geometry, device, layers=layers, orders=settings.ngram_orders, capacity=settings.ngram_capacity,
+                   pending_bytes=settings.pending_bytes)
 
     def update(self, batch: LayerBatch) -> None:
         if batch.layer not in self.layers:

@@ -9,13 +9,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from neuron_census.accumulators.base import kept_rows, paired
+from neuron_census.accumulators.base import State, kept_rows, paired
 from neuron_census.capture.host_copies import host_arrays
 
 if TYPE_CHECKING:
     from neuron_census.capture.sources import PairedActivations
 
-State = dict[str, np.ndarray]
 CENTRAL = ("m2", "m3", "m4")  # sums of the 2nd, 3rd and 4th powers of the deviations from the mean
 
 

@@ -47,8 +47,7 @@ class Samples(Accumulator):
     shared_keys: ClassVar[tuple[str, ...]] = SPAN_KEYS
 
     def __init__(self, geometry: Geometry, device: torch.device, *, spans: dict[str, np.ndarray], limit: int) -> None:
-        self.geometry = geometry
-        self.device = device
+        self.geometry, self.device = geometry, device
         self.spans = {key: column[:limit] for key, column in spans.items()}
         self.kept = np.zeros(len(self.spans["seq"]), dtype=bool)  # spans whose sequence has been seen
         self.values: list[torch.Tensor | None] = [None] * len(geometry.layers)

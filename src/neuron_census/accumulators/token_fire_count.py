@@ -53,13 +53,10 @@ class TokenFireCount(Accumulator):
         capacity: int | None = None,
         pending_bytes: int = 1 << 32,
     ) -> None:
-        self.geometry = geometry
-        n_slots = len(geometry.layers)
-        self.device = device
-        self.capacity = capacity
-        dense = n_slots * geometry.vocab_size * geometry.n_neurons <= dense_limit
+        self.geometry, self.device, self.capacity = geometry, device, capacity
+        n_slots, vocab, n_neurons = len(geometry.layers), geometry.vocab_size, geometry.n_neurons
+        dense = n_slots * vocab * n_neurons <= dense_limit
         self.dense: list[tuple[torch.Tensor, torch.Tensor] | None] | None = [None] * n_slots if dense else None
-        vocab, n_neurons = geometry.vocab_size, geometry.n_neurons
         shape = (vocab, n_neurons) if capacity is None else (n_neurons, vocab)
         share = max(1, pending_bytes // max(1, n_slots))
         self._pending = [
@@ -69,13 +66,8 @@ class TokenFireCount(Accumulator):
 
     @classmethod
     def from_settings(cls, settings, geometry: Geometry, device: torch.device) -> TokenFireCount:
-        return cls(
-            geometry,
-            device,
-            dense_limit=settings.token_fire_dense_limit,
-            capacity=settings.token_capacity,
-            pending_bytes=settings.pending_bytes,
-        )
+        return cls(geometry, device, dense_limit=settings.token_fire_dense_limit, capacity=settings.token_capacity,
+                   pending_bytes=settings.pending_bytes)
 
     def update(self, batch: LayerBatch) -> None:
         slot = self.geometry.slot(batch.layer)
@@ -129,8 +121,7 @@ class TokenFireCount(Accumulator):
         keys, counts = self._state_keys(slot)
         self._pending[slot].clear()
         cells = self.geometry.vocab_size * self.geometry.n_neurons
-        keys_np, counts_np = host_arrays(keys - slot * cells, counts)
-        return self._header(self.capacity or 0) | {"keys": keys_np, "counts": counts_np}
+        return self._header(self.capacity or 0) | dict(zip(("keys", "counts"), host_arrays(keys - slot * cells, counts)))
 
     def _header(self, capacity: int) -> State:
         return {

@@ -54,9 +54,7 @@ class TopK(Accumulator):
     layer_keys: ClassVar[tuple[str, ...]] = ("values", "seq", "pos")
 
     def __init__(self, geometry: Geometry, device: torch.device, *, k: int = 16) -> None:
-        self.geometry = geometry
-        self.k = k
-        self.device = device
+        self.geometry, self.k, self.device = geometry, k, device
         self.keys = [torch.full((k, geometry.n_neurons), EMPTY, dtype=torch.int64, device=device) for _ in geometry.layers]
         self.first_seq: int | None = None
         self.next_row = [0 for _ in geometry.layers]  # rows before this are kept or passed (host, when known)
