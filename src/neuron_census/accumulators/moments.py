@@ -15,8 +15,8 @@ class Moments(Accumulator):
     reduction on a GPU (float32 results), and on a CPU from deviations a block of rows at a time, summed in
     float64, or from the firings alone where every other activation is 0 (a ReLU); batches and shards then
     combine in float64 by Chan et al.'s pairwise rule. The spread is never E[x^2] - E[x]^2, which cancels to
-    rounding noise when the spread is small next to the mean; a constant neuron's m2 is exactly 0. A dozen device ops per (layer, batch) on a GPU, none of which waits for it,
-    and no float64 copy of a batch."""
+    rounding noise when the spread is small next to the mean; a constant neuron's m2 is exactly 0. A dozen
+    device ops per (layer, batch) on a GPU, none of which waits for it, and no float64 copy of a batch."""
 
     name: ClassVar[str] = "moments"
     layer_keys: ClassVar[tuple[str, ...]] = ("count", "sum", "m2", "min", "max")

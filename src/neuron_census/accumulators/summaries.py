@@ -285,23 +285,6 @@ def _first_true_per_group(flags: np.ndarray, starts: np.ndarray, sizes: np.ndarr
     return np.where(found, first - starts, -1)
 
 
-def eligible_ngram_ends(mask: torch.Tensor, order: int) -> torch.Tensor:
-    """[B, T] bool: the n-gram ending here lies inside the sequence and every token of it is counted."""
-    eligible = mask.clone()
-    for offset in range(1, order):
-        eligible[:, offset:] &= mask[:, :-offset]
-        eligible[:, :offset] = False
-    return eligible
-
-
-def packed_ngrams(tokens: torch.Tensor, order: int, vocab_size: int) -> torch.Tensor:
-    """[B, T] int64 key of the n-gram ending at each position (garbage where it would start before 0):
-    windows of the left-padded tokens, weighted by powers of the vocabulary size, oldest first."""
-    windows = torch.nn.functional.pad(tokens, (order - 1, 0)).unfold(1, order, 1)  # [B, T, order]
-    weights = torch.tensor([vocab_size**power for power in range(order - 1, -1, -1)], device=tokens.device)
-    return (windows * weights).sum(dim=-1)
-
-
 def batch_ngrams(
     tokens: torch.Tensor, mask: torch.Tensor, order: int, vocab_size: int, counted_from: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -310,10 +293,16 @@ def batch_ngrams(
 
     One `unique` over every position, the incomplete ones keyed -1, with a -1 appended so that the spare
     is always first: a single wait for the device (the output's size), and no boolean indexing."""
-    if counted_from is None:
-        eligible = eligible_ngram_ends(mask, order)
+    if counted_from is None:  # the n-gram ending here lies inside the sequence and every token of it is counted
+        eligible = mask.clone()
+        for offset in range(1, order):
+            eligible[:, offset:] &= mask[:, :-offset]
+            eligible[:, :offset] = False
     else:  # the mask is "position >= counted_from": so is every complete n-gram's end, order - 1 later
         eligible = torch.arange(mask.shape[1], device=mask.device) >= counted_from + order - 1
-    packed = torch.where(eligible, packed_ngrams(tokens, order, vocab_size), -1).reshape(-1)
+    # keys: windows of the left-padded tokens, weighted by powers of the vocabulary size, oldest first
+    windows = torch.nn.functional.pad(tokens, (order - 1, 0)).unfold(1, order, 1)  # [B, T, order]
+    weights = torch.tensor([vocab_size**power for power in range(order - 1, -1, -1)], device=tokens.device)
+    packed = torch.where(eligible, (windows * weights).sum(dim=-1), -1).reshape(-1)
     unique, inverse = torch.unique(torch.cat([packed, packed.new_full((1,), -1)]), return_inverse=True)
     return unique[1:], inverse[:-1]

@@ -43,8 +43,7 @@ class TopK(Accumulator):
     Each activation becomes one int64 key, its value's ordered bits above its row's rank (later rows rank
     lower), so a plain `topk` over the batch's keys, and over those and the kept ones, is exact with the tie
     rule built in: a dozen device ops per (layer, batch) (and chunk of a large batch), none of which waits for
-    the device. Rows are
-    counted from the first sequence this accumulator sees, so a capture covers up to 2**32 tokens.
+    the device. Rows are counted from the first sequence this accumulator sees: a capture covers 2**32 tokens.
 
     On a CPU only the activations that can still enter become keys (`_entry_bar`, `_update_from_candidates`):
     the dense keys cost more than the layer's forward pass there, and a whole capture ran 2-3x slower.
