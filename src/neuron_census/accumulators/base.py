@@ -152,12 +152,11 @@ class ExactFloatCounts:
         """Add non-negative integer-valued `values` (each at most `max_value`) at leading index `row`."""
         if self._bound.get(row, 0.0) + max_value >= self.LIMIT:
             self.release(row)
-        if row not in self.partial:
+        if row in self.partial:
+            self.partial[row] += values
+        else:
             self.partial[row] = values.to(torch.float32, copy=True)
-            self._bound[row] = max_value
-            return
-        self.partial[row] += values
-        self._bound[row] += max_value
+        self._bound[row] = self._bound.get(row, 0.0) + max_value
 
     def release(self, row: int) -> None:
         """Add `row`'s float part to the host total and free it on the device."""

@@ -26,6 +26,7 @@ from neuron_census.accumulators.tables import KeyTable, PendingCounts, merge_sum
 from neuron_census.capture.host_copies import host_arrays
 
 ENTRY_BYTES = 16  # an int64 key and an int64 count per sparse entry
+HEADER = ("vocab_size", "n_neurons", "capacity")
 
 
 class TokenFireCount(Accumulator):
@@ -124,11 +125,8 @@ class TokenFireCount(Accumulator):
         return self._header(self.capacity or 0) | dict(zip(("keys", "counts"), host_arrays(keys - slot * cells, counts)))
 
     def _header(self, capacity: int) -> State:
-        return {
-            "vocab_size": np.asarray([self.geometry.vocab_size], dtype=np.int64),
-            "n_neurons": np.asarray([self.geometry.n_neurons], dtype=np.int64),
-            "capacity": np.asarray([capacity], dtype=np.int64),
-        }
+        values = (self.geometry.vocab_size, self.geometry.n_neurons, capacity)
+        return {key: np.asarray([value], dtype=np.int64) for key, value in zip(HEADER, values)}
 
     def _dense_state(self, tables: list[tuple[torch.Tensor, torch.Tensor] | None]) -> State:
         """The nonzero cells of consecutive slots' dense tables (None: nothing counted), keyed by their index
@@ -171,13 +169,11 @@ class TokenFireCount(Accumulator):
 
     @staticmethod
     def merge(states: list[State]) -> State:
-        header = settings_of(states, ("vocab_size", "n_neurons", "capacity"), "token firing counts")
-        capacity, vocab, n_neurons = (int(header[key][0]) for key in ("capacity", "vocab_size", "n_neurons"))
+        header = settings_of(states, HEADER, "token firing counts")
+        vocab, n_neurons, capacity = (int(header[key][0]) for key in HEADER)
         if not capacity:
-            keys, counts = coalesce_sparse(
-                np.concatenate([s["keys"] for s in states]), np.concatenate([s["counts"] for s in states])
-            )
-            return header | {"keys": keys, "counts": counts}
+            joined = (np.concatenate([s[key] for s in states]) for key in ("keys", "counts"))
+            return header | dict(zip(("keys", "counts"), coalesce_sparse(*joined)))
         parts = []
         for state in states:
             slot, token, neuron = decode_token_fire_keys(state["keys"], vocab, n_neurons)
@@ -189,17 +185,14 @@ class TokenFireCount(Accumulator):
 
     @staticmethod
     def read_layer(arrays: StateArrays, slot: int, layer: int) -> State:
-        header = shared(arrays, ("vocab_size", "n_neurons", "capacity"))
+        header = shared(arrays, HEADER)
         cells = int(header["vocab_size"][0]) * int(header["n_neurons"][0])
         return header | keyed(arrays, "keys", ("counts",), slot * cells, (slot + 1) * cells)
 
     @staticmethod
     def layer_parts(state: State, slot: int, counted_before: int) -> Parts:
         cells = int(state["vocab_size"][0]) * int(state["n_neurons"][0])
-        return once(state, ("vocab_size", "n_neurons", "capacity")) | {
-            "keys": (state["keys"] + slot * cells, 0),
-            "counts": (state["counts"], 0),
-        }
+        return once(state, HEADER) | {"keys": (state["keys"] + slot * cells, 0), "counts": (state["counts"], 0)}
 
     @classmethod
     def memory(cls, settings, geometry: Geometry, *, layerwise: bool, n_tokens: int) -> Memory:
