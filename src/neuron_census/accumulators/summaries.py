@@ -38,11 +38,7 @@ def check_packable(vocab_size: int, order: int) -> None:
 
 def unpack_ngram(key: int, order: int, vocab_size: int) -> tuple[int, ...]:
     """Token ids of a packed n-gram, oldest first."""
-    ids = []
-    for _ in range(order):
-        key, token = divmod(int(key), vocab_size)
-        ids.append(token)
-    return tuple(reversed(ids))
+    return tuple(int(key) // vocab_size**power % vocab_size for power in range(order - 1, -1, -1))
 
 
 def order_keys(order: int) -> tuple[str, str, str]:

@@ -227,6 +227,5 @@ def coalesce_sparse(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, n
 
 def decode_token_fire_keys(keys: np.ndarray, vocab_size: int, n_neurons: int) -> tuple[np.ndarray, ...]:
     """Split TokenFireCount keys into (layer slot, token, neuron) arrays."""
-    neuron = keys % n_neurons
-    rest = keys // n_neurons
-    return rest // vocab_size, rest % vocab_size, neuron
+    rest, neuron = np.divmod(keys, n_neurons)
+    return *np.divmod(rest, vocab_size), neuron
