@@ -130,32 +130,19 @@ def position_mutual_information(counts: np.ndarray, tokens: np.ndarray) -> np.nd
 # ------------------------------------------------------------------------------------------ curve types
 
 
-def position_labels(rates: np.ndarray, near: float) -> np.ndarray:
-    """Per position: 0 near 0 (L), 1 near 1 (H), -1 in between (M)."""
-    rates = np.asarray(rates, dtype=np.float64)
-    return np.where(rates <= near, _LOW, np.where(rates >= 1.0 - near, _HIGH, _MID))
-
-
-def merged_runs(labels: np.ndarray, min_run: int) -> np.ndarray:
-    """Labels of the extreme runs long enough to count, in position order, consecutive equal labels merged."""
-    labels = np.asarray(labels)
-    if len(labels) == 0:
-        return np.zeros(0, dtype=labels.dtype)
-    starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
-    lengths = np.diff(np.r_[starts, len(labels)])
-    run_labels = labels[starts]
-    kept = run_labels[(run_labels != _MID) & (lengths >= min_run)]
-    return kept[np.r_[True, kept[1:] != kept[:-1]]] if len(kept) else kept
-
-
 def curve_type(rates: np.ndarray, near: float, min_run: int) -> str:
     """Type of a firing-rate curve from its merged extreme runs (see the module docstring)."""
-    runs = merged_runs(position_labels(rates, near), min_run)
+    rates = np.asarray(rates, dtype=np.float64)
+    labels = np.where(rates <= near, _LOW, np.where(rates >= 1.0 - near, _HIGH, _MID))
+    starts = np.flatnonzero(np.diff(labels, prepend=_HIGH + 1))  # a run starts wherever the label changes
+    lengths = np.diff(np.r_[starts, len(labels)])
+    runs = labels[starts][(labels[starts] != _MID) & (lengths >= min_run)]
     if len(runs) == 0:
         return "other"
     if len(np.unique(runs)) == 1:
         return "one_extreme"
-    return "both_extremes" if len(runs) == 2 else "oscillatory"
+    merged = 1 + np.count_nonzero(runs[1:] != runs[:-1])
+    return "both_extremes" if merged == 2 else "oscillatory"
 
 
 def neighbour_r2(rates: np.ndarray) -> float:
@@ -193,7 +180,7 @@ def find_positional(state: Mapping[str, np.ndarray], settings: PositionalSetting
         mi=mi,
         slots=slots.astype(np.int64),
         neurons=neurons.astype(np.int64),
-        curves=curves.reshape(len(slots), len(positions)),
+        curves=curves,
         positions=positions.astype(np.int64),
         types=[kind for kind, _ in classified],
         strong=[strong for _, strong in classified],
@@ -215,19 +202,17 @@ def positional_table(attrs: Mapping[str, Any], found: PositionalNeurons) -> pl.D
     n_slots, n_neurons = found.mi.shape
     layers = _layer_numbers(attrs, n_slots)
     flat = found.slots * n_neurons + found.neurons
-    types: list[str | None] = [None] * found.mi.size
-    strong: list[bool | None] = [None] * found.mi.size
+    types, strong = np.full(found.mi.size, None, dtype=object), np.full(found.mi.size, None, dtype=object)
+    types[flat], strong[flat] = found.types, found.strong
     positional = np.zeros(found.mi.size, dtype=bool)
     positional[flat] = True
-    for index, kind, is_strong in zip(flat.tolist(), found.types, found.strong):
-        types[index], strong[index] = kind, is_strong
     columns = {
         "layer": np.repeat(layers, n_neurons),
         "neuron": np.tile(np.arange(n_neurons, dtype=np.int64), n_slots),
         "position_mi": found.mi.reshape(-1),
         "positional": positional,
-        "positional_type": types,
-        "positional_strong": strong,
+        "positional_type": types.tolist(),
+        "positional_strong": strong.tolist(),
     }
     return pl.DataFrame(columns, schema=NEURON_SCHEMA)
 
