@@ -128,7 +128,9 @@ def ngram_detectors(
     candidates = (upper >= 1) & (upper <= settings.max_ngrams)
     entries = candidates[counts.group]
     group, item, count = counts.group[entries], counts.item[entries], counts.count[entries]
-    occurs = _lookup(*occurrences, item) + occurrence_slack
+    keys, values = occurrences
+    index = np.minimum(np.searchsorted(keys, item), max(len(keys) - 1, 0))
+    occurs = (np.where(keys[index] == item, values[index], 0) if len(keys) else np.zeros(len(item))) + occurrence_slack
     kept = (occurs > 0) & (count >= settings.ngram_fire_rate * occurs - 1e-9)
     covered = np.bincount(group[kept], weights=count[kept], minlength=len(counts.fires))
     detector = candidates & (covered >= coverage_target(counts.fires, settings.detector_coverage))
@@ -138,14 +140,6 @@ def ngram_detectors(
         if k and detector[g]:
             result.setdefault(int(g), []).append(int(i))
     return result
-
-
-def _lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """values[keys == q] for each q of `query`, 0 where a key is absent (`keys` sorted)."""
-    if len(keys) == 0:
-        return np.zeros(len(query), dtype=np.int64)
-    index = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
-    return np.where(keys[index] == query, values[index], 0)
 
 
 def detector_columns(
@@ -187,6 +181,7 @@ def detector_columns(
 
 def detector_layer_counts(neurons: pl.DataFrame) -> pl.DataFrame:
     """Per (model, layer): detectors and the distinct tokens they detect, new overall and vs the previous layer."""
+    bigrams = "bigram_detector" in neurons.columns
     rows = []
     for (model,), frame in neurons.group_by("model", maintain_order=True):
         seen: set[int] = set()
@@ -194,21 +189,10 @@ def detector_layer_counts(neurons: pl.DataFrame) -> pl.DataFrame:
         for (layer,), layer_rows in frame.sort("layer").group_by("layer", maintain_order=True):
             detectors = layer_rows.filter(pl.col("token_detector"))
             tokens = {t for ts in detectors["detected_tokens"].to_list() for t in ts}
-            row = {
-                "model": model,
-                "layer": layer,
-                "n_token_detectors": detectors.height,
-                "n_detected_tokens": len(tokens),
-                "n_new_tokens_overall": len(tokens - seen),
-                "n_new_tokens_vs_previous": len(tokens - previous),
-            }
-            seen |= tokens
-            previous = tokens
-            row["n_detected_tokens_cumulative"] = len(seen)
-            if "bigram_detector" in layer_rows.columns:
-                row["n_bigram_detectors"] = int(layer_rows["bigram_detector"].sum())
-            rows.append(row)
-    bigrams = ["n_bigram_detectors"] if "bigram_detector" in neurons.columns else []
-    counts = ["n_token_detectors", "n_detected_tokens", "n_new_tokens_overall", "n_new_tokens_vs_previous"]
-    counts += ["n_detected_tokens_cumulative", *bigrams]
-    return pl.DataFrame(rows, schema={"model": pl.Utf8, "layer": pl.Int64, **dict.fromkeys(counts, pl.Int64)})
+            counts = [detectors.height, len(tokens), len(tokens - seen), len(tokens - previous), len(seen | tokens)]
+            bigram_count = [int(layer_rows["bigram_detector"].sum())] if bigrams else []
+            rows.append([model, layer, *counts, *bigram_count])
+            seen, previous = seen | tokens, tokens
+    names = ["n_token_detectors", "n_detected_tokens", "n_new_tokens_overall", "n_new_tokens_vs_previous"]
+    names += ["n_detected_tokens_cumulative", *(["n_bigram_detectors"] if bigrams else [])]
+    return pl.DataFrame(rows, schema={"model": pl.Utf8, "layer": pl.Int64, **dict.fromkeys(names, pl.Int64)}, orient="row")
