@@ -27,7 +27,7 @@ the detected ones' scores without the model, so a threshold change reruns no pro
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -74,19 +74,6 @@ TRIGGER_SCHEMA: dict[str, pl.DataType] = {
 def chunk_rows(vocab_size: int, max_chunk_bytes: int) -> int:
     """Neurons per chunk so that one [chunk, vocab] float32 score block fits max_chunk_bytes (at least one)."""
     return max(1, int(max_chunk_bytes) // (4 * max(int(vocab_size), 1)))
-
-
-def _projected_chunks(
-    adapter: FFNAdapter, vectors: torch.Tensor, apply_final_norm: bool, max_chunk_bytes: int
-) -> Iterator[tuple[slice, torch.Tensor]]:
-    """Scores [chunk, vocab] of consecutive row blocks of `vectors`: only one block is held at a time."""
-    rows = chunk_rows(adapter.vocab_size, max_chunk_bytes)
-    for start in range(0, vectors.shape[0], rows):
-        block = slice(start, min(start + rows, vectors.shape[0]))
-        scores = adapter.project_to_vocab(vectors[block], apply_final_norm)
-        if torch.isnan(scores).any():
-            raise ValueError(f"model '{adapter.name}': vocabulary scores contain NaN (rows {block.start}..)")
-        yield block, scores
 
 
 def _moments(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,9 +130,14 @@ def project_layer(
     keys = ("top_ids", "top_scores", "bottom_ids", "bottom_scores", "score_mean", "score_std", "token_z", "token_percentile")
     parts: dict[str, list[np.ndarray]] = {key: [] for key in keys}
     pair_neurons, pair_tokens = fired if fired is not None else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    chunk = chunk_rows(adapter.vocab_size, max_chunk_bytes)
     with torch.no_grad():
         vectors = adapter.value_vectors(layer)
-        for block, scores in _projected_chunks(adapter, vectors, apply_final_norm, max_chunk_bytes):
+        for start in range(0, vectors.shape[0], chunk):  # only one block of scores is held at a time
+            block = slice(start, min(start + chunk, vectors.shape[0]))
+            scores = adapter.project_to_vocab(vectors[block], apply_final_norm)
+            if torch.isnan(scores).any():
+                raise ValueError(f"model '{adapter.name}': vocabulary scores contain NaN (rows {block.start}..)")
             top_ids, top_scores = _ranked(scores, top_n)
             bottom_ids, negated = _ranked(-scores, top_n)
             mean, std = _moments(scores)
