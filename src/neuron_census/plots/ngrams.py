@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
@@ -21,9 +20,6 @@ from neuron_census.plots.figures import _style, colours, line, model_order, new_
 ORDER_NAMES: dict[int, str] = {1: "unigram", 2: "bigram", 3: "trigram"}
 DEFAULT_BINS: tuple[int, ...] = (1, 6, 11, 21, 51, 201, 1001, 2001, 50001)
 KEY_DTYPES: dict[str, pl.DataType] = {"model": pl.Utf8(), "layer": pl.Int64()}
-
-
-# --------------------------------------------------------------------------------------------- helpers
 
 
 # ---------------------------------------------------------------------------------- coverage (Fig. 2)
@@ -130,17 +126,6 @@ def coverage_legend_labels(
     return labels
 
 
-def _draw_grouped_bars(ax: Axes, histogram: pl.DataFrame, labels: Mapping[str, str], style: Mapping[str, Any]) -> None:
-    models = list(labels)
-    bin_names = list(dict.fromkeys(histogram["bin"].to_list()))
-    width = 0.8 / max(len(models), 1)
-    positions = np.arange(len(bin_names), dtype=float)
-    for i, (model, colour) in enumerate(zip(models, colours(style, len(models)))):
-        heights = histogram.filter(pl.col("model") == model)["percent"].to_numpy()
-        ax.bar(positions + (i - (len(models) - 1) / 2) * width, heights, width=width, color=colour, label=labels[model])
-    ax.set_xticks(positions, bin_names, rotation=30, ha="right")
-
-
 def plot_ngram_coverage(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
     """Fig. 2 (order 1) and its bigram/trigram versions (App. A): neurons binned by their n-gram coverage.
 
@@ -156,8 +141,15 @@ def plot_ngram_coverage(tables: Mapping[str, pl.DataFrame], style: Mapping[str, 
     fig, ax = new_axes(style)
     if histogram["n"].sum() == 0:
         say_missing(ax, f"no {name} coverage counted in the first half of the layers")
-    else:
-        _draw_grouped_bars(ax, histogram, labels, style)
+    else:  # one group of bars per bin, one bar per model
+        models = list(labels)
+        bin_names = list(dict.fromkeys(histogram["bin"].to_list()))
+        width = 0.8 / max(len(models), 1)
+        positions = np.arange(len(bin_names), dtype=float)
+        for i, (model, colour) in enumerate(zip(models, colours(style, len(models)))):
+            heights = histogram.filter(pl.col("model") == model)["percent"].to_numpy()
+            ax.bar(positions + (i - (len(models) - 1) / 2) * width, heights, width=width, color=colour, label=labels[model])
+        ax.set_xticks(positions, bin_names, rotation=30, ha="right")
         fig.legend(loc="outside lower center", ncols=2, fontsize="small", frameon=False)  # never over a bar
     share = style.get("analysis", {}).get("ngram_coverage", 0.95)
     ax.set_xlabel(f"number of distinct {name}s covering {100 * share:g}% of firings")
@@ -187,11 +179,6 @@ def new_token_shares(layers: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _model_rows(frame: pl.DataFrame, model: str, columns: Sequence[str]) -> pl.DataFrame:
-    """One model's layers in depth order, without the layers where any of `columns` is unknown."""
-    return frame.filter(pl.col("model") == model).drop_nulls(list(columns)).sort("layer")
-
-
 def _model_lines(
     frame: pl.DataFrame,
     models: Sequence[str],
@@ -201,9 +188,11 @@ def _model_lines(
     style: Mapping[str, Any],
     kinds: Sequence[str] = (),
     totals: bool = False,
+    counts: bool = False,
 ) -> Figure:
     """Per model one line of `columns[0]`, and with a second column a dashed line of the same colour; the
-    legend names the models (with their totals, if `totals`) and the line styles' `kinds`.
+    legend names the models (with their totals, if `totals`) and the line styles' `kinds`. `counts`: the y
+    axis counts, with integer ticks from 0 up to at least 1 (all-0 counts would get -0.05..0.05 otherwise).
 
     `models` (legend order) comes from the layers table, so colours and the x axis match Figs. 3a-4 even
     when a model has nothing to draw here.
@@ -215,7 +204,7 @@ def _model_lines(
     fig, ax = new_axes(style)
     drawn = False
     for model, colour in zip(models, colours(style, len(models))):
-        rows = _model_rows(frame, model, [x, *columns])
+        rows = frame.filter(pl.col("model") == model).drop_nulls([x, *columns]).sort("layer")
         if rows.height == 0:
             continue
         label = f"{model} ({int(rows[columns[0]].sum())} total)" if totals else model
@@ -237,6 +226,10 @@ def _model_lines(
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     else:
         ax.set_xlim(-0.02, 1.0)
+    if counts:
+        top = max(ax.get_ylim()[1], 1.0)
+        ax.set_ylim(-0.04 * top, top)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
     ax.set_title(style.get("title", ""))
     return fig
@@ -246,15 +239,13 @@ def plot_token_detectors(tables: Mapping[str, pl.DataFrame], style: Mapping[str,
     """Fig. 3a: token-detecting neurons per layer, one line per model, each model's total in the legend."""
     layers = tables["layers"]
     ylabel, empty = "token-detecting neurons", "no layer with token-detector counts"
-    fig = _model_lines(layers, model_order(layers), ["n_token_detectors"], ylabel, empty, style, totals=True)
-    _count_axis(fig.axes[0])
-    return fig
+    return _model_lines(layers, model_order(layers), ["n_token_detectors"], ylabel, empty, style, totals=True, counts=True)
 
 
 def plot_detected_tokens(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
     """Fig. 3b: tokens with a detector in each layer (solid) and in this or any lower layer (dashed)."""
     layers = tables["layers"]
-    fig = _model_lines(
+    return _model_lines(
         layers,
         model_order(layers),
         ("n_detected_tokens", "n_detected_tokens_cumulative"),
@@ -262,17 +253,8 @@ def plot_detected_tokens(tables: Mapping[str, pl.DataFrame], style: Mapping[str,
         "no layer with detected-token counts",
         style,
         kinds=("in the layer", "in this or lower layers"),
+        counts=True,
     )
-    _count_axis(fig.axes[0])
-    return fig
-
-
-def _count_axis(ax: Axes) -> None:
-    """A y axis of counts: integer ticks from 0 up to at least 1 (counts that are all 0 would otherwise get
-    an axis from -0.05 to 0.05 with fractional ticks)."""
-    top = max(ax.get_ylim()[1], 1.0)
-    ax.set_ylim(-0.04 * top, top)
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def plot_new_tokens(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
@@ -283,7 +265,7 @@ def plot_new_tokens(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]
     if values not in ("percent", "count"):
         raise ValueError(f"fig4 values must be 'percent' or 'count', got {values!r}")
     counts = values == "count"
-    fig = _model_lines(
+    return _model_lines(
         layers.filter(pl.col("n_detected_tokens") > 0) if counts else new_token_shares(layers),
         model_order(layers),
         ("n_new_tokens_overall", "n_new_tokens_vs_previous") if counts else ("new_overall_pct", "new_vs_previous_pct"),
@@ -291,7 +273,5 @@ def plot_new_tokens(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]
         "no layer with a detected token",
         style,
         kinds=("new overall", "new vs previous layer"),
+        counts=counts,
     )
-    if counts:
-        _count_axis(fig.axes[0])
-    return fig

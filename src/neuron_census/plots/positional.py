@@ -128,7 +128,11 @@ def plot_positional_neurons(tables: Mapping[str, pl.DataFrame], style: Mapping[s
     for ax, model in zip(axes[0], models):
         own = dots.filter(pl.col("model") == model)
         _draw_dots(ax, own, type_colour, style)
-        _layer_range(ax, layers.filter(pl.col("model") == model)["layer"], own)
+        model_layers = layers.filter(pl.col("model") == model)["layer"].drop_nulls().to_numpy()
+        span = np.concatenate([model_layers, own["layer"].drop_nulls().to_numpy()])
+        if len(span):
+            ax.set_xlim(span.min() - 0.7, span.max() + 0.7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         title = f"{model} ({own.height})"
         ax.set_title(textwrap.fill(title, title_chars), fontsize="x-small")  # long labels wrap, not overlap
         ax.set_xlabel("layer")
@@ -157,13 +161,6 @@ def _draw_dots(ax: Axes, dots: pl.DataFrame, type_colour: Mapping[str, Any], sty
             )
 
 
-def _layer_range(ax: Axes, layers: pl.Series, dots: pl.DataFrame) -> None:
-    values = np.concatenate([layers.drop_nulls().to_numpy(), dots["layer"].drop_nulls().to_numpy()])
-    if len(values):
-        ax.set_xlim(values.min() - 0.7, values.max() + 0.7)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-
-
 def _dot_legend(type_colour: Mapping[str, Any], style: Mapping[str, Any]) -> list[Line2D]:
     def handle(label: str, edge: Any, face: Any) -> Line2D:
         return Line2D([], [], ls="", marker=style["marker"], markeredgecolor=edge, markerfacecolor=face, label=label)
@@ -175,30 +172,24 @@ def _dot_legend(type_colour: Mapping[str, Any], style: Mapping[str, Any]) -> lis
 # -------------------------------------------------------------------------- oscillatory ranges (Fig. 9)
 
 
-def strong_oscillatory_counts(rates: pl.DataFrame) -> pl.DataFrame:
-    """Strong oscillatory neurons per (model, layer), most first (ties: model order, then lower layer)."""
-    rates = with_columns(rates, RATES_SCHEMA)
-    names = model_order(rates)
-    models = pl.DataFrame({"model": names, "_order": range(len(names))}, schema={"model": pl.Utf8, "_order": pl.Int64})
-    return (
-        rates.filter((pl.col("positional_type") == "oscillatory") & pl.col("positional_strong").fill_null(False))
-        .group_by("model", "layer")
-        .agg(n=pl.col("neuron").n_unique().cast(pl.Int64))
-        .join(models, on="model", how="left")
-        .sort(["n", "_order", "layer"], descending=[True, False, False])
-        .drop("_order")
-    )
-
-
 def pick_oscillatory_layer(
     rates: pl.DataFrame, model: str | None, layer: int | None
 ) -> tuple[str | None, int | None]:
-    """The (model, layer) Fig. 9 shows: given ones are kept, missing ones go to the most strong oscillatory neurons."""
-    counts = strong_oscillatory_counts(rates)
+    """The (model, layer) Fig. 9 shows: given ones are kept, missing ones go to the layer with the most strong
+    oscillatory neurons (ties: the model first in legend order, then the lower layer)."""
+    rates = with_columns(rates, RATES_SCHEMA)
+    names = model_order(rates)
+    chosen = (pl.col("positional_type") == "oscillatory") & pl.col("positional_strong").fill_null(False)
     if model is not None:
-        counts = counts.filter(pl.col("model") == model)
+        chosen &= pl.col("model") == model
     if layer is not None:
-        counts = counts.filter(pl.col("layer") == layer)
+        chosen &= pl.col("layer") == layer
+    counts = (
+        rates.filter(chosen)
+        .group_by("model", "layer")
+        .agg(n=pl.col("neuron").n_unique())
+        .sort("n", pl.col("model").replace_strict(names, range(len(names))), "layer", descending=[True, False, False])
+    )
     if counts.is_empty():
         return model, layer
     return counts["model"][0], int(counts["layer"][0])
@@ -251,7 +242,13 @@ def plot_oscillatory_ranges(tables: Mapping[str, pl.DataFrame], style: Mapping[s
         ax.set_axis_off()
         ax.set_title(style.get("title") or "")
         return fig
-    _draw_ranges(ax, ranges, style)
+    neurons = list(dict.fromkeys(ranges["neuron"].to_list()))
+    for row, (neuron, colour) in enumerate(zip(neurons, colours(style, len(neurons)))):
+        own = ranges.filter(pl.col("neuron") == neuron)
+        ax.broken_barh(list(zip(own["start"].to_list(), own["width"].to_list())), (row - 0.4, 0.8), color=colour)
+    ax.set_yticks(range(len(neurons)), [str(neuron) for neuron in neurons], fontsize="x-small")
+    ax.set_ylim(len(neurons) - 0.5, -0.5)
+    ax.grid(axis="y", visible=False)
     positions = rates.filter((pl.col("model") == model) & (pl.col("layer") == layer))["position"]
     ax.set_xlim(positions.min(), positions.max() + 1)
     ax.set_xlabel("position")
@@ -265,13 +262,3 @@ def _where(model: str | None, layer: int | None) -> str:
     if model is None:
         return "any layer of any model" if layer is None else f"layer {layer} of any model"
     return f"any layer of {model}" if layer is None else f"{model} layer {layer}"
-
-
-def _draw_ranges(ax: Axes, ranges: pl.DataFrame, style: Mapping[str, Any]) -> None:
-    neurons = list(dict.fromkeys(ranges["neuron"].to_list()))
-    for row, (neuron, colour) in enumerate(zip(neurons, colours(style, len(neurons)))):
-        own = ranges.filter(pl.col("neuron") == neuron)
-        ax.broken_barh(list(zip(own["start"].to_list(), own["width"].to_list())), (row - 0.4, 0.8), color=colour)
-    ax.set_yticks(range(len(neurons)), [str(neuron) for neuron in neurons], fontsize="x-small")
-    ax.set_ylim(len(neurons) - 0.5, -0.5)
-    ax.grid(axis="y", visible=False)

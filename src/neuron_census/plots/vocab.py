@@ -12,7 +12,6 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import polars as pl
-from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from neuron_census.plots.figures import _style, model_order, with_columns
@@ -64,12 +63,6 @@ def format_entries(tokens: Sequence[str] | None, scores: Sequence[float] | None,
     return " | ".join(shown)
 
 
-def _model_order(frame: pl.DataFrame) -> pl.Expr:
-    """Sort key: a model's position of first appearance (legend order), not its name."""
-    models = model_order(frame)
-    return pl.col("model").replace_strict(models, list(range(len(models))), default=len(models), return_dtype=pl.Int64)
-
-
 def detector_projection_frame(neurons: pl.DataFrame, n_show: int = 5) -> pl.DataFrame:
     """Fig. 5's data: per token detector its tokens, top promoted and suppressed tokens, and trigger_z.
 
@@ -78,7 +71,9 @@ def detector_projection_frame(neurons: pl.DataFrame, n_show: int = 5) -> pl.Data
     """
     frame = with_columns(neurons, _NEURON_COLUMNS).cast(_NEURON_COLUMNS)
     frame = frame.filter(pl.col("token_detector").fill_null(False))
-    frame = frame.sort(_model_order(frame), "layer", "neuron", maintain_order=True)
+    models = model_order(frame)  # sorted by legend order, not by name
+    legend_order = pl.col("model").replace_strict(models, range(len(models)), default=len(models), return_dtype=pl.Int64)
+    frame = frame.sort(legend_order, "layer", "neuron", maintain_order=True)
     texts = {"detected_tokens": [format_entries(t, None, n_show) for t in frame["detected_token_strings"].to_list()]}
     for name, side in (("promoted", "top"), ("suppressed", "bottom")):
         tokens, scores = frame[f"vocab_{side}_tokens"].to_list(), frame[f"vocab_{side}_scores"].to_list()
@@ -133,30 +128,6 @@ def column_widths(cells: list[list[str]]) -> list[float]:
     return [length / sum(lengths) for length in lengths]
 
 
-def _font_size(cells: list[list[str]], width_inches: float) -> float:
-    """Largest font (at most 8 pt) at which the widest row fits the figure (a character is ~0.6 em wide)."""
-    characters = sum(max(len(text) for text in column) + 2 for column in zip(TABLE_COLUMNS, *cells))
-    return max(3.0, min(8.0, 0.95 * 72.0 * width_inches / (0.6 * characters)))
-
-
-def _draw_table(ax: Axes, cells: list[list[str]], width_inches: float) -> None:
-    table = ax.table(
-        cellText=cells,
-        colLabels=list(TABLE_COLUMNS),
-        colWidths=column_widths(cells),
-        cellLoc="left",
-        colLoc="left",
-        loc="center",
-    )
-    table.auto_set_font_size(False)
-    table.set_fontsize(_font_size(cells, width_inches))
-    table.scale(1.0, ROW_SCALE)
-    for (row, _), cell in table.get_celld().items():
-        cell.PAD = 0.02
-        if row == 0:
-            cell.set_text_props(weight="bold")
-
-
 def table_height(n_rows: int, max_height: float) -> float:
     """Figure height in inches for a table of `n_rows` (and its header; with none, the line saying so) under a
     two-line title: at most `max_height` (the style's), so a few detectors are not centred in white space."""
@@ -182,7 +153,19 @@ def plot_detector_projections(tables: Mapping[str, pl.DataFrame], style: Mapping
         ax.text(0.5, 0.5, "no token detectors", transform=ax.transAxes, ha="center", va="center", color="0.4")
         ax.set_title(title)
         return fig
-    _draw_table(ax, cells, width)
+    table = ax.table(
+        cellText=cells, colLabels=list(TABLE_COLUMNS), colWidths=column_widths(cells), cellLoc="left", colLoc="left",
+        loc="center",
+    )
+    table.auto_set_font_size(False)
+    # the largest font (at most 8 pt) at which the widest row fits the figure (a character is ~0.6 em wide)
+    characters = sum(max(len(text) for text in column) + 2 for column in zip(TABLE_COLUMNS, *cells))
+    table.set_fontsize(max(3.0, min(8.0, 0.95 * 72.0 * width / (0.6 * characters))))
+    table.scale(1.0, ROW_SCALE)
+    for (row, _), cell in table.get_celld().items():
+        cell.PAD = 0.02
+        if row == 0:
+            cell.set_text_props(weight="bold")
     subtitle = suppression_summary(frame)
     ax.set_title(f"{title}\n{subtitle}" if title else subtitle, fontsize="small")
     return fig
