@@ -23,7 +23,7 @@ from neuron_census.config import (
 )
 from neuron_census.data.corpus import TEXT_SOURCES, source_files
 from neuron_census.data.inputs import files_fingerprint, folder_files
-from neuron_census.plots.registry import FIGURES as FIGURE_SPECS, STUDY_TABLES, TABLE_FILES, figure_study
+from neuron_census.plots.registry import FIGURES as FIGURE_SPECS, STUDY_TABLES, figure_study
 from neuron_census.jobs.probing import PROBE_KEYS, SPAN_STUDY_KEYS
 from neuron_census.testing.planted import SEED_RECIPES
 
@@ -148,7 +148,7 @@ def vocab_settings(model):
 def figure_tables(figure):
     """Per table kind the figure reads, that table of each of the figure's models, in legend order."""
     return {
-        kind: [f"results/{model}/{TABLE_FILES[kind]}" for model in figure_models(figure)]
+        kind: [f"results/{model}/{kind}.parquet" for model in figure_models(figure)]
         for kind in FIGURE_SPECS[figure].tables
     }
 

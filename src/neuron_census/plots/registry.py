@@ -97,29 +97,6 @@ FIGURES: dict[str, FigureSpec] = {
     ),
 }
 
-TABLE_FILES = {
-    "neurons": "neurons.parquet",
-    "layers": "layers.parquet",
-    "position_rates": "position_rates.parquet",
-    "universal": "universal.parquet",
-    "best_matches": "best_matches.parquet",
-    "entropy": "entropy.parquet",
-    "entropy_neurons": "entropy_neurons.parquet",
-    "attention_scores": "attention_scores.parquet",
-    "attention_paths": "attention_paths.parquet",
-    "predictions": "predictions.parquet",
-    "subupdates": "subupdates.parquet",
-    "subupdate_layers": "subupdate_layers.parquet",
-    "value_clusters": "value_clusters.parquet",
-    "clusters": "clusters.parquet",
-    "early_exit": "early_exit.parquet",
-    "early_exit_summary": "early_exit_summary.parquet",
-    "steering": "steering.parquet",
-    "steering_summary": "steering_summary.parquet",
-    "probes": "probes.parquet",
-    "probe_neurons": "probe_neurons.parquet",
-    "probe_features": "probe_features.parquet",
-}
 # tables that only the models of a study section (`universal`, `subupdates`, `steering`, `probing`) have: their figures draw those
 STUDY_TABLES = {
     "universal": frozenset({"universal", "best_matches", "entropy", "entropy_neurons", "attention_scores", "attention_paths"}),

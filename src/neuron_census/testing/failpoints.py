@@ -15,20 +15,16 @@ import fnmatch
 import os
 import signal
 
-VARIABLE = "NEURON_CENSUS_KILL_AT"
-SCOPE_VARIABLE = "NEURON_CENSUS_KILL_SCOPE"
-SIGNAL_VARIABLE = "NEURON_CENSUS_KILL_SIGNAL"
-
 
 def failpoint(point: str, subject: object) -> None:
     """Signal this process (or its group) if `NEURON_CENSUS_KILL_AT` names this point and subject."""
-    wanted = os.environ.get(VARIABLE)
+    wanted = os.environ.get("NEURON_CENSUS_KILL_AT")
     if not wanted:
         return
     name, _, pattern = wanted.partition(":")
     if name != point or not fnmatch.fnmatch(str(subject), pattern or "*"):
         return
-    sent = signal.Signals[os.environ.get(SIGNAL_VARIABLE, "SIGKILL")]
-    if os.environ.get(SCOPE_VARIABLE) == "group":
+    sent = signal.Signals[os.environ.get("NEURON_CENSUS_KILL_SIGNAL", "SIGKILL")]
+    if os.environ.get("NEURON_CENSUS_KILL_SCOPE") == "group":
         os.killpg(os.getpgid(0), sent)
     os.kill(os.getpid(), sent)

@@ -403,18 +403,6 @@ def _layer_norm_levels(d_model: int, n_high: int, eps: float) -> tuple[float, fl
     return (EMBED_SCALE - mean) * scale, -mean * scale
 
 
-def input_row(neuron: PlantedNeuron, recipe: PlantedRecipe) -> np.ndarray:
-    """The neuron's weights on the residual dimensions [d_model]: its fc1 row."""
-    row = np.zeros(recipe.d_model)
-    for token, weight in neuron.token_weights:
-        row[token] = weight
-    for position, weight in neuron.position_weights:
-        row[recipe.position_dim(position)] = weight
-    for token, weight in neuron.previous_weights:
-        row[recipe.previous_dim(token)] = weight
-    return row
-
-
 def _plant_previous_token_head(attention: torch.nn.Module, norm: torch.nn.LayerNorm, recipe: PlantedRecipe) -> None:
     """Layer-0 head: p attends to max(p - 1, 0) only, and writes EMBED_SCALE * e_previous into the previous block.
 
@@ -490,7 +478,13 @@ def build_planted_model(recipe_name: str) -> OPTForCausalLM:
             _plant_previous_token_head(first.self_attn, first.self_attn_layer_norm, recipe)
         for neuron in recipe.neurons:
             fc1, fc2 = decoder.layers[neuron.layer].fc1, decoder.layers[neuron.layer].fc2
-            row = input_row(neuron, recipe)
+            row = np.zeros(recipe.d_model)  # the neuron's weights on the residual dimensions
+            for token, weight in neuron.token_weights:
+                row[token] = weight
+            for position, weight in neuron.position_weights:
+                row[recipe.position_dim(position)] = weight
+            for token, weight in neuron.previous_weights:
+                row[recipe.previous_dim(token)] = weight
             fc1.weight[neuron.neuron] = torch.from_numpy(row)
             # fc1 bias putting the pre-activation at (high - low) * (score - threshold): every read dimension
             # contributes low, the active ones (high - low) more; a neuron that reads nothing gets +-CONSTANT_BIAS
