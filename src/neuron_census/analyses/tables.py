@@ -96,9 +96,11 @@ def stats_tables(
     token_strings: Sequence[str],
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """`neuron_table` joined with n-gram coverage, detector and positional columns; and positional curves."""
-    base = neuron_table(model, attrs, states).with_columns(n_layers_total=pl.lit(int(attrs["n_layers_total"]), pl.Int64))
-    base = base.with_columns(**coverage_columns(states, attrs, settings.detectors))
-    base = base.with_columns(**detector_columns(states, attrs, settings.detectors, token_strings))
+    base = neuron_table(model, attrs, states).with_columns(
+        n_layers_total=pl.lit(int(attrs["n_layers_total"]), pl.Int64),
+        **coverage_columns(states, attrs, settings.detectors),
+        **detector_columns(states, attrs, settings.detectors, token_strings),
+    )
     found = find_positional(states["position_fire_count"], settings.positional)
     base = base.join(positional_table(attrs, found), on=["layer", "neuron"], how="left", maintain_order="left")
     return base, position_rates_table(model, attrs, found)

@@ -58,12 +58,7 @@ def counted_neurons(neurons: pl.DataFrame, layers: pl.DataFrame, order: int) -> 
     coverage, exact = f"{name}_coverage", f"{name}_coverage_exact"
     columns = {**KEY_DTYPES, "neuron": pl.Int64(), "dead": pl.Boolean(), coverage: pl.Int64(), exact: pl.Boolean()}
     frame = with_columns(neurons, columns).select(
-        "model",
-        "layer",
-        "neuron",
-        "dead",
-        pl.col(coverage).cast(pl.Int64).alias("coverage"),
-        pl.col(exact).fill_null(True).alias("exact"),
+        "model", "layer", "neuron", "dead", coverage=pl.col(coverage).cast(pl.Int64), exact=pl.col(exact).fill_null(True)
     )
     depth = with_columns(layers, {**KEY_DTYPES, "n_layers_total": pl.Int64()})
     depth = depth.select("model", "layer", pl.col("n_layers_total").cast(pl.Int64))

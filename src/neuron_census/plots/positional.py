@@ -140,7 +140,13 @@ def plot_positional_neurons(tables: Mapping[str, pl.DataFrame], style: Mapping[s
         say_missing(axes[0, 0], "no models")
     axes[0, 0].set_ylabel("positional neurons")
     axes[0, 0].yaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.legend(handles=_dot_legend(type_colour, style), loc="outside right center", fontsize="small", frameon=False)
+
+    def handle(label: str, edge: Any, face: Any) -> Line2D:
+        return Line2D([], [], ls="", marker=style["marker"], markeredgecolor=edge, markerfacecolor=face, label=label)
+
+    handles = [handle(kind.replace("_", " "), type_colour[kind], type_colour[kind]) for kind in POSITIONAL_TYPES]
+    handles += [handle("strong", "0.3", "0.3"), handle("weak", "0.3", "none")]
+    fig.legend(handles=handles, loc="outside right center", fontsize="small", frameon=False)
     if style.get("title"):
         fig.suptitle(style["title"])
     return fig
@@ -159,14 +165,6 @@ def _draw_dots(ax: Axes, dots: pl.DataFrame, type_colour: Mapping[str, Any], sty
                 part["layer"].to_numpy(), part["stack"].to_numpy(), s=12.0, marker=style["marker"],
                 facecolors=type_colour[kind] if strong else "none", edgecolors=type_colour[kind], linewidths=0.8,
             )
-
-
-def _dot_legend(type_colour: Mapping[str, Any], style: Mapping[str, Any]) -> list[Line2D]:
-    def handle(label: str, edge: Any, face: Any) -> Line2D:
-        return Line2D([], [], ls="", marker=style["marker"], markeredgecolor=edge, markerfacecolor=face, label=label)
-
-    types = [handle(kind.replace("_", " "), type_colour[kind], type_colour[kind]) for kind in POSITIONAL_TYPES]
-    return [*types, handle("strong", "0.3", "0.3"), handle("weak", "0.3", "none")]
 
 
 # -------------------------------------------------------------------------- oscillatory ranges (Fig. 9)
