@@ -96,11 +96,9 @@ def stats_tables(
     token_strings: Sequence[str],
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """`neuron_table` joined with n-gram coverage, detector and positional columns; and positional curves."""
-    base = neuron_table(model, attrs, states).with_columns(
-        n_layers_total=pl.lit(int(attrs["n_layers_total"]), pl.Int64),
-        **coverage_columns(states, attrs, settings.detectors),
-        **detector_columns(states, attrs, settings.detectors, token_strings),
-    )
+    base = neuron_table(model, attrs, states).with_columns(n_layers_total=pl.lit(int(attrs["n_layers_total"]), pl.Int64))
+    base = base.with_columns(**coverage_columns(states, attrs, settings.detectors))
+    base = base.with_columns(**detector_columns(states, attrs, settings.detectors, token_strings))
     found = find_positional(states["position_fire_count"], settings.positional)
     base = base.join(positional_table(attrs, found), on=["layer", "neuron"], how="left", maintain_order="left")
     return base, position_rates_table(model, attrs, found)
@@ -186,16 +184,14 @@ def layer_table(neurons: pl.DataFrame, n_layers_total: int) -> pl.DataFrame:
         table = table.join(detector_layer_counts(neurons), on=["model", "layer"], how="left", maintain_order="left")
     if "positional" in neurons.columns:
         table = table.join(positional_layer_counts(neurons), on=["model", "layer"], how="left", maintain_order="left")
+    found = {}
     if "suppresses_trigger" in neurons.columns:
-        suppressing = neurons.group_by("model", "layer").agg(
-            n_detectors_suppressing_trigger=pl.col("suppresses_trigger").fill_null(False).sum().cast(pl.Int64)
-        )
-        table = table.join(suppressing, on=["model", "layer"], how="left", maintain_order="left")
+        found["n_detectors_suppressing_trigger"] = pl.col("suppresses_trigger").fill_null(False).sum().cast(pl.Int64)
     if "universal" in neurons.columns:  # a universal-neurons study's reference
-        found = neurons.group_by("model", "layer").agg(
-            n_universal=pl.col("universal").fill_null(False).sum().cast(pl.Int64),
-            n_family=pl.col("family").is_not_null().sum().cast(pl.Int64),
-        )
-        table = table.join(found, on=["model", "layer"], how="left", maintain_order="left")
+        found["n_universal"] = pl.col("universal").fill_null(False).sum().cast(pl.Int64)
+        found["n_family"] = pl.col("family").is_not_null().sum().cast(pl.Int64)
+    if found:
+        per_layer = neurons.group_by("model", "layer").agg(**found)
+        table = table.join(per_layer, on=["model", "layer"], how="left", maintain_order="left")
     return table
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Mapping
+from itertools import product
 from typing import Any
 
 import numpy as np
 import polars as pl
 import seaborn as sns
-from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
@@ -68,7 +68,15 @@ def plot_positional_examples(tables: Mapping[str, pl.DataFrame], style: Mapping[
         for row, strong in enumerate((True, False)):
             ax = axes[row, column]
             picked = chosen.filter((pl.col("positional_type") == kind) & (pl.col("positional_strong") == strong))
-            _draw_examples(ax, own, picked, type_colour[kind])
+            if picked.is_empty():
+                say_missing(ax, "none")
+            else:  # one shade of the type's colour per example
+                shades = sns.light_palette(type_colour[kind], n_colors=picked.height + 2, reverse=True)
+                for (layer, neuron), shade in zip(picked.select("layer", "neuron").iter_rows(), shades):
+                    curve = own.filter((pl.col("layer") == layer) & (pl.col("neuron") == neuron)).sort("position")
+                    ax.plot(curve["position"].to_numpy(), curve["fire_rate"].to_numpy(), color=shade, lw=1,
+                            label=f"L{layer}/{neuron}")
+                ax.legend(fontsize="xx-small", frameon=False, loc="best", handlelength=1)
             ax.set_ylim(-0.02, 1.02)
             if row == 0:
                 ax.set_title(kind.replace("_", " "), fontsize="small")
@@ -78,18 +86,6 @@ def plot_positional_examples(tables: Mapping[str, pl.DataFrame], style: Mapping[
                 ax.set_xlabel("position", fontsize="small")
     fig.suptitle(style.get("title") or (f"positional neurons of {model}" if model else "no positional neurons"))
     return fig
-
-
-def _draw_examples(ax: Axes, rates: pl.DataFrame, picked: pl.DataFrame, colour: Any) -> None:
-    if picked.is_empty():
-        say_missing(ax, "none")
-        return
-    shades = sns.light_palette(colour, n_colors=picked.height + 2, reverse=True)
-    for (layer, neuron), shade in zip(picked.select("layer", "neuron").iter_rows(), shades):
-        curve = rates.filter((pl.col("layer") == layer) & (pl.col("neuron") == neuron)).sort("position")
-        ax.plot(curve["position"].to_numpy(), curve["fire_rate"].to_numpy(), color=shade, lw=1,
-                label=f"L{layer}/{neuron}")
-    ax.legend(fontsize="xx-small", frameon=False, loc="best", handlelength=1)
 
 
 # ------------------------------------------------------------------------------- neurons per layer (Fig. 8)
@@ -127,7 +123,15 @@ def plot_positional_neurons(tables: Mapping[str, pl.DataFrame], style: Mapping[s
     title_chars = max(6, int(PANELS_SHARE * style["figsize"][0] / max(len(models), 1) / TITLE_CHAR_INCHES) - 1)
     for ax, model in zip(axes[0], models):
         own = dots.filter(pl.col("model") == model)
-        _draw_dots(ax, own, type_colour, style)
+        if own.is_empty():
+            say_missing(ax, "no positional neurons")
+        for kind, strong in product(POSITIONAL_TYPES, (True, False)):
+            part = own.filter((pl.col("positional_type") == kind) & (pl.col("positional_strong") == strong))
+            if not part.is_empty():
+                ax.scatter(
+                    part["layer"].to_numpy(), part["stack"].to_numpy(), s=12.0, marker=style["marker"],
+                    facecolors=type_colour[kind] if strong else "none", edgecolors=type_colour[kind], linewidths=0.8,
+                )
         model_layers = layers.filter(pl.col("model") == model)["layer"].drop_nulls().to_numpy()
         span = np.concatenate([model_layers, own["layer"].drop_nulls().to_numpy()])
         if len(span):
@@ -150,21 +154,6 @@ def plot_positional_neurons(tables: Mapping[str, pl.DataFrame], style: Mapping[s
     if style.get("title"):
         fig.suptitle(style["title"])
     return fig
-
-
-def _draw_dots(ax: Axes, dots: pl.DataFrame, type_colour: Mapping[str, Any], style: Mapping[str, Any]) -> None:
-    if dots.is_empty():
-        say_missing(ax, "no positional neurons")
-        return
-    for kind in POSITIONAL_TYPES:
-        for strong in (True, False):
-            part = dots.filter((pl.col("positional_type") == kind) & (pl.col("positional_strong") == strong))
-            if part.is_empty():
-                continue
-            ax.scatter(
-                part["layer"].to_numpy(), part["stack"].to_numpy(), s=12.0, marker=style["marker"],
-                facecolors=type_colour[kind] if strong else "none", edgecolors=type_colour[kind], linewidths=0.8,
-            )
 
 
 # -------------------------------------------------------------------------- oscillatory ranges (Fig. 9)

@@ -17,8 +17,6 @@ from matplotlib.figure import Figure
 from neuron_census.plots.figures import _style, model_order, with_columns
 from neuron_census.data.tokenization import escape_token
 
-DEFAULT_N_EXAMPLES = 8
-DEFAULT_N_TOKENS = 3
 TABLE_COLUMNS: tuple[str, ...] = ("model", "layer:neuron", "detected tokens", "top promoted", "top suppressed")
 ROW_SCALE = 1.3  # table rows are this much taller than matplotlib's default
 # matplotlib sizes a table row for its default 10 pt text (1.2 line heights), whatever font is set later
@@ -141,10 +139,8 @@ def plot_detector_projections(tables: Mapping[str, pl.DataFrame], style: Mapping
     table) and the most height: the figure is as tall as its table.
     """
     style = _style(style)
-    n_examples = style.get("n_examples", DEFAULT_N_EXAMPLES)
-    n_tokens = style.get("n_tokens", DEFAULT_N_TOKENS)
-    frame = detector_projection_frame(tables.get("neurons", pl.DataFrame()), n_show=n_tokens)
-    cells = [] if frame.is_empty() else table_cells(pick_examples(frame, n_examples))
+    frame = detector_projection_frame(tables.get("neurons", pl.DataFrame()), n_show=style.get("n_tokens", 3))
+    cells = [] if frame.is_empty() else table_cells(pick_examples(frame, style.get("n_examples", 8)))
     width, height = (float(size) for size in style["figsize"])
     fig, ax = plt.subplots(figsize=(width, table_height(len(cells), height)), dpi=style["dpi"], layout="constrained")
     ax.set_axis_off()
