@@ -51,10 +51,6 @@ class SparseCounts:
     fires: np.ndarray  # [n_groups]
     capacity: int | None  # None: counts are exact
 
-    def coverage(self, share: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Lower and upper bound of each group's coverage of `share` of its firings, and whether they meet."""
-        return coverage_bounds(self.group, self.count, self.fires, self.capacity, share)
-
 
 def unigram_counts(states: Mapping[str, State], attrs: Mapping[str, Any]) -> SparseCounts:
     n_neurons, vocab = int(attrs["n_neurons"]), int(attrs["vocab_size"])
@@ -101,7 +97,7 @@ def coverage_columns(states: Mapping[str, State], attrs: Mapping[str, Any], sett
     by_order |= {order: ngram_counts(states, attrs, order) for order in counted_orders(states)}
     columns: dict[str, Any] = {}
     for order, counts in by_order.items():
-        lower, upper, exact = counts.coverage(settings.coverage)
+        lower, upper, exact = coverage_bounds(counts.group, counts.count, counts.fires, counts.capacity, settings.coverage)
         null = pl.Series(counts.fires == 0)  # n-grams of an uncounted layer have no firings either
         columns |= {
             f"{ORDER_NAMES[order]}_coverage": pl.Series(upper, dtype=pl.Int64).set(null, None),
@@ -124,7 +120,7 @@ def ngram_detectors(
     `summary_slack`). Step 2 compares firings (never above the truth) with occurrences plus the slack
     (never below it), so an item kept is one the neuron fires on at least `ngram_fire_rate` of the time.
     """
-    _, upper, _ = counts.coverage(settings.coverage)
+    _, upper, _ = coverage_bounds(counts.group, counts.count, counts.fires, counts.capacity, settings.coverage)
     candidates = (upper >= 1) & (upper <= settings.max_ngrams)
     entries = candidates[counts.group]
     group, item, count = counts.group[entries], counts.item[entries], counts.count[entries]

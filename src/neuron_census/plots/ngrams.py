@@ -30,9 +30,7 @@ def compact_count(value: int) -> str:
 
     Integer bins [lo, hi) are shown inclusive ("201-1000" -> "201-1k", "1001-2000" -> "1k-2k").
     """
-    if value >= 1000 and value % 1000 <= 1:
-        return f"{value // 1000}k"
-    return str(value)
+    return f"{value // 1000}k" if value >= 1000 and value % 1000 <= 1 else str(value)
 
 
 def coverage_bin_labels(bins: Sequence[int]) -> list[str]:
