@@ -184,7 +184,7 @@ def layer_table(neurons: pl.DataFrame, n_layers_total: int) -> pl.DataFrame:
         table = table.join(detector_layer_counts(neurons), on=["model", "layer"], how="left", maintain_order="left")
     if "positional" in neurons.columns:
         table = table.join(positional_layer_counts(neurons), on=["model", "layer"], how="left", maintain_order="left")
-    found = {}
+    found: dict[str, pl.Expr] = {}
     if "suppresses_trigger" in neurons.columns:
         found["n_detectors_suppressing_trigger"] = pl.col("suppresses_trigger").fill_null(False).sum().cast(pl.Int64)
     if "universal" in neurons.columns:  # a universal-neurons study's reference
