@@ -102,18 +102,14 @@ class FeatureSettings:
             raise ValueError(f"probe-feature skip must be at least 0, got {self.skip}")
         if self.min_span < 1:
             raise ValueError(f"probe-feature min_span must be at least 1, got {self.min_span}")
-        _check_balance(self.positive_share, self.limit, self.seed, self.min_per_class)
-
-
-def _check_balance(positive_share: float, limit: int, seed: int, min_per_class: int = 1) -> None:
-    if not 0 < positive_share < 1:
-        raise ValueError(f"probe-feature positive_share must be in (0, 1), got {positive_share}")
-    if limit < 2:
-        raise ValueError(f"probe-feature limit must be at least 2 (one span per class), got {limit}")
-    if seed < 0:
-        raise ValueError(f"probe-feature seed must be at least 0, got {seed}")
-    if min_per_class < 1:
-        raise ValueError(f"probe-feature min_per_class must be at least 1, got {min_per_class}")
+        if not 0 < self.positive_share < 1:
+            raise ValueError(f"probe-feature positive_share must be in (0, 1), got {self.positive_share}")
+        if self.limit < 2:
+            raise ValueError(f"probe-feature limit must be at least 2 (one span per class), got {self.limit}")
+        if self.seed < 0:
+            raise ValueError(f"probe-feature seed must be at least 0, got {self.seed}")
+        if self.min_per_class < 1:
+            raise ValueError(f"probe-feature min_per_class must be at least 1, got {self.min_per_class}")
 
 
 def _empty() -> pl.DataFrame:
@@ -201,11 +197,7 @@ def text_spans(tokens: np.ndarray, token_texts: Sequence[str]) -> pl.DataFrame:
 
 def default_position_bins(seq_len: int) -> tuple[int, ...]:
     """The powers of two 4, 8, ... below seq_len: every bin has positions on both sides."""
-    bins, b = [], 4
-    while b < seq_len:
-        bins.append(b)
-        b *= 2
-    return tuple(bins)
+    return tuple(2**i for i in range(2, (seq_len - 1).bit_length()))
 
 
 def position_spans(n_sequences: int, seq_len: int, bins: Sequence[int] | None = None) -> pl.DataFrame:
@@ -436,7 +428,7 @@ def balanced_spans(
     """Each feature subsampled to at most `limit` spans at `positive_share` positives (the share kept, the
     count giving way), seeded per feature; the table sorted by (feature, seq, start, end) and the names of
     the features dropped for having fewer than `min_per_class` positives or negatives."""
-    _check_balance(positive_share, limit, seed, min_per_class)
+    FeatureSettings(positive_share=positive_share, limit=limit, seed=seed, min_per_class=min_per_class)  # checks them
     missing = [key for key in SPAN_SCHEMA if key not in table.columns]
     if missing:
         raise ValueError(f"balanced_spans needs columns {list(SPAN_SCHEMA)}, missing {missing}")

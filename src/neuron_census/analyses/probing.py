@@ -140,8 +140,9 @@ def _labels(y: np.ndarray, name: str) -> np.ndarray:
     return y
 
 
-def _checked(x: np.ndarray, y: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """x as float64 [n, N] and y as bool [n]; a ValueError for other shapes, non-binary or non-finite values."""
+def _checked(x: np.ndarray, y: np.ndarray, name: str, both_classes: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """x as float64 [n, N] and y as bool [n] (of both classes); a ValueError for other shapes, non-binary or
+    non-finite values."""
     x, y = np.asarray(x, dtype=np.float64), _labels(y, name)
     if x.ndim != 2 or x.shape[1] == 0:
         raise ValueError(f"{name} needs activations [n, N] with N >= 1, got shape {x.shape}")
@@ -149,6 +150,8 @@ def _checked(x: np.ndarray, y: np.ndarray, name: str) -> tuple[np.ndarray, np.nd
         raise ValueError(f"{name} needs one label per row: x {x.shape}, y {y.shape}")
     if not np.isfinite(x).all():
         raise ValueError(f"{name} needs finite activations")
+    if both_classes:
+        _both_classes(y, name)
     return x, y
 
 
@@ -165,11 +168,7 @@ def _order(scores: np.ndarray) -> np.ndarray:
 
 def default_ks(n_neurons: int) -> tuple[int, ...]:
     """The k ladder: 1..8, 10, 12, powers of two from 16, and N itself, those <= N."""
-    ladder = {*range(1, 9), 10, 12, n_neurons}
-    power = 16
-    while power <= n_neurons:
-        ladder.add(power)
-        power *= 2
+    ladder = {*range(1, 9), 10, 12, n_neurons, *(2**i for i in range(4, n_neurons.bit_length()))}
     return tuple(sorted(k for k in ladder if k <= n_neurons))
 
 
@@ -197,7 +196,6 @@ def scale_neurons(train_x: np.ndarray, test_x: np.ndarray) -> tuple[np.ndarray, 
 def mean_difference_scores(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """[N]: |mean over positives - mean over negatives| per neuron."""
     x, y = _checked(x, y, "mean_difference")
-    _both_classes(y, "mean_difference")
     return np.abs(x[y].mean(axis=0) - x[~y].mean(axis=0))
 
 
@@ -209,7 +207,6 @@ def mean_difference_ranking(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 def f_statistic_ranking(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Neurons by the two-group ANOVA F; constant neurons (F undefined) last."""
     x, y = _checked(x, y, "f_statistic")
-    _both_classes(y, "f_statistic")
     with warnings.catch_warnings():  # constant neurons: a division by zero, reported as NaN and ranked last
         warnings.simplefilter("ignore", RuntimeWarning)
         warnings.simplefilter("ignore", UserWarning)
@@ -225,7 +222,6 @@ def mutual_information_ranking(x: np.ndarray, y: np.ndarray, seed: int = 42) -> 
     """Neurons by the k-NN estimate of their mutual information with the feature (the estimator's jitter
     seeded, so the ranking is reproducible)."""
     x, y = _checked(x, y, "mutual_information")
-    _both_classes(y, "mutual_information")
     return _order(mutual_info_classif(x, y, discrete_features=False, random_state=seed))
 
 
@@ -233,7 +229,6 @@ def l1_logistic_ranking(x: np.ndarray, y: np.ndarray, seed: int = 42, max_iter: 
     """Neurons by |coef| of an L1 logistic regression (C = 0.1, balanced): the neurons the sparse fit keeps
     first, the ones it zeroes after them in neuron order."""
     x, y = _checked(x, y, "l1_logistic")
-    _both_classes(y, "l1_logistic")
     for c in L1_C * 10.0 ** np.arange(L1_RAISES + 1):
         model = LogisticRegression(l1_ratio=1.0, C=c, solver="liblinear", class_weight="balanced", max_iter=max_iter, random_state=seed)
         with warnings.catch_warnings():  # a ranking needs the order of the weights, not their last digits
@@ -247,7 +242,6 @@ def l1_logistic_ranking(x: np.ndarray, y: np.ndarray, seed: int = 42, max_iter: 
 def linear_svm_ranking(x: np.ndarray, y: np.ndarray, seed: int = 42, max_iter: int = 1000) -> np.ndarray:
     """Neurons by |coef| of a linear SVM (squared hinge, L2, balanced)."""
     x, y = _checked(x, y, "linear_svm")
-    _both_classes(y, "linear_svm")
     model = LinearSVC(class_weight="balanced", dual="auto", max_iter=max_iter, random_state=seed)
     with warnings.catch_warnings():  # as l1_logistic_ranking
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -265,8 +259,7 @@ def random_ranking(n_neurons: int, seed: int = 42) -> np.ndarray:
 def weight_bounds(x: np.ndarray) -> np.ndarray:
     """[N]: the big-M bound of each neuron's weight, BIG_M_MARGINS / std (0 for a constant neuron)."""
     std = np.asarray(x, dtype=np.float64).std(axis=0)
-    safe = np.where(std > 0, std, 1.0)
-    return np.where(std > 0, BIG_M_MARGINS / safe, 0.0)
+    return np.divide(BIG_M_MARGINS, std, out=np.zeros_like(std), where=std > 0)
 
 
 def _hinge_problem(x: np.ndarray, y: np.ndarray, k: int | None) -> tuple[np.ndarray, LinearConstraint, Bounds, np.ndarray]:
@@ -300,7 +293,6 @@ def support_loss(x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
     """(objective, weights [m]) of the class-balanced hinge-loss program with every neuron of x [n, m]
     available (the linear program of a fixed support), weights bounded as in optimal_support."""
     x, y = _checked(x, y, "support_loss")
-    _both_classes(y, "support_loss")
     objective, constraints, bounds, integrality = _hinge_problem(x, y, None)
     result = milp(objective, integrality=integrality, bounds=bounds, constraints=constraints)
     if result.x is None:
@@ -321,7 +313,6 @@ def optimal_support(x: np.ndarray, y: np.ndarray, k: int, *, candidates: int = 5
     hinge-loss SVM has the least loss, chosen exactly among the `candidates` neurons with the largest mean
     difference (module docstring); support in order of |w|, neurons whose weight is 0 left out."""
     x, y = _checked(x, y, "optimal_support")
-    _both_classes(y, "optimal_support")
     if k < 1:
         raise ValueError(f"optimal_support needs k >= 1, got {k}")
     if candidates < 1:
@@ -356,7 +347,7 @@ def complete_ranking(first: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndar
 def rank_neurons(method: str, x: np.ndarray, y: np.ndarray, settings: ProbeSettings, k: int = 1) -> tuple[np.ndarray, str | None]:
     """(ranking of all N neurons, solver status): the method's ranking on training rows x, y. Only `optimal`
     depends on k (its support size) and has a solver status; the others return None."""
-    x, y = _checked(x, y, "rank_neurons")
+    x, y = _checked(x, y, "rank_neurons", both_classes=False)
     if method == "mean_difference":
         return mean_difference_ranking(x, y), None
     if method == "f_statistic":
@@ -437,8 +428,6 @@ def probe_sweep(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, te
     test_x, test_y = _checked(test_x, test_y, "probe_sweep (test rows)")
     if train_x.shape[1] != test_x.shape[1]:
         raise ValueError(f"probe_sweep needs one neuron count for training and test rows, got {train_x.shape[1]} and {test_x.shape[1]}")
-    _both_classes(train_y, "probe_sweep (training rows)")
-    _both_classes(test_y, "probe_sweep (test rows)")
     n_neurons = train_x.shape[1]
     ks = default_ks(n_neurons) if settings.ks is None else tuple(sorted(k for k in settings.ks if k <= n_neurons))
     train_x, test_x = scale_neurons(train_x, test_x)

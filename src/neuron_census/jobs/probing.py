@@ -151,8 +151,28 @@ def probe_layer_job(
     cores (3-4x slower, benchmarks/probe_fit.py)."""
     from threadpoolctl import threadpool_limits
 
+    from neuron_census.analyses.probe_features import feature_family
+    from neuron_census.analyses.probing import TABLE_SCHEMA, probe_sweep, split_rows
+
+    settings = probe_settings(study)
     with threadpool_limits(threads):
-        _probe_layer(model_name, layer, study, parts, output)
+        table, values, n_layers = labelled_samples(model_name, layer, parts)
+        frames = []
+        for (feature,), group in table.sort("feature", maintain_order=True).group_by("feature", maintain_order=True):
+            y = group["label"].to_numpy().astype(bool)
+            if min(int(y.sum()), int((~y).sum())) < 2:  # a split needs two of each class
+                print(f"probing '{model_name}' layer {layer}: feature {feature!r} has fewer than 2 spans of a class and is left out", file=sys.stderr)
+                continue
+            x = values[group["row"].to_numpy()]
+            train, test = split_rows(y, settings)
+            swept = probe_sweep(x[train], y[train], x[test], y[test], settings)
+            frames.append(swept.select(pl.lit(feature).alias("feature"), pl.lit(feature_family(feature)).alias("family"), pl.all()))
+    swept = pl.concat(frames) if frames else pl.DataFrame(schema={"feature": pl.Utf8, "family": pl.Utf8, **TABLE_SCHEMA})
+    out = swept.select(
+        pl.col("feature"), pl.col("family"), pl.lit(layer, dtype=pl.Int64).alias("layer"),
+        pl.lit(n_layers, dtype=pl.Int64).alias("n_layers"), pl.exclude("feature", "family"),
+    )
+    write_for_model(out, model_name, output)
 
 
 def labelled_samples(model_name: str, layer: int, parts: Sequence[tuple[PathLike, Sequence[PathLike]]]) -> tuple[pl.DataFrame, np.ndarray, int]:
@@ -169,31 +189,6 @@ def labelled_samples(model_name: str, layer: int, parts: Sequence[tuple[PathLike
         blocks.append(values)
         offset += len(values)
     return pl.concat(tables), np.concatenate(blocks), n_layers
-
-
-def _probe_layer(model_name: str, layer: int, study: Mapping[str, Any], parts: Sequence[tuple[PathLike, Sequence[PathLike]]], output: PathLike) -> None:
-    from neuron_census.analyses.probe_features import feature_family
-    from neuron_census.analyses.probing import TABLE_SCHEMA, probe_sweep, split_rows
-
-    settings = probe_settings(study)
-    table, values, n_layers = labelled_samples(model_name, layer, parts)
-    frames = []
-    for (feature,), group in table.sort("feature", maintain_order=True).group_by("feature", maintain_order=True):
-        y = group["label"].to_numpy().astype(bool)
-        if min(int(y.sum()), int((~y).sum())) < 2:  # a split needs two of each class
-            print(f"probing '{model_name}' layer {layer}: feature {feature!r} has fewer than 2 spans of a class and is left out", file=sys.stderr)
-            continue
-        x = values[group["row"].to_numpy()]
-        train, test = split_rows(y, settings)
-        swept = probe_sweep(x[train], y[train], x[test], y[test], settings)
-        frames.append(swept.select(pl.lit(feature).alias("feature"), pl.lit(feature_family(feature)).alias("family"), pl.all()))
-    columns = {"feature": pl.Utf8, "family": pl.Utf8, **TABLE_SCHEMA}
-    swept = pl.concat(frames) if frames else pl.DataFrame(schema=columns)
-    out = swept.select(
-        pl.col("feature"), pl.col("family"), pl.lit(layer, dtype=pl.Int64).alias("layer"),
-        pl.lit(n_layers, dtype=pl.Int64).alias("n_layers"), pl.exclude("feature", "family"),
-    )
-    write_for_model(out, model_name, output)
 
 
 def probe_tables_job(
