@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 import seaborn as sns
 from matplotlib.axes import Axes
-from matplotlib.colors import Colormap, Normalize
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullLocator
 
@@ -44,9 +44,6 @@ NEURON_DTYPES: dict[str, pl.DataType] = {
     "recall": pl.Float64(), "monosemantic": pl.Boolean(),
 }
 MONOSEMANTIC_COLUMNS: tuple[str, ...] = ("model", "layer", "neuron", "feature", "method", "f1", "precision", "recall")
-
-
-# --------------------------------------------------------------------------------------------- helpers
 
 
 def _table(tables: Mapping[str, pl.DataFrame], kind: str, dtypes: Mapping[str, pl.DataType]) -> pl.DataFrame:
@@ -87,46 +84,10 @@ def _figure_legend(fig: Figure, axes: Any, n_models: int) -> None:
         fig.legend(list(entries.values()), list(entries), loc="outside lower center", ncols=max(n_models, 1), fontsize="small", frameon=False)
 
 
-def _drop_legend(ax: Axes) -> None:
-    if ax.get_legend() is not None:
-        ax.get_legend().remove()
-
-
-# ------------------------------------------------------------------------------------ F1 against k
-
-
-def chosen_method(probes: pl.DataFrame, method: str) -> str | None:
-    """`method` where the table has it, else the first method present (None for an empty table)."""
-    methods = probes["method"].drop_nulls().unique(maintain_order=True).to_list()
-    return method if method in methods else (methods[0] if methods else None)
-
-
-def f1_by_k(probes: pl.DataFrame) -> pl.DataFrame:
-    """Mean test F1 over each family's features per model, family, layer and k (columns model, family,
-    layer, k, f1, n_layers); the rows given are one method's."""
-    return (
-        probes.group_by("model", "family", "layer", "k", maintain_order=True)
-        .agg(pl.col("f1").mean(), pl.col("n_layers").max())
-        .sort("layer", "k", maintain_order=True)
-    )
-
-
 def feature_counts(frame: pl.DataFrame) -> dict[tuple[str, str], int]:
     """How many features each (model, family) has in the table."""
     counts = frame.group_by("model", "family").agg(pl.col("feature").n_unique())
     return {(model, family): n for model, family, n in counts.iter_rows()}
-
-
-def _layer_shades(style: Mapping[str, Any]) -> Colormap:
-    """The sequential colour map of the layers: early layers light, late layers dark."""
-    return sns.color_palette(style.get("layer_palette", "crest"), as_cmap=True)
-
-
-def _layer_lines(ax: Axes, rows: pl.DataFrame, cmap: Colormap, depth: int, style: Mapping[str, Any]) -> None:
-    for layer in sorted(rows["layer"].unique().to_list()):
-        part = rows.filter(pl.col("layer") == layer).sort("k")
-        line(ax, part["k"], part["f1"], style, color=cmap(layer / max(depth - 1, 1)), label=f"layer {layer}")
-    _log2_ks(ax, sorted(rows["k"].unique().to_list()))
 
 
 def plot_probe_f1_by_k(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
@@ -136,9 +97,17 @@ def plot_probe_f1_by_k(tables: Mapping[str, pl.DataFrame], style: Mapping[str, A
     The style's figsize is one row of panels; each further model adds a row of the same height."""
     style = _style(style)
     probes = _table(tables, "probes", PROBE_DTYPES)
-    method = chosen_method(probes, style.get("method", "mean_difference"))
+    methods = probes["method"].drop_nulls().unique(maintain_order=True).to_list()
+    method = style.get("method", "mean_difference")
+    method = method if method in methods else (methods[0] if methods else None)  # else the first present
     probes = probes.filter(pl.col("method") == method) if method is not None else probes.clear()
-    means, counts = f1_by_k(probes), feature_counts(probes)
+    # mean test F1 over each family's features per model, family, layer and k
+    means = (
+        probes.group_by("model", "family", "layer", "k", maintain_order=True)
+        .agg(pl.col("f1").mean(), pl.col("n_layers").max())
+        .sort("layer", "k", maintain_order=True)
+    )
+    counts = feature_counts(probes)
     models, families = model_order(means), _families(means)
     width, height = style["figsize"]
     grid_style = {**style, "figsize": [width, height * max(len(models), 1)]}
@@ -147,7 +116,7 @@ def plot_probe_f1_by_k(tables: Mapping[str, pl.DataFrame], style: Mapping[str, A
     if not models:
         say_missing(axes[0][0], MISSING)
         return fig
-    cmap = _layer_shades(style)
+    cmap = sns.color_palette(style.get("layer_palette", "crest"), as_cmap=True)  # early layers light, late dark
     for row, model in zip(axes, models):
         rows = means.filter(pl.col("model") == model)
         depth = int(rows["n_layers"].max() or rows["layer"].max() + 1)
@@ -158,7 +127,10 @@ def plot_probe_f1_by_k(tables: Mapping[str, pl.DataFrame], style: Mapping[str, A
             if part.is_empty():
                 say_missing(ax, f"no {family} features")
                 continue
-            _layer_lines(ax, part, cmap, depth, style)
+            for layer in sorted(part["layer"].unique().to_list()):
+                curve = part.filter(pl.col("layer") == layer).sort("k")
+                line(ax, curve["k"], curve["f1"], style, color=cmap(layer / max(depth - 1, 1)), label=f"layer {layer}")
+            _log2_ks(ax, sorted(part["k"].unique().to_list()))
             ax.set_xlabel("k (neurons)")
         row[0].set_ylabel(f"{model}\nmean F1 ({method})", fontsize="small")
         bar = fig.colorbar(plt.cm.ScalarMappable(Normalize(0, max(depth - 1, 1)), cmap), ax=row, pad=0.01)
@@ -168,25 +140,14 @@ def plot_probe_f1_by_k(tables: Mapping[str, pl.DataFrame], style: Mapping[str, A
     return fig
 
 
-# ---------------------------------------------------------------------------- best single neuron
-
-
-def best_single_by_layer(neurons: pl.DataFrame) -> pl.DataFrame:
-    """Mean over each family's features of the best single neuron's F1, per model, family and layer
-    (columns model, family, layer, f1)."""
-    return (
-        neurons.group_by("model", "family", "layer", maintain_order=True)
-        .agg(pl.col("f1").mean())
-        .sort("layer", maintain_order=True)
-    )
-
-
 def plot_probe_best_single(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
     """The best k = 1 probe by layer: mean over a family's features of the best single neuron's test F1,
     a panel per family (at most style `columns` a row, default 5; the figsize is one row), a line per model."""
     style = _style(style)
     neurons = _table(tables, "probe_neurons", NEURON_DTYPES)
-    means = best_single_by_layer(neurons)
+    # the best single neuron's F1, mean over each family's features, per model, family and layer
+    means = neurons.group_by("model", "family", "layer", maintain_order=True).agg(pl.col("f1").mean())
+    means = means.sort("layer", maintain_order=True)
     models, families = model_order(means), _families(means)
     columns = max(1, min(int(style.get("columns", 5)), len(families) or 1))
     n_rows = -(-max(len(families), 1) // columns)
@@ -216,9 +177,6 @@ def plot_probe_best_single(tables: Mapping[str, pl.DataFrame], style: Mapping[st
     return fig
 
 
-# ---------------------------------------------------------------------------------- methods at k
-
-
 def plot_probe_methods(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
     """Every neuron-ranking method at fixed k (style `ks`, default [1, 4, 8]; a panel per k in the table):
     bars of the mean test F1 over (feature, layer), hue = model, with whiskers over the middle half of the
@@ -244,12 +202,10 @@ def plot_probe_methods(tables: Mapping[str, pl.DataFrame], style: Mapping[str, A
         ax.set_ylabel("mean test F1")
         ax.tick_params(axis="x", labelrotation=60, labelsize="x-small")
         _unit_axis(ax)
-        _drop_legend(ax)
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
     _figure_legend(fig, axes[0], len(models))
     return fig
-
-
-# ------------------------------------------------------------------------------ precision/recall
 
 
 def f1_isoline(threshold: float, points: int = 200) -> tuple[np.ndarray, np.ndarray]:
@@ -286,9 +242,6 @@ def plot_probe_precision_recall(tables: Mapping[str, pl.DataFrame], style: Mappi
     axes[0][0].set_ylabel("precision")
     axes[0][0].legend(fontsize="x-small", frameon=False, loc="lower left")
     return fig
-
-
-# --------------------------------------------------------------------------- monosemantic neurons
 
 
 def _by_model(frame: pl.DataFrame) -> pl.Expr:
