@@ -121,7 +121,7 @@ def test_manual_attention_to_bos_equals_the_models():
     attention weights (eager attention) for OPT, GPT-2, and rotary GPT-NeoX and Llama."""
     from transformers import GPT2Config, GPT2LMHeadModel, OPTConfig, OPTForCausalLM
 
-    from neuron_census.analyses.attention import _bos_attention, _norm_input_hooks
+    from neuron_census.analyses.attention import _bos_attention, _input_hooks
 
     torch.manual_seed(0)
     models = (
@@ -134,7 +134,7 @@ def test_manual_attention_to_bos_equals_the_models():
         model.eval()
         adapter = adapter_for(model, name="m")
         seen: dict[int, torch.Tensor] = {}
-        hooks = _norm_input_hooks(adapter, [1], seen)
+        hooks = _input_hooks({1: adapter.attention_norm(1)}, seen)
         with torch.no_grad():
             attentions = model(input_ids=tokens, output_attentions=True).attentions
         for hook in hooks:

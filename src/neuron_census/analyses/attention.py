@@ -16,7 +16,6 @@ of the head's query input only (norm(x - a w_out)); the drop is the neuron's eff
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +27,6 @@ if TYPE_CHECKING:  # the adapter's module imports transformers: table jobs need 
     from neuron_census.models.adapters import FFNAdapter
 
 
-
 @dataclass(frozen=True)
 class AttentionSettings:
     pairs: int = 8  # (neuron, head) pairs with the highest scores that are path-ablated
@@ -36,8 +34,8 @@ class AttentionSettings:
     min_change: float = 0.05  # drop of the head's mean attention to BOS that makes a deactivation neuron
 
 
-def _norm_input_hooks(adapter: FFNAdapter, layers: Sequence[int], seen: dict[int, torch.Tensor]) -> list[Any]:
-    """Pre-hooks that keep the residual stream entering each layer's attention norm."""
+def _input_hooks(modules: dict[int, torch.nn.Module], seen: dict[int, torch.Tensor]) -> list[Any]:
+    """Pre-hooks that keep each layer's module's input in `seen[layer]`."""
 
     def grab(layer: int) -> Any:
         def hook(_module: torch.nn.Module, args: tuple) -> None:
@@ -45,7 +43,7 @@ def _norm_input_hooks(adapter: FFNAdapter, layers: Sequence[int], seen: dict[int
 
         return hook
 
-    return [adapter.attention_norm(layer).register_forward_pre_hook(grab(layer)) for layer in layers]
+    return [module.register_forward_pre_hook(grab(layer)) for layer, module in modules.items()]
 
 
 def _centred_gain(adapter: FFNAdapter, layer: int, vectors: torch.Tensor) -> torch.Tensor:
@@ -61,7 +59,7 @@ def bos_keys(model: torch.nn.Module, adapter: FFNAdapter, bos_id: int) -> dict[i
     """Per layer, the BOS token's key at every head [H, d_head] (its key-value head's for grouped queries)."""
     layers = list(range(adapter.n_layers))
     seen: dict[int, torch.Tensor] = {}
-    hooks = _norm_input_hooks(adapter, layers, seen)
+    hooks = _input_hooks({layer: adapter.attention_norm(layer) for layer in layers}, seen)
     device = next(model.parameters()).device
     try:
         with torch.no_grad():
@@ -107,30 +105,20 @@ def deactivation_scores(adapter: FFNAdapter, keys: dict[int, torch.Tensor], seq_
             table = torch.cat(scores, dim=1).double().cpu().numpy()
             top, bottom = table.argmax(axis=1), table.argmin(axis=1)
             rows = np.arange(len(table))
-            frames.append(
-                pl.DataFrame(
-                    {
-                        "layer": np.full(len(table), layer, dtype=np.int64),
-                        "neuron": rows.astype(np.int64),
-                        "max_score": table[rows, top],
-                        "max_head_layer": np.asarray([heads[i][0] for i in top], dtype=np.int64),
-                        "max_head": np.asarray([heads[i][1] for i in top], dtype=np.int64),
-                        "min_score": table[rows, bottom],
-                        "min_head_layer": np.asarray([heads[i][0] for i in bottom], dtype=np.int64),
-                        "min_head": np.asarray([heads[i][1] for i in bottom], dtype=np.int64),
-                    }
-                )
-            )
+            frames.append(pl.DataFrame({
+                "layer": np.full(len(table), layer, dtype=np.int64), "neuron": rows.astype(np.int64),
+                "max_score": table[rows, top],
+                "max_head_layer": np.asarray([heads[i][0] for i in top], dtype=np.int64),
+                "max_head": np.asarray([heads[i][1] for i in top], dtype=np.int64),
+                "min_score": table[rows, bottom],
+                "min_head_layer": np.asarray([heads[i][0] for i in bottom], dtype=np.int64),
+                "min_head": np.asarray([heads[i][1] for i in bottom], dtype=np.int64),
+            }))
     return pl.concat(frames)
 
 
 def path_ablation(
-    model: torch.nn.Module,
-    adapter: FFNAdapter,
-    tokens: torch.Tensor,
-    pairs: pl.DataFrame,
-    *,
-    batch_size: int = 8,
+    model: torch.nn.Module, adapter: FFNAdapter, tokens: torch.Tensor, pairs: pl.DataFrame, *, batch_size: int = 8,
     min_change: float = 0.05,
 ) -> pl.DataFrame:
     """For each (layer, neuron, head_layer, head) of `pairs`: the head's mean attention to BOS (position 0)
@@ -142,16 +130,9 @@ def path_ablation(
     totals = np.zeros((len(rows), 2))
     count = 0
     acts: dict[int, torch.Tensor] = {}
-
-    def grab_activation(layer: int) -> Any:
-        def hook(_module: torch.nn.Module, args: tuple) -> None:
-            acts[layer] = args[0].detach()
-
-        return hook
-
     residual: dict[int, torch.Tensor] = {}
-    hooks = _norm_input_hooks(adapter, head_layers, residual)
-    hooks += [adapter.neuron_input_module(layer).register_forward_pre_hook(grab_activation(layer)) for layer in neuron_layers]
+    hooks = _input_hooks({layer: adapter.attention_norm(layer) for layer in head_layers}, residual)
+    hooks += _input_hooks({layer: adapter.neuron_input_module(layer) for layer in neuron_layers}, acts)
     try:
         with torch.no_grad():
             for batch in tokens.split(batch_size):
@@ -168,8 +149,7 @@ def path_ablation(
             hook.remove()
     clean, ablated = totals[:, 0] / count, totals[:, 1] / count
     return pairs.select("layer", "neuron", "head_layer", "head", "score").with_columns(
-        bos_attention=pl.Series(clean),
-        bos_attention_ablated=pl.Series(ablated),
+        bos_attention=pl.Series(clean), bos_attention_ablated=pl.Series(ablated),
     ).with_columns(deactivates=(pl.col("bos_attention") - pl.col("bos_attention_ablated")) > min_change)
 
 

@@ -97,16 +97,8 @@ def _measure(
 
 
 def entropy_curves(
-    model: torch.nn.Module,
-    adapter: FFNAdapter,
-    tokens: torch.Tensor,
-    layer: int,
-    candidates: Sequence[int],
-    random: Sequence[int],
-    values: Sequence[float],
-    *,
-    batch_size: int = 8,
-    has_bos: bool = True,
+    model: torch.nn.Module, adapter: FFNAdapter, tokens: torch.Tensor, layer: int, candidates: Sequence[int],
+    random: Sequence[int], values: Sequence[float], *, batch_size: int = 8, has_bos: bool = True,
 ) -> pl.DataFrame:
     """One row per (neuron, value) and one unedited row (neuron null): mean entropy, loss and final-norm
     scale with the neuron's activation set to `value` at every position, and `direct_entropy`: the entropy
