@@ -133,15 +133,6 @@ def rule_exit_layers(train_ids: np.ndarray, train_saturation: np.ndarray, test_i
     return exits
 
 
-def _search(train_x: np.ndarray, train_y: np.ndarray, scaler: StandardScaler, folds: int, settings: EarlyExitSettings) -> GridSearchCV:
-    """The probe: C chosen by stratified cross-validation, refitted on every training row."""
-    return GridSearchCV(
-        LogisticRegression(l1_ratio=0.0, class_weight="balanced", max_iter=settings.max_iter, random_state=settings.seed),
-        {"C": C_GRID},
-        cv=StratifiedKFold(n_splits=folds, shuffle=True, random_state=settings.seed),
-    ).fit(scaler.transform(train_x), train_y)
-
-
 def _probe_fires(train_x: np.ndarray, train_y: np.ndarray, validation_x: np.ndarray, validation_y: np.ndarray,
                  test_x: np.ndarray, settings: EarlyExitSettings) -> np.ndarray:
     """[n_test] bool: one layer's probe on the test rows. Validation and test rows are scaled with the
@@ -159,7 +150,10 @@ def _probe_fires(train_x: np.ndarray, train_y: np.ndarray, validation_x: np.ndar
     scaler = StandardScaler().fit(train_x)
     with warnings.catch_warnings():  # large C on a separable layer stops at max_iter, as in the paper's fits
         warnings.simplefilter("ignore", ConvergenceWarning)
-        search = _search(train_x, train_y, scaler, folds, settings)
+        search = GridSearchCV(  # C chosen by stratified cross-validation, refitted on every training row
+            LogisticRegression(l1_ratio=0.0, class_weight="balanced", max_iter=settings.max_iter, random_state=settings.seed),
+            {"C": C_GRID}, cv=StratifiedKFold(n_splits=folds, shuffle=True, random_state=settings.seed),
+        ).fit(scaler.transform(train_x), train_y)
     scores = search.predict_proba(scaler.transform(validation_x))[:, 1]
     precision, _recall, thresholds = precision_recall_curve(validation_y, scores)
     reached = np.flatnonzero(precision[: len(thresholds)] >= settings.precision)
@@ -202,9 +196,10 @@ def exit_metrics(exit_layers: np.ndarray, top_after: np.ndarray) -> tuple[float,
     return float(np.mean(exited == top_after[:, -1])), float(np.mean(n_layers - 1 - exit_layers))
 
 
-def split_sizes(n_predictions: int, settings: EarlyExitSettings) -> tuple[int, int, int]:
-    """(test, validation, probe training) row counts for P predictions (shares rounded, at least 1 test
-    row); a ValueError when a part would be empty."""
+def split_indices(n_predictions: int, settings: EarlyExitSettings, split: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(test, validation, train) row indices of one split: a shuffle seeded with [seed, split], cut in that
+    order (shares rounded, at least 1 test row; a ValueError when a part would be empty). The rule trains on
+    validation and train together."""
     n_test = max(1, round(settings.test_share * n_predictions))
     n_validation = round(settings.validation_share * n_predictions)
     n_train = n_predictions - n_test - n_validation
@@ -213,13 +208,6 @@ def split_sizes(n_predictions: int, settings: EarlyExitSettings) -> tuple[int, i
             f"{n_predictions} predictions are too few for early exit: {n_test} test, {n_validation} validation and "
             f"{n_train} training rows (each needs at least 1)"
         )
-    return n_test, n_validation, n_train
-
-
-def split_indices(n_predictions: int, settings: EarlyExitSettings, split: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(test, validation, train) row indices of one split: a shuffle seeded with [seed, split], cut in that
-    order. The rule trains on validation and train together."""
-    n_test, n_validation, _n_train = split_sizes(n_predictions, settings)
     order = np.random.default_rng([settings.seed, split]).permutation(n_predictions)
     return order[:n_test], order[n_test : n_test + n_validation], order[n_test + n_validation :]
 

@@ -102,10 +102,8 @@ def feature_table(
         for (kind, name), ids in members.items():
             if ids:
                 rows.append({"feature": f"{prefix}{kind}: {name}", "kind": f"{prefix}{kind}", "tokens": ids, "below": None, "source": None})
-    below = 2
-    while below < seq_len:
+    for below in (2**i for i in range(1, (seq_len - 1).bit_length())):  # 2, 4, 8, ... below seq_len
         rows.append({"feature": f"position < {below}", "kind": "position", "tokens": None, "below": below, "source": None})
-        below *= 2
     for source in sources:
         rows.append({"feature": f"context: {source}", "kind": "context", "tokens": None, "below": None, "source": source})
     return pl.DataFrame(rows, schema=FEATURES_SCHEMA)

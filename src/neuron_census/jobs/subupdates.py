@@ -112,28 +112,15 @@ def value_clusters_job(job: ModelJob, n_clusters: int, vocab: Mapping[str, Any],
 
 
 def steering_job(
-    job: ModelJob,
-    study: Mapping[str, Any],
-    vocab: PathLike,
-    prompts: PathLike,
-    shards: Sequence[PathLike],
-    generations_out: PathLike,
-    summary_out: PathLike,
+    job: ModelJob, study: Mapping[str, Any], vocab: PathLike, prompts: PathLike, shards: Sequence[PathLike],
+    generations_out: PathLike, summary_out: PathLike,
 ) -> None:
     """steering.parquet (each prompt's continuation and score, with and without the chosen value vectors
     set) and steering_summary.parquet (per condition: the scorer's rate, the mean score, the perplexity of
     `perplexity_sequences` held-out sequences, and which value vectors were set with their top tokens)."""
     from neuron_census.analyses.steering import (
-        SteeringSettings,
-        concept_values,
-        describe_values,
-        generate,
-        listed_values,
-        make_scorer,
-        perplexity,
-        read_prompts,
-        steering_interventions,
-        steering_summary,
+        SteeringSettings, concept_values, describe_values, generate, listed_values, make_scorer, perplexity, read_prompts,
+        steering_interventions, steering_summary,
     )
     from neuron_census.interventions import intervened
 

@@ -63,20 +63,11 @@ def plot_universal_by_layer(tables: Mapping[str, pl.DataFrame], style: Mapping[s
     return fig
 
 
-PROPERTIES = (
-    ("act_freq", "activation\nfrequency"),
-    ("pre_mean", "pre-act.\nmean"),
-    ("pre_var", "pre-act.\nvariance"),
-    ("pre_skew", "pre-act.\nskew"),
-    ("pre_kurtosis", "pre-act.\nkurtosis"),
-    ("w_in_norm", "|w_in|"),
-    ("b_in", "input\nbias"),
-    ("w_out_norm", "|w_out|"),
-    ("in_out_cos", "cos(w_in,\nw_out)"),
-    ("l2_penalty", "L2\npenalty"),
-    ("vocab_cos_var", "W_U cos\nvariance"),
-    ("vocab_cos_skew", "W_U cos\nskew"),
-    ("vocab_cos_kurtosis", "W_U cos\nkurtosis"),
+PROPERTIES = (  # (column, axis label)
+    ("act_freq", "activation\nfrequency"), ("pre_mean", "pre-act.\nmean"), ("pre_var", "pre-act.\nvariance"),
+    ("pre_skew", "pre-act.\nskew"), ("pre_kurtosis", "pre-act.\nkurtosis"), ("w_in_norm", "|w_in|"), ("b_in", "input\nbias"),
+    ("w_out_norm", "|w_out|"), ("in_out_cos", "cos(w_in,\nw_out)"), ("l2_penalty", "L2\npenalty"),
+    ("vocab_cos_var", "W_U cos\nvariance"), ("vocab_cos_skew", "W_U cos\nskew"), ("vocab_cos_kurtosis", "W_U cos\nkurtosis"),
 )
 
 
@@ -84,9 +75,7 @@ def property_percentiles(universal: pl.DataFrame) -> pl.DataFrame:
     """Every reference neuron's within-layer percentile (0-100, ties averaged, nulls left out) of each
     property of universal.parquet, with its `universal` flag."""
     present = [column for column, _ in PROPERTIES if column in universal.columns]
-    ranks = [
-        ((pl.col(c).rank("average") - 0.5) / pl.col(c).count() * 100.0).over("model", "layer").alias(c) for c in present
-    ]
+    ranks = [((pl.col(c).rank("average") - 0.5) / pl.col(c).count() * 100.0).over("model", "layer").alias(c) for c in present]
     return universal.select("model", "layer", "neuron", "universal", *ranks)
 
 
