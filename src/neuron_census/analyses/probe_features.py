@@ -325,9 +325,8 @@ def word_set_spans(tokens: np.ndarray, vocab: int, word_sets: Mapping[str, Seque
             positive[:, n - 1 :] |= at[:, : seq_len - n + 1]
             for j in range(n - 1):
                 inside[:, j:] |= at[:, : seq_len - j]
-        eligible = np.ones(tokens.shape, dtype=bool)
+        eligible = positive | ~inside
         eligible[:, 0] = False
-        eligible &= positive | ~inside
         frames.append(_position_spans(f"words: {name}", eligible, positive))
     return pl.concat(frames) if frames else _empty()
 

@@ -82,13 +82,6 @@ def saturation_layers(top_after: np.ndarray) -> np.ndarray:
     return top_after.shape[1] - trailing
 
 
-def dominant_subupdates(acts: torch.Tensor, norms: torch.Tensor, top: int, scoring: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The `top` sub-updates of each row of activations [P, N] by |m| |v| or m |v|: (neurons, scores) [P, top]."""
-    scores = acts * norms if scoring == "signed" else acts.abs() * norms
-    values, neurons = scores.topk(min(top, acts.shape[1]), dim=1)
-    return neurons, values
-
-
 @dataclass(frozen=True)
 class LensPass:
     """What one pass over the predictions gives: the logit lens per (prediction, layer), the chosen
@@ -102,12 +95,7 @@ class LensPass:
 
 
 def lens_pass(
-    model: torch.nn.Module,
-    adapter: FFNAdapter,
-    tokens: torch.Tensor,
-    positions: np.ndarray,
-    settings: SubupdateSettings,
-    *,
+    model: torch.nn.Module, adapter: FFNAdapter, tokens: torch.Tensor, positions: np.ndarray, settings: SubupdateSettings, *,
     batch_size: int = 8,
 ) -> LensPass:
     """Run the model over `tokens` [S, T] and read, at each sequence's cut position, every layer's logit
@@ -160,7 +148,10 @@ def lens_pass(
                     rank_before, rank_after = ranks(logits_before, final), ranks(logits_after, final)
                     order = logits_before.topk(settings.candidates, dim=1).indices
                     acts = at_cut(seen["acts"][layer])
-                    neurons, scores = dominant_subupdates(acts, norms[layer].to(acts.device), settings.top, settings.scoring)
+                    # the dominant sub-updates: the `top` neurons by |m| |v| or m |v|
+                    weighted = acts * norms[layer].to(acts.device)
+                    weighted = weighted if settings.scoring == "signed" else weighted.abs()
+                    neurons = weighted.topk(min(settings.top, acts.shape[1]), dim=1).indices
                     drawn = torch.as_tensor(baseline[start : start + len(batch), layer])
                     predictions = np.arange(start, start + len(batch))
                     above = rank_before.clamp(max=settings.candidates).tolist()

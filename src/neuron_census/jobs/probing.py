@@ -70,13 +70,8 @@ def study_features(tokenizer: Any, study: Mapping[str, Any]) -> tuple[list[tuple
 
 
 def probe_spans_job(
-    model_name: str,
-    tokenizer_name: str,
-    tokenizer_spec: Mapping[str, Any],
-    study: Mapping[str, Any],
-    shards: Sequence[PathLike],
-    spans_out: PathLike,
-    samples_out: PathLike,
+    model_name: str, tokenizer_name: str, tokenizer_spec: Mapping[str, Any], study: Mapping[str, Any], shards: Sequence[PathLike],
+    spans_out: PathLike, samples_out: PathLike,
 ) -> None:
     """Every feature's balanced spans over the study's first `sequences` sequences (global sequence ids, as
     the capture numbers them), and the distinct spans the capture keeps samples of."""

@@ -14,11 +14,6 @@ import polars as pl
 from neuron_census.jobs.common import ModelJob, PathLike, read_shard_for, token_tensor, write_for_model, write_parquet
 
 
-def layer_groups(n_layers: int, blocks: int) -> list[tuple[int, ...]]:
-    """The layers split into `blocks` contiguous groups as equal as they come."""
-    return [tuple(int(x) for x in part) for part in np.array_split(np.arange(n_layers), blocks)]
-
-
 def correlation_job(
     job: ModelJob, models: Mapping[str, Mapping[str, Any]], study: Mapping[str, Any], block: str, shard_path: PathLike, output: PathLike
 ) -> None:
@@ -39,7 +34,9 @@ def correlation_job(
     for name, model in loaded.items():
         if study["blocks"] > model.adapter.n_layers:
             raise ValueError(f"universal.{reference}.blocks: {study['blocks']} blocks, but model '{name}' has {model.adapter.n_layers} layers")
-    groups = {name: layer_groups(model.adapter.n_layers, int(study["blocks"])) for name, model in loaded.items()}
+    # each model's layers in `blocks` contiguous groups as equal as they come
+    groups = {name: [tuple(part.tolist()) for part in np.array_split(np.arange(model.adapter.n_layers), int(study["blocks"]))]
+              for name, model in loaded.items()}
     first, second = (int(part) for part in block.split("-"))
     others = [name for name in models if name != reference]
     layers_b = groups[others[0]][second]
@@ -212,16 +209,8 @@ def study_merge_job(inputs: Sequence[PathLike], output: PathLike) -> None:
 
 
 def universal_tables_job(
-    reference: str,
-    model_spec: Mapping[str, Any],
-    blocks: Sequence[PathLike],
-    properties: PathLike,
-    features: PathLike,
-    study: Mapping[str, Any],
-    weights: str,
-    matches_out: PathLike,
-    universal_out: PathLike,
-    threads: int = 1,
+    reference: str, model_spec: Mapping[str, Any], blocks: Sequence[PathLike], properties: PathLike, features: PathLike,
+    study: Mapping[str, Any], weights: str, matches_out: PathLike, universal_out: PathLike, threads: int = 1,
 ) -> None:
     """The best match of every reference neuron in every other model, its universality, its activation
     properties and family over the same tokens, and its weight statistics (read `weights`: processed or
