@@ -67,7 +67,7 @@ import numpy as np
 import polars as pl
 import sklearn
 from scipy import sparse
-from scipy.optimize import Bounds, LinearConstraint, OptimizeResult, milp
+from scipy.optimize import Bounds, LinearConstraint, milp
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.feature_selection import f_classif, mutual_info_classif
 from sklearn.linear_model import LogisticRegression
@@ -300,13 +300,6 @@ def support_loss(x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
     return float(result.fun), result.x[: x.shape[1]]
 
 
-def _solver_status(result: OptimizeResult) -> str:
-    """milp's status as a word: optimal, time limit, iteration limit, infeasible, unbounded or failed."""
-    if result.status == 1:
-        return "time limit" if "time" in str(result.message).lower() else "iteration limit"
-    return _MILP_STATUS.get(int(result.status), "failed")
-
-
 def optimal_support(x: np.ndarray, y: np.ndarray, k: int, *, candidates: int = 50,
                     time_limit: float = 60.0) -> tuple[np.ndarray, str, float]:
     """(support, solver status, objective): the at most k neurons of x [n, N] whose bounded, class-balanced
@@ -325,7 +318,9 @@ def optimal_support(x: np.ndarray, y: np.ndarray, k: int, *, candidates: int = 5
     objective, constraints, bounds, integrality = _hinge_problem(x[:, pool], y, min(k, m))
     result = milp(objective, integrality=integrality, bounds=bounds, constraints=constraints,
                   options={"time_limit": float(time_limit), "mip_rel_gap": MIP_GAP, "disp": False})
-    status = _solver_status(result)
+    status = _MILP_STATUS.get(int(result.status), "failed")
+    if result.status == 1:  # a limit reached: which one, from the message
+        status = "time limit" if "time" in str(result.message).lower() else "iteration limit"
     if result.x is None:
         return by_difference[:k].copy(), f"{status}, fallback", float("nan")
     chosen = pool[result.x[-m:] > 0.5]
