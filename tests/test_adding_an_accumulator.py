@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from neuron_census.accumulators import REGISTRY, Geometry, LayerBatch, Memory, State
-from neuron_census.accumulators.base import Accumulator, Parts, StateArrays, appended, layered, sum_states
+from neuron_census.accumulators.base import Accumulator, sum_states
 from neuron_census.capture.engine import CaptureSettings, capture_tokens
 from neuron_census.capture.host_copies import host_array
 from neuron_census.capture.store import StoreReader, merge_store_files, write_store
@@ -23,6 +23,7 @@ class ActivationSum(Accumulator):
     sums: ClassVar[bool] = True
     default: ClassVar[bool] = False
     options: ClassVar[dict[str, Any]] = {"absolute": False}
+    layer_keys: ClassVar[tuple[str, ...]] = ("sum",)
 
     def __init__(self, geometry: Geometry, device: torch.device, *, absolute: bool) -> None:
         self.geometry, self.absolute = geometry, absolute
@@ -40,14 +41,6 @@ class ActivationSum(Accumulator):
         return {"sum": host_array(self.total)}
 
     merge = staticmethod(sum_states)
-
-    @staticmethod
-    def read_layer(arrays: StateArrays, slot: int, layer: int) -> State:
-        return layered(arrays, ("sum",), slot)
-
-    @staticmethod
-    def layer_parts(state: State, slot: int, counted_before: int) -> Parts:
-        return appended(state, ("sum",))
 
     @classmethod
     def memory(cls, settings, geometry, *, layerwise, n_tokens) -> Memory:
