@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from neuron_census.jobs.common import PathLike, stacked_shards
+from neuron_census.jobs.common import PathLike, stacked_shards, store_readers
 
 SUBUPDATE_EXAMPLES = 5  # dominant sub-update examples shown per page
 
@@ -58,15 +58,13 @@ def atlas_job(
     from neuron_census.atlas.pages import neuron_page
     from neuron_census.atlas.selection import page_neurons
     from neuron_census.atomic import atomic_path
-    from neuron_census.capture.store import StoreReader, merged_layer_state
+    from neuron_census.capture.store import merged_layer_state
     from neuron_census.data.tokenization import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_name, tokenizer_spec)
     texts = [text.replace("\n", "↵") for text in tokenizer.token_texts()]
     datasets = list(stores)
-    readers = [StoreReader(stores[name]) for name in datasets]
-    for reader in readers:
-        reader.require(["top_k", "position_fire_count"], f"model '{model_name}''s atlas")
+    readers = store_readers([stores[name] for name in datasets], ["top_k", "position_fire_count"], f"model '{model_name}''s atlas")
     tokens_of = [stacked_shards(shards[name], tokenizer, f"model '{model_name}''s atlas") for name in datasets]  # row = sequence id
     table = with_kinds(pl.read_parquet(neurons))
     paged = page_neurons(table, int(settings["pages_per_layer"]), int(settings["other_pages"]), int(settings["seed"]))

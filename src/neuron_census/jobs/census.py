@@ -17,7 +17,7 @@ import polars as pl
 
 from neuron_census.atomic import atomic_path
 from neuron_census.config import schema_defaults
-from neuron_census.jobs.common import ModelJob, PathLike, stacked_shards, write_parquet
+from neuron_census.jobs.common import ModelJob, PathLike, stacked_shards, store_readers, write_parquet
 
 if TYPE_CHECKING:
     import torch
@@ -245,12 +245,10 @@ def stats_job(
     Positional neurons are found on the stores of `analysis.positional.datasets` only, when it names some.
     """
     from neuron_census.analyses.tables import REQUIRED_FOR_STATS, STATS_ACCUMULATORS, AnalysisSettings, stats_tables_by_layer
-    from neuron_census.capture.store import StoreReader, merged_attrs, merged_layer_state
+    from neuron_census.capture.store import merged_attrs, merged_layer_state
     from neuron_census.data.tokenization import load_tokenizer
 
-    readers = [StoreReader(path) for path in inputs]
-    for reader in readers:
-        reader.require(REQUIRED_FOR_STATS, f"model '{model_name}''s neuron statistics")
+    readers = store_readers(inputs, REQUIRED_FOR_STATS, f"model '{model_name}''s neuron statistics")
     attrs = merged_attrs(readers)
     tokenizer = load_tokenizer(tokenizer_name, tokenizer_spec)
     if attrs["tokenizer_fingerprint"] != tokenizer.fingerprint:
@@ -284,19 +282,16 @@ def vocab_job(model: ModelJob, stores: Sequence[PathLike], output: PathLike, fir
     from neuron_census.analyses.vocab import fired_pairs, vocab_tables
     from neuron_census.analyses.weights import weight_columns
     from neuron_census.capture.placement import Placement, offload_folder, place_outside_layers
-    from neuron_census.capture.store import StoreReader, merged_attrs, merged_layer_state
+    from neuron_census.capture.store import merged_attrs, merged_layer_state
 
-    model_name = model.name
-    readers = [StoreReader(path) for path in stores]
-    for reader in readers:
-        reader.require(("token_fire_count",), f"model '{model_name}''s trigger scores")
+    readers = store_readers(stores, ["token_fire_count"], f"model '{model.name}''s trigger scores")
     attrs = merged_attrs(readers)
     layers, n_neurons = [int(layer) for layer in attrs["layers"]], int(attrs["n_neurons"])
 
     def fired(layer: int) -> tuple[np.ndarray, np.ndarray]:
         return fired_pairs(merged_layer_state(readers, "token_fire_count", layers.index(layer))["keys"], n_neurons)
 
-    settings = {**schema_defaults("capture"), **schema_defaults("analysis/vocab"), **model.settings}
+    settings = {**schema_defaults("analysis/vocab"), **model.capture}
     resident = settings["strategy"] == "resident"
     placement = Placement() if resident else Placement.from_config({**settings, "strategy": "layerwise"})
     with offload_folder(placement) as folder:

@@ -1,5 +1,6 @@
 """What every job shares: the model a rule names with its tokenizer, capture settings and threads
-(`ModelJob`), reading token shards made with the right tokenizer, and writing tables atomically."""
+(`ModelJob`), reading token shards made with the right tokenizer and stores holding the right accumulators,
+and writing tables atomically."""
 
 from __future__ import annotations
 
@@ -32,6 +33,16 @@ def read_shard_for(shard: PathLike, tokenizer: Any, user: str) -> tuple[Any, dic
             f"'{tokenizer.name}'"
         )
     return tokens, attrs
+
+
+def store_readers(paths: Sequence[PathLike], names: Sequence[str], user: str) -> list[Any]:
+    """The accumulator stores at `paths`, each refused unless it holds accumulators `names`, which `user` needs."""
+    from neuron_census.capture.store import StoreReader
+
+    readers = [StoreReader(path) for path in paths]
+    for reader in readers:
+        reader.require(names, user)
+    return readers
 
 
 def stacked_shards(shards: Sequence[PathLike], tokenizer: Any, user: str) -> Any:
