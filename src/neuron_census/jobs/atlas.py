@@ -69,14 +69,14 @@ def atlas_job(
     table = with_kinds(pl.read_parquet(neurons))
     paged = page_neurons(table, int(settings["pages_per_layer"]), int(settings["other_pages"]), int(settings["seed"]))
     paged_set = set(paged.iter_rows())
-    partners: dict[tuple[int, int], list[dict[str, Any]]] = {}
-    if matches is not None:
-        for (layer, neuron), group in pl.read_parquet(matches).group_by("layer", "neuron"):
-            partners[(int(layer), int(neuron))] = group.sort("other").to_dicts()
+    partners = {} if matches is None else {
+        (int(layer), int(neuron)): group.sort("other").to_dicts()
+        for (layer, neuron), group in pl.read_parquet(matches).group_by("layer", "neuron")
+    }
     dominant = _subupdates(subupdates, predictions)
     layers = [int(x) for x in readers[0].attrs["layers"]]
     kinds = ordered_kinds(kind for row in table["kinds"].to_list() for kind in row)
-    summary, n_pages = [], 0
+    summary = []
     with atomic_path(output) as out:
         (out / "rows").mkdir(parents=True)
         (out / "neurons").mkdir()
@@ -114,7 +114,7 @@ def atlas_job(
             (out / "rows" / f"layer-{layer}.js").write_text(layer_rows_script(layer, script_rows), encoding="utf-8")
             per_kind = {kind: int(rows["kinds"].list.contains(kind).sum()) for kind in kinds}
             summary.append({"layer": layer, "neurons": len(rows), "counts": per_kind, "pages": len(on_page)})
-            n_pages += len(on_page)
+        n_pages = sum(s["pages"] for s in summary)
         index = index_page(model_name, [s["layer"] for s in summary], kinds, summary, n_pages, int(settings["pages_per_layer"]), int(settings["other_pages"]))
         (out / "index.html").write_text(index, encoding="utf-8")
     print(f"atlas of '{model_name}': {n_pages} neuron pages over {len(summary)} layers", file=sys.stderr, flush=True)

@@ -91,13 +91,9 @@ def train_job(
     output: PathLike,
     threads: int = 1,
 ) -> None:
-    """Train one OPT run on the given token shards; checkpoints land in `output`/step-N.
-
-    Training happens in a hidden sibling `.<run>.partial/` that is renamed to `output` when the last step
-    is done. Snakemake deletes the outputs of a failed or killed job, not that folder, so rerunning the
-    workflow resumes from its latest resume state; a state saved with other trajectory settings is
-    discarded.
-    """
+    """Train one OPT run on the given token shards; checkpoints land in `output`/step-N. It trains in a hidden
+    sibling that becomes `output` when done: Snakemake deletes a failed job's outputs, not that folder, so a
+    rerun resumes from its resume state (unless saved with other trajectory settings)."""
     import shutil
 
     import torch
@@ -192,11 +188,8 @@ def report_statistics_memory(
     device: torch.device,
     placement: Placement,
 ) -> None:
-    """Say on stderr how much device memory the statistics can take, and warn if that exceeds what is free.
-
-    The bound is reached only when every neuron's tables are full, so exceeding it is a warning: the
-    capture may still fit, but a user learns before a long job which setting to change if it does not.
-    """
+    """Say on stderr how much device memory the statistics can take, and warn if that exceeds what is free
+    (only a warning: the bound is reached only when every neuron's tables are full)."""
     import torch
 
     from neuron_census.accumulators import Geometry, describe_bound, statistics_memory
@@ -271,14 +264,10 @@ def stats_job(
 
 
 def vocab_job(model: ModelJob, stores: Sequence[PathLike], output: PathLike, fired_output: PathLike) -> None:
-    """Vocabulary projections of every value vector of the captured layers with each neuron's weight
-    statistics, and the scores of every token each neuron fired on in the merged stores (which trigger
-    suppression averages over detected tokens).
-
-    When capture does not keep the model resident, the decoder layers stay on the CPU, or on disk when
-    capture keeps them there (`layerwise_weights: disk`); value vectors are read one layer at a time and
-    only the unembedding path goes to the device.
-    """
+    """Vocabulary projections of the captured layers' value vectors with each neuron's weight statistics, and
+    the scores of every token each neuron fired on in the merged stores (trigger suppression averages them).
+    Unless capture keeps the model resident, the decoder layers stay where capture keeps them (CPU or disk)
+    and only the unembedding path goes to the device."""
     from neuron_census.analyses.vocab import fired_pairs, vocab_tables
     from neuron_census.analyses.weights import weight_columns
     from neuron_census.capture.placement import Placement, offload_folder, place_outside_layers
