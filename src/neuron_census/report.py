@@ -17,11 +17,6 @@ import polars as pl
 from neuron_census.analyses.kinds import SUMMARY_KEYS
 
 
-def _caption_html(text: str) -> str:
-    paragraphs = [p.strip() for p in text.strip().split("\n\n") if p.strip()]
-    return "".join(f"<p>{html.escape(' '.join(p.split()))}</p>" for p in paragraphs)
-
-
 def render_caption(template: str, config: Mapping[str, Any]) -> str:
     """A caption's text: captions are Jinja2 templates reading `snakemake.config`, as Snakemake's own
     `--report` renders them, so both reports name the configured thresholds. A key the given `config`
@@ -85,7 +80,8 @@ def render_report(
     sections = []
     for entry in entries:
         image = base64.b64encode(Path(entry["png"]).read_bytes()).decode("ascii")
-        caption = _caption_html(render_caption(Path(entry["caption"]).read_text(encoding="utf-8"), config or {}))
+        text = render_caption(Path(entry["caption"]).read_text(encoding="utf-8"), config or {})
+        caption = "".join(f"<p>{html.escape(' '.join(p.split()))}</p>" for p in text.split("\n\n") if p.strip())
         if entry.get("note"):
             caption += f"<p class=note>{html.escape(entry['note'])}</p>"
         table = csv_table(entry["csv"], atlases, Path(root)) if entry.get("csv") else ""
