@@ -18,7 +18,6 @@ from typing import Any
 import jsonschema
 import yaml
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 RESERVED_NAMES = frozenset({"figures", "capture", "tokens", "tokenizers", "train", "report"})
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml reads the schema 8x faster, in every job
@@ -29,7 +28,8 @@ def _read_schema(path: str | Path) -> dict[str, Any]:
 
 
 @functools.cache
-def _schema() -> dict[str, Any]:
+def schema() -> dict[str, Any]:
+    """The package's config schema (read once; not to be changed)."""
     return _read_schema(SCHEMA)
 
 
@@ -37,7 +37,7 @@ def schema_defaults(section: str) -> dict[str, Any]:
     """The schema's defaults of a section's keys: `capture`, `analysis/detectors`, or a definition's
     (`$defs/dataset`). The schema is the one place defaults are written."""
     first, *rest = section.removeprefix("$defs/").split("/")
-    node = _schema()["$defs"][first] if section.startswith("$defs/") else _schema()["properties"][first]
+    node = schema()["$defs"][first] if section.startswith("$defs/") else schema()["properties"][first]
     for part in rest:
         node = node["properties"][part]
     properties = node.get("properties", {})

@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 
 from neuron_census.config import (
-    NAME_PATTERN,
     ConfigError,
     canonical,
     capture_settings,
@@ -17,6 +16,7 @@ from neuron_census.config import (
     probing_layers,
     resolved_model_spec,
     resolved_tokenizer_spec,
+    schema,
     tokenizer_dir,
     train_dir,
     validate_config,
@@ -46,7 +46,7 @@ FIGURES = [  # `all` and the report
     figure for figure in FIGURE_SPECS if config["figures"].get(figure, {}).get("draw", True) and _studied(figure)
 ]
 
-_name = NAME_PATTERN.strip("^$")
+_name = schema()["$defs"]["name"]["pattern"].strip("^$")  # config names are wildcard values
 
 
 wildcard_constraints:
