@@ -276,8 +276,7 @@ def _check_references(config: Mapping[str, Any]) -> None:
 
 def _repeated_items(config: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
     """Every list of names or numbers a user writes, by where it is."""
-    yield "capture.datasets", config["capture"].get("datasets")
-    for key in ("layers", "ngram_layers"):
+    for key in ("datasets", "layers", "ngram_layers"):
         yield f"capture.{key}", config["capture"].get(key)
     for name, spec in config["models"].items():
         for key in ("datasets", "layers", "ngram_layers"):

@@ -383,6 +383,6 @@ def report_job(
     root = Path(output).parent
     summaries = {model: model_summary(pl.read_parquet(path)) for model, path in (neurons or {}).items()}
     links = {model: Path(os.path.relpath(path, root)).as_posix() for model, path in (atlases or {}).items()}
-    html = render_report(entries, title, config or {}, summaries, links, root)
+    html = render_report(entries, title, config, summaries, links, root)
     with atomic_path(output) as tmp:
         Path(tmp).write_text(html, encoding="utf-8")
