@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from neuron_census.jobs.common import PathLike, read_shard_for, write_for_model, write_parquet
+from neuron_census.jobs.common import PathLike, read_shard_for, store_readers, write_for_model, write_parquet
 
 FEATURE_KEYS = ("position_bins", "skip", "min_span", "source_units", "positive_share", "limit", "seed", "min_per_class")
 PROBE_KEYS = ("methods", "ks", "max_mip_k", "candidates", "time_limit", "seed", "test_share", "max_iter")
@@ -123,11 +123,9 @@ def probe_spans_job(
 def layer_samples(stores: Sequence[PathLike], layer: int) -> tuple[pl.DataFrame, np.ndarray, int]:
     """The kept spans (seq, start, end, row) and their samples [spans, N] of one layer over the study's
     sample stores, and the model's layer count."""
-    from neuron_census.capture.store import StoreReader, merged_layer_state
+    from neuron_census.capture.store import merged_layer_state
 
-    readers = [StoreReader(path) for path in stores]
-    for reader in readers:
-        reader.require(["samples"], "sparse probing")
+    readers = store_readers(stores, ["samples"], "sparse probing")
     layers = [int(x) for x in readers[0].attrs["layers"]]
     if layer not in layers:
         raise ValueError(f"sparse probing of layer {layer}: the sample stores hold layers {layers}")
