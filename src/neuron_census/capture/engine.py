@@ -156,7 +156,8 @@ def capture_tokens(
     geometry = Geometry(layers, adapter.n_neurons, tokens.shape[1], adapter.vocab_size, adapter.n_layers)
     accumulators = build_accumulators(settings, geometry, device)
     batches = sources.token_batches(tokens, settings.batch_size, first_seq_id, has_bos, device)
-    steps = sources.ModelSteps(model, adapter, layers, device, read_gate=settings.fire_rule == "preactivation", name=model_name)
+    preacts = "gate" if settings.fire_rule == "preactivation" else None
+    steps = sources.ModelSteps(model, adapter, layers, device, name=model_name, preacts=preacts)
     out, joined = (sink, None) if sink is not None else joined_states()
     bar = tqdm(total=tokens.size * len(layers), unit="tok", unit_scale=True, desc=f"capture {model_name}", disable=not progress)
     with bar, torch.inference_mode():
@@ -218,7 +219,7 @@ def capture_paired(
         check_tokens(tokens, paired.adapter, name)
         analysed = resolve_layers(layers, paired.adapter.n_layers, name)
         steps = sources.ModelSteps(
-            paired.model, paired.adapter, analysed, device, read_gate=False, read_preactivation=read_preactivation, name=name
+            paired.model, paired.adapter, analysed, device, name=name, preacts="preactivation" if read_preactivation else None
         )
         per_model[name] = iter(activation_source(steps, batches, placement, offload_dir))
     with torch.inference_mode(), closing(sources.paired(per_model, runs_as)) as items:  # type: ignore[type-var]

@@ -100,24 +100,35 @@ def offload_folder(placement: Placement) -> Iterator[Path]:
 
 
 def dispatch_offloaded(
-    model: torch.nn.Module, device: torch.device, budget: Mapping[str, str | int], folder: Path
+    model: torch.nn.Module, device: torch.device, budget: Mapping[str, str | int], folder: Path,
+    *, layers_on_disk: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Spread `model` over device, CPU and disk within `budget` (Accelerate); returns the device map.
 
     Decoder layers are never split (the model's `_no_split_modules`). The execution device of everything
     offloaded is `device`; on a CPU-only machine that means weights streamed from disk to CPU memory.
+    With `layers_on_disk` (module names) those layers go to disk and everything else to `device`, whatever
+    the budget (a model built in memory; the hub/local path does this while reading the checkpoint).
     """
     from accelerate import dispatch_model, infer_auto_device_map
 
-    max_memory = accelerate_max_memory(budget, device)
-    no_split = list(getattr(model, "_no_split_modules", None) or [])
-    device_map = infer_auto_device_map(model, max_memory=max_memory or None, no_split_module_classes=no_split)
-    if set(device_map.values()) == {"disk"}:
-        raise ValueError(f"capture.max_memory {dict(budget)} leaves no room for the model's embeddings; raise it")
+    if layers_on_disk:
+        device_map = layers_on_disk_map(model, layers_on_disk, device)
+    else:
+        max_memory = accelerate_max_memory(budget, device)
+        no_split = list(getattr(model, "_no_split_modules", None) or [])
+        device_map = infer_auto_device_map(model, max_memory=max_memory or None, no_split_module_classes=no_split)
+        if set(device_map.values()) == {"disk"}:
+            raise ValueError(f"capture.max_memory {dict(budget)} leaves no room for the model's embeddings; raise it")
     on_device = [place for place in device_map.values() if place not in ("cpu", "disk")]
-    main = on_device[0] if on_device else ("cpu" if device.type == "cpu" else (device.index or 0))
+    main = on_device[0] if on_device else _place(device)
     dispatch_model(model, device_map=device_map, main_device=main, offload_dir=str(folder))
     return device_map
+
+
+def _place(device: torch.device) -> str | int:
+    """`device` as Accelerate's device maps name it."""
+    return "cpu" if device.type == "cpu" else (device.index or 0)
 
 
 def layers_on_disk_map(model: torch.nn.Module, layer_names: Sequence[str], device: torch.device) -> dict[str, Any]:
@@ -126,7 +137,7 @@ def layers_on_disk_map(model: torch.nn.Module, layer_names: Sequence[str], devic
     Modules are listed down to the layers and no further, so no entry overlaps another (Accelerate and
     Transformers both require that).
     """
-    place: str | int = "cpu" if device.type == "cpu" else (device.index or 0)
+    place = _place(device)
     layers = set(layer_names)
     device_map: dict[str, Any] = {}
 
@@ -144,18 +155,6 @@ def layers_on_disk_map(model: torch.nn.Module, layer_names: Sequence[str], devic
 
     visit(model, "")
     return device_map
-
-
-def dispatch_layers_to_disk(
-    model: torch.nn.Module, layer_names: Sequence[str], device: torch.device, folder: Path
-) -> None:
-    """Offload the decoder layers of a model built in memory to `folder` (the hub/local path does this
-    while reading the checkpoint); everything else goes to `device`."""
-    from accelerate import dispatch_model
-
-    device_map = layers_on_disk_map(model, layer_names, device)  # every module not on disk is on `device`
-    main = "cpu" if device.type == "cpu" else (device.index or 0)
-    dispatch_model(model, device_map=device_map, main_device=main, offload_dir=str(folder))
 
 
 class HiddenStates:

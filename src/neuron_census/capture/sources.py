@@ -88,13 +88,14 @@ class ModelSteps:
     """
 
     def __init__(
-        self, model: torch.nn.Module, adapter: Any, layers: Sequence[int], device: torch.device, *, read_gate: bool, name: str,
-        read_preactivation: bool = False,
+        self, model: torch.nn.Module, adapter: Any, layers: Sequence[int], device: torch.device, *, name: str,
+        preacts: str | None = None,
     ) -> None:
         self.model, self.adapter, self.device, self.name = model, adapter, device, name
         self.layers, self.last = tuple(layers), layers[-1]
-        self.read_gate = read_gate
-        self.read_preactivation = read_preactivation  # `preacts` are then the nonlinearity's input, not the gate
+        # what `preacts` hold: "gate" the gate output of a gated FFN (None for others), "preactivation" the
+        # nonlinearity's input, None nothing
+        self.read_preacts = {"gate": adapter.gate_output_module, "preactivation": adapter.preactivation_module}.get(preacts)
         self.decoder = adapter.decoder_layers()
         self._acts: dict[int, torch.Tensor] = {}
         self._gates: dict[int, torch.Tensor] = {}
@@ -108,10 +109,7 @@ class ModelSteps:
         for layer in self.layers:
             neuron_input = self.adapter.neuron_input_module(layer)
             handles.append(neuron_input.register_forward_pre_hook(partial(self._neuron_hook, layer)))
-            if self.read_preactivation:
-                gate = self.adapter.preactivation_module(layer)
-            else:
-                gate = self.adapter.gate_output_module(layer) if self.read_gate else None
+            gate = self.read_preacts(layer) if self.read_preacts else None
             if gate is not None:
                 handles.append(gate.register_forward_hook(partial(self._gate_hook, layer)))
         try:

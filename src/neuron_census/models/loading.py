@@ -23,7 +23,6 @@ from neuron_census.errors import first_line
 from neuron_census.capture.placement import (
     Placement,
     accelerate_max_memory,
-    dispatch_layers_to_disk,
     dispatch_offloaded,
     layers_on_disk_map,
 )
@@ -209,10 +208,9 @@ def load_model(
         model = _from_pretrained(name, spec, Path(root), target, dtype, placement, folder)
     else:
         model = _build(name, spec, target if placement.strategy == "resident" else torch.device("cpu"), dtype)
-        if placement.layers_on_disk:
-            dispatch_layers_to_disk(model, decoder_layer_names(model, name), target, folder)
-        elif placement.strategy == "offload":
-            dispatch_offloaded(model, target, placement.max_memory, folder)
+        if placement.layers_on_disk or placement.strategy == "offload":
+            on_disk = decoder_layer_names(model, name) if placement.layers_on_disk else ()
+            dispatch_offloaded(model, target, placement.max_memory, folder, layers_on_disk=on_disk)
     model.eval()
     model.requires_grad_(False)
     return LoadedModel(name=name, model=model, adapter=adapter_for(model, name=name))
