@@ -357,9 +357,9 @@ def test_a_capture_failing_during_a_write_reports_its_own_error_and_leaves_no_st
 
 
 def test_layers_must_be_handed_over_in_order():
-    from neuron_census.capture.layer_states import joined_states
+    from neuron_census.capture.layer_states import LayeredStates
 
-    states, _ = joined_states()
+    states = LayeredStates()
     moments = {"count": np.zeros(1, np.int64), **{key: np.zeros((1, 2)) for key in ("sum", "m2", "min", "max")}}
     states.add_layers(0, {"moments": moments})
     with pytest.raises(ValueError, match="slot 2 handed over before slot 1"):

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from neuron_census.accumulators import Accumulator, Geometry, LayerBatch, State, build_accumulators
 from neuron_census.capture import sources
-from neuron_census.capture.layer_states import LayerSink, joined_states
+from neuron_census.capture.layer_states import JoinedParts, LayeredStates, LayerSink
 from neuron_census.capture.placement import Placement
 from neuron_census.capture.settings import CaptureSettings, resolve_layers
 
@@ -107,7 +107,12 @@ def run(
             sink.add_whole(accumulator.name, accumulator.state())
 
 
-def check_tokens(tokens: np.ndarray, adapter: Any, model_name: str) -> None:
+def model_source(
+    model: torch.nn.Module, adapter: Any, tokens: np.ndarray, batches: Sequence[sources.TokenBatch],
+    layers: Sequence[int] | None, device: torch.device, placement: Placement | None, offload_dir: Path | None,
+    *, model_name: str, preacts: str | None,
+) -> tuple[tuple[int, ...], Iterator[sources.LayerActivations]]:
+    """The analysed layers of one model (after checking `tokens` fit it) and its source over `batches`."""
     if tokens.shape[1] > adapter.context_length:
         raise ValueError(
             f"sequences of {tokens.shape[1]} tokens exceed model '{model_name}' context of {adapter.context_length} "
@@ -115,17 +120,11 @@ def check_tokens(tokens: np.ndarray, adapter: Any, model_name: str) -> None:
         )
     if tokens.size and int(tokens.max()) >= adapter.vocab_size:
         raise ValueError(f"token id {int(tokens.max())} is outside model '{model_name}' vocabulary of {adapter.vocab_size}")
-
-
-def activation_source(
-    steps: sources.ModelSteps,
-    batches: Sequence[sources.TokenBatch],
-    placement: Placement,
-    offload_dir: Path | None,
-) -> Iterable[sources.LayerActivations]:
-    if placement.strategy == "layerwise":
-        return sources.layerwise(steps, batches, states=placement.layerwise_states, folder=offload_dir)
-    return sources.resident(steps, batches)
+    analysed = resolve_layers(layers, adapter.n_layers, model_name)
+    steps = sources.ModelSteps(model, adapter, analysed, device, name=model_name, preacts=preacts)
+    if placement is not None and placement.strategy == "layerwise":
+        return analysed, sources.layerwise(steps, batches, states=placement.layerwise_states, folder=offload_dir)
+    return analysed, sources.resident(steps, batches)
 
 
 def capture_tokens(
@@ -150,22 +149,21 @@ def capture_tokens(
     whose kept hidden states go to `offload_dir` when `placement.layerwise_states` is disk). With a `sink`
     the states go there, a layer as soon as it is done, and the returned dict is empty.
     """
-    placement = placement or Placement()
-    check_tokens(tokens, adapter, model_name)
-    layers = resolve_layers(settings.layers, adapter.n_layers, model_name)
+    batches = sources.token_batches(tokens, settings.batch_size, first_seq_id, has_bos, device)
+    layers, source = model_source(
+        model, adapter, tokens, batches, settings.layers, device, placement, offload_dir,
+        model_name=model_name, preacts="gate" if settings.fire_rule == "preactivation" else None,
+    )
     geometry = Geometry(layers, adapter.n_neurons, tokens.shape[1], adapter.vocab_size, adapter.n_layers)
     accumulators = build_accumulators(settings, geometry, device)
-    batches = sources.token_batches(tokens, settings.batch_size, first_seq_id, has_bos, device)
-    preacts = "gate" if settings.fire_rule == "preactivation" else None
-    steps = sources.ModelSteps(model, adapter, layers, device, name=model_name, preacts=preacts)
-    out, joined = (sink, None) if sink is not None else joined_states()
+    joined = LayeredStates()  # the states in memory, without a sink
+    out = joined if sink is None else sink
     bar = tqdm(total=tokens.size * len(layers), unit="tok", unit_scale=True, desc=f"capture {model_name}", disable=not progress)
     with bar, torch.inference_mode():
-        source = activation_source(steps, batches, placement, offload_dir)
         run(source, accumulators, out, geometry, fire_rule=settings.fire_rule, model_name=model_name, progress=bar)
-    if joined is None:
+    if sink is not None:
         return layers, {}
-    return layers, {acc.name: joined[acc.name].state() for acc in accumulators}
+    return layers, {acc.name: cast(JoinedParts, joined.targets[acc.name]).state() for acc in accumulators}
 
 
 # ------------------------------------------------------------------------------------------ paired capture
@@ -208,20 +206,16 @@ def capture_paired(
     for name in names[1:]:
         if models[name].tokenizer_fingerprint != models[names[0]].tokenizer_fingerprint:
             raise ValueError(f"models '{names[0]}' and '{name}' have different tokenizers; a paired capture needs one")
-    placement = placement or Placement()
     batches = sources.token_batches(tokens, batch_size, first_seq_id, has_bos, device)
     # a model object named twice runs once, under its first name (two sets of hooks on one module clash)
     first_name: dict[int, str] = {}
     runs_as = {name: first_name.setdefault(id(paired.model), name) for name, paired in models.items()}
     per_model: dict[str, Iterator[sources.LayerActivations]] = {}
     for name in first_name.values():
-        paired = models[name]
-        check_tokens(tokens, paired.adapter, name)
-        analysed = resolve_layers(layers, paired.adapter.n_layers, name)
-        steps = sources.ModelSteps(
-            paired.model, paired.adapter, analysed, device, name=name, preacts="preactivation" if read_preactivation else None
+        _, per_model[name] = model_source(
+            models[name].model, models[name].adapter, tokens, batches, layers, device, placement, offload_dir,
+            model_name=name, preacts="preactivation" if read_preactivation else None,
         )
-        per_model[name] = iter(activation_source(steps, batches, placement, offload_dir))
     with torch.inference_mode(), closing(sources.paired(per_model, runs_as)) as items:  # type: ignore[type-var]
         for item in items:
             for accumulator in accumulators:

@@ -58,9 +58,9 @@ class JoinedParts:
 class LayeredStates:
     """Accumulator states handed over one layer at a time, in slot order (or whole, for those without a
     layer axis), each accumulator's arrays going to a target of its own: a store's group when capture
-    writes, `JoinedParts` for a state in memory."""
+    writes, `JoinedParts` (the default) for a state in memory."""
 
-    def __init__(self, target_for: Callable[[str], PartsTarget]) -> None:
+    def __init__(self, target_for: Callable[[str], PartsTarget] = lambda _name: JoinedParts()) -> None:
         self.target_for = target_for
         self.targets: dict[str, PartsTarget] = {}
         self.next_slot: dict[str, int] = {}
@@ -142,8 +142,3 @@ def written_behind(states: LayeredStates, enabled: bool = True) -> Iterator[Laye
         behind.close()
     behind.wait()  # after a failure elsewhere the write's outcome is dropped: the first error is the one to report
 
-
-def joined_states() -> tuple[LayeredStates, dict[str, JoinedParts]]:
-    """`LayeredStates` kept in memory, and its targets by accumulator (`.state()` of each is the state)."""
-    targets: dict[str, JoinedParts] = {}
-    return LayeredStates(lambda name: targets.setdefault(name, JoinedParts())), targets
