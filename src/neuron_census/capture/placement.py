@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,32 +163,26 @@ class HiddenStates:
 
     def __init__(self, shapes: Sequence[tuple[int, ...]], dtype: torch.dtype, where: str, folder: Path) -> None:
         self.shapes = list(shapes)
-        self._copy_to = torch.device("cpu") if where == "cpu" else None
         self._held: list[torch.Tensor | None] = [None] * len(shapes)
-        self._file: torch.Tensor | None = None
-        if where not in ("cpu", "device"):  # one file, batch after batch
-            self._offsets = np.cumsum([0] + [int(np.prod(s)) for s in shapes])
-            path = str(folder / "hidden-states.bin")
-            self._file = torch.from_file(path, shared=True, size=int(self._offsets[-1]), dtype=dtype)
+        self._offsets = np.cumsum([0] + [int(np.prod(s)) for s in shapes])
+        # CPU memory or a file: one buffer, batch after batch, each layer's output copied over its input (consumed
+        # by now): a new buffer per layer would be fresh memory whose every page faults in again during the copy
+        size = int(self._offsets[-1])
+        self._flat: torch.Tensor | None = None
+        if where == "cpu":
+            self._flat = torch.empty(size, dtype=dtype)
+        elif where != "device":
+            self._flat = torch.from_file(str(folder / "hidden-states.bin"), shared=True, size=size, dtype=dtype)
 
     def put(self, index: int, hidden: torch.Tensor) -> None:
-        if self._file is not None:
-            self._file[self._offsets[index] : self._offsets[index + 1]].copy_(hidden.detach().reshape(-1))
-            return
-        held = self._held[index]
-        if self._copy_to is None:
-            # kept on the device: the layer's output itself (the next layer's input, replaced by its output)
+        if self._flat is None:  # kept on the device: the layer's output itself (the next layer's input)
             self._held[index] = hidden
-        elif held is not None and held.shape == hidden.shape and held.dtype == hidden.dtype:
-            # into the batch's buffer of the layer before (its input, consumed by now): a new buffer per
-            # layer would be fresh memory whose every page faults in again during the copy
-            held.copy_(hidden)
         else:
-            self._held[index] = hidden.to(self._copy_to, copy=True)
+            self._flat[self._offsets[index] : self._offsets[index + 1]].copy_(hidden.detach().reshape(-1))
 
     def get(self, index: int) -> torch.Tensor:
-        if self._file is not None:
-            return self._file[self._offsets[index] : self._offsets[index + 1]].view(self.shapes[index])
+        if self._flat is not None:
+            return self._flat[self._offsets[index] : self._offsets[index + 1]].view(self.shapes[index])
         hidden = self._held[index]
         assert hidden is not None
         return hidden
@@ -219,32 +213,22 @@ def layer_on_device(layer: torch.nn.Module, device: torch.device) -> Iterator[to
     dropped again afterwards, so a shard's batches share one load and memory holds one layer.
     """
     leaves = [m for m in layer.modules() if getattr(getattr(m, "_hf_hook", None), "offload", False)]
-    if leaves:
-        loaded = []
-        try:
-            for leaf in leaves:
-                leaf._hf_hook.pre_forward(leaf)
-                leaf._hf_hook.offload = False
-                loaded.append(leaf)
-            yield layer
-        finally:
-            for leaf in loaded:
-                leaf._hf_hook.offload = True
-                leaf._hf_hook.post_forward(leaf, None)
-        return
-    originals, copies = [], {}  # every parameter and buffer gets a copy on `device`; shared ones stay shared
-    for module in layer.modules():
-        for table in ("_parameters", "_buffers"):
-            for name, tensor in getattr(module, table).items():
-                if tensor is None:
-                    continue
-                if id(tensor) not in copies:
-                    moved = tensor.detach().to(device)
-                    copies[id(tensor)] = torch.nn.Parameter(moved, tensor.requires_grad) if table == "_parameters" else moved
-                originals.append((module, table, name, tensor))
-                getattr(module, table)[name] = copies[id(tensor)]
-    try:
+    copies: dict[int, torch.Tensor] = {}  # shared parameters and buffers get one copy, and stay shared
+    with ExitStack() as restore:  # undone last to first
+        for leaf in leaves:
+            leaf._hf_hook.pre_forward(leaf)
+            leaf._hf_hook.offload = False
+            restore.callback(leaf._hf_hook.post_forward, leaf, None)  # drops the weights, once offload is back on
+            restore.callback(setattr, leaf._hf_hook, "offload", True)
+        for module in [] if leaves else layer.modules():
+            for table in ("_parameters", "_buffers"):
+                tensors = getattr(module, table)
+                for name, tensor in tensors.items():
+                    if tensor is None:
+                        continue
+                    if id(tensor) not in copies:
+                        moved, parameter = tensor.detach().to(device), table == "_parameters"
+                        copies[id(tensor)] = torch.nn.Parameter(moved, tensor.requires_grad) if parameter else moved
+                    tensors[name] = copies[id(tensor)]
+                    restore.callback(tensors.__setitem__, name, tensor)
         yield layer
-    finally:
-        for module, table, name, tensor in originals:
-            getattr(module, table)[name] = tensor

@@ -145,10 +145,10 @@ class ModelSteps:
             raise RuntimeError(f"model '{self.name}': the first decoder layer never ran")
         return self._first.pop()
 
-    def layer(self, number: int, hidden: torch.Tensor, kwargs: dict[str, Any], module: torch.nn.Module | None = None) -> torch.Tensor | None:
-        """Run decoder layer `number` (or `module` standing in for it); its output, None after the last."""
+    def layer(self, number: int, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor | None:
+        """Run decoder layer `number`; its output, None after the last."""
         try:
-            output = (module or self.decoder[number])(hidden, **kwargs)
+            output = self.decoder[number](hidden, **kwargs)
         except StopForward:
             if number != self.last:
                 raise
@@ -162,14 +162,11 @@ class ModelSteps:
         if layer not in self._acts:
             raise RuntimeError(f"model '{self.name}': the hook of layer {layer} never ran")
         shape = (*batch.tokens.shape, self.adapter.n_neurons)
-        raw = self._on_device(self._acts.pop(layer))
+        raw = self._acts.pop(layer).to(self.device)  # the tensor itself where it is there already
         gate = self._gates.pop(layer, None)
         flat = raw if raw.dim() == 2 and raw.dtype == torch.float32 else None
         acts = raw if raw.shape == shape else raw.reshape(shape)
-        return LayerActivations(batch, layer, acts, None if gate is None else self._on_device(gate.reshape(shape)), flat)
-
-    def _on_device(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor if tensor.device == self.device else tensor.to(self.device)
+        return LayerActivations(batch, layer, acts, None if gate is None else gate.reshape(shape).to(self.device), flat)
 
 
 def resident(steps: ModelSteps, batches: Sequence[TokenBatch]) -> Iterator[LayerActivations]:
@@ -208,10 +205,10 @@ def layerwise(
             hidden.put(batch.index, embedded)
         assert hidden is not None
         for number in range(steps.last + 1):
-            with layer_on_device(steps.decoder[number], steps.device) as module:
+            with layer_on_device(steps.decoder[number], steps.device):
                 for batch in batches:
                     inputs = hidden.get(batch.index).to(steps.device, non_blocking=True)
-                    output = steps.layer(number, inputs, kwargs_by_shape[hidden.shapes[batch.index]], module)
+                    output = steps.layer(number, inputs, kwargs_by_shape[hidden.shapes[batch.index]])
                     if number in analysed:
                         yield steps.take(batch, number)
                     if output is not None:
