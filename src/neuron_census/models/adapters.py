@@ -44,7 +44,6 @@ class FFNAdapter:
 
     family: ClassVar[str] = ""
     model_types: ClassVar[tuple[str, ...]] = ()  # the config model types it reads, if more than `family`
-    gated: ClassVar[bool] = False
     layers_path: ClassVar[str] = ""
     norm_path: ClassVar[str] = ""  # may name None (OPT-350m)
     project_out_path: ClassVar[str] = ""  # in the model: what maps the final residual into the unembedding's space
@@ -72,6 +71,7 @@ class FFNAdapter:
         self.activation = str(getattr(model.config, self.activation_key))
         self.n_heads = int(model.config.num_attention_heads)  # GPT-2's config maps it to n_head
         self.rotary = bool(self.rotary_path)  # whether attention rotates queries and keys by their positions
+        self.gated = self.gate_path is not None
 
     def decoder_layers(self) -> torch.nn.ModuleList:
         return attrgetter(self.layers_path)(self.model)
@@ -122,7 +122,8 @@ class FFNAdapter:
         of `layer`'s self-attention, acting on the attention norm's output (here: separate q_proj and k_proj)."""
         attention = self._layer(layer).self_attn
         kv_heads = int(getattr(self.model.config, "num_key_value_heads", None) or self.n_heads)
-        return _split_heads(attention.q_proj, self.n_heads) + _split_heads(attention.k_proj, kv_heads)
+        query = _split_heads(*_weights_f32(attention.q_proj), self.n_heads)
+        return query + _split_heads(*_weights_f32(attention.k_proj), kv_heads)
 
     def rotate(self, vectors: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Queries or keys of one head, [B, T, d_head] float32, rotated by their positions [T] as the model's
@@ -213,9 +214,8 @@ class GPT2Adapter(FFNAdapter):
 
     def query_key_weights(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         weight, bias = _weights_f32(self._layer(layer).attn.c_attn)  # [3d, d]: q, k, v
-        d, heads = self.d_model, self.n_heads
-        split = lambda w: w.reshape(heads, d // heads, *w.shape[1:])  # noqa: E731
-        return split(weight[:d]), split(bias[:d]), split(weight[d : 2 * d]), split(bias[d : 2 * d])
+        query, key = slice(0, self.d_model), slice(self.d_model, 2 * self.d_model)
+        return _split_heads(weight[query], bias[query], self.n_heads) + _split_heads(weight[key], bias[key], self.n_heads)
 
 
 class GPTNeoXAdapter(FFNAdapter):
@@ -241,7 +241,6 @@ class LlamaAdapter(FFNAdapter):
 
     family = "llama"
     model_types = ("llama", "mistral", "qwen2")
-    gated = True
     layers_path = "model.layers"
     norm_path = "model.norm"
     projection_path = "mlp.down_proj"
@@ -263,9 +262,8 @@ def _weights_f32(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     return weight, bias.to(weight.device)
 
 
-def _split_heads(projection: torch.nn.Linear, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A Linear [heads * d_head, d] projection as float32 ([heads, d_head, d], [heads, d_head])."""
-    weight, bias = _weights_f32(projection)
+def _split_heads(weight: torch.Tensor, bias: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A projection's [heads * d_head, d] weight and bias as [heads, d_head, d] and [heads, d_head]."""
     return weight.reshape(heads, -1, weight.shape[1]), bias.reshape(heads, -1)
 
 

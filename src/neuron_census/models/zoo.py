@@ -8,6 +8,7 @@ seeded.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -164,14 +165,11 @@ def build_random_model(
     """
     config = architecture_config(architecture, n_layers=n_layers)
     target = torch.device(device)
-    if target.type == "meta":
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    else:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        model = model.to(device=target, dtype=dtype)
+    # built in float32 on the CPU (or nowhere: meta), then cast and moved: every dtype and device gets one init
+    with torch.random.fork_rng(devices=[]), target if target.type == "meta" else nullcontext():
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = model.to(device=target, dtype=dtype)
     model.config.name_or_path = f"random:{architecture}"
     model.name_or_path = model.config.name_or_path
     return model.eval()
