@@ -46,7 +46,7 @@ class LayerActivations:
     layer: int
     acts: torch.Tensor  # [B, T, N] on the capture device
     preacts: torch.Tensor | None  # [B, T, N] gate output of a gated FFN, when the fire rule reads it; or the
-    # nonlinearity's input (`ModelSteps.read_preactivation`, as paired statistics may ask)
+    # nonlinearity's input (`ModelSteps(preacts="preactivation")`, as paired statistics may ask)
     acts_flat: torch.Tensor | None = None  # [B*T, N] float32, when the hook handed them out so (OPT)
 
 
