@@ -162,18 +162,20 @@ def source_files(spec: Mapping[str, Any], root: Path = Path("."), *, dataset: st
     if spec["source"] == "files":
         return _file_paths(spec, root, dataset)
     if spec["source"] == "hf":
-        patterns = _data_file_patterns(spec["hf"].get("data_files"))
+        patterns: list[str] = []
+        _map_data_files(spec["hf"].get("data_files"), patterns.append)
         return sorted({path for pattern in patterns for path in _glob(pattern, root)})
     return []
 
 
-def _data_file_patterns(files: Any) -> Iterator[str]:
-    """The local paths or globs an `hf.data_files` value names (URLs and hub paths name none)."""
-    if isinstance(files, (Mapping, list)):
-        for value in files.values() if isinstance(files, Mapping) else files:
-            yield from _data_file_patterns(value)
-    elif isinstance(files, str) and "://" not in files:
-        yield files
+def _map_data_files(files: Any, local: Callable[[str], Any]) -> Any:
+    """An `hf.data_files` value (a string, list or mapping: the schema's types) with each local path or glob
+    passed through `local`; URLs and everything else kept."""
+    if isinstance(files, list):
+        return [_map_data_files(value, local) for value in files]
+    if isinstance(files, Mapping):
+        return {key: _map_data_files(value, local) for key, value in files.items()}
+    return local(files) if isinstance(files, str) and "://" not in files else files
 
 
 def _file_documents(path: Path, field: str, errors: str, min_chars: int, max_chars: int, shortest: int = 0) -> Iterator[str]:
@@ -283,7 +285,7 @@ def _hf_documents(
     if not Path(path).is_absolute() and (Path(root) / path).exists():
         path = str(Path(root) / path)
     try:
-        data_files = _resolve_data_files(hf.get("data_files"), root)
+        data_files = _map_data_files(hf.get("data_files"), lambda file: str(Path(root) / file))  # an absolute one stays
         stream = datasets.load_dataset(path, name=hf.get("name"), split=hf["split"], data_files=data_files,
                                        revision=hf.get("revision"), streaming=True)
     except Exception as err:  # datasets raises many types; report them in one line
@@ -313,21 +315,6 @@ def _hf_documents(
             yield text, Origin(source, {"state": stream.state_dict(), "records": count, "datasets": datasets.__version__})
     if count == 0:
         raise ValueError(f"dataset {name!r}: hf dataset {path!r} has no documents")
-
-
-def _resolve_data_files(files: Any, root: Path) -> Any:
-    """data_files with relative local paths made relative to root (URLs and globs kept)."""
-    if files is None:
-        return None
-    if isinstance(files, str):
-        if "://" in files or Path(files).is_absolute():
-            return files
-        return str(Path(root) / files)
-    if isinstance(files, list):
-        return [_resolve_data_files(f, root) for f in files]
-    if isinstance(files, Mapping):
-        return {k: _resolve_data_files(v, root) for k, v in files.items()}
-    raise ValueError(f"hf.data_files must be a string, list or mapping, got {type(files).__name__}")
 
 
 # --------------------------------------------------------------------------- packing
@@ -504,24 +491,19 @@ def text_pieces(text: str, size: int) -> list[str]:
 def _documents_after(
     spec: Mapping[str, Any], root: Path, name: str, cursor: StreamCursor
 ) -> Iterator[tuple[str, Origin]]:
-    """The documents of a text dataset after `cursor`, each with its `Origin`; bundled documents, and those of a
-    cursor without a usable saved position, are counted off from the start."""
-    if spec["source"] == "bundled":
-        yield from itertools.islice(_bundled_documents(spec, root, name), cursor.documents, None)
-        return
-    if spec["source"] not in POSITIONED_SOURCES:
+    """The documents of a text dataset after `cursor`, each with its `Origin`; those of a cursor without a usable
+    saved position (all bundled ones) are counted off from the start."""
+    if spec["source"] not in TEXT_SOURCES:
         raise ValueError(f"dataset {name!r}: source '{spec['source']}' has no text documents")
     resume = json.loads(cursor.source) if cursor.source else None
     if resume is not None and (stale := _stale_position(spec, root, name, resume)):
         print(f"dataset {name!r}: {stale}; reading on from the start", file=sys.stderr)
         resume = None
-    if resume is None:
-        yield from itertools.islice(_positioned_documents(spec, root, name), cursor.documents, None)
+    if spec["source"] == "bundled":
+        documents = _bundled_documents(spec, root, name)
     else:
-        yield from _positioned_documents(spec, root, name, resume)
-
-
-POSITIONED_SOURCES = ("files", "hf")  # text sources whose shards go on from a saved position
+        documents = _positioned_documents(spec, root, name, resume)
+    yield from itertools.islice(documents, cursor.documents if resume is None else 0, None)
 
 
 def _positioned_documents(
