@@ -120,27 +120,14 @@ def model_config(cfg: TrainConfig, vocab_size: int, *, bos_id: int, eos_id: int,
               "pad_token_id": pad_id}
     if cfg.architecture == "gpt2":
         return GPT2Config(
-            n_embd=cfg.d_model,
-            n_layer=cfg.n_layers,
-            n_head=cfg.n_heads,
-            n_inner=cfg.ffn_dim,
-            n_positions=cfg.max_positions,
-            activation_function="gelu_new",
-            resid_pdrop=cfg.dropout,
-            embd_pdrop=cfg.dropout,
-            attn_pdrop=cfg.dropout,
+            n_embd=cfg.d_model, n_layer=cfg.n_layers, n_head=cfg.n_heads, n_inner=cfg.ffn_dim, n_positions=cfg.max_positions,
+            activation_function="gelu_new", resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
             **common,
         )
     return OPTConfig(
-        hidden_size=cfg.d_model,
-        num_hidden_layers=cfg.n_layers,
-        num_attention_heads=cfg.n_heads,
-        ffn_dim=cfg.ffn_dim,
-        max_position_embeddings=cfg.max_positions,
-        do_layer_norm_before=True,
-        activation_function="relu",
-        dropout=cfg.dropout,
-        **common,
+        hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, ffn_dim=cfg.ffn_dim,
+        max_position_embeddings=cfg.max_positions, do_layer_norm_before=True, activation_function="relu",
+        dropout=cfg.dropout, **common,
     )
 
 
@@ -234,15 +221,8 @@ def _jsonl(rows: list[dict[str, Any]]) -> str:
 
 
 def save_resume_state(
-    path: Path,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    *,
-    step: int,
-    seconds: float,
-    cfg: TrainConfig,
-    log: list[dict[str, Any]],
-    pending_loss: tuple[float, int],
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, step: int, seconds: float, cfg: TrainConfig,
+    log: list[dict[str, Any]], pending_loss: tuple[float, int],
 ) -> None:
     """Everything needed to continue training bit for bit: tensors in safetensors, the rest in json.
 
@@ -347,14 +327,8 @@ def stop_requests() -> Iterator[list[str]]:
 
 
 def train_step(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    params: list[torch.nn.Parameter],
-    batch: torch.Tensor,
-    *,
-    lr: float,
-    cfg: TrainConfig,
-    device: torch.device,
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], batch: torch.Tensor, *,
+    lr: float, cfg: TrainConfig, device: torch.device,
 ) -> torch.Tensor:
     """One AdamW update at learning rate `lr` with gradient clipping; returns the (detached) loss.
 
@@ -375,17 +349,8 @@ def train_step(
 
 
 def train_opt(
-    tokens: np.ndarray,
-    cfg: TrainConfig,
-    out_dir: Path,
-    *,
-    vocab_size: int,
-    bos_id: int,
-    eos_id: int,
-    pad_id: int,
-    tokenizer_dir: Path | None = None,
-    progress: bool = True,
-    device: str | torch.device | None = None,
+    tokens: np.ndarray, cfg: TrainConfig, out_dir: Path, *, vocab_size: int, bos_id: int, eos_id: int, pad_id: int,
+    tokenizer_dir: Path | None = None, progress: bool = True, device: str | torch.device | None = None,
     stop_after: int | None = None,
 ) -> list[dict[str, Any]]:
     """Train one model on packed, BOS-prefixed `tokens` [n_sequences, seq_len]; returns the log rows.
