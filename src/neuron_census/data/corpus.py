@@ -301,7 +301,7 @@ def _hf_documents(
     for record in stream:
         if not all(_field(record, keys, name, path, "hf.where") in values for keys, values in where.items()):
             continue
-        text = _field(record, text_keys, name, path, "hf.text_field") if len(text_keys) > 1 else record.get(field)
+        text = _field(record, text_keys, name, path, "hf.text_field")
         if not isinstance(text, str):
             raise ValueError(f"dataset {name!r}: hf dataset {path!r} has no string field {field!r}")
         if len(text) > longest:
