@@ -709,13 +709,9 @@ def read_stream_end(path: str | Path, stream: str) -> StreamCursor | None:
     end = dict(group.attrs).get("stream_end")
     if not end or end.get("stream") != stream or "stream_carry" not in group:
         return None
-    carry = np.asarray(group["stream_carry"][...], dtype=np.int32)
-    codes = np.asarray(group["stream_carry_sources"][...], dtype=np.int16) if "stream_carry_sources" in group else None
-    source = end.get("source")
-    return StreamCursor(
-        int(end["sequences"]), int(end["documents"]), bool(end["started"]), carry, None if source is None else str(source),
-        codes, tuple(end.get("source_names", ())),
-    )
+    codes = group["stream_carry_sources"][...] if "stream_carry_sources" in group else None
+    return StreamCursor(end["sequences"], end["documents"], end["started"], group["stream_carry"][...], end.get("source"),
+                        codes, end.get("source_names", ()))
 
 
 def read_token_sources(path: str | Path) -> tuple[np.ndarray, tuple[str, ...]] | None:

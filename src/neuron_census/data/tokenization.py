@@ -58,8 +58,7 @@ class TextTokenizer:
 
     def newline_ids(self) -> list[int]:
         """Ids of tokens that decode to whitespace holding a line break ("\\n", "\\n\\n", " \\n")."""
-        texts = self.backend.decode_batch([[i] for i in range(self.vocab_size)], skip_special_tokens=False)
-        return [i for i, text in enumerate(texts) if "\n" in text and not text.strip()]
+        return [i for i, text in enumerate(self.token_texts()) if "\n" in text and not text.strip()]
 
 
 def load_tokenizer(name: str, spec: Mapping[str, Any], root: Path = Path(".")) -> TextTokenizer:
