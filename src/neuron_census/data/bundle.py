@@ -328,8 +328,16 @@ def build(shared: Path, out: Path) -> list[DomainStats]:
             documents = list(group_blocks(itertools.chain.from_iterable(iter_blocks([text]) for text in texts)))
         if not documents:
             raise ValueError(f"corpus domain {domain!r} has no documents")
-        kept = choose_documents(domain, documents, DOMAIN_BUDGET_BYTES if domain in DOMAINS else MULTI_DOMAIN_BUDGET_BYTES)
-        stats.append(_write_domain(out, domain, documents, kept, sum(map(len, raws))))
+        budget = DOMAIN_BUDGET_BYTES if domain in DOMAINS else MULTI_DOMAIN_BUDGET_BYTES
+        chosen = [documents[i] for i in choose_documents(domain, documents, budget)]
+        text = ("\n\n".join(chosen) + "\n").encode("utf-8")  # the text format (its raw bytes are reported either way)
+        data = text
+        if domain in JSONL_DOMAINS:
+            data = "".join(json.dumps({JSONL_FIELD: doc}, ensure_ascii=False) + "\n" for doc in chosen).encode("utf-8")
+        # a fixed preset and check, and no timestamps in the xz container: same input, same bytes
+        packed = lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64, preset=XZ_PRESET)
+        _write_bytes(out / "corpus" / corpus_name(domain), packed)
+        stats.append(DomainStats(domain, len(documents), len(chosen), sum(map(len, raws)), len(text), len(packed)))
     for rel, bundled in COPIED.items():
         _write_bytes(out / bundled, _verified(shared, rel, sums))
     for name in MULTI_LICENSES_COPIED:  # no checksums are listed for these: copied as they are
@@ -345,20 +353,6 @@ def build(shared: Path, out: Path) -> list[DomainStats]:
     _write_bytes(out / "LICENSES.md", LICENSES_MD.encode("utf-8"))
     _write_bytes(out / "SOURCES.md", render_sources(out, sums, stats).encode())
     return stats
-
-
-def _write_domain(out: Path, domain: str, documents: list[str], kept: list[int], bytes_original: int) -> DomainStats:
-    """Write the kept documents of one domain to its corpus file (the text format, or JSON lines for the
-    domains of JSONL_DOMAINS) and return its sizes; raw bytes kept are those of the text format either way."""
-    chosen = [documents[i] for i in kept]
-    text = ("\n\n".join(chosen) + "\n").encode("utf-8")  # the format's blank line between documents
-    data = text
-    if domain in JSONL_DOMAINS:
-        data = "".join(json.dumps({JSONL_FIELD: doc}, ensure_ascii=False) + "\n" for doc in chosen).encode("utf-8")
-    # a fixed preset and check, and no timestamps in the xz container: same input, same bytes
-    packed = lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64, preset=XZ_PRESET)
-    _write_bytes(out / "corpus" / corpus_name(domain), packed)
-    return DomainStats(domain, len(documents), len(kept), bytes_original, len(text), len(packed))
 
 
 def code_index(tsv: str) -> dict[str, list[tuple[int, int]]]:
