@@ -669,19 +669,10 @@ def write_token_shard(
     rows = max(1, min(n_seq, SHARD_CHUNK_BYTES // (4 * seq_len)))
     has_bos = tokenizer.bos_id is not None and bool(np.all(tokens[:, 0] == tokenizer.bos_id))
     attrs = {
-        "kind": SHARD_KIND,
-        "format_version": SHARD_FORMAT_VERSION,
-        "tokenizer": tokenizer.name,
-        "tokenizer_fingerprint": tokenizer.fingerprint,
-        "dataset": dataset,
-        "shard": int(shard),
-        "seq_len": int(seq_len),
-        "n_sequences": int(n_seq),
-        "bos_id": tokenizer.bos_id,
-        "has_bos": has_bos,
-        "vocab_size": tokenizer.vocab_size,
-        "tokens_sha256": _tokens_digest(tokens),
-        "text_version": text_version,
+        "kind": SHARD_KIND, "format_version": SHARD_FORMAT_VERSION, "tokenizer": tokenizer.name,
+        "tokenizer_fingerprint": tokenizer.fingerprint, "dataset": dataset, "shard": int(shard), "seq_len": int(seq_len),
+        "n_sequences": int(n_seq), "bos_id": tokenizer.bos_id, "has_bos": has_bos, "vocab_size": tokenizer.vocab_size,
+        "tokens_sha256": _tokens_digest(tokens), "text_version": text_version,
     }
     with atomic_path(path) as tmp:
         group = zarr.open_group(store=str(tmp), mode="w", zarr_format=3)

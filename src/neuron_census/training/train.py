@@ -242,10 +242,7 @@ def save_resume_state(
     if torch.cuda.is_available():
         rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     meta = {
-        "step": step,
-        "seconds": seconds,
-        "config": cfg.to_json(),
-        "param_names": param_names,
+        "step": step, "seconds": seconds, "config": cfg.to_json(), "param_names": param_names,
         "param_groups": [{k: v for k, v in group.items() if k != "params"} for group in opt_state["param_groups"]],
         "pending_loss": list(pending_loss),
     }
@@ -359,12 +356,8 @@ def train_opt(
     ends this call early with the resume state saved, for time-limited jobs; `device` defaults to CUDA when
     present. `train_state.json` is written only once the last step is done.
     """
-    if tokens.ndim != 2 or tokens.shape[0] < 1 or tokens.shape[1] < 2:
-        raise ValueError(f"tokens must be [n_sequences, seq_len >= 2], got shape {tokens.shape}")
-    if tokens.shape[1] > cfg.max_positions:
+    if tokens.shape[1] > cfg.max_positions:  # token shards are checked for the rest (2-D, int32)
         raise ValueError(f"seq_len {tokens.shape[1]} exceeds max_positions {cfg.max_positions}")
-    if not np.issubdtype(tokens.dtype, np.integer):
-        raise ValueError(f"tokens must be integers, got {tokens.dtype}")
     if stop_after is not None and stop_after not in cfg.checkpoints:
         raise ValueError(f"stop_after={stop_after} is not one of the checkpoints {list(cfg.checkpoints)}")
     out_dir = Path(out_dir)
@@ -389,8 +382,7 @@ def train_opt(
     params = [p for p in model.parameters() if p.requires_grad]
     loss_sum, loss_count = torch.tensor(pending[0], device=device), pending[1]
     started = time.perf_counter() - elapsed
-    label = "pos" if cfg.positions else "nopos"
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"train ({label})")
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"train ({'pos' if cfg.positions else 'nopos'})")
 
     def save_resume() -> None:
         save_resume_state(
@@ -444,19 +436,12 @@ def train_opt(
     seconds = log[-1]["seconds"] if log else 0.0
     tokens_seen = cfg.steps * cfg.batch_size * seq_len
     summary = {
-        "steps": cfg.steps,
-        "checkpoints": [f"step-{n}" for n in sorted(set(cfg.checkpoints))],
+        "steps": cfg.steps, "checkpoints": [f"step-{n}" for n in sorted(set(cfg.checkpoints))],
         "final_loss": log[-1]["loss"] if log else None,
         "loss_at_checkpoints": {str(row["step"]): row["loss"] for row in log if row["step"] in cfg.checkpoints},
-        "tokens_seen": tokens_seen,
-        "seconds": seconds,
-        "tokens_per_second": tokens_seen / seconds if seconds else None,
-        "n_parameters": sum(p.numel() for p in model.parameters()),
-        "n_sequences": n_rows,
-        "seq_len": seq_len,
-        "vocab_size": vocab_size,
-        "device": device.type,
-        "config": cfg.to_json(),
+        "tokens_seen": tokens_seen, "seconds": seconds, "tokens_per_second": tokens_seen / seconds if seconds else None,
+        "n_parameters": sum(p.numel() for p in model.parameters()), "n_sequences": n_rows, "seq_len": seq_len,
+        "vocab_size": vocab_size, "device": device.type, "config": cfg.to_json(),
     }
     with atomic_path(out_dir / "train_state.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
