@@ -47,12 +47,9 @@ XZ_PRESET = 9 | lzma.PRESET_EXTREME
 
 # Other natural and programming languages (corpus_multi/ of the shared data), each a small sampled domain.
 # DOMAINS stays the default of a dataset that lists no `domains`; these are read only when a dataset names them.
-LANGUAGE_DOMAINS: tuple[str, ...] = tuple(
-    f"lang-{code}" for code in ("en", "de", "el", "es", "fr", "it", "nl", "pt", "sv")
-)
-CODE_DOMAINS: tuple[str, ...] = (
-    "code-c", "code-cpp", "code-go", "code-java", "code-javascript", "code-php", "code-html", "code-xml",
-)
+LANGUAGE_DOMAINS: tuple[str, ...] = tuple(f"lang-{code}" for code in ("en", "de", "el", "es", "fr", "it", "nl", "pt", "sv"))
+CODE_DOMAINS: tuple[str, ...] = ("code-c", "code-cpp", "code-go", "code-java", "code-javascript", "code-php", "code-html",
+                                 "code-xml")
 ALL_DOMAINS: tuple[str, ...] = DOMAINS + LANGUAGE_DOMAINS + CODE_DOMAINS
 MULTI_DOMAIN_BUDGET_BYTES = 150_000
 # stored one whole document per JSON line (see the module docstring); JSONL_FIELD names the text
@@ -648,10 +645,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stats = build(args.shared, args.out)
     for s in stats:
-        print(
-            f"{s.domain:15s} docs {s.documents_kept:6d}/{s.documents_original:<6d} "
-            f"raw {s.bytes_kept:>10,d}/{s.bytes_original:<11,d} xz {s.bytes_compressed:>9,d}"
-        )
+        print(f"{s.domain:15s} docs {s.documents_kept:6d}/{s.documents_original:<6d} "
+              f"raw {s.bytes_kept:>10,d}/{s.bytes_original:<11,d} xz {s.bytes_compressed:>9,d}")
     total = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
     print(f"resources total {total:,d} bytes")
     return 0

@@ -149,7 +149,7 @@ def _file_paths(spec: Mapping[str, Any], root: Path, name: str) -> list[Path]:
 
 def _glob(pattern: str, root: Path) -> list[Path]:
     """The files a glob matches, sorted: an absolute glob from its anchor, any other under root."""
-    path = Path(pattern) if Path(pattern).is_absolute() else Path(root) / pattern
+    path = Path(root) / pattern  # an absolute pattern as it is
     anchor = Path(path.anchor) if path.is_absolute() else Path(".")
     return sorted(p for p in anchor.glob(str(path.relative_to(anchor))) if p.is_file())
 
@@ -305,10 +305,8 @@ def _hf_documents(
         if not isinstance(text, str):
             raise ValueError(f"dataset {name!r}: hf dataset {path!r} has no string field {field!r}")
         if len(text) > longest:
-            raise ValueError(
-                f"dataset {name!r}: hf dataset {path!r}: a record exceeds {longest:,} characters (after record {count}); "
-                "raise the dataset's max_document_chars to read it"
-            )
+            raise ValueError(f"dataset {name!r}: hf dataset {path!r}: a record exceeds {longest:,} characters (after record "
+                             f"{count}); raise the dataset's max_document_chars to read it")
         if text.strip() and len(text) >= shortest:
             count += 1
             source = hf.get("label") if label is None else str(_field(record, label, name, path, "hf.label_field"))
@@ -488,9 +486,7 @@ def text_pieces(text: str, size: int) -> list[str]:
     return pieces
 
 
-def _documents_after(
-    spec: Mapping[str, Any], root: Path, name: str, cursor: StreamCursor
-) -> Iterator[tuple[str, Origin]]:
+def _documents_after(spec: Mapping[str, Any], root: Path, name: str, cursor: StreamCursor) -> Iterator[tuple[str, Origin]]:
     """The documents of a text dataset after `cursor`, each with its `Origin`; those of a cursor without a usable
     saved position (all bundled ones) are counted off from the start."""
     if spec["source"] not in TEXT_SOURCES:
@@ -528,9 +524,8 @@ def _positioned_documents(
         documents = itertools.islice(read(paths[index]), start, None)
         suffix = next((suffix for suffix in TEXT_SUFFIXES + JSONL_SUFFIXES if paths[index].name.endswith(suffix)), "")
         label = paths[index].name.removesuffix(suffix)  # `python.jsonl.gz` -> `python`
-        numbered = (
-            (doc, Origin(label, {"file": index, "path": str(paths[index]), "records": n})) for n, doc in enumerate(documents, start + 1)
-        )
+        numbered = ((doc, Origin(label, {"file": index, "path": str(paths[index]), "records": n}))
+                    for n, doc in enumerate(documents, start + 1))
         yield from apply_split(numbered, split, every, start=start)
 
 

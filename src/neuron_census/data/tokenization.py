@@ -113,7 +113,7 @@ def _from_transformers(
         if spec.get("revision"):
             args["revision"] = spec["revision"]
     else:
-        path = Path(spec["path"]) if Path(spec["path"]).is_absolute() else Path(root) / spec["path"]
+        path = Path(root) / spec["path"]  # an absolute path as it is
         if not path.is_dir():
             raise FileNotFoundError(f"tokenizer {name!r}: local folder {path} does not exist")
         if not any((path / file).is_file() for file in TOKENIZER_FILES):

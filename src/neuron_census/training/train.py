@@ -427,10 +427,8 @@ def train_opt(
                 save_resume()
                 saved = step
             if stop and step < last:
-                raise TrainingStopped(
-                    f"training in {out_dir} stopped by {stop[0]} after step {step} of {cfg.steps}; "
-                    "its resume state is saved, rerun to continue"
-                )
+                raise TrainingStopped(f"training in {out_dir} stopped by {stop[0]} after step {step} of {cfg.steps}; "
+                                      "its resume state is saved, rerun to continue")
     if step < cfg.steps:
         return log
     seconds = log[-1]["seconds"] if log else 0.0
