@@ -10,6 +10,7 @@ import torch
 from neuron_census.accumulators.base import Accumulator, Geometry, LayerBatch, Memory, State, host_paths
 from neuron_census.capture.host_copies import host_arrays
 
+
 class Moments(Accumulator):
     """Each batch's mean and m2 (the sum of squared deviations from its mean) come from one `var_mean`
     reduction on a GPU (float32 results), and on a CPU from deviations a block of rows at a time, summed in

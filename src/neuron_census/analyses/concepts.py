@@ -26,7 +26,6 @@ if TYPE_CHECKING:  # the adapter's module imports transformers: table jobs need 
     from neuron_census.models.adapters import FFNAdapter
 
 
-
 @torch.no_grad()
 def head_inputs(adapter: FFNAdapter, vectors: torch.Tensor, final_norm: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(x [k, d_unembed], c [vocab]) with project_to_vocab(v) = x W_U^T + c for each row v of `vectors` [k, d]."""
