@@ -217,7 +217,9 @@ def layerwise(
 
 def paired(sources: Mapping[str, Iterator[LayerActivations]], runs_as: Mapping[str, str]) -> Iterator[PairedActivations]:
     """Several models' sources over the same batches, in lockstep: every model's (layer, batch) together, under
-    each name of `runs_as` (name -> the source that runs it: one model object named twice runs once)."""
+    each name of `runs_as` (name -> the source that runs it: one model object named twice runs once). Under
+    `layerwise` placement this holds layer l of every model on the device at once, and every model's hidden
+    states of the shard (where `layerwise_states` puts them)."""
     names = list(sources)
     with ExitStack() as stack:
         for source in sources.values():
