@@ -12,10 +12,10 @@ from neuron_census.accumulators.base import ExactFloatCounts, host_paths
 from neuron_census.accumulators.fire_count import FireCount
 from neuron_census.accumulators.moments import Moments
 from neuron_census.accumulators.position_fire_count import PositionFireCount
-from neuron_census.accumulators.summaries import add_sorted_keys
+from neuron_census.accumulators.summaries import add_sorted_keys, coalesce_keys
 from neuron_census.accumulators.tables import coalesce_runs
 from neuron_census.accumulators.token_count import TokenCount
-from neuron_census.accumulators.token_fire_count import TokenFireCount, coalesce_sparse, decode_token_fire_keys
+from neuron_census.accumulators.token_fire_count import TokenFireCount, decode_token_fire_keys
 from neuron_census.accumulators.top_k import TopK, ordered_bits, value_of
 
 N_SEQ, SEQ_LEN, N_NEURONS, VOCAB = 12, 9, 7, 11
@@ -385,6 +385,10 @@ def test_merge_of_shards_equals_one_pass(data, device):
                 np.testing.assert_array_equal(merged[name][key], array, err_msg=f"{name}/{key}")
 
 
+def coalesced(keys: np.ndarray, counts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    return coalesce_keys(torch.from_numpy(keys), torch.from_numpy(counts))
+
+
 def test_sparse_coalesce_and_sorted_add_match_a_counter():
     from collections import Counter
 
@@ -395,8 +399,7 @@ def test_sparse_coalesce_and_sorted_add_match_a_counter():
         expected = Counter()
         for key, count in zip(np.r_[old_keys, new_keys], np.r_[old_counts, new_counts]):
             expected[int(key)] += int(count)
-        parts = (*coalesce_sparse(old_keys, old_counts), *coalesce_sparse(new_keys, new_counts))
-        keys, counts = add_sorted_keys(*(torch.from_numpy(a) for a in parts))
+        keys, counts = add_sorted_keys(*coalesced(old_keys, old_counts), *coalesced(new_keys, new_counts))
         assert keys.tolist() == sorted(expected) and dict(zip(keys.tolist(), counts.tolist())) == dict(expected)
         assert keys.dtype == counts.dtype == torch.int64
 
@@ -406,12 +409,12 @@ def test_coalescing_sorted_runs_matches_a_counter(device):
 
     rng = np.random.default_rng(4)
     for sizes in ((30,), (0, 12), (400, 5, 250, 0, 90)):
-        runs = [coalesce_sparse(rng.integers(0, 600, size=n), rng.integers(1, 5, size=n)) for n in sizes]
+        runs = [coalesced(rng.integers(0, 600, size=n), rng.integers(1, 5, size=n)) for n in sizes]
         expected = Counter()
         for keys, counts in runs:
             for key, count in zip(keys.tolist(), counts.tolist()):
                 expected[key] += count
-        keys, counts = coalesce_runs([(torch.from_numpy(k).to(device), torch.from_numpy(c).to(device)) for k, c in runs])
+        keys, counts = coalesce_runs([(k.to(device), c.to(device)) for k, c in runs])
         assert keys.device.type == device.type
         assert keys.tolist() == sorted(expected) and dict(zip(keys.tolist(), counts.tolist())) == dict(expected)
 

@@ -22,6 +22,7 @@ from neuron_census.accumulators.base import (
     settings_of,
     shared,
 )
+from neuron_census.accumulators.summaries import coalesce_keys
 from neuron_census.accumulators.tables import KeyTable, PendingCounts, merge_summaries
 from neuron_census.capture.host_copies import host_arrays
 
@@ -172,8 +173,8 @@ class TokenFireCount(Accumulator):
         header = settings_of(states, HEADER, "token firing counts")
         vocab, n_neurons, capacity = (int(header[key][0]) for key in HEADER)
         if not capacity:
-            joined = (np.concatenate([s[key] for s in states]) for key in ("keys", "counts"))
-            return header | dict(zip(("keys", "counts"), coalesce_sparse(*joined)))
+            joined = (torch.from_numpy(np.concatenate([s[key] for s in states])) for key in ("keys", "counts"))
+            return header | {key: column.numpy() for key, column in zip(("keys", "counts"), coalesce_keys(*joined))}
         parts = []
         for state in states:
             slot, token, neuron = decode_token_fire_keys(state["keys"], vocab, n_neurons)
@@ -212,17 +213,6 @@ class TokenFireCount(Accumulator):
             device=on_device * (entries * ENTRY_BYTES + pending) + batch_table + entries * 40,
             host=held * 3 * entries * ENTRY_BYTES,
         )
-
-
-def coalesce_sparse(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sum the counts of equal keys; return sorted unique keys and their totals."""
-    keys, counts = np.asarray(keys, dtype=np.int64), np.asarray(counts, dtype=np.int64)
-    if len(keys) == 0:
-        return keys, counts
-    order = np.argsort(keys, kind="stable")
-    keys = keys[order]
-    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    return keys[starts], np.add.reduceat(counts[order], starts)
 
 
 def decode_token_fire_keys(keys: np.ndarray, vocab_size: int, n_neurons: int) -> tuple[np.ndarray, ...]:
