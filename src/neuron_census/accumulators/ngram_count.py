@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from neuron_census.accumulators.base import Accumulator, Geometry, LayerBatch, Memory, State, StateArrays, settings_of, shared
-from neuron_census.accumulators.summaries import add_sorted_keys, batch_ngrams, check_packable, order_keys, prune_keys
-from neuron_census.accumulators.tables import coalesce_runs, merge_summaries
+from neuron_census.accumulators.summaries import batch_ngrams, check_packable, order_keys
+from neuron_census.accumulators.tables import KeyTable, merge_summaries
 from neuron_census.capture.host_copies import host_arrays
 
 ENTRY_BYTES = 16
@@ -29,9 +29,8 @@ class NgramCount(Accumulator):
             check_packable(geometry.vocab_size, order)
         self.geometry, self.orders, self.capacity = geometry, tuple(orders), capacity
         self.total = [torch.zeros((), dtype=torch.int64, device=device) for _ in orders]
-        empty = torch.zeros(0, dtype=torch.int64, device=device)
-        self._tables = {n: (empty, empty) for n in orders}  # sorted n-gram keys and their counts
-        self._pending: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {n: [] for n in orders}
+        # a table of one row an order: a single summary of at most `capacity` n-grams
+        self._tables = {n: KeyTable(1, geometry.vocab_size**n, capacity, device) for n in orders}
         self._waiting = 0
         self._first_layer = geometry.layers[0]
 
@@ -43,23 +42,19 @@ class NgramCount(Accumulator):
         if batch.layer != self._first_layer:
             return
         vocab = self.geometry.vocab_size
-        for order in self.orders:
+        for index, order in enumerate(self.orders):
             grams, row_gram = batch.shared(("ngrams", order), lambda: batch_ngrams(batch.tokens, batch.mask, order, vocab, batch.counted_from))
             ones = batch.shared("ones", lambda: torch.ones_like(row_gram))
-            counts = torch.zeros(len(grams) + 1, dtype=torch.int64, device=grams.device).index_add_(0, row_gram, ones)
-            self._pending[order].append((grams, counts[1:]))  # row 0: positions where no complete n-gram ends
+            counts = torch.zeros(len(grams) + 1, dtype=torch.int64, device=grams.device).index_add_(0, row_gram, ones)[1:]
+            self._tables[order].stage_keys(grams, counts)  # row 0 dropped: positions where no complete n-gram ends
+            self.total[index] += counts.sum()
             self._waiting += len(grams)
         if self._waiting >= self.capacity:
             self.flush()
 
     def flush(self) -> None:
-        for index, order in enumerate(self.orders):
-            if self._pending[order]:
-                self.total[index] += sum(counts.sum() for _, counts in self._pending[order])
-                keys, counts = add_sorted_keys(*self._tables[order], *coalesce_runs(self._pending[order]))
-                # one group (key // vocab**order == 0): a single summary of at most `capacity` n-grams
-                self._tables[order] = prune_keys(keys, counts, self.geometry.vocab_size**order, self.capacity)
-                self._pending[order] = []
+        for table in self._tables.values():
+            table.merge()
         self._waiting = 0
 
     def state(self) -> State:
@@ -70,7 +65,8 @@ class NgramCount(Accumulator):
             "total": np.asarray([int(t) for t in self.total], dtype=np.int64),
         }
         for order, table in self._tables.items():
-            state |= dict(zip(order_keys(order)[1:], host_arrays(*table)))
+            _, gram, count = next(table.parts())
+            state |= dict(zip(order_keys(order)[1:], host_arrays(gram, count)))
         return state
 
     @staticmethod
