@@ -201,11 +201,6 @@ def sorted_range_of(read: Callable[[int], int], length: int, low: int, high: int
     return slice(start, bisect.bisect_left(range(length), high, lo=start, key=read))
 
 
-def layered(arrays: StateArrays, keys: tuple[str, ...], slot: int) -> State:
-    """Arrays whose first axis is the analysed-layer slot, cut to one slot."""
-    return {key: arrays.rows(key, slice(slot, slot + 1)) for key in keys}
-
-
 def shared(arrays: StateArrays, keys: tuple[str, ...]) -> State:
     """Arrays without a layer axis, whole."""
     return {key: arrays.whole(key) for key in keys}
@@ -303,7 +298,7 @@ class Accumulator:
 
     @classmethod
     def read_layer(cls, arrays: StateArrays, slot: int, layer: int) -> State:
-        return layered(arrays, cls.layer_keys, slot) | shared(arrays, cls.shared_keys)
+        return {key: arrays.rows(key, slice(slot, slot + 1)) for key in cls.layer_keys} | shared(arrays, cls.shared_keys)
 
     @classmethod
     def layer_parts(cls, state: State, slot: int, counted_before: int) -> Parts:
