@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import ClassVar
 
 import numpy as np
@@ -17,7 +18,6 @@ from neuron_census.accumulators.base import (
     State,
     StateArrays,
     appended,
-    host_paths,
     keyed,
     once,
     settings_of,
@@ -78,18 +78,13 @@ class NgramFireCount(Accumulator):
             return
         slot = self.layers.index(batch.layer)
         vocab = self.geometry.vocab_size
-        n_neurons = self.geometry.n_neurons
         for order in self.orders:
             grams, row_gram = batch.shared(("ngrams", order), lambda: batch_ngrams(batch.tokens, batch.mask, order, vocab, batch.counted_from))
-            pending = self._pending[slot][order]
-            if host_paths(self.device):  # the firings alone, not a table over every activation
-                rows, neurons = batch.firing_pairs()
-                gram_of_row = batch.shared(("ngram_of_row", order), lambda: torch.cat([grams.new_full((1,), -1), grams])[row_gram])
-                due = pending.add_pairs(gram_of_row.index_select(0, rows), neurons, len(grams) + 1)
-            else:  # row 0 counts the firings where no complete n-gram ends: the flush drops it
-                table = torch.zeros(len(grams) + 1, n_neurons, dtype=torch.int32, device=self.device)
-                due = pending.add(grams, table.index_add_(0, row_gram, batch.fires_2d()))
-            if due:
+            # row 0 (the spare) counts the firings where no complete n-gram ends: the flush drops it
+            gram_of_row = partial(
+                batch.shared, ("ngram_of_row", order), lambda: torch.cat([grams.new_full((1,), -1), grams])[row_gram]
+            )
+            if self._pending[slot][order].add_firings(batch, grams, row_gram, gram_of_row):
                 self._flush(slot, order)
 
     def _flush(self, slot: int, order: int) -> None:

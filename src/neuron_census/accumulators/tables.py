@@ -9,11 +9,12 @@ searches there; shard merges add stored summaries the same way (`merge_summaries
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 
+from neuron_census.accumulators.base import LayerBatch, host_paths
 from neuron_census.accumulators.sorting import count_keys
 from neuron_census.accumulators.summaries import (
     add_sorted_keys,
@@ -145,6 +146,19 @@ class PendingCounts:
     @property
     def n_neurons(self) -> int:
         return self.table.n_rows if self.by_neuron else self.table.span
+
+    def add_firings(
+        self, batch: LayerBatch, ids: torch.Tensor, row_index: torch.Tensor, row_ids: Callable[[], torch.Tensor]
+    ) -> bool:
+        """Keep one batch's firings counted by the id of their row: `ids` sorted and distinct, `row_index` [B*T]
+        each row's index in the dense table (after the spare row), `row_ids()` [B*T] each row's id (-1: none),
+        read on a CPU alone; True when a flush is due."""
+        n_rows = len(ids) + self.spare_row
+        if host_paths(ids.device):  # the firings alone, not a table over every activation
+            rows, neurons = batch.firing_pairs()
+            return self.add_pairs(row_ids().index_select(0, rows), neurons, n_rows)
+        counts = torch.zeros(n_rows, self.n_neurons, dtype=torch.int32, device=ids.device)
+        return self.add(ids, counts.index_add_(0, row_index, batch.fires_2d()))
 
     def add_pairs(self, ids: torch.Tensor, neurons: torch.Tensor, table_rows: int) -> bool:
         """Keep one batch's firings as (id, neuron) pairs (an id of -1, where a spare row has no id, is

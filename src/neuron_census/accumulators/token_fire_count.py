@@ -88,13 +88,7 @@ class TokenFireCount(Accumulator):
             seen.index_fill_(0, tokens, True)
             return
         unique, inverse = batch.shared("distinct_tokens", lambda: torch.unique(batch.tokens_flat(), return_inverse=True))
-        if on_host:
-            rows, neurons = batch.firing_pairs()
-            due = self._pending[slot].add_pairs(batch.tokens_flat().index_select(0, rows), neurons, len(unique))
-        else:
-            counts = torch.zeros(len(unique), n_neurons, dtype=torch.int32, device=self.device)
-            due = self._pending[slot].add(unique, counts.index_add_(0, inverse, batch.fires_2d()))
-        if due:
+        if self._pending[slot].add_firings(batch, unique, inverse, batch.tokens_flat):
             self._pending[slot].flush()
 
     def flush(self) -> None:
