@@ -68,14 +68,17 @@ class TopK(Accumulator):
         if self.first_seq is None:
             self.first_seq = batch.first_seq
         first_row = (batch.first_seq - self.first_seq) * seq_len
-        if first_row + batch.acts.shape[0] * seq_len > 1 << ROW_BITS:
+        end_row = first_row + batch.acts.shape[0] * seq_len
+        if end_row > 1 << ROW_BITS:
             raise ValueError(f"top_k counts rows of up to 2**{ROW_BITS} tokens a capture; capture fewer sequences")
-        rank = batch.shared(("top_k_rank", self.first_seq), lambda: self._row_rank(batch))
+        # [B*T, 1] int64: (2**32 - 1) minus each row's index counted from the first sequence seen (made on the host)
+        rank = batch.shared(("top_k_rank", self.first_seq), lambda: torch.from_numpy(
+            ((1 << ROW_BITS) - 1 - np.arange(first_row, end_row, dtype=np.int64))[:, None]).to(batch.seq_ids.device))
         excluded = batch.shared("top_k_excluded", lambda: ~batch.mask.reshape(-1, 1))
         acts = batch.acts_2d()
         if host_paths(self.device):
             seen = self.next_row[slot]
-            self.next_row[slot] = max(seen, first_row + len(acts))
+            self.next_row[slot] = max(seen, end_row)
             bar = self._entry_bar(slot, batch) if first_row >= seen else None  # rows after every kept one
             if bar is not None:
                 self._update_from_candidates(slot, batch, rank, excluded, *bar)
@@ -167,14 +170,6 @@ class TopK(Accumulator):
             more_at, more_neurons = ties.nonzero(as_tuple=True)
             rows, neurons = torch.cat([rows, more_at + rest]), torch.cat([neurons, more_neurons])
         return rows, neurons
-
-    def _row_rank(self, batch: LayerBatch) -> torch.Tensor:
-        """[B*T, 1] int64: (2**32 - 1) minus each row's index counted from the first sequence seen (made on
-        the host, and copied over)."""
-        n_seq, seq_len = batch.acts.shape[:2]
-        start = (batch.first_seq - self.first_seq) * seq_len
-        rows = np.arange(start, start + n_seq * seq_len, dtype=np.int64)
-        return torch.from_numpy(((1 << ROW_BITS) - 1 - rows)[:, None]).to(batch.seq_ids.device)
 
     def _decoded(self, keys: torch.Tensor) -> State:
         seq_len = self.geometry.seq_len
