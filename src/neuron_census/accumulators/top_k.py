@@ -188,10 +188,20 @@ class TopK(Accumulator):
 
     @staticmethod
     def merge(states: list[State]) -> State:
+        """Per (layer, neuron), the k entries with largest value; ties go to the smallest (seq, pos); sorted
+        descending. Sorted by (seq, pos) ascending first (empty slots, seq = -1, last), then a stable sort by
+        value descending keeps that order in ties; along contiguous rows [layer, neuron, entry]."""
         k = states[0]["values"].shape[1]
-        values, seq, pos = (torch.from_numpy(np.concatenate([s[key] for s in states], axis=1)) for key in TopK.layer_keys)
-        out = [select_top(values[i], seq[i], pos[i], k) for i in range(values.shape[0])]
-        return {key: np.stack([o[index].numpy() for o in out]) for index, key in enumerate(TopK.layer_keys)}
+        values, seq, pos = (
+            torch.from_numpy(np.concatenate([s[key] for s in states], axis=1)).transpose(1, 2).contiguous()
+            for key in TopK.layer_keys
+        )
+        position = torch.where(seq < 0, torch.iinfo(torch.int64).max, seq * (1 << 24) + pos)
+        by_position = torch.argsort(position, dim=2, stable=True)
+        values, seq, pos = (t.gather(2, by_position) for t in (values, seq, pos))
+        by_value = torch.argsort(values, dim=2, descending=True, stable=True)[:, :, :k]
+        top = (t.gather(2, by_value).transpose(1, 2).contiguous().numpy() for t in (values, seq, pos))
+        return dict(zip(TopK.layer_keys, top))
 
     @classmethod
     def memory(cls, settings, geometry: Geometry, *, layerwise: bool, n_tokens: int) -> Memory:
@@ -200,14 +210,3 @@ class TopK(Accumulator):
         chunk = min(settings.batch_size * geometry.seq_len * geometry.n_neurons * 8, CHUNK_BYTES)
         return Memory(device=kept * 8 + 2 * chunk, host=kept * (4 + 8 + 8))
 
-
-def select_top(values: torch.Tensor, seq: torch.Tensor, pos: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per column, the k entries with largest value; ties go to the smallest (seq, pos); sorted descending."""
-    # Sort by (seq, pos) ascending first, then a stable sort by value descending keeps that order in ties.
-    # Empty slots (seq = -1) sort last among equal values. Sorted along contiguous rows of the transpose.
-    values, seq, pos = (t.T.contiguous() for t in (values, seq, pos))
-    order_key = torch.where(seq < 0, torch.iinfo(torch.int64).max, seq * (1 << 24) + pos)
-    by_position = torch.argsort(order_key, dim=1, stable=True)
-    values, seq, pos = (t.gather(1, by_position) for t in (values, seq, pos))
-    by_value = torch.argsort(values, dim=1, descending=True, stable=True)[:, :k]
-    return tuple(t.gather(1, by_value).T.contiguous() for t in (values, seq, pos))  # type: ignore[return-value]
