@@ -187,9 +187,7 @@ class PendingCounts:
         values = counts[cells[:, 0], cells[:, 1]].to(torch.int64)
         id_of, neuron = ids.index_select(0, cells[:, 0]), cells[:, 1]
         rows, columns = (neuron, id_of) if self.by_neuron else (id_of, neuron)
-        if len(rows):
-            rows, columns, values = _coalesce_pairs(rows, columns, values)
-        self.table.stage(rows, columns, values)
+        self.table.stage(*_coalesce_pairs(rows, columns, values))
         return totals
 
     def _stage_pairs(self) -> torch.Tensor:

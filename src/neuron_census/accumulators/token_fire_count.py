@@ -114,10 +114,9 @@ class TokenFireCount(Accumulator):
             table, self.dense[slot] = self.dense[slot], None
             return self._dense_state([table])
         self._pending[slot].flush()
-        keys, counts = self._state_keys(slot)
+        keys, counts = self._state_keys(slot, 0)
         self._pending[slot].clear()
-        cells = self.geometry.vocab_size * self.geometry.n_neurons
-        return self._header(self.capacity or 0) | dict(zip(("keys", "counts"), host_arrays(keys - slot * cells, counts)))
+        return self._header(self.capacity or 0) | dict(zip(("keys", "counts"), host_arrays(keys, counts)))
 
     def _header(self, capacity: int) -> State:
         values = (self.geometry.vocab_size, self.geometry.n_neurons, capacity)
@@ -148,19 +147,19 @@ class TokenFireCount(Accumulator):
         self.flush()
         columns = JoinedColumns(2, sum(pending.table.held() for pending in self._pending))
         for slot in range(len(self._pending)):  # slots hold consecutive key ranges: joined in sorted order
-            columns.append(*self._state_keys(slot))
+            columns.append(*self._state_keys(slot, slot))
         keys, counts = columns.arrays
         return self._header(self.capacity or 0) | {"keys": keys, "counts": counts}
 
-    def _state_keys(self, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """A slot's merged table as sorted state keys `(slot * vocab + token) * n_neurons + neuron`, and counts."""
+    def _state_keys(self, slot: int, key_slot: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A slot's merged table as sorted state keys `(key_slot * vocab + token) * n_neurons + neuron`, and counts."""
         vocab, n_neurons = self.geometry.vocab_size, self.geometry.n_neurons
         table = self._pending[slot].table
         if self.capacity is None:  # a row per token: already in key order
             tokens, neurons, counts = (torch.cat(column) for column in zip(*table.parts()))
         else:  # a row per neuron: read token-major
             neurons, tokens, counts = table.by_column()
-        return tokens * n_neurons + neurons + slot * vocab * n_neurons, counts
+        return tokens * n_neurons + neurons + key_slot * vocab * n_neurons, counts
 
     @staticmethod
     def merge(states: list[State]) -> State:
