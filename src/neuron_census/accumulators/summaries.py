@@ -221,9 +221,7 @@ def coverage_bounds(
         return lower, upper, exact
     order = np.lexsort((-count, group))
     g, c = group[order], count[order]
-    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
-    sizes = np.diff(np.r_[starts, len(g)])
-    groups_present = g[starts]
+    groups_present, starts, sizes = np.unique(g, return_index=True, return_counts=True)
     cumulative = np.cumsum(c)
     before = np.repeat(np.r_[0, cumulative[starts[1:] - 1]], sizes)
     within = cumulative - before  # cumulative count inside the group, counters sorted descending
