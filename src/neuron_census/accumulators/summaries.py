@@ -228,7 +228,7 @@ def coverage_bounds(
     group_target = np.repeat(target[groups_present], sizes)
     reached = within >= group_target
     # upper bound: first position where the estimates reach the target, else kept + missing firings
-    first_reach = _first_true_per_group(reached, starts, sizes)
+    first_reach = _first_true_per_group(reached, starts)
     kept_total = np.add.reduceat(c, starts)
     upper_present = np.where(
         first_reach >= 0, first_reach + 1, sizes + np.maximum(target[groups_present] - kept_total, 0)
@@ -241,7 +241,7 @@ def coverage_bounds(
     rank = np.arange(len(g)) - np.repeat(starts, sizes)
     optimistic = within + (rank + 1) * np.repeat(slack[groups_present], sizes)
     reached_hi = optimistic >= group_target
-    first_hi = _first_true_per_group(reached_hi, starts, sizes)
+    first_hi = _first_true_per_group(reached_hi, starts)
     remaining = target[groups_present] - (kept_total + sizes * slack[groups_present])
     extra = np.where(
         slack[groups_present] > 0, np.ceil(np.maximum(remaining, 0) / np.maximum(slack[groups_present], 1e-300) - 1e-9), 0
@@ -271,7 +271,7 @@ def _slack_items(target: np.ndarray, fires: np.ndarray, capacity: int | None) ->
     return np.ceil(target / np.maximum(slack, 1e-300) - 1e-9).astype(np.int64)
 
 
-def _first_true_per_group(flags: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+def _first_true_per_group(flags: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """Index within each group of its first True flag, -1 where none."""
     position = np.where(flags, np.arange(len(flags)), len(flags))
     first = np.minimum.reduceat(position, starts)
