@@ -90,12 +90,11 @@ def accelerate_max_memory(budget: Mapping[str, str | int], device: torch.device)
 
 
 @contextmanager
-def offload_folder(placement: Placement) -> Iterator[Path]:
-    """The folder offloaded weights or kept states go to: a temporary one, in the configured one if any."""
-    if placement.offload_dir is not None:
-        Path(placement.offload_dir).mkdir(parents=True, exist_ok=True)
-    prefix = "census-offload-" if placement.offload_dir is None else "census-"
-    with tempfile.TemporaryDirectory(dir=placement.offload_dir, prefix=prefix) as tmp:
+def temporary_folder(parent: str | Path | None, prefix: str = "census-offload-") -> Iterator[Path]:
+    """A temporary folder for offloaded weights or kept states, inside `parent` (created if need be) if given."""
+    if parent is not None:
+        Path(parent).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=parent, prefix=prefix) as tmp:
         yield Path(tmp)
 
 

@@ -9,7 +9,6 @@ every batch, then runs each layer once over all of them; `paired` zips several m
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from neuron_census.capture.placement import HiddenStates, layer_on_device, place_outside_layers
+from neuron_census.capture.placement import HiddenStates, layer_on_device, place_outside_layers, temporary_folder
 
 
 class StopForward(Exception):
@@ -92,7 +91,7 @@ class ModelSteps:
         preacts: str | None = None,
     ) -> None:
         self.model, self.adapter, self.device, self.name = model, adapter, device, name
-        self.layers, self.last = tuple(layers), layers[-1]
+        self.layers, self.last = frozenset(layers), layers[-1]
         # what `preacts` hold: "gate" the gate output of a gated FFN (None for others), "preactivation" the
         # nonlinearity's input, None nothing
         self.read_preacts = {"gate": adapter.gate_output_module, "preactivation": adapter.preactivation_module}.get(preacts)
@@ -152,9 +151,7 @@ class ModelSteps:
         except StopForward:
             if number != self.last:
                 raise
-            return None
-        if number == self.last:
-            raise RuntimeError(f"model '{self.name}': the hook of layer {number} never ran")
+            return None  # without the StopForward of the last layer's hook, `take` says that hook never ran
         return output[0] if isinstance(output, tuple) else output
 
     def take(self, batch: TokenBatch, layer: int) -> LayerActivations:
@@ -171,13 +168,12 @@ class ModelSteps:
 
 def resident(steps: ModelSteps, batches: Sequence[TokenBatch]) -> Iterator[LayerActivations]:
     """Batch after batch through layers 0..last (also under `offload`: Accelerate moves the weights)."""
-    analysed = set(steps.layers)
     with steps.hooked():
         for batch in batches:
             hidden, kwargs = steps.embed(batch.tokens)
             for number in range(steps.last + 1):
                 hidden = steps.layer(number, hidden, kwargs)  # type: ignore[assignment]
-                if number in analysed:
+                if number in steps.layers:
                     yield steps.take(batch, number)
 
 
@@ -190,10 +186,7 @@ def layerwise(
     to disk (and dropped after running); the hidden states wait where `states` says.
     """
     place_outside_layers(steps.model, steps.decoder, steps.device)
-    analysed = set(steps.layers)
-    if folder is not None:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-    with steps.hooked(), tempfile.TemporaryDirectory(dir=folder, prefix="census-states-") as tmp:
+    with steps.hooked(), temporary_folder(folder, "census-states-") as tmp:
         kwargs_by_shape: dict[tuple[int, ...], dict[str, Any]] = {}
         hidden: HiddenStates | None = None
         for batch in batches:
@@ -201,7 +194,7 @@ def layerwise(
             kwargs_by_shape.setdefault(tuple(embedded.shape), kwargs)
             if hidden is None:
                 rest = tuple(embedded.shape[1:])
-                hidden = HiddenStates([(len(b.tokens), *rest) for b in batches], embedded.dtype, states, Path(tmp))
+                hidden = HiddenStates([(len(b.tokens), *rest) for b in batches], embedded.dtype, states, tmp)
             hidden.put(batch.index, embedded)
         assert hidden is not None
         for number in range(steps.last + 1):
@@ -209,7 +202,7 @@ def layerwise(
                 for batch in batches:
                     inputs = hidden.get(batch.index).to(steps.device, non_blocking=True)
                     output = steps.layer(number, inputs, kwargs_by_shape[hidden.shapes[batch.index]])
-                    if number in analysed:
+                    if number in steps.layers:
                         yield steps.take(batch, number)
                     if output is not None:
                         hidden.put(batch.index, output)

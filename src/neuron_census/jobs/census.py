@@ -134,14 +134,14 @@ def capture_job(model: ModelJob, shard_path: PathLike, output: PathLike) -> None
     succeeds. Offloaded weights and kept hidden states live in a temporary folder removed when the job ends."""
     from neuron_census.capture.engine import capture_tokens
     from neuron_census.capture.layer_states import written_behind
-    from neuron_census.capture.placement import Placement, offload_folder
+    from neuron_census.capture.placement import Placement, temporary_folder
     from neuron_census.capture.settings import CaptureSettings, resolve_layers
     from neuron_census.capture.store import writing_store
 
     model_name = model.name
     placement = Placement.from_config(model.settings)
     capture_settings = CaptureSettings.from_config(model.settings)
-    with offload_folder(placement) as folder:
+    with temporary_folder(placement.offload_dir) as folder:
         tokenizer, loaded, device, dtype = model.load(placement, folder)
         adapter = loaded.adapter
         tokens, shard_attrs = model.read_shard(shard_path, tokenizer)
@@ -270,7 +270,7 @@ def vocab_job(model: ModelJob, stores: Sequence[PathLike], output: PathLike, fir
     and only the unembedding path goes to the device."""
     from neuron_census.analyses.vocab import fired_pairs, vocab_tables
     from neuron_census.analyses.weights import weight_columns
-    from neuron_census.capture.placement import Placement, offload_folder, place_outside_layers
+    from neuron_census.capture.placement import Placement, place_outside_layers, temporary_folder
     from neuron_census.capture.store import merged_attrs, merged_layer_state
 
     readers = store_readers(stores, ["token_fire_count"], f"model '{model.name}''s trigger scores")
@@ -283,7 +283,7 @@ def vocab_job(model: ModelJob, stores: Sequence[PathLike], output: PathLike, fir
     settings = {**schema_defaults("analysis/vocab"), **model.capture}
     resident = settings["strategy"] == "resident"
     placement = Placement() if resident else Placement.from_config({**settings, "strategy": "layerwise"})
-    with offload_folder(placement) as folder:
+    with temporary_folder(placement.offload_dir) as folder:
         tokenizer, loaded, device, _ = model.load(placement, folder)
         if not resident:
             place_outside_layers(loaded.model, loaded.adapter.decoder_layers(), device)
