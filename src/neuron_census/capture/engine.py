@@ -79,7 +79,7 @@ def run(
     *,
     fire_rule: str,
     model_name: str,
-    progress: Any = None,
+    progress: tqdm,
 ) -> None:
     """Feed every (layer, batch) of `source` to every accumulator; hand each finished layer to `sink`."""
     finite = FiniteCheck(model_name, every=len(geometry.layers))
@@ -97,8 +97,7 @@ def run(
             if item.batch.last:
                 finite.check()
                 sink.add_layers(geometry.slot(item.layer), {acc.name: acc.take_layer(item.layer) for acc in layered})
-            if progress is not None:
-                progress.update(item.batch.tokens.numel())
+            progress.update(item.batch.tokens.numel())
             del item, batch  # this layer's activations go before the source runs the next layer
     finite.check()
     for accumulator in accumulators:
