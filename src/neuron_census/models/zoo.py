@@ -143,8 +143,7 @@ def architecture_config(architecture: str, *, n_layers: int | None = None) -> Pr
         raise ValueError(f"unknown architecture '{architecture}'; known: {', '.join(ARCHITECTURES)}")
     if n_layers is not None and n_layers < 1:
         raise ValueError(f"n_layers must be at least 1 for architecture '{architecture}', got {n_layers}")
-    kwargs = dict(ARCHITECTURES[architecture])
-    config = AutoConfig.for_model(kwargs.pop("model_type"), **kwargs)
+    config = AutoConfig.for_model(**ARCHITECTURES[architecture])
     if n_layers is not None:
         config.num_hidden_layers = n_layers
     return config
