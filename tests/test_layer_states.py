@@ -283,11 +283,11 @@ def test_layerwise_capture_computes_the_next_layer_while_a_layer_is_written(cens
     import threading
 
     from neuron_census import accumulators
-    from neuron_census.capture.store import _StoreStates
+    from neuron_census.capture.layer_states import LayeredStates
 
     layer_1_ran = threading.Event()
     seen: dict[int, tuple[str, bool]] = {}
-    update, add_layers = accumulators.REGISTRY["moments"].update, _StoreStates.add_layers
+    update, add_layers = accumulators.REGISTRY["moments"].update, LayeredStates.add_layers
 
     def updating(self, batch):
         if batch.layer == 1:
@@ -299,7 +299,7 @@ def test_layerwise_capture_computes_the_next_layer_while_a_layer_is_written(cens
         return add_layers(self, slot, states)
 
     monkeypatch.setattr(accumulators.REGISTRY["moments"], "update", updating)
-    monkeypatch.setattr(_StoreStates, "add_layers", adding)
+    monkeypatch.setattr(LayeredStates, "add_layers", adding)
     capture_into_store(census, tmp_path / "s.zarr")
     assert sorted(seen) == [0, 1, 2]
     assert all(name.startswith("store-writer") for name, _ in seen.values())
@@ -332,7 +332,7 @@ def test_a_capture_failing_during_a_write_reports_its_own_error_and_leaves_no_st
     import time
 
     from neuron_census import accumulators
-    from neuron_census.capture.store import _StoreStates
+    from neuron_census.capture.layer_states import LayeredStates
 
     writing = threading.Event()
     take = accumulators.REGISTRY["moments"].take_layer
@@ -348,7 +348,7 @@ def test_a_capture_failing_during_a_write_reports_its_own_error_and_leaves_no_st
             raise RuntimeError("device lost")
         return take(self, layer)
 
-    monkeypatch.setattr(_StoreStates, "add_layers", slow_failing_write)
+    monkeypatch.setattr(LayeredStates, "add_layers", slow_failing_write)
     monkeypatch.setattr(accumulators.REGISTRY["moments"], "take_layer", fail_at_layer_1)
     with pytest.raises(RuntimeError, match="device lost"):
         capture_into_store(census, tmp_path / "s.zarr")

@@ -66,7 +66,7 @@ class LayeredStates:
         self.next_slot: dict[str, int] = {}
         self.counted_before: dict[str, int] = {}  # n-gram counts: layers with counts added so far
 
-    def _target(self, name: str) -> PartsTarget:
+    def target(self, name: str) -> PartsTarget:
         if name not in self.targets:
             self.targets[name] = self.target_for(name)
         return self.targets[name]
@@ -78,12 +78,12 @@ class LayeredStates:
             if slot != expected:
                 raise ValueError(f"{name}: layer slot {slot} handed over before slot {expected}")
             counted = self.counted_before.get(name, 0)
-            self._target(name).add(REGISTRY[name].layer_parts(state, slot, counted))
+            self.target(name).add(REGISTRY[name].layer_parts(state, slot, counted))
             self.next_slot[name] = slot + 1
             self.counted_before[name] = counted + len(state.get("layers", ()))
 
     def add_whole(self, name: str, state: State) -> None:
-        self._target(name).add({key: (array, None) for key, array in state.items()})
+        self.target(name).add({key: (array, None) for key, array in state.items()})
 
 
 class LayerSink(Protocol):

@@ -43,24 +43,15 @@ MERGE_KEYS = (
 )
 
 
-class _StoreStates(LayeredStates):
-    """`LayeredStates` into a zarr group: a subgroup per accumulator, its arrays appended to (`_Appender`)."""
-
-    def __init__(self, group: zarr.Group) -> None:
-        super().__init__(lambda name: _Appender(group.create_group(name)))
-
-    def group_of(self, name: str) -> zarr.Group:
-        return cast(_Appender, self._target(name)).group
-
-
 @contextmanager
-def writing_store(path: str | os.PathLike[str], attrs: Mapping[str, Any]) -> Iterator[_StoreStates]:
+def writing_store(path: str | os.PathLike[str], attrs: Mapping[str, Any]) -> Iterator[LayeredStates]:
     """A store filled while its states are produced (capture hands each finished layer over; merges
-    produce one layer at a time), so no process holds every layer's state. It is marked complete, with
-    `attrs` (JSON-serialisable), and renamed into place only when the block ends without an error."""
+    produce one layer at a time), so no process holds every layer's state: a subgroup per accumulator, its
+    arrays appended to (`_Appender`). It is marked complete, with `attrs` (JSON-serialisable), and renamed
+    into place only when the block ends without an error."""
     with atomic_path(path) as tmp:
         group = zarr.open_group(tmp, mode="w")
-        yield _StoreStates(group)
+        yield LayeredStates(lambda name: _Appender(group.create_group(name)))
         contents = {name: sorted(key for key, _ in sub.arrays()) for name, sub in group.groups()}
         group.attrs.update(
             {**attrs, "contents": contents, "kind": STORE_KIND, "format_version": FORMAT_VERSION, "complete": True}
@@ -262,7 +253,7 @@ def merge_store_files(
         with written_behind(out, write_behind) as sink:
             for name in summed:
                 for key, _ in sorted(readers[0].group[name].arrays()):
-                    _sum_blockwise(readers, name, key, out.group_of(name), block_bytes)
+                    _sum_blockwise(readers, name, key, cast(_Appender, out.target(name)).group, block_bytes)
             for name in folded:
                 if REGISTRY[name].layered:
                     for slot in range(len(readers[0].attrs["layers"])):
