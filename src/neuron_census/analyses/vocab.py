@@ -127,13 +127,13 @@ def project_layer(
     (neurons sorted, tokens) pairs also token_z and token_percentile per pair (module docstring).
     """
     top_n = _check_top_n(top_n, adapter.vocab_size)
-    keys = ("top_ids", "top_scores", "bottom_ids", "bottom_scores", "score_mean", "score_std", "token_z", "token_percentile")
-    parts: dict[str, list[np.ndarray]] = {key: [] for key in keys}
+    parts: dict[str, list[np.ndarray]] = {}
     pair_neurons, pair_tokens = fired if fired is not None else (np.zeros(0, np.int64), np.zeros(0, np.int64))
     chunk = chunk_rows(adapter.vocab_size, max_chunk_bytes)
     with torch.no_grad():
         vectors = adapter.value_vectors(layer)
-        for start in range(0, vectors.shape[0], chunk):  # only one block of scores is held at a time
+        # one block of scores at a time; at least one, so a layer without neurons gives typed, empty arrays
+        for start in range(0, max(vectors.shape[0], 1), chunk):
             block = slice(start, min(start + chunk, vectors.shape[0]))
             scores = adapter.project_to_vocab(vectors[block], apply_final_norm)
             if torch.isnan(scores).any():
@@ -156,10 +156,7 @@ def project_layer(
                 "token_percentile": (_below(scores)[rows, tokens] if len(rows) else rows).double() / scores.shape[1],
             }
             for key, value in found.items():
-                parts[key].append(value.cpu().numpy())
-    if not parts["top_ids"]:  # a layer without neurons: typed, empty arrays
-        ranked = {key: np.zeros((0, top_n), np.int64 if key.endswith("ids") else np.float64) for key in keys[:4]}
-        return ranked | {key: np.zeros(0, np.float64) for key in keys[4:]}
+                parts.setdefault(key, []).append(value.cpu().numpy())
     return {key: np.concatenate(values) for key, values in parts.items()}
 
 
