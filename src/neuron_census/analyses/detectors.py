@@ -83,30 +83,6 @@ def ngram_counts(states: Mapping[str, State], attrs: Mapping[str, Any], order: i
     )
 
 
-def counted_orders(states: Mapping[str, State]) -> list[int]:
-    return states["ngram_fire_count"]["orders"].tolist() if "ngram_fire_count" in states else []
-
-
-def coverage_columns(states: Mapping[str, State], attrs: Mapping[str, Any], settings: DetectorSettings) -> dict[str, Any]:
-    """Per (slot, neuron) in row-major order: coverage columns for every counted order.
-
-    Unigram columns are null for dead neurons. Bigram/trigram columns are null for layers whose
-    n-grams were not counted and for neurons with no firing at a complete n-gram.
-    """
-    by_order = {1: unigram_counts(states, attrs)}
-    by_order |= {order: ngram_counts(states, attrs, order) for order in counted_orders(states)}
-    columns: dict[str, Any] = {}
-    for order, counts in by_order.items():
-        lower, upper, exact = coverage_bounds(counts.group, counts.count, counts.fires, counts.capacity, settings.coverage)
-        null = pl.Series(counts.fires == 0)  # n-grams of an uncounted layer have no firings either
-        columns |= {
-            f"{ORDER_NAMES[order]}_coverage": pl.Series(upper, dtype=pl.Int64).set(null, None),
-            f"{ORDER_NAMES[order]}_coverage_lo": pl.Series(lower, dtype=pl.Int64).set(null, None),
-            f"{ORDER_NAMES[order]}_coverage_exact": pl.Series(exact, dtype=pl.Boolean).set(null, None),
-        }
-    return columns
-
-
 def ngram_detectors(
     counts: SparseCounts,
     occurrences: tuple[np.ndarray, np.ndarray],
@@ -138,26 +114,41 @@ def ngram_detectors(
     return result
 
 
-def detector_columns(
+def ngram_columns(
     states: Mapping[str, State],
     attrs: Mapping[str, Any],
     settings: DetectorSettings,
     token_strings: Sequence[str],
 ) -> dict[str, Any]:
-    """Token- and bigram-detector columns per (slot, neuron) in row-major order."""
+    """Per (slot, neuron) in row-major order: coverage columns for every counted order, then token- and
+    bigram-detector columns.
+
+    Unigram coverage is null for dead neurons. Bigram/trigram coverage is null for layers whose n-grams
+    were not counted and for neurons with no firing at a complete n-gram.
+    """
+    by_order = {1: unigram_counts(states, attrs)}
+    if "ngram_fire_count" in states:
+        by_order |= {order: ngram_counts(states, attrs, order) for order in states["ngram_fire_count"]["orders"].tolist()}
+    columns: dict[str, Any] = {}
+    for order, counts in by_order.items():
+        lower, upper, exact = coverage_bounds(counts.group, counts.count, counts.fires, counts.capacity, settings.coverage)
+        null = pl.Series(counts.fires == 0)  # n-grams of an uncounted layer have no firings either
+        columns |= {
+            f"{ORDER_NAMES[order]}_coverage": pl.Series(upper, dtype=pl.Int64).set(null, None),
+            f"{ORDER_NAMES[order]}_coverage_lo": pl.Series(lower, dtype=pl.Int64).set(null, None),
+            f"{ORDER_NAMES[order]}_coverage_exact": pl.Series(exact, dtype=pl.Boolean).set(null, None),
+        }
     n_rows = len(attrs["layers"]) * int(attrs["n_neurons"])
     vocab = int(attrs["vocab_size"])
     token_occurrences = states["token_count"]["counts"]
-    tokens = ngram_detectors(
-        unigram_counts(states, attrs), (np.arange(len(token_occurrences)), token_occurrences), settings
-    )
+    tokens = ngram_detectors(by_order[1], (np.arange(len(token_occurrences)), token_occurrences), settings)
     detected: list[list[int]] = [tokens.get(g, []) for g in range(n_rows)]
-    columns: dict[str, Any] = {
+    columns |= {
         "token_detector": pl.Series([bool(d) for d in detected], dtype=pl.Boolean),
         "detected_tokens": pl.Series(detected, dtype=pl.List(pl.Int64)),
         "detected_token_strings": pl.Series([[token_strings[t] for t in d] for d in detected], dtype=pl.List(pl.Utf8)),
     }
-    if 2 in counted_orders(states) and "ngram_count" in states:
+    if 2 in by_order and "ngram_count" in states:
         occurring = states["ngram_count"]
         occurrences = (occurring["order2_gram"], occurring["order2_count"])
         slack = summary_slack(
@@ -165,7 +156,7 @@ def detector_columns(
             int(occurrences[1].sum()),
             int(occurring["capacity"][0]),
         )
-        bigrams = ngram_detectors(ngram_counts(states, attrs, 2), occurrences, settings, occurrence_slack=slack)
+        bigrams = ngram_detectors(by_order[2], occurrences, settings, occurrence_slack=slack)
         found = [[] if tokens.get(g) else bigrams.get(g, []) for g in range(n_rows)]
         columns["bigram_detector"] = pl.Series([bool(f) for f in found], dtype=pl.Boolean)
         columns["detected_bigrams"] = pl.Series(

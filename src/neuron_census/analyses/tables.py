@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 
 from neuron_census.accumulators import State
-from neuron_census.analyses.detectors import DetectorSettings, coverage_columns, detector_columns, detector_layer_counts
+from neuron_census.analyses.detectors import DetectorSettings, detector_layer_counts, ngram_columns
 from neuron_census.analyses.positional import (
     PositionalSettings,
     find_positional,
@@ -97,8 +97,7 @@ def stats_tables(
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """`neuron_table` joined with n-gram coverage, detector and positional columns; and positional curves."""
     base = neuron_table(model, attrs, states).with_columns(n_layers_total=pl.lit(int(attrs["n_layers_total"]), pl.Int64))
-    base = base.with_columns(**coverage_columns(states, attrs, settings.detectors))
-    base = base.with_columns(**detector_columns(states, attrs, settings.detectors, token_strings))
+    base = base.with_columns(**ngram_columns(states, attrs, settings.detectors, token_strings))
     found = find_positional(states["position_fire_count"], settings.positional)
     base = base.join(positional_table(attrs, found), on=["layer", "neuron"], how="left", maintain_order="left")
     return base, position_rates_table(model, attrs, found)
