@@ -221,8 +221,7 @@ def plot_oscillatory_ranges(tables: Mapping[str, pl.DataFrame], style: Mapping[s
     rates = with_columns(tables["position_rates"], RATES_SCHEMA)
     threshold = float(style.get("threshold", 0.5))
     model, layer = pick_oscillatory_layer(rates, style.get("model"), style.get("layer"))
-    found = model is not None and layer is not None
-    ranges = oscillatory_ranges(rates if found else rates.clear(), model or "", layer or 0, threshold)
+    ranges = oscillatory_ranges(rates, model or "", layer or 0, threshold)  # empty where no layer was found
     fig, ax = new_axes(style)
     if ranges.is_empty():
         say_missing(ax, f"no strong oscillatory neurons in {_where(model, layer)}")
