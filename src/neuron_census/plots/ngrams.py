@@ -195,7 +195,6 @@ def _model_lines(
     # layers of one model read best numbered, several need relative depth
     x, xlabel = ("layer", "layer") if len(models) == 1 else ("rel_depth", "layer / number of layers")
     fig, ax = new_axes(style)
-    drawn = False
     for model, colour in zip(models, colours(style, len(models))):
         rows = frame.filter(pl.col("model") == model).drop_nulls([x, *columns]).sort("layer")
         if rows.height == 0:
@@ -204,8 +203,7 @@ def _model_lines(
         line(ax, rows[x], rows[columns[0]], style, color=colour, label=label)
         if len(columns) == 2:
             line(ax, rows[x], rows[columns[1]], style, color=colour, linestyle="--")
-        drawn = True
-    if not drawn:
+    if not ax.lines:
         say_missing(ax, empty)
     elif kinds:  # outside the axes: with two lines per model an inside legend covers data
         handles, labels = ax.get_legend_handles_labels()
