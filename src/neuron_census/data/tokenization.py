@@ -83,7 +83,7 @@ def load_tokenizer(name: str, spec: Mapping[str, Any], root: Path = Path(".")) -
     canonical = json.dumps(definition, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     fingerprint = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
     return TextTokenizer(name=name, bos_id=bos, eos_id=eos, vocab_size=max(vocab.values()) + 1 if vocab else 0,
-                         fingerprint=fingerprint, backend=backend, special_ids=frozenset(special) - {None} | added)
+                         fingerprint=fingerprint, backend=backend, special_ids=special | added)
 
 
 def _choose_special(name: str, role: str, choice: str, default: int | None, backend: Tokenizer) -> int | None:
@@ -146,9 +146,7 @@ def _gpt2_bpe(name: str, root: Path) -> Tokenizer:
     backend = Tokenizer(models.BPE.from_file(str(vocab), str(merges)))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens([AddedToken(GPT2_EOT, special=True)])
-    if backend.token_to_id(GPT2_EOT) is None:
-        raise ValueError(f"tokenizer {name!r}: {vocab} has no {GPT2_EOT} token")
+    backend.add_special_tokens([AddedToken(GPT2_EOT, special=True)])  # a vocabulary without it gets it appended
     return backend
 
 
