@@ -186,7 +186,7 @@ def _file_documents(path: Path, field: str, errors: str, min_chars: int, max_cha
     elif path.name.endswith(TEXT_SUFFIXES):
         documents = group_blocks(iter_blocks(read_text_chunks(path, errors), max_chars), min_chars)
     else:
-        suffix = "".join(path.suffixes[-2:]) if len(path.suffixes) > 1 else path.suffix
+        suffix = "".join(path.suffixes[-2:])
         raise ValueError(f"{path}: unsupported file type {suffix!r}; use {', '.join(TEXT_SUFFIXES + JSONL_SUFFIXES)}")
     count = 0
     try:
@@ -272,7 +272,7 @@ def _field(record: Mapping[str, Any], keys: tuple[str, ...], name: str, path: st
 
 
 def _hf_documents(
-    spec: Mapping[str, Any], root: Path, name: str, resume: Mapping[str, Any] | None = None
+    spec: Mapping[str, Any], root: Path, name: str, resume: Mapping[str, Any] | None
 ) -> Iterator[tuple[str, Origin]]:
     """Streamed non-empty records of a Hugging Face dataset (never running remote code), each with its
     `label_field`'s value (the Pile's `meta.pile_set_name`; else the fixed `label`, else none) and where the
@@ -399,12 +399,10 @@ def pack_stream(
                                  "label by a coarser field")
             codes[label] = len(codes)
         code = NO_SOURCE if label is None else codes[label]
-        if eos_id is not None and started:
-            parts.append(np.array([eos_id], dtype=np.int32))
-            labels.append(np.array([code], dtype=np.int16))
-            held += 1
-        started = True
         arr = np.asarray(ids, dtype=np.int32)
+        if eos_id is not None and started:
+            arr = np.insert(arr, 0, eos_id)  # the separator takes the label of the document it opens
+        started = True
         parts.append(arr)
         labels.append(np.full(len(arr), code, dtype=np.int16))
         held += len(arr)
@@ -503,7 +501,7 @@ def _documents_after(spec: Mapping[str, Any], root: Path, name: str, cursor: Str
 
 
 def _positioned_documents(
-    spec: Mapping[str, Any], root: Path, name: str, resume: Mapping[str, Any] | None = None
+    spec: Mapping[str, Any], root: Path, name: str, resume: Mapping[str, Any] | None
 ) -> Iterator[tuple[str, Origin]]:
     """Documents of a `files` or `hf` dataset (split applied) from the start or from a saved position, each
     with its source label (a file's name without its suffixes; an hf record's `label_field`) and the position
@@ -659,7 +657,7 @@ def write_token_shard(
     n_seq, seq_len = tokens.shape
     if sources is not None:
         codes, names = np.asarray(sources[0]), [str(name) for name in sources[1]]
-        if codes.shape != tokens.shape or codes.size and not NO_SOURCE <= int(codes.min()) <= int(codes.max()) < len(names):
+        if codes.shape != tokens.shape or not NO_SOURCE <= int(codes.min()) <= int(codes.max()) < len(names):
             raise ValueError(f"token shard {path}: source codes must be the tokens' shape and index its {len(names)} source names")
     rows = max(1, min(n_seq, SHARD_CHUNK_BYTES // (4 * seq_len)))
     has_bos = tokenizer.bos_id is not None and bool(np.all(tokens[:, 0] == tokenizer.bos_id))
