@@ -20,10 +20,10 @@ from neuron_census.config import ConfigError, validate_config, with_figures
 from neuron_census.data.bundle import (
     ALL_DOMAINS,
     CODE_DOMAINS,
+    DOMAIN_SOURCES,
     DOMAINS,
     LANGUAGE_DOMAINS,
     MULTI_DOMAIN_BUDGET_BYTES,
-    MULTI_SOURCES,
     build,
     choose_documents,
     code_index,
@@ -280,7 +280,7 @@ def test_code_documents_equal_source_files_of_the_index() -> None:
     index = code_index((SHARED / "corpus_multi" / "code_index.tsv").read_text(encoding="utf-8"))
     labelled = _labelled(list(CODE_DOMAINS))
     for domain in CODE_DOMAINS:
-        (rel,) = MULTI_SOURCES[domain]
+        (rel,) = DOMAIN_SOURCES[domain]
         name = Path(rel).name
         files = source_files((SHARED / rel).read_text(encoding="utf-8"), index[name], name)
         assert len(files) == len(index[name])

@@ -59,7 +59,17 @@ JSONL_FIELD = "text"
 MULTI_DIR = "corpus_multi"
 CODE_INDEX = f"{MULTI_DIR}/code_index.tsv"
 _MAN_PAGE_LANGUAGES = ("de", "es", "fr", "it", "nl", "pt", "sv")  # no English or Greek man pages
-MULTI_SOURCES: dict[str, tuple[str, ...]] = {
+# the shared files each domain is sampled from, in the order of ALL_DOMAINS
+DOMAIN_SOURCES: dict[str, tuple[str, ...]] = {
+    "wiki": ("corpus/wiki_wikitext2_raw_test.txt",),
+    "code": ("corpus/code_python311_stdlib.txt",),
+    "docs": ("corpus/docs_python311_rst.txt",),
+    "math": ("corpus/math_dm_mathematics_generated.txt",),
+    "legal": ("corpus/legal_spdx_license_texts.txt",),
+    "biomed": ("corpus/biomed_nltk_biocreative_pubmed_sentences.txt",),
+    "speech": ("corpus/speech_nltk_inaugural_state_union.txt",),
+    "lit": ("corpus/lit_tiny_shakespeare.txt",),
+} | {
     domain: (f"{MULTI_DIR}/lang_{domain[5:]}_gnomehelp.txt",)
     + ((f"{MULTI_DIR}/lang_{domain[5:]}_manpages.txt",) if domain[5:] in _MAN_PAGE_LANGUAGES else ())
     for domain in LANGUAGE_DOMAINS
@@ -83,16 +93,6 @@ MULTI_LICENSES_COPIED: tuple[str, ...] = (
     "php-monolog.copyright", "php-symfony-console.copyright", "php-twig.copyright",
 )
 
-CORPUS_SOURCES: dict[str, str] = {
-    "wiki": "corpus/wiki_wikitext2_raw_test.txt",
-    "code": "corpus/code_python311_stdlib.txt",
-    "docs": "corpus/docs_python311_rst.txt",
-    "math": "corpus/math_dm_mathematics_generated.txt",
-    "legal": "corpus/legal_spdx_license_texts.txt",
-    "biomed": "corpus/biomed_nltk_biocreative_pubmed_sentences.txt",
-    "speech": "corpus/speech_nltk_inaugural_state_union.txt",
-    "lit": "corpus/lit_tiny_shakespeare.txt",
-}
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer.model",
                "tokenizer_config.json")
 # shared file -> bundled file, copied as they are
@@ -129,7 +129,7 @@ def corpus_name(domain: str) -> str:
 # --------------------------------------------------------------------------- text format
 
 
-def iter_blocks(chunks: Iterable[str], max_chars: int | None = None) -> Iterator[str]:
+def iter_blocks(chunks: Iterable[str], max_chars: int = sys.maxsize) -> Iterator[str]:
     """Blank-line separated blocks of a text given in pieces (streamed, so files can be huge).
 
     Leading/trailing blank lines of a block are dropped; whitespace-only blocks are skipped. Each piece is
@@ -143,12 +143,12 @@ def iter_blocks(chunks: Iterable[str], max_chars: int | None = None) -> Iterator
         text = pending + chunk
         start = 0
         for match in _BLANK_LINES.finditer(text, searched):
-            if max_chars is not None and match.start() - start > max_chars:
+            if match.start() - start > max_chars:
                 raise BlockTooLong(max_chars)
             yield from _clean_block(text[start : match.start()])
             start = match.end()
         pending = text[start:]
-        if max_chars is not None and len(pending) > max_chars:
+        if len(pending) > max_chars:
             raise BlockTooLong(max_chars)
     yield from _clean_block(_TRAILING_BLANK.sub("", pending))
 
@@ -314,7 +314,7 @@ def build(shared: Path, out: Path) -> list[DomainStats]:
     code_files = code_index(_verified(shared, CODE_INDEX, sums).decode("utf-8"))
     stats: list[DomainStats] = []
     for domain in ALL_DOMAINS:
-        rels = (CORPUS_SOURCES[domain],) if domain in DOMAINS else MULTI_SOURCES[domain]
+        rels = DOMAIN_SOURCES[domain]
         raws = [_verified(shared, rel, sums) for rel in rels]
         texts = [raw.decode("utf-8") for raw in raws]
         if domain in LINE_BLOCK_DOMAINS:  # WikiText-2 raw (as shipped here) marks paragraphs and headings by lines
@@ -405,8 +405,7 @@ def render_sources(out: Path, sums: dict[str, str], stats: list[DomainStats]) ->
     for domain, *sizes in _size_rows([s for s in stats if s.domain not in DOMAINS]):
         described = [f"corpus/{corpus_name(domain)}", *ORIGINS[domain]] if domain in ORIGINS else ["", "", ""]  # "total"
         multi_rows.append([domain, *described, *sizes])
-    multi_files = [rel for domain in LANGUAGE_DOMAINS + CODE_DOMAINS for rel in MULTI_SOURCES[domain]] + [CODE_INDEX]
-    originals = "\n".join(f"{sums[rel]}  {rel}" for rel in [*CORPUS_SOURCES.values(), *multi_files, *COPIED])
+    originals = "\n".join(f"{sums[rel]}  {rel}" for rel in [*itertools.chain(*DOMAIN_SOURCES.values()), CODE_INDEX, *COPIED])
     bundled = sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
                      if p.is_file() and p.name != "SOURCES.md" and not p.name.startswith("."))
     return SOURCES_TEMPLATE.format(
