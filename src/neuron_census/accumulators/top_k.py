@@ -209,4 +209,3 @@ class TopK(Accumulator):
         kept = len(geometry.layers) * settings.top_k * geometry.n_neurons
         chunk = min(settings.batch_size * geometry.seq_len * geometry.n_neurons * 8, CHUNK_BYTES)
         return Memory(device=kept * 8 + 2 * chunk, host=kept * (4 + 8 + 8))
-
