@@ -71,9 +71,14 @@ class TopK(Accumulator):
         end_row = first_row + batch.acts.shape[0] * seq_len
         if end_row > 1 << ROW_BITS:
             raise ValueError(f"top_k counts rows of up to 2**{ROW_BITS} tokens a capture; capture fewer sequences")
-        # [B*T, 1] int64: (2**32 - 1) minus each row's index counted from the first sequence seen (made on the host)
-        rank = batch.shared(("top_k_rank", self.first_seq), lambda: torch.from_numpy(
-            ((1 << ROW_BITS) - 1 - np.arange(first_row, end_row, dtype=np.int64))[:, None]).to(batch.seq_ids.device))
+
+        def row_rank() -> torch.Tensor:
+            """[B*T, 1] int64: (2**32 - 1) minus each row's index counted from the first sequence seen (made on
+            the host, and copied over)."""
+            rows = np.arange(first_row, end_row, dtype=np.int64)
+            return torch.from_numpy(((1 << ROW_BITS) - 1 - rows)[:, None]).to(batch.seq_ids.device)
+
+        rank = batch.shared(("top_k_rank", self.first_seq), row_rank)
         excluded = batch.shared("top_k_excluded", lambda: ~batch.mask.reshape(-1, 1))
         acts = batch.acts_2d()
         if host_paths(self.device):
