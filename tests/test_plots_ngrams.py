@@ -250,7 +250,7 @@ def test_detector_lines_and_x_axis():
         assert line.get_xdata().tolist() == pytest.approx(rows["rel_depth"].to_list())
         assert line.get_ydata().tolist() == rows["n_token_detectors"].to_list()
     totals = [f"{m} ({layers.filter(pl.col('model') == m)['n_token_detectors'].sum()} total)" for m in ("a", "b")]
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == totals
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == totals and ax.get_legend() is None  # below the axes
 
     single = plot_token_detectors({"layers": layers_table(("b",))}, STYLE).axes[0]
     assert single.get_xlabel() == "layer"

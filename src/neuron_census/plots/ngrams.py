@@ -205,13 +205,12 @@ def _model_lines(
             line(ax, rows[x], rows[columns[1]], style, color=colour, linestyle="--")
     if not ax.lines:
         say_missing(ax, empty)
-    elif kinds:  # outside the axes: with two lines per model an inside legend covers data
+    else:  # below the axes: inside, the legend covers lines (a planted model's run along the top)
         handles, labels = ax.get_legend_handles_labels()
-        handles += [Line2D([], [], color="0.3", linestyle=linestyle) for linestyle in ("-", "--")]
-        legend = {"fontsize": "small", "frameon": False, "loc": "upper left", "bbox_to_anchor": (1.01, 1)}
-        ax.legend(handles, [*labels, *kinds], **legend)
-    else:
-        ax.legend(fontsize="small", frameon=False)
+        if kinds:
+            handles += [Line2D([], [], color="0.3", linestyle=linestyle) for linestyle in ("-", "--")]
+            labels += kinds
+        fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize="small", frameon=False)
     ax.set_xlabel(xlabel)
     if x == "layer":
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
