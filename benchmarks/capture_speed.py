@@ -11,7 +11,9 @@ ratio to the bare forward is then taken within each round, and the table gives t
 
 Modes:
   bare             the Hugging Face decoder forward (no LM head), no hooks
-  capture          neuron_census capture with every accumulator (as the pipeline runs it)
+  capture          neuron_census capture with every accumulator, as the capture job runs it: each finished
+                   layer written behind into a zarr store (a temporary one), or with `--sink memory` every
+                   layer's states joined in memory and returned (what `capture_tokens` does without a sink)
   capture_dense_tokens
                    the same with token x neuron counts kept in place in dense tables (exact;
                    capture.token_fire_dense_limit raised above the model's cells)
@@ -29,6 +31,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -170,6 +173,8 @@ def mode_runner(mode: str, args: argparse.Namespace, model: Any) -> Callable[[An
 
     from neuron_census.models.adapters import adapter_for
     from neuron_census.capture.engine import CaptureSettings, capture_tokens
+    from neuron_census.capture.layer_states import written_behind
+    from neuron_census.capture.store import writing_store
 
     device = args.device
     adapter = adapter_for(model, name=args.architecture)
@@ -195,11 +200,21 @@ def mode_runner(mode: str, args: argparse.Namespace, model: Any) -> Callable[[An
             **({"pending_bytes": args.pending_bytes} if args.pending_bytes else {}),
         )
 
-        def run(rows: np.ndarray) -> None:
+        def capture(rows: np.ndarray, sink: Any = None) -> None:
             capture_tokens(
                 model, adapter, rows, model_name=args.architecture, first_seq_id=0, has_bos=True,
-                settings=settings, device=torch.device(device), progress=False,
+                settings=settings, device=torch.device(device), progress=False, sink=sink,
             )
+
+        def run(rows: np.ndarray) -> None:
+            if args.sink == "memory":
+                return capture(rows)
+            with (
+                tempfile.TemporaryDirectory(prefix="capture-speed-") as folder,
+                writing_store(Path(folder) / "capture.zarr", {}) as store,
+                written_behind(store) as sink,
+            ):
+                capture(rows, sink)
 
     elif mode == "transformer_lens":
         sys.path.insert(0, str(Path(__file__).parent))
@@ -327,6 +342,10 @@ def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--ngram-capacity", type=int, default=2048, help="as the OPT presets set it")
     parser.add_argument("--token-capacity", type=int, default=None, help="default: exact token x neuron counts")
+    parser.add_argument(
+        "--sink", default="store", choices=("store", "memory"),
+        help="where capture modes put each finished layer: a zarr store, as the capture job does (default), or memory",
+    )
     parser.add_argument("--pending-bytes", type=int, default=None, help="capture.pending_bytes (default: its default)")
     parser.add_argument("--fire-rate", type=float, default=None, help="shift FFN biases so this share fires")
     parser.add_argument("--out", type=Path, default=None, help="write <out>.json and <out>.md")
