@@ -312,6 +312,15 @@ def test_example_predictions_pick_those_settled_by_a_promoting_sub_update_first(
     assert "…e f" in texts and "1.4 (m=+1.00): p [eliminates]\n1.5 (m=-2.00): -q" in texts  # m < 0 raises the bottom tokens
 
 
+def test_example_contexts_show_control_characters_escaped_and_keep_their_last_40_characters():
+    from neuron_census.plots.subupdates import context_tail
+
+    text = "Once upon a time,\nthere was a little girl named Lily."
+    assert context_tail(text) == text.replace("\n", " ")[-40:]  # printable text: its last 40 characters
+    assert context_tail("a\x00b\x1b\x7f c") == "a\\x00b\\x1b\\x7f c"  # as `repr` writes them, drawable
+    assert context_tail("x" * 10 + "\x03" * 12, width=10) == "\\x03\\x03"  # never cut inside an escape
+
+
 def test_early_exit_and_steering_figures_draw_their_tables():
     from neuron_census.plots.subupdates import plot_early_exit, plot_steering
 

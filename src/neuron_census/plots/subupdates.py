@@ -198,7 +198,7 @@ def plot_subupdate_examples(tables: Mapping[str, pl.DataFrame], style: Mapping[s
         say_missing(ax, "no sub-update study configured")
         return fig
     cells = [
-        [model, "…" + context.replace("\n", " ")[-40:], repr(final)[1:-1], str(saturation), updates]
+        [model, "…" + context_tail(context), repr(final)[1:-1], str(saturation), updates]
         for model, context, final, saturation, updates in frame.select("model", "context", "final_text", "saturation_layer", "subupdates").iter_rows()
     ]
     table = ax.table(cellText=cells, colLabels=["model", "context", "prediction", "saturates at", "dominant sub-updates there"],
@@ -210,6 +210,18 @@ def plot_subupdate_examples(tables: Mapping[str, pl.DataFrame], style: Mapping[s
         cell.set_height(0.045 * (lines[row - 1] if row else 1.2))
     fig.suptitle(style.get("title", ""))
     return fig
+
+
+def context_tail(context: str, width: int = 40) -> str:
+    """The last `width` characters of a context as a table cell shows them: newlines as spaces, and other
+    characters a font cannot draw (control bytes a tokenizer decodes) escaped as Python writes them."""
+    shown = ""
+    for char in reversed(context.replace("\n", " ")):
+        piece = char if char.isprintable() else repr(char)[1:-1]
+        if len(shown) + len(piece) > width:
+            break
+        shown = piece + shown
+    return shown
 
 
 def example_predictions_frame(predictions: pl.DataFrame) -> pl.DataFrame:
