@@ -90,6 +90,8 @@ class ModelSteps:
         self, model: torch.nn.Module, adapter: Any, layers: Sequence[int], device: torch.device, *, name: str,
         preacts: str | None = None,
     ) -> None:
+        if device.type == "cuda" and device.index is None:  # the device tensors name: `cuda` is the current one
+            device = torch.device("cuda", torch.cuda.current_device())
         self.model, self.adapter, self.device, self.name = model, adapter, device, name
         self.layers, self.last = frozenset(layers), layers[-1]
         # what `preacts` hold: "gate" the gate output of a gated FFN (None for others), "preactivation" the
@@ -159,11 +161,14 @@ class ModelSteps:
         if layer not in self._acts:
             raise RuntimeError(f"model '{self.name}': the hook of layer {layer} never ran")
         shape = (*batch.tokens.shape, self.adapter.n_neurons)
-        raw = self._acts.pop(layer).to(self.device)  # the tensor itself where it is there already
-        gate = self._gates.pop(layer, None)
+        raw, gate = self._on_device(self._acts.pop(layer)), self._gates.pop(layer, None)
         flat = raw if raw.dim() == 2 and raw.dtype == torch.float32 else None
         acts = raw if raw.shape == shape else raw.reshape(shape)
-        return LayerActivations(batch, layer, acts, None if gate is None else gate.reshape(shape).to(self.device), flat)
+        return LayerActivations(batch, layer, acts, None if gate is None else self._on_device(gate.reshape(shape)), flat)
+
+    def _on_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` on the capture device: itself, with no op dispatched, where it is there already."""
+        return tensor if tensor.device == self.device else tensor.to(self.device)
 
 
 def resident(steps: ModelSteps, batches: Sequence[TokenBatch]) -> Iterator[LayerActivations]:
