@@ -205,3 +205,37 @@ def test_nested_command_line_values_get_their_schema_types(default):
     config["capture"]["batch_size"] = "eight"
     with pytest.raises(ConfigError, match=r"'capture.batch_size': 'eight' is not of type 'integer'"):
         validate_config(config, SCHEMA)
+
+
+def _settings_classes() -> list[tuple[str, str]]:
+    return [
+        ("neuron_census.capture.settings:CaptureSettings", "capture"),
+        ("neuron_census.analyses.probing:ProbeSettings", "$defs/probing_study"),
+        ("neuron_census.analyses.probe_features:FeatureSettings", "$defs/probing_study"),
+        ("neuron_census.analyses.steering:SteeringSettings", "$defs/steering_study"),
+        ("neuron_census.analyses.subupdates:SubupdateSettings", "$defs/subupdate_study"),
+        ("neuron_census.analyses.early_exit:EarlyExitSettings", "$defs/subupdate_study/early_exit"),
+        ("neuron_census.analyses.entropy:EntropySettings", "$defs/universal_study/entropy"),
+        ("neuron_census.analyses.attention:AttentionSettings", "$defs/universal_study/attention"),
+        ("neuron_census.training.train:TrainConfig", "$defs/train_run"),
+    ]
+
+
+@pytest.mark.parametrize(("target", "section"), _settings_classes())
+def test_settings_classes_default_to_the_schema(target: str, section: str):
+    """A settings class built without arguments holds the schema's default of every key the schema has one for."""
+    import dataclasses
+    import importlib
+
+    from neuron_census.config import schema_defaults
+
+    module, name = target.split(":")
+    built = getattr(importlib.import_module(module), name)()
+    expected = schema_defaults(section)
+    if section == "capture":
+        del expected["layers"]  # the class's None is a config's `all` (`CaptureSettings.from_config`)
+    shared = [f.name for f in dataclasses.fields(built) if f.name in expected]
+    assert len(shared) >= 3, f"{name} shares too few keys with {section}: {shared}"
+    for key in shared:
+        value = expected[key]
+        assert getattr(built, key) == (tuple(value) if isinstance(value, list) else value), f"{name}.{key}"

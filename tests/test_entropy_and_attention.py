@@ -79,7 +79,7 @@ def test_planted_entropy_neuron_is_recovered_exactly(family, tokens):
     candidates, random = chosen_neurons(weight_columns(adapter, [last]), last, settings)
     assert candidates[0] == family.entropy[1] and set(candidates[1:]) == {n for (_, n) in family.vocab_roles}
     assert not set(random) & set(candidates) and len(random) == 3
-    found = entropy_neurons(entropy_curves(model, adapter, tokens, last, candidates, random, settings.values), settings.min_change)
+    found = entropy_neurons(entropy_curves(model, adapter, tokens, last, candidates, random, settings.values, batch_size=8), settings.min_change)
     assert found.filter("entropy_neuron")["neuron"].to_list() == [family.entropy[1]]
     assert found.filter("random")["entropy_change"].abs().max() == 0.0  # their value vectors are 0
 
@@ -218,7 +218,7 @@ def test_planted_deactivation_neuron_is_recovered_exactly(family, tokens):
     model = family.models["a"]
     adapter = adapter_for(model, name="a")
     pairs = top_pairs(deactivation_scores(adapter, bos_keys(model, adapter, 0), tokens.shape[1]), 8)
-    found = path_ablation(model, adapter, tokens, pairs)
+    found = path_ablation(model, adapter, tokens, pairs, batch_size=8)
     assert [tuple(row) for row in found.filter("deactivates").select("layer", "neuron", "head_layer", "head").iter_rows()] == [family.deactivation]
     row = found.row(0, named=True)
     assert row["bos_attention"] > row["bos_attention_ablated"] + 0.1

@@ -298,21 +298,21 @@ def test_balanced_spans_counts_share_seed_and_dropped():
     table = _balance_table()
     cases = ((0.5, 8, 4, 4, 1), (0.25, 100, 10, 30, 3), (0.25, 12, 3, 9, 3), (0.5, 100, 10, 10, 1), (0.9, 100, 10, 1, 1))
     for share, limit, n_pos, n_neg, c_neg in cases:
-        out, dropped = balanced_spans(table, share, limit, seed=1)
+        out, dropped = balanced_spans(table, share, limit, seed=1, min_per_class=1)
         assert dropped == ("b",)
         a = out.filter(pl.col("feature") == "a")
         assert (int(a["label"].sum()), int((~a["label"]).sum())) == (n_pos, n_neg)
         assert a.rows() == sorted(a.rows()) and set(a.rows()) <= set(table.rows())
         c = out.filter(pl.col("feature") == "c")
         assert sorted(c["label"].to_list()) == [False] * c_neg + [True]  # one positive: the share sets the count
-    first, _ = balanced_spans(table, 0.5, 8, seed=1)
-    assert first.equals(balanced_spans(table, 0.5, 8, seed=1)[0])
-    assert not first.equals(balanced_spans(table, 0.5, 8, seed=2)[0])
+    first, _ = balanced_spans(table, 0.5, 8, seed=1, min_per_class=1)
+    assert first.equals(balanced_spans(table, 0.5, 8, seed=1, min_per_class=1)[0])
+    assert not first.equals(balanced_spans(table, 0.5, 8, seed=2, min_per_class=1)[0])
     before = pl.concat([table.filter(pl.col("feature") == "a").with_columns(feature=pl.lit("0")), table])
-    assert balanced_spans(before, 0.5, 8, seed=1)[0].filter(pl.col("feature") != "0").equals(first)  # draws per feature
+    assert balanced_spans(before, 0.5, 8, seed=1, min_per_class=1)[0].filter(pl.col("feature") != "0").equals(first)  # draws per feature
     assert first.schema == pl.Schema(SPAN_SCHEMA)
     few, dropped = balanced_spans(table, 0.5, 100, seed=1, min_per_class=2)  # c: one positive
-    assert dropped == ("b", "c") and few.equals(balanced_spans(table, 0.5, 100, seed=1)[0].filter(pl.col("feature") == "a"))
+    assert dropped == ("b", "c") and few.equals(balanced_spans(table, 0.5, 100, seed=1, min_per_class=1)[0].filter(pl.col("feature") == "a"))
     assert balanced_spans(table, 0.5, 100, seed=1, min_per_class=11)[1] == ("a", "b", "c")  # a: 10 positives
 
 

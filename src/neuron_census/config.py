@@ -8,6 +8,7 @@ was trained by the pipeline, a tokenizer that it trains) into the load specs the
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import json
 import operator
@@ -42,6 +43,18 @@ def schema_defaults(section: str) -> dict[str, Any]:
         node = node["properties"][part]
     properties = node.get("properties", {})
     return {key: copy.deepcopy(spec["default"]) for key, spec in properties.items() if "default" in spec}
+
+
+def definition_default(name: str) -> Any:
+    """The default of a shared definition (`$defs/bos`), which properties take by `$ref` and the validator
+    does not fill in (it fills a default written on the property itself)."""
+    return copy.deepcopy(schema()["$defs"][name]["default"])
+
+
+def default_field(defaults: Mapping[str, Any], key: str) -> Any:
+    """A dataclass field whose default is `defaults[key]` (from `schema_defaults`): a list becomes a tuple."""
+    value = defaults[key]
+    return dataclasses.field(default_factory=lambda: tuple(value)) if isinstance(value, list) else value
 
 
 class ConfigError(ValueError):
@@ -215,7 +228,7 @@ def _check_atlas(config: Mapping[str, Any]) -> None:
     """An atlas is of a model with tables (a census model)."""
     for model in config["atlas"]["models"] or []:
         _known("atlas.models", model, config["models"], "model")
-        if not config["models"][model].get("census", True):
+        if not config["models"][model].get("census", definition_default("census")):
             raise ConfigError(f"config error at 'atlas.models': model '{model}' has census: false, so no tables for an atlas")
 
 
@@ -408,7 +421,7 @@ def resolved_tokenizer_spec(config: Mapping[str, Any], name: str) -> dict[str, A
     """The load spec of tokenizer `name`; a tokenizer the pipeline trains loads from its results folder."""
     spec = dict(config["tokenizers"][name])
     if spec["source"] == "train_bpe":
-        return {"source": "local", "path": tokenizer_dir(name), "bos": spec.get("bos", "auto"), "eos": spec.get("eos", "auto")}
+        return {"source": "local", "path": tokenizer_dir(name), "bos": spec.get("bos", definition_default("bos")), "eos": spec.get("eos", definition_default("eos"))}
     return spec
 
 

@@ -8,6 +8,7 @@ from neuron_census.config import (
     ConfigError,
     canonical,
     capture_settings,
+    definition_default,
     job_resources,
     job_threads,
     model_datasets,
@@ -32,7 +33,7 @@ try:
 except ConfigError as error:
     sys.exit(f"neuron-census: {error}")
 
-MODELS = [model for model, spec in config["models"].items() if spec.get("census", True)]  # each one's tables: `all`
+MODELS = [model for model, spec in config["models"].items() if spec.get("census", definition_default("census"))]  # each one's tables: `all`
 ATLAS_MODELS = MODELS if config["atlas"]["models"] is None else config["atlas"]["models"]
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from neuron_census.capture.host_copies import host_arrays, host_tensors
+from neuron_census.config import schema_defaults
 
 if TYPE_CHECKING:
     from neuron_census.capture.settings import CaptureSettings
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 State = dict[str, np.ndarray]
 Parts = dict[str, tuple[np.ndarray, int | None]]  # key -> (array, axis it is appended along; None: write once)
 
+CAPTURE_DEFAULTS = schema_defaults("capture")  # what an accumulator built without settings takes
 
 HOST_PATHS = True  # False: a CPU takes the code paths of a GPU (the dispatch-count benchmark measures those)
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from neuron_census.accumulators.base import (
+    CAPTURE_DEFAULTS,
     Accumulator,
     Geometry,
     JoinedColumns,
@@ -51,9 +52,9 @@ class NgramFireCount(Accumulator):
         device: torch.device,
         *,
         layers: tuple[int, ...],
-        orders: tuple[int, ...] = (2, 3),
-        capacity: int = 65536,
-        pending_bytes: int = 1 << 32,
+        orders: tuple[int, ...] = tuple(CAPTURE_DEFAULTS["ngram_orders"]),
+        capacity: int = CAPTURE_DEFAULTS["ngram_capacity"],
+        pending_bytes: int = CAPTURE_DEFAULTS["pending_bytes"],
     ) -> None:
         for order in orders:
             check_packable(geometry.vocab_size, order)

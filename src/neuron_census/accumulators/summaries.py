@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from neuron_census.config import schema_defaults
+
 INT64_LIMIT = 1 << 62
 
 
@@ -197,7 +199,7 @@ def coverage_bounds(
     count: np.ndarray,
     fires: np.ndarray,
     capacity: int | None,
-    fraction: float = 0.95,
+    fraction: float = schema_defaults("analysis")["ngram_coverage"],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per group (index into `fires`), bounds on the number of distinct n-grams covering `fraction` of fires.
 

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from neuron_census.accumulators.base import (
+    CAPTURE_DEFAULTS,
     Accumulator,
     Geometry,
     JoinedColumns,
@@ -51,9 +52,9 @@ class TokenFireCount(Accumulator):
         geometry: Geometry,
         device: torch.device,
         *,
-        dense_limit: int = 1 << 31,
-        capacity: int | None = None,
-        pending_bytes: int = 1 << 32,
+        dense_limit: int = CAPTURE_DEFAULTS["token_fire_dense_limit"],
+        capacity: int | None = CAPTURE_DEFAULTS["token_capacity"],
+        pending_bytes: int = CAPTURE_DEFAULTS["pending_bytes"],
     ) -> None:
         self.geometry, self.device, self.capacity = geometry, device, capacity
         n_slots, vocab, n_neurons = len(geometry.layers), geometry.vocab_size, geometry.n_neurons

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from neuron_census.accumulators.base import (
+    CAPTURE_DEFAULTS,
     Accumulator,
     Geometry,
     LayerBatch,
@@ -52,7 +53,7 @@ class TopK(Accumulator):
     name: ClassVar[str] = "top_k"
     layer_keys: ClassVar[tuple[str, ...]] = ("values", "seq", "pos")
 
-    def __init__(self, geometry: Geometry, device: torch.device, *, k: int = 16) -> None:
+    def __init__(self, geometry: Geometry, device: torch.device, *, k: int = CAPTURE_DEFAULTS["top_k"]) -> None:
         self.geometry, self.k, self.device = geometry, k, device
         self.keys = [torch.full((k, geometry.n_neurons), EMPTY, dtype=torch.int64, device=device) for _ in geometry.layers]
         self.first_seq: int | None = None

@@ -17,21 +17,26 @@ of the head's query input only (norm(x - a w_out)); the drop is the neuron's eff
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 import torch
 
+from neuron_census.config import default_field, schema_defaults
+
 if TYPE_CHECKING:  # the adapter's module imports transformers: table jobs need none of it
     from neuron_census.models.adapters import FFNAdapter
+
+_default = partial(default_field, schema_defaults("$defs/universal_study/attention"))
 
 
 @dataclass(frozen=True)
 class AttentionSettings:
-    pairs: int = 8  # (neuron, head) pairs with the highest scores that are path-ablated
-    sequences: int = 16
-    min_change: float = 0.05  # drop of the head's mean attention to BOS that makes a deactivation neuron
+    pairs: int = _default("pairs")  # (neuron, head) pairs with the highest scores that are path-ablated
+    sequences: int = _default("sequences")
+    min_change: float = _default("min_change")  # drop of the head's mean attention to BOS that makes a deactivation neuron
 
 
 def _input_hooks(modules: dict[int, torch.nn.Module], seen: dict[int, torch.Tensor]) -> list[Any]:
@@ -118,8 +123,8 @@ def deactivation_scores(adapter: FFNAdapter, keys: dict[int, torch.Tensor], seq_
 
 
 def path_ablation(
-    model: torch.nn.Module, adapter: FFNAdapter, tokens: torch.Tensor, pairs: pl.DataFrame, *, batch_size: int = 8,
-    min_change: float = 0.05,
+    model: torch.nn.Module, adapter: FFNAdapter, tokens: torch.Tensor, pairs: pl.DataFrame, *, batch_size: int,
+    min_change: float = AttentionSettings.min_change,
 ) -> pl.DataFrame:
     """For each (layer, neuron, head_layer, head) of `pairs`: the head's mean attention to BOS (position 0)
     over the query positions 1..T-1 of `tokens`, with and without the neuron's output in the head's query

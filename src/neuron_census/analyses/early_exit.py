@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import polars as pl
@@ -39,6 +40,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import precision_recall_curve
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.preprocessing import StandardScaler
+
+from neuron_census.config import default_field, schema_defaults
 
 PROBE_FEATURES: tuple[str, ...] = ("residual", "ffn", "both")
 METHODS: tuple[str, ...] = ("rule", *PROBE_FEATURES, "oracle")
@@ -50,17 +53,19 @@ TABLE_SCHEMA = {
     "n_train": pl.Int64, "n_test": pl.Int64, "n_layers": pl.Int64,
 }
 
+_default = partial(default_field, schema_defaults("$defs/subupdate_study/early_exit"))
+
 
 @dataclass(frozen=True)
 class EarlyExitSettings:
-    splits: int = 5  # seeded shuffles, each a test set of its own
-    seed: int = 0
-    test_share: float = 0.1  # of P, the test rows of every method (at least 1)
-    validation_share: float = 0.1  # of P, the probes' threshold rows (the rule trains on them)
-    folds: int = 8  # stratified cross-validation folds for the probes' C
-    precision: float = 0.75  # the validation precision a probe's threshold must reach
-    top: int = 10  # leading places of cluster_ids the rule compares (cluster_ids[..., :top])
-    max_iter: int = 100  # logistic-regression solver iterations (the paper's: sklearn's default)
+    splits: int = _default("splits")  # seeded shuffles, each a test set of its own
+    seed: int = _default("seed")
+    test_share: float = _default("test_share")  # of P, the test rows of every method (at least 1)
+    validation_share: float = _default("validation_share")  # of P, the probes' threshold rows (the rule trains on them)
+    folds: int = _default("folds")  # stratified cross-validation folds for the probes' C
+    precision: float = _default("precision")  # the validation precision a probe's threshold must reach
+    top: int | None = _default("top")  # leading places of cluster_ids the rule compares (cluster_ids[..., :top]); None: all
+    max_iter: int = _default("max_iter")  # logistic-regression solver iterations (the paper's: sklearn's default)
 
     def __post_init__(self) -> None:
         if self.splits < 1:
@@ -75,7 +80,7 @@ class EarlyExitSettings:
             raise ValueError(f"early-exit folds must be at least 2, got {self.folds}")
         if not 0 < self.precision <= 1:
             raise ValueError(f"early-exit precision must be in (0, 1], got {self.precision}")
-        if self.top < 1:
+        if self.top is not None and self.top < 1:
             raise ValueError(f"early-exit top must be at least 1, got {self.top}")
         if self.max_iter < 1:
             raise ValueError(f"early-exit max_iter must be at least 1, got {self.max_iter}")

@@ -16,26 +16,30 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 import torch
 
+from neuron_census.config import default_field, schema_defaults
 from neuron_census.interventions import Intervention, intervened
 
 if TYPE_CHECKING:  # the adapter's module imports transformers: table jobs need none of it
     from neuron_census.models.adapters import FFNAdapter
 
+_default = partial(default_field, schema_defaults("$defs/universal_study/entropy"))
+
 
 @dataclass(frozen=True)
 class EntropySettings:
-    candidates: int = 4
-    random: int = 8
-    values: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
-    sequences: int = 16
-    min_change: float = 0.1  # nats beyond the largest random neuron's entropy change
-    seed: int = 0
+    candidates: int = _default("candidates")
+    random: int = _default("random")
+    values: tuple[float, ...] = _default("values")
+    sequences: int = _default("sequences")
+    min_change: float = _default("min_change")  # nats beyond the largest random neuron's entropy change
+    seed: int = _default("seed")
 
 
 def chosen_neurons(weights: pl.DataFrame, layer: int, settings: EntropySettings) -> tuple[list[int], list[int]]:
@@ -98,7 +102,7 @@ def _measure(
 
 def entropy_curves(
     model: torch.nn.Module, adapter: FFNAdapter, tokens: torch.Tensor, layer: int, candidates: Sequence[int],
-    random: Sequence[int], values: Sequence[float], *, batch_size: int = 8, has_bos: bool = True,
+    random: Sequence[int], values: Sequence[float], *, batch_size: int, has_bos: bool = True,
 ) -> pl.DataFrame:
     """One row per (neuron, value) and one unedited row (neuron null): mean entropy, loss and final-norm
     scale with the neuron's activation set to `value` at every position, and `direct_entropy`: the entropy

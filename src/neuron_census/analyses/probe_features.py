@@ -62,10 +62,12 @@ import unicodedata
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import polars as pl
 
+from neuron_census.config import default_field, schema_defaults
 from neuron_census.data.corpus import NO_SOURCE
 
 SPAN_SCHEMA = {"feature": pl.Utf8, "seq": pl.Int64, "start": pl.Int64, "end": pl.Int64, "label": pl.Boolean}
@@ -74,18 +76,20 @@ WORD_PIECES: tuple[str, ...] = ("first piece of a multi-token word", "middle pie
 BUILT_IN_FAMILIES: tuple[str, ...] = ("text", "position", "compound", "words", "pos")  # the families that are no source group
 SENTENCE_ENDS = frozenset(".!?\n")
 CLITIC = re.compile(r"['\u2019][^\W\d_]+")  # an apostrophe and letters
+_DEFAULTS = schema_defaults("$defs/probing_study")
+_default = partial(default_field, _DEFAULTS)
 
 
 @dataclass(frozen=True)
 class FeatureSettings:
-    position_bins: tuple[int, ...] | None = None  # None: default_position_bins(T); bins not below T are skipped
-    skip: int = 25  # leading tokens of a source run left out of its span
-    min_span: int = 4  # fewest tokens a source span keeps
-    source_units: tuple[str, ...] = ("span",)  # source features over whole spans (mean activation) and/or single tokens
-    positive_share: float = 0.5  # of a feature's spans after balanced_spans
-    limit: int = 10_000  # most spans per feature after balanced_spans
-    seed: int = 0
-    min_per_class: int = 10  # fewest positives and negatives a feature needs to be kept (a few test spans make F1 noise)
+    position_bins: tuple[int, ...] | None = _default("position_bins")  # None: default_position_bins(T); bins not below T are skipped
+    skip: int = _default("skip")  # leading tokens of a source run left out of its span
+    min_span: int = _default("min_span")  # fewest tokens a source span keeps
+    source_units: tuple[str, ...] = _default("source_units")  # source features over whole spans (mean activation) and/or single tokens
+    positive_share: float = _default("positive_share")  # of a feature's spans after balanced_spans
+    limit: int = _default("limit")  # most spans per feature after balanced_spans
+    seed: int = _default("seed")
+    min_per_class: int = _default("min_per_class")  # fewest positives and negatives a feature needs to be kept (a few test spans make F1 noise)
 
     def __post_init__(self) -> None:
         if self.position_bins is not None:
@@ -212,7 +216,7 @@ def position_spans(n_sequences: int, seq_len: int, bins: Sequence[int] | None = 
 
 
 def source_spans(
-    sources: np.ndarray, source_names: Sequence[str], skip: int = 25, min_span: int = 4,
+    sources: np.ndarray, source_names: Sequence[str], skip: int = _DEFAULTS["skip"], min_span: int = _DEFAULTS["min_span"],
     groups: Mapping[str, Sequence[str]] | None = None, per_token: bool = False,
 ) -> pl.DataFrame:
     """`<group>: <name>` spans: every labelled run of one source, less its first `skip` tokens, kept when
@@ -422,7 +426,8 @@ def feature_family(feature: str) -> str:
 
 
 def balanced_spans(
-    table: pl.DataFrame, positive_share: float = 0.5, limit: int = 10_000, seed: int = 0, min_per_class: int = 1
+    table: pl.DataFrame, positive_share: float = _DEFAULTS["positive_share"], limit: int = _DEFAULTS["limit"],
+    seed: int = _DEFAULTS["seed"], min_per_class: int = _DEFAULTS["min_per_class"]
 ) -> tuple[pl.DataFrame, tuple[str, ...]]:
     """Each feature subsampled to at most `limit` spans at `positive_share` positives (the share kept, the
     count giving way), seeded per feature; the table sorted by (feature, seq, start, end) and the names of

@@ -62,6 +62,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import polars as pl
@@ -74,7 +75,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.svm import LinearSVC
 
+from neuron_census.config import default_field, schema_defaults
+
 METHODS: tuple[str, ...] = ("mean_difference", "f_statistic", "mutual_information", "l1_logistic", "linear_svm", "random", "optimal")
+_DEFAULTS = schema_defaults("$defs/probing_study")
+_default = partial(default_field, _DEFAULTS)
 SHOWN_NEURONS = 8  # the table's `neurons` column lists at most this many of a probe's neurons
 BIG_M_MARGINS = 10.0  # M_j = BIG_M_MARGINS / std_j (module docstring)
 MIP_GAP = 1e-7  # HiGHS's relative optimality gap (its default, 1e-4, would stop short of the optimum)
@@ -92,14 +97,14 @@ _MILP_STATUS = {0: "optimal", 2: "infeasible", 3: "unbounded", 4: "failed"}
 
 @dataclass(frozen=True)
 class ProbeSettings:
-    methods: tuple[str, ...] = METHODS
-    ks: tuple[int, ...] | None = None  # None: default_ks(N); values above N are skipped
-    max_mip_k: int = 8  # `optimal` runs for k up to this
-    candidates: int = 50  # neurons (largest mean difference) the integer program chooses from
-    time_limit: float = 60.0  # seconds per integer program
-    seed: int = 42
-    test_share: float = 0.3  # of the rows, split_rows's test rows
-    max_iter: int = 1000  # solver iterations of the probes and the l1_logistic and linear_svm rankings
+    methods: tuple[str, ...] = _default("methods")
+    ks: tuple[int, ...] | None = _default("ks")  # None: default_ks(N); values above N are skipped
+    max_mip_k: int = _default("max_mip_k")  # `optimal` runs for k up to this
+    candidates: int = _default("candidates")  # neurons (largest mean difference) the integer program chooses from
+    time_limit: float = _default("time_limit")  # seconds per integer program
+    seed: int = _default("seed")
+    test_share: float = _default("test_share")  # of the rows, split_rows's test rows
+    max_iter: int = _default("max_iter")  # solver iterations of the probes and the l1_logistic and linear_svm rankings
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -218,14 +223,14 @@ def f_statistic_ranking(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return _order(np.where(separated, np.inf, f))
 
 
-def mutual_information_ranking(x: np.ndarray, y: np.ndarray, seed: int = 42) -> np.ndarray:
+def mutual_information_ranking(x: np.ndarray, y: np.ndarray, seed: int = _DEFAULTS["seed"]) -> np.ndarray:
     """Neurons by the k-NN estimate of their mutual information with the feature (the estimator's jitter
     seeded, so the ranking is reproducible)."""
     x, y = _checked(x, y, "mutual_information")
     return _order(mutual_info_classif(x, y, discrete_features=False, random_state=seed))
 
 
-def l1_logistic_ranking(x: np.ndarray, y: np.ndarray, seed: int = 42, max_iter: int = 1000) -> np.ndarray:
+def l1_logistic_ranking(x: np.ndarray, y: np.ndarray, seed: int = _DEFAULTS["seed"], max_iter: int = _DEFAULTS["max_iter"]) -> np.ndarray:
     """Neurons by |coef| of an L1 logistic regression (C = 0.1, balanced): the neurons the sparse fit keeps
     first, the ones it zeroes after them in neuron order."""
     x, y = _checked(x, y, "l1_logistic")
@@ -239,7 +244,7 @@ def l1_logistic_ranking(x: np.ndarray, y: np.ndarray, seed: int = 42, max_iter: 
     return _order(np.abs(model.coef_[0]))
 
 
-def linear_svm_ranking(x: np.ndarray, y: np.ndarray, seed: int = 42, max_iter: int = 1000) -> np.ndarray:
+def linear_svm_ranking(x: np.ndarray, y: np.ndarray, seed: int = _DEFAULTS["seed"], max_iter: int = _DEFAULTS["max_iter"]) -> np.ndarray:
     """Neurons by |coef| of a linear SVM (squared hinge, L2, balanced)."""
     x, y = _checked(x, y, "linear_svm")
     model = LinearSVC(class_weight="balanced", dual="auto", max_iter=max_iter, random_state=seed)
@@ -249,7 +254,7 @@ def linear_svm_ranking(x: np.ndarray, y: np.ndarray, seed: int = 42, max_iter: i
     return _order(np.abs(model.coef_[0]))
 
 
-def random_ranking(n_neurons: int, seed: int = 42) -> np.ndarray:
+def random_ranking(n_neurons: int, seed: int = _DEFAULTS["seed"]) -> np.ndarray:
     """A seeded permutation of the neurons: the baseline every informed ranking should beat."""
     if n_neurons < 1:
         raise ValueError(f"random_ranking needs at least 1 neuron, got {n_neurons}")
@@ -300,8 +305,8 @@ def support_loss(x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
     return float(result.fun), result.x[: x.shape[1]]
 
 
-def optimal_support(x: np.ndarray, y: np.ndarray, k: int, *, candidates: int = 50,
-                    time_limit: float = 60.0) -> tuple[np.ndarray, str, float]:
+def optimal_support(x: np.ndarray, y: np.ndarray, k: int, *, candidates: int = _DEFAULTS["candidates"],
+                    time_limit: float = _DEFAULTS["time_limit"]) -> tuple[np.ndarray, str, float]:
     """(support, solver status, objective): the at most k neurons of x [n, N] whose bounded, class-balanced
     hinge-loss SVM has the least loss, chosen exactly among the `candidates` neurons with the largest mean
     difference (module docstring); support in order of |w|, neurons whose weight is 0 left out."""

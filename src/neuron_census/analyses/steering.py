@@ -22,6 +22,7 @@ import time
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,20 +30,25 @@ import numpy as np
 import polars as pl
 import torch
 
+from neuron_census.config import default_field, schema_defaults
 from neuron_census.interventions import Intervention, intervened
+
+_DEFAULTS = schema_defaults("$defs/steering_study")
+_default = partial(default_field, _DEFAULTS)
+_SCORER = schema_defaults("$defs/steering_study/scorer")
 
 
 @dataclass(frozen=True)
 class SteeringSettings:
-    value: float = 3.0  # what the chosen neurons are set to
-    target: str = "preactivation"  # or "activation" (the output projection's input)
-    new_tokens: int = 20
-    beams: int = 3  # beam search, as the paper; 1 = greedy
-    max_prompts: int = 0  # the first this many prompts of the file; 0 = all
-    challenging: bool = False  # keep only RealToxicityPrompts records marked `challenging`
-    concept_values: int = 10  # at most this many value vectors chosen by a concept
-    perplexity_sequences: int = 16
-    batch_size: int = 8
+    value: float = _default("value")  # what the chosen neurons are set to
+    target: str = _default("target")  # or "activation" (the output projection's input)
+    new_tokens: int = _default("new_tokens")
+    beams: int = _default("beams")  # beam search, as the paper; 1 = greedy
+    max_prompts: int = _default("max_prompts")  # the first this many prompts of the file; 0 = all
+    challenging: bool = _default("challenging")  # keep only RealToxicityPrompts records marked `challenging`
+    concept_values: int = _default("concept_values")  # at most this many value vectors chosen by a concept
+    perplexity_sequences: int = _default("perplexity_sequences")
+    batch_size: int = _default("batch_size")
 
     def __post_init__(self) -> None:
         if self.target not in ("preactivation", "activation"):
@@ -169,7 +175,7 @@ class LexiconScorer:
 
     words: tuple[str, ...]
     name: str = "lexicon"
-    threshold: float = 0.5
+    threshold: float = _SCORER["threshold"]
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
         if not self.words:
@@ -187,7 +193,7 @@ class PerspectiveScorer:
     key_variable: str = "PERSPECTIVE_API_KEY"
     per_second: float = 1.0
     name: str = "perspective"
-    threshold: float = 0.5
+    threshold: float = _SCORER["threshold"]
     url: str = "https://commentanalyzer.googleapis.com/v1alpha1/comments:analyze"
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
@@ -211,7 +217,7 @@ SCORERS = {"lexicon": LexiconScorer, "perspective": PerspectiveScorer}
 def make_scorer(spec: Mapping[str, Any]) -> Scorer:
     """A scorer from its config: {"name": "lexicon", "words": [...]} or {"name": "perspective", ...}."""
     options = dict(spec)
-    name = options.pop("name", "lexicon")
+    name = options.pop("name", _SCORER["name"])
     if name not in SCORERS:
         raise ValueError(f"unknown steering scorer {name!r}; known: {', '.join(SCORERS)}")
     if name == "lexicon":

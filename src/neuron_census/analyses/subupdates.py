@@ -25,28 +25,32 @@ of its release; this is the reading of its text.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 import torch
 
+from neuron_census.config import default_field, schema_defaults
+
 if TYPE_CHECKING:  # the adapter's module imports transformers: table jobs need none of it
     from neuron_census.models.adapters import FFNAdapter
 
 
 SCORINGS = ("absolute", "signed")
+_default = partial(default_field, schema_defaults("$defs/subupdate_study"))
 
 
 @dataclass(frozen=True)
 class SubupdateSettings:
-    predictions: int = 256  # sequences of the study's shards, one prediction each
-    min_position: int = 4  # the earliest cut: the model has seen at least this many tokens after BOS
-    top: int = 10  # dominant sub-updates per prediction and layer
-    random: int = 10  # random sub-updates of the same layer per prediction, the baseline
-    candidates: int = 10  # eliminated candidates kept per prediction and layer
-    scoring: str = "absolute"
-    seed: int = 0
+    predictions: int = _default("predictions")  # sequences of the study's shards, one prediction each
+    min_position: int = _default("min_position")  # the earliest cut: the model has seen at least this many tokens after BOS
+    top: int = _default("top")  # dominant sub-updates per prediction and layer
+    random: int = _default("random")  # random sub-updates of the same layer per prediction, the baseline
+    candidates: int = _default("candidates")  # eliminated candidates kept per prediction and layer
+    scoring: str = _default("scoring")
+    seed: int = _default("seed")
 
     def __post_init__(self) -> None:
         if self.scoring not in SCORINGS:
@@ -96,7 +100,7 @@ class LensPass:
 
 def lens_pass(
     model: torch.nn.Module, adapter: FFNAdapter, tokens: torch.Tensor, positions: np.ndarray, settings: SubupdateSettings, *,
-    batch_size: int = 8,
+    batch_size: int,
 ) -> LensPass:
     """Run the model over `tokens` [S, T] and read, at each sequence's cut position, every layer's logit
     lens before and after the FFN and its dominant and random sub-updates (module docstring)."""

@@ -10,6 +10,9 @@ import polars as pl
 
 from neuron_census.accumulators.correlation import State, co_key, m2_key, pearson, within_key
 from neuron_census.accumulators.preactivation_moments import property_columns
+from neuron_census.config import schema_defaults
+
+_STUDY = schema_defaults("$defs/universal_study")
 
 
 def random_rotation(dim: int, rng: np.random.Generator) -> np.ndarray:
@@ -36,7 +39,7 @@ def _rotated_pearson(state: State, other: str, slot: int, rotation: np.ndarray) 
         return np.clip(np.where(spread > 0, co / spread, 0.0), -1.0, 1.0)
 
 
-def best_matches(states: Iterable[State], *, seed: int = 0) -> pl.DataFrame:
+def best_matches(states: Iterable[State], *, seed: int = _STUDY["rotation_seed"]) -> pl.DataFrame:
     """One row per (reference neuron, other model): its largest correlation over every neuron of the other
     model, the (layer, neuron) attaining it (the lowest on ties), and the same largest correlation with the
     other model's neurons rotated by a random orthogonal matrix per layer (`baseline`). `states` are the
@@ -105,7 +108,7 @@ class _Matches:
         )
 
 
-def universality(matches: pl.DataFrame, *, threshold: float = 0.5) -> pl.DataFrame:
+def universality(matches: pl.DataFrame, *, threshold: float = _STUDY["threshold"]) -> pl.DataFrame:
     """Per reference neuron: mean over the other models of the largest correlation and of the baseline,
     `excess` = their difference, and `universal` when the excess is above `threshold`."""
     return (

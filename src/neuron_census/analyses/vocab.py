@@ -34,12 +34,14 @@ import numpy as np
 import polars as pl
 import torch
 
+from neuron_census.config import schema_defaults
 from neuron_census.data.tokenization import escape_token
 
 if TYPE_CHECKING:  # the adapter's module imports transformers: table jobs need none of it
     from neuron_census.models.adapters import FFNAdapter
 
 DEFAULT_MAX_CHUNK_BYTES = 256 * 2**20
+_VOCAB = schema_defaults("analysis/vocab")
 
 VOCAB_SCHEMA: dict[str, pl.DataType] = {
     "layer": pl.Int64(),
@@ -203,8 +205,8 @@ def vocab_tables(
     fired: Callable[[int], tuple[np.ndarray, np.ndarray]],
     *,
     layers: list[int],
-    top_n: int = 10,
-    apply_final_norm: bool = False,
+    top_n: int = _VOCAB["top_n"],
+    apply_final_norm: bool = _VOCAB["final_norm"],
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """One row per (layer, neuron) of `layers`: top/bottom tokens of its value vector (VOCAB_SCHEMA); and one
     per (layer, neuron, token) of `fired(layer)`, the (neurons sorted, tokens) pairs a neuron fired on: that

@@ -33,6 +33,10 @@ import numpy as np
 import polars as pl
 import torch
 
+from neuron_census.config import schema_defaults
+
+_VOCAB, _ROLES = schema_defaults("analysis/vocab"), schema_defaults("analysis/roles")
+
 if TYPE_CHECKING:  # the adapter's module imports transformers: table jobs need none of it
     from neuron_census.models.adapters import FFNAdapter
 
@@ -114,7 +118,7 @@ def _unit_rows(rows: torch.Tensor) -> torch.Tensor:
 
 
 def weight_columns(
-    adapter: FFNAdapter, layers: Sequence[int], *, processing: str = "processed", max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES
+    adapter: FFNAdapter, layers: Sequence[int], *, processing: str = _VOCAB["weights"], max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES
 ) -> pl.DataFrame:
     """One row per (layer, neuron) of `layers` with the weight statistics of the module docstring. The
     [N, vocab] cosines go through in blocks of about `max_chunk_bytes`."""
@@ -151,7 +155,9 @@ def weight_columns(
     return pl.concat(frames) if frames else pl.DataFrame()
 
 
-def vocab_roles(neurons: pl.DataFrame, *, kurtosis: float = 10.0, partition_ratio: float = 5.0) -> pl.Series:
+def vocab_roles(
+    neurons: pl.DataFrame, *, kurtosis: float = _ROLES["kurtosis"], partition_ratio: float = _ROLES["partition_ratio"]
+) -> pl.Series:
     """Each neuron's role in vocabulary space (module docstring): 'prediction', 'suppression', 'partition'
     or null, from `vocab_cos_*` columns; the partition bar is `partition_ratio` times the median variance."""
     median = neurons["vocab_cos_var"].median()

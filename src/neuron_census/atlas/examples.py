@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import polars as pl
 
+from neuron_census.config import schema_defaults
+
 EXAMPLE_SCHEMA = {
     "layer": pl.Int64, "neuron": pl.Int64, "rank": pl.Int64, "activation": pl.Float64, "dataset": pl.Utf8,
     "seq": pl.Int64, "position": pl.Int64, "context": pl.List(pl.Utf8), "focus": pl.Int64,
@@ -39,8 +41,8 @@ def examples_table(
     datasets: Sequence[str],
     read_sequence: Callable[[int, int], np.ndarray],
     token_texts: Sequence[str],
-    before: int = 12,
-    after: int = 4,
+    before: int = schema_defaults("atlas")["before"],
+    after: int = schema_defaults("atlas")["after"],
 ) -> pl.DataFrame:
     """One row per (neuron, rank) of `neurons` in one layer: the activation, where it was, and the context
     tokens `before` ahead of it to `after` behind it (`focus`: the activating token's index in `context`).

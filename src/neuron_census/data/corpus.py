@@ -113,7 +113,7 @@ def interleave(streams: list[Iterator[T]], seed: int) -> Iterator[T]:
                 yield doc
 
 
-def corpus_texts(spec: Mapping[str, Any], root: Path = Path("."), max_chars: int = 10_000_000) -> Iterator[str]:
+def corpus_texts(spec: Mapping[str, Any], root: Path, max_chars: int) -> Iterator[str]:
     """Train-split documents of a dataset, up to max_chars characters in all: tokenizers never see heldout text."""
     left = max_chars
     for doc in iter_documents({**spec, "split": "train"}, root):

@@ -16,6 +16,7 @@ from typing import Any
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
+from neuron_census.config import definition_default
 from neuron_census.data.bpe import read_trained_bpe
 from neuron_census.data.bundle import resources_dir
 from neuron_census.errors import first_line
@@ -73,8 +74,8 @@ def load_tokenizer(name: str, spec: Mapping[str, Any], root: Path = Path(".")) -
     else:  # words
         backend = _words(name, spec["words"])
         bos, eos, special = 0, None, frozenset({0, 1})
-    bos = _choose_special(name, "bos", spec.get("bos", "auto"), bos, backend)
-    eos = _choose_special(name, "eos", spec.get("eos", "auto"), eos, backend)
+    bos = _choose_special(name, "bos", spec.get("bos", definition_default("bos")), bos, backend)
+    eos = _choose_special(name, "eos", spec.get("eos", definition_default("eos")), eos, backend)
     vocab = backend.get_vocab(with_added_tokens=True)
     # the backend's added tokens marked special count too (e.g. <s> even when no role names it)
     added = {i for i, token in backend.get_added_tokens_decoder().items() if token.special}

@@ -35,12 +35,12 @@ def feature_settings(study: Mapping[str, Any]) -> Any:
 
 
 def probe_settings(study: Mapping[str, Any]) -> Any:
-    from neuron_census.analyses.probing import METHODS, ProbeSettings
+    from neuron_census.analyses.probing import ProbeSettings
 
     chosen = {key: study[key] for key in PROBE_KEYS if key in study and study[key] is not None}
-    chosen["methods"] = tuple(chosen.get("methods", METHODS))
-    if "ks" in chosen:
-        chosen["ks"] = tuple(chosen["ks"])
+    for key in ("methods", "ks"):
+        if key in chosen:
+            chosen[key] = tuple(chosen[key])
     return ProbeSettings(**chosen)
 
 

@@ -105,7 +105,7 @@ def value_clusters_job(job: ModelJob, n_clusters: int, vocab: Mapping[str, Any],
     tokenizer, loaded, _, _ = job.load()
     assigned, clusters = cluster_tables(
         loaded.adapter, range(loaded.adapter.n_layers), tokenizer.token_strings(), n_clusters=n_clusters,
-        final_norm=bool(vocab.get("final_norm", False)), top_n=int(vocab.get("top_n", 10)),
+        final_norm=bool(vocab["final_norm"]), top_n=int(vocab["top_n"]),
     )
     write_for_model(assigned, job.name, assigned_out)
     write_for_model(clusters, job.name, clusters_out)
@@ -130,7 +130,7 @@ def steering_job(
         perplexity_sequences=int(study["perplexity_sequences"]), batch_size=int(study["batch_size"]),
     )
     scorer_spec = dict(study["scorer"])
-    if scorer_spec.get("name", "lexicon") == "lexicon" and not scorer_spec.get("words"):
+    if scorer_spec["name"] == "lexicon" and not scorer_spec.get("words"):
         scorer_spec["words"] = list(study["concept"])
     scorer = make_scorer(scorer_spec)
     texts = read_prompts(prompts, chosen)
@@ -184,7 +184,7 @@ def early_exit_job(
     saturation = lens.filter(pl.col("layer") == 0)["saturation_layer"].to_numpy()
     ids = dominant_cluster_ids(pl.read_parquet(subupdates), pl.read_parquet(value_clusters), len(top_after), n_layers)
     residual, ffn = read_vectors(vectors)
-    chosen = EarlyExitSettings(**{**settings, "top": settings.get("top") or ids.shape[2]})
+    chosen = EarlyExitSettings(**settings)
     table = early_exit_table(top_after, saturation, ids, residual, ffn, chosen)
     write_for_model(table, model, table_out)
     write_for_model(early_exit_summary(table), model, summary_out)

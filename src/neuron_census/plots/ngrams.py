@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from neuron_census.config import schema_defaults
 from neuron_census.plots.figures import _style, colours, line, model_order, new_axes, say_missing, with_columns
 
 ORDER_NAMES: dict[int, str] = {1: "unigram", 2: "bigram", 3: "trigram"}
@@ -144,7 +145,7 @@ def plot_ngram_coverage(tables: Mapping[str, pl.DataFrame], style: Mapping[str, 
             ax.bar(positions + (i - (len(models) - 1) / 2) * width, heights, width=width, color=colour, label=labels[model])
         ax.set_xticks(positions, bin_names, rotation=30, ha="right")
         fig.legend(loc="outside lower center", ncols=2, fontsize="small", frameon=False)  # never over a bar
-    share = style.get("analysis", {}).get("ngram_coverage", 0.95)
+    share = style.get("analysis", {}).get("ngram_coverage", schema_defaults("analysis")["ngram_coverage"])
     ax.set_xlabel(f"number of distinct {name}s covering {100 * share:g}% of firings")
     ax.set_ylabel("neurons (%)")
     ax.set_title(style.get("title", ""))

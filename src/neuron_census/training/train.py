@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -47,6 +48,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, OPTConfig, OPTForCausalLM,
 from transformers.utils import logging as hf_logging
 
 from neuron_census.atomic import atomic_path
+from neuron_census.config import default_field, schema_defaults
 from neuron_census.testing.failpoints import failpoint
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
@@ -56,6 +58,8 @@ SAVE_SCHEDULE = ("checkpoints", "resume_every")  # may change between a run and 
 # settings younger than some saved resume states: a state without them trained with their defaults
 LATER_SETTINGS = ("micro_batches", "lr_schedule")
 MAX_LOG_ROWS = 1000  # long runs log the mean loss of every steps // MAX_LOG_ROWS steps
+
+_default = functools.partial(default_field, schema_defaults("$defs/train_run"))
 
 
 @dataclass(frozen=True)
@@ -68,27 +72,27 @@ class TrainConfig:
     memory: OPT's 0.5M-token batches on one GPU).
     """
 
-    architecture: str = "opt"  # "opt" (ReLU) or "gpt2" (GELU; learned positions and tied embeddings, as both)
-    d_model: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    ffn_dim: int = 512
-    max_positions: int = 128
-    positions: bool = True
+    architecture: str = _default("architecture")  # "opt" (ReLU) or "gpt2" (GELU; learned positions and tied embeddings, as both)
+    d_model: int = _default("d_model")
+    n_layers: int = _default("n_layers")
+    n_heads: int = _default("n_heads")
+    ffn_dim: int = _default("ffn_dim")
+    max_positions: int = _default("max_positions")
+    positions: bool = _default("positions")
     steps: int = 600
-    batch_size: int = 32
+    batch_size: int = _default("batch_size")
     micro_batches: int = 1
-    lr: float = 1e-3
+    lr: float = _default("lr")
     lr_schedule: str = "cosine"  # after warm-up, down to 10% of `lr`: "cosine" or "linear" (OPT's own)
-    warmup_steps: int = 50
-    weight_decay: float = 0.1
+    warmup_steps: int = _default("warmup_steps")
+    weight_decay: float = _default("weight_decay")
     adam_betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0
-    dropout: float = 0.0
+    grad_clip: float = _default("grad_clip")
+    dropout: float = _default("dropout")
     seed: int = 0
     checkpoints: tuple[int, ...] = (150, 300, 600)
     dtype: str = "auto"
-    resume_every: int = 1000  # steps between resume states (besides checkpoints); 0: at checkpoints only
+    resume_every: int = _default("resume_every")  # steps between resume states (besides checkpoints); 0: at checkpoints only
 
     def __post_init__(self) -> None:
         """What the config schema cannot say (it checks types, ranges, choices and the last checkpoint)."""
