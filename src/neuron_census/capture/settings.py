@@ -4,17 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from functools import partial
 from typing import Any
 
-from neuron_census.config import schema_defaults
+from neuron_census.config import default_field, schema_defaults
 
 FIRE_RULES = ("preactivation", "activation")
-_DEFAULTS = schema_defaults("capture")
-
-
-def _default(key: str) -> Any:
-    value = _DEFAULTS[key]
-    return field(default_factory=lambda: tuple(value)) if isinstance(value, list) else value
+_default = partial(default_field, schema_defaults("capture"))
 
 
 def _default_accumulators() -> tuple[str, ...]:
