@@ -485,8 +485,9 @@ def text_pieces(text: str, size: int) -> list[str]:
 
 
 def _documents_after(spec: Mapping[str, Any], root: Path, name: str, cursor: StreamCursor) -> Iterator[tuple[str, Origin]]:
-    """The documents of a text dataset after `cursor`, each with its `Origin`; those of a cursor without a usable
-    saved position (all bundled ones) are counted off from the start."""
+    """The documents of a text dataset after `cursor` (split applied), each with its `Origin`; those of a cursor
+    without a usable saved position (all bundled ones) are counted off from the start. An hf stream's split
+    counter runs over the whole stream, a file's starts at 0 in every file."""
     if spec["source"] not in TEXT_SOURCES:
         raise ValueError(f"dataset {name!r}: source '{spec['source']}' has no text documents")
     resume = json.loads(cursor.source) if cursor.source else None
@@ -495,24 +496,20 @@ def _documents_after(spec: Mapping[str, Any], root: Path, name: str, cursor: Str
         resume = None
     if spec["source"] == "bundled":
         documents = _bundled_documents(spec, root, name)
+    elif spec["source"] == "hf":
+        records = int(resume["records"]) if resume else 0
+        documents = apply_split(_hf_documents(spec, root, name, resume), spec["split"], spec["heldout_every"], records)
     else:
-        documents = _positioned_documents(spec, root, name, resume)
+        documents = _files_documents(spec, root, name, resume)
     yield from itertools.islice(documents, cursor.documents if resume is None else 0, None)
 
 
-def _positioned_documents(
+def _files_documents(
     spec: Mapping[str, Any], root: Path, name: str, resume: Mapping[str, Any] | None
 ) -> Iterator[tuple[str, Origin]]:
-    """Documents of a `files` or `hf` dataset (split applied) from the start or from a saved position, each
-    with its source label (a file's name without its suffixes; an hf record's `label_field`) and the position
-    after it: for `hf` the stream's own state and the count of non-empty records, for `files` the file's
-    index and path and the count of its non-empty documents. A file's split counter starts at 0 in every
-    file, an hf stream's once."""
-    split, every = spec["split"], spec["heldout_every"]
-    if spec["source"] == "hf":
-        records = int(resume["records"]) if resume else 0
-        yield from apply_split(_hf_documents(spec, root, name, resume), split, every, start=records)
-        return
+    """Documents of a `files` dataset (split applied) from the start or from a saved position, each labelled
+    with its file's name without its suffixes, with the position after it: the file's index and path and the
+    count of its non-empty documents."""
     read = partial(_file_documents, field=spec["text_field"], errors=spec["encoding_errors"],
                    min_chars=spec["min_document_chars"], max_chars=spec["max_document_chars"], shortest=spec["drop_under_chars"])
     paths = _file_paths(spec, root, name)
@@ -524,7 +521,7 @@ def _positioned_documents(
         label = paths[index].name.removesuffix(suffix)  # `python.jsonl.gz` -> `python`
         numbered = ((doc, Origin(label, {"file": index, "path": str(paths[index]), "records": n}))
                     for n, doc in enumerate(documents, start + 1))
-        yield from apply_split(numbered, split, every, start=start)
+        yield from apply_split(numbered, spec["split"], spec["heldout_every"], start=start)
 
 
 def _stale_position(spec: Mapping[str, Any], root: Path, name: str, resume: Mapping[str, Any]) -> str | None:
