@@ -628,6 +628,19 @@ def _tokens_digest(tokens: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(tokens, dtype="<i4").tobytes()).hexdigest()
 
 
+def _open_shard(path: str | Path) -> Any:
+    """A token shard's zarr group, read-only (zarr is imported only by the jobs that read or write shards)."""
+    import zarr
+
+    return zarr.open_group(store=str(path), mode="r")
+
+
+def _unreadable(path: str | Path, err: Exception) -> ValueError:
+    """A missing or damaged shard store in one line (zarr/numcodecs raise many types for damaged stores)."""
+    reason = f"{type(err).__name__}: {err}".splitlines()[0]
+    return ValueError(f"token shard {path} is unreadable ({reason})")
+
+
 def write_token_shard(
     path: str | Path, tokens: np.ndarray, *, tokenizer: TextTokenizer, dataset: str, shard: int,
     stream_end: tuple[StreamCursor, str] | None = None, text_version: str | None = None,
@@ -672,9 +685,9 @@ def write_token_shard(
             attrs["source_names"] = names
         if stream_end is not None:
             cursor, stream = stream_end
-            carry = np.asarray(cursor.carry, dtype=np.int32)
-            group.create_array("stream_carry", data=carry, chunks=(max(1, len(carry)),))
-            group.create_array("stream_carry_sources", data=np.asarray(cursor.carry_sources, np.int16), chunks=(max(1, len(carry)),))
+            carry_chunks = (max(1, len(cursor.carry)),)
+            group.create_array("stream_carry", data=np.asarray(cursor.carry, np.int32), chunks=carry_chunks)
+            group.create_array("stream_carry_sources", data=np.asarray(cursor.carry_sources, np.int16), chunks=carry_chunks)
             attrs["stream_end"] = {
                 "sequences": cursor.sequences, "documents": cursor.documents, "started": cursor.started,
                 "source": cursor.source, "stream": stream, "source_names": list(cursor.source_names),
@@ -684,9 +697,7 @@ def write_token_shard(
 
 def read_stream_end(path: str | Path, stream: str) -> StreamCursor | None:
     """The cursor a token shard recorded at its end, if it recorded one for the dataset settings `stream`."""
-    import zarr
-
-    group = zarr.open_group(store=str(path), mode="r")
+    group = _open_shard(path)
     end = dict(group.attrs).get("stream_end")
     if not end or end.get("stream") != stream or "stream_carry" not in group:
         return None
@@ -698,9 +709,7 @@ def read_stream_end(path: str | Path, stream: str) -> StreamCursor | None:
 def read_token_sources(path: str | Path) -> tuple[np.ndarray, tuple[str, ...]] | None:
     """A token shard's per-token source codes (int16; NO_SOURCE where unlabelled) and the labels they index;
     None for a shard without labels (random tokens, or one written before shards kept them)."""
-    import zarr
-
-    group = zarr.open_group(store=str(path), mode="r")
+    group = _open_shard(path)
     if "sources" not in group:
         return None
     return np.asarray(group["sources"][...], dtype=np.int16), tuple(dict(group.attrs).get("source_names", ()))
@@ -708,32 +717,26 @@ def read_token_sources(path: str | Path) -> tuple[np.ndarray, tuple[str, ...]] |
 
 def token_shard_shape(path: str | Path) -> tuple[int, int]:
     """(sequences, seq_len) of a token shard, from its attributes alone (`read_token_shard` checks them)."""
-    import zarr
-
     try:
-        attrs = dict(zarr.open_group(store=str(path), mode="r").attrs)
+        attrs = dict(_open_shard(path).attrs)
         return int(attrs["n_sequences"]), int(attrs["seq_len"])
     except Exception as err:  # a missing or damaged store: the same one line as reading it
-        reason = f"{type(err).__name__}: {err}".splitlines()[0]
-        raise ValueError(f"token shard {path} is unreadable ({reason})") from None
+        raise _unreadable(path, err) from None
 
 
 def read_token_shard(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
     """Tokens and attrs of a token shard, checked for kind, version, shape, chunks and checksum."""
-    import zarr
-
     path = Path(path)
     if not path.is_dir():
         raise ValueError(f"token shard {path} does not exist")
     try:
-        group = zarr.open_group(store=str(path), mode="r")
+        group = _open_shard(path)
         attrs = dict(group.attrs)
         array = group["tokens"]
         complete = array.nchunks_initialized == array.nchunks
         tokens = np.asarray(array[...])
-    except Exception as err:  # zarr/numcodecs raise many types for damaged stores
-        reason = f"{type(err).__name__}: {err}".splitlines()[0]
-        raise ValueError(f"token shard {path} is unreadable ({reason})") from None
+    except Exception as err:
+        raise _unreadable(path, err) from None
     if attrs.get("kind") != SHARD_KIND or attrs.get("format_version") != SHARD_FORMAT_VERSION:
         raise ValueError(f"token shard {path}: expected kind {SHARD_KIND!r} version {SHARD_FORMAT_VERSION}, "
                          f"got {attrs.get('kind')!r} version {attrs.get('format_version')!r}")
