@@ -441,21 +441,9 @@ ORIGINS: dict[str, tuple[str, str]] = {
     "speech": ("US inaugural addresses and State of the Union speeches (NLTK data)", "public domain"),
     "lit": ("\"tiny shakespeare\" (plays of William Shakespeare)", "public domain"),
     "lang-en": (f"GNOME help (Debian {_GNOME_HELP}, help/C/gnome-help, 259 pages)", "CC-BY-SA-3.0"),
-    "lang-de": (f"GNOME help ({_GNOME_HELP}, help/de, 260 pages); man pages ({_MANPAGES}, manpages-de, 47 pages)",
-                _HELP_AND_MAN),
     "lang-el": (f"GNOME help ({_GNOME_HELP}, help/el, 219 pages); no man pages", "CC-BY-SA-3.0"),
-    "lang-es": (f"GNOME help ({_GNOME_HELP}, help/es, 255 pages); man pages ({_MANPAGES}, manpages-es, 95 pages)",
-                _HELP_AND_MAN),
-    "lang-fr": (f"GNOME help ({_GNOME_HELP}, help/fr, 258 pages); man pages ({_MANPAGES}, manpages-fr, 70 pages)",
-                _HELP_AND_MAN),
-    "lang-it": (f"GNOME help ({_GNOME_HELP}, help/it, 123 pages); man pages ({_MANPAGES}, manpages-it, 78 pages)",
-                _HELP_AND_MAN),
-    "lang-nl": (f"GNOME help ({_GNOME_HELP}, help/nl, 235 pages); man pages ({_MANPAGES}, manpages-nl, 96 pages)",
-                _HELP_AND_MAN),
     "lang-pt": (f"GNOME help ({_GNOME_HELP}, help/pt, European, 250 pages); man pages ({_MANPAGES}, manpages-pt-br, "
                 "Brazilian, 81 pages)", _HELP_AND_MAN),
-    "lang-sv": (f"GNOME help ({_GNOME_HELP}, help/sv, 259 pages); man pages ({_MANPAGES}, manpages-sv, 111 pages)",
-                _HELP_AND_MAN),
     "code-c": ("curl examples (Debian libcurl4-doc 7.88.1-10+deb12u15, examples/*.c; licence header stripped)",
                "curl (MIT-style), Copyright Daniel Stenberg et al."),
     "code-cpp": ("libstdc++ headers (Debian libstdc++-12-dev 12.2.0-14+deb12u1, /usr/include/c++/12, pb_ds/pstl "
@@ -474,6 +462,11 @@ ORIGINS: dict[str, tuple[str, str]] = {
     "code-xml": (f"GNOME system administration guide (Mallard *.page, {_GNOME_HELP}) and DocBook XSL 1.79.2 "
                  "stylesheets (*.xsl; leading licence comments stripped)",
                  "CC-BY-SA-3.0 (pages); DocBook XSL licence (MIT-style)"),
+} | {  # (language, help pages, man pages) of the languages with both
+    f"lang-{code}": (f"GNOME help ({_GNOME_HELP}, help/{code}, {help_pages} pages); man pages ({_MANPAGES}, "
+                     f"manpages-{code}, {man_pages} pages)", _HELP_AND_MAN)
+    for code, help_pages, man_pages in (("de", 260, 47), ("es", 255, 95), ("fr", 258, 70), ("it", 123, 78),
+                                        ("nl", 235, 96), ("sv", 259, 111))
 }
 
 SOURCES_TEMPLATE = """\
