@@ -167,17 +167,18 @@ def _check_universal(config: Mapping[str, Any]) -> None:
     """Every model of a universal-neurons study is configured and reads the reference's tokenizer."""
     models = config["models"]
     for reference, study in config.get("universal", {}).items():
-        where = f"universal.{reference}"
+        where, others = f"universal.{reference}", study["others"]
         _known(where, reference, models, "model")
-        _known(f"{where}.others", study["others"], models, "model")
-        if reference in study["others"] or len(set(study["others"])) != len(study["others"]):
+        _known(f"{where}.others", others, models, "model")
+        if reference in others or len(set(others)) != len(others):
             raise ConfigError(f"config error at '{where}.others': the other models must differ from '{reference}' and each other")
         _known(f"{where}.dataset", study.get("dataset") or [], config["datasets"], "dataset")
-        for other in study["others"]:
-            if model_tokenizer(config, other) != model_tokenizer(config, reference):
+        tokenizer = model_tokenizer(config, reference)
+        for other in others:
+            if (other_tokenizer := model_tokenizer(config, other)) != tokenizer:
                 raise ConfigError(
                     f"config error at '{where}.others': models '{reference}' and '{other}' have different tokenizers "
-                    f"('{model_tokenizer(config, reference)}', '{model_tokenizer(config, other)}'); their neurons must read the same tokens"
+                    f"('{tokenizer}', '{other_tokenizer}'); their neurons must read the same tokens"
                 )
 
 
