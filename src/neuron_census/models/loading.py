@@ -18,14 +18,9 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, Pre
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.utils import logging as hf_logging
 
-from neuron_census.models.adapters import FFNAdapter, adapter_for, check_model_type
+from neuron_census.capture.placement import Placement, accelerate_max_memory, dispatch_offloaded, layers_on_disk_map
 from neuron_census.errors import first_line
-from neuron_census.capture.placement import (
-    Placement,
-    accelerate_max_memory,
-    dispatch_offloaded,
-    layers_on_disk_map,
-)
+from neuron_census.models.adapters import FFNAdapter, adapter_for, check_model_type
 
 SOURCES = ("hub", "local", "random", "planted")
 
@@ -114,13 +109,8 @@ def _from_pretrained(
     hf_logging.set_verbosity_error()  # transformers' load report is replaced by the one line below
     try:
         model, info = AutoModelForCausalLM.from_pretrained(
-            source,
-            config=config,
-            revision=revision,
-            trust_remote_code=trust_remote_code,
-            use_safetensors=True,
-            dtype=dtype,
-            output_loading_info=True,
+            source, config=config, revision=revision, trust_remote_code=trust_remote_code, use_safetensors=True,
+            dtype=dtype, output_loading_info=True,
             ignore_mismatched_sizes=True,  # reported below, with the shapes, instead of raised
             **where,
         )
@@ -165,13 +155,8 @@ def _build(name: str, spec: Mapping[str, Any], device: torch.device, dtype: torc
     if source == "random":
         from neuron_census.models.zoo import build_random_model
 
-        return build_random_model(
-            _required(name, spec, "architecture"),
-            seed=int(spec.get("seed", 0)),
-            n_layers=spec.get("n_layers"),
-            dtype=dtype,
-            device=device,
-        )
+        architecture, seed = _required(name, spec, "architecture"), int(spec.get("seed", 0))
+        return build_random_model(architecture, seed=seed, n_layers=spec.get("n_layers"), dtype=dtype, device=device)
     if source == "planted":
         from neuron_census.testing.planted import build_planted_model
 
