@@ -166,9 +166,7 @@ class FFNAdapter:
         LM head itself (its bias too, should a model have one). Computed in float32 for any model dtype.
         """
         if vectors.ndim != 2 or vectors.shape[-1] != self.d_model:
-            raise ValueError(
-                f"vectors for model '{self.name}' must be [k, {self.d_model}], got {list(vectors.shape)}"
-            )
+            raise ValueError(f"vectors for model '{self.name}' must be [k, {self.d_model}], got {list(vectors.shape)}")
         head = self.model.get_output_embeddings()
         x = vectors.detach().to(device=head.weight.device, dtype=torch.float32)
         if apply_final_norm:
