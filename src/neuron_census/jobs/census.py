@@ -114,12 +114,7 @@ def train_job(
         print(f"train run '{run_name}': discarding {work}: it holds no resume state of these settings", file=sys.stderr)
         shutil.rmtree(work)
     train_opt(
-        tokens,
-        config,
-        work,
-        vocab_size=tokenizer.vocab_size,
-        bos_id=tokenizer.bos_id,
-        eos_id=tokenizer.eos_id,
+        tokens, config, work, vocab_size=tokenizer.vocab_size, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
         pad_id=1,  # OPT's padding id, kept by the pipeline's BPE tokenizers; packed sequences are never padded
         tokenizer_dir=Path(tokenizer_spec["path"]) if tokenizer_spec.get("source") == "local" else None,
     )
@@ -288,11 +283,7 @@ def vocab_job(model: ModelJob, stores: Sequence[PathLike], output: PathLike, fir
         if not resident:
             place_outside_layers(loaded.model, loaded.adapter.decoder_layers(), device)
         table, scores = vocab_tables(
-            loaded.adapter,
-            tokenizer.token_strings(),
-            fired,
-            layers=layers,
-            top_n=int(settings["top_n"]),
+            loaded.adapter, tokenizer.token_strings(), fired, layers=layers, top_n=int(settings["top_n"]),
             apply_final_norm=bool(settings["final_norm"]),
         )
         weights = weight_columns(loaded.adapter, layers, processing=str(settings["weights"]))
