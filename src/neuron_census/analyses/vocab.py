@@ -191,9 +191,8 @@ def _layer_frame(layer: int, projection: dict[str, np.ndarray], tokens: np.ndarr
         "vocab_final_norm": np.full(n, bool(apply_final_norm)),
     }
     for side in ("top", "bottom"):
-        ids = projection[f"{side}_ids"]
-        columns |= {f"vocab_{side}_ids": ids, f"vocab_{side}_tokens": tokens[ids]}
-        columns[f"vocab_{side}_scores"] = projection[f"{side}_scores"]
+        ids, scores = projection[f"{side}_ids"], projection[f"{side}_scores"]
+        columns |= {f"vocab_{side}_ids": ids, f"vocab_{side}_tokens": tokens[ids], f"vocab_{side}_scores": scores}
     columns |= {"vocab_score_mean": projection["score_mean"], "vocab_score_std": projection["score_std"]}
     series = [pl.Series(name, v.tolist() if v.ndim == 2 else v, dtype=VOCAB_SCHEMA[name]) for name, v in columns.items()]
     return pl.DataFrame(series)  # the [N, top_n] arrays as list columns
