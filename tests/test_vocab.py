@@ -19,7 +19,7 @@ from neuron_census.plots.vocab import (
     ROW_INCHES,
     TABLE_COLUMNS,
     TITLE_INCHES,
-    column_widths,
+    column_lengths,
     detector_projection_frame,
     format_entries,
     pick_examples,
@@ -458,10 +458,10 @@ def test_detector_table_figure_is_as_tall_as_its_table(n_examples: int) -> None:
     assert table_height(40, 6.0) == 6.0  # a long table is capped at the style's height
 
 
-def test_column_widths_follow_the_longest_text() -> None:
+def test_column_lengths_follow_the_longest_text() -> None:
     cells = [["m", "0:1", "abc", "x" * 40, "y"], ["model-long", "10:2", "d", "e", "f"]]
     lengths = np.array([len("model-long"), len("layer:neuron"), len("detected tokens"), 40, len("top suppressed")]) + 2
-    np.testing.assert_allclose(column_widths(cells), lengths / lengths.sum())
+    assert column_lengths(cells) == lengths.tolist()
     assert len(TABLE_COLUMNS) == 5
 
 

@@ -45,12 +45,10 @@ FIGURES: dict[str, FigureSpec] = {
     "fig9_oscillatory_ranges": FigureSpec(
         "plots.positional", "plot_oscillatory_ranges", ("position_rates",), "Positional neurons"
     ),
-    "fig10_positional_nopos": FigureSpec(
-        "plots.positional", "plot_positional_neurons", ("neurons", "layers"), "Training experiment"
-    ),
-    "fig11_positional_training": FigureSpec(
-        "plots.positional", "plot_positional_neurons", ("neurons", "layers"), "Training experiment"
-    ),
+    **{
+        name: FigureSpec("plots.positional", "plot_positional_neurons", ("neurons", "layers"), "Training experiment")
+        for name in ("fig10_positional_nopos", "fig11_positional_training")
+    },
     "universal_correlations": FigureSpec(
         "plots.universal", "plot_universal_correlations", ("universal",), "Universal neurons", defaults={"figsize": [10.0, 3.5]}
     ),

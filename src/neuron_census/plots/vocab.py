@@ -120,10 +120,9 @@ def table_cells(examples: pl.DataFrame) -> list[list[str]]:
     ]
 
 
-def column_widths(cells: list[list[str]]) -> list[float]:
-    """Column shares of the table width, by the longest text in each column (header included)."""
-    lengths = [max(len(text) for text in column) + 2 for column in zip(TABLE_COLUMNS, *cells)]
-    return [length / sum(lengths) for length in lengths]
+def column_lengths(cells: list[list[str]]) -> list[int]:
+    """Characters of the longest text in each column (header included), plus two of padding."""
+    return [max(len(text) for text in column) + 2 for column in zip(TABLE_COLUMNS, *cells)]
 
 
 def table_height(n_rows: int, max_height: float) -> float:
@@ -149,14 +148,14 @@ def plot_detector_projections(tables: Mapping[str, pl.DataFrame], style: Mapping
         ax.text(0.5, 0.5, "no token detectors", transform=ax.transAxes, ha="center", va="center", color="0.4")
         ax.set_title(title)
         return fig
+    lengths = column_lengths(cells)  # the columns share the width as their texts' lengths do
     table = ax.table(
-        cellText=cells, colLabels=list(TABLE_COLUMNS), colWidths=column_widths(cells), cellLoc="left", colLoc="left",
-        loc="center",
+        cellText=cells, colLabels=list(TABLE_COLUMNS), colWidths=[length / sum(lengths) for length in lengths],
+        cellLoc="left", colLoc="left", loc="center",
     )
     table.auto_set_font_size(False)
     # the largest font (at most 8 pt) at which the widest row fits the figure (a character is ~0.6 em wide)
-    characters = sum(max(len(text) for text in column) + 2 for column in zip(TABLE_COLUMNS, *cells))
-    table.set_fontsize(max(3.0, min(8.0, 0.95 * 72.0 * width / (0.6 * characters))))
+    table.set_fontsize(max(3.0, min(8.0, 0.95 * 72.0 * width / (0.6 * sum(lengths)))))
     table.scale(1.0, ROW_SCALE)
     for (row, _), cell in table.get_celld().items():
         cell.PAD = 0.02
