@@ -78,10 +78,8 @@ def accelerate_max_memory(budget: Mapping[str, str | int], device: torch.device)
         text = str(key)
         if text.startswith("cuda"):
             resolved[int(text.partition(":")[2] or 0)] = value
-        elif text.isdigit():
-            resolved[int(text)] = value
         else:
-            resolved[text] = value
+            resolved[int(text) if text.isdigit() else text] = value
     if device.type == "cpu":
         return {k: v for k, v in resolved.items() if not isinstance(k, int)}
     if resolved and not any(isinstance(k, int) for k in resolved):

@@ -211,7 +211,7 @@ def oscillatory_ranges(rates: pl.DataFrame, model: str, layer: int, threshold: f
         ranges.join(first, on="neuron", how="left")
         .sort("_first", "_width", "neuron", "start")
         .drop("_first", "_width")
-        .with_columns(pl.col("start").cast(pl.Int64), pl.col("width").cast(pl.Int64), pl.col("neuron").cast(pl.Int64))
+        .with_columns(pl.col("start", "width", "neuron").cast(pl.Int64))
     )
 
 
