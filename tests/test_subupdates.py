@@ -332,6 +332,14 @@ def test_early_exit_and_steering_figures_draw_their_tables():
     (ax,) = fig.axes
     points = [tuple(np.round(line.get_xydata()[0], 6)) for line in ax.get_lines() if len(line.get_xdata()) == 1 and line.get_marker() in "o*"]
     assert points == [(1.5, 85.0), (3.0, 100.0)]
+    rule_bars = ax.containers[0].lines[2]  # (x bar, y bar) of the first method drawn, rule
+    assert [np.round(bar.get_segments()[0], 6).tolist() for bar in rule_bars] == [[[1.0, 85.0], [2.0, 85.0]], [[1.5, 80.0], [1.5, 90.0]]]
+    near_top = pl.DataFrame({  # accuracy 90 +- 14.1 (std) would pass 100%: the bar ends at the best split
+        "model": ["m"] * 3, "method": ["rule"] * 3, "split": [0, 1, 2], "accuracy": [1.0, 0.7, 1.0], "layers_saved": [1.0, 1.0, 1.0],
+        "n_train": [9] * 3, "n_test": [2] * 3, "n_layers": [6] * 3,
+    })
+    (ax,) = plot_early_exit({"early_exit": near_top}, {}).axes
+    assert np.round(ax.containers[0].lines[2][1].get_segments()[0], 6).tolist() == [[1.0, 70.0], [1.0, 100.0]]
     summary = pl.DataFrame({"model": ["m", "m"], "condition": ["baseline", "steered"], "rate": [0.25, 0.75], "perplexity": [10.0, 14.0],
                             "values": ["1:[3]"] * 2, "scorer": ["lexicon"] * 2})
     left, right = plot_steering({"steering_summary": summary}, {}).axes

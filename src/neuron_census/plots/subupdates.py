@@ -126,9 +126,9 @@ EXIT_MARKERS = {"rule": "o", "residual": "s", "ffn": "^", "both": "D", "oracle":
 
 def plot_early_exit(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]) -> Figure:
     """Per model (one panel each), every early-exit method's accuracy (the exit layer's top-1 is the final
-    prediction) against the layers it saves, mean and standard deviation over the splits: the paper's
-    cluster-overlap rule, logistic-regression probes on the residual stream, the FFN output and both, and
-    the oracle that exits at the true saturation layer."""
+    prediction) against the layers it saves, the mean over the splits with bars from the lowest split to the
+    highest (mean +- std would pass 100%): the paper's cluster-overlap rule, logistic-regression probes on the
+    residual stream, the FFN output and both, and the oracle that exits at the true saturation layer."""
     style = _style(style)
     table = tables["early_exit"]
     models = model_order(table)
@@ -143,7 +143,8 @@ def plot_early_exit(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]
             if part.is_empty():
                 continue
             saved, accuracy = part["layers_saved"].to_numpy(), part["accuracy"].to_numpy() * 100.0
-            ax.errorbar(saved.mean(), accuracy.mean(), xerr=saved.std(), yerr=accuracy.std(), fmt=EXIT_MARKERS[method],
+            spread = [[[values.mean() - values.min()], [values.max() - values.mean()]] for values in (saved, accuracy)]
+            ax.errorbar(saved.mean(), accuracy.mean(), xerr=spread[0], yerr=spread[1], fmt=EXIT_MARKERS[method],
                         color=shades[method], capsize=3, markersize=8 if method == "oracle" else 6, label=method)
         ax.set_xlabel(f"layers saved (of {n_layers})")
         ax.set_ylabel("exit layer's top-1 = final prediction (%)")
