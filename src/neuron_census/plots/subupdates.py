@@ -149,7 +149,8 @@ def plot_early_exit(tables: Mapping[str, pl.DataFrame], style: Mapping[str, Any]
         ax.set_xlabel(f"layers saved (of {n_layers})")
         ax.set_ylabel("exit layer's top-1 = final prediction (%)")
         ax.set_xlim(left=-0.05)
-        ax.set_title(f"{model}, {rows['split'].n_unique()} splits of {int(rows['n_test'][0])} test predictions", fontsize="small")
+        splits, n_test = rows["split"].n_unique(), int(rows["n_test"][0])
+        ax.set_title(f"{model}\nmean of {splits} splits of {n_test} test predictions, bars their range", fontsize="small")
     if models:
         axes[0][0].legend(fontsize="small", frameon=False)
     else:
