@@ -204,11 +204,13 @@ def positional_table(attrs: Mapping[str, Any], found: PositionalNeurons) -> pl.D
     flat = found.slots * n_neurons + found.neurons
     types, strong = np.full(found.mi.size, None, dtype=object), np.full(found.mi.size, None, dtype=object)
     types[flat], strong[flat] = found.types, found.strong
+    positional = np.zeros(found.mi.size, dtype=bool)
+    positional[flat] = True
     columns = {
         "layer": np.repeat(layers, n_neurons),
         "neuron": np.tile(np.arange(n_neurons, dtype=np.int64), n_slots),
         "position_mi": found.mi.reshape(-1),
-        "positional": np.isin(np.arange(found.mi.size), flat),
+        "positional": positional,
         "positional_type": types.tolist(),
         "positional_strong": strong.tolist(),
     }

@@ -87,7 +87,8 @@ def coverage_histogram(
     counted = counted_neurons(neurons, layers, order).filter(pl.col("coverage") >= bins[0])
     values = counted["coverage"].to_numpy()
     index = np.searchsorted(np.asarray(bins), values, side="right") - 1  # last edge <= value; overflow = len-1
-    rows = np.array([models.index(model) for model in counted["model"].to_list()], dtype=np.int64)
+    model_index = {model: i for i, model in enumerate(models)}
+    rows = np.array([model_index[model] for model in counted["model"].to_list()], dtype=np.int64)
     counts = np.zeros((len(models), len(labels)), dtype=np.int64)
     np.add.at(counts, (rows, index), 1)
     n_bins = len(labels) if counts[:, -1].any() else len(labels) - 1
