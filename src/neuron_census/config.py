@@ -422,7 +422,8 @@ def resolved_tokenizer_spec(config: Mapping[str, Any], name: str) -> dict[str, A
     """The load spec of tokenizer `name`; a tokenizer the pipeline trains loads from its results folder."""
     spec = dict(config["tokenizers"][name])
     if spec["source"] == "train_bpe":
-        return {"source": "local", "path": tokenizer_dir(name), "bos": spec.get("bos", definition_default("bos")), "eos": spec.get("eos", definition_default("eos"))}
+        roles = {role: spec.get(role, definition_default(role)) for role in ("bos", "eos")}
+        return {"source": "local", "path": tokenizer_dir(name), **roles}
     return spec
 
 

@@ -7,7 +7,17 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from neuron_census.accumulators.base import CAPTURE_DEFAULTS, Accumulator, Geometry, LayerBatch, Memory, State, StateArrays, settings_of, shared
+from neuron_census.accumulators.base import (
+    CAPTURE_DEFAULTS,
+    Accumulator,
+    Geometry,
+    LayerBatch,
+    Memory,
+    State,
+    StateArrays,
+    settings_of,
+    shared,
+)
 from neuron_census.accumulators.summaries import batch_ngrams, check_packable, order_keys
 from neuron_census.accumulators.tables import KeyTable, merge_summaries
 from neuron_census.capture.host_copies import host_arrays
@@ -24,8 +34,10 @@ class NgramCount(Accumulator):
     name: ClassVar[str] = "ngram_count"
     layered: ClassVar[bool] = False
 
-    def __init__(self, geometry: Geometry, device: torch.device, *, orders: tuple[int, ...] = tuple(CAPTURE_DEFAULTS["ngram_orders"]),
-                 capacity: int = CAPTURE_DEFAULTS["ngram_count_capacity"]) -> None:
+    def __init__(
+        self, geometry: Geometry, device: torch.device, *, orders: tuple[int, ...] = tuple(CAPTURE_DEFAULTS["ngram_orders"]),
+        capacity: int = CAPTURE_DEFAULTS["ngram_count_capacity"],
+    ) -> None:
         for order in orders:
             check_packable(geometry.vocab_size, order)
         self.geometry, self.orders, self.capacity = geometry, tuple(orders), capacity

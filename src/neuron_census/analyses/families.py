@@ -19,7 +19,9 @@ _STUDY = schema_defaults("$defs/universal_study")
 TIE = 1e-6  # variance reductions this close are one value (float sums differ in the last bits between machines)
 
 
-def family_columns(states: Iterable[State], features: pl.DataFrame, *, threshold: float = _STUDY["family_threshold"]) -> pl.DataFrame:
+def family_columns(
+    states: Iterable[State], features: pl.DataFrame, *, threshold: float = _STUDY["family_threshold"]
+) -> pl.DataFrame:
     """Per (layer, neuron) of the states' layer groups: `best_feature` and its `best_vr` (the first
     feature in table order among those within `TIE` of the best; null for a constant neuron, whose VR
     is 0) with the neuron's mean activation where it holds and where not (`best_mean_on`,

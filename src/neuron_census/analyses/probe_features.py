@@ -89,7 +89,8 @@ class FeatureSettings:
     positive_share: float = _default("positive_share")  # of a feature's spans after balanced_spans
     limit: int = _default("limit")  # most spans per feature after balanced_spans
     seed: int = _default("seed")
-    min_per_class: int = _default("min_per_class")  # fewest positives and negatives a feature needs to be kept (a few test spans make F1 noise)
+    # fewest positives and negatives a feature needs to be kept (a few test spans make F1 noise)
+    min_per_class: int = _default("min_per_class")
 
     def __post_init__(self) -> None:
         if self.position_bins is not None:

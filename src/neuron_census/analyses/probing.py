@@ -230,7 +230,9 @@ def mutual_information_ranking(x: np.ndarray, y: np.ndarray, seed: int = _DEFAUL
     return _order(mutual_info_classif(x, y, discrete_features=False, random_state=seed))
 
 
-def l1_logistic_ranking(x: np.ndarray, y: np.ndarray, seed: int = _DEFAULTS["seed"], max_iter: int = _DEFAULTS["max_iter"]) -> np.ndarray:
+def l1_logistic_ranking(
+    x: np.ndarray, y: np.ndarray, seed: int = _DEFAULTS["seed"], max_iter: int = _DEFAULTS["max_iter"]
+) -> np.ndarray:
     """Neurons by |coef| of an L1 logistic regression (C = 0.1, balanced): the neurons the sparse fit keeps
     first, the ones it zeroes after them in neuron order."""
     x, y = _checked(x, y, "l1_logistic")
@@ -244,7 +246,9 @@ def l1_logistic_ranking(x: np.ndarray, y: np.ndarray, seed: int = _DEFAULTS["see
     return _order(np.abs(model.coef_[0]))
 
 
-def linear_svm_ranking(x: np.ndarray, y: np.ndarray, seed: int = _DEFAULTS["seed"], max_iter: int = _DEFAULTS["max_iter"]) -> np.ndarray:
+def linear_svm_ranking(
+    x: np.ndarray, y: np.ndarray, seed: int = _DEFAULTS["seed"], max_iter: int = _DEFAULTS["max_iter"]
+) -> np.ndarray:
     """Neurons by |coef| of a linear SVM (squared hinge, L2, balanced)."""
     x, y = _checked(x, y, "linear_svm")
     model = LinearSVC(class_weight="balanced", dual="auto", max_iter=max_iter, random_state=seed)

@@ -9,7 +9,9 @@ from neuron_census.analyses.kinds import with_kinds
 from neuron_census.config import schema_defaults
 
 
-def page_neurons(neurons: pl.DataFrame, per_layer: int, others: int, seed: int = schema_defaults("atlas")["seed"]) -> pl.DataFrame:
+def page_neurons(
+    neurons: pl.DataFrame, per_layer: int, others: int, seed: int = schema_defaults("atlas")["seed"]
+) -> pl.DataFrame:
     """(layer, neuron) of every neuron with a page: per layer, the flagged ones (any kind), at most `per_layer`
     of them (most kinds first, a dead neuron's one kind counting least, then by neuron), and `others`
     unflagged living neurons drawn at random (seeded per layer), so typical neurons have pages too."""
